@@ -1,0 +1,187 @@
+/*
+ * The copy core: every access ivmpi makes to the shared region goes through
+ * these functions.
+ *
+ * Why not memcpy: ARM64 guests map the ivshmem BAR as Device memory, where
+ * unaligned loads/stores and `dc zva` (used by glibc's memset/memcpy) raise
+ * alignment faults, and exclusive load/store pairs (compare-and-swap) are not
+ * guaranteed to work.  In strict mode the region side is therefore touched
+ * only with naturally aligned 8-byte accesses, plus 4/2/1-byte accesses for
+ * a head and a tail; the private side may be unaligned (it is normal memory).
+ * The region pointer is accessed through `volatile` so the compiler cannot
+ * merge or vectorise those accesses into wider, unaligned ones.
+ *
+ * Built with IVMPI_TRACE_ACCESS, every region access is also recorded
+ * (address, width) so that a test can prove the rule holds.
+ */
+#ifndef IVMPI_COPYCORE_H
+#define IVMPI_COPYCORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef IVMPI_TRACE_ACCESS
+/* Recording is for tests only: a fixed buffer, overflow counted, not stored. */
+#define IVMPI_TRACE_CAP (1u << 20)
+static uintptr_t ivmpi_trace_addr[IVMPI_TRACE_CAP];
+static uint8_t ivmpi_trace_width[IVMPI_TRACE_CAP];
+static size_t ivmpi_trace_len = 0;
+static size_t ivmpi_trace_total = 0;
+static inline void ivmpi_trace(const volatile void *p, unsigned width) {
+    if (ivmpi_trace_len < IVMPI_TRACE_CAP) {
+        ivmpi_trace_addr[ivmpi_trace_len] = (uintptr_t)p;
+        ivmpi_trace_width[ivmpi_trace_len] = (uint8_t)width;
+        ivmpi_trace_len++;
+    }
+    ivmpi_trace_total++;
+}
+#define IVMPI_TRACE(p, w) ivmpi_trace((p), (w))
+#else
+#define IVMPI_TRACE(p, w) ((void)0)
+#endif
+
+/* A hint to the CPU that we are spinning (pause / yield). */
+static inline void ivmpi_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#else
+    __asm__ __volatile__("" ::: "memory");
+#endif
+}
+
+/* 64-bit words of the region: p must be 8-byte aligned (callers check). */
+static inline uint64_t ivmpi_load_acquire_u64(const void *p) {
+    IVMPI_TRACE(p, 8);
+    return __atomic_load_n((const volatile uint64_t *)p, __ATOMIC_ACQUIRE);
+}
+static inline void ivmpi_store_release_u64(void *p, uint64_t v) {
+    IVMPI_TRACE(p, 8);
+    __atomic_store_n((volatile uint64_t *)p, v, __ATOMIC_RELEASE);
+}
+static inline uint64_t ivmpi_load_u64(const void *p) {
+    IVMPI_TRACE(p, 8);
+    return *(const volatile uint64_t *)p;
+}
+static inline void ivmpi_store_u64(void *p, uint64_t v) {
+    IVMPI_TRACE(p, 8);
+    *(volatile uint64_t *)p = v;
+}
+
+/* Strict copy into the region: aligned stores only on the region side. */
+static inline void ivmpi_copy_to_region_strict(void *region_dst, const void *src, size_t n) {
+    char *d = (char *)region_dst;
+    const char *s = (const char *)src;
+    if (n && ((uintptr_t)d & 1)) {
+        IVMPI_TRACE(d, 1);
+        *(volatile uint8_t *)d = *(const uint8_t *)s;
+        d += 1; s += 1; n -= 1;
+    }
+    if (n >= 2 && ((uintptr_t)d & 2)) {
+        uint16_t v; memcpy(&v, s, 2);
+        IVMPI_TRACE(d, 2);
+        *(volatile uint16_t *)d = v;
+        d += 2; s += 2; n -= 2;
+    }
+    if (n >= 4 && ((uintptr_t)d & 4)) {
+        uint32_t v; memcpy(&v, s, 4);
+        IVMPI_TRACE(d, 4);
+        *(volatile uint32_t *)d = v;
+        d += 4; s += 4; n -= 4;
+    }
+    /* d is now 8-byte aligned whenever n >= 8 remains (each step above ran
+     * only if its bit was set and enough bytes were left). */
+    volatile uint64_t *dw = (volatile uint64_t *)d;
+    while (n >= 8) {
+        uint64_t v; memcpy(&v, s, 8);
+        IVMPI_TRACE(dw, 8);
+        *dw++ = v;
+        s += 8; n -= 8;
+    }
+    d = (char *)dw;
+    if (n >= 4) {
+        uint32_t v; memcpy(&v, s, 4);
+        IVMPI_TRACE(d, 4);
+        *(volatile uint32_t *)d = v;
+        d += 4; s += 4; n -= 4;
+    }
+    if (n >= 2) {
+        uint16_t v; memcpy(&v, s, 2);
+        IVMPI_TRACE(d, 2);
+        *(volatile uint16_t *)d = v;
+        d += 2; s += 2; n -= 2;
+    }
+    if (n) {
+        IVMPI_TRACE(d, 1);
+        *(volatile uint8_t *)d = *(const uint8_t *)s;
+    }
+}
+
+/* Strict copy out of the region: aligned loads only on the region side. */
+static inline void ivmpi_copy_from_region_strict(void *dst, const void *region_src, size_t n) {
+    char *d = (char *)dst;
+    const char *s = (const char *)region_src;
+    if (n && ((uintptr_t)s & 1)) {
+        IVMPI_TRACE(s, 1);
+        *(uint8_t *)d = *(const volatile uint8_t *)s;
+        d += 1; s += 1; n -= 1;
+    }
+    if (n >= 2 && ((uintptr_t)s & 2)) {
+        IVMPI_TRACE(s, 2);
+        uint16_t v = *(const volatile uint16_t *)s;
+        memcpy(d, &v, 2);
+        d += 2; s += 2; n -= 2;
+    }
+    if (n >= 4 && ((uintptr_t)s & 4)) {
+        IVMPI_TRACE(s, 4);
+        uint32_t v = *(const volatile uint32_t *)s;
+        memcpy(d, &v, 4);
+        d += 4; s += 4; n -= 4;
+    }
+    const volatile uint64_t *sw = (const volatile uint64_t *)s;
+    while (n >= 8) {
+        IVMPI_TRACE(sw, 8);
+        uint64_t v = *sw++;
+        memcpy(d, &v, 8);
+        d += 8; n -= 8;
+    }
+    s = (const char *)sw;
+    if (n >= 4) {
+        IVMPI_TRACE(s, 4);
+        uint32_t v = *(const volatile uint32_t *)s;
+        memcpy(d, &v, 4);
+        d += 4; s += 4; n -= 4;
+    }
+    if (n >= 2) {
+        IVMPI_TRACE(s, 2);
+        uint16_t v = *(const volatile uint16_t *)s;
+        memcpy(d, &v, 2);
+        d += 2; s += 2; n -= 2;
+    }
+    if (n) {
+        IVMPI_TRACE(s, 1);
+        *(uint8_t *)d = *(const volatile uint8_t *)s;
+    }
+}
+
+/* The copies the rest of ivmpi calls: strict selects the aligned path. */
+static inline void ivmpi_copy_to_region(void *region_dst, const void *src, size_t n, int strict) {
+    if (strict) {
+        ivmpi_copy_to_region_strict(region_dst, src, n);
+    } else {
+        IVMPI_TRACE(region_dst, 0);
+        memcpy(region_dst, src, n);
+    }
+}
+static inline void ivmpi_copy_from_region(void *dst, const void *region_src, size_t n, int strict) {
+    if (strict) {
+        ivmpi_copy_from_region_strict(dst, region_src, n);
+    } else {
+        IVMPI_TRACE(region_src, 0);
+        memcpy(dst, region_src, n);
+    }
+}
+
+#endif /* IVMPI_COPYCORE_H */

@@ -1,0 +1,3 @@
+# cython: language_level=3
+# Placeholder: replaced by the real copy core.
+include "_ring.pxi"

@@ -1,0 +1,32 @@
+"""The exceptions ivmpi raises.
+
+Every error is an ``IvmpiError``; the message names the cause and, where
+there is one, the peer and the operation.  Errors that MPI defines an error
+class for (truncation, bad rank, ...) are ``MPIError``, which is also an
+``mpi4py.MPI.Exception`` so that code catching mpi4py's exception keeps
+working unchanged.
+"""
+
+
+class IvmpiError(RuntimeError):
+    """Base class of every ivmpi error."""
+
+
+class RegionError(IvmpiError):
+    """The region cannot be found, opened, mapped or used."""
+
+
+class BoundsError(IvmpiError, IndexError):
+    """An access would fall outside the region or outside a buffer."""
+
+
+class CorruptRegionError(IvmpiError):
+    """A value read from shared memory is impossible (a corrupt or hostile peer)."""
+
+
+class PeerError(IvmpiError):
+    """A peer died, stopped beating, or left the job."""
+
+
+class IvmpiTimeoutError(IvmpiError, TimeoutError):
+    """A wait did not complete within IVMPI_TIMEOUT / IVMPI_PEER_TIMEOUT."""
