@@ -30,3 +30,7 @@ class PeerError(IvmpiError):
 
 class IvmpiTimeoutError(IvmpiError, TimeoutError):
     """A wait did not complete within IVMPI_TIMEOUT / IVMPI_PEER_TIMEOUT."""
+
+
+class BufferSpecError(IvmpiError, ValueError):
+    """A buffer or buffer specification given by the caller is unusable."""
