@@ -1,0 +1,472 @@
+"""Buffer specifications, parsed in one place.
+
+Every buffer argument of the communicator (point-to-point and collectives)
+goes through this module, which accepts exactly the forms mpi4py accepts:
+
+    buf                                   any buffer-protocol object
+    [buf, datatype]                       count inferred from the buffer size
+    [buf, count, datatype]
+    [buf, (count, displ), datatype]       displ in datatype extents
+    (buf, count)                          datatype inferred from buf
+    [buf, count, displ, datatype]
+
+and for vector collectives (Scatterv, Gatherv, Allgatherv, Alltoallv):
+
+    [buf, counts, displs, datatype]
+    [buf, counts, datatype]               displs are the running sum of counts
+    [buf, (counts, displs), datatype]
+    buf / [buf, datatype]                 counts split the buffer as evenly as possible
+
+A count or displacement may also be a single integer in the vector forms
+(the same count for every block, or a stride between blocks), as in mpi4py.
+
+The datatype of a bare buffer comes from its buffer-protocol format code,
+looked up in mpi4py's table (format 'B', i.e. bytes and uint8, is MPI.BYTE).
+Datatypes may be given as ``MPI.Datatype`` objects or as format strings.
+
+Derived datatypes: a committed derived type whose data fill its extent with
+no holes (e.g. ``MPI.DOUBLE.Create_contiguous(4)``, or a vector whose stride
+equals its block length) is a run of plain bytes and works everywhere.  A
+type with holes (a strided vector, a resized type) is rejected with a
+BufferSpecError: ivmpi moves contiguous bytes only and would otherwise
+overwrite the holes of a receive buffer.  Predefined pair types used with
+MAXLOC/MINLOC (``MPI.DOUBLE_INT`` ...) are moved as whole extents.
+
+``MPI.BOTTOM`` (or ``None``) as the buffer of a list spec is accepted for
+empty messages only, since ivmpi has no absolute addresses to send from.
+"""
+import numpy as np
+from mpi4py import MPI
+from mpi4py.util import dtlib
+
+from .errors import BufferSpecError
+
+IN_PLACE = MPI.IN_PLACE
+BOTTOM = MPI.BOTTOM
+
+_Datatype = MPI.Datatype
+_TYPEDICT = MPI._typedict  # format code -> predefined MPI datatype (mpi4py's table)
+_BYTE = MPI.BYTE
+
+
+class Buf:
+    """One parsed message buffer.
+
+    mem       memoryview, format 'B', 1-D, C-contiguous: exactly the message
+              bytes (count * extent, times the number of blocks when parsed
+              with blocks > 1); writable when parsed for receiving
+    count     number of datatype elements (per block when blocks > 1)
+    datatype  the MPI.Datatype
+    obj       the user's object (keeps the memory alive)
+    nbytes    len(mem)
+    """
+    __slots__ = ("mem", "count", "datatype", "obj", "nbytes")
+
+    def __init__(self, mem, count, datatype, obj):
+        self.mem = mem
+        self.count = count
+        self.datatype = datatype
+        self.obj = obj
+        self.nbytes = len(mem)
+
+    def __repr__(self):
+        return (f"Buf(count={self.count}, datatype={self._type_name(datatype)}, "
+                f"nbytes={self.nbytes})")
+
+
+class VBuf:
+    """One parsed vector-collective buffer.
+
+    mem       the whole buffer as bytes (memoryview, format 'B')
+    counts    list of element counts, one per rank
+    displs    list of displacements, in datatype extents, one per rank
+    datatype  the MPI.Datatype
+    extent    its extent in bytes
+    obj       the user's object
+    """
+    __slots__ = ("mem", "counts", "displs", "datatype", "extent", "obj")
+
+    def __init__(self, mem, counts, displs, datatype, extent, obj):
+        self.mem = mem
+        self.counts = counts
+        self.displs = displs
+        self.datatype = datatype
+        self.extent = extent
+        self.obj = obj
+
+    def block(self, i):
+        """The bytes of block i (a memoryview into the user's buffer)."""
+        start = self.displs[i] * self.extent
+        return self.mem[start:start + self.counts[i] * self.extent]
+
+    def __repr__(self):
+        return (f"VBuf(counts={self.counts}, displs={self.displs}, "
+                f"datatype={self._type_name(datatype)})")
+
+
+# --- datatypes ---------------------------------------------------------------
+
+# Predefined datatypes never change, so their facts are cached by handle.
+_predefined_extent = {}
+# format code -> (datatype, extent) for bare buffers; the hot path.
+_format_cache = {}
+# Byte-order prefixes of struct format codes.
+_NATIVE_ORDER = ("@", "=", "<") if np.little_endian else ("@", "=", ">", "!")
+_FOREIGN_ORDER = (">", "!") if np.little_endian else ("<",)
+
+
+def _datatype_from_format(fmt):
+    entry = _format_cache.get(fmt)
+    if entry is not None:
+        return entry
+    if fmt == "B":
+        datatype = _BYTE
+    else:
+        key = fmt
+        if key[:1] in _NATIVE_ORDER:
+            key = key[1:]
+        elif key[:1] in _FOREIGN_ORDER:
+            raise BufferSpecError(f"buffer format {fmt!r} has non-native byte order")
+        datatype = _TYPEDICT.get(key)
+        if datatype is None:
+            raise BufferSpecError(
+                f"cannot map buffer format {fmt!r} to an MPI datatype; "
+                f"give the datatype explicitly, e.g. [buf, MPI.BYTE]")
+    entry = (datatype, datatype.Get_extent()[1])
+    _format_cache[fmt] = entry
+    return entry
+
+
+def _type_name(datatype):
+    return datatype.Get_name() or "derived datatype"
+
+
+def _as_datatype(obj):
+    """An MPI.Datatype from a Datatype object or a format string."""
+    if isinstance(obj, _Datatype):
+        return obj
+    if isinstance(obj, str):
+        datatype = _TYPEDICT.get(obj)
+        if datatype is None:
+            raise BufferSpecError(f"cannot map {obj!r} to an MPI datatype")
+        return datatype
+    raise BufferSpecError(f"expected an MPI.Datatype, got {type(obj).__name__}")
+
+
+def datatype_extent(datatype):
+    """Extent in bytes of a datatype ivmpi can move as plain bytes.
+
+    Raises BufferSpecError for the null datatype, uncommitted derived types,
+    and derived types with holes.
+    """
+    handle = datatype.handle
+    extent = _predefined_extent.get(handle)
+    if extent is not None:
+        return extent
+    if datatype == MPI.DATATYPE_NULL:
+        raise BufferSpecError("datatype is MPI.DATATYPE_NULL")
+    if datatype.is_predefined:
+        extent = datatype.Get_extent()[1]
+        _predefined_extent[handle] = extent
+        return extent
+    # Derived type: not cached, since a freed handle can be reused by a new type.
+    name = _type_name(datatype) or "derived datatype"
+    try:
+        # Packing zero bytes is how MPI itself notices an uncommitted type.
+        datatype.Pack(b"", bytearray(0), 0, MPI.COMM_SELF)
+    except MPI.Exception:
+        raise BufferSpecError(
+            f"datatype {name} is not committed (call .Commit() first)") from None
+    lb, extent = datatype.Get_extent()
+    true_lb, true_extent = datatype.Get_true_extent()
+    size = datatype.Get_size()
+    if not (lb == 0 and true_lb == 0 and size == extent == true_extent):
+        raise BufferSpecError(
+            f"datatype {name} is not contiguous (size {size}, lb {lb}, extent "
+            f"{extent}, true extent {true_extent}); ivmpi moves contiguous "
+            f"datatypes only - pack the data into a contiguous buffer first")
+    return extent
+
+
+_numpy_dtypes = {}
+
+
+def numpy_dtype(datatype):
+    """The numpy dtype matching an MPI datatype (cached for predefined ones)."""
+    handle = datatype.handle
+    dtype = _numpy_dtypes.get(handle)
+    if dtype is None:
+        try:
+            dtype = dtlib.to_numpy_dtype(datatype)
+        except (ValueError, TypeError) as exc:
+            raise BufferSpecError(
+                f"datatype {_type_name(datatype)} has no numpy equivalent: {exc}") from None
+        if datatype.is_predefined:
+            _numpy_dtypes[handle] = dtype
+    return dtype
+
+
+def typed_view(mem, datatype):
+    """A numpy view of the bytes ``mem`` as elements of ``datatype``."""
+    return np.frombuffer(mem, dtype=numpy_dtype(datatype))
+
+
+# --- memory ------------------------------------------------------------------
+
+def _memory(obj, writable):
+    """memoryview of obj (any contiguous buffer) and its format code."""
+    try:
+        mem = memoryview(obj)
+    except TypeError:
+        raise BufferSpecError(
+            f"message buffer must support the buffer protocol, "
+            f"got {type(obj).__name__}") from None
+    if writable and mem.readonly:
+        raise BufferSpecError(
+            f"receive buffer ({type(obj).__name__}) is read-only")
+    if not mem.c_contiguous:
+        if mem.f_contiguous and isinstance(obj, np.ndarray):
+            # Fortran order: the transpose is the same bytes in C order.
+            mem = memoryview(obj.T)
+        else:
+            raise BufferSpecError(
+                f"message buffer ({type(obj).__name__} of shape {mem.shape}) "
+                f"is not contiguous")
+    return mem
+
+
+def _flat(mem):
+    if mem.format == "B" and mem.ndim == 1:
+        return mem
+    return mem.cast("B")
+
+
+def _index(value, what):
+    try:
+        value = value.__index__()
+    except AttributeError:
+        raise BufferSpecError(
+            f"{what} must be an integer, got {type(value).__name__}") from None
+    if value < 0:
+        raise BufferSpecError(f"negative {what} {value}")
+    return value
+
+
+# --- simple (one block) specs ------------------------------------------------
+
+def _split_simple(spec):
+    """(buf, count, displ, datatype) of a simple spec, mpi4py's rules."""
+    if not isinstance(spec, (list, tuple)):
+        return spec, None, None, None
+    n = len(spec)
+    count = displ = datatype = None
+    if n == 2:
+        buf, count = spec
+        if isinstance(count, (_Datatype, str)):
+            count, datatype = None, count
+        elif isinstance(count, (list, tuple)):
+            count, displ = _pair(count)
+    elif n == 3:
+        buf, count, datatype = spec
+        if isinstance(count, (list, tuple)):
+            count, displ = _pair(count)
+    elif n == 4:
+        buf, count, displ, datatype = spec
+    else:
+        raise BufferSpecError(
+            f"message spec must have 2 to 4 items, got {n}")
+    return buf, count, displ, datatype
+
+
+def _pair(value):
+    if len(value) != 2:
+        raise BufferSpecError(
+            f"expected (count, displ), got a sequence of {len(value)} items")
+    return value[0], value[1]
+
+
+_BARE_TYPES = frozenset((np.ndarray, bytes, bytearray, memoryview))
+
+
+def _parse(spec, writable, blocks):
+    if spec is None or spec is IN_PLACE:
+        raise BufferSpecError(
+            f"expected a buffer or [buffer, ...] spec, got {spec!r}")
+    buf, count, displ, datatype = _split_simple(spec)
+    if datatype is not None:
+        datatype = _as_datatype(datatype)
+    if buf is None or buf is BOTTOM:
+        return _bottom(count, datatype)
+    mem = _memory(buf, writable)
+    if datatype is None:
+        datatype, extent = _datatype_from_format(mem.format)
+    else:
+        extent = datatype_extent(datatype)
+    mem = _flat(mem)
+    return _finish(buf, mem, count, displ, datatype, extent, blocks, len(mem))
+
+
+def _finish(obj, mem, count, displ, datatype, extent, blocks, length):
+    offset = 0
+    if displ is not None:
+        displ = _index(displ, "displacement")
+        offset = displ * extent
+        if offset > length:
+            raise BufferSpecError(
+                f"displacement {displ} out of bounds: the buffer holds "
+                f"{length // extent if extent else 0} elements of "
+                f"{_type_name(datatype)}")
+        length -= offset
+    if count is None:
+        if extent <= 0:
+            raise BufferSpecError(
+                f"cannot infer count: datatype {_type_name(datatype)} has extent {extent}")
+        if length % extent:
+            raise BufferSpecError(
+                f"cannot infer count: buffer length {length} is not a multiple "
+                f"of the extent {extent} of {_type_name(datatype)}")
+        elements = length // extent
+        if elements % blocks:
+            raise BufferSpecError(
+                f"cannot infer count: {elements} elements do not split into "
+                f"{blocks} equal blocks")
+        count = elements // blocks
+    else:
+        count = _index(count, "count")
+        if count * extent * blocks > length:
+            raise BufferSpecError(
+                f"count {count}" + (f" x {blocks} blocks" if blocks > 1 else "")
+                + f" of {_type_name(datatype)} needs {count * extent * blocks} "
+                f"bytes but the buffer has {length}")
+    end = offset + count * extent * blocks
+    if offset or end != len(mem):
+        mem = mem[offset:end]
+    return Buf(mem, count, datatype, obj)
+
+
+_EMPTY = memoryview(bytearray(0))
+
+
+def _bottom(count, datatype):
+    if datatype is None:
+        raise BufferSpecError("MPI.BOTTOM or None as buffer needs an explicit datatype")
+    count = 0 if count is None else _index(count, "count")
+    if count:
+        raise BufferSpecError(
+            f"MPI.BOTTOM (absolute addresses) is not supported with count {count}; "
+            f"pass the buffer itself")
+    return Buf(_EMPTY, 0, datatype, None)
+
+
+def parse_send(spec, blocks=1):
+    """Parse a send buffer spec (read-only buffers are fine).
+
+    With blocks > 1 (Scatter, Alltoall...) the buffer holds ``blocks`` equal
+    blocks and ``count`` is the per-block count, as in mpi4py.
+    """
+    # Fast path (point-to-point hot path): a bare 1-D contiguous byte buffer
+    # or a C-contiguous numpy array of a basic dtype.
+    if type(spec) in _BARE_TYPES and blocks == 1:
+        mem = memoryview(spec)
+        if mem.c_contiguous:
+            entry = _format_cache.get(mem.format)
+            if entry is not None:
+                if mem.ndim != 1 or entry[1] != 1:
+                    mem = mem.cast("B")
+                return Buf(mem, len(mem) // entry[1], entry[0], spec)
+    return _parse(spec, False, blocks)
+
+
+def parse_recv(spec, blocks=1):
+    """Parse a receive buffer spec; the buffer must be writable."""
+    if type(spec) in _BARE_TYPES and blocks == 1:
+        mem = memoryview(spec)
+        if mem.c_contiguous and not mem.readonly:
+            entry = _format_cache.get(mem.format)
+            if entry is not None:
+                if mem.ndim != 1 or entry[1] != 1:
+                    mem = mem.cast("B")
+                return Buf(mem, len(mem) // entry[1], entry[0], spec)
+    return _parse(spec, True, blocks)
+
+
+def is_in_place(spec):
+    """True for MPI.IN_PLACE (and None, which mpi4py reads as IN_PLACE)."""
+    return spec is IN_PLACE or spec is None
+
+
+# --- vector specs ------------------------------------------------------------
+
+def parse_vbuf(spec, size, recv):
+    """Parse a vector-collective spec for a communicator of ``size`` ranks."""
+    if spec is None or spec is IN_PLACE:
+        raise BufferSpecError(
+            f"expected a buffer or [buffer, counts, displs, datatype], got {spec!r}")
+    buf, counts, displs, datatype = spec, None, None, None
+    if isinstance(spec, (list, tuple)):
+        n = len(spec)
+        if n == 2:
+            buf, counts = spec
+            if isinstance(counts, (_Datatype, str)):
+                counts, datatype = None, counts
+            elif isinstance(counts, tuple):  # mpi4py: a tuple is (counts, displs)
+                counts, displs = _pair(counts)
+        elif n == 3:
+            buf, counts, datatype = spec
+            if isinstance(counts, tuple):
+                counts, displs = _pair(counts)
+        elif n == 4:
+            buf, counts, displs, datatype = spec
+        else:
+            raise BufferSpecError(f"message spec must have 2 to 4 items, got {n}")
+    if datatype is not None:
+        datatype = _as_datatype(datatype)
+    if buf is None or buf is BOTTOM:
+        if datatype is None:
+            raise BufferSpecError("MPI.BOTTOM or None as buffer needs an explicit datatype")
+        mem = _EMPTY
+        extent = datatype_extent(datatype)
+    else:
+        mem = _memory(buf, recv)
+        if datatype is None:
+            datatype, extent = _datatype_from_format(mem.format)
+        else:
+            extent = datatype_extent(datatype)
+        mem = _flat(mem)
+    total = len(mem) // extent if extent > 0 else 0
+
+    if counts is None:
+        if extent <= 0 or len(mem) % extent:
+            raise BufferSpecError(
+                f"cannot infer counts: buffer length {len(mem)} is not a multiple "
+                f"of the extent {extent} of {_type_name(datatype)}")
+        q, r = divmod(total, size)
+        counts = [q + (i < r) for i in range(size)]
+    elif isinstance(counts, (int, np.integer)):
+        counts = [_index(counts, "count")] * size
+    else:
+        counts = [_index(c, "count") for c in counts]
+    if len(counts) != size:
+        raise BufferSpecError(
+            f"expected {size} counts (one per rank), got {len(counts)}")
+
+    if displs is None:
+        displs, running = [], 0
+        for c in counts:
+            displs.append(running)
+            running += c
+    elif isinstance(displs, (int, np.integer)):
+        stride = _index(displs, "displacement")
+        displs = [stride * i for i in range(size)]
+    else:
+        displs = [_index(d, "displacement") for d in displs]
+    if len(displs) != size:
+        raise BufferSpecError(
+            f"expected {size} displacements (one per rank), got {len(displs)}")
+
+    for i in range(size):
+        if counts[i] and displs[i] + counts[i] > total:
+            raise BufferSpecError(
+                f"block {i} (displacement {displs[i]}, count {counts[i]}) runs past "
+                f"the end of the buffer ({total} elements of {_type_name(datatype)})")
+    return VBuf(mem, counts, displs, datatype, extent, buf)
