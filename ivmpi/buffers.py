@@ -70,7 +70,7 @@ class Buf:
         self.nbytes = len(mem)
 
     def __repr__(self):
-        return (f"Buf(count={self.count}, datatype={self._type_name(datatype)}, "
+        return (f"Buf(count={self.count}, datatype={_type_name(self.datatype)}, "
                 f"nbytes={self.nbytes})")
 
 
@@ -101,7 +101,7 @@ class VBuf:
 
     def __repr__(self):
         return (f"VBuf(counts={self.counts}, displs={self.displs}, "
-                f"datatype={self._type_name(datatype)})")
+                f"datatype={_type_name(self.datatype)})")
 
 
 # --- datatypes ---------------------------------------------------------------
@@ -170,7 +170,7 @@ def datatype_extent(datatype):
         _predefined_extent[handle] = extent
         return extent
     # Derived type: not cached, since a freed handle can be reused by a new type.
-    name = _type_name(datatype) or "derived datatype"
+    name = _type_name(datatype)
     try:
         # Packing zero bytes is how MPI itself notices an uncommitted type.
         datatype.Pack(b"", bytearray(0), 0, MPI.COMM_SELF)
