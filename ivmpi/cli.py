@@ -1,0 +1,166 @@
+"""The `ivmpi` command.
+
+Subcommands register themselves with the ``@subcommand`` decorator below:
+write ``def add_arguments(parser)`` (optional) and a ``run(args) -> int``
+function, decorate ``run``, and ``main`` wires it into argparse.  Errors that
+are the user's (an IvmpiError or an OSError) become one line on stderr and
+exit status 1; argparse's usage errors exit with 2.
+"""
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from ._version import __version__
+from .errors import IvmpiError
+
+
+@dataclass
+class Subcommand:
+    name: str
+    help: str
+    run: Callable
+    add_arguments: Optional[Callable] = None
+
+
+SUBCOMMANDS = []
+
+
+def subcommand(name: str, help: str, add_arguments: Optional[Callable] = None):
+    """Register `run(args) -> int` as `ivmpi NAME`."""
+    def register(run):
+        SUBCOMMANDS.append(Subcommand(name, help, run, add_arguments))
+        return run
+    return register
+
+
+# ----------------------------------------------------------------------------- create
+
+def _create_arguments(parser):
+    parser.add_argument("path", help="the memory backend file, e.g. /dev/shm/ivmpi")
+    parser.add_argument("--size", default="64M",
+                        help="a power of two, with K/M/G suffix (default 64M)")
+
+
+def qemu_options(path: str, size: int) -> list:
+    """The QEMU command-line options that give a VM this file as its ivshmem region."""
+    from .region import format_size
+    lines = [f"-object memory-backend-file,id=hostmem,share=on,mem-path={path},"
+             f"size={format_size(size)} -device ivshmem-plain,memdev=hostmem"]
+    shm_dir, name = os.path.split(path)
+    if shm_dir == "/dev/shm" and size >= 1 << 20:
+        # The legacy device takes a shm_open name and a size in MiB.
+        lines.append(f"-device ivshmem,shm={name},size={size >> 20}")
+    return lines
+
+
+@subcommand("create", "host side: create the memory backend file and print the QEMU options",
+            _create_arguments)
+def run_create(args) -> int:
+    from .region import Region, human_size, parse_size
+    existed = os.path.exists(args.path)
+    with Region.create(args.path, parse_size(args.size)) as region:
+        path, size = region.path, region.size
+    print(f"{'reusing' if existed else 'created'} {path} ({human_size(size)})")
+    options = qemu_options(path, size)
+    print("start every VM that shares it with:")
+    print("  " + options[0])
+    if len(options) > 1:
+        print("or, on QEMU versions with only the legacy device:")
+        print("  " + options[1])
+    else:
+        print("(the legacy `-device ivshmem,shm=NAME` needs the file in /dev/shm and at least 1M)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- info
+
+def _info_arguments(parser):
+    parser.add_argument("spec", nargs="?", default=None,
+                        help="path, shm:NAME, pci[:ADDR][:wc], pci-wc[:ADDR], "
+                             "devmem:ADDRESS[:SIZE] or uio:N (default: IVMPI_REGION "
+                             "or the single ivshmem device)")
+
+
+def describe_job_layout(region) -> list:
+    """Lines describing the job layout in the region (header, ranks, slots).
+
+    Empty until the layout module provides its summary."""
+    return []
+
+
+def _print_devices(devices) -> None:
+    from .region import human_size
+    print(f"ivshmem devices: {len(devices)}")
+    for device in devices:
+        ivposition = device.read_ivposition()
+        fields = [device.address, f"BAR2 {human_size(device.bar2_size)}",
+                  f"at {device.bar2_start:#x}",
+                  f"IVPosition {'?' if ivposition is None else ivposition}"]
+        if device.revision is not None:
+            fields.append(f"revision {device.revision}")
+        if device.enabled is False:
+            fields.append("not enabled")
+        print("  " + "  ".join(fields))
+
+
+@subcommand("info", "show the ivshmem devices and the region: size, backend, strict mode",
+            _info_arguments)
+def run_info(args) -> int:
+    from .region import Region, find_ivshmem_devices, human_size
+    devices = find_ivshmem_devices()
+    if devices:
+        _print_devices(devices)
+    with Region.open(args.spec) as region:
+        print(f"region: {region.path}")
+        print(f"  size: {human_size(region.size)} ({region.size} bytes)")
+        print(f"  backend: {region.backend}")
+        print(f"  strict align: {'on' if region.strict_align else 'off'}")
+        if region.pci_address:
+            print(f"  PCI device: {region.pci_address}")
+        if region.ivposition is not None:
+            print(f"  IVPosition: {region.ivposition}")
+        if region.revision is not None:
+            print(f"  revision: {region.revision}")
+        for line in describe_job_layout(region):
+            print("  " + line)
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ivmpi", description="MPI over QEMU ivshmem shared memory")
+    parser.add_argument("--version", action="version", version=f"ivmpi {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    for command in SUBCOMMANDS:
+        sub = commands.add_parser(command.name, help=command.help, description=command.help)
+        if command.add_arguments:
+            command.add_arguments(sub)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:     # --version, --help and usage errors
+        return e.code if isinstance(e.code, int) else 1
+    try:
+        return args.run(args)
+    except IvmpiError as e:
+        print(f"ivmpi {args.command}: {e}", file=sys.stderr)
+    except OSError as e:
+        print(f"ivmpi {args.command}: {e.strerror or e}"
+              + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"ivmpi {args.command}: interrupted", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
