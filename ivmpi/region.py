@@ -419,6 +419,8 @@ def _open_error(path: str, e: OSError, verb: str) -> RegionError:
         return RegionError(f"permission denied: cannot {verb} {path}: "
                            f"run as root or chmod the resource file")
     if isinstance(e, FileNotFoundError):
+        if verb == "create":
+            return RegionError(f"cannot create {path}: no directory {os.path.dirname(path)}")
         return RegionError(f"no such file: {path}")
     return RegionError(f"cannot {verb} {path}: {e.strerror or e}")
 
@@ -543,8 +545,8 @@ class Region:
         path = os.path.abspath(os.path.expanduser(os.fspath(path)))
         size = parse_size(size)
         if not is_power_of_two(size) or size < MIN_REGION_SIZE:
-            raise RegionError(f"size {format_size(size)} ({size} bytes) is not a power of two of at least "
-                              f"{MIN_REGION_SIZE} bytes (ivshmem needs one), e.g. 64M")
+            raise RegionError(f"size {format_size(size)} ({size} bytes) is not a power of two "
+                              f"of at least {MIN_REGION_SIZE} bytes (ivshmem needs one), e.g. 64M")
         try:
             fd, created = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), True
         except FileExistsError:
