@@ -329,7 +329,7 @@ def _uio_map_size(n: int, k: int) -> Optional[int]:
 
 
 def _locate_uio(spec: str) -> Target:
-    match = re.fullmatch(r"uio:?(\d+)", spec)
+    match = re.fullmatch(r"uio:(\d+)", spec)
     if not match:
         raise RegionError(f"bad spec {spec!r}: use uio:N for /dev/uioN")
     n = int(match.group(1))
@@ -371,12 +371,12 @@ def locate(spec: Optional[str] = None) -> Target:
     if spec is None or not str(spec).strip():
         spec = default_spec()
     spec = os.fspath(spec).strip() if not isinstance(spec, str) else spec.strip()
-    if spec == "pci" or spec.startswith(("pci:", "pci-wc")):
+    if spec in ("pci", "pci-wc") or spec.startswith(("pci:", "pci-wc:")):
         address, wc = _parse_pci_spec(spec)
         return _locate_pci(pick_ivshmem_device(address), wc)
     if spec.startswith("devmem:"):
         return _locate_devmem(spec)
-    if spec.startswith("uio"):
+    if spec.startswith("uio:"):
         return _locate_uio(spec)
     if spec.startswith("shm:"):
         name = spec[4:]

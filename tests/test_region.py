@@ -177,10 +177,20 @@ def test_open_empty_and_too_small(tmp_path):
         Region.open(make_file(tmp_path / "small", 100))
 
 
-def test_not_mmapable(tmp_path, monkeypatch):
-    # /dev/null is a character device that refuses mmap
-    with pytest.raises(RegionError, match="cannot be memory-mapped|cannot tell the size"):
+def test_char_device_size_and_not_mmapable():
+    # /dev/null is a character device of no size that refuses mmap
+    with pytest.raises(RegionError, match="cannot tell the size of /dev/null.*size="):
+        Region.open("/dev/null")
+    with pytest.raises(RegionError, match="/dev/null cannot be memory-mapped"):
         Region.open("/dev/null", size=4096)
+
+
+def test_spec_prefixes_need_their_colon(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_file(tmp_path / "uio0", 8192)
+    make_file(tmp_path / "pci-wcx", 8192)
+    assert region_mod.locate("uio0").backend == "file"
+    assert region_mod.locate("pci-wcx").memory.path == str(tmp_path / "pci-wcx")
 
 
 def test_permission_denied_names_the_fix(tmp_path, monkeypatch):
