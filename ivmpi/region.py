@@ -299,7 +299,8 @@ def _parse_pci_spec(spec: str):
 def _locate_devmem(spec: str) -> Target:
     parts = spec.split(":")
     if len(parts) not in (2, 3) or not parts[1]:
-        raise RegionError(f"bad spec {spec!r}: use devmem:ADDRESS[:SIZE], e.g. devmem:0xfe000000:64M")
+        raise RegionError(f"bad spec {spec!r}: use devmem:ADDRESS[:SIZE], "
+                          f"e.g. devmem:0xfe000000:64M")
     try:
         address = int(parts[1], 16)
     except ValueError:
@@ -335,8 +336,8 @@ def _locate_uio(spec: str) -> Target:
     n = int(match.group(1))
     size = _uio_map_size(n, 1)
     if size is None:
-        raise RegionError(f"/dev/uio{n} has no shared-memory map (no {uio_root()}/uio{n}/maps/map1/size): "
-                          f"is it the ivshmem UIO driver?")
+        raise RegionError(f"/dev/uio{n} has no shared-memory map "
+                          f"(no {uio_root()}/uio{n}/maps/map1/size): is it the ivshmem UIO driver?")
     device_file = os.path.join(dev_root(), f"uio{n}")
     registers_size = _uio_map_size(n, 0)
     # UIO selects map K by mmap offset K * pagesize.
@@ -356,8 +357,8 @@ def _locate_path(path: str) -> Target:
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise RegionError(f"no such file: {path} (create it with `ivmpi create {path} --size 64M`)") \
-            from None
+        raise RegionError(f"no such file: {path} "
+                          f"(create it with `ivmpi create {path} --size 64M`)") from None
     except PermissionError:
         raise RegionError(f"permission denied: {path}: run as root or chmod the file") from None
     if stat.S_ISDIR(mode):
@@ -410,7 +411,8 @@ def _mapping_class():
     try:
         from ._fastcopy import Mapping
     except ImportError as e:
-        raise RegionError(f"the ivmpi copy core is not built ({e}): run scripts/bootstrap") from None
+        raise RegionError(f"the ivmpi copy core is not built ({e}): "
+                          f"run scripts/bootstrap") from None
     return Mapping
 
 
