@@ -12,11 +12,14 @@ from setuptools import Extension, setup
 COMMON = dict(
     include_dirs=["ivmpi", numpy.get_include()],
     extra_compile_args=["-O3", "-fno-strict-aliasing"],
-    depends=["ivmpi/_copycore.h"],
+    depends=["ivmpi/_copycore.h", "ivmpi/_ring.pxi"],
 )
 
 extensions = [
     Extension("ivmpi._fastcopy", ["ivmpi/_fastcopy.pyx"], **COMMON),
+    Extension("ivmpi._fastcopy_trace", ["ivmpi/_fastcopy_trace.pyx"],
+              define_macros=[("IVMPI_TRACE_ACCESS", "1")],
+              **dict(COMMON, depends=COMMON["depends"] + ["ivmpi/_fastcopy.pyx"])),
 ]
 
 setup(

@@ -70,6 +70,17 @@ static inline void ivmpi_store_u64(void *p, uint64_t v) {
     *(volatile uint64_t *)p = v;
 }
 
+/* 32-bit device registers (ivshmem BAR0 allows only 32-bit accesses):
+ * p must be 4-byte aligned (callers check). */
+static inline uint32_t ivmpi_load_u32(const void *p) {
+    IVMPI_TRACE(p, 4);
+    return *(const volatile uint32_t *)p;
+}
+static inline void ivmpi_store_u32(void *p, uint32_t v) {
+    IVMPI_TRACE(p, 4);
+    *(volatile uint32_t *)p = v;
+}
+
 /* Strict copy into the region: aligned stores only on the region side. */
 static inline void ivmpi_copy_to_region_strict(void *region_dst, const void *src, size_t n) {
     char *d = (char *)region_dst;
@@ -181,6 +192,55 @@ static inline void ivmpi_copy_from_region(void *dst, const void *region_src, siz
     } else {
         IVMPI_TRACE(region_src, 0);
         memcpy(dst, region_src, n);
+    }
+}
+
+/* Set n bytes of the region to `value`.  Strict mode follows the same
+ * head / aligned 8-byte body / tail pattern as the copies, because memset
+ * uses `dc zva` and unaligned stores on arm64. */
+static inline void ivmpi_fill_region(void *region_dst, unsigned char value, size_t n, int strict) {
+    char *d = (char *)region_dst;
+    if (!strict) {
+        IVMPI_TRACE(region_dst, 0);
+        memset(region_dst, value, n);
+        return;
+    }
+    uint64_t v8 = 0x0101010101010101ull * value;
+    if (n && ((uintptr_t)d & 1)) {
+        IVMPI_TRACE(d, 1);
+        *(volatile uint8_t *)d = (uint8_t)v8;
+        d += 1; n -= 1;
+    }
+    if (n >= 2 && ((uintptr_t)d & 2)) {
+        IVMPI_TRACE(d, 2);
+        *(volatile uint16_t *)d = (uint16_t)v8;
+        d += 2; n -= 2;
+    }
+    if (n >= 4 && ((uintptr_t)d & 4)) {
+        IVMPI_TRACE(d, 4);
+        *(volatile uint32_t *)d = (uint32_t)v8;
+        d += 4; n -= 4;
+    }
+    volatile uint64_t *dw = (volatile uint64_t *)d;
+    while (n >= 8) {
+        IVMPI_TRACE(dw, 8);
+        *dw++ = v8;
+        n -= 8;
+    }
+    d = (char *)dw;
+    if (n >= 4) {
+        IVMPI_TRACE(d, 4);
+        *(volatile uint32_t *)d = (uint32_t)v8;
+        d += 4; n -= 4;
+    }
+    if (n >= 2) {
+        IVMPI_TRACE(d, 2);
+        *(volatile uint16_t *)d = (uint16_t)v8;
+        d += 2; n -= 2;
+    }
+    if (n) {
+        IVMPI_TRACE(d, 1);
+        *(volatile uint8_t *)d = (uint8_t)v8;
     }
 }
 

@@ -1,0 +1,446 @@
+"""The copy core (ivmpi._fastcopy.Mapping): exact copies, untouched
+neighbours, checked ranges and buffers, words, release, and the GIL."""
+import mmap
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ivmpi._fastcopy import NOGIL_THRESHOLD, Mapping, cpu_relax
+from ivmpi.errors import BoundsError, BufferSpecError, RegionError
+
+MODES = [pytest.param(False, id="memcpy"), pytest.param(True, id="strict")]
+GUARD = 64          # bytes of pattern checked on each side of every target
+MAX_MISALIGN = 16
+MAX_LEN = 300
+
+
+def pattern(n, seed):
+    """n bytes that differ from their neighbours, so a shifted or partial
+    copy cannot match by accident."""
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+@pytest.fixture
+def region():
+    mm = mmap.mmap(-1, 1 << 16)
+    yield mm
+    mm.close()
+
+
+# -- exact copies with guard bytes -------------------------------------------
+
+WINDOW = GUARD + MAX_MISALIGN + MAX_LEN + GUARD
+BASE = GUARD        # 8-aligned: region offset BASE + d is misaligned by d
+
+
+@pytest.mark.parametrize("strict", MODES)
+def test_write_every_misalignment_and_length(region, strict):
+    with Mapping(region, strict=strict) as m:
+        background = pattern(WINDOW, 1)
+        data = pattern(MAX_MISALIGN + MAX_LEN, 2)
+        src = memoryview(bytearray(data))
+        for d in range(MAX_MISALIGN):
+            for s in range(MAX_MISALIGN):
+                for n in range(MAX_LEN + 1):
+                    region[:WINDOW] = background
+                    m.write(BASE + d, src[s:s + n])
+                    expected = (background[:BASE + d] + data[s:s + n]
+                                + background[BASE + d + n:])
+                    if region[:WINDOW] != expected:
+                        pytest.fail(f"write dst+{d} src+{s} len {n}: region differs")
+
+
+@pytest.mark.parametrize("strict", MODES)
+def test_read_every_misalignment_and_length(region, strict):
+    with Mapping(region, strict=strict) as m:
+        data = pattern(WINDOW, 3)
+        region[:WINDOW] = data
+        background = pattern(WINDOW, 4)
+        out = bytearray(WINDOW)
+        view = memoryview(out)
+        for d in range(MAX_MISALIGN):
+            for s in range(MAX_MISALIGN):
+                for n in range(MAX_LEN + 1):
+                    out[:] = background
+                    m.read(BASE + d, view[BASE + s:BASE + s + n])
+                    expected = (background[:BASE + s] + data[BASE + d:BASE + d + n]
+                                + background[BASE + s + n:])
+                    if out != expected:
+                        pytest.fail(f"read src+{d} dst+{s} len {n}: output differs")
+        assert region[:WINDOW] == data, "reading changed the region"
+
+
+@pytest.mark.parametrize("strict", MODES)
+def test_fill_every_misalignment_and_length(region, strict):
+    with Mapping(region, strict=strict) as m:
+        background = pattern(WINDOW, 5)
+        for d in range(MAX_MISALIGN):
+            for n in range(MAX_LEN + 1):
+                region[:WINDOW] = background
+                m.fill(BASE + d, n, 0xC3)
+                expected = background[:BASE + d] + b"\xC3" * n + background[BASE + d + n:]
+                if region[:WINDOW] != expected:
+                    pytest.fail(f"fill dst+{d} len {n}: region differs")
+
+
+BIG = 4 << 20
+
+
+@pytest.fixture(scope="module")
+def big_region():
+    mm = mmap.mmap(-1, BIG + 2 * 4096)
+    yield mm
+    mm.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(strict=st.booleans(), n=st.integers(0, BIG), dst_off=st.integers(0, 4096),
+       src_off=st.integers(0, 63), seed=st.integers(0, 2**32 - 1))
+def test_large_random_copies_round_trip(big_region, strict, n, dst_off, src_off, seed):
+    mm = big_region
+    total = len(mm)
+    rng = np.random.default_rng(seed)
+    background = rng.integers(0, 256, total, dtype=np.uint8)
+    mm[:] = background.tobytes()
+    source = rng.integers(0, 256, n + src_off, dtype=np.uint8)
+    with Mapping(mm, strict=strict) as m:
+        m.write(dst_off, source[src_off:])
+        region = np.frombuffer(mm, dtype=np.uint8)
+        try:
+            assert np.array_equal(region[dst_off:dst_off + n], source[src_off:])
+            assert np.array_equal(region[:dst_off], background[:dst_off])
+            assert np.array_equal(region[dst_off + n:], background[dst_off + n:])
+        finally:
+            del region          # let the mmap close later
+        out = np.full(n + src_off + 8, 0x5A, dtype=np.uint8)
+        m.read(dst_off, out[src_off:src_off + n])
+        assert np.array_equal(out[src_off:src_off + n], source[src_off:])
+        assert (out[:src_off] == 0x5A).all() and (out[src_off + n:] == 0x5A).all()
+
+
+# -- what can be copied --------------------------------------------------------
+
+DTYPES = [np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+          np.uint32, np.uint64, np.float16, np.float32, np.float64,
+          np.complex64, np.complex128]
+
+
+@pytest.mark.parametrize("strict", MODES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+def test_numpy_arrays_of_every_dtype(region, strict, dtype):
+    raw = np.frombuffer(pattern(37 * 16, 6), dtype=np.uint8)
+    # Bit patterns, not values: any byte pattern must survive (NaNs included).
+    array = raw[:37 * np.dtype(dtype).itemsize].view(dtype)
+    if dtype is np.bool_:
+        array = array.astype(bool)
+    with Mapping(region, strict=strict) as m:
+        m.write(13, array)
+        assert m.read_bytes(13, array.nbytes) == array.tobytes()
+        back = np.empty_like(array)
+        m.read(13, back)
+        assert back.tobytes() == array.tobytes()
+        two_d = np.empty((37, 1), dtype=dtype)
+        m.read(13, two_d)       # multi-dimensional C-contiguous output is fine
+        assert two_d.tobytes() == array.tobytes()
+
+
+@pytest.mark.parametrize("strict", MODES)
+def test_bytes_bytearray_memoryview(region, strict):
+    data = pattern(100, 7)
+    with Mapping(region, strict=strict) as m:
+        for i, buf in enumerate([data, bytearray(data), memoryview(data),
+                                 memoryview(bytearray(data)).cast("I", (25,))]):
+            m.write(200 * i + 5, buf)
+            assert m.read_bytes(200 * i + 5, 100) == data
+        out = memoryview(bytearray(100))
+        m.read(5, out)
+        assert out.tobytes() == data
+        empty = bytearray()
+        m.write(0, b"")
+        m.read(0, empty)
+        assert m.read_bytes(0, 0) == b""
+
+
+def test_read_only_nbytes(region):
+    region[:8] = b"abcdefgh"
+    out = bytearray(b"........")
+    with Mapping(region) as m:
+        m.read(0, out, 3)
+        assert out == b"abc....."
+        m.read(0, out, 0)
+        assert out == b"abc....."
+
+
+def test_non_contiguous_input_rejected(region):
+    with Mapping(region) as m:
+        with pytest.raises(BufferSpecError, match="C-contiguous"):
+            m.write(0, np.arange(20, dtype=np.int32)[::2])
+        with pytest.raises(BufferSpecError):
+            m.write(0, np.zeros((4, 4))[:, 1])
+        with pytest.raises(BufferSpecError):
+            m.write(0, np.asfortranarray(np.zeros((3, 4))))
+        with pytest.raises(BufferSpecError):
+            m.write(0, memoryview(b"abcdef")[::2])
+        with pytest.raises(BufferSpecError):
+            m.write(0, "text is not a buffer")
+        with pytest.raises(BufferSpecError):
+            m.read(0, np.zeros(10)[::2])
+        assert m.read_bytes(0, 64) == bytes(64), "a rejected copy touched the region"
+
+
+def test_read_only_output_rejected(region):
+    region[:4] = b"abcd"
+    with Mapping(region) as m:
+        for out in [b"xxxx", memoryview(bytearray(4)).toreadonly(),
+                    np.zeros(4, np.uint8).copy()]:
+            if isinstance(out, np.ndarray):
+                out.flags.writeable = False
+            with pytest.raises(BufferSpecError, match="writable"):
+                m.read(0, out)
+
+
+def test_output_too_small(region):
+    out = bytearray(b"0123")
+    with Mapping(region) as m:
+        with pytest.raises(BoundsError, match="nbytes"):
+            m.read(0, out, 5)
+        with pytest.raises(BoundsError):
+            m.read(0, out, -1)
+    assert out == b"0123"
+
+
+BAD_RANGES = [(-1, 1), (0, 65537), (65536, 1), (65535, 2), (1, 65536),
+              (2**62, 2**62), (2**63 - 1, 2), (2**63, 1), (2**64 + 5, 1),
+              (-(2**63), 1), (10, -1), (0, 2**63)]
+
+
+@pytest.mark.parametrize("offset,n", BAD_RANGES)
+def test_out_of_range_rejected(region, offset, n):
+    region[:] = b"\x11" * len(region)
+    with Mapping(region, strict=True) as m:
+        with pytest.raises(BoundsError):
+            m.read_bytes(offset, n)
+        with pytest.raises(BoundsError):
+            m.fill(offset, n, 0)
+        if 0 <= n < 1 << 20:
+            with pytest.raises(BoundsError):
+                m.write(offset, bytes(n))
+            with pytest.raises(BoundsError):
+                m.read(offset, bytearray(n))
+    assert region[:] == b"\x11" * len(region), "a rejected call touched the region"
+
+
+def test_edges_of_the_region_are_usable(region):
+    size = len(region)
+    with Mapping(region, strict=True) as m:
+        m.write(size - 3, b"xyz")
+        assert m.read_bytes(size - 3, 3) == b"xyz"
+        m.write(size, b"")                  # empty range at the very end
+        assert m.read_bytes(size, 0) == b""
+        m.store(size - 8, 42)
+        assert m.load(size - 8) == 42
+        with pytest.raises(BoundsError):
+            m.load(size)
+
+
+def test_fill_value_must_be_a_byte(region):
+    with Mapping(region) as m:
+        for value in (-1, 256):
+            with pytest.raises(BufferSpecError):
+                m.fill(0, 4, value)
+        m.fill(0, 4, 255)
+        assert m.read_bytes(0, 4) == b"\xff" * 4
+
+
+# -- words ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("strict", MODES)
+def test_words(region, strict):
+    with Mapping(region, strict=strict) as m:
+        for value in (0, 1, 2**32, 2**63, 2**64 - 1):
+            m.store(8, value)
+            assert m.load(8) == value
+            m.store_release(16, value)
+            assert m.load_acquire(16) == value
+        m.store(24, 0x0102030405060708)
+        assert m.read_bytes(24, 8) == (0x0102030405060708).to_bytes(8, sys.byteorder)
+        m.store_u32(4, 0xDEADBEEF)
+        assert m.load_u32(4) == 0xDEADBEEF
+        assert m.read_bytes(4, 4) == (0xDEADBEEF).to_bytes(4, sys.byteorder)
+
+
+def test_word_checks(region):
+    region[:64] = bytes(range(64))
+    with Mapping(region) as m:
+        for op in (m.load, m.load_acquire):
+            for offset in (1, 4, 7, -8, len(region), 2**64):
+                with pytest.raises(BoundsError):
+                    op(offset)
+        for op in (m.store, m.store_release):
+            with pytest.raises(BoundsError):
+                op(4, 0)
+            with pytest.raises(BoundsError):
+                op(0, -1)
+            with pytest.raises(BoundsError):
+                op(0, 2**64)
+        for offset in (2, 6, -4, len(region) - 2):
+            with pytest.raises(BoundsError):
+                m.load_u32(offset)
+            with pytest.raises(BoundsError):
+                m.store_u32(offset, 0)
+        with pytest.raises(BoundsError):
+            m.store_u32(0, 2**32)
+    assert region[:64] == bytes(range(64))
+
+
+# -- life cycle ----------------------------------------------------------------
+
+def test_properties(region):
+    m = Mapping(region, strict=True)
+    assert m.size == len(region) == len(m)
+    assert m.strict is True
+    assert m.address % mmap.PAGESIZE == 0
+    assert not m.closed
+    assert Mapping(region).strict is False
+    m.release()
+
+
+def test_use_after_release(region):
+    m = Mapping(region, strict=True)
+    m.release()
+    assert m.closed
+    assert m.size == 0
+    calls = [lambda: m.write(0, b"x"), lambda: m.read(0, bytearray(1)),
+             lambda: m.read_bytes(0, 1), lambda: m.fill(0, 1), lambda: m.load(0),
+             lambda: m.store(0, 1), lambda: m.load_acquire(0),
+             lambda: m.store_release(0, 1), lambda: m.load_u32(0),
+             lambda: m.store_u32(0, 1), lambda: m.address]
+    for call in calls:
+        with pytest.raises(RegionError, match="released"):
+            call()
+    m.release()             # a second release is harmless
+    region.close()          # the export is gone, so the mmap can close
+
+
+def test_context_manager_releases(region):
+    with Mapping(region) as m:
+        with pytest.raises(BufferError):
+            region.close()  # the mapping still holds the buffer
+    assert m.closed
+    region.close()
+
+
+def test_unmappable_objects():
+    with pytest.raises(RegionError):
+        Mapping(b"read-only bytes")
+    with pytest.raises(RegionError):
+        Mapping(42)
+    with pytest.raises(RegionError):
+        Mapping(np.zeros(8)[::2])
+
+
+def test_cpu_relax():
+    assert cpu_relax() is None
+
+
+# -- the GIL -------------------------------------------------------------------
+
+def _other_thread_progressed_during(operation, attempts=20):
+    """Whether a second Python thread ran while `operation` was running.
+
+    The switch interval is made huge, so the main thread never gives up the
+    GIL while it runs Python code: the counter can only move between the two
+    reads if `operation` released the GIL.  Repeated attempts absorb the
+    chance that the other thread was not scheduled during one call."""
+    counter = [0]
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            counter[0] += 1
+            time.sleep(0.0001)      # sleeps without the GIL: main never waits long
+
+    old_interval = sys.getswitchinterval()
+    thread = threading.Thread(target=spin)
+    thread.start()
+    try:
+        time.sleep(0.01)
+        sys.setswitchinterval(30)
+        for _ in range(attempts):
+            before = counter[0]
+            operation()
+            if counter[0] != before:
+                return True
+            time.sleep(0.001)
+        return False
+    finally:
+        sys.setswitchinterval(old_interval)
+        stop.set()
+        thread.join()
+
+
+@pytest.mark.parametrize("strict", MODES)
+def test_large_copies_release_the_gil(strict):
+    n = 32 << 20
+    mm = mmap.mmap(-1, n)
+    source = np.ones(n, dtype=np.uint8)
+    out = np.empty(n, dtype=np.uint8)
+    m = Mapping(mm, strict=strict)
+    try:
+        assert _other_thread_progressed_during(lambda: m.write(0, source))
+        assert _other_thread_progressed_during(lambda: m.read(0, out))
+        assert _other_thread_progressed_during(lambda: m.fill(0, n, 1))
+        # The check can fail: a copy of the same size that keeps the GIL
+        # (bytearray() copies while holding it) shows no progress.
+        assert not _other_thread_progressed_during(lambda: bytearray(source), attempts=3)
+    finally:
+        m.release()
+        mm.close()
+
+
+def test_small_copies_keep_the_gil():
+    assert NOGIL_THRESHOLD >= 1024
+    mm = mmap.mmap(-1, 4096)
+    with Mapping(mm) as m:
+        # Hundreds of tiny copies in one call-free loop must not let the
+        # other thread in (each is far below the threshold).
+        def many_small():
+            for _ in range(2000):
+                m.write(0, b"x" * 64)
+        assert not _other_thread_progressed_during(many_small, attempts=3)
+    mm.close()
+
+
+def test_release_refused_while_a_copy_runs():
+    n = 64 << 20
+    mm = mmap.mmap(-1, n)
+    source = np.zeros(n, dtype=np.uint8)
+    m = Mapping(mm, strict=True)
+    errors = []
+
+    def copier():
+        try:
+            for _ in range(5):
+                m.write(0, source)
+        except RegionError:
+            pass            # released between two copies: the expected error
+
+    thread = threading.Thread(target=copier)
+    thread.start()
+    # Whenever release() runs during a copy it must refuse; when it runs
+    # after the copies it succeeds.  Either way nothing crashes.
+    while thread.is_alive():
+        try:
+            m.release()
+            break
+        except RegionError as exc:
+            errors.append(exc)
+    thread.join()
+    m.release()
+    assert m.closed
+    assert all("copy is running" in str(e) for e in errors)
+    mm.close()
