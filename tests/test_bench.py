@@ -1,0 +1,201 @@
+"""Smoke tests of the benchmarks: they run, their output parses, the files appear.
+
+These tests launch mpirun themselves (single pytest process).  They never
+assert a speed: timings on a shared 2-core machine mean nothing in a test.
+"""
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from ivmpi import bench, benchcompare
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MPIRUN = benchcompare.find_mpirun()
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+           PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+HAVE_IVMPI_COMM = importlib.util.find_spec("ivmpi.comm") is not None
+
+needs_mpirun = pytest.mark.skipif(MPIRUN is None, reason="mpirun not installed")
+
+ROW = re.compile(r"^\s*(\d+)\s+([\d.]+) \| ([\d.e+-]+) \u00b1 ([\d.e+-]+)\s+(\d+)$")
+
+
+def run(cmd, timeout=120, **kwargs):
+    return subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=timeout, **kwargs)
+
+
+# ------------------------------------------------------------ pure helpers
+
+def test_parse_size_accepts_units_and_rejects_garbage():
+    assert bench.parse_size_list("0,8,1K,64KiB,16M,1G") == [0, 8, 1024, 65536, 16 << 20, 1 << 30]
+    assert bench.parse_size("512B") == 512
+    for bad in ("", "abc", "1.5K", "-1", "4T"):
+        with pytest.raises(Exception):
+            bench.parse_size(bad)
+
+
+def test_pingpong_sizes_follow_mpi4py_rules():
+    parse = bench.pingpong_parser().parse_args
+    assert bench.pingpong_sizes(parse(["-m", "1", "-n", "16"])) == [1, 2, 4, 8, 16]
+    assert bench.pingpong_sizes(parse(["-n", "4", "--zero-size"])) == [0, 1, 2, 4]
+    assert bench.pingpong_sizes(parse(["--sizes", "8,0,8,1K"])) == [0, 8, 1024]
+    options = parse(["-l", "500", "-s", "50", "--loop-large", "20", "--loop-huge", "3"])
+    assert bench.iterations_for(8, options) == (50, 500)
+    assert bench.iterations_for(1 << 16, options) == (10, 20)
+    assert bench.iterations_for(1 << 24, options) == (1, 3)
+    assert parse(["--count", "7"]).loop == 7
+
+
+def test_no_single_copy_options_per_open_mpi_version():
+    assert benchcompare.no_single_copy_args("Open MPI", (5, 0)) == ["--mca", "smsc",
+                                                                    "^cma,xpmem,knem"]
+    assert benchcompare.no_single_copy_args("Open MPI", (4, 1)) == [
+        "--mca", "btl_vader_single_copy_mechanism", "none"]
+    with pytest.raises(RuntimeError):
+        benchcompare.no_single_copy_args("MPICH", (4, 2))
+
+
+def test_last_error_line_picks_the_exception():
+    stderr = ("Traceback (most recent call last):\n  File \"x\", line 1\n"
+              "ModuleNotFoundError: No module named 'ivmpi.comm'\n"
+              "--------------------------------------------------\n"
+              "prterun detected that one or more processes exited\n")
+    assert benchcompare.last_error_line(stderr) == \
+        "ModuleNotFoundError: No module named 'ivmpi.comm'"
+    assert benchcompare.last_error_line("") == "no output"
+
+
+def test_rounds_rotate_so_no_transport_always_goes_first():
+    jobs = ["a", "b", "c"]
+    firsts = {benchcompare.rotated(jobs, r)[0] for r in range(3)}
+    assert firsts == set(jobs)
+    assert sorted(benchcompare.rotated(jobs, 5)) == jobs
+
+
+# --------------------------------------------------------- under mpirun
+
+@needs_mpirun
+def test_pingpong_output_and_json(tmp_path):
+    out = tmp_path / "pp.json"
+    proc = run([MPIRUN, "-n", "2", sys.executable, "-m", "ivmpi.bench", "pingpong",
+                "--transport", "mpi4py", "--zero-size", "-n", "1K", "-s", "2", "-l", "20",
+                "--repeats", "2", "--small-dict", "--json", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("# MPI PingPong Test")
+    assert lines[1].startswith("# Size [B]  Bandwidth [MB/s] |")
+    rows = [ROW.match(line) for line in lines[2:] if not line.startswith("#")]
+    assert all(rows), lines
+    expected_sizes = [0] + [1 << i for i in range(11)]
+    assert [int(m.group(1)) for m in rows] == expected_sizes
+    assert all(int(m.group(5)) == 40 for m in rows)  # loop x repeats samples
+    assert any(line.startswith("# pickled small dict") for line in lines)
+
+    document = json.loads(out.read_text())
+    assert document["transport"] == "mpi4py" and document["comm_size"] == 2
+    assert [r["size"] for r in document["results"]] == expected_sizes
+    for row in document["results"]:
+        assert len(row["times"]) == 2 and row["time_min"] <= row["time_median"]
+        assert row["time_min"] > 0
+        assert row["bandwidth_median"] == pytest.approx(row["size"] / row["time_median"])
+    assert document["small_dict"]["time_median"] > 0
+
+
+@needs_mpirun
+def test_pingpong_pickle_mode_and_collectives(tmp_path):
+    proc = run([MPIRUN, "-n", "2", sys.executable, "-m", "ivmpi.bench", "pingpong",
+                "--transport", "mpi4py", "-p", "-a", "none", "--sizes", "0,100", "-l", "5"])
+    assert proc.returncode == 0, proc.stderr
+    assert [int(ROW.match(l).group(1)) for l in proc.stdout.splitlines()[2:]] == [0, 100]
+
+    out = tmp_path / "coll.json"
+    proc = run([MPIRUN, "--oversubscribe", "-n", "3", sys.executable, "-m", "ivmpi.bench",
+                "collectives", "--transport", "mpi4py", "-l", "5", "--loop-bcast", "2",
+                "--repeats", "2", "--json", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    document = json.loads(out.read_text())
+    assert document["comm_size"] == 3
+    assert set(document["results"]) == {"Barrier", "Allreduce", "Bcast"}
+    assert all(len(r["times"]) == 2 for r in document["results"].values())
+
+
+@needs_mpirun
+def test_no_single_copy_options_really_disable_single_copy():
+    """(c) must differ from (b): Open MPI ignores unknown parameter names silently."""
+    family, version = benchcompare.mpirun_version(MPIRUN)
+    if family != "Open MPI" or version < (5, 0):
+        pytest.skip(f"checked for Open MPI 5 only, found {family} {version}")
+    code = "from mpi4py import MPI; MPI.COMM_WORLD.Barrier()"
+    args = benchcompare.no_single_copy_args(family, version)
+    proc = run([MPIRUN, "-n", "2", *args, "--mca", "smsc_base_verbose", "10",
+                sys.executable, "-c", code])
+    assert proc.returncode == 0, proc.stderr
+    assert "no shared-memory single-copy component available" in proc.stdout + proc.stderr
+
+
+@needs_mpirun
+def test_failed_launch_is_a_clear_error(tmp_path):
+    family, version = benchcompare.mpirun_version(MPIRUN)
+    launcher = benchcompare.Launcher(MPIRUN, family, version, str(tmp_path))
+    with pytest.raises(RuntimeError, match="exit"):
+        launcher.run("sm", 2, ["pingpong", "--no-such-option"], str(tmp_path / "x.json"))
+
+
+@pytest.fixture(scope="module")
+def quick_compare(tmp_path_factory):
+    if MPIRUN is None:
+        pytest.skip("mpirun not installed")
+    folder = tmp_path_factory.mktemp("compare")
+    json_path, png_path = folder / "results.json", folder / "results.png"
+    proc = run([sys.executable, "-m", "ivmpi.benchcompare", "--quick",
+                "--json", str(json_path), "--plot", str(png_path), "--region-dir", str(folder)],
+               timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc, json.loads(json_path.read_text()), png_path
+
+
+def test_compare_quick_covers_every_native_transport(quick_compare):
+    proc, document, png_path = quick_compare
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sizes = [str(n) for n in benchcompare.QUICK_SIZES]
+    for transport in benchcompare.NATIVE:
+        assert document["transports"][transport]["available"], document["transports"][transport]
+        rows = document["pingpong"][transport]
+        assert all(rows[n] and rows[n]["time_median"] > 0 for n in sizes), rows
+        assert document["small_dict"][transport]["time_median"] > 0
+    for nranks in ("2", "4"):
+        ops = document["collectives"]["sm"][nranks]
+        assert set(ops) == {"Barrier", "Allreduce", "Bcast"}
+    assert document["memcpy"]["bandwidth_median"] > 0
+    assert document["transports"]["sm-nocopy"]["mpirun_args"]
+    # The printed report has one row per size in both tables, plus the dict row.
+    for label in ("0 B", "8 B", "8 KiB", "1 MiB", "pickled dict", "memcpy"):
+        assert label in proc.stdout
+    assert "round 1/1" in proc.stderr
+
+
+def test_compare_quick_reports_ivmpi_as_na_while_missing(quick_compare):
+    if HAVE_IVMPI_COMM:
+        pytest.skip("ivmpi.comm exists: covered by the next test")
+    proc, document, _ = quick_compare
+    entry = document["transports"]["ivmpi"]
+    assert not entry["available"] and "ivmpi.comm" in entry["error"]
+    assert "(a) ivmpi region  -- n/a" in proc.stdout
+    assert all(v is None for v in document["ratios"]["ivmpi/sm"].values())
+
+
+def test_compare_quick_measures_ivmpi(quick_compare):
+    if not HAVE_IVMPI_COMM:
+        pytest.skip("ivmpi.comm not available yet")
+    _, document, _ = quick_compare
+    assert document["transports"]["ivmpi"]["available"], document["transports"]["ivmpi"]
+    rows = document["pingpong"]["ivmpi"]
+    assert all(rows[str(n)]["time_median"] > 0 for n in benchcompare.QUICK_SIZES)
+    assert all(v > 0 for v in document["ratios"]["ivmpi/sm-nocopy"].values())
+    assert set(document["collectives"]["ivmpi"]["2"]) == {"Barrier", "Allreduce", "Bcast"}
