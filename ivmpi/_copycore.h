@@ -105,6 +105,18 @@ static inline void ivmpi_copy_to_region_strict(void *region_dst, const void *src
     /* d is now 8-byte aligned whenever n >= 8 remains (each step above ran
      * only if its bit was set and enough bytes were left). */
     volatile uint64_t *dw = (volatile uint64_t *)d;
+    /* Four words per iteration: loads first, then the stores, which lets
+     * the CPU overlap them (about 2x faster than one word per iteration on
+     * the machines measured, see ivmpi/copybench.py). */
+    while (n >= 32) {
+        uint64_t v0, v1, v2, v3;
+        memcpy(&v0, s, 8); memcpy(&v1, s + 8, 8);
+        memcpy(&v2, s + 16, 8); memcpy(&v3, s + 24, 8);
+        IVMPI_TRACE(dw, 8); IVMPI_TRACE(dw + 1, 8);
+        IVMPI_TRACE(dw + 2, 8); IVMPI_TRACE(dw + 3, 8);
+        dw[0] = v0; dw[1] = v1; dw[2] = v2; dw[3] = v3;
+        dw += 4; s += 32; n -= 32;
+    }
     while (n >= 8) {
         uint64_t v; memcpy(&v, s, 8);
         IVMPI_TRACE(dw, 8);
@@ -152,6 +164,14 @@ static inline void ivmpi_copy_from_region_strict(void *dst, const void *region_s
         d += 4; s += 4; n -= 4;
     }
     const volatile uint64_t *sw = (const volatile uint64_t *)s;
+    while (n >= 32) {
+        IVMPI_TRACE(sw, 8); IVMPI_TRACE(sw + 1, 8);
+        IVMPI_TRACE(sw + 2, 8); IVMPI_TRACE(sw + 3, 8);
+        uint64_t v0 = sw[0], v1 = sw[1], v2 = sw[2], v3 = sw[3];
+        memcpy(d, &v0, 8); memcpy(d + 8, &v1, 8);
+        memcpy(d + 16, &v2, 8); memcpy(d + 24, &v3, 8);
+        sw += 4; d += 32; n -= 32;
+    }
     while (n >= 8) {
         IVMPI_TRACE(sw, 8);
         uint64_t v = *sw++;
@@ -222,6 +242,12 @@ static inline void ivmpi_fill_region(void *region_dst, unsigned char value, size
         d += 4; n -= 4;
     }
     volatile uint64_t *dw = (volatile uint64_t *)d;
+    while (n >= 32) {
+        IVMPI_TRACE(dw, 8); IVMPI_TRACE(dw + 1, 8);
+        IVMPI_TRACE(dw + 2, 8); IVMPI_TRACE(dw + 3, 8);
+        dw[0] = v8; dw[1] = v8; dw[2] = v8; dw[3] = v8;
+        dw += 4; n -= 32;
+    }
     while (n >= 8) {
         IVMPI_TRACE(dw, 8);
         *dw++ = v8;
