@@ -371,7 +371,7 @@ def parse_send(spec, blocks=1):
         if mem.c_contiguous:
             entry = _format_cache.get(mem.format)
             if entry is not None:
-                if mem.ndim != 1 or entry[1] != 1:
+                if mem.ndim != 1 or mem.format != "B":
                     mem = mem.cast("B")
                 return Buf(mem, len(mem) // entry[1], entry[0], spec)
     return _parse(spec, False, blocks)
@@ -384,7 +384,7 @@ def parse_recv(spec, blocks=1):
         if mem.c_contiguous and not mem.readonly:
             entry = _format_cache.get(mem.format)
             if entry is not None:
-                if mem.ndim != 1 or entry[1] != 1:
+                if mem.ndim != 1 or mem.format != "B":
                     mem = mem.cast("B")
                 return Buf(mem, len(mem) // entry[1], entry[0], spec)
     return _parse(spec, True, blocks)
