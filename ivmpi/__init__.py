@@ -13,8 +13,8 @@ def __getattr__(name):
         from .region import Region
         return Region
     if name == "MPI":
-        from . import MPI
-        return MPI
+        import importlib
+        return importlib.import_module(".MPI", __name__)
     if name == "Comm":
         from .comm import Comm
         return Comm

@@ -1,0 +1,307 @@
+# The rings: one single-producer/single-consumer ring per ordered pair of
+# ranks, as specified in docs/layout.md ("Rings" and "Frames").
+#
+# Included at the end of _fastcopy.pyx so that it shares the Mapping type
+# and the copy core.  The producer side (TxRing) and the consumer side
+# (RxRing) each keep their own index privately and publish it with a
+# store-release; the other side's index is read with a load-acquire and
+# validated before use, because the peer owning it may be corrupt or hostile.
+
+from libc.stdint cimport uint64_t, uint32_t, int32_t
+from libc.string cimport memset, memcpy
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
+
+from .errors import CorruptRegionError as _CorruptRegionError
+from .errors import BufferSpecError as _BufferSpecError
+
+cdef extern from "_copycore.h":
+    uint64_t rg_load_acquire "ivmpi_load_acquire_u64"(const void *p) nogil
+    void rg_store_release "ivmpi_store_release_u64"(void *p, uint64_t v) nogil
+    uint64_t rg_load "ivmpi_load_u64"(const void *p) nogil
+    void rg_store "ivmpi_store_u64"(void *p, uint64_t v) nogil
+    void rg_copy_to "ivmpi_copy_to_region"(void *dst, const void *src, size_t n, int strict) nogil
+    void rg_copy_from "ivmpi_copy_from_region"(void *dst, const void *src, size_t n, int strict) nogil
+
+# Frame kinds (docs/layout.md, "Frames").
+KIND_EAGER = 1
+KIND_EAGER_SYNC = 2
+KIND_RTS = 3
+KIND_CTS = 4
+KIND_DATA = 5
+KIND_ACK = 6
+KIND_PAD = 7
+FRAME_HEADER_BYTES = 32
+
+cdef enum:
+    _K_FIRST = 1
+    _K_LAST = 6
+    _K_PAD = 7
+    _HDR = 32
+    _INLINE_MAX = 224        # header + payload up to this size go in one copy
+    _INLINE_WORDS = 28       # _INLINE_MAX / 8 (a C array size: no '//' here)
+    _NOGIL_MIN = 16384       # copies this large release the GIL
+
+cdef inline uint64_t _round8(uint64_t n) nogil:
+    return (n + 7) & ~(<uint64_t>7)
+
+
+cdef int _check_ring(Mapping mem, Py_ssize_t offset, uint64_t ring_bytes) except -1:
+    if mem.base == NULL:
+        raise ValueError("the region mapping is closed")
+    if ring_bytes < 4096 or (ring_bytes & (ring_bytes - 1)) != 0:
+        raise ValueError(f"ring size {ring_bytes} is not a power of two >= 4096")
+    if offset < 0 or offset % 64 != 0 or <uint64_t>offset + 128 + ring_bytes > <uint64_t>mem.size:
+        raise ValueError(f"ring at offset {offset} with {ring_bytes} bytes does not fit the region")
+    return 0
+
+
+cdef class TxRing:
+    """The producer end of the ring from this rank to `peer`."""
+    cdef Mapping mem
+    cdef char *head_p
+    cdef char *tail_p
+    cdef char *data
+    cdef uint64_t ring_bytes
+    cdef uint64_t head
+    cdef uint64_t tail_cache
+    cdef int strict
+    cdef readonly int peer
+
+    def __cinit__(self, Mapping mem, Py_ssize_t offset, uint64_t ring_bytes, int peer):
+        _check_ring(mem, offset, ring_bytes)
+        self.mem = mem
+        self.head_p = mem.base + offset
+        self.tail_p = mem.base + offset + 64
+        self.data = mem.base + offset + 128
+        self.ring_bytes = ring_bytes
+        self.strict = mem.strict
+        self.peer = peer
+        # Start-up zeroed both indices; the producer owns `head`.
+        self.head = 0
+        self.tail_cache = 0
+
+    cdef int _has_room(self, uint64_t need) except -1:
+        cdef uint64_t tail
+        if self.head + need - self.tail_cache <= self.ring_bytes:
+            return 1
+        tail = rg_load_acquire(self.tail_p)
+        if tail > self.head or self.head - tail > self.ring_bytes or (tail & 7) != 0 \
+                or tail < self.tail_cache:
+            raise _CorruptRegionError(
+                f"peer {self.peer}: ring tail {tail} is impossible (head {self.head}, "
+                f"last tail {self.tail_cache}, ring {self.ring_bytes} bytes)")
+        self.tail_cache = tail
+        return 1 if self.head + need - tail <= self.ring_bytes else 0
+
+    cdef int write_frame(self, uint32_t kind, int32_t tag, uint32_t context, uint64_t a,
+                         uint64_t b, const char *payload, uint64_t length) except -1:
+        """Publish one frame; 1 when published, 0 when the ring has no room yet."""
+        cdef uint64_t fsize = _HDR + _round8(length)
+        cdef uint64_t pos = self.head & (self.ring_bytes - 1)
+        cdef uint64_t pad = 0
+        cdef uint64_t words[_INLINE_WORDS]
+        cdef char *dst
+        if fsize > self.ring_bytes:
+            raise ValueError(f"frame of {fsize} bytes does not fit a ring of {self.ring_bytes}")
+        if self.ring_bytes - pos < fsize:
+            pad = self.ring_bytes - pos
+        if not self._has_room(pad + fsize):
+            return 0
+        if pad:
+            # Only the first word of a PAD frame is read (layout.md).
+            rg_store(self.data + pos, _K_PAD)
+            pos = 0
+        dst = self.data + pos
+        words[0] = kind | (<uint64_t>length << 32)
+        words[1] = <uint32_t>tag | (<uint64_t>context << 32)
+        words[2] = a
+        words[3] = b
+        if fsize <= _INLINE_MAX:
+            # Header and payload in one aligned copy; the padding is zeroed
+            # so no private bytes leak into the region.
+            if length & 7:
+                words[(fsize >> 3) - 1] = 0
+            if length:
+                memcpy(<char *>words + _HDR, payload, length)
+            rg_copy_to(dst, words, fsize, self.strict)
+        else:
+            rg_copy_to(dst, words, _HDR, self.strict)
+            if length >= _NOGIL_MIN:
+                with nogil:
+                    rg_copy_to(dst + _HDR, payload, length, self.strict)
+            else:
+                rg_copy_to(dst + _HDR, payload, length, self.strict)
+        self.head += pad + fsize
+        # The frame is complete in the region before the head says so.
+        rg_store_release(self.head_p, self.head)
+        return 1
+
+    def send(self, uint32_t kind, int32_t tag, uint32_t context, uint64_t a, uint64_t b,
+             payload=None, Py_ssize_t offset=0, Py_ssize_t length=-1):
+        """Publish a frame whose payload is payload[offset:offset+length] (bytes).
+
+        Returns True when published, False when the ring is full (try later).
+        """
+        cdef Py_buffer view
+        cdef int done
+        if payload is None:
+            if length > 0 or offset:
+                raise ValueError("a payload length was given without a payload")
+            return self.write_frame(kind, tag, context, a, b, NULL, 0) == 1
+        PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+        try:
+            if length < 0:
+                length = view.len - offset
+            if offset < 0 or length < 0 or offset > view.len or length > view.len - offset:
+                raise _BufferSpecError(
+                    f"payload range [{offset}, {offset}+{length}) is outside a buffer of {view.len} bytes")
+            done = self.write_frame(kind, tag, context, a, b, <const char *>view.buf + offset,
+                                    <uint64_t>length)
+        finally:
+            PyBuffer_Release(&view)
+        return done == 1
+
+    @property
+    def head_index(self):
+        return self.head
+
+    def max_payload(self):
+        """The largest payload a single frame may carry in this ring."""
+        return self.ring_bytes - _HDR
+
+
+cdef class RxRing:
+    """The consumer end of the ring from `peer` to this rank.
+
+    poll() exposes the next frame's header fields (kind, tag, context, a, b,
+    length) after validating them; the payload is then copied out and the
+    frame released with consume().
+    """
+    cdef Mapping mem
+    cdef char *head_p
+    cdef char *tail_p
+    cdef char *data
+    cdef uint64_t ring_bytes
+    cdef uint64_t tail
+    cdef uint64_t head_seen
+    cdef uint64_t fsize
+    cdef uint64_t pos
+    cdef int strict
+    cdef readonly int peer
+    cdef readonly bint ready
+    cdef readonly uint32_t kind
+    cdef readonly int32_t tag
+    cdef readonly uint32_t context
+    cdef readonly uint64_t a
+    cdef readonly uint64_t b
+    cdef readonly uint64_t length
+
+    def __cinit__(self, Mapping mem, Py_ssize_t offset, uint64_t ring_bytes, int peer):
+        _check_ring(mem, offset, ring_bytes)
+        self.mem = mem
+        self.head_p = mem.base + offset
+        self.tail_p = mem.base + offset + 64
+        self.data = mem.base + offset + 128
+        self.ring_bytes = ring_bytes
+        self.strict = mem.strict
+        self.peer = peer
+        self.tail = 0
+        self.head_seen = 0
+        self.ready = False
+
+    cdef int _corrupt(self, str what) except -1:
+        raise _CorruptRegionError(
+            f"peer {self.peer}: {what} (ring tail {self.tail}, head {self.head_seen}, "
+            f"ring {self.ring_bytes} bytes)")
+
+    cpdef bint poll(self) except -1:
+        """True when a validated frame is ready to be read."""
+        cdef uint64_t h, avail, w0, w1, skip
+        if self.ready:
+            return True
+        while True:
+            if self.tail == self.head_seen:
+                h = rg_load_acquire(self.head_p)
+                if h == self.head_seen:
+                    return False
+                if h < self.head_seen:
+                    self._corrupt(f"ring head went backwards to {h}")
+                if h - self.tail > self.ring_bytes:
+                    self._corrupt(f"ring head {h} is more than a ring ahead")
+                if h & 7:
+                    self._corrupt(f"ring head {h} is not a multiple of 8")
+                self.head_seen = h
+            avail = self.head_seen - self.tail
+            self.pos = self.tail & (self.ring_bytes - 1)
+            w0 = rg_load(self.data + self.pos)
+            self.kind = <uint32_t>(w0 & 0xffffffffu)
+            if self.kind == _K_PAD:
+                skip = self.ring_bytes - self.pos
+                if skip > avail:
+                    self._corrupt(f"PAD frame at {self.pos} skips {skip} bytes, only {avail} published")
+                self.tail += skip
+                rg_store_release(self.tail_p, self.tail)
+                continue
+            if self.kind < _K_FIRST or self.kind > _K_LAST:
+                self._corrupt(f"frame at {self.pos} has unknown kind {self.kind}")
+            self.length = w0 >> 32
+            self.fsize = _HDR + _round8(self.length)
+            if self.pos + self.fsize > self.ring_bytes:
+                self._corrupt(f"frame at {self.pos} of {self.fsize} bytes runs past the ring's end")
+            if self.fsize > avail:
+                self._corrupt(f"frame at {self.pos} of {self.fsize} bytes is longer than the "
+                              f"{avail} bytes published")
+            w1 = rg_load(self.data + self.pos + 8)
+            self.tag = <int32_t>(<uint32_t>(w1 & 0xffffffffu))
+            self.context = <uint32_t>(w1 >> 32)
+            self.a = rg_load(self.data + self.pos + 16)
+            self.b = rg_load(self.data + self.pos + 24)
+            self.ready = True
+            return True
+
+    cdef int copy_out(self, char *dst, uint64_t n) except -1:
+        # n <= self.length is the caller's promise (checked by the callers).
+        if n >= _NOGIL_MIN:
+            with nogil:
+                rg_copy_from(dst, self.data + self.pos + _HDR, n, self.strict)
+        else:
+            rg_copy_from(dst, self.data + self.pos + _HDR, n, self.strict)
+        return 0
+
+    def read_into(self, out, Py_ssize_t offset=0):
+        """Copy the current frame's payload into out[offset:offset+length]."""
+        cdef Py_buffer view
+        if not self.ready:
+            raise RuntimeError("no frame is ready")
+        PyObject_GetBuffer(out, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
+        try:
+            if offset < 0 or offset > view.len or <uint64_t>(view.len - offset) < self.length:
+                raise _BufferSpecError(
+                    f"a payload of {self.length} bytes does not fit at offset {offset} "
+                    f"of a buffer of {view.len} bytes")
+            self.copy_out(<char *>view.buf + offset, self.length)
+        finally:
+            PyBuffer_Release(&view)
+
+    def payload(self):
+        """The current frame's payload as a new bytearray (unexpected messages)."""
+        cdef bytearray out
+        if not self.ready:
+            raise RuntimeError("no frame is ready")
+        out = bytearray(self.length)
+        if self.length:
+            self.copy_out(<char *>out, self.length)
+        return out
+
+    cpdef consume(self):
+        """Release the current frame's space to the producer."""
+        if not self.ready:
+            raise RuntimeError("no frame is ready")
+        self.ready = False
+        self.tail += self.fsize
+        # Our reads of the frame are done before the producer may reuse it.
+        rg_store_release(self.tail_p, self.tail)
+
+    def pending(self):
+        """True when the producer has published bytes we have not consumed."""
+        return self.ready or rg_load_acquire(self.head_p) != self.tail

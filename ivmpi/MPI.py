@@ -1,0 +1,51 @@
+"""Drop-in replacement for ``mpi4py.MPI``.
+
+``from ivmpi import MPI`` gives every name of mpi4py's MPI module
+(datatypes, ops, constants, Status, Wtime, ...) with COMM_WORLD and
+COMM_SELF replaced by ivmpi communicators and Comm/Request/Message by
+ivmpi's classes, so a program written for mpi4py runs unchanged.
+
+COMM_WORLD starts the job the first time it is used, not at import.
+"""
+import sys as _sys
+
+from mpi4py import MPI as _mpi
+
+from . import world as _world
+from .comm import Comm, Group, Intracomm
+from .request import MESSAGE_NO_PROC, MESSAGE_NULL, REQUEST_NULL, Message, MPIError, Prequest, Request
+
+# Everything mpi4py exports, first; ivmpi's own classes then take over.
+for _name in dir(_mpi):
+    if not _name.startswith("__"):
+        globals()[_name] = getattr(_mpi, _name)
+
+Comm = Comm
+Intracomm = Intracomm
+Group = Group
+Request = Request
+Prequest = Prequest
+Message = Message
+REQUEST_NULL = REQUEST_NULL
+MESSAGE_NULL = MESSAGE_NULL
+MESSAGE_NO_PROC = MESSAGE_NO_PROC
+Exception = _mpi.Exception
+IvmpiMPIError = MPIError
+
+_LAZY = {"COMM_WORLD": _world.get_world, "COMM_SELF": _world.get_self}
+del globals()["COMM_WORLD"], globals()["COMM_SELF"]
+
+
+def __getattr__(name):
+    # COMM_WORLD/COMM_SELF are built on first use, so that importing this
+    # module never starts a job by itself.
+    factory = _LAZY.get(name)
+    if factory is None:
+        raise AttributeError(f"module 'ivmpi.MPI' has no attribute {name!r}")
+    value = factory()
+    globals()[name] = value
+    return value
+
+
+def Get_processor_name():
+    return _mpi.Get_processor_name()

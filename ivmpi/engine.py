@@ -1,0 +1,496 @@
+"""The progress engine: matching, eager and rendezvous protocols, waiting.
+
+One Engine per process owns the rings of this rank (docs/layout.md) and
+works in world ranks and raw bytes; communicators translate ranks, parse
+buffers and pickle objects on top of it.
+
+Matching follows MPI: a receive takes the first message, in arrival order,
+whose (source, tag, context) it accepts; each peer's ring is a FIFO, so
+messages between a pair never overtake each other.  Messages nobody has
+asked for yet wait in `unexpected`: an eager one with a private copy of its
+payload, a rendezvous one as its envelope only (its payload stays with the
+sender until a receive matches it).
+"""
+import os
+import time
+from collections import deque
+
+from . import _fastcopy
+from .errors import CorruptRegionError, IvmpiError, IvmpiTimeoutError, PeerError
+
+ANY_SOURCE = -1
+ANY_TAG = -1
+MAX_MESSAGE = 1 << 48
+
+EAGER, EAGER_SYNC, RTS, CTS, DATA, ACK = (
+    _fastcopy.KIND_EAGER, _fastcopy.KIND_EAGER_SYNC, _fastcopy.KIND_RTS,
+    _fastcopy.KIND_CTS, _fastcopy.KIND_DATA, _fastcopy.KIND_ACK)
+
+# Error codes carried by requests (mpi4py's MPI.ERR_* values are used by the
+# communicator when it turns them into MPI exceptions).
+ERR_TRUNCATE = "truncate"
+
+
+def _env_float(name, default):
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise IvmpiError(f"{name}={value!r} is not a number of seconds") from None
+
+
+class Incoming:
+    """A message that arrived before any receive matched it."""
+    __slots__ = ("source", "tag", "context", "size", "data", "send_id", "kind", "self_send")
+
+    def __init__(self, source, tag, context, size, data, send_id, kind, self_send=None):
+        self.source = source
+        self.tag = tag
+        self.context = context
+        self.size = size
+        self.data = data            # payload (eager) or None (rendezvous)
+        self.send_id = send_id
+        self.kind = kind
+        self.self_send = self_send  # the SendOp of a synchronous send to ourselves
+
+
+class Op:
+    """Base of the engine's operations; the communicator wraps them in Requests."""
+    __slots__ = ("done", "error", "peer")
+
+    def __init__(self, peer):
+        self.done = False
+        self.error = None
+        self.peer = peer
+
+
+class SendOp(Op):
+    __slots__ = ("mem", "tag", "context", "sync", "send_id", "offset", "state")
+
+    def __init__(self, dest, mem, tag, context, sync):
+        super().__init__(dest)
+        self.mem = mem
+        self.tag = tag
+        self.context = context
+        self.sync = sync
+        self.send_id = 0
+        self.offset = 0
+        self.state = "new"
+
+
+class RecvOp(Op):
+    """A posted receive.  `mem` is a writable byte view, or None to allocate
+    a buffer of the message's size on match (object receives)."""
+    __slots__ = ("source", "tag", "context", "mem", "status_source", "status_tag", "count",
+                 "received", "total", "cancelled", "data", "discard")
+
+    def __init__(self, source, tag, context, mem):
+        super().__init__(source)
+        self.source = source
+        self.tag = tag
+        self.context = context
+        self.mem = mem
+        self.status_source = ANY_SOURCE
+        self.status_tag = ANY_TAG
+        self.count = 0
+        self.received = 0
+        self.total = 0
+        self.cancelled = False
+        self.data = None
+        self.discard = False
+
+
+def _accepts(op, source, tag, context):
+    return (op.context == context and (op.source == ANY_SOURCE or op.source == source)
+            and (op.tag == ANY_TAG or op.tag == tag))
+
+
+class Engine:
+    def __init__(self, region, geometry, rank):
+        self.region = region
+        self.mem = region.mem
+        self.geo = geometry
+        self.rank = rank
+        self.size = geometry.nranks
+        self.eager_limit = geometry.eager_limit
+        self.chunk_bytes = geometry.chunk_bytes
+        ring_bytes = geometry.ring_bytes
+        self.tx = [None] * self.size
+        self.rx = [None] * self.size
+        for peer in range(self.size):
+            if peer != rank:
+                self.tx[peer] = _fastcopy.TxRing(self.mem, geometry.ring(rank, peer), ring_bytes, peer)
+                self.rx[peer] = _fastcopy.RxRing(self.mem, geometry.ring(peer, rank), ring_bytes, peer)
+        self.rx_list = [r for r in self.rx if r is not None]
+        self.posted = []                                 # RecvOps in post order
+        self.unexpected = []                             # Incoming in arrival order
+        self.outq = [deque() for _ in range(self.size)]  # frames waiting for ring space
+        self.backlog = set()                             # peers whose outq is not empty
+        self.next_send_id = [1] * self.size
+        self.awaiting_cts = {}                           # (peer, send id) -> SendOp
+        self.awaiting_ack = {}                           # (peer, send id) -> SendOp
+        self.receiving = {}                              # (peer, send id) -> RecvOp
+        self.timeout = _env_float("IVMPI_TIMEOUT", 0.0)
+        self.closed = False
+
+    # --- sending --------------------------------------------------------------
+
+    def isend(self, dest, mem, tag, context, sync=False):
+        op = SendOp(dest, mem, tag, context, sync)
+        if dest == self.rank:
+            self._send_to_self(op)
+            return op
+        size = len(mem)
+        if size > MAX_MESSAGE:
+            raise IvmpiError(f"message of {size} bytes exceeds ivmpi's limit of {MAX_MESSAGE}")
+        if size <= self.eager_limit:
+            if sync:
+                op.send_id = self._new_send_id(dest)
+                self.awaiting_ack[(dest, op.send_id)] = op
+                op.state = "awaiting ack"
+                self._post(dest, (EAGER_SYNC, tag, context, 0, op.send_id, mem, 0, size, None))
+            else:
+                self._post(dest, (EAGER, tag, context, 0, 0, mem, 0, size, op))
+        else:
+            op.send_id = self._new_send_id(dest)
+            self.awaiting_cts[(dest, op.send_id)] = op
+            op.state = "awaiting clear-to-send"
+            self._post(dest, (RTS, tag, context, size, op.send_id, None, 0, 0, None))
+        return op
+
+    def _new_send_id(self, dest):
+        send_id = self.next_send_id[dest]
+        self.next_send_id[dest] = send_id + 1
+        return send_id
+
+    def _post(self, dest, frame):
+        """Publish a frame now if nothing is queued before it, else queue it."""
+        queue = self.outq[dest]
+        if not queue and self._publish(dest, frame):
+            return
+        queue.append(frame)
+        self.backlog.add(dest)
+
+    def _publish(self, dest, frame):
+        kind, tag, context, a, b, mem, offset, length, op = frame
+        if not self.tx[dest].send(kind, tag, context, a, b, mem, offset, length):
+            return False
+        if op is not None:
+            op.done = True
+        return True
+
+    def _flush(self, dest):
+        queue = self.outq[dest]
+        tx = self.tx[dest]
+        while queue:
+            frame = queue[0]
+            if frame[0] == DATA:
+                if not self._stream(dest, tx, frame[8]):
+                    return
+            elif not self._publish(dest, frame):
+                return
+            queue.popleft()
+        self.backlog.discard(dest)
+
+    def _stream(self, dest, tx, op):
+        """Publish the next chunks of a cleared rendezvous send; True when all are out."""
+        mem = op.mem
+        total = len(mem)
+        chunk = self.chunk_bytes
+        while op.offset < total:
+            length = min(chunk, total - op.offset)
+            if not tx.send(DATA, 0, 0, op.offset, op.send_id, mem, op.offset, length):
+                return False
+            op.offset += length
+        op.done = True
+        op.state = "done"
+        return True
+
+    def _send_to_self(self, op):
+        data = bytearray(op.mem)
+        incoming = Incoming(self.rank, op.tag, op.context, len(data), data, 0, EAGER,
+                           self_send=op if op.sync else None)
+        if not op.sync:
+            op.done = True
+        self._arrive(incoming)
+
+    # --- receiving ------------------------------------------------------------
+
+    def irecv(self, source, tag, context, mem):
+        op = RecvOp(source, tag, context, mem)
+        incoming = self._take_unexpected(source, tag, context)
+        if incoming is not None:
+            self._deliver(incoming, op)
+        else:
+            self.posted.append(op)
+        return op
+
+    def _take_unexpected(self, source, tag, context):
+        for i, msg in enumerate(self.unexpected):
+            if (msg.context == context and (source == ANY_SOURCE or source == msg.source)
+                    and (tag == ANY_TAG or tag == msg.tag)):
+                del self.unexpected[i]
+                return msg
+        return None
+
+    def find_unexpected(self, source, tag, context):
+        for msg in self.unexpected:
+            if (msg.context == context and (source == ANY_SOURCE or source == msg.source)
+                    and (tag == ANY_TAG or tag == msg.tag)):
+                return msg
+        return None
+
+    def iprobe(self, source, tag, context):
+        msg = self.find_unexpected(source, tag, context)
+        if msg is None:
+            self.progress()
+            msg = self.find_unexpected(source, tag, context)
+        return msg
+
+    def improbe(self, source, tag, context):
+        msg = self.iprobe(source, tag, context)
+        if msg is not None:
+            self.unexpected.remove(msg)
+        return msg
+
+    def recv_matched(self, incoming, mem):
+        """Receive a message taken by a matched probe (Message.Recv)."""
+        op = RecvOp(incoming.source, incoming.tag, incoming.context, mem)
+        self._deliver(incoming, op)
+        return op
+
+    def cancel(self, op):
+        """Cancel a receive that has not matched yet (sends cannot be cancelled)."""
+        if isinstance(op, RecvOp) and not op.done and op in self.posted:
+            self.posted.remove(op)
+            op.cancelled = True
+            op.done = True
+            return True
+        return False
+
+    def _arrive(self, incoming):
+        """A message arrived (from a ring or from ourselves): match or keep."""
+        for i, op in enumerate(self.posted):
+            if _accepts(op, incoming.source, incoming.tag, incoming.context):
+                del self.posted[i]
+                self._deliver(incoming, op)
+                return
+        self.unexpected.append(incoming)
+
+    def _deliver(self, incoming, op):
+        """Hand a matched message (eager payload or rendezvous envelope) to a receive."""
+        op.status_source = incoming.source
+        op.status_tag = incoming.tag
+        op.total = incoming.size
+        if incoming.kind == RTS:
+            self._accept_rendezvous(incoming, op)
+            return
+        data = incoming.data
+        if op.mem is None:
+            op.data = data
+        elif len(data) > len(op.mem):
+            op.error = ERR_TRUNCATE
+        elif data:
+            op.mem[:len(data)] = data
+        op.count = len(data) if op.error is None else 0
+        op.done = True
+        self._acknowledge(incoming)
+
+    def _acknowledge(self, incoming):
+        if incoming.self_send is not None:
+            incoming.self_send.done = True
+        elif incoming.kind == EAGER_SYNC:
+            self._post(incoming.source, (ACK, 0, 0, 0, incoming.send_id, None, 0, 0, None))
+
+    def _accept_rendezvous(self, incoming, op):
+        size = incoming.size
+        if op.mem is None:
+            op.data = bytearray(size)
+            op.mem = memoryview(op.data)
+        elif size > len(op.mem):
+            # Still clear the send so that the sender completes and the ring
+            # stays in step; the chunks are read and dropped.
+            op.error = ERR_TRUNCATE
+            op.discard = True
+        key = (incoming.source, incoming.send_id)
+        if key in self.receiving:
+            raise CorruptRegionError(
+                f"peer {incoming.source}: send id {incoming.send_id} announced twice")
+        self.receiving[key] = op
+        self._post(incoming.source, (CTS, 0, 0, 0, incoming.send_id, None, 0, 0, None))
+
+    # --- progress -------------------------------------------------------------
+
+    def progress(self):
+        """Move every queued frame that fits and handle every frame that arrived."""
+        if self.backlog:
+            for dest in list(self.backlog):
+                self._flush(dest)
+        for rx in self.rx_list:
+            while rx.poll():
+                self._handle(rx)
+
+    def poll_peer(self, peer):
+        """Progress limited to one peer (a receive from a known source)."""
+        if self.backlog:
+            for dest in list(self.backlog):
+                self._flush(dest)
+        rx = self.rx[peer]
+        while rx.poll():
+            self._handle(rx)
+
+    def _handle(self, rx):
+        kind = rx.kind
+        peer = rx.peer
+        if kind == EAGER or kind == EAGER_SYNC:
+            if rx.length > self.eager_limit:
+                raise CorruptRegionError(
+                    f"peer {peer}: eager frame of {rx.length} bytes exceeds the eager limit "
+                    f"{self.eager_limit}")
+            self._check_tag(rx)
+            incoming = Incoming(peer, rx.tag, rx.context, rx.length, None, rx.b, kind)
+            # Straight into a posted receive when one matches: no private copy.
+            for i, op in enumerate(self.posted):
+                if _accepts(op, peer, rx.tag, rx.context):
+                    del self.posted[i]
+                    self._deliver_from_ring(rx, incoming, op)
+                    rx.consume()
+                    return
+            incoming.data = rx.payload()
+            rx.consume()
+            self.unexpected.append(incoming)
+        elif kind == RTS:
+            self._check_tag(rx)
+            if rx.length != 0 or not self.eager_limit < rx.a <= MAX_MESSAGE:
+                raise CorruptRegionError(
+                    f"peer {peer}: rendezvous announcement of {rx.a} bytes with a "
+                    f"{rx.length}-byte payload is impossible")
+            incoming = Incoming(peer, rx.tag, rx.context, rx.a, None, rx.b, RTS)
+            rx.consume()
+            self._arrive(incoming)
+        elif kind == DATA:
+            op = self.receiving.get((peer, rx.b))
+            if op is None:
+                raise CorruptRegionError(f"peer {peer}: data for unknown send id {rx.b}")
+            if rx.a != op.received or rx.length == 0 or rx.length > self.chunk_bytes \
+                    or op.received + rx.length > op.total:
+                raise CorruptRegionError(
+                    f"peer {peer}: data chunk at offset {rx.a} of {rx.length} bytes does not "
+                    f"follow the {op.received} of {op.total} bytes received for send id {rx.b}")
+            if not op.discard:
+                rx.read_into(op.mem, rx.a)
+            op.received += rx.length
+            rx.consume()
+            if op.received == op.total:
+                del self.receiving[(peer, rx.b)]
+                op.count = op.total if op.error is None else 0
+                op.done = True
+        elif kind == CTS:
+            op = self.awaiting_cts.pop((peer, rx.b), None)
+            if op is None:
+                raise CorruptRegionError(f"peer {peer}: clear-to-send for unknown send id {rx.b}")
+            rx.consume()
+            op.state = "streaming"
+            self._post_stream(peer, op)
+        elif kind == ACK:
+            op = self.awaiting_ack.pop((peer, rx.b), None)
+            if op is None:
+                raise CorruptRegionError(f"peer {peer}: acknowledgement for unknown send id {rx.b}")
+            rx.consume()
+            op.done = True
+        else:  # poll() lets only known kinds through
+            raise CorruptRegionError(f"peer {peer}: unexpected frame kind {kind}")
+
+    def _post_stream(self, dest, op):
+        frame = (DATA, 0, 0, 0, op.send_id, None, 0, 0, op)
+        queue = self.outq[dest]
+        if not queue and self._stream(dest, self.tx[dest], op):
+            return
+        queue.append(frame)
+        self.backlog.add(dest)
+
+    def _check_tag(self, rx):
+        if rx.tag < 0:
+            raise CorruptRegionError(f"peer {rx.peer}: message with negative tag {rx.tag}")
+
+    def _deliver_from_ring(self, rx, incoming, op):
+        op.status_source = incoming.source
+        op.status_tag = incoming.tag
+        op.total = incoming.size
+        length = rx.length
+        if op.mem is None:
+            op.data = rx.payload()
+        elif length > len(op.mem):
+            op.error = ERR_TRUNCATE
+        elif length:
+            rx.read_into(op.mem, 0)
+        op.count = length if op.error is None else 0
+        op.done = True
+        self._acknowledge(incoming)
+
+    # --- waiting --------------------------------------------------------------
+
+    def wait(self, op, what):
+        """Progress until op completes, backing off so oversubscribed ranks still run."""
+        if op.done:
+            return
+        spins = 0
+        deadline = None
+        peer = op.peer
+        specific = peer is not None and 0 <= peer < self.size and peer != self.rank \
+            and isinstance(op, RecvOp)
+        while not op.done:
+            # A receive from a known source first polls only that peer; after a
+            # few rounds everything is progressed, so that no peer starves.
+            if specific and spins < 64:
+                self.poll_peer(peer)
+            else:
+                self.progress()
+            if op.done:
+                return
+            spins += 1
+            if spins < 64:
+                continue
+            if spins < 1024:
+                os.sched_yield()
+            else:
+                time.sleep(0.00005)
+            if spins & 255 == 0:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.timeout if self.timeout > 0 else float("inf")
+                elif now > deadline:
+                    raise IvmpiTimeoutError(self._stuck(op, what))
+
+    def wait_any(self, ops, what):
+        """Progress until at least one op is done; returns nothing."""
+        spins = 0
+        deadline = None
+        while not any(op.done for op in ops):
+            self.progress()
+            spins += 1
+            if spins < 64:
+                continue
+            if spins < 1024:
+                os.sched_yield()
+            else:
+                time.sleep(0.00005)
+            if spins & 255 == 0:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.timeout if self.timeout > 0 else float("inf")
+                elif now > deadline:
+                    pending = [op for op in ops if not op.done]
+                    raise IvmpiTimeoutError(self._stuck(pending[0], what))
+
+    def _stuck(self, op, what):
+        peer = op.peer
+        who = "any source" if peer == ANY_SOURCE else f"rank {peer}"
+        state = getattr(op, "state", "waiting for a matching message")
+        return (f"{what} on rank {self.rank} did not complete within IVMPI_TIMEOUT="
+                f"{self.timeout:g} s (peer: {who}, state: {state})")
+
+    def close(self):
+        self.closed = True

@@ -1,0 +1,243 @@
+"""Start-up and shut-down of the job: choosing the region, initialising the
+layout, and building COMM_WORLD / COMM_SELF.
+
+Two ways to start (docs/layout.md, "Start-up"):
+- under an MPI launcher: mpi4py's COMM_WORLD agrees on the region and the
+  job id, then is used for nothing else;
+- standalone (IVMPI_RANK and IVMPI_SIZE set, no launcher: guests without an
+  MPI runtime): ranks meet through the region alone.
+"""
+import atexit
+import os
+import secrets
+import threading
+import time
+
+from . import layout
+from .engine import Engine
+from .errors import IvmpiError, IvmpiTimeoutError, RegionError
+
+WORLD_CONTEXT = 0
+SELF_CONTEXT = 2
+FIRST_FREE_CONTEXT = 4
+DEFAULT_MAX_REGION = 256 << 20
+MIN_REGION = 4 << 20
+
+_lock = threading.Lock()
+_world = None
+_self = None
+_region = None
+_engine = None
+_heartbeat = None
+
+
+def _env_float(name, default):
+    try:
+        return float(os.environ.get(name) or default)
+    except ValueError:
+        raise IvmpiError(f"{name}={os.environ[name]!r} is not a number") from None
+
+
+def standalone_requested():
+    return "IVMPI_RANK" in os.environ and "IVMPI_SIZE" in os.environ
+
+
+def get_world(region=None):
+    """COMM_WORLD, starting the job on first use."""
+    global _world
+    with _lock:
+        if _world is None:
+            if standalone_requested():
+                _world = _start_standalone(region)
+            else:
+                _world = _start_with_mpi(region)
+        return _world
+
+
+def get_self():
+    global _self
+    world = get_world()
+    with _lock:
+        if _self is None:
+            from .comm import Comm
+            _self = Comm(world._engine, [world._engine.rank], SELF_CONTEXT, name="MPI_COMM_SELF")
+        return _self
+
+
+def _default_region_size(nranks):
+    want = layout.rings_offset(nranks) + nranks * nranks * (layout.RING_CTRL_BYTES
+                                                            + layout.DEFAULT_RING_BYTES)
+    size = MIN_REGION
+    while size < want and size < DEFAULT_MAX_REGION:
+        size *= 2
+    return size
+
+
+def _open_region(spec):
+    from .region import Region, find_ivshmem_devices
+    if spec is None:
+        spec = os.environ.get("IVMPI_REGION") or None
+    if spec is None and len(find_ivshmem_devices()) == 1:
+        spec = "pci"
+    if spec is None:
+        return None
+    return Region.open(spec)
+
+
+def _start_with_mpi(region_spec):
+    from mpi4py import MPI
+    from .comm import Comm
+    from .region import Region
+    mpi = MPI.COMM_WORLD
+    rank, size = mpi.Get_rank(), mpi.Get_size()
+    region = None
+    error = None
+    # Rank 0 decides; a failure anywhere is reported everywhere (no hang).
+    if rank == 0:
+        try:
+            region = _open_region(region_spec)
+            temporary = region is None
+            if temporary:
+                path = f"/dev/shm/ivmpi-job-{os.getpid()}-{secrets.token_hex(4)}"
+                region = Region.create(path, size=_default_region_size(size))
+            geo = layout.Geometry.choose(region.size, size)
+            job_id = layout.new_job_id()
+            layout.write_header(region.mem, geo, job_id)
+            plan = (region.path if temporary else None, job_id)
+        except Exception as exc:   # reported to every rank below
+            error = f"{type(exc).__name__}: {exc}"
+            plan = None
+    else:
+        plan = None
+    plan, error = mpi.bcast((plan, error), root=0)
+    if error:
+        raise RegionError(f"rank 0 could not set up the region: {error}")
+    temporary, job_id = plan
+    spec = temporary or region_spec or os.environ.get("IVMPI_REGION") or "pci"
+    try:
+        if rank != 0:
+            # Each rank opens the region its own way: in a guest the device may
+            # sit at another PCI address than in rank 0's guest.
+            region = Region.open(temporary) if temporary else _open_region(region_spec)
+            if region is None:
+                raise RegionError("no region: rank 0 found one but this rank finds no ivshmem "
+                                  "device and no IVMPI_REGION")
+        geo, seen_job = layout.read_header(region.mem)
+        if seen_job != job_id:
+            raise RegionError(f"the region {spec} holds job {seen_job:#x}, not this job {job_id:#x}: "
+                              f"are all ranks on machines that share it?")
+        layout.Slot(region.mem, rank).attach(job_id)
+        error = None
+    except Exception as exc:
+        error = f"rank {rank}: {type(exc).__name__}: {exc}"
+    errors = [e for e in mpi.allgather(error) if e]
+    if errors:
+        raise RegionError("ivmpi start-up failed: " + "; ".join(errors))
+    if rank == 0 and temporary:
+        # Everyone has it mapped: the name is no longer needed, and nothing
+        # is left behind in /dev/shm if the job crashes.
+        os.unlink(temporary)
+    return _finish_start(region, geo, rank, job_id, mpi)
+
+
+def _start_standalone(region_spec):
+    from .comm import Comm
+    try:
+        rank = int(os.environ["IVMPI_RANK"])
+        size = int(os.environ["IVMPI_SIZE"])
+    except ValueError:
+        raise IvmpiError("IVMPI_RANK and IVMPI_SIZE must be integers") from None
+    if not 0 <= rank < size:
+        raise IvmpiError(f"IVMPI_RANK={rank} is not in 0..IVMPI_SIZE-1 ({size - 1})")
+    region = _open_region(region_spec)
+    if region is None:
+        raise RegionError("standalone mode needs a region: set IVMPI_REGION (a /dev/shm path, "
+                          "'pci', 'devmem:ADDR', 'uio:N') or attach an ivshmem device")
+    timeout = _env_float("IVMPI_START_TIMEOUT", 120.0)
+    mem = region.mem
+    if rank == 0:
+        geo = layout.Geometry.choose(region.size, size)
+        job_id = layout.new_job_id()
+        layout.write_header(mem, geo, job_id, publish=False)
+        deadline = time.monotonic() + timeout
+        for r in range(1, size):
+            slot = layout.Slot(mem, r)
+            while not (slot.word(layout.S_STATE) == layout.STATE_JOINING and slot.word(layout.S_NONCE)):
+                if time.monotonic() > deadline:
+                    raise IvmpiTimeoutError(f"standalone start-up: rank {r} did not join within "
+                                            f"{timeout:g} s (IVMPI_START_TIMEOUT)")
+                time.sleep(0.001)
+            slot.set(layout.S_ADMITTED, slot.word(layout.S_NONCE))
+        layout.publish_header(mem, job_id)
+    else:
+        slot = layout.Slot(mem, rank)
+        nonce = secrets.randbits(63) | 1
+        deadline = time.monotonic() + timeout
+        while True:
+            if slot.word(layout.S_NONCE) != nonce or slot.word(layout.S_STATE) != layout.STATE_JOINING:
+                slot.set(layout.S_NONCE, nonce)
+                slot.set(layout.S_STATE, layout.STATE_JOINING)
+            if (mem.load_acquire(layout.H_READY) != 0 and slot.word(layout.S_ADMITTED) == nonce):
+                break
+            if time.monotonic() > deadline:
+                raise IvmpiTimeoutError(f"standalone start-up: rank 0 did not admit rank {rank} "
+                                        f"within {timeout:g} s (IVMPI_START_TIMEOUT)")
+            time.sleep(0.001)
+        geo, job_id = layout.read_header(mem)
+        if geo.nranks != size:
+            raise RegionError(f"the job in the region has {geo.nranks} ranks but IVMPI_SIZE={size}")
+    layout.Slot(mem, rank).attach(job_id)
+    world = _finish_start(region, geo, rank, job_id, None)
+    # Nobody sends before everyone is attached.
+    world.Barrier()
+    return world
+
+
+def _finish_start(region, geo, rank, job_id, mpi_comm):
+    global _region, _engine
+    from .comm import Comm
+    engine = Engine(region, geo, rank)
+    engine.next_context = FIRST_FREE_CONTEXT
+    _region, _engine = region, engine
+    _start_heartbeat(region.mem, rank)
+    atexit.register(_finalize)
+    return Comm(engine, range(geo.nranks), WORLD_CONTEXT, name="MPI_COMM_WORLD", mpi_comm=mpi_comm)
+
+
+def _start_heartbeat(mem, rank):
+    """Beat in our slot so peers can tell we are alive (never by pid: peers are other VMs)."""
+    global _heartbeat
+    period = _env_float("IVMPI_HEARTBEAT", 0.2)
+    slot = layout.Slot(mem, rank)
+    stop = threading.Event()
+
+    def beat():
+        count = 0
+        while not stop.wait(period):
+            count += 1
+            slot.set(layout.S_HEARTBEAT_NS, time.monotonic_ns())
+            slot.set(layout.S_HEARTBEAT, count)
+    thread = threading.Thread(target=beat, name="ivmpi-heartbeat", daemon=True)
+    thread.start()
+    _heartbeat = stop
+
+
+def _finalize():
+    global _world
+    if _engine is None or _region is None or _region.closed:
+        return
+    if _heartbeat is not None:
+        _heartbeat.set()
+    try:
+        layout.Slot(_region.mem, _engine.rank).set(layout.S_STATE, layout.STATE_FINALIZED)
+    except Exception:
+        pass
+
+
+def abort(errorcode):
+    if _engine is not None and _region is not None and not _region.closed:
+        layout.Slot(_region.mem, _engine.rank).set(layout.S_STATE, layout.STATE_ABORTED)
+    if not standalone_requested():
+        from mpi4py import MPI
+        MPI.COMM_WORLD.Abort(errorcode)
+    os._exit(errorcode if errorcode else 1)
