@@ -16,6 +16,7 @@ import time
 from collections import deque
 
 from . import _fastcopy
+from .liveness import Liveness
 from .errors import CorruptRegionError, IvmpiError, IvmpiTimeoutError, PeerError
 
 ANY_SOURCE = -1
@@ -133,6 +134,7 @@ class Engine:
         self.awaiting_ack = {}                           # (peer, send id) -> SendOp
         self.receiving = {}                              # (peer, send id) -> RecvOp
         self.timeout = _env_float("IVMPI_TIMEOUT", 0.0)
+        self.liveness = Liveness(self.mem, self.size, rank)
         self.closed = False
 
     # --- sending --------------------------------------------------------------
@@ -463,6 +465,7 @@ class Engine:
                     deadline = now + self.timeout if self.timeout > 0 else float("inf")
                 elif now > deadline:
                     raise IvmpiTimeoutError(self._stuck(op, what))
+                self.liveness.check(self._waited_peer(op), what)
 
     def wait_any(self, ops, what):
         """Progress until at least one op is done; returns nothing."""
@@ -484,6 +487,13 @@ class Engine:
                 elif now > deadline:
                     pending = [op for op in ops if not op.done]
                     raise IvmpiTimeoutError(self._stuck(pending[0], what))
+                self.liveness.check(-1, what)
+
+    def _waited_peer(self, op):
+        peer = op.peer
+        if peer is None or peer == self.rank or not -1 <= peer < self.size:
+            return -1
+        return peer
 
     def _stuck(self, op, what):
         peer = op.peer

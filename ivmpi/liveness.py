@@ -1,0 +1,76 @@
+"""Is a peer still there?  Judged from its slot in the region only.
+
+Peers may be other virtual machines, so process ids and clocks mean
+nothing across them: a peer is alive while the `heartbeat` counter in its
+slot keeps changing (docs/layout.md, "Rank slots").  A blocked rank asks
+`check(peer)` now and then; a peer whose counter has not moved for
+IVMPI_PEER_TIMEOUT seconds, or whose slot says it finalized or aborted,
+is reported with a PeerError naming it.
+"""
+import os
+import time
+
+from . import layout
+from .errors import IvmpiError, PeerError
+
+
+def _peer_timeout():
+    value = os.environ.get("IVMPI_PEER_TIMEOUT") or "10"
+    try:
+        return float(value)
+    except ValueError:
+        raise IvmpiError(f"IVMPI_PEER_TIMEOUT={value!r} is not a number of seconds") from None
+
+
+class Liveness:
+    def __init__(self, mem, nranks, rank):
+        self.mem = mem
+        self.rank = rank
+        self.nranks = nranks
+        self.timeout = _peer_timeout()
+        # peer -> (last heartbeat value seen, local time it was first seen)
+        self.seen = {}
+
+    def check(self, peer, what):
+        """Raise PeerError if `peer` (a world rank, or -1 for any) cannot answer.
+
+        For one peer: it must be attached and beating.  For any peer: at
+        least one other rank must still be attached, and every attached one
+        beating (a rank that finalized normally is simply out of the game).
+        """
+        if self.timeout <= 0:
+            return
+        now = time.monotonic()
+        if peer >= 0:
+            if peer != self.rank:
+                self._check_one(peer, now, what, finalized_ok=False)
+            return
+        attached = 0
+        for p in range(self.nranks):
+            if p != self.rank and self._check_one(p, now, what, finalized_ok=True):
+                attached += 1
+        if attached == 0 and self.nranks > 1:
+            raise PeerError(f"{what}: every other rank has finalized; no message can arrive")
+
+    def _check_one(self, peer, now, what, finalized_ok):
+        slot = layout.Slot(self.mem, peer)
+        state = slot.word(layout.S_STATE)
+        if state == layout.STATE_ABORTED:
+            raise PeerError(f"{what}: rank {peer} aborted")
+        if state == layout.STATE_FINALIZED:
+            if finalized_ok:
+                return False
+            raise PeerError(f"{what}: rank {peer} has finalized; the message will never come")
+        if state != layout.STATE_ATTACHED:
+            raise PeerError(f"{what}: rank {peer}'s slot shows state "
+                            f"{layout.STATE_NAMES.get(state, state)}: it left the job or the "
+                            f"region was reset")
+        beat = slot.word(layout.S_HEARTBEAT)
+        last = self.seen.get(peer)
+        if last is None or last[0] != beat:
+            self.seen[peer] = (beat, now)
+        elif now - last[1] > self.timeout:
+            raise PeerError(
+                f"{what}: rank {peer} has shown no heartbeat for {now - last[1]:.1f} s "
+                f"(IVMPI_PEER_TIMEOUT={self.timeout:g}): it died, hangs, or its machine is paused")
+        return True
