@@ -1,0 +1,590 @@
+"""Every mpi4py collective, built on point-to-point messages only.
+
+``Collectives(p2p)`` wraps a communicator object with mpi4py's point-to-point
+API (``Get_rank/Get_size``, ``Send/Recv/Isend/Irecv/Sendrecv`` with buffer
+specs, ``send/recv/sendrecv`` for objects, requests with ``Wait``/``wait``).
+The communicator hands in a private duplicate of itself, so collective
+traffic never matches user messages.  Each method has mpi4py's name,
+signature and return value.
+
+Buffers are parsed by ``ivmpi.buffers`` and moved as raw bytes (MPI.BYTE);
+reductions apply the operation with mpi4py's ``Op.Reduce_local``, which gives
+the exact MPI semantics of every predefined and user-defined op.
+
+Algorithms (p = number of ranks):
+  barrier          dissemination, ceil(log2 p) rounds
+  bcast            binomial tree; large buffers: segmented chain pipeline,
+                   so the root sends the message once
+  scatter/gather   linear from/to the root (each block travels once)
+  allgather        ring, p-1 steps
+  alltoall         pairwise exchange, p-1 steps
+  reduce           binomial tree; non-commutative ops reduce in rank order
+                   at rank 0 and forward the result to the root
+  allreduce        recursive doubling (extra ranks folded in pairs), rank
+                   order preserved, so non-commutative ops are correct
+  scan/exscan      recursive doubling prefix
+  reduce_scatter   reduce to rank 0, then scatter the blocks
+The object (lowercase) reductions combine in rank order with ``op(a, b)``,
+as mpi4py does.
+"""
+from mpi4py import MPI
+
+from .buffers import (parse_send, parse_recv, parse_vbuf, is_in_place,
+                      datatype_extent)
+from .errors import BufferSpecError
+
+_pickle = MPI.pickle
+
+# Tags of the hidden collective communicator, one per operation.
+TAG_BARRIER = 1
+TAG_BCAST = 2
+TAG_SCATTER = 3
+TAG_GATHER = 4
+TAG_ALLGATHER = 5
+TAG_ALLTOALL = 6
+TAG_REDUCE = 7
+TAG_ALLREDUCE = 8
+TAG_SCAN = 9
+TAG_EXSCAN = 10
+TAG_REDUCE_SCATTER = 11
+TAG_OBJ = 12
+
+# Bcast switches from a binomial tree to a segmented pipeline at this size.
+PIPELINE_MIN_BYTES = 512 * 1024
+PIPELINE_SEGMENT_BYTES = 128 * 1024
+
+
+def _copy_object(obj):
+    # mpi4py hands back pickled copies, never the caller's own object.
+    return _pickle.loads(_pickle.dumps(obj))
+
+
+def _check_block(dst, src, what):
+    if len(dst) < len(src):
+        raise BufferSpecError(
+            f"{what}: receive buffer holds {len(dst)} bytes but the "
+            f"message has {len(src)}")
+    dst[:len(src)] = src
+
+
+class Collectives:
+    """The collectives of one communicator, over its point-to-point calls."""
+
+    def __init__(self, p2p):
+        self.p2p = p2p
+        self.rank = p2p.Get_rank()
+        self.size = p2p.Get_size()
+
+    # --- helpers ---------------------------------------------------------
+
+    def _check_root(self, root):
+        if not 0 <= root < self.size:
+            raise MPI.Exception(MPI.ERR_ROOT)
+
+    def _sendrecv(self, sendmem, dest, recvmem, source, tag):
+        self.p2p.Sendrecv(sendmem, dest, tag, recvmem, source, tag)
+
+    @staticmethod
+    def _wait_all(requests):
+        for request in requests:
+            request.Wait()
+
+    # --- barrier and broadcast ---------------------------------------------
+
+    def Barrier(self):
+        """Dissemination barrier: round k talks to rank +/- 2**k."""
+        size, rank = self.size, self.rank
+        empty_send, empty_recv = bytearray(0), bytearray(0)
+        distance = 1
+        while distance < size:
+            self._sendrecv(empty_send, (rank + distance) % size,
+                           empty_recv, (rank - distance) % size, TAG_BARRIER)
+            distance <<= 1
+
+    def barrier(self):
+        self.Barrier()
+
+    def Bcast(self, buf, root=0):
+        self._check_root(root)
+        if self.rank == root:
+            mem = parse_send(buf).mem
+        else:
+            mem = parse_recv(buf).mem
+        self._bcast_bytes(mem, root)
+
+    def _bcast_bytes(self, mem, root):
+        if self.size == 1:
+            return
+        if len(mem) >= PIPELINE_MIN_BYTES and self.size > 2:
+            self._bcast_pipeline(mem, root)
+        else:
+            self._bcast_binomial(mem, root)
+
+    def _bcast_binomial(self, mem, root):
+        size = self.size
+        vrank = (self.rank - root) % size
+        mask = 1
+        while mask < size:
+            if vrank & mask:
+                self.p2p.Recv(mem, (vrank - mask + root) % size, TAG_BCAST)
+                break
+            mask <<= 1
+        requests = []
+        mask >>= 1
+        while mask > 0:
+            if vrank + mask < size:
+                requests.append(self.p2p.Isend(mem, (vrank + mask + root) % size, TAG_BCAST))
+            mask >>= 1
+        self._wait_all(requests)
+
+    def _bcast_pipeline(self, mem, root):
+        # A chain root -> root+1 -> ...: every rank forwards segment k while
+        # receiving segment k+1, and each byte crosses each link once.
+        size = self.size
+        vrank = (self.rank - root) % size
+        prev = (self.rank - 1) % size
+        nxt = (self.rank + 1) % size if vrank + 1 < size else None
+        requests = []
+        for start in range(0, len(mem), PIPELINE_SEGMENT_BYTES):
+            segment = mem[start:start + PIPELINE_SEGMENT_BYTES]
+            if vrank:
+                self.p2p.Recv(segment, prev, TAG_BCAST)
+            if nxt is not None:
+                requests.append(self.p2p.Isend(segment, nxt, TAG_BCAST))
+        self._wait_all(requests)
+
+    def bcast(self, obj, root=0):
+        self._check_root(root)
+        size = self.size
+        vrank = (self.rank - root) % size
+        data = _pickle.dumps(obj) if vrank == 0 else None
+        mask = 1
+        while mask < size:
+            if vrank & mask:
+                data = self.p2p.recv(source=(vrank - mask + root) % size, tag=TAG_BCAST)
+                break
+            mask <<= 1
+        requests = []
+        mask >>= 1
+        while mask > 0:
+            if vrank + mask < size:
+                requests.append(self.p2p.isend(data, (vrank + mask + root) % size, TAG_BCAST))
+            mask >>= 1
+        for request in requests:
+            request.wait()
+        return _pickle.loads(data)
+
+    # --- scatter and gather ------------------------------------------------
+
+    def Scatter(self, sendbuf, recvbuf, root=0):
+        self._check_root(root)
+        size, rank = self.size, self.rank
+        if rank != root:
+            self.p2p.Recv(parse_recv(recvbuf).mem, root, TAG_SCATTER)
+            return
+        send = parse_send(sendbuf, blocks=size)
+        block = send.nbytes // size
+        requests = [self.p2p.Isend(send.mem[i * block:(i + 1) * block], i, TAG_SCATTER)
+                    for i in range(size) if i != root]
+        if not is_in_place(recvbuf):
+            _check_block(parse_recv(recvbuf).mem,
+                         send.mem[root * block:(root + 1) * block], "Scatter")
+        self._wait_all(requests)
+
+    def Scatterv(self, sendbuf, recvbuf, root=0):
+        self._check_root(root)
+        size, rank = self.size, self.rank
+        if rank != root:
+            self.p2p.Recv(parse_recv(recvbuf).mem, root, TAG_SCATTER)
+            return
+        send = parse_vbuf(sendbuf, size, recv=False)
+        requests = [self.p2p.Isend(send.block(i), i, TAG_SCATTER)
+                    for i in range(size) if i != root]
+        if not is_in_place(recvbuf):
+            _check_block(parse_recv(recvbuf).mem, send.block(root), "Scatterv")
+        self._wait_all(requests)
+
+    def Gather(self, sendbuf, recvbuf, root=0):
+        self._check_root(root)
+        size, rank = self.size, self.rank
+        if rank != root:
+            self.p2p.Send(parse_send(sendbuf).mem, root, TAG_GATHER)
+            return
+        recv = parse_recv(recvbuf, blocks=size)
+        block = recv.nbytes // size
+        requests = [self.p2p.Irecv(recv.mem[i * block:(i + 1) * block], i, TAG_GATHER)
+                    for i in range(size) if i != root]
+        if not is_in_place(sendbuf):
+            _check_block(recv.mem[root * block:(root + 1) * block],
+                         parse_send(sendbuf).mem, "Gather")
+        self._wait_all(requests)
+
+    def Gatherv(self, sendbuf, recvbuf, root=0):
+        self._check_root(root)
+        size, rank = self.size, self.rank
+        if rank != root:
+            self.p2p.Send(parse_send(sendbuf).mem, root, TAG_GATHER)
+            return
+        recv = parse_vbuf(recvbuf, size, recv=True)
+        requests = [self.p2p.Irecv(recv.block(i), i, TAG_GATHER)
+                    for i in range(size) if i != root]
+        if not is_in_place(sendbuf):
+            _check_block(recv.block(root), parse_send(sendbuf).mem, "Gatherv")
+        self._wait_all(requests)
+
+    def scatter(self, sendobj, root=0):
+        self._check_root(root)
+        size, rank = self.size, self.rank
+        if rank != root:
+            return self.p2p.recv(source=root, tag=TAG_SCATTER)
+        items = list(sendobj) if sendobj is not None else [None] * size
+        if len(items) != size:
+            raise ValueError(f"expecting {size} items, got {len(items)}")
+        requests = [self.p2p.isend(items[i], i, TAG_SCATTER) for i in range(size) if i != root]
+        mine = _copy_object(items[root])
+        for request in requests:
+            request.wait()
+        return mine
+
+    def gather(self, sendobj, root=0):
+        self._check_root(root)
+        size, rank = self.size, self.rank
+        if rank != root:
+            self.p2p.send(sendobj, root, TAG_GATHER)
+            return None
+        return [_copy_object(sendobj) if i == root
+                else self.p2p.recv(source=i, tag=TAG_GATHER) for i in range(size)]
+
+    # --- allgather and alltoall ----------------------------------------------
+
+    def Allgather(self, sendbuf, recvbuf):
+        size, rank = self.size, self.rank
+        recv = parse_recv(recvbuf, blocks=size)
+        block = recv.nbytes // size
+        blocks = [recv.mem[i * block:(i + 1) * block] for i in range(size)]
+        if not is_in_place(sendbuf):
+            _check_block(blocks[rank], parse_send(sendbuf).mem, "Allgather")
+        self._ring_allgather(blocks)
+
+    def Allgatherv(self, sendbuf, recvbuf):
+        size, rank = self.size, self.rank
+        recv = parse_vbuf(recvbuf, size, recv=True)
+        blocks = [recv.block(i) for i in range(size)]
+        if not is_in_place(sendbuf):
+            _check_block(blocks[rank], parse_send(sendbuf).mem, "Allgatherv")
+        self._ring_allgather(blocks)
+
+    def _ring_allgather(self, blocks):
+        # Step s: pass on the block that arrived in step s-1 (first our own).
+        size, rank = self.size, self.rank
+        right, left = (rank + 1) % size, (rank - 1) % size
+        for step in range(size - 1):
+            self._sendrecv(blocks[(rank - step) % size], right,
+                           blocks[(rank - step - 1) % size], left, TAG_ALLGATHER)
+
+    def allgather(self, sendobj):
+        size, rank = self.size, self.rank
+        items = [None] * size
+        items[rank] = _pickle.dumps(sendobj)
+        right, left = (rank + 1) % size, (rank - 1) % size
+        for step in range(size - 1):
+            items[(rank - step - 1) % size] = self.p2p.sendrecv(
+                items[(rank - step) % size], right, TAG_ALLGATHER,
+                source=left, recvtag=TAG_ALLGATHER)
+        return [_pickle.loads(item) for item in items]
+
+    def Alltoall(self, sendbuf, recvbuf):
+        size = self.size
+        recv = parse_recv(recvbuf, blocks=size)
+        block = recv.nbytes // size
+        if is_in_place(sendbuf):
+            sendmem = memoryview(bytes(recv.mem))  # blocks are overwritten as we go
+        else:
+            sendmem = parse_send(sendbuf, blocks=size).mem
+        send_blocks = [sendmem[i * (len(sendmem) // size):(i + 1) * (len(sendmem) // size)]
+                       for i in range(size)]
+        recv_blocks = [recv.mem[i * block:(i + 1) * block] for i in range(size)]
+        self._pairwise_alltoall(send_blocks, recv_blocks, "Alltoall")
+
+    def Alltoallv(self, sendbuf, recvbuf):
+        size = self.size
+        recv = parse_vbuf(recvbuf, size, recv=True)
+        recv_blocks = [recv.block(i) for i in range(size)]
+        if is_in_place(sendbuf):
+            send_blocks = [bytes(b) for b in recv_blocks]
+        else:
+            send = parse_vbuf(sendbuf, size, recv=False)
+            send_blocks = [send.block(i) for i in range(size)]
+        self._pairwise_alltoall(send_blocks, recv_blocks, "Alltoallv")
+
+    def _pairwise_alltoall(self, send_blocks, recv_blocks, what):
+        size, rank = self.size, self.rank
+        _check_block(recv_blocks[rank], send_blocks[rank], what)
+        for step in range(1, size):
+            dest, source = (rank + step) % size, (rank - step) % size
+            self._sendrecv(send_blocks[dest], dest, recv_blocks[source], source, TAG_ALLTOALL)
+
+    def alltoall(self, sendobj):
+        size, rank = self.size, self.rank
+        items = list(sendobj)
+        if len(items) != size:
+            raise ValueError(f"expecting {size} items, got {len(items)}")
+        result = [None] * size
+        result[rank] = _copy_object(items[rank])
+        for step in range(1, size):
+            dest, source = (rank + step) % size, (rank - step) % size
+            result[source] = self.p2p.sendrecv(items[dest], dest, TAG_ALLTOALL,
+                                               source=source, recvtag=TAG_ALLTOALL)
+        return result
+
+    # --- buffer reductions -----------------------------------------------------
+
+    def _reduction_args(self, sendbuf, recvbuf, at_root=True):
+        """(input bytes, receive Buf or None, count, datatype), mpi4py's checks."""
+        if not at_root:
+            send = parse_send(sendbuf)
+            return send.mem, None, send.count, send.datatype
+        recv = parse_recv(recvbuf)
+        if is_in_place(sendbuf):
+            return recv.mem, recv, recv.count, recv.datatype
+        send = parse_send(sendbuf)
+        if send.datatype != recv.datatype:
+            raise BufferSpecError("mismatch in send and receive MPI datatypes")
+        if send.count != recv.count:
+            raise BufferSpecError(
+                f"mismatch in send count {send.count} and receive count {recv.count}")
+        return send.mem, recv, recv.count, recv.datatype
+
+    @staticmethod
+    def _combine(op, inmem, inoutmem, count, datatype):
+        """inoutmem = inmem (op) inoutmem, with MPI's semantics for op."""
+        op.Reduce_local([inmem, count, datatype], [inoutmem, count, datatype])
+
+    def _reduce_bytes(self, data, count, datatype, op, root, tag):
+        """Reduce every rank's ``data``; returns the result (bytearray) at root."""
+        size, rank = self.size, self.rank
+        acc = bytearray(data)
+        tmp = bytearray(len(acc))
+        # Commutative ops build the tree around the root; the others reduce in
+        # rank order at rank 0 and forward, since the tree keeps lower ranks left.
+        commutative = op.Is_commutative()
+        base = root if commutative else 0
+        vrank = (rank - base) % size
+        mask = 1
+        while mask < size:
+            if vrank & mask:
+                self.p2p.Send(acc, (vrank - mask + base) % size, tag)
+                break
+            if vrank + mask < size:
+                self.p2p.Recv(tmp, (vrank + mask + base) % size, tag)
+                self._combine(op, acc, tmp, count, datatype)  # tmp = acc op tmp
+                acc, tmp = tmp, acc
+            mask <<= 1
+        if base != root:
+            if rank == base:
+                self.p2p.Send(acc, root, tag)
+            elif rank == root:
+                self.p2p.Recv(acc, base, tag)
+        return acc if rank == root else None
+
+    def Reduce(self, sendbuf, recvbuf, op=MPI.SUM, root=0):
+        self._check_root(root)
+        data, recv, count, datatype = self._reduction_args(
+            sendbuf, recvbuf, at_root=self.rank == root)
+        result = self._reduce_bytes(data, count, datatype, op, root, TAG_REDUCE)
+        if recv is not None:
+            recv.mem[:] = result
+
+    def Allreduce(self, sendbuf, recvbuf, op=MPI.SUM):
+        data, recv, count, datatype = self._reduction_args(sendbuf, recvbuf)
+        acc = bytearray(data)
+        size, rank = self.size, self.rank
+        tmp = bytearray(len(acc))
+        # Fold the ranks beyond the largest power of two into their even
+        # neighbours, so recursive doubling runs on 2**k ranks; every rank's
+        # new number keeps the original order (non-commutative ops stay right).
+        pof2 = 1
+        while pof2 * 2 <= size:
+            pof2 *= 2
+        extra = size - pof2
+        if rank < 2 * extra:
+            if rank % 2 == 0:
+                self.p2p.Send(acc, rank + 1, TAG_ALLREDUCE)
+                newrank = -1
+            else:
+                self.p2p.Recv(tmp, rank - 1, TAG_ALLREDUCE)
+                self._combine(op, tmp, acc, count, datatype)  # acc = left op acc
+                newrank = rank // 2
+        else:
+            newrank = rank - extra
+        if newrank >= 0:
+            mask = 1
+            while mask < pof2:
+                newpartner = newrank ^ mask
+                partner = newpartner * 2 + 1 if newpartner < extra else newpartner + extra
+                self._sendrecv(acc, partner, tmp, partner, TAG_ALLREDUCE)
+                if newpartner < newrank:
+                    self._combine(op, tmp, acc, count, datatype)  # acc = theirs op acc
+                else:
+                    self._combine(op, acc, tmp, count, datatype)  # tmp = acc op theirs
+                    acc, tmp = tmp, acc
+                mask <<= 1
+        if rank < 2 * extra:
+            if rank % 2:
+                self.p2p.Send(acc, rank - 1, TAG_ALLREDUCE)
+            else:
+                self.p2p.Recv(acc, rank + 1, TAG_ALLREDUCE)
+        recv.mem[:] = acc
+
+    def _prefix(self, sendbuf, recvbuf, op, inclusive, tag):
+        data, recv, count, datatype = self._reduction_args(sendbuf, recvbuf)
+        size, rank = self.size, self.rank
+        partial = bytearray(data)          # reduction over my whole subcube so far
+        result = bytearray(data) if inclusive else None
+        tmp = bytearray(len(partial))
+        mask = 1
+        while mask < size:
+            partner = rank ^ mask
+            if partner < size:
+                self._sendrecv(partial, partner, tmp, partner, tag)
+                if partner < rank:
+                    self._combine(op, tmp, partial, count, datatype)
+                    if result is None:
+                        result = bytearray(tmp)
+                    else:
+                        self._combine(op, tmp, result, count, datatype)
+                else:
+                    self._combine(op, partial, tmp, count, datatype)
+                    partial, tmp = tmp, partial
+            mask <<= 1
+        if result is not None:  # Exscan leaves rank 0's buffer untouched
+            recv.mem[:] = result
+
+    def Scan(self, sendbuf, recvbuf, op=MPI.SUM):
+        self._prefix(sendbuf, recvbuf, op, True, TAG_SCAN)
+
+    def Exscan(self, sendbuf, recvbuf, op=MPI.SUM):
+        self._prefix(sendbuf, recvbuf, op, False, TAG_EXSCAN)
+
+    def Reduce_scatter_block(self, sendbuf, recvbuf, op=MPI.SUM):
+        size, rank = self.size, self.rank
+        if is_in_place(sendbuf):
+            recv = parse_recv(recvbuf, blocks=size)
+            data, count, datatype = recv.mem, recv.count, recv.datatype
+            target = recv.mem[:recv.nbytes // size]
+        else:
+            recv = parse_recv(recvbuf)
+            send = parse_send(sendbuf, blocks=size)
+            if send.datatype != recv.datatype:
+                raise BufferSpecError("mismatch in send and receive MPI datatypes")
+            if send.count != recv.count:
+                raise BufferSpecError(
+                    f"mismatch in send count {send.count} and receive count {recv.count}")
+            data, count, datatype, target = send.mem, send.count, send.datatype, recv.mem
+        extent = datatype_extent(datatype)
+        self._reduce_then_scatter(data, [count] * size, datatype, extent, op, target)
+
+    def Reduce_scatter(self, sendbuf, recvbuf, recvcounts=None, op=MPI.SUM):
+        size, rank = self.size, self.rank
+        recv = parse_recv(recvbuf)
+        in_place = is_in_place(sendbuf)
+        if recvcounts is None:
+            if in_place:
+                raise BufferSpecError("Reduce_scatter with IN_PLACE needs recvcounts")
+            recvcounts = self.allgather(recv.count)
+        recvcounts = [int(c) for c in recvcounts]
+        if len(recvcounts) != size or min(recvcounts) < 0:
+            raise BufferSpecError(
+                f"recvcounts must be {size} non-negative counts, got {recvcounts}")
+        total = sum(recvcounts)
+        datatype = recv.datatype
+        extent = datatype_extent(datatype)
+        if in_place:
+            if recv.count != total:
+                raise BufferSpecError(
+                    f"mismatch in receive count {recv.count} and sum(counts) {total}")
+            data = recv.mem
+            target = recv.mem[:recvcounts[rank] * extent]
+        else:
+            send = parse_send(sendbuf)
+            if send.datatype != datatype:
+                raise BufferSpecError("mismatch in send and receive MPI datatypes")
+            if send.count != total:
+                raise BufferSpecError(
+                    f"mismatch in send count {send.count} and sum(counts) {total}")
+            if recv.count != recvcounts[rank]:
+                raise BufferSpecError(
+                    f"mismatch in receive count {recv.count} and "
+                    f"counts[{rank}] {recvcounts[rank]}")
+            data, target = send.mem, recv.mem
+        self._reduce_then_scatter(data, recvcounts, datatype, extent, op, target)
+
+    def _reduce_then_scatter(self, data, counts, datatype, extent, op, target):
+        size, rank = self.size, self.rank
+        total = sum(counts)
+        result = self._reduce_bytes(data, total, datatype, op, 0, TAG_REDUCE_SCATTER)
+        if rank != 0:
+            self.p2p.Recv(target, 0, TAG_REDUCE_SCATTER)
+            return
+        result = memoryview(result)
+        requests, start = [], 0
+        blocks = []
+        for i in range(size):
+            blocks.append(result[start:start + counts[i] * extent])
+            start += counts[i] * extent
+        requests = [self.p2p.Isend(blocks[i], i, TAG_REDUCE_SCATTER) for i in range(1, size)]
+        target[:] = blocks[0]
+        self._wait_all(requests)
+
+    # --- object reductions -----------------------------------------------------
+
+    def reduce(self, sendobj, op=MPI.SUM, root=0):
+        self._check_root(root)
+        result = self._reduce_objects(sendobj, op)
+        if root != 0:
+            if self.rank == 0:
+                self.p2p.send(result, root, TAG_REDUCE)
+            elif self.rank == root:
+                result = self.p2p.recv(source=0, tag=TAG_REDUCE)
+        return result if self.rank == root else None
+
+    def _reduce_objects(self, sendobj, op):
+        """Binomial tree to rank 0 in rank order: lower ranks on the left of op."""
+        size, rank = self.size, self.rank
+        result = _copy_object(sendobj)
+        mask = 1
+        while mask < size:
+            if rank & mask:
+                self.p2p.send(result, rank & ~mask, TAG_REDUCE)
+                break
+            if rank | mask < size:
+                result = op(result, self.p2p.recv(source=rank | mask, tag=TAG_REDUCE))
+            mask <<= 1
+        return result if rank == 0 else None
+
+    def allreduce(self, sendobj, op=MPI.SUM):
+        return self.bcast(self._reduce_objects(sendobj, op), root=0)
+
+    def _prefix_objects(self, sendobj, op, inclusive, tag):
+        size, rank = self.size, self.rank
+        partial = _copy_object(sendobj)
+        result, have_result = (partial, True) if inclusive else (None, False)
+        mask = 1
+        while mask < size:
+            partner = rank ^ mask
+            if partner < size:
+                theirs = self.p2p.sendrecv(partial, partner, tag, source=partner, recvtag=tag)
+                if partner < rank:
+                    partial = op(theirs, partial)
+                    result = op(theirs, result) if have_result else theirs
+                    have_result = True
+                else:
+                    partial = op(partial, theirs)
+            mask <<= 1
+        return result
+
+    def scan(self, sendobj, op=MPI.SUM):
+        return self._prefix_objects(sendobj, op, True, TAG_SCAN)
+
+    def exscan(self, sendobj, op=MPI.SUM):
+        return self._prefix_objects(sendobj, op, False, TAG_EXSCAN)
