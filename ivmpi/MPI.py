@@ -12,23 +12,17 @@ import sys as _sys
 from mpi4py import MPI as _mpi
 
 from . import world as _world
-from .comm import Comm, Group, Intracomm
-from .request import MESSAGE_NO_PROC, MESSAGE_NULL, REQUEST_NULL, Message, MPIError, Prequest, Request
 
 # Everything mpi4py exports, first; ivmpi's own classes then take over.
 for _name in dir(_mpi):
     if not _name.startswith("__"):
         globals()[_name] = getattr(_mpi, _name)
 
-Comm = Comm
-Intracomm = Intracomm
-Group = Group
-Request = Request
-Prequest = Prequest
-Message = Message
-REQUEST_NULL = REQUEST_NULL
-MESSAGE_NULL = MESSAGE_NULL
-MESSAGE_NO_PROC = MESSAGE_NO_PROC
+# Imported after the loop above, which would otherwise overwrite them with
+# mpi4py's classes of the same names.
+from .comm import Comm, Group, Intracomm  # noqa: E402
+from .request import (MESSAGE_NO_PROC, MESSAGE_NULL, REQUEST_NULL, Message,  # noqa: E402
+                      MPIError, Prequest, Request)
 Exception = _mpi.Exception
 IvmpiMPIError = MPIError
 
