@@ -1,0 +1,302 @@
+"""One test per way a peer (or a stale job) can corrupt the region, each
+checking the exact error ivmpi reports.
+
+Rank 0 is a real Engine; rank 1 is played by hand (tests/fuzz/regionkit.py)
+and writes whatever it likes into the words it owns.  Each error names the
+peer, leaves the user's buffers untouched, and repeats if the engine is
+driven again (a corrupt frame is never skipped silently).
+"""
+import os
+import re
+import sys
+
+import pytest
+
+from ivmpi import layout
+from ivmpi.errors import CorruptRegionError, IvmpiError, RegionError
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fuzz"))
+import regionkit  # noqa: E402
+
+EAGER, EAGER_SYNC, RTS, CTS, DATA, ACK, PAD = 1, 2, 3, 4, 5, 6, 7
+RING = regionkit.RING_BYTES          # 4096: eager limit and chunk size are 1024
+
+
+@pytest.fixture
+def kit():
+    region = regionkit.GuardedRegion()
+    region.reset()
+    engine = region.engine(0)
+    peer = regionkit.RawPeer(region)
+    return region, engine, peer
+
+
+def expect(engine, message, drive=None):
+    """Drive the engine twice: both times the exact CorruptRegionError."""
+    drive = drive or engine.progress
+    for _ in range(2):
+        with pytest.raises(CorruptRegionError, match="^" + re.escape(message) + "$"):
+            drive()
+
+
+# --- ring indices --------------------------------------------------------------
+
+def test_frame_longer_than_the_ring(kit):
+    _, engine, peer = kit
+    peer.put(EAGER, length=2 * RING, publish=False)
+    peer.publish(head=64)
+    expect(engine, "peer 1: frame at 0 of 8224 bytes runs past the ring's end "
+                   "(ring tail 0, head 64, ring 4096 bytes)")
+
+
+def test_frame_longer_than_what_was_published(kit):
+    _, engine, peer = kit
+    peer.put(EAGER, length=100, publish=False)
+    peer.publish(head=64)
+    expect(engine, "peer 1: frame at 0 of 136 bytes is longer than the 64 bytes published "
+                   "(ring tail 0, head 64, ring 4096 bytes)")
+
+
+def test_head_running_backwards(kit):
+    _, engine, peer = kit
+    peer.put(EAGER, length=8, tag=1, payload=b"12345678")
+    engine.progress()
+    assert engine.unexpected[0].data == b"12345678"
+    peer.publish(head=8)
+    expect(engine, "peer 1: ring head went backwards to 8 (ring tail 40, head 40, ring 4096 bytes)")
+
+
+def test_head_more_than_a_ring_ahead(kit):
+    _, engine, peer = kit
+    peer.publish(head=RING + 8)
+    expect(engine, "peer 1: ring head 4104 is more than a ring ahead "
+                   "(ring tail 0, head 0, ring 4096 bytes)")
+
+
+def test_head_not_a_multiple_of_eight(kit):
+    _, engine, peer = kit
+    peer.publish(head=12)
+    expect(engine, "peer 1: ring head 12 is not a multiple of 8 (ring tail 0, head 0, ring 4096 bytes)")
+
+
+def test_pad_skipping_more_than_published(kit):
+    _, engine, peer = kit
+    peer.put(PAD, publish=False)
+    peer.publish(head=64)
+    expect(engine, "peer 1: PAD frame at 0 skips 4096 bytes, only 64 published "
+                   "(ring tail 0, head 64, ring 4096 bytes)")
+
+
+def test_tail_beyond_the_producers_head(kit):
+    """The peer consumes our ring to it: its tail may not pass our head."""
+    _, engine, peer = kit
+    for _ in range(3):                       # 3 x 1056 bytes: the 4th needs the tail
+        engine.isend(1, memoryview(bytes(1024)), 0, 0)
+    peer.set_reverse_tail(5000)
+    message = ("peer 1: ring tail 5000 is impossible (head 3168, last tail 0, ring 4096 bytes)")
+    for _ in range(2):
+        with pytest.raises(CorruptRegionError, match="^" + re.escape(message) + "$"):
+            engine.isend(1, memoryview(bytes(1024)), 0, 0)
+            engine.progress()
+
+
+def test_tail_running_backwards(kit):
+    _, engine, peer = kit
+    for _ in range(3):
+        engine.isend(1, memoryview(bytes(1024)), 0, 0)
+    peer.set_reverse_tail(2112)
+    engine.isend(1, memoryview(bytes(1024)), 0, 0)    # room now: tail 2112 is cached
+    peer.set_reverse_tail(1056)
+    with pytest.raises(CorruptRegionError, match=re.escape(
+            "peer 1: ring tail 1056 is impossible (head 6208, last tail 2112, ring 4096 bytes)")):
+        for _ in range(3):
+            engine.isend(1, memoryview(bytes(1024)), 0, 0)
+            engine.progress()
+
+
+# --- frames ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", [0, 8, 0xFFFFFFFF])
+def test_unknown_frame_kind(kit, kind):
+    _, engine, peer = kit
+    peer.put(kind)
+    expect(engine, f"peer 1: frame at 0 has unknown kind {kind} (ring tail 0, head 32, ring 4096 bytes)")
+
+
+def test_data_for_an_unknown_send_id(kit):
+    _, engine, peer = kit
+    peer.put(DATA, length=8, a=0, b=77, payload=bytes(8))
+    expect(engine, "peer 1: data for unknown send id 77")
+
+
+def _rendezvous_under_way(engine, peer, total=3000, send_id=1, buffer=None):
+    """The peer announces `total` bytes; rank 0 posts a receive and answers CTS."""
+    peer.put(RTS, tag=5, a=total, b=send_id)
+    buffer = buffer or regionkit.GuardedBuffer(total)
+    op = engine.irecv(1, 5, 0, buffer.view)
+    engine.progress()
+    assert peer.reverse_frames() == [(CTS, 0, 0, 0, 0, send_id)]
+    return op, buffer
+
+
+def test_data_at_the_wrong_offset(kit):
+    _, engine, peer = kit
+    op, buffer = _rendezvous_under_way(engine, peer)
+    peer.put(DATA, length=1000, a=1000, b=1, payload=b"x" * 1000)
+    expect(engine, "peer 1: data chunk at offset 1000 of 1000 bytes does not follow the 0 of "
+                   "3000 bytes received for send id 1")
+    assert not op.done and buffer.intact() and bytes(buffer.view) == bytes([regionkit.GUARD]) * 3000
+
+
+def test_data_past_the_announced_total(kit):
+    _, engine, peer = kit
+    op, buffer = _rendezvous_under_way(engine, peer)
+    peer.put(DATA, length=1024, a=0, b=1, payload=b"a" * 1024)
+    peer.put(DATA, length=1024, a=1024, b=1, payload=b"b" * 1024)
+    peer.put(DATA, length=1024, a=2048, b=1, payload=b"c" * 1024)
+    expect(engine, "peer 1: data chunk at offset 2048 of 1024 bytes does not follow the 2048 of "
+                   "3000 bytes received for send id 1")
+    assert buffer.intact() and bytes(buffer.view[:2048]) == b"a" * 1024 + b"b" * 1024
+
+
+def test_data_chunk_larger_than_chunk_size(kit):
+    _, engine, peer = kit
+    _rendezvous_under_way(engine, peer)
+    peer.put(DATA, length=2000, a=0, b=1, payload=b"x" * 2000)
+    expect(engine, "peer 1: data chunk at offset 0 of 2000 bytes does not follow the 0 of "
+                   "3000 bytes received for send id 1")
+
+
+@pytest.mark.parametrize("kind, name", [(CTS, "clear-to-send"), (ACK, "acknowledgement")])
+def test_cts_or_ack_for_an_unknown_send_id(kit, kind, name):
+    _, engine, peer = kit
+    peer.put(kind, b=5)
+    expect(engine, f"peer 1: {name} for unknown send id 5")
+
+
+def test_cts_for_an_eager_sync_send(kit):
+    """A real send id, but in the wrong state: CTS for a send waiting for ACK."""
+    _, engine, peer = kit
+    op = engine.isend(1, memoryview(b"hi"), 0, 0, sync=True)
+    peer.put(CTS, b=op.send_id)
+    expect(engine, f"peer 1: clear-to-send for unknown send id {op.send_id}")
+    assert not op.done
+
+
+def test_rts_with_a_payload(kit):
+    _, engine, peer = kit
+    peer.put(RTS, length=8, a=3000, b=1, payload=bytes(8))
+    expect(engine, "peer 1: rendezvous announcement of 3000 bytes with a 8-byte payload is impossible")
+
+
+@pytest.mark.parametrize("total", [0, 1024, (1 << 48) + 1, 2**64 - 1])
+def test_rts_of_an_impossible_size(kit, total):
+    _, engine, peer = kit
+    peer.put(RTS, a=total, b=1)
+    expect(engine, f"peer 1: rendezvous announcement of {total} bytes with a 0-byte payload "
+                   f"is impossible")
+
+
+@pytest.mark.parametrize("kind", [EAGER, EAGER_SYNC])
+def test_eager_frame_over_the_eager_limit(kit, kind):
+    _, engine, peer = kit
+    buffer = regionkit.GuardedBuffer(4096)
+    op = engine.irecv(1, 0, 0, buffer.view)
+    peer.put(kind, length=2048, payload=bytes(2048))
+    expect(engine, "peer 1: eager frame of 2048 bytes exceeds the eager limit 1024")
+    assert not op.done and buffer.intact()
+
+
+@pytest.mark.parametrize("kind", [EAGER, EAGER_SYNC, RTS])
+def test_negative_tag(kit, kind):
+    _, engine, peer = kit
+    peer.put(kind, tag=-5, a=5000 if kind == RTS else 0, b=1)
+    expect(engine, "peer 1: message with negative tag -5")
+    assert engine.unexpected == []
+
+
+def test_rts_announced_twice(kit):
+    _, engine, peer = kit
+    _rendezvous_under_way(engine, peer)
+    peer.put(RTS, tag=5, a=3000, b=1)
+    op = engine.irecv(1, 5, 0, memoryview(bytearray(3000)))
+    with pytest.raises(CorruptRegionError, match=re.escape("peer 1: send id 1 announced twice")):
+        engine.progress()
+    assert not op.done
+
+
+def test_errors_from_probe_and_receive_name_the_peer(kit):
+    _, engine, peer = kit
+    peer.put(9)
+    message = "peer 1: frame at 0 has unknown kind 9 (ring tail 0, head 32, ring 4096 bytes)"
+    expect(engine, message, drive=lambda: engine.iprobe(-1, -1, 0))
+    op = engine.irecv(1, 0, 0, memoryview(bytearray(8)))
+    expect(engine, message, drive=lambda: engine.wait(op, "Recv"))
+
+
+def test_region_untouched_outside_rank0s_words(kit):
+    """After a hostile sequence rank 0 has written nothing it does not own."""
+    region, engine, peer = kit
+    op, _ = _rendezvous_under_way(engine, peer)
+    peer.put(DATA, length=1024, a=0, b=1, payload=b"a" * 1024)
+    peer.put(7777)
+    before = regionkit.snapshot(region)
+    with pytest.raises(CorruptRegionError):
+        engine.progress()
+    after = regionkit.snapshot(region)
+    assert regionkit.foreign_writes(before, after, region.geo, 0) == []
+
+
+# --- the header ------------------------------------------------------------------
+
+@pytest.fixture
+def header():
+    region = regionkit.GuardedRegion()
+    region.reset(job_id=0x55)
+    return region.mem, region.size
+
+
+@pytest.mark.parametrize("field, value, message", [
+    (layout.H_MAGIC, 0x1122334455667788,
+     "region header has magic 0x1122334455667788, expected 0x4e475249504d5649 (not an ivmpi "
+     "region, or a different program uses it)"),
+    (layout.H_VERSION, 2, "region layout version 2; this ivmpi speaks version 1"),
+    (layout.H_RING_BYTES, 5000, "region header has ring size 5000 (not a power of two in range)"),
+    (layout.H_RING_BYTES, 2048, "region header has ring size 2048 (not a power of two in range)"),
+    (layout.H_RING_BYTES, 8192, "region header field ring_stride = 4224, expected 8320"),
+    (layout.H_NRANKS, 0, "region header has 0 ranks (allowed 1..4096)"),
+    (layout.H_NRANKS, 5000, "region header has 5000 ranks (allowed 1..4096)"),
+    (layout.H_NRANKS, 3, "region header's rings end at 46208, past the region (28672)"),
+    (layout.H_REGION_SIZE, 1 << 20,
+     "region header says the region has 1048576 bytes but 28672 are mapped"),
+    (layout.H_RINGS_OFFSET, 4096, "region header field rings_offset = 4096, expected 8192"),
+    (layout.H_EAGER, 2048, "region header has eager limit 2048 (ring 4096)"),
+    (layout.H_CHUNK, 0, "region header has chunk size 0 (ring 4096)"),
+    (layout.H_READY, 0x56, "region header ready word 0x56 does not match job id 0x55"),
+    (layout.H_READY, 0, "region header is not initialised (ready = 0)"),
+])
+def test_bad_header(header, field, value, message):
+    mem, _ = header
+    layout.read_header(mem)
+    mem.store(field, value)
+    with pytest.raises(CorruptRegionError, match="^" + re.escape(message) + "$"):
+        layout.read_header(mem)
+
+
+def test_header_in_a_mapping_too_small():
+    from ivmpi import _fastcopy
+    import mmap
+    with pytest.raises(RegionError, match=re.escape(
+            "region of 4096 bytes is too small to hold an ivmpi header")):
+        layout.read_header(_fastcopy.Mapping(mmap.mmap(-1, 4096)))
+
+
+def test_region_too_small_for_the_ranks():
+    with pytest.raises(RegionError, match=re.escape(
+            "region of 65536 bytes is too small for 4 ranks: it needs at least 75776 bytes "
+            "(ivmpi create PATH --size 131072)")):
+        layout.Geometry.choose(65536, 4)
+
+
+def test_every_error_is_an_ivmpi_error():
+    assert issubclass(CorruptRegionError, IvmpiError) and issubclass(RegionError, IvmpiError)
