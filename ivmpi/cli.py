@@ -84,10 +84,9 @@ def _info_arguments(parser):
 
 
 def describe_job_layout(region) -> list:
-    """Lines describing the job layout in the region (header, ranks, slots).
-
-    Empty until the layout module provides its summary."""
-    return []
+    """Lines describing the job layout in the region (header, ranks, slots)."""
+    from .layout import describe
+    return describe(region.mem)
 
 
 def _print_devices(devices) -> None:
@@ -126,6 +125,86 @@ def run_info(args) -> int:
         for line in describe_job_layout(region):
             print("  " + line)
     return 0
+
+
+# ----------------------------------------------------------------------------- reset
+
+def _reset_arguments(parser):
+    parser.add_argument("spec", help="the region: a path or any spec `ivmpi info` takes")
+    parser.add_argument("--watch", type=float, default=None,
+                        help="seconds to watch the ranks' heartbeats for signs of life "
+                             "(default: two heartbeat periods, 2 x IVMPI_HEARTBEAT or 0.4 s)")
+    parser.add_argument("--force", action="store_true",
+                        help="clear the region even if a rank still seems alive")
+
+
+def _slot_words(mem, nranks):
+    from . import layout
+    return [(layout.Slot(mem, r).word(layout.S_STATE), layout.Slot(mem, r).word(layout.S_HEARTBEAT))
+            for r in range(nranks)]
+
+
+def _live_ranks(mem, nranks, watch):
+    """Ranks whose slot changed (heartbeat or state) while we watched."""
+    import time
+    before = _slot_words(mem, nranks)
+    time.sleep(watch)
+    after = _slot_words(mem, nranks)
+    return [(rank, b, a) for rank, (b, a) in enumerate(zip(before, after)) if b != a]
+
+
+@subcommand("reset", "clear a region left behind by a crashed job (refuses while a rank is alive)",
+            _reset_arguments)
+def run_reset(args) -> int:
+    from . import layout
+    from .errors import CorruptRegionError, RegionError
+    from .region import Region
+    watch = args.watch
+    if watch is None:
+        try:
+            watch = 2 * float(os.environ.get("IVMPI_HEARTBEAT") or 0.2)
+        except ValueError:
+            raise RegionError(f"IVMPI_HEARTBEAT={os.environ['IVMPI_HEARTBEAT']!r} is not a number")
+    with Region.open(args.spec) as region:
+        mem = region.mem
+        if mem.size < layout.HEADER_BYTES or mem.load(layout.H_MAGIC) != layout.MAGIC:
+            print(f"{region.path}: no ivmpi job in the region; nothing to reset")
+            return 0
+        try:
+            geo, job_id = layout.read_header(mem, require_ready=False)
+        except (CorruptRegionError, RegionError) as exc:
+            if not args.force:
+                raise RegionError(f"{region.path}: the header is invalid ({exc}), so attached ranks "
+                                  f"cannot be found; pass --force to clear it anyway") from None
+            geo, job_id = None, mem.load(layout.H_JOB_ID)
+        if geo is not None and not args.force:
+            live = _live_ranks(mem, geo.nranks, watch)
+            if live:
+                rank, (state0, beat0), (state1, beat1) = live[0]
+                raise RegionError(
+                    f"{region.path}: rank {rank} of job {job_id:#x} is alive (its slot changed "
+                    f"within {watch:g} s: heartbeat {beat0} -> {beat1}, state "
+                    f"{layout.STATE_NAMES.get(state0, state0)} -> "
+                    f"{layout.STATE_NAMES.get(state1, state1)}); refusing to reset a region in "
+                    f"use (stop the job first, or pass --force)")
+        _clear(mem, geo)
+        ranks = f", {geo.nranks} ranks" if geo is not None else ""
+        print(f"{region.path}: cleared job {job_id:#x}{ranks}; the region is free")
+    return 0
+
+
+def _clear(mem, geo):
+    """Zero the header, the slots and the ring control blocks (`ready` first)."""
+    from . import layout
+    mem.store_release(layout.H_READY, 0)
+    if geo is None:
+        mem.fill(0, min(mem.size, layout.HEADER_BYTES))
+        return
+    mem.fill(layout.SLOTS_OFFSET, geo.rings_offset - layout.SLOTS_OFFSET)
+    for src in range(geo.nranks):
+        for dst in range(geo.nranks):
+            mem.fill(geo.ring(src, dst), layout.RING_CTRL_BYTES)
+    mem.fill(0, layout.HEADER_BYTES)
 
 
 # ----------------------------------------------------------------------------- main

@@ -300,3 +300,119 @@ def test_region_too_small_for_the_ranks():
 
 def test_every_error_is_an_ivmpi_error():
     assert issubclass(CorruptRegionError, IvmpiError) and issubclass(RegionError, IvmpiError)
+
+
+# --- a region left behind by a crashed job ----------------------------------------
+
+@pytest.fixture
+def stale(tmp_path, monkeypatch):
+    """A region file holding a 3-rank job whose ranks are gone."""
+    from ivmpi.region import Region
+    monkeypatch.setenv("IVMPI_SYSFS_ROOT", str(tmp_path / "sys"))
+    monkeypatch.delenv("IVMPI_REGION", raising=False)
+    path = str(tmp_path / "region")
+    region = Region.create(path, 1 << 20)
+    geo = layout.Geometry.choose(region.size, 3, max_ring_bytes=4096)
+    layout.write_header(region.mem, geo, 0xABC1)
+    for rank, (state, beat) in enumerate([(layout.STATE_ATTACHED, 17), (layout.STATE_ATTACHED, 5),
+                                          (layout.STATE_JOINING, 0)]):
+        slot = layout.Slot(region.mem, rank)
+        slot.set(layout.S_PID, 1000 + rank)
+        slot.set(layout.S_HEARTBEAT, beat)
+        slot.set(layout.S_STATE, state)
+    yield path, region
+    region.close()
+
+
+def cli_run(capsys, *argv):
+    from ivmpi import cli
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_info_shows_a_stale_job(stale, capsys):
+    path, _ = stale
+    code, out, err = cli_run(capsys, "info", path)
+    assert code == 0, err
+    assert "job: 0x000000000000abc1 (ready), layout v1, 3 ranks" in out
+    assert "rank 0: attached, pid 1000, heartbeat 17" in out
+    assert "rank 1: attached, pid 1001, heartbeat 5" in out
+    assert "rank 2: joining, pid 1002, heartbeat 0" in out
+
+
+def test_reset_clears_a_dead_job(stale, capsys):
+    path, region = stale
+    code, out, err = cli_run(capsys, "reset", path, "--watch", "0.1")
+    assert code == 0, err
+    assert out.strip() == f"{path}: cleared job 0xabc1, 3 ranks; the region is free"
+    assert region.mem.load(layout.H_MAGIC) == 0 and region.mem.load(layout.H_READY) == 0
+    assert all(region.mem.load(layout.SLOTS_OFFSET + 256 * r + layout.S_STATE) == 0 for r in range(3))
+    code, out, _ = cli_run(capsys, "info", path)
+    assert "job: none (no ivmpi header: the region is free)" in out
+    code, out, _ = cli_run(capsys, "reset", path)
+    assert code == 0 and out.strip() == f"{path}: no ivmpi job in the region; nothing to reset"
+
+
+@pytest.fixture
+def beating(stale):
+    """Rank 1 of the job is alive after all: its heartbeat keeps changing."""
+    import threading
+    _, region = stale
+    stop = threading.Event()
+
+    def beat():
+        slot, count = layout.Slot(region.mem, 1), 100
+        while not stop.wait(0.01):
+            count += 1
+            slot.set(layout.S_HEARTBEAT, count)
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join()
+
+
+def test_reset_refuses_while_a_rank_beats(stale, beating, capsys):
+    path, region = stale
+    code, out, err = cli_run(capsys, "reset", path, "--watch", "0.2")
+    assert code == 1 and out == ""
+    assert re.fullmatch(
+        rf"ivmpi reset: {re.escape(path)}: rank 1 of job 0xabc1 is alive \(its slot changed within "
+        r"0\.2 s: heartbeat \d+ -> \d+, state attached -> attached\); refusing to reset a region in "
+        r"use \(stop the job first, or pass --force\)\n", err), err
+    assert layout.read_header(region.mem)[1] == 0xABC1
+
+
+def test_reset_force_clears_even_a_live_job(stale, beating, capsys):
+    path, region = stale
+    code, out, err = cli_run(capsys, "reset", path, "--force")
+    assert code == 0, err
+    assert region.mem.load(layout.H_MAGIC) == 0
+
+
+def test_reset_refuses_an_invalid_header_without_force(stale, capsys):
+    path, region = stale
+    region.mem.store(layout.H_NRANKS, 0)
+    code, out, err = cli_run(capsys, "reset", path)
+    assert code == 1
+    assert err.strip() == (f"ivmpi reset: {path}: the header is invalid (region header has 0 ranks "
+                           f"(allowed 1..4096)), so attached ranks cannot be found; pass --force to "
+                           f"clear it anyway")
+    code, out, err = cli_run(capsys, "reset", path, "--force")
+    assert code == 0 and region.mem.load(layout.H_MAGIC) == 0
+
+
+def test_standalone_rank_never_joins_a_stale_job(stale, tmp_path):
+    """The stale header says ready, but it never admitted this rank's fresh nonce."""
+    import subprocess
+    path, _ = stale
+    env = dict(os.environ, IVMPI_RANK="1", IVMPI_SIZE="3", IVMPI_REGION=path,
+               IVMPI_START_TIMEOUT="0.5", IVMPI_SYSFS_ROOT=str(tmp_path / "sys"))
+    code = ("from ivmpi import MPI\n"
+            "try:\n    MPI.COMM_WORLD\nexcept Exception as e:\n"
+            "    print(type(e).__name__, e)\n")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.stdout.strip() == ("IvmpiTimeoutError standalone start-up: rank 0 did not admit "
+                                     "rank 1 within 0.5 s (IVMPI_START_TIMEOUT)"), result.stderr
