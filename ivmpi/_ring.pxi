@@ -21,6 +21,7 @@ cdef extern from "_copycore.h":
     void rg_store "ivmpi_store_u64"(void *p, uint64_t v) nogil
     void rg_copy_to "ivmpi_copy_to_region"(void *dst, const void *src, size_t n, int strict) nogil
     void rg_copy_from "ivmpi_copy_from_region"(void *dst, const void *src, size_t n, int strict) nogil
+    void rg_relax "ivmpi_cpu_relax"() nogil
 
 # Frame kinds (docs/layout.md, "Frames").
 KIND_EAGER = 1
@@ -195,6 +196,7 @@ cdef class RxRing:
     cdef readonly uint64_t a
     cdef readonly uint64_t b
     cdef readonly uint64_t length
+    cdef public int32_t last_tag     # tag of the last frame a fast path delivered
 
     def __cinit__(self, Mapping mem, Py_ssize_t offset, uint64_t ring_bytes, int peer):
         _check_ring(mem, offset, ring_bytes)
@@ -305,3 +307,89 @@ cdef class RxRing:
     def pending(self):
         """True when the producer has published bytes we have not consumed."""
         return self.ready or rg_load_acquire(self.head_p) != self.tail
+
+
+# --- Fast paths -----------------------------------------------------------
+# The common blocking cases in one call each, with no per-message Python
+# objects: a small send that fits the ring now, and a receive from a known
+# source whose next frame is the eager message it wants.  Anything else
+# (ring full, another kind of frame, a tag that does not match, a buffer too
+# small) returns a "not handled" code and the caller takes the general path
+# of the engine, which handles every case; the fast path never consumes a
+# frame it does not fully deliver.
+
+FAST_NOT_HANDLED = -1
+FAST_NOTHING_YET = -2
+
+
+def fast_send(TxRing tx, object buf, int32_t tag, uint32_t context, uint64_t eager_limit):
+    """Publish buf as one EAGER frame; False when the general path must do it."""
+    cdef Py_buffer view
+    cdef int done
+    try:
+        PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    except BufferError:
+        return False
+    try:
+        if <uint64_t>view.len > eager_limit:
+            return False
+        done = tx.write_frame(1, tag, context, 0, 0, <const char *>view.buf, <uint64_t>view.len)
+    finally:
+        PyBuffer_Release(&view)
+    return done == 1
+
+
+def fast_recv(RxRing rx, object buf, int32_t tag, uint32_t context, int spins):
+    """Receive the next frame from rx into buf if it is the eager message wanted.
+
+    tag < 0 accepts any tag.  Returns the payload length (the frame's tag is
+    then rx.last_tag), FAST_NOTHING_YET when nothing arrived within `spins`
+    polls, or FAST_NOT_HANDLED when the next frame needs the general path.
+    """
+    cdef Py_buffer view
+    cdef int i
+    cdef uint64_t n
+    for i in range(spins):
+        if rx.poll():
+            break
+        rg_relax()
+    else:
+        return FAST_NOTHING_YET
+    if rx.kind != 1 or rx.context != context or rx.tag < 0 or (tag >= 0 and rx.tag != tag):
+        return FAST_NOT_HANDLED
+    try:
+        PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
+    except BufferError:
+        return FAST_NOT_HANDLED
+    try:
+        n = rx.length
+        if n > <uint64_t>view.len:
+            return FAST_NOT_HANDLED
+        if n:
+            rx.copy_out(<char *>view.buf, n)
+        rx.last_tag = rx.tag
+        rx.consume()
+    finally:
+        PyBuffer_Release(&view)
+    return n
+
+
+def fast_recv_bytes(RxRing rx, int32_t tag, uint32_t context, int spins):
+    """Like fast_recv, for object messages: returns the payload (bytearray),
+    or None when the general path must take over."""
+    cdef int i
+    cdef bytearray out
+    for i in range(spins):
+        if rx.poll():
+            break
+        rg_relax()
+    else:
+        return None
+    if rx.kind != 1 or rx.context != context or rx.tag < 0 or (tag >= 0 and rx.tag != tag):
+        return None
+    out = bytearray(rx.length)
+    if rx.length:
+        rx.copy_out(<char *>out, rx.length)
+    rx.last_tag = rx.tag
+    rx.consume()
+    return out

@@ -6,7 +6,10 @@ and calls the engine, which works in world ranks and bytes.  Collectives go
 to ivmpi.collectives over a hidden twin of the communicator that has its own
 context id, so collective traffic never matches user messages.
 """
+import numpy as _np
 from mpi4py import MPI as _MPI
+
+from ._fastcopy import fast_recv, fast_recv_bytes, fast_send
 
 from .buffers import parse_recv, parse_send
 from .collectives import Collectives
@@ -20,6 +23,10 @@ PROC_NULL = _MPI.PROC_NULL
 UNDEFINED = _MPI.UNDEFINED
 TAG_UB = (1 << 31) - 1
 _pickle = _MPI.pickle
+# Buffers the one-call fast paths take as they are (anything else is parsed).
+_FAST_TYPES = frozenset((_np.ndarray, bytes, bytearray))
+# Polls a fast receive makes before handing over to the engine's wait loop.
+_FAST_SPINS = 4096
 
 
 class Group:
@@ -178,6 +185,13 @@ class Comm:
         return self.Isend(buf, dest, tag)
 
     def Send(self, buf, dest, tag=0):
+        engine = self._engine
+        if (type(buf) in _FAST_TYPES and 0 <= dest < self.size and 0 <= tag <= TAG_UB
+                and not engine.backlog and not self._freed):
+            world = self._ranks[dest]
+            if world != engine.rank and fast_send(engine.tx[world], buf, tag, self._ctx,
+                                                  engine.eager_limit):
+                return
         self._isend_bytes(parse_send(buf).mem, dest, tag, False, "Send").Wait()
 
     def Ssend(self, buf, dest, tag=0):
@@ -190,6 +204,18 @@ class Comm:
         return self._irecv_bytes(parse_recv(buf).mem, source, tag, None, "Irecv")
 
     def Recv(self, buf, source=ANY_SOURCE, tag=ANY_TAG, status=None):
+        engine = self._engine
+        if (type(buf) in _FAST_TYPES and 0 <= source < self.size and -1 <= tag <= TAG_UB
+                and not engine.posted and not engine.unexpected and not engine.backlog
+                and not self._freed):
+            world = self._ranks[source]
+            if world != engine.rank:
+                rx = engine.rx[world]
+                n = fast_recv(rx, buf, tag, self._ctx, _FAST_SPINS)
+                if n >= 0:
+                    if status is not None:
+                        fill_status(status, source, rx.last_tag, n)
+                    return
         self._irecv_bytes(parse_recv(buf).mem, source, tag, None, "Recv").Wait(status)
 
     def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
@@ -296,7 +322,14 @@ class Comm:
     ibsend = isend
 
     def send(self, obj, dest, tag=0):
-        self.isend(obj, dest, tag).wait()
+        data = _pickle.dumps(obj)
+        engine = self._engine
+        if 0 <= dest < self.size and 0 <= tag <= TAG_UB and not engine.backlog and not self._freed:
+            world = self._ranks[dest]
+            if world != engine.rank and fast_send(engine.tx[world], data, tag, self._ctx,
+                                                  engine.eager_limit):
+                return
+        self._isend_bytes(memoryview(data), dest, tag, False, "send").wait()
 
     def ssend(self, obj, dest, tag=0):
         self.issend(obj, dest, tag).wait()
@@ -308,6 +341,17 @@ class Comm:
         return self._irecv_bytes(None, source, tag, self._unpickle_op, "irecv")
 
     def recv(self, buf=None, source=ANY_SOURCE, tag=ANY_TAG, status=None):
+        engine = self._engine
+        if (0 <= source < self.size and -1 <= tag <= TAG_UB and not engine.posted
+                and not engine.unexpected and not engine.backlog and not self._freed):
+            world = self._ranks[source]
+            if world != engine.rank:
+                rx = engine.rx[world]
+                data = fast_recv_bytes(rx, tag, self._ctx, _FAST_SPINS)
+                if data is not None:
+                    if status is not None:
+                        fill_status(status, source, rx.last_tag, len(data))
+                    return _pickle.loads(data)
         return self.irecv(buf, source, tag).wait(status)
 
     def sendrecv(self, sendobj, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
