@@ -2,9 +2,10 @@
 
 Every error is an ``IvmpiError``; the message names the cause and, where
 there is one, the peer and the operation.  Errors that MPI defines an error
-class for (truncation, bad rank, ...) are ``MPIError``, which is also an
-``mpi4py.MPI.Exception`` so that code catching mpi4py's exception keeps
-working unchanged.
+class for (truncation, bad rank, ...) are ``ivmpi.request.MPIError``, which
+is both an IvmpiError and an ``mpi4py.MPI.Exception`` so that code catching
+mpi4py's exception keeps working unchanged (it lives there because importing
+mpi4py's MPI module starts MPI, which the region tools must not do).
 """
 
 
