@@ -398,12 +398,13 @@ def copybench_text(quick):
     """The strict-align copy check, when ivmpi.copybench exists."""
     if importlib.util.find_spec("ivmpi.copybench") is None:
         return None
-    cmd = [sys.executable, "-m", "ivmpi.copybench"] + (["--quick"] if quick else [])
+    cmd = [sys.executable, "-m", "ivmpi.copybench"]
+    quick_args = ["--repeats", "3", "--min-time", "0.002", "--max-size", str(1 << 20)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                              stdin=subprocess.DEVNULL)
-        if proc.returncode != 0 and quick:  # it may not know --quick
-            proc = subprocess.run(cmd[:-1], capture_output=True, text=True, timeout=300,
+        proc = subprocess.run(cmd + (quick_args if quick else []), capture_output=True,
+                              text=True, timeout=300, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0 and quick:  # its options may have changed: run it plainly
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                                   stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return "copybench timed out"
@@ -512,6 +513,7 @@ def main(argv=None):
             results.errors["ivmpi"] = reason
             log(f"(a) ivmpi: n/a ({reason})")
     started = time.perf_counter()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="ivmpi-bench-") as workdir:
         launcher = Launcher(mpirun, family, version, options.region_dir)
         log(f"{family} {version[0]}.{version[1]} ({mpirun}); sizes "
@@ -520,6 +522,8 @@ def main(argv=None):
     summary = summarize(results, options.transports, options.sizes)
     copybench = copybench_text(options.quick)
     print(report(summary, options.transports, options.sizes, results.errors))
+    print(f"\nLoad average before/after the run: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f}"
+          f" on {os.cpu_count()} CPUs (other load widens the median/min gap)")
     if copybench:
         print("\nStrict-align copy check (python -m ivmpi.copybench):\n" + copybench)
     document = {
@@ -529,6 +533,8 @@ def main(argv=None):
                  "mpi": f"{family} {version[0]}.{version[1]}", "rounds": options.rounds,
                  "sizes": options.sizes, "quick": options.quick,
                  "seconds": round(time.perf_counter() - started, 1),
+                 # Other load on the machine explains wide median/min gaps.
+                 "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
                  "time_unit": "s (pingpong: half round trip; collectives: per operation)",
                  "bandwidth_unit": "B/s"},
         "transports": {t: {"label": LABELS[t], "ran": t in options.transports,
