@@ -1,0 +1,31 @@
+"""Shared fixtures for the multi-rank tests (run under mpirun with --with-mpi).
+
+Every test gets `comm`, a fresh Dup of ivmpi's COMM_WORLD: a test that leaves a
+message behind cannot disturb the next one, and the Barrier at teardown keeps
+the ranks in step from test to test.
+"""
+import numpy as np
+import pytest
+
+from ivmpi import MPI
+
+
+@pytest.fixture(scope="session")
+def world():
+    return MPI.COMM_WORLD
+
+
+@pytest.fixture
+def comm(world):
+    c = world.Dup()
+    yield c
+    c.Barrier()
+    c.Free()
+
+
+@pytest.fixture(scope="session")
+def pattern():
+    """pattern(nbytes, seed): reproducible bytes, different for every seed."""
+    def make(nbytes, seed):
+        return np.frombuffer(np.random.default_rng(seed).bytes(nbytes), dtype=np.uint8)
+    return make
