@@ -24,7 +24,7 @@ UNDEFINED = _MPI.UNDEFINED
 TAG_UB = (1 << 31) - 1
 _pickle = _MPI.pickle
 # Buffers the one-call fast paths take as they are (anything else is parsed).
-_FAST_TYPES = frozenset((_np.ndarray, bytes, bytearray))
+_FAST_TYPES = frozenset((_np.ndarray, bytes, bytearray, memoryview))
 # Polls a fast receive makes before handing over to the engine's wait loop.
 _FAST_SPINS = 4096
 
@@ -220,6 +220,16 @@ class Comm:
 
     def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
                  recvtag=ANY_TAG, status=None):
+        engine = self._engine
+        if (type(sendbuf) in _FAST_TYPES and 0 <= dest < self.size and 0 <= sendtag <= TAG_UB
+                and not engine.backlog and not self._freed):
+            world = self._ranks[dest]
+            # An eager send completes without the receiver, so sending first
+            # and then receiving cannot deadlock (a rendezvous send could).
+            if world != engine.rank and fast_send(engine.tx[world], sendbuf, sendtag, self._ctx,
+                                                  engine.eager_limit):
+                self.Recv(recvbuf, source, recvtag, status)
+                return
         rreq = self.Irecv(recvbuf, source, recvtag)
         sreq = self.Isend(sendbuf, dest, sendtag)
         Request.Waitall([sreq, rreq], None if status is None else [_MPI.Status(), status])

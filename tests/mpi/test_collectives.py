@@ -31,7 +31,12 @@ def p2p_factories():
     ("name", factory) pair whose factory returns a communicator with
     mpi4py's point-to-point API spanning MPI.COMM_WORLD's ranks.
     """
-    return [("mpi4py", lambda: WORLD.Dup())]
+    return [("mpi4py", lambda: WORLD.Dup()), ("ivmpi", _ivmpi_world_dup)]
+
+
+def _ivmpi_world_dup():
+    from ivmpi import MPI as IVMPI
+    return IVMPI.COMM_WORLD.Dup()
 
 
 @pytest.fixture(scope="module", params=[f for _, f in p2p_factories()],
