@@ -1,0 +1,156 @@
+"""Communicator management under a real launcher (-n 2, 3, 4): ranks, Dup,
+Split, Split_type, Create, groups, names and Free, checked against what
+mpi4py's own COMM_WORLD reports and by sending messages on the new
+communicators."""
+import numpy as np
+import pytest
+from mpi4py import MPI as _native
+
+from ivmpi import MPI
+
+pytestmark = pytest.mark.mpi(min_size=2)
+
+NATIVE = _native.COMM_WORLD
+
+
+def test_rank_and_size(world):
+    assert world.Get_rank() == world.rank == NATIVE.Get_rank()
+    assert world.Get_size() == world.size == NATIVE.Get_size()
+    assert world.Is_intra() and not world.Is_inter()
+    # Every rank sees every other one.
+    assert world.allgather(world.rank) == list(range(world.size))
+
+
+def test_comm_self(world):
+    me = MPI.COMM_SELF
+    assert (me.Get_rank(), me.Get_size()) == (0, 1)
+    assert me.sendrecv(("self", world.rank), 0, source=0) == ("self", world.rank)
+    assert me.allreduce(world.rank + 1) == world.rank + 1
+
+
+def test_names(world):
+    assert world.Get_name() == "MPI_COMM_WORLD"
+    dup = world.Dup()
+    dup.Set_name("halo")
+    assert dup.Get_name() == "halo" and dup.name == "halo"
+    assert world.Get_name() == "MPI_COMM_WORLD"
+    dup.Free()
+
+
+def test_dup(comm):
+    dup = comm.Dup()
+    assert (dup.rank, dup.size) == (comm.rank, comm.size)
+    assert dup != comm
+    got = np.zeros(comm.size, "i8")
+    dup.Allgather(np.array([comm.rank * 3], "i8"), got)
+    np.testing.assert_array_equal(got, np.arange(comm.size) * 3)
+    dup2 = dup.Dup()
+    assert dup2.bcast("from the root" if comm.rank == 0 else None, root=0) == "from the root"
+    dup2.Free()
+    dup.Free()
+
+
+def test_split_colors_and_keys(comm):
+    color = comm.rank % 2
+    # A key that reverses the order of the ranks within each color.
+    sub = comm.Split(color, key=-comm.rank)
+    members = [r for r in range(comm.size) if r % 2 == color][::-1]
+    assert sub.Get_size() == len(members)
+    assert sub.Get_rank() == members.index(comm.rank)
+    # Rank i of sub is world rank members[i], checked by a message round.
+    assert sub.allgather(comm.rank) == members
+    if sub.size > 1:
+        nxt, prv = (sub.rank + 1) % sub.size, (sub.rank - 1) % sub.size
+        assert sub.sendrecv(comm.rank, nxt, source=prv) == members[prv]
+    sub.Free()
+
+
+def test_split_undefined_gives_comm_null(comm):
+    color = MPI.UNDEFINED if comm.rank == 0 else 1
+    sub = comm.Split(color, key=0)
+    if comm.rank == 0:
+        assert sub == MPI.COMM_NULL
+    else:
+        assert sub != MPI.COMM_NULL
+        assert sub.Get_size() == comm.size - 1 and sub.Get_rank() == comm.rank - 1
+        assert sub.allreduce(1) == comm.size - 1
+        sub.Free()
+
+
+def test_split_of_a_split(comm):
+    half = comm.Split(comm.rank % 2, comm.rank)
+    single = half.Split(half.rank, 0)
+    assert single.Get_size() == 1 and single.Get_rank() == 0
+    assert single.sendrecv(comm.rank, 0, source=0) == comm.rank
+    assert half.allreduce(comm.rank) == sum(r for r in range(comm.size) if r % 2 == comm.rank % 2)
+    single.Free()
+    half.Free()
+
+
+def test_split_type_shared(comm):
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.size - comm.rank)
+    # All ranks share the region: one node, ordered by key (here reversed).
+    assert node.Get_size() == comm.size
+    assert node.Get_rank() == comm.size - 1 - comm.rank
+    assert node.allgather(comm.rank) == list(reversed(range(comm.size)))
+    node.Free()
+    none = comm.Split_type(MPI.UNDEFINED)
+    assert none == MPI.COMM_NULL
+
+
+def test_group_and_create(comm):
+    group = comm.Get_group()
+    assert group.Get_size() == comm.size and group.Get_rank() == comm.rank
+    evens = list(range(0, comm.size, 2))[::-1]      # reversed: ranks follow the group order
+    sub_group = group.Incl(evens)
+    assert sub_group.Get_size() == len(evens)
+    assert group.Translate_ranks(evens, sub_group) == list(range(len(evens)))
+    sub = comm.Create(sub_group)
+    if comm.rank in evens:
+        assert sub.Get_rank() == evens.index(comm.rank) == sub_group.Get_rank()
+        assert sub.Get_size() == len(evens)
+        assert sub.allgather(comm.rank) == evens
+        sub.Free()
+    else:
+        assert sub == MPI.COMM_NULL
+        assert sub_group.Get_rank() == MPI.UNDEFINED
+    odd_group = group.Excl(range(0, comm.size, 2))
+    assert odd_group.Get_size() == comm.size // 2
+
+
+def test_create_group_collective_over_members_only(comm):
+    members = [0, comm.size - 1]
+    sub = comm.Create_group(comm.Get_group().Incl(members))
+    if comm.rank in members:
+        assert sub.Get_size() == 2
+        assert sub.sendrecv(comm.rank, 1 - sub.rank, source=1 - sub.rank) == members[1 - sub.rank]
+        sub.Free()
+    else:
+        assert sub == MPI.COMM_NULL
+
+
+def test_free(comm):
+    dup = comm.Dup()
+    dup.Free()
+    assert dup == MPI.COMM_NULL
+    with pytest.raises(MPI.Exception) as excinfo:
+        dup.Send(np.zeros(1), 0)
+    assert excinfo.value.Get_error_class() == MPI.ERR_COMM
+    # The parent is unaffected.
+    assert comm.allreduce(1) == comm.size
+
+
+def test_messages_do_not_cross_split_communicators(comm):
+    """Two Splits with the same members and the same tags: each message stays on its communicator."""
+    a = comm.Split(0, comm.rank)
+    b = comm.Split(0, comm.rank)
+    nxt, prv = (comm.rank + 1) % comm.size, (comm.rank - 1) % comm.size
+    reqs = [a.Isend(np.array([1, comm.rank], "i4"), nxt, 3), b.Isend(np.array([2, comm.rank], "i4"), nxt, 3)]
+    got_b, got_a = np.zeros(2, "i4"), np.zeros(2, "i4")
+    b.Recv(got_b, MPI.ANY_SOURCE, MPI.ANY_TAG)
+    a.Recv(got_a, MPI.ANY_SOURCE, MPI.ANY_TAG)
+    MPI.Request.Waitall(reqs)
+    np.testing.assert_array_equal(got_a, [1, prv])
+    np.testing.assert_array_equal(got_b, [2, prv])
+    a.Free()
+    b.Free()
