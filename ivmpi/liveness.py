@@ -61,7 +61,9 @@ class Liveness:
             if finalized_ok:
                 return False
             raise PeerError(f"{what}: rank {peer} has finalized; the message will never come")
-        if state != layout.STATE_ATTACHED:
+        # A standalone rank is "joining" from admission until it attaches; it
+        # does not beat yet, so the heartbeat timeout below still catches it.
+        if state not in (layout.STATE_ATTACHED, layout.STATE_JOINING):
             raise PeerError(f"{what}: rank {peer}'s slot shows state "
                             f"{layout.STATE_NAMES.get(state, state)}: it left the job or the "
                             f"region was reset")
