@@ -1,0 +1,161 @@
+"""A rank that dies: the survivors get a PeerError naming it, in time.
+
+Each test starts a 3-rank job in standalone mode (IVMPI_RANK/IVMPI_SIZE and
+a region file, plain subprocesses: how ranks run inside VMs, and no MPI
+launcher that would tear the job down when one rank dies).  Rank 2 kills
+itself with SIGKILL at a chosen moment; ranks 0 and 1 report what they saw
+as JSON on stdout, then prove that traffic between them still works.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ivmpi.region import Region
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEER_TIMEOUT = 2.0
+# A blocked rank notices a silent peer after IVMPI_PEER_TIMEOUT plus one
+# check interval; the margin covers a loaded 2-core machine.
+DEADLINE = PEER_TIMEOUT + 4.0
+
+WORKER = textwrap.dedent("""
+    import json, os, signal, sys, time
+    import numpy as np
+    from ivmpi import MPI
+    from ivmpi.errors import PeerError
+
+    scenario = sys.argv[1]
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    report = {"rank": rank}
+
+    def die():
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def blocked(call):
+        start = time.monotonic()
+        try:
+            call()
+            report["error"] = None
+        except Exception as exc:
+            report["error"] = f"{type(exc).__name__}: {exc}"
+            report["peer_error"] = isinstance(exc, PeerError)
+        report["seconds"] = time.monotonic() - start
+
+    BIG = 32 << 20
+    if scenario == "idle":
+        if rank == 2:
+            die()
+        if rank == 0:
+            blocked(lambda: comm.Recv(np.empty(4, "u1"), source=2, tag=1))
+        else:
+            blocked(lambda: comm.recv(source=MPI.ANY_SOURCE, tag=9))
+    elif scenario == "rendezvous":
+        if rank == 2:
+            data = np.ones(BIG, "u1")
+            req = comm.Isend(data, dest=0, tag=3)
+            engine = comm._engine
+            # Die once several MiB have crossed the ring: mid-transfer for sure.
+            while engine.tx[0].head_index < (4 << 20):
+                req.Test()
+            die()
+        if rank == 0:
+            buf = np.zeros(BIG, "u1")
+            blocked(lambda: comm.Recv(buf, source=2, tag=3))
+            report["received_some"] = bool(buf[: 1 << 20].all())
+        else:
+            report["error"] = None
+    elif scenario == "collective":
+        for i in range(3):
+            comm.allreduce(rank)
+        if rank == 2:
+            die()
+        blocked(lambda: [comm.allreduce(rank) for _ in range(3)])
+
+    # The survivors still talk to each other, on a fresh communicator too.
+    other = 1 - rank
+    payload = np.arange(100000, dtype="i8") * (rank + 1)
+    got = np.empty_like(payload)
+    comm.Sendrecv(payload, dest=other, sendtag=7, recvbuf=got, source=other, recvtag=7)
+    small = comm.sendrecv({"from": rank}, dest=other, sendtag=8, source=other, recvtag=8)
+    report["survivors_ok"] = bool((got == np.arange(100000) * (other + 1)).all()
+                                  and small == {"from": other})
+    print(json.dumps(report), flush=True)
+""")
+
+
+def run_job(tmp_path, scenario, timeout=60):
+    path = str(tmp_path / "region")
+    Region.create(path, 16 << 20).close()
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = dict(os.environ, IVMPI_SIZE="3", IVMPI_REGION=path, IVMPI_PEER_TIMEOUT=str(PEER_TIMEOUT),
+               IVMPI_HEARTBEAT="0.1", IVMPI_TIMEOUT=str(timeout), IVMPI_START_TIMEOUT="60",
+               IVMPI_SYSFS_ROOT=str(tmp_path / "sys"),
+               PYTHONPATH=os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    procs = [subprocess.Popen([sys.executable, str(script), scenario],
+                              env=dict(env, IVMPI_RANK=str(rank)), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for rank in range(3)]
+    results = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            results.append((proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert results[2][0] == -signal.SIGKILL, results[2]
+    reports = []
+    for rank in (0, 1):
+        code, out, err = results[rank]
+        assert code == 0, f"rank {rank} exited with {code}:\n{err}"
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    return reports
+
+
+def assert_reports_dead_rank2(report):
+    assert report["peer_error"], report
+    assert "rank 2" in report["error"], report
+    assert report["seconds"] < DEADLINE, report
+
+
+def test_peer_dies_while_idle(tmp_path):
+    r0, r1 = run_job(tmp_path, "idle")
+    for report in (r0, r1):
+        assert_reports_dead_rank2(report)
+        assert report["survivors_ok"]
+    assert r0["error"].startswith("PeerError: Recv from rank 2: rank 2 has shown no heartbeat for")
+    assert r0["error"].endswith(" s (IVMPI_PEER_TIMEOUT=2): it died, hangs, or its machine is paused")
+
+
+def test_peer_dies_during_rendezvous(tmp_path):
+    r0, r1 = run_job(tmp_path, "rendezvous")
+    assert_reports_dead_rank2(r0)
+    assert r0["received_some"], r0
+    assert r0["survivors_ok"] and r1["survivors_ok"]
+
+
+COLLECTIVE_TIMEOUT = 6
+
+
+def test_peer_dies_during_a_collective(tmp_path):
+    """A survivor waiting on rank 2 names it within IVMPI_PEER_TIMEOUT; one
+    waiting on the other survivor (which left the collective with that error)
+    gets an ivmpi error by IVMPI_TIMEOUT at the latest: nobody hangs."""
+    r0, r1 = run_job(tmp_path, "collective", timeout=COLLECTIVE_TIMEOUT)
+    for report in (r0, r1):
+        assert report["error"], report
+        assert report["error"].startswith(("PeerError", "IvmpiTimeoutError")), report
+        assert report["seconds"] < COLLECTIVE_TIMEOUT + 4, report
+    assert any(r["peer_error"] and "rank 2" in r["error"] and r["seconds"] < DEADLINE
+               for r in (r0, r1)), (r0, r1)
+    assert r0["survivors_ok"] and r1["survivors_ok"]
