@@ -197,6 +197,43 @@ def fetch_kernel(cache, log=print):
     return root
 
 
+def fetch_debs(cache, name, packages, log=print):
+    """Unpack Debian packages (not installed) into cache/name; return that root.
+
+    For programs a guest needs but the host should not run, e.g. sshd.
+    """
+    root = os.path.join(cache, name)
+    if os.path.isdir(root):
+        return root
+    log(f"ivmpi.vm: fetching {' '.join(packages)}")
+    download = os.path.join(cache, "download-" + name)
+    shutil.rmtree(download, ignore_errors=True)
+    os.makedirs(download)
+    cmd = ["apt-get", "download", "-q", *packages]
+    try:
+        _run(cmd, "apt-get download", cwd=download)
+    except VmUnavailable:
+        _apt_update()
+        _run(cmd, "apt-get download", cwd=download)
+    staging = root + ".partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    for deb in sorted(glob.glob(os.path.join(download, "*.deb"))):
+        _run(["dpkg", "-x", deb, staging], "dpkg -x")
+    os.rename(staging, root)
+    shutil.rmtree(download, ignore_errors=True)
+    return root
+
+
+def sshd_files(log=print):
+    """(sshd binary, library folder) unpacked from Debian's openssh-server.
+
+    Guests that must accept ssh (mpirun across VMs) run it from the cache, so
+    the host never gets an sshd service of its own.
+    """
+    root = fetch_debs(cache_dir(), "openssh", ["openssh-server", "libwrap0"], log)
+    return os.path.join(root, "usr", "sbin", "sshd"), os.path.join(root, "usr", "lib", "x86_64-linux-gnu")
+
+
 def extract_vmlinux(bzimage, out_path):
     """Write the ELF kernel hidden in an xz-compressed bzImage to out_path."""
     with open(bzimage, "rb") as f:

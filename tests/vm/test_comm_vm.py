@@ -21,6 +21,7 @@ try:
 except Exception as exc:  # not written yet, or its extension not rebuilt yet
     pytestmark = pytest.mark.skip(reason=f"communicator not available ({exc})")
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REGION_SIZE = 64 << 20
 SCRIPT = guest_script("guest_comm.py")
 
@@ -43,7 +44,7 @@ def run_ranks(shm, places, max_bytes):
                                                "IVMPI_REGION": "pci"})
             else:
                 env = dict(os.environ, IVMPI_RANK=str(rank), IVMPI_SIZE=str(size),
-                           IVMPI_REGION=shm)
+                           IVMPI_REGION=shm, PYTHONPATH=ROOT)
                 hosts[rank] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                                stderr=subprocess.STDOUT, text=True)
         for rank, proc in hosts.items():
@@ -53,7 +54,10 @@ def run_ranks(shm, places, max_bytes):
                 proc.kill()
                 out = proc.communicate()[0] + "\n(host rank killed after the timeout)"
             host_out[rank] = (proc.returncode, out)
-        results = vm.wait_guests(guests, GUEST_TIMEOUT)
+        # A failed host rank leaves the guests waiting for it: do not wait long.
+        host_failed = any(rc != 0 for rc, _ in host_out.values())
+        results = vm.wait_guests(guests, 20 if host_failed else GUEST_TIMEOUT,
+                                 check_timeout=not host_failed)
     finally:
         for guest in guests:
             guest.kill()
