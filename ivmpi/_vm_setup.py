@@ -230,6 +230,11 @@ def sshd_files(log=print):
     Guests that must accept ssh (mpirun across VMs) run it from the cache, so
     the host never gets an sshd service of its own.
     """
+    if not (shutil.which("ssh") and shutil.which("ssh-keygen")):
+        log("ivmpi.vm: installing openssh-client with apt-get")
+        _apt_update()
+        _run(_as_root(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                       "openssh-client"]), "apt-get install openssh-client")
     root = fetch_debs(cache_dir(), "openssh", ["openssh-server", "libwrap0"], log)
     return os.path.join(root, "usr", "sbin", "sshd"), os.path.join(root, "usr", "lib", "x86_64-linux-gnu")
 
