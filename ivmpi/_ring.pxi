@@ -313,83 +313,143 @@ cdef class RxRing:
 # The common blocking cases in one call each, with no per-message Python
 # objects: a small send that fits the ring now, and a receive from a known
 # source whose next frame is the eager message it wants.  Anything else
-# (ring full, another kind of frame, a tag that does not match, a buffer too
-# small) returns a "not handled" code and the caller takes the general path
-# of the engine, which handles every case; the fast path never consumes a
-# frame it does not fully deliver.
+# (ring full, queued work in the engine, another kind of frame, a tag that
+# does not match, a buffer too small, a buffer spec that is not a plain
+# buffer) returns "not handled" and the caller takes the engine's general
+# path, which handles every case; a fast path never consumes a frame it does
+# not fully deliver, so falling back is always safe.
+
+from cpython.object cimport PyObject
+from cpython.buffer cimport PyObject_CheckBuffer
 
 FAST_NOT_HANDLED = -1
 FAST_NOTHING_YET = -2
 
-
-def fast_send(TxRing tx, object buf, int32_t tag, uint32_t context, uint64_t eager_limit):
-    """Publish buf as one EAGER frame; False when the general path must do it."""
-    cdef Py_buffer view
-    cdef int done
-    try:
-        PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
-    except BufferError:
-        return False
-    try:
-        if <uint64_t>view.len > eager_limit:
-            return False
-        done = tx.write_frame(1, tag, context, 0, 0, <const char *>view.buf, <uint64_t>view.len)
-    finally:
-        PyBuffer_Release(&view)
-    return done == 1
+cdef enum:
+    _TAG_UB = 0x7fffffff
 
 
-def fast_recv(RxRing rx, object buf, int32_t tag, uint32_t context, int spins):
-    """Receive the next frame from rx into buf if it is the eager message wanted.
+cdef class FastPath:
+    """One communicator's fast paths: its rings by communicator rank.
 
-    tag < 0 accepts any tag.  Returns the payload length (the frame's tag is
-    then rx.last_tag), FAST_NOTHING_YET when nothing arrived within `spins`
-    polls, or FAST_NOT_HANDLED when the next frame needs the general path.
+    It shares the engine's queues (the same list and set objects), because a
+    fast path is only correct while the engine has nothing queued that could
+    come first: no posted or unexpected receive, no frame waiting to be sent.
     """
-    cdef Py_buffer view
-    cdef int i
-    cdef uint64_t n
-    for i in range(spins):
-        if rx.poll():
-            break
-        rg_relax()
-    else:
-        return FAST_NOTHING_YET
-    if rx.kind != 1 or rx.context != context or rx.tag < 0 or (tag >= 0 and rx.tag != tag):
-        return FAST_NOT_HANDLED
-    try:
-        PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
-    except BufferError:
-        return FAST_NOT_HANDLED
-    try:
-        n = rx.length
-        if n > <uint64_t>view.len:
+    cdef list tx
+    cdef list rx
+    cdef list posted
+    cdef list unexpected
+    cdef set backlog
+    cdef uint32_t context
+    cdef uint64_t eager_limit
+    cdef int size
+    cdef public bint enabled
+    cdef readonly int32_t last_tag
+
+    def __cinit__(self, list tx, list rx, list posted, list unexpected, set backlog,
+                  uint32_t context, uint64_t eager_limit):
+        if len(tx) != len(rx):
+            raise ValueError("tx and rx must list one ring (or None) per rank")
+        self.tx = tx
+        self.rx = rx
+        self.posted = posted
+        self.unexpected = unexpected
+        self.backlog = backlog
+        self.context = context
+        self.eager_limit = eager_limit
+        self.size = len(tx)
+        self.enabled = True
+
+    cpdef bint send(self, object buf, long dest, long tag) except -1:
+        """Publish buf to dest as one EAGER frame; False: use the general path."""
+        cdef Py_buffer view
+        cdef int done
+        cdef object ring
+        if not self.enabled or dest < 0 or dest >= self.size or tag < 0 or tag > _TAG_UB:
+            return False
+        if self.backlog or not PyObject_CheckBuffer(buf):
+            return False
+        ring = self.tx[dest]
+        if ring is None:
+            return False
+        try:
+            PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+        except BufferError:
+            return False
+        try:
+            if <uint64_t>view.len > self.eager_limit:
+                return False
+            done = (<TxRing>ring).write_frame(1, <int32_t>tag, self.context, 0, 0,
+                                              <const char *>view.buf, <uint64_t>view.len)
+        finally:
+            PyBuffer_Release(&view)
+        return done == 1
+
+    cdef object _ready_ring(self, long source, long tag):
+        if not self.enabled or source < 0 or source >= self.size or tag < -1 or tag > _TAG_UB:
+            return None
+        if self.posted or self.unexpected or self.backlog:
+            return None
+        return self.rx[source]
+
+    cdef int _wait_match(self, RxRing rx, long tag, int spins) except -3:
+        cdef int i
+        for i in range(spins):
+            if rx.poll():
+                break
+            rg_relax()
+        else:
+            return FAST_NOTHING_YET
+        if rx.kind != 1 or rx.context != self.context or rx.tag < 0 \
+                or (tag >= 0 and rx.tag != tag):
             return FAST_NOT_HANDLED
-        if n:
-            rx.copy_out(<char *>view.buf, n)
-        rx.last_tag = rx.tag
+        return 0
+
+    cpdef long recv(self, object buf, long source, long tag, int spins) except -3:
+        """Receive the next eager message from source into buf.
+
+        tag -1 is any tag.  Returns the payload length (its tag is then
+        last_tag), or a negative code: use the general path.
+        """
+        cdef Py_buffer view
+        cdef uint64_t n
+        cdef object ring = self._ready_ring(source, tag)
+        cdef RxRing rx
+        if ring is None or not PyObject_CheckBuffer(buf):
+            return FAST_NOT_HANDLED
+        rx = <RxRing>ring
+        if self._wait_match(rx, tag, spins) < 0:
+            return FAST_NOT_HANDLED
+        try:
+            PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
+        except BufferError:
+            return FAST_NOT_HANDLED
+        try:
+            n = rx.length
+            if n > <uint64_t>view.len:
+                return FAST_NOT_HANDLED
+            if n:
+                rx.copy_out(<char *>view.buf, n)
+            self.last_tag = rx.tag
+            rx.consume()
+        finally:
+            PyBuffer_Release(&view)
+        return <long>n
+
+    cpdef object recv_bytes(self, long source, long tag, int spins):
+        """Like recv, for object messages: the payload as a bytearray, or None."""
+        cdef bytearray out
+        cdef object ring = self._ready_ring(source, tag)
+        cdef RxRing rx
+        if ring is None:
+            return None
+        rx = <RxRing>ring
+        if self._wait_match(rx, tag, spins) < 0:
+            return None
+        out = bytearray(rx.length)
+        if rx.length:
+            rx.copy_out(<char *>out, rx.length)
+        self.last_tag = rx.tag
         rx.consume()
-    finally:
-        PyBuffer_Release(&view)
-    return n
-
-
-def fast_recv_bytes(RxRing rx, int32_t tag, uint32_t context, int spins):
-    """Like fast_recv, for object messages: returns the payload (bytearray),
-    or None when the general path must take over."""
-    cdef int i
-    cdef bytearray out
-    for i in range(spins):
-        if rx.poll():
-            break
-        rg_relax()
-    else:
-        return None
-    if rx.kind != 1 or rx.context != context or rx.tag < 0 or (tag >= 0 and rx.tag != tag):
-        return None
-    out = bytearray(rx.length)
-    if rx.length:
-        rx.copy_out(<char *>out, rx.length)
-    rx.last_tag = rx.tag
-    rx.consume()
-    return out
+        return out

@@ -9,7 +9,7 @@ context id, so collective traffic never matches user messages.
 import numpy as _np
 from mpi4py import MPI as _MPI
 
-from ._fastcopy import fast_recv, fast_recv_bytes, fast_send
+from ._fastcopy import FastPath
 
 from .buffers import parse_recv, parse_send
 from .collectives import Collectives
@@ -23,8 +23,6 @@ PROC_NULL = _MPI.PROC_NULL
 UNDEFINED = _MPI.UNDEFINED
 TAG_UB = (1 << 31) - 1
 _pickle = _MPI.pickle
-# Buffers the one-call fast paths take as they are (anything else is parsed).
-_FAST_TYPES = frozenset((_np.ndarray, bytes, bytearray, memoryview))
 # Polls a fast receive makes before handing over to the engine's wait loop.
 _FAST_SPINS = 4096
 
@@ -79,6 +77,10 @@ class Comm:
         self._freed = False
         self.rank = self._index[engine.rank]
         self.size = len(self._ranks)
+        # Rings by communicator rank (None for ourselves) for the fast paths.
+        self._fast = FastPath([engine.tx[w] for w in self._ranks], [engine.rx[w] for w in self._ranks],
+                              engine.posted, engine.unexpected, engine.backlog, context,
+                              engine.eager_limit)
 
     @classmethod
     def wrap(cls, mpi_comm=None, region=None):
@@ -185,13 +187,8 @@ class Comm:
         return self.Isend(buf, dest, tag)
 
     def Send(self, buf, dest, tag=0):
-        engine = self._engine
-        if (type(buf) in _FAST_TYPES and 0 <= dest < self.size and 0 <= tag <= TAG_UB
-                and not engine.backlog and not self._freed):
-            world = self._ranks[dest]
-            if world != engine.rank and fast_send(engine.tx[world], buf, tag, self._ctx,
-                                                  engine.eager_limit):
-                return
+        if self._fast.send(buf, dest, tag):
+            return
         self._isend_bytes(parse_send(buf).mem, dest, tag, False, "Send").Wait()
 
     def Ssend(self, buf, dest, tag=0):
@@ -204,32 +201,20 @@ class Comm:
         return self._irecv_bytes(parse_recv(buf).mem, source, tag, None, "Irecv")
 
     def Recv(self, buf, source=ANY_SOURCE, tag=ANY_TAG, status=None):
-        engine = self._engine
-        if (type(buf) in _FAST_TYPES and 0 <= source < self.size and -1 <= tag <= TAG_UB
-                and not engine.posted and not engine.unexpected and not engine.backlog
-                and not self._freed):
-            world = self._ranks[source]
-            if world != engine.rank:
-                rx = engine.rx[world]
-                n = fast_recv(rx, buf, tag, self._ctx, _FAST_SPINS)
-                if n >= 0:
-                    if status is not None:
-                        fill_status(status, source, rx.last_tag, n)
-                    return
+        n = self._fast.recv(buf, source, tag, _FAST_SPINS)
+        if n >= 0:
+            if status is not None:
+                fill_status(status, source, self._fast.last_tag, n)
+            return
         self._irecv_bytes(parse_recv(buf).mem, source, tag, None, "Recv").Wait(status)
 
     def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
                  recvtag=ANY_TAG, status=None):
-        engine = self._engine
-        if (type(sendbuf) in _FAST_TYPES and 0 <= dest < self.size and 0 <= sendtag <= TAG_UB
-                and not engine.backlog and not self._freed):
-            world = self._ranks[dest]
-            # An eager send completes without the receiver, so sending first
-            # and then receiving cannot deadlock (a rendezvous send could).
-            if world != engine.rank and fast_send(engine.tx[world], sendbuf, sendtag, self._ctx,
-                                                  engine.eager_limit):
-                self.Recv(recvbuf, source, recvtag, status)
-                return
+        # An eager send completes without the receiver, so sending first and
+        # then receiving cannot deadlock (a rendezvous send could).
+        if self._fast.send(sendbuf, dest, sendtag):
+            self.Recv(recvbuf, source, recvtag, status)
+            return
         rreq = self.Irecv(recvbuf, source, recvtag)
         sreq = self.Isend(sendbuf, dest, sendtag)
         Request.Waitall([sreq, rreq], None if status is None else [_MPI.Status(), status])
@@ -333,12 +318,8 @@ class Comm:
 
     def send(self, obj, dest, tag=0):
         data = _pickle.dumps(obj)
-        engine = self._engine
-        if 0 <= dest < self.size and 0 <= tag <= TAG_UB and not engine.backlog and not self._freed:
-            world = self._ranks[dest]
-            if world != engine.rank and fast_send(engine.tx[world], data, tag, self._ctx,
-                                                  engine.eager_limit):
-                return
+        if self._fast.send(data, dest, tag):
+            return
         self._isend_bytes(memoryview(data), dest, tag, False, "send").wait()
 
     def ssend(self, obj, dest, tag=0):
@@ -351,17 +332,11 @@ class Comm:
         return self._irecv_bytes(None, source, tag, self._unpickle_op, "irecv")
 
     def recv(self, buf=None, source=ANY_SOURCE, tag=ANY_TAG, status=None):
-        engine = self._engine
-        if (0 <= source < self.size and -1 <= tag <= TAG_UB and not engine.posted
-                and not engine.unexpected and not engine.backlog and not self._freed):
-            world = self._ranks[source]
-            if world != engine.rank:
-                rx = engine.rx[world]
-                data = fast_recv_bytes(rx, tag, self._ctx, _FAST_SPINS)
-                if data is not None:
-                    if status is not None:
-                        fill_status(status, source, rx.last_tag, len(data))
-                    return _pickle.loads(data)
+        data = self._fast.recv_bytes(source, tag, _FAST_SPINS)
+        if data is not None:
+            if status is not None:
+                fill_status(status, source, self._fast.last_tag, len(data))
+            return _pickle.loads(data)
         return self.irecv(buf, source, tag).wait(status)
 
     def sendrecv(self, sendobj, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
@@ -519,6 +494,7 @@ class Comm:
 
     def Free(self):
         self._freed = True
+        self._fast.enabled = False
 
     def Disconnect(self):
         self.Free()
