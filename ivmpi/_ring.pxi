@@ -162,6 +162,32 @@ cdef class TxRing:
             PyBuffer_Release(&view)
         return done == 1
 
+    def stream(self, payload, uint64_t offset, uint64_t chunk, uint64_t send_id):
+        """Publish DATA frames of payload from offset on, as many as fit now.
+
+        Returns the new offset (== len(payload) once everything is out).
+        Each chunk is published on its own, so the receiver copies chunk k
+        while we copy chunk k+1.
+        """
+        cdef Py_buffer view
+        cdef uint64_t total, n
+        if chunk == 0:
+            raise ValueError("chunk size must be positive")
+        PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+        try:
+            total = <uint64_t>view.len
+            while offset < total:
+                n = total - offset
+                if n > chunk:
+                    n = chunk
+                if not self.write_frame(5, 0, 0, offset, send_id,
+                                        <const char *>view.buf + offset, n):
+                    break
+                offset += n
+        finally:
+            PyBuffer_Release(&view)
+        return offset
+
     @property
     def head_index(self):
         return self.head
@@ -284,6 +310,44 @@ cdef class RxRing:
             self.copy_out(<char *>view.buf + offset, self.length)
         finally:
             PyBuffer_Release(&view)
+
+    def drain_data(self, out, uint64_t send_id, uint64_t received, uint64_t total,
+                   uint64_t chunk_limit, bint discard):
+        """Copy consecutive DATA frames of one rendezvous message into out.
+
+        The current frame must be a DATA frame for send_id.  Every chunk is
+        checked: it must start where the previous one ended, carry 1 to
+        chunk_limit bytes and stay within the announced total.  Returns the
+        bytes received so far; stops at the message's end, at a frame of
+        another kind or message, or when nothing more has arrived.
+        """
+        cdef Py_buffer view
+        cdef bint have_view = False
+        if not self.ready or self.kind != 5 or self.b != send_id:
+            raise RuntimeError("the current frame is not data for this message")
+        if not discard:
+            PyObject_GetBuffer(out, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
+            have_view = True
+        try:
+            if have_view and <uint64_t>view.len < total:
+                raise _BufferSpecError(f"a message of {total} bytes does not fit a buffer of "
+                                       f"{view.len} bytes")
+            while True:
+                if self.a != received or self.length == 0 or self.length > chunk_limit \
+                        or self.length > total - received:
+                    self._corrupt(f"data chunk at offset {self.a} of {self.length} bytes does "
+                                  f"not follow the {received} of {total} bytes received for "
+                                  f"send id {send_id}")
+                if have_view:
+                    self.copy_out(<char *>view.buf + received, self.length)
+                received += self.length
+                self.consume()
+                if received == total or not self.poll() or self.kind != 5 or self.b != send_id:
+                    break
+        finally:
+            if have_view:
+                PyBuffer_Release(&view)
+        return received
 
     def payload(self):
         """The current frame's payload as a new bytearray (unexpected messages)."""

@@ -198,14 +198,9 @@ class Engine:
 
     def _stream(self, dest, tx, op):
         """Publish the next chunks of a cleared rendezvous send; True when all are out."""
-        mem = op.mem
-        total = len(mem)
-        chunk = self.chunk_bytes
-        while op.offset < total:
-            length = min(chunk, total - op.offset)
-            if not tx.send(DATA, 0, 0, op.offset, op.send_id, mem, op.offset, length):
-                return False
-            op.offset += length
+        op.offset = tx.stream(op.mem, op.offset, self.chunk_bytes, op.send_id)
+        if op.offset < len(op.mem):
+            return False
         op.done = True
         op.state = "done"
         return True
@@ -376,17 +371,11 @@ class Engine:
             op = self.receiving.get((peer, rx.b))
             if op is None:
                 raise CorruptRegionError(f"peer {peer}: data for unknown send id {rx.b}")
-            if rx.a != op.received or rx.length == 0 or rx.length > self.chunk_bytes \
-                    or op.received + rx.length > op.total:
-                raise CorruptRegionError(
-                    f"peer {peer}: data chunk at offset {rx.a} of {rx.length} bytes does not "
-                    f"follow the {op.received} of {op.total} bytes received for send id {rx.b}")
-            if not op.discard:
-                rx.read_into(op.mem, rx.a)
-            op.received += rx.length
-            rx.consume()
+            send_id = rx.b
+            op.received = rx.drain_data(op.mem, send_id, op.received, op.total, self.chunk_bytes,
+                                        op.discard)
             if op.received == op.total:
-                del self.receiving[(peer, rx.b)]
+                del self.receiving[(peer, send_id)]
                 op.count = op.total if op.error is None else 0
                 op.done = True
         elif kind == CTS:
