@@ -1,0 +1,80 @@
+"""The examples run under mpirun, verify their own results, and give the same
+verified result when their import is swapped to mpi4py (Open MPI's transport)."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+IMPORT_IVMPI = "from ivmpi import MPI"
+IMPORT_MPI4PY = "from mpi4py import MPI"
+
+
+def _mpirun():
+    beside = Path(sys.executable).parent / "mpirun"
+    return str(beside) if beside.exists() else shutil.which("mpirun")
+
+
+MPIRUN = _mpirun()
+pytestmark = pytest.mark.skipif(MPIRUN is None, reason="no mpirun")
+
+
+def run(script, nranks, timeout=120):
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               IVMPI_TIMEOUT=os.environ.get("IVMPI_TIMEOUT", "60"),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([MPIRUN, "--oversubscribe", "-n", str(nranks), sys.executable, str(script)],
+                          env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"{script.name} -n {nranks} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def with_mpi4py(name, tmp_path):
+    """A copy of the example whose only change is the import line."""
+    source = (EXAMPLES / name).read_text()
+    assert source.count(IMPORT_IVMPI) == 1, f"{name} must import MPI from ivmpi exactly once"
+    copy = tmp_path / name
+    copy.write_text(source.replace(IMPORT_IVMPI, IMPORT_MPI4PY))
+    return copy
+
+
+def summary(output, prefix):
+    lines = [line for line in output.splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1, f"expected one '{prefix}' line in:\n{output}"
+    return lines[0]
+
+
+def test_every_example_says_mpi4py_runs_it_too():
+    for script in EXAMPLES.glob("*.py"):
+        text = script.read_text()
+        assert IMPORT_IVMPI in text and IMPORT_MPI4PY in text, script.name
+
+
+def test_pingpong(tmp_path):
+    out = run(EXAMPLES / "pingpong.py", 2)
+    line = summary(out, "pingpong:")
+    assert "data verified" in line and "latency" in line and "bandwidth" in line
+    # One row per size: bytes, rounds, latency, bandwidth (positive numbers).
+    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert [int(r[0]) for r in rows] == [8, 64, 512, 4096, 32768, 262144, 1 << 20, 4 << 20]
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
+    native = run(with_mpi4py("pingpong.py", tmp_path), 2)
+    assert "data verified" in summary(native, "pingpong:")
+
+
+def test_allreduce(tmp_path):
+    line = summary(run(EXAMPLES / "allreduce.py", 2), "allreduce:")
+    assert line.startswith("allreduce: 2 ranks x 1000000 elements verified")
+    assert summary(run(with_mpi4py("allreduce.py", tmp_path), 2), "allreduce:") == line
+
+
+@pytest.mark.parametrize("nranks", [2, 3])
+def test_halo(tmp_path, nranks):
+    line = summary(run(EXAMPLES / "halo.py", nranks), "halo:")
+    assert line.startswith(f"halo: {nranks} ranks") and "verified against serial" in line
+    assert summary(run(with_mpi4py("halo.py", tmp_path), nranks), "halo:") == line
