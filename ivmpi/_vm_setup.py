@@ -193,7 +193,7 @@ def fetch_kernel(cache, log=print):
     shutil.rmtree(staging, ignore_errors=True)
     _run(["dpkg", "-x", debs[0], staging], "dpkg -x")
     os.rename(staging, root)  # atomic: a half-unpacked kernel is never used
-    os.remove(debs[0])
+    shutil.rmtree(download, ignore_errors=True)
     return root
 
 
