@@ -298,14 +298,17 @@ class Prequest(Request):
 class Message:
     """A message taken by Mprobe/Improbe, received with Recv/Irecv/recv/irecv."""
 
-    def __init__(self, comm, incoming):
+    def __init__(self, comm, incoming, no_proc=False):
         self._comm = comm
         self._incoming = incoming
+        self._no_proc = no_proc   # MESSAGE_NO_PROC: a probe of PROC_NULL
 
     def __bool__(self):
-        return self._incoming is not None
+        return self._incoming is not None or self._no_proc
 
     def _take(self):
+        if self._no_proc:
+            return None
         incoming = self._incoming
         if incoming is None:
             raise MPIError(_MPI.ERR_REQUEST, "this message has already been received")
@@ -316,6 +319,8 @@ class Message:
         from .buffers import parse_recv
         incoming = self._take()
         b = parse_recv(buf)
+        if incoming is None:
+            return _ProcNullRequest()
         op = self._comm._engine.recv_matched(incoming, b.mem)
         return Request(self._comm, op, what="Message.Irecv")
 
@@ -324,6 +329,8 @@ class Message:
 
     def irecv(self):
         incoming = self._take()
+        if incoming is None:
+            return _ProcNullRequest()
         op = self._comm._engine.recv_matched(incoming, None)
         return Request(self._comm, op, decode=self._comm._unpickle_op, what="Message.irecv")
 
@@ -331,6 +338,18 @@ class Message:
         return self.irecv().wait(status)
 
 
+class _ProcNullRequest(Request):
+    """The receive of MESSAGE_NO_PROC: complete at once, with PROC_NULL's empty status."""
+
+    def wait(self, status=None):
+        self._finished = True
+        fill_status(status, _MPI.PROC_NULL, _MPI.ANY_TAG, 0)
+        return None
+
+    def test(self, status=None):
+        return True, self.wait(status)
+
+
 REQUEST_NULL = Request()
 MESSAGE_NULL = Message(None, None)
-MESSAGE_NO_PROC = Message(None, None)
+MESSAGE_NO_PROC = Message(None, None, no_proc=True)
