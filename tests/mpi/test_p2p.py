@@ -532,6 +532,13 @@ def test_proc_null(comm):
     assert status.Get_source() == MPI.PROC_NULL
     MPI.Request.Waitall([comm.Isend(buf, MPI.PROC_NULL), comm.isend(1, MPI.PROC_NULL)])
     assert comm.Iprobe(MPI.PROC_NULL) is True
+    # A matched probe of PROC_NULL gives MESSAGE_NO_PROC, whose receive is empty.
+    message = comm.Mprobe(MPI.PROC_NULL)
+    assert message == MPI.MESSAGE_NO_PROC and message
+    message.Recv(buf, status)
+    assert (status.Get_source(), status.Get_tag(), status.Get_count()) == (MPI.PROC_NULL, MPI.ANY_TAG, 0)
+    assert comm.mprobe(source=MPI.PROC_NULL).recv() is None
+    assert comm.improbe(source=MPI.PROC_NULL).irecv().wait() is None
 
 
 @pytest.mark.parametrize("nbytes", [SMALL, LARGE], ids=["eager", "rendezvous"])
