@@ -115,11 +115,16 @@ class Request:
             self._comm._engine.cancel(self._op)
 
     def Free(self):
-        # The operation still completes; we only stop tracking it.
+        # The operation still completes in the engine; the request becomes
+        # null at once, so waiting on it afterwards returns immediately.
         self._finished = True
+        self._op = None
 
     def cancel(self):
         self.Cancel()
+
+    free = Free
+    get_status = Get_status
 
     # --- lowercase (objects) ---------------------------------------------------
 
