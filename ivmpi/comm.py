@@ -503,6 +503,16 @@ class Comm:
         from . import world
         world.abort(errorcode)
 
+    def Compare(self, comm):
+        if comm is self:
+            return _MPI.IDENT
+        if isinstance(comm, Comm):
+            if comm._ranks == self._ranks:
+                return _MPI.CONGRUENT
+            if sorted(comm._ranks) == sorted(self._ranks):
+                return _MPI.SIMILAR
+        return _MPI.UNEQUAL
+
     def Get_topology(self):
         return _MPI.UNDEFINED
 
