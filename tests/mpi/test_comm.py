@@ -154,3 +154,20 @@ def test_messages_do_not_cross_split_communicators(comm):
     np.testing.assert_array_equal(got_b, [2, prv])
     a.Free()
     b.Free()
+
+
+@pytest.mark.parametrize("which", ["ivmpi", "mpi4py"])
+def test_compare(comm, which):
+    """Comm.Compare gives what Open MPI gives for the same communicators."""
+    base = comm if which == "ivmpi" else NATIVE.Dup()
+    dup = base.Dup()
+    reordered = base.Split(0, key=-base.rank)
+    halves = base.Split(base.rank % 2, 0)
+    assert base.Compare(base) == MPI.IDENT
+    assert base.Compare(dup) == MPI.CONGRUENT
+    assert base.Compare(reordered) == MPI.SIMILAR
+    assert base.Compare(halves) == MPI.UNEQUAL
+    for c in (dup, reordered, halves):
+        c.Free()
+    if which == "mpi4py":
+        base.Free()

@@ -366,9 +366,19 @@ def test_free_send_request_still_delivers(comm):
     req = comm.Isend(out, nxt, 3)
     req.Free()
     assert req == MPI.REQUEST_NULL
+    assert req.Wait() is True          # a null request: returns at once
     got = np.zeros(8, "i8")
     comm.Recv(got, prv, 3)
     np.testing.assert_array_equal(got, prv)
+    # Lowercase free, and Get_status, which completes nothing.
+    req = comm.isend(("freed", comm.rank), nxt, 4)
+    req.free()
+    rreq = comm.irecv(source=prv, tag=4)
+    status = MPI.Status()
+    assert eventually(lambda: rreq.Get_status(status))
+    assert status.Get_source() == prv and rreq != MPI.REQUEST_NULL
+    assert rreq.get_status() is True
+    assert rreq.wait() == ("freed", prv)
 
 
 def test_Waitall_Waitany_Waitsome_Testall_Testany(comm):
