@@ -41,5 +41,14 @@ def __getattr__(name):
     return value
 
 
+def Alloc_mem(size, info=None):
+    """A buffer inside the region: large sends from it skip the sender's copy."""
+    return _world.get_world().Alloc_mem(size, info)
+
+
+def Free_mem(mem):
+    _world.get_world().Free_mem(mem)
+
+
 def Get_processor_name():
     return _mpi.Get_processor_name()

@@ -4,7 +4,7 @@ from .errors import (IvmpiError, RegionError, BoundsError, CorruptRegionError,
                      PeerError, IvmpiTimeoutError)
 
 __all__ = ["__version__", "IvmpiError", "RegionError", "BoundsError",
-           "CorruptRegionError", "PeerError", "IvmpiTimeoutError", "Region"]
+           "CorruptRegionError", "PeerError", "IvmpiTimeoutError", "Region", "alloc", "free"]
 
 
 def __getattr__(name):
@@ -19,3 +19,23 @@ def __getattr__(name):
         from .comm import Comm
         return Comm
     raise AttributeError(f"module 'ivmpi' has no attribute {name!r}")
+
+
+def alloc(shape, dtype="u1"):
+    """A numpy array whose memory is inside the region (this rank's heap).
+
+    Sends of large messages from it skip the sender's copy: the receiver
+    copies straight out of the region.  Free it with ivmpi.free(array).
+    """
+    import numpy as np
+    from .world import get_world
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape)) if np.ndim(shape) else int(shape)
+    mem = get_world().Alloc_mem(count * dtype.itemsize)
+    return np.frombuffer(mem, dtype=dtype, count=count).reshape(shape)
+
+
+def free(array):
+    """Give an array from ivmpi.alloc back to the region heap."""
+    from .world import get_world
+    get_world().Free_mem(array)

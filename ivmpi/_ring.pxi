@@ -31,11 +31,12 @@ KIND_CTS = 4
 KIND_DATA = 5
 KIND_ACK = 6
 KIND_PAD = 7
+KIND_RTS_REGION = 8
 FRAME_HEADER_BYTES = 32
 
 cdef enum:
     _K_FIRST = 1
-    _K_LAST = 6
+    _K_LAST = 8              # 7 (PAD) is handled before the range check
     _K_PAD = 7
     _HDR = 32
     _INLINE_MAX = 224        # header + payload up to this size go in one copy
@@ -323,6 +324,7 @@ cdef class RxRing:
         """
         cdef Py_buffer view
         cdef bint have_view = False
+        cdef uint64_t start
         if not self.ready or self.kind != 5 or self.b != send_id:
             raise RuntimeError("the current frame is not data for this message")
         if not discard:
@@ -332,12 +334,18 @@ cdef class RxRing:
             if have_view and <uint64_t>view.len < total:
                 raise _BufferSpecError(f"a message of {total} bytes does not fit a buffer of "
                                        f"{view.len} bytes")
+            start = received
             while True:
                 if self.a != received or self.length == 0 or self.length > chunk_limit \
                         or self.length > total - received:
-                    self._corrupt(f"data chunk at offset {self.a} of {self.length} bytes does "
-                                  f"not follow the {received} of {total} bytes received for "
-                                  f"send id {send_id}")
+                    if received != start:
+                        # Report the progress first; the next call raises on
+                        # this frame with the caller's count up to date.
+                        break
+                    raise _CorruptRegionError(
+                        f"peer {self.peer}: data chunk at offset {self.a} of {self.length} bytes "
+                        f"does not follow the {received} of {total} bytes received for "
+                        f"send id {send_id}")
                 if have_view:
                     self.copy_out(<char *>view.buf + received, self.length)
                 received += self.length
@@ -517,3 +525,27 @@ cdef class FastPath:
         self.last_tag = rx.tag
         rx.consume()
         return out
+
+
+def buffer_span(obj):
+    """(address, length) of a contiguous buffer: is it inside the region?"""
+    cdef Py_buffer view
+    PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE)
+    try:
+        return <uintptr_t>view.buf, view.len
+    finally:
+        PyBuffer_Release(&view)
+
+
+def region_memoryview(Mapping mem, Py_ssize_t offset, Py_ssize_t length):
+    """A writable memoryview of region bytes [offset, offset + length).
+
+    It slices the object the mapping was made from (the mmap), so it keeps
+    that object alive and exported while the caller holds it.
+    """
+    if mem.base == NULL:
+        raise ValueError("the region mapping is closed")
+    if offset < 0 or length < 0 or offset > mem.size or length > mem.size - offset:
+        raise _BufferSpecError(f"bytes [{offset}, {offset}+{length}) are outside the region "
+                               f"of {mem.size} bytes")
+    return memoryview(<object>mem._view.obj).cast("B")[offset:offset + length]

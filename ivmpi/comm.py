@@ -433,6 +433,16 @@ class Comm:
     def exscan(self, sendobj, op=_MPI.SUM):
         return self._collectives.exscan(sendobj, op)
 
+    # --- memory in the region ------------------------------------------------------
+
+    def Alloc_mem(self, size, info=None):
+        """A buffer inside the region (this rank's heap): large sends from it
+        skip the sender's copy.  Use it like mpi4py's, e.g. np.frombuffer(buf, 'f8')."""
+        return self._engine.heap.alloc(size)
+
+    def Free_mem(self, mem):
+        self._engine.heap.release(mem)
+
     # --- communicator management ---------------------------------------------------
 
     def _agree_context(self):

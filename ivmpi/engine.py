@@ -16,6 +16,7 @@ import time
 from collections import deque
 
 from . import _fastcopy
+from .heap import Heap
 from .liveness import Liveness
 from .errors import CorruptRegionError, IvmpiError, IvmpiTimeoutError, PeerError
 
@@ -23,9 +24,9 @@ ANY_SOURCE = -1
 ANY_TAG = -1
 MAX_MESSAGE = 1 << 48
 
-EAGER, EAGER_SYNC, RTS, CTS, DATA, ACK = (
+EAGER, EAGER_SYNC, RTS, CTS, DATA, ACK, RTS_REGION = (
     _fastcopy.KIND_EAGER, _fastcopy.KIND_EAGER_SYNC, _fastcopy.KIND_RTS,
-    _fastcopy.KIND_CTS, _fastcopy.KIND_DATA, _fastcopy.KIND_ACK)
+    _fastcopy.KIND_CTS, _fastcopy.KIND_DATA, _fastcopy.KIND_ACK, _fastcopy.KIND_RTS_REGION)
 
 # Error codes carried by requests (mpi4py's MPI.ERR_* values are used by the
 # communicator when it turns them into MPI exceptions).
@@ -44,9 +45,11 @@ def _env_float(name, default):
 
 class Incoming:
     """A message that arrived before any receive matched it."""
-    __slots__ = ("source", "tag", "context", "size", "data", "send_id", "kind", "self_send")
+    __slots__ = ("source", "tag", "context", "size", "data", "send_id", "kind", "self_send",
+                 "offset")
 
-    def __init__(self, source, tag, context, size, data, send_id, kind, self_send=None):
+    def __init__(self, source, tag, context, size, data, send_id, kind, self_send=None,
+                 offset=0):
         self.source = source
         self.tag = tag
         self.context = context
@@ -55,6 +58,7 @@ class Incoming:
         self.send_id = send_id
         self.kind = kind
         self.self_send = self_send  # the SendOp of a synchronous send to ourselves
+        self.offset = offset        # RTS_REGION: where the payload sits in the sender's heap
 
 
 class Op:
@@ -125,6 +129,8 @@ class Engine:
                 self.tx[peer] = _fastcopy.TxRing(self.mem, geometry.ring(rank, peer), ring_bytes, peer)
                 self.rx[peer] = _fastcopy.RxRing(self.mem, geometry.ring(peer, rank), ring_bytes, peer)
         self.rx_list = [r for r in self.rx if r is not None]
+        heap_offset, heap_bytes = geometry.heap(rank)
+        self.heap = Heap(self.mem, heap_offset, heap_bytes)
         self.posted = []                                 # RecvOps in post order
         self.unexpected = []                             # Incoming in arrival order
         self.outq = [deque() for _ in range(self.size)]  # frames waiting for ring space
@@ -157,9 +163,17 @@ class Engine:
                 self._post(dest, (EAGER, tag, context, 0, 0, mem, 0, size, op))
         else:
             op.send_id = self._new_send_id(dest)
-            self.awaiting_cts[(dest, op.send_id)] = op
-            op.state = "awaiting clear-to-send"
-            self._post(dest, (RTS, tag, context, size, op.send_id, None, 0, 0, None))
+            offset = self.heap.contains(*_fastcopy.buffer_span(mem)) if self.heap.used else None
+            if offset is not None:
+                # The payload already sits in our heap: the receiver copies it from there.
+                self.awaiting_ack[(dest, op.send_id)] = op
+                op.state = "awaiting the receiver's copy"
+                self._post(dest, (RTS_REGION, tag, context, size, op.send_id,
+                                  offset.to_bytes(8, "little"), 0, 8, None))
+            else:
+                self.awaiting_cts[(dest, op.send_id)] = op
+                op.state = "awaiting clear-to-send"
+                self._post(dest, (RTS, tag, context, size, op.send_id, None, 0, 0, None))
         return op
 
     def _new_send_id(self, dest):
@@ -284,6 +298,9 @@ class Engine:
         if incoming.kind == RTS:
             self._accept_rendezvous(incoming, op)
             return
+        if incoming.kind == RTS_REGION:
+            self._copy_from_heap(incoming, op)
+            return
         data = incoming.data
         if op.mem is None:
             op.data = data
@@ -300,6 +317,20 @@ class Engine:
             incoming.self_send.done = True
         elif incoming.kind == EAGER_SYNC:
             self._post(incoming.source, (ACK, 0, 0, 0, incoming.send_id, None, 0, 0, None))
+
+    def _copy_from_heap(self, incoming, op):
+        size = incoming.size
+        if op.mem is None:
+            op.data = bytearray(size)
+            self.mem.read(incoming.offset, op.data)
+        elif size > len(op.mem):
+            op.error = ERR_TRUNCATE
+        else:
+            self.mem.read(incoming.offset, op.mem, size)
+        op.count = size if op.error is None else 0
+        op.done = True
+        # Only now may the sender reuse its buffer.
+        self._post(incoming.source, (ACK, 0, 0, 0, incoming.send_id, None, 0, 0, None))
 
     def _accept_rendezvous(self, incoming, op):
         size = incoming.size
@@ -365,6 +396,23 @@ class Engine:
                     f"peer {peer}: rendezvous announcement of {rx.a} bytes with a "
                     f"{rx.length}-byte payload is impossible")
             incoming = Incoming(peer, rx.tag, rx.context, rx.a, None, rx.b, RTS)
+            rx.consume()
+            self._arrive(incoming)
+        elif kind == RTS_REGION:
+            self._check_tag(rx)
+            total = rx.a
+            if rx.length != 8 or not self.eager_limit < total <= MAX_MESSAGE:
+                raise CorruptRegionError(
+                    f"peer {peer}: region rendezvous of {total} bytes with a {rx.length}-byte "
+                    f"payload is impossible")
+            offset = int.from_bytes(rx.payload(), "little")
+            heap_offset, heap_bytes = self.geo.heap(peer)
+            if not (heap_offset <= offset and offset + total <= heap_offset + heap_bytes):
+                raise CorruptRegionError(
+                    f"peer {peer}: region rendezvous points at bytes [{offset}, {offset}+{total}) "
+                    f"outside its heap [{heap_offset}, {heap_offset + heap_bytes})")
+            incoming = Incoming(peer, rx.tag, rx.context, total, None, rx.b, RTS_REGION,
+                                offset=offset)
             rx.consume()
             self._arrive(incoming)
         elif kind == DATA:

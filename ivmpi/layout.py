@@ -27,7 +27,9 @@ MAX_CHUNK = 65536
 # Header word offsets.
 H_MAGIC, H_VERSION, H_REGION_SIZE, H_NRANKS, H_RING_BYTES = 0, 8, 16, 24, 32
 H_SLOTS_OFFSET, H_RINGS_OFFSET, H_RING_STRIDE, H_EAGER, H_CHUNK = 40, 48, 56, 64, 72
-H_JOB_ID, H_READY = 80, 128
+H_JOB_ID, H_HEAP_OFFSET, H_HEAP_BYTES, H_READY = 80, 88, 96, 128
+HEAP_ALIGN = 4096
+MAX_HEAP_BYTES = 1 << 40
 
 # Slot word offsets (relative to the slot).
 S_STATE, S_JOB_ID, S_NONCE, S_PID, S_HEARTBEAT, S_HEARTBEAT_NS, S_ADMITTED = 0, 8, 16, 24, 64, 72, 128
@@ -60,9 +62,10 @@ class Geometry:
     """Where everything is, for a given region size and rank count."""
 
     __slots__ = ("region_size", "nranks", "ring_bytes", "rings_offset", "ring_stride",
-                 "eager_limit", "chunk_bytes")
+                 "eager_limit", "chunk_bytes", "heap_offset", "heap_bytes")
 
-    def __init__(self, region_size, nranks, ring_bytes, eager_limit=None, chunk_bytes=None):
+    def __init__(self, region_size, nranks, ring_bytes, eager_limit=None, chunk_bytes=None,
+                 heap_bytes=None):
         self.region_size = region_size
         self.nranks = nranks
         self.ring_bytes = ring_bytes
@@ -70,6 +73,20 @@ class Geometry:
         self.ring_stride = RING_CTRL_BYTES + ring_bytes
         self.eager_limit = min(MAX_EAGER, ring_bytes // 4) if eager_limit is None else eager_limit
         self.chunk_bytes = min(MAX_CHUNK, ring_bytes // 4) if chunk_bytes is None else chunk_bytes
+        # What the rings leave over is split into one heap per rank (zero-copy buffers).
+        self.heap_offset = _round_up(self.rings_end, HEAP_ALIGN)
+        if heap_bytes is None:
+            spare = max(0, region_size - self.heap_offset)
+            heap_bytes = spare // nranks // HEAP_ALIGN * HEAP_ALIGN
+        self.heap_bytes = heap_bytes
+
+    @property
+    def rings_end(self):
+        return self.rings_offset + self.nranks * self.nranks * self.ring_stride
+
+    def heap(self, rank):
+        """(offset, size) of rank's heap: memory only that rank allocates from."""
+        return self.heap_offset + rank * self.heap_bytes, self.heap_bytes
 
     @classmethod
     def choose(cls, region_size, nranks, max_ring_bytes=None):
@@ -101,7 +118,7 @@ class Geometry:
 
     @property
     def end(self):
-        return self.rings_offset + self.nranks * self.nranks * self.ring_stride
+        return self.heap_offset + self.nranks * self.heap_bytes
 
 
 def _pow2_at_least(n):
@@ -130,7 +147,8 @@ def write_header(mem, geo, job_id, publish=True):
                        (H_NRANKS, geo.nranks), (H_RING_BYTES, geo.ring_bytes),
                        (H_SLOTS_OFFSET, SLOTS_OFFSET), (H_RINGS_OFFSET, geo.rings_offset),
                        (H_RING_STRIDE, geo.ring_stride), (H_EAGER, geo.eager_limit),
-                       (H_CHUNK, geo.chunk_bytes), (H_JOB_ID, job_id)):
+                       (H_CHUNK, geo.chunk_bytes), (H_JOB_ID, job_id),
+                       (H_HEAP_OFFSET, geo.heap_offset), (H_HEAP_BYTES, geo.heap_bytes)):
         mem.store(off, value)
     if publish:
         publish_header(mem, job_id)
@@ -173,8 +191,13 @@ def read_header(mem, require_ready=True):
     ring_bytes = mem.load(H_RING_BYTES)
     if not MIN_RING_BYTES <= ring_bytes <= MAX_RING_BYTES or ring_bytes & (ring_bytes - 1):
         raise CorruptRegionError(f"region header has ring size {ring_bytes} (not a power of two in range)")
+    heap_bytes = mem.load(H_HEAP_BYTES)
+    if heap_bytes % HEAP_ALIGN or heap_bytes > MAX_HEAP_BYTES:
+        raise CorruptRegionError(f"region header has heap size {heap_bytes} (not a multiple of "
+                                 f"{HEAP_ALIGN} up to {MAX_HEAP_BYTES})")
     geo = Geometry(region_size, nranks, ring_bytes,
-                   eager_limit=mem.load(H_EAGER), chunk_bytes=mem.load(H_CHUNK))
+                   eager_limit=mem.load(H_EAGER), chunk_bytes=mem.load(H_CHUNK),
+                   heap_bytes=heap_bytes)
     checks = (
         (H_SLOTS_OFFSET, "slots_offset", SLOTS_OFFSET),
         (H_RINGS_OFFSET, "rings_offset", geo.rings_offset),
@@ -184,8 +207,15 @@ def read_header(mem, require_ready=True):
         value = mem.load(off)
         if value != expected:
             raise CorruptRegionError(f"region header field {name} = {value}, expected {expected}")
+    if geo.rings_end > region_size:
+        raise CorruptRegionError(f"region header's rings end at {geo.rings_end}, past the region "
+                                 f"({region_size})")
+    value = mem.load(H_HEAP_OFFSET)
+    if value != geo.heap_offset:
+        raise CorruptRegionError(f"region header field heap_offset = {value}, expected {geo.heap_offset}")
     if geo.end > region_size:
-        raise CorruptRegionError(f"region header's rings end at {geo.end}, past the region ({region_size})")
+        raise CorruptRegionError(f"region header's heaps end at {geo.end}, past the region "
+                                 f"({region_size})")
     if not 0 < geo.eager_limit <= ring_bytes // 4:
         raise CorruptRegionError(f"region header has eager limit {geo.eager_limit} (ring {ring_bytes})")
     if not 0 < geo.chunk_bytes <= ring_bytes // 4:
@@ -246,6 +276,7 @@ def describe(mem):
                  f"layout v{VERSION}, {geo.nranks} ranks")
     lines.append(f"rings: {geo.nranks}x{geo.nranks} of {geo.ring_bytes} bytes at {geo.rings_offset:#x}, "
                  f"eager limit {geo.eager_limit}, chunk {geo.chunk_bytes}")
+    lines.append(f"heaps: {geo.nranks} of {geo.heap_bytes} bytes at {geo.heap_offset:#x}")
     for rank in range(geo.nranks):
         slot = Slot(mem, rank)
         state = slot.word(S_STATE)

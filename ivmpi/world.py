@@ -22,6 +22,7 @@ SELF_CONTEXT = 2
 FIRST_FREE_CONTEXT = 4
 DEFAULT_MAX_REGION = 256 << 20
 MIN_REGION = 4 << 20
+DEFAULT_HEAP_BYTES = 64 << 20
 
 _lock = threading.Lock()
 _world = None
@@ -65,8 +66,17 @@ def get_self():
 
 
 def _default_region_size(nranks):
-    want = layout.rings_offset(nranks) + nranks * nranks * (layout.RING_CTRL_BYTES
-                                                            + layout.DEFAULT_RING_BYTES)
+    """Rings of the default size plus a heap per rank, within DEFAULT_MAX_REGION.
+
+    IVMPI_REGION_SIZE (e.g. 64M) overrides it.
+    """
+    override = os.environ.get("IVMPI_REGION_SIZE")
+    if override:
+        from .region import parse_size
+        return parse_size(override)
+    want = (layout.rings_offset(nranks)
+            + nranks * nranks * (layout.RING_CTRL_BYTES + layout.DEFAULT_RING_BYTES)
+            + nranks * DEFAULT_HEAP_BYTES)
     size = MIN_REGION
     while size < want and size < DEFAULT_MAX_REGION:
         size *= 2

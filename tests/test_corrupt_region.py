@@ -116,7 +116,7 @@ def test_tail_running_backwards(kit):
 
 # --- frames ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", [0, 8, 0xFFFFFFFF])
+@pytest.mark.parametrize("kind", [0, 9, 0xFFFFFFFF])
 def test_unknown_frame_kind(kit, kind):
     _, engine, peer = kit
     peer.put(kind)
