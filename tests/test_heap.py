@@ -1,0 +1,147 @@
+"""Region buffers (the per-rank heaps) and the zero-copy rendezvous, in one process.
+
+Two engines (ranks 0 and 1) share one anonymous mapping, so every frame
+really goes through the region; the progress of both is driven by hand.
+"""
+import mmap
+
+import numpy as np
+import pytest
+
+from ivmpi import _fastcopy, layout
+from ivmpi.engine import Engine, RTS_REGION
+from ivmpi.errors import CorruptRegionError, IvmpiError
+
+SIZE = 8 << 20
+
+
+class _Stand:
+    def __init__(self, mem):
+        self.mem = mem
+
+
+@pytest.fixture
+def pair():
+    mem = _fastcopy.Mapping(mmap.mmap(-1, SIZE))
+    geo = layout.Geometry.choose(SIZE, 2, max_ring_bytes=65536)
+    layout.write_header(mem, geo, 7)
+    for r in (0, 1):
+        layout.Slot(mem, r).attach(7)
+    return mem, geo, Engine(_Stand(mem), geo, 0), Engine(_Stand(mem), geo, 1)
+
+
+def drive(*ops_and_engines, rounds=10000):
+    engines = [e for e in ops_and_engines if isinstance(e, Engine)]
+    ops = [o for o in ops_and_engines if not isinstance(o, Engine)]
+    for _ in range(rounds):
+        if all(op.done for op in ops):
+            return
+        for engine in engines:
+            engine.progress()
+    raise AssertionError("operations did not complete")
+
+
+def test_geometry_gives_each_rank_a_heap(pair):
+    mem, geo, _, _ = pair
+    assert geo.heap_offset % layout.HEAP_ALIGN == 0 and geo.heap_offset >= geo.rings_end
+    assert geo.heap_bytes > 0 and geo.end <= SIZE
+    assert geo.heap(1)[0] == geo.heap_offset + geo.heap_bytes
+    assert layout.read_header(mem)[0].heap_bytes == geo.heap_bytes
+
+
+def test_alloc_free_coalesce_and_exhaustion(pair):
+    _, geo, e0, _ = pair
+    heap = e0.heap
+    a = heap.alloc(1000)
+    b = heap.alloc(5000)
+    assert len(a) == 1000 and len(b) == 5000 and not a.readonly
+    start_a = _fastcopy.buffer_span(a)[0] - heap.mem.address
+    assert heap.offset <= start_a < heap.offset + heap.size
+    heap.release(a)
+    heap.release(b)
+    # Everything came back as one block: the whole heap can be taken again.
+    assert heap.available() == geo.heap_bytes
+    whole = heap.alloc(geo.heap_bytes)
+    with pytest.raises(IvmpiError, match="no free block of 1 bytes"):
+        heap.alloc(1)
+    heap.release(whole)
+    with pytest.raises(IvmpiError, match="not allocated by Alloc_mem"):
+        heap.release(bytearray(10))
+    with pytest.raises(IvmpiError, match="negative"):
+        heap.alloc(-1)
+
+
+def test_strict_mode_refuses_region_buffers():
+    mem = _fastcopy.Mapping(mmap.mmap(-1, SIZE), strict=True)
+    geo = layout.Geometry.choose(SIZE, 2, max_ring_bytes=65536)
+    layout.write_header(mem, geo, 7)
+    engine = Engine(_Stand(mem), geo, 0)
+    with pytest.raises(IvmpiError, match="strict-align mode"):
+        engine.heap.alloc(100)
+
+
+@pytest.mark.parametrize("nbytes", [16385, 1 << 20, 3 * 1000 * 1000 + 7])
+def test_send_from_the_heap_is_announced_by_offset_and_copied_once(pair, nbytes):
+    _, _, e0, e1 = pair
+    src = np.frombuffer(e1.heap.alloc(nbytes), dtype=np.uint8)
+    src[:] = np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8)
+    out = bytearray(nbytes)
+    send = e1.isend(0, memoryview(src), 5, 0)
+    # The announcement is a single RTS_REGION frame: no DATA chunks follow.
+    rx = e0.rx[1]
+    assert rx.poll() and rx.kind == RTS_REGION and rx.a == nbytes
+    recv = e0.irecv(1, 5, 0, memoryview(out))
+    drive(send, recv, e0, e1)
+    assert bytes(out) == src.tobytes()
+    assert recv.count == nbytes and recv.status_source == 1 and recv.status_tag == 5
+    # The sender completes only after the receiver's acknowledgement.
+    assert send.done and not e1.awaiting_ack
+
+
+def test_sender_waits_for_the_receivers_copy(pair):
+    _, _, e0, e1 = pair
+    src = e1.heap.alloc(100000)
+    send = e1.isend(0, src, 1, 0)
+    for _ in range(50):
+        e1.progress()
+        e0.progress()       # unexpected at rank 0: nobody has received it yet
+    assert not send.done and len(e0.unexpected) == 1
+    out = bytearray(100000)
+    recv = e0.irecv(-1, -1, 0, memoryview(out))
+    drive(send, recv, e0, e1)
+
+
+def test_truncated_region_receive_still_releases_the_sender(pair):
+    _, _, e0, e1 = pair
+    src = e1.heap.alloc(50000)
+    send = e1.isend(0, src, 1, 0)
+    recv = e0.irecv(1, 1, 0, memoryview(bytearray(20000)))
+    drive(send, recv, e0, e1)
+    assert recv.error == "truncate" and send.done
+
+
+def _raw_frame(mem, geo, kind, length, tag, a, b, payload):
+    ring = geo.ring(1, 0)
+    words = np.array([kind | (length << 32), tag, a, b], dtype="<u8").tobytes()
+    body = payload + bytes(-len(payload) % 8)
+    mem.write(ring + layout.RING_CTRL_BYTES, words + body)
+    mem.store_release(ring + layout.R_HEAD, 32 + len(body))
+
+
+@pytest.mark.parametrize("offset_of, total, length, message", [
+    (lambda geo: geo.heap(0)[0], 20000, 8, "outside its heap"),           # rank 0's heap, not 1's
+    (lambda geo: geo.heap(1)[0] + geo.heap_bytes - 100, 20000, 8, "outside its heap"),
+    (lambda geo: 0, 20000, 8, "outside its heap"),                        # the header
+    (lambda geo: geo.heap(1)[0], 100, 8, "impossible"),                  # eager-sized
+    (lambda geo: geo.heap(1)[0], 20000, 16, "impossible"),               # payload not 8 bytes
+])
+def test_region_rendezvous_pointing_anywhere_else_is_refused(pair, offset_of, total, length,
+                                                             message):
+    mem, geo, e0, _ = pair
+    payload = offset_of(geo).to_bytes(8, "little") + bytes(length - 8)
+    _raw_frame(mem, geo, RTS_REGION, length, 3, total, 1, payload)
+    out = bytearray(total)
+    e0.irecv(1, -1, 0, memoryview(out))
+    with pytest.raises(CorruptRegionError, match="peer 1: region rendezvous.*" + message):
+        e0.progress()
+    assert out == bytearray(total)
