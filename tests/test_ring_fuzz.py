@@ -207,3 +207,18 @@ def test_header_fields_never_crash_read_header(seed):
         assert geo.end <= REGION.size and geo.eager_limit <= geo.ring_bytes // 4
         lines = layout.describe(REGION.mem)
         assert lines
+
+
+def test_atheris_short_run(tmp_path):
+    """~20 s of coverage-guided fuzzing from the stored corpus (tests/fuzz/)."""
+    import subprocess
+    pytest.importorskip("atheris")
+    here = os.path.dirname(os.path.abspath(__file__))
+    seconds = os.environ.get("IVMPI_FUZZ_SECONDS", "20")
+    result = subprocess.run(
+        [sys.executable, os.path.join(here, "fuzz", "fuzz_receive.py"), f"-max_total_time={seconds}",
+         "-timeout=10", f"-artifact_prefix={tmp_path}/", str(tmp_path),
+         os.path.join(here, "fuzz", "corpus")],
+        capture_output=True, text=True, timeout=int(seconds) + 120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Done" in result.stderr and "cov:" in result.stderr
