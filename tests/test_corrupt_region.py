@@ -416,3 +416,21 @@ def test_standalone_rank_never_joins_a_stale_job(stale, tmp_path):
                             timeout=60)
     assert result.stdout.strip() == ("IvmpiTimeoutError standalone start-up: rank 0 did not admit "
                                      "rank 1 within 0.5 s (IVMPI_START_TIMEOUT)"), result.stderr
+
+
+def test_start_up_with_a_region_too_small_for_the_ranks(tmp_path):
+    """A job of 4 ranks on a 64 KiB region: a clear error before anything is written."""
+    import subprocess
+    from ivmpi.region import Region
+    path = str(tmp_path / "small")
+    Region.create(path, 64 << 10).close()
+    env = dict(os.environ, IVMPI_RANK="0", IVMPI_SIZE="4", IVMPI_REGION=path,
+               IVMPI_SYSFS_ROOT=str(tmp_path / "sys"))
+    code = ("from ivmpi import MPI\n"
+            "try:\n    MPI.COMM_WORLD\nexcept Exception as e:\n"
+            "    print(type(e).__name__, e)\n")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert re.fullmatch(r"RegionError region of 65536 bytes is too small for 4 ranks: it needs at "
+                        r"least \d+ bytes \(ivmpi create PATH --size \d+\)\n", result.stdout), \
+        result.stdout + result.stderr
