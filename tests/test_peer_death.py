@@ -5,6 +5,8 @@ a region file, plain subprocesses: how ranks run inside VMs, and no MPI
 launcher that would tear the job down when one rank dies).  Rank 2 kills
 itself with SIGKILL at a chosen moment; ranks 0 and 1 report what they saw
 as JSON on stdout, then prove that traffic between them still works.
+The last tests run the same job under mpirun, which needs
+`--enable-recovery` (otherwise Open MPI kills the whole job with the rank).
 """
 import json
 import os
@@ -158,4 +160,38 @@ def test_peer_dies_during_a_collective(tmp_path):
         assert report["seconds"] < COLLECTIVE_TIMEOUT + 4, report
     assert any(r["peer_error"] and "rank 2" in r["error"] and r["seconds"] < DEADLINE
                for r in (r0, r1)), (r0, r1)
+    assert r0["survivors_ok"] and r1["survivors_ok"]
+
+
+def run_under_mpirun(tmp_path, scenario):
+    """The same job under Open MPI's launcher.  `--enable-recovery` keeps
+    mpirun from tearing the whole job down when one rank is killed."""
+    mpirun = os.path.join(os.path.dirname(sys.executable), "mpirun")
+    if not os.path.exists(mpirun):
+        pytest.skip("no mpirun next to the interpreter")
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("IVMPI_RANK", "IVMPI_SIZE", "IVMPI_REGION")}
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               IVMPI_PEER_TIMEOUT=str(PEER_TIMEOUT), IVMPI_HEARTBEAT="0.1", IVMPI_TIMEOUT="60",
+               PYTHONPATH=os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    result = subprocess.run(
+        [mpirun, "--oversubscribe", "--enable-recovery", "-n", "3",
+         "-x", "IVMPI_PEER_TIMEOUT", "-x", "IVMPI_HEARTBEAT", "-x", "IVMPI_TIMEOUT", "-x", "PYTHONPATH",
+         sys.executable, str(script), scenario],
+        env=env, capture_output=True, text=True, timeout=180)
+    reports = {}
+    for line in result.stdout.splitlines():
+        if line.startswith("{"):
+            report = json.loads(line)
+            reports[report["rank"]] = report
+    assert sorted(reports) == [0, 1], result.stdout + result.stderr
+    return reports[0], reports[1]
+
+
+@pytest.mark.parametrize("scenario", ["idle", "rendezvous"])
+def test_peer_dies_under_mpirun(tmp_path, scenario):
+    r0, r1 = run_under_mpirun(tmp_path, scenario)
+    assert_reports_dead_rank2(r0)
     assert r0["survivors_ok"] and r1["survivors_ok"]
