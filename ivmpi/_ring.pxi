@@ -418,9 +418,10 @@ cdef class FastPath:
     cdef int size
     cdef public bint enabled
     cdef readonly int32_t last_tag
+    cdef dict extents
 
     def __cinit__(self, list tx, list rx, list posted, list unexpected, set backlog,
-                  uint32_t context, uint64_t eager_limit):
+                  uint32_t context, uint64_t eager_limit, dict extents=None):
         if len(tx) != len(rx):
             raise ValueError("tx and rx must list one ring (or None) per rank")
         self.tx = tx
@@ -432,25 +433,43 @@ cdef class FastPath:
         self.eager_limit = eager_limit
         self.size = len(tx)
         self.enabled = True
+        # Datatype handle -> extent, for the predefined types a spec
+        # [buf, datatype] may name and still be taken as plain bytes.
+        self.extents = extents if extents is not None else {}
+
+    cdef object _plain(self, object spec, Py_ssize_t *extent):
+        """The buffer of spec if it is a plain buffer or [buf, predefined datatype]."""
+        cdef object entry
+        extent[0] = 1
+        if PyObject_CheckBuffer(spec):
+            return spec
+        if (type(spec) is list or type(spec) is tuple) and len(spec) == 2:
+            entry = self.extents.get(getattr(spec[1], "handle", None))
+            if entry is not None and PyObject_CheckBuffer(spec[0]):
+                extent[0] = <Py_ssize_t>entry
+                return spec[0]
+        return None
 
     cpdef bint send(self, object buf, long dest, long tag) except -1:
         """Publish buf to dest as one EAGER frame; False: use the general path."""
         cdef Py_buffer view
         cdef int done
         cdef object ring
+        cdef Py_ssize_t extent
         if not self.enabled or dest < 0 or dest >= self.size or tag < 0 or tag > _TAG_UB:
             return False
-        if self.backlog or not PyObject_CheckBuffer(buf):
+        if self.backlog:
             return False
+        buf = self._plain(buf, &extent)
         ring = self.tx[dest]
-        if ring is None:
+        if ring is None or buf is None:
             return False
         try:
             PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
-        except BufferError:
+        except (BufferError, ValueError):   # numpy: ValueError when not contiguous
             return False
         try:
-            if <uint64_t>view.len > self.eager_limit:
+            if <uint64_t>view.len > self.eager_limit or view.len % extent:
                 return False
             done = (<TxRing>ring).write_frame(1, <int32_t>tag, self.context, 0, 0,
                                               <const char *>view.buf, <uint64_t>view.len)
@@ -473,8 +492,9 @@ cdef class FastPath:
             rg_relax()
         else:
             return FAST_NOTHING_YET
+        # An over-limit eager frame is left to the engine, which reports it.
         if rx.kind != 1 or rx.context != self.context or rx.tag < 0 \
-                or (tag >= 0 and rx.tag != tag):
+                or (tag >= 0 and rx.tag != tag) or rx.length > self.eager_limit:
             return FAST_NOT_HANDLED
         return 0
 
@@ -488,18 +508,22 @@ cdef class FastPath:
         cdef uint64_t n
         cdef object ring = self._ready_ring(source, tag)
         cdef RxRing rx
-        if ring is None or not PyObject_CheckBuffer(buf):
+        cdef Py_ssize_t extent
+        if ring is None:
+            return FAST_NOT_HANDLED
+        buf = self._plain(buf, &extent)
+        if buf is None:
             return FAST_NOT_HANDLED
         rx = <RxRing>ring
         if self._wait_match(rx, tag, spins) < 0:
             return FAST_NOT_HANDLED
         try:
             PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
-        except BufferError:
+        except (BufferError, ValueError):   # numpy: ValueError when not contiguous
             return FAST_NOT_HANDLED
         try:
             n = rx.length
-            if n > <uint64_t>view.len:
+            if n > <uint64_t>view.len or view.len % extent or n % extent:
                 return FAST_NOT_HANDLED
             if n:
                 rx.copy_out(<char *>view.buf, n)
