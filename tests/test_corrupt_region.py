@@ -434,3 +434,16 @@ def test_start_up_with_a_region_too_small_for_the_ranks(tmp_path):
     assert re.fullmatch(r"RegionError region of 65536 bytes is too small for 4 ranks: it needs at "
                         r"least \d+ bytes \(ivmpi create PATH --size \d+\)\n", result.stdout), \
         result.stdout + result.stderr
+
+
+def test_fast_path_leaves_an_over_limit_eager_frame_to_the_engine(kit):
+    """The communicator's eager fast path must not deliver what the engine refuses."""
+    from ivmpi._fastcopy import FAST_NOT_HANDLED, FastPath
+    _, engine, peer = kit
+    fast = FastPath(engine.tx, engine.rx, engine.posted, engine.unexpected, engine.backlog, 0,
+                    engine.eager_limit)
+    buffer = regionkit.GuardedBuffer(4096)
+    peer.put(EAGER, length=2048, tag=1, payload=b"z" * 2048)
+    assert fast.recv(buffer.view, 1, 1, 100) == FAST_NOT_HANDLED
+    assert buffer.intact() and bytes(buffer.view) == bytes([regionkit.GUARD]) * 4096
+    expect(engine, "peer 1: eager frame of 2048 bytes exceeds the eager limit 1024")

@@ -123,8 +123,6 @@ def test_invalid_root(comm, root):
 
 # --- buffers ----------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="the eager fast path lets numpy's ValueError "
-                   "('ndarray is not C-contiguous') escape instead of falling back")
 def test_non_contiguous_send_buffer(comm):
     strided = np.arange(20, dtype="i4")[::2]
     check(comm, lambda c: c.Send(strided, dest=RIGHT, tag=1), BufferSpecError,
