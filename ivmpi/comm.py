@@ -23,8 +23,18 @@ PROC_NULL = _MPI.PROC_NULL
 UNDEFINED = _MPI.UNDEFINED
 TAG_UB = (1 << 31) - 1
 _pickle = _MPI.pickle
-# Polls a fast receive makes before handing over to the engine's wait loop.
-_FAST_SPINS = 4096
+
+
+_EXTENTS = None
+
+
+def _predefined_extents():
+    """Handle -> extent of the predefined datatypes ([buf, MPI.DOUBLE] specs)."""
+    global _EXTENTS
+    if _EXTENTS is None:
+        types = list(_MPI._typedict.values()) + [_MPI.BYTE, _MPI.CHAR, _MPI.PACKED]
+        _EXTENTS = {t.handle: t.Get_extent()[1] for t in types if t.Get_extent()[1] > 0}
+    return _EXTENTS
 
 
 class Group:
@@ -80,7 +90,7 @@ class Comm:
         # Rings by communicator rank (None for ourselves) for the fast paths.
         self._fast = FastPath([engine.tx[w] for w in self._ranks], [engine.rx[w] for w in self._ranks],
                               engine.posted, engine.unexpected, engine.backlog, context,
-                              engine.eager_limit)
+                              engine.eager_limit, _predefined_extents())
 
     @classmethod
     def wrap(cls, mpi_comm=None, region=None):
@@ -201,7 +211,7 @@ class Comm:
         return self._irecv_bytes(parse_recv(buf).mem, source, tag, None, "Irecv")
 
     def Recv(self, buf, source=ANY_SOURCE, tag=ANY_TAG, status=None):
-        n = self._fast.recv(buf, source, tag, _FAST_SPINS)
+        n = self._fast.recv(buf, source, tag, self._engine.fast_spins)
         if n >= 0:
             if status is not None:
                 fill_status(status, source, self._fast.last_tag, n)
@@ -332,7 +342,7 @@ class Comm:
         return self._irecv_bytes(None, source, tag, self._unpickle_op, "irecv")
 
     def recv(self, buf=None, source=ANY_SOURCE, tag=ANY_TAG, status=None):
-        data = self._fast.recv_bytes(source, tag, _FAST_SPINS)
+        data = self._fast.recv_bytes(source, tag, self._engine.fast_spins)
         if data is not None:
             if status is not None:
                 fill_status(status, source, self._fast.last_tag, len(data))

@@ -140,6 +140,7 @@ class Engine:
         self.awaiting_ack = {}                           # (peer, send id) -> SendOp
         self.receiving = {}                              # (peer, send id) -> RecvOp
         self.timeout = _env_float("IVMPI_TIMEOUT", 0.0)
+        self.set_oversubscribed(False)
         self.liveness = Liveness(self.mem, self.size, rank)
         self.closed = False
 
@@ -352,22 +353,34 @@ class Engine:
     # --- progress -------------------------------------------------------------
 
     def progress(self):
-        """Move every queued frame that fits and handle every frame that arrived."""
-        if self.backlog:
-            for dest in list(self.backlog):
-                self._flush(dest)
+        """Move every queued frame that fits and handle every frame that arrived.
+
+        Returns True when anything moved (a frame published or handled).
+        """
+        moved = self._flush_backlog() if self.backlog else False
         for rx in self.rx_list:
             while rx.poll():
                 self._handle(rx)
+                moved = True
+        return moved
 
     def poll_peer(self, peer):
         """Progress limited to one peer (a receive from a known source)."""
-        if self.backlog:
-            for dest in list(self.backlog):
-                self._flush(dest)
+        moved = self._flush_backlog() if self.backlog else False
         rx = self.rx[peer]
         while rx.poll():
             self._handle(rx)
+            moved = True
+        return moved
+
+    def _flush_backlog(self):
+        moved = False
+        for dest in list(self.backlog):
+            tx = self.tx[dest]
+            head = tx.head_index
+            self._flush(dest)
+            moved = moved or tx.head_index != head
+        return moved
 
     def _handle(self, rx):
         kind = rx.kind
@@ -472,59 +485,57 @@ class Engine:
     # --- waiting --------------------------------------------------------------
 
     def wait(self, op, what):
-        """Progress until op completes, backing off so oversubscribed ranks still run."""
+        """Progress until op completes."""
         if op.done:
             return
-        spins = 0
-        deadline = None
         peer = op.peer
-        specific = peer is not None and 0 <= peer < self.size and peer != self.rank \
-            and isinstance(op, RecvOp)
-        while not op.done:
-            # A receive from a known source first polls only that peer; after a
-            # few rounds everything is progressed, so that no peer starves.
-            if specific and spins < 64:
-                self.poll_peer(peer)
-            else:
-                self.progress()
-            if op.done:
-                return
-            spins += 1
-            if spins < 64:
-                continue
-            if spins < 1024:
-                os.sched_yield()
-            else:
-                time.sleep(0.00005)
-            if spins & 255 == 0:
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + self.timeout if self.timeout > 0 else float("inf")
-                elif now > deadline:
-                    raise IvmpiTimeoutError(self._stuck(op, what))
-                self.liveness.check(self._waited_peer(op), what)
+        specific = (isinstance(op, RecvOp) and peer is not None and 0 <= peer < self.size
+                    and peer != self.rank)
+        self._wait_loop(lambda: op.done, [op], what, peer if specific else None)
 
     def wait_any(self, ops, what):
-        """Progress until at least one op is done; returns nothing."""
-        spins = 0
-        deadline = None
-        while not any(op.done for op in ops):
-            self.progress()
-            spins += 1
-            if spins < 64:
+        """Progress until at least one op is done."""
+        self._wait_loop(lambda: any(op.done for op in ops), ops, what, None)
+
+    def _wait_loop(self, finished, ops, what, peer):
+        """Spin while things move, then back off (sched_yield, then short sleeps)
+        so that oversubscribed ranks still let their peers run.
+
+        IVMPI_TIMEOUT counts from the last time anything moved, so a long
+        transfer that keeps going is never cut short, and a wait on a peer
+        that stopped gets a clear error; the liveness check names a dead peer.
+        """
+        idle = 0
+        spin, yield_rounds = self.spin_rounds, self.yield_rounds
+        last_move = None
+        while True:
+            # A receive from a known source first polls only that peer; once
+            # idle, everything is progressed, so that no peer starves.
+            if peer is not None and idle < spin:
+                moved = self.poll_peer(peer)
+            else:
+                moved = self.progress()
+            if finished():
+                return
+            if moved:
+                idle = 0
+                last_move = None
                 continue
-            if spins < 1024:
+            idle += 1
+            if idle < spin:
+                continue
+            if idle < yield_rounds:
                 os.sched_yield()
             else:
                 time.sleep(0.00005)
-            if spins & 255 == 0:
+            if idle & 255 == 0:
                 now = time.monotonic()
-                if deadline is None:
-                    deadline = now + self.timeout if self.timeout > 0 else float("inf")
-                elif now > deadline:
-                    pending = [op for op in ops if not op.done]
+                if last_move is None:
+                    last_move = now
+                elif self.timeout > 0 and now - last_move > self.timeout:
+                    pending = [op for op in ops if not op.done] or ops
                     raise IvmpiTimeoutError(self._stuck(pending[0], what))
-                self.liveness.check(-1, what)
+                self.liveness.check(self._waited_peer(ops[0]) if len(ops) == 1 else -1, what)
 
     def _waited_peer(self, op):
         peer = op.peer
@@ -538,6 +549,14 @@ class Engine:
         state = getattr(op, "state", "waiting for a matching message")
         return (f"{what} on rank {self.rank} did not complete within IVMPI_TIMEOUT="
                 f"{self.timeout:g} s (peer: {who}, state: {state})")
+
+    def set_oversubscribed(self, oversubscribed):
+        """More ranks than cores: spin briefly and yield early, since the peer
+        we wait for may need our core to run at all."""
+        self.oversubscribed = oversubscribed
+        self.spin_rounds = 4 if oversubscribed else 64
+        self.yield_rounds = 1024
+        self.fast_spins = 64 if oversubscribed else 4096
 
     def close(self):
         self.closed = True

@@ -143,11 +143,17 @@ def _start_with_mpi(region_spec):
     errors = [e for e in mpi.allgather(error) if e]
     if errors:
         raise RegionError("ivmpi start-up failed: " + "; ".join(errors))
+    # Ranks sharing this machine's cores: more ranks than cores means yield early.
+    local = mpi.Split_type(MPI.COMM_TYPE_SHARED)
+    oversubscribed = local.Get_size() > (os.cpu_count() or 1)
+    local.Free()
     if rank == 0 and temporary:
         # Everyone has it mapped: the name is no longer needed, and nothing
         # is left behind in /dev/shm if the job crashes.
         os.unlink(temporary)
-    return _finish_start(region, geo, rank, job_id, mpi)
+    world = _finish_start(region, geo, rank, job_id, mpi)
+    world._engine.set_oversubscribed(_oversubscribed(oversubscribed))
+    return world
 
 
 def _start_standalone(region_spec):
@@ -198,9 +204,18 @@ def _start_standalone(region_spec):
             raise RegionError(f"the job in the region has {geo.nranks} ranks but IVMPI_SIZE={size}")
     layout.Slot(mem, rank).attach(job_id)
     world = _finish_start(region, geo, rank, job_id, None)
+    # Standalone ranks are usually one per VM; IVMPI_OVERSUBSCRIBED=1 says otherwise.
+    world._engine.set_oversubscribed(_oversubscribed(False))
     # Nobody sends before everyone is attached.
     world.Barrier()
     return world
+
+
+def _oversubscribed(guess):
+    value = os.environ.get("IVMPI_OVERSUBSCRIBED")
+    if value in ("0", "1"):
+        return value == "1"
+    return guess
 
 
 def _finish_start(region, geo, rank, job_id, mpi_comm):
