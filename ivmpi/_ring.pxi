@@ -437,30 +437,48 @@ cdef class FastPath:
         # [buf, datatype] may name and still be taken as plain bytes.
         self.extents = extents if extents is not None else {}
 
-    cdef object _plain(self, object spec, Py_ssize_t *extent):
-        """The buffer of spec if it is a plain buffer or [buf, predefined datatype]."""
+    cdef object _plain(self, object spec, Py_ssize_t *extent, Py_ssize_t *nbytes):
+        """The buffer of spec if it is a plain buffer, [buf, datatype] or
+        [buf, count, datatype] with a predefined datatype; else None.
+
+        nbytes is set to the message size the spec names (count * extent),
+        or -1 for "the whole buffer".
+        """
         cdef object entry
+        cdef Py_ssize_t n
         extent[0] = 1
+        nbytes[0] = -1
         if PyObject_CheckBuffer(spec):
             return spec
-        if (type(spec) is list or type(spec) is tuple) and len(spec) == 2:
+        if type(spec) is not list and type(spec) is not tuple:
+            return None
+        n = len(spec)
+        if n == 2:
             entry = self.extents.get(getattr(spec[1], "handle", None))
-            if entry is not None and PyObject_CheckBuffer(spec[0]):
-                extent[0] = <Py_ssize_t>entry
-                return spec[0]
-        return None
+        elif n == 3 and type(spec[1]) is int:
+            entry = self.extents.get(getattr(spec[2], "handle", None))
+            if entry is not None:
+                if spec[1] < 0:
+                    return None
+                nbytes[0] = <Py_ssize_t>spec[1] * <Py_ssize_t>entry
+        else:
+            return None
+        if entry is None or not PyObject_CheckBuffer(spec[0]):
+            return None
+        extent[0] = <Py_ssize_t>entry
+        return spec[0]
 
     cpdef bint send(self, object buf, long dest, long tag) except -1:
         """Publish buf to dest as one EAGER frame; False: use the general path."""
         cdef Py_buffer view
         cdef int done
         cdef object ring
-        cdef Py_ssize_t extent
+        cdef Py_ssize_t extent, nbytes
         if not self.enabled or dest < 0 or dest >= self.size or tag < 0 or tag > _TAG_UB:
             return False
         if self.backlog:
             return False
-        buf = self._plain(buf, &extent)
+        buf = self._plain(buf, &extent, &nbytes)
         ring = self.tx[dest]
         if ring is None or buf is None:
             return False
@@ -469,10 +487,12 @@ cdef class FastPath:
         except (BufferError, ValueError):   # numpy: ValueError when not contiguous
             return False
         try:
-            if <uint64_t>view.len > self.eager_limit or view.len % extent:
+            if nbytes < 0:
+                nbytes = view.len
+            if <uint64_t>nbytes > self.eager_limit or nbytes > view.len or nbytes % extent:
                 return False
             done = (<TxRing>ring).write_frame(1, <int32_t>tag, self.context, 0, 0,
-                                              <const char *>view.buf, <uint64_t>view.len)
+                                              <const char *>view.buf, <uint64_t>nbytes)
         finally:
             PyBuffer_Release(&view)
         return done == 1
@@ -508,10 +528,10 @@ cdef class FastPath:
         cdef uint64_t n
         cdef object ring = self._ready_ring(source, tag)
         cdef RxRing rx
-        cdef Py_ssize_t extent
+        cdef Py_ssize_t extent, capacity
         if ring is None:
             return FAST_NOT_HANDLED
-        buf = self._plain(buf, &extent)
+        buf = self._plain(buf, &extent, &capacity)
         if buf is None:
             return FAST_NOT_HANDLED
         rx = <RxRing>ring
@@ -523,7 +543,9 @@ cdef class FastPath:
             return FAST_NOT_HANDLED
         try:
             n = rx.length
-            if n > <uint64_t>view.len or view.len % extent or n % extent:
+            if capacity < 0:
+                capacity = view.len
+            if capacity > view.len or n > <uint64_t>capacity or capacity % extent or n % extent:
                 return FAST_NOT_HANDLED
             if n:
                 rx.copy_out(<char *>view.buf, n)
