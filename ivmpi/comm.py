@@ -225,12 +225,20 @@ class Comm:
         if self._fast.send(sendbuf, dest, sendtag):
             self.Recv(recvbuf, source, recvtag, status)
             return
+        self._check_send_args(dest, sendtag, "Sendrecv")
         rreq = self.Irecv(recvbuf, source, recvtag)
         sreq = self.Isend(sendbuf, dest, sendtag)
         Request.Waitall([sreq, rreq], None if status is None else [_MPI.Status(), status])
 
+    def _check_send_args(self, dest, tag, what):
+        # Checked before a receive is posted, so a bad send half leaves nothing behind.
+        if dest != PROC_NULL:
+            self._world(dest, what)
+            self._send_tag(tag, what)
+
     def Sendrecv_replace(self, buf, dest, sendtag=0, source=ANY_SOURCE, recvtag=ANY_TAG,
                          status=None):
+        self._check_send_args(dest, sendtag, "Sendrecv_replace")
         b = parse_recv(buf)
         outgoing = bytes(b.mem)
         rreq = self._irecv_bytes(b.mem, source, recvtag, None, "Sendrecv_replace")
@@ -351,8 +359,12 @@ class Comm:
 
     def sendrecv(self, sendobj, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
                  recvtag=ANY_TAG, status=None):
+        data = _pickle.dumps(sendobj)
+        if self._fast.send(data, dest, sendtag):
+            return self.recv(recvbuf, source, recvtag, status)
+        self._check_send_args(dest, sendtag, "sendrecv")
         rreq = self.irecv(recvbuf, source, recvtag)
-        sreq = self.isend(sendobj, dest, sendtag)
+        sreq = self._isend_bytes(memoryview(data), dest, sendtag, False, "sendrecv")
         sreq.wait()
         return rreq.wait(status)
 

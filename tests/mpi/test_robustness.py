@@ -92,12 +92,6 @@ def test_negative_tags(comm, tag):
           rf"Recv: tag {tag} is not in 0\.\.2147483647 or ANY_TAG", _MPI.ERR_TAG)
 
 
-SENDRECV_POSTS_FIRST = pytest.mark.xfail(
-    strict=True, reason="Comm.sendrecv/Sendrecv post their receive before the send's arguments "
-                        "are checked; a bad dest or sendtag leaves that receive behind")
-
-
-@SENDRECV_POSTS_FIRST
 @pytest.mark.parametrize("call", ["sendrecv", "Sendrecv"])
 def test_bad_send_half_of_sendrecv(comm, call):
     if call == "sendrecv":
