@@ -196,15 +196,25 @@ def run_reset(args) -> int:
 def _clear(mem, geo):
     """Zero the header, the slots and the ring control blocks (`ready` first)."""
     from . import layout
-    mem.store_release(layout.H_READY, 0)
     if geo is None:
+        mem.store_release(layout.H_READY, 0)
         mem.fill(0, min(mem.size, layout.HEADER_BYTES))
         return
-    mem.fill(layout.SLOTS_OFFSET, geo.rings_offset - layout.SLOTS_OFFSET)
-    for src in range(geo.nranks):
-        for dst in range(geo.nranks):
-            mem.fill(geo.ring(src, dst), layout.RING_CTRL_BYTES)
-    mem.fill(0, layout.HEADER_BYTES)
+    layout.clear(mem, geo)
+
+
+def _bench_arguments(parser):
+    parser.add_argument("what", choices=["compare"],
+                        help="compare: ivmpi against mpi4py over shared memory and TCP")
+    parser.add_argument("options", nargs=argparse.REMAINDER,
+                        help="options of the benchmark (see ivmpi bench compare --help)")
+
+
+@subcommand("bench", "benchmarks: ivmpi bench compare [--quick] [--sizes ...] (see --help)",
+            _bench_arguments)
+def run_bench(args) -> int:
+    from .benchcompare import main as compare
+    return compare(args.options)
 
 
 # ----------------------------------------------------------------------------- main

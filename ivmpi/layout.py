@@ -137,12 +137,7 @@ def write_header(mem, geo, job_id, publish=True):
     """
     if geo.end > mem.size:
         raise RegionError(f"layout needs {geo.end} bytes but the region has {mem.size}")
-    mem.store_release(H_READY, 0)
-    mem.fill(0, HEADER_BYTES)
-    mem.fill(SLOTS_OFFSET, geo.rings_offset - SLOTS_OFFSET)
-    for src in range(geo.nranks):
-        for dst in range(geo.nranks):
-            mem.fill(geo.ring(src, dst), RING_CTRL_BYTES)
+    clear(mem, geo)
     for off, value in ((H_MAGIC, MAGIC), (H_VERSION, VERSION), (H_REGION_SIZE, geo.region_size),
                        (H_NRANKS, geo.nranks), (H_RING_BYTES, geo.ring_bytes),
                        (H_SLOTS_OFFSET, SLOTS_OFFSET), (H_RINGS_OFFSET, geo.rings_offset),
@@ -152,6 +147,17 @@ def write_header(mem, geo, job_id, publish=True):
         mem.store(off, value)
     if publish:
         publish_header(mem, job_id)
+
+
+def clear(mem, geo):
+    """Zero the header, the slots and every ring's control block, `ready` first
+    so that nobody trusts the header while it is being cleared."""
+    mem.store_release(H_READY, 0)
+    mem.fill(SLOTS_OFFSET, geo.rings_offset - SLOTS_OFFSET)
+    for src in range(geo.nranks):
+        for dst in range(geo.nranks):
+            mem.fill(geo.ring(src, dst), RING_CTRL_BYTES)
+    mem.fill(0, HEADER_BYTES)
 
 
 def publish_header(mem, job_id):

@@ -160,3 +160,11 @@ def test_python_m_ivmpi_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "ivmpi", "--version"], capture_output=True,
                             text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 0 and result.stdout.strip() == f"ivmpi {ivmpi.__version__}"
+
+
+def test_bench_subcommand_reaches_the_compare_runner(capsys):
+    from ivmpi.cli import main
+    assert main(["bench", "compare", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "usage: ivmpi bench compare" in out and "--transports" in out
+    assert main(["bench", "nonsense"]) == 2
