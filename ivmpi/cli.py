@@ -214,7 +214,10 @@ def _bench_arguments(parser):
             _bench_arguments)
 def run_bench(args) -> int:
     from .benchcompare import main as compare
-    return compare(args.options)
+    try:
+        return compare(args.options)
+    except SystemExit as e:     # its own --help and usage errors
+        return e.code if isinstance(e.code, int) else 1
 
 
 # ----------------------------------------------------------------------------- main
