@@ -213,7 +213,7 @@ class Engine:
 
     def _stream(self, dest, tx, op):
         """Publish the next chunks of a cleared rendezvous send; True when all are out."""
-        op.offset = tx.stream(op.mem, op.offset, self.chunk_bytes, op.send_id)
+        op.offset = tx.stream(op.mem, op.offset, self.chunk_bytes, op.send_id, self.stream_spins)
         if op.offset < len(op.mem):
             return False
         op.done = True
@@ -434,7 +434,7 @@ class Engine:
                 raise CorruptRegionError(f"peer {peer}: data for unknown send id {rx.b}")
             send_id = rx.b
             op.received = rx.drain_data(op.mem, send_id, op.received, op.total, self.chunk_bytes,
-                                        op.discard)
+                                        op.discard, self.stream_spins)
             if op.received == op.total:
                 del self.receiving[(peer, send_id)]
                 op.count = op.total if op.error is None else 0
@@ -557,6 +557,9 @@ class Engine:
         self.spin_rounds = 4 if oversubscribed else 64
         self.yield_rounds = 1024
         self.fast_spins = 64 if oversubscribed else 4096
+        # Polls a rendezvous stream waits for ring space or the next chunk
+        # before returning to the wait loop (which also serves other peers).
+        self.stream_spins = 0 if oversubscribed else 20000
 
     def close(self):
         self.closed = True
