@@ -83,6 +83,8 @@ class Comm:
         self._name = name
         self._mpi = mpi_comm
         self._hidden = hidden
+        # The hidden twin carries collectives: any member's death ends its waits.
+        self._scope = tuple(self._ranks) if hidden else None
         self._coll = None
         self._freed = False
         self.rank = self._index[engine.rank]
@@ -175,6 +177,7 @@ class Comm:
             return Request(self, None, what=what)
         op = self._engine.isend(self._world(dest, what), mem, self._send_tag(tag, what),
                                 self._ctx, sync)
+        op.scope = self._scope
         return Request(self, op, what=f"{what} to rank {dest}")
 
     def _irecv_bytes(self, mem, source, tag, decode, what):
@@ -182,6 +185,7 @@ class Comm:
         if source == PROC_NULL:
             return _ProcNullRecv(self, decode, what)
         op = self._engine.irecv(self._source(source, what), self._recv_tag(tag, what), self._ctx, mem)
+        op.scope = self._scope
         return Request(self, op, decode=decode, what=f"{what} from rank {source}")
 
     def Isend(self, buf, dest, tag=0):

@@ -63,12 +63,16 @@ class Incoming:
 
 class Op:
     """Base of the engine's operations; the communicator wraps them in Requests."""
-    __slots__ = ("done", "error", "peer")
+    __slots__ = ("done", "error", "peer", "scope")
 
     def __init__(self, peer):
         self.done = False
         self.error = None
         self.peer = peer
+        # World ranks whose death ends this wait too (the members of a
+        # collective): a rank waiting on a live partner in a collective that
+        # a dead rank can never finish must hear of that death.
+        self.scope = None
 
 
 class SendOp(Op):
@@ -536,6 +540,9 @@ class Engine:
                     pending = [op for op in ops if not op.done] or ops
                     raise IvmpiTimeoutError(self._stuck(pending[0], what))
                 self.liveness.check(self._waited_peer(ops[0]) if len(ops) == 1 else -1, what)
+                scope = getattr(ops[0], "scope", None)
+                if scope:
+                    self.liveness.check_members(scope, what)
 
     def _waited_peer(self, op):
         peer = op.peer

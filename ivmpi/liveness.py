@@ -52,6 +52,16 @@ class Liveness:
         if attached == 0 and self.nranks > 1:
             raise PeerError(f"{what}: every other rank has finalized; no message can arrive")
 
+    def check_members(self, ranks, what):
+        """Raise PeerError if any of these ranks aborted or stopped beating
+        (one that finalized normally is fine: it has done its part)."""
+        if self.timeout <= 0:
+            return
+        now = time.monotonic()
+        for p in ranks:
+            if p != self.rank:
+                self._check_one(p, now, what, finalized_ok=True)
+
     def _check_one(self, peer, now, what, finalized_ok):
         slot = layout.Slot(self.mem, peer)
         state = slot.word(layout.S_STATE)
