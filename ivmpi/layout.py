@@ -21,7 +21,7 @@ MIN_RING_BYTES = 4096
 MAX_RING_BYTES = 1 << 30
 MAX_RANKS = 4096
 DEFAULT_RING_BYTES = 1 << 20
-MAX_EAGER = 16384
+MAX_EAGER = 65536
 MAX_CHUNK = 65536
 
 # Header word offsets.
@@ -71,8 +71,12 @@ class Geometry:
         self.ring_bytes = ring_bytes
         self.rings_offset = rings_offset(nranks)
         self.ring_stride = RING_CTRL_BYTES + ring_bytes
-        self.eager_limit = min(MAX_EAGER, ring_bytes // 4) if eager_limit is None else eager_limit
-        self.chunk_bytes = min(MAX_CHUNK, ring_bytes // 4) if chunk_bytes is None else chunk_bytes
+        if eager_limit is None:
+            eager_limit = min(_env_int("IVMPI_EAGER_LIMIT", MAX_EAGER), ring_bytes // 4)
+        if chunk_bytes is None:
+            chunk_bytes = min(_env_int("IVMPI_CHUNK_BYTES", MAX_CHUNK), ring_bytes // 4)
+        self.eager_limit = eager_limit
+        self.chunk_bytes = chunk_bytes
         # What the rings leave over is split into one heap per rank (zero-copy buffers).
         self.heap_offset = _round_up(self.rings_end, HEAP_ALIGN)
         if heap_bytes is None:

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from mpi4py import MPI as _native
 
-from ivmpi import MPI
+from ivmpi import MPI, layout
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
 SIZE = _native.COMM_WORLD.Get_size()
-EAGER_LIMIT = 16384
+# The default rings (1 MiB) take eager messages up to the layout's maximum.
+EAGER_LIMIT = layout.MAX_EAGER
 # A rendezvous payload is streamed in chunks through a ring of 1 MiB by default.
 SMALL, LARGE = 100, 200_000
 

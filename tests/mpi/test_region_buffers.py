@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 import ivmpi
-from ivmpi import MPI
+from ivmpi import MPI, layout
 
 
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("nbytes", [100, 16384, 16385, 1 << 20, 16 << 20])
+@pytest.mark.parametrize("nbytes", [100, layout.MAX_EAGER, layout.MAX_EAGER + 1, 1 << 20, 16 << 20])
 def test_ring_of_sends_from_region_buffers(comm, nbytes):
     rank, size = comm.rank, comm.size
     src = ivmpi.alloc(nbytes)

@@ -18,6 +18,8 @@ from collections import defaultdict, deque
 
 import numpy as np
 import pytest
+
+from ivmpi import layout
 from mpi4py import MPI as _MPI
 
 from ivmpi import MPI
@@ -28,7 +30,7 @@ RANK = _MPI.COMM_WORLD.Get_rank()
 SIZE = _MPI.COMM_WORLD.Get_size()
 ROUNDS = int(os.environ.get("IVMPI_SOAK_ROUNDS") or 12)
 MAX_SIZE = 8 << 20
-EAGER_MAX = 16384
+EAGER_MAX = layout.MAX_EAGER      # with the default 1 MiB rings
 DIGEST = 32
 
 
