@@ -629,3 +629,118 @@ def region_memoryview(Mapping mem, Py_ssize_t offset, Py_ssize_t length):
         raise _BufferSpecError(f"bytes [{offset}, {offset}+{length}) are outside the region "
                                f"of {mem.size} bytes")
     return memoryview(<object>mem._view.obj).cast("B")[offset:offset + length]
+
+
+# --- Small collectives ------------------------------------------------------
+# Barrier and small reductions in one call: the loop over rounds, the sends
+# and receives (FastPath, falling back to the communicator's own Send/Recv
+# for any step the fast path cannot take) and, for the common predefined
+# operations on plain numbers, the combining step in C.
+
+from libc.stdint cimport int32_t, int64_t
+
+cdef enum:
+    OP_SUM = 1
+    OP_PROD = 2
+    OP_MAX = 3
+    OP_MIN = 4
+
+cdef enum:
+    T_F64 = 1
+    T_F32 = 2
+    T_I64 = 3
+    T_I32 = 4
+
+
+ctypedef fused _number:
+    double
+    float
+    int64_t
+    int32_t
+
+
+cdef inline void _combine_typed(int op, _number *acc, const _number *other, Py_ssize_t n,
+                                bint acc_is_lower) noexcept nogil:
+    # acc = lower (op) higher, element-wise, where lower is the value from the
+    # lower rank: both partners of a round then compute bit-identical results,
+    # even for -0.0/+0.0 and NaN under MAX/MIN.
+    cdef Py_ssize_t i
+    cdef _number x, y
+    for i in range(n):
+        if acc_is_lower:
+            x = acc[i]
+            y = other[i]
+        else:
+            x = other[i]
+            y = acc[i]
+        if op == OP_SUM:
+            acc[i] = x + y
+        elif op == OP_PROD:
+            acc[i] = x * y
+        elif op == OP_MAX:
+            acc[i] = x if x >= y else y
+        else:
+            acc[i] = x if x <= y else y
+
+
+cdef void _combine(int op, int typ, char *acc, const char *other, Py_ssize_t n,
+                   bint acc_is_lower) noexcept nogil:
+    if typ == T_F64:
+        _combine_typed[double](op, <double *>acc, <const double *>other, n, acc_is_lower)
+    elif typ == T_F32:
+        _combine_typed[float](op, <float *>acc, <const float *>other, n, acc_is_lower)
+    elif typ == T_I64:
+        _combine_typed[int64_t](op, <int64_t *>acc, <const int64_t *>other, n, acc_is_lower)
+    else:
+        _combine_typed[int32_t](op, <int32_t *>acc, <const int32_t *>other, n, acc_is_lower)
+
+
+def small_barrier(FastPath fast, long rank, long size, long tag, int spins,
+                  object send_slow, object recv_slow):
+    """Dissemination barrier: round k sends to rank + 2^k, receives from rank - 2^k."""
+    cdef long distance = 1
+    cdef bytearray empty = bytearray(0)
+    while distance < size:
+        if not fast.send(empty, (rank + distance) % size, tag):
+            send_slow(empty, (rank + distance) % size, tag)
+        if fast.recv(empty, (rank - distance + size) % size, tag, spins) < 0:
+            recv_slow(empty, (rank - distance + size) % size, tag)
+        distance <<= 1
+
+
+def small_allreduce(FastPath fast, object acc, object scratch, int op, int typ,
+                    long rank, long size, long tag, int spins, object send_slow,
+                    object recv_slow):
+    """Recursive-doubling allreduce of acc in place (size a power of two).
+
+    acc and scratch are writable contiguous buffers of the same length; op
+    and typ are one of the OP_* and T_* codes (checked by the caller).
+    """
+    cdef Py_buffer a, b
+    cdef long mask = 1
+    cdef long partner
+    cdef Py_ssize_t count, item
+    PyObject_GetBuffer(acc, &a, PyBUF_SIMPLE | PyBUF_WRITABLE)
+    try:
+        PyObject_GetBuffer(scratch, &b, PyBUF_SIMPLE | PyBUF_WRITABLE)
+        try:
+            item = 8 if typ == T_F64 or typ == T_I64 else 4
+            if a.len != b.len or a.len % item:
+                raise ValueError("allreduce buffers must match and hold whole elements")
+            count = a.len // item
+            while mask < size:
+                partner = rank ^ mask
+                if not fast.send(acc, partner, tag):
+                    send_slow(acc, partner, tag)
+                if fast.recv(scratch, partner, tag, spins) < 0:
+                    recv_slow(scratch, partner, tag)
+                _combine(op, typ, <char *>a.buf, <const char *>b.buf, count, rank < partner)
+                mask <<= 1
+        finally:
+            PyBuffer_Release(&b)
+    finally:
+        PyBuffer_Release(&a)
+
+
+SMALL_OPS = {"SUM": OP_SUM, "PROD": OP_PROD, "MAX": OP_MAX, "MIN": OP_MIN}
+SMALL_TYPES = {"float64": T_F64, "float32": T_F32, "int64": T_I64, "int32": T_I32}

@@ -9,10 +9,10 @@ context id, so collective traffic never matches user messages.
 import numpy as _np
 from mpi4py import MPI as _MPI
 
-from ._fastcopy import FastPath
+from ._fastcopy import SMALL_OPS, SMALL_TYPES, FastPath, small_allreduce, small_barrier
 
 from .buffers import parse_recv, parse_send
-from .collectives import Collectives
+from .collectives import TAG_ALLREDUCE, TAG_BARRIER, Collectives
 from .engine import ANY_SOURCE as _ENGINE_ANY_SOURCE
 from .errors import IvmpiError
 from .request import (MESSAGE_NO_PROC, Message, MPIError, Prequest, Request, fill_status)
@@ -35,6 +35,17 @@ def _predefined_extents():
         types = list(_MPI._typedict.values()) + [_MPI.BYTE, _MPI.CHAR, _MPI.PACKED]
         _EXTENTS = {t.handle: t.Get_extent()[1] for t in types if t.Get_extent()[1] > 0}
     return _EXTENTS
+
+
+_SMALL_OP_CODES = None
+
+
+def _small_op(op):
+    """The small-allreduce code of a predefined op (SUM/PROD/MAX/MIN), else None."""
+    global _SMALL_OP_CODES
+    if _SMALL_OP_CODES is None:
+        _SMALL_OP_CODES = {getattr(_MPI, name).handle: code for name, code in SMALL_OPS.items()}
+    return _SMALL_OP_CODES.get(getattr(op, "handle", None))
 
 
 class Group:
@@ -86,6 +97,7 @@ class Comm:
         # The hidden twin carries collectives: any member's death ends its waits.
         self._scope = tuple(self._ranks) if hidden else None
         self._coll = None
+        self._scratch = None
         self._freed = False
         self.rank = self._index[engine.rank]
         self.size = len(self._ranks)
@@ -382,7 +394,9 @@ class Comm:
         return self._coll
 
     def Barrier(self):
-        self._collectives.Barrier()
+        twin = self._collectives.p2p
+        small_barrier(twin._fast, self.rank, self.size, TAG_BARRIER, self._engine.fast_spins,
+                      twin.Send, twin.Recv)
 
     def barrier(self):
         self._collectives.barrier()
@@ -436,7 +450,36 @@ class Comm:
         return self._collectives.reduce(sendobj, op, root)
 
     def Allreduce(self, sendbuf, recvbuf, op=_MPI.SUM):
+        if self._small_allreduce(sendbuf, recvbuf, op):
+            return
         self._collectives.Allreduce(sendbuf, recvbuf, op)
+
+    def _small_allreduce(self, sendbuf, recvbuf, op):
+        """Small numpy reductions with SUM/PROD/MAX/MIN in one call (power-of-two sizes).
+
+        False when the general algorithm must run (it also reports every error).
+        """
+        size = self.size
+        if (type(recvbuf) is not _np.ndarray or size < 2 or size & (size - 1)
+                or recvbuf.nbytes > self._engine.eager_limit or not recvbuf.flags.c_contiguous
+                or not recvbuf.flags.writeable or not recvbuf.dtype.isnative):
+            return False
+        code = _small_op(op)
+        kind = SMALL_TYPES.get(recvbuf.dtype.name)
+        if code is None or kind is None:
+            return False
+        if sendbuf is not _MPI.IN_PLACE:
+            if (type(sendbuf) is not _np.ndarray or sendbuf.dtype != recvbuf.dtype
+                    or sendbuf.shape != recvbuf.shape):
+                return False
+            _np.copyto(recvbuf, sendbuf)
+        scratch = self._scratch
+        if scratch is None or len(scratch) != recvbuf.nbytes:
+            scratch = self._scratch = bytearray(recvbuf.nbytes)
+        twin = self._collectives.p2p
+        small_allreduce(twin._fast, recvbuf, scratch, code, kind, self.rank, size, TAG_ALLREDUCE,
+                        self._engine.fast_spins, twin.Send, twin.Recv)
+        return True
 
     def allreduce(self, sendobj, op=_MPI.SUM):
         return self._collectives.allreduce(sendobj, op)

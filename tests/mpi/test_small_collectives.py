@@ -1,0 +1,101 @@
+"""The one-call Barrier and small Allreduce of the communicator, against Open MPI.
+
+Small numpy reductions with SUM/PROD/MAX/MIN on float64/float32/int64/int32
+take a Cython path on power-of-two communicators; everything else takes the
+general algorithm.  Both must give mpi4py's answers, and every rank must get
+bit-identical results.
+"""
+import numpy as np
+import pytest
+from mpi4py import MPI as _native
+
+from ivmpi import MPI
+
+pytestmark = pytest.mark.mpi(min_size=1)
+
+NATIVE = _native.COMM_WORLD
+OPS = ["SUM", "PROD", "MAX", "MIN"]
+DTYPES = ["f8", "f4", "i8", "i4", "u4", "i2"]      # the last two take the general path
+
+
+def values(dtype, n, rank):
+    rng = np.random.default_rng(1234 + rank)
+    if np.dtype(dtype).kind == "f":
+        return (rng.random(n) * 4 - 2).astype(dtype)
+    return rng.integers(-3 if np.dtype(dtype).kind == "i" else 0, 4, n).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("opname", OPS)
+@pytest.mark.parametrize("n", [1, 8, 1000])
+def test_allreduce_matches_open_mpi(comm, dtype, opname, n):
+    op = getattr(MPI, opname)
+    send = values(dtype, n, comm.rank)
+    ours = np.empty_like(send)
+    comm.Allreduce(send, ours, op=op)
+    theirs = np.empty_like(send)
+    NATIVE.Allreduce(send, theirs, op=getattr(_native, opname))
+    if np.dtype(dtype).kind == "f" and opname in ("SUM", "PROD"):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+    else:
+        np.testing.assert_array_equal(ours, theirs)
+    # Every rank holds exactly the same bits.
+    everyone = NATIVE.allgather(ours.tobytes())
+    assert all(b == everyone[0] for b in everyone)
+
+
+@pytest.mark.parametrize("opname", OPS)
+def test_allreduce_in_place(comm, opname):
+    buf = values("f8", 16, comm.rank)
+    expected = np.empty_like(buf)
+    NATIVE.Allreduce(buf, expected, op=getattr(_native, opname))
+    comm.Allreduce(MPI.IN_PLACE, buf, op=getattr(MPI, opname))
+    np.testing.assert_allclose(buf, expected, rtol=1e-12)
+
+
+def test_signed_zeros_and_nans_give_identical_bits_everywhere(comm):
+    buf = np.array([0.0 if comm.rank % 2 else -0.0, np.nan if comm.rank == 0 else 1.0, 3.0])
+    for op in (MPI.MAX, MPI.MIN, MPI.SUM):
+        out = np.empty_like(buf)
+        comm.Allreduce(buf, out, op=op)
+        everyone = NATIVE.allgather(out.tobytes())
+        assert all(b == everyone[0] for b in everyone)
+
+
+def test_integer_sums_wrap_like_open_mpi(comm):
+    send = np.array([2**62, -(2**62), 2**31 - 1], dtype="i8")
+    ours, theirs = np.empty_like(send), np.empty_like(send)
+    comm.Allreduce(send, ours, op=MPI.SUM)
+    NATIVE.Allreduce(send, theirs, op=_native.SUM)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_mismatched_buffers_still_get_mpi4pys_errors(comm):
+    with pytest.raises(Exception):
+        comm.Allreduce(np.zeros(4, "f8"), np.zeros(5, "f8"), op=MPI.SUM)
+    comm.Barrier()
+    out = np.zeros(2)
+    comm.Allreduce(np.ones(2), out, op=MPI.SUM)
+    assert (out == comm.size).all()
+
+
+def test_barrier_orders_the_ranks(comm):
+    # Nobody leaves round k's barrier before everyone entered it: a value
+    # written before the barrier is visible to everyone after it.
+    for k in range(20):
+        token = comm.bcast(k if comm.rank == 0 else None)
+        comm.Barrier()
+        assert token == k
+    got = []
+    for k in range(5):
+        if comm.rank == k % comm.size:
+            for dest in range(comm.size):
+                if dest != comm.rank:
+                    comm.send(k, dest, tag=50)
+        comm.Barrier()
+        flag = comm.Iprobe(MPI.ANY_SOURCE, 50)
+        if comm.rank != k % comm.size and comm.size > 1:
+            assert flag      # the message sent before the barrier is already here
+            got.append(comm.recv(source=k % comm.size, tag=50))
+        comm.Barrier()
+    assert got == [k for k in range(5) if comm.rank != k % comm.size]
