@@ -426,6 +426,9 @@ cdef class RxRing:
 # not fully deliver, so falling back is always safe.
 
 from cpython.object cimport PyObject
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
 from cpython.buffer cimport PyObject_CheckBuffer
 
 FAST_NOT_HANDLED = -1
@@ -539,11 +542,18 @@ cdef class FastPath:
         return self.rx[source]
 
     cdef int _wait_match(self, RxRing rx, long tag, int spins) except -3:
+        # spins > 0: poll with a pause between polls (a core of our own);
+        # spins < 0: poll |spins| times, giving the core away between polls
+        # (more ranks than cores: the peer we wait for may need this core).
         cdef int i
-        for i in range(spins):
+        cdef int n = spins if spins >= 0 else -spins
+        for i in range(n):
             if rx.poll():
                 break
-            rg_relax()
+            if spins >= 0:
+                rg_relax()
+            else:
+                sched_yield()
         else:
             return FAST_NOTHING_YET
         # An over-limit eager frame is left to the engine, which reports it.
@@ -743,4 +753,5 @@ def small_allreduce(FastPath fast, object acc, object scratch, int op, int typ,
 
 
 SMALL_OPS = {"SUM": OP_SUM, "PROD": OP_PROD, "MAX": OP_MAX, "MIN": OP_MIN}
-SMALL_TYPES = {"float64": T_F64, "float32": T_F32, "int64": T_I64, "int32": T_I32}
+# (numpy dtype kind, itemsize) -> type code (dtype.name is slow to compute).
+SMALL_TYPES = {("f", 8): T_F64, ("f", 4): T_F32, ("i", 8): T_I64, ("i", 4): T_I32}

@@ -465,14 +465,15 @@ class Comm:
                 or not recvbuf.flags.writeable or not recvbuf.dtype.isnative):
             return False
         code = _small_op(op)
-        kind = SMALL_TYPES.get(recvbuf.dtype.name)
+        dtype = recvbuf.dtype
+        kind = SMALL_TYPES.get((dtype.kind, dtype.itemsize))
         if code is None or kind is None:
             return False
         if sendbuf is not _MPI.IN_PLACE:
-            if (type(sendbuf) is not _np.ndarray or sendbuf.dtype != recvbuf.dtype
+            if (type(sendbuf) is not _np.ndarray or sendbuf.dtype != dtype
                     or sendbuf.shape != recvbuf.shape):
                 return False
-            _np.copyto(recvbuf, sendbuf)
+            recvbuf[...] = sendbuf
         scratch = self._scratch
         if scratch is None or len(scratch) != recvbuf.nbytes:
             scratch = self._scratch = bytearray(recvbuf.nbytes)

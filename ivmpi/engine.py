@@ -563,7 +563,8 @@ class Engine:
         self.oversubscribed = oversubscribed
         self.spin_rounds = 4 if oversubscribed else 64
         self.yield_rounds = 1024
-        self.fast_spins = 64 if oversubscribed else 4096
+        # Negative: the fast paths yield the core between polls.
+        self.fast_spins = -256 if oversubscribed else 4096
         # Polls a rendezvous stream waits for ring space or the next chunk
         # before returning to the wait loop (which also serves other peers).
         self.stream_spins = 0 if oversubscribed else 20000
