@@ -456,6 +456,11 @@ cdef class FastPath:
     cdef public bint enabled
     cdef readonly int32_t last_tag
     cdef dict extents
+    cdef public int spins                 # polls of a fast receive (negative: yield between)
+    # The communicator's general paths and helpers, for the bound calls below.
+    cdef public object general_Send, general_Recv, general_send, general_recv
+    cdef public object fill_status, dumps, loads
+    cdef public long any_source, any_tag
 
     def __cinit__(self, list tx, list rx, list posted, list unexpected, set backlog,
                   uint32_t context, uint64_t eager_limit, dict extents=None):
@@ -533,6 +538,41 @@ cdef class FastPath:
         finally:
             PyBuffer_Release(&view)
         return done == 1
+
+    # mpi4py's signatures; a communicator binds these as its own methods.
+
+    def Send(self, buf, long dest, long tag=0):
+        if not self.send(buf, dest, tag):
+            self.general_Send(buf, dest, tag)
+
+    def Recv(self, buf, source=None, tag=None, status=None):
+        # None: MPI's ANY_SOURCE / ANY_TAG, whose values depend on the MPI library.
+        if source is None:
+            source = self.any_source
+        if tag is None:
+            tag = self.any_tag
+        cdef long n = self.recv(buf, source, tag, self.spins)
+        if n < 0:
+            self.general_Recv(buf, source, tag, status)
+        elif status is not None:
+            self.fill_status(status, source, self.last_tag, n)
+
+    def send_object(self, obj, long dest, long tag=0):
+        data = self.dumps(obj)
+        if not self.send(data, dest, tag):
+            self.general_send(data, dest, tag)
+
+    def recv_object(self, buf=None, source=None, tag=None, status=None):
+        if source is None:
+            source = self.any_source
+        if tag is None:
+            tag = self.any_tag
+        data = self.recv_bytes(source, tag, self.spins)
+        if data is None:
+            return self.general_recv(buf, source, tag, status)
+        if status is not None:
+            self.fill_status(status, source, self.last_tag, len(data))
+        return self.loads(data)
 
     cdef object _ready_ring(self, long source, long tag):
         if not self.enabled or source < 0 or source >= self.size or tag < -1 or tag > _TAG_UB:

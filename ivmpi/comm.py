@@ -102,9 +102,18 @@ class Comm:
         self.rank = self._index[engine.rank]
         self.size = len(self._ranks)
         # Rings by communicator rank (None for ourselves) for the fast paths.
-        self._fast = FastPath([engine.tx[w] for w in self._ranks], [engine.rx[w] for w in self._ranks],
-                              engine.posted, engine.unexpected, engine.backlog, context,
-                              engine.eager_limit, _predefined_extents())
+        self._fast = fast = FastPath(
+            [engine.tx[w] for w in self._ranks], [engine.rx[w] for w in self._ranks],
+            engine.posted, engine.unexpected, engine.backlog, context, engine.eager_limit,
+            _predefined_extents())
+        fast.spins = engine.fast_spins
+        fast.general_Send, fast.general_Recv = self._general_Send, self._general_Recv
+        fast.general_send, fast.general_recv = self._general_send, self._general_recv
+        fast.fill_status, fast.dumps, fast.loads = fill_status, _pickle.dumps, _pickle.loads
+        fast.any_source, fast.any_tag = ANY_SOURCE, ANY_TAG
+        # The hot calls go straight to Cython: no Python frame in between.
+        self.Send, self.Recv = fast.Send, fast.Recv
+        self.send, self.recv = fast.send_object, fast.recv_object
 
     @classmethod
     def wrap(cls, mpi_comm=None, region=None):
@@ -212,9 +221,15 @@ class Comm:
     def Irsend(self, buf, dest, tag=0):
         return self.Isend(buf, dest, tag)
 
+    # Send/Recv/send/recv: each instance binds FastPath's versions of these
+    # (see __init__), which try the one-call fast path and fall back to the
+    # _general_* methods; the methods below do the same for unbound calls.
+
     def Send(self, buf, dest, tag=0):
-        if self._fast.send(buf, dest, tag):
-            return
+        if not self._fast.send(buf, dest, tag):
+            self._general_Send(buf, dest, tag)
+
+    def _general_Send(self, buf, dest, tag):
         self._isend_bytes(parse_send(buf).mem, dest, tag, False, "Send").Wait()
 
     def Ssend(self, buf, dest, tag=0):
@@ -227,11 +242,9 @@ class Comm:
         return self._irecv_bytes(parse_recv(buf).mem, source, tag, None, "Irecv")
 
     def Recv(self, buf, source=ANY_SOURCE, tag=ANY_TAG, status=None):
-        n = self._fast.recv(buf, source, tag, self._engine.fast_spins)
-        if n >= 0:
-            if status is not None:
-                fill_status(status, source, self._fast.last_tag, n)
-            return
+        self._fast.Recv(buf, source, tag, status)
+
+    def _general_Recv(self, buf, source, tag, status):
         self._irecv_bytes(parse_recv(buf).mem, source, tag, None, "Recv").Wait(status)
 
     def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
@@ -351,9 +364,9 @@ class Comm:
     ibsend = isend
 
     def send(self, obj, dest, tag=0):
-        data = _pickle.dumps(obj)
-        if self._fast.send(data, dest, tag):
-            return
+        self._fast.send_object(obj, dest, tag)
+
+    def _general_send(self, data, dest, tag):
         self._isend_bytes(memoryview(data), dest, tag, False, "send").wait()
 
     def ssend(self, obj, dest, tag=0):
@@ -366,11 +379,9 @@ class Comm:
         return self._irecv_bytes(None, source, tag, self._unpickle_op, "irecv")
 
     def recv(self, buf=None, source=ANY_SOURCE, tag=ANY_TAG, status=None):
-        data = self._fast.recv_bytes(source, tag, self._engine.fast_spins)
-        if data is not None:
-            if status is not None:
-                fill_status(status, source, self._fast.last_tag, len(data))
-            return _pickle.loads(data)
+        return self._fast.recv_object(buf, source, tag, status)
+
+    def _general_recv(self, buf, source, tag, status):
         return self.irecv(buf, source, tag).wait(status)
 
     def sendrecv(self, sendobj, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,

@@ -151,9 +151,7 @@ def _start_with_mpi(region_spec):
         # Everyone has it mapped: the name is no longer needed, and nothing
         # is left behind in /dev/shm if the job crashes.
         os.unlink(temporary)
-    world = _finish_start(region, geo, rank, job_id, mpi)
-    world._engine.set_oversubscribed(_oversubscribed(oversubscribed))
-    return world
+    return _finish_start(region, geo, rank, job_id, mpi, _oversubscribed(oversubscribed))
 
 
 def _start_standalone(region_spec):
@@ -203,9 +201,8 @@ def _start_standalone(region_spec):
         if geo.nranks != size:
             raise RegionError(f"the job in the region has {geo.nranks} ranks but IVMPI_SIZE={size}")
     layout.Slot(mem, rank).attach(job_id)
-    world = _finish_start(region, geo, rank, job_id, None)
     # Standalone ranks are usually one per VM; IVMPI_OVERSUBSCRIBED=1 says otherwise.
-    world._engine.set_oversubscribed(_oversubscribed(False))
+    world = _finish_start(region, geo, rank, job_id, None, _oversubscribed(False))
     # Nobody sends before everyone is attached.
     world.Barrier()
     return world
@@ -218,10 +215,11 @@ def _oversubscribed(guess):
     return guess
 
 
-def _finish_start(region, geo, rank, job_id, mpi_comm):
+def _finish_start(region, geo, rank, job_id, mpi_comm, oversubscribed):
     global _region, _engine
     from .comm import Comm
     engine = Engine(region, geo, rank)
+    engine.set_oversubscribed(oversubscribed)
     engine.next_context = FIRST_FREE_CONTEXT
     _region, _engine = region, engine
     _start_heartbeat(region.mem, rank)
