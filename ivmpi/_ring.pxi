@@ -461,6 +461,8 @@ cdef class FastPath:
     cdef public object general_Send, general_Recv, general_send, general_recv
     cdef public object fill_status, dumps, loads
     cdef public long any_source, any_tag
+    cdef readonly long last_source       # communicator rank of the last fast receive
+    cdef long next_any                    # where the next ANY_SOURCE scan starts
 
     def __cinit__(self, list tx, list rx, list posted, list unexpected, set backlog,
                   uint32_t context, uint64_t eager_limit, dict extents=None):
@@ -555,7 +557,7 @@ cdef class FastPath:
         if n < 0:
             self.general_Recv(buf, source, tag, status)
         elif status is not None:
-            self.fill_status(status, source, self.last_tag, n)
+            self.fill_status(status, self.last_source, self.last_tag, n)
 
     def send_object(self, obj, long dest, long tag=0):
         data = self.dumps(obj)
@@ -571,36 +573,57 @@ cdef class FastPath:
         if data is None:
             return self.general_recv(buf, source, tag, status)
         if status is not None:
-            self.fill_status(status, source, self.last_tag, len(data))
+            self.fill_status(status, self.last_source, self.last_tag, len(data))
         return self.loads(data)
 
-    cdef object _ready_ring(self, long source, long tag):
-        if not self.enabled or source < 0 or source >= self.size or tag < -1 or tag > _TAG_UB:
+    cdef bint _wanted(self, RxRing rx, long tag):
+        # An over-limit eager frame is left to the engine, which reports it.
+        return (rx.kind == 1 and rx.context == self.context and rx.tag >= 0
+                and (tag < 0 or rx.tag == tag) and rx.length <= self.eager_limit)
+
+    cdef object _ready_ring(self, long source, long tag, int spins):
+        """The ring whose next frame is the eager message wanted, or None.
+
+        Waits up to |spins| polls: spins > 0 pause between polls (a core of
+        our own), spins < 0 give the core away between polls (more ranks than
+        cores: the peer we wait for may need this one).  For ANY_SOURCE every
+        ring is scanned, starting after the last one served, and rings whose
+        next frame is something else are left for the general path.  Sets
+        last_source to the communicator rank of the ring returned.
+        """
+        cdef int i, k, j, polls = spins if spins >= 0 else -spins
+        cdef object ring
+        if not self.enabled or tag < -1 or tag > _TAG_UB:
             return None
         if self.posted or self.unexpected or self.backlog:
             return None
-        return self.rx[source]
-
-    cdef int _wait_match(self, RxRing rx, long tag, int spins) except -3:
-        # spins > 0: poll with a pause between polls (a core of our own);
-        # spins < 0: poll |spins| times, giving the core away between polls
-        # (more ranks than cores: the peer we wait for may need this core).
-        cdef int i
-        cdef int n = spins if spins >= 0 else -spins
-        for i in range(n):
-            if rx.poll():
-                break
+        if source >= 0:
+            if source >= self.size or self.rx[source] is None:
+                return None
+        elif source != self.any_source:
+            return None
+        for i in range(polls):
+            if source >= 0:
+                ring = self.rx[source]
+                if (<RxRing>ring).poll():
+                    if not self._wanted(<RxRing>ring, tag):
+                        return None
+                    self.last_source = source
+                    return ring
+            else:
+                for k in range(self.size):
+                    j = (self.next_any + k) % self.size
+                    ring = self.rx[j]
+                    if ring is not None and (<RxRing>ring).poll() \
+                            and self._wanted(<RxRing>ring, tag):
+                        self.last_source = j
+                        self.next_any = j + 1
+                        return ring
             if spins >= 0:
                 rg_relax()
             else:
                 sched_yield()
-        else:
-            return FAST_NOTHING_YET
-        # An over-limit eager frame is left to the engine, which reports it.
-        if rx.kind != 1 or rx.context != self.context or rx.tag < 0 \
-                or (tag >= 0 and rx.tag != tag) or rx.length > self.eager_limit:
-            return FAST_NOT_HANDLED
-        return 0
+        return None
 
     cpdef long recv(self, object buf, long source, long tag, int spins) except -3:
         """Receive the next eager message from source into buf.
@@ -610,17 +633,16 @@ cdef class FastPath:
         """
         cdef Py_buffer view
         cdef uint64_t n
-        cdef object ring = self._ready_ring(source, tag)
+        cdef object ring
         cdef RxRing rx
         cdef Py_ssize_t extent, capacity
-        if ring is None:
-            return FAST_NOT_HANDLED
         buf = self._plain(buf, &extent, &capacity)
         if buf is None:
             return FAST_NOT_HANDLED
-        rx = <RxRing>ring
-        if self._wait_match(rx, tag, spins) < 0:
+        ring = self._ready_ring(source, tag, spins)
+        if ring is None:
             return FAST_NOT_HANDLED
+        rx = <RxRing>ring
         try:
             PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
         except (BufferError, ValueError):   # numpy: ValueError when not contiguous
@@ -642,13 +664,11 @@ cdef class FastPath:
     cpdef object recv_bytes(self, long source, long tag, int spins):
         """Like recv, for object messages: the payload as a bytearray, or None."""
         cdef bytearray out
-        cdef object ring = self._ready_ring(source, tag)
+        cdef object ring = self._ready_ring(source, tag, spins)
         cdef RxRing rx
         if ring is None:
             return None
         rx = <RxRing>ring
-        if self._wait_match(rx, tag, spins) < 0:
-            return None
         out = bytearray(rx.length)
         if rx.length:
             rx.copy_out(<char *>out, rx.length)
@@ -795,3 +815,16 @@ def small_allreduce(FastPath fast, object acc, object scratch, int op, int typ,
 SMALL_OPS = {"SUM": OP_SUM, "PROD": OP_PROD, "MAX": OP_MAX, "MIN": OP_MIN}
 # (numpy dtype kind, itemsize) -> type code (dtype.name is slow to compute).
 SMALL_TYPES = {("f", 8): T_F64, ("f", 4): T_F32, ("i", 8): T_I64, ("i", 4): T_I32}
+
+
+def first_ready(list rings, Py_ssize_t start):
+    """Index of the first ring, from start on, with a frame ready; -1 if none.
+
+    The progress engine's scan of every peer in one C loop, so that waiting
+    in a job of many ranks costs little more than in a job of two.
+    """
+    cdef Py_ssize_t i
+    for i in range(start, len(rings)):
+        if (<RxRing>rings[i]).poll():
+            return i
+    return -1

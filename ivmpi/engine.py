@@ -16,6 +16,7 @@ import time
 from collections import deque
 
 from . import _fastcopy
+from ._fastcopy import first_ready
 from .heap import Heap
 from .liveness import Liveness
 from .errors import CorruptRegionError, IvmpiError, IvmpiTimeoutError, PeerError
@@ -362,10 +363,14 @@ class Engine:
         Returns True when anything moved (a frame published or handled).
         """
         moved = self._flush_backlog() if self.backlog else False
-        for rx in self.rx_list:
+        rx_list = self.rx_list
+        i = first_ready(rx_list, 0)
+        while i >= 0:
+            rx = rx_list[i]
             while rx.poll():
                 self._handle(rx)
-                moved = True
+            moved = True
+            i = first_ready(rx_list, i + 1)
         return moved
 
     def poll_peer(self, peer):
