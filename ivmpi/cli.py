@@ -204,18 +204,22 @@ def _clear(mem, geo):
 
 
 def _bench_arguments(parser):
-    parser.add_argument("what", choices=["compare"],
-                        help="compare: ivmpi against mpi4py over shared memory and TCP")
+    parser.add_argument("what", choices=["compare", "scale"],
+                        help="compare: ivmpi against mpi4py over shared memory and TCP; "
+                             "scale: ping-pong in region layouts for 2..64 ranks")
     parser.add_argument("options", nargs=argparse.REMAINDER,
                         help="options of the benchmark (see ivmpi bench compare --help)")
 
 
-@subcommand("bench", "benchmarks: ivmpi bench compare [--quick] [--sizes ...] (see --help)",
+@subcommand("bench", "benchmarks: ivmpi bench compare|scale [options] (see --help)",
             _bench_arguments)
 def run_bench(args) -> int:
-    from .benchcompare import main as compare
+    if args.what == "scale":
+        from .benchscale import main as run
+    else:
+        from .benchcompare import main as run
     try:
-        return compare(args.options)
+        return run(args.options)
     except SystemExit as e:     # its own --help and usage errors
         return e.code if isinstance(e.code, int) else 1
 

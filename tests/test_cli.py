@@ -168,3 +168,12 @@ def test_bench_subcommand_reaches_the_compare_runner(capsys):
     out = capsys.readouterr().out
     assert "usage: ivmpi bench compare" in out and "--transports" in out
     assert main(["bench", "nonsense"]) == 2
+
+
+def test_bench_scale_runs_two_layouts(capsys):
+    from ivmpi.cli import main
+    assert main(["bench", "scale", "--ranks", "2,4", "--rounds", "1", "--count", "200"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[0] for row in rows] == ["2", "4"]
+    assert all(float(row[1]) > 0 and float(row[3]) > 0 for row in rows)
