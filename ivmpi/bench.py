@@ -113,6 +113,9 @@ def pingpong_parser():
     parser.add_argument("--skip-huge", type=int, default=1)
     parser.add_argument("--loop-huge", type=int, default=10)
     parser.add_argument("--huge-size", type=int, default=HUGE_SIZE)
+    parser.add_argument("--alloc-mem", action="store_true",
+                        help="buffers from MPI.Alloc_mem (with ivmpi: inside the region, so "
+                             "large sends skip the sender's copy)")
     parser.add_argument("--small-dict", action="store_true",
                         help="also time pickled send/recv of a small 4-item dict")
     parser.add_argument("--no-header", action="store_false", dest="print_header", default=True)
@@ -144,6 +147,14 @@ def make_buffer(nbytes, kind, fill):
         import numpy
         return numpy.full(nbytes, fill, dtype="B")
     return bytearray([fill]) * nbytes
+
+
+def region_buffer(MPI, nbytes, fill):
+    """A numpy buffer from MPI.Alloc_mem, filled (kept until the process ends)."""
+    import numpy
+    buf = numpy.frombuffer(MPI.Alloc_mem(max(nbytes, 1)), dtype="B")[:nbytes]
+    buf[:] = fill
+    return buf
 
 
 def time_round_trips(comm, MPI, send_obj, recv_buf, count, use_pickle):
@@ -206,6 +217,9 @@ def measure_size(comm, MPI, nbytes, options):
     fill = (nbytes * 7 + 1) & 0xFF
     if options.pickle:
         send_obj, recv_buf = make_buffer(nbytes, options.array, fill), None
+    elif options.alloc_mem:
+        send_obj = [region_buffer(MPI, nbytes, fill), nbytes, MPI.BYTE]
+        recv_buf = [region_buffer(MPI, nbytes, 0), nbytes, MPI.BYTE]
     else:
         send_obj = [make_buffer(nbytes, options.array, fill), nbytes, MPI.BYTE]
         recv_buf = [make_buffer(nbytes, options.array, 0), nbytes, MPI.BYTE]

@@ -33,6 +33,7 @@ from .bench import parse_size_list
 
 DEFAULT_SIZES = [0, 8, 1 << 10, 8 << 10, 64 << 10, 1 << 20, 16 << 20]
 QUICK_SIZES = [0, 8, 8 << 10, 1 << 20]
+ZERO_COPY_SIZES = [1 << 20, 16 << 20]
 MEMCPY_SIZE = 16 << 20
 REGION_SIZE = 256 << 20
 LAUNCH_TIMEOUT = 600
@@ -224,6 +225,7 @@ class Results:
         self.small_dict = {t: [] for t in transports}     # transport -> [times]
         self.collectives = {t: {} for t in COLLECTIVE_TRANSPORTS}  # -> nranks -> op -> [times]
         self.memcpy = []
+        self.zero_copy = {}                                # size -> [times], ivmpi Alloc_mem
         self.errors = {}                                   # transport -> message
 
     def add_pingpong(self, transport, document):
@@ -231,6 +233,10 @@ class Results:
             self.pingpong[transport].setdefault(row["size"], []).extend(row["times"])
         if document.get("small_dict"):
             self.small_dict[transport].extend(document["small_dict"]["times"])
+
+    def add_zero_copy(self, document):
+        for row in document["results"]:
+            self.zero_copy.setdefault(row["size"], []).extend(row["times"])
 
     def add_collectives(self, transport, nranks, document):
         per_op = self.collectives[transport].setdefault(nranks, {})
@@ -242,9 +248,12 @@ def run_rounds(launcher, transports, options, results, workdir):
     json_path = os.path.join(workdir, "run.json")
     ping_args = pingpong_args(options.sizes, options.quick, small_dict=True)
     coll_args = collectives_args(options.quick)
+    zero_args = pingpong_args(ZERO_COPY_SIZES, False, small_dict=False) + ["--alloc-mem"]
     for round_index in range(options.rounds):
         log(f"round {round_index + 1}/{options.rounds}")
         jobs = [("pingpong", t, 2) for t in transports]
+        if "ivmpi" in transports and not options.quick:
+            jobs.append(("zero-copy", "ivmpi", 2))
         jobs += [("collectives", t, n) for n in options.collective_ranks
                  for t in COLLECTIVE_TRANSPORTS if t in transports]
         for kind, transport, nranks in rotated(jobs, round_index):
@@ -254,6 +263,8 @@ def run_rounds(launcher, transports, options, results, workdir):
             try:
                 if kind == "pingpong":
                     results.add_pingpong(transport, launcher.run(transport, 2, ping_args, json_path))
+                elif kind == "zero-copy":
+                    results.add_zero_copy(launcher.run(transport, 2, zero_args, json_path))
                 else:
                     document = launcher.run(transport, nranks, coll_args, json_path)
                     results.add_collectives(transport, nranks, document)
@@ -310,11 +321,17 @@ def summarize(results, transports, sizes):
             collectives[transport][str(nranks)] = {
                 op: dict(zip(("time_median", "time_min"), median_min(times)))
                 for op, times in per_n[nranks].items()}
+    zero_copy = {}
+    for nbytes, times in sorted(results.zero_copy.items()):
+        median, minimum = median_min(times)
+        zero_copy[str(nbytes)] = {"time_median": median, "time_min": minimum,
+                                  "bandwidth_median": nbytes / median,
+                                  "bandwidth_max": nbytes / minimum}
     median, minimum = median_min(results.memcpy)
     memcpy = {"size": MEMCPY_SIZE, "time_median": median, "time_min": minimum,
               "bandwidth_median": MEMCPY_SIZE / median, "bandwidth_max": MEMCPY_SIZE / minimum}
     return {"pingpong": pingpong, "ratios": ratios, "small_dict": small_dict,
-            "collectives": collectives, "memcpy": memcpy}
+            "collectives": collectives, "memcpy": memcpy, "zero_copy": zero_copy}
 
 
 def time_ratio(ours, theirs):
@@ -380,6 +397,19 @@ def report(summary, transports, sizes, errors):
     out.append(f"memcpy (numpy copy, {size_label(memcpy['size'])}, this run): "
                f"{memcpy['bandwidth_median'] / 1e9:.2f} GB/s median, "
                f"{memcpy['bandwidth_max'] / 1e9:.2f} GB/s max")
+    if summary.get("zero_copy"):
+        out.append("")
+        out.append("Zero-copy: ivmpi with buffers from comm.Alloc_mem (the receiver copies "
+                   "straight from the sender's heap), bandwidth GB/s median (max)")
+        rows = []
+        for key, row in summary["zero_copy"].items():
+            two_copy = summary["pingpong"].get("ivmpi", {}).get(key)
+            native = summary["pingpong"].get("sm", {}).get(key)
+            rows.append([size_label(int(key)), fmt_bandwidth(row), fmt_bandwidth(two_copy),
+                         fmt_bandwidth(native), fmt_ratio(time_ratio(row, native)),
+                         fmt_ratio(time_ratio(two_copy, row))])
+        out.append(table(["size", "Alloc_mem", "(a) two-copy", "(b)", "time vs (b)",
+                          "bandwidth vs (a)"], rows))
     out.append("")
     out.append("Collectives, us per operation (slowest rank): median (min)")
     rows = []
