@@ -456,6 +456,7 @@ cdef class FastPath:
     cdef public bint enabled
     cdef readonly int32_t last_tag
     cdef dict extents
+    cdef object last_datatype, last_extent
     cdef public int spins                 # polls of a fast receive (negative: yield between)
     # The communicator's general paths and helpers, for the bound calls below.
     cdef public object general_Send, general_Recv, general_send, general_recv
@@ -481,6 +482,16 @@ cdef class FastPath:
         # [buf, datatype] may name and still be taken as plain bytes.
         self.extents = extents if extents is not None else {}
 
+    cdef object _extent_of(self, object datatype):
+        # The same Datatype object comes back call after call: remember it.
+        if datatype is self.last_datatype:
+            return self.last_extent
+        entry = self.extents.get(getattr(datatype, "handle", None))
+        if entry is not None:
+            self.last_datatype = datatype
+            self.last_extent = entry
+        return entry
+
     cdef object _plain(self, object spec, Py_ssize_t *extent, Py_ssize_t *nbytes):
         """The buffer of spec if it is a plain buffer, [buf, datatype] or
         [buf, count, datatype] with a predefined datatype; else None.
@@ -498,9 +509,9 @@ cdef class FastPath:
             return None
         n = len(spec)
         if n == 2:
-            entry = self.extents.get(getattr(spec[1], "handle", None))
+            entry = self._extent_of(spec[1])
         elif n == 3 and type(spec[1]) is int:
-            entry = self.extents.get(getattr(spec[2], "handle", None))
+            entry = self._extent_of(spec[2])
             if entry is not None:
                 if spec[1] < 0:
                     return None
