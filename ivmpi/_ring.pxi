@@ -434,6 +434,68 @@ from cpython.buffer cimport PyObject_CheckBuffer
 FAST_NOT_HANDLED = -1
 FAST_NOTHING_YET = -2
 
+cimport numpy as cnp
+from libc.string cimport strchr
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.buffer cimport PyBUF_FORMAT
+
+cnp.import_array()
+
+
+cdef bint _simple_format(const char *fmt) noexcept:
+    """A buffer format of plain numbers in native order (never 'O': raw object
+    pointers must not cross to another process)."""
+    if fmt == NULL:
+        return True
+    if fmt[0] == b'@' or fmt[0] == b'=' or fmt[0] == b'<':
+        fmt += 1
+    return fmt[0] != 0 and fmt[1] == 0 and strchr("?bBhHiIlLqQnNefdFDgGc", fmt[0]) != NULL
+
+
+cdef bint _direct(object obj, bint writable, char **data, Py_ssize_t *length) noexcept:
+    """Data and size of a numpy array of numbers, bytes or bytearray, read
+    without a buffer export (valid only while the GIL is held); False for
+    anything else, which goes through the buffer protocol instead."""
+    cdef cnp.ndarray arr
+    cdef int num
+    cdef type t = type(obj)
+    if t is cnp.ndarray:
+        arr = <cnp.ndarray>obj
+        num = cnp.PyArray_TYPE(arr)
+        if not (num <= cnp.NPY_CLONGDOUBLE or num == cnp.NPY_FLOAT16) \
+                or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISNOTSWAPPED(arr) \
+                or (writable and not cnp.PyArray_ISWRITEABLE(arr)):
+            return False
+        data[0] = <char *>cnp.PyArray_DATA(arr)
+        length[0] = cnp.PyArray_NBYTES(arr)
+        return True
+    if t is bytearray:
+        data[0] = PyByteArray_AS_STRING(obj)
+        length[0] = PyByteArray_GET_SIZE(obj)
+        return True
+    if t is bytes and not writable:
+        data[0] = PyBytes_AS_STRING(obj)
+        length[0] = PyBytes_GET_SIZE(obj)
+        return True
+    return False
+
+
+cdef int _pin(object obj, bint writable, Py_buffer *view) except -1:
+    """A buffer export of obj, for copies that may run without the GIL.
+    0 when obj is not a plain contiguous buffer of numbers."""
+    cdef int flags = PyBUF_SIMPLE | PyBUF_FORMAT
+    if writable:
+        flags |= PyBUF_WRITABLE
+    try:
+        PyObject_GetBuffer(obj, view, flags)
+    except (BufferError, ValueError, TypeError):   # numpy: ValueError when not contiguous
+        return 0
+    if not _simple_format(view.format):
+        PyBuffer_Release(view)
+        return 0
+    return 1
+
 cdef enum:
     _TAG_UB = 0x7fffffff
 
@@ -528,7 +590,8 @@ cdef class FastPath:
         cdef Py_buffer view
         cdef int done
         cdef object ring
-        cdef Py_ssize_t extent, nbytes
+        cdef Py_ssize_t extent, nbytes, length
+        cdef char *data
         if not self.enabled or dest < 0 or dest >= self.size or tag < 0 or tag > _TAG_UB:
             return False
         if self.backlog:
@@ -537,9 +600,15 @@ cdef class FastPath:
         ring = self.tx[dest]
         if ring is None or buf is None:
             return False
-        try:
-            PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
-        except (BufferError, ValueError):   # numpy: ValueError when not contiguous
+        if _direct(buf, False, &data, &length) and length < _NOGIL_MIN:
+            # Small: the copy keeps the GIL, so nothing can free the memory meanwhile.
+            if nbytes < 0:
+                nbytes = length
+            if <uint64_t>nbytes > self.eager_limit or nbytes > length or nbytes % extent:
+                return False
+            return (<TxRing>ring).write_frame(1, <int32_t>tag, self.context, 0, 0, data,
+                                              <uint64_t>nbytes) == 1
+        if not _pin(buf, False, &view):
             return False
         try:
             if nbytes < 0:
@@ -646,7 +715,8 @@ cdef class FastPath:
         cdef uint64_t n
         cdef object ring
         cdef RxRing rx
-        cdef Py_ssize_t extent, capacity
+        cdef Py_ssize_t extent, capacity, length
+        cdef char *data
         buf = self._plain(buf, &extent, &capacity)
         if buf is None:
             return FAST_NOT_HANDLED
@@ -654,12 +724,21 @@ cdef class FastPath:
         if ring is None:
             return FAST_NOT_HANDLED
         rx = <RxRing>ring
-        try:
-            PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
-        except (BufferError, ValueError):   # numpy: ValueError when not contiguous
+        n = rx.length
+        if _direct(buf, True, &data, &length) and n < _NOGIL_MIN:
+            # Small: the copy keeps the GIL, so nothing can free the memory meanwhile.
+            if capacity < 0:
+                capacity = length
+            if capacity > length or n > <uint64_t>capacity or capacity % extent or n % extent:
+                return FAST_NOT_HANDLED
+            if n:
+                rx.copy_out(data, n)
+            self.last_tag = rx.tag
+            rx.consume()
+            return <long>n
+        if not _pin(buf, True, &view):
             return FAST_NOT_HANDLED
         try:
-            n = rx.length
             if capacity < 0:
                 capacity = view.len
             if capacity > view.len or n > <uint64_t>capacity or capacity % extent or n % extent:
