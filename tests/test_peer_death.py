@@ -99,6 +99,9 @@ def run_job(tmp_path, scenario, timeout=60):
     script.write_text(WORKER)
     env = dict(os.environ, IVMPI_SIZE="3", IVMPI_REGION=path, IVMPI_PEER_TIMEOUT=str(PEER_TIMEOUT),
                IVMPI_HEARTBEAT="0.1", IVMPI_TIMEOUT=str(timeout), IVMPI_START_TIMEOUT="60",
+               # Three ranks on two cores: waits yield, and a stream returns to its
+               # caller whenever the ring is full, so rank 2 dies mid-transfer.
+               IVMPI_OVERSUBSCRIBED="1",
                IVMPI_SYSFS_ROOT=str(tmp_path / "sys"),
                PYTHONPATH=os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     procs = [subprocess.Popen([sys.executable, str(script), scenario],
