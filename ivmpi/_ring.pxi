@@ -903,8 +903,6 @@ def small_allreduce(FastPath fast, object acc, object scratch, int op, int typ,
 
 
 SMALL_OPS = {"SUM": OP_SUM, "PROD": OP_PROD, "MAX": OP_MAX, "MIN": OP_MIN}
-# (numpy dtype kind, itemsize) -> type code (dtype.name is slow to compute).
-SMALL_TYPES = {("f", 8): T_F64, ("f", 4): T_F32, ("i", 8): T_I64, ("i", 4): T_I32}
 
 
 def first_ready(list rings, Py_ssize_t start):
@@ -918,3 +916,96 @@ def first_ready(list rings, Py_ssize_t start):
         if (<RxRing>rings[i]).poll():
             return i
     return -1
+
+
+cdef class SmallCollectives:
+    """A communicator's Barrier and Allreduce as one Cython call each.
+
+    Built over the hidden twin's FastPath.  Allreduce takes numpy arrays of
+    float64/float32/int64/int32 with SUM/PROD/MAX/MIN on power-of-two
+    communicators, up to the eager limit; anything else goes to the general
+    algorithm (which also reports every error, exactly as before).
+    """
+    cdef FastPath fast
+    cdef long rank, size, barrier_tag, allreduce_tag
+    cdef uint64_t eager_limit
+    cdef dict opcodes
+    cdef object send_slow, recv_slow, general_allreduce, in_place, default_op
+    cdef object last_op, last_code
+    cdef bytearray scratch
+
+    def __cinit__(self, FastPath fast, long rank, long size, long barrier_tag,
+                  long allreduce_tag, dict opcodes, send_slow, recv_slow, general_allreduce,
+                  in_place, default_op):
+        self.fast = fast
+        self.rank = rank
+        self.size = size
+        self.barrier_tag = barrier_tag
+        self.allreduce_tag = allreduce_tag
+        self.eager_limit = fast.eager_limit
+        self.opcodes = opcodes
+        self.send_slow = send_slow
+        self.recv_slow = recv_slow
+        self.general_allreduce = general_allreduce
+        self.in_place = in_place
+        self.default_op = default_op
+        self.scratch = bytearray(0)
+
+    def Barrier(self):
+        small_barrier(self.fast, self.rank, self.size, self.barrier_tag, self.fast.spins,
+                      self.send_slow, self.recv_slow)
+
+    def Allreduce(self, sendbuf, recvbuf, op=None):
+        if op is None:
+            op = self.default_op
+        if not self._try_allreduce(sendbuf, recvbuf, op):
+            self.general_allreduce(sendbuf, recvbuf, op)
+
+    cdef int _type_code(self, cnp.ndarray arr):
+        cdef int num = cnp.PyArray_TYPE(arr)
+        cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(arr)
+        if num == cnp.NPY_DOUBLE:
+            return T_F64
+        if num == cnp.NPY_FLOAT:
+            return T_F32
+        if num == cnp.NPY_INT or num == cnp.NPY_LONG or num == cnp.NPY_LONGLONG:
+            return T_I64 if item == 8 else (T_I32 if item == 4 else 0)
+        return 0
+
+    cdef bint _try_allreduce(self, object sendbuf, object recvbuf, object op) except -1:
+        cdef cnp.ndarray recv, send
+        cdef int typ
+        cdef object code
+        cdef Py_ssize_t nbytes
+        if self.size < 2 or (self.size & (self.size - 1)) or type(recvbuf) is not cnp.ndarray:
+            return False
+        recv = <cnp.ndarray>recvbuf
+        nbytes = cnp.PyArray_NBYTES(recv)
+        if <uint64_t>nbytes > self.eager_limit or not cnp.PyArray_IS_C_CONTIGUOUS(recv) \
+                or not cnp.PyArray_ISWRITEABLE(recv) or not cnp.PyArray_ISNOTSWAPPED(recv):
+            return False
+        typ = self._type_code(recv)
+        if typ == 0:
+            return False
+        if op is self.last_op:
+            code = self.last_code
+        else:
+            code = self.opcodes.get(getattr(op, "handle", None))
+            if code is None:
+                return False
+            self.last_op, self.last_code = op, code
+        if sendbuf is not self.in_place:
+            if type(sendbuf) is not cnp.ndarray:
+                return False
+            send = <cnp.ndarray>sendbuf
+            # Same type and element count is what MPI asks; shapes may differ.
+            if cnp.PyArray_TYPE(send) != cnp.PyArray_TYPE(recv) \
+                    or cnp.PyArray_NBYTES(send) != nbytes \
+                    or not cnp.PyArray_IS_C_CONTIGUOUS(send) or not cnp.PyArray_ISNOTSWAPPED(send):
+                return False
+            memcpy(cnp.PyArray_DATA(recv), cnp.PyArray_DATA(send), nbytes)
+        if len(self.scratch) != nbytes:
+            self.scratch = bytearray(nbytes)
+        small_allreduce(self.fast, recv, self.scratch, <int>code, typ, self.rank, self.size,
+                        self.allreduce_tag, self.fast.spins, self.send_slow, self.recv_slow)
+        return True

@@ -9,7 +9,7 @@ context id, so collective traffic never matches user messages.
 import numpy as _np
 from mpi4py import MPI as _MPI
 
-from ._fastcopy import SMALL_OPS, SMALL_TYPES, FastPath, small_allreduce, small_barrier
+from ._fastcopy import SMALL_OPS, FastPath, SmallCollectives
 
 from .buffers import parse_recv, parse_send
 from .collectives import TAG_ALLREDUCE, TAG_BARRIER, Collectives
@@ -40,12 +40,12 @@ def _predefined_extents():
 _SMALL_OP_CODES = None
 
 
-def _small_op(op):
-    """The small-allreduce code of a predefined op (SUM/PROD/MAX/MIN), else None."""
+def _small_op_codes():
+    """Handle -> small-collective code of the predefined ops SUM/PROD/MAX/MIN."""
     global _SMALL_OP_CODES
     if _SMALL_OP_CODES is None:
         _SMALL_OP_CODES = {getattr(_MPI, name).handle: code for name, code in SMALL_OPS.items()}
-    return _SMALL_OP_CODES.get(getattr(op, "handle", None))
+    return _SMALL_OP_CODES
 
 
 class Group:
@@ -97,7 +97,7 @@ class Comm:
         # The hidden twin carries collectives: any member's death ends its waits.
         self._scope = tuple(self._ranks) if hidden else None
         self._coll = None
-        self._scratch = None
+        self._small = None
         self._freed = False
         self.rank = self._index[engine.rank]
         self.size = len(self._ranks)
@@ -114,6 +114,12 @@ class Comm:
         # The hot calls go straight to Cython: no Python frame in between.
         self.Send, self.Recv = fast.Send, fast.Recv
         self.send, self.recv = fast.send_object, fast.recv_object
+        if not hidden:
+            twin = self._collectives.p2p
+            self._small = SmallCollectives(
+                twin._fast, self.rank, self.size, TAG_BARRIER, TAG_ALLREDUCE, _small_op_codes(),
+                twin.Send, twin.Recv, self._general_Allreduce, _MPI.IN_PLACE, _MPI.SUM)
+            self.Barrier, self.Allreduce = self._small.Barrier, self._small.Allreduce
 
     @classmethod
     def wrap(cls, mpi_comm=None, region=None):
@@ -404,10 +410,14 @@ class Comm:
             self._coll = Collectives(twin)
         return self._coll
 
+    # Barrier and Allreduce: each instance binds SmallCollectives' versions
+    # (see __init__), which take the common small cases in one Cython call.
+
     def Barrier(self):
-        twin = self._collectives.p2p
-        small_barrier(twin._fast, self.rank, self.size, TAG_BARRIER, self._engine.fast_spins,
-                      twin.Send, twin.Recv)
+        if self._small is None:         # hidden communicators
+            self._collectives.Barrier()
+        else:
+            self._small.Barrier()
 
     def barrier(self):
         self._collectives.barrier()
@@ -461,37 +471,13 @@ class Comm:
         return self._collectives.reduce(sendobj, op, root)
 
     def Allreduce(self, sendbuf, recvbuf, op=_MPI.SUM):
-        if self._small_allreduce(sendbuf, recvbuf, op):
-            return
+        if self._small is None:         # hidden communicators
+            self._general_Allreduce(sendbuf, recvbuf, op)
+        else:
+            self._small.Allreduce(sendbuf, recvbuf, op)
+
+    def _general_Allreduce(self, sendbuf, recvbuf, op):
         self._collectives.Allreduce(sendbuf, recvbuf, op)
-
-    def _small_allreduce(self, sendbuf, recvbuf, op):
-        """Small numpy reductions with SUM/PROD/MAX/MIN in one call (power-of-two sizes).
-
-        False when the general algorithm must run (it also reports every error).
-        """
-        size = self.size
-        if (type(recvbuf) is not _np.ndarray or size < 2 or size & (size - 1)
-                or recvbuf.nbytes > self._engine.eager_limit or not recvbuf.flags.c_contiguous
-                or not recvbuf.flags.writeable or not recvbuf.dtype.isnative):
-            return False
-        code = _small_op(op)
-        dtype = recvbuf.dtype
-        kind = SMALL_TYPES.get((dtype.kind, dtype.itemsize))
-        if code is None or kind is None:
-            return False
-        if sendbuf is not _MPI.IN_PLACE:
-            if (type(sendbuf) is not _np.ndarray or sendbuf.dtype != dtype
-                    or sendbuf.shape != recvbuf.shape):
-                return False
-            recvbuf[...] = sendbuf
-        scratch = self._scratch
-        if scratch is None or len(scratch) != recvbuf.nbytes:
-            scratch = self._scratch = bytearray(recvbuf.nbytes)
-        twin = self._collectives.p2p
-        small_allreduce(twin._fast, recvbuf, scratch, code, kind, self.rank, size, TAG_ALLREDUCE,
-                        self._engine.fast_spins, twin.Send, twin.Recv)
-        return True
 
     def allreduce(self, sendobj, op=_MPI.SUM):
         return self._collectives.allreduce(sendobj, op)

@@ -99,3 +99,21 @@ def test_barrier_orders_the_ranks(comm):
             got.append(comm.recv(source=k % comm.size, tag=50))
         comm.Barrier()
     assert got == [k for k in range(5) if comm.rank != k % comm.size]
+
+
+def test_allreduce_buffers_of_different_shapes_but_equal_counts(comm):
+    send = values("f8", 8, comm.rank).reshape(2, 4)
+    ours, theirs = np.empty(8), np.empty(8)
+    comm.Allreduce(send, ours, op=MPI.MAX)
+    NATIVE.Allreduce(send, theirs, op=_native.MAX)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_allreduce_with_the_same_buffer_for_send_and_receive_count(comm):
+    # A user op, a list spec and a non-contiguous view all take the general path.
+    buf = values("i8", 6, comm.rank)
+    for sendspec, recv in ((buf, np.empty(6, "i8")), ([buf, MPI.INT64_T], np.empty(6, "i8"))):
+        expected = np.empty(6, "i8")
+        NATIVE.Allreduce(buf, expected, op=_native.SUM)
+        comm.Allreduce(sendspec, recv, op=MPI.SUM)
+        np.testing.assert_array_equal(recv, expected)
