@@ -109,11 +109,15 @@ def test_allreduce_buffers_of_different_shapes_but_equal_counts(comm):
     np.testing.assert_array_equal(ours, theirs)
 
 
-def test_allreduce_with_the_same_buffer_for_send_and_receive_count(comm):
-    # A user op, a list spec and a non-contiguous view all take the general path.
+def test_allreduce_list_specs_and_their_errors_as_in_mpi4py(comm):
+    # A list spec takes the general path; it must agree with mpi4py, errors included.
     buf = values("i8", 6, comm.rank)
-    for sendspec, recv in ((buf, np.empty(6, "i8")), ([buf, MPI.INT64_T], np.empty(6, "i8"))):
-        expected = np.empty(6, "i8")
-        NATIVE.Allreduce(buf, expected, op=_native.SUM)
-        comm.Allreduce(sendspec, recv, op=MPI.SUM)
-        np.testing.assert_array_equal(recv, expected)
+    recv, expected = np.empty(6, "i8"), np.empty(6, "i8")
+    NATIVE.Allreduce(buf, expected, op=_native.SUM)
+    comm.Allreduce([buf, MPI.LONG], recv, op=MPI.SUM)
+    np.testing.assert_array_equal(recv, expected)
+    with pytest.raises(ValueError, match="mismatch in send and receive MPI datatypes"):
+        NATIVE.Allreduce([buf, _native.INT64_T], recv, op=_native.SUM)
+    with pytest.raises(ValueError, match="mismatch in send and receive MPI datatypes"):
+        comm.Allreduce([buf, MPI.INT64_T], recv, op=MPI.SUM)
+    comm.Barrier()
