@@ -177,59 +177,65 @@ class Collectives:
     # --- scatter and gather ------------------------------------------------
 
     def Scatter(self, sendbuf, recvbuf, root=0):
-        self._check_root(root)
-        size, rank = self.size, self.rank
-        if rank != root:
-            self.p2p.Recv(parse_recv(recvbuf).mem, root, TAG_SCATTER)
+        if self._receive_block(recvbuf, root, TAG_SCATTER):
             return
+        size = self.size
         send = parse_send(sendbuf, blocks=size)
         block = send.nbytes // size
-        requests = [self.p2p.Isend(send.mem[i * block:(i + 1) * block], i, TAG_SCATTER)
-                    for i in range(size) if i != root]
-        if not is_in_place(recvbuf):
-            _check_block(parse_recv(recvbuf).mem,
-                         send.mem[root * block:(root + 1) * block], "Scatter")
-        self._wait_all(requests)
+        self._scatter_blocks([send.mem[i * block:(i + 1) * block] for i in range(size)],
+                             recvbuf, root, "Scatter")
 
     def Scatterv(self, sendbuf, recvbuf, root=0):
-        self._check_root(root)
-        size, rank = self.size, self.rank
-        if rank != root:
-            self.p2p.Recv(parse_recv(recvbuf).mem, root, TAG_SCATTER)
+        if self._receive_block(recvbuf, root, TAG_SCATTER):
             return
-        send = parse_vbuf(sendbuf, size, recv=False)
-        requests = [self.p2p.Isend(send.block(i), i, TAG_SCATTER)
-                    for i in range(size) if i != root]
+        send = parse_vbuf(sendbuf, self.size, recv=False)
+        self._scatter_blocks([send.block(i) for i in range(self.size)], recvbuf, root, "Scatterv")
+
+    def _receive_block(self, recvbuf, root, tag):
+        """Non-root ranks of a scatter receive their block; True for them."""
+        self._check_root(root)
+        if self.rank == root:
+            return False
+        self.p2p.Recv(parse_recv(recvbuf).mem, root, tag)
+        return True
+
+    def _scatter_blocks(self, blocks, recvbuf, root, what):
+        """The root sends block i to rank i and keeps its own (unless IN_PLACE)."""
+        requests = [self.p2p.Isend(blocks[i], i, TAG_SCATTER)
+                    for i in range(self.size) if i != root]
         if not is_in_place(recvbuf):
-            _check_block(parse_recv(recvbuf).mem, send.block(root), "Scatterv")
+            _check_block(parse_recv(recvbuf).mem, blocks[root], what)
         self._wait_all(requests)
 
     def Gather(self, sendbuf, recvbuf, root=0):
-        self._check_root(root)
-        size, rank = self.size, self.rank
-        if rank != root:
-            self.p2p.Send(parse_send(sendbuf).mem, root, TAG_GATHER)
+        if self._send_block(sendbuf, root, TAG_GATHER):
             return
+        size = self.size
         recv = parse_recv(recvbuf, blocks=size)
         block = recv.nbytes // size
-        requests = [self.p2p.Irecv(recv.mem[i * block:(i + 1) * block], i, TAG_GATHER)
-                    for i in range(size) if i != root]
-        if not is_in_place(sendbuf):
-            _check_block(recv.mem[root * block:(root + 1) * block],
-                         parse_send(sendbuf).mem, "Gather")
-        self._wait_all(requests)
+        self._gather_blocks([recv.mem[i * block:(i + 1) * block] for i in range(size)],
+                            sendbuf, root, "Gather")
 
     def Gatherv(self, sendbuf, recvbuf, root=0):
-        self._check_root(root)
-        size, rank = self.size, self.rank
-        if rank != root:
-            self.p2p.Send(parse_send(sendbuf).mem, root, TAG_GATHER)
+        if self._send_block(sendbuf, root, TAG_GATHER):
             return
-        recv = parse_vbuf(recvbuf, size, recv=True)
-        requests = [self.p2p.Irecv(recv.block(i), i, TAG_GATHER)
-                    for i in range(size) if i != root]
+        recv = parse_vbuf(recvbuf, self.size, recv=True)
+        self._gather_blocks([recv.block(i) for i in range(self.size)], sendbuf, root, "Gatherv")
+
+    def _send_block(self, sendbuf, root, tag):
+        """Non-root ranks of a gather send their block; True for them."""
+        self._check_root(root)
+        if self.rank == root:
+            return False
+        self.p2p.Send(parse_send(sendbuf).mem, root, tag)
+        return True
+
+    def _gather_blocks(self, blocks, sendbuf, root, what):
+        """The root receives block i from rank i and copies its own (unless IN_PLACE)."""
+        requests = [self.p2p.Irecv(blocks[i], i, TAG_GATHER)
+                    for i in range(self.size) if i != root]
         if not is_in_place(sendbuf):
-            _check_block(recv.block(root), parse_send(sendbuf).mem, "Gatherv")
+            _check_block(blocks[root], parse_send(sendbuf).mem, what)
         self._wait_all(requests)
 
     def scatter(self, sendobj, root=0):
