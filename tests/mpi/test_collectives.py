@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from ivmpi.collectives import Collectives
+from ivmpi.collectives import PIPELINE_MIN_BYTES, Collectives
 from ivmpi.errors import BufferSpecError
 
 pytestmark = pytest.mark.mpi
@@ -84,7 +84,8 @@ def test_barrier(coll):
 
 
 @pytest.mark.parametrize("root", ROOTS)
-@pytest.mark.parametrize("n", [0, 1, 7, 1000, 300_000])  # 300k doubles: pipeline path
+@pytest.mark.parametrize("n", [0, 1, 7, 1000, 300_000,
+                               PIPELINE_MIN_BYTES // 8 + 12_345])  # the last: pipeline path
 def test_Bcast(coll, root, n):
     mine = values("f8", n, salt=n) if RANK == root else np.zeros(n)
     expected = mine.copy()
