@@ -855,8 +855,8 @@ cdef void _combine(int op, int typ, char *acc, const char *other, Py_ssize_t n,
         _combine_typed[int32_t](op, <int32_t *>acc, <const int32_t *>other, n, acc_is_lower)
 
 
-def small_barrier(FastPath fast, long rank, long size, long tag, int spins,
-                  object send_slow, object recv_slow):
+cdef int small_barrier(FastPath fast, long rank, long size, long tag, int spins,
+                       object send_slow, object recv_slow) except -1:
     """Dissemination barrier: round k sends to rank + 2^k, receives from rank - 2^k."""
     cdef long distance = 1
     cdef bytearray empty = bytearray(0)
@@ -866,11 +866,12 @@ def small_barrier(FastPath fast, long rank, long size, long tag, int spins,
         if fast.recv(empty, (rank - distance + size) % size, tag, spins) < 0:
             recv_slow(empty, (rank - distance + size) % size, tag)
         distance <<= 1
+    return 0
 
 
-def small_allreduce(FastPath fast, object acc, object scratch, int op, int typ,
-                    long rank, long size, long tag, int spins, object send_slow,
-                    object recv_slow):
+cdef int small_allreduce(FastPath fast, object acc, object scratch, int op, int typ,
+                         long rank, long size, long tag, int spins, object send_slow,
+                         object recv_slow) except -1:
     """Recursive-doubling allreduce of acc in place (size a power of two).
 
     acc and scratch are writable contiguous buffers of the same length; op
@@ -900,6 +901,7 @@ def small_allreduce(FastPath fast, object acc, object scratch, int op, int typ,
             PyBuffer_Release(&b)
     finally:
         PyBuffer_Release(&a)
+    return 0
 
 
 SMALL_OPS = {"SUM": OP_SUM, "PROD": OP_PROD, "MAX": OP_MAX, "MIN": OP_MIN}
