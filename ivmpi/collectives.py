@@ -474,7 +474,7 @@ class Collectives:
         self._prefix(sendbuf, recvbuf, op, False, TAG_EXSCAN)
 
     def Reduce_scatter_block(self, sendbuf, recvbuf, op=MPI.SUM):
-        size, rank = self.size, self.rank
+        size = self.size
         if is_in_place(sendbuf):
             recv = parse_recv(recvbuf, blocks=size)
             data, count, datatype = recv.mem, recv.count, recv.datatype

@@ -19,7 +19,7 @@ from . import _fastcopy
 from ._fastcopy import first_ready
 from .heap import Heap
 from .liveness import Liveness
-from .errors import CorruptRegionError, IvmpiError, IvmpiTimeoutError, PeerError
+from .errors import CorruptRegionError, IvmpiError, IvmpiTimeoutError
 
 ANY_SOURCE = -1
 ANY_TAG = -1
@@ -147,7 +147,6 @@ class Engine:
         self.timeout = _env_float("IVMPI_TIMEOUT", 0.0)
         self.set_oversubscribed(False)
         self.liveness = Liveness(self.mem, self.size, rank)
-        self.closed = False
 
     # --- sending --------------------------------------------------------------
 
@@ -574,5 +573,3 @@ class Engine:
         # before returning to the wait loop (which also serves other peers).
         self.stream_spins = 0 if oversubscribed else 20000
 
-    def close(self):
-        self.closed = True

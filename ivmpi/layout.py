@@ -7,9 +7,8 @@ by someone else before anything trusts it.
 """
 import os
 import secrets
-import time
 
-from .errors import CorruptRegionError, IvmpiTimeoutError, RegionError
+from .errors import CorruptRegionError, RegionError
 
 MAGIC = int.from_bytes(b"IVMPIRGN", "little")
 VERSION = 1
@@ -234,17 +233,6 @@ def read_header(mem, require_ready=True):
     if require_ready and ready != job_id:
         raise CorruptRegionError(f"region header ready word {ready:#x} does not match job id {job_id:#x}")
     return geo, job_id
-
-
-def wait_for_header(mem, job_id, timeout):
-    """Wait until rank 0 has published the header of job `job_id`, then validate it."""
-    deadline = time.monotonic() + timeout
-    while mem.load_acquire(H_READY) != job_id:
-        if time.monotonic() > deadline:
-            raise IvmpiTimeoutError(
-                f"rank 0 did not initialise the region within {timeout:g} s (expected job {job_id:#x})")
-        time.sleep(0.0005)
-    return read_header(mem)
 
 
 class Slot:

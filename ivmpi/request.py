@@ -291,10 +291,6 @@ class Prequest(Request):
         for req in requests:
             req.Start()
 
-    def _complete(self, status):
-        result = super()._complete(status)
-        return result
-
     def __bool__(self):
         # A persistent request stays valid between rounds.
         return True

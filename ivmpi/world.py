@@ -96,7 +96,6 @@ def _open_region(spec):
 
 def _start_with_mpi(region_spec):
     from mpi4py import MPI
-    from .comm import Comm
     from .region import Region
     mpi = MPI.COMM_WORLD
     rank, size = mpi.Get_rank(), mpi.Get_size()
@@ -155,7 +154,6 @@ def _start_with_mpi(region_spec):
 
 
 def _start_standalone(region_spec):
-    from .comm import Comm
     try:
         rank = int(os.environ["IVMPI_RANK"])
         size = int(os.environ["IVMPI_SIZE"])
@@ -246,7 +244,6 @@ def _start_heartbeat(mem, rank):
 
 
 def _finalize():
-    global _world
     if _engine is None or _region is None or _region.closed:
         return
     if _heartbeat is not None:

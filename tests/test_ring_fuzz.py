@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import os
 import signal
-import struct
 import sys
 
 import pytest
