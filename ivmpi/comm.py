@@ -571,6 +571,8 @@ class Comm:
     def Free(self):
         self._freed = True
         self._fast.enabled = False
+        if self._coll is not None:      # its collectives are gone with it
+            self._coll.p2p.Free()
 
     def Disconnect(self):
         self.Free()

@@ -171,3 +171,15 @@ def test_compare(comm, which):
         c.Free()
     if which == "mpi4py":
         base.Free()
+
+
+def test_a_freed_communicator_refuses_every_call(world):
+    dup = world.Dup()
+    dup.Free()
+    for call in (dup.Barrier, lambda: dup.Allreduce(np.ones(2), np.empty(2)),
+                 lambda: dup.Send(np.ones(2), 0), lambda: dup.send(1, 0),
+                 lambda: dup.bcast(1)):
+        with pytest.raises(MPI.Exception) as info:
+            call()
+        assert info.value.Get_error_class() == MPI.ERR_COMM
+    world.Barrier()
