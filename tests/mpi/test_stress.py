@@ -82,7 +82,7 @@ def check_arrival(buf, count, entry):
 
 
 def test_random_traffic_integrity(comm):
-    sent = received = 0
+    sent = received = sent_bytes = 0
     big = np.empty(MAX_SIZE, dtype=np.uint8)
     for round_no in range(ROUNDS):
         plan = make_plan(round_no)
@@ -103,6 +103,7 @@ def test_random_traffic_integrity(comm):
                 requests.append(getattr(comm, mode)(data, dest=dst, tag=tag))
                 keep.append(data)
             sent += 1
+            sent_bytes += size
         rng = np.random.default_rng(round_no * 100 + RANK)
         status = MPI.Status()
         while todo:
@@ -121,8 +122,11 @@ def test_random_traffic_integrity(comm):
         MPI.Request.Waitall(requests)
         assert not comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG), "an extra message arrived"
         comm.Barrier()
-    totals = comm.allreduce(np.array([sent, received]))
+    totals = comm.allreduce(np.array([sent, received, sent_bytes]))
     assert totals[0] == totals[1] and totals[0] > 0
+    if RANK == 0:   # shown with pytest -s: what a soak moved
+        print(f"\n{ROUNDS} rounds on {comm.size} ranks: {totals[0]} messages, "
+              f"{totals[2] / 2**30:.2f} GiB sent and verified")
 
 
 def rss_bytes():
