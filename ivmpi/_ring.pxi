@@ -855,11 +855,14 @@ cdef void _combine(int op, int typ, char *acc, const char *other, Py_ssize_t n,
         _combine_typed[int32_t](op, <int32_t *>acc, <const int32_t *>other, n, acc_is_lower)
 
 
+cdef bytearray _EMPTY = bytearray(0)     # the barrier's message: nothing
+
+
 cdef int small_barrier(FastPath fast, long rank, long size, long tag, int spins,
                        object send_slow, object recv_slow) except -1:
     """Dissemination barrier: round k sends to rank + 2^k, receives from rank - 2^k."""
     cdef long distance = 1
-    cdef bytearray empty = bytearray(0)
+    cdef bytearray empty = _EMPTY
     while distance < size:
         if not fast.send(empty, (rank + distance) % size, tag):
             send_slow(empty, (rank + distance) % size, tag)
