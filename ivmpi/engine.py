@@ -24,6 +24,10 @@ from .errors import CorruptRegionError, IvmpiError, IvmpiTimeoutError
 ANY_SOURCE = -1
 ANY_TAG = -1
 MAX_MESSAGE = 1 << 48
+try:
+    _PHYSICAL_MEMORY = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+except (ValueError, OSError, AttributeError):
+    _PHYSICAL_MEMORY = MAX_MESSAGE
 
 EAGER, EAGER_SYNC, RTS, CTS, DATA, ACK, RTS_REGION = (
     _fastcopy.KIND_EAGER, _fastcopy.KIND_EAGER_SYNC, _fastcopy.KIND_RTS,
@@ -323,10 +327,19 @@ class Engine:
         elif incoming.kind == EAGER_SYNC:
             self._post(incoming.source, (ACK, 0, 0, 0, incoming.send_id, None, 0, 0, None))
 
+    def _object_buffer(self, incoming):
+        """A buffer for an object receive: refuses a size no machine here could hold,
+        which only a corrupt or hostile peer announces."""
+        if incoming.size > _PHYSICAL_MEMORY:
+            raise CorruptRegionError(
+                f"peer {incoming.source}: a message of {incoming.size} bytes announced for an "
+                f"object receive is larger than this machine's memory ({_PHYSICAL_MEMORY} bytes)")
+        return bytearray(incoming.size)
+
     def _copy_from_heap(self, incoming, op):
         size = incoming.size
         if op.mem is None:
-            op.data = bytearray(size)
+            op.data = self._object_buffer(incoming)
             self.mem.read(incoming.offset, op.data)
         elif size > len(op.mem):
             op.error = ERR_TRUNCATE
@@ -340,7 +353,7 @@ class Engine:
     def _accept_rendezvous(self, incoming, op):
         size = incoming.size
         if op.mem is None:
-            op.data = bytearray(size)
+            op.data = self._object_buffer(incoming)
             op.mem = memoryview(op.data)
         elif size > len(op.mem):
             # Still clear the send so that the sender completes and the ring

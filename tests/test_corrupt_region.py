@@ -447,3 +447,18 @@ def test_fast_path_leaves_an_over_limit_eager_frame_to_the_engine(kit):
     assert fast.recv(buffer.view, 1, 1, 100) == FAST_NOT_HANDLED
     assert buffer.intact() and bytes(buffer.view) == bytes([regionkit.GUARD]) * 4096
     expect(engine, "peer 1: eager frame of 2048 bytes exceeds the eager limit 1024")
+
+
+def test_object_receive_of_more_than_the_machine_holds(kit):
+    """A rendezvous announcing more bytes than this machine's memory, matched by
+    an object receive (which allocates the message's size): an error naming
+    the peer, not a MemoryError or an attempt to allocate it."""
+    _, engine, peer = kit
+    op = engine.irecv(1, -1, 0, None)
+    huge = 1 << 47
+    peer.put(RTS, a=huge, b=1)
+    with pytest.raises(CorruptRegionError,
+                       match=f"^peer 1: a message of {huge} bytes announced for an object "
+                             f"receive is larger than this machine's memory"):
+        engine.progress()
+    assert not op.done and op.data is None
