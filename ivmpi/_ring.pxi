@@ -540,6 +540,10 @@ cdef class FastPath:
         self.eager_limit = eager_limit
         self.size = len(tx)
         self.enabled = True
+        # Open MPI's values; the communicator sets its MPI library's own.
+        self.any_source = -1
+        self.any_tag = -1
+        self.spins = 1
         # Datatype handle -> extent, for the predefined types a spec
         # [buf, datatype] may name and still be taken as plain bytes.
         self.extents = extents if extents is not None else {}
