@@ -13,6 +13,7 @@ from ._fastcopy import SMALL_OPS, FastPath, SmallCollectives
 from .buffers import parse_recv, parse_send
 from .collectives import TAG_ALLREDUCE, TAG_BARRIER, Collectives
 from .engine import ANY_SOURCE as _ENGINE_ANY_SOURCE
+from .engine import SendOp
 from .errors import IvmpiError
 from .request import (MESSAGE_NO_PROC, Message, MPIError, Prequest, Request, fill_status)
 
@@ -80,6 +81,11 @@ class Group:
 
     def Free(self):
         pass
+
+
+# The operation behind a send that the fast path published on the spot.
+_SENT = SendOp(-1, b"", 0, 0, False)
+_SENT.done = True
 
 
 class Comm:
@@ -204,7 +210,7 @@ class Comm:
         op = self._engine.isend(self._world(dest, what), mem, self._send_tag(tag, what),
                                 self._ctx, sync)
         op.scope = self._scope
-        return Request(self, op, what=f"{what} to rank {dest}")
+        return Request(self, op, what=(what, "to", dest))
 
     def _irecv_bytes(self, mem, source, tag, decode, what):
         self._check_live()
@@ -212,9 +218,13 @@ class Comm:
             return _ProcNullRecv(self, decode, what)
         op = self._engine.irecv(self._source(source, what), self._recv_tag(tag, what), self._ctx, mem)
         op.scope = self._scope
-        return Request(self, op, decode=decode, what=f"{what} from rank {source}")
+        return Request(self, op, decode=decode, what=(what, "from", source))
 
     def Isend(self, buf, dest, tag=0):
+        # A small message that fits the ring now is sent at once: the request
+        # is born complete, with no engine operation behind it.
+        if self._fast.send(buf, dest, tag):
+            return Request(self, _SENT, what="Isend")
         return self._isend_bytes(parse_send(buf).mem, dest, tag, False, "Isend")
 
     def Issend(self, buf, dest, tag=0):

@@ -49,6 +49,14 @@ class Request:
         self._what = what
         self._finished = op is None   # completed and reported: now a null request
 
+    def _description(self):
+        """What the request is, for error messages: `what` is a string, or
+        (verb, preposition, rank) formatted only when an error needs it."""
+        what = self._what
+        if type(what) is tuple:
+            return f"{what[0]} {what[1]} rank {what[2]}"
+        return what
+
     # MPI calls a completed-and-waited request "null".
     def __eq__(self, other):
         if other is _MPI.REQUEST_NULL or other is REQUEST_NULL:
@@ -134,7 +142,7 @@ class Request:
             self._null_status(status)
             return None
         if not op.done:
-            self._comm._engine.wait(op, self._what)
+            self._comm._engine.wait(op, self._description())
         return self._complete(status)
 
     def test(self, status=None):
@@ -266,7 +274,7 @@ def _progress_until(requests, all_of):
     if all_of:
         for r in requests:
             if r._op is not None and not r._op.done:
-                engine.wait(r._op, r._what)
+                engine.wait(r._op, r._description())
     else:
         engine.wait_any(ops, "Waitany")
 
