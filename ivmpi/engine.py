@@ -412,15 +412,15 @@ class Engine:
                     f"peer {peer}: eager frame of {rx.length} bytes exceeds the eager limit "
                     f"{self.eager_limit}")
             self._check_tag(rx)
-            incoming = Incoming(peer, rx.tag, rx.context, rx.length, None, rx.b, kind)
+            tag, context = rx.tag, rx.context
             # Straight into a posted receive when one matches: no private copy.
             for i, op in enumerate(self.posted):
-                if _accepts(op, peer, rx.tag, rx.context):
+                if _accepts(op, peer, tag, context):
                     del self.posted[i]
-                    self._deliver_from_ring(rx, incoming, op)
+                    self._deliver_from_ring(rx, op)
                     rx.consume()
                     return
-            incoming.data = rx.payload()
+            incoming = Incoming(peer, tag, context, rx.length, rx.payload(), rx.b, kind)
             rx.consume()
             self.unexpected.append(incoming)
         elif kind == RTS:
@@ -488,11 +488,12 @@ class Engine:
         if rx.tag < 0:
             raise CorruptRegionError(f"peer {rx.peer}: message with negative tag {rx.tag}")
 
-    def _deliver_from_ring(self, rx, incoming, op):
-        op.status_source = incoming.source
-        op.status_tag = incoming.tag
-        op.total = incoming.size
+    def _deliver_from_ring(self, rx, op):
+        """The eager frame at the head of rx goes straight into a matched receive."""
         length = rx.length
+        op.status_source = rx.peer
+        op.status_tag = rx.tag
+        op.total = length
         if op.mem is None:
             op.data = rx.payload()
         elif length > len(op.mem):
@@ -501,7 +502,8 @@ class Engine:
             rx.read_into(op.mem, 0)
         op.count = length if op.error is None else 0
         op.done = True
-        self._acknowledge(incoming)
+        if rx.kind == EAGER_SYNC:
+            self._post(rx.peer, (ACK, 0, 0, 0, rx.b, None, 0, 0, None))
 
     # --- waiting --------------------------------------------------------------
 
