@@ -116,9 +116,15 @@ class RecvOp(Op):
         self.discard = False
 
 
+def _wanted(want_source, want_tag, want_context, source, tag, context):
+    """MPI matching: a receive's (source, tag, context), wildcards allowed,
+    against a message's envelope."""
+    return (want_context == context and (want_source == ANY_SOURCE or want_source == source)
+            and (want_tag == ANY_TAG or want_tag == tag))
+
+
 def _accepts(op, source, tag, context):
-    return (op.context == context and (op.source == ANY_SOURCE or op.source == source)
-            and (op.tag == ANY_TAG or op.tag == tag))
+    return _wanted(op.source, op.tag, op.context, source, tag, context)
 
 
 class Engine:
@@ -247,20 +253,20 @@ class Engine:
             self.posted.append(op)
         return op
 
-    def _take_unexpected(self, source, tag, context):
+    def _unexpected_index(self, source, tag, context):
+        """Index of the first unexpected message the receive would match, or -1."""
         for i, msg in enumerate(self.unexpected):
-            if (msg.context == context and (source == ANY_SOURCE or source == msg.source)
-                    and (tag == ANY_TAG or tag == msg.tag)):
-                del self.unexpected[i]
-                return msg
-        return None
+            if _wanted(source, tag, context, msg.source, msg.tag, msg.context):
+                return i
+        return -1
+
+    def _take_unexpected(self, source, tag, context):
+        i = self._unexpected_index(source, tag, context)
+        return self.unexpected.pop(i) if i >= 0 else None
 
     def find_unexpected(self, source, tag, context):
-        for msg in self.unexpected:
-            if (msg.context == context and (source == ANY_SOURCE or source == msg.source)
-                    and (tag == ANY_TAG or tag == msg.tag)):
-                return msg
-        return None
+        i = self._unexpected_index(source, tag, context)
+        return self.unexpected[i] if i >= 0 else None
 
     def iprobe(self, source, tag, context):
         msg = self.find_unexpected(source, tag, context)
