@@ -235,6 +235,17 @@ def _memory(obj, writable):
     return mem
 
 
+def _typed_memory(buf, writable, datatype):
+    """(flat byte view, datatype, extent) of a buffer; the datatype comes from
+    the buffer's format when none is given."""
+    mem = _memory(buf, writable)
+    if datatype is None:
+        datatype, extent = _datatype_from_format(mem.format)
+    else:
+        extent = datatype_extent(datatype)
+    return _flat(mem), datatype, extent
+
+
 def _flat(mem):
     if mem.format == "B" and mem.ndim == 1:
         return mem
@@ -297,12 +308,7 @@ def _parse(spec, writable, blocks):
         datatype = _as_datatype(datatype)
     if buf is None or buf is BOTTOM:
         return _bottom(count, datatype)
-    mem = _memory(buf, writable)
-    if datatype is None:
-        datatype, extent = _datatype_from_format(mem.format)
-    else:
-        extent = datatype_extent(datatype)
-    mem = _flat(mem)
+    mem, datatype, extent = _typed_memory(buf, writable, datatype)
     return _finish(buf, mem, count, displ, datatype, extent, blocks, len(mem))
 
 
@@ -427,12 +433,7 @@ def parse_vbuf(spec, size, recv):
         mem = _EMPTY
         extent = datatype_extent(datatype)
     else:
-        mem = _memory(buf, recv)
-        if datatype is None:
-            datatype, extent = _datatype_from_format(mem.format)
-        else:
-            extent = datatype_extent(datatype)
-        mem = _flat(mem)
+        mem, datatype, extent = _typed_memory(buf, recv, datatype)
     total = len(mem) // extent if extent > 0 else 0
 
     if counts is None:
