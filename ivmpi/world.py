@@ -84,13 +84,14 @@ def _default_region_size(nranks):
 
 
 def _open_region(spec):
-    from .region import Region, find_ivshmem_devices
+    """The region by argument, else region.default_spec() (IVMPI_REGION, else
+    the single ivshmem device); None on a plain host with neither, where the
+    caller makes a per-job file."""
+    from .region import Region, default_spec, find_ivshmem_devices
     if spec is None:
-        spec = os.environ.get("IVMPI_REGION") or None
-    if spec is None and len(find_ivshmem_devices()) == 1:
-        spec = "pci"
-    if spec is None:
-        return None
+        if not os.environ.get("IVMPI_REGION", "").strip() and not find_ivshmem_devices():
+            return None
+        spec = default_spec()
     return Region.open(spec)
 
 

@@ -398,3 +398,23 @@ def test_devmem_open(tmp_path):
 
 def test_errors_are_ivmpi_errors():
     assert issubclass(RegionError, IvmpiError)
+
+
+def test_job_start_up_picks_its_region_as_region_open_does(tmp_path, monkeypatch):
+    """The communicator's default follows the same rule: IVMPI_REGION, else the
+    single device; several devices are an error listing them (never a silent
+    per-job file, which ranks in other VMs could not share); none at all on a
+    plain host means a per-job file (None here)."""
+    from ivmpi import world
+    assert world._open_region(None) is None
+    add_pci_device(tmp_path, address="0000:00:04.0", bar2_size=MIB)
+    with world._open_region(None) as region:
+        assert region.backend == "pci" and region.size == MIB
+    add_pci_device(tmp_path, address="0000:00:05.0", bar2_size=4 * MIB)
+    with pytest.raises(RegionError, match="0000:00:05.0"):
+        world._open_region(None)
+    path = tmp_path / "dev" / "shm" / "job"
+    make_file(path, MIB)
+    monkeypatch.setenv("IVMPI_REGION", str(path))
+    with world._open_region(None) as region:
+        assert region.backend == "file" and region.path == str(path)
