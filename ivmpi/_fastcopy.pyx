@@ -318,4 +318,17 @@ def cpu_relax():
     ivmpi_cpu_relax()
 
 
+cdef extern from "_watchdog.h" nogil:
+    int ivmpi_start_exit_watchdog(double seconds, int code, const char *message)
+
+
+def start_exit_watchdog(double seconds, int code, str message):
+    """End the process with `code` after `seconds`, printing `message` to
+    stderr, unless it has exited by then.  A C thread: it keeps running
+    through interpreter shutdown, where the MPI library finalizes."""
+    data = message.encode("utf-8", "replace")
+    if ivmpi_start_exit_watchdog(seconds, code, data) != 0:
+        raise OSError("could not start the exit watchdog thread")
+
+
 include "_ring.pxi"

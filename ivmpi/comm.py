@@ -28,6 +28,10 @@ _pickle = _MPI.pickle
 _EXTENTS = None
 
 
+def _peer_name(source):
+    return "any source" if source == ANY_SOURCE else f"rank {source}"
+
+
 def _predefined_extents():
     """Handle -> extent of the predefined datatypes ([buf, MPI.DOUBLE] specs)."""
     global _EXTENTS
@@ -325,7 +329,7 @@ class Comm:
         return True
 
     def Probe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None):
-        self._wait_for(lambda: self.Iprobe(source, tag, status), f"Probe from rank {source}")
+        self._wait_for(lambda: self.Iprobe(source, tag, status), f"Probe from {_peer_name(source)}")
         return True
 
     iprobe = Iprobe
@@ -352,7 +356,7 @@ class Comm:
                 found.append(message)
                 return True
             return False
-        self._wait_for(attempt, f"Mprobe from rank {source}")
+        self._wait_for(attempt, f"Mprobe from {_peer_name(source)}")
         return found[0]
 
     improbe = Improbe

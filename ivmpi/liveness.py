@@ -30,6 +30,9 @@ class Liveness:
         self.timeout = _peer_timeout()
         # peer -> (last heartbeat value seen, local time it was first seen)
         self.seen = {}
+        # Peers reported dead, aborted or gone (not those that finalized):
+        # at exit the MPI library may not be able to finalize without them.
+        self.lost = set()
 
     def check(self, peer, what):
         """Raise PeerError if `peer` (a world rank, or -1 for any) cannot answer.
@@ -66,6 +69,7 @@ class Liveness:
         slot = layout.Slot(self.mem, peer)
         state = slot.word(layout.S_STATE)
         if state == layout.STATE_ABORTED:
+            self.lost.add(peer)
             raise PeerError(f"{what}: rank {peer} aborted")
         if state == layout.STATE_FINALIZED:
             if finalized_ok:
@@ -74,6 +78,7 @@ class Liveness:
         # A standalone rank is "joining" from admission until it attaches; it
         # does not beat yet, so the heartbeat timeout below still catches it.
         if state not in (layout.STATE_ATTACHED, layout.STATE_JOINING):
+            self.lost.add(peer)
             raise PeerError(f"{what}: rank {peer}'s slot shows state "
                             f"{layout.STATE_NAMES.get(state, state)}: it left the job or the "
                             f"region was reset")
@@ -82,6 +87,7 @@ class Liveness:
         if last is None or last[0] != beat:
             self.seen[peer] = (beat, now)
         elif now - last[1] > self.timeout:
+            self.lost.add(peer)
             raise PeerError(
                 f"{what}: rank {peer} has shown no heartbeat for {now - last[1]:.1f} s "
                 f"(IVMPI_PEER_TIMEOUT={self.timeout:g}): it died, hangs, or its machine is paused")

@@ -54,7 +54,8 @@ class Request:
         (verb, preposition, rank) formatted only when an error needs it."""
         what = self._what
         if type(what) is tuple:
-            return f"{what[0]} {what[1]} rank {what[2]}"
+            peer = "any source" if what[2] == _MPI.ANY_SOURCE else f"rank {what[2]}"
+            return f"{what[0]} {what[1]} {peer}"
         return what
 
     # MPI calls a completed-and-waited request "null".

@@ -30,6 +30,7 @@ _self = None
 _region = None
 _engine = None
 _heartbeat = None
+_under_mpi = False
 
 
 def _env_float(name, default):
@@ -215,12 +216,13 @@ def _oversubscribed(guess):
 
 
 def _finish_start(region, geo, rank, job_id, mpi_comm, oversubscribed):
-    global _region, _engine
+    global _region, _engine, _under_mpi
     from .comm import Comm
     engine = Engine(region, geo, rank)
     engine.set_oversubscribed(oversubscribed)
     engine.next_context = FIRST_FREE_CONTEXT
     _region, _engine = region, engine
+    _under_mpi = mpi_comm is not None
     _start_heartbeat(region.mem, rank)
     atexit.register(_finalize)
     return Comm(engine, range(geo.nranks), WORLD_CONTEXT, name="MPI_COMM_WORLD", mpi_comm=mpi_comm)
@@ -253,6 +255,22 @@ def _finalize():
         layout.Slot(_region.mem, _engine.rank).set(layout.S_STATE, layout.STATE_FINALIZED)
     except Exception:
         pass
+    lost = sorted(_engine.liveness.lost)
+    if lost and _under_mpi:
+        _bound_mpi_finalize(lost)
+
+
+def _bound_mpi_finalize(lost):
+    """A peer was lost: MPI_Finalize, which mpi4py calls after this, may wait
+    forever for it (Open MPI's closing fence does unless the launcher noticed
+    the death in time).  Exit with status 1 if it has not returned within
+    IVMPI_FINALIZE_TIMEOUT seconds, rather than hang the job."""
+    seconds = _env_float("IVMPI_FINALIZE_TIMEOUT", 10.0)
+    names = ", ".join(str(r) for r in lost)
+    from ._fastcopy import start_exit_watchdog
+    start_exit_watchdog(seconds, 1, (
+        f"ivmpi: rank {_engine.rank}: MPI_Finalize did not return within {seconds:g} s "
+        f"(IVMPI_FINALIZE_TIMEOUT) after rank(s) {names} were lost; exiting with status 1\n"))
 
 
 def abort(errorcode):
