@@ -8,6 +8,9 @@
  * guaranteed to work.  In strict mode the region side is therefore touched
  * only with naturally aligned 8-byte accesses, plus 4/2/1-byte accesses for
  * a head and a tail; the private side may be unaligned (it is normal memory).
+ * On x86-64 the body uses naturally aligned 16-byte SSE2 accesses instead
+ * (x86 allows any aligned access width on any memory type, and the wider
+ * access is what brings strict copies up to memcpy's speed).
  * The region pointer is accessed through `volatile` so the compiler cannot
  * merge or vectorise those accesses into wider, unaligned ones.
  *
@@ -20,6 +23,13 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+#if defined(__x86_64__) && defined(__SSE2__)
+#include <emmintrin.h>
+#define IVMPI_VECTOR16 1
+#else
+#define IVMPI_VECTOR16 0
+#endif
 
 #ifdef IVMPI_TRACE_ACCESS
 /* Recording is for tests only: a fixed buffer, overflow counted, not stored. */
@@ -104,6 +114,33 @@ static inline void ivmpi_copy_to_region_strict(void *region_dst, const void *src
     }
     /* d is now 8-byte aligned whenever n >= 8 remains (each step above ran
      * only if its bit was set and enough bytes were left). */
+#if IVMPI_VECTOR16
+    if (n >= 16) {
+        if ((uintptr_t)d & 8) {
+            uint64_t v; memcpy(&v, s, 8);
+            IVMPI_TRACE(d, 8);
+            *(volatile uint64_t *)d = v;
+            d += 8; s += 8; n -= 8;
+        }
+        volatile __m128i *dv = (volatile __m128i *)d;
+        while (n >= 64) {
+            __m128i v0 = _mm_loadu_si128((const __m128i *)s);
+            __m128i v1 = _mm_loadu_si128((const __m128i *)(s + 16));
+            __m128i v2 = _mm_loadu_si128((const __m128i *)(s + 32));
+            __m128i v3 = _mm_loadu_si128((const __m128i *)(s + 48));
+            IVMPI_TRACE(dv, 16); IVMPI_TRACE(dv + 1, 16);
+            IVMPI_TRACE(dv + 2, 16); IVMPI_TRACE(dv + 3, 16);
+            dv[0] = v0; dv[1] = v1; dv[2] = v2; dv[3] = v3;
+            dv += 4; s += 64; n -= 64;
+        }
+        while (n >= 16) {
+            IVMPI_TRACE(dv, 16);
+            *dv++ = _mm_loadu_si128((const __m128i *)s);
+            s += 16; n -= 16;
+        }
+        d = (char *)dv;
+    }
+#endif
     volatile uint64_t *dw = (volatile uint64_t *)d;
     /* Four words per iteration: loads first, then the stores, which lets
      * the CPU overlap them (about 2x faster than one word per iteration on
@@ -163,6 +200,33 @@ static inline void ivmpi_copy_from_region_strict(void *dst, const void *region_s
         memcpy(d, &v, 4);
         d += 4; s += 4; n -= 4;
     }
+#if IVMPI_VECTOR16
+    if (n >= 16) {
+        if ((uintptr_t)s & 8) {
+            IVMPI_TRACE(s, 8);
+            uint64_t v = *(const volatile uint64_t *)s;
+            memcpy(d, &v, 8);
+            d += 8; s += 8; n -= 8;
+        }
+        const volatile __m128i *sv = (const volatile __m128i *)s;
+        while (n >= 64) {
+            IVMPI_TRACE(sv, 16); IVMPI_TRACE(sv + 1, 16);
+            IVMPI_TRACE(sv + 2, 16); IVMPI_TRACE(sv + 3, 16);
+            __m128i v0 = sv[0], v1 = sv[1], v2 = sv[2], v3 = sv[3];
+            _mm_storeu_si128((__m128i *)d, v0);
+            _mm_storeu_si128((__m128i *)(d + 16), v1);
+            _mm_storeu_si128((__m128i *)(d + 32), v2);
+            _mm_storeu_si128((__m128i *)(d + 48), v3);
+            sv += 4; d += 64; n -= 64;
+        }
+        while (n >= 16) {
+            IVMPI_TRACE(sv, 16);
+            _mm_storeu_si128((__m128i *)d, *sv++);
+            d += 16; n -= 16;
+        }
+        s = (const char *)sv;
+    }
+#endif
     const volatile uint64_t *sw = (const volatile uint64_t *)s;
     while (n >= 32) {
         IVMPI_TRACE(sw, 8); IVMPI_TRACE(sw + 1, 8);
@@ -241,6 +305,23 @@ static inline void ivmpi_fill_region(void *region_dst, unsigned char value, size
         *(volatile uint32_t *)d = (uint32_t)v8;
         d += 4; n -= 4;
     }
+#if IVMPI_VECTOR16
+    if (n >= 16) {
+        if ((uintptr_t)d & 8) {
+            IVMPI_TRACE(d, 8);
+            *(volatile uint64_t *)d = v8;
+            d += 8; n -= 8;
+        }
+        const __m128i v16 = _mm_set1_epi8((char)value);
+        volatile __m128i *dv = (volatile __m128i *)d;
+        while (n >= 16) {
+            IVMPI_TRACE(dv, 16);
+            *dv++ = v16;
+            n -= 16;
+        }
+        d = (char *)dv;
+    }
+#endif
     volatile uint64_t *dw = (volatile uint64_t *)d;
     while (n >= 32) {
         IVMPI_TRACE(dw, 8); IVMPI_TRACE(dw + 1, 8);

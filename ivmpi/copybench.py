@@ -1,24 +1,24 @@
 """Bandwidth of the copy core against memcpy: ``python -m ivmpi.copybench``.
 
 For each size it times, into and out of one anonymous shared mapping:
-  strict-in    Mapping(strict=True).write   (aligned 8-byte region stores)
-  strict-out   Mapping(strict=True).read    (aligned 8-byte region loads)
+  strict-in    Mapping(strict=True).write   (aligned region stores)
+  strict-out   Mapping(strict=True).read    (aligned region loads)
   memcpy-in    Mapping(strict=False).write  (glibc memcpy)
   numpy        numpy.copyto into the same memory: the memcpy baseline
 and prints medians of interleaved repeats in GB/s, with strict/numpy
 ratios measured in the same run.  The goal is a ratio of at least 0.9
 from 64 KiB up; small sizes measure mostly the Python call.
 
-Why the strict loop can keep up: it moves four words per iteration through
-`volatile uint64_t *`, so the compiler can neither merge nor vectorise the
-region side, and large copies are limited by memory bandwidth rather than
-instruction count.  Checked by compiling _copycore.h with the build flags
+Why the strict loop can keep up: it moves four aligned words per iteration
+(16-byte SSE2 words on x86-64, 8-byte words elsewhere) through `volatile`
+pointers, so the compiler can neither merge nor widen the region side, and
+large copies are limited by memory bandwidth rather than instruction count.  Checked by compiling _copycore.h with the build flags
 (-O3 -fwrapv -fno-strict-aliasing, and again with -march=native) and
 reading the assembly of ivmpi_copy_to_region_strict, _from_region_strict
 and ivmpi_fill_region on x86-64 (GCC 12): every region access is a single
-movq/movl/movw/movb at an aligned address; vector registers appear only in
-copy_from_region, where GCC packs the four loaded words into 16/32-byte
-stores to the private buffer (normal memory, so allowed).
+movdqa/movaps (16 bytes) or movq/movl/movw/movb at an address aligned to its
+width; unaligned vector accesses (movdqu/movups) touch only the private
+buffer (normal memory, so allowed).
 tests/test_alignment_trace.py proves the access pattern at run time.
 """
 import argparse

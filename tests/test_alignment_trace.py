@@ -1,17 +1,18 @@
 """Strict mode touches the region only with naturally aligned 1/2/4/8-byte
-accesses that cover exactly the requested range.
+accesses (and 16-byte ones on x86-64) that cover exactly the requested range.
 
 Uses ivmpi._fastcopy_trace, the same copy core built with
 IVMPI_TRACE_ACCESS, which records the address and width of every region
 access (width 0 = a memcpy/memset of unknown widths)."""
 import mmap
+import platform
 
 import numpy as np
 import pytest
 
 from ivmpi import _fastcopy_trace as traced
 
-ALLOWED_WIDTHS = (1, 2, 4, 8)
+ALLOWED_WIDTHS = (1, 2, 4, 8, 16) if platform.machine() in ("x86_64", "AMD64") else (1, 2, 4, 8)
 
 
 def strictness_violations(addresses, widths, start, length):
@@ -81,14 +82,21 @@ def test_strict_fill_is_aligned_and_exact(mapping):
                 pytest.fail(f"fill region+{d} len {n}: {problems[:3]}")
 
 
-def test_strict_large_copy_uses_8_byte_body(mapping):
+BODY = max(ALLOWED_WIDTHS)
+
+
+def test_strict_large_copy_uses_the_widest_body(mapping):
+    """The body of a large copy is made of the widest allowed accesses: 8
+    bytes, or 16 on x86-64 (after one more 8-byte step to reach 16-byte
+    alignment)."""
     base = mapping.address
     n = 60000
-    addresses, widths = traced_call(lambda: mapping.write(3, bytes(n)))
-    assert strictness_violations(addresses, widths, base + 3, n) == []
-    assert (widths == 8).sum() == (n - 5) // 8      # 1+4 bytes of head, then words
-    addresses, widths = traced_call(lambda: mapping.read(3, bytearray(n)))
-    assert strictness_violations(addresses, widths, base + 3, n) == []
+    head = 1 + 4 + (8 if BODY == 16 else 0)
+    for call in (lambda: mapping.write(3, bytes(n)), lambda: mapping.read(3, bytearray(n)),
+                 lambda: mapping.fill(3, n, 7)):
+        addresses, widths = traced_call(call)
+        assert strictness_violations(addresses, widths, base + 3, n) == []
+        assert (widths == BODY).sum() == (n - head) // BODY
 
 
 def test_words_are_single_aligned_accesses(mapping):
@@ -140,16 +148,16 @@ def test_the_check_detects_bad_accesses():
     assert strictness_violations([0x1000, 0x1010], [8, 8], start, 16)  # gap
     assert strictness_violations([0x1000, 0x1000], [8, 8], start, 16)  # overlap
     assert strictness_violations([0x0ff8], [8], start, 8)             # outside
-    assert strictness_violations([0x1000], [16], start, 16)           # too wide
+    assert strictness_violations([0x1000], [32], start, 32)           # too wide
     assert strictness_violations([0x1000], [8], start, 9)             # short
 
 
 def test_trace_overflow_is_reported(mapping):
     traced.trace_reset()
-    words = traced.TRACE_CAPACITY + 10
-    big = mmap.mmap(-1, words * 8)
+    accesses = traced.TRACE_CAPACITY + 10
+    big = mmap.mmap(-1, accesses * BODY)
     with traced.Mapping(big, strict=True) as m:
-        m.fill(0, words * 8, 0)
+        m.fill(0, accesses * BODY, 0)
     assert traced.trace_overflowed()
     assert len(traced.trace_get()[0]) == traced.TRACE_CAPACITY
     traced.trace_reset()
