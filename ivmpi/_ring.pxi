@@ -415,6 +415,52 @@ cdef class RxRing:
         return self.ready or rg_load_acquire(self.head_p) != self.tail
 
 
+def deliver_eager(RxRing rx, list posted, uint64_t eager_limit):
+    """The engine's commonest step in one call: the EAGER frame at the head
+    of rx goes straight into the first posted receive that matches it (MPI
+    order), which completes.  Returns False, touching nothing, for anything
+    else (another kind, a synchronous send, no match, an object receive,
+    a payload that would not fit, a bad tag or length): the engine's general
+    handler then deals with the frame and reports what is wrong with it."""
+    cdef Py_ssize_t i, n
+    cdef object op, mem
+    cdef long want
+    cdef Py_buffer view
+    if not rx.ready or rx.kind != 1 or rx.tag < 0 or rx.length > eager_limit:
+        return False
+    n = len(posted)
+    for i in range(n):
+        op = posted[i]
+        if op.context != rx.context:
+            continue
+        want = op.source
+        if want != -1 and want != rx.peer:
+            continue
+        want = op.tag
+        if want != -1 and want != rx.tag:
+            continue
+        mem = op.mem
+        if mem is None:
+            return False
+        if rx.length:
+            PyObject_GetBuffer(mem, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
+            try:
+                if <uint64_t>view.len < rx.length:
+                    return False
+                rx.copy_out(<char *>view.buf, rx.length)
+            finally:
+                PyBuffer_Release(&view)
+        del posted[i]
+        op.status_source = rx.peer
+        op.status_tag = rx.tag
+        op.total = rx.length
+        op.count = rx.length
+        op.done = True
+        rx.consume()
+        return True
+    return False
+
+
 # --- Fast paths -----------------------------------------------------------
 # The common blocking cases in one call each, with no per-message Python
 # objects: a small send that fits the ring now, and a receive from a known
@@ -438,7 +484,8 @@ cimport numpy as cnp
 from libc.string cimport strchr
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
-from cpython.buffer cimport PyBUF_FORMAT
+from cpython.buffer cimport PyBUF_FORMAT, PyBuffer_IsContiguous
+from cpython.memoryview cimport PyMemoryView_FromObject, PyMemoryView_GET_BUFFER
 
 cnp.import_array()
 
@@ -479,6 +526,32 @@ cdef bint _direct(object obj, bint writable, char **data, Py_ssize_t *length) no
         length[0] = PyBytes_GET_SIZE(obj)
         return True
     return False
+
+
+cdef object _byte_view(object obj, Py_ssize_t nbytes, Py_ssize_t extent):
+    """A writable flat byte memoryview of obj's first nbytes (all when
+    nbytes < 0, which must be a multiple of extent), or None when obj is not
+    a writable C-contiguous buffer of plain numbers."""
+    cdef object view
+    cdef Py_buffer *info
+    try:
+        view = PyMemoryView_FromObject(obj)
+    except (BufferError, TypeError, ValueError):
+        return None
+    info = PyMemoryView_GET_BUFFER(view)
+    if info.readonly or not PyBuffer_IsContiguous(info, b'C') or not _simple_format(info.format):
+        return None
+    if info.ndim != 1 or info.itemsize != 1 or (info.format != NULL and info.format[0] != b'B'):
+        try:
+            view = view.cast("B")
+        except (TypeError, ValueError):
+            return None
+    if nbytes >= 0:
+        if nbytes > len(view) or nbytes % extent:
+            return None
+        if nbytes != len(view):
+            view = view[:nbytes]
+    return view
 
 
 cdef int _pin(object obj, bint writable, Py_buffer *view) except -1:
@@ -525,6 +598,10 @@ cdef class FastPath:
     cdef public object fill_status, dumps, loads
     cdef public long any_source, any_tag
     cdef readonly long last_source       # communicator rank of the last fast receive
+    # For Irecv: world rank of each communicator rank, the engine's
+    # operation and request types, the communicator, its collective scope.
+    cdef public list world_ranks
+    cdef public object general_Irecv, new_recv_op, new_request, comm, scope, engine_irecv
     cdef long next_any                    # where the next ANY_SOURCE scan starts
 
     def __cinit__(self, list tx, list rx, list posted, list unexpected, set backlog,
@@ -642,6 +719,38 @@ cdef class FastPath:
             self.general_Recv(buf, source, tag, status)
         elif status is not None:
             self.fill_status(status, self.last_source, self.last_tag, n)
+
+    def Irecv(self, buf, source=None, tag=None):
+        """Post a receive in one call: the engine's posted list gets the
+        operation directly.  Anything unusual (PROC_NULL, a bad rank or tag,
+        a buffer spec that is not plain) takes the general path, which
+        handles and reports it."""
+        if source is None:
+            source = self.any_source
+        if tag is None:
+            tag = self.any_tag
+        cdef long src = source, tg = tag
+        cdef Py_ssize_t extent, nbytes
+        cdef object plain, mem, op
+        if (not self.enabled
+                or not (0 <= src < self.size or src == self.any_source)
+                or not (0 <= tg <= _TAG_UB or tg == self.any_tag)):
+            return self.general_Irecv(buf, source, tag)
+        plain = self._plain(buf, &extent, &nbytes)
+        mem = None if plain is None else _byte_view(plain, nbytes, extent)
+        if mem is None:
+            return self.general_Irecv(buf, source, tag)
+        if self.unexpected:
+            # Match what already arrived first: the engine's own call.
+            op = self.engine_irecv(-1 if src == self.any_source else self.world_ranks[src],
+                                   -1 if tg == self.any_tag else tg, self.context, mem)
+        else:
+            op = self.new_recv_op(-1 if src == self.any_source else self.world_ranks[src],
+                                  -1 if tg == self.any_tag else tg, self.context, mem)
+            self.posted.append(op)
+        if self.scope is not None:
+            op.scope = self.scope
+        return self.new_request(self.comm, op, None, ("Irecv", "from", source))
 
     def send_object(self, obj, long dest, long tag=0):
         data = self.dumps(obj)

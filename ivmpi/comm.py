@@ -13,7 +13,7 @@ from ._fastcopy import SMALL_OPS, FastPath, SmallCollectives
 from .buffers import parse_recv, parse_send
 from .collectives import TAG_ALLREDUCE, TAG_BARRIER, Collectives
 from .engine import ANY_SOURCE as _ENGINE_ANY_SOURCE
-from .engine import SendOp
+from .engine import RecvOp, SendOp
 from .errors import IvmpiError
 from .request import (MESSAGE_NO_PROC, Message, MPIError, Prequest, Request, fill_status)
 
@@ -120,8 +120,11 @@ class Comm:
         fast.general_send, fast.general_recv = self._general_send, self._general_recv
         fast.fill_status, fast.dumps, fast.loads = fill_status, _pickle.dumps, _pickle.loads
         fast.any_source, fast.any_tag = ANY_SOURCE, ANY_TAG
+        fast.world_ranks, fast.scope, fast.comm = self._ranks, self._scope, self
+        fast.general_Irecv, fast.new_recv_op, fast.new_request = self._general_Irecv, RecvOp, Request
+        fast.engine_irecv = engine.irecv
         # The hot calls go straight to Cython: no Python frame in between.
-        self.Send, self.Recv = fast.Send, fast.Recv
+        self.Send, self.Recv, self.Irecv = fast.Send, fast.Recv, fast.Irecv
         self.send, self.recv = fast.send_object, fast.recv_object
         if not hidden:
             twin = self._collectives.p2p
@@ -258,6 +261,9 @@ class Comm:
     Rsend = Send
 
     def Irecv(self, buf, source=ANY_SOURCE, tag=ANY_TAG):
+        return self._fast.Irecv(buf, source, tag)
+
+    def _general_Irecv(self, buf, source, tag):
         return self._irecv_bytes(parse_recv(buf).mem, source, tag, None, "Irecv")
 
     def Recv(self, buf, source=ANY_SOURCE, tag=ANY_TAG, status=None):

@@ -16,7 +16,7 @@ import time
 from collections import deque
 
 from . import _fastcopy
-from ._fastcopy import first_ready
+from ._fastcopy import deliver_eager, first_ready
 from .heap import Heap
 from .liveness import Liveness
 from .errors import CorruptRegionError, IvmpiError, IvmpiTimeoutError
@@ -121,6 +121,10 @@ def _wanted(want_source, want_tag, want_context, source, tag, context):
     against a message's envelope."""
     return (want_context == context and (want_source == ANY_SOURCE or want_source == source)
             and (want_tag == ANY_TAG or want_tag == tag))
+
+
+def _text(what):
+    return what if type(what) is str else what._description()
 
 
 def _accepts(op, source, tag, context):
@@ -382,22 +386,30 @@ class Engine:
         """
         moved = self._flush_backlog() if self.backlog else False
         rx_list = self.rx_list
+        posted, limit = self.posted, self.eager_limit
         i = first_ready(rx_list, 0)
         while i >= 0:
             rx = rx_list[i]
             while rx.poll():
-                self._handle(rx)
+                if not deliver_eager(rx, posted, limit):
+                    self._handle(rx)
             moved = True
             i = first_ready(rx_list, i + 1)
         return moved
 
-    def poll_peer(self, peer):
-        """Progress limited to one peer (a receive from a known source)."""
+    def poll_peer(self, peer, op=None):
+        """Progress limited to one peer (a receive from a known source),
+        stopping once `op` is done: frames after it stay in the ring, where
+        the next receive can take them without a private copy."""
         moved = self._flush_backlog() if self.backlog else False
         rx = self.rx[peer]
+        posted, limit = self.posted, self.eager_limit
         while rx.poll():
-            self._handle(rx)
+            if not deliver_eager(rx, posted, limit):
+                self._handle(rx)
             moved = True
+            if op is not None and op.done:
+                break
         return moved
 
     def _flush_backlog(self):
@@ -514,12 +526,16 @@ class Engine:
     # --- waiting --------------------------------------------------------------
 
     def wait(self, op, what):
-        """Progress until op completes."""
+        """Progress until op completes.  `what` names the operation in
+        errors: a string, or an object whose _description() gives one (so
+        that the common case formats nothing)."""
         if op.done:
             return
         peer = op.peer
-        specific = (isinstance(op, RecvOp) and peer is not None and 0 <= peer < self.size
+        specific = (type(op) is RecvOp and peer is not None and 0 <= peer < self.size
                     and peer != self.rank)
+        if specific and self.poll_peer(peer, op) and op.done:
+            return
         self._wait_loop(lambda: op.done, [op], what, peer if specific else None)
 
     def wait_any(self, ops, what):
@@ -541,7 +557,7 @@ class Engine:
             # A receive from a known source first polls only that peer; once
             # idle, everything is progressed, so that no peer starves.
             if peer is not None and idle < spin:
-                moved = self.poll_peer(peer)
+                moved = self.poll_peer(peer, ops[0])
             else:
                 moved = self.progress()
             if finished():
@@ -563,11 +579,12 @@ class Engine:
                     last_move = now
                 elif self.timeout > 0 and now - last_move > self.timeout:
                     pending = [op for op in ops if not op.done] or ops
-                    raise IvmpiTimeoutError(self._stuck(pending[0], what))
-                self.liveness.check(self._waited_peer(ops[0]) if len(ops) == 1 else -1, what)
+                    raise IvmpiTimeoutError(self._stuck(pending[0], _text(what)))
+                self.liveness.check(self._waited_peer(ops[0]) if len(ops) == 1 else -1,
+                                    _text(what))
                 scope = getattr(ops[0], "scope", None)
                 if scope:
-                    self.liveness.check_members(scope, what)
+                    self.liveness.check_members(scope, _text(what))
 
     def _waited_peer(self, op):
         peer = op.peer

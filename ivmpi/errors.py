@@ -33,5 +33,7 @@ class IvmpiTimeoutError(IvmpiError, TimeoutError):
     """A wait did not complete within IVMPI_TIMEOUT / IVMPI_PEER_TIMEOUT."""
 
 
-class BufferSpecError(IvmpiError, ValueError):
-    """A buffer or buffer specification given by the caller is unusable."""
+class BufferSpecError(IvmpiError, ValueError, BufferError):
+    """A buffer or buffer specification given by the caller is unusable.
+    Also a BufferError, which is what mpi4py raises for, e.g., a read-only
+    receive buffer."""

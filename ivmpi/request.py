@@ -75,6 +75,8 @@ class Request:
         op = self._op
         self._finished = True
         self._op = None
+        if status is None and op.error is None and self._decode is None:
+            return None
         if isinstance(op, RecvOp):
             comm = self._comm
             source = comm._comm_rank(op.status_source) if op.status_source >= 0 else op.status_source
@@ -143,7 +145,7 @@ class Request:
             self._null_status(status)
             return None
         if not op.done:
-            self._comm._engine.wait(op, self._description())
+            self._comm._engine.wait(op, self)
         return self._complete(status)
 
     def test(self, status=None):
@@ -161,6 +163,19 @@ class Request:
 
     @classmethod
     def Waitall(cls, requests, statuses=None):
+        if statuses is None:
+            # The common case without lists of results: wait for every
+            # request, then report them in order (the first error raises).
+            for req in requests:
+                op = req._op
+                if op is not None and not op.done:
+                    req._comm._engine.wait(op, req)
+            for req in requests:
+                if req._op is not None:
+                    req._complete(None)
+                elif not req._finished:
+                    req.wait()
+            return True
         cls.waitall(requests, statuses)
         return True
 
@@ -275,7 +290,7 @@ def _progress_until(requests, all_of):
     if all_of:
         for r in requests:
             if r._op is not None and not r._op.done:
-                engine.wait(r._op, r._description())
+                engine.wait(r._op, r)
     else:
         engine.wait_any(ops, "Waitany")
 

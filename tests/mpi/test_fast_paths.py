@@ -29,6 +29,8 @@ def test_buffers_mpi4py_refuses_are_refused_on_every_path(comm, array):
             comm.Send(payload, peer, 3)
         with pytest.raises((ValueError, KeyError, BufferError, MPI.Exception)):
             comm.Recv(np.empty_like(payload), MPI.ANY_SOURCE, 3)
+        with pytest.raises((ValueError, KeyError, BufferError, MPI.Exception)):
+            comm.Irecv(np.empty_like(payload), MPI.ANY_SOURCE, 3)
     # Nothing was sent: the communicator is still clean and working.
     assert not comm.Iprobe(MPI.ANY_SOURCE, 3)
     comm.Barrier()
@@ -53,3 +55,68 @@ def test_plain_buffers_of_every_kind_and_size(comm, make, n):
     comm.Sendrecv(payload, right, 4, got, left, 4, status)
     assert bytes(got) == expected      # every rank sends the same pattern
     assert status.Get_source() == left and status.Get_count(MPI.BYTE) == len(expected)
+
+
+def _error_class(excinfo):
+    return excinfo.value.Get_error_class()
+
+
+def test_posted_receives_match_in_the_order_they_were_posted(comm):
+    """Irecvs posted before anything arrives (the one-call Irecv and the
+    engine's eager delivery) take messages in MPI order, wildcards included."""
+    left, right = (comm.rank - 1) % comm.size, (comm.rank + 1) % comm.size
+    bufs = [np.full(2, -1.0) for _ in range(6)]
+    reqs = [comm.Irecv(bufs[0], left, 7),
+            comm.Irecv(bufs[1], MPI.ANY_SOURCE, 7),
+            comm.Irecv(bufs[2], left, MPI.ANY_TAG),
+            comm.Irecv([bufs[3], MPI.DOUBLE], MPI.ANY_SOURCE, MPI.ANY_TAG),
+            comm.Irecv([bufs[4], 1, MPI.DOUBLE], left, 8),
+            comm.Irecv(bufs[5], left, 7)]
+    comm.Barrier()      # every receive is posted before the first send
+    for i in range(4):
+        comm.Send(np.array([i, comm.rank], "f8"), right, 7)
+    comm.Send(np.array([40.0]), right, 8)
+    comm.Send(np.array([5.0, comm.rank]), right, 7)
+    statuses = [MPI.Status() for _ in reqs]
+    MPI.Request.Waitall(reqs, statuses)
+    for i in range(4):
+        assert bufs[i].tolist() == [i, left]
+        assert (statuses[i].Get_source(), statuses[i].Get_tag()) == (left, 7)
+    assert bufs[4].tolist() == [40.0, -1.0]          # count 1: the rest untouched
+    assert statuses[4].Get_count(MPI.DOUBLE) == 1 and statuses[4].Get_tag() == 8
+    assert bufs[5].tolist() == [5.0, left]
+    assert all(r == MPI.REQUEST_NULL for r in reqs)
+
+
+def test_irecv_after_the_messages_arrived(comm):
+    """Messages already taken off the ring (unexpected) match an Irecv in order."""
+    left, right = (comm.rank - 1) % comm.size, (comm.rank + 1) % comm.size
+    for i in range(3):
+        comm.Send(np.array([i], "i8"), right, 9)
+    comm.Barrier()
+    while not comm.Iprobe(left, 9):
+        pass
+    got = [np.zeros(1, "i8") for _ in range(3)]
+    reqs = [comm.Irecv(g, left, 9) for g in got]
+    MPI.Request.Waitall(reqs)
+    assert [int(g[0]) for g in got] == [0, 1, 2]
+
+
+def test_irecv_too_small_and_read_only(comm):
+    left, right = (comm.rank - 1) % comm.size, (comm.rank + 1) % comm.size
+    read_only = np.frombuffer(bytes(32))
+    with pytest.raises(BufferError):           # what mpi4py raises too
+        _native.COMM_SELF.Irecv(read_only, 0, 3)
+    with pytest.raises(BufferError):
+        comm.Irecv(read_only, left, 3)
+    small = np.zeros(2)
+    req = comm.Irecv([small, 1, MPI.DOUBLE], left, 3)
+    comm.Send(np.arange(2.0), right, 3)
+    with pytest.raises(MPI.Exception) as excinfo:
+        MPI.Request.Waitall([req])
+    assert _error_class(excinfo) == MPI.ERR_TRUNCATE
+    assert small.tolist() == [0.0, 0.0]
+    # The communicator still works.
+    got = np.zeros(2)
+    MPI.Request.Waitall([comm.Irecv(got, left, 4), comm.Isend(np.arange(2.0), right, 4)])
+    assert got.tolist() == [0.0, 1.0]
