@@ -602,6 +602,7 @@ cdef class FastPath:
     # operation and request types, the communicator, its collective scope.
     cdef public list world_ranks
     cdef public object general_Irecv, new_recv_op, new_request, comm, scope, engine_irecv
+    cdef public object general_Isend, sent_op
     cdef long next_any                    # where the next ANY_SOURCE scan starts
 
     def __cinit__(self, list tx, list rx, list posted, list unexpected, set backlog,
@@ -719,6 +720,13 @@ cdef class FastPath:
             self.general_Recv(buf, source, tag, status)
         elif status is not None:
             self.fill_status(status, self.last_source, self.last_tag, n)
+
+    def Isend(self, buf, long dest, long tag=0):
+        """A small message that fits the ring now is sent at once: the
+        request is born complete, with no engine operation behind it."""
+        if self.send(buf, dest, tag):
+            return self.new_request(self.comm, self.sent_op, None, "Isend")
+        return self.general_Isend(buf, dest, tag)
 
     def Irecv(self, buf, source=None, tag=None):
         """Post a receive in one call: the engine's posted list gets the

@@ -123,8 +123,9 @@ class Comm:
         fast.world_ranks, fast.scope, fast.comm = self._ranks, self._scope, self
         fast.general_Irecv, fast.new_recv_op, fast.new_request = self._general_Irecv, RecvOp, Request
         fast.engine_irecv = engine.irecv
+        fast.general_Isend, fast.sent_op = self._general_Isend, _SENT
         # The hot calls go straight to Cython: no Python frame in between.
-        self.Send, self.Recv, self.Irecv = fast.Send, fast.Recv, fast.Irecv
+        self.Send, self.Recv, self.Isend, self.Irecv = fast.Send, fast.Recv, fast.Isend, fast.Irecv
         self.send, self.recv = fast.send_object, fast.recv_object
         if not hidden:
             twin = self._collectives.p2p
@@ -228,10 +229,9 @@ class Comm:
         return Request(self, op, decode=decode, what=(what, "from", source))
 
     def Isend(self, buf, dest, tag=0):
-        # A small message that fits the ring now is sent at once: the request
-        # is born complete, with no engine operation behind it.
-        if self._fast.send(buf, dest, tag):
-            return Request(self, _SENT, what="Isend")
+        return self._fast.Isend(buf, dest, tag)
+
+    def _general_Isend(self, buf, dest, tag):
         return self._isend_bytes(parse_send(buf).mem, dest, tag, False, "Isend")
 
     def Issend(self, buf, dest, tag=0):

@@ -101,7 +101,11 @@ class RecvOp(Op):
                  "received", "total", "cancelled", "data", "discard")
 
     def __init__(self, source, tag, context, mem):
-        super().__init__(source)
+        # Op's fields set here directly: one Python call less per receive.
+        self.done = False
+        self.error = None
+        self.peer = source
+        self.scope = None
         self.source = source
         self.tag = tag
         self.context = context
@@ -534,8 +538,14 @@ class Engine:
         peer = op.peer
         specific = (type(op) is RecvOp and peer is not None and 0 <= peer < self.size
                     and peer != self.rank)
-        if specific and self.poll_peer(peer, op) and op.done:
-            return
+        if specific:
+            # The commonest case, inline: the eager message is next in the ring.
+            rx = self.rx[peer]
+            if not self.backlog and rx.poll() and deliver_eager(rx, self.posted, self.eager_limit) \
+                    and op.done:
+                return
+            if self.poll_peer(peer, op) and op.done:
+                return
         self._wait_loop(lambda: op.done, [op], what, peer if specific else None)
 
     def wait_any(self, ops, what):
