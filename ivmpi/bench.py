@@ -118,6 +118,9 @@ def pingpong_parser():
                              "large sends skip the sender's copy)")
     parser.add_argument("--small-dict", action="store_true",
                         help="also time pickled send/recv of a small 4-item dict")
+    parser.add_argument("--exchange", action="store_true",
+                        help="also time an 8-byte exchange between ranks 0 and 1 written as "
+                             "Irecv + Isend + Request.Waitall (the nonblocking general path)")
     parser.add_argument("--no-header", action="store_false", dest="print_header", default=True)
     parser.add_argument("--no-stats", action="store_false", dest="print_stats", default=True)
     return parser
@@ -235,6 +238,37 @@ def measure_size(comm, MPI, nbytes, options):
     return loop, times
 
 
+def time_exchanges(comm, MPI, count):
+    """Seconds per exchange of 8 bytes with the other rank of the pair (0, 1),
+    both sending at once: Irecv, Isend, Waitall."""
+    import numpy
+    rank = comm.Get_rank()
+    if rank > 1:
+        return 0.0, None
+    other = 1 - rank
+    send = numpy.full(1, rank + 1.0)
+    recv = numpy.zeros(1)
+    waitall = MPI.Request.Waitall
+    t_start = MPI.Wtime()
+    for _ in range(count):
+        waitall([comm.Irecv(recv, other, 5), comm.Isend(send, other, 5)])
+    return (MPI.Wtime() - t_start) / max(count, 1), recv
+
+
+def measure_exchange(comm, MPI, options):
+    skip, loop = iterations_for(0, options)
+    comm.Barrier()
+    time_exchanges(comm, MPI, skip)
+    times = []
+    for _ in range(options.repeats):
+        comm.Barrier()
+        elapsed, received = time_exchanges(comm, MPI, loop)
+        times.append(elapsed)
+    if comm.Get_rank() == 0 and received[0] != 2.0:
+        raise RuntimeError("exchange: rank 0 did not receive rank 1's value")
+    return loop, times
+
+
 def measure_small_dict(comm, MPI, options):
     skip, loop = iterations_for(0, options)
     comm.Barrier()
@@ -288,13 +322,21 @@ def pingpong(comm, MPI, args=None):
             if options.verbose:
                 print(f"# pickled small dict send/recv: {small_dict['time_median'] * 1e6:.3f} us"
                       f" (min {small_dict['time_min'] * 1e6:.3f} us)", flush=True)
+    exchange = None
+    if options.exchange:
+        loop, times = measure_exchange(comm, MPI, options)
+        if rank == 0:
+            exchange = {"loop": loop, "repeats": options.repeats, **summarize(times)}
+            if options.verbose:
+                print(f"# Irecv+Isend+Waitall exchange of 8 B: {exchange['time_median'] * 1e6:.3f} us"
+                      f" (min {exchange['time_min'] * 1e6:.3f} us)", flush=True)
     if rank == 0 and options.json:
         write_json(options.json, {
             "benchmark": "pingpong", "transport": options.transport,
             "mpi_library": mpi_library_name(MPI), "comm_size": comm.Get_size(),
             "pickle": options.pickle, "array": options.array,
             "time_unit": "s, half round trip", "bandwidth_unit": "B/s",
-            "results": results, "small_dict": small_dict,
+            "results": results, "small_dict": small_dict, "exchange": exchange,
         })
     return results
 

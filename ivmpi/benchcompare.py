@@ -188,7 +188,7 @@ def pingpong_args(sizes, quick, small_dict):
         args += ["--repeats", "3", "-s", "200", "-l", "2000", "--skip-large", "20",
                  "--loop-large", "200", "--skip-huge", "2", "--loop-huge", "20"]
     if small_dict:
-        args.append("--small-dict")
+        args += ["--small-dict", "--exchange"]
     return args
 
 
@@ -223,6 +223,7 @@ class Results:
     def __init__(self, transports):
         self.pingpong = {t: {} for t in transports}       # transport -> size -> [times]
         self.small_dict = {t: [] for t in transports}     # transport -> [times]
+        self.exchange = {t: [] for t in transports}       # transport -> [times]
         self.collectives = {t: {} for t in COLLECTIVE_TRANSPORTS}  # -> nranks -> op -> [times]
         self.memcpy = []
         self.zero_copy = {}                                # size -> [times], ivmpi Alloc_mem
@@ -233,6 +234,8 @@ class Results:
             self.pingpong[transport].setdefault(row["size"], []).extend(row["times"])
         if document.get("small_dict"):
             self.small_dict[transport].extend(document["small_dict"]["times"])
+        if document.get("exchange"):
+            self.exchange[transport].extend(document["exchange"]["times"])
 
     def add_zero_copy(self, document):
         for row in document["results"]:
@@ -309,11 +312,14 @@ def summarize(results, transports, sizes):
             str(n): time_ratio(pingpong.get("ivmpi", {}).get(str(n)),
                                pingpong.get(native, {}).get(str(n)))
             for n in sizes}
-    small_dict = {}
+    small_dict, exchange = {}, {}
     for transport in transports:
         median, minimum = median_min(results.small_dict[transport])
         small_dict[transport] = None if median is None else {"time_median": median,
                                                               "time_min": minimum}
+        median, minimum = median_min(results.exchange[transport])
+        exchange[transport] = None if median is None else {"time_median": median,
+                                                            "time_min": minimum}
     collectives = {}
     for transport, per_n in results.collectives.items():
         collectives[transport] = {}
@@ -331,6 +337,7 @@ def summarize(results, transports, sizes):
     memcpy = {"size": MEMCPY_SIZE, "time_median": median, "time_min": minimum,
               "bandwidth_median": MEMCPY_SIZE / median, "bandwidth_max": MEMCPY_SIZE / minimum}
     return {"pingpong": pingpong, "ratios": ratios, "small_dict": small_dict,
+            "exchange": exchange,
             "collectives": collectives, "memcpy": memcpy, "zero_copy": zero_copy}
 
 
@@ -389,8 +396,11 @@ def report(summary, transports, sizes, errors):
         dict_row = ["pickled dict"] + [fmt_time(summary["small_dict"].get(t)) for t in LABELS]
         dict_row += [fmt_ratio(time_ratio(summary["small_dict"].get("ivmpi"),
                                           summary["small_dict"].get(n))) for n in NATIVE]
+        exchange_row = ["exchange 8 B"] + [fmt_time(summary["exchange"].get(t)) for t in LABELS]
+        exchange_row += [fmt_ratio(time_ratio(summary["exchange"].get("ivmpi"),
+                                              summary["exchange"].get(n))) for n in NATIVE]
         if fmt is fmt_time:
-            rows.append(dict_row)
+            rows += [dict_row, exchange_row]
         out.append(table(["size"] + [names[t] for t in LABELS] + ratio_head, rows))
     memcpy = summary["memcpy"]
     out.append("")

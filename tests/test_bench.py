@@ -86,7 +86,7 @@ def test_pingpong_output_and_json(tmp_path):
     out = tmp_path / "pp.json"
     proc = run([MPIRUN, "-n", "2", sys.executable, "-m", "ivmpi.bench", "pingpong",
                 "--transport", "mpi4py", "--zero-size", "-n", "1K", "-s", "2", "-l", "20",
-                "--repeats", "2", "--small-dict", "--json", str(out)])
+                "--repeats", "2", "--small-dict", "--exchange", "--json", str(out)])
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("# MPI PingPong Test")
@@ -97,6 +97,7 @@ def test_pingpong_output_and_json(tmp_path):
     assert [int(m.group(1)) for m in rows] == expected_sizes
     assert all(int(m.group(5)) == 40 for m in rows)  # loop x repeats samples
     assert any(line.startswith("# pickled small dict") for line in lines)
+    assert any(line.startswith("# Irecv+Isend+Waitall exchange of 8 B") for line in lines)
 
     document = json.loads(out.read_text())
     assert document["transport"] == "mpi4py" and document["comm_size"] == 2
@@ -106,6 +107,7 @@ def test_pingpong_output_and_json(tmp_path):
         assert row["time_min"] > 0
         assert row["bandwidth_median"] == pytest.approx(row["size"] / row["time_median"])
     assert document["small_dict"]["time_median"] > 0
+    assert len(document["exchange"]["times"]) == 2 and document["exchange"]["time_median"] > 0
 
 
 @needs_mpirun
@@ -170,13 +172,15 @@ def test_compare_quick_covers_every_native_transport(quick_compare):
         rows = document["pingpong"][transport]
         assert all(rows[n] and rows[n]["time_median"] > 0 for n in sizes), rows
         assert document["small_dict"][transport]["time_median"] > 0
+        assert document["exchange"][transport]["time_median"] > 0
+    assert document["exchange"]["ivmpi"]["time_median"] > 0
     for nranks in ("2", "4"):
         ops = document["collectives"]["sm"][nranks]
         assert set(ops) == {"Barrier", "Allreduce", "Bcast"}
     assert document["memcpy"]["bandwidth_median"] > 0
     assert document["transports"]["sm-nocopy"]["mpirun_args"]
     # The printed report has one row per size in both tables, plus the dict row.
-    for label in ("0 B", "8 B", "8 KiB", "1 MiB", "pickled dict", "memcpy"):
+    for label in ("0 B", "8 B", "8 KiB", "1 MiB", "pickled dict", "exchange 8 B", "memcpy"):
         assert label in proc.stdout
     assert "round 1/1" in proc.stderr
     if importlib.util.find_spec("ivmpi.copybench") is not None:
