@@ -331,4 +331,5 @@ def start_exit_watchdog(double seconds, int code, str message):
         raise OSError("could not start the exit watchdog thread")
 
 
+include "_ops.pxi"
 include "_ring.pxi"

@@ -423,27 +423,20 @@ def deliver_eager(RxRing rx, list posted, uint64_t eager_limit):
     a payload that would not fit, a bad tag or length): the engine's general
     handler then deals with the frame and reports what is wrong with it."""
     cdef Py_ssize_t i, n
-    cdef object op, mem
-    cdef long want
+    cdef RecvOp op
     cdef Py_buffer view
     if not rx.ready or rx.kind != 1 or rx.tag < 0 or rx.length > eager_limit:
         return False
     n = len(posted)
     for i in range(n):
-        op = posted[i]
-        if op.context != rx.context:
+        op = <RecvOp?>posted[i]
+        if (op.context != rx.context or (op.source != -1 and op.source != rx.peer)
+                or (op.tag != -1 and op.tag != rx.tag)):
             continue
-        want = op.source
-        if want != -1 and want != rx.peer:
-            continue
-        want = op.tag
-        if want != -1 and want != rx.tag:
-            continue
-        mem = op.mem
-        if mem is None:
+        if op.mem is None:
             return False
         if rx.length:
-            PyObject_GetBuffer(mem, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
+            PyObject_GetBuffer(op.mem, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
             try:
                 if <uint64_t>view.len < rx.length:
                     return False
@@ -601,7 +594,7 @@ cdef class FastPath:
     # For Irecv: world rank of each communicator rank, the engine's
     # operation and request types, the communicator, its collective scope.
     cdef public list world_ranks
-    cdef public object general_Irecv, new_recv_op, new_request, comm, scope, engine_irecv
+    cdef public object general_Irecv, new_request, comm, scope, engine_irecv
     cdef public object general_Isend, sent_op
     cdef long next_any                    # where the next ANY_SOURCE scan starts
 
@@ -753,8 +746,8 @@ cdef class FastPath:
             op = self.engine_irecv(-1 if src == self.any_source else self.world_ranks[src],
                                    -1 if tg == self.any_tag else tg, self.context, mem)
         else:
-            op = self.new_recv_op(-1 if src == self.any_source else self.world_ranks[src],
-                                  -1 if tg == self.any_tag else tg, self.context, mem)
+            op = _new_recv_op(-1 if src == self.any_source else self.world_ranks[src],
+                              -1 if tg == self.any_tag else tg, self.context, mem)
             self.posted.append(op)
         if self.scope is not None:
             op.scope = self.scope

@@ -13,7 +13,7 @@ from ._fastcopy import SMALL_OPS, FastPath, SmallCollectives
 from .buffers import parse_recv, parse_send
 from .collectives import TAG_ALLREDUCE, TAG_BARRIER, Collectives
 from .engine import ANY_SOURCE as _ENGINE_ANY_SOURCE
-from .engine import RecvOp, SendOp
+from .engine import SendOp
 from .errors import IvmpiError
 from .request import (MESSAGE_NO_PROC, Message, MPIError, Prequest, Request, fill_status)
 
@@ -121,7 +121,7 @@ class Comm:
         fast.fill_status, fast.dumps, fast.loads = fill_status, _pickle.dumps, _pickle.loads
         fast.any_source, fast.any_tag = ANY_SOURCE, ANY_TAG
         fast.world_ranks, fast.scope, fast.comm = self._ranks, self._scope, self
-        fast.general_Irecv, fast.new_recv_op, fast.new_request = self._general_Irecv, RecvOp, Request
+        fast.general_Irecv, fast.new_request = self._general_Irecv, Request
         fast.engine_irecv = engine.irecv
         fast.general_Isend, fast.sent_op = self._general_Isend, _SENT
         # The hot calls go straight to Cython: no Python frame in between.

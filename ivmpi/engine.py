@@ -16,7 +16,7 @@ import time
 from collections import deque
 
 from . import _fastcopy
-from ._fastcopy import deliver_eager, first_ready
+from ._fastcopy import Op, RecvOp, SendOp, deliver_eager, first_ready
 from .heap import Heap
 from .liveness import Liveness
 from .errors import CorruptRegionError, IvmpiError, IvmpiTimeoutError
@@ -64,60 +64,6 @@ class Incoming:
         self.kind = kind
         self.self_send = self_send  # the SendOp of a synchronous send to ourselves
         self.offset = offset        # RTS_REGION: where the payload sits in the sender's heap
-
-
-class Op:
-    """Base of the engine's operations; the communicator wraps them in Requests."""
-    __slots__ = ("done", "error", "peer", "scope")
-
-    def __init__(self, peer):
-        self.done = False
-        self.error = None
-        self.peer = peer
-        # World ranks whose death ends this wait too (the members of a
-        # collective): a rank waiting on a live partner in a collective that
-        # a dead rank can never finish must hear of that death.
-        self.scope = None
-
-
-class SendOp(Op):
-    __slots__ = ("mem", "tag", "context", "sync", "send_id", "offset", "state")
-
-    def __init__(self, dest, mem, tag, context, sync):
-        super().__init__(dest)
-        self.mem = mem
-        self.tag = tag
-        self.context = context
-        self.sync = sync
-        self.send_id = 0
-        self.offset = 0
-        self.state = "new"
-
-
-class RecvOp(Op):
-    """A posted receive.  `mem` is a writable byte view, or None to allocate
-    a buffer of the message's size on match (object receives)."""
-    __slots__ = ("source", "tag", "context", "mem", "status_source", "status_tag", "count",
-                 "received", "total", "cancelled", "data", "discard")
-
-    def __init__(self, source, tag, context, mem):
-        # Op's fields set here directly: one Python call less per receive.
-        self.done = False
-        self.error = None
-        self.peer = source
-        self.scope = None
-        self.source = source
-        self.tag = tag
-        self.context = context
-        self.mem = mem
-        self.status_source = ANY_SOURCE
-        self.status_tag = ANY_TAG
-        self.count = 0
-        self.received = 0
-        self.total = 0
-        self.cancelled = False
-        self.data = None
-        self.discard = False
 
 
 def _wanted(want_source, want_tag, want_context, source, tag, context):

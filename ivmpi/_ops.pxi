@@ -1,0 +1,83 @@
+# The progress engine's operation records (ivmpi/engine.py), as C types:
+# a receive is created and completed in a few field stores, and the
+# Cython fast paths read and write these fields without attribute lookups.
+
+
+cdef class Op:
+    """Base of the engine's operations; the communicator wraps them in Requests."""
+    cdef public bint done
+    cdef public object error
+    cdef public object peer
+    # World ranks whose death ends this wait too (the members of a
+    # collective): a rank waiting on a live partner in a collective that a
+    # dead rank can never finish must hear of that death.
+    cdef public object scope
+
+    def __init__(self, peer):
+        self.peer = peer
+
+
+cdef class SendOp(Op):
+    cdef public object mem
+    cdef public long tag
+    cdef public long context
+    cdef public bint sync
+    cdef public object send_id
+    cdef public object offset
+    cdef public str state
+
+    def __init__(self, dest, mem, long tag, long context, sync):
+        self.peer = dest
+        self.mem = mem
+        self.tag = tag
+        self.context = context
+        self.sync = sync
+        self.send_id = 0
+        self.offset = 0
+        self.state = "new"
+
+
+cdef class RecvOp(Op):
+    """A posted receive.  `mem` is a writable byte view, or None to allocate
+    a buffer of the message's size on match (object receives).  source and
+    tag use -1 for ANY_SOURCE / ANY_TAG (the engine's wildcards)."""
+    cdef public long source
+    cdef public long tag
+    cdef public long context
+    cdef public object mem
+    cdef public long status_source
+    cdef public long status_tag
+    cdef public object count
+    cdef public object received
+    cdef public object total
+    cdef public bint cancelled
+    cdef public object data
+    cdef public bint discard
+
+    def __init__(self, long source, long tag, long context, mem):
+        self.peer = source
+        self.source = source
+        self.tag = tag
+        self.context = context
+        self.mem = mem
+        self.status_source = -1
+        self.status_tag = -1
+        self.count = 0
+        self.received = 0
+        self.total = 0
+
+
+cdef RecvOp _new_recv_op(long source, long tag, long context, object mem):
+    """RecvOp(source, tag, context, mem) without the Python call."""
+    cdef RecvOp op = RecvOp.__new__(RecvOp)
+    op.peer = source
+    op.source = source
+    op.tag = tag
+    op.context = context
+    op.mem = mem
+    op.status_source = -1
+    op.status_tag = -1
+    op.count = 0
+    op.received = 0
+    op.total = 0
+    return op
