@@ -19,7 +19,7 @@ from . import _fastcopy
 from ._fastcopy import Op, RecvOp, SendOp, deliver_eager, first_ready
 from .heap import Heap
 from .liveness import Liveness
-from .errors import CorruptRegionError, IvmpiError, IvmpiTimeoutError
+from .errors import CorruptRegionError, IvmpiError, IvmpiTimeoutError, PeerError
 
 ANY_SOURCE = -1
 ANY_TAG = -1
@@ -536,11 +536,20 @@ class Engine:
                 elif self.timeout > 0 and now - last_move > self.timeout:
                     pending = [op for op in ops if not op.done] or ops
                     raise IvmpiTimeoutError(self._stuck(pending[0], _text(what)))
-                self.liveness.check(self._waited_peer(ops[0]) if len(ops) == 1 else -1,
-                                    _text(what))
-                scope = getattr(ops[0], "scope", None)
-                if scope:
-                    self.liveness.check_members(scope, _text(what))
+                try:
+                    self.liveness.check(self._waited_peer(ops[0]) if len(ops) == 1 else -1,
+                                        _text(what))
+                    scope = getattr(ops[0], "scope", None)
+                    if scope:
+                        self.liveness.check_members(scope, _text(what))
+                except PeerError:
+                    # A peer publishes its frames before it finalizes (or
+                    # dies): what it sent between our last poll and the
+                    # check is still owed to us, so take it first.
+                    self.progress()
+                    if finished():
+                        return
+                    raise
 
     def _waited_peer(self, op):
         peer = op.peer
