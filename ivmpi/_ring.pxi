@@ -419,8 +419,8 @@ def deliver_eager(RxRing rx, list posted, uint64_t eager_limit):
     """The engine's commonest step in one call: the EAGER frame at the head
     of rx goes straight into the first posted receive that matches it (MPI
     order), which completes.  Returns False, touching nothing, for anything
-    else (another kind, a synchronous send, no match, an object receive,
-    a payload that would not fit, a bad tag or length): the engine's general
+    else (another kind, a synchronous send, no match, a payload that would
+    not fit, a bad tag or length): the engine's general
     handler then deals with the frame and reports what is wrong with it."""
     cdef Py_ssize_t i, n
     cdef RecvOp op
@@ -433,9 +433,9 @@ def deliver_eager(RxRing rx, list posted, uint64_t eager_limit):
         if (op.context != rx.context or (op.source != -1 and op.source != rx.peer)
                 or (op.tag != -1 and op.tag != rx.tag)):
             continue
-        if op.mem is None:
-            return False
-        if rx.length:
+        if op.mem is None:                  # an object receive: keep the bytes
+            op.data = rx.payload()
+        elif rx.length:
             PyObject_GetBuffer(op.mem, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
             try:
                 if <uint64_t>view.len < rx.length:
@@ -553,6 +553,13 @@ cdef int _pin(object obj, bint writable, Py_buffer *view) except -1:
     cdef int flags = PyBUF_SIMPLE | PyBUF_FORMAT
     if writable:
         flags |= PyBUF_WRITABLE
+    if type(obj) is memoryview:
+        # A memoryview refuses PyBUF_SIMPLE together with PyBUF_FORMAT, and
+        # the collectives hand their blocks over as memoryviews: read its
+        # format from the view itself.
+        if not _simple_format(PyMemoryView_GET_BUFFER(obj).format):
+            return 0
+        flags = PyBUF_SIMPLE | (PyBUF_WRITABLE if writable else 0)
     try:
         PyObject_GetBuffer(obj, view, flags)
     except (BufferError, ValueError, TypeError):   # numpy: ValueError when not contiguous
@@ -596,6 +603,7 @@ cdef class FastPath:
     cdef public list world_ranks
     cdef public object general_Irecv, new_request, comm, scope, engine_irecv
     cdef public object general_Isend, sent_op
+    cdef public dict comm_rank_of          # world rank -> communicator rank
     cdef long next_any                    # where the next ANY_SOURCE scan starts
 
     def __cinit__(self, list tx, list rx, list posted, list unexpected, set backlog,
@@ -775,6 +783,54 @@ cdef class FastPath:
         return (rx.kind == 1 and rx.context == self.context and rx.tag >= 0
                 and (tag < 0 or rx.tag == tag) and rx.length <= self.eager_limit)
 
+    cdef bint _posted_takes(self, RxRing rx):
+        """Does a receive posted earlier match the frame at the head of rx?
+        Then that frame is its, in MPI order, and the engine delivers it."""
+        cdef RecvOp op
+        for item in self.posted:
+            op = <RecvOp?>item
+            if (op.context == rx.context and (op.source == -1 or op.source == rx.peer)
+                    and (op.tag == -1 or op.tag == rx.tag)):
+                return True
+        return False
+
+    cdef Py_ssize_t _unexpected_match(self, long source, long tag) except -2:
+        """Index of the first unexpected message a receive (communicator rank
+        or ANY_SOURCE, tag or -1) on this communicator would match, or -1."""
+        cdef Py_ssize_t i
+        cdef long world = -1
+        if source >= 0:
+            world = self.world_ranks[source]
+        for i in range(len(self.unexpected)):
+            msg = self.unexpected[i]
+            if (msg.context == self.context and (source < 0 or msg.source == world)
+                    and (tag < 0 or msg.tag == tag)):
+                return i
+        return -1
+
+    cdef object _take_unexpected_eager(self, long source, long tag):
+        """The payload (a bytearray) of the first unexpected message the
+        receive matches, removed from the queue, if it is a plain eager one
+        (no acknowledgement owed); else None, and the queue is untouched."""
+        cdef Py_ssize_t i
+        if not self.unexpected or tag < -1 or tag > _TAG_UB:
+            return None
+        if source >= self.size or (source < 0 and source != self.any_source):
+            return None
+        i = self._unexpected_match(source if source >= 0 else -1, tag)
+        if i < 0:
+            return None
+        msg = self.unexpected[i]
+        if msg.kind != 1 or msg.self_send is not None or type(msg.data) is not bytearray:
+            return None
+        rank = self.comm_rank_of.get(msg.source)
+        if rank is None:
+            return None
+        del self.unexpected[i]
+        self.last_source = rank
+        self.last_tag = msg.tag
+        return msg.data
+
     cdef object _ready_ring(self, long source, long tag, int spins):
         """The ring whose next frame is the eager message wanted, or None.
 
@@ -789,18 +845,21 @@ cdef class FastPath:
         cdef object ring
         if not self.enabled or tag < -1 or tag > _TAG_UB:
             return None
-        if self.posted or self.unexpected or self.backlog:
+        if self.backlog:            # queued sends need the engine's progress
             return None
         if source >= 0:
             if source >= self.size or self.rx[source] is None:
                 return None
         elif source != self.any_source:
             return None
+        # An earlier unexpected message this receive matches comes first.
+        if self.unexpected and self._unexpected_match(source if source >= 0 else -1, tag) >= 0:
+            return None
         for i in range(polls):
             if source >= 0:
                 ring = self.rx[source]
                 if (<RxRing>ring).poll():
-                    if not self._wanted(<RxRing>ring, tag):
+                    if not self._wanted(<RxRing>ring, tag) or self._posted_takes(<RxRing>ring):
                         return None
                     self.last_source = source
                     return ring
@@ -809,7 +868,8 @@ cdef class FastPath:
                     j = (self.next_any + k) % self.size
                     ring = self.rx[j]
                     if ring is not None and (<RxRing>ring).poll() \
-                            and self._wanted(<RxRing>ring, tag):
+                            and self._wanted(<RxRing>ring, tag) \
+                            and not self._posted_takes(<RxRing>ring):
                         self.last_source = j
                         self.next_any = j + 1
                         return ring
@@ -834,6 +894,11 @@ cdef class FastPath:
         buf = self._plain(buf, &extent, &capacity)
         if buf is None:
             return FAST_NOT_HANDLED
+        cdef long got
+        if self.unexpected and self.enabled:
+            got = self._recv_unexpected(buf, source, tag, extent, capacity)
+            if got != FAST_NOTHING_YET:
+                return got
         ring = self._ready_ring(source, tag, spins)
         if ring is None:
             return FAST_NOT_HANDLED
@@ -865,11 +930,49 @@ cdef class FastPath:
             PyBuffer_Release(&view)
         return <long>n
 
+    cdef long _recv_unexpected(self, object buf, long source, long tag, Py_ssize_t extent,
+                               Py_ssize_t capacity) except -3:
+        """recv when messages wait in the unexpected queue: the first one that
+        matches is taken from there (its length is returned); with none
+        matching, FAST_NOTHING_YET sends recv on to the ring."""
+        cdef Py_buffer view
+        cdef Py_ssize_t n, i
+        if tag < -1 or tag > _TAG_UB or source >= self.size \
+                or (source < 0 and source != self.any_source):
+            return FAST_NOT_HANDLED
+        i = self._unexpected_match(source if source >= 0 else -1, tag)
+        if i < 0:
+            return FAST_NOTHING_YET
+        msg = self.unexpected[i]
+        if msg.kind != 1 or msg.self_send is not None or type(msg.data) is not bytearray:
+            return FAST_NOT_HANDLED
+        data = msg.data
+        n = len(data)
+        if not _pin(buf, True, &view):
+            return FAST_NOT_HANDLED
+        try:
+            if capacity < 0:
+                capacity = view.len
+            if capacity > view.len or n > capacity or capacity % extent or n % extent:
+                return FAST_NOT_HANDLED
+            if self._take_unexpected_eager(source, tag) is not data:
+                return FAST_NOT_HANDLED
+            if n:
+                memcpy(view.buf, PyByteArray_AS_STRING(data), n)
+        finally:
+            PyBuffer_Release(&view)
+        return n
+
     cpdef object recv_bytes(self, long source, long tag, int spins):
         """Like recv, for object messages: the payload as a bytearray, or None."""
         cdef bytearray out
-        cdef object ring = self._ready_ring(source, tag, spins)
+        cdef object ring
         cdef RxRing rx
+        if self.unexpected and self.enabled:
+            out = self._take_unexpected_eager(source, tag)
+            if out is not None:
+                return out
+        ring = self._ready_ring(source, tag, spins)
         if ring is None:
             return None
         rx = <RxRing>ring

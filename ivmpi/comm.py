@@ -121,6 +121,7 @@ class Comm:
         fast.fill_status, fast.dumps, fast.loads = fill_status, _pickle.dumps, _pickle.loads
         fast.any_source, fast.any_tag = ANY_SOURCE, ANY_TAG
         fast.world_ranks, fast.scope, fast.comm = self._ranks, self._scope, self
+        fast.comm_rank_of = self._index
         fast.general_Irecv, fast.new_request = self._general_Irecv, Request
         fast.engine_irecv = engine.irecv
         fast.general_Isend, fast.sent_op = self._general_Isend, _SENT
@@ -381,7 +382,10 @@ class Comm:
         return _pickle.loads(op.data)
 
     def isend(self, obj, dest, tag=0):
-        return self._isend_bytes(memoryview(_pickle.dumps(obj)), dest, tag, False, "isend")
+        data = _pickle.dumps(obj)
+        if self._fast.send(data, dest, tag):       # small: out at once, as Isend
+            return Request(self, _SENT, what="isend")
+        return self._isend_bytes(memoryview(data), dest, tag, False, "isend")
 
     def issend(self, obj, dest, tag=0):
         return self._isend_bytes(memoryview(_pickle.dumps(obj)), dest, tag, True, "issend")

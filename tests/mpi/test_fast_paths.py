@@ -120,3 +120,53 @@ def test_irecv_too_small_and_read_only(comm):
     got = np.zeros(2)
     MPI.Request.Waitall([comm.Irecv(got, left, 4), comm.Isend(np.arange(2.0), right, 4)])
     assert got.tolist() == [0.0, 1.0]
+
+
+def test_memoryviews_take_the_fast_path(comm):
+    """The collectives hand blocks over as memoryviews: they must not fall
+    back to the general path (a memoryview refuses the buffer request the
+    fast path used to make), and refused formats stay refused."""
+    left, right = (comm.rank - 1) % comm.size, (comm.rank + 1) % comm.size
+    payload = memoryview(np.arange(4.0) * (comm.rank + 1)).cast("B")
+    assert comm._fast.send(payload, right, 11)
+    comm.Barrier()                           # the message has arrived
+    got = np.zeros(4)
+    assert comm._fast.recv(memoryview(got).cast("B"), left, 11, 1000) == 32
+    assert got.tolist() == (np.arange(4.0) * (left + 1)).tolist()
+    record = memoryview(np.zeros(2, dtype=[("a", "i4"), ("b", "f8")]))
+    assert not comm._fast.send(record, right, 12)
+
+
+def test_fast_receive_keeps_mpi_order_with_queued_messages(comm):
+    """Messages taken off the ring as unexpected come before those still in
+    it, and a receive posted earlier comes before a blocking one."""
+    left, right = (comm.rank - 1) % comm.size, (comm.rank + 1) % comm.size
+    one = np.zeros(1)
+    comm.Send(np.array([1.0]), right, 21)
+    comm.Send(np.array([2.0]), right, 22)
+    while not comm.Iprobe(left, 22):         # both now wait as unexpected messages
+        pass
+    comm.Barrier()
+    comm.Send(np.array([3.0]), right, 21)    # these stay in the ring
+    comm.Send(np.array([4.0]), right, 23)
+    status = MPI.Status()
+    comm.Recv(one, left, 23, status)         # nothing unexpected matches tag 23
+    assert one[0] == 4.0 and status.Get_tag() == 23
+    comm.Recv(one, left, MPI.ANY_TAG, status)
+    assert one[0] == 1.0 and status.Get_tag() == 21 and status.Get_source() == left
+    comm.Recv(one, MPI.ANY_SOURCE, 21, status)
+    assert one[0] == 3.0 and status.Get_source() == left
+    comm.Recv(one, left, 22)
+    assert one[0] == 2.0
+    comm.Barrier()
+
+    # A posted receive takes the first matching message, even when a
+    # blocking receive asks for the same envelope later.
+    first = np.zeros(1)
+    req = comm.Irecv(first, left, 25)
+    comm.Barrier()
+    comm.Send(np.array([10.0]), right, 25)
+    comm.Send(np.array([11.0]), right, 25)
+    comm.Recv(one, left, 25)
+    req.Wait()
+    assert (first[0], one[0]) == (10.0, 11.0)
