@@ -1149,21 +1149,23 @@ cdef class SmallCollectives:
     algorithm (which also reports every error, exactly as before).
     """
     cdef FastPath fast
-    cdef long rank, size, barrier_tag, allreduce_tag
+    cdef long rank, size, barrier_tag, allreduce_tag, bcast_tag
     cdef uint64_t eager_limit
     cdef dict opcodes
     cdef object send_slow, recv_slow, general_allreduce, in_place, default_op
+    cdef public object general_bcast
     cdef object last_op, last_code
     cdef bytearray scratch
 
     def __cinit__(self, FastPath fast, long rank, long size, long barrier_tag,
                   long allreduce_tag, dict opcodes, send_slow, recv_slow, general_allreduce,
-                  in_place, default_op):
+                  in_place, default_op, long bcast_tag=-1):
         self.fast = fast
         self.rank = rank
         self.size = size
         self.barrier_tag = barrier_tag
         self.allreduce_tag = allreduce_tag
+        self.bcast_tag = bcast_tag
         self.eager_limit = fast.eager_limit
         self.opcodes = opcodes
         self.send_slow = send_slow
@@ -1176,6 +1178,47 @@ cdef class SmallCollectives:
     def Barrier(self):
         small_barrier(self.fast, self.rank, self.size, self.barrier_tag, self.fast.spins,
                       self.send_slow, self.recv_slow)
+
+    def Bcast(self, buf, root=0):
+        if not self._try_bcast(buf, root):
+            self.general_bcast(buf, root)
+
+    cdef bint _try_bcast(self, object buf, object root) except -1:
+        """A broadcast of a plain buffer up to the eager limit: the general
+        algorithm's binomial tree (same tag, same parents and children, so
+        ranks may mix the two paths), each step one fast send or receive."""
+        cdef Py_ssize_t extent, nbytes, length
+        cdef long r, vrank, mask, peer, size = self.size
+        cdef char *data
+        if self.bcast_tag < 0 or self.general_bcast is None or type(root) is not int or size < 2:
+            return False
+        r = root
+        if r < 0 or r >= size:
+            return False
+        plain = self.fast._plain(buf, &extent, &nbytes)
+        if plain is None or not _direct(plain, self.rank != r, &data, &length):
+            return False
+        if nbytes < 0:
+            nbytes = length
+        if nbytes > length or <uint64_t>nbytes > self.eager_limit:
+            return False
+        vrank = (self.rank - r + size) % size
+        mask = 1
+        while mask < size:
+            if vrank & mask:
+                peer = (vrank - mask + r) % size
+                if self.fast.recv(buf, peer, self.bcast_tag, self.fast.spins) < 0:
+                    self.recv_slow(buf, peer, self.bcast_tag)
+                break
+            mask <<= 1
+        mask >>= 1
+        while mask > 0:
+            if vrank + mask < size:
+                peer = (vrank + mask + r) % size
+                if not self.fast.send(buf, peer, self.bcast_tag):
+                    self.send_slow(buf, peer, self.bcast_tag)
+            mask >>= 1
+        return True
 
     def Allreduce(self, sendbuf, recvbuf, op=None):
         if op is None:

@@ -11,7 +11,7 @@ from mpi4py import MPI as _MPI
 from ._fastcopy import SMALL_OPS, FastPath, SmallCollectives
 
 from .buffers import parse_recv, parse_send
-from .collectives import TAG_ALLREDUCE, TAG_BARRIER, Collectives
+from .collectives import TAG_ALLREDUCE, TAG_BARRIER, TAG_BCAST, Collectives
 from .engine import ANY_SOURCE as _ENGINE_ANY_SOURCE
 from .engine import SendOp
 from .errors import IvmpiError
@@ -132,8 +132,11 @@ class Comm:
             twin = self._collectives.p2p
             self._small = SmallCollectives(
                 twin._fast, self.rank, self.size, TAG_BARRIER, TAG_ALLREDUCE, _small_op_codes(),
-                twin.Send, twin.Recv, self._general_Allreduce, _MPI.IN_PLACE, _MPI.SUM)
+                twin.Send, twin.Recv, self._general_Allreduce, _MPI.IN_PLACE, _MPI.SUM,
+                TAG_BCAST)
+            self._small.general_bcast = self._general_Bcast
             self.Barrier, self.Allreduce = self._small.Barrier, self._small.Allreduce
+            self.Bcast = self._small.Bcast
 
     @classmethod
     def wrap(cls, mpi_comm=None, region=None):
@@ -446,6 +449,12 @@ class Comm:
         self._collectives.barrier()
 
     def Bcast(self, buf, root=0):
+        if self._small is None:         # hidden communicators
+            self._general_Bcast(buf, root)
+        else:
+            self._small.Bcast(buf, root)
+
+    def _general_Bcast(self, buf, root):
         self._collectives.Bcast(buf, root)
 
     def bcast(self, obj, root=0):

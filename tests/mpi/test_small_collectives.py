@@ -121,3 +121,49 @@ def test_allreduce_list_specs_and_their_errors_as_in_mpi4py(comm):
     with pytest.raises(ValueError, match="mismatch in send and receive MPI datatypes"):
         comm.Allreduce([buf, MPI.INT64_T], recv, op=MPI.SUM)
     comm.Barrier()
+
+
+def _bcast_buffer(kind, n, fill):
+    data = np.full(n, fill, dtype="f8")
+    if kind == "array":
+        return data, data
+    if kind == "count spec":
+        big = np.concatenate([data, np.full(3, -7.0)])
+        return [big, n, MPI.DOUBLE], big[:n]
+    if kind == "memoryview":                 # not taken by the one-call path
+        return memoryview(data), data
+    raw = bytearray(data.tobytes())
+    return raw, np.frombuffer(raw, dtype="f8")
+
+
+KINDS = ["array", "count spec", "memoryview", "bytearray"]
+
+
+@pytest.mark.parametrize("n", [0, 1, 8, 8191, 8192, 8193, 100000])
+def test_bcast_every_root_mixing_buffer_kinds(comm, n):
+    """Small broadcasts take one Cython call each, larger ones the general
+    tree; ranks whose buffer specs differ may take different paths and
+    must still agree (same tag, same tree)."""
+    for root in range(comm.size):
+        kind = KINDS[(comm.rank + root) % len(KINDS)]
+        spec, view = _bcast_buffer(kind, n, root + 0.5 if comm.rank == root else -1.0)
+        comm.Bcast(spec, root=root)
+        assert (view == root + 0.5).all(), (root, kind)
+        expected = np.full(n, root + 0.5)
+        theirs = expected if NATIVE.rank == root else np.zeros(n)
+        NATIVE.Bcast(theirs, root=root)
+        assert np.array_equal(view, theirs)
+    if kind == "count spec":
+        assert (spec[0][n:] == -7.0).all()      # past the count: untouched
+
+
+def test_bcast_errors_as_in_mpi4py(comm):
+    buf = np.zeros(4)
+    for bad_root in (comm.size, -1):
+        with pytest.raises(MPI.Exception) as excinfo:
+            comm.Bcast(buf, root=bad_root)
+        assert excinfo.value.Get_error_class() == MPI.ERR_ROOT
+    # Nothing was sent: the next broadcast is clean.
+    buf[:] = comm.rank
+    comm.Bcast(buf, root=0)
+    assert (buf == 0).all()
