@@ -476,7 +476,8 @@ FAST_NOTHING_YET = -2
 cimport numpy as cnp
 from libc.string cimport strchr
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytearray cimport (PyByteArray_AS_STRING, PyByteArray_GET_SIZE,
+                                PyByteArray_FromStringAndSize)
 from cpython.buffer cimport PyBUF_FORMAT, PyBuffer_IsContiguous
 from cpython.memoryview cimport PyMemoryView_FromObject, PyMemoryView_GET_BUFFER
 
@@ -1153,7 +1154,8 @@ cdef class SmallCollectives:
     cdef uint64_t eager_limit
     cdef dict opcodes
     cdef object send_slow, recv_slow, general_allreduce, in_place, default_op
-    cdef public object general_bcast
+    cdef public object general_bcast, general_reduce
+    cdef public long reduce_tag
     cdef object last_op, last_code
     cdef bytearray scratch
 
@@ -1218,6 +1220,81 @@ cdef class SmallCollectives:
                 if not self.fast.send(buf, peer, self.bcast_tag):
                     self.send_slow(buf, peer, self.bcast_tag)
             mask >>= 1
+        return True
+
+    def Reduce(self, sendbuf, recvbuf, op=None, root=0):
+        if op is None:
+            op = self.default_op
+        if not self._try_reduce(sendbuf, recvbuf, op, root):
+            self.general_reduce(sendbuf, recvbuf, op, root)
+
+    cdef object _op_code(self, object op):
+        if op is self.last_op:
+            return self.last_code
+        code = self.opcodes.get(getattr(op, "handle", None))
+        if code is not None:
+            self.last_op, self.last_code = op, code
+        return code
+
+    cdef bint _try_reduce(self, object sendbuf, object recvbuf, object op, object root) except -1:
+        """Reduce of small numpy arrays with SUM/PROD/MAX/MIN: the general
+        algorithm's binomial tree around the root (same tag, same partners,
+        same operand order, so ranks may mix the two paths), each step one
+        fast send or receive and a combine in C."""
+        cdef cnp.ndarray send, recv
+        cdef int typ
+        cdef long r, vrank, mask, size = self.size
+        cdef Py_ssize_t nbytes
+        cdef bytearray acc, tmp
+        if self.general_reduce is None or type(root) is not int or size < 2:
+            return False
+        r = root
+        if r < 0 or r >= size:
+            return False
+        code = self._op_code(op)
+        if code is None:
+            return False
+        if self.rank == r:
+            if type(recvbuf) is not cnp.ndarray:
+                return False
+            recv = <cnp.ndarray>recvbuf
+            if not cnp.PyArray_IS_C_CONTIGUOUS(recv) or not cnp.PyArray_ISWRITEABLE(recv) \
+                    or not cnp.PyArray_ISNOTSWAPPED(recv):
+                return False
+            send = recv if sendbuf is self.in_place else sendbuf \
+                if type(sendbuf) is cnp.ndarray else None
+            if send is None or cnp.PyArray_TYPE(send) != cnp.PyArray_TYPE(recv) \
+                    or cnp.PyArray_NBYTES(send) != cnp.PyArray_NBYTES(recv):
+                return False
+        else:
+            if type(sendbuf) is not cnp.ndarray:
+                return False
+            send = <cnp.ndarray>sendbuf
+        if not cnp.PyArray_IS_C_CONTIGUOUS(send) or not cnp.PyArray_ISNOTSWAPPED(send):
+            return False
+        typ = self._type_code(send)
+        nbytes = cnp.PyArray_NBYTES(send)
+        if typ == 0 or <uint64_t>nbytes > self.eager_limit:
+            return False
+        acc = PyByteArray_FromStringAndSize(<char *>cnp.PyArray_DATA(send), nbytes)
+        tmp = bytearray(nbytes)
+        vrank = (self.rank - r + size) % size
+        mask = 1
+        while mask < size:
+            if vrank & mask:
+                peer = (vrank - mask + r) % size
+                if not self.fast.send(acc, peer, self.reduce_tag):
+                    self.send_slow(acc, peer, self.reduce_tag)
+                break
+            if vrank + mask < size:
+                peer = (vrank + mask + r) % size
+                if self.fast.recv(tmp, peer, self.reduce_tag, self.fast.spins) < 0:
+                    self.recv_slow(tmp, peer, self.reduce_tag)
+                _combine(<int>code, typ, PyByteArray_AS_STRING(acc), PyByteArray_AS_STRING(tmp),
+                         nbytes // cnp.PyArray_ITEMSIZE(send), True)
+            mask <<= 1
+        if self.rank == r:
+            memcpy(cnp.PyArray_DATA(recv), PyByteArray_AS_STRING(acc), nbytes)
         return True
 
     def Allreduce(self, sendbuf, recvbuf, op=None):

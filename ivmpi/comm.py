@@ -11,7 +11,7 @@ from mpi4py import MPI as _MPI
 from ._fastcopy import SMALL_OPS, FastPath, SmallCollectives
 
 from .buffers import parse_recv, parse_send
-from .collectives import TAG_ALLREDUCE, TAG_BARRIER, TAG_BCAST, Collectives
+from .collectives import TAG_ALLREDUCE, TAG_BARRIER, TAG_BCAST, TAG_REDUCE, Collectives
 from .engine import ANY_SOURCE as _ENGINE_ANY_SOURCE
 from .engine import SendOp
 from .errors import IvmpiError
@@ -135,6 +135,7 @@ class Comm:
                 twin.Send, twin.Recv, self._general_Allreduce, _MPI.IN_PLACE, _MPI.SUM,
                 TAG_BCAST)
             self._small.general_bcast = self._general_Bcast
+            self._small.general_reduce, self._small.reduce_tag = self._general_Reduce, TAG_REDUCE
             self.Barrier, self.Allreduce = self._small.Barrier, self._small.Allreduce
             self.Bcast = self._small.Bcast
 
@@ -497,6 +498,12 @@ class Comm:
         return self._collectives.alltoall(sendobj)
 
     def Reduce(self, sendbuf, recvbuf, op=_MPI.SUM, root=0):
+        if self._small is None:         # hidden communicators
+            self._general_Reduce(sendbuf, recvbuf, op, root)
+        else:
+            self._small.Reduce(sendbuf, recvbuf, op, root)
+
+    def _general_Reduce(self, sendbuf, recvbuf, op, root):
         self._collectives.Reduce(sendbuf, recvbuf, op, root)
 
     def reduce(self, sendobj, op=_MPI.SUM, root=0):

@@ -167,3 +167,44 @@ def test_bcast_errors_as_in_mpi4py(comm):
     buf[:] = comm.rank
     comm.Bcast(buf, root=0)
     assert (buf == 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("opname", OPS)
+@pytest.mark.parametrize("n", [1, 8, 1000])
+def test_reduce_matches_open_mpi_at_every_root(comm, dtype, opname, n):
+    op = getattr(MPI, opname)
+    send = values(dtype, n, comm.rank)
+    for root in range(comm.size):
+        ours = np.full_like(send, 99) if comm.rank == root else None
+        comm.Reduce(send, ours, op=op, root=root)
+        theirs = np.empty_like(send) if comm.rank == root else None
+        NATIVE.Reduce(send, theirs, op=getattr(_native, opname), root=root)
+        if comm.rank != root:
+            continue
+        if np.dtype(dtype).kind == "f" and opname in ("SUM", "PROD"):
+            # Another association order: float32 sums that cancel differ in
+            # their last bits, so an absolute tolerance too.
+            np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(ours, theirs)
+
+
+def test_reduce_in_place_and_mixed_paths(comm):
+    """IN_PLACE at the root; ranks passing [buf, datatype] specs take the
+    general path while the others take the one-call path, and they agree."""
+    n = 16
+    for root in range(comm.size):
+        mine = np.arange(n, dtype="f8") * (comm.rank + 1)
+        if comm.rank == root:
+            result = mine.copy()
+            comm.Reduce(MPI.IN_PLACE, result, op=MPI.SUM, root=root)
+        else:
+            spec = [mine, MPI.DOUBLE] if comm.rank % 2 else mine
+            comm.Reduce(spec, None, op=MPI.SUM, root=root)
+        if comm.rank == root:
+            factor = comm.size * (comm.size + 1) / 2
+            np.testing.assert_array_equal(result, np.arange(n) * factor)
+    with pytest.raises(MPI.Exception) as excinfo:
+        comm.Reduce(np.zeros(2), np.zeros(2), op=MPI.SUM, root=comm.size)
+    assert excinfo.value.Get_error_class() == MPI.ERR_ROOT
