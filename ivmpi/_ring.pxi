@@ -8,7 +8,7 @@
 # validated before use, because the peer owning it may be corrupt or hostile.
 
 from libc.stdint cimport uint64_t, uint32_t, int32_t
-from libc.string cimport memset, memcpy
+from libc.string cimport memset, memcpy, memmove
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 
 from .errors import CorruptRegionError as _CorruptRegionError
@@ -762,6 +762,38 @@ cdef class FastPath:
             op.scope = self.scope
         return self.new_request(self.comm, op, None, ("Irecv", "from", source))
 
+    cdef bint send_ptr(self, const char *data, Py_ssize_t n, long dest, long tag) except -1:
+        """One EAGER frame of n bytes at data to dest; False: use the general path."""
+        if not self.enabled or self.backlog or dest < 0 or dest >= self.size \
+                or <uint64_t>n > self.eager_limit:
+            return False
+        ring = self.tx[dest]
+        if ring is None:
+            return False
+        return (<TxRing>ring).write_frame(1, <int32_t>tag, self.context, 0, 0, data,
+                                          <uint64_t>n) == 1
+
+    cdef Py_ssize_t recv_ptr(self, char *dst, Py_ssize_t capacity, long source, long tag,
+                             int spins) except -3:
+        """The next eager message from source with tag, into dst: its length,
+        or FAST_NOT_HANDLED (then the general path receives it)."""
+        cdef RxRing rx
+        cdef Py_ssize_t n
+        if self.unexpected:
+            return FAST_NOT_HANDLED
+        ring = self._ready_ring(source, tag, spins)
+        if ring is None:
+            return FAST_NOT_HANDLED
+        rx = <RxRing>ring
+        n = <Py_ssize_t>rx.length
+        if n > capacity:
+            return FAST_NOT_HANDLED
+        if n:
+            rx.copy_out(dst, n)
+        self.last_tag = rx.tag
+        rx.consume()
+        return n
+
     def send_object(self, obj, long dest, long tag=0):
         data = self.dumps(obj)
         if not self.send(data, dest, tag):
@@ -1154,8 +1186,8 @@ cdef class SmallCollectives:
     cdef uint64_t eager_limit
     cdef dict opcodes
     cdef object send_slow, recv_slow, general_allreduce, in_place, default_op
-    cdef public object general_bcast, general_reduce
-    cdef public long reduce_tag
+    cdef public object general_bcast, general_reduce, general_allgather, general_alltoall
+    cdef public long reduce_tag, allgather_tag, alltoall_tag
     cdef object last_op, last_code
     cdef bytearray scratch
 
@@ -1295,6 +1327,82 @@ cdef class SmallCollectives:
             mask <<= 1
         if self.rank == r:
             memcpy(cnp.PyArray_DATA(recv), PyByteArray_AS_STRING(acc), nbytes)
+        return True
+
+    def Allgather(self, sendbuf, recvbuf):
+        if not self._try_blocks(sendbuf, recvbuf, False):
+            self.general_allgather(sendbuf, recvbuf)
+
+    def Alltoall(self, sendbuf, recvbuf):
+        if not self._try_blocks(sendbuf, recvbuf, True):
+            self.general_alltoall(sendbuf, recvbuf)
+
+    cdef int _exchange(self, cnp.ndarray out, Py_ssize_t out_at, cnp.ndarray into,
+                       Py_ssize_t in_at, Py_ssize_t n, long dest, long source,
+                       long tag) except -1:
+        """Sendrecv of one block (eager: send, then receive), as the general
+        algorithms do it; each half falls back to the twin's own call."""
+        if not self.fast.send_ptr(<const char *>cnp.PyArray_DATA(out) + out_at, n, dest, tag):
+            self.send_slow(memoryview(out).cast("B")[out_at:out_at + n], dest, tag)
+        if self.fast.recv_ptr(<char *>cnp.PyArray_DATA(into) + in_at, n, source, tag,
+                              self.fast.spins) < 0:
+            self.recv_slow(memoryview(into).cast("B")[in_at:in_at + n], source, tag)
+        return 0
+
+    cdef bint _plain_array(self, object obj, bint writable):
+        cdef cnp.ndarray arr
+        cdef int num
+        if type(obj) is not cnp.ndarray:
+            return False
+        arr = <cnp.ndarray>obj
+        num = cnp.PyArray_TYPE(arr)
+        return ((num <= cnp.NPY_CLONGDOUBLE or num == cnp.NPY_FLOAT16)
+                and cnp.PyArray_IS_C_CONTIGUOUS(arr) and cnp.PyArray_ISNOTSWAPPED(arr)
+                and (not writable or cnp.PyArray_ISWRITEABLE(arr)))
+
+    cdef bint _try_blocks(self, object sendbuf, object recvbuf, bint alltoall) except -1:
+        """Allgather (ring) or Alltoall (pairwise exchange) of numpy arrays
+        whose blocks fit the eager limit: the general algorithms' steps,
+        partners and tags, so ranks may mix the two paths."""
+        cdef cnp.ndarray recv, send
+        cdef Py_ssize_t total, block
+        cdef long size = self.size, rank = self.rank, step, dest, source
+        general = self.general_alltoall if alltoall else self.general_allgather
+        if general is None or size < 2 or not self._plain_array(recvbuf, True):
+            return False
+        recv = <cnp.ndarray>recvbuf
+        total = cnp.PyArray_NBYTES(recv)
+        if total % size:
+            return False
+        block = total // size
+        if <uint64_t>block > self.eager_limit:
+            return False
+        if sendbuf is self.in_place:
+            send = recv.copy() if alltoall else None
+        elif self._plain_array(sendbuf, False):
+            send = <cnp.ndarray>sendbuf
+            if cnp.PyArray_TYPE(send) != cnp.PyArray_TYPE(recv) \
+                    or cnp.PyArray_NBYTES(send) != (total if alltoall else block):
+                return False
+        else:
+            return False
+        if send is not None:
+            memmove(<char *>cnp.PyArray_DATA(recv) + rank * block,
+                    <const char *>cnp.PyArray_DATA(send) + (rank * block if alltoall else 0),
+                    block)
+        if alltoall:
+            for step in range(1, size):
+                dest = (rank + step) % size
+                source = (rank - step + size) % size
+                self._exchange(send, dest * block, recv, source * block, block, dest, source,
+                               self.alltoall_tag)
+        else:
+            dest = (rank + 1) % size
+            source = (rank - 1 + size) % size
+            for step in range(size - 1):
+                self._exchange(recv, ((rank - step + size) % size) * block, recv,
+                               ((rank - step - 1 + 2 * size) % size) * block, block, dest,
+                               source, self.allgather_tag)
         return True
 
     def Allreduce(self, sendbuf, recvbuf, op=None):

@@ -11,7 +11,8 @@ from mpi4py import MPI as _MPI
 from ._fastcopy import SMALL_OPS, FastPath, SmallCollectives
 
 from .buffers import parse_recv, parse_send
-from .collectives import TAG_ALLREDUCE, TAG_BARRIER, TAG_BCAST, TAG_REDUCE, Collectives
+from .collectives import (TAG_ALLGATHER, TAG_ALLREDUCE, TAG_ALLTOALL, TAG_BARRIER, TAG_BCAST,
+                          TAG_REDUCE, Collectives)
 from .engine import ANY_SOURCE as _ENGINE_ANY_SOURCE
 from .engine import SendOp
 from .errors import IvmpiError
@@ -136,6 +137,10 @@ class Comm:
                 TAG_BCAST)
             self._small.general_bcast = self._general_Bcast
             self._small.general_reduce, self._small.reduce_tag = self._general_Reduce, TAG_REDUCE
+            self._small.general_allgather = self._collectives.Allgather
+            self._small.general_alltoall = self._collectives.Alltoall
+            self._small.allgather_tag, self._small.alltoall_tag = TAG_ALLGATHER, TAG_ALLTOALL
+            self.Allgather, self.Alltoall = self._small.Allgather, self._small.Alltoall
             self.Barrier, self.Allreduce = self._small.Barrier, self._small.Allreduce
             self.Bcast = self._small.Bcast
 

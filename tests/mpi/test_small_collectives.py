@@ -208,3 +208,37 @@ def test_reduce_in_place_and_mixed_paths(comm):
     with pytest.raises(MPI.Exception) as excinfo:
         comm.Reduce(np.zeros(2), np.zeros(2), op=MPI.SUM, root=comm.size)
     assert excinfo.value.Get_error_class() == MPI.ERR_ROOT
+
+
+@pytest.mark.parametrize("per_rank", [1, 3, 8192, 8193])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_allgather_and_alltoall_mixing_paths(comm, per_rank, in_place):
+    """numpy arrays take the one-call path up to the eager limit per block;
+    ranks passing [buf, datatype] take the general one; both agree with
+    Open MPI."""
+    size, rank = comm.size, comm.rank
+    general = rank % 2 == 1
+
+    def spec(arr):
+        return [arr, MPI.DOUBLE] if general else arr
+
+    mine = np.arange(per_rank, dtype="f8") + 1000 * rank
+    got = np.full(size * per_rank, -1.0)
+    if in_place:
+        got[rank * per_rank:(rank + 1) * per_rank] = mine
+        comm.Allgather(MPI.IN_PLACE, spec(got))
+    else:
+        comm.Allgather(spec(mine), spec(got))
+    theirs = np.empty_like(got)
+    NATIVE.Allgather(mine, theirs)
+    assert np.array_equal(got, theirs)
+
+    outgoing = np.arange(size * per_rank, dtype="f8") + 1000 * rank
+    got = outgoing.copy() if in_place else np.full(size * per_rank, -1.0)
+    if in_place:
+        comm.Alltoall(MPI.IN_PLACE, spec(got))
+    else:
+        comm.Alltoall(spec(outgoing), spec(got))
+    theirs = np.empty_like(got)
+    NATIVE.Alltoall(outgoing, theirs)
+    assert np.array_equal(got, theirs)
