@@ -603,7 +603,7 @@ cdef class FastPath:
     # operation and request types, the communicator, its collective scope.
     cdef public list world_ranks
     cdef public object general_Irecv, new_request, comm, scope, engine_irecv
-    cdef public object general_Isend, sent_op
+    cdef public object general_Isend, sent_op, general_irecv, unpickle_op
     cdef public dict comm_rank_of          # world rank -> communicator rank
     cdef long next_any                    # where the next ANY_SOURCE scan starts
 
@@ -793,6 +793,30 @@ cdef class FastPath:
         self.last_tag = rx.tag
         rx.consume()
         return n
+
+    def irecv(self, buf=None, source=None, tag=None):
+        """Post an object receive in one call (mpi4py's buffer hint is not
+        needed: the message's own size is used)."""
+        if source is None:
+            source = self.any_source
+        if tag is None:
+            tag = self.any_tag
+        cdef long src = source, tg = tag
+        cdef object op
+        if (not self.enabled
+                or not (0 <= src < self.size or src == self.any_source)
+                or not (0 <= tg <= _TAG_UB or tg == self.any_tag)):
+            return self.general_irecv(buf, source, tag)
+        if self.unexpected:
+            op = self.engine_irecv(-1 if src == self.any_source else self.world_ranks[src],
+                                   -1 if tg == self.any_tag else tg, self.context, None)
+        else:
+            op = _new_recv_op(-1 if src == self.any_source else self.world_ranks[src],
+                              -1 if tg == self.any_tag else tg, self.context, None)
+            self.posted.append(op)
+        if self.scope is not None:
+            op.scope = self.scope
+        return self.new_request(self.comm, op, self.unpickle_op, ("irecv", "from", source))
 
     def send_object(self, obj, long dest, long tag=0):
         data = self.dumps(obj)

@@ -299,6 +299,21 @@ def print_pingpong_row(nbytes, loop, summary, options):
     print(line, flush=True)
 
 
+def extra_case(comm, MPI, options, wanted, measure, label):
+    """One of the extra timings (--small-dict, --exchange): its summary on
+    rank 0, printed as a comment line; None when not asked for."""
+    if not wanted:
+        return None
+    loop, times = measure(comm, MPI, options)
+    if comm.Get_rank() != 0:
+        return None
+    summary = {"loop": loop, "repeats": options.repeats, **summarize(times)}
+    if options.verbose:
+        print(f"# {label}: {summary['time_median'] * 1e6:.3f} us"
+              f" (min {summary['time_min'] * 1e6:.3f} us)", flush=True)
+    return summary
+
+
 def pingpong(comm, MPI, args=None):
     options = pingpong_parser().parse_args(args)
     if options.repeats < 1:
@@ -314,22 +329,10 @@ def pingpong(comm, MPI, args=None):
             results.append({"size": nbytes, "loop": loop, "repeats": options.repeats, **summary})
             if options.verbose:
                 print_pingpong_row(nbytes, loop, summary, options)
-    small_dict = None
-    if options.small_dict:
-        loop, times = measure_small_dict(comm, MPI, options)
-        if rank == 0:
-            small_dict = {"loop": loop, "repeats": options.repeats, **summarize(times)}
-            if options.verbose:
-                print(f"# pickled small dict send/recv: {small_dict['time_median'] * 1e6:.3f} us"
-                      f" (min {small_dict['time_min'] * 1e6:.3f} us)", flush=True)
-    exchange = None
-    if options.exchange:
-        loop, times = measure_exchange(comm, MPI, options)
-        if rank == 0:
-            exchange = {"loop": loop, "repeats": options.repeats, **summarize(times)}
-            if options.verbose:
-                print(f"# Irecv+Isend+Waitall exchange of 8 B: {exchange['time_median'] * 1e6:.3f} us"
-                      f" (min {exchange['time_min'] * 1e6:.3f} us)", flush=True)
+    small_dict = extra_case(comm, MPI, options, options.small_dict, measure_small_dict,
+                            "pickled small dict send/recv")
+    exchange = extra_case(comm, MPI, options, options.exchange, measure_exchange,
+                          "Irecv+Isend+Waitall exchange of 8 B")
     if rank == 0 and options.json:
         write_json(options.json, {
             "benchmark": "pingpong", "transport": options.transport,

@@ -126,8 +126,10 @@ class Comm:
         fast.general_Irecv, fast.new_request = self._general_Irecv, Request
         fast.engine_irecv = engine.irecv
         fast.general_Isend, fast.sent_op = self._general_Isend, _SENT
+        fast.general_irecv, fast.unpickle_op = self._general_irecv, self._unpickle_op
         # The hot calls go straight to Cython: no Python frame in between.
         self.Send, self.Recv, self.Isend, self.Irecv = fast.Send, fast.Recv, fast.Isend, fast.Irecv
+        self.irecv = fast.irecv
         self.send, self.recv = fast.send_object, fast.recv_object
         if not hidden:
             twin = self._collectives.p2p
@@ -413,6 +415,9 @@ class Comm:
     bsend = send
 
     def irecv(self, buf=None, source=ANY_SOURCE, tag=ANY_TAG):
+        return self._fast.irecv(buf, source, tag)
+
+    def _general_irecv(self, buf, source, tag):
         # mpi4py accepts a buffer hint for irecv; the size comes from the message here.
         return self._irecv_bytes(None, source, tag, self._unpickle_op, "irecv")
 

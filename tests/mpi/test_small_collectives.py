@@ -25,9 +25,20 @@ def values(dtype, n, rank):
     return rng.integers(-3 if np.dtype(dtype).kind == "i" else 0, 4, n).astype(dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("opname", OPS)
-@pytest.mark.parametrize("n", [1, 8, 1000])
+def assert_same_reduction(ours, theirs, dtype, opname):
+    if np.dtype(dtype).kind == "f" and opname in ("SUM", "PROD"):
+        # Another association order: float32 sums that cancel differ in
+        # their last bits, so an absolute tolerance too.
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    else:
+        np.testing.assert_array_equal(ours, theirs)
+
+
+every_reduction = pytest.mark.parametrize("dtype, opname, n", [
+    (dtype, opname, n) for dtype in DTYPES for opname in OPS for n in (1, 8, 1000)])
+
+
+@every_reduction
 def test_allreduce_matches_open_mpi(comm, dtype, opname, n):
     op = getattr(MPI, opname)
     send = values(dtype, n, comm.rank)
@@ -35,10 +46,7 @@ def test_allreduce_matches_open_mpi(comm, dtype, opname, n):
     comm.Allreduce(send, ours, op=op)
     theirs = np.empty_like(send)
     NATIVE.Allreduce(send, theirs, op=getattr(_native, opname))
-    if np.dtype(dtype).kind == "f" and opname in ("SUM", "PROD"):
-        np.testing.assert_allclose(ours, theirs, rtol=1e-5)
-    else:
-        np.testing.assert_array_equal(ours, theirs)
+    assert_same_reduction(ours, theirs, dtype, opname)
     # Every rank holds exactly the same bits.
     everyone = NATIVE.allgather(ours.tobytes())
     assert all(b == everyone[0] for b in everyone)
@@ -169,9 +177,7 @@ def test_bcast_errors_as_in_mpi4py(comm):
     assert (buf == 0).all()
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("opname", OPS)
-@pytest.mark.parametrize("n", [1, 8, 1000])
+@every_reduction
 def test_reduce_matches_open_mpi_at_every_root(comm, dtype, opname, n):
     op = getattr(MPI, opname)
     send = values(dtype, n, comm.rank)
@@ -180,14 +186,8 @@ def test_reduce_matches_open_mpi_at_every_root(comm, dtype, opname, n):
         comm.Reduce(send, ours, op=op, root=root)
         theirs = np.empty_like(send) if comm.rank == root else None
         NATIVE.Reduce(send, theirs, op=getattr(_native, opname), root=root)
-        if comm.rank != root:
-            continue
-        if np.dtype(dtype).kind == "f" and opname in ("SUM", "PROD"):
-            # Another association order: float32 sums that cancel differ in
-            # their last bits, so an absolute tolerance too.
-            np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
-        else:
-            np.testing.assert_array_equal(ours, theirs)
+        if comm.rank == root:
+            assert_same_reduction(ours, theirs, dtype, opname)
 
 
 def test_reduce_in_place_and_mixed_paths(comm):
@@ -222,23 +222,17 @@ def test_allgather_and_alltoall_mixing_paths(comm, per_rank, in_place):
     def spec(arr):
         return [arr, MPI.DOUBLE] if general else arr
 
+    def check(name, outgoing, got):
+        """Run collective `name` with our spec (IN_PLACE: `got` holds the input)."""
+        getattr(comm, name)(MPI.IN_PLACE if in_place else spec(outgoing), spec(got))
+        theirs = np.empty_like(got)
+        getattr(NATIVE, name)(outgoing, theirs)
+        assert np.array_equal(got, theirs), name
+
     mine = np.arange(per_rank, dtype="f8") + 1000 * rank
     got = np.full(size * per_rank, -1.0)
     if in_place:
         got[rank * per_rank:(rank + 1) * per_rank] = mine
-        comm.Allgather(MPI.IN_PLACE, spec(got))
-    else:
-        comm.Allgather(spec(mine), spec(got))
-    theirs = np.empty_like(got)
-    NATIVE.Allgather(mine, theirs)
-    assert np.array_equal(got, theirs)
-
+    check("Allgather", mine, got)
     outgoing = np.arange(size * per_rank, dtype="f8") + 1000 * rank
-    got = outgoing.copy() if in_place else np.full(size * per_rank, -1.0)
-    if in_place:
-        comm.Alltoall(MPI.IN_PLACE, spec(got))
-    else:
-        comm.Alltoall(spec(outgoing), spec(got))
-    theirs = np.empty_like(got)
-    NATIVE.Alltoall(outgoing, theirs)
-    assert np.array_equal(got, theirs)
+    check("Alltoall", outgoing, outgoing.copy() if in_place else np.full(size * per_rank, -1.0))
