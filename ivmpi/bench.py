@@ -346,14 +346,16 @@ def pingpong(comm, MPI, args=None):
 
 # -------------------------------------------------------------- collectives
 
-COLLECTIVE_OPS = ("Barrier", "Allreduce", "Bcast")
+COLLECTIVE_OPS = ("Barrier", "Allreduce", "Bcast", "Bcast small", "Reduce", "Allgather",
+                  "Alltoall")
 
 
 def collectives_parser():
     parser = argparse.ArgumentParser(
         prog="python -m ivmpi.bench collectives",
-        description="Time Barrier, Allreduce of 8 doubles and Bcast of 1 MiB "
-                    "over all ranks of COMM_WORLD.")
+        description="Time Barrier, Allreduce of 8 doubles, Bcast of 1 MiB, and Bcast, "
+                    "Reduce, Allgather and Alltoall of 8 doubles per rank over all ranks "
+                    "of COMM_WORLD.")
     common_options(parser)
     parser.add_argument("-s", "--skip", type=int, default=10, help="number of warm-up iterations")
     parser.add_argument("-l", "--loop", "--count", type=int, dest="loop", default=1000,
@@ -368,15 +370,28 @@ def collectives_parser():
 def collective_runner(comm, MPI, op, options):
     """(callable doing one operation, iterations per repeat) for a named collective."""
     import numpy
+    send = numpy.arange(8, dtype="f8")
+    recv = numpy.empty(8, dtype="f8")
     if op == "Barrier":
         return comm.Barrier, options.loop
     if op == "Allreduce":
-        send = numpy.arange(8, dtype="f8")
-        recv = numpy.empty(8, dtype="f8")
         return (lambda: comm.Allreduce(send, recv, op=MPI.SUM)), options.loop
     if op == "Bcast":
         buf = numpy.zeros(options.bcast_size, dtype="B")
         return (lambda: comm.Bcast(buf, root=0)), options.loop_bcast
+    # The small cases: 8 doubles per rank.
+    size = comm.Get_size()
+    if op == "Bcast small":
+        return (lambda: comm.Bcast(send, root=0)), options.loop
+    if op == "Reduce":
+        return (lambda: comm.Reduce(send, recv, op=MPI.SUM, root=0)), options.loop
+    if op == "Allgather":
+        gathered = numpy.empty(8 * size, dtype="f8")
+        return (lambda: comm.Allgather(send, gathered)), options.loop
+    if op == "Alltoall":
+        outgoing = numpy.arange(8 * size, dtype="f8")
+        incoming = numpy.empty(8 * size, dtype="f8")
+        return (lambda: comm.Alltoall(outgoing, incoming)), options.loop
     raise ValueError(op)
 
 

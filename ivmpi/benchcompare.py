@@ -371,6 +371,13 @@ def table(header, rows):
     return "\n".join(lines)
 
 
+# Collective (as bench.py names it) -> column title.
+COLLECTIVE_COLUMNS = {"Barrier": "Barrier", "Allreduce": "Allreduce 8 f8",
+                      "Bcast": "Bcast 1 MiB", "Bcast small": "Bcast 8 f8",
+                      "Reduce": "Reduce 8 f8", "Allgather": "Allgather 8 f8",
+                      "Alltoall": "Alltoall 8 f8"}
+
+
 def report(summary, transports, sizes, errors):
     out = []
     names = {t: LABELS[t].split()[0] for t in LABELS}
@@ -426,11 +433,11 @@ def report(summary, transports, sizes, errors):
     for transport in COLLECTIVE_TRANSPORTS:
         per_n = summary["collectives"].get(transport, {})
         for n, ops in per_n.items():
-            rows.append([LABELS[transport], n] + [fmt_time(ops.get(op)) for op in
-                                                  ("Barrier", "Allreduce", "Bcast")])
+            rows.append([LABELS[transport], n] + [fmt_time(ops.get(op))
+                                                  for op in COLLECTIVE_COLUMNS])
         if not per_n:
-            rows.append([LABELS[transport], "-", "n/a", "n/a", "n/a"])
-    out.append(table(["transport", "ranks", "Barrier", "Allreduce 8 x f8", "Bcast 1 MiB"], rows))
+            rows.append([LABELS[transport], "-"] + ["n/a"] * len(COLLECTIVE_COLUMNS))
+    out.append(table(["transport", "ranks"] + list(COLLECTIVE_COLUMNS.values()), rows))
     return "\n".join(out)
 
 

@@ -124,7 +124,7 @@ def test_pingpong_pickle_mode_and_collectives(tmp_path):
     assert proc.returncode == 0, proc.stderr
     document = json.loads(out.read_text())
     assert document["comm_size"] == 3
-    assert set(document["results"]) == {"Barrier", "Allreduce", "Bcast"}
+    assert set(document["results"]) == set(bench.COLLECTIVE_OPS)
     assert all(len(r["times"]) == 2 for r in document["results"].values())
 
 
@@ -176,7 +176,7 @@ def test_compare_quick_covers_every_native_transport(quick_compare):
     assert document["exchange"]["ivmpi"]["time_median"] > 0
     for nranks in ("2", "4"):
         ops = document["collectives"]["sm"][nranks]
-        assert set(ops) == {"Barrier", "Allreduce", "Bcast"}
+        assert set(ops) == set(bench.COLLECTIVE_OPS)
     assert document["memcpy"]["bandwidth_median"] > 0
     assert document["transports"]["sm-nocopy"]["mpirun_args"]
     # The printed report has one row per size in both tables, plus the dict row.
@@ -206,4 +206,4 @@ def test_compare_quick_measures_ivmpi(quick_compare):
     rows = document["pingpong"]["ivmpi"]
     assert all(rows[str(n)]["time_median"] > 0 for n in benchcompare.QUICK_SIZES)
     assert all(v > 0 for v in document["ratios"]["ivmpi/sm-nocopy"].values())
-    assert set(document["collectives"]["ivmpi"]["2"]) == {"Barrier", "Allreduce", "Bcast"}
+    assert set(document["collectives"]["ivmpi"]["2"]) == set(bench.COLLECTIVE_OPS)
