@@ -12,7 +12,8 @@ from setuptools import Extension, setup
 COMMON = dict(
     include_dirs=["ivmpi", numpy.get_include()],
     extra_compile_args=["-O3", "-fno-strict-aliasing", "-fwrapv"],
-    depends=["ivmpi/_copycore.h", "ivmpi/_watchdog.h", "ivmpi/_ops.pxi", "ivmpi/_ring.pxi"],
+    depends=["ivmpi/_copycore.h", "ivmpi/_watchdog.h", "ivmpi/_ops.pxi", "ivmpi/_ring.pxi",
+             "ivmpi/_fastpath.pxi", "ivmpi/_small_collectives.pxi"],
 )
 
 extensions = [

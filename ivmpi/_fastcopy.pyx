@@ -333,3 +333,5 @@ def start_exit_watchdog(double seconds, int code, str message):
 
 include "_ops.pxi"
 include "_ring.pxi"
+include "_fastpath.pxi"
+include "_small_collectives.pxi"

@@ -1,0 +1,612 @@
+# The one-call fast paths of a communicator (included by _fastcopy.pyx after
+# _ring.pxi, whose rings they drive).
+
+# --- Fast paths -----------------------------------------------------------
+# The common blocking cases in one call each, with no per-message Python
+# objects: a small send that fits the ring now, and a receive from a known
+# source whose next frame is the eager message it wants.  Anything else
+# (ring full, queued work in the engine, another kind of frame, a tag that
+# does not match, a buffer too small, a buffer spec that is not a plain
+# buffer) returns "not handled" and the caller takes the engine's general
+# path, which handles every case; a fast path never consumes a frame it does
+# not fully deliver, so falling back is always safe.
+
+from cpython.object cimport PyObject
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+from cpython.buffer cimport PyObject_CheckBuffer
+
+FAST_NOT_HANDLED = -1
+FAST_NOTHING_YET = -2
+
+cimport numpy as cnp
+from libc.string cimport strchr
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytearray cimport (PyByteArray_AS_STRING, PyByteArray_GET_SIZE,
+                                PyByteArray_FromStringAndSize)
+from cpython.buffer cimport PyBUF_FORMAT, PyBuffer_IsContiguous
+from cpython.memoryview cimport PyMemoryView_FromObject, PyMemoryView_GET_BUFFER
+
+cnp.import_array()
+
+
+cdef bint _simple_format(const char *fmt) noexcept:
+    """A buffer format of plain numbers in native order (never 'O': raw object
+    pointers must not cross to another process)."""
+    if fmt == NULL:
+        return True
+    if fmt[0] == b'@' or fmt[0] == b'=' or fmt[0] == b'<':
+        fmt += 1
+    return fmt[0] != 0 and fmt[1] == 0 and strchr("?bBhHiIlLqQnNefdFDgGc", fmt[0]) != NULL
+
+
+cdef bint _direct(object obj, bint writable, char **data, Py_ssize_t *length) noexcept:
+    """Data and size of a numpy array of numbers, bytes or bytearray, read
+    without a buffer export (valid only while the GIL is held); False for
+    anything else, which goes through the buffer protocol instead."""
+    cdef cnp.ndarray arr
+    cdef int num
+    cdef type t = type(obj)
+    if t is cnp.ndarray:
+        arr = <cnp.ndarray>obj
+        num = cnp.PyArray_TYPE(arr)
+        if not (num <= cnp.NPY_CLONGDOUBLE or num == cnp.NPY_FLOAT16) \
+                or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISNOTSWAPPED(arr) \
+                or (writable and not cnp.PyArray_ISWRITEABLE(arr)):
+            return False
+        data[0] = <char *>cnp.PyArray_DATA(arr)
+        length[0] = cnp.PyArray_NBYTES(arr)
+        return True
+    if t is bytearray:
+        data[0] = PyByteArray_AS_STRING(obj)
+        length[0] = PyByteArray_GET_SIZE(obj)
+        return True
+    if t is bytes and not writable:
+        data[0] = PyBytes_AS_STRING(obj)
+        length[0] = PyBytes_GET_SIZE(obj)
+        return True
+    return False
+
+
+cdef object _byte_view(object obj, Py_ssize_t nbytes, Py_ssize_t extent):
+    """A writable flat byte memoryview of obj's first nbytes (all when
+    nbytes < 0, which must be a multiple of extent), or None when obj is not
+    a writable C-contiguous buffer of plain numbers."""
+    cdef object view
+    cdef Py_buffer *info
+    try:
+        view = PyMemoryView_FromObject(obj)
+    except (BufferError, TypeError, ValueError):
+        return None
+    info = PyMemoryView_GET_BUFFER(view)
+    if info.readonly or not PyBuffer_IsContiguous(info, b'C') or not _simple_format(info.format):
+        return None
+    if info.ndim != 1 or info.itemsize != 1 or (info.format != NULL and info.format[0] != b'B'):
+        try:
+            view = view.cast("B")
+        except (TypeError, ValueError):
+            return None
+    if nbytes >= 0:
+        if nbytes > len(view) or nbytes % extent:
+            return None
+        if nbytes != len(view):
+            view = view[:nbytes]
+    return view
+
+
+cdef int _pin(object obj, bint writable, Py_buffer *view) except -1:
+    """A buffer export of obj, for copies that may run without the GIL.
+    0 when obj is not a plain contiguous buffer of numbers."""
+    cdef int flags = PyBUF_SIMPLE | PyBUF_FORMAT
+    if writable:
+        flags |= PyBUF_WRITABLE
+    if type(obj) is memoryview:
+        # A memoryview refuses PyBUF_SIMPLE together with PyBUF_FORMAT, and
+        # the collectives hand their blocks over as memoryviews: read its
+        # format from the view itself.
+        if not _simple_format(PyMemoryView_GET_BUFFER(obj).format):
+            return 0
+        flags = PyBUF_SIMPLE | (PyBUF_WRITABLE if writable else 0)
+    try:
+        PyObject_GetBuffer(obj, view, flags)
+    except (BufferError, ValueError, TypeError):   # numpy: ValueError when not contiguous
+        return 0
+    if not _simple_format(view.format):
+        PyBuffer_Release(view)
+        return 0
+    return 1
+
+cdef enum:
+    _TAG_UB = 0x7fffffff
+
+
+cdef class FastPath:
+    """One communicator's fast paths: its rings by communicator rank.
+
+    It shares the engine's queues (the same list and set objects), because a
+    fast path is only correct while the engine has nothing queued that could
+    come first: no posted or unexpected receive, no frame waiting to be sent.
+    """
+    cdef list tx
+    cdef list rx
+    cdef list posted
+    cdef list unexpected
+    cdef set backlog
+    cdef uint32_t context
+    cdef uint64_t eager_limit
+    cdef int size
+    cdef public bint enabled
+    cdef readonly int32_t last_tag
+    cdef dict extents
+    cdef object last_datatype, last_extent
+    cdef public int spins                 # polls of a fast receive (negative: yield between)
+    # The communicator's general paths and helpers, for the bound calls below.
+    cdef public object general_Send, general_Recv, general_send, general_recv
+    cdef public object fill_status, dumps, loads
+    cdef public long any_source, any_tag
+    cdef readonly long last_source       # communicator rank of the last fast receive
+    # For Irecv: world rank of each communicator rank, the engine's
+    # operation and request types, the communicator, its collective scope.
+    cdef public list world_ranks
+    cdef public object general_Irecv, new_request, comm, scope, engine_irecv
+    cdef public object general_Isend, sent_op, general_irecv, unpickle_op
+    cdef public dict comm_rank_of          # world rank -> communicator rank
+    cdef long next_any                    # where the next ANY_SOURCE scan starts
+
+    def __cinit__(self, list tx, list rx, list posted, list unexpected, set backlog,
+                  uint32_t context, uint64_t eager_limit, dict extents=None):
+        if len(tx) != len(rx):
+            raise ValueError("tx and rx must list one ring (or None) per rank")
+        self.tx = tx
+        self.rx = rx
+        self.posted = posted
+        self.unexpected = unexpected
+        self.backlog = backlog
+        self.context = context
+        self.eager_limit = eager_limit
+        self.size = len(tx)
+        self.enabled = True
+        # Open MPI's values; the communicator sets its MPI library's own.
+        self.any_source = -1
+        self.any_tag = -1
+        self.spins = 1
+        # Datatype handle -> extent, for the predefined types a spec
+        # [buf, datatype] may name and still be taken as plain bytes.
+        self.extents = extents if extents is not None else {}
+
+    cdef object _extent_of(self, object datatype):
+        # The same Datatype object comes back call after call: remember it.
+        if datatype is self.last_datatype:
+            return self.last_extent
+        entry = self.extents.get(getattr(datatype, "handle", None))
+        if entry is not None:
+            self.last_datatype = datatype
+            self.last_extent = entry
+        return entry
+
+    cdef object _plain(self, object spec, Py_ssize_t *extent, Py_ssize_t *nbytes):
+        """The buffer of spec if it is a plain buffer, [buf, datatype] or
+        [buf, count, datatype] with a predefined datatype; else None.
+
+        nbytes is set to the message size the spec names (count * extent),
+        or -1 for "the whole buffer".
+        """
+        cdef object entry
+        cdef Py_ssize_t n
+        extent[0] = 1
+        nbytes[0] = -1
+        if PyObject_CheckBuffer(spec):
+            return spec
+        if type(spec) is not list and type(spec) is not tuple:
+            return None
+        n = len(spec)
+        if n == 2:
+            entry = self._extent_of(spec[1])
+        elif n == 3 and type(spec[1]) is int:
+            entry = self._extent_of(spec[2])
+            if entry is not None:
+                if spec[1] < 0:
+                    return None
+                nbytes[0] = <Py_ssize_t>spec[1] * <Py_ssize_t>entry
+        else:
+            return None
+        if entry is None or not PyObject_CheckBuffer(spec[0]):
+            return None
+        extent[0] = <Py_ssize_t>entry
+        return spec[0]
+
+    cpdef bint send(self, object buf, long dest, long tag) except -1:
+        """Publish buf to dest as one EAGER frame; False: use the general path."""
+        cdef Py_buffer view
+        cdef int done
+        cdef object ring
+        cdef Py_ssize_t extent, nbytes, length
+        cdef char *data
+        if not self.enabled or dest < 0 or dest >= self.size or tag < 0 or tag > _TAG_UB:
+            return False
+        if self.backlog:
+            return False
+        buf = self._plain(buf, &extent, &nbytes)
+        ring = self.tx[dest]
+        if ring is None or buf is None:
+            return False
+        if _direct(buf, False, &data, &length) and length < _NOGIL_MIN:
+            # Small: the copy keeps the GIL, so nothing can free the memory meanwhile.
+            if nbytes < 0:
+                nbytes = length
+            if <uint64_t>nbytes > self.eager_limit or nbytes > length or nbytes % extent:
+                return False
+            return (<TxRing>ring).write_frame(1, <int32_t>tag, self.context, 0, 0, data,
+                                              <uint64_t>nbytes) == 1
+        if not _pin(buf, False, &view):
+            return False
+        try:
+            if nbytes < 0:
+                nbytes = view.len
+            if <uint64_t>nbytes > self.eager_limit or nbytes > view.len or nbytes % extent:
+                return False
+            done = (<TxRing>ring).write_frame(1, <int32_t>tag, self.context, 0, 0,
+                                              <const char *>view.buf, <uint64_t>nbytes)
+        finally:
+            PyBuffer_Release(&view)
+        return done == 1
+
+    # mpi4py's signatures; a communicator binds these as its own methods.
+
+    def Send(self, buf, long dest, long tag=0):
+        if not self.send(buf, dest, tag):
+            self.general_Send(buf, dest, tag)
+
+    def Recv(self, buf, source=None, tag=None, status=None):
+        # None: MPI's ANY_SOURCE / ANY_TAG, whose values depend on the MPI library.
+        if source is None:
+            source = self.any_source
+        if tag is None:
+            tag = self.any_tag
+        cdef long n = self.recv(buf, source, tag, self.spins)
+        if n < 0:
+            self.general_Recv(buf, source, tag, status)
+        elif status is not None:
+            self.fill_status(status, self.last_source, self.last_tag, n)
+
+    def Isend(self, buf, long dest, long tag=0):
+        """A small message that fits the ring now is sent at once: the
+        request is born complete, with no engine operation behind it."""
+        if self.send(buf, dest, tag):
+            return self.new_request(self.comm, self.sent_op, None, "Isend")
+        return self.general_Isend(buf, dest, tag)
+
+    def Irecv(self, buf, source=None, tag=None):
+        """Post a receive in one call: the engine's posted list gets the
+        operation directly.  Anything unusual (PROC_NULL, a bad rank or tag,
+        a buffer spec that is not plain) takes the general path, which
+        handles and reports it."""
+        if source is None:
+            source = self.any_source
+        if tag is None:
+            tag = self.any_tag
+        cdef long src = source, tg = tag
+        cdef Py_ssize_t extent, nbytes
+        cdef object plain, mem, op
+        if (not self.enabled
+                or not (0 <= src < self.size or src == self.any_source)
+                or not (0 <= tg <= _TAG_UB or tg == self.any_tag)):
+            return self.general_Irecv(buf, source, tag)
+        plain = self._plain(buf, &extent, &nbytes)
+        mem = None if plain is None else _byte_view(plain, nbytes, extent)
+        if mem is None:
+            return self.general_Irecv(buf, source, tag)
+        if self.unexpected:
+            # Match what already arrived first: the engine's own call.
+            op = self.engine_irecv(-1 if src == self.any_source else self.world_ranks[src],
+                                   -1 if tg == self.any_tag else tg, self.context, mem)
+        else:
+            op = _new_recv_op(-1 if src == self.any_source else self.world_ranks[src],
+                              -1 if tg == self.any_tag else tg, self.context, mem)
+            self.posted.append(op)
+        if self.scope is not None:
+            op.scope = self.scope
+        return self.new_request(self.comm, op, None, ("Irecv", "from", source))
+
+    cdef bint send_ptr(self, const char *data, Py_ssize_t n, long dest, long tag) except -1:
+        """One EAGER frame of n bytes at data to dest; False: use the general path."""
+        if not self.enabled or self.backlog or dest < 0 or dest >= self.size \
+                or <uint64_t>n > self.eager_limit:
+            return False
+        ring = self.tx[dest]
+        if ring is None:
+            return False
+        return (<TxRing>ring).write_frame(1, <int32_t>tag, self.context, 0, 0, data,
+                                          <uint64_t>n) == 1
+
+    cdef Py_ssize_t recv_ptr(self, char *dst, Py_ssize_t capacity, long source, long tag,
+                             int spins) except -3:
+        """The next eager message from source with tag, into dst: its length,
+        or FAST_NOT_HANDLED (then the general path receives it)."""
+        cdef RxRing rx
+        cdef Py_ssize_t n
+        if self.unexpected:
+            return FAST_NOT_HANDLED
+        ring = self._ready_ring(source, tag, spins)
+        if ring is None:
+            return FAST_NOT_HANDLED
+        rx = <RxRing>ring
+        n = <Py_ssize_t>rx.length
+        if n > capacity:
+            return FAST_NOT_HANDLED
+        if n:
+            rx.copy_out(dst, n)
+        self.last_tag = rx.tag
+        rx.consume()
+        return n
+
+    def irecv(self, buf=None, source=None, tag=None):
+        """Post an object receive in one call (mpi4py's buffer hint is not
+        needed: the message's own size is used)."""
+        if source is None:
+            source = self.any_source
+        if tag is None:
+            tag = self.any_tag
+        cdef long src = source, tg = tag
+        cdef object op
+        if (not self.enabled
+                or not (0 <= src < self.size or src == self.any_source)
+                or not (0 <= tg <= _TAG_UB or tg == self.any_tag)):
+            return self.general_irecv(buf, source, tag)
+        if self.unexpected:
+            op = self.engine_irecv(-1 if src == self.any_source else self.world_ranks[src],
+                                   -1 if tg == self.any_tag else tg, self.context, None)
+        else:
+            op = _new_recv_op(-1 if src == self.any_source else self.world_ranks[src],
+                              -1 if tg == self.any_tag else tg, self.context, None)
+            self.posted.append(op)
+        if self.scope is not None:
+            op.scope = self.scope
+        return self.new_request(self.comm, op, self.unpickle_op, ("irecv", "from", source))
+
+    def send_object(self, obj, long dest, long tag=0):
+        data = self.dumps(obj)
+        if not self.send(data, dest, tag):
+            self.general_send(data, dest, tag)
+
+    def recv_object(self, buf=None, source=None, tag=None, status=None):
+        if source is None:
+            source = self.any_source
+        if tag is None:
+            tag = self.any_tag
+        data = self.recv_bytes(source, tag, self.spins)
+        if data is None:
+            return self.general_recv(buf, source, tag, status)
+        if status is not None:
+            self.fill_status(status, self.last_source, self.last_tag, len(data))
+        return self.loads(data)
+
+    cdef bint _wanted(self, RxRing rx, long tag):
+        # An over-limit eager frame is left to the engine, which reports it.
+        return (rx.kind == 1 and rx.context == self.context and rx.tag >= 0
+                and (tag < 0 or rx.tag == tag) and rx.length <= self.eager_limit)
+
+    cdef bint _posted_takes(self, RxRing rx):
+        """Does a receive posted earlier match the frame at the head of rx?
+        Then that frame is its, in MPI order, and the engine delivers it."""
+        cdef RecvOp op
+        for item in self.posted:
+            op = <RecvOp?>item
+            if (op.context == rx.context and (op.source == -1 or op.source == rx.peer)
+                    and (op.tag == -1 or op.tag == rx.tag)):
+                return True
+        return False
+
+    cdef Py_ssize_t _unexpected_match(self, long source, long tag) except -2:
+        """Index of the first unexpected message a receive (communicator rank
+        or ANY_SOURCE, tag or -1) on this communicator would match, or -1."""
+        cdef Py_ssize_t i
+        cdef long world = -1
+        if source >= 0:
+            world = self.world_ranks[source]
+        for i in range(len(self.unexpected)):
+            msg = self.unexpected[i]
+            if (msg.context == self.context and (source < 0 or msg.source == world)
+                    and (tag < 0 or msg.tag == tag)):
+                return i
+        return -1
+
+    cdef object _take_unexpected_eager(self, long source, long tag):
+        """The payload (a bytearray) of the first unexpected message the
+        receive matches, removed from the queue, if it is a plain eager one
+        (no acknowledgement owed); else None, and the queue is untouched."""
+        cdef Py_ssize_t i
+        if not self.unexpected or tag < -1 or tag > _TAG_UB:
+            return None
+        if source >= self.size or (source < 0 and source != self.any_source):
+            return None
+        i = self._unexpected_match(source if source >= 0 else -1, tag)
+        if i < 0:
+            return None
+        msg = self.unexpected[i]
+        if msg.kind != 1 or msg.self_send is not None or type(msg.data) is not bytearray:
+            return None
+        rank = self.comm_rank_of.get(msg.source)
+        if rank is None:
+            return None
+        del self.unexpected[i]
+        self.last_source = rank
+        self.last_tag = msg.tag
+        return msg.data
+
+    cdef object _ready_ring(self, long source, long tag, int spins):
+        """The ring whose next frame is the eager message wanted, or None.
+
+        Waits up to |spins| polls: spins > 0 pause between polls (a core of
+        our own), spins < 0 give the core away between polls (more ranks than
+        cores: the peer we wait for may need this one).  For ANY_SOURCE every
+        ring is scanned, starting after the last one served, and rings whose
+        next frame is something else are left for the general path.  Sets
+        last_source to the communicator rank of the ring returned.
+        """
+        cdef int i, k, j, polls = spins if spins >= 0 else -spins
+        cdef object ring
+        if not self.enabled or tag < -1 or tag > _TAG_UB:
+            return None
+        if self.backlog:            # queued sends need the engine's progress
+            return None
+        if source >= 0:
+            if source >= self.size or self.rx[source] is None:
+                return None
+        elif source != self.any_source:
+            return None
+        # An earlier unexpected message this receive matches comes first.
+        if self.unexpected and self._unexpected_match(source if source >= 0 else -1, tag) >= 0:
+            return None
+        for i in range(polls):
+            if source >= 0:
+                ring = self.rx[source]
+                if (<RxRing>ring).poll():
+                    if not self._wanted(<RxRing>ring, tag) or self._posted_takes(<RxRing>ring):
+                        return None
+                    self.last_source = source
+                    return ring
+            else:
+                for k in range(self.size):
+                    j = (self.next_any + k) % self.size
+                    ring = self.rx[j]
+                    if ring is not None and (<RxRing>ring).poll() \
+                            and self._wanted(<RxRing>ring, tag) \
+                            and not self._posted_takes(<RxRing>ring):
+                        self.last_source = j
+                        self.next_any = j + 1
+                        return ring
+            if spins >= 0:
+                rg_relax()
+            else:
+                sched_yield()
+        return None
+
+    cpdef long recv(self, object buf, long source, long tag, int spins) except -3:
+        """Receive the next eager message from source into buf.
+
+        tag -1 is any tag.  Returns the payload length (its tag is then
+        last_tag), or a negative code: use the general path.
+        """
+        cdef Py_buffer view
+        cdef uint64_t n
+        cdef object ring
+        cdef RxRing rx
+        cdef Py_ssize_t extent, capacity, length
+        cdef char *data
+        buf = self._plain(buf, &extent, &capacity)
+        if buf is None:
+            return FAST_NOT_HANDLED
+        cdef long got
+        if self.unexpected and self.enabled:
+            got = self._recv_unexpected(buf, source, tag, extent, capacity)
+            if got != FAST_NOTHING_YET:
+                return got
+        ring = self._ready_ring(source, tag, spins)
+        if ring is None:
+            return FAST_NOT_HANDLED
+        rx = <RxRing>ring
+        n = rx.length
+        if _direct(buf, True, &data, &length) and n < _NOGIL_MIN:
+            # Small: the copy keeps the GIL, so nothing can free the memory meanwhile.
+            if capacity < 0:
+                capacity = length
+            if capacity > length or n > <uint64_t>capacity or capacity % extent or n % extent:
+                return FAST_NOT_HANDLED
+            if n:
+                rx.copy_out(data, n)
+            self.last_tag = rx.tag
+            rx.consume()
+            return <long>n
+        if not _pin(buf, True, &view):
+            return FAST_NOT_HANDLED
+        try:
+            if capacity < 0:
+                capacity = view.len
+            if capacity > view.len or n > <uint64_t>capacity or capacity % extent or n % extent:
+                return FAST_NOT_HANDLED
+            if n:
+                rx.copy_out(<char *>view.buf, n)
+            self.last_tag = rx.tag
+            rx.consume()
+        finally:
+            PyBuffer_Release(&view)
+        return <long>n
+
+    cdef long _recv_unexpected(self, object buf, long source, long tag, Py_ssize_t extent,
+                               Py_ssize_t capacity) except -3:
+        """recv when messages wait in the unexpected queue: the first one that
+        matches is taken from there (its length is returned); with none
+        matching, FAST_NOTHING_YET sends recv on to the ring."""
+        cdef Py_buffer view
+        cdef Py_ssize_t n, i
+        if tag < -1 or tag > _TAG_UB or source >= self.size \
+                or (source < 0 and source != self.any_source):
+            return FAST_NOT_HANDLED
+        i = self._unexpected_match(source if source >= 0 else -1, tag)
+        if i < 0:
+            return FAST_NOTHING_YET
+        msg = self.unexpected[i]
+        if msg.kind != 1 or msg.self_send is not None or type(msg.data) is not bytearray:
+            return FAST_NOT_HANDLED
+        data = msg.data
+        n = len(data)
+        if not _pin(buf, True, &view):
+            return FAST_NOT_HANDLED
+        try:
+            if capacity < 0:
+                capacity = view.len
+            if capacity > view.len or n > capacity or capacity % extent or n % extent:
+                return FAST_NOT_HANDLED
+            if self._take_unexpected_eager(source, tag) is not data:
+                return FAST_NOT_HANDLED
+            if n:
+                memcpy(view.buf, PyByteArray_AS_STRING(data), n)
+        finally:
+            PyBuffer_Release(&view)
+        return n
+
+    cpdef object recv_bytes(self, long source, long tag, int spins):
+        """Like recv, for object messages: the payload as a bytearray, or None."""
+        cdef bytearray out
+        cdef object ring
+        cdef RxRing rx
+        if self.unexpected and self.enabled:
+            out = self._take_unexpected_eager(source, tag)
+            if out is not None:
+                return out
+        ring = self._ready_ring(source, tag, spins)
+        if ring is None:
+            return None
+        rx = <RxRing>ring
+        out = bytearray(rx.length)
+        if rx.length:
+            rx.copy_out(<char *>out, rx.length)
+        self.last_tag = rx.tag
+        rx.consume()
+        return out
+
+
+def buffer_span(obj):
+    """(address, length) of a contiguous buffer: is it inside the region?"""
+    cdef Py_buffer view
+    PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE)
+    try:
+        return <uintptr_t>view.buf, view.len
+    finally:
+        PyBuffer_Release(&view)
+
+
+def region_memoryview(Mapping mem, Py_ssize_t offset, Py_ssize_t length):
+    """A writable memoryview of region bytes [offset, offset + length).
+
+    It slices the object the mapping was made from (the mmap), so it keeps
+    that object alive and exported while the caller holds it.
+    """
+    if mem.base == NULL:
+        raise ValueError("the region mapping is closed")
+    if offset < 0 or length < 0 or offset > mem.size or length > mem.size - offset:
+        raise _BufferSpecError(f"bytes [{offset}, {offset}+{length}) are outside the region "
+                               f"of {mem.size} bytes")
+    return memoryview(<object>mem._view.obj).cast("B")[offset:offset + length]
