@@ -134,7 +134,8 @@ cdef class SmallCollectives:
     cdef dict opcodes
     cdef object send_slow, recv_slow, general_allreduce, in_place, default_op
     cdef public object general_bcast, general_reduce, general_allgather, general_alltoall
-    cdef public long reduce_tag, allgather_tag, alltoall_tag
+    cdef public object general_gather, general_scatter
+    cdef public long reduce_tag, allgather_tag, alltoall_tag, gather_tag, scatter_tag
     cdef object last_op, last_code
     cdef bytearray scratch
 
@@ -283,6 +284,78 @@ cdef class SmallCollectives:
     def Alltoall(self, sendbuf, recvbuf):
         if not self._try_blocks(sendbuf, recvbuf, True):
             self.general_alltoall(sendbuf, recvbuf)
+
+    def Gather(self, sendbuf, recvbuf, root=0):
+        if not self._try_rooted(sendbuf, recvbuf, root, False):
+            self.general_gather(sendbuf, recvbuf, root)
+
+    def Scatter(self, sendbuf, recvbuf, root=0):
+        if not self._try_rooted(sendbuf, recvbuf, root, True):
+            self.general_scatter(sendbuf, recvbuf, root)
+
+    cdef bint _try_rooted(self, object sendbuf, object recvbuf, object root,
+                          bint scatter) except -1:
+        """Gather or Scatter of numpy arrays whose blocks fit the eager limit:
+        as the general algorithms, block i travels between the root and rank
+        i once (same tag), so ranks may mix the two paths."""
+        cdef cnp.ndarray whole, mine
+        cdef Py_ssize_t total, block
+        cdef long r, i, size = self.size
+        cdef long tag = self.scatter_tag if scatter else self.gather_tag
+        general = self.general_scatter if scatter else self.general_gather
+        if general is None or type(root) is not int or size < 2:
+            return False
+        r = root
+        if r < 0 or r >= size:
+            return False
+        # The root's whole buffer is the send buffer of a scatter, the receive
+        # buffer of a gather; the other side is one block (or IN_PLACE).
+        if self.rank != r:
+            if not self._plain_array(recvbuf if scatter else sendbuf, scatter):
+                return False
+            mine = <cnp.ndarray>(recvbuf if scatter else sendbuf)
+            block = cnp.PyArray_NBYTES(mine)
+            if <uint64_t>block > self.eager_limit:
+                return False
+            if scatter:
+                if self.fast.recv_ptr(<char *>cnp.PyArray_DATA(mine), block, r, tag,
+                                      self.fast.spins) < 0:
+                    self.recv_slow(mine, r, tag)
+            elif not self.fast.send_ptr(<const char *>cnp.PyArray_DATA(mine), block, r, tag):
+                self.send_slow(mine, r, tag)
+            return True
+        if not self._plain_array(sendbuf if scatter else recvbuf, not scatter):
+            return False
+        whole = <cnp.ndarray>(sendbuf if scatter else recvbuf)
+        total = cnp.PyArray_NBYTES(whole)
+        if total % size:
+            return False
+        block = total // size
+        if <uint64_t>block > self.eager_limit:
+            return False
+        own = recvbuf if scatter else sendbuf
+        if own is not self.in_place:
+            if not self._plain_array(own, scatter):
+                return False
+            mine = <cnp.ndarray>own
+            if cnp.PyArray_TYPE(mine) != cnp.PyArray_TYPE(whole) \
+                    or cnp.PyArray_NBYTES(mine) != block:
+                return False
+            if scatter:
+                memmove(cnp.PyArray_DATA(mine), <char *>cnp.PyArray_DATA(whole) + r * block, block)
+            else:
+                memmove(<char *>cnp.PyArray_DATA(whole) + r * block, cnp.PyArray_DATA(mine), block)
+        for i in range(size):
+            if i == r:
+                continue
+            if scatter:
+                if not self.fast.send_ptr(<const char *>cnp.PyArray_DATA(whole) + i * block,
+                                          block, i, tag):
+                    self.send_slow(memoryview(whole).cast("B")[i * block:(i + 1) * block], i, tag)
+            elif self.fast.recv_ptr(<char *>cnp.PyArray_DATA(whole) + i * block, block, i, tag,
+                                    self.fast.spins) < 0:
+                self.recv_slow(memoryview(whole).cast("B")[i * block:(i + 1) * block], i, tag)
+        return True
 
     cdef int _exchange(self, cnp.ndarray out, Py_ssize_t out_at, cnp.ndarray into,
                        Py_ssize_t in_at, Py_ssize_t n, long dest, long source,

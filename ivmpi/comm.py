@@ -12,7 +12,7 @@ from ._fastcopy import SMALL_OPS, FastPath, SmallCollectives
 
 from .buffers import parse_recv, parse_send
 from .collectives import (TAG_ALLGATHER, TAG_ALLREDUCE, TAG_ALLTOALL, TAG_BARRIER, TAG_BCAST,
-                          TAG_REDUCE, Collectives)
+                          TAG_GATHER, TAG_REDUCE, TAG_SCATTER, Collectives)
 from .engine import ANY_SOURCE as _ENGINE_ANY_SOURCE
 from .engine import SendOp
 from .errors import IvmpiError
@@ -143,6 +143,10 @@ class Comm:
             self._small.general_alltoall = self._collectives.Alltoall
             self._small.allgather_tag, self._small.alltoall_tag = TAG_ALLGATHER, TAG_ALLTOALL
             self.Allgather, self.Alltoall = self._small.Allgather, self._small.Alltoall
+            self._small.general_gather = self._collectives.Gather
+            self._small.general_scatter = self._collectives.Scatter
+            self._small.gather_tag, self._small.scatter_tag = TAG_GATHER, TAG_SCATTER
+            self.Gather, self.Scatter = self._small.Gather, self._small.Scatter
             self.Barrier, self.Allreduce = self._small.Barrier, self._small.Allreduce
             self.Bcast = self._small.Bcast
 

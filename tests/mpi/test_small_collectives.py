@@ -236,3 +236,38 @@ def test_allgather_and_alltoall_mixing_paths(comm, per_rank, in_place):
     check("Allgather", mine, got)
     outgoing = np.arange(size * per_rank, dtype="f8") + 1000 * rank
     check("Alltoall", outgoing, outgoing.copy() if in_place else np.full(size * per_rank, -1.0))
+
+
+@pytest.mark.parametrize("per_rank", [1, 8192, 8193])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_gather_and_scatter_mixing_paths(comm, per_rank, in_place):
+    """Every root; odd ranks pass [buf, datatype] specs (general path), the
+    others numpy arrays (one call up to the eager limit per block)."""
+    size, rank = comm.size, comm.rank
+
+    def spec(arr):
+        return [arr, MPI.DOUBLE] if rank % 2 else arr
+
+    for root in range(size):
+        mine = np.arange(per_rank, dtype="f8") + 1000 * rank + root
+        whole = np.full(size * per_rank, -1.0) if rank == root else None
+        if rank == root and in_place:
+            whole[root * per_rank:(root + 1) * per_rank] = mine
+            comm.Gather(MPI.IN_PLACE, spec(whole), root=root)
+        else:
+            comm.Gather(spec(mine), None if whole is None else spec(whole), root=root)
+        theirs = np.empty(size * per_rank) if rank == root else None
+        NATIVE.Gather(mine, theirs, root=root)
+        if rank == root:
+            assert np.array_equal(whole, theirs), root
+
+        outgoing = np.arange(size * per_rank, dtype="f8") * (root + 1) if rank == root else None
+        got = np.full(per_rank, -1.0)
+        if rank == root and in_place:
+            comm.Scatter(spec(outgoing), MPI.IN_PLACE, root=root)
+            got = outgoing[root * per_rank:(root + 1) * per_rank]
+        else:
+            comm.Scatter(None if outgoing is None else spec(outgoing), spec(got), root=root)
+        theirs = np.empty(per_rank)
+        NATIVE.Scatter(outgoing, theirs, root=root)
+        assert np.array_equal(got, theirs), root
