@@ -395,8 +395,10 @@ def test_large_copies_release_the_gil(strict):
         assert _other_thread_progressed_during(lambda: m.read(0, out))
         assert _other_thread_progressed_during(lambda: m.fill(0, n, 1))
         # The check can fail: a copy of the same size that keeps the GIL
-        # (bytearray() copies while holding it) shows no progress.
-        assert not _other_thread_progressed_during(lambda: bytearray(source), attempts=3)
+        # (bytearray() copies while holding it) shows no progress.  Once is
+        # enough: on a loaded machine a stray switch can still slip in.
+        assert not all(_other_thread_progressed_during(lambda: bytearray(source), attempts=1)
+                       for _ in range(3))
     finally:
         m.release()
         mm.close()
