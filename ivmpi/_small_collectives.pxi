@@ -121,38 +121,43 @@ SMALL_OPS = {"SUM": OP_SUM, "PROD": OP_PROD, "MAX": OP_MAX, "MIN": OP_MIN}
 
 
 cdef class SmallCollectives:
-    """A communicator's Barrier and Allreduce as one Cython call each.
+    """A communicator's common small collectives as one Cython call each.
 
-    Built over the hidden twin's FastPath.  Allreduce takes numpy arrays of
-    float64/float32/int64/int32 with SUM/PROD/MAX/MIN on power-of-two
-    communicators, up to the eager limit; anything else goes to the general
-    algorithm (which also reports every error, exactly as before).
+    Built over the hidden twin's FastPath.  Each call takes the small cases
+    its method describes (plain numpy buffers up to the eager limit, the
+    predefined SUM/PROD/MAX/MIN on numbers) and hands anything else to the
+    same method of `general`, the communicator's ivmpi.collectives object,
+    whose algorithm it mirrors step for step (and which also reports every
+    error).  `tags` maps each collective's name to its tag there.
     """
     cdef FastPath fast
-    cdef long rank, size, barrier_tag, allreduce_tag, bcast_tag
+    cdef long rank, size
+    cdef long barrier_tag, allreduce_tag, bcast_tag, reduce_tag
+    cdef long allgather_tag, alltoall_tag, gather_tag, scatter_tag
     cdef uint64_t eager_limit
     cdef dict opcodes
-    cdef object send_slow, recv_slow, general_allreduce, in_place, default_op
-    cdef public object general_bcast, general_reduce, general_allgather, general_alltoall
-    cdef public object general_gather, general_scatter
-    cdef public long reduce_tag, allgather_tag, alltoall_tag, gather_tag, scatter_tag
+    cdef object send_slow, recv_slow, general, in_place, default_op
     cdef object last_op, last_code
     cdef bytearray scratch
 
-    def __cinit__(self, FastPath fast, long rank, long size, long barrier_tag,
-                  long allreduce_tag, dict opcodes, send_slow, recv_slow, general_allreduce,
-                  in_place, default_op, long bcast_tag=-1):
+    def __cinit__(self, FastPath fast, long rank, long size, dict tags, dict opcodes,
+                  send_slow, recv_slow, general, in_place, default_op):
         self.fast = fast
         self.rank = rank
         self.size = size
-        self.barrier_tag = barrier_tag
-        self.allreduce_tag = allreduce_tag
-        self.bcast_tag = bcast_tag
+        self.barrier_tag = tags["Barrier"]
+        self.allreduce_tag = tags["Allreduce"]
+        self.bcast_tag = tags["Bcast"]
+        self.reduce_tag = tags["Reduce"]
+        self.allgather_tag = tags["Allgather"]
+        self.alltoall_tag = tags["Alltoall"]
+        self.gather_tag = tags["Gather"]
+        self.scatter_tag = tags["Scatter"]
         self.eager_limit = fast.eager_limit
         self.opcodes = opcodes
         self.send_slow = send_slow
         self.recv_slow = recv_slow
-        self.general_allreduce = general_allreduce
+        self.general = general
         self.in_place = in_place
         self.default_op = default_op
         self.scratch = bytearray(0)
@@ -163,7 +168,7 @@ cdef class SmallCollectives:
 
     def Bcast(self, buf, root=0):
         if not self._try_bcast(buf, root):
-            self.general_bcast(buf, root)
+            self.general.Bcast(buf, root)
 
     cdef bint _try_bcast(self, object buf, object root) except -1:
         """A broadcast of a plain buffer up to the eager limit: the general
@@ -172,7 +177,7 @@ cdef class SmallCollectives:
         cdef Py_ssize_t extent, nbytes, length
         cdef long r, vrank, mask, peer, size = self.size
         cdef char *data
-        if self.bcast_tag < 0 or self.general_bcast is None or type(root) is not int or size < 2:
+        if type(root) is not int or size < 2:
             return False
         r = root
         if r < 0 or r >= size:
@@ -206,7 +211,7 @@ cdef class SmallCollectives:
         if op is None:
             op = self.default_op
         if not self._try_reduce(sendbuf, recvbuf, op, root):
-            self.general_reduce(sendbuf, recvbuf, op, root)
+            self.general.Reduce(sendbuf, recvbuf, op, root)
 
     cdef object _op_code(self, object op):
         if op is self.last_op:
@@ -226,7 +231,7 @@ cdef class SmallCollectives:
         cdef long r, vrank, mask, size = self.size
         cdef Py_ssize_t nbytes
         cdef bytearray acc, tmp
-        if self.general_reduce is None or type(root) is not int or size < 2:
+        if type(root) is not int or size < 2:
             return False
         r = root
         if r < 0 or r >= size:
@@ -279,19 +284,19 @@ cdef class SmallCollectives:
 
     def Allgather(self, sendbuf, recvbuf):
         if not self._try_blocks(sendbuf, recvbuf, False):
-            self.general_allgather(sendbuf, recvbuf)
+            self.general.Allgather(sendbuf, recvbuf)
 
     def Alltoall(self, sendbuf, recvbuf):
         if not self._try_blocks(sendbuf, recvbuf, True):
-            self.general_alltoall(sendbuf, recvbuf)
+            self.general.Alltoall(sendbuf, recvbuf)
 
     def Gather(self, sendbuf, recvbuf, root=0):
         if not self._try_rooted(sendbuf, recvbuf, root, False):
-            self.general_gather(sendbuf, recvbuf, root)
+            self.general.Gather(sendbuf, recvbuf, root)
 
     def Scatter(self, sendbuf, recvbuf, root=0):
         if not self._try_rooted(sendbuf, recvbuf, root, True):
-            self.general_scatter(sendbuf, recvbuf, root)
+            self.general.Scatter(sendbuf, recvbuf, root)
 
     cdef bint _try_rooted(self, object sendbuf, object recvbuf, object root,
                           bint scatter) except -1:
@@ -302,8 +307,7 @@ cdef class SmallCollectives:
         cdef Py_ssize_t total, block
         cdef long r, i, size = self.size
         cdef long tag = self.scatter_tag if scatter else self.gather_tag
-        general = self.general_scatter if scatter else self.general_gather
-        if general is None or type(root) is not int or size < 2:
+        if type(root) is not int or size < 2:
             return False
         r = root
         if r < 0 or r >= size:
@@ -387,8 +391,7 @@ cdef class SmallCollectives:
         cdef cnp.ndarray recv, send
         cdef Py_ssize_t total, block
         cdef long size = self.size, rank = self.rank, step, dest, source
-        general = self.general_alltoall if alltoall else self.general_allgather
-        if general is None or size < 2 or not self._plain_array(recvbuf, True):
+        if size < 2 or not self._plain_array(recvbuf, True):
             return False
         recv = <cnp.ndarray>recvbuf
         total = cnp.PyArray_NBYTES(recv)
@@ -429,7 +432,7 @@ cdef class SmallCollectives:
         if op is None:
             op = self.default_op
         if not self._try_allreduce(sendbuf, recvbuf, op):
-            self.general_allreduce(sendbuf, recvbuf, op)
+            self.general.Allreduce(sendbuf, recvbuf, op)
 
     cdef int _type_code(self, cnp.ndarray arr):
         cdef int num = cnp.PyArray_TYPE(arr)

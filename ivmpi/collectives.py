@@ -49,6 +49,12 @@ TAG_EXSCAN = 10
 TAG_REDUCE_SCATTER = 11
 TAG_OBJ = 12
 
+# The tags of the collectives that also have a one-call Cython version
+# (ivmpi._fastcopy.SmallCollectives), which must use the same ones.
+COLLECTIVE_TAGS = {"Barrier": TAG_BARRIER, "Bcast": TAG_BCAST, "Scatter": TAG_SCATTER,
+                   "Gather": TAG_GATHER, "Allgather": TAG_ALLGATHER, "Alltoall": TAG_ALLTOALL,
+                   "Reduce": TAG_REDUCE, "Allreduce": TAG_ALLREDUCE}
+
 # Bcast switches from a binomial tree to a segmented pipeline at this size
 # (measured: at 1 MiB on 4 ranks the tree took 150-190 us, the chain 340-460).
 PIPELINE_MIN_BYTES = 8 << 20

@@ -11,8 +11,7 @@ from mpi4py import MPI as _MPI
 from ._fastcopy import SMALL_OPS, FastPath, SmallCollectives
 
 from .buffers import parse_recv, parse_send
-from .collectives import (TAG_ALLGATHER, TAG_ALLREDUCE, TAG_ALLTOALL, TAG_BARRIER, TAG_BCAST,
-                          TAG_GATHER, TAG_REDUCE, TAG_SCATTER, Collectives)
+from .collectives import COLLECTIVE_TAGS, Collectives
 from .engine import ANY_SOURCE as _ENGINE_ANY_SOURCE
 from .engine import SendOp
 from .errors import IvmpiError
@@ -107,7 +106,6 @@ class Comm:
         # The hidden twin carries collectives: any member's death ends its waits.
         self._scope = tuple(self._ranks) if hidden else None
         self._coll = None
-        self._small = None
         self._freed = False
         self.rank = self._index[engine.rank]
         self.size = len(self._ranks)
@@ -133,22 +131,12 @@ class Comm:
         self.send, self.recv = fast.send_object, fast.recv_object
         if not hidden:
             twin = self._collectives.p2p
-            self._small = SmallCollectives(
-                twin._fast, self.rank, self.size, TAG_BARRIER, TAG_ALLREDUCE, _small_op_codes(),
-                twin.Send, twin.Recv, self._general_Allreduce, _MPI.IN_PLACE, _MPI.SUM,
-                TAG_BCAST)
-            self._small.general_bcast = self._general_Bcast
-            self._small.general_reduce, self._small.reduce_tag = self._general_Reduce, TAG_REDUCE
-            self._small.general_allgather = self._collectives.Allgather
-            self._small.general_alltoall = self._collectives.Alltoall
-            self._small.allgather_tag, self._small.alltoall_tag = TAG_ALLGATHER, TAG_ALLTOALL
-            self.Allgather, self.Alltoall = self._small.Allgather, self._small.Alltoall
-            self._small.general_gather = self._collectives.Gather
-            self._small.general_scatter = self._collectives.Scatter
-            self._small.gather_tag, self._small.scatter_tag = TAG_GATHER, TAG_SCATTER
-            self.Gather, self.Scatter = self._small.Gather, self._small.Scatter
-            self.Barrier, self.Allreduce = self._small.Barrier, self._small.Allreduce
-            self.Bcast = self._small.Bcast
+            small = SmallCollectives(
+                twin._fast, self.rank, self.size, COLLECTIVE_TAGS, _small_op_codes(),
+                twin.Send, twin.Recv, self._collectives, _MPI.IN_PLACE, _MPI.SUM)
+            self.Barrier, self.Allreduce, self.Reduce = small.Barrier, small.Allreduce, small.Reduce
+            self.Bcast, self.Gather, self.Scatter = small.Bcast, small.Gather, small.Scatter
+            self.Allgather, self.Alltoall = small.Allgather, small.Alltoall
 
     @classmethod
     def wrap(cls, mpi_comm=None, region=None):
@@ -451,25 +439,18 @@ class Comm:
             self._coll = Collectives(twin)
         return self._coll
 
-    # Barrier and Allreduce: each instance binds SmallCollectives' versions
-    # (see __init__), which take the common small cases in one Cython call.
+    # Barrier, Bcast, Gather, Scatter, Allgather, Alltoall, Reduce and
+    # Allreduce: each instance binds SmallCollectives' versions (see
+    # __init__), which take the common small cases in one Cython call; the
+    # methods here serve hidden communicators and unbound calls.
 
     def Barrier(self):
-        if self._small is None:         # hidden communicators
-            self._collectives.Barrier()
-        else:
-            self._small.Barrier()
+        self._collectives.Barrier()
 
     def barrier(self):
         self._collectives.barrier()
 
     def Bcast(self, buf, root=0):
-        if self._small is None:         # hidden communicators
-            self._general_Bcast(buf, root)
-        else:
-            self._small.Bcast(buf, root)
-
-    def _general_Bcast(self, buf, root):
         self._collectives.Bcast(buf, root)
 
     def bcast(self, obj, root=0):
@@ -512,24 +493,12 @@ class Comm:
         return self._collectives.alltoall(sendobj)
 
     def Reduce(self, sendbuf, recvbuf, op=_MPI.SUM, root=0):
-        if self._small is None:         # hidden communicators
-            self._general_Reduce(sendbuf, recvbuf, op, root)
-        else:
-            self._small.Reduce(sendbuf, recvbuf, op, root)
-
-    def _general_Reduce(self, sendbuf, recvbuf, op, root):
         self._collectives.Reduce(sendbuf, recvbuf, op, root)
 
     def reduce(self, sendobj, op=_MPI.SUM, root=0):
         return self._collectives.reduce(sendobj, op, root)
 
     def Allreduce(self, sendbuf, recvbuf, op=_MPI.SUM):
-        if self._small is None:         # hidden communicators
-            self._general_Allreduce(sendbuf, recvbuf, op)
-        else:
-            self._small.Allreduce(sendbuf, recvbuf, op)
-
-    def _general_Allreduce(self, sendbuf, recvbuf, op):
         self._collectives.Allreduce(sendbuf, recvbuf, op)
 
     def allreduce(self, sendobj, op=_MPI.SUM):
