@@ -282,32 +282,48 @@ cdef class FastPath:
         operation directly.  Anything unusual (PROC_NULL, a bad rank or tag,
         a buffer spec that is not plain) takes the general path, which
         handles and reports it."""
+        cdef Py_ssize_t extent, nbytes
         if source is None:
             source = self.any_source
         if tag is None:
             tag = self.any_tag
-        cdef long src = source, tg = tag
-        cdef Py_ssize_t extent, nbytes
-        cdef object plain, mem, op
-        if (not self.enabled
-                or not (0 <= src < self.size or src == self.any_source)
-                or not (0 <= tg <= _TAG_UB or tg == self.any_tag)):
-            return self.general_Irecv(buf, source, tag)
-        plain = self._plain(buf, &extent, &nbytes)
-        mem = None if plain is None else _byte_view(plain, nbytes, extent)
-        if mem is None:
-            return self.general_Irecv(buf, source, tag)
+        if self._postable(source, tag):
+            plain = self._plain(buf, &extent, &nbytes)
+            mem = None if plain is None else _byte_view(plain, nbytes, extent)
+            if mem is not None:
+                return self.new_request(self.comm, self._post_receive(source, tag, mem), None,
+                                        ("Irecv", "from", source))
+        return self.general_Irecv(buf, source, tag)
+
+    def irecv(self, buf=None, source=None, tag=None):
+        """Post an object receive in one call (mpi4py's buffer hint is not
+        needed: the message's own size is used)."""
+        if source is None:
+            source = self.any_source
+        if tag is None:
+            tag = self.any_tag
+        if not self._postable(source, tag):
+            return self.general_irecv(buf, source, tag)
+        return self.new_request(self.comm, self._post_receive(source, tag, None),
+                                self.unpickle_op, ("irecv", "from", source))
+
+    cdef bint _postable(self, long source, long tag):
+        return self.enabled and (0 <= source < self.size or source == self.any_source) \
+            and (0 <= tag <= _TAG_UB or tag == self.any_tag)
+
+    cdef object _post_receive(self, long source, long tag, object mem):
+        """The engine's receive for a checked (source, tag): matched against
+        what already arrived by the engine's own call, else posted."""
+        cdef long world = -1 if source == self.any_source else self.world_ranks[source]
+        cdef long want = -1 if tag == self.any_tag else tag
         if self.unexpected:
-            # Match what already arrived first: the engine's own call.
-            op = self.engine_irecv(-1 if src == self.any_source else self.world_ranks[src],
-                                   -1 if tg == self.any_tag else tg, self.context, mem)
+            op = self.engine_irecv(world, want, self.context, mem)
         else:
-            op = _new_recv_op(-1 if src == self.any_source else self.world_ranks[src],
-                              -1 if tg == self.any_tag else tg, self.context, mem)
+            op = _new_recv_op(world, want, self.context, mem)
             self.posted.append(op)
         if self.scope is not None:
             op.scope = self.scope
-        return self.new_request(self.comm, op, None, ("Irecv", "from", source))
+        return op
 
     cdef bint send_ptr(self, const char *data, Py_ssize_t n, long dest, long tag) except -1:
         """One EAGER frame of n bytes at data to dest; False: use the general path."""
@@ -340,30 +356,6 @@ cdef class FastPath:
         self.last_tag = rx.tag
         rx.consume()
         return n
-
-    def irecv(self, buf=None, source=None, tag=None):
-        """Post an object receive in one call (mpi4py's buffer hint is not
-        needed: the message's own size is used)."""
-        if source is None:
-            source = self.any_source
-        if tag is None:
-            tag = self.any_tag
-        cdef long src = source, tg = tag
-        cdef object op
-        if (not self.enabled
-                or not (0 <= src < self.size or src == self.any_source)
-                or not (0 <= tg <= _TAG_UB or tg == self.any_tag)):
-            return self.general_irecv(buf, source, tag)
-        if self.unexpected:
-            op = self.engine_irecv(-1 if src == self.any_source else self.world_ranks[src],
-                                   -1 if tg == self.any_tag else tg, self.context, None)
-        else:
-            op = _new_recv_op(-1 if src == self.any_source else self.world_ranks[src],
-                              -1 if tg == self.any_tag else tg, self.context, None)
-            self.posted.append(op)
-        if self.scope is not None:
-            op.scope = self.scope
-        return self.new_request(self.comm, op, self.unpickle_op, ("irecv", "from", source))
 
     def send_object(self, obj, long dest, long tag=0):
         data = self.dumps(obj)
@@ -412,28 +404,34 @@ cdef class FastPath:
                 return i
         return -1
 
-    cdef object _take_unexpected_eager(self, long source, long tag):
-        """The payload (a bytearray) of the first unexpected message the
-        receive matches, removed from the queue, if it is a plain eager one
-        (no acknowledgement owed); else None, and the queue is untouched."""
-        cdef Py_ssize_t i
-        if not self.unexpected or tag < -1 or tag > _TAG_UB:
-            return None
-        if source >= self.size or (source < 0 and source != self.any_source):
-            return None
-        i = self._unexpected_match(source if source >= 0 else -1, tag)
+    cdef bint _valid_receive(self, long source, long tag):
+        """A receive's source (communicator rank or ANY_SOURCE) and tag (or -1)
+        are ones the fast paths may take (the general path reports others)."""
+        return -1 <= tag <= _TAG_UB and (0 <= source < self.size or source == self.any_source)
+
+    cdef object _unexpected_eager(self, long source, long tag, Py_ssize_t *index):
+        """The first unexpected message a valid receive matches, if it is a
+        plain eager one (no acknowledgement owed) that a fast path may hand
+        over; else None.  *index is its place in the queue, -1 for no match."""
+        cdef Py_ssize_t i = self._unexpected_match(source if source >= 0 else -1, tag)
+        index[0] = i
         if i < 0:
             return None
         msg = self.unexpected[i]
-        if msg.kind != 1 or msg.self_send is not None or type(msg.data) is not bytearray:
+        if msg.kind != 1 or msg.self_send is not None or type(msg.data) is not bytearray \
+                or msg.source not in self.comm_rank_of:
             return None
-        rank = self.comm_rank_of.get(msg.source)
-        if rank is None:
-            return None
+        return msg
+
+    cdef bint _take_unexpected(self, Py_ssize_t i, object msg) except -1:
+        """Remove msg, found at index i, from the queue and record its
+        envelope; False if the queue changed meanwhile (then nothing is taken)."""
+        if i >= len(self.unexpected) or self.unexpected[i] is not msg:
+            return False
         del self.unexpected[i]
-        self.last_source = rank
+        self.last_source = self.comm_rank_of[msg.source]
         self.last_tag = msg.tag
-        return msg.data
+        return True
 
     cdef object _ready_ring(self, long source, long tag, int spins):
         """The ring whose next frame is the eager message wanted, or None.
@@ -541,14 +539,12 @@ cdef class FastPath:
         matching, FAST_NOTHING_YET sends recv on to the ring."""
         cdef Py_buffer view
         cdef Py_ssize_t n, i
-        if tag < -1 or tag > _TAG_UB or source >= self.size \
-                or (source < 0 and source != self.any_source):
+        if not self._valid_receive(source, tag):
             return FAST_NOT_HANDLED
-        i = self._unexpected_match(source if source >= 0 else -1, tag)
+        msg = self._unexpected_eager(source, tag, &i)
         if i < 0:
             return FAST_NOTHING_YET
-        msg = self.unexpected[i]
-        if msg.kind != 1 or msg.self_send is not None or type(msg.data) is not bytearray:
+        if msg is None:
             return FAST_NOT_HANDLED
         data = msg.data
         n = len(data)
@@ -559,7 +555,7 @@ cdef class FastPath:
                 capacity = view.len
             if capacity > view.len or n > capacity or capacity % extent or n % extent:
                 return FAST_NOT_HANDLED
-            if self._take_unexpected_eager(source, tag) is not data:
+            if not self._take_unexpected(i, msg):
                 return FAST_NOT_HANDLED
             if n:
                 memcpy(view.buf, PyByteArray_AS_STRING(data), n)
@@ -572,10 +568,11 @@ cdef class FastPath:
         cdef bytearray out
         cdef object ring
         cdef RxRing rx
-        if self.unexpected and self.enabled:
-            out = self._take_unexpected_eager(source, tag)
-            if out is not None:
-                return out
+        cdef Py_ssize_t i
+        if self.unexpected and self.enabled and self._valid_receive(source, tag):
+            msg = self._unexpected_eager(source, tag, &i)
+            if msg is not None and self._take_unexpected(i, msg):
+                return msg.data
         ring = self._ready_ring(source, tag, spins)
         if ring is None:
             return None
