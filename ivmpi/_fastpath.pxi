@@ -382,11 +382,8 @@ cdef class FastPath:
     cdef bint _posted_takes(self, RxRing rx):
         """Does a receive posted earlier match the frame at the head of rx?
         Then that frame is its, in MPI order, and the engine delivers it."""
-        cdef RecvOp op
-        for item in self.posted:
-            op = <RecvOp?>item
-            if (op.context == rx.context and (op.source == -1 or op.source == rx.peer)
-                    and (op.tag == -1 or op.tag == rx.tag)):
+        for op in self.posted:
+            if _accepts_head(<RecvOp?>op, rx):
                 return True
         return False
 

@@ -415,6 +415,13 @@ cdef class RxRing:
         return self.ready or rg_load_acquire(self.head_p) != self.tail
 
 
+cdef inline bint _accepts_head(RecvOp op, RxRing rx):
+    """MPI matching of a posted receive against the envelope of rx's head
+    frame (the engine's _wanted, for its C types): -1 is the wildcard."""
+    return (op.context == rx.context and (op.source == -1 or op.source == rx.peer)
+            and (op.tag == -1 or op.tag == rx.tag))
+
+
 def deliver_eager(RxRing rx, list posted, uint64_t eager_limit):
     """The engine's commonest step in one call: the EAGER frame at the head
     of rx goes straight into the first posted receive that matches it (MPI
@@ -430,8 +437,7 @@ def deliver_eager(RxRing rx, list posted, uint64_t eager_limit):
     n = len(posted)
     for i in range(n):
         op = <RecvOp?>posted[i]
-        if (op.context != rx.context or (op.source != -1 and op.source != rx.peer)
-                or (op.tag != -1 and op.tag != rx.tag)):
+        if not _accepts_head(op, rx):
             continue
         if op.mem is None:                  # an object receive: keep the bytes
             op.data = rx.payload()

@@ -16,7 +16,7 @@ import time
 from collections import deque
 
 from . import _fastcopy
-from ._fastcopy import Op, RecvOp, SendOp, deliver_eager, first_ready
+from ._fastcopy import RecvOp, SendOp, deliver_eager, first_ready
 from .heap import Heap
 from .liveness import Liveness
 from .errors import CorruptRegionError, IvmpiError, IvmpiTimeoutError, PeerError
