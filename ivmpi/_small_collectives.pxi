@@ -214,6 +214,8 @@ cdef class SmallCollectives:
             self.general.Reduce(sendbuf, recvbuf, op, root)
 
     cdef object _op_code(self, object op):
+        """The C code of a predefined op this class combines, or None.  The
+        same op object comes back call after call: remember it."""
         if op is self.last_op:
             return self.last_code
         code = self.opcodes.get(getattr(op, "handle", None))
@@ -460,13 +462,9 @@ cdef class SmallCollectives:
         typ = self._type_code(recv)
         if typ == 0:
             return False
-        if op is self.last_op:
-            code = self.last_code
-        else:
-            code = self.opcodes.get(getattr(op, "handle", None))
-            if code is None:
-                return False
-            self.last_op, self.last_code = op, code
+        code = self._op_code(op)
+        if code is None:
+            return False
         if sendbuf is not self.in_place:
             if type(sendbuf) is not cnp.ndarray:
                 return False
