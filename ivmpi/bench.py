@@ -214,6 +214,20 @@ def check_echo(expected, received_obj, recv_buf, use_pickle, what):
         raise RuntimeError(f"pingpong {what}: the echoed message differs from the one sent")
 
 
+def repeat_timing(comm, options, skip, loop, run):
+    """Warm up with run(skip), then time run(loop) once per repeat, each
+    after a barrier; run returns (seconds, what it received).  Returns the
+    times and what the last repeat received."""
+    comm.Barrier()
+    run(skip)
+    times = []
+    for _ in range(options.repeats):
+        comm.Barrier()
+        elapsed, received = run(loop)
+        times.append(elapsed)
+    return times, received
+
+
 def measure_size(comm, MPI, nbytes, options):
     """Time one message size; returns the per-repeat half round-trip times (rank 0)."""
     skip, loop = iterations_for(nbytes, options)
@@ -226,13 +240,9 @@ def measure_size(comm, MPI, nbytes, options):
     else:
         send_obj = [make_buffer(nbytes, options.array, fill), nbytes, MPI.BYTE]
         recv_buf = [make_buffer(nbytes, options.array, 0), nbytes, MPI.BYTE]
-    comm.Barrier()
-    time_round_trips(comm, MPI, send_obj, recv_buf, skip, options.pickle)
-    times = []
-    for _ in range(options.repeats):
-        comm.Barrier()
-        elapsed, received = time_round_trips(comm, MPI, send_obj, recv_buf, loop, options.pickle)
-        times.append(elapsed)
+    times, received = repeat_timing(
+        comm, options, skip, loop,
+        lambda count: time_round_trips(comm, MPI, send_obj, recv_buf, count, options.pickle))
     if comm.Get_rank() == 0:
         check_echo(send_obj, received, recv_buf, options.pickle, f"{nbytes} B")
     return loop, times
@@ -257,13 +267,8 @@ def time_exchanges(comm, MPI, count):
 
 def measure_exchange(comm, MPI, options):
     skip, loop = iterations_for(0, options)
-    comm.Barrier()
-    time_exchanges(comm, MPI, skip)
-    times = []
-    for _ in range(options.repeats):
-        comm.Barrier()
-        elapsed, received = time_exchanges(comm, MPI, loop)
-        times.append(elapsed)
+    times, received = repeat_timing(comm, options, skip, loop,
+                                    lambda count: time_exchanges(comm, MPI, count))
     if comm.Get_rank() == 0 and received[0] != 2.0:
         raise RuntimeError("exchange: rank 0 did not receive rank 1's value")
     return loop, times
@@ -271,13 +276,9 @@ def measure_exchange(comm, MPI, options):
 
 def measure_small_dict(comm, MPI, options):
     skip, loop = iterations_for(0, options)
-    comm.Barrier()
-    time_round_trips(comm, MPI, SMALL_DICT, None, skip, True)
-    times = []
-    for _ in range(options.repeats):
-        comm.Barrier()
-        elapsed, received = time_round_trips(comm, MPI, SMALL_DICT, None, loop, True)
-        times.append(elapsed)
+    times, received = repeat_timing(
+        comm, options, skip, loop,
+        lambda count: time_round_trips(comm, MPI, SMALL_DICT, None, count, True))
     if comm.Get_rank() == 0:
         check_echo(SMALL_DICT, received, None, True, "small dict")
     return loop, times
