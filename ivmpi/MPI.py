@@ -7,7 +7,7 @@ ivmpi's classes, so a program written for mpi4py runs unchanged.
 
 COMM_WORLD starts the job the first time it is used, not at import.
 """
-from mpi4py import MPI as _mpi
+from .lib import MPI as _mpi
 
 from . import world as _world
 

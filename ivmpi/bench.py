@@ -31,7 +31,7 @@ SMALL_DICT = {"step": 42, "name": "halo", "values": [1.5, 2.5], "done": False}
 def load_mpi(transport):
     """Return the ``MPI`` module of the chosen transport."""
     if transport == "mpi4py":
-        from mpi4py import MPI
+        from .lib import MPI
     elif transport == "ivmpi":
         from ivmpi import MPI
     else:

@@ -36,7 +36,7 @@ MAXLOC/MINLOC (``MPI.DOUBLE_INT`` ...) are moved as whole extents.
 empty messages only, since ivmpi has no absolute addresses to send from.
 """
 import numpy as np
-from mpi4py import MPI
+from .lib import MPI
 from mpi4py.util import dtlib
 
 from .errors import BufferSpecError

@@ -27,7 +27,7 @@ Algorithms (p = number of ranks):
 The object (lowercase) reductions combine in rank order with ``op(a, b)``,
 as mpi4py does.
 """
-from mpi4py import MPI
+from .lib import MPI
 
 from .buffers import (parse_send, parse_recv, parse_vbuf, is_in_place,
                       datatype_extent)

@@ -6,7 +6,7 @@ and calls the engine, which works in world ranks and bytes.  Collectives go
 to ivmpi.collectives over a hidden twin of the communicator that has its own
 context id, so collective traffic never matches user messages.
 """
-from mpi4py import MPI as _MPI
+from .lib import MPI as _MPI
 
 from ._fastcopy import SMALL_OPS, FastPath, SmallCollectives
 

@@ -4,7 +4,7 @@ A Request wraps one engine operation.  Completing it fills an mpi4py
 ``MPI.Status`` (so user code keeps using mpi4py's Status class) and turns an
 engine error into the MPI exception mpi4py would raise.
 """
-from mpi4py import MPI as _MPI
+from .lib import MPI as _MPI
 
 from .engine import ERR_TRUNCATE, RecvOp
 from .errors import IvmpiError

@@ -97,7 +97,7 @@ def _open_region(spec):
 
 
 def _start_with_mpi(region_spec):
-    from mpi4py import MPI
+    from .lib import MPI
     from .region import Region
     mpi = MPI.COMM_WORLD
     rank, size = mpi.Get_rank(), mpi.Get_size()
@@ -277,6 +277,6 @@ def abort(errorcode):
     if _engine is not None and _region is not None and not _region.closed:
         layout.Slot(_region.mem, _engine.rank).set(layout.S_STATE, layout.STATE_ABORTED)
     if not standalone_requested():
-        from mpi4py import MPI
+        from .lib import MPI
         MPI.COMM_WORLD.Abort(errorcode)
     os._exit(errorcode if errorcode else 1)
