@@ -25,7 +25,7 @@ def _rank_main(rank, nranks, shm_path, rounds, count, nbytes, results, start):
     os.environ["IVMPI_PEER_TIMEOUT"] = "0"      # the absent ranks never beat
     from .lib import MPI
     from . import _fastcopy, layout
-    from .comm import Comm
+    from .comm import Intracomm
     from .engine import Engine
     try:
         os.sched_setaffinity(0, {rank % os.cpu_count()})
@@ -41,7 +41,7 @@ def _rank_main(rank, nranks, shm_path, rounds, count, nbytes, results, start):
     stand = _Stand()
     stand.mem = mem
     geo, _ = layout.read_header(mem)
-    comm = Comm(Engine(stand, geo, rank), range(nranks), 0)
+    comm = Intracomm._create(Engine(stand, geo, rank), range(nranks), 0)
     buf = np.zeros(nbytes, "u1")
     other = 1 - rank
     timings = {"source": [], "any": []}

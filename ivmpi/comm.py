@@ -52,8 +52,9 @@ def _small_op_codes():
     return _SMALL_OP_CODES
 
 
-class Group:
-    """A group of processes, as world ranks (mpi4py's Group methods that matter)."""
+class _StandaloneGroup:
+    """A group of world ranks in standalone mode, where no MPI library knows
+    the job's processes (under a launcher, groups are mpi4py's own)."""
 
     def __init__(self, world_ranks, my_world_rank):
         self._ranks = list(world_ranks)
@@ -69,11 +70,11 @@ class Group:
     rank = property(Get_rank)
 
     def Incl(self, ranks):
-        return Group([self._ranks[r] for r in ranks], self._me)
+        return _StandaloneGroup([self._ranks[r] for r in ranks], self._me)
 
     def Excl(self, ranks):
         drop = set(ranks)
-        return Group([w for i, w in enumerate(self._ranks) if i not in drop], self._me)
+        return _StandaloneGroup([w for i, w in enumerate(self._ranks) if i not in drop], self._me)
 
     def Translate_ranks(self, ranks=None, group=None):
         if ranks is None:
@@ -87,21 +88,83 @@ class Group:
         pass
 
 
+Group = _MPI.Group
+
+
 # The operation behind a send that the fast path published on the spot.
 _SENT = SendOp(-1, b"", 0, 0, False)
 _SENT.done = True
 
 
-class Comm:
-    """An intracommunicator whose messages travel through the region."""
+class _NotIvmpi:
+    """The region state of a communicator that has none: a null handle
+    (``MPI.Comm()``) or a plain mpi4py communicator.  Any use is MPI's
+    invalid-communicator error, as mpi4py gives for COMM_NULL."""
 
-    def __init__(self, engine, world_ranks, context, name="", mpi_comm=None, hidden=False):
+    def __getattr__(self, name):
+        raise MPIError(_MPI.ERR_COMM, "not an ivmpi communicator (a null handle, or "
+                       "an mpi4py communicator: ivmpi.Comm.wrap(comm) makes one)")
+
+
+_NO_STATE = _NotIvmpi()
+
+
+class _Own:
+    """A value the instance keeps in its own dict (rank, size: read on every
+    call, so no Python-level property), else mpi4py's property over the handle."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return self
+        return getattr(_MPI.Comm, self.name).__get__(obj, cls)
+
+
+# The region state every copy of a communicator shares (see Comm.__new__).
+_STATE = ("_engine", "_ranks", "_index", "_ctx", "_hidden", "_scope", "_coll", "_fast",
+          "_freed", "_shared", "rank", "size")
+
+
+class Comm(_MPI.Comm):
+    """A communicator whose messages travel through the region.
+
+    It is an ``mpi4py.MPI.Comm`` carrying a real handle of the MPI library
+    over the same processes (under a launcher: COMM_WORLD, COMM_SELF, and
+    duplicates/splits made in step with ivmpi's own), so mpi4py functions
+    that take a communicator (``Datatype.Pack``, ``File.Open``,
+    ``Win.Create``, ``mpi4py.util``) accept it; the calls below move their
+    messages through the region, and everything else (attributes, names,
+    info, error handlers, topologies) is mpi4py's, on the handle.
+    """
+
+    _engine = _NO_STATE
+    _fast = _NO_STATE
+    _freed = False
+    rank = _Own("rank")
+    size = _Own("size")
+
+    def __new__(cls, comm=None):
+        # mpi4py's constructor: a new object for the same communicator.
+        self = _MPI.Comm.__new__(cls, comm)
+        if isinstance(comm, Comm) and "_engine" in comm.__dict__:
+            self.__dict__.update({k: comm.__dict__[k] for k in _STATE if k in comm.__dict__})
+            self._bind_fast()
+        return self
+
+    def __init__(self, comm=None):
+        pass
+
+    @classmethod
+    def _create(cls, engine, world_ranks, context, handle=None, hidden=False):
+        """A communicator over world_ranks with its own context id; handle is
+        the library's communicator over the same processes (None: a null one)."""
+        self = _MPI.Comm.__new__(cls, handle)
         self._engine = engine
         self._ranks = list(world_ranks)
         self._index = {w: i for i, w in enumerate(self._ranks)}
         self._ctx = context
-        self._name = name
-        self._mpi = mpi_comm
         self._hidden = hidden
         # The hidden twin carries collectives: any member's death ends its waits.
         self._scope = tuple(self._ranks) if hidden else None
@@ -125,15 +188,27 @@ class Comm:
         fast.engine_irecv = engine.irecv
         fast.general_Isend, fast.sent_op = self._general_Isend, _SENT
         fast.general_irecv, fast.unpickle_op = self._general_irecv, self._unpickle_op
-        # The hot calls go straight to Cython: no Python frame in between.
+        self._shared = None
+        if not hidden:
+            twin = self._collectives.p2p
+            self._shared = SmallCollectives(
+                twin._fast, self.rank, self.size, COLLECTIVE_TAGS, _small_op_codes(),
+                twin.Send, twin.Recv, self._collectives, _MPI.IN_PLACE, _MPI.SUM)
+        self._bind_fast()
+        return self
+
+    def _bind_fast(self):
+        """The hot calls go straight to Cython, no Python frame in between:
+        the instance's own attributes shadow the methods below.  Only for
+        ivmpi's classes: a subclass (mpi4py.util.pkl5, a user's) keeps its
+        overrides and reaches the same paths through the methods."""
+        if type(self) not in (Comm, Intracomm):
+            return
+        fast, small = self._fast, self._shared
         self.Send, self.Recv, self.Isend, self.Irecv = fast.Send, fast.Recv, fast.Isend, fast.Irecv
         self.irecv = fast.irecv
         self.send, self.recv = fast.send_object, fast.recv_object
-        if not hidden:
-            twin = self._collectives.p2p
-            small = SmallCollectives(
-                twin._fast, self.rank, self.size, COLLECTIVE_TAGS, _small_op_codes(),
-                twin.Send, twin.Recv, self._collectives, _MPI.IN_PLACE, _MPI.SUM)
+        if small is not None:
             self.Barrier, self.Allreduce, self.Reduce = small.Barrier, small.Allreduce, small.Reduce
             self.Bcast, self.Gather, self.Scatter = small.Bcast, small.Gather, small.Scatter
             self.Allgather, self.Alltoall = small.Allgather, small.Alltoall
@@ -143,7 +218,8 @@ class Comm:
         """An ivmpi communicator over an mpi4py communicator's processes.
 
         The world is started on first use (every process of COMM_WORLD takes
-        part); the result is a communicator with mpi_comm's group.
+        part); the result is a communicator with mpi_comm's group, collective
+        over mpi_comm.
         """
         from . import world
         wcomm = world.get_world(region=region)
@@ -152,8 +228,9 @@ class Comm:
         group = mpi_comm.Get_group()
         ranks = _MPI.Group.Translate_ranks(group, list(range(group.Get_size())),
                                            _MPI.COMM_WORLD.Get_group())
+        group.Free()
         # The new context must be agreed by the new members only.
-        return wcomm._new_comm_among(ranks, mpi_comm)
+        return wcomm._new_comm_among(ranks, _MPI.Comm.Dup(mpi_comm))
 
     # --- ranks and checks --------------------------------------------------------
 
@@ -164,23 +241,11 @@ class Comm:
         return self.size
 
     def Get_group(self):
-        return Group(self._ranks, self._engine.rank)
+        if _standalone():
+            return _StandaloneGroup(self._ranks, self._engine.rank)
+        return _MPI.Comm.Get_group(self)
 
     group = property(Get_group)
-
-    def Get_name(self):
-        return self._name
-
-    def Set_name(self, name):
-        self._name = name
-
-    name = property(Get_name, Set_name)
-
-    def Is_inter(self):
-        return False
-
-    def Is_intra(self):
-        return True
 
     def _world(self, rank, what):
         if 0 <= rank < self.size:
@@ -212,6 +277,7 @@ class Comm:
     def _check_live(self):
         if self._freed:
             raise MPIError(_MPI.ERR_COMM, "the communicator has been freed")
+        self._engine          # a communicator without region state raises here
 
     # --- point-to-point, buffers --------------------------------------------------
 
@@ -435,7 +501,7 @@ class Comm:
     @property
     def _collectives(self):
         if self._coll is None:
-            twin = Comm(self._engine, self._ranks, self._ctx + 1, hidden=True)
+            twin = Intracomm._create(self._engine, self._ranks, self._ctx + 1, hidden=True)
             self._coll = Collectives(twin)
         return self._coll
 
@@ -541,21 +607,46 @@ class Comm:
         engine.next_context = ctx + 2
         return ctx
 
+    def _handle_of(self, make):
+        """The library's communicator for a new ivmpi one, made by
+        make(self) in step with it (every member calls this in the same
+        order); None for the hidden communicators, which need none.  In
+        standalone mode no library spans the job: a private duplicate of
+        COMM_SELF serves local uses (attributes, names, Pack)."""
+        if self._hidden:
+            return None
+        if _standalone():
+            return _MPI.COMM_SELF.Dup()
+        return make(self)
+
     def Dup(self, info=None):
         self._check_live()
         ctx = self._agree_context()
-        return Comm(self._engine, self._ranks, ctx, name=self._name)
+        handle = self._handle_of(lambda c: _MPI.Comm.Dup(c, info))
+        return Intracomm._create(self._engine, self._ranks, ctx, handle)
 
     Clone = Dup
+
+    def Dup_with_info(self, info):
+        return self.Dup(info)
+
+    def Idup(self, info=None):
+        # Completes at once: the agreement is a blocking collective.
+        return self.Dup(info), Request(self, None, what="Idup")
+
+    def Idup_with_info(self, info):
+        return self.Idup(info)
 
     def Split(self, color=0, key=0):
         self._check_live()
         entries = self._collectives.allgather((color, key, self.rank))
         ctx = self._agree_context()
+        # The library orders members as ivmpi does: by key, then by rank.
+        handle = self._handle_of(lambda c: _MPI.Comm.Split(c, color, key))
         if color == UNDEFINED:
             return _MPI.COMM_NULL
         members = sorted((k, r) for c, k, r in entries if c == color)
-        return Comm(self._engine, [self._ranks[r] for _, r in members], ctx)
+        return Intracomm._create(self._engine, [self._ranks[r] for _, r in members], ctx, handle)
 
     def Split_type(self, split_type, key=0, info=None):
         # Every rank of an ivmpi communicator shares the region: one node.
@@ -565,23 +656,42 @@ class Comm:
 
     def Create(self, group):
         self._check_live()
+        members = _world_ranks_of(group)
         ctx = self._agree_context()
-        if self._engine.rank not in group._ranks:
+        handle = self._handle_of(lambda c: _MPI.Intracomm.Create(c, group))
+        if self._engine.rank not in members:
             return _MPI.COMM_NULL
-        return Comm(self._engine, group._ranks, ctx)
+        return Intracomm._create(self._engine, members, ctx, handle)
 
     def Create_group(self, group, tag=0):
         # Collective over the group's members only: they agree among themselves.
-        if self._engine.rank not in group._ranks:
+        members = _world_ranks_of(group)
+        if self._engine.rank not in members:
             return _MPI.COMM_NULL
-        return self._new_comm_among(group._ranks, None)
+        return self._new_comm_among(
+            members, self._handle_of(lambda c: _MPI.Intracomm.Create_group(c, group, tag)))
 
-    def _new_comm_among(self, world_ranks, mpi_comm):
+    @classmethod
+    def Create_from_group(cls, group, stringtag="org.mpi4py", info=None, errhandler=None):
+        from . import world
+        members = _world_ranks_of(group)
+        handle = None
+        if not _standalone():
+            handle = _MPI.Intracomm.Create_from_group(group, stringtag,
+                                                      _MPI.INFO_NULL if info is None else info,
+                                                      errhandler)
+        return world.get_world()._new_comm_among(members, handle)
+
+    def _new_comm_among(self, world_ranks, handle):
         # A temporary communicator over the members, with a context that
         # cannot collide: members agree on the largest next_context.
-        members = Comm(self._engine, world_ranks, self._reserved_context(world_ranks), hidden=True)
+        members = Intracomm._create(self._engine, world_ranks, self._reserved_context(world_ranks),
+                                    hidden=True)
         ctx = members._agree_context()
-        return Comm(self._engine, world_ranks, ctx, mpi_comm=mpi_comm)
+        members.Free()
+        if handle is None and _standalone():
+            handle = _MPI.COMM_SELF.Dup()
+        return Intracomm._create(self._engine, world_ranks, ctx, handle)
 
     def _reserved_context(self, world_ranks):
         # Deterministic per member set and distinct from agreed contexts
@@ -592,6 +702,9 @@ class Comm:
         return (1 << 31) + (h << 1)
 
     def Free(self):
+        if not self._hidden:
+            # The library's handle first: it refuses COMM_NULL and the predefined ones.
+            _MPI.Comm.Free(self)
         self._freed = True
         self._fast.enabled = False
         if self._coll is not None:      # its collectives are gone with it
@@ -604,32 +717,33 @@ class Comm:
         from . import world
         world.abort(errorcode)
 
-    def Compare(self, comm):
-        if comm is self:
-            return _MPI.IDENT
-        if isinstance(comm, Comm):
-            if comm._ranks == self._ranks:
-                return _MPI.CONGRUENT
-            if sorted(comm._ranks) == sorted(self._ranks):
-                return _MPI.SIMILAR
-        return _MPI.UNEQUAL
-
-    def Get_topology(self):
-        return _MPI.UNDEFINED
-
-    def __eq__(self, other):
-        if other is _MPI.COMM_NULL:
-            return self._freed
-        return self is other
-
-    def __hash__(self):
-        return id(self)
-
     def __repr__(self):
-        return f"<ivmpi.Comm rank {self.rank} of {self.size}, context {self._ctx}>"
+        if "_engine" not in self.__dict__:
+            return f"<ivmpi.{type(self).__name__} without region state>"
+        return f"<ivmpi.{type(self).__name__} rank {self.rank} of {self.size}, context {self._ctx}>"
 
 
-Intracomm = Comm
+class Intracomm(Comm, _MPI.Intracomm):
+    """An intracommunicator (every ivmpi communicator is one): mpi4py's
+    Intracomm, with Comm's region-backed calls."""
+
+
+_WORLD_GROUP = None
+
+
+def _world_ranks_of(group):
+    """World ranks of a group's members, in group order."""
+    global _WORLD_GROUP
+    if isinstance(group, _StandaloneGroup):
+        return list(group._ranks)
+    if _WORLD_GROUP is None:
+        _WORLD_GROUP = _MPI.COMM_WORLD.Get_group()
+    return _MPI.Group.Translate_ranks(group, list(range(group.Get_size())), _WORLD_GROUP)
+
+
+def _standalone():
+    from . import world
+    return not world._under_mpi
 
 
 class _Condition:

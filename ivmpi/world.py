@@ -61,8 +61,10 @@ def get_self():
     world = get_world()
     with _lock:
         if _self is None:
-            from .comm import Comm
-            _self = Comm(world._engine, [world._engine.rank], SELF_CONTEXT, name="MPI_COMM_SELF")
+            from .comm import Intracomm
+            from .lib import MPI
+            _self = Intracomm._create(world._engine, [world._engine.rank], SELF_CONTEXT,
+                                      handle=MPI.COMM_SELF)
         return _self
 
 
@@ -217,7 +219,8 @@ def _oversubscribed(guess):
 
 def _finish_start(region, geo, rank, job_id, mpi_comm, oversubscribed):
     global _region, _engine, _under_mpi
-    from .comm import Comm
+    from .comm import Intracomm
+    from .lib import MPI
     engine = Engine(region, geo, rank)
     engine.set_oversubscribed(oversubscribed)
     engine.next_context = FIRST_FREE_CONTEXT
@@ -225,7 +228,10 @@ def _finish_start(region, geo, rank, job_id, mpi_comm, oversubscribed):
     _under_mpi = mpi_comm is not None
     _start_heartbeat(region.mem, rank)
     atexit.register(_finalize)
-    return Comm(engine, range(geo.nranks), WORLD_CONTEXT, name="MPI_COMM_WORLD", mpi_comm=mpi_comm)
+    # Under a launcher the library's COMM_WORLD spans the same processes in
+    # the same order; standalone, no library spans the job (see comm.Comm).
+    handle = MPI.COMM_WORLD if _under_mpi else MPI.COMM_SELF
+    return Intracomm._create(engine, range(geo.nranks), WORLD_CONTEXT, handle=handle)
 
 
 def _start_heartbeat(mem, rank):
