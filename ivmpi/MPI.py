@@ -50,3 +50,22 @@ def Free_mem(mem):
 
 def Get_processor_name():
     return _mpi.Get_processor_name()
+
+
+_COMMCTX = {}   # context id -> [private duplicate, next tag]
+
+
+def _commctx_intra(comm):
+    """mpi4py's private duplicate of an intracommunicator and a fresh tag on
+    it (mpi4py.util.pkl5 moves its collectives there): the duplicate is made
+    once per communicator, collectively, and tags follow the same sequence
+    on every rank."""
+    if not isinstance(comm, Comm):
+        return _mpi._commctx_intra(comm)
+    comm._check_live()
+    entry = _COMMCTX.get(comm._ctx)
+    if entry is None:
+        entry = _COMMCTX[comm._ctx] = [comm.Dup(), 0]
+    tag = entry[1]
+    entry[1] = (tag + 1) % (comm.Get_attr(TAG_UB) + 1)
+    return entry[0], tag

@@ -717,6 +717,15 @@ class Comm(_MPI.Comm):
         from . import world
         world.abort(errorcode)
 
+    def __reduce__(self):
+        # COMM_WORLD and COMM_SELF pickle by name, as in mpi4py, and come
+        # back as this process's ivmpi communicators.
+        from . import world
+        for name, comm in (("COMM_WORLD", world._world), ("COMM_SELF", world._self)):
+            if comm is not None and _MPI.Comm.__eq__(self, comm):
+                return (_predefined, (name, None if self is comm else type(self)))
+        return _MPI.Comm.__reduce__(self)
+
     def __repr__(self):
         if "_engine" not in self.__dict__:
             return f"<ivmpi.{type(self).__name__} without region state>"
@@ -726,6 +735,13 @@ class Comm(_MPI.Comm):
 class Intracomm(Comm, _MPI.Intracomm):
     """An intracommunicator (every ivmpi communicator is one): mpi4py's
     Intracomm, with Comm's region-backed calls."""
+
+
+def _predefined(name, cls=None):
+    """COMM_WORLD or COMM_SELF (unpickling), or a new cls object for it."""
+    from . import world
+    comm = world.get_world() if name == "COMM_WORLD" else world.get_self()
+    return comm if cls is None else cls(comm)
 
 
 _WORLD_GROUP = None
