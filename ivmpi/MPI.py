@@ -18,7 +18,7 @@ for _name in dir(_mpi):
 
 # Imported after the loop above, which would otherwise overwrite them with
 # mpi4py's classes of the same names.
-from .comm import Comm, Group, Intracomm  # noqa: E402
+from .comm import TAG_UB as _TAG_UB, Comm, Group, Intracomm  # noqa: E402
 from .request import (MESSAGE_NO_PROC, MESSAGE_NULL, REQUEST_NULL, Message,  # noqa: E402
                       MPIError, Prequest, Request)
 Exception = _mpi.Exception
@@ -67,5 +67,5 @@ def _commctx_intra(comm):
     if entry is None:
         entry = _COMMCTX[comm._ctx] = [comm.Dup(), 0]
     tag = entry[1]
-    entry[1] = (tag + 1) % (comm.Get_attr(TAG_UB) + 1)
+    entry[1] = (tag + 1) % (_TAG_UB + 1)
     return entry[0], tag

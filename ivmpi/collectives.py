@@ -339,7 +339,8 @@ class Collectives:
 
     def alltoall(self, sendobj):
         size, rank = self.size, self.rank
-        items = list(sendobj)
+        # mpi4py reads None as a None for every rank.
+        items = [None] * size if sendobj is None else list(sendobj)
         if len(items) != size:
             raise ValueError(f"expecting {size} items, got {len(items)}")
         result = [None] * size

@@ -623,7 +623,9 @@ class Comm(_MPI.Comm):
         self._check_live()
         ctx = self._agree_context()
         handle = self._handle_of(lambda c: _MPI.Comm.Dup(c, info))
-        return Intracomm._create(self._engine, self._ranks, ctx, handle)
+        # As in mpi4py, a duplicate has the type of the original (Split and
+        # Create give plain intracommunicators).
+        return type(self)._create(self._engine, self._ranks, ctx, handle)
 
     Clone = Dup
 
