@@ -189,6 +189,9 @@ class Comm(_MPI.Comm):
         fast.general_Isend, fast.sent_op = self._general_Isend, _SENT
         fast.general_irecv, fast.unpickle_op = self._general_irecv, self._unpickle_op
         self._shared = None
+        if not hidden and _standalone():
+            for name in _NEEDS_A_LAUNCHER:
+                setattr(self, name, _refusal(name))
         if not hidden:
             twin = self._collectives.p2p
             self._shared = SmallCollectives(
@@ -737,6 +740,32 @@ class Comm(_MPI.Comm):
 class Intracomm(Comm, _MPI.Intracomm):
     """An intracommunicator (every ivmpi communicator is one): mpi4py's
     Intracomm, with Comm's region-backed calls."""
+
+
+# mpi4py's calls that ivmpi leaves to the library on the handle and that span
+# the communicator's processes (nonblocking and persistent collectives,
+# topologies, intercommunicators, dynamic processes).  In standalone mode the
+# handle spans this process only, so they would give wrong results silently.
+_NEEDS_A_LAUNCHER = tuple(
+    name for name in dir(_MPI.Intracomm)
+    if name not in Comm.__dict__ and name not in Intracomm.__dict__ and (
+        (name[:1] == "I" and name[1:2].islower() and not name.startswith("Is_")
+         and name != "Iflush_buffer")
+        or name.endswith("_init")
+        or name in ("Alltoallw", "Accept", "Connect", "Join", "Spawn", "Spawn_multiple",
+                    "Agree", "Shrink", "Cart_map", "Graph_map")
+        or name.startswith(("Create_cart", "Create_graph", "Create_dist_graph",
+                            "Create_intercomm"))))
+
+
+def _refusal(name):
+    def refuse(*args, **kwargs):
+        raise MPIError(_MPI.ERR_UNSUPPORTED_OPERATION,
+                       f"{name} is not available in standalone mode (IVMPI_RANK/IVMPI_SIZE, "
+                       f"no MPI launcher): ivmpi leaves it to the MPI library, which does "
+                       f"not span this job; start the job with mpirun to use it")
+    refuse.__name__ = name
+    return refuse
 
 
 def _predefined(name, cls=None):
