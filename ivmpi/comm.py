@@ -352,9 +352,12 @@ class Comm(_MPI.Comm):
         if self._fast.send(sendbuf, dest, sendtag):
             self.Recv(recvbuf, source, recvtag, status)
             return
+        # The send half is checked whole before the receive is posted: a bad
+        # one must leave no receive behind to swallow a later message.
         self._check_send_args(dest, sendtag, "Sendrecv")
+        sendmem = parse_send(sendbuf).mem
         rreq = self.Irecv(recvbuf, source, recvtag)
-        sreq = self.Isend(sendbuf, dest, sendtag)
+        sreq = self._isend_bytes(sendmem, dest, sendtag, False, "Sendrecv")
         Request.Waitall([sreq, rreq], None if status is None else [_MPI.Status(), status])
 
     def _check_send_args(self, dest, tag, what):

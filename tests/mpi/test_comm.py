@@ -183,3 +183,67 @@ def test_a_freed_communicator_refuses_every_call(world):
             call()
         assert info.value.Get_error_class() == MPI.ERR_COMM
     world.Barrier()
+
+
+# --- ivmpi communicators are mpi4py communicators ---------------------------------
+
+def test_communicators_are_mpi4py_intracomms_with_a_handle_in_step(comm):
+    assert isinstance(comm, _native.Intracomm)
+    # The handle is the library's communicator over the same processes:
+    # mpi4py's own calls on it agree with ivmpi's view.
+    assert _native.Comm.Get_size(comm) == comm.size
+    assert _native.Comm.Get_rank(comm) == comm.rank
+    assert comm.Compare(NATIVE) == _native.CONGRUENT
+    half = comm.Split(comm.rank % 2, key=-comm.rank)
+    assert _native.Comm.Get_rank(half) == half.rank
+    assert _native.Comm.Get_size(half) == half.size
+    assert half.allgather(comm.rank) == sorted(
+        [r for r in range(comm.size) if r % 2 == comm.rank % 2], reverse=True)
+    half.Free()
+    assert half == _native.COMM_NULL
+
+
+def test_mpi4py_functions_take_ivmpi_communicators(comm):
+    assert _native.DOUBLE.Pack_size(3, comm) == 24
+    packed = bytearray(_native.DOUBLE.Pack_size(2, comm))
+    _native.DOUBLE.Pack(np.array([1.5, 2.5]), packed, 0, comm)
+    out = np.zeros(2)
+    _native.DOUBLE.Unpack(packed, 0, out, comm)
+    assert out.tolist() == [1.5, 2.5]
+
+
+def test_constructor_copies_share_the_region_state(comm):
+    copy = MPI.Intracomm(comm)
+    assert copy == comm and copy is not comm
+    right, left = (comm.rank + 1) % comm.size, (comm.rank - 1) % comm.size
+    assert copy.sendrecv(comm.rank, right, source=left) == left
+    assert MPI.Comm() == _native.COMM_NULL
+    with pytest.raises(_native.Exception):
+        MPI.Comm().send(1, 0)
+
+
+def test_pkl5_over_ivmpi_uses_the_region(comm):
+    from mpi4py.util import pkl5
+    big = pkl5.Intracomm(comm)
+    right, left = (comm.rank + 1) % comm.size, (comm.rank - 1) % comm.size
+    data = np.arange(10000.0) + comm.rank
+    got = big.sendrecv(data, right, source=left)
+    assert np.array_equal(got, np.arange(10000.0) + left)
+    assert big.allgather(comm.rank) == list(range(comm.size))
+
+
+def test_sendrecv_with_a_bad_send_buffer_leaves_no_receive_behind(comm):
+    me = comm.rank
+    with pytest.raises(ValueError):
+        comm.Sendrecv([object(), "B"], me, 0, bytearray(4), me, 0)
+    got = bytearray(3)
+    comm.Sendrecv(b"abc", me, 0, got, me, 0)
+    assert got == b"abc"
+
+
+def test_predefined_communicators_pickle_by_name(world):
+    import pickle
+    assert pickle.loads(pickle.dumps(world)) is world
+    copy = pickle.loads(pickle.dumps(MPI.Intracomm(world)))
+    assert copy is not world and copy == world
+    assert copy.allreduce(1) == world.size
