@@ -12,6 +12,7 @@
 # not fully deliver, so falling back is always safe.
 
 from cpython.object cimport PyObject
+from cpython.exc cimport PyErr_WarnEx
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
@@ -363,6 +364,9 @@ cdef class FastPath:
             self.general_send(data, dest, tag)
 
     def recv_object(self, buf=None, source=None, tag=None, status=None):
+        if buf is not None:
+            # As mpi4py warns; the buffer is not needed, the message's own size is used.
+            PyErr_WarnEx(UserWarning, b"the 'buf' argument is deprecated", 1)
         if source is None:
             source = self.any_source
         if tag is None:
@@ -372,7 +376,8 @@ cdef class FastPath:
             return self.general_recv(buf, source, tag, status)
         if status is not None:
             self.fill_status(status, self.last_source, self.last_tag, len(data))
-        return self.loads(data)
+        # An empty message (a buffer send of nothing) is None, as mpi4py has it.
+        return self.loads(data) if len(data) else None
 
     cdef bint _wanted(self, RxRing rx, long tag):
         # An over-limit eager frame is left to the engine, which reports it.

@@ -51,7 +51,7 @@ def _env_float(name, default):
 class Incoming:
     """A message that arrived before any receive matched it."""
     __slots__ = ("source", "tag", "context", "size", "data", "send_id", "kind", "self_send",
-                 "offset")
+                 "offset", "taken")
 
     def __init__(self, source, tag, context, size, data, send_id, kind, self_send=None,
                  offset=0):
@@ -64,6 +64,7 @@ class Incoming:
         self.kind = kind
         self.self_send = self_send  # the SendOp of a synchronous send to ourselves
         self.offset = offset        # RTS_REGION: where the payload sits in the sender's heap
+        self.taken = False          # a matched probe's message has been received
 
 
 def _wanted(want_source, want_tag, want_context, source, tag, context):
@@ -79,6 +80,15 @@ def _text(what):
 
 def _accepts(op, source, tag, context):
     return _wanted(op.source, op.tag, op.context, source, tag, context)
+
+
+def _advance(op):
+    """How far an operation has got (matched, acknowledged, bytes moved):
+    changes whenever it advances, which restarts a wait's timeout.  `done`
+    is left out: a wait ends when that changes, and a probe's condition
+    would probe again to answer it."""
+    return (getattr(op, "state", None), getattr(op, "total", None),
+            getattr(op, "received", None), getattr(op, "offset", None))
 
 
 class Engine:
@@ -502,13 +512,16 @@ class Engine:
         """Spin while things move, then back off (sched_yield, then short sleeps)
         so that oversubscribed ranks still let their peers run.
 
-        IVMPI_TIMEOUT counts from the last time anything moved, so a long
-        transfer that keeps going is never cut short, and a wait on a peer
-        that stopped gets a clear error; the liveness check names a dead peer.
+        IVMPI_TIMEOUT counts from the last time one of the awaited operations
+        itself advanced (matched, acknowledged, a chunk moved): a long
+        transfer that keeps going is never cut short, and a wait that cannot
+        complete gets a clear error however much other traffic keeps this
+        rank busy meanwhile.  The liveness check names a dead peer.
         """
         idle = 0
+        rounds = 0
         spin, yield_rounds = self.spin_rounds, self.yield_rounds
-        last_move = None
+        mark = since = None
         while True:
             # A receive from a known source first polls only that peer; once
             # idle, everything is progressed, so that no peer starves.
@@ -518,38 +531,40 @@ class Engine:
                 moved = self.progress()
             if finished():
                 return
+            rounds += 1
             if moved:
                 idle = 0
-                last_move = None
-                continue
-            idle += 1
-            if idle < spin:
-                continue
-            if idle < yield_rounds:
-                os.sched_yield()
             else:
-                time.sleep(0.00005)
-            if idle & 255 == 0:
-                now = time.monotonic()
-                if last_move is None:
-                    last_move = now
-                elif self.timeout > 0 and now - last_move > self.timeout:
-                    pending = [op for op in ops if not op.done] or ops
-                    raise IvmpiTimeoutError(self._stuck(pending[0], _text(what)))
-                try:
-                    self.liveness.check(self._waited_peer(ops[0]) if len(ops) == 1 else -1,
-                                        _text(what))
-                    scope = getattr(ops[0], "scope", None)
-                    if scope:
-                        self.liveness.check_members(scope, _text(what))
-                except PeerError:
-                    # A peer publishes its frames before it finalizes (or
-                    # dies): what it sent between our last poll and the
-                    # check is still owed to us, so take it first.
-                    self.progress()
-                    if finished():
-                        return
-                    raise
+                idle += 1
+                if idle >= spin:
+                    if idle < yield_rounds:
+                        os.sched_yield()
+                    else:
+                        time.sleep(0.00005)
+            if rounds & 255:
+                continue
+            # Every 256 rounds, busy or idle: the clock and the peers' liveness.
+            now = time.monotonic()
+            state = [_advance(op) for op in ops]
+            if state != mark:
+                mark, since = state, now
+            elif self.timeout > 0 and now - since > self.timeout:
+                pending = [op for op in ops if not op.done] or ops
+                raise IvmpiTimeoutError(self._stuck(pending[0], _text(what)))
+            try:
+                self.liveness.check(self._waited_peer(ops[0]) if len(ops) == 1 else -1,
+                                    _text(what))
+                scope = getattr(ops[0], "scope", None)
+                if scope:
+                    self.liveness.check_members(scope, _text(what))
+            except PeerError:
+                # A peer publishes its frames before it finalizes (or
+                # dies): what it sent between our last poll and the
+                # check is still owed to us, so take it first.
+                self.progress()
+                if finished():
+                    return
+                raise
 
     def _waited_peer(self, op):
         peer = op.peer
@@ -559,10 +574,12 @@ class Engine:
 
     def _stuck(self, op, what):
         peer = op.peer
-        who = "any source" if peer == ANY_SOURCE else f"rank {peer}"
+        # A probe names its source in `what`; its condition has no peer.
+        who = "" if peer is None else \
+            f"peer: {'any source' if peer == ANY_SOURCE else f'rank {peer}'}, "
         state = getattr(op, "state", "waiting for a matching message")
         return (f"{what} on rank {self.rank} did not complete within IVMPI_TIMEOUT="
-                f"{self.timeout:g} s (peer: {who}, state: {state})")
+                f"{self.timeout:g} s ({who}state: {state})")
 
     def set_oversubscribed(self, oversubscribed):
         """More ranks than cores: spin briefly and yield early, since the peer

@@ -3,13 +3,26 @@
 A Request wraps one engine operation.  Completing it fills an mpi4py
 ``MPI.Status`` (so user code keeps using mpi4py's Status class) and turns an
 engine error into the MPI exception mpi4py would raise.
+
+Null handles behave as mpi4py's: ``Request()``, a completed or freed request
+and ``REQUEST_NULL`` are false and equal to each other; a persistent request
+is inactive (true, not null) between rounds until it is freed.
 """
+import weakref
+
 from .lib import MPI as _MPI
 
 from .engine import ERR_TRUNCATE, RecvOp
 from .errors import IvmpiError
 
 UNDEFINED = _MPI.UNDEFINED
+
+# The default of the second constructor argument: tells mpi4py's public
+# form Request(request=None) from ivmpi's own Request(comm, op, ...).
+_PUBLIC = object()
+
+# What every handle equal to MESSAGE_NO_PROC stands for.
+_NO_PROC = object()
 
 
 class MPIError(IvmpiError, _MPI.Exception):
@@ -38,19 +51,87 @@ def fill_status(status, source, tag, count, error=_MPI.SUCCESS, cancelled=False)
     status.Set_cancelled(cancelled)
 
 
+def _empty_status(status):
+    """MPI's empty status: what a null or inactive request reports."""
+    if status is not None:
+        fill_status(status, _MPI.ANY_SOURCE, _MPI.ANY_TAG, 0)
+
+
+def _proc_null_op():
+    """A receive that completed at once as one from PROC_NULL: MPI gives
+    sends to and receives from PROC_NULL the status (PROC_NULL, ANY_TAG, 0)."""
+    op = RecvOp(-1, -1, 0, None)
+    op.status_source = _MPI.PROC_NULL
+    op.status_tag = _MPI.ANY_TAG
+    op.done = True
+    return op
+
+
+_PROC_NULL_OP = _proc_null_op()   # read only, so one serves every such request
+
+
+# --- handles ------------------------------------------------------------------
+# A live request or message gets a handle (its id) when one is asked for; the
+# registry maps it back while the object lives.  Null handles are the MPI
+# library's own values, so they agree with mpi4py's.
+
+_by_handle = weakref.WeakValueDictionary()
+
+
+def _handle(obj):
+    key = id(obj)
+    _by_handle[key] = obj
+    return key
+
+
+def _from_handle(cls, value, constants):
+    """The object of `value`: a predefined one (from `constants`, pairs of
+    value and prototype) as a new object of cls, else the live object."""
+    for known, prototype in constants:
+        if value == known:
+            return cls(prototype)
+    obj = _by_handle.get(value)
+    if obj is None or not isinstance(obj, cls):
+        raise MPIError(_MPI.ERR_ARG, f"{value} is not the handle of a live ivmpi {cls.__name__}")
+    return obj
+
+
+def _cannot_serialize(obj):
+    cls = type(obj)
+    return ValueError(f"cannot serialize '{cls.__module__}.{cls.__name__}' instance")
+
+
 class Request:
-    """A nonblocking operation.  `decode` turns received bytes into the
-    object returned by wait() (pickled receives)."""
+    """A nonblocking operation.
+
+    ``Request()`` or ``Request(request)`` as in mpi4py; ivmpi's communicators
+    build active ones as ``Request(comm, op, decode, what)``, where `decode`
+    turns received bytes into the object wait() returns (pickled receives)
+    and op None means an operation on PROC_NULL, complete at once.
+    """
 
     # Like mpi4py's Request (a C type): no per-instance dict, cheaper to make.
-    __slots__ = ("_comm", "_op", "_decode", "_what", "_finished", "__weakref__")
+    __slots__ = ("_comm", "_op", "_decode", "_what", "__weakref__")
 
-    def __init__(self, comm=None, op=None, decode=None, what="request"):
-        self._comm = comm
-        self._op = op
+    def __init__(self, request=None, op=_PUBLIC, decode=None, what="request"):
+        if op is _PUBLIC:
+            self._copy(request)
+            return
+        self._comm = request
+        self._op = _PROC_NULL_OP if op is None else op
         self._decode = decode
         self._what = what
-        self._finished = op is None   # completed and reported: now a null request
+
+    def _copy(self, request):
+        """mpi4py's Request(request): the same request (or a null one)."""
+        if request is None:
+            self._comm = self._op = self._decode = None
+            self._what = "request"
+            return
+        if not isinstance(request, Request):
+            raise TypeError(f"expected a Request, got {type(request).__name__}")
+        self._comm, self._op = request._comm, request._op
+        self._decode, self._what = request._decode, request._what
 
     def _description(self):
         """What the request is, for error messages: `what` is a string, or
@@ -61,301 +142,586 @@ class Request:
             return f"{what[0]} {what[1]} {peer}"
         return what
 
-    # MPI calls a completed-and-waited request "null".
-    def __eq__(self, other):
-        if other is _MPI.REQUEST_NULL or other is REQUEST_NULL:
-            return self._finished
-        return self is other
-
-    def __hash__(self):
-        return id(self)
+    # --- handle semantics ------------------------------------------------------
 
     def __bool__(self):
-        return not self._finished
+        return self._op is not None
 
-    def _complete(self, status):
-        """The op is done: report status/errors once, become null."""
-        op = self._op
-        self._finished = True
-        self._op = None
-        if status is None and op.error is None and self._decode is None:
-            return None
+    def __eq__(self, other):
+        if isinstance(other, Request):
+            return self is other or (not self and not other)
+        if isinstance(other, _MPI.Request):     # mpi4py's own: equal when both are null
+            return not self and not other
+        return NotImplemented
+
+    __hash__ = None     # as mpi4py's: equality is by handle, which changes
+
+    @property
+    def _finished(self):
+        # Older spelling of "null", kept for subclasses that set it.
+        return not self
+
+    @_finished.setter
+    def _finished(self, value):
+        if value:
+            self._op = None
+
+    @property
+    def handle(self):
+        """MPI handle."""
+        return _handle(self) if self else _MPI.REQUEST_NULL.handle
+
+    def toint(self):
+        return _handle(self) if self else _MPI.REQUEST_NULL.toint()
+
+    def py2f(self):
+        return _handle(self) if self else _MPI.REQUEST_NULL.py2f()
+
+    @classmethod
+    def fromhandle(cls, handle):
+        return _from_handle(cls, handle, [(_MPI.REQUEST_NULL.handle, None)])
+
+    @classmethod
+    def fromint(cls, arg, /):
+        return _from_handle(cls, arg, [(_MPI.REQUEST_NULL.toint(), None)])
+
+    @classmethod
+    def f2py(cls, arg):
+        return _from_handle(cls, arg, [(_MPI.REQUEST_NULL.py2f(), None)])
+
+    def __reduce__(self):
+        if self is REQUEST_NULL:
+            return "REQUEST_NULL"
+        if not self:
+            return (type(self), (REQUEST_NULL,))
+        raise _cannot_serialize(self)
+
+    # --- completing one request --------------------------------------------------
+
+    def _fill(self, op, status):
+        """Status of a completed operation (a send reports the empty status)."""
         if isinstance(op, RecvOp):
-            comm = self._comm
-            source = comm._comm_rank(op.status_source) if op.status_source >= 0 else op.status_source
+            source = op.status_source
+            if source >= 0:
+                source = self._comm._comm_rank(source)
             error = _MPI.ERR_TRUNCATE if op.error == ERR_TRUNCATE else _MPI.SUCCESS
             fill_status(status, source, op.status_tag, op.count if not op.error else op.total,
                         error, op.cancelled)
-            if op.error == ERR_TRUNCATE:
-                raise MPIError(_MPI.ERR_TRUNCATE,
-                               f"message of {op.total} bytes from rank {source} (tag {op.status_tag}) "
-                               f"does not fit the receive buffer")
-            if self._decode is not None and not op.cancelled:
-                return self._decode(op)
+        else:
+            _empty_status(status)
+
+    def _complete(self, status, decode=True):
+        """The op is done: report its status and error once, become null
+        (a persistent request: inactive)."""
+        op = self._op
+        self._op = None
+        if status is None and op.error is None and (self._decode is None or not decode):
             return None
-        fill_status(status, _MPI.ANY_SOURCE, _MPI.ANY_TAG, 0)
+        if status is not None:
+            self._fill(op, status)
+        if op.error == ERR_TRUNCATE:
+            source = op.status_source
+            source = self._comm._comm_rank(source) if source >= 0 else source
+            raise MPIError(_MPI.ERR_TRUNCATE,
+                           f"message of {op.total} bytes from rank {source} (tag {op.status_tag}) "
+                           f"does not fit the receive buffer")
+        # An empty message is None, as mpi4py unpickles it.
+        if decode and self._decode is not None and not op.cancelled and op.data:
+            return self._decode(op)
         return None
 
-    def _null_status(self, status):
-        fill_status(status, _MPI.ANY_SOURCE, _MPI.ANY_TAG, 0)
+    def _finish(self, status, decode=True):
+        """Complete a request known to be done, or report a null one."""
+        if self._op is None:
+            _empty_status(status)
+            return None
+        return self._complete(status, decode)
 
-    # --- uppercase (buffers) ---------------------------------------------------
+    def _ready(self):
+        """Done, after one round of progress if not yet (null: False)."""
+        op = self._op
+        if op is None:
+            return False
+        if not op.done:
+            self._comm._engine.progress()
+        return op.done
 
     def Wait(self, status=None):
-        self.wait(status)
+        op = self._op
+        if op is not None and not op.done:
+            self._comm._engine.wait(op, self)
+        self._finish(status, decode=False)
         return True
 
     def Test(self, status=None):
-        return self.test(status)[0]
+        if self._op is None:
+            _empty_status(status)
+            return True
+        if not self._ready():
+            return False
+        self._complete(status, decode=False)
+        return True
 
     def Get_status(self, status=None):
+        """Whether the request is done, without completing it."""
         op = self._op
         if op is None:
-            self._null_status(status)
+            _empty_status(status)
             return True
-        if not op.done:
-            self._comm._engine.progress()
-        if not op.done:
+        if not self._ready():
             return False
-        if isinstance(op, RecvOp):
-            source = self._comm._comm_rank(op.status_source) if op.status_source >= 0 else op.status_source
-            fill_status(status, source, op.status_tag, op.count, _MPI.SUCCESS, op.cancelled)
-        else:
-            self._null_status(status)
+        if status is not None:
+            self._fill(op, status)
         return True
 
     def Cancel(self):
-        if self._op is not None:
-            self._comm._engine.cancel(self._op)
+        op = self._op
+        if op is not None:
+            self._comm._engine.cancel(op)
+        elif not self:
+            raise MPIError(_MPI.ERR_REQUEST, "a null request cannot be cancelled")
 
     def Free(self):
         # The operation still completes in the engine; the request becomes
         # null at once, so waiting on it afterwards returns immediately.
-        self._finished = True
+        if not self:
+            raise MPIError(_MPI.ERR_REQUEST, "a null request cannot be freed")
         self._op = None
+
+    def free(self):
+        """Call Free if not null."""
+        if self and self is not REQUEST_NULL:
+            self.Free()
 
     def cancel(self):
         self.Cancel()
 
-    free = Free
     get_status = Get_status
-
-    # --- lowercase (objects) ---------------------------------------------------
 
     def wait(self, status=None):
         op = self._op
         if op is None:
-            self._null_status(status)
+            _empty_status(status)
             return None
         if not op.done:
             self._comm._engine.wait(op, self)
         return self._complete(status)
 
     def test(self, status=None):
-        op = self._op
-        if op is None:
-            self._null_status(status)
+        if self._op is None:
+            _empty_status(status)
             return True, None
-        if not op.done:
-            self._comm._engine.progress()
-            if not op.done:
-                return False, None
+        if not self._ready():
+            return False, None
         return True, self._complete(status)
 
-    # --- many requests ---------------------------------------------------------
+    # --- many requests -----------------------------------------------------------
+    # MPI's rules: null and inactive requests are skipped; with no active one,
+    # the "any" forms give UNDEFINED and the "some" forms None.
 
     @classmethod
     def Waitall(cls, requests, statuses=None):
+        for req in requests:
+            op = req._op
+            if op is not None and not op.done:
+                req._comm._engine.wait(op, req)
         if statuses is None:
-            # The common case without lists of results: wait for every
-            # request, then report them in order (the first error raises).
+            # The common case, without statuses or objects: just null them.
+            failed = None
             for req in requests:
                 op = req._op
-                if op is not None and not op.done:
-                    req._comm._engine.wait(op, req)
-            for req in requests:
-                op = req._op
-                if op is None:
-                    if not req._finished:
-                        req.wait()
-                elif op.error is None and req._decode is None:
-                    # _complete's own shortcut, without the call.
-                    req._finished = True
-                    req._op = None
-                else:
-                    req._complete(None)
-            return True
-        cls.waitall(requests, statuses)
+                if op is not None:
+                    if op.error is None:
+                        req._op = None
+                    elif failed is None:
+                        failed = req
+            if failed is None:
+                return True
+        _finish_all(requests, range(len(requests)), statuses, False)
         return True
 
     @classmethod
     def waitall(cls, requests, statuses=None):
-        _progress_until(requests, all_of=True)
-        results = []
-        for i, req in enumerate(requests):
-            results.append(req.wait(_nth(statuses, i)))
-        return results
+        for req in requests:
+            op = req._op
+            if op is not None and not op.done:
+                req._comm._engine.wait(op, req)
+        return _finish_all(requests, range(len(requests)), statuses, True)
 
     @classmethod
     def Testall(cls, requests, statuses=None):
-        return cls.testall(requests, statuses)[0]
+        if not _all_ready(requests):
+            return False
+        _finish_all(requests, range(len(requests)), statuses, False)
+        return True
 
     @classmethod
     def testall(cls, requests, statuses=None):
-        engine = _engine_of(requests)
-        if engine is not None:
-            engine.progress()
-        if not all(r._op is None or r._op.done for r in requests):
+        if not _all_ready(requests):
             return False, None
-        return True, [req.wait(_nth(statuses, i)) for i, req in enumerate(requests)]
+        return True, _finish_all(requests, range(len(requests)), statuses, True)
+
+    @classmethod
+    def Get_status_all(cls, requests, statuses=None):
+        if not _all_ready(requests):
+            return False
+        for i, req in enumerate(requests):
+            req.Get_status(_nth(statuses, i))
+        return True
 
     @classmethod
     def Waitany(cls, requests, status=None):
-        return cls.waitany(requests, status)[0]
+        return _waitany(requests, status, False)[0]
 
     @classmethod
     def waitany(cls, requests, status=None):
-        active = [i for i, r in enumerate(requests) if r._op is not None]
-        if not active:
-            fill_status(status, _MPI.ANY_SOURCE, _MPI.ANY_TAG, 0)
-            return UNDEFINED, None
-        _progress_until([requests[i] for i in active], all_of=False)
-        for i in active:
-            if requests[i]._op.done:
-                return i, requests[i].wait(status)
-        raise AssertionError("waitany returned without a completed request")
+        return _waitany(requests, status, True)
 
     @classmethod
     def Testany(cls, requests, status=None):
-        index, flag, _ = cls.testany(requests, status)
-        return index, flag
+        return _testany(requests, status, False)[:2]
 
     @classmethod
     def testany(cls, requests, status=None):
-        active = [i for i, r in enumerate(requests) if r._op is not None]
-        if not active:
-            fill_status(status, _MPI.ANY_SOURCE, _MPI.ANY_TAG, 0)
-            return UNDEFINED, True, None
-        engine = _engine_of(requests)
-        engine.progress()
-        for i in active:
-            if requests[i]._op.done:
-                return i, True, requests[i].wait(status)
-        return UNDEFINED, False, None
+        return _testany(requests, status, True)
+
+    @classmethod
+    def Get_status_any(cls, requests, status=None):
+        done = _test_some(requests)
+        if done is None:
+            _empty_status(status)
+            return UNDEFINED, True
+        if not done:
+            return UNDEFINED, False
+        requests[done[0]].Get_status(status)
+        return done[0], True
 
     @classmethod
     def Waitsome(cls, requests, statuses=None):
-        active = [i for i, r in enumerate(requests) if r._op is not None]
-        if not active:
-            return None
-        _progress_until([requests[i] for i in active], all_of=False)
-        return cls._collect_done(requests, active, statuses)
-
-    @classmethod
-    def Testsome(cls, requests, statuses=None):
-        active = [i for i, r in enumerate(requests) if r._op is not None]
-        if not active:
-            return None
-        _engine_of(requests).progress()
-        return cls._collect_done(requests, active, statuses)
-
-    @staticmethod
-    def _collect_done(requests, active, statuses):
-        done = [i for i in active if requests[i]._op.done]
-        for k, i in enumerate(done):
-            requests[i].Wait(_nth(statuses, k))
+        done = _wait_some(requests, "Waitsome")
+        if done is not None:
+            _finish_all(requests, done, statuses, False)
         return done
 
     @classmethod
     def waitsome(cls, requests, statuses=None):
-        active = [i for i, r in enumerate(requests) if r._op is not None]
-        if not active:
+        done = _wait_some(requests, "Waitsome")
+        if done is None:
             return None, None
-        _progress_until([requests[i] for i in active], all_of=False)
-        done = [i for i in active if requests[i]._op.done]
-        return done, [requests[i].wait(_nth(statuses, k)) for k, i in enumerate(done)]
+        return done, _finish_all(requests, done, statuses, True)
+
+    @classmethod
+    def Testsome(cls, requests, statuses=None):
+        done = _test_some(requests)
+        if done:
+            _finish_all(requests, done, statuses, False)
+        return done
+
+    @classmethod
+    def testsome(cls, requests, statuses=None):
+        done = _test_some(requests)
+        if done is None:
+            return None, None
+        return done, _finish_all(requests, done, statuses, True)
+
+    @classmethod
+    def Get_status_some(cls, requests, statuses=None):
+        done = _test_some(requests)
+        for k, i in enumerate(done or ()):
+            requests[i].Get_status(_nth(statuses, k))
+        return done
+
+    @classmethod
+    def get_status_all(cls, requests, statuses=None):
+        return Request.Get_status_all(requests, statuses)
+
+    @classmethod
+    def get_status_any(cls, requests, status=None):
+        return Request.Get_status_any(requests, status)
+
+    @classmethod
+    def get_status_some(cls, requests, statuses=None):
+        return Request.Get_status_some(requests, statuses)
+
+
+def _waitany(requests, status, decode):
+    done = _wait_some(requests, "Waitany")
+    if done is None:
+        _empty_status(status)
+        return UNDEFINED, None
+    return done[0], requests[done[0]]._complete(status, decode)
+
+
+def _testany(requests, status, decode):
+    done = _test_some(requests)
+    if done is None:
+        _empty_status(status)
+        return UNDEFINED, True, None
+    if not done:
+        return UNDEFINED, False, None
+    return done[0], True, requests[done[0]]._complete(status, decode)
 
 
 def _nth(statuses, i):
+    """The status for the i-th result: a list grows to hold it (as mpi4py's
+    does), a tuple gives None once it runs out."""
     if statuses is None:
         return None
-    while len(statuses) <= i:
-        statuses.append(_MPI.Status())
-    return statuses[i]
-
-
-def _engine_of(requests):
-    for req in requests:
-        if req._comm is not None:
-            return req._comm._engine
+    if i < len(statuses):
+        return statuses[i]
+    if isinstance(statuses, list):
+        statuses.extend(_MPI.Status() for _ in range(len(statuses), i + 1))
+        return statuses[i]
     return None
 
 
-def _progress_until(requests, all_of):
-    ops = [r._op for r in requests if r._op is not None and not r._op.done]
-    if not ops:
-        return
-    engine = _engine_of(requests)
-    if all_of:
-        for r in requests:
-            if r._op is not None and not r._op.done:
-                engine.wait(r._op, r)
-    else:
-        engine.wait_any(ops, "Waitany")
+def _finish_all(requests, indices, statuses, decode):
+    """Complete requests[i] for each i (the k-th gets statuses[k]); every one
+    is completed before the first error is raised."""
+    results = []
+    error = None
+    for k, i in enumerate(indices):
+        try:
+            results.append(requests[i]._finish(_nth(statuses, k), decode))
+        except MPIError as exc:
+            results.append(None)
+            error = error or exc
+    if error is not None:
+        raise error
+    return results
+
+
+def _active(requests):
+    return [i for i, req in enumerate(requests) if req._op is not None]
+
+
+def _all_ready(requests):
+    pending = [req for req in requests if req._op is not None and not req._op.done]
+    if pending:
+        pending[0]._comm._engine.progress()
+    return all(req._op.done for req in pending)
+
+
+def _test_some(requests):
+    """Indices of the active requests that are done (after one round of
+    progress if none is yet); None if no request is active."""
+    active = _active(requests)
+    if not active:
+        return None
+    done = [i for i in active if requests[i]._op.done]
+    if not done:
+        requests[active[0]]._comm._engine.progress()
+        done = [i for i in active if requests[i]._op.done]
+    return done
+
+
+def _wait_some(requests, what):
+    """Indices of the active requests that are done, waiting until there is
+    at least one; None if no request is active."""
+    active = _active(requests)
+    if not active:
+        return None
+    done = [i for i in active if requests[i]._op.done]
+    if not done:
+        ops = [requests[i]._op for i in active]
+        requests[active[0]]._comm._engine.wait_any(ops, f"{what} of {len(ops)} requests")
+        done = [i for i in active if requests[i]._op.done]
+    return done
 
 
 class Prequest(Request):
-    """A persistent request (Send_init / Recv_init): Start() begins one round."""
+    """A persistent request (Send_init, Recv_init, ...): Start() begins a round.
 
-    def __init__(self, comm, start, what):
-        super().__init__(comm, None, what=what)
+    ``Prequest()`` / ``Prequest(request)`` as in mpi4py; communicators build
+    them as ``Prequest(comm, start, what)``, where start() begins a round and
+    returns (op, decode).
+    """
+
+    __slots__ = ("_start",)
+
+    def __init__(self, request=None, start=_PUBLIC, what="persistent request"):
+        if start is _PUBLIC:
+            if request is not None and not isinstance(request, Prequest):
+                # mpi4py takes a null Request here, and refuses an active one.
+                if not isinstance(request, Request) or request:
+                    raise TypeError(f"expected a Prequest, got {type(request).__name__}")
+                request = None
+            self._copy(request)
+            self._start = request._start if request is not None else None
+            return
+        self._comm = request
+        self._op = None             # inactive until Start()
+        self._decode = None
+        self._what = what
         self._start = start
-        self._finished = True
+
+    def __bool__(self):
+        # Between rounds a persistent request is inactive, not null.
+        return self._start is not None
+
+    def Free(self):
+        if not self:
+            raise MPIError(_MPI.ERR_REQUEST, "a null request cannot be freed")
+        self._op = None
+        self._start = None
 
     def Start(self):
+        if self._start is None:
+            raise MPIError(_MPI.ERR_REQUEST, "Start of a null persistent request")
+        if self._op is not None:
+            raise MPIError(_MPI.ERR_REQUEST, f"Start of {self._description()} that is "
+                                             f"still active (complete it first)")
         self._op, self._decode = self._start()
-        self._finished = False
-
-    def start(self):
-        self.Start()
 
     @classmethod
     def Startall(cls, requests):
         for req in requests:
             req.Start()
 
-    def __bool__(self):
-        # A persistent request stays valid between rounds.
-        return True
-
 
 class Message:
-    """A message taken by Mprobe/Improbe, received with Recv/Irecv/recv/irecv."""
+    """A message taken by a matched probe, received with Recv/Irecv/recv/irecv.
 
-    def __init__(self, comm, incoming, no_proc=False):
-        self._comm = comm
+    ``Message()`` / ``Message(message)`` as in mpi4py; communicators build
+    them as ``Message(comm, incoming)``.  Once received a message is null
+    (MESSAGE_NULL); MESSAGE_NO_PROC, what a probe of PROC_NULL finds, stays
+    itself, while a copy of it becomes null when received.
+    """
+
+    __slots__ = ("_comm", "_incoming", "_no_proc", "__weakref__")
+
+    def __init__(self, message=None, incoming=_PUBLIC, no_proc=False):
+        if incoming is _PUBLIC:
+            if message is None:
+                self._comm = self._incoming = None
+                self._no_proc = False
+                return
+            if not isinstance(message, Message):
+                raise TypeError(f"expected a Message, got {type(message).__name__}")
+            self._comm, self._incoming = message._comm, message._incoming
+            self._no_proc = message._no_proc
+            return
+        self._comm = message
         self._incoming = incoming
-        self._no_proc = no_proc   # MESSAGE_NO_PROC: a probe of PROC_NULL
+        self._no_proc = no_proc
+
+    def _key(self):
+        """What the handle stands for: the message, NO_PROC, or None (null)."""
+        if self._incoming is not None:
+            return self._incoming
+        return _NO_PROC if self._no_proc else None
 
     def __bool__(self):
         return self._incoming is not None or self._no_proc
 
+    def __eq__(self, other):
+        if isinstance(other, Message):
+            return self._key() is other._key()
+        if isinstance(other, _MPI.Message):     # mpi4py's own: only its predefined ones match
+            key = self._key()
+            return ((key is None and other == _MPI.MESSAGE_NULL)
+                    or (key is _NO_PROC and other == _MPI.MESSAGE_NO_PROC))
+        return NotImplemented
+
+    __hash__ = None
+
+    @property
+    def handle(self):
+        """MPI handle."""
+        if self._incoming is not None:
+            return _handle(self)
+        return (_MPI.MESSAGE_NO_PROC if self._no_proc else _MPI.MESSAGE_NULL).handle
+
+    def toint(self):
+        if self._incoming is not None:
+            return _handle(self)
+        return (_MPI.MESSAGE_NO_PROC if self._no_proc else _MPI.MESSAGE_NULL).toint()
+
+    def py2f(self):
+        if self._incoming is not None:
+            return _handle(self)
+        return (_MPI.MESSAGE_NO_PROC if self._no_proc else _MPI.MESSAGE_NULL).py2f()
+
+    @classmethod
+    def fromhandle(cls, handle):
+        return _from_handle(cls, handle, [(_MPI.MESSAGE_NULL.handle, None),
+                                          (_MPI.MESSAGE_NO_PROC.handle, MESSAGE_NO_PROC)])
+
+    @classmethod
+    def fromint(cls, arg, /):
+        return _from_handle(cls, arg, [(_MPI.MESSAGE_NULL.toint(), None),
+                                       (_MPI.MESSAGE_NO_PROC.toint(), MESSAGE_NO_PROC)])
+
+    @classmethod
+    def f2py(cls, arg):
+        return _from_handle(cls, arg, [(_MPI.MESSAGE_NULL.py2f(), None),
+                                       (_MPI.MESSAGE_NO_PROC.py2f(), MESSAGE_NO_PROC)])
+
+    def __reduce__(self):
+        if self is MESSAGE_NULL:
+            return "MESSAGE_NULL"
+        if self is MESSAGE_NO_PROC:
+            return "MESSAGE_NO_PROC"
+        if self._incoming is None:
+            return (type(self), (MESSAGE_NO_PROC if self._no_proc else MESSAGE_NULL,))
+        raise _cannot_serialize(self)
+
+    def free(self):
+        """As mpi4py: a copy of MESSAGE_NO_PROC becomes null; nothing else changes."""
+        if self._no_proc and self is not MESSAGE_NO_PROC:
+            self._no_proc = False
+
+    # --- matched probes ----------------------------------------------------------
+
+    @classmethod
+    def _of(cls, message):
+        """The communicator's message as a new object of cls (MESSAGE_NO_PROC
+        itself is never handed out: receiving must null only the copy)."""
+        if message is None or (type(message) is cls and message is not MESSAGE_NO_PROC):
+            return message
+        return cls(message)
+
+    @classmethod
+    def Probe(cls, comm, source=_MPI.ANY_SOURCE, tag=_MPI.ANY_TAG, status=None):
+        """Blocking test for a matched message."""
+        return cls._of(comm.Mprobe(source, tag, status))
+
+    @classmethod
+    def Iprobe(cls, comm, source=_MPI.ANY_SOURCE, tag=_MPI.ANY_TAG, status=None):
+        """Nonblocking test for a matched message (None if there is none)."""
+        return cls._of(comm.Improbe(source, tag, status))
+
+    @classmethod
+    def probe(cls, comm, source=_MPI.ANY_SOURCE, tag=_MPI.ANY_TAG, status=None):
+        return cls._of(comm.mprobe(source, tag, status))
+
+    @classmethod
+    def iprobe(cls, comm, source=_MPI.ANY_SOURCE, tag=_MPI.ANY_TAG, status=None):
+        return cls._of(comm.improbe(source, tag, status))
+
+    # --- matched receives --------------------------------------------------------
+
     def _take(self):
+        """The message to receive (None for NO_PROC); the handle becomes null."""
         if self._no_proc:
+            if self is not MESSAGE_NO_PROC:
+                self._no_proc = False
             return None
         incoming = self._incoming
-        if incoming is None:
-            raise MPIError(_MPI.ERR_REQUEST, "this message has already been received")
+        # A copy of this message may have received it already.
+        if incoming is None or incoming.taken:
+            raise MPIError(_MPI.ERR_REQUEST, "receive of a null message (MESSAGE_NULL, or "
+                                             "one already received)")
         self._incoming = None
+        incoming.taken = True
         return incoming
 
     def Irecv(self, buf):
         from .buffers import parse_recv
         incoming = self._take()
-        b = parse_recv(buf)
         if incoming is None:
-            return _ProcNullRequest()
-        op = self._comm._engine.recv_matched(incoming, b.mem)
+            return Request(self._comm, None, what="Message.Irecv")
+        op = self._comm._engine.recv_matched(incoming, parse_recv(buf).mem)
         return Request(self._comm, op, what="Message.Irecv")
 
     def Recv(self, buf, status=None):
@@ -364,24 +730,12 @@ class Message:
     def irecv(self):
         incoming = self._take()
         if incoming is None:
-            return _ProcNullRequest()
+            return Request(self._comm, None, what="Message.irecv")
         op = self._comm._engine.recv_matched(incoming, None)
         return Request(self._comm, op, decode=self._comm._unpickle_op, what="Message.irecv")
 
     def recv(self, status=None):
         return self.irecv().wait(status)
-
-
-class _ProcNullRequest(Request):
-    """The receive of MESSAGE_NO_PROC: complete at once, with PROC_NULL's empty status."""
-
-    def wait(self, status=None):
-        self._finished = True
-        fill_status(status, _MPI.PROC_NULL, _MPI.ANY_TAG, 0)
-        return None
-
-    def test(self, status=None):
-        return True, self.wait(status)
 
 
 REQUEST_NULL = Request()
