@@ -3,7 +3,7 @@
 Every buffer argument of the communicator (point-to-point and collectives)
 goes through this module, which accepts exactly the forms mpi4py accepts:
 
-    buf                                   any buffer-protocol object
+    buf                                   a buffer: see below
     [buf, datatype]                       count inferred from the buffer size
     [buf, count, datatype]
     [buf, (count, displ), datatype]       displ in datatype extents
@@ -20,9 +20,21 @@ and for vector collectives (Scatterv, Gatherv, Allgatherv, Alltoallv):
 A count or displacement may also be a single integer in the vector forms
 (the same count for every block, or a stride between blocks), as in mpi4py.
 
-The datatype of a bare buffer comes from its buffer-protocol format code,
-looked up in mpi4py's table (format 'B', i.e. bytes and uint8, is MPI.BYTE).
-Datatypes may be given as ``MPI.Datatype`` objects or as format strings.
+A buffer is what mpi4py takes, tried in mpi4py's order: an object with the
+buffer protocol (bytes, numpy arrays, ``MPI.buffer``...), then one exporting
+DLPack (``__dlpack__`` and ``__dlpack_device__``), then one with
+``__cuda_array_interface__`` (both read by ``ivmpi._interop``).  It must be
+contiguous (C or Fortran order), and writable for receiving.
+
+The datatype of a bare buffer comes from its format code (for DLPack and
+the CUDA array interface, the one mpi4py derives from the dtype), looked up
+in mpi4py's table; bytes of no known type are MPI.BYTE.  Datatypes may be
+given as ``MPI.Datatype`` objects or as format strings.
+
+Errors are mpi4py's types: a BufferSpecError (a ValueError and a
+BufferError) for an unusable buffer or spec, a BufferTypeError (also a
+TypeError) for an object that is no buffer or a count that is no integer, a
+DatatypeKeyError (also a KeyError) for a name with no MPI datatype.
 
 Derived datatypes: a committed derived type whose data fill its extent with
 no holes (e.g. ``MPI.DOUBLE.Create_contiguous(4)``, or a vector whose stride
@@ -35,18 +47,32 @@ MAXLOC/MINLOC (``MPI.DOUBLE_INT`` ...) are moved as whole extents.
 ``MPI.BOTTOM`` (or ``None``) as the buffer of a list spec is accepted for
 empty messages only, since ivmpi has no absolute addresses to send from.
 """
+import operator
+
 import numpy as np
 from .lib import MPI
 from mpi4py.util import dtlib
 
+from . import _interop
 from .errors import BufferSpecError
 
 IN_PLACE = MPI.IN_PLACE
 BOTTOM = MPI.BOTTOM
+PROC_NULL = MPI.PROC_NULL
 
 _Datatype = MPI.Datatype
 _TYPEDICT = MPI._typedict  # format code -> predefined MPI datatype (mpi4py's table)
 _BYTE = MPI.BYTE
+
+
+class BufferTypeError(BufferSpecError, TypeError):
+    """Not a buffer, or not an integer where a count or displacement goes
+    (mpi4py raises TypeError)."""
+
+
+class DatatypeKeyError(BufferSpecError, KeyError):
+    """No MPI datatype for a format code or type name (mpi4py raises KeyError)."""
+    __str__ = BufferSpecError.__str__   # the message itself, not KeyError's repr of it
 
 
 class Buf:
@@ -116,10 +142,11 @@ _FOREIGN_ORDER = (">", "!") if np.little_endian else ("<",)
 
 
 def _datatype_from_format(fmt):
+    """(datatype, extent) for a format code; None is bytes of no known type."""
     entry = _format_cache.get(fmt)
     if entry is not None:
         return entry
-    if fmt == "B":
+    if fmt is None:
         datatype = _BYTE
     else:
         key = fmt
@@ -129,7 +156,7 @@ def _datatype_from_format(fmt):
             raise BufferSpecError(f"buffer format {fmt!r} has non-native byte order")
         datatype = _TYPEDICT.get(key)
         if datatype is None:
-            raise BufferSpecError(
+            raise DatatypeKeyError(
                 f"cannot map buffer format {fmt!r} to an MPI datatype; "
                 f"give the datatype explicitly, e.g. [buf, MPI.BYTE]")
     entry = (datatype, datatype.Get_extent()[1])
@@ -148,9 +175,9 @@ def _as_datatype(obj):
     if isinstance(obj, str):
         datatype = _TYPEDICT.get(obj)
         if datatype is None:
-            raise BufferSpecError(f"cannot map {obj!r} to an MPI datatype")
+            raise DatatypeKeyError(f"cannot map {obj!r} to an MPI datatype")
         return datatype
-    raise BufferSpecError(f"expected an MPI.Datatype, got {type(obj).__name__}")
+    raise DatatypeKeyError(f"expected an MPI.Datatype, got {type(obj).__name__}")
 
 
 def datatype_extent(datatype):
@@ -213,37 +240,45 @@ def typed_view(mem, datatype):
 
 # --- memory ------------------------------------------------------------------
 
-def _memory(obj, writable):
-    """memoryview of obj (any contiguous buffer) and its format code."""
+def _memory(obj, writable, typed):
+    """(flat byte memoryview, format code) of a buffer, in mpi4py's order:
+    the buffer protocol, then DLPack, then the CUDA array interface.
+    ``typed``: the format will name the datatype."""
     try:
         mem = memoryview(obj)
     except TypeError:
-        raise BufferSpecError(
-            f"message buffer must support the buffer protocol, "
-            f"got {type(obj).__name__}") from None
+        found = _interop.dlpack_memory(obj, writable)
+        if found is None:
+            found = _interop.cai_memory(obj, writable, typed)
+        if found is None:
+            raise BufferTypeError(
+                f"message buffer must support the buffer protocol, "
+                f"got {type(obj).__name__}") from None
+        return found
     if writable and mem.readonly:
         raise BufferSpecError(
             f"receive buffer ({type(obj).__name__}) is read-only")
+    fmt = mem.format
     if not mem.c_contiguous:
-        if mem.f_contiguous and isinstance(obj, np.ndarray):
-            # Fortran order: the transpose is the same bytes in C order.
-            mem = memoryview(obj.T)
-        else:
+        if not mem.f_contiguous:
             raise BufferSpecError(
                 f"message buffer ({type(obj).__name__} of shape {mem.shape}) "
                 f"is not contiguous")
-    return mem
+        # Fortran order: the transpose is the same bytes in C order.
+        array = obj if isinstance(obj, np.ndarray) else np.asarray(mem)
+        mem = memoryview(array.T)
+    return _flat(mem), fmt
 
 
 def _typed_memory(buf, writable, datatype):
     """(flat byte view, datatype, extent) of a buffer; the datatype comes from
     the buffer's format when none is given."""
-    mem = _memory(buf, writable)
+    mem, fmt = _memory(buf, writable, datatype is None)
     if datatype is None:
-        datatype, extent = _datatype_from_format(mem.format)
+        datatype, extent = _datatype_from_format(fmt)
     else:
         extent = datatype_extent(datatype)
-    return _flat(mem), datatype, extent
+    return mem, datatype, extent
 
 
 def _flat(mem):
@@ -254,13 +289,23 @@ def _flat(mem):
 
 def _index(value, what):
     try:
-        value = value.__index__()
-    except AttributeError:
-        raise BufferSpecError(
+        value = operator.index(value)
+    except TypeError:
+        raise BufferTypeError(
             f"{what} must be an integer, got {type(value).__name__}") from None
     if value < 0:
         raise BufferSpecError(f"negative {what} {value}")
     return value
+
+
+def _is_integral(value):
+    """One count for all blocks rather than a sequence of them: mpi4py's
+    test, which takes a 0-d numpy array for a number."""
+    try:
+        len(value)
+    except TypeError:
+        return hasattr(type(value), "__index__")
+    return False
 
 
 # --- simple (one block) specs ------------------------------------------------
@@ -301,7 +346,7 @@ _BARE_TYPES = frozenset((np.ndarray, bytes, bytearray, memoryview))
 
 def _parse(spec, writable, blocks):
     if spec is None or spec is IN_PLACE:
-        raise BufferSpecError(
+        raise BufferTypeError(
             f"expected a buffer or [buffer, ...] spec, got {spec!r}")
     buf, count, displ, datatype = _split_simple(spec)
     if datatype is not None:
@@ -364,12 +409,16 @@ def _bottom(count, datatype):
     return Buf(_EMPTY, 0, datatype, None)
 
 
-def parse_send(spec, blocks=1):
+def parse_send(spec, blocks=1, rank=None):
     """Parse a send buffer spec (read-only buffers are fine).
 
     With blocks > 1 (Scatter, Alltoall...) the buffer holds ``blocks`` equal
-    blocks and ``count`` is the per-block count, as in mpi4py.
+    blocks and ``count`` is the per-block count, as in mpi4py.  ``rank`` is
+    the peer, if any: for MPI.PROC_NULL the spec is not looked at, as mpi4py
+    ignores it, and the message is empty.
     """
+    if rank == PROC_NULL:
+        return Buf(_EMPTY, 0, _BYTE, None)
     # Fast path (point-to-point hot path): a bare 1-D contiguous byte buffer
     # or a C-contiguous numpy array of a basic dtype.
     if type(spec) in _BARE_TYPES and blocks == 1:
@@ -383,8 +432,11 @@ def parse_send(spec, blocks=1):
     return _parse(spec, False, blocks)
 
 
-def parse_recv(spec, blocks=1):
-    """Parse a receive buffer spec; the buffer must be writable."""
+def parse_recv(spec, blocks=1, rank=None):
+    """Parse a receive buffer spec; the buffer must be writable.  ``rank``
+    as for parse_send."""
+    if rank == PROC_NULL:
+        return Buf(_EMPTY, 0, _BYTE, None)
     if type(spec) in _BARE_TYPES and blocks == 1:
         mem = memoryview(spec)
         if mem.c_contiguous and not mem.readonly:
@@ -406,7 +458,7 @@ def is_in_place(spec):
 def parse_vbuf(spec, size, recv):
     """Parse a vector-collective spec for a communicator of ``size`` ranks."""
     if spec is None or spec is IN_PLACE:
-        raise BufferSpecError(
+        raise BufferTypeError(
             f"expected a buffer or [buffer, counts, displs, datatype], got {spec!r}")
     buf, counts, displs, datatype = spec, None, None, None
     if isinstance(spec, (list, tuple)):
@@ -443,7 +495,7 @@ def parse_vbuf(spec, size, recv):
                 f"of the extent {extent} of {_type_name(datatype)}")
         q, r = divmod(total, size)
         counts = [q + (i < r) for i in range(size)]
-    elif isinstance(counts, (int, np.integer)):
+    elif _is_integral(counts):
         counts = [_index(counts, "count")] * size
     else:
         counts = [_index(c, "count") for c in counts]
@@ -456,7 +508,7 @@ def parse_vbuf(spec, size, recv):
         for c in counts:
             displs.append(running)
             running += c
-    elif isinstance(displs, (int, np.integer)):
+    elif _is_integral(displs):
         stride = _index(displs, "displacement")
         displs = [stride * i for i in range(size)]
     else:

@@ -45,13 +45,16 @@ def test_bare_numpy_array_every_dtype(dtype):
 @pytest.mark.parametrize("obj", [b"hello", bytearray(b"abc"), memoryview(b"xyz"), b""])
 def test_bytes_like(obj):
     buf = parse_send(obj)
-    assert buf.datatype == MPI.BYTE and buf.count == len(obj) == buf.nbytes
+    assert buf.datatype == MPI.UNSIGNED_CHAR and buf.count == len(obj) == buf.nbytes
     check_against_mpi4py(obj, buf)
 
 
-def test_uint8_is_byte_like_mpi4py():
-    assert parse_send(np.zeros(3, "u1")).datatype == MPI.BYTE
+def test_format_B_is_unsigned_char_as_in_mpi4py():
+    assert parse_send(np.zeros(3, "u1")).datatype == MPI.UNSIGNED_CHAR
     assert parse_send(np.zeros(3, "i1")).datatype == MPI.SIGNED_CHAR
+    # mpi4py itself: bytes reduce as MPI_UNSIGNED_CHAR, not as MPI_BYTE.
+    with pytest.raises(ValueError, match="mismatch"):
+        SELF.Allreduce([b"\1", MPI.BYTE], bytearray(1), op=MPI.SUM)
 
 
 def test_multidimensional_and_fortran_order():
