@@ -122,7 +122,7 @@ def _start_with_mpi(region_spec):
             plan = None
     else:
         plan = None
-    plan, error = mpi.bcast((plan, error), root=0)
+    plan, error = _allgather_plain(mpi, (plan, error))[0]
     if error:
         raise RegionError(f"rank 0 could not set up the region: {error}")
     temporary, job_id = plan
@@ -143,7 +143,7 @@ def _start_with_mpi(region_spec):
         error = None
     except Exception as exc:
         error = f"rank {rank}: {type(exc).__name__}: {exc}"
-    errors = [e for e in mpi.allgather(error) if e]
+    errors = [e for e in _allgather_plain(mpi, error) if e]
     if errors:
         raise RegionError("ivmpi start-up failed: " + "; ".join(errors))
     # Ranks sharing this machine's cores: more ranks than cores means yield early.
@@ -155,6 +155,22 @@ def _start_with_mpi(region_spec):
         # is left behind in /dev/shm if the job crashes.
         os.unlink(temporary)
     return _finish_start(region, geo, rank, job_id, mpi, _oversubscribed(oversubscribed))
+
+
+def _allgather_plain(mpi, obj):
+    """Every rank's obj, through the library with the standard pickle: the
+    program's MPI.pickle settings (say, a serializer for its own types) are
+    for its messages, not for start-up."""
+    import pickle
+    import numpy as np
+    from .lib import MPI
+    data = pickle.dumps(obj)
+    sizes = np.zeros(mpi.Get_size(), dtype=np.int64)
+    mpi.Allgather(np.array([len(data)], dtype=np.int64), sizes)
+    everything = bytearray(int(sizes.sum()))
+    mpi.Allgatherv([data, MPI.BYTE], [everything, sizes, MPI.BYTE])
+    offsets = np.concatenate(([0], np.cumsum(sizes)))
+    return [pickle.loads(everything[offsets[i]:offsets[i + 1]]) for i in range(len(sizes))]
 
 
 def _start_standalone(region_spec):
