@@ -110,6 +110,7 @@ def dlpack_memory(obj, writable):
     # ValueError for a malformed answer.
     device_type, device_id = device()
     device_type, _ = operator.index(device_type), operator.index(device_id)
+    # For a device, mpi4py asks for no stream synchronization (stream=-1).
     stream = {} if device_type == _kDLCPU else {"stream": -1}
     try:
         capsule, name = export(max_version=(1, 0), copy=False, **stream), b"dltensor_versioned"
@@ -128,8 +129,8 @@ def dlpack_memory(obj, writable):
         tensor = managed.dl_tensor
         readonly = bool(managed.flags & _DLPACK_FLAG_READ_ONLY)
     shape, strides = _dlpack_shape(tensor)
-    if strides is not None and not (_contiguous(shape, strides, 1, reverse=True)
-                                    or _contiguous(shape, strides, 1, reverse=False)):
+    if strides is not None and not (_contiguous(shape, strides, 1, "C")
+                                    or _contiguous(shape, strides, 1, "F")):
         raise BufferSpecError("dlpack: buffer is not contiguous")
     if readonly and writable:
         raise BufferSpecError("dlpack: buffer is not writable")
@@ -160,11 +161,12 @@ def _dlpack_shape(tensor):
     return shape, strides
 
 
-def _contiguous(shape, strides, itemsize, reverse):
-    """C order (reverse=True: the last axis varies fastest) or Fortran order;
-    axes of length 0 or 1 may have any stride."""
+def _contiguous(shape, strides, itemsize, order):
+    """Whether the strides lay the shape out without gaps in C or Fortran
+    order (itemsize in the strides' unit: bytes, or 1 for strides counted in
+    elements); axes of length 0 or 1 may have any stride."""
     size = itemsize
-    axes = range(len(shape) - 1, -1, -1) if reverse else range(len(shape))
+    axes = range(len(shape) - 1, -1, -1) if order == "C" else range(len(shape))
     for i in axes:
         if shape[i] > 1 and strides[i] != size:
             return False
@@ -236,8 +238,8 @@ def cai_memory(obj, writable, typed):
     if size < 0:
         raise BufferSpecError(f"__cuda_array_interface__: buffer with negative size "
                               f"(shape:{shape}, size:{size})")
-    if strides is not None and not (_contiguous(shape, strides, itemsize, reverse=True)
-                                    or _contiguous(shape, strides, itemsize, reverse=False)):
+    if strides is not None and not (_contiguous(shape, strides, itemsize, "C")
+                                    or _contiguous(shape, strides, itemsize, "F")):
         raise BufferSpecError(f"__cuda_array_interface__: buffer is not contiguous "
                               f"(shape:{shape}, strides:{strides}, itemsize:{itemsize})")
     if readonly and writable:

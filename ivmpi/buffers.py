@@ -247,13 +247,14 @@ def _memory(obj, writable, typed):
     try:
         mem = memoryview(obj)
     except TypeError:
-        found = _interop.dlpack_memory(obj, writable)
-        if found is None:
-            found = _interop.cai_memory(obj, writable, typed)
+        mem = None
+    if mem is None:
+        found = (_interop.dlpack_memory(obj, writable)
+                 or _interop.cai_memory(obj, writable, typed))
         if found is None:
             raise BufferTypeError(
                 f"message buffer must support the buffer protocol, "
-                f"got {type(obj).__name__}") from None
+                f"got {type(obj).__name__}")
         return found
     if writable and mem.readonly:
         raise BufferSpecError(
