@@ -123,7 +123,7 @@ class _Own:
 
 
 # The region state every copy of a communicator shares (see Comm.__new__).
-_STATE = ("_engine", "_ranks", "_index", "_ctx", "_hidden", "_scope", "_coll", "_fast",
+_STATE = ("_engine", "_ranks", "_index", "_ctx", "_hidden", "_scope", "_coll", "_fast", "_locks",
           "_freed", "_shared", "rank", "size")
 
 
@@ -169,6 +169,7 @@ class Comm(_MPI.Comm):
         # The hidden twin carries collectives: any member's death ends its waits.
         self._scope = tuple(self._ranks) if hidden else None
         self._coll = None
+        self._locks = {}
         self._freed = False
         self.rank = self._index[engine.rank]
         self.size = len(self._ranks)
@@ -305,10 +306,10 @@ class Comm(_MPI.Comm):
         return self._fast.Isend(buf, dest, tag)
 
     def _general_Isend(self, buf, dest, tag):
-        return self._isend_bytes(parse_send(buf).mem, dest, tag, False, "Isend")
+        return self._isend_bytes(parse_send(buf, rank=dest).mem, dest, tag, False, "Isend")
 
     def Issend(self, buf, dest, tag=0):
-        return self._isend_bytes(parse_send(buf).mem, dest, tag, True, "Issend")
+        return self._isend_bytes(parse_send(buf, rank=dest).mem, dest, tag, True, "Issend")
 
     def Ibsend(self, buf, dest, tag=0):
         return self.Isend(buf, dest, tag)
@@ -325,10 +326,10 @@ class Comm(_MPI.Comm):
             self._general_Send(buf, dest, tag)
 
     def _general_Send(self, buf, dest, tag):
-        self._isend_bytes(parse_send(buf).mem, dest, tag, False, "Send").Wait()
+        self._isend_bytes(parse_send(buf, rank=dest).mem, dest, tag, False, "Send").Wait()
 
     def Ssend(self, buf, dest, tag=0):
-        self._isend_bytes(parse_send(buf).mem, dest, tag, True, "Ssend").Wait()
+        self._isend_bytes(parse_send(buf, rank=dest).mem, dest, tag, True, "Ssend").Wait()
 
     Bsend = Send
     Rsend = Send
@@ -337,13 +338,13 @@ class Comm(_MPI.Comm):
         return self._fast.Irecv(buf, source, tag)
 
     def _general_Irecv(self, buf, source, tag):
-        return self._irecv_bytes(parse_recv(buf).mem, source, tag, None, "Irecv")
+        return self._irecv_bytes(parse_recv(buf, rank=source).mem, source, tag, None, "Irecv")
 
     def Recv(self, buf, source=ANY_SOURCE, tag=ANY_TAG, status=None):
         self._fast.Recv(buf, source, tag, status)
 
     def _general_Recv(self, buf, source, tag, status):
-        self._irecv_bytes(parse_recv(buf).mem, source, tag, None, "Recv").Wait(status)
+        self._irecv_bytes(parse_recv(buf, rank=source).mem, source, tag, None, "Recv").Wait(status)
 
     def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
                  recvtag=ANY_TAG, status=None):
@@ -355,7 +356,7 @@ class Comm(_MPI.Comm):
         # The send half is checked whole before the receive is posted: a bad
         # one must leave no receive behind to swallow a later message.
         self._check_send_args(dest, sendtag, "Sendrecv")
-        sendmem = parse_send(sendbuf).mem
+        sendmem = parse_send(sendbuf, rank=dest).mem
         rreq = self.Irecv(recvbuf, source, recvtag)
         sreq = self._isend_bytes(sendmem, dest, sendtag, False, "Sendrecv")
         Request.Waitall([sreq, rreq], None if status is None else [_MPI.Status(), status])
@@ -369,19 +370,20 @@ class Comm(_MPI.Comm):
     def Sendrecv_replace(self, buf, dest, sendtag=0, source=ANY_SOURCE, recvtag=ANY_TAG,
                          status=None):
         self._check_send_args(dest, sendtag, "Sendrecv_replace")
-        b = parse_recv(buf)
+        # The buffer is not looked at only when neither half moves data.
+        b = parse_recv(buf, rank=PROC_NULL if dest == source == PROC_NULL else None)
         outgoing = bytes(b.mem)
         rreq = self._irecv_bytes(b.mem, source, recvtag, None, "Sendrecv_replace")
         sreq = self._isend_bytes(memoryview(outgoing), dest, sendtag, False, "Sendrecv_replace")
         Request.Waitall([sreq, rreq], None if status is None else [_MPI.Status(), status])
 
     def Send_init(self, buf, dest, tag=0):
-        b = parse_send(buf)
+        b = parse_send(buf, rank=dest)
         return Prequest(self, lambda: (self._isend_bytes(b.mem, dest, tag, False, "Send_init")._op, None),
                         "persistent send")
 
     def Ssend_init(self, buf, dest, tag=0):
-        b = parse_send(buf)
+        b = parse_send(buf, rank=dest)
         return Prequest(self, lambda: (self._isend_bytes(b.mem, dest, tag, True, "Ssend_init")._op, None),
                         "persistent synchronous send")
 
@@ -389,7 +391,7 @@ class Comm(_MPI.Comm):
     Rsend_init = Send_init
 
     def Recv_init(self, buf, source=ANY_SOURCE, tag=ANY_TAG):
-        b = parse_recv(buf)
+        b = parse_recv(buf, rank=source)
 
         def start():
             req = self._irecv_bytes(b.mem, source, tag, None, "Recv_init")
@@ -511,6 +513,17 @@ class Comm(_MPI.Comm):
             self._coll = Collectives(twin)
         return self._coll
 
+    def _lock(self, name):
+        """mpi4py's lock for the object collective `name` on this communicator
+        (MPI._comm_lock: kept with the handle, so copies share it), looked up
+        once: the object collectives hold it, as mpi4py's do, so that threads
+        of MPI_THREAD_MULTIPLE programs cannot interleave their steps."""
+        locks = self._locks
+        lock = locks.get(name)
+        if lock is None:
+            lock = locks[name] = _MPI._comm_lock(self, name)
+        return lock
+
     # Barrier, Bcast, Gather, Scatter, Allgather, Alltoall, Reduce and
     # Allreduce: each instance binds SmallCollectives' versions (see
     # __init__), which take the common small cases in one Cython call; the
@@ -526,7 +539,8 @@ class Comm(_MPI.Comm):
         self._collectives.Bcast(buf, root)
 
     def bcast(self, obj, root=0):
-        return self._collectives.bcast(obj, root)
+        with self._lock('bcast'):
+            return self._collectives.bcast(obj, root)
 
     def Scatter(self, sendbuf, recvbuf, root=0):
         self._collectives.Scatter(sendbuf, recvbuf, root)
@@ -535,7 +549,8 @@ class Comm(_MPI.Comm):
         self._collectives.Scatterv(sendbuf, recvbuf, root)
 
     def scatter(self, sendobj, root=0):
-        return self._collectives.scatter(sendobj, root)
+        with self._lock('scatter'):
+            return self._collectives.scatter(sendobj, root)
 
     def Gather(self, sendbuf, recvbuf, root=0):
         self._collectives.Gather(sendbuf, recvbuf, root)
@@ -544,7 +559,8 @@ class Comm(_MPI.Comm):
         self._collectives.Gatherv(sendbuf, recvbuf, root)
 
     def gather(self, sendobj, root=0):
-        return self._collectives.gather(sendobj, root)
+        with self._lock('gather'):
+            return self._collectives.gather(sendobj, root)
 
     def Allgather(self, sendbuf, recvbuf):
         self._collectives.Allgather(sendbuf, recvbuf)
@@ -553,7 +569,8 @@ class Comm(_MPI.Comm):
         self._collectives.Allgatherv(sendbuf, recvbuf)
 
     def allgather(self, sendobj):
-        return self._collectives.allgather(sendobj)
+        with self._lock('allgather'):
+            return self._collectives.allgather(sendobj)
 
     def Alltoall(self, sendbuf, recvbuf):
         self._collectives.Alltoall(sendbuf, recvbuf)
@@ -562,7 +579,8 @@ class Comm(_MPI.Comm):
         self._collectives.Alltoallv(sendbuf, recvbuf)
 
     def alltoall(self, sendobj):
-        return self._collectives.alltoall(sendobj)
+        with self._lock('alltoall'):
+            return self._collectives.alltoall(sendobj)
 
     def Reduce(self, sendbuf, recvbuf, op=_MPI.SUM, root=0):
         self._collectives.Reduce(sendbuf, recvbuf, op, root)
