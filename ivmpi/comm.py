@@ -96,14 +96,19 @@ _SENT = SendOp(-1, b"", 0, 0, False)
 _SENT.done = True
 
 
+class _NoRegionState(MPIError):
+    """A call on a communicator object without region state."""
+
+
 class _NotIvmpi:
     """The region state of a communicator that has none: a null handle
-    (``MPI.Comm()``) or a plain mpi4py communicator.  Any use is MPI's
-    invalid-communicator error, as mpi4py gives for COMM_NULL."""
+    (``MPI.Comm()``) or a library communicator (``MPI.Intracomm(c)`` of an
+    mpi4py one, an intercommunicator wrapped by ``mpi4py.util.pkl5``).  Any
+    use raises; the methods then hand the call to mpi4py (see _library)."""
 
     def __getattr__(self, name):
-        raise MPIError(_MPI.ERR_COMM, "not an ivmpi communicator (a null handle, or "
-                       "an mpi4py communicator: ivmpi.Comm.wrap(comm) makes one)")
+        raise _NoRegionState(_MPI.ERR_COMM, "not an ivmpi communicator (a null handle, or "
+                             "an mpi4py communicator: ivmpi.Comm.wrap(comm) makes one)")
 
 
 _NO_STATE = _NotIvmpi()
@@ -119,7 +124,8 @@ class _Own:
     def __get__(self, obj, cls=None):
         if obj is None:
             return self
-        return getattr(_MPI.Comm, self.name).__get__(obj, cls)
+        # mpi4py's property would call back into ivmpi's Get_rank/Get_size.
+        return getattr(_MPI.Comm, "Get_" + self.name)(obj)
 
 
 # The region state every copy of a communicator shares (see Comm.__new__).
@@ -141,6 +147,8 @@ class Comm(_MPI.Comm):
 
     _engine = _NO_STATE
     _fast = _NO_STATE
+    _coll = None
+    _hidden = False
     _freed = False
     rank = _Own("rank")
     size = _Own("size")
@@ -370,8 +378,9 @@ class Comm(_MPI.Comm):
     def Sendrecv_replace(self, buf, dest, sendtag=0, source=ANY_SOURCE, recvtag=ANY_TAG,
                          status=None):
         self._check_send_args(dest, sendtag, "Sendrecv_replace")
-        # The buffer is not looked at only when neither half moves data.
-        b = parse_recv(buf, rank=PROC_NULL if dest == source == PROC_NULL else None)
+        # mpi4py's rule: the buffer is read for the receiving peer, or for
+        # the sending one when that is PROC_NULL.
+        b = parse_recv(buf, rank=source if source != PROC_NULL else dest)
         outgoing = bytes(b.mem)
         rreq = self._irecv_bytes(b.mem, source, recvtag, None, "Sendrecv_replace")
         sreq = self._isend_bytes(memoryview(outgoing), dest, sendtag, False, "Sendrecv_replace")
@@ -732,7 +741,8 @@ class Comm(_MPI.Comm):
             # The library's handle first: it refuses COMM_NULL and the predefined ones.
             _MPI.Comm.Free(self)
         self._freed = True
-        self._fast.enabled = False
+        if "_fast" in self.__dict__:    # a communicator with region state
+            self._fast.enabled = False
         if self._coll is not None:      # its collectives are gone with it
             self._coll.p2p.Free()
 
@@ -794,6 +804,34 @@ def _predefined(name, cls=None):
     from . import world
     comm = world.get_world() if name == "COMM_WORLD" else world.get_self()
     return comm if cls is None else cls(comm)
+
+
+def _library(name, method):
+    """method, or for an object without region state, mpi4py's own method of
+    that name (the library's call on the handle), found along the object's
+    classes past ivmpi's.  Class-level calls need this: mpi4py.util.pkl5
+    calls ``MPI.Comm.Send(comm, ...)`` whatever comm is."""
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (_NoRegionState, AttributeError):
+            # (An AttributeError too: the object may be a plain mpi4py one.)
+            if isinstance(self, Comm) and "_engine" in self.__dict__:
+                raise
+            for klass in type(self).__mro__:
+                if klass.__module__ == "mpi4py.MPI" and name in klass.__dict__:
+                    return klass.__dict__[name](self, *args, **kwargs)
+            raise
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = method.__doc__
+    return call
+
+
+for _klass in (Comm, Intracomm):
+    for _name, _method in list(vars(_klass).items()):
+        if (callable(_method) and not _name.startswith("_") and not isinstance(_method, type)
+                and hasattr(_MPI.Intracomm, _name) and not isinstance(_method, classmethod)):
+            setattr(_klass, _name, _library(_name, _method))
 
 
 _WORLD_GROUP = None

@@ -247,3 +247,19 @@ def test_predefined_communicators_pickle_by_name(world):
     copy = pickle.loads(pickle.dumps(MPI.Intracomm(world)))
     assert copy is not world and copy == world
     assert copy.allreduce(1) == world.size
+
+
+def test_objects_without_region_state_hand_calls_to_mpi4py(comm):
+    # A communicator the library made (here an intercommunicator), seen
+    # through ivmpi's classes as mpi4py.util.pkl5 sees it: mpi4py's own calls.
+    local = comm.Split(comm.rank % 2)
+    if comm.size < 2:
+        return
+    inter = local.Create_intercomm(0, comm, 1 - comm.rank % 2)
+    assert isinstance(inter, _native.Intercomm)
+    if local.rank == 0:     # the two groups' first ranks: world ranks 0 and 1
+        got = MPI.Comm.sendrecv(inter, comm.rank, dest=0, source=0)
+        assert got == 1 - comm.rank
+    assert MPI.Comm.Get_size(inter) == local.size
+    inter.Free()
+    local.Free()
