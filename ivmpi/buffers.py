@@ -85,15 +85,19 @@ class Buf:
     datatype  the MPI.Datatype
     obj       the user's object (keeps the memory alive)
     nbytes    len(mem)
+    unpack    None; for a receive with a derived datatype that has holes
+              (parsed with holes=True), mem is a packed staging buffer and
+              unpack() must be called once the message is in it
     """
-    __slots__ = ("mem", "count", "datatype", "obj", "nbytes")
+    __slots__ = ("mem", "count", "datatype", "obj", "nbytes", "unpack")
 
-    def __init__(self, mem, count, datatype, obj):
+    def __init__(self, mem, count, datatype, obj, unpack=None):
         self.mem = mem
         self.count = count
         self.datatype = datatype
         self.obj = obj
         self.nbytes = len(mem)
+        self.unpack = unpack
 
     def __repr__(self):
         return (f"Buf(count={self.count}, datatype={_type_name(self.datatype)}, "
@@ -180,11 +184,11 @@ def _as_datatype(obj):
     raise DatatypeKeyError(f"expected an MPI.Datatype, got {type(obj).__name__}")
 
 
-def datatype_extent(datatype):
+def datatype_extent(datatype, holes_ok=False):
     """Extent in bytes of a datatype ivmpi can move as plain bytes.
 
     Raises BufferSpecError for the null datatype, uncommitted derived types,
-    and derived types with holes.
+    and (unless holes_ok) derived types with holes.
     """
     handle = datatype.handle
     extent = _predefined_extent.get(handle)
@@ -204,15 +208,59 @@ def datatype_extent(datatype):
     except MPI.Exception:
         raise BufferSpecError(
             f"datatype {name} is not committed (call .Commit() first)") from None
-    lb, extent = datatype.Get_extent()
-    true_lb, true_extent = datatype.Get_true_extent()
-    size = datatype.Get_size()
-    if not (lb == 0 and true_lb == 0 and size == extent == true_extent):
+    if holes_ok:
+        extent = datatype.Get_extent()[1]
+        if extent <= 0:
+            raise BufferSpecError(f"datatype {name} has extent {extent}: it cannot lay "
+                                  f"out a message in a buffer")
+        return extent
+    if has_holes(datatype):
+        lb, extent = datatype.Get_extent()
+        true_lb, true_extent = datatype.Get_true_extent()
+        size = datatype.Get_size()
         raise BufferSpecError(
             f"datatype {name} is not contiguous (size {size}, lb {lb}, extent "
             f"{extent}, true extent {true_extent}); ivmpi moves contiguous "
-            f"datatypes only - pack the data into a contiguous buffer first")
-    return extent
+            f"datatypes only here - pack the data into a contiguous buffer first")
+    return datatype.Get_extent()[1]
+
+
+def has_holes(datatype):
+    """True for a derived datatype whose data do not fill its extent as one run."""
+    if datatype.is_predefined:
+        return False
+    lb, extent = datatype.Get_extent()
+    true_lb, true_extent = datatype.Get_true_extent()
+    return not (lb == 0 and true_lb == 0 and datatype.Get_size() == extent == true_extent)
+
+
+def _packed(buf, whole, writable):
+    """A Buf whose mem is the packed form of buf's data (a Buf over the
+    user's memory, with a derived datatype with holes): for a send, packed
+    now; for a receive, a staging buffer that buf.unpack() unpacks into the
+    user's memory.  whole: the user's memory from the message's start to
+    the end of the buffer, which the type may reach past count * extent.
+    The MPI library underneath gathers and scatters (Datatype.Pack/Unpack),
+    so every datatype MPI has works."""
+    datatype, count, mem = buf.datatype, buf.count, buf.mem
+    lb, extent = datatype.Get_extent()
+    true_lb, true_extent = datatype.Get_true_extent()
+    if count and (true_lb < 0 or (count - 1) * extent + true_lb + true_extent > len(whole)):
+        raise BufferSpecError(
+            f"{count} x {_type_name(datatype)} reach bytes {true_lb} to "
+            f"{(count - 1) * extent + true_lb + true_extent} of the buffer, which has "
+            f"{len(whole)} from the message's start")
+    nbytes = datatype.Get_size() * count
+    staging = bytearray(nbytes)
+    if not writable:
+        if count:
+            datatype.Pack(whole[:count * extent], staging, 0, MPI.COMM_SELF)
+        return Buf(memoryview(staging), count, datatype, buf.obj)
+
+    def unpack():
+        if count:
+            datatype.Unpack(staging, 0, whole[:count * extent], MPI.COMM_SELF)
+    return Buf(memoryview(staging), count, datatype, buf.obj, unpack)
 
 
 _numpy_dtypes = {}
@@ -271,14 +319,14 @@ def _memory(obj, writable, typed):
     return _flat(mem), fmt
 
 
-def _typed_memory(buf, writable, datatype):
+def _typed_memory(buf, writable, datatype, holes_ok=False):
     """(flat byte view, datatype, extent) of a buffer; the datatype comes from
     the buffer's format when none is given."""
     mem, fmt = _memory(buf, writable, datatype is None)
     if datatype is None:
         datatype, extent = _datatype_from_format(fmt)
     else:
-        extent = datatype_extent(datatype)
+        extent = datatype_extent(datatype, holes_ok)
     return mem, datatype, extent
 
 
@@ -345,7 +393,7 @@ def _pair(value):
 _BARE_TYPES = frozenset((np.ndarray, bytes, bytearray, memoryview))
 
 
-def _parse(spec, writable, blocks):
+def _parse(spec, writable, blocks, holes=False):
     if spec is None or spec is IN_PLACE:
         raise BufferTypeError(
             f"expected a buffer or [buffer, ...] spec, got {spec!r}")
@@ -354,8 +402,13 @@ def _parse(spec, writable, blocks):
         datatype = _as_datatype(datatype)
     if buf is None or buf is BOTTOM:
         return _bottom(count, datatype)
-    mem, datatype, extent = _typed_memory(buf, writable, datatype)
-    return _finish(buf, mem, count, displ, datatype, extent, blocks, len(mem))
+    holes = holes and blocks == 1 and datatype is not None and has_holes(datatype)
+    mem, datatype, extent = _typed_memory(buf, writable, datatype, holes)
+    parsed = _finish(buf, mem, count, displ, datatype, extent, blocks, len(mem))
+    if holes:
+        whole = mem[_index(displ, "displacement") * extent:] if displ is not None else mem
+        return _packed(parsed, whole, writable)
+    return parsed
 
 
 def _finish(obj, mem, count, displ, datatype, extent, blocks, length):
@@ -410,13 +463,14 @@ def _bottom(count, datatype):
     return Buf(_EMPTY, 0, datatype, None)
 
 
-def parse_send(spec, blocks=1, rank=None):
+def parse_send(spec, blocks=1, rank=None, holes=False):
     """Parse a send buffer spec (read-only buffers are fine).
 
     With blocks > 1 (Scatter, Alltoall...) the buffer holds ``blocks`` equal
     blocks and ``count`` is the per-block count, as in mpi4py.  ``rank`` is
     the peer, if any: for MPI.PROC_NULL the spec is not looked at, as mpi4py
-    ignores it, and the message is empty.
+    ignores it, and the message is empty.  ``holes=True``: a derived datatype
+    with holes is packed (see _packed) instead of refused.
     """
     if rank == PROC_NULL:
         return Buf(_EMPTY, 0, _BYTE, None)
@@ -430,12 +484,13 @@ def parse_send(spec, blocks=1, rank=None):
                 if mem.ndim != 1 or mem.format != "B":
                     mem = mem.cast("B")
                 return Buf(mem, len(mem) // entry[1], entry[0], spec)
-    return _parse(spec, False, blocks)
+    return _parse(spec, False, blocks, holes)
 
 
-def parse_recv(spec, blocks=1, rank=None):
+def parse_recv(spec, blocks=1, rank=None, holes=False):
     """Parse a receive buffer spec; the buffer must be writable.  ``rank``
-    as for parse_send."""
+    as for parse_send; with ``holes=True`` the caller calls the result's
+    unpack() when it is not None, once the message has arrived."""
     if rank == PROC_NULL:
         return Buf(_EMPTY, 0, _BYTE, None)
     if type(spec) in _BARE_TYPES and blocks == 1:
@@ -446,7 +501,7 @@ def parse_recv(spec, blocks=1, rank=None):
                 if mem.ndim != 1 or mem.format != "B":
                     mem = mem.cast("B")
                 return Buf(mem, len(mem) // entry[1], entry[0], spec)
-    return _parse(spec, True, blocks)
+    return _parse(spec, True, blocks, holes)
 
 
 def is_in_place(spec):

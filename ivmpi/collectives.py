@@ -114,10 +114,12 @@ class Collectives:
     def Bcast(self, buf, root=0):
         self._check_root(root)
         if self.rank == root:
-            mem = parse_send(buf).mem
+            self._bcast_bytes(parse_send(buf, holes=True).mem, root)
         else:
-            mem = parse_recv(buf).mem
-        self._bcast_bytes(mem, root)
+            received = parse_recv(buf, holes=True)
+            self._bcast_bytes(received.mem, root)
+            if received.unpack is not None:     # a derived datatype with holes
+                received.unpack()
 
     def _bcast_bytes(self, mem, root):
         if self.size == 1:

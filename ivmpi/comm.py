@@ -314,10 +314,12 @@ class Comm(_MPI.Comm):
         return self._fast.Isend(buf, dest, tag)
 
     def _general_Isend(self, buf, dest, tag):
-        return self._isend_bytes(parse_send(buf, rank=dest).mem, dest, tag, False, "Isend")
+        return self._isend_bytes(parse_send(buf, rank=dest, holes=True).mem, dest, tag, False,
+                                 "Isend")
 
     def Issend(self, buf, dest, tag=0):
-        return self._isend_bytes(parse_send(buf, rank=dest).mem, dest, tag, True, "Issend")
+        return self._isend_bytes(parse_send(buf, rank=dest, holes=True).mem, dest, tag, True,
+                                 "Issend")
 
     def Ibsend(self, buf, dest, tag=0):
         return self.Isend(buf, dest, tag)
@@ -334,10 +336,12 @@ class Comm(_MPI.Comm):
             self._general_Send(buf, dest, tag)
 
     def _general_Send(self, buf, dest, tag):
-        self._isend_bytes(parse_send(buf, rank=dest).mem, dest, tag, False, "Send").Wait()
+        self._isend_bytes(parse_send(buf, rank=dest, holes=True).mem, dest, tag, False,
+                          "Send").Wait()
 
     def Ssend(self, buf, dest, tag=0):
-        self._isend_bytes(parse_send(buf, rank=dest).mem, dest, tag, True, "Ssend").Wait()
+        self._isend_bytes(parse_send(buf, rank=dest, holes=True).mem, dest, tag, True,
+                          "Ssend").Wait()
 
     Bsend = Send
     Rsend = Send
@@ -352,7 +356,12 @@ class Comm(_MPI.Comm):
         self._fast.Recv(buf, source, tag, status)
 
     def _general_Recv(self, buf, source, tag, status):
-        self._irecv_bytes(parse_recv(buf, rank=source).mem, source, tag, None, "Recv").Wait(status)
+        # A derived datatype with holes arrives packed and is unpacked here
+        # (nonblocking receives refuse such types: nothing would unpack them).
+        b = parse_recv(buf, rank=source, holes=True)
+        self._irecv_bytes(b.mem, source, tag, None, "Recv").Wait(status)
+        if b.unpack is not None:
+            b.unpack()
 
     def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
                  recvtag=ANY_TAG, status=None):
@@ -364,10 +373,13 @@ class Comm(_MPI.Comm):
         # The send half is checked whole before the receive is posted: a bad
         # one must leave no receive behind to swallow a later message.
         self._check_send_args(dest, sendtag, "Sendrecv")
-        sendmem = parse_send(sendbuf, rank=dest).mem
-        rreq = self.Irecv(recvbuf, source, recvtag)
+        sendmem = parse_send(sendbuf, rank=dest, holes=True).mem
+        received = parse_recv(recvbuf, rank=source, holes=True)
+        rreq = self._irecv_bytes(received.mem, source, recvtag, None, "Sendrecv")
         sreq = self._isend_bytes(sendmem, dest, sendtag, False, "Sendrecv")
         Request.Waitall([sreq, rreq], None if status is None else [_MPI.Status(), status])
+        if received.unpack is not None:
+            received.unpack()
 
     def _check_send_args(self, dest, tag, what):
         # Checked before a receive is posted, so a bad send half leaves nothing behind.
