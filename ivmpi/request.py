@@ -111,7 +111,8 @@ class Request:
     """
 
     # Like mpi4py's Request (a C type): no per-instance dict, cheaper to make.
-    __slots__ = ("_comm", "_op", "_decode", "_what", "__weakref__")
+    # _origin is set on copies only (see __eq__), so making one costs nothing.
+    __slots__ = ("_comm", "_op", "_decode", "_what", "_origin", "__weakref__")
 
     def __init__(self, request=None, op=_PUBLIC, decode=None, what="request"):
         if op is _PUBLIC:
@@ -132,6 +133,7 @@ class Request:
             raise TypeError(f"expected a Request, got {type(request).__name__}")
         self._comm, self._op = request._comm, request._op
         self._decode, self._what = request._decode, request._what
+        self._origin = getattr(request, "_origin", request)
 
     def _description(self):
         """What the request is, for error messages: `what` is a string, or
@@ -145,11 +147,19 @@ class Request:
     # --- handle semantics ------------------------------------------------------
 
     def __bool__(self):
-        return self._op is not None
+        if self._op is not None:
+            return True
+        # Request(prequest) holds the persistent request's handle while it lives.
+        origin = getattr(self, "_origin", None)
+        return isinstance(origin, Prequest) and bool(origin)
 
     def __eq__(self, other):
+        # Equal handles: both null, or the same request (a copy made by
+        # Request(request) has the original as _origin).
         if isinstance(other, Request):
-            return self is other or (not self and not other)
+            if not self or not other:
+                return not self and not other
+            return getattr(self, "_origin", self) is getattr(other, "_origin", other)
         if isinstance(other, _MPI.Request):     # mpi4py's own: equal when both are null
             return not self and not other
         return NotImplemented
@@ -321,10 +331,15 @@ class Request:
 
     @classmethod
     def Waitall(cls, requests, statuses=None):
-        for req in requests:
-            op = req._op
-            if op is not None and not op.done:
-                req._comm._engine.wait(op, req)
+        try:
+            for req in requests:
+                op = req._op
+                if op is not None and not op.done:
+                    req._comm._engine.wait(op, req)
+        except AttributeError:
+            if not _library(requests):
+                raise
+            return _by_library("Waitall", requests, statuses)
         if statuses is None:
             # The common case, without statuses or objects: just null them.
             failed = None
@@ -342,6 +357,8 @@ class Request:
 
     @classmethod
     def waitall(cls, requests, statuses=None):
+        if _library(requests):
+            return _by_library("waitall", requests, statuses)
         for req in requests:
             op = req._op
             if op is not None and not op.done:
@@ -350,6 +367,8 @@ class Request:
 
     @classmethod
     def Testall(cls, requests, statuses=None):
+        if _library(requests):
+            return _by_library("Testall", requests, statuses)
         if not _all_ready(requests):
             return False
         _finish_all(requests, range(len(requests)), statuses, False)
@@ -357,12 +376,16 @@ class Request:
 
     @classmethod
     def testall(cls, requests, statuses=None):
+        if _library(requests):
+            return _by_library("testall", requests, statuses)
         if not _all_ready(requests):
             return False, None
         return True, _finish_all(requests, range(len(requests)), statuses, True)
 
     @classmethod
     def Get_status_all(cls, requests, statuses=None):
+        if _library(requests):
+            return _by_library("Get_status_all", requests, statuses)
         if not _all_ready(requests):
             return False
         for i, req in enumerate(requests):
@@ -371,22 +394,32 @@ class Request:
 
     @classmethod
     def Waitany(cls, requests, status=None):
+        if _library(requests):
+            return _by_library("Waitany", requests, status)
         return _waitany(requests, status, False)[0]
 
     @classmethod
     def waitany(cls, requests, status=None):
+        if _library(requests):
+            return _by_library("waitany", requests, status)
         return _waitany(requests, status, True)
 
     @classmethod
     def Testany(cls, requests, status=None):
+        if _library(requests):
+            return _by_library("Testany", requests, status)
         return _testany(requests, status, False)[:2]
 
     @classmethod
     def testany(cls, requests, status=None):
+        if _library(requests):
+            return _by_library("testany", requests, status)
         return _testany(requests, status, True)
 
     @classmethod
     def Get_status_any(cls, requests, status=None):
+        if _library(requests):
+            return _by_library("Get_status_any", requests, status)
         done = _test_some(requests)
         if done is None:
             _empty_status(status)
@@ -398,6 +431,8 @@ class Request:
 
     @classmethod
     def Waitsome(cls, requests, statuses=None):
+        if _library(requests):
+            return _by_library("Waitsome", requests, statuses)
         done = _wait_some(requests, "Waitsome")
         if done is not None:
             _finish_all(requests, done, statuses, False)
@@ -405,6 +440,8 @@ class Request:
 
     @classmethod
     def waitsome(cls, requests, statuses=None):
+        if _library(requests):
+            return _by_library("waitsome", requests, statuses)
         done = _wait_some(requests, "Waitsome")
         if done is None:
             return None, None
@@ -412,6 +449,8 @@ class Request:
 
     @classmethod
     def Testsome(cls, requests, statuses=None):
+        if _library(requests):
+            return _by_library("Testsome", requests, statuses)
         done = _test_some(requests)
         if done:
             _finish_all(requests, done, statuses, False)
@@ -419,6 +458,8 @@ class Request:
 
     @classmethod
     def testsome(cls, requests, statuses=None):
+        if _library(requests):
+            return _by_library("testsome", requests, statuses)
         done = _test_some(requests)
         if done is None:
             return None, None
@@ -426,6 +467,8 @@ class Request:
 
     @classmethod
     def Get_status_some(cls, requests, statuses=None):
+        if _library(requests):
+            return _by_library("Get_status_some", requests, statuses)
         done = _test_some(requests)
         for k, i in enumerate(done or ()):
             requests[i].Get_status(_nth(statuses, k))
@@ -442,6 +485,27 @@ class Request:
     @classmethod
     def get_status_some(cls, requests, statuses=None):
         return Request.Get_status_some(requests, statuses)
+
+
+def _library(requests):
+    """Does the list hold mpi4py's own requests (of calls the MPI library
+    serves, such as those on intercommunicators)?"""
+    return not all(isinstance(req, Request) for req in requests)
+
+
+def _by_library(name, requests, statuses):
+    """A call on mpi4py's own requests is mpi4py's; with ivmpi's among them,
+    the "all" forms complete each in turn, the others cannot be served."""
+    if not any(isinstance(req, Request) for req in requests):
+        return getattr(_MPI.Request, name)(requests, statuses)
+    if name == "Waitall":
+        for i, req in enumerate(requests):
+            req.Wait(_nth(statuses, i))
+        return True
+    if name == "waitall":
+        return [req.wait(_nth(statuses, i)) for i, req in enumerate(requests)]
+    raise TypeError(f"Request.{name}: requests of ivmpi and of the MPI library (mpi4py's own) "
+                    f"cannot be mixed in one call; complete them in separate calls")
 
 
 def _waitany(requests, status, decode):
