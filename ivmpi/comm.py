@@ -15,7 +15,8 @@ from .collectives import COLLECTIVE_TAGS, Collectives
 from .engine import ANY_SOURCE as _ENGINE_ANY_SOURCE
 from .engine import SendOp
 from .errors import IvmpiError
-from .request import (MESSAGE_NO_PROC, Message, MPIError, Prequest, Request, fill_status)
+from .request import (MESSAGE_NO_PROC, Message, MPIError, Prequest, Request, SendrecvOp,
+                      fill_status)
 
 ANY_SOURCE = _MPI.ANY_SOURCE
 ANY_TAG = _MPI.ANY_TAG
@@ -305,7 +306,7 @@ class Comm(_MPI.Comm):
     def _irecv_bytes(self, mem, source, tag, decode, what):
         self._check_live()
         if source == PROC_NULL:
-            return _ProcNullRecv(self, decode, what)
+            return Request(self, None, decode, what)
         op = self._engine.irecv(self._source(source, what), self._recv_tag(tag, what), self._ctx, mem)
         op.scope = self._scope
         return Request(self, op, decode=decode, what=(what, "from", source))
@@ -381,6 +382,25 @@ class Comm(_MPI.Comm):
         if received.unpack is not None:
             received.unpack()
 
+    def Isendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
+                  recvtag=ANY_TAG):
+        self._check_send_args(dest, sendtag, "Isendrecv")
+        sendmem = parse_send(sendbuf, rank=dest).mem
+        return self._isendrecv(sendmem, dest, sendtag, parse_recv(recvbuf, rank=source).mem,
+                               source, recvtag, "Isendrecv")
+
+    def Isendrecv_replace(self, buf, dest, sendtag=0, source=ANY_SOURCE, recvtag=ANY_TAG):
+        self._check_send_args(dest, sendtag, "Isendrecv_replace")
+        b = parse_recv(buf, rank=source if source != PROC_NULL else dest)
+        # The outgoing bytes are taken now: the incoming ones land in buf.
+        return self._isendrecv(memoryview(bytes(b.mem)), dest, sendtag, b.mem, source,
+                               recvtag, "Isendrecv_replace")
+
+    def _isendrecv(self, sendmem, dest, sendtag, recvmem, source, recvtag, what):
+        rreq = self._irecv_bytes(recvmem, source, recvtag, None, what)
+        sreq = self._isend_bytes(sendmem, dest, sendtag, False, what)
+        return Request(self, SendrecvOp(sreq._op, rreq._op), what=(what, "from", source))
+
     def _check_send_args(self, dest, tag, what):
         # Checked before a receive is posted, so a bad send half leaves nothing behind.
         if dest != PROC_NULL:
@@ -444,7 +464,8 @@ class Comm(_MPI.Comm):
         self._check_live()
         if source == PROC_NULL:
             fill_status(status, PROC_NULL, ANY_TAG, 0)
-            return MESSAGE_NO_PROC
+            # A copy, as mpi4py returns: it becomes MESSAGE_NULL once received.
+            return Message(MESSAGE_NO_PROC)
         msg = self._engine.improbe(self._source(source, "Improbe"), self._recv_tag(tag, "Improbe"),
                                    self._ctx)
         if msg is None:
@@ -876,22 +897,6 @@ class _Condition:
     @property
     def done(self):
         return self.attempt()
-
-
-class _ProcNullRecv(Request):
-    """A receive from PROC_NULL: completes at once with an empty status."""
-
-    def __init__(self, comm, decode, what):
-        super().__init__(comm, None, what=what)
-        self._finished = False
-
-    def wait(self, status=None):
-        self._finished = True
-        fill_status(status, PROC_NULL, ANY_TAG, 0)
-        return None
-
-    def test(self, status=None):
-        return True, self.wait(status)
 
 
 __all__ = ["Comm", "Intracomm", "Group", "IvmpiError"]

@@ -101,6 +101,32 @@ def _cannot_serialize(obj):
     return ValueError(f"cannot serialize '{cls.__module__}.{cls.__name__}' instance")
 
 
+class SendrecvOp:
+    """Isendrecv's two operations as one: done when both are, reporting the
+    receive's status (and its error, else the send's)."""
+    __slots__ = ("send", "recv")
+
+    def __init__(self, send, recv):
+        self.send = send
+        self.recv = recv
+
+    @property
+    def done(self):
+        return self.send.done and self.recv.done
+
+    @property
+    def error(self):
+        return self.recv.error if self.recv.error is not None else self.send.error
+
+    @property
+    def peer(self):
+        return self.send.peer if self.recv.done else self.recv.peer
+
+    def __getattr__(self, name):
+        # Status fields, state and data: the receive's.
+        return getattr(self.recv, name)
+
+
 class Request:
     """A nonblocking operation.
 
@@ -210,6 +236,8 @@ class Request:
 
     def _fill(self, op, status):
         """Status of a completed operation (a send reports the empty status)."""
+        if type(op) is SendrecvOp:
+            op = op.recv
         if isinstance(op, RecvOp):
             source = op.status_source
             if source >= 0:

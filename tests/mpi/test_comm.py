@@ -263,3 +263,30 @@ def test_objects_without_region_state_hand_calls_to_mpi4py(comm):
     assert MPI.Comm.Get_size(inter) == local.size
     inter.Free()
     local.Free()
+
+
+@pytest.mark.parametrize("count", [8, 1 << 20])
+def test_isendrecv_and_replace_match_mpi4py(comm, count):
+    right, left = (comm.rank + 1) % comm.size, (comm.rank - 1) % comm.size
+    reference = NATIVE.Dup()
+    results = []
+    for c in (comm, reference):
+        send = np.arange(count, dtype="i4") * (c.rank + 1)
+        got = np.empty(count, dtype="i4")
+        status = _native.Status()
+        c.Isendrecv(send, right, 1, got, left, 1).Wait(status)
+        replaced = send.copy()
+        req = c.Isendrecv_replace(replaced, right, 2, left, 2)
+        req.Wait()
+        results.append((got, replaced, status.Get_source(), status.Get_count(_native.INT32_T)))
+    reference.Free()
+    (g1, r1, s1, n1), (g2, r2, s2, n2) = results
+    assert np.array_equal(g1, g2) and np.array_equal(r1, r2) and (s1, n1) == (s2, n2) == (left, count)
+
+
+def test_mprobe_of_proc_null_returns_a_message_that_becomes_null(comm):
+    message = comm.Mprobe(_native.PROC_NULL)
+    assert message == MPI.MESSAGE_NO_PROC and message is not MPI.MESSAGE_NO_PROC
+    message.Recv(None)
+    assert message == MPI.MESSAGE_NULL
+    assert MPI.MESSAGE_NO_PROC != MPI.MESSAGE_NULL
