@@ -14,8 +14,6 @@
 from cpython.object cimport PyObject
 from cpython.exc cimport PyErr_WarnEx
 
-cdef extern from "<sched.h>" nogil:
-    int sched_yield()
 from cpython.buffer cimport PyObject_CheckBuffer
 
 FAST_NOT_HANDLED = -1
@@ -128,6 +126,12 @@ cdef class FastPath:
     It shares the engine's queues (the same list and set objects), because a
     fast path is only correct while the engine has nothing queued that could
     come first: no posted or unexpected receive, no frame waiting to be sent.
+
+    Every fast path holds the engine's lock while it looks at the queues and
+    the rings, and gives up (the general path then waits for the lock) when
+    another thread holds it: that thread may be half-way through engine
+    code, or copying without the GIL.  The lock is left before the general
+    path runs, so a blocking call never idles holding it.
     """
     cdef list tx
     cdef list rx
@@ -154,6 +158,7 @@ cdef class FastPath:
     cdef public object general_Isend, sent_op, general_irecv, unpickle_op
     cdef public dict comm_rank_of          # world rank -> communicator rank
     cdef long next_any                    # where the next ANY_SOURCE scan starts
+    cdef public EngineLock lock           # the engine's
 
     def __cinit__(self, list tx, list rx, list posted, list unexpected, set backlog,
                   uint32_t context, uint64_t eager_limit, dict extents=None):
@@ -168,6 +173,7 @@ cdef class FastPath:
         self.eager_limit = eager_limit
         self.size = len(tx)
         self.enabled = True
+        self.lock = EngineLock()
         # Open MPI's values; the communicator sets its MPI library's own.
         self.any_source = -1
         self.any_tag = -1
@@ -219,6 +225,14 @@ cdef class FastPath:
 
     cpdef bint send(self, object buf, long dest, long tag) except -1:
         """Publish buf to dest as one EAGER frame; False: use the general path."""
+        if not self.lock.enter():
+            return False
+        try:
+            return self._send(buf, dest, tag)
+        finally:
+            self.lock.leave()
+
+    cdef bint _send(self, object buf, long dest, long tag) except -1:
         cdef Py_buffer view
         cdef int done
         cdef object ring
@@ -317,30 +331,48 @@ cdef class FastPath:
         what already arrived by the engine's own call, else posted."""
         cdef long world = -1 if source == self.any_source else self.world_ranks[source]
         cdef long want = -1 if tag == self.any_tag else tag
-        if self.unexpected:
+        op = None
+        if self.lock.enter():
+            try:
+                if not self.unexpected:
+                    op = _new_recv_op(world, want, self.context, mem)
+                    self.posted.append(op)
+            finally:
+                self.lock.leave()
+        if op is None:      # queued messages to match first, or another thread inside
             op = self.engine_irecv(world, want, self.context, mem)
-        else:
-            op = _new_recv_op(world, want, self.context, mem)
-            self.posted.append(op)
         if self.scope is not None:
             op.scope = self.scope
         return op
 
     cdef bint send_ptr(self, const char *data, Py_ssize_t n, long dest, long tag) except -1:
         """One EAGER frame of n bytes at data to dest; False: use the general path."""
-        if not self.enabled or self.backlog or dest < 0 or dest >= self.size \
-                or <uint64_t>n > self.eager_limit:
+        if not self.enabled or dest < 0 or dest >= self.size or <uint64_t>n > self.eager_limit:
             return False
         ring = self.tx[dest]
-        if ring is None:
+        if ring is None or not self.lock.enter():
             return False
-        return (<TxRing>ring).write_frame(1, <int32_t>tag, self.context, 0, 0, data,
-                                          <uint64_t>n) == 1
+        try:
+            if self.backlog:
+                return False
+            return (<TxRing>ring).write_frame(1, <int32_t>tag, self.context, 0, 0, data,
+                                              <uint64_t>n) == 1
+        finally:
+            self.lock.leave()
 
     cdef Py_ssize_t recv_ptr(self, char *dst, Py_ssize_t capacity, long source, long tag,
                              int spins) except -3:
         """The next eager message from source with tag, into dst: its length,
         or FAST_NOT_HANDLED (then the general path receives it)."""
+        if not self.lock.enter():
+            return FAST_NOT_HANDLED
+        try:
+            return self._recv_ptr(dst, capacity, source, tag, spins)
+        finally:
+            self.lock.leave()
+
+    cdef Py_ssize_t _recv_ptr(self, char *dst, Py_ssize_t capacity, long source, long tag,
+                              int spins) except -3:
         cdef RxRing rx
         cdef Py_ssize_t n
         if self.unexpected:
@@ -489,6 +521,14 @@ cdef class FastPath:
         tag -1 is any tag.  Returns the payload length (its tag is then
         last_tag), or a negative code: use the general path.
         """
+        if not self.lock.enter():
+            return FAST_NOT_HANDLED
+        try:
+            return self._recv(buf, source, tag, spins)
+        finally:
+            self.lock.leave()
+
+    cdef long _recv(self, object buf, long source, long tag, int spins) except -3:
         cdef Py_buffer view
         cdef uint64_t n
         cdef object ring
@@ -567,6 +607,14 @@ cdef class FastPath:
 
     cpdef object recv_bytes(self, long source, long tag, int spins):
         """Like recv, for object messages: the payload as a bytearray, or None."""
+        if not self.lock.enter():
+            return None
+        try:
+            return self._recv_bytes(source, tag, spins)
+        finally:
+            self.lock.leave()
+
+    cdef object _recv_bytes(self, long source, long tag, int spins):
         cdef bytearray out
         cdef object ring
         cdef RxRing rx

@@ -7,6 +7,7 @@
 # store-release; the other side's index is read with a load-acquire and
 # validated before use, because the peer owning it may be corrupt or hostile.
 
+cimport cython
 from libc.stdint cimport uint64_t, uint32_t, int32_t
 from libc.string cimport memset, memcpy, memmove
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
@@ -413,6 +414,80 @@ cdef class RxRing:
     def pending(self):
         """True when the producer has published bytes we have not consumed."""
         return self.ready or rg_load_acquire(self.head_p) != self.tail
+
+
+cdef extern from "<unistd.h>" nogil:
+    int usleep(unsigned int usec)
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
+from cpython.pythread cimport PyThread_get_thread_ident
+
+
+@cython.final
+cdef class EngineLock:
+    """The re-entrant lock of one engine: whoever holds it may touch the
+    engine's queues and rings (and the fast paths' view of them).
+
+    Its fields change only while the GIL is held, so the GIL makes each
+    change atomic and taking a free lock costs a few C operations (the fast
+    paths take it on every call).  A thread that finds it held by another
+    gives the GIL and its core away until it is free: the holder is running
+    engine code or copying without the GIL, both brief, since nobody holds
+    it while idling in a wait.
+    """
+    cdef unsigned long owner
+    cdef readonly long depth
+    cdef readonly long waiting      # threads blocked in acquire()
+
+    cdef inline bint enter(self) noexcept:
+        """Take the lock if it is free or already ours; False when another
+        thread holds it (then the caller takes its general path)."""
+        cdef unsigned long me = PyThread_get_thread_ident()
+        if self.depth == 0:
+            self.owner = me
+        elif self.owner != me:
+            return False
+        self.depth += 1
+        return True
+
+    cdef inline void leave(self) noexcept:
+        self.depth -= 1
+
+    def acquire(self):
+        cdef long waited = 0
+        if self.enter():
+            return True
+        self.waiting += 1
+        try:
+            while not self.enter():
+                with nogil:
+                    if waited < 64:
+                        sched_yield()
+                    else:
+                        usleep(20)
+                waited += 1
+        finally:
+            self.waiting -= 1
+        return True
+
+    def release(self):
+        if self.depth <= 0 or self.owner != PyThread_get_thread_ident():
+            raise RuntimeError("release of an engine lock this thread does not hold")
+        self.depth -= 1
+        if self.depth == 0 and self.waiting:
+            # Hand over: a waiter needs the GIL while the lock is free, or
+            # a thread that polls in a loop would take it back every time.
+            with nogil:
+                usleep(50)
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
 
 
 cdef inline bint _accepts_head(RecvOp op, RxRing rx):

@@ -188,6 +188,7 @@ class Comm(_MPI.Comm):
             engine.posted, engine.unexpected, engine.backlog, context, engine.eager_limit,
             _predefined_extents())
         fast.spins = engine.fast_spins
+        fast.lock = engine.lock
         fast.general_Send, fast.general_Recv = self._general_Send, self._general_Recv
         fast.general_send, fast.general_recv = self._general_send, self._general_recv
         fast.fill_status, fast.dumps, fast.loads = fill_status, _pickle.dumps, _pickle.loads
@@ -659,10 +660,14 @@ class Comm(_MPI.Comm):
     def Alloc_mem(self, size, info=None):
         """A buffer inside the region (this rank's heap): large sends from it
         skip the sender's copy.  Use it like mpi4py's, e.g. np.frombuffer(buf, 'f8')."""
-        return self._engine.heap.alloc(size)
+        engine = self._engine
+        with engine.lock:
+            return engine.heap.alloc(size)
 
     def Free_mem(self, mem):
-        self._engine.heap.release(mem)
+        engine = self._engine
+        with engine.lock:
+            engine.heap.release(mem)
 
     # --- communicator management ---------------------------------------------------
 

@@ -10,6 +10,12 @@ messages between a pair never overtake each other.  Messages nobody has
 asked for yet wait in `unexpected`: an eager one with a private copy of its
 payload, a rendezvous one as its envelope only (its payload stays with the
 sender until a receive matches it).
+
+Threads (MPI_THREAD_MULTIPLE): every public method takes the engine's
+re-entrant lock (`lock`, shared with the communicators' fast paths) for
+its own work only.  A wait takes it for one round of progress at a time
+and idles without it, so another thread of this process can meanwhile
+send the message a blocked receive waits for, or receive its own.
 """
 import os
 import time
@@ -121,10 +127,15 @@ class Engine:
         self.timeout = _env_float("IVMPI_TIMEOUT", 0.0)
         self.set_oversubscribed(False)
         self.liveness = Liveness(self.mem, self.size, rank)
+        self.lock = _fastcopy.EngineLock()
 
     # --- sending --------------------------------------------------------------
 
     def isend(self, dest, mem, tag, context, sync=False):
+        with self.lock:
+            return self._isend(dest, mem, tag, context, sync)
+
+    def _isend(self, dest, mem, tag, context, sync):
         op = SendOp(dest, mem, tag, context, sync)
         if dest == self.rank:
             self._send_to_self(op)
@@ -210,11 +221,12 @@ class Engine:
 
     def irecv(self, source, tag, context, mem):
         op = RecvOp(source, tag, context, mem)
-        incoming = self._take_unexpected(source, tag, context)
-        if incoming is not None:
-            self._deliver(incoming, op)
-        else:
-            self.posted.append(op)
+        with self.lock:
+            incoming = self._take_unexpected(source, tag, context)
+            if incoming is not None:
+                self._deliver(incoming, op)
+            else:
+                self.posted.append(op)
         return op
 
     def _unexpected_index(self, source, tag, context):
@@ -229,36 +241,41 @@ class Engine:
         return self.unexpected.pop(i) if i >= 0 else None
 
     def find_unexpected(self, source, tag, context):
-        i = self._unexpected_index(source, tag, context)
-        return self.unexpected[i] if i >= 0 else None
+        with self.lock:
+            i = self._unexpected_index(source, tag, context)
+            return self.unexpected[i] if i >= 0 else None
 
     def iprobe(self, source, tag, context):
-        msg = self.find_unexpected(source, tag, context)
-        if msg is None:
-            self.progress()
+        with self.lock:
             msg = self.find_unexpected(source, tag, context)
-        return msg
+            if msg is None:
+                self.progress()
+                msg = self.find_unexpected(source, tag, context)
+            return msg
 
     def improbe(self, source, tag, context):
-        msg = self.iprobe(source, tag, context)
-        if msg is not None:
-            self.unexpected.remove(msg)
-        return msg
+        with self.lock:
+            msg = self.iprobe(source, tag, context)
+            if msg is not None:
+                self.unexpected.remove(msg)
+            return msg
 
     def recv_matched(self, incoming, mem):
         """Receive a message taken by a matched probe (Message.Recv)."""
         op = RecvOp(incoming.source, incoming.tag, incoming.context, mem)
-        self._deliver(incoming, op)
+        with self.lock:
+            self._deliver(incoming, op)
         return op
 
     def cancel(self, op):
         """Cancel a receive that has not matched yet (sends cannot be cancelled)."""
-        if isinstance(op, RecvOp) and not op.done and op in self.posted:
-            self.posted.remove(op)
-            op.cancelled = True
-            op.done = True
-            return True
-        return False
+        with self.lock:
+            if isinstance(op, RecvOp) and not op.done and op in self.posted:
+                self.posted.remove(op)
+                op.cancelled = True
+                op.done = True
+                return True
+            return False
 
     def _arrive(self, incoming):
         """A message arrived (from a ring or from ourselves): match or keep."""
@@ -344,6 +361,10 @@ class Engine:
 
         Returns True when anything moved (a frame published or handled).
         """
+        with self.lock:
+            return self._progress()
+
+    def _progress(self):
         moved = self._flush_backlog() if self.backlog else False
         rx_list = self.rx_list
         posted, limit = self.posted, self.eager_limit
@@ -361,6 +382,10 @@ class Engine:
         """Progress limited to one peer (a receive from a known source),
         stopping once `op` is done: frames after it stay in the ring, where
         the next receive can take them without a private copy."""
+        with self.lock:
+            return self._poll_peer(peer, op)
+
+    def _poll_peer(self, peer, op):
         moved = self._flush_backlog() if self.backlog else False
         rx = self.rx[peer]
         posted, limit = self.posted, self.eager_limit
@@ -497,11 +522,12 @@ class Engine:
         if specific:
             # The commonest case, inline: the eager message is next in the ring.
             rx = self.rx[peer]
-            if not self.backlog and rx.poll() and deliver_eager(rx, self.posted, self.eager_limit) \
-                    and op.done:
-                return
-            if self.poll_peer(peer, op) and op.done:
-                return
+            with self.lock:
+                if not self.backlog and rx.poll() \
+                        and deliver_eager(rx, self.posted, self.eager_limit) and op.done:
+                    return
+                if self._poll_peer(peer, op) and op.done:
+                    return
         self._wait_loop(lambda: op.done, [op], what, peer if specific else None)
 
     def wait_any(self, ops, what):
@@ -510,7 +536,8 @@ class Engine:
 
     def _wait_loop(self, finished, ops, what, peer):
         """Spin while things move, then back off (sched_yield, then short sleeps)
-        so that oversubscribed ranks still let their peers run.
+        so that oversubscribed ranks still let their peers run.  Each round
+        of progress takes the lock on its own; the backoff runs without it.
 
         IVMPI_TIMEOUT counts from the last time one of the awaited operations
         itself advanced (matched, acknowledged, a chunk moved): a long
