@@ -69,3 +69,22 @@ def _commctx_intra(comm):
     tag = entry[1]
     entry[1] = (tag + 1) % (_TAG_UB + 1)
     return entry[0], tag
+
+
+# Thread support: ivmpi's engine takes a lock around its own work (see
+# docs/api.md, "Threads"), so it supports MPI_THREAD_MULTIPLE, and provides
+# the level the library underneath was initialized with (mpi4py asks for
+# MULTIPLE unless mpi4py.rc.thread_level says otherwise).
+_IVMPI_THREAD_LEVEL = _mpi.THREAD_MULTIPLE
+
+
+def Query_thread():
+    return min(_mpi.Query_thread(), _IVMPI_THREAD_LEVEL)
+
+
+def Init_thread(required=_mpi.THREAD_MULTIPLE):
+    return min(_mpi.Init_thread(required), _IVMPI_THREAD_LEVEL)
+
+
+def Is_thread_main():
+    return _mpi.Is_thread_main()
