@@ -454,10 +454,9 @@ cdef class EngineLock:
     cdef inline void leave(self) noexcept:
         self.depth -= 1
 
-    def acquire(self):
+    cdef int _wait(self) except -1:
+        """Block until the lock, held by another thread, is ours."""
         cdef long waited = 0
-        if self.enter():
-            return True
         self.waiting += 1
         try:
             while not self.enter():
@@ -469,9 +468,9 @@ cdef class EngineLock:
                 waited += 1
         finally:
             self.waiting -= 1
-        return True
+        return 0
 
-    def release(self):
+    cdef int _release(self) except -1:
         if self.depth <= 0 or self.owner != PyThread_get_thread_ident():
             raise RuntimeError("release of an engine lock this thread does not hold")
         self.depth -= 1
@@ -480,14 +479,22 @@ cdef class EngineLock:
             # a thread that polls in a loop would take it back every time.
             with nogil:
                 usleep(50)
+        return 0
+
+    def acquire(self):
+        if not self.enter():
+            self._wait()
+        return True
+
+    def release(self):
+        self._release()
 
     def __enter__(self):
-        self.acquire()
-        return self
+        if not self.enter():
+            self._wait()
 
-    def __exit__(self, *exc):
-        self.release()
-        return False
+    def __exit__(self, exc_type, exc_value, traceback):
+        self._release()
 
 
 cdef inline bint _accepts_head(RecvOp op, RxRing rx):
@@ -498,6 +505,10 @@ cdef inline bint _accepts_head(RecvOp op, RxRing rx):
 
 
 def deliver_eager(RxRing rx, list posted, uint64_t eager_limit):
+    return _deliver_eager(rx, posted, eager_limit)
+
+
+cdef bint _deliver_eager(RxRing rx, list posted, uint64_t eager_limit) except -1:
     """The engine's commonest step in one call: the EAGER frame at the head
     of rx goes straight into the first posted receive that matches it (MPI
     order), which completes.  Returns False, touching nothing, for anything
@@ -533,6 +544,28 @@ def deliver_eager(RxRing rx, list posted, uint64_t eager_limit):
         rx.consume()
         return True
     return False
+
+
+def poll_eager(EngineLock lock, RxRing rx, list posted, uint64_t eager_limit, set backlog,
+               RecvOp op):
+    """A wait's round for a receive from rx's peer, in one call when only
+    eager frames for posted receives arrive: they are delivered (under the
+    lock) until op is done.  1: something was delivered, 0: nothing
+    arrived, -1: the engine's own round is needed (another thread holds
+    the lock, frames wait to be sent, or the next frame is something else)."""
+    cdef int moved = 0
+    if not lock.enter():
+        return -1
+    try:
+        if backlog:
+            return -1
+        while not op.done and rx.poll():
+            if not _deliver_eager(rx, posted, eager_limit):
+                return -1
+            moved = 1
+        return moved
+    finally:
+        lock.leave()
 
 
 def first_ready(list rings, Py_ssize_t start):

@@ -22,7 +22,7 @@ import time
 from collections import deque
 
 from . import _fastcopy
-from ._fastcopy import RecvOp, SendOp, deliver_eager, first_ready
+from ._fastcopy import RecvOp, SendOp, deliver_eager, first_ready, poll_eager
 from .heap import Heap
 from .liveness import Liveness
 from .errors import CorruptRegionError, IvmpiError, IvmpiTimeoutError, PeerError
@@ -521,13 +521,11 @@ class Engine:
                     and peer != self.rank)
         if specific:
             # The commonest case, inline: the eager message is next in the ring.
-            rx = self.rx[peer]
-            with self.lock:
-                if not self.backlog and rx.poll() \
-                        and deliver_eager(rx, self.posted, self.eager_limit) and op.done:
-                    return
-                if self._poll_peer(peer, op) and op.done:
-                    return
+            if poll_eager(self.lock, self.rx[peer], self.posted, self.eager_limit, self.backlog,
+                          op) < 0:
+                self.poll_peer(peer, op)
+            if op.done:
+                return
         self._wait_loop(lambda: op.done, [op], what, peer if specific else None)
 
     def wait_any(self, ops, what):
@@ -548,12 +546,16 @@ class Engine:
         idle = 0
         rounds = 0
         spin, yield_rounds = self.spin_rounds, self.yield_rounds
+        lock, posted, limit, backlog = self.lock, self.posted, self.eager_limit, self.backlog
+        rx = self.rx[peer] if peer is not None else None
         mark = since = None
         while True:
             # A receive from a known source first polls only that peer; once
             # idle, everything is progressed, so that no peer starves.
             if peer is not None and idle < spin:
-                moved = self.poll_peer(peer, ops[0])
+                moved = poll_eager(lock, rx, posted, limit, backlog, ops[0])
+                if moved < 0:
+                    moved = self.poll_peer(peer, ops[0])
             else:
                 moved = self.progress()
             if finished():
