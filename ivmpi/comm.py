@@ -155,7 +155,11 @@ class Comm(_MPI.Comm):
     size = _Own("size")
 
     def __new__(cls, comm=None):
-        # mpi4py's constructor: a new object for the same communicator.
+        # mpi4py's constructor: a new object for the same communicator
+        # (mpi4py's Intracomm checks the kind; this base constructor does not).
+        if (comm is not None and issubclass(cls, _MPI.Intracomm)
+                and not isinstance(comm, _MPI.Intracomm) and comm and _MPI.Comm.Is_inter(comm)):
+            raise TypeError("expecting an intracommunicator")
         self = _MPI.Comm.__new__(cls, comm)
         if isinstance(comm, Comm) and "_engine" in comm.__dict__:
             self.__dict__.update({k: comm.__dict__[k] for k in _STATE if k in comm.__dict__})
@@ -662,12 +666,16 @@ class Comm(_MPI.Comm):
         skip the sender's copy.  Use it like mpi4py's, e.g. np.frombuffer(buf, 'f8')."""
         engine = self._engine
         with engine.lock:
-            return engine.heap.alloc(size)
+            # An MPI.buffer, as mpi4py's Alloc_mem gives (with .address, and
+            # item assignment); sends recognise the region by address.
+            return _MPI.buffer(engine.heap.alloc(size))
 
     def Free_mem(self, mem):
         engine = self._engine
         with engine.lock:
             engine.heap.release(mem)
+        if isinstance(mem, _MPI.buffer):
+            mem.release()      # as mpi4py's Free_mem leaves it: address 0, no bytes
 
     # --- communicator management ---------------------------------------------------
 
