@@ -242,7 +242,7 @@ def _packed(buf, whole, writable):
     the end of the buffer, which the type may reach past count * extent.
     The MPI library underneath gathers and scatters (Datatype.Pack/Unpack),
     so every datatype MPI has works."""
-    datatype, count, mem = buf.datatype, buf.count, buf.mem
+    datatype, count = buf.datatype, buf.count
     lb, extent = datatype.Get_extent()
     true_lb, true_extent = datatype.Get_true_extent()
     if count and (true_lb < 0 or (count - 1) * extent + true_lb + true_extent > len(whole)):
