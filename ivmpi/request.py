@@ -461,37 +461,25 @@ class Request:
     def Waitsome(cls, requests, statuses=None):
         if _library(requests):
             return _by_library("Waitsome", requests, statuses)
-        done = _wait_some(requests, "Waitsome")
-        if done is not None:
-            _finish_all(requests, done, statuses, False)
-        return done
+        return _some(requests, _wait_some(requests, "Waitsome"), statuses, False)
 
     @classmethod
     def waitsome(cls, requests, statuses=None):
         if _library(requests):
             return _by_library("waitsome", requests, statuses)
-        done = _wait_some(requests, "Waitsome")
-        if done is None:
-            return None, None
-        return done, _finish_all(requests, done, statuses, True)
+        return _some(requests, _wait_some(requests, "Waitsome"), statuses, True)
 
     @classmethod
     def Testsome(cls, requests, statuses=None):
         if _library(requests):
             return _by_library("Testsome", requests, statuses)
-        done = _test_some(requests)
-        if done:
-            _finish_all(requests, done, statuses, False)
-        return done
+        return _some(requests, _test_some(requests), statuses, False)
 
     @classmethod
     def testsome(cls, requests, statuses=None):
         if _library(requests):
             return _by_library("testsome", requests, statuses)
-        done = _test_some(requests)
-        if done is None:
-            return None, None
-        return done, _finish_all(requests, done, statuses, True)
+        return _some(requests, _test_some(requests), statuses, True)
 
     @classmethod
     def Get_status_some(cls, requests, statuses=None):
@@ -513,6 +501,19 @@ class Request:
     @classmethod
     def get_status_some(cls, requests, statuses=None):
         return Request.Get_status_some(requests, statuses)
+
+
+def _some(requests, done, statuses, decode):
+    """Complete the requests a "some" call found done (indices, or None when
+    none was active) and answer in mpi4py's form: the indices (uppercase),
+    or (indices, objects) with (None, None) for no active request."""
+    if not decode:
+        if done:
+            _finish_all(requests, done, statuses, False)
+        return done
+    if done is None:
+        return None, None
+    return done, _finish_all(requests, done, statuses, True)
 
 
 def _library(requests):
