@@ -148,7 +148,7 @@ def _start_with_mpi(region_spec):
         raise RegionError("ivmpi start-up failed: " + "; ".join(errors))
     # Ranks sharing this machine's cores: more ranks than cores means yield early.
     local = mpi.Split_type(MPI.COMM_TYPE_SHARED)
-    oversubscribed = local.Get_size() > (os.cpu_count() or 1)
+    oversubscribed = local.Get_size() > usable_cores()
     local.Free()
     if rank == 0 and temporary:
         # Everyone has it mapped: the name is no longer needed, and nothing
@@ -224,6 +224,24 @@ def _start_standalone(region_spec):
     # Nobody sends before everyone is attached.
     world.Barrier()
     return world
+
+
+def usable_cores():
+    """Cores this process may run on: its CPU affinity, capped by a cgroup v2
+    CPU quota (containers and CI runners often see every host core in
+    os.cpu_count() but may use only two)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max" and int(period) > 0:
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
 
 
 def _oversubscribed(guess):

@@ -182,11 +182,14 @@ def run_under_mpirun(tmp_path, scenario):
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                IVMPI_PEER_TIMEOUT=str(PEER_TIMEOUT), IVMPI_HEARTBEAT="0.1", IVMPI_TIMEOUT="60",
                IVMPI_FINALIZE_TIMEOUT=str(FINALIZE_TIMEOUT),
+               # As in run_job: the stream must return to the dying rank's
+               # loop when the ring is full, whatever the core count.
+               IVMPI_OVERSUBSCRIBED="1",
                PYTHONPATH=os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     result = subprocess.run(
         [mpirun, "--oversubscribe", "--enable-recovery", "-n", "3",
          "-x", "IVMPI_PEER_TIMEOUT", "-x", "IVMPI_HEARTBEAT", "-x", "IVMPI_TIMEOUT",
-         "-x", "IVMPI_FINALIZE_TIMEOUT", "-x", "PYTHONPATH",
+         "-x", "IVMPI_FINALIZE_TIMEOUT", "-x", "PYTHONPATH", "-x", "IVMPI_OVERSUBSCRIBED",
          sys.executable, str(script), scenario],
         env=env, capture_output=True, text=True, timeout=90)
     reports = {}
