@@ -15,6 +15,8 @@ from .collectives import COLLECTIVE_TAGS, Collectives
 from .engine import ANY_SOURCE as _ENGINE_ANY_SOURCE
 from .engine import SendOp
 from .errors import IvmpiError
+from .nbcoll import NonblockingCollectives
+from .topo import TopologyConstructors
 from .request import (MESSAGE_NO_PROC, Message, MPIError, Prequest, Request, SendrecvOp,
                       fill_status)
 
@@ -814,10 +816,13 @@ class Comm(_MPI.Comm):
         return f"<ivmpi.{type(self).__name__} rank {self.rank} of {self.size}, context {self._ctx}>"
 
 
-class Intracomm(Comm, _MPI.Intracomm):
+class Intracomm(Comm, NonblockingCollectives, TopologyConstructors, _MPI.Intracomm):
     """An intracommunicator (every ivmpi communicator is one): mpi4py's
     Intracomm, with Comm's region-backed calls."""
 
+
+# The classes whose methods are ivmpi's own (region-backed) calls.
+_OWN_CLASSES = (Comm, Intracomm, NonblockingCollectives, TopologyConstructors)
 
 # mpi4py's calls that ivmpi leaves to the library on the handle and that span
 # the communicator's processes (nonblocking and persistent collectives,
@@ -825,7 +830,7 @@ class Intracomm(Comm, _MPI.Intracomm):
 # handle spans this process only, so they would give wrong results silently.
 _NEEDS_A_LAUNCHER = tuple(
     name for name in dir(_MPI.Intracomm)
-    if name not in Comm.__dict__ and name not in Intracomm.__dict__ and (
+    if all(name not in k.__dict__ for k in _OWN_CLASSES) and (
         (name[:1] == "I" and name[1:2].islower() and not name.startswith("Is_")
          and name != "Iflush_buffer")
         or name.endswith("_init")
@@ -873,7 +878,7 @@ def _library(name, method):
     return call
 
 
-for _klass in (Comm, Intracomm):
+for _klass in _OWN_CLASSES:
     for _name, _method in list(vars(_klass).items()):
         if (callable(_method) and not _name.startswith("_") and not isinstance(_method, type)
                 and hasattr(_MPI.Intracomm, _name) and not isinstance(_method, classmethod)):
