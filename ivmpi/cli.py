@@ -7,8 +7,10 @@ are the user's (an IvmpiError or an OSError) become one line on stderr and
 exit status 1; argparse's usage errors exit with 2.
 """
 import argparse
+import contextlib
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -41,6 +43,12 @@ def _create_arguments(parser):
     parser.add_argument("path", help="the memory backend file, e.g. /dev/shm/ivmpi")
     parser.add_argument("--size", default="64M",
                         help="a power of two, with K/M/G suffix (default 64M)")
+    parser.add_argument("--mode", default=None,
+                        help="octal permissions of the file (default 0600: only you may map "
+                             "it; 0660 with --group)")
+    parser.add_argument("--group", default=None,
+                        help="give the file to this group, for a QEMU that runs as another user "
+                             "in it (libvirt's libvirt-qemu or qemu user: e.g. kvm)")
 
 
 def qemu_options(path: str, size: int) -> list:
@@ -55,14 +63,43 @@ def qemu_options(path: str, size: int) -> list:
     return lines
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(command: str):
+    """Warnings (a world-readable region file) as one line each on stderr, like errors."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        print(f"ivmpi {command}: warning: {warning.message}", file=sys.stderr)
+
+
+def who_may_map(path: str) -> str:
+    """A line saying who the file's mode lets map it, and what to do when QEMU runs as
+    someone else."""
+    import stat
+    from .region import describe_access, group_name, user_name
+    st = os.stat(path)
+    owner, group = user_name(st.st_uid), group_name(st.st_gid)
+    if stat.S_IMODE(st.st_mode) & 0o060:
+        return (f"{describe_access(st)}: {owner} and group {group} may map it; "
+                f"QEMU must run as {owner} or as a user in group {group}")
+    return (f"{describe_access(st)}: only {owner} may map it, so QEMU must run as {owner}; "
+            f"if QEMU runs as another user (libvirt runs it as libvirt-qemu or qemu), use "
+            f"--mode 0660 --group GROUP with a group of that user (e.g. kvm)")
+
+
 @subcommand("create", "host side: create the memory backend file and print the QEMU options",
             _create_arguments)
 def run_create(args) -> int:
     from .region import Region, human_size, parse_size
     existed = os.path.exists(args.path)
-    with Region.create(args.path, parse_size(args.size)) as region:
+    with _warnings_as_lines("create"):
+        region = Region.create(args.path, parse_size(args.size), mode=args.mode,
+                               group=args.group)
+    with region:
         path, size = region.path, region.size
     print(f"{'reusing' if existed else 'created'} {path} ({human_size(size)})")
+    print(f"  {who_may_map(path)}")
     options = qemu_options(path, size)
     print("start every VM that shares it with:")
     print("  " + options[0])
@@ -104,17 +141,37 @@ def _print_devices(devices) -> None:
         print("  " + "  ".join(fields))
 
 
+def _print_device_access() -> None:
+    """Who may map the region in this guest; a warning when others than root may."""
+    from .region import guest_device_access
+    print("who may map the region here:")
+    for device in guest_device_access():
+        who = ", ".join(("root",) + device.others)
+        if device.needs_rawio:
+            who += " (the kernel also wants CAP_SYS_RAWIO, which only root has by default)"
+        print(f"  {device.path}: {device.access}: {who}")
+        if device.others and not device.needs_rawio:
+            print(f"  warning: {' and '.join(device.others)} may map {device.path} and read and "
+                  f"write every message of the jobs in the region (see Permissions in "
+                  f"docs/region.md)")
+
+
 @subcommand("info", "show the ivshmem devices and the region: size, backend, strict mode",
             _info_arguments)
 def run_info(args) -> int:
-    from .region import Region, find_ivshmem_devices, human_size
+    from .region import Region, describe_access, find_ivshmem_devices, human_size
     devices = find_ivshmem_devices()
     if devices:
         _print_devices(devices)
-    with Region.open(args.spec) as region:
+        _print_device_access()
+    with _warnings_as_lines("info"):
+        region = Region.open(args.spec)
+    with region:
         print(f"region: {region.path}")
         print(f"  size: {human_size(region.size)} ({region.size} bytes)")
         print(f"  backend: {region.backend}")
+        if region.backend == "file":
+            print(f"  access: {describe_access(os.stat(region.path))}")
         print(f"  strict align: {'on' if region.strict_align else 'off'}")
         if region.pci_address:
             print(f"  PCI device: {region.pci_address}")

@@ -17,10 +17,14 @@ The roots are read at call time so tests can point them at a fake tree:
 IVMPI_SYSFS_ROOT (default /sys), IVMPI_DEV_ROOT (default /dev),
 IVMPI_UIO_ROOT (default $IVMPI_SYSFS_ROOT/class/uio).
 """
+import errno
+import grp
 import mmap
 import os
+import pwd
 import re
 import stat
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -34,6 +38,10 @@ MIN_REGION_SIZE = 4096      # below one page nothing useful fits
 DEVICE_BACKENDS = ("pci", "pci-wc", "devmem", "uio", "device")
 
 PAGE_SIZE = mmap.PAGESIZE
+
+DEFAULT_MODE = 0o600        # a new region file: only its owner may map it
+GROUP_MODE = 0o660          # the default when a group is given (QEMU as another user)
+ALLOW_OPEN_ENV = "IVMPI_ALLOW_OPEN_REGION"
 
 CREATE_HINT = ("on the host run `ivmpi create /dev/shm/NAME --size 64M` and start each VM with "
                "`-object memory-backend-file,id=hostmem,share=on,mem-path=/dev/shm/NAME,size=64M "
@@ -417,6 +425,8 @@ def _mapping_class():
 
 
 def _open_error(path: str, e: OSError, verb: str) -> RegionError:
+    if e.errno == errno.ELOOP:
+        return RegionError(f"{path} is a symbolic link: refusing to follow it")
     if isinstance(e, PermissionError):
         return RegionError(f"permission denied: cannot {verb} {path}: "
                            f"run as root or chmod the resource file")
@@ -427,17 +437,171 @@ def _open_error(path: str, e: OSError, verb: str) -> RegionError:
     return RegionError(f"cannot {verb} {path}: {e.strerror or e}")
 
 
+# ----------------------------------------------------------------------------- permissions
+
+class RegionWarning(UserWarning):
+    """A region file that users other than its owner may read (or, allowed
+    by IVMPI_ALLOW_OPEN_REGION, write or own)."""
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def describe_access(st) -> str:
+    """'mode 0600, owner alice:alice' for a stat result."""
+    return (f"mode {stat.S_IMODE(st.st_mode):04o}, "
+            f"owner {user_name(st.st_uid)}:{group_name(st.st_gid)}")
+
+
+def _open_allowed() -> bool:
+    return os.environ.get(ALLOW_OPEN_ENV, "").strip() == "1"
+
+
+def check_host_file(fd: int, path: str) -> None:
+    """Refuse a host region file that users other than the caller and root
+    may write or own (they could act as a peer nobody started); warn when
+    every user may read it.  Judged on the open fd: the file checked is the
+    file mapped."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return
+    mode = stat.S_IMODE(st.st_mode)
+    me = os.geteuid()
+    problems = []
+    if mode & stat.S_IWOTH:
+        problems.append(f"every user may write into it (fix: chmod o-rw {path})")
+    if st.st_uid not in (me, 0):
+        problems.append(f"it belongs to {user_name(st.st_uid)}, who may change it at will "
+                        f"(fix, as root: chown {user_name(me)} {path})")
+    if problems and not _open_allowed():
+        raise RegionError(f"refusing to map {path} ({describe_access(st)}): "
+                          + "; ".join(problems) + f"; or set {ALLOW_OPEN_ENV}=1 to map it anyway")
+    if mode & 0o006 == stat.S_IROTH:
+        problems.append(f"every user may read it, and every message of the job with it "
+                        f"(fix: chmod o-r {path})")
+    if problems:
+        warnings.warn(f"{path} ({describe_access(st)}): " + "; ".join(problems),
+                      RegionWarning, stacklevel=5)
+
+
+def _creation_mode(mode, group) -> int:
+    """The mode a region file is given: 0600, or 0660 with a group, or `mode`."""
+    if mode is None:
+        return DEFAULT_MODE if group is None else GROUP_MODE
+    if isinstance(mode, str):
+        try:
+            mode = int(mode, 8)
+        except ValueError:
+            raise RegionError(f"cannot read mode {mode!r}: give octal digits, e.g. 0660") from None
+    if mode & ~0o777 or mode & 0o600 != 0o600:
+        raise RegionError(f"mode {mode:04o}: give permission bits that let the owner read and "
+                          f"write, e.g. 0600 or 0660")
+    if mode & stat.S_IWOTH and not _open_allowed():
+        raise RegionError(f"mode {mode:04o} lets every user write into the region: use 0600, "
+                          f"or 0660 with a group")
+    return mode
+
+
+def _group_id(group) -> int:
+    if isinstance(group, int):
+        return group
+    name = str(group).strip()
+    if name.isdigit():
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise RegionError(f"no group named {name!r} on this host (see `getent group`)") from None
+
+
+def _set_access(fd: int, path: str, mode: int, gid: Optional[int]) -> None:
+    """Group first, then mode: group bits never apply to a group not meant to have them."""
+    try:
+        if gid is not None:
+            os.fchown(fd, -1, gid)
+        os.fchmod(fd, mode)
+    except PermissionError:
+        group = f" and group {group_name(gid)}" if gid is not None else ""
+        raise RegionError(f"cannot give {path} mode {mode:04o}{group}: only the file's owner may, "
+                          f"and only to a group the owner is in (see `id -Gn`); or run as root"
+                          ) from None
+
+
+@dataclass(frozen=True)
+class DeviceAccess:
+    """Who may open one guest file that maps the region."""
+    path: str
+    access: str             # describe_access()
+    others: tuple           # besides root: 'user alice', 'group ivmpi', 'every user'
+    needs_rawio: bool       # /dev/mem: the kernel also wants CAP_SYS_RAWIO
+
+
+def _others(st) -> tuple:
+    mode = stat.S_IMODE(st.st_mode)
+    others = []
+    if st.st_uid != 0 and mode & 0o600:
+        others.append(f"user {user_name(st.st_uid)}")
+    if st.st_gid != 0 and mode & 0o060:
+        others.append(f"group {group_name(st.st_gid)}")
+    if mode & 0o006:
+        others.append("every user")
+    return tuple(others)
+
+
+def _ivshmem_uio_devices() -> list:
+    try:
+        names = sorted(os.listdir(uio_root()))
+    except OSError:
+        return []
+    return [os.path.join(dev_root(), name) for name in names
+            if _read_int(os.path.join(uio_root(), name, "device", "vendor")) == IVSHMEM_VENDOR
+            and _read_int(os.path.join(uio_root(), name, "device", "device")) == IVSHMEM_DEVICE]
+
+
+def guest_device_access() -> list:
+    """A DeviceAccess for each guest file here through which the region can be
+    mapped: resource2 and resource2_wc of each ivshmem device, its UIO
+    devices, and /dev/mem."""
+    paths = []
+    for device in find_ivshmem_devices():
+        paths += [device.resource(2), device.resource(2, wc=True)]
+    paths += _ivshmem_uio_devices()
+    devmem = os.path.join(dev_root(), "mem")
+    paths.append(devmem)
+    found = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        found.append(DeviceAccess(path, describe_access(st), _others(st), path == devmem))
+    return found
+
+
 class _MappedFile:
     """One mmap of a file window, wrapped in a Mapping; closes both."""
 
     def __init__(self, path: str, offset: int, size: Optional[int], strict: bool,
-                 sync: bool = False):
-        flags = os.O_RDWR | (os.O_SYNC if sync else 0)
+                 sync: bool = False, host_file: bool = False, nofollow: bool = False):
+        flags = os.O_RDWR | (os.O_SYNC if sync else 0) | (os.O_NOFOLLOW if nofollow else 0)
         try:
             fd = os.open(path, flags)
         except OSError as e:
             raise _open_error(path, e, "open") from None
         try:
+            if host_file:
+                check_host_file(fd, path)
             size = self._window_size(fd, path, offset, size)
             try:
                 self._mmap = mmap.mmap(fd, size, mmap.MAP_SHARED,
@@ -500,7 +664,7 @@ class Region:
     """The shared memory, mapped; see the module docstring for specs."""
 
     def __init__(self, target: Target, strict_align: Optional[bool] = None,
-                 size: Optional[int] = None):
+                 size: Optional[int] = None, follow_symlinks: bool = True):
         self.backend = target.backend
         self.path = target.memory.path
         self.pci_address = target.pci_address
@@ -512,8 +676,12 @@ class Region:
             window = Window(window.path, window.offset, parse_size(size), window.sync)
         if target.before_map is not None:
             _enable_device(target.before_map)
+        # Host files are checked for who else may write them; guest device
+        # files belong to root and are reported by `ivmpi info`.
         self._memory = _MappedFile(window.path, window.offset, window.size,
-                                   self.strict_align, window.sync)
+                                   self.strict_align, window.sync,
+                                   host_file=target.backend == "file",
+                                   nofollow=not follow_symlinks)
         self.size = self._memory.size
         if self.size < MIN_REGION_SIZE:
             self._memory.close()
@@ -531,27 +699,46 @@ class Region:
 
     @classmethod
     def open(cls, spec: Optional[str] = None, strict_align: Optional[bool] = None,
-             size: Optional[int] = None) -> "Region":
+             size: Optional[int] = None, follow_symlinks: bool = True) -> "Region":
         """Map the region named by `spec` (None: IVMPI_REGION or the single ivshmem device).
 
-        `size` is needed only for a character device that does not report its size."""
-        return cls(locate(spec), strict_align=strict_align, size=size)
+        `size` is needed only for a character device that does not report its size.
+        A host file that users other than the caller and root may write or own is
+        refused (IVMPI_ALLOW_OPEN_REGION=1 maps it anyway); one that every user
+        may read is mapped with a RegionWarning.  `follow_symlinks=False`
+        refuses a symbolic link at the path (per-job files)."""
+        return cls(locate(spec), strict_align=strict_align, size=size,
+                   follow_symlinks=follow_symlinks)
 
     @classmethod
-    def create(cls, path, size, strict_align: Optional[bool] = None) -> "Region":
+    def create(cls, path, size, strict_align: Optional[bool] = None, mode=None, group=None,
+               exclusive: bool = False) -> "Region":
         """Host side: make (or reuse) the memory backend file and map it.
 
-        An existing file of the same size is reused with its contents; an empty
-        one is sized; one of any other size is refused rather than changed, since
-        a running VM may be using it."""
+        A new file gets `mode` whatever the umask: by default 0600 (only its
+        owner may map it), or 0660 when `group` (a name or gid) is given, for a
+        QEMU that runs as another user in that group.  An existing file of the
+        same size is reused with its contents, and gets `mode` and `group` only
+        when they are given; an empty one is sized; one of any other size is
+        refused rather than changed, since a running VM may be using it.
+        `exclusive`: the file must be new (a per-job file); an existing file or
+        a symbolic link at `path` is refused."""
         path = os.path.abspath(os.path.expanduser(os.fspath(path)))
         size = parse_size(size)
         if not is_power_of_two(size) or size < MIN_REGION_SIZE:
             raise RegionError(f"size {format_size(size)} ({size} bytes) is not a power of two "
                               f"of at least {MIN_REGION_SIZE} bytes (ivshmem needs one), e.g. 64M")
+        new_mode = _creation_mode(mode, group)
+        gid = None if group is None else _group_id(group)
         try:
-            fd, created = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), True
+            # Created private; the final mode comes from fchmod, never from the umask.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, DEFAULT_MODE)
+            created = True
         except FileExistsError:
+            if exclusive:
+                what = "a symbolic link" if os.path.islink(path) else "an existing file"
+                raise RegionError(f"{path} is {what}: a per-job region file is always new, "
+                                  f"so it is refused") from None
             fd, created = None, False
         except OSError as e:
             raise _open_error(path, e, "create") from None
@@ -561,21 +748,22 @@ class Region:
         except OSError as e:
             raise _open_error(path, e, "open") from None
         try:
+            if created or mode is not None or group is not None:
+                _set_access(fd, path, new_mode, gid)
             existing = os.fstat(fd).st_size
             if existing == 0:
-                try:
-                    _allocate(fd, path, size)
-                except RegionError:
-                    if created:
-                        os.unlink(path)
-                    raise
+                _allocate(fd, path, size)
             elif existing != size:
                 raise RegionError(f"{path} already exists with size {human_size(existing)} "
                                   f"({existing} bytes), not {human_size(size)}: remove it or use "
                                   f"--size {format_size(existing)}")
+        except BaseException:
+            if created:
+                os.unlink(path)
+            raise
         finally:
             os.close(fd)
-        return cls.open(path, strict_align=strict_align)
+        return cls.open(path, strict_align=strict_align, follow_symlinks=not exclusive)
 
     # -- memory
 

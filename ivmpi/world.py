@@ -98,6 +98,19 @@ def _open_region(spec):
     return Region.open(spec)
 
 
+JOB_FILE_DIR = "/dev/shm"
+
+
+def _create_job_region(nranks, path=None):
+    """The per-job region file: always new (O_EXCL, a symbolic link at the name
+    is refused) and mode 0600 whatever the umask, so only the job's user (and
+    root) can map it."""
+    from .region import Region
+    if path is None:
+        path = os.path.join(JOB_FILE_DIR, f"ivmpi-job-{os.getpid()}-{secrets.token_hex(4)}")
+    return Region.create(path, size=_default_region_size(nranks), exclusive=True)
+
+
 def _start_with_mpi(region_spec):
     from .lib import MPI
     from .region import Region
@@ -111,8 +124,7 @@ def _start_with_mpi(region_spec):
             region = _open_region(region_spec)
             temporary = region is None
             if temporary:
-                path = f"/dev/shm/ivmpi-job-{os.getpid()}-{secrets.token_hex(4)}"
-                region = Region.create(path, size=_default_region_size(size))
+                region = _create_job_region(size)
             geo = layout.Geometry.choose(region.size, size)
             job_id = layout.new_job_id()
             layout.write_header(region.mem, geo, job_id)
@@ -131,7 +143,8 @@ def _start_with_mpi(region_spec):
         if rank != 0:
             # Each rank opens the region its own way: in a guest the device may
             # sit at another PCI address than in rank 0's guest.
-            region = Region.open(temporary) if temporary else _open_region(region_spec)
+            region = (Region.open(temporary, follow_symlinks=False) if temporary
+                      else _open_region(region_spec))
             if region is None:
                 raise RegionError("no region: rank 0 found one but this rank finds no ivshmem "
                                   "device and no IVMPI_REGION")
