@@ -27,9 +27,12 @@ def clean_env(monkeypatch, tmp_path):
 
 
 def make_file(path, size, data=b""):
+    """A file of `size` bytes, private as region files are (test_security.py
+    covers the others)."""
     with open(path, "wb") as f:
         f.truncate(size)
         f.write(data)
+    os.chmod(path, 0o600)
     return str(path)
 
 
