@@ -132,6 +132,8 @@ def _start_with_mpi(region_spec):
         except Exception as exc:   # reported to every rank below
             error = f"{type(exc).__name__}: {exc}"
             plan = None
+            if region is not None and temporary:
+                os.unlink(region.path)  # a per-job file nobody will use
     else:
         plan = None
     plan, error = _allgather_plain(mpi, (plan, error))[0]
@@ -158,6 +160,8 @@ def _start_with_mpi(region_spec):
         error = f"rank {rank}: {type(exc).__name__}: {exc}"
     errors = [e for e in _allgather_plain(mpi, error) if e]
     if errors:
+        if rank == 0 and temporary:
+            os.unlink(temporary)
         raise RegionError("ivmpi start-up failed: " + "; ".join(errors))
     # Ranks sharing this machine's cores: more ranks than cores means yield early.
     local = mpi.Split_type(MPI.COMM_TYPE_SHARED)

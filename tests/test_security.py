@@ -404,3 +404,36 @@ def test_job_file_mode_during_a_two_rank_job(tmp_path):
                                       and s["target"].endswith("(deleted)")
                                       for s in report["seen"]), report
         assert not report["exists"]
+
+
+FAILING_JOB = textwrap.dedent("""
+    import os
+    from ivmpi import MPI
+
+    if os.environ.get("OMPI_COMM_WORLD_RANK") == "0":
+        print(f"pid {os.getpid()}", flush=True)
+    MPI.COMM_WORLD.Barrier()
+""")
+
+
+def test_job_file_of_a_failed_start_is_removed(tmp_path):
+    """A region too small for the job: start-up fails on every rank, and rank 0
+    removes the per-job file it made rather than leave it in /dev/shm."""
+    mpirun = os.path.join(os.path.dirname(sys.executable), "mpirun")
+    if not os.path.exists(mpirun):
+        pytest.skip("no mpirun next to the interpreter")
+    script = tmp_path / "job.py"
+    script.write_text(FAILING_JOB)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("IVMPI_RANK", "IVMPI_SIZE", "IVMPI_REGION")}
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               IVMPI_SYSFS_ROOT=str(tmp_path / "sys"), IVMPI_REGION_SIZE="4K",
+               PYTHONPATH=os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    result = subprocess.run(
+        [mpirun, "--oversubscribe", "-n", "2", "-x", "IVMPI_SYSFS_ROOT", "-x", "PYTHONPATH",
+         "-x", "IVMPI_REGION_SIZE", sys.executable, str(script)],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "rank 0 could not set up the region" in result.stderr, result.stderr
+    pid = int(result.stdout.split("pid ")[1].split()[0])
+    assert not [name for name in os.listdir("/dev/shm") if name.startswith(f"ivmpi-job-{pid}-")]
