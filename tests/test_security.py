@@ -340,6 +340,21 @@ def test_info_warns_for_a_group_given_access_by_udev(capsys, tmp_path):
     assert out.count("warning:") == 2
 
 
+def test_info_reports_ivshmem_uio_devices(capsys, tmp_path):
+    add_guest_device(tmp_path)
+    for n, vendor in ((0, "0x1af4"), (1, "0x8086")):       # only uio0 is ivshmem
+        d = tmp_path / "sys" / "class" / "uio" / f"uio{n}" / "device"
+        d.mkdir(parents=True)
+        (d / "vendor").write_text(vendor + "\n")
+        (d / "device").write_text("0x1110\n")
+        (tmp_path / "dev" / f"uio{n}").write_bytes(b"")
+        os.chmod(tmp_path / "dev" / f"uio{n}", 0o666)
+    assert cli.main(["info", "pci"]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: every user may map {tmp_path / 'dev' / 'uio0'}" in out
+    assert "uio1" not in out
+
+
 # ----------------------------------------------------------------------------- a real job
 
 JOB = textwrap.dedent("""
