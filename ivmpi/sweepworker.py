@@ -1,0 +1,633 @@
+"""One transport's side of ``ivmpi bench sweep``: time many calls in one launch.
+
+    mpirun -n N python -m ivmpi.sweepworker --transport ivmpi|mpi4py \\
+        --plan PLAN.json --progress PROGRESS.jsonl [--target 0.003] [--repeats 3]
+
+The plan is a JSON list of rows ``[call, buffer kind, size in bytes or null]``.
+For each row every rank builds its buffers, runs the call once to warm up,
+then times blocks of iterations sized so that a block takes about
+``--target`` seconds; a block's time is the slowest rank's, divided by the
+iterations.  What one iteration is depends on the call: a round trip for the
+ping-pong rows, one exchange for the exchange rows, one operation (started
+and completed) for the collectives.
+
+Rank 0 appends one JSON line per row to the progress file as it goes (a
+"start" line before, a result or error line after), so the driver knows how
+far a launch got when it crashes or hangs.  The control traffic (iteration
+counts, times, errors) goes over a duplicate of the MPI library's own
+COMM_WORLD, never through the transport under test.
+
+The module level imports no MPI: the driver reads ``CASES`` from it.
+"""
+import argparse
+import array
+import ctypes
+import json
+import mmap
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+KINDS = ("numpy", "bytearray", "array", "mmap", "ctypes", "mpibuf")
+# The calls that also run with every other buffer kind.
+KIND_CALLS = ("Send/Recv", "Bcast", "Allgather", "Allreduce")
+TAG = 11
+MAX_COUNT = 1 << 20
+
+
+@dataclass
+class Case:
+    name: str
+    group: str            # p2p, p2p-obj, coll, coll-obj, neighbor
+    sized: bool           # takes a message size
+    pairwise: bool        # needs exactly two ranks (point-to-point)
+    setup: Callable       # setup(ctx) -> step; ctx.cleanup collects what to undo
+
+
+CASES = {}
+
+
+def case(name, group, sized=True, pairwise=False):
+    def register(setup):
+        CASES[name] = Case(name, group, sized, pairwise, setup)
+        return setup
+    return register
+
+
+class Context:
+    """What one row's setup needs: the communicator, size, buffer kind, cleanups."""
+
+    def __init__(self, comm, MPI, nbytes, kind):
+        self.comm, self.MPI = comm, MPI
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.peer = 1 - self.rank if self.size == 2 else None
+        self.nbytes, self.kind = nbytes or 0, kind
+        self.count = self.nbytes // 8          # float64 elements
+        self.cleanup = []
+
+    def buffer(self, nbytes, numeric=False, blocks=1):
+        """A buffer spec of `blocks` blocks of nbytes in this row's buffer kind,
+        filled with nonzero data.  The count in a [buf, count, datatype] spec
+        is per block, as the collectives read it.
+
+        numeric: the data is float64 (reductions), so kinds without a type of
+        their own say MPI.DOUBLE; otherwise they go as bytes.
+        """
+        MPI, count = self.MPI, nbytes // 8
+        nbytes, total = nbytes * blocks, count * blocks
+        if self.kind == "numpy":
+            import numpy
+            return numpy.full(total, self.rank + 1.0)
+        if self.kind == "array":
+            return array.array("d", [self.rank + 1.0]) * total
+        if self.kind == "ctypes":
+            return (ctypes.c_double * total)(*([self.rank + 1.0] * total))
+        if self.kind == "bytearray":
+            buf = bytearray(b"\x01" * nbytes)
+            return [buf, MPI.DOUBLE] if numeric else buf
+        if self.kind == "mmap":
+            # As mpi4py's OSU benchmarks pass their buffers.
+            buf = mmap.mmap(-1, max(nbytes, 1))
+            buf.write(b"\x01" * nbytes)
+            self.cleanup.append(buf.close)
+            return [buf, count, MPI.DOUBLE] if numeric else [buf, nbytes // blocks, MPI.BYTE]
+        if self.kind == "mpibuf":
+            buf = MPI.Alloc_mem(max(nbytes, 1))
+            buf[:nbytes] = b"\x01" * nbytes
+            self.cleanup.append(lambda: MPI.Free_mem(buf))
+            return [buf, count, MPI.DOUBLE] if numeric else [buf, nbytes // blocks, MPI.BYTE]
+        raise ValueError(f"unknown buffer kind {self.kind!r}")
+
+    def vector(self, blocks):
+        """numpy float64 buffer of `blocks` blocks of this row's size, as a v-spec."""
+        import numpy
+        counts = [self.count] * blocks
+        displs = [i * self.count for i in range(blocks)]
+        buf = numpy.full(self.count * blocks, self.rank + 1.0)
+        return [buf, counts, displs, self.MPI.DOUBLE]
+
+    def wvector(self, blocks):
+        """The same for the w-variants: byte displacements, one datatype per block."""
+        buf, counts, displs, double = self.vector(blocks)
+        return [buf, (counts, [d * 8 for d in displs]), [double] * blocks]
+
+
+# ----------------------------------------------------- point-to-point patterns
+
+def pingpong(ctx, send, recv):
+    """Rank 0 sends and waits for the echo; rank 1 echoes. One iteration = a round trip."""
+    if ctx.rank == 0:
+        def step():
+            send()
+            recv()
+    else:
+        def step():
+            recv()
+            send()
+    return step
+
+
+def buffer_pingpong(ctx, method):
+    sbuf, rbuf = ctx.buffer(ctx.nbytes), ctx.buffer(ctx.nbytes)
+    send = getattr(ctx.comm, method)
+    comm, peer = ctx.comm, ctx.peer
+    return pingpong(ctx, lambda: send(sbuf, peer, TAG), lambda: comm.Recv(rbuf, peer, TAG))
+
+
+def attach_bsend_buffer(ctx, nbytes):
+    MPI = ctx.MPI
+    MPI.Attach_buffer(bytearray(2 * (nbytes + MPI.BSEND_OVERHEAD) + (1 << 16)))
+    ctx.cleanup.append(MPI.Detach_buffer)
+
+
+@case("Send/Recv", "p2p", pairwise=True)
+def _send(ctx):
+    return buffer_pingpong(ctx, "Send")
+
+
+@case("Ssend/Recv", "p2p", pairwise=True)
+def _ssend(ctx):
+    return buffer_pingpong(ctx, "Ssend")
+
+
+@case("Bsend/Recv", "p2p", pairwise=True)
+def _bsend(ctx):
+    attach_bsend_buffer(ctx, ctx.nbytes)
+    return buffer_pingpong(ctx, "Bsend")
+
+
+def ready_pingpong(ctx, rsend):
+    """Ready mode needs the receive posted first: each side posts its next
+    receive before it sends, so the peer's ready send always finds one."""
+    comm, peer = ctx.comm, ctx.peer
+    sbuf, rbuf = ctx.buffer(ctx.nbytes), ctx.buffer(ctx.nbytes)
+    if ctx.rank == 0:
+        def step():
+            reply = comm.Irecv(rbuf, peer, TAG)
+            rsend(sbuf, peer)
+            reply.Wait()
+        ctx.cleanup.append(lambda: comm.Send(sbuf, peer, TAG))  # the last posted receive
+        return step
+    posted = [comm.Irecv(rbuf, peer, TAG)]
+
+    def step():
+        posted[0].Wait()
+        posted[0] = comm.Irecv(rbuf, peer, TAG)
+        rsend(sbuf, peer)
+    ctx.cleanup.append(lambda: posted[0].Wait())
+    return step
+
+
+@case("Rsend/Recv", "p2p", pairwise=True)
+def _rsend(ctx):
+    return ready_pingpong(ctx, lambda buf, peer: ctx.comm.Rsend(buf, peer, TAG))
+
+
+@case("Irsend/Irecv", "p2p", pairwise=True)
+def _irsend(ctx):
+    return ready_pingpong(ctx, lambda buf, peer: ctx.comm.Irsend(buf, peer, TAG).Wait())
+
+
+def exchange(ctx, isend_method):
+    """Both ranks post a receive and a send, then wait for both. One iteration = one exchange."""
+    comm, peer, waitall = ctx.comm, ctx.peer, ctx.MPI.Request.Waitall
+    sbuf, rbuf = ctx.buffer(ctx.nbytes), ctx.buffer(ctx.nbytes)
+    isend = getattr(comm, isend_method)
+
+    def step():
+        waitall([comm.Irecv(rbuf, peer, TAG), isend(sbuf, peer, TAG)])
+    return step
+
+
+@case("Isend/Irecv", "p2p", pairwise=True)
+def _isend(ctx):
+    return exchange(ctx, "Isend")
+
+
+@case("Issend/Irecv", "p2p", pairwise=True)
+def _issend(ctx):
+    return exchange(ctx, "Issend")
+
+
+@case("Ibsend/Irecv", "p2p", pairwise=True)
+def _ibsend(ctx):
+    attach_bsend_buffer(ctx, ctx.nbytes)
+    return exchange(ctx, "Ibsend")
+
+
+@case("Sendrecv", "p2p", pairwise=True)
+def _sendrecv(ctx):
+    comm, peer = ctx.comm, ctx.peer
+    sbuf, rbuf = ctx.buffer(ctx.nbytes), ctx.buffer(ctx.nbytes)
+    return lambda: comm.Sendrecv(sbuf, peer, TAG, rbuf, peer, TAG)
+
+
+@case("Sendrecv_replace", "p2p", pairwise=True)
+def _sendrecv_replace(ctx):
+    comm, peer, buf = ctx.comm, ctx.peer, ctx.buffer(ctx.nbytes)
+    return lambda: comm.Sendrecv_replace(buf, peer, TAG, peer, TAG)
+
+
+def persistent_exchange(ctx, init_method):
+    comm, peer, MPI = ctx.comm, ctx.peer, ctx.MPI
+    sbuf, rbuf = ctx.buffer(ctx.nbytes), ctx.buffer(ctx.nbytes)
+    requests = [comm.Recv_init(rbuf, peer, TAG), getattr(comm, init_method)(sbuf, peer, TAG)]
+    ctx.cleanup.append(lambda: [r.Free() for r in requests])
+
+    def step():
+        MPI.Prequest.Startall(requests)
+        MPI.Request.Waitall(requests)
+    return step
+
+
+@case("Send_init/Recv_init", "p2p", pairwise=True)
+def _send_init(ctx):
+    return persistent_exchange(ctx, "Send_init")
+
+
+@case("Ssend_init/Recv_init", "p2p", pairwise=True)
+def _ssend_init(ctx):
+    return persistent_exchange(ctx, "Ssend_init")
+
+
+@case("Bsend_init/Recv_init", "p2p", pairwise=True)
+def _bsend_init(ctx):
+    attach_bsend_buffer(ctx, ctx.nbytes)
+    return persistent_exchange(ctx, "Bsend_init")
+
+
+def probe_pingpong(ctx, probe_and_receive):
+    comm, peer = ctx.comm, ctx.peer
+    sbuf, rbuf = ctx.buffer(ctx.nbytes), ctx.buffer(ctx.nbytes)
+    return pingpong(ctx, lambda: comm.Send(sbuf, peer, TAG),
+                    lambda: probe_and_receive(comm, peer, rbuf))
+
+
+def _probe_recv(comm, peer, rbuf):
+    comm.Probe(peer, TAG)
+    comm.Recv(rbuf, peer, TAG)
+
+
+def _iprobe_recv(comm, peer, rbuf):
+    while not comm.Iprobe(peer, TAG):
+        pass
+    comm.Recv(rbuf, peer, TAG)
+
+
+def _mprobe_recv(comm, peer, rbuf):
+    comm.Mprobe(peer, TAG).Recv(rbuf)
+
+
+def _improbe_recv(comm, peer, rbuf):
+    message = None
+    while message is None:
+        message = comm.Improbe(peer, TAG)
+    message.Recv(rbuf)
+
+
+for _name, _receive in (("Probe+Recv", _probe_recv), ("Iprobe loop+Recv", _iprobe_recv),
+                        ("Mprobe+Message.Recv", _mprobe_recv),
+                        ("Improbe loop+Message.Recv", _improbe_recv)):
+    case(_name, "p2p", pairwise=True)(
+        lambda ctx, receive=_receive: probe_pingpong(ctx, receive))
+
+
+# ---------------------------------------------- point-to-point of objects
+
+def payload(ctx):
+    return bytes(b"\x01" * ctx.nbytes)
+
+
+@case("send/recv", "p2p-obj", pairwise=True)
+def _obj_send(ctx):
+    comm, peer, obj = ctx.comm, ctx.peer, payload(ctx)
+    return pingpong(ctx, lambda: comm.send(obj, peer, TAG), lambda: comm.recv(None, peer, TAG))
+
+
+@case("ssend/recv", "p2p-obj", pairwise=True)
+def _obj_ssend(ctx):
+    comm, peer, obj = ctx.comm, ctx.peer, payload(ctx)
+    return pingpong(ctx, lambda: comm.ssend(obj, peer, TAG), lambda: comm.recv(None, peer, TAG))
+
+
+@case("bsend/recv", "p2p-obj", pairwise=True)
+def _obj_bsend(ctx):
+    attach_bsend_buffer(ctx, ctx.nbytes + 1024)   # room for the pickle's header
+    comm, peer, obj = ctx.comm, ctx.peer, payload(ctx)
+    return pingpong(ctx, lambda: comm.bsend(obj, peer, TAG), lambda: comm.recv(None, peer, TAG))
+
+
+def object_exchange(ctx, isend_method):
+    comm, peer, obj = ctx.comm, ctx.peer, payload(ctx)
+    isend = getattr(comm, isend_method)
+
+    def step():
+        incoming = comm.irecv(source=peer, tag=TAG)
+        isend(obj, peer, TAG).wait()
+        incoming.wait()
+    return step
+
+
+@case("isend/irecv", "p2p-obj", pairwise=True)
+def _obj_isend(ctx):
+    return object_exchange(ctx, "isend")
+
+
+@case("issend/irecv", "p2p-obj", pairwise=True)
+def _obj_issend(ctx):
+    return object_exchange(ctx, "issend")
+
+
+@case("sendrecv", "p2p-obj", pairwise=True)
+def _obj_sendrecv(ctx):
+    comm, peer, obj = ctx.comm, ctx.peer, payload(ctx)
+    return lambda: comm.sendrecv(obj, peer, TAG, None, peer, TAG)
+
+
+def _obj_probe(comm, peer):
+    comm.probe(peer, TAG)
+    comm.recv(None, peer, TAG)
+
+
+def _obj_iprobe(comm, peer):
+    while not comm.iprobe(peer, TAG):
+        pass
+    comm.recv(None, peer, TAG)
+
+
+def _obj_mprobe(comm, peer):
+    comm.mprobe(peer, TAG).recv()
+
+
+def _obj_improbe(comm, peer):
+    message = None
+    while message is None:
+        message = comm.improbe(peer, TAG)
+    message.recv()
+
+
+for _name, _receive in (("probe+recv", _obj_probe), ("iprobe loop+recv", _obj_iprobe),
+                        ("mprobe+Message.recv", _obj_mprobe),
+                        ("improbe loop+Message.recv", _obj_improbe)):
+    def _setup(ctx, receive=_receive):
+        comm, peer, obj = ctx.comm, ctx.peer, payload(ctx)
+        return pingpong(ctx, lambda: comm.send(obj, peer, TAG), lambda: receive(comm, peer))
+    case(_name, "p2p-obj", pairwise=True)(_setup)
+
+
+# ------------------------------------------------------------- collectives
+# Sizes: the bytes each rank contributes per block (Gather, Allgather,
+# Alltoall, Reduce_scatter: one block per rank), or the whole buffer (Bcast,
+# Reduce, Allreduce, Scan).  Reductions are MPI.SUM over float64.
+
+def collective_args(name, ctx):
+    """(args, kwargs) of the blocking buffer collective `name` for this row."""
+    MPI, n, rank, nbytes = ctx.MPI, ctx.size, ctx.rank, ctx.nbytes
+    root = rank == 0
+    buf = ctx.buffer
+    if name == "Barrier":
+        return (), {}
+    if name == "Bcast":
+        return (buf(nbytes),), {"root": 0}
+    if name == "Gather":
+        return (buf(nbytes), buf(nbytes, blocks=n) if root else None), {"root": 0}
+    if name == "Gatherv":
+        return (buf(nbytes), ctx.vector(n) if root else None), {"root": 0}
+    if name == "Scatter":
+        return (buf(nbytes, blocks=n) if root else None, buf(nbytes)), {"root": 0}
+    if name == "Scatterv":
+        return (ctx.vector(n) if root else None, buf(nbytes)), {"root": 0}
+    if name == "Allgather":
+        return (buf(nbytes), buf(nbytes, blocks=n)), {}
+    if name == "Allgatherv":
+        return (buf(nbytes), ctx.vector(n)), {}
+    if name == "Alltoall":
+        return (buf(nbytes, blocks=n), buf(nbytes, blocks=n)), {}
+    if name == "Alltoallv":
+        return (ctx.vector(n), ctx.vector(n)), {}
+    if name == "Alltoallw":
+        return (ctx.wvector(n), ctx.wvector(n)), {}
+    if name == "Reduce":
+        return (buf(nbytes, True), buf(nbytes, True) if root else None), {"op": MPI.SUM,
+                                                                          "root": 0}
+    if name in ("Allreduce", "Scan", "Exscan"):
+        return (buf(nbytes, True), buf(nbytes, True)), {"op": MPI.SUM}
+    if name == "Reduce_scatter":
+        return (buf(nbytes, True, n), buf(nbytes, True), [ctx.count] * n), {"op": MPI.SUM}
+    if name == "Reduce_scatter_block":
+        return (buf(nbytes, True, n), buf(nbytes, True)), {"op": MPI.SUM}
+    # Neighbourhood collectives on a ring (1-D periodic Cartesian): two neighbours.
+    if name == "Neighbor_allgather":
+        return (buf(nbytes), buf(nbytes, blocks=2)), {}
+    if name == "Neighbor_allgatherv":
+        return (buf(nbytes), ctx.vector(2)), {}
+    if name == "Neighbor_alltoall":
+        return (buf(nbytes, blocks=2), buf(nbytes, blocks=2)), {}
+    if name == "Neighbor_alltoallv":
+        return (ctx.vector(2), ctx.vector(2)), {}
+    if name == "Neighbor_alltoallw":
+        return (ctx.wvector(2), ctx.wvector(2)), {}
+    raise ValueError(name)
+
+
+COLLECTIVES = ("Barrier", "Bcast", "Gather", "Gatherv", "Scatter", "Scatterv", "Allgather",
+               "Allgatherv", "Alltoall", "Alltoallv", "Alltoallw", "Reduce", "Allreduce",
+               "Reduce_scatter", "Reduce_scatter_block", "Scan", "Exscan")
+NEIGHBOR_COLLECTIVES = ("Neighbor_allgather", "Neighbor_allgatherv", "Neighbor_alltoall",
+                        "Neighbor_alltoallv", "Neighbor_alltoallw")
+
+
+def ring_of(ctx):
+    """The row's communicator as a 1-D periodic Cartesian one (freed afterwards)."""
+    cart = ctx.comm.Create_cart([ctx.size], periods=[True], reorder=False)
+    ctx.cleanup.append(cart.Free)
+    return cart
+
+
+def collective_setup(name, form, neighbor):
+    """setup(ctx) for the blocking, nonblocking ("I") or persistent ("init") form."""
+    def setup(ctx):
+        comm = ring_of(ctx) if neighbor else ctx.comm
+        args, kwargs = collective_args(name, ctx)
+        # Nonblocking and persistent requests point into these buffers and
+        # count arrays: keep them alive for the whole row.
+        ctx.cleanup.append(lambda: (args, kwargs))
+        if form == "blocking":
+            call = getattr(comm, name)
+            return lambda: call(*args, **kwargs)
+        if form == "I":
+            start = getattr(comm, "I" + name[0].lower() + name[1:])
+            return lambda: start(*args, **kwargs).Wait()
+        request = getattr(comm, name + "_init")(*args, **kwargs)
+        ctx.cleanup.append(request.Free)
+
+        def step():
+            request.Start()
+            request.Wait()
+        return step
+    return setup
+
+
+for _name in COLLECTIVES + NEIGHBOR_COLLECTIVES:
+    _neighbor = _name in NEIGHBOR_COLLECTIVES
+    _group = "neighbor" if _neighbor else "coll"
+    _sized = _name != "Barrier"
+    for _form, _label in (("blocking", _name), ("I", "I" + _name[0].lower() + _name[1:]),
+                          ("init", _name + "_init")):
+        case(_label, _group, sized=_sized)(collective_setup(_name, _form, _neighbor))
+
+
+# ------------------------------------------------ collectives of objects
+
+def object_collective_setup(name):
+    def setup(ctx):
+        import numpy
+        neighbor = name.startswith("neighbor")
+        comm = ring_of(ctx) if neighbor else ctx.comm
+        MPI, n, root = ctx.MPI, ctx.size, ctx.rank == 0
+        obj = payload(ctx)
+        numbers = numpy.full(ctx.count, ctx.rank + 1.0)
+        call = getattr(comm, name)
+        if name == "barrier":
+            return call
+        if name == "bcast":
+            return lambda: call(obj if root else None, root=0)
+        if name == "gather":
+            return lambda: call(obj, root=0)
+        if name == "scatter":
+            return lambda: call([obj] * n if root else None, root=0)
+        if name in ("allgather", "neighbor_allgather"):
+            return lambda: call(obj)
+        if name == "alltoall":
+            return lambda: call([obj] * n)
+        if name == "neighbor_alltoall":
+            return lambda: call([obj] * 2)
+        if name == "reduce":
+            return lambda: call(numbers, op=MPI.SUM, root=0)
+        if name in ("allreduce", "scan", "exscan"):
+            return lambda: call(numbers, op=MPI.SUM)
+        raise ValueError(name)
+    return setup
+
+
+OBJECT_COLLECTIVES = ("barrier", "bcast", "gather", "scatter", "allgather", "alltoall",
+                      "reduce", "allreduce", "scan", "exscan", "neighbor_allgather",
+                      "neighbor_alltoall")
+for _name in OBJECT_COLLECTIVES:
+    case(_name, "coll-obj", sized=_name != "barrier")(object_collective_setup(_name))
+
+
+def applies(call, kind, nranks):
+    """Whether the row (call, kind) runs on a communicator of nranks."""
+    entry = CASES[call]
+    if entry.pairwise and nranks != 2:
+        return False
+    return kind == "numpy" or call in KIND_CALLS
+
+
+# ---------------------------------------------------------------- timing
+
+class Timer:
+    def __init__(self, control, MPI_LIB, target, repeats):
+        self.control, self.MAX = control, MPI_LIB.MAX
+        self.target, self.repeats = target, repeats
+
+    def block(self, step, count):
+        """Seconds for `count` iterations on the slowest rank."""
+        self.control.Barrier()
+        start = time.perf_counter()
+        for _ in range(count):
+            step()
+        elapsed = time.perf_counter() - start
+        return self.control.allreduce(elapsed, op=self.MAX)
+
+    def measure(self, step):
+        """(iterations per block, [seconds per iteration for each timed block])."""
+        step()                                    # warm-up: first-touch, lazy set-up
+        count = 1
+        while True:
+            elapsed = self.block(step, count)
+            if elapsed >= self.target / 2 or count >= MAX_COUNT:
+                break
+            # Every rank sees the same slowest time, so all grow the count alike.
+            growth = self.target / max(elapsed, 1e-9)
+            count = min(MAX_COUNT, max(count * 2, int(count * min(growth, 100))))
+        return count, [self.block(step, count) / count for _ in range(self.repeats)]
+
+
+def row_error(exc):
+    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    return text[:300]
+
+
+def run_rows(comm, MPI, control, MPI_LIB, plan, progress, target, repeats):
+    rank = comm.Get_rank()
+    timer = Timer(control, MPI_LIB, target, repeats)
+    for call, kind, nbytes in plan:
+        key = [call, kind, nbytes]
+        if rank == 0:
+            progress.write(json.dumps({"start": key}) + "\n")
+            progress.flush()
+        ctx = Context(comm, MPI, nbytes, kind)
+        error = count = times = None
+        try:
+            control.Barrier()
+            step = CASES[call].setup(ctx)
+            control.Barrier()
+            count, times = timer.measure(step)
+        except Exception as exc:
+            error = row_error(exc)
+            print(f"sweep-error: rank {rank}: {call} [{kind}] {nbytes}: {error}",
+                  file=sys.stderr, flush=True)
+        for undo in reversed(ctx.cleanup):
+            try:
+                undo()
+            except Exception as exc:
+                error = error or f"cleanup: {row_error(exc)}"
+        errors = control.allgather(error)
+        if rank == 0:
+            found = [f"rank {r}: {e}" for r, e in enumerate(errors) if e]
+            line = {"row": key, "error": "; ".join(found)} if found else \
+                {"row": key, "count": count, "times": times}
+            progress.write(json.dumps(line) + "\n")
+            progress.flush()
+        if any(errors) and not all(errors):
+            # Some ranks finished the call and some did not: messages may be left
+            # over.  Stop here; the driver starts a fresh job for the rest.
+            return 3
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m ivmpi.sweepworker",
+                                     description="Time the rows of a plan (run under mpirun).")
+    parser.add_argument("--transport", choices=("ivmpi", "mpi4py"), required=True)
+    parser.add_argument("--plan", required=True, help="JSON list of [call, kind, size]")
+    parser.add_argument("--progress", required=True, help="JSON lines written by rank 0")
+    parser.add_argument("--target", type=float, default=0.003,
+                        help="seconds a timed block should take (default 0.003)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed blocks per row")
+    options = parser.parse_args(argv)
+    from .bench import load_mpi
+    MPI = load_mpi(options.transport)
+    from .lib import MPI as MPI_LIB
+    control = MPI_LIB.COMM_WORLD.Dup()
+    comm = MPI.COMM_WORLD
+    with open(options.plan) as source:
+        plan = json.load(source)
+    progress = open(options.progress, "a") if comm.Get_rank() == 0 else None
+    status = run_rows(comm, MPI, control, MPI_LIB, plan, progress, options.target,
+                      options.repeats)
+    if progress:
+        progress.close()
+    if status:
+        sys.stderr.flush()
+        os._exit(status)      # no finalize: a communicator may be left mid-message
+    control.Free()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
