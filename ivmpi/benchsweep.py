@@ -356,7 +356,7 @@ def build_parser():
                         help="timed blocks per row and round (default 3, quick 2)")
     parser.add_argument("--target", type=float, default=None,
                         help="seconds a timed block should take (default 0.003, quick 0.001)")
-    parser.add_argument("--timeout", type=float, default=30.0,
+    parser.add_argument("--timeout", type=float, default=20.0,
                         help="seconds without progress after which a job counts as hung")
     parser.add_argument("--json", default="sweep-results.json", help="results file")
     parser.add_argument("--plot", default="sweep-results.png",

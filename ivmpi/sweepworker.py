@@ -322,9 +322,11 @@ def _obj_bsend(ctx):
 def object_exchange(ctx, isend_method):
     comm, peer, obj = ctx.comm, ctx.peer, payload(ctx)
     isend = getattr(comm, isend_method)
+    # mpi4py's irecv without a buffer takes at most 32 KiB: give it room.
+    room = bytearray(ctx.nbytes + 1024)
 
     def step():
-        incoming = comm.irecv(source=peer, tag=TAG)
+        incoming = comm.irecv(room, source=peer, tag=TAG)
         isend(obj, peer, TAG).wait()
         incoming.wait()
     return step

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from ivmpi import bench, benchcompare
+from ivmpi import bench, benchcompare, benchsweep, sweepworker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MPIRUN = benchcompare.find_mpirun()
@@ -207,3 +207,57 @@ def test_compare_quick_measures_ivmpi(quick_compare):
     assert all(rows[str(n)]["time_median"] > 0 for n in benchcompare.QUICK_SIZES)
     assert all(v > 0 for v in document["ratios"]["ivmpi/sm-nocopy"].values())
     assert set(document["collectives"]["ivmpi"]["2"]) == set(bench.COLLECTIVE_OPS)
+
+
+# ------------------------------------------------------------ the sweep
+
+def test_sweep_plan_filters_calls_and_keeps_pairs_on_two_ranks():
+    options = benchsweep.parse_options(["--calls", "Send/Recv,Allreduce", "--sizes", "8,1K",
+                                        "--ranks", "2,4"])
+    plan = benchsweep.plan_rows(options)
+    two = {(call, kind) for call, kind, _ in plan[2]}
+    four = {(call, kind) for call, kind, _ in plan[4]}
+    assert ("Send/Recv", "mmap") in two and ("Allreduce_init", "numpy") in two
+    assert not any(sweepworker.CASES[call].pairwise for call, _ in four)
+    # Buffer kinds other than numpy only for the calls that take them all.
+    assert {call for call, kind in two | four if kind != "numpy"} <= set(sweepworker.KIND_CALLS)
+    assert {size for _, _, size in plan[2]} == {8, 1024}
+    assert all(size is None for call, _, size in plan[2] if not sweepworker.CASES[call].sized)
+    with pytest.raises(SystemExit):
+        benchsweep.parse_options(["--sizes", "12"])      # not a multiple of 8
+
+
+@needs_mpirun
+def test_sweep_failing_row_is_an_error_row_and_the_rest_still_runs(tmp_path):
+    family, version = benchcompare.mpirun_version(MPIRUN)
+    launcher = benchcompare.Launcher(MPIRUN, family, version, str(tmp_path))
+    options = benchsweep.parse_options(["--quick", "--timeout", "60"])
+    rows = [["no such call", "numpy", 8], ["Bcast", "numpy", 8]]
+    results = benchsweep.run_launches(launcher, "mpi4py", 2, rows, options, str(tmp_path))
+    assert "KeyError" in results[("no such call", "numpy", 8)]["error"]
+    measured = results[("Bcast", "numpy", 8)]
+    assert not measured.get("error") and all(t > 0 for t in measured["times"])
+
+
+@needs_mpirun
+def test_sweep_measures_both_transports_and_their_ratio(tmp_path):
+    if not HAVE_IVMPI_COMM:
+        pytest.skip("the ivmpi communicator (ivmpi.comm, ivmpi.MPI) is not available yet")
+    json_path, png_path = tmp_path / "sweep.json", tmp_path / "sweep.png"
+    proc = run([sys.executable, "-m", "ivmpi.benchsweep", "--quick", "--calls", "Allreduce",
+                "--kinds", "numpy,mmap", "--rounds", "1", "--ranks", "2", "--json", str(json_path),
+                "--plot", str(png_path), "--region-dir", str(tmp_path)], timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    document = json.loads(json_path.read_text())
+    rows = document["rows"]
+    expected = {("Allreduce", "numpy"), ("Allreduce", "mmap"), ("Allreduce_init", "numpy")}
+    assert {(row["call"], row["kind"]) for row in rows} == expected
+    assert {row["size"] for row in rows} == set(benchsweep.QUICK_SIZES)
+    for row in rows:
+        assert row["ranks"] == 2 and not row["error"], row
+        ours, theirs = row["ivmpi"]["time_median"], row["mpi4py"]["time_median"]
+        assert ours > 0 and theirs > 0
+        assert row["ratio"] == pytest.approx(ours / theirs)
+    assert document["summary"]["measured"] == len(rows) == 6
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Allreduce_init" in proc.stdout and "Geometric mean of 6 ratios" in proc.stdout
