@@ -6,6 +6,8 @@ and calls the engine, which works in world ranks and bytes.  Collectives go
 to ivmpi.collectives over a hidden twin of the communicator that has its own
 context id, so collective traffic never matches user messages.
 """
+import weakref
+
 from .lib import MPI as _MPI
 
 from ._fastcopy import SMALL_OPS, FastPath, SmallCollectives
@@ -136,6 +138,17 @@ _STATE = ("_engine", "_ranks", "_index", "_ctx", "_hidden", "_scope", "_coll", "
           "_freed", "_shared", "rank", "size")
 
 
+# Library handle -> the live ivmpi communicator carrying it.
+_BY_HANDLE = weakref.WeakValueDictionary()
+
+
+def _ivmpi_comm_of(comm):
+    mine = _BY_HANDLE.get(comm.handle)
+    if mine is None or not comm or mine.handle != comm.handle:   # none, or freed since
+        return comm
+    return type(mine)(mine)
+
+
 class Comm(_MPI.Comm):
     """A communicator whose messages travel through the region.
 
@@ -206,6 +219,8 @@ class Comm(_MPI.Comm):
         fast.general_Isend, fast.sent_op = self._general_Isend, _SENT
         fast.general_irecv, fast.unpickle_op = self._general_irecv, self._unpickle_op
         self._shared = None
+        if handle:
+            _BY_HANDLE[self.handle] = self
         if not hidden and _standalone():
             for name in _NEEDS_A_LAUNCHER:
                 setattr(self, name, _refusal(name))
@@ -222,7 +237,7 @@ class Comm(_MPI.Comm):
         the instance's own attributes shadow the methods below.  Only for
         ivmpi's classes: a subclass (mpi4py.util.pkl5, a user's) keeps its
         overrides and reaches the same paths through the methods."""
-        if type(self) not in (Comm, Intracomm):
+        if type(self) not in _FAST_CLASSES:
             return
         fast, small = self._fast, self._shared
         self.Send, self.Recv, self.Isend, self.Irecv = fast.Send, fast.Recv, fast.Isend, fast.Irecv
@@ -232,6 +247,21 @@ class Comm(_MPI.Comm):
             self.Barrier, self.Allreduce, self.Reduce = small.Barrier, small.Allreduce, small.Reduce
             self.Bcast, self.Gather, self.Scatter = small.Bcast, small.Gather, small.Scatter
             self.Allgather, self.Alltoall = small.Allgather, small.Alltoall
+
+    # mpi4py's handle conversions give ivmpi's communicator over a handle
+    # that has one (a new object for it, of its class), else mpi4py's.
+
+    @classmethod
+    def fromhandle(cls, handle):
+        return _ivmpi_comm_of(_MPI.Comm.fromhandle(handle))
+
+    @classmethod
+    def fromint(cls, arg, /):
+        return _ivmpi_comm_of(_MPI.Comm.fromint(arg))
+
+    @classmethod
+    def f2py(cls, arg):
+        return _ivmpi_comm_of(_MPI.Comm.f2py(arg))
 
     @classmethod
     def wrap(cls, mpi_comm=None, region=None):
@@ -820,6 +850,10 @@ class Intracomm(Comm, NonblockingCollectives, TopologyConstructors, _MPI.Intraco
     """An intracommunicator (every ivmpi communicator is one): mpi4py's
     Intracomm, with Comm's region-backed calls."""
 
+
+# The classes whose instances take the fast paths (see _bind_fast); the
+# topology communicators of ivmpi.topocomm join them.
+_FAST_CLASSES = {Comm, Intracomm}
 
 # The classes whose methods are ivmpi's own (region-backed) calls.
 _OWN_CLASSES = (Comm, Intracomm, NonblockingCollectives, TopologyConstructors)

@@ -23,7 +23,7 @@ WORKER = textwrap.dedent("""
               "group_size": dup.Get_group().Get_size(),
               "pack_size": real.DOUBLE.Pack_size(3, dup)}
     for call in (lambda: dup.Ibarrier(), lambda: dup.Iallreduce(b"x", bytearray(1)),
-                 lambda: dup.Create_cart([2])):
+                 lambda: dup.Spawn("python")):
         try:
             call()
             report.setdefault("refused", []).append(None)

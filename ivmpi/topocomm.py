@@ -1,0 +1,713 @@
+"""Cartesian, graph and distributed-graph communicators through the region.
+
+``Cartcomm``, ``Graphcomm`` and ``Distgraphcomm`` are ivmpi communicators
+(``ivmpi.Intracomm``) and mpi4py's classes of the same names.  Each keeps
+its topology itself, so the queries (``Get_topo``, ``Shift``,
+``Get_dist_neighbors``, ...) are answered without the MPI library and work
+in standalone mode too.  The neighbourhood collectives are point-to-point
+messages through the region on the communicator's hidden twin (the one its
+collectives use), with tags of their own: they never match user messages
+nor the twin's other collectives.  Under a launcher each communicator also
+carries the library's communicator of the same topology as its handle.
+"""
+import operator
+
+from .lib import MPI as _MPI
+
+from . import comm as _comm
+from ._interop import _host_memory
+from .buffers import (BufferSpecError, _as_datatype, _memory, datatype_extent, parse_recv,
+                      parse_send, parse_vbuf)
+from .request import MPIError, Prequest, Request
+
+PROC_NULL = _MPI.PROC_NULL
+UNDEFINED = _MPI.UNDEFINED
+_pickle = _MPI.pickle
+
+# Tags on the hidden twin, above those of its blocking collectives.  Graph
+# neighbours all use TAG_NEIGHBOR: messages between two ranks match in the
+# order they were posted, which both sides take from the same edge lists.
+# A Cartesian exchange tags each message by dimension and direction instead,
+# so that where one rank is both neighbours (a periodic dimension of size 1
+# or 2) what was sent toward -1 still lands in the receiver's +1 block.
+TAG_NEIGHBOR = 1 << 24
+
+
+def _cart_tag(dim, toward_plus):
+    return TAG_NEIGHBOR + 1 + 2 * dim + int(toward_plus)
+
+
+def _ints(values, count=None):
+    """A list of ints, as mpi4py reads an integer array (and its length check)."""
+    values = [operator.index(v) for v in values]
+    if count is not None and len(values) != count:
+        raise ValueError(f"expecting {count} items, got {len(values)}")
+    return values
+
+
+def _product(values):
+    result = 1
+    for v in values:
+        result *= v
+    return result
+
+
+# --- topologies ---------------------------------------------------------------------
+# Immutable descriptions shared by every copy and duplicate of a communicator.
+# neighbours(rank) gives (in-neighbours, out-neighbours, receive tags, send
+# tags), in MPI's order for the neighbourhood collectives.
+
+class CartTopology:
+    kind = _MPI.CART
+
+    def __init__(self, dims, periods):
+        self.dims = list(dims)
+        self.periods = [int(bool(p)) for p in periods]
+        self._neighbours = {}
+
+    def coords(self, rank):
+        coords = []
+        for extent in reversed(self.dims):
+            rank, c = divmod(rank, extent)
+            coords.append(c)
+        return coords[::-1]
+
+    def rank_of(self, coords):
+        rank = 0
+        for dim, (c, extent, periodic) in enumerate(zip(coords, self.dims, self.periods)):
+            if periodic:
+                c %= extent
+            elif not 0 <= c < extent:
+                raise MPIError(_MPI.ERR_ARG, f"coordinate {c} of dimension {dim} is not in "
+                                             f"0..{extent - 1} (not periodic)")
+            rank = rank * extent + c
+        return rank
+
+    def shift(self, rank, direction, disp):
+        """(source, dest) of a shift by disp along direction: PROC_NULL off a
+        non-periodic edge."""
+        if not 0 <= direction < len(self.dims):
+            raise MPIError(_MPI.ERR_DIMS, f"direction {direction} is not in "
+                                          f"0..{len(self.dims) - 1}")
+        coords = self.coords(rank)
+        extent, periodic = self.dims[direction], self.periods[direction]
+
+        def moved(step):
+            c = coords[direction] + step
+            if periodic:
+                c %= extent
+            elif not 0 <= c < extent:
+                return PROC_NULL
+            return self.rank_of(coords[:direction] + [c] + coords[direction + 1:])
+        return moved(-disp), moved(disp)
+
+    def neighbours(self, rank):
+        found = self._neighbours.get(rank)
+        if found is None:
+            ranks, recv_tags, send_tags = [], [], []
+            for dim in range(len(self.dims)):
+                ranks.extend(self.shift(rank, dim, 1))
+                # From the -1 neighbour comes what it sent toward +1, and back.
+                recv_tags += [_cart_tag(dim, True), _cart_tag(dim, False)]
+                send_tags += [_cart_tag(dim, False), _cart_tag(dim, True)]
+            found = self._neighbours[rank] = (ranks, ranks, recv_tags, send_tags)
+        return found
+
+
+class GraphTopology:
+    kind = _MPI.GRAPH
+
+    def __init__(self, index, edges):
+        self.index = list(index)        # MPI's form: index[i] = end of node i's edges
+        self.edges = list(edges)
+
+    def adjacent(self, rank):
+        start = self.index[rank - 1] if rank > 0 else 0
+        return self.edges[start:self.index[rank]]
+
+    def neighbours(self, rank):
+        ranks = self.adjacent(rank)
+        tags = [TAG_NEIGHBOR] * len(ranks)
+        return ranks, ranks, tags, tags
+
+
+class DistGraphTopology:
+    kind = _MPI.DIST_GRAPH
+
+    def __init__(self, sources, destinations, sourceweights, destweights, weighted):
+        self.sources = list(sources)
+        self.destinations = list(destinations)
+        self.sourceweights = sourceweights
+        self.destweights = destweights
+        self.weighted = weighted
+
+    def neighbours(self, rank):
+        return (self.sources, self.destinations, [TAG_NEIGHBOR] * len(self.sources),
+                [TAG_NEIGHBOR] * len(self.destinations))
+
+
+# --- one request over many operations -------------------------------------------------
+
+class NeighbourOps:
+    """The point-to-point operations of one neighbourhood collective as one
+    engine operation (what a Request waits for): done when all are; the
+    first error is the request's, and a failed receive's status fields are
+    the request's (a truncation error names its source)."""
+    __slots__ = ("ops", "scope")
+
+    def __init__(self, ops, scope):
+        self.ops = ops
+        self.scope = scope
+
+    @property
+    def done(self):
+        return all(op.done for op in self.ops)
+
+    @property
+    def error(self):
+        for op in self.ops:
+            if op.error is not None:
+                return op.error
+        return None
+
+    @property
+    def peer(self):
+        for op in self.ops:
+            if not op.done:
+                return op.peer
+        return None
+
+    @property
+    def state(self):
+        # Changes whenever one of the operations advances (restarting a
+        # wait's timeout), and says where a stuck one stands.
+        pending = [op for op in self.ops if not op.done]
+        moved = sum((getattr(op, "received", 0) or 0) + (getattr(op, "offset", 0) or 0)
+                    for op in self.ops)
+        states = sorted({getattr(op, "state", "waiting for a matching message")
+                         for op in pending})
+        return (f"{len(pending)} of {len(self.ops)} neighbour transfers pending "
+                f"({', '.join(states)}), {moved} bytes moved")
+
+    def __getattr__(self, name):
+        for op in self.ops:
+            if op.error is not None:
+                return getattr(op, name)
+        raise AttributeError(name)
+
+
+# --- buffers --------------------------------------------------------------------------
+
+# Without neighbours a buffer is not looked at (an empty one may even be of a
+# shape that memoryview cannot flatten).
+
+def _blocks(spec, n, recv):
+    """The n equal blocks of a buffer spec."""
+    if n == 0:
+        return []
+    mem = (parse_recv if recv else parse_send)(spec, blocks=n).mem
+    size = len(mem) // n
+    return [mem[i * size:(i + 1) * size] for i in range(n)]
+
+
+def _vblocks(spec, n, recv):
+    """The n blocks of a vector spec, [buf, counts, displs, datatype]."""
+    if n == 0:
+        return []
+    parsed = parse_vbuf(spec, n, recv)
+    return [parsed.block(i) for i in range(n)]
+
+
+def _wblocks(spec, n, recv):
+    """The n blocks of an Alltoallw-style spec: [buf, counts, displs,
+    datatypes] with displacements in bytes (MPI.BOTTOM: absolute addresses),
+    [buf, (counts, displs), datatypes], or [buf, datatypes]."""
+    items = len(spec)
+    if items == 2:
+        buf, types = spec
+        counts, displs = [1] * n, [0] * n
+    elif items == 3:
+        buf, (counts, displs), types = spec
+    elif items == 4:
+        buf, counts, displs, types = spec
+    else:
+        raise ValueError("message: expecting 2 to 4 items")
+    counts, displs = _ints(counts, n), _ints(displs, n)
+    if len(types) != n:
+        raise ValueError(f"expecting {n} items, got {len(types)}")
+    if n == 0:
+        return []
+    bottom = buf is None or buf is _MPI.BOTTOM
+    whole = None if bottom else _memory(buf, recv, False)[0]
+    blocks = []
+    for count, displ, datatype in zip(counts, displs, types):
+        nbytes = count * datatype_extent(_as_datatype(datatype))
+        if bottom:
+            blocks.append(_host_memory(displ, nbytes, not recv, None) if nbytes
+                          else memoryview(bytearray(0)))
+            continue
+        if displ < 0 or displ + nbytes > len(whole):
+            raise BufferSpecError(f"block at byte {displ} of {nbytes} bytes runs past the "
+                                  f"buffer ({len(whole)} bytes)")
+        blocks.append(whole[displ:displ + nbytes])
+    return blocks
+
+
+# --- the communicators ----------------------------------------------------------------
+
+class Topocomm(_comm.Intracomm, _MPI.Topocomm):
+    """An ivmpi communicator with a process topology: queries answered by
+    ivmpi, neighbourhood collectives through the region."""
+
+    _topo = None
+    _kinds = (_MPI.CART, _MPI.GRAPH, _MPI.DIST_GRAPH)
+    _expecting = "expecting a topology communicator"
+
+    def __new__(cls, comm=None):
+        # mpi4py's constructor: the same communicator, if it has the topology.
+        self = _comm.Intracomm.__new__(cls, comm)
+        if comm is None or not comm:
+            return self
+        state = getattr(comm, "__dict__", {})
+        if "_engine" in state:
+            topo = state.get("_topo")
+            kind = UNDEFINED if topo is None else topo.kind
+        else:
+            topo, kind = None, _MPI.Comm.Get_topology(comm)
+        if kind not in cls._kinds:
+            raise TypeError(cls._expecting)
+        if topo is not None:
+            self._topo = topo
+        return self
+
+    @classmethod
+    def _build(cls, engine, world_ranks, context, handle, topo):
+        self = cls._create(engine, world_ranks, context, handle)
+        self._topo = topo
+        return self
+
+    def Dup(self, info=None):
+        dup = _comm.Intracomm.Dup(self, info)
+        if self._topo is not None:
+            dup._topo = self._topo
+        return dup
+
+    Clone = Dup
+
+    def Get_topology(self):
+        return self._topo.kind
+
+    topology = property(Get_topology)
+
+    @property
+    def is_topo(self):
+        return True
+
+    # --- neighbours -----------------------------------------------------------------
+
+    @property
+    def degrees(self):
+        sources, dests, _, _ = self._topo.neighbours(self.rank)
+        return len(sources), len(dests)
+
+    @property
+    def indegree(self):
+        return self.degrees[0]
+
+    @property
+    def outdegree(self):
+        return self.degrees[1]
+
+    @property
+    def inoutedges(self):
+        sources, dests, _, _ = self._topo.neighbours(self.rank)
+        return list(sources), list(dests)
+
+    @property
+    def inedges(self):
+        return self.inoutedges[0]
+
+    @property
+    def outedges(self):
+        return self.inoutedges[1]
+
+    # --- neighbourhood collectives ----------------------------------------------------
+
+    def _exchange(self, sends, recvs, what):
+        """Post a receive into recvs[k] (None: of an object) from the k-th
+        in-neighbour, then a send of sends[k] to the k-th out-neighbour;
+        PROC_NULL neighbours are skipped, leaving their block untouched.
+        Returns the operations as one, and the receives by block."""
+        self._check_live()
+        sources, dests, recv_tags, send_tags = self._topo.neighbours(self.rank)
+        twin = self._collectives.p2p
+        received = []
+        for source, tag, mem in zip(sources, recv_tags, recvs):
+            received.append(None if source == PROC_NULL else
+                            twin._irecv_bytes(mem, source, tag, None, what)._op)
+        ops = [op for op in received if op is not None]
+        for dest, tag, mem in zip(dests, send_tags, sends):
+            if dest != PROC_NULL:
+                ops.append(twin._isend_bytes(mem, dest, tag, False, what)._op)
+        return NeighbourOps(ops, twin._scope), received
+
+    def _start(self, sends, recvs, what):
+        return Request(self, self._exchange(sends, recvs, what)[0], what=what)
+
+    def _persistent(self, sends, recvs, what):
+        return Prequest(self, lambda: (self._exchange(sends, recvs, what)[0], None),
+                        f"persistent {what}")
+
+    def _allgather_args(self, sendbuf, recvbuf, vector):
+        indegree, outdegree = self.degrees
+        sendmem = parse_send(sendbuf).mem if outdegree else None
+        recvs = (_vblocks if vector else _blocks)(recvbuf, indegree, True)
+        return [sendmem] * outdegree, recvs
+
+    def _alltoall_args(self, sendbuf, recvbuf, vector):
+        indegree, outdegree = self.degrees
+        split = _vblocks if vector else _blocks
+        return split(sendbuf, outdegree, False), split(recvbuf, indegree, True)
+
+    def _alltoallw_args(self, sendbuf, recvbuf):
+        indegree, outdegree = self.degrees
+        return _wblocks(sendbuf, outdegree, False), _wblocks(recvbuf, indegree, True)
+
+    def Neighbor_allgather(self, sendbuf, recvbuf):
+        self._start(*self._allgather_args(sendbuf, recvbuf, False), "Neighbor_allgather").Wait()
+
+    def Neighbor_allgatherv(self, sendbuf, recvbuf):
+        self._start(*self._allgather_args(sendbuf, recvbuf, True), "Neighbor_allgatherv").Wait()
+
+    def Neighbor_alltoall(self, sendbuf, recvbuf):
+        self._start(*self._alltoall_args(sendbuf, recvbuf, False), "Neighbor_alltoall").Wait()
+
+    def Neighbor_alltoallv(self, sendbuf, recvbuf):
+        self._start(*self._alltoall_args(sendbuf, recvbuf, True), "Neighbor_alltoallv").Wait()
+
+    def Neighbor_alltoallw(self, sendbuf, recvbuf):
+        self._start(*self._alltoallw_args(sendbuf, recvbuf), "Neighbor_alltoallw").Wait()
+
+    def Ineighbor_allgather(self, sendbuf, recvbuf):
+        return self._start(*self._allgather_args(sendbuf, recvbuf, False), "Ineighbor_allgather")
+
+    def Ineighbor_allgatherv(self, sendbuf, recvbuf):
+        return self._start(*self._allgather_args(sendbuf, recvbuf, True), "Ineighbor_allgatherv")
+
+    def Ineighbor_alltoall(self, sendbuf, recvbuf):
+        return self._start(*self._alltoall_args(sendbuf, recvbuf, False), "Ineighbor_alltoall")
+
+    def Ineighbor_alltoallv(self, sendbuf, recvbuf):
+        return self._start(*self._alltoall_args(sendbuf, recvbuf, True), "Ineighbor_alltoallv")
+
+    def Ineighbor_alltoallw(self, sendbuf, recvbuf):
+        return self._start(*self._alltoallw_args(sendbuf, recvbuf), "Ineighbor_alltoallw")
+
+    def Neighbor_allgather_init(self, sendbuf, recvbuf, info=_MPI.INFO_NULL):
+        return self._persistent(*self._allgather_args(sendbuf, recvbuf, False),
+                                "Neighbor_allgather")
+
+    def Neighbor_allgatherv_init(self, sendbuf, recvbuf, info=_MPI.INFO_NULL):
+        return self._persistent(*self._allgather_args(sendbuf, recvbuf, True),
+                                "Neighbor_allgatherv")
+
+    def Neighbor_alltoall_init(self, sendbuf, recvbuf, info=_MPI.INFO_NULL):
+        return self._persistent(*self._alltoall_args(sendbuf, recvbuf, False),
+                                "Neighbor_alltoall")
+
+    def Neighbor_alltoallv_init(self, sendbuf, recvbuf, info=_MPI.INFO_NULL):
+        return self._persistent(*self._alltoall_args(sendbuf, recvbuf, True),
+                                "Neighbor_alltoallv")
+
+    def Neighbor_alltoallw_init(self, sendbuf, recvbuf, info=_MPI.INFO_NULL):
+        return self._persistent(*self._alltoallw_args(sendbuf, recvbuf), "Neighbor_alltoallw")
+
+    def _objects(self, items, what):
+        """Exchange pickled items with the neighbours; a PROC_NULL neighbour's
+        entry is None, as in mpi4py."""
+        indegree, _ = self.degrees
+        sends = [memoryview(_pickle.dumps(item)) for item in items]
+        with self._lock(what):
+            ops, received = self._exchange(sends, [None] * indegree, what)
+            Request(self, ops, what=what).Wait()
+        return [_pickle.loads(op.data) if op is not None and op.data else None
+                for op in received]
+
+    def neighbor_allgather(self, sendobj):
+        return self._objects([sendobj] * self.degrees[1], "neighbor_allgather")
+
+    def neighbor_alltoall(self, sendobj):
+        outdegree = self.degrees[1]
+        items = [None] * outdegree if sendobj is None else list(sendobj)
+        if len(items) != outdegree:
+            raise ValueError(f"expecting {outdegree} items, got {len(items)}")
+        return self._objects(items, "neighbor_alltoall")
+
+
+class Cartcomm(Topocomm, _MPI.Cartcomm):
+    """A Cartesian ivmpi communicator (mpi4py's Cartcomm)."""
+
+    _kinds = (_MPI.CART,)
+    _expecting = "expecting a Cartesian communicator"
+
+    def Get_dim(self):
+        return len(self._topo.dims)
+
+    dim = property(Get_dim)
+    ndim = property(Get_dim)
+
+    def Get_topo(self):
+        topo = self._topo
+        return list(topo.dims), list(topo.periods), topo.coords(self.rank)
+
+    topo = property(Get_topo)
+
+    @property
+    def dims(self):
+        return list(self._topo.dims)
+
+    @property
+    def periods(self):
+        return list(self._topo.periods)
+
+    @property
+    def coords(self):
+        return self._topo.coords(self.rank)
+
+    def Get_cart_rank(self, coords):
+        return self._topo.rank_of(_ints(coords, len(self._topo.dims)))
+
+    def Get_coords(self, rank):
+        rank = operator.index(rank)
+        self._world(rank, "Get_coords")
+        return self._topo.coords(rank)
+
+    def Shift(self, direction, disp):
+        return self._topo.shift(self.rank, operator.index(direction), operator.index(disp))
+
+    def Sub(self, remain_dims):
+        """The Cartesian communicator of the ranks that share this one's
+        coordinates in the dimensions not kept (collective)."""
+        self._check_live()
+        topo = self._topo
+        remain = _ints(remain_dims, len(topo.dims))
+        ctx = self._agree_context()
+        handle = self._handle_of(lambda c: _MPI.Cartcomm.Sub(c, remain))
+        mine = topo.coords(self.rank)
+        members = [r for r in range(self.size)
+                   if all(keep or c == m for keep, c, m in zip(remain, topo.coords(r), mine))]
+        sub = CartTopology([d for d, keep in zip(topo.dims, remain) if keep],
+                           [p for p, keep in zip(topo.periods, remain) if keep])
+        return Cartcomm._build(self._engine, [self._ranks[r] for r in members], ctx, handle, sub)
+
+
+class Graphcomm(Topocomm, _MPI.Graphcomm):
+    """A general-graph ivmpi communicator (mpi4py's Graphcomm)."""
+
+    _kinds = (_MPI.GRAPH,)
+    _expecting = "expecting a general graph communicator"
+
+    def Get_dims(self):
+        return len(self._topo.index), len(self._topo.edges)
+
+    dims = property(Get_dims)
+
+    @property
+    def nnodes(self):
+        return self.Get_dims()[0]
+
+    @property
+    def nedges(self):
+        return self.Get_dims()[1]
+
+    def Get_topo(self):
+        return list(self._topo.index), list(self._topo.edges)
+
+    topo = property(Get_topo)
+
+    @property
+    def index(self):
+        return list(self._topo.index)
+
+    @property
+    def edges(self):
+        return list(self._topo.edges)
+
+    def Get_neighbors_count(self, rank):
+        return len(self.Get_neighbors(rank))
+
+    def Get_neighbors(self, rank):
+        rank = operator.index(rank)
+        self._world(rank, "Get_neighbors")
+        return list(self._topo.adjacent(rank))
+
+    @property
+    def nneighbors(self):
+        return self.Get_neighbors_count(self.rank)
+
+    @property
+    def neighbors(self):
+        return self.Get_neighbors(self.rank)
+
+
+class Distgraphcomm(Topocomm, _MPI.Distgraphcomm):
+    """A distributed-graph ivmpi communicator (mpi4py's Distgraphcomm)."""
+
+    _kinds = (_MPI.DIST_GRAPH,)
+    _expecting = "expecting a distributed graph communicator"
+
+    def Get_dist_neighbors_count(self):
+        topo = self._topo
+        return len(topo.sources), len(topo.destinations), topo.weighted
+
+    def Get_dist_neighbors(self):
+        topo = self._topo
+        weights = (list(topo.sourceweights), list(topo.destweights)) if topo.weighted else None
+        return list(topo.sources), list(topo.destinations), weights
+
+
+# As for ivmpi's own classes (ivmpi.comm): a method called on an object
+# without region state is mpi4py's call on the handle; and the hot calls
+# take the one-call fast paths.
+for _klass, _theirs in ((Topocomm, _MPI.Topocomm), (Cartcomm, _MPI.Cartcomm),
+                        (Graphcomm, _MPI.Graphcomm), (Distgraphcomm, _MPI.Distgraphcomm)):
+    for _name, _method in list(vars(_klass).items()):
+        if (callable(_method) and not _name.startswith("_") and not isinstance(_method, type)
+                and hasattr(_theirs, _name)):
+            setattr(_klass, _name, _comm._library(_name, _method))
+    _comm._FAST_CLASSES.add(_klass)
+
+
+# --- constructors (the methods of ivmpi.topo.TopologyConstructors) ---------------------
+
+def _cart_args(comm, dims, periods):
+    dims = _ints(dims)
+    if periods is None:
+        periods = False
+    if isinstance(periods, bool):
+        periods = [periods] * len(dims)
+    periods = _ints(periods, len(dims))
+    if any(d <= 0 for d in dims):
+        raise MPIError(_MPI.ERR_DIMS, f"dimensions {dims} must be positive")
+    if _product(dims) > comm.size:
+        raise MPIError(_MPI.ERR_ARG, f"a grid of {_product(dims)} processes does not fit "
+                                     f"a communicator of {comm.size}")
+    return dims, periods
+
+
+def _graph_args(comm, index, edges):
+    index, edges = _ints(index), _ints(edges)
+    # mpi4py's extension: an index with a leading 0 (the usual adjacency form).
+    if index and index[0] == 0 and index[-1] == len(edges):
+        index = index[1:]
+    nnodes = len(index)
+    if nnodes > comm.size:
+        raise MPIError(_MPI.ERR_ARG, f"a graph of {nnodes} nodes does not fit a "
+                                     f"communicator of {comm.size}")
+    if any(b < a for a, b in zip([0] + index, index)) or (index and index[-1] > len(edges)):
+        raise MPIError(_MPI.ERR_ARG, f"index {index} is not a running count of the edges")
+    if any(not 0 <= e < nnodes for e in edges):
+        raise MPIError(_MPI.ERR_ARG, f"edges {edges} name nodes outside 0..{nnodes - 1}")
+    return index, edges
+
+
+def _members(comm, count, handle):
+    """The first count ranks make the new communicator: None for the others
+    (whose standalone handle is freed)."""
+    if comm.rank < count:
+        return [comm._ranks[r] for r in range(count)]
+    if handle:
+        _MPI.Comm.Free(handle)
+    return None
+
+
+def create_cart(comm, dims, periods=None, reorder=False):
+    comm._check_live()
+    dims, periods = _cart_args(comm, dims, periods)
+    ctx = comm._agree_context()
+    # The library keeps the ranks too (reorder=False), so handle and region agree.
+    handle = comm._handle_of(lambda c: _MPI.Intracomm.Create_cart(c, dims, periods, False))
+    members = _members(comm, _product(dims), handle)
+    if members is None:
+        return _MPI.COMM_NULL
+    return Cartcomm._build(comm._engine, members, ctx, handle, CartTopology(dims, periods))
+
+
+def create_graph(comm, index, edges, reorder=False):
+    comm._check_live()
+    mpi_index, mpi_edges = _graph_args(comm, index, edges)
+    ctx = comm._agree_context()
+    handle = comm._handle_of(lambda c: _MPI.Intracomm.Create_graph(c, index, edges, False))
+    members = _members(comm, len(mpi_index), handle)
+    if members is None:
+        return _MPI.COMM_NULL
+    return Graphcomm._build(comm._engine, members, ctx, handle,
+                            GraphTopology(mpi_index, mpi_edges))
+
+
+def _weights(weights, count):
+    """(weights, given): mpi4py's reading of a weights argument."""
+    if weights is None or weights is _MPI.UNWEIGHTED:
+        return [1] * count, False
+    if weights is _MPI.WEIGHTS_EMPTY:
+        if count > 0:
+            raise ValueError("empty weights but nonzero degree")
+        return [], True
+    return _ints(weights, count), True
+
+
+def _check_ranks(comm, ranks, what):
+    for r in ranks:
+        if not 0 <= r < comm.size:
+            raise MPIError(_MPI.ERR_ARG, f"{what}: rank {r} is not in 0..{comm.size - 1}")
+
+
+def create_dist_graph_adjacent(comm, sources, destinations, sourceweights=None,
+                               destweights=None, info=_MPI.INFO_NULL, reorder=False):
+    comm._check_live()
+    srcs = [] if sources is None else _ints(sources)
+    dsts = [] if destinations is None else _ints(destinations)
+    sw, sw_given = _weights(sourceweights, len(srcs))
+    dw, dw_given = _weights(destweights, len(dsts))
+    _check_ranks(comm, srcs + dsts, "Create_dist_graph_adjacent")
+    ctx = comm._agree_context()
+    handle = comm._handle_of(lambda c: _MPI.Intracomm.Create_dist_graph_adjacent(
+        c, sources, destinations, sourceweights, destweights, info, False))
+    topo = DistGraphTopology(srcs, dsts, sw, dw, sw_given or dw_given)
+    return Distgraphcomm._build(comm._engine, comm._ranks, ctx, handle, topo)
+
+
+def create_dist_graph(comm, sources, degrees, destinations, weights=None,
+                      info=_MPI.INFO_NULL, reorder=False):
+    """Each rank names edges of any nodes; every rank learns its own in- and
+    out-edges from all of them (an allgather), listed by the naming rank,
+    then in its order."""
+    comm._check_live()
+    srcs = _ints(sources)
+    degs = _ints(degrees, len(srcs))
+    dsts = _ints(destinations, sum(degs))
+    wts, weighted = _weights(weights, len(dsts))
+    _check_ranks(comm, srcs + dsts, "Create_dist_graph")
+    heads = [s for s, d in zip(srcs, degs) for _ in range(d)]
+    everyone = comm._collectives.allgather(list(zip(heads, dsts, wts)))
+    ctx = comm._agree_context()
+    handle = comm._handle_of(lambda c: _MPI.Intracomm.Create_dist_graph(
+        c, sources, degrees, destinations, weights, info, False))
+    me = comm.rank
+    incoming = [(s, w) for edges in everyone for s, d, w in edges if d == me]
+    outgoing = [(d, w) for edges in everyone for s, d, w in edges if s == me]
+    topo = DistGraphTopology([s for s, _ in incoming], [d for d, _ in outgoing],
+                             [w for _, w in incoming], [w for _, w in outgoing], weighted)
+    return Distgraphcomm._build(comm._engine, comm._ranks, ctx, handle, topo)
+
+
+def cart_map(comm, dims, periods=None):
+    """The rank this process would have in Create_cart (ranks are kept)."""
+    dims, _ = _cart_args(comm, dims, periods)
+    return comm.rank if comm.rank < _product(dims) else UNDEFINED
+
+
+def graph_map(comm, index, edges):
+    """The rank this process would have in Create_graph (ranks are kept)."""
+    index, _ = _graph_args(comm, index, edges)
+    return comm.rank if comm.rank < len(index) else UNDEFINED
