@@ -124,6 +124,9 @@ class Engine:
         self.awaiting_cts = {}                           # (peer, send id) -> SendOp
         self.awaiting_ack = {}                           # (peer, send id) -> SendOp
         self.receiving = {}                              # (peer, send id) -> RecvOp
+        # Nonblocking collectives in progress (ivmpi.nbcoll): each round of
+        # progress polls them, so that they advance whatever a wait is for.
+        self.schedules = []
         self.timeout = _env_float("IVMPI_TIMEOUT", 0.0)
         self.set_oversubscribed(False)
         self.liveness = Liveness(self.mem, self.size, rank)
@@ -362,7 +365,20 @@ class Engine:
         Returns True when anything moved (a frame published or handled).
         """
         with self.lock:
-            return self._progress()
+            moved = self._progress()
+            if self.schedules:
+                moved = self._advance_schedules() or moved
+            return moved
+
+    def _advance_schedules(self):
+        """Poll every nonblocking collective in progress (reading `done`
+        advances it); the finished ones leave the list."""
+        schedules = self.schedules
+        running = [s for s in schedules if not s.done]
+        if len(running) == len(schedules):
+            return False
+        self.schedules = running
+        return True
 
     def _progress(self):
         moved = self._flush_backlog() if self.backlog else False

@@ -263,6 +263,8 @@ class Request:
             raise MPIError(_MPI.ERR_TRUNCATE,
                            f"message of {op.total} bytes from rank {source} (tag {op.status_tag}) "
                            f"does not fit the receive buffer")
+        if isinstance(op.error, Exception):    # a nonblocking collective's failure
+            raise op.error
         # An empty message is None, as mpi4py unpickles it.
         if decode and self._decode is not None and not op.cancelled and op.data:
             return self._decode(op)

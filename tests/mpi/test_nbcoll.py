@@ -1,0 +1,491 @@
+"""Nonblocking and persistent collectives through the region (ivmpi.nbcoll).
+
+Run under mpirun -n 1..4 with --with-mpi.  Every call must give what the
+blocking ivmpi collective gives (bit for bit: the same algorithm) and what
+the MPI library's own nonblocking call gives on the same data; requests
+must complete in any order and mix with point-to-point requests, a rank
+waiting on something else must still play its part in a collective, and
+the bytes must go through the region's rings.
+"""
+import numpy as np
+import pytest
+
+import ivmpi.stats
+from ivmpi import MPI
+from ivmpi.lib import MPI as LIB
+
+pytestmark = pytest.mark.mpi(min_size=1)
+
+LIB_WORLD = LIB.COMM_WORLD
+
+
+def values(dtype, n, rank, salt=0):
+    rng = np.random.default_rng(100 * rank + salt)
+    if np.dtype(dtype).kind == "f":
+        return rng.random(n) * 4 - 2
+    return rng.integers(-3, 4, n).astype(dtype)
+
+
+def _keep_left(inbuf, inoutbuf, datatype):
+    # inout = in op inout with op(a, b) = a: associative, not commutative,
+    # so any change of operand order shows.
+    np.frombuffer(inoutbuf, "i8")[:] = np.frombuffer(inbuf, "i8")
+
+
+KEEP_LEFT = MPI.Op.Create(_keep_left, commute=False)
+
+
+# --- one collective, run four ways ---------------------------------------------------
+# A case builds fresh buffers from fixed data, calls `call(name, *args)` and
+# returns the arrays that hold the result on this rank.
+
+def run(comm, kind, name, *args):
+    if kind == "blocking":
+        getattr(comm, name)(*args)
+    elif kind == "nonblocking":
+        req = getattr(comm, "I" + name[0].lower() + name[1:])(*args)
+        assert isinstance(req, MPI.Request)
+        req.Wait()
+        assert not req
+    elif kind == "persistent":
+        req = getattr(comm, name + "_init")(*args)
+        assert isinstance(req, MPI.Prequest)
+        req.Start()
+        req.Wait()
+        req.Free()
+    else:       # the MPI library's own nonblocking call, on its COMM_WORLD
+        getattr(LIB.Intracomm, "I" + name[0].lower() + name[1:])(LIB_WORLD, *args).Wait()
+
+
+def case_barrier(comm, kind):
+    run(comm, kind, "Barrier")
+    return []
+
+
+def case_bcast(comm, kind, root, n=10, dtype="f8"):
+    buf = values(dtype, n, root) if comm.rank == root else np.zeros(n, dtype)
+    run(comm, kind, "Bcast", buf, root)
+    return [buf]
+
+
+def case_gather(comm, kind, root, in_place=False):
+    size, rank = comm.size, comm.rank
+    send = values("i8", 3, rank)
+    recv = np.full((size, 3), -9, "i8") if rank == root else None
+    if in_place and rank == root:
+        recv[rank] = send
+        send = MPI.IN_PLACE
+    run(comm, kind, "Gather", send, recv, root)
+    return [recv] if rank == root else []
+
+
+def case_gatherv(comm, kind, root):
+    size, rank = comm.size, comm.rank
+    counts = [i + 1 for i in range(size)]
+    send = values("f8", rank + 1, rank)
+    recv = np.full(sum(counts), -9.0) if rank == root else None
+    run(comm, kind, "Gatherv", send, [recv, counts] if rank == root else None, root)
+    return [recv] if rank == root else []
+
+
+def case_scatter(comm, kind, root, in_place=False):
+    size, rank = comm.size, comm.rank
+    send = values("i8", 4 * size, root).reshape(size, 4) if rank == root else None
+    recv = np.full(4, -9, "i8")
+    if in_place and rank == root:
+        recv = MPI.IN_PLACE
+    run(comm, kind, "Scatter", send, recv, root)
+    return [send] if recv is MPI.IN_PLACE else [recv]
+
+
+def case_scatterv(comm, kind, root):
+    size, rank = comm.size, comm.rank
+    counts = [size - i for i in range(size)]
+    send = [values("f8", sum(counts), root), counts] if rank == root else None
+    recv = np.full(counts[rank], -9.0)
+    run(comm, kind, "Scatterv", send, recv, root)
+    return [recv]
+
+
+def case_allgather(comm, kind, in_place=False):
+    size, rank = comm.size, comm.rank
+    send = values("i8", 5, rank)
+    recv = np.full((size, 5), -9, "i8")
+    if in_place:
+        recv[rank] = send
+        send = MPI.IN_PLACE
+    run(comm, kind, "Allgather", send, recv)
+    return [recv]
+
+
+def case_allgatherv(comm, kind):
+    size, rank = comm.size, comm.rank
+    counts = [2 * i + 1 for i in range(size)]
+    recv = np.full(sum(counts), -9.0)
+    run(comm, kind, "Allgatherv", values("f8", counts[rank], rank), [recv, counts])
+    return [recv]
+
+
+def case_alltoall(comm, kind, in_place=False):
+    size, rank = comm.size, comm.rank
+    send = values("i8", 3 * size, rank).reshape(size, 3)
+    recv = np.full((size, 3), -9, "i8")
+    if in_place:
+        recv[:] = send
+        send = MPI.IN_PLACE
+    run(comm, kind, "Alltoall", send, recv)
+    return [recv]
+
+
+def case_alltoallv(comm, kind):
+    size, rank = comm.size, comm.rank
+    scounts = [(rank + i) % 3 + 1 for i in range(size)]
+    rcounts = [(i + rank) % 3 + 1 for i in range(size)]
+    send = values("f8", sum(scounts), rank)
+    recv = np.full(sum(rcounts), -9.0)
+    run(comm, kind, "Alltoallv", [send, scounts], [recv, rcounts])
+    return [recv]
+
+
+def case_reduce(comm, kind, root, op, dtype="i8", in_place=False):
+    rank = comm.rank
+    send = values(dtype, 6, rank)
+    recv = np.full(6, -9, dtype) if rank == root else None
+    if in_place and rank == root:
+        recv[:] = send
+        send = MPI.IN_PLACE
+    run(comm, kind, "Reduce", send, recv, op, root)
+    return [recv] if rank == root else []
+
+
+def case_allreduce(comm, kind, op, dtype="i8", in_place=False, n=8):
+    send = values(dtype, n, comm.rank)
+    recv = np.full(n, -9, dtype)
+    if in_place:
+        recv[:] = send
+        send = MPI.IN_PLACE
+    run(comm, kind, "Allreduce", send, recv, op)
+    return [recv]
+
+
+def case_reduce_scatter_block(comm, kind, op, in_place=False):
+    size, rank = comm.size, comm.rank
+    send = values("i8", 3 * size, rank)
+    recv = np.full(3, -9, "i8")
+    if in_place:
+        recv = send
+        send = MPI.IN_PLACE
+    run(comm, kind, "Reduce_scatter_block", send, recv, op)
+    return [recv[:3]]
+
+
+def case_reduce_scatter(comm, kind, op):
+    size, rank = comm.size, comm.rank
+    counts = [i % 3 + 1 for i in range(size)]
+    send = values("f8", sum(counts), rank)
+    recv = np.full(counts[rank], -9.0)
+    run(comm, kind, "Reduce_scatter", send, recv, counts, op)
+    return [recv]
+
+
+def case_scan(comm, kind, op, dtype="i8", in_place=False):
+    send = values(dtype, 5, comm.rank)
+    recv = np.full(5, -9, dtype)
+    if in_place:
+        recv[:] = send
+        send = MPI.IN_PLACE
+    run(comm, kind, "Scan", send, recv, op)
+    return [recv]
+
+
+def case_exscan(comm, kind, op, dtype="i8"):
+    recv = np.full(5, -9, dtype)
+    run(comm, kind, "Exscan", values(dtype, 5, comm.rank), recv, op)
+    return [recv] if comm.rank > 0 else []      # undefined at rank 0
+
+
+SIZE = LIB_WORLD.Get_size()
+ROOTS = sorted({0, SIZE - 1, SIZE // 2})
+OPS = [MPI.SUM, MPI.PROD, MPI.MAX, MPI.MIN]
+OP_NAMES = ["sum", "prod", "max", "min"]
+
+CASES = (
+    [("barrier", case_barrier, {})]
+    + [(f"bcast-root{r}", case_bcast, {"root": r}) for r in ROOTS]
+    + [("bcast-i4-large", case_bcast, {"root": SIZE - 1, "n": 70000, "dtype": "i4"})]
+    + [(f"gather-root{r}", case_gather, {"root": r}) for r in ROOTS]
+    + [("gather-in-place", case_gather, {"root": SIZE - 1, "in_place": True})]
+    + [(f"gatherv-root{r}", case_gatherv, {"root": r}) for r in ROOTS]
+    + [(f"scatter-root{r}", case_scatter, {"root": r}) for r in ROOTS]
+    + [("scatter-in-place", case_scatter, {"root": SIZE // 2, "in_place": True})]
+    + [(f"scatterv-root{r}", case_scatterv, {"root": r}) for r in ROOTS]
+    + [("allgather", case_allgather, {}), ("allgather-in-place", case_allgather, {"in_place": True})]
+    + [("allgatherv", case_allgatherv, {})]
+    + [("alltoall", case_alltoall, {}), ("alltoall-in-place", case_alltoall, {"in_place": True})]
+    + [("alltoallv", case_alltoallv, {})]
+    + [(f"reduce-{OP_NAMES[i]}-root{r}", case_reduce, {"root": r, "op": op})
+       for i, op in enumerate(OPS) for r in ROOTS]
+    + [("reduce-f8-in-place", case_reduce, {"root": SIZE - 1, "op": MPI.SUM, "dtype": "f8",
+                                            "in_place": True})]
+    + [(f"allreduce-{OP_NAMES[i]}", case_allreduce, {"op": op}) for i, op in enumerate(OPS)]
+    + [("allreduce-f8", case_allreduce, {"op": MPI.SUM, "dtype": "f8"}),
+       ("allreduce-f8-large", case_allreduce, {"op": MPI.SUM, "dtype": "f8", "n": 20000}),
+       ("allreduce-in-place", case_allreduce, {"op": MPI.MAX, "in_place": True})]
+    + [("reduce-scatter-block", case_reduce_scatter_block, {"op": MPI.SUM}),
+       ("reduce-scatter-block-in-place", case_reduce_scatter_block, {"op": MPI.MIN,
+                                                                     "in_place": True}),
+       ("reduce-scatter", case_reduce_scatter, {"op": MPI.SUM})]
+    + [(f"scan-{OP_NAMES[i]}", case_scan, {"op": op}) for i, op in enumerate(OPS)]
+    + [("scan-f8-in-place", case_scan, {"op": MPI.SUM, "dtype": "f8", "in_place": True})]
+    + [(f"exscan-{OP_NAMES[i]}", case_exscan, {"op": op}) for i, op in enumerate(OPS)]
+)
+
+# The non-commutative op is ivmpi's to check against itself: the library
+# (Open MPI) runs user ops too, so it is compared as well.
+ORDERED = [
+    ("reduce-keep-left", case_reduce, {"root": SIZE - 1, "op": KEEP_LEFT}),
+    ("allreduce-keep-left", case_allreduce, {"op": KEEP_LEFT}),
+    ("scan-keep-left", case_scan, {"op": KEEP_LEFT}),
+    ("exscan-keep-left", case_exscan, {"op": KEEP_LEFT}),
+]
+
+
+def assert_results(ours, theirs, exact=True):
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        if exact or a.dtype.kind != "f":
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name, case, kwargs", CASES + ORDERED, ids=[c[0] for c in CASES + ORDERED])
+def test_matches_blocking_and_library(comm, name, case, kwargs):
+    blocking = case(comm, "blocking", **kwargs)
+    nonblocking = case(comm, "nonblocking", **kwargs)
+    persistent = case(comm, "persistent", **kwargs)
+    library = case(comm, "library", **kwargs)
+    assert_results(nonblocking, blocking)          # same algorithm: the same bits
+    assert_results(persistent, blocking)
+    assert_results(library, blocking, exact=False)  # another summation order
+
+
+# --- persistent requests ------------------------------------------------------------
+
+def test_persistent_requests_restart_with_new_data(comm):
+    size, rank = comm.size, comm.rank
+    send, recv = np.zeros(4), np.zeros(4)
+    bsend = np.zeros((size, 2), "i8")
+    brecv = np.zeros((size, 2), "i8")
+    bcast = np.zeros(3, "i8")
+    scan = np.zeros(2, "i8")
+    reqs = [comm.Allreduce_init(send, recv), comm.Alltoall_init(bsend, brecv),
+            comm.Bcast_init(bcast, root=size - 1), comm.Barrier_init(),
+            comm.Scan_init(bsend[0], scan, MPI.MAX)]
+    for round_ in range(4):
+        send[:] = values("f8", 4, rank, salt=round_)
+        bsend[:] = values("i8", 2 * size, rank, salt=round_).reshape(size, 2)
+        if rank == size - 1:
+            bcast[:] = [round_, round_ + 1, round_ + 2]
+        if round_ % 2:
+            MPI.Prequest.Startall(reqs)
+            MPI.Request.Waitall(reqs)
+        else:
+            for req in reversed(reqs):
+                req.Start()
+            while not MPI.Request.Testall(reqs):
+                pass
+        expected = np.zeros(4)
+        comm.Allreduce(send, expected)
+        np.testing.assert_array_equal(recv, expected)
+        expected = np.zeros((size, 2), "i8")
+        comm.Alltoall(bsend, expected)
+        np.testing.assert_array_equal(brecv, expected)
+        np.testing.assert_array_equal(bcast, [round_, round_ + 1, round_ + 2])
+        expected = np.zeros(2, "i8")
+        comm.Scan(bsend[0], expected, MPI.MAX)
+        np.testing.assert_array_equal(scan, expected)
+        assert all(reqs)          # inactive, not null
+    for req in reqs:
+        req.Free()
+        assert not req
+
+
+# --- several at once, with point-to-point --------------------------------------------
+
+def test_outstanding_collectives_complete_in_reverse_order(comm):
+    size, rank = comm.size, comm.rank
+    a = values("f8", 8, rank)
+    results = [np.zeros(8) for _ in range(3)]
+    gathered = np.zeros((size, 8))
+    bcast = a.copy() if rank == 0 else np.zeros(8)
+    reqs = [comm.Iallreduce(a, results[0]), comm.Ibarrier(),
+            comm.Iallreduce(a, results[1], MPI.MAX), comm.Iallgather(a, gathered),
+            comm.Ibcast(bcast, root=0), comm.Iallreduce(a, results[2], MPI.MIN)]
+    for req in reversed(reqs):
+        req.Wait()
+    for result, op in zip(results, (MPI.SUM, MPI.MAX, MPI.MIN)):
+        expected = np.zeros(8)
+        comm.Allreduce(a, expected, op)
+        np.testing.assert_array_equal(result, expected)
+    expected = np.zeros((size, 8))
+    comm.Allgather(a, expected)
+    np.testing.assert_array_equal(gathered, expected)
+    np.testing.assert_array_equal(bcast, values("f8", 8, 0))
+
+
+def test_overlap_with_point_to_point(comm):
+    size, rank = comm.size, comm.rank
+    right, left = (rank + 1) % size, (rank - 1) % size
+    inbox = np.zeros(1000)
+    a = values("i8", 16, rank)
+    total = np.zeros(16, "i8")
+    bcast = np.arange(70000, dtype="i4") if rank == 0 else np.zeros(70000, "i4")
+    rreq = comm.Irecv(inbox, source=left, tag=3)
+    coll = comm.Iallreduce(a, total)
+    big = comm.Ibcast(bcast, root=0)
+    sreq = comm.Isend(np.full(1000, float(rank)), dest=right, tag=3)
+    # Waits in the order that makes each one depend on the others progressing.
+    big.Wait()
+    MPI.Request.Waitall([sreq, coll, rreq])
+    assert (inbox == left).all()
+    expected = np.zeros(16, "i8")
+    comm.Allreduce(a, expected)
+    np.testing.assert_array_equal(total, expected)
+    np.testing.assert_array_equal(bcast, np.arange(70000, dtype="i4"))
+
+
+def test_waitany_testsome_testall_mixes(comm):
+    size, rank = comm.size, comm.rank
+    right, left = (rank + 1) % size, (rank - 1) % size
+    sums = [np.zeros(4, "i8") for _ in range(4)]
+    inbox = np.zeros(4, "i8")
+    reqs = [comm.Iallreduce(values("i8", 4, rank, salt=k), sums[k]) for k in range(4)]
+    reqs.insert(2, comm.Irecv(inbox, source=left, tag=9))
+    reqs.append(comm.Ibarrier())
+    comm.Send(np.full(4, rank, "i8"), dest=right, tag=9)
+    done = set()
+    index = MPI.Request.Waitany(reqs)
+    done.add(index)
+    while len(done) < len(reqs):
+        some = MPI.Request.Testsome(reqs)
+        done.update(some or ())
+    assert MPI.Request.Testall(reqs)
+    assert MPI.Request.Waitany(reqs) == MPI.UNDEFINED
+    assert (inbox == left).all()
+    for k in range(4):
+        expected = np.zeros(4, "i8")
+        comm.Allreduce(values("i8", 4, rank, salt=k), expected)
+        np.testing.assert_array_equal(sums[k], expected)
+
+
+@pytest.mark.parametrize("kind", ["Ibarrier", "Iallreduce", "Ibcast"])
+def test_progress_while_waiting_on_another_request(comm, kind):
+    # Rank 0 waits on the collective before it sends; every other rank first
+    # waits on a receive of that send.  The others must advance their part
+    # of the collective (later rounds depend on earlier ones) while they wait.
+    size, rank = comm.size, comm.rank
+    buf = np.zeros(4)
+    make = {"Ibarrier": lambda: comm.Ibarrier(),
+            "Iallreduce": lambda: comm.Iallreduce(np.full(4, rank + 1.0), buf),
+            "Ibcast": lambda: comm.Ibcast(buf if rank else np.ones(4), root=0)}[kind]
+    if rank == 0:
+        make().Wait()
+        for peer in range(1, size):
+            comm.Send(np.full(1, 7.0), dest=peer, tag=4)
+    else:
+        got = np.zeros(1)
+        rreq = comm.Irecv(got, source=0, tag=4)
+        coll = make()
+        rreq.Wait()
+        coll.Wait()
+        assert got[0] == 7.0
+    if kind == "Iallreduce":
+        assert (buf == size * (size + 1) / 2).all()
+
+
+def test_blocking_collective_between(comm):
+    # A blocking collective issued while nonblocking ones are outstanding:
+    # different tags, and the blocking one's waits advance the others.
+    rank = comm.rank
+    out = np.zeros(3)
+    req = comm.Iallreduce(np.full(3, rank + 1.0), out)
+    bar = comm.Ibarrier()
+    comm.Barrier()
+    assert comm.allreduce(rank) == comm.size * (comm.size - 1) // 2
+    MPI.Request.Waitall([bar, req])
+    assert (out == comm.size * (comm.size + 1) / 2).all()
+
+
+def test_freed_request_completes_in_the_background(comm):
+    out = np.zeros(2)
+    req = comm.Iallreduce(np.ones(2), out)
+    req.Free()
+    assert not req
+    comm.Barrier()
+    comm.Ibarrier().Wait()
+    while not (out == comm.size).all():
+        comm.Iprobe()       # a round of progress
+    assert (out == comm.size).all()
+
+
+def test_copies_of_a_communicator_share_the_sequence(comm):
+    copy = MPI.Intracomm(comm)
+    a, b = np.zeros(1), np.zeros(1)
+    r1 = comm.Iallreduce(np.ones(1), a)
+    r2 = copy.Iallreduce(np.full(1, 2.0), b)
+    MPI.Request.Waitall([r2, r1])
+    assert a[0] == comm.size and b[0] == 2 * comm.size
+
+
+# --- errors ---------------------------------------------------------------------------
+
+def test_bad_root_is_refused_at_the_call(comm):
+    with pytest.raises(MPI.Exception) as info:
+        comm.Ibcast(np.zeros(1), root=comm.size)
+    assert info.value.Get_error_class() == MPI.ERR_ROOT
+    with pytest.raises(MPI.Exception):
+        comm.Reduce_init(np.zeros(1), np.zeros(1), root=-1)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_truncation_is_reported_by_the_wait(comm):
+    size, rank = comm.size, comm.rank
+    send = np.zeros((size, 2)) if rank == 0 else None
+    recv = np.zeros(2 if rank == 0 else 1)          # the others' is too small
+    req = comm.Iscatter([send, MPI.DOUBLE] if rank == 0 else None, recv, root=0)
+    if rank == 0:
+        req.Wait()
+    else:
+        with pytest.raises(MPI.Exception) as info:
+            req.Wait()
+        assert info.value.Get_error_class() == MPI.ERR_TRUNCATE
+        assert not req
+
+
+def test_freed_communicator_is_refused(world):
+    dup = world.Dup()
+    dup.Free()
+    with pytest.raises(MPI.Exception) as info:
+        dup.Ibarrier()
+    assert info.value.Get_error_class() == MPI.ERR_COMM
+
+
+# --- the region carries the bytes ------------------------------------------------------
+
+@pytest.mark.mpi(min_size=2)
+def test_traffic_goes_through_the_region(comm):
+    size, rank = comm.size, comm.rank
+    block = 1 << 16
+    send = np.full(block, rank, "u1")
+    recv = np.zeros((size, block), "u1")
+    before = ivmpi.stats.total(comm)
+    comm.Iallgather(send, recv).Wait()
+    req = comm.Allreduce_init(np.ones(block // 8), np.zeros(block // 8))
+    req.Start()
+    req.Wait()
+    after = ivmpi.stats.total(comm)
+    # Each rank sends its block to every other and reads every other's.
+    assert after["written"] - before["written"] >= (size - 1) * block
+    assert after["read"] - before["read"] >= (size - 1) * block
+    assert (recv == np.arange(size, dtype="u1")[:, None]).all()
