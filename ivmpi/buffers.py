@@ -50,6 +50,8 @@ empty messages only, since ivmpi has no absolute addresses to send from.
 import operator
 
 import numpy as np
+
+from .datatypes import layout
 from .lib import MPI
 from mpi4py.util import dtlib
 
@@ -88,16 +90,19 @@ class Buf:
     unpack    None; for a receive with a derived datatype that has holes
               (parsed with holes=True), mem is a packed staging buffer and
               unpack() must be called once the message is in it
+    pack      None; for such a send, a call that packs the user's data
+              again (a persistent request's next start)
     """
-    __slots__ = ("mem", "count", "datatype", "obj", "nbytes", "unpack")
+    __slots__ = ("mem", "count", "datatype", "obj", "nbytes", "unpack", "pack")
 
-    def __init__(self, mem, count, datatype, obj, unpack=None):
+    def __init__(self, mem, count, datatype, obj, unpack=None, pack=None):
         self.mem = mem
         self.count = count
         self.datatype = datatype
         self.obj = obj
         self.nbytes = len(mem)
         self.unpack = unpack
+        self.pack = pack
 
     def __repr__(self):
         return (f"Buf(count={self.count}, datatype={_type_name(self.datatype)}, "
@@ -234,33 +239,93 @@ def has_holes(datatype):
     return not (lb == 0 and true_lb == 0 and datatype.Get_size() == extent == true_extent)
 
 
-def _packed(buf, whole, writable):
+def _packed(buf, mem, origin, writable, blocks=1, fill=False):
     """A Buf whose mem is the packed form of buf's data (a Buf over the
-    user's memory, with a derived datatype with holes): for a send, packed
-    now; for a receive, a staging buffer that buf.unpack() unpacks into the
-    user's memory.  whole: the user's memory from the message's start to
-    the end of the buffer, which the type may reach past count * extent.
-    The MPI library underneath gathers and scatters (Datatype.Pack/Unpack),
-    so every datatype MPI has works."""
+    user's memory, with a derived datatype with holes; its first element's
+    origin at byte `origin` of mem, the user's whole buffer): for a send,
+    packed now (and again by pack(), for persistent requests); for a
+    receive, a staging buffer that unpack() scatters into the user's memory
+    (filled with the user's data first when `fill`: a buffer read and written).
+    Packed, the data are plain elements of the type's one basic type (or
+    bytes, for a struct of several), so reductions see numbers."""
     datatype, count = buf.datatype, buf.count
-    lb, extent = datatype.Get_extent()
-    true_lb, true_extent = datatype.Get_true_extent()
-    if count and (true_lb < 0 or (count - 1) * extent + true_lb + true_extent > len(whole)):
-        raise BufferSpecError(
-            f"{count} x {_type_name(datatype)} reach bytes {true_lb} to "
-            f"{(count - 1) * extent + true_lb + true_extent} of the buffer, which has "
-            f"{len(whole)} from the message's start")
-    nbytes = datatype.Get_size() * count
-    staging = bytearray(nbytes)
+    lay = layout(datatype)
+    total = count * blocks
+    lay.check(total, len(mem), origin)
+    staging = memoryview(bytearray(lay.size * total))
+    basic, per = (lay.basic, lay.nbasic) if lay.basic is not None else (_BYTE, lay.size)
     if not writable:
-        if count:
-            datatype.Pack(whole[:count * extent], staging, 0, MPI.COMM_SELF)
-        return Buf(memoryview(staging), count, datatype, buf.obj)
+        def pack():
+            lay.gather(mem, origin, total, staging)
+        pack()
+        return Buf(staging, count * per, basic, buf.obj, pack=pack)
 
     def unpack():
-        if count:
-            datatype.Unpack(staging, 0, whole[:count * extent], MPI.COMM_SELF)
-    return Buf(memoryview(staging), count, datatype, buf.obj, unpack)
+        lay.scatter(staging, mem, origin, total)
+    if fill:
+        lay.gather(mem, origin, total, staging)
+    return Buf(staging, count * per, basic, buf.obj, unpack)
+
+
+def packed_spec(spec, writable, blocks=1, fill=False):
+    """(spec, finish) for a collective's buffer spec: a spec whose datatype
+    has holes becomes [staging, count, basic type] over a packed copy
+    (gathered now for a send, or for a receive buffer the call also reads:
+    fill=True), and finish() scatters a received staging buffer back into
+    the user's memory; any other spec comes back as it is, finish None."""
+    if type(spec) is not list and type(spec) is not tuple:
+        return spec, None
+    buf, count, displ, datatype = _split_simple(spec)
+    if datatype is None or buf is None or buf is BOTTOM:
+        return spec, None
+    datatype = _as_datatype(datatype)
+    if not has_holes(datatype):
+        return spec, None
+    mem, datatype, extent = _typed_memory(buf, writable, datatype, holes_ok=True)
+    origin = _index(displ, "displacement") * extent if displ is not None else 0
+    if count is None:
+        elements = max(0, len(mem) - origin) // extent
+        if elements % blocks:
+            raise BufferSpecError(f"cannot infer count: {elements} elements do not split "
+                                  f"into {blocks} equal blocks")
+        count = elements // blocks
+    parsed = _packed(Buf(mem, _index(count, "count"), datatype, buf), mem, origin, writable,
+                     blocks, fill)
+    return [parsed.mem, parsed.count, parsed.datatype], parsed.unpack
+
+
+def packed_vspec(spec, size, writable, fill=False):
+    """packed_spec for a vector collective's [buf, counts, displs, type]."""
+    if type(spec) is not list and type(spec) is not tuple:
+        return spec, None
+    vbuf = parse_vbuf(spec, size, writable, holes_ok=True)
+    datatype = vbuf.datatype
+    if not has_holes(datatype):
+        return spec, None
+    lay = layout(datatype)
+    basic, per = (lay.basic, lay.nbasic) if lay.basic is not None else (_BYTE, lay.size)
+    starts, running = [], 0
+    for c in vbuf.counts:
+        starts.append(running)
+        running += c
+    staging = memoryview(bytearray(lay.size * running))
+    mem, extent = vbuf.mem, vbuf.extent
+
+    def blocks():
+        for i in range(size):
+            at = starts[i] * lay.size
+            yield (staging[at:at + vbuf.counts[i] * lay.size], vbuf.displs[i] * extent,
+                   vbuf.counts[i])
+    if not writable or fill:
+        for piece, origin, count in blocks():
+            lay.gather(mem, origin, count, piece)
+    finish = None
+    if writable:
+        def finish():
+            for piece, origin, count in blocks():
+                lay.scatter(piece, mem, origin, count)
+    return ([staging, ([c * per for c in vbuf.counts], [d * per for d in starts]), basic],
+            finish)
 
 
 _numpy_dtypes = {}
@@ -393,7 +458,7 @@ def _pair(value):
 _BARE_TYPES = frozenset((np.ndarray, bytes, bytearray, memoryview))
 
 
-def _parse(spec, writable, blocks, holes=False):
+def _parse(spec, writable, blocks, holes=False, fill=False):
     if spec is None or spec is IN_PLACE:
         raise BufferTypeError(
             f"expected a buffer or [buffer, ...] spec, got {spec!r}")
@@ -402,13 +467,19 @@ def _parse(spec, writable, blocks, holes=False):
         datatype = _as_datatype(datatype)
     if buf is None or buf is BOTTOM:
         return _bottom(count, datatype)
-    holes = holes and blocks == 1 and datatype is not None and has_holes(datatype)
+    holes = holes and datatype is not None and has_holes(datatype)
     mem, datatype, extent = _typed_memory(buf, writable, datatype, holes)
-    parsed = _finish(buf, mem, count, displ, datatype, extent, blocks, len(mem))
     if holes:
-        whole = mem[_index(displ, "displacement") * extent:] if displ is not None else mem
-        return _packed(parsed, whole, writable)
-    return parsed
+        origin = _index(displ, "displacement") * extent if displ is not None else 0
+        if count is None:
+            elements = max(0, len(mem) - origin) // extent
+            if elements % blocks:
+                raise BufferSpecError(f"cannot infer count: {elements} elements do not "
+                                      f"split into {blocks} equal blocks")
+            count = elements // blocks
+        return _packed(Buf(mem, _index(count, "count"), datatype, buf), mem, origin, writable,
+                       blocks, fill)
+    return _finish(buf, mem, count, displ, datatype, extent, blocks, len(mem))
 
 
 def _finish(obj, mem, count, displ, datatype, extent, blocks, length):
@@ -487,10 +558,12 @@ def parse_send(spec, blocks=1, rank=None, holes=False):
     return _parse(spec, False, blocks, holes)
 
 
-def parse_recv(spec, blocks=1, rank=None, holes=False):
+def parse_recv(spec, blocks=1, rank=None, holes=False, fill=False):
     """Parse a receive buffer spec; the buffer must be writable.  ``rank``
     as for parse_send; with ``holes=True`` the caller calls the result's
-    unpack() when it is not None, once the message has arrived."""
+    unpack() when it is not None, once the message has arrived (``fill``:
+    the packed staging buffer starts with the user's data, for a buffer
+    that is also sent from)."""
     if rank == PROC_NULL:
         return Buf(_EMPTY, 0, _BYTE, None)
     if type(spec) in _BARE_TYPES and blocks == 1:
@@ -501,7 +574,7 @@ def parse_recv(spec, blocks=1, rank=None, holes=False):
                 if mem.ndim != 1 or mem.format != "B":
                     mem = mem.cast("B")
                 return Buf(mem, len(mem) // entry[1], entry[0], spec)
-    return _parse(spec, True, blocks, holes)
+    return _parse(spec, True, blocks, holes, fill)
 
 
 def is_in_place(spec):
@@ -511,8 +584,10 @@ def is_in_place(spec):
 
 # --- vector specs ------------------------------------------------------------
 
-def parse_vbuf(spec, size, recv):
-    """Parse a vector-collective spec for a communicator of ``size`` ranks."""
+def parse_vbuf(spec, size, recv, holes_ok=False):
+    """Parse a vector-collective spec for a communicator of ``size`` ranks
+    (``holes_ok``: a derived datatype with holes is taken; the caller packs
+    it, see packed_vspec)."""
     if spec is None or spec is IN_PLACE:
         raise BufferTypeError(
             f"expected a buffer or [buffer, counts, displs, datatype], got {spec!r}")
@@ -541,7 +616,7 @@ def parse_vbuf(spec, size, recv):
         mem = _EMPTY
         extent = datatype_extent(datatype)
     else:
-        mem, datatype, extent = _typed_memory(buf, recv, datatype)
+        mem, datatype, extent = _typed_memory(buf, recv, datatype, holes_ok)
     total = len(mem) // extent if extent > 0 else 0
 
     if counts is None:
@@ -573,6 +648,11 @@ def parse_vbuf(spec, size, recv):
         raise BufferSpecError(
             f"expected {size} displacements (one per rank), got {len(displs)}")
 
+    if holes_ok and has_holes(datatype):
+        lay = layout(datatype)
+        for i in range(size):
+            lay.check(counts[i], len(mem), displs[i] * extent)
+        return VBuf(mem, counts, displs, datatype, extent, buf)
     for i in range(size):
         if counts[i] and displs[i] + counts[i] > total:
             raise BufferSpecError(

@@ -27,10 +27,12 @@ Algorithms (p = number of ranks):
 The object (lowercase) reductions combine in rank order with ``op(a, b)``,
 as mpi4py does.
 """
+import inspect
+
 from .lib import MPI
 
 from .buffers import (parse_send, parse_recv, parse_vbuf, is_in_place,
-                      datatype_extent)
+                      datatype_extent, packed_spec, packed_vspec)
 from .errors import BufferSpecError
 
 _pickle = MPI.pickle
@@ -604,3 +606,72 @@ class Collectives:
 
     def exscan(self, sendobj, op=MPI.SUM):
         return self._prefix_objects(sendobj, op, False, TAG_EXSCAN)
+
+
+# --- derived datatypes with holes ---------------------------------------------
+# The algorithms above move contiguous blocks.  A buffer spec whose datatype
+# has holes (a column, a face, a struct with padding) is packed into a
+# staging buffer of its basic elements before the call and, for a receive,
+# scattered back after it (ivmpi.buffers.packed_spec).  Roles: "plain" one
+# block, "blocks" one block per rank, "vector" counts and displacements;
+# a buffer significant at the root only is packed there only.
+
+_HOLE_ROLES = {
+    # name: (send role, receive role, which is read at the root only)
+    "Scatter": ("blocks", "plain", "send"),
+    "Scatterv": ("vector", "plain", "send"),
+    "Gather": ("plain", "blocks", "recv"),
+    "Gatherv": ("plain", "vector", "recv"),
+    "Allgather": ("plain", "blocks", None),
+    "Allgatherv": ("plain", "vector", None),
+    "Alltoall": ("blocks", "blocks", None),
+    "Alltoallv": ("vector", "vector", None),
+    "Reduce": ("plain", "plain", "recv"),
+    "Allreduce": ("plain", "plain", None),
+    "Scan": ("plain", "plain", None),
+    "Exscan": ("plain", "plain", None),
+    "Reduce_scatter_block": ("blocks", "plain", None),
+    "Reduce_scatter": ("plain", "plain", None),
+}
+
+
+def _pack_role(spec, role, size, writable, fill):
+    if role == "vector":
+        return packed_vspec(spec, size, writable, fill)
+    return packed_spec(spec, writable, size if role == "blocks" else 1, fill)
+
+
+def _with_holes(name, method):
+    send_role, recv_role, at_root = _HOLE_ROLES[name]
+    params = list(inspect.signature(method).parameters)
+    # Where root sits among the arguments after (self, sendbuf, recvbuf).
+    root_at = params.index("root") - 3 if "root" in params else None
+
+    def call(self, sendbuf, recvbuf, *args, **kwargs):
+        if (type(sendbuf) is not list and type(sendbuf) is not tuple
+                and type(recvbuf) is not list and type(recvbuf) is not tuple):
+            return method(self, sendbuf, recvbuf, *args, **kwargs)
+        is_root = True
+        if root_at is not None:
+            root = kwargs.get("root", args[root_at] if len(args) > root_at else 0)
+            is_root = root == self.rank
+        in_place = is_in_place(sendbuf)
+        finish = None
+        if not in_place and (at_root != "send" or is_root):
+            sendbuf, _ = _pack_role(sendbuf, send_role, self.size, False, False)
+        if recvbuf is not None and (at_root != "recv" or is_root):
+            # In place, the receive buffer is read too (and holds every
+            # rank's block for Reduce_scatter_block).
+            role = "blocks" if in_place and name == "Reduce_scatter_block" else recv_role
+            recvbuf, finish = _pack_role(recvbuf, role, self.size, True, in_place)
+        result = method(self, sendbuf, recvbuf, *args, **kwargs)
+        if finish is not None:
+            finish()
+        return result
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = method.__doc__
+    return call
+
+
+for _name in _HOLE_ROLES:
+    setattr(Collectives, _name, _with_holes(_name, getattr(Collectives, _name)))

@@ -20,7 +20,7 @@ from .errors import IvmpiError
 from .nbcoll import NonblockingCollectives
 from .topo import TopologyConstructors
 from .request import (MESSAGE_NO_PROC, Message, MPIError, Prequest, Request, SendrecvOp,
-                      fill_status)
+                      UnpackingPrequest, UnpackingRequest, fill_status)
 
 ANY_SOURCE = _MPI.ANY_SOURCE
 ANY_TAG = _MPI.ANY_TAG
@@ -388,14 +388,15 @@ class Comm(_MPI.Comm):
         return self._fast.Irecv(buf, source, tag)
 
     def _general_Irecv(self, buf, source, tag):
-        return self._irecv_bytes(parse_recv(buf, rank=source).mem, source, tag, None, "Irecv")
+        b = parse_recv(buf, rank=source, holes=True)
+        req = self._irecv_bytes(b.mem, source, tag, None, "Irecv")
+        return req if b.unpack is None else _unpacking(req, b.unpack)
 
     def Recv(self, buf, source=ANY_SOURCE, tag=ANY_TAG, status=None):
         self._fast.Recv(buf, source, tag, status)
 
     def _general_Recv(self, buf, source, tag, status):
-        # A derived datatype with holes arrives packed and is unpacked here
-        # (nonblocking receives refuse such types: nothing would unpack them).
+        # A derived datatype with holes arrives packed and is unpacked here.
         b = parse_recv(buf, rank=source, holes=True)
         self._irecv_bytes(b.mem, source, tag, None, "Recv").Wait(status)
         if b.unpack is not None:
@@ -422,21 +423,25 @@ class Comm(_MPI.Comm):
     def Isendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
                   recvtag=ANY_TAG):
         self._check_send_args(dest, sendtag, "Isendrecv")
-        sendmem = parse_send(sendbuf, rank=dest).mem
-        return self._isendrecv(sendmem, dest, sendtag, parse_recv(recvbuf, rank=source).mem,
-                               source, recvtag, "Isendrecv")
+        sendmem = parse_send(sendbuf, rank=dest, holes=True).mem
+        received = parse_recv(recvbuf, rank=source, holes=True)
+        return self._isendrecv(sendmem, dest, sendtag, received.mem, source, recvtag,
+                               "Isendrecv", received.unpack)
 
     def Isendrecv_replace(self, buf, dest, sendtag=0, source=ANY_SOURCE, recvtag=ANY_TAG):
         self._check_send_args(dest, sendtag, "Isendrecv_replace")
-        b = parse_recv(buf, rank=source if source != PROC_NULL else dest)
+        b = parse_recv(buf, rank=source if source != PROC_NULL else dest, holes=True, fill=True)
         # The outgoing bytes are taken now: the incoming ones land in buf.
         return self._isendrecv(memoryview(bytes(b.mem)), dest, sendtag, b.mem, source,
-                               recvtag, "Isendrecv_replace")
+                               recvtag, "Isendrecv_replace", b.unpack)
 
-    def _isendrecv(self, sendmem, dest, sendtag, recvmem, source, recvtag, what):
+    def _isendrecv(self, sendmem, dest, sendtag, recvmem, source, recvtag, what, unpack=None):
         rreq = self._irecv_bytes(recvmem, source, recvtag, None, what)
         sreq = self._isend_bytes(sendmem, dest, sendtag, False, what)
-        return Request(self, SendrecvOp(sreq._op, rreq._op), what=(what, "from", source))
+        op = SendrecvOp(sreq._op, rreq._op)
+        if unpack is not None:
+            return UnpackingRequest(self, op, unpack, what=(what, "from", source))
+        return Request(self, op, what=(what, "from", source))
 
     def _check_send_args(self, dest, tag, what):
         # Checked before a receive is posted, so a bad send half leaves nothing behind.
@@ -449,31 +454,40 @@ class Comm(_MPI.Comm):
         self._check_send_args(dest, sendtag, "Sendrecv_replace")
         # mpi4py's rule: the buffer is read for the receiving peer, or for
         # the sending one when that is PROC_NULL.
-        b = parse_recv(buf, rank=source if source != PROC_NULL else dest)
+        b = parse_recv(buf, rank=source if source != PROC_NULL else dest, holes=True, fill=True)
         outgoing = bytes(b.mem)
         rreq = self._irecv_bytes(b.mem, source, recvtag, None, "Sendrecv_replace")
         sreq = self._isend_bytes(memoryview(outgoing), dest, sendtag, False, "Sendrecv_replace")
         Request.Waitall([sreq, rreq], None if status is None else [_MPI.Status(), status])
+        if b.unpack is not None:
+            b.unpack()
 
     def Send_init(self, buf, dest, tag=0):
-        b = parse_send(buf, rank=dest)
-        return Prequest(self, lambda: (self._isend_bytes(b.mem, dest, tag, False, "Send_init")._op, None),
-                        "persistent send")
+        return self._send_init(buf, dest, tag, False, "Send_init", "persistent send")
 
     def Ssend_init(self, buf, dest, tag=0):
-        b = parse_send(buf, rank=dest)
-        return Prequest(self, lambda: (self._isend_bytes(b.mem, dest, tag, True, "Ssend_init")._op, None),
-                        "persistent synchronous send")
+        return self._send_init(buf, dest, tag, True, "Ssend_init", "persistent synchronous send")
+
+    def _send_init(self, buf, dest, tag, sync, what, description):
+        b = parse_send(buf, rank=dest, holes=True)
+
+        def start():
+            if b.pack is not None:
+                b.pack()    # the data as they are now, at each start
+            return self._isend_bytes(b.mem, dest, tag, sync, what)._op, None
+        return Prequest(self, start, description)
 
     Bsend_init = Send_init
     Rsend_init = Send_init
 
     def Recv_init(self, buf, source=ANY_SOURCE, tag=ANY_TAG):
-        b = parse_recv(buf, rank=source)
+        b = parse_recv(buf, rank=source, holes=True)
 
         def start():
             req = self._irecv_bytes(b.mem, source, tag, None, "Recv_init")
             return req._op, None
+        if b.unpack is not None:
+            return UnpackingPrequest(self, start, b.unpack, "persistent receive")
         return Prequest(self, start, "persistent receive")
 
     # --- probes ---------------------------------------------------------------
@@ -872,6 +886,11 @@ _NEEDS_A_LAUNCHER = tuple(
                     "Agree", "Shrink", "Cart_map", "Graph_map")
         or name.startswith(("Create_cart", "Create_graph", "Create_dist_graph",
                             "Create_intercomm"))))
+
+
+def _unpacking(request, unpack):
+    """request as an UnpackingRequest that calls unpack on completion."""
+    return UnpackingRequest(request._comm, request._op, unpack, request._what)
 
 
 def _refusal(name):

@@ -139,6 +139,7 @@ class Request:
     # Like mpi4py's Request (a C type): no per-instance dict, cheaper to make.
     # _origin is set on copies only (see __eq__), so making one costs nothing.
     __slots__ = ("_comm", "_op", "_decode", "_what", "_origin", "__weakref__")
+    _unpacks = False        # completion has work to do (UnpackingRequest)
 
     def __init__(self, request=None, op=_PUBLIC, decode=None, what="request"):
         if op is _PUBLIC:
@@ -376,7 +377,7 @@ class Request:
             for req in requests:
                 op = req._op
                 if op is not None:
-                    if op.error is None:
+                    if op.error is None and not req._unpacks:
                         req._op = None
                     elif failed is None:
                         failed = req
@@ -674,6 +675,45 @@ class Prequest(Request):
             req.Start()
 
 
+class UnpackingRequest(Request):
+    """A receive into a derived datatype with holes: the message lands in
+    a packed staging buffer, scattered into the user's memory on completion."""
+    __slots__ = ("_unpack",)
+    _unpacks = True
+
+    def __init__(self, comm, op, unpack, what="request"):
+        Request.__init__(self, comm, op, None, what)
+        self._unpack = unpack
+
+    def _copy(self, request):
+        Request._copy(self, request)
+        self._unpack = getattr(request, "_unpack", None)
+
+    def _complete(self, status, decode=True):
+        op = self._op
+        result = Request._complete(self, status, decode)     # raises on truncation
+        if not op.cancelled and self._unpack is not None:
+            self._unpack()
+        return result
+
+
+class UnpackingPrequest(Prequest):
+    """A persistent receive into a derived datatype with holes (see
+    UnpackingRequest); each completion unpacks."""
+    __slots__ = ("_unpack",)
+    _unpacks = True
+
+    def __init__(self, comm, start, unpack, what="persistent request"):
+        Prequest.__init__(self, comm, start, what)
+        self._unpack = unpack
+
+    def _copy(self, request):
+        Prequest._copy(self, request)
+        self._unpack = getattr(request, "_unpack", None)
+
+    _complete = UnpackingRequest._complete
+
+
 class Message:
     """A message taken by a matched probe, received with Recv/Irecv/recv/irecv.
 
@@ -816,7 +856,10 @@ class Message:
         incoming = self._take()
         if incoming is None:
             return Request(self._comm, None, what="Message.Irecv")
-        op = self._comm._engine.recv_matched(incoming, parse_recv(buf).mem)
+        b = parse_recv(buf, holes=True)
+        op = self._comm._engine.recv_matched(incoming, b.mem)
+        if b.unpack is not None:
+            return UnpackingRequest(self._comm, op, b.unpack, what="Message.Irecv")
         return Request(self._comm, op, what="Message.Irecv")
 
     def Recv(self, buf, status=None):

@@ -1,6 +1,7 @@
-"""Derived datatypes with holes in the blocking point-to-point calls,
-Sendrecv and Bcast: the same program over ivmpi and over mpi4py (the MPI
-library underneath) must give the same arrays."""
+"""Derived datatypes with holes in point-to-point calls (blocking,
+nonblocking, persistent, matched) and collectives: the same program over
+ivmpi and over mpi4py (the MPI library underneath) must give the same
+arrays."""
 import numpy as np
 import pytest
 from mpi4py import MPI as native
@@ -15,7 +16,16 @@ def _types():
     every_other = native.DOUBLE.Create_indexed_block(1, [0, 2, 4, 6, 8]).Commit()
     sub = native.DOUBLE.Create_subarray([4, 4], [2, 2], [1, 1]).Commit()
     wide = native.INT32_T.Create_resized(0, 12).Commit()
-    return {"column": col, "indexed": every_other, "subarray": sub, "resized": wide}
+    pair = native.Datatype.Create_struct([1, 1], [0, 16], [native.DOUBLE, native.DOUBLE]).Commit()
+    nested = col.Create_hvector(2, 1, 8).Commit()          # two interleaved columns
+    darray = native.DOUBLE.Create_darray(4, 1, [4, 4], [native.DISTRIBUTE_BLOCK,
+                                                         native.DISTRIBUTE_CYCLIC],
+                                         [native.DISTRIBUTE_DFLT_DARG, 2], [2, 2]).Commit()
+    return {"column": col, "indexed": every_other, "subarray": sub, "resized": wide,
+            "struct": pair, "nested": nested, "darray": darray}
+
+
+KINDS = ["column", "indexed", "subarray", "resized", "struct", "nested", "darray"]
 
 
 def _program(comm, MPI_, kind):
@@ -48,24 +58,148 @@ def _program(comm, MPI_, kind):
         comm.Recv([target, 1, datatype], 0, 5, status)
         results += [packed, target, np.array([status.Get_count(datatype),
                                               status.Get_count(MPI_._typedict[base.dtype.char])])]
+    # Nonblocking receive, Isendrecv, Sendrecv_replace, persistent requests
+    # whose data change between starts, a matched probe.
+    out = np.full_like(base, -1)
+    req = comm.Irecv([out, 1, datatype], left, 6)
+    comm.Send([base, 1, datatype], right, 6)
+    req.Wait(status)
+    results += [out.copy(), np.array([status.Get_count(datatype)])]
+    out = np.full_like(base, -1)
+    comm.Isendrecv([base, 1, datatype], right, 7, [out, 1, datatype], left, 7).Wait()
+    results.append(out.copy())
+    swap = base.copy()
+    comm.Sendrecv_replace([swap, 1, datatype], right, 8, left, 8)
+    results.append(swap)
+    out = np.full_like(base, -1)
+    data = base.copy()
+    sreq = comm.Send_init([data, 1, datatype], right, 9)
+    rreq = comm.Recv_init([out, 1, datatype], left, 9)
+    for round_ in range(3):
+        data[:] = base + 100 * round_
+        MPI_.Prequest.Startall([rreq, sreq])
+        MPI_.Request.Waitall([rreq, sreq])
+        results.append(out.copy())
+    sreq.Free()
+    rreq.Free()
+    comm.Isend([base, 1, datatype], right, 10).Wait()
+    out = np.full_like(base, -1)
+    comm.Mprobe(left, 10).Irecv([out, 1, datatype]).Wait()
+    results.append(out.copy())
     for t in types.values():
         t.Free()
     return results
 
 
-@pytest.mark.parametrize("kind", ["column", "indexed", "subarray", "resized"])
+def _collectives(comm, MPI_, kind):
+    """The collectives that move data without reducing it (Open MPI refuses
+    derived datatypes in reductions, so those are checked separately)."""
+    types = _types()
+    datatype = types[kind]
+    rank, size = comm.rank, comm.size
+    extent = datatype.Get_extent()[1]
+    dtype = "i4" if kind == "resized" else "f8"
+    itemsize = np.dtype(dtype).itemsize
+    # Room for `size` elements of the type, plus its reach past one extent.
+    length = (size * extent + datatype.Get_true_extent()[1]) // itemsize + 1
+    mine = np.arange(length, dtype=dtype) + 1000 * (rank + 1)
+    results = []
+
+    def fresh():
+        return np.full(length, -1, dtype=dtype)
+    out = fresh()
+    comm.Allgather([mine, 1, datatype], [out, 1, datatype])
+    results.append(out)
+    out = fresh()
+    comm.Gather([mine, 1, datatype], [out, 1, datatype], root=size - 1)
+    results.append(out)
+    out = fresh()
+    comm.Scatter([mine, 1, datatype], [out, 1, datatype], root=0)
+    results.append(out)
+    out = fresh()
+    comm.Alltoall([mine, 1, datatype], [out, 1, datatype])
+    results.append(out)
+    counts, displs = [1] * size, list(range(size))[::-1]
+    out = fresh()
+    comm.Allgatherv([mine, 1, datatype], [out, (counts, displs), datatype])
+    results.append(out)
+    out = fresh()
+    comm.Gatherv([mine, 1, datatype], [out, (counts, displs), datatype], root=0)
+    results.append(out)
+    out = fresh()
+    comm.Scatterv([mine, (counts, displs), datatype], [out, 1, datatype], root=size - 1)
+    results.append(out)
+    out = fresh()
+    comm.Alltoallv([mine, (counts, displs), datatype], [out, (counts, list(range(size))),
+                                                          datatype])
+    results.append(out)
+    out = mine.copy()
+    comm.Allgather(MPI_.IN_PLACE, [out, 1, datatype])
+    results.append(out)
+    for t in types.values():
+        t.Free()
+    return results
+
+
+def _same(ours, theirs):
+    assert len(ours) == len(theirs)
+    for i, (mine, expected) in enumerate(zip(ours, theirs)):
+        assert np.array_equal(mine, expected), (i, mine, expected)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_holes_match_mpi4py(comm, kind):
     ours = _program(comm, MPI, kind)
     reference = native.COMM_WORLD.Dup()
     theirs = _program(reference, native, kind)
     reference.Free()
-    assert len(ours) == len(theirs)
-    for mine, expected in zip(ours, theirs):
-        assert np.array_equal(mine, expected)
+    _same(ours, theirs)
 
 
-def test_nonblocking_receive_with_holes_is_refused_not_wrong(comm):
+@pytest.mark.parametrize("kind", KINDS)
+def test_collectives_with_holes_match_mpi4py(comm, kind):
+    ours = _collectives(comm, MPI, kind)
+    reference = native.COMM_WORLD.Dup()
+    theirs = _collectives(reference, native, kind)
+    reference.Free()
+    _same(ours, theirs)
+
+
+def test_reductions_over_a_column(comm):
+    """A column reduced element by element, in place too, and scanned: the
+    library reduces a contiguous copy for the reference."""
+    rank, size = comm.rank, comm.size
+    col = native.DOUBLE.Create_vector(5, 1, 4).Create_resized(0, 8).Commit()
+    a = np.arange(20.0).reshape(5, 4) * (rank + 1) + rank
+    out = np.full((5, 4), -1.0)
+    comm.Allreduce([a, (1, 1), col], [out, (1, 2), col], op=MPI.SUM)
+    tmp = np.zeros(5)
+    native.COMM_WORLD.Allreduce(a[:, 1].copy(), tmp, op=native.SUM)
+    assert np.array_equal(out[:, 2], tmp)
+    assert (out[:, [0, 1, 3]] == -1).all()      # the holes are left alone
+    inplace = a.copy()
+    comm.Allreduce(MPI.IN_PLACE, [inplace, (1, 3), col], op=MPI.MAX)
+    native.COMM_WORLD.Allreduce(a[:, 3].copy(), tmp, op=native.MAX)
+    assert np.array_equal(inplace[:, 3], tmp)
+    assert np.array_equal(inplace[:, :3], a[:, :3])
+    out[:] = -1
+    comm.Scan([a, 1, col], [out, 1, col])
+    native.COMM_WORLD.Scan(a[:, 0].copy(), tmp)
+    assert np.array_equal(out[:, 0], tmp)
+    out[:] = -1
+    comm.Reduce([a, 1, col], [out, 1, col] if rank == 0 else None, root=0)
+    native.COMM_WORLD.Reduce(a[:, 0].copy(), tmp, root=0)
+    if rank == 0:
+        assert np.array_equal(out[:, 0], tmp)
+    col.Free()
+
+
+def test_receive_too_small_for_the_type_is_refused(comm):
+    """A receive whose datatype reaches past the buffer is refused before
+    anything is posted, blocking or not."""
     col = native.DOUBLE.Create_vector(4, 1, 4).Commit()
-    with pytest.raises(ValueError, match="not contiguous"):
-        comm.Irecv([np.zeros(16), 1, col], comm.rank, 9)
+    for call in (lambda: comm.Irecv([np.zeros(12), 1, col], comm.rank, 9),
+                 lambda: comm.Recv_init([np.zeros(12), 1, col], comm.rank, 9)):
+        with pytest.raises(ValueError, match="reach"):
+            call()
     col.Free()

@@ -1,0 +1,239 @@
+"""Derived datatypes: where their bytes are, and moving them.
+
+A derived datatype describes bytes scattered around an origin (a vector's
+column, a subarray's face, a struct's fields).  ivmpi flattens each one
+once into *runs*: ``(offset, length)`` pairs relative to the origin of one
+element, in the order of MPI's type map (the order Pack uses), adjacent
+runs merged.  Element i of a count lies ``i * extent`` further on.  The
+Cython kernels ``gather_runs``/``scatter_runs`` then copy between the
+user's memory and a contiguous staging buffer, which is what travels
+through the region (the region never sees a derived type).
+
+Flattening reads the type's own constructor arguments (``Datatype.decode``)
+and builds the runs with numpy; the few constructors it does not unfold
+itself (``Create_darray``, Fortran parameterised types) are probed through
+the MPI library's ``Pack``.  The result is kept as an MPI attribute of the
+datatype (``Datatype.Set_attr``), so it goes away with the type when the
+user frees it, and a new type that reuses a freed handle starts afresh.
+"""
+import numpy as np
+
+from ._fastcopy import gather_runs, scatter_runs
+from .errors import BufferSpecError
+from .lib import MPI
+
+# A type whose runs are probed byte by byte must fit this many bytes.
+PROBE_LIMIT = 64 << 20
+
+
+class Layout:
+    """The flattened form of a datatype.
+
+    offsets, lengths  int64 arrays: the runs of one element
+    size              bytes of data in one element (sum of lengths)
+    extent            distance between consecutive elements
+    low, high         the lowest and one past the highest byte an element
+                      touches, relative to its origin (true lb and ub)
+    basic             the one predefined type every byte belongs to, or
+                      None for a mix (a struct of ints and doubles)
+    nbasic            how many of those basic elements one element holds
+    """
+    __slots__ = ("offsets", "lengths", "size", "extent", "low", "high", "basic", "nbasic")
+
+    def __init__(self, offsets, lengths, extent, basic, nbasic):
+        self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        self.lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+        self.size = int(self.lengths.sum())
+        self.extent = extent
+        if len(self.offsets):
+            self.low = int(self.offsets.min())
+            self.high = int((self.offsets + self.lengths).max())
+        else:
+            self.low = self.high = 0
+        self.basic = basic
+        self.nbasic = nbasic
+
+    def span(self, count):
+        """(first, end): the bytes count elements touch, from the origin of
+        the first element (extent may be negative: then the last element
+        lies lowest)."""
+        if count <= 0 or not self.size:
+            return 0, 0
+        last = (count - 1) * self.extent
+        return min(0, last) + self.low, max(0, last) + self.high
+
+    def check(self, count, available, origin=0):
+        """Raise unless count elements starting at origin stay inside a
+        buffer of `available` bytes."""
+        first, end = self.span(count)
+        if first + origin < 0 or end + origin > available:
+            raise BufferSpecError(
+                f"{count} elements of the datatype reach bytes {first + origin} to "
+                f"{end + origin} of a buffer of {available} bytes")
+
+    def gather(self, src, origin, count, dst):
+        """Copy count elements of src (the origin of the first at byte
+        `origin`) packed into dst, which holds count * size bytes."""
+        gather_runs(src, origin, count, self.extent, self.offsets, self.lengths, dst)
+
+    def scatter(self, src, dst, origin, count):
+        """The reverse of gather: packed src into count elements of dst."""
+        scatter_runs(src, dst, origin, count, self.extent, self.offsets, self.lengths)
+
+
+_KEYVAL = None
+_PREDEFINED = {}
+
+
+def layout(datatype):
+    """The Layout of a committed datatype (computed once, then kept)."""
+    global _KEYVAL
+    if datatype.is_predefined:
+        handle = datatype.handle
+        found = _PREDEFINED.get(handle)
+        if found is None:
+            found = _PREDEFINED[handle] = _flatten(datatype)
+        return found
+    if _KEYVAL is None:
+        _KEYVAL = MPI.Datatype.Create_keyval()
+    found = datatype.Get_attr(_KEYVAL)
+    if found is None:
+        found = _flatten(datatype)
+        datatype.Set_attr(_KEYVAL, found)
+    return found
+
+
+def _flatten(datatype):
+    offsets, lengths = _runs(datatype)
+    offsets, lengths = _merge(offsets, lengths)
+    basic, nbasic = _basic(datatype)
+    return Layout(offsets, lengths, datatype.Get_extent()[1], basic, nbasic)
+
+
+def _merge(offsets, lengths):
+    """Drop empty runs and join each run to the previous one it continues."""
+    keep = lengths > 0
+    offsets, lengths = offsets[keep], lengths[keep]
+    if len(offsets) < 2:
+        return offsets, lengths
+    starts = np.flatnonzero(np.concatenate(
+        ([True], offsets[1:] != offsets[:-1] + lengths[:-1])))
+    return offsets[starts], np.add.reduceat(lengths, starts)
+
+
+def _replicate(offsets, lengths, origins):
+    """The runs of a base type laid out once at each of origins (in order)."""
+    origins = np.asarray(origins, dtype=np.int64).ravel()
+    return ((origins[:, None] + offsets[None, :]).ravel(),
+            np.tile(lengths, len(origins)))
+
+
+def _runs(datatype):
+    """Runs of one element, in type-map order, not yet merged."""
+    if datatype.is_predefined:
+        size, extent = datatype.Get_size(), datatype.Get_extent()[1]
+        if size == extent:
+            return np.zeros(1, np.int64), np.full(1, size, np.int64)
+        return _probe(datatype)      # pair types such as SHORT_INT have padding
+    base, combiner, p = datatype.decode()
+    if combiner in ("DUP", "RESIZED"):
+        return _runs(base)
+    if combiner == "STRUCT":
+        parts = [_replicate(*_runs(t), d + np.arange(n, dtype=np.int64) * t.Get_extent()[1])
+                 for n, d, t in zip(p["blocklengths"], p["displacements"], p["datatypes"])]
+        return _concat(parts)
+    offsets, lengths = _runs(base)
+    ext = base.Get_extent()[1]
+    if combiner == "CONTIGUOUS":
+        origins = np.arange(p["count"], dtype=np.int64) * ext
+    elif combiner in ("VECTOR", "HVECTOR"):
+        step = p["stride"] * (ext if combiner == "VECTOR" else 1)
+        origins = (np.arange(p["count"], dtype=np.int64)[:, None] * step
+                   + np.arange(p["blocklength"], dtype=np.int64)[None, :] * ext)
+    elif combiner in ("INDEXED", "HINDEXED", "INDEXED_BLOCK", "HINDEXED_BLOCK"):
+        unit = ext if combiner.startswith("INDEXED") else 1
+        displs = p["displacements"]
+        counts = p["blocklengths"] if "blocklengths" in p else [p["blocklength"]] * len(displs)
+        origins = np.concatenate(
+            [np.zeros(0, np.int64)]
+            + [d * unit + np.arange(n, dtype=np.int64) * ext for n, d in zip(counts, displs)])
+    elif combiner == "SUBARRAY":
+        sizes, subsizes, starts = p["sizes"], p["subsizes"], p["starts"]
+        if p["order"] == MPI.ORDER_FORTRAN:
+            sizes, subsizes, starts = sizes[::-1], subsizes[::-1], starts[::-1]
+        origins = np.zeros(1, np.int64)
+        for size, sub, start in zip(sizes, subsizes, starts):
+            origins = (origins[:, None] * size
+                       + (start + np.arange(sub, dtype=np.int64))[None, :]).ravel()
+        origins = origins * ext
+    else:
+        return _probe(datatype)
+    return _replicate(offsets, lengths, origins)
+
+
+def _concat(parts):
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return (np.concatenate([o for o, _ in parts]), np.concatenate([n for _, n in parts]))
+
+
+def _probe(datatype):
+    """Runs found by packing a buffer whose bytes spell their own position
+    (one byte plane per Pack): the MPI library says where each packed byte
+    came from.  For the constructors _runs does not unfold."""
+    true_lb, true_extent = datatype.Get_true_extent()
+    size = datatype.Get_size()
+    if size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if true_extent > PROBE_LIMIT:
+        raise BufferSpecError(
+            f"a datatype spanning {true_extent} bytes is too large to flatten here")
+    # Shift the type so that its lowest byte sits at the buffer's start,
+    # and size it to that span: Pack then takes exactly one element.
+    moved = datatype.Create_hindexed([1], [-true_lb])
+    shifted = moved.Create_resized(0, true_extent).Commit()
+    moved.Free()
+    try:
+        position = np.zeros(size, np.int64)
+        index = np.arange(true_extent, dtype=np.int64)
+        packed = np.empty(size, np.uint8)
+        shift = 0
+        while True:
+            plane = ((index >> shift) & 0xFF).astype(np.uint8)
+            shifted.Pack(plane, packed, 0, MPI.COMM_SELF)
+            position |= packed.astype(np.int64) << shift
+            shift += 8
+            if not (true_extent - 1) >> shift:
+                break
+    finally:
+        shifted.Free()
+    position += true_lb
+    starts = np.flatnonzero(np.concatenate(([True], position[1:] != position[:-1] + 1)))
+    lengths = np.diff(np.concatenate((starts, [size])))
+    return position[starts], lengths
+
+
+def _basic(datatype):
+    """(basic type, count per element) when every byte belongs to one
+    predefined type, else (None, 0)."""
+    if datatype.is_predefined:
+        return datatype, 1
+    base, combiner, p = datatype.decode()
+    if combiner == "STRUCT":
+        found, total = None, 0
+        for n, t in zip(p["blocklengths"], p["datatypes"]):
+            basic, each = _basic(t)
+            if basic is None or (found is not None and basic != found):
+                return None, 0
+            if n and each:
+                found = basic
+            total += n * each
+        return (found, total) if found is not None else (None, 0)
+    basic, each = _basic(base)
+    if basic is None:
+        return None, 0
+    if combiner in ("DUP", "RESIZED"):
+        return basic, each
+    size = datatype.Get_size()
+    per = basic.Get_size()
+    return (basic, size // per) if per and size % per == 0 else (None, 0)

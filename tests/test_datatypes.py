@@ -1,0 +1,94 @@
+"""Flattened datatypes: gathering and scattering through ivmpi.datatypes
+gives exactly the bytes of the MPI library's Pack and Unpack, for every
+constructor, nested, with negative lower bounds and padding."""
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from ivmpi import datatypes
+from ivmpi.errors import BufferSpecError
+
+
+def _types():
+    d = MPI.DOUBLE
+    vector = d.Create_vector(4, 2, 5).Commit()
+    shifted = vector.Create_resized(-8, 24).Commit()
+    return {
+        "contiguous": MPI.INT.Create_contiguous(3).Commit(),
+        "vector": vector,
+        "hvector": MPI.INT.Create_hvector(3, 2, 20).Commit(),
+        "indexed": MPI.INT.Create_indexed([2, 1, 3], [5, 0, 9]).Commit(),
+        "hindexed": MPI.SHORT.Create_hindexed([1, 2], [10, 2]).Commit(),
+        "indexed_block": MPI.INT.Create_indexed_block(2, [1, 5, 3]).Commit(),
+        "hindexed_block": MPI.INT.Create_hindexed_block(2, [4, 24]).Commit(),
+        "subarray C": d.Create_subarray([4, 5, 6], [2, 3, 2], [1, 2, 3]).Commit(),
+        "subarray Fortran": d.Create_subarray([4, 5, 6], [2, 3, 2], [1, 2, 3],
+                                              order=MPI.ORDER_FORTRAN).Commit(),
+        "resized, negative lb": shifted,
+        "struct": MPI.Datatype.Create_struct([1, 2, 1], [0, 8, 40],
+                                             [MPI.INT, shifted, MPI.SHORT]).Commit(),
+        "dup": vector.Dup().Commit(),
+        "contiguous of vectors": vector.Create_contiguous(3).Commit(),
+        "darray": d.Create_darray(4, 1, [8, 6], [MPI.DISTRIBUTE_BLOCK, MPI.DISTRIBUTE_CYCLIC],
+                                  [MPI.DISTRIBUTE_DFLT_DARG, 2], [2, 2]).Commit(),
+        "padded pair": MPI.SHORT_INT,
+        "vector of padded pairs": MPI.SHORT_INT.Create_vector(3, 1, 2).Commit(),
+    }
+
+
+TYPES = _types()
+
+
+@pytest.mark.parametrize("name", list(TYPES))
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_gather_and_scatter_match_pack_and_unpack(name, count):
+    datatype = TYPES[name]
+    layout = datatypes.layout(datatype)
+    assert layout.size == datatype.Get_size()
+    extent = datatype.Get_extent()[1]
+    true_lb, true_extent = datatype.Get_true_extent()
+    origin = 16 + max(0, -true_lb) + max(0, -(count - 1) * extent)
+    nbytes = origin + max(1, count) * max(abs(extent), true_extent) + abs(true_lb) + 64
+    user = np.random.default_rng(count).integers(0, 256, nbytes, dtype=np.uint8)
+    ours = bytearray(layout.size * count)
+    layout.gather(user, origin, count, ours)
+    # The library's reference: the same elements placed at `origin` of the buffer.
+    placed = MPI.Datatype.Create_struct([count], [origin], [datatype])
+    whole = placed.Create_resized(0, nbytes).Commit()
+    theirs = bytearray(layout.size * count)
+    if count:
+        whole.Pack(user, theirs, 0, MPI.COMM_SELF)
+    assert ours == theirs
+    back, expected = bytearray(nbytes), bytearray(nbytes)
+    layout.scatter(ours, back, origin, count)
+    if count:
+        whole.Unpack(theirs, 0, expected, MPI.COMM_SELF)
+    assert back == expected
+    placed.Free()
+    whole.Free()
+
+
+def test_basic_type_of_homogeneous_types():
+    assert datatypes.layout(TYPES["vector"]).basic == MPI.DOUBLE
+    assert datatypes.layout(TYPES["vector"]).nbasic == 8
+    assert datatypes.layout(TYPES["struct"]).basic is None
+
+
+def test_out_of_bounds_is_refused_before_any_copy():
+    layout = datatypes.layout(TYPES["vector"])
+    user = np.zeros(16, np.uint8)
+    with pytest.raises(BufferSpecError, match="reach"):
+        layout.gather(user, 0, 1, bytearray(layout.size))
+    with pytest.raises(BufferSpecError, match="packed buffer"):
+        layout.gather(np.zeros(4096, np.uint8), 0, 1, bytearray(layout.size - 1))
+
+
+def test_a_freed_handle_reused_by_a_new_type_is_flattened_afresh():
+    """The flattened form lives in an attribute of the datatype: freeing
+    the type drops it, so a new type on the same handle is not mistaken
+    for the old one."""
+    for stride in range(2, 40):
+        t = MPI.INT.Create_indexed([1, 1], [0, stride]).Commit()
+        layout = datatypes.layout(t)
+        assert list(layout.offsets) == [0, 4 * stride], stride
+        t.Free()
