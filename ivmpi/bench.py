@@ -118,6 +118,9 @@ def pingpong_parser():
                              "large sends skip the sender's copy)")
     parser.add_argument("--small-dict", action="store_true",
                         help="also time pickled send/recv of a small 4-item dict")
+    parser.add_argument("--halo", action="store_true",
+                        help="also time halo exchanges with derived datatypes (a column of "
+                             "1024x1024 float64, a face of 128^3)")
     parser.add_argument("--exchange", action="store_true",
                         help="also time an 8-byte exchange between ranks 0 and 1 written as "
                              "Irecv + Isend + Request.Waitall (the nonblocking general path)")
@@ -274,6 +277,65 @@ def measure_exchange(comm, MPI, options):
     return loop, times
 
 
+# Halo exchanges with derived datatypes: a column of a 1024 x 1024 float64
+# array (a vector: 1024 blocks of one double, stride 1024) and a face of a
+# 128^3 float64 array (a subarray, the face across the fastest axis, so
+# 16384 single doubles).  Each rank sends its first column/face and
+# receives the peer's into its last; one Sendrecv on each rank at once.
+HALO_CASES = {
+    "column": ((1024, 1024), 1024 * 8),
+    "face": ((128, 128, 128), 128 * 128 * 8),
+}
+
+
+def halo_types(MPI, kind):
+    """(array, send type, receive type) of a halo case."""
+    import numpy
+    shape, _ = HALO_CASES[kind]
+    array = numpy.zeros(shape)
+    if kind == "column":
+        column = MPI.DOUBLE.Create_vector(shape[0], 1, shape[1])
+        first = column.Create_resized(0, 8).Commit()
+        column.Free()
+        return array, [array, (1, 0), first], [array, (1, shape[1] - 1), first]
+    sizes, sub = list(shape), list(shape[:-1]) + [1]
+    first = MPI.DOUBLE.Create_subarray(sizes, sub, [0, 0, 0]).Commit()
+    last = MPI.DOUBLE.Create_subarray(sizes, sub, [0, 0, shape[-1] - 1]).Commit()
+    return array, [array, 1, first], [array, 1, last]
+
+
+def time_halo(comm, MPI, count, halo):
+    rank = comm.Get_rank()
+    if rank > 1:
+        return 0.0, None
+    other = 1 - rank
+    array, send, recv = halo
+    sendrecv = comm.Sendrecv
+    t_start = MPI.Wtime()
+    for _ in range(count):
+        sendrecv(send, other, 6, recv, other, 6)
+    elapsed = (MPI.Wtime() - t_start) / max(count, 1)
+    return elapsed, array[..., -1].copy()
+
+
+def measure_halo(kind):
+    def measure(comm, MPI, options):
+        skip, loop = iterations_for(HALO_CASES[kind][1], options)
+        halo = halo_types(MPI, kind)
+        halo[0][...] = comm.Get_rank() + 1.0
+        try:
+            times, received = repeat_timing(comm, options, skip, loop,
+                                            lambda count: time_halo(comm, MPI, count, halo))
+        finally:
+            halo[1][2].Free()
+            if halo[2][2] != halo[1][2]:
+                halo[2][2].Free()
+        if comm.Get_rank() == 0 and not (received == 2.0).all():
+            raise RuntimeError(f"halo {kind}: rank 0 did not receive rank 1's values")
+        return loop, times
+    return measure
+
+
 def measure_small_dict(comm, MPI, options):
     skip, loop = iterations_for(0, options)
     times, received = repeat_timing(
@@ -334,13 +396,16 @@ def pingpong(comm, MPI, args=None):
                             "pickled small dict send/recv")
     exchange = extra_case(comm, MPI, options, options.exchange, measure_exchange,
                           "Irecv+Isend+Waitall exchange of 8 B")
+    halos = {f"halo_{kind}": extra_case(comm, MPI, options, options.halo, measure_halo(kind),
+                                        f"Sendrecv halo {kind}")
+             for kind in HALO_CASES}
     if rank == 0 and options.json:
         write_json(options.json, {
             "benchmark": "pingpong", "transport": options.transport,
             "mpi_library": mpi_library_name(MPI), "comm_size": comm.Get_size(),
             "pickle": options.pickle, "array": options.array,
             "time_unit": "s, half round trip", "bandwidth_unit": "B/s",
-            "results": results, "small_dict": small_dict, "exchange": exchange,
+            "results": results, "small_dict": small_dict, "exchange": exchange, **halos,
         })
     return results
 

@@ -46,6 +46,9 @@ LABELS = {
 }
 NATIVE = ("sm", "sm-nocopy", "tcp")
 COLLECTIVE_TRANSPORTS = ("ivmpi", "sm")
+# The extra ping-pong cases: key in the JSON documents, row label.
+EXTRA_ROWS = (("small_dict", "pickled dict"), ("exchange", "exchange 8 B"),
+              ("halo_column", "halo: column"), ("halo_face", "halo: face"))
 
 
 def log(message):
@@ -188,7 +191,7 @@ def pingpong_args(sizes, quick, small_dict):
         args += ["--repeats", "3", "-s", "200", "-l", "2000", "--skip-large", "20",
                  "--loop-large", "200", "--skip-huge", "2", "--loop-huge", "20"]
     if small_dict:
-        args += ["--small-dict", "--exchange"]
+        args += ["--small-dict", "--exchange", "--halo"]
     return args
 
 
@@ -222,8 +225,8 @@ class Results:
 
     def __init__(self, transports):
         self.pingpong = {t: {} for t in transports}       # transport -> size -> [times]
-        self.small_dict = {t: [] for t in transports}     # transport -> [times]
-        self.exchange = {t: [] for t in transports}       # transport -> [times]
+        # extra case (small_dict, exchange, halo_*) -> transport -> [times]
+        self.extras = {name: {t: [] for t in transports} for name, _ in EXTRA_ROWS}
         self.collectives = {t: {} for t in COLLECTIVE_TRANSPORTS}  # -> nranks -> op -> [times]
         self.memcpy = []
         self.zero_copy = {}                                # size -> [times], ivmpi Alloc_mem
@@ -232,10 +235,9 @@ class Results:
     def add_pingpong(self, transport, document):
         for row in document["results"]:
             self.pingpong[transport].setdefault(row["size"], []).extend(row["times"])
-        if document.get("small_dict"):
-            self.small_dict[transport].extend(document["small_dict"]["times"])
-        if document.get("exchange"):
-            self.exchange[transport].extend(document["exchange"]["times"])
+        for name, _ in EXTRA_ROWS:
+            if document.get(name):
+                self.extras[name][transport].extend(document[name]["times"])
 
     def add_zero_copy(self, document):
         for row in document["results"]:
@@ -312,14 +314,13 @@ def summarize(results, transports, sizes):
             str(n): time_ratio(pingpong.get("ivmpi", {}).get(str(n)),
                                pingpong.get(native, {}).get(str(n)))
             for n in sizes}
-    small_dict, exchange = {}, {}
-    for transport in transports:
-        median, minimum = median_min(results.small_dict[transport])
-        small_dict[transport] = None if median is None else {"time_median": median,
-                                                              "time_min": minimum}
-        median, minimum = median_min(results.exchange[transport])
-        exchange[transport] = None if median is None else {"time_median": median,
-                                                            "time_min": minimum}
+    extras = {}
+    for name, _ in EXTRA_ROWS:
+        extras[name] = {}
+        for transport in transports:
+            median, minimum = median_min(results.extras[name][transport])
+            extras[name][transport] = None if median is None else {"time_median": median,
+                                                                   "time_min": minimum}
     collectives = {}
     for transport, per_n in results.collectives.items():
         collectives[transport] = {}
@@ -336,8 +337,7 @@ def summarize(results, transports, sizes):
     median, minimum = median_min(results.memcpy)
     memcpy = {"size": MEMCPY_SIZE, "time_median": median, "time_min": minimum,
               "bandwidth_median": MEMCPY_SIZE / median, "bandwidth_max": MEMCPY_SIZE / minimum}
-    return {"pingpong": pingpong, "ratios": ratios, "small_dict": small_dict,
-            "exchange": exchange,
+    return {"pingpong": pingpong, "ratios": ratios, **extras,
             "collectives": collectives, "memcpy": memcpy, "zero_copy": zero_copy}
 
 
@@ -400,14 +400,12 @@ def report(summary, transports, sizes, errors):
             row += [fmt(summary["pingpong"].get(t, {}).get(str(nbytes))) for t in LABELS]
             row += [fmt_ratio(summary["ratios"][f"ivmpi/{n}"][str(nbytes)]) for n in NATIVE]
             rows.append(row)
-        dict_row = ["pickled dict"] + [fmt_time(summary["small_dict"].get(t)) for t in LABELS]
-        dict_row += [fmt_ratio(time_ratio(summary["small_dict"].get("ivmpi"),
-                                          summary["small_dict"].get(n))) for n in NATIVE]
-        exchange_row = ["exchange 8 B"] + [fmt_time(summary["exchange"].get(t)) for t in LABELS]
-        exchange_row += [fmt_ratio(time_ratio(summary["exchange"].get("ivmpi"),
-                                              summary["exchange"].get(n))) for n in NATIVE]
         if fmt is fmt_time:
-            rows += [dict_row, exchange_row]
+            for name, label in EXTRA_ROWS:
+                extra = summary.get(name) or {}
+                row = [label] + [fmt_time(extra.get(t)) for t in LABELS]
+                row += [fmt_ratio(time_ratio(extra.get("ivmpi"), extra.get(n))) for n in NATIVE]
+                rows.append(row)
         out.append(table(["size"] + [names[t] for t in LABELS] + ratio_head, rows))
     memcpy = summary["memcpy"]
     out.append("")

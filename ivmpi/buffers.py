@@ -467,9 +467,12 @@ def _parse(spec, writable, blocks, holes=False, fill=False):
         datatype = _as_datatype(datatype)
     if buf is None or buf is BOTTOM:
         return _bottom(count, datatype)
-    holes = holes and datatype is not None and has_holes(datatype)
-    mem, datatype, extent = _typed_memory(buf, writable, datatype, holes)
-    if holes:
+    if holes and datatype is not None and has_holes(datatype):
+        extent = layout(datatype).extent        # checks that the type is committed
+        if extent <= 0:
+            raise BufferSpecError(f"datatype {_type_name(datatype)} has extent {extent}: it "
+                                  f"cannot lay out a message in a buffer")
+        mem, _ = _memory(buf, writable, False)
         origin = _index(displ, "displacement") * extent if displ is not None else 0
         if count is None:
             elements = max(0, len(mem) - origin) // extent
@@ -479,6 +482,7 @@ def _parse(spec, writable, blocks, holes=False, fill=False):
             count = elements // blocks
         return _packed(Buf(mem, _index(count, "count"), datatype, buf), mem, origin, writable,
                        blocks, fill)
+    mem, datatype, extent = _typed_memory(buf, writable, datatype)
     return _finish(buf, mem, count, displ, datatype, extent, blocks, len(mem))
 
 

@@ -24,6 +24,14 @@ from .lib import MPI
 
 # A type whose runs are probed byte by byte must fit this many bytes.
 PROBE_LIMIT = 64 << 20
+# Types with more runs than this (a vector of millions of single doubles)
+# are gathered and scattered by the MPI library's Pack/Unpack instead:
+# their run tables would cost more memory than they save.
+MAX_RUNS = 1 << 20
+
+
+class TooManyRuns(Exception):
+    pass
 
 
 class Layout:
@@ -38,20 +46,27 @@ class Layout:
                       None for a mix (a struct of ints and doubles)
     nbasic            how many of those basic elements one element holds
     """
-    __slots__ = ("offsets", "lengths", "size", "extent", "low", "high", "basic", "nbasic")
+    __slots__ = ("offsets", "lengths", "size", "extent", "low", "high", "basic", "nbasic",
+                 "datatype")
 
-    def __init__(self, offsets, lengths, extent, basic, nbasic):
+    def __init__(self, datatype, offsets, lengths, extent, basic, nbasic):
+        self.size = datatype.Get_size()
+        self.extent = extent
+        self.low, true_extent = datatype.Get_true_extent()
+        self.high = self.low + true_extent
+        self.basic = basic
+        self.nbasic = nbasic
+        self.datatype = None
+        if offsets is None:
+            # Too many runs: the library packs (see MAX_RUNS).
+            self.datatype = datatype
+            self.offsets = self.lengths = None
+            return
         self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
         self.lengths = np.ascontiguousarray(lengths, dtype=np.int64)
-        self.size = int(self.lengths.sum())
-        self.extent = extent
         if len(self.offsets):
             self.low = int(self.offsets.min())
             self.high = int((self.offsets + self.lengths).max())
-        else:
-            self.low = self.high = 0
-        self.basic = basic
-        self.nbasic = nbasic
 
     def span(self, count):
         """(first, end): the bytes count elements touch, from the origin of
@@ -74,11 +89,38 @@ class Layout:
     def gather(self, src, origin, count, dst):
         """Copy count elements of src (the origin of the first at byte
         `origin`) packed into dst, which holds count * size bytes."""
+        if self.offsets is None:
+            self._library_copy(src, origin, count, dst, True)
+            return
         gather_runs(src, origin, count, self.extent, self.offsets, self.lengths, dst)
 
     def scatter(self, src, dst, origin, count):
         """The reverse of gather: packed src into count elements of dst."""
+        if self.offsets is None:
+            self._library_copy(dst, origin, count, src, False)
+            return
         scatter_runs(src, dst, origin, count, self.extent, self.offsets, self.lengths)
+
+
+    def _library_copy(self, user, origin, count, packed, gather):
+        user_bytes = memoryview(user).nbytes
+        self.check(count, user_bytes, origin)
+        if memoryview(packed).nbytes != count * self.size:
+            raise BufferSpecError(f"packed buffer holds {len(packed)} bytes, {count} "
+                                  f"elements need {count * self.size}")
+        if not count:
+            return
+        # The elements placed at `origin`, over the whole buffer: one Pack.
+        placed = MPI.Datatype.Create_struct([count], [origin], [self.datatype])
+        whole = placed.Create_resized(0, user_bytes).Commit()
+        placed.Free()
+        try:
+            if gather:
+                whole.Pack(user, packed, 0, MPI.COMM_SELF)
+            else:
+                whole.Unpack(packed, 0, user, MPI.COMM_SELF)
+        finally:
+            whole.Free()
 
 
 _KEYVAL = None
@@ -98,16 +140,24 @@ def layout(datatype):
         _KEYVAL = MPI.Datatype.Create_keyval()
     found = datatype.Get_attr(_KEYVAL)
     if found is None:
+        try:
+            # Packing zero bytes is how MPI itself notices an uncommitted type.
+            datatype.Pack(b"", bytearray(0), 0, MPI.COMM_SELF)
+        except MPI.Exception:
+            raise BufferSpecError(f"datatype {datatype.Get_name() or 'derived'} is not "
+                                  f"committed (call .Commit() first)") from None
         found = _flatten(datatype)
         datatype.Set_attr(_KEYVAL, found)
     return found
 
 
 def _flatten(datatype):
-    offsets, lengths = _runs(datatype)
-    offsets, lengths = _merge(offsets, lengths)
     basic, nbasic = _basic(datatype)
-    return Layout(offsets, lengths, datatype.Get_extent()[1], basic, nbasic)
+    try:
+        offsets, lengths = _merge(*_runs(datatype))
+    except TooManyRuns:
+        offsets = lengths = None
+    return Layout(datatype, offsets, lengths, datatype.Get_extent()[1], basic, nbasic)
 
 
 def _merge(offsets, lengths):
@@ -122,10 +172,12 @@ def _merge(offsets, lengths):
 
 
 def _replicate(offsets, lengths, origins):
-    """The runs of a base type laid out once at each of origins (in order)."""
+    """The runs of a base type laid out once at each of origins (in order),
+    merged."""
     origins = np.asarray(origins, dtype=np.int64).ravel()
-    return ((origins[:, None] + offsets[None, :]).ravel(),
-            np.tile(lengths, len(origins)))
+    if len(origins) * len(offsets) > MAX_RUNS:
+        raise TooManyRuns
+    return _merge((origins[:, None] + offsets[None, :]).ravel(), np.tile(lengths, len(origins)))
 
 
 def _runs(datatype):
@@ -144,16 +196,35 @@ def _runs(datatype):
         return _concat(parts)
     offsets, lengths = _runs(base)
     ext = base.Get_extent()[1]
+    if base.Get_size() == 0 or datatype.Get_size() == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    # A base that is one run over its whole extent (a double, a contiguous
+    # type): each block of consecutive base elements is a single run.
+    dense = len(offsets) == 1 and offsets[0] == 0 and lengths[0] == ext
+    elements = datatype.Get_size() // base.Get_size()
+    if not dense and elements * len(offsets) > MAX_RUNS:
+        raise TooManyRuns
     if combiner == "CONTIGUOUS":
+        if dense:
+            return np.zeros(1, np.int64), np.full(1, p["count"] * ext, np.int64)
         origins = np.arange(p["count"], dtype=np.int64) * ext
     elif combiner in ("VECTOR", "HVECTOR"):
         step = p["stride"] * (ext if combiner == "VECTOR" else 1)
+        if dense:
+            if p["count"] > MAX_RUNS:
+                raise TooManyRuns
+            starts = np.arange(p["count"], dtype=np.int64) * step
+            return _merge(starts, np.full(len(starts), p["blocklength"] * ext, np.int64))
         origins = (np.arange(p["count"], dtype=np.int64)[:, None] * step
                    + np.arange(p["blocklength"], dtype=np.int64)[None, :] * ext)
     elif combiner in ("INDEXED", "HINDEXED", "INDEXED_BLOCK", "HINDEXED_BLOCK"):
         unit = ext if combiner.startswith("INDEXED") else 1
         displs = p["displacements"]
         counts = p["blocklengths"] if "blocklengths" in p else [p["blocklength"]] * len(displs)
+        if dense:
+            if len(displs) > MAX_RUNS:
+                raise TooManyRuns
+            return _merge(np.asarray(displs, np.int64) * unit, np.asarray(counts, np.int64) * ext)
         origins = np.concatenate(
             [np.zeros(0, np.int64)]
             + [d * unit + np.arange(n, dtype=np.int64) * ext for n, d in zip(counts, displs)])
@@ -161,10 +232,17 @@ def _runs(datatype):
         sizes, subsizes, starts = p["sizes"], p["subsizes"], p["starts"]
         if p["order"] == MPI.ORDER_FORTRAN:
             sizes, subsizes, starts = sizes[::-1], subsizes[::-1], starts[::-1]
+        # With a dense base the fastest dimension's slice is one run.
+        inner = 1 if dense else 0
+        if dense and elements // subsizes[-1] > MAX_RUNS:
+            raise TooManyRuns
         origins = np.zeros(1, np.int64)
-        for size, sub, start in zip(sizes, subsizes, starts):
+        for size, sub, start in zip(sizes[:len(sizes) - inner], subsizes, starts):
             origins = (origins[:, None] * size
                        + (start + np.arange(sub, dtype=np.int64))[None, :]).ravel()
+        if dense:
+            origins = origins * sizes[-1] + starts[-1]
+            return _merge(origins * ext, np.full(len(origins), subsizes[-1] * ext, np.int64))
         origins = origins * ext
     else:
         return _probe(datatype)
