@@ -114,14 +114,17 @@ def launch_once(launcher, transport, nranks, rows, options, workdir):
     with open(stderr_path) as source:
         stderr_text = source.read()
     if failure:
-        failure = f"{failure}: {failure_reason(stderr_text)}"
+        last = lines[-1].get("start") if lines else None
+        failure = f"{failure}: {failure_reason(stderr_text, last)}"
     return lines, failure
 
 
-def failure_reason(stderr):
-    """What the ranks said about a failed job: their row errors, a signal, or the last error."""
-    said = [line.split("sweep-error: ", 1)[1] for line in stderr.splitlines()
-            if "sweep-error: " in line]
+def failure_reason(stderr, row):
+    """What the ranks said about a failed job: their errors in `row`, a signal, or the last error."""
+    said = []
+    if row:
+        mark = "sweep-error: " + sweepworker.error_prefix(*row)
+        said = [line.split(mark, 1)[1] for line in stderr.splitlines() if mark in line]
     if said:
         return "; ".join(said)[:400]
     signals = re.findall(r"Signal: ([^\n]+)", stderr)

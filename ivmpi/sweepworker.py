@@ -559,6 +559,11 @@ class Timer:
         return count, [self.block(step, count) / count for _ in range(self.repeats)]
 
 
+def error_prefix(call, kind, nbytes):
+    """How a rank's error line on stderr names its row."""
+    return f"{call} [{kind}] {nbytes}: "
+
+
 def row_error(exc):
     text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
     return text[:300]
@@ -581,7 +586,7 @@ def run_rows(comm, MPI, control, MPI_LIB, plan, progress, target, repeats):
             count, times = timer.measure(step)
         except Exception as exc:
             error = row_error(exc)
-            print(f"sweep-error: rank {rank}: {call} [{kind}] {nbytes}: {error}",
+            print(f"sweep-error: {error_prefix(call, kind, nbytes)}rank {rank}: {error}",
                   file=sys.stderr, flush=True)
         for undo in reversed(ctx.cleanup):
             try:
@@ -595,9 +600,9 @@ def run_rows(comm, MPI, control, MPI_LIB, plan, progress, target, repeats):
                 {"row": key, "count": count, "times": times}
             progress.write(json.dumps(line) + "\n")
             progress.flush()
-        if any(errors) and not all(errors):
-            # Some ranks finished the call and some did not: messages may be left
-            # over.  Stop here; the driver starts a fresh job for the rest.
+        if any(errors):
+            # A failed call may leave messages or requests in flight that would
+            # disturb the next rows: stop; the driver starts a fresh job for the rest.
             return 3
     return 0
 
