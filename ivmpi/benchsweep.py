@@ -82,6 +82,7 @@ def launch_once(launcher, transport, nranks, rows, options, workdir):
                               f"ivmpi-sweep-{os.getpid()}-{launcher.launches}")
         env["IVMPI_REGION"] = region
         make_region_file(region)
+        os.chmod(region, 0o600)       # the job's messages: for this user only
     cmd = ([launcher.mpirun, "-n", str(nranks)] + launcher.placement_args(nranks)
            + [sys.executable, "-m", "ivmpi.sweepworker", "--transport", transport,
               "--plan", plan_path, "--progress", progress_path,
@@ -101,7 +102,7 @@ def launch_once(launcher, transport, nranks, rows, options, workdir):
                     size, last_change, started = now_size, time.monotonic(), True
                 limit = options.timeout if started else START_TIMEOUT
                 if time.monotonic() - last_change > limit:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    kill_session(proc.pid)
                     proc.wait()
                     failure = f"hung: no progress for {limit:g} s, job killed"
         if failure is None and proc.returncode != 0:
@@ -117,6 +118,23 @@ def launch_once(launcher, transport, nranks, rows, options, workdir):
         last = lines[-1].get("start") if lines else None
         failure = f"{failure}: {failure_reason(stderr_text, last)}"
     return lines, failure
+
+
+def kill_session(session):
+    """SIGKILL every process of the session mpirun leads (started with
+    start_new_session): mpirun puts each rank in a process group of its own,
+    so killing mpirun's group alone would leave hung ranks spinning."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as source:
+                # Fields after the command name: state, ppid, pgrp, session, ...
+                fields = source.read().rsplit(")", 1)[1].split()
+            if int(fields[3]) == session:
+                os.kill(int(entry), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            pass                      # gone meanwhile, or not ours to read
 
 
 def failure_reason(stderr, row):

@@ -240,6 +240,18 @@ def test_sweep_failing_row_is_an_error_row_and_the_rest_still_runs(tmp_path):
 
 
 @needs_mpirun
+def test_sweep_job_without_progress_is_killed_and_its_rows_are_error_rows(tmp_path):
+    family, version = benchcompare.mpirun_version(MPIRUN)
+    launcher = benchcompare.Launcher(MPIRUN, family, version, str(tmp_path))
+    # Rows that take about a second each, against a 0.02 s limit: each job is killed.
+    options = benchsweep.parse_options(["--timeout", "0.02", "--target", "0.5"])
+    rows = [["Bcast", "numpy", 8], ["Barrier", "numpy", None]]
+    results = benchsweep.run_launches(launcher, "mpi4py", 2, rows, options, str(tmp_path))
+    assert set(results) == {tuple(row) for row in rows}
+    assert all("hung" in line["error"] for line in results.values()), results
+
+
+@needs_mpirun
 def test_sweep_measures_both_transports_and_their_ratio(tmp_path):
     if not HAVE_IVMPI_COMM:
         pytest.skip("the ivmpi communicator (ivmpi.comm, ivmpi.MPI) is not available yet")
