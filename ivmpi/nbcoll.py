@@ -32,7 +32,7 @@ from .lib import MPI as _MPI
 from .buffers import (datatype_extent, has_holes, is_in_place, parse_recv, parse_send,
                       parse_vbuf)
 from .collectives import PIPELINE_MIN_BYTES, PIPELINE_SEGMENT_BYTES, Collectives, _check_block
-from .engine import ERR_TRUNCATE
+from .engine import RecvOp
 from .errors import BufferSpecError
 from .request import MPIError, Prequest, Request
 
@@ -45,36 +45,63 @@ _combine = Collectives._combine     # inoutmem = inmem (op) inoutmem
 _EMPTY = bytearray(0)
 
 
+class _Channel:
+    """What the collectives of one communicator share: the hidden twin's
+    engine, world ranks, context and members, and the count of collectives
+    started (it lives on the communicator's Collectives object, which every
+    copy of the communicator shares)."""
+    __slots__ = ("engine", "world", "ctx", "scope", "rank", "size", "started")
+
+    def __init__(self, twin):
+        self.engine = twin._engine
+        self.world = twin._ranks
+        self.ctx = twin._ctx
+        self.scope = twin._scope      # any member's death ends a wait on them
+        self.rank = twin.rank
+        self.size = twin.size
+        self.started = 0
+
+    def next_tag(self):
+        with self.engine.lock:
+            seq = self.started
+            self.started = seq + 1
+        return NB_TAG_BASE + (seq & _NB_TAG_MASK)
+
+
 class CollectiveOp:
     """One run of a collective's schedule, as the engine's operations look
     to a Request: ``done``, ``error`` (an exception raised by Wait), ``peer``
     and ``state`` (for timeout and dead-peer messages), ``scope``."""
 
-    __slots__ = ("rank", "size", "_engine", "_world", "_ctx", "_tag", "_steps", "_waiting",
-                 "_finished", "_round", "error", "scope", "what")
+    __slots__ = ("rank", "size", "scope", "error", "what", "_ch", "_tag", "_steps", "_waiting",
+                 "_finished", "_round")
 
-    def __init__(self, twin, tag, what):
-        self.rank = twin.rank
-        self.size = twin.size
-        self._engine = twin._engine
-        self._world = twin._ranks
-        self._ctx = twin._ctx
+    def __init__(self, channel, tag, what):
+        self.rank = channel.rank
+        self.size = channel.size
+        self.scope = channel.scope
+        self.error = None
+        self.what = what
+        self._ch = channel
         self._tag = tag
         self._steps = None
         self._waiting = ()
         self._finished = False
         self._round = 0
-        self.error = None
-        self.scope = twin._scope      # any member's death ends a wait on it
-        self.what = what
 
     # --- the steps a schedule yields ----------------------------------------------
 
     def send(self, mem, peer):
-        return self._engine.isend(self._world[peer], mem, self._tag, self._ctx)
+        ch = self._ch
+        op = ch.engine.isend(ch.world[peer], mem, self._tag, ch.ctx)
+        op.scope = ch.scope
+        return op
 
     def recv(self, mem, peer):
-        return self._engine.irecv(self._world[peer], self._tag, self._ctx, mem)
+        ch = self._ch
+        op = ch.engine.irecv(ch.world[peer], self._tag, ch.ctx, mem)
+        op.scope = ch.scope
+        return op
 
     def sendrecv(self, sendmem, recvmem, peer):
         return (self.recv(recvmem, peer), self.send(sendmem, peer))
@@ -85,7 +112,7 @@ class CollectiveOp:
         """Run the schedule up to its first wait; the engine polls it from then on."""
         self._steps = steps
         if not self._advance():
-            engine = self._engine
+            engine = self._ch.engine
             with engine.lock:
                 engine.schedules.append(self)
         return self
@@ -101,7 +128,7 @@ class CollectiveOp:
 
     def _advance(self):
         """Resume the schedule while its current round has completed."""
-        with self._engine.lock:       # one thread at a time runs a generator
+        with self._ch.engine.lock:      # one thread at a time runs a generator
             if self._finished:
                 return True
             try:
@@ -122,8 +149,21 @@ class CollectiveOp:
             self._steps = None
             return True
 
+    def wait(self, what):
+        """Wait until done.  While the schedule waits for one receive, the
+        engine's wait for a receive from a known peer serves (its fastest);
+        otherwise the general wait, which polls the whole schedule."""
+        engine = self._ch.engine
+        while not self.done:
+            op = self._pending()
+            if type(op) is RecvOp:
+                engine.wait(op, what)
+            else:
+                engine.wait(self, what)
+
     def _truncated(self, op):
-        source = self._world.index(op.status_source) if op.status_source in self._world else -1
+        world = self._ch.world
+        source = world.index(op.status_source) if op.status_source in world else -1
         raise MPIError(_MPI.ERR_TRUNCATE, f"{self.what}: message of {op.total} bytes from rank "
                                           f"{source} does not fit the receive buffer")
 
@@ -146,9 +186,34 @@ class CollectiveOp:
         if op is None:
             return f"{self.what}: round {self._round}"
         moved = getattr(op, "received", None) or getattr(op, "offset", None) or 0
-        kind = "a receive from" if hasattr(op, "received") else "a send to"
-        who = self._world.index(op.peer) if op.peer in self._world else op.peer
+        kind = "a receive from" if type(op) is RecvOp else "a send to"
+        world = self._ch.world
+        who = world.index(op.peer) if op.peer in world else op.peer
         return f"{self.what}: round {self._round}, {kind} rank {who} ({moved} bytes moved)"
+
+
+class CollectiveRequest(Request):
+    """The request of a nonblocking collective: Wait waits with the op's own
+    loop (see CollectiveOp.wait); everything else is Request's."""
+    __slots__ = ()
+
+    def Wait(self, status=None):
+        op = self._op
+        if op is not None and not op._finished:
+            op.wait(self)
+        self._finish(status, decode=False)
+        return True
+
+    def wait(self, status=None):
+        self.Wait(status)
+
+
+class CollectivePrequest(Prequest):
+    """The request of a persistent collective (Wait as CollectiveRequest's)."""
+    __slots__ = ()
+
+    Wait = CollectiveRequest.Wait
+    wait = CollectiveRequest.wait
 
 
 # --- schedules ------------------------------------------------------------------
@@ -386,31 +451,30 @@ def _reduce_scatter(s, data, counts, datatype, extent, op, target):
 class NonblockingCollectives:
     """The I* and *_init collectives of an ivmpi communicator."""
 
-    def _next_tag(self):
-        """This communicator's tag for its next nonblocking or persistent
-        collective.  The count lives on the communicator's Collectives
-        object, which every copy of the communicator shares."""
+    def _channel(self):
         self._check_live()
         coll = self._collectives
-        with self._engine.lock:
-            seq = getattr(coll, "nb_started", 0)
-            coll.nb_started = seq + 1
-        return NB_TAG_BASE + (seq & _NB_TAG_MASK)
+        channel = getattr(coll, "nb_channel", None)
+        if channel is None:
+            channel = coll.nb_channel = _Channel(coll.p2p)
+        return channel
 
     def _nonblocking(self, what, schedule):
         """A Request over one run of schedule(op) (a generator function)."""
-        op = CollectiveOp(self._collectives.p2p, self._next_tag(), what)
-        return Request(self, op.begin(schedule(op)), what=what)
+        channel = self._channel()
+        op = CollectiveOp(channel, channel.next_tag(), what)
+        return CollectiveRequest(self, op.begin(schedule(op)), what=what)
 
     def _persistent(self, what, schedule):
         """A Prequest whose every Start runs schedule(op) anew, on one tag."""
-        twin, tag = self._collectives.p2p, self._next_tag()
+        channel = self._channel()
+        tag = channel.next_tag()
 
         def start():
             self._check_live()
-            op = CollectiveOp(twin, tag, what)
+            op = CollectiveOp(channel, tag, what)
             return op.begin(schedule(op)), None
-        return Prequest(self, start, what)
+        return CollectivePrequest(self, start, what)
 
     # --- argument parsing: each returns a schedule function -----------------------
 
