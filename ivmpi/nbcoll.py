@@ -32,7 +32,7 @@ from .lib import MPI as _MPI
 from .buffers import (datatype_extent, has_holes, is_in_place, parse_recv, parse_send,
                       parse_vbuf)
 from .collectives import PIPELINE_MIN_BYTES, PIPELINE_SEGMENT_BYTES, Collectives, _check_block
-from .engine import RecvOp
+from .engine import RecvOp, SendOp
 from .errors import BufferSpecError
 from .request import MPIError, Prequest, Request
 
@@ -44,16 +44,21 @@ _INFO_NULL = _MPI.INFO_NULL
 _combine = Collectives._combine     # inoutmem = inmem (op) inoutmem
 _EMPTY = bytearray(0)
 
+# What a send that the fast path published on the spot leaves to wait for.
+_SENT = SendOp(-1, b"", 0, 0, False)
+_SENT.done = True
+
 
 class _Channel:
     """What the collectives of one communicator share: the hidden twin's
     engine, world ranks, context and members, and the count of collectives
     started (it lives on the communicator's Collectives object, which every
     copy of the communicator shares)."""
-    __slots__ = ("engine", "world", "ctx", "scope", "rank", "size", "started")
+    __slots__ = ("engine", "fast", "world", "ctx", "scope", "rank", "size", "started")
 
     def __init__(self, twin):
         self.engine = twin._engine
+        self.fast = twin._fast
         self.world = twin._ranks
         self.ctx = twin._ctx
         self.scope = twin._scope      # any member's death ends a wait on them
@@ -93,6 +98,8 @@ class CollectiveOp:
 
     def send(self, mem, peer):
         ch = self._ch
+        if ch.fast.send(mem, peer, self._tag):     # a small message, out at once
+            return _SENT
         op = ch.engine.isend(ch.world[peer], mem, self._tag, ch.ctx)
         op.scope = ch.scope
         return op
