@@ -138,7 +138,7 @@ def kill_session(session):
 
 
 def failure_reason(stderr, row):
-    """What the ranks said about a failed job: their errors in `row`, a signal, or the last error."""
+    """What the ranks of a failed job said: their errors in `row`, a signal, or the last error."""
     said = []
     if row:
         mark = "sweep-error: " + sweepworker.error_prefix(*row)

@@ -28,7 +28,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 KINDS = ("numpy", "bytearray", "array", "mmap", "ctypes", "mpibuf")
 # The calls that also run with every other buffer kind.
