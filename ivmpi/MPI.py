@@ -2,8 +2,8 @@
 
 ``from ivmpi import MPI`` gives every name of mpi4py's MPI module
 (datatypes, ops, constants, Status, Wtime, ...) with COMM_WORLD and
-COMM_SELF replaced by ivmpi communicators and Comm/Request/Message by
-ivmpi's classes, so a program written for mpi4py runs unchanged.
+COMM_SELF replaced by ivmpi communicators and Comm/Intracomm/Topocomm/
+Cartcomm/Graphcomm/Distgraphcomm/Request/Prequest/Message by ivmpi's classes, so a program written for mpi4py runs unchanged.
 
 COMM_WORLD starts the job the first time it is used, not at import.
 """
@@ -21,6 +21,7 @@ for _name in dir(_mpi):
 from .comm import TAG_UB as _TAG_UB, Comm, Group, Intracomm  # noqa: E402
 from .request import (MESSAGE_NO_PROC, MESSAGE_NULL, REQUEST_NULL, Message,  # noqa: E402
                       MPIError, Prequest, Request)
+from .topocomm import Cartcomm, Distgraphcomm, Graphcomm, Topocomm  # noqa: E402
 Exception = _mpi.Exception
 IvmpiMPIError = MPIError
 
