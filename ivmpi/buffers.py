@@ -281,7 +281,17 @@ def packed_spec(spec, writable, blocks=1, fill=False):
     datatype = _as_datatype(datatype)
     if not has_holes(datatype):
         return spec, None
-    mem, datatype, extent = _typed_memory(buf, writable, datatype, holes_ok=True)
+    parsed = _packed_holes(buf, count, displ, datatype, writable, blocks, fill)
+    return [parsed.mem, parsed.count, parsed.datatype], parsed.unpack
+
+
+def _packed_holes(buf, count, displ, datatype, writable, blocks, fill):
+    """_packed for the parts of a spec whose datatype has holes."""
+    extent = layout(datatype).extent        # checks that the type is committed
+    if extent <= 0:
+        raise BufferSpecError(f"datatype {_type_name(datatype)} has extent {extent}: it "
+                              f"cannot lay out a message in a buffer")
+    mem, _ = _memory(buf, writable, False)
     origin = _index(displ, "displacement") * extent if displ is not None else 0
     if count is None:
         elements = max(0, len(mem) - origin) // extent
@@ -289,9 +299,8 @@ def packed_spec(spec, writable, blocks=1, fill=False):
             raise BufferSpecError(f"cannot infer count: {elements} elements do not split "
                                   f"into {blocks} equal blocks")
         count = elements // blocks
-    parsed = _packed(Buf(mem, _index(count, "count"), datatype, buf), mem, origin, writable,
-                     blocks, fill)
-    return [parsed.mem, parsed.count, parsed.datatype], parsed.unpack
+    return _packed(Buf(mem, _index(count, "count"), datatype, buf), mem, origin, writable,
+                   blocks, fill)
 
 
 def packed_vspec(spec, size, writable, fill=False):
@@ -468,20 +477,7 @@ def _parse(spec, writable, blocks, holes=False, fill=False):
     if buf is None or buf is BOTTOM:
         return _bottom(count, datatype)
     if holes and datatype is not None and has_holes(datatype):
-        extent = layout(datatype).extent        # checks that the type is committed
-        if extent <= 0:
-            raise BufferSpecError(f"datatype {_type_name(datatype)} has extent {extent}: it "
-                                  f"cannot lay out a message in a buffer")
-        mem, _ = _memory(buf, writable, False)
-        origin = _index(displ, "displacement") * extent if displ is not None else 0
-        if count is None:
-            elements = max(0, len(mem) - origin) // extent
-            if elements % blocks:
-                raise BufferSpecError(f"cannot infer count: {elements} elements do not "
-                                      f"split into {blocks} equal blocks")
-            count = elements // blocks
-        return _packed(Buf(mem, _index(count, "count"), datatype, buf), mem, origin, writable,
-                       blocks, fill)
+        return _packed_holes(buf, count, displ, datatype, writable, blocks, fill)
     mem, datatype, extent = _typed_memory(buf, writable, datatype)
     return _finish(buf, mem, count, displ, datatype, extent, blocks, len(mem))
 
