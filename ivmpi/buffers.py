@@ -307,11 +307,13 @@ def packed_vspec(spec, size, writable, fill=False):
     """packed_spec for a vector collective's [buf, counts, displs, type]."""
     if type(spec) is not list and type(spec) is not tuple:
         return spec, None
-    vbuf = parse_vbuf(spec, size, writable, holes_ok=True)
-    datatype = vbuf.datatype
-    if not has_holes(datatype):
+    # Only the datatype is looked at here: the collective parses any other
+    # spec itself, once.
+    datatype = _split_vector(spec)[3]
+    if datatype is None or not has_holes(_as_datatype(datatype)):
         return spec, None
-    lay = layout(datatype)
+    vbuf = parse_vbuf(spec, size, writable, holes_ok=True)
+    lay = layout(vbuf.datatype)
     basic, per = (lay.basic, lay.nbasic) if lay.basic is not None else (_BYTE, lay.size)
     starts, running = [], 0
     for c in vbuf.counts:
@@ -584,13 +586,8 @@ def is_in_place(spec):
 
 # --- vector specs ------------------------------------------------------------
 
-def parse_vbuf(spec, size, recv, holes_ok=False):
-    """Parse a vector-collective spec for a communicator of ``size`` ranks
-    (``holes_ok``: a derived datatype with holes is taken; the caller packs
-    it, see packed_vspec)."""
-    if spec is None or spec is IN_PLACE:
-        raise BufferTypeError(
-            f"expected a buffer or [buffer, counts, displs, datatype], got {spec!r}")
+def _split_vector(spec):
+    """(buf, counts, displs, datatype) of a vector spec, mpi4py's rules."""
     buf, counts, displs, datatype = spec, None, None, None
     if isinstance(spec, (list, tuple)):
         n = len(spec)
@@ -608,6 +605,17 @@ def parse_vbuf(spec, size, recv, holes_ok=False):
             buf, counts, displs, datatype = spec
         else:
             raise BufferSpecError(f"message spec must have 2 to 4 items, got {n}")
+    return buf, counts, displs, datatype
+
+
+def parse_vbuf(spec, size, recv, holes_ok=False):
+    """Parse a vector-collective spec for a communicator of ``size`` ranks
+    (``holes_ok``: a derived datatype with holes is taken; the caller packs
+    it, see packed_vspec)."""
+    if spec is None or spec is IN_PLACE:
+        raise BufferTypeError(
+            f"expected a buffer or [buffer, counts, displs, datatype], got {spec!r}")
+    buf, counts, displs, datatype = _split_vector(spec)
     if datatype is not None:
         datatype = _as_datatype(datatype)
     if buf is None or buf is BOTTOM:
