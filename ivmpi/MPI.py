@@ -22,6 +22,8 @@ from .comm import TAG_UB as _TAG_UB, Comm, Group, Intracomm  # noqa: E402
 from .request import (MESSAGE_NO_PROC, MESSAGE_NULL, REQUEST_NULL, Message,  # noqa: E402
                       MPIError, Prequest, Request)
 from .topocomm import Cartcomm, Distgraphcomm, Graphcomm, Topocomm  # noqa: E402
+from .intercomm import Intercomm  # noqa: E402
+from .io import File  # noqa: E402
 Exception = _mpi.Exception
 IvmpiMPIError = MPIError
 

@@ -175,6 +175,9 @@ class Comm(_MPI.Comm):
         if (comm is not None and issubclass(cls, _MPI.Intracomm)
                 and not isinstance(comm, _MPI.Intracomm) and comm and _MPI.Comm.Is_inter(comm)):
             raise TypeError("expecting an intracommunicator")
+        if (comm is not None and issubclass(cls, _MPI.Intercomm)
+                and not isinstance(comm, _MPI.Intercomm) and comm and _MPI.Comm.Is_intra(comm)):
+            raise TypeError("expecting an intercommunicator")
         self = _MPI.Comm.__new__(cls, comm)
         if isinstance(comm, Comm) and "_engine" in comm.__dict__:
             self.__dict__.update({k: comm.__dict__[k] for k in _STATE if k in comm.__dict__})
@@ -185,9 +188,11 @@ class Comm(_MPI.Comm):
         pass
 
     @classmethod
-    def _create(cls, engine, world_ranks, context, handle=None, hidden=False):
+    def _create(cls, engine, world_ranks, context, handle=None, hidden=False, local_ranks=None):
         """A communicator over world_ranks with its own context id; handle is
-        the library's communicator over the same processes (None: a null one)."""
+        the library's communicator over the same processes (None: a null one).
+        For an intercommunicator world_ranks are the remote group's (the
+        peers of point-to-point) and local_ranks this process's group."""
         self = _MPI.Comm.__new__(cls, handle)
         self._engine = engine
         self._ranks = list(world_ranks)
@@ -199,8 +204,9 @@ class Comm(_MPI.Comm):
         self._coll = None
         self._locks = {}
         self._freed = False
-        self.rank = self._index[engine.rank]
-        self.size = len(self._ranks)
+        local = self._ranks if local_ranks is None else list(local_ranks)
+        self.rank = local.index(engine.rank)
+        self.size = len(local)
         # Rings by communicator rank (None for ourselves) for the fast paths.
         self._fast = fast = FastPath(
             [engine.tx[w] for w in self._ranks], [engine.rx[w] for w in self._ranks],
@@ -224,7 +230,7 @@ class Comm(_MPI.Comm):
         if not hidden and _standalone():
             for name in _NEEDS_A_LAUNCHER:
                 setattr(self, name, _refusal(name))
-        if not hidden:
+        if not hidden and local_ranks is None:
             twin = self._collectives.p2p
             self._shared = SmallCollectives(
                 twin._fast, self.rank, self.size, COLLECTIVE_TAGS, _small_op_codes(),
@@ -264,6 +270,13 @@ class Comm(_MPI.Comm):
         return _ivmpi_comm_of(_MPI.Comm.f2py(arg))
 
     @classmethod
+    def Get_parent(cls):
+        # The parent of a spawned process is the library's (no region joins
+        # the two jobs), as ivmpi's class: null when there is none.
+        from .intercomm import Intercomm
+        return Intercomm(_MPI.Comm.Get_parent())
+
+    @classmethod
     def wrap(cls, mpi_comm=None, region=None):
         """An ivmpi communicator over an mpi4py communicator's processes.
 
@@ -298,9 +311,10 @@ class Comm(_MPI.Comm):
     group = property(Get_group)
 
     def _world(self, rank, what):
-        if 0 <= rank < self.size:
+        # Peers are self._ranks: the remote group of an intercommunicator.
+        if 0 <= rank < len(self._ranks):
             return self._ranks[rank]
-        raise MPIError(_MPI.ERR_RANK, f"{what}: rank {rank} is not in 0..{self.size - 1}")
+        raise MPIError(_MPI.ERR_RANK, f"{what}: rank {rank} is not in 0..{len(self._ranks) - 1}")
 
     def _comm_rank(self, world_rank):
         return self._index.get(world_rank, UNDEFINED)
@@ -861,8 +875,12 @@ class Comm(_MPI.Comm):
 
 
 class Intracomm(Comm, NonblockingCollectives, TopologyConstructors, _MPI.Intracomm):
-    """An intracommunicator (every ivmpi communicator is one): mpi4py's
-    Intracomm, with Comm's region-backed calls."""
+    """An intracommunicator: mpi4py's Intracomm, with Comm's region-backed
+    calls (ivmpi.intercomm has the intercommunicators)."""
+
+    def Create_intercomm(self, local_leader, peer_comm, remote_leader, tag=0):
+        from .intercomm import create_intercomm
+        return create_intercomm(self, local_leader, peer_comm, remote_leader, tag)
 
 
 # The classes whose instances take the fast paths (see _bind_fast); the

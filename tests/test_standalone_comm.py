@@ -22,8 +22,13 @@ WORKER = textwrap.dedent("""
               "sum": dup.allreduce(dup.rank + 1),
               "group_size": dup.Get_group().Get_size(),
               "pack_size": real.DOUBLE.Pack_size(3, dup)}
+    # A one-rank communicator needs no other process: its file opens.
+    fh = MPI.File.Open(MPI.COMM_SELF, "/dev/null", MPI.MODE_RDONLY)
+    report["self_file"] = isinstance(fh, real.File)
+    fh.Close()
     for call in (lambda: dup.Ialltoallw(None, None), lambda: dup.Create_intercomm(0, dup, 0),
-                 lambda: dup.Spawn("python")):
+                 lambda: dup.Spawn("python"),
+                 lambda: MPI.File.Open(dup, "/dev/null", MPI.MODE_RDONLY)):
         try:
             call()
             report.setdefault("refused", []).append(None)
@@ -56,6 +61,7 @@ def test_standalone_communicators_refuse_what_needs_a_launcher(tmp_path):
         assert (report["rank"], report["size"], report["sum"]) == (rank, 2, 3)
         assert report["group_size"] == 2
         assert report["pack_size"] == 24
-        assert len(report["refused"]) == 3
+        assert report["self_file"]
+        assert len(report["refused"]) == 4
         for message in report["refused"]:
             assert message is not None and "standalone mode" in message
