@@ -3,8 +3,13 @@
 # around its origin, copied to or from a packed buffer.  Both sides are
 # process memory (the user's buffer and a staging buffer), never the region,
 # so plain memcpy is right here on every architecture.
-# ivmpi.datatypes checks that every run stays inside the user's buffer; the
-# checks below guard the packed side and the run table itself.
+#
+# A RunPlan is made once per datatype (ivmpi.datatypes keeps it with the
+# type): it checks the run table then, and remembers the lowest and highest
+# byte an element touches, so each copy checks its bounds in O(1).  Most
+# halo types are regular (a column: equal runs at one stride; a face of a
+# 3-D array: rows of such runs at a second stride), and the plan then copies
+# with two strided loops instead of reading the table run by run.
 
 from libc.string cimport memcpy
 from libc.stdint cimport int64_t
@@ -21,37 +26,8 @@ cdef inline void _copy_run(char *dst, const char *src, Py_ssize_t n) noexcept no
         memcpy(dst, src, n)
 
 
-cdef int _check_runs(Py_buffer *offs, Py_buffer *lens, Py_ssize_t count, Py_ssize_t user_len,
-                     Py_ssize_t origin, Py_ssize_t extent, Py_ssize_t packed_len) except -1:
-    cdef Py_ssize_t nruns = offs.len // 8, k, total = 0, lo, hi, first, last
-    cdef const int64_t *o = <const int64_t *>offs.buf
-    cdef const int64_t *n = <const int64_t *>lens.buf
-    if lens.len != offs.len or offs.itemsize != 8 or lens.itemsize != 8:
-        raise BufferSpecError("run table: offsets and lengths must be int64 arrays of one size")
-    if count < 0:
-        raise BufferSpecError(f"negative count {count}")
-    for k in range(nruns):
-        if n[k] < 0:
-            raise BufferSpecError("run table: negative length")
-        total += n[k]
-    if total * count != packed_len:
-        raise BufferSpecError(
-            f"packed buffer holds {packed_len} bytes, {count} elements need {total * count}")
-    if count == 0 or total == 0:
-        return 0
-    first = origin + min(0, (count - 1) * extent)
-    last = origin + max(0, (count - 1) * extent)
-    for k in range(nruns):
-        lo = first + o[k]
-        hi = last + o[k] + n[k]
-        if lo < 0 or hi > user_len:
-            raise BufferSpecError(
-                f"datatype reaches bytes {lo} to {hi} of a buffer of {user_len} bytes")
-    return 0
-
-
-cdef void _gather(char *dst, const char *src, Py_ssize_t count, Py_ssize_t extent,
-                  const int64_t *o, const int64_t *n, Py_ssize_t nruns) noexcept nogil:
+cdef void _gather_table(char *dst, const char *src, Py_ssize_t count, Py_ssize_t extent,
+                        const int64_t *o, const int64_t *n, Py_ssize_t nruns) noexcept nogil:
     cdef Py_ssize_t i, k
     for i in range(count):
         for k in range(nruns):
@@ -60,8 +36,8 @@ cdef void _gather(char *dst, const char *src, Py_ssize_t count, Py_ssize_t exten
         src += extent
 
 
-cdef void _scatter(char *dst, const char *src, Py_ssize_t count, Py_ssize_t extent,
-                   const int64_t *o, const int64_t *n, Py_ssize_t nruns) noexcept nogil:
+cdef void _scatter_table(char *dst, const char *src, Py_ssize_t count, Py_ssize_t extent,
+                         const int64_t *o, const int64_t *n, Py_ssize_t nruns) noexcept nogil:
     cdef Py_ssize_t i, k
     for i in range(count):
         for k in range(nruns):
@@ -70,67 +46,196 @@ cdef void _scatter(char *dst, const char *src, Py_ssize_t count, Py_ssize_t exte
         dst += extent
 
 
+cdef void _gather_regular(char *dst, const char *src, Py_ssize_t count, Py_ssize_t extent,
+                          Py_ssize_t run, Py_ssize_t n1, Py_ssize_t s1, Py_ssize_t n2,
+                          Py_ssize_t s2) noexcept nogil:
+    # src points at the first run of the first element.
+    cdef Py_ssize_t e, i, j
+    cdef const char *row
+    cdef const char *p
+    for e in range(count):
+        row = src + e * extent
+        for i in range(n2):
+            p = row + i * s2
+            if run == 8:
+                for j in range(n1):
+                    memcpy(dst, p, 8)
+                    dst += 8
+                    p += s1
+            else:
+                for j in range(n1):
+                    _copy_run(dst, p, run)
+                    dst += run
+                    p += s1
+
+
+cdef void _scatter_regular(char *dst, const char *src, Py_ssize_t count, Py_ssize_t extent,
+                           Py_ssize_t run, Py_ssize_t n1, Py_ssize_t s1, Py_ssize_t n2,
+                           Py_ssize_t s2) noexcept nogil:
+    # dst points at the first run of the first element.
+    cdef Py_ssize_t e, i, j
+    cdef char *row
+    cdef char *p
+    for e in range(count):
+        row = dst + e * extent
+        for i in range(n2):
+            p = row + i * s2
+            if run == 8:
+                for j in range(n1):
+                    memcpy(p, src, 8)
+                    src += 8
+                    p += s1
+            else:
+                for j in range(n1):
+                    _copy_run(p, src, run)
+                    src += run
+                    p += s1
+
+
+cdef class RunPlan:
+    """How to copy the elements of one datatype: its runs (int64 arrays of
+    offsets from an element's origin, and lengths), checked once."""
+
+    cdef readonly object offsets, lengths
+    cdef readonly Py_ssize_t nruns, size, low, high
+    # Regular: n2 rows of n1 runs of `run` bytes; runs in a row `s1` apart,
+    # rows `s2` apart, the first at `first`.
+    cdef readonly bint regular
+    cdef readonly Py_ssize_t run, n1, s1, n2, s2, first
+    cdef const int64_t *o
+    cdef const int64_t *n
+
+    def __init__(self, offsets, lengths):
+        cdef const int64_t[::1] ov = offsets
+        cdef const int64_t[::1] nv = lengths
+        cdef Py_ssize_t k
+        if ov.shape[0] != nv.shape[0]:
+            raise BufferSpecError("run table: offsets and lengths must have one length")
+        self.offsets, self.lengths = offsets, lengths
+        self.nruns = ov.shape[0]
+        self.o = &ov[0] if self.nruns else NULL
+        self.n = &nv[0] if self.nruns else NULL
+        self.size = self.low = self.high = 0
+        cdef bint seen = False
+        for k in range(self.nruns):
+            if nv[k] < 0:
+                raise BufferSpecError("run table: negative length")
+            if nv[k] == 0:
+                continue
+            if not seen or ov[k] < self.low:
+                self.low = ov[k]
+            if not seen or ov[k] + nv[k] > self.high:
+                self.high = ov[k] + nv[k]
+            seen = True
+            self.size += nv[k]
+        self._find_regular()
+
+    cdef void _find_regular(self):
+        cdef Py_ssize_t k, i, j, n1, s1, s2
+        cdef const int64_t *o = self.o
+        self.regular = False
+        if self.nruns == 0 or self.n[0] == 0:
+            return
+        for k in range(1, self.nruns):
+            if self.n[k] != self.n[0]:
+                return
+        s1 = o[1] - o[0] if self.nruns > 1 else 0
+        n1 = 1
+        while n1 < self.nruns and o[n1] - o[n1 - 1] == s1:
+            n1 += 1
+        if self.nruns % n1:
+            return
+        s2 = o[n1] - o[0] if n1 < self.nruns else 0
+        for i in range(self.nruns // n1):
+            for j in range(n1):
+                if o[i * n1 + j] != o[0] + i * s2 + j * s1:
+                    return
+        self.regular = True
+        self.run, self.first = self.n[0], o[0]
+        self.n1, self.s1, self.n2, self.s2 = n1, s1, self.nruns // n1, s2
+
+    cdef int _check(self, Py_ssize_t count, Py_ssize_t extent, Py_ssize_t origin,
+                    Py_ssize_t user_len, Py_ssize_t packed_len) except -1:
+        cdef Py_ssize_t lo, hi
+        if count < 0:
+            raise BufferSpecError(f"negative count {count}")
+        if self.size * count != packed_len:
+            raise BufferSpecError(f"packed buffer holds {packed_len} bytes, {count} "
+                                  f"elements need {self.size * count}")
+        if count == 0 or self.size == 0:
+            return 0
+        lo = origin + min(0, (count - 1) * extent) + self.low
+        hi = origin + max(0, (count - 1) * extent) + self.high
+        if lo < 0 or hi > user_len:
+            raise BufferSpecError(
+                f"datatype reaches bytes {lo} to {hi} of a buffer of {user_len} bytes")
+        return 0
+
+    cdef void _gather(self, char *dst, const char *src, Py_ssize_t count,
+                      Py_ssize_t extent) noexcept nogil:
+        if self.regular:
+            _gather_regular(dst, src + self.first, count, extent, self.run, self.n1, self.s1,
+                            self.n2, self.s2)
+        else:
+            _gather_table(dst, src, count, extent, self.o, self.n, self.nruns)
+
+    cdef void _scatter(self, char *dst, const char *src, Py_ssize_t count,
+                       Py_ssize_t extent) noexcept nogil:
+        if self.regular:
+            _scatter_regular(dst + self.first, src, count, extent, self.run, self.n1, self.s1,
+                             self.n2, self.s2)
+        else:
+            _scatter_table(dst, src, count, extent, self.o, self.n, self.nruns)
+
+    def gather(self, user, Py_ssize_t origin, Py_ssize_t count, Py_ssize_t extent, packed):
+        """Copy count elements of `user` (the first element's origin at byte
+        `origin`, the next ones `extent` apart) into the contiguous `packed`."""
+        cdef Py_buffer src, dst
+        PyObject_GetBuffer(user, &src, PyBUF_SIMPLE)
+        try:
+            PyObject_GetBuffer(packed, &dst, PyBUF_SIMPLE | PyBUF_WRITABLE)
+            try:
+                self._check(count, extent, origin, src.len, dst.len)
+                if dst.len >= NOGIL_MIN_BYTES:
+                    with nogil:
+                        self._gather(<char *>dst.buf, <const char *>src.buf + origin, count,
+                                     extent)
+                else:
+                    self._gather(<char *>dst.buf, <const char *>src.buf + origin, count, extent)
+            finally:
+                PyBuffer_Release(&dst)
+        finally:
+            PyBuffer_Release(&src)
+
+    def scatter(self, packed, user, Py_ssize_t origin, Py_ssize_t count, Py_ssize_t extent):
+        """The reverse of gather: the contiguous `packed` into count
+        elements of `user`."""
+        cdef Py_buffer src, dst
+        PyObject_GetBuffer(packed, &src, PyBUF_SIMPLE)
+        try:
+            PyObject_GetBuffer(user, &dst, PyBUF_SIMPLE | PyBUF_WRITABLE)
+            try:
+                self._check(count, extent, origin, dst.len, src.len)
+                if src.len >= NOGIL_MIN_BYTES:
+                    with nogil:
+                        self._scatter(<char *>dst.buf + origin, <const char *>src.buf, count,
+                                      extent)
+                else:
+                    self._scatter(<char *>dst.buf + origin, <const char *>src.buf, count, extent)
+            finally:
+                PyBuffer_Release(&dst)
+        finally:
+            PyBuffer_Release(&src)
+
+
 def gather_runs(user, Py_ssize_t origin, Py_ssize_t count, Py_ssize_t extent, offsets, lengths,
                 packed):
     """Copy count elements of `user` (the first element's origin at byte
-    `origin`) into the contiguous `packed`, run by run."""
-    cdef Py_buffer src, dst, offs, lens
-    PyObject_GetBuffer(user, &src, PyBUF_SIMPLE)
-    try:
-        PyObject_GetBuffer(packed, &dst, PyBUF_SIMPLE | PyBUF_WRITABLE)
-        try:
-            PyObject_GetBuffer(offsets, &offs, PyBUF_SIMPLE)
-            try:
-                PyObject_GetBuffer(lengths, &lens, PyBUF_SIMPLE)
-                try:
-                    offs.itemsize = lens.itemsize = 8
-                    _check_runs(&offs, &lens, count, src.len, origin, extent, dst.len)
-                    if dst.len >= NOGIL_MIN_BYTES:
-                        with nogil:
-                            _gather(<char *>dst.buf, <const char *>src.buf + origin, count, extent,
-                                    <const int64_t *>offs.buf, <const int64_t *>lens.buf,
-                                    offs.len // 8)
-                    else:
-                        _gather(<char *>dst.buf, <const char *>src.buf + origin, count, extent,
-                                <const int64_t *>offs.buf, <const int64_t *>lens.buf, offs.len // 8)
-                finally:
-                    PyBuffer_Release(&lens)
-            finally:
-                PyBuffer_Release(&offs)
-        finally:
-            PyBuffer_Release(&dst)
-    finally:
-        PyBuffer_Release(&src)
+    `origin`) into the contiguous `packed`, run by run (a one-off RunPlan)."""
+    RunPlan(offsets, lengths).gather(user, origin, count, extent, packed)
 
 
 def scatter_runs(packed, user, Py_ssize_t origin, Py_ssize_t count, Py_ssize_t extent, offsets,
                  lengths):
-    """The reverse of gather_runs: the contiguous `packed` into count
-    elements of `user`."""
-    cdef Py_buffer src, dst, offs, lens
-    PyObject_GetBuffer(packed, &src, PyBUF_SIMPLE)
-    try:
-        PyObject_GetBuffer(user, &dst, PyBUF_SIMPLE | PyBUF_WRITABLE)
-        try:
-            PyObject_GetBuffer(offsets, &offs, PyBUF_SIMPLE)
-            try:
-                PyObject_GetBuffer(lengths, &lens, PyBUF_SIMPLE)
-                try:
-                    offs.itemsize = lens.itemsize = 8
-                    _check_runs(&offs, &lens, count, dst.len, origin, extent, src.len)
-                    if src.len >= NOGIL_MIN_BYTES:
-                        with nogil:
-                            _scatter(<char *>dst.buf + origin, <const char *>src.buf, count, extent,
-                                     <const int64_t *>offs.buf, <const int64_t *>lens.buf,
-                                     offs.len // 8)
-                    else:
-                        _scatter(<char *>dst.buf + origin, <const char *>src.buf, count, extent,
-                                 <const int64_t *>offs.buf, <const int64_t *>lens.buf, offs.len // 8)
-                finally:
-                    PyBuffer_Release(&lens)
-            finally:
-                PyBuffer_Release(&offs)
-        finally:
-            PyBuffer_Release(&dst)
-    finally:
-        PyBuffer_Release(&src)
+    """The reverse of gather_runs."""
+    RunPlan(offsets, lengths).scatter(packed, user, origin, count, extent)

@@ -5,7 +5,7 @@ column, a subarray's face, a struct's fields).  ivmpi flattens each one
 once into *runs*: ``(offset, length)`` pairs relative to the origin of one
 element, in the order of MPI's type map (the order Pack uses), adjacent
 runs merged.  Element i of a count lies ``i * extent`` further on.  The
-Cython kernels ``gather_runs``/``scatter_runs`` then copy between the
+Cython ``RunPlan`` of each type then copies between the
 user's memory and a contiguous staging buffer, which is what travels
 through the region (the region never sees a derived type).
 
@@ -18,7 +18,7 @@ user frees it, and a new type that reuses a freed handle starts afresh.
 """
 import numpy as np
 
-from ._fastcopy import gather_runs, scatter_runs
+from ._fastcopy import RunPlan  # noqa: F401 (also for tests)
 from .errors import BufferSpecError
 from .lib import MPI
 
@@ -38,6 +38,7 @@ class Layout:
     """The flattened form of a datatype.
 
     offsets, lengths  int64 arrays: the runs of one element
+    plan              the RunPlan (Cython) that copies elements by those runs
     size              bytes of data in one element (sum of lengths)
     extent            distance between consecutive elements
     low, high         the lowest and one past the highest byte an element
@@ -46,7 +47,7 @@ class Layout:
                       None for a mix (a struct of ints and doubles)
     nbasic            how many of those basic elements one element holds
     """
-    __slots__ = ("offsets", "lengths", "size", "extent", "low", "high", "basic", "nbasic",
+    __slots__ = ("offsets", "lengths", "plan", "size", "extent", "low", "high", "basic", "nbasic",
                  "datatype")
 
     def __init__(self, datatype, offsets, lengths, extent, basic, nbasic):
@@ -60,13 +61,16 @@ class Layout:
         if offsets is None:
             # Too many runs: the library packs (see MAX_RUNS).
             self.datatype = datatype
-            self.offsets = self.lengths = None
+            self.offsets = self.lengths = self.plan = None
             return
-        self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-        self.lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+        self.offsets = np.array(offsets, dtype=np.int64)
+        self.lengths = np.array(lengths, dtype=np.int64)
+        # The plan is checked once against these tables: they must not change.
+        self.offsets.setflags(write=False)
+        self.lengths.setflags(write=False)
+        self.plan = RunPlan(self.offsets, self.lengths)
         if len(self.offsets):
-            self.low = int(self.offsets.min())
-            self.high = int((self.offsets + self.lengths).max())
+            self.low, self.high = self.plan.low, self.plan.high
 
     def span(self, count):
         """(first, end): the bytes count elements touch, from the origin of
@@ -92,14 +96,14 @@ class Layout:
         if self.offsets is None:
             self._library_copy(src, origin, count, dst, True)
             return
-        gather_runs(src, origin, count, self.extent, self.offsets, self.lengths, dst)
+        self.plan.gather(src, origin, count, self.extent, dst)
 
     def scatter(self, src, dst, origin, count):
         """The reverse of gather: packed src into count elements of dst."""
         if self.offsets is None:
             self._library_copy(dst, origin, count, src, False)
             return
-        scatter_runs(src, dst, origin, count, self.extent, self.offsets, self.lengths)
+        self.plan.scatter(src, dst, origin, count, self.extent)
 
 
     def _library_copy(self, user, origin, count, packed, gather):

@@ -118,3 +118,60 @@ def test_uncommitted_types_are_refused():
     with pytest.raises(BufferSpecError, match="not committed"):
         datatypes.layout(t)
     t.Free()
+
+
+def _reference_gather(user, origin, count, extent, offsets, lengths):
+    """The packed bytes, picked one run at a time in Python."""
+    out = bytearray()
+    for e in range(count):
+        for o, n in zip(offsets, lengths):
+            at = origin + e * extent + o
+            out += user[at:at + n]
+    return bytes(out)
+
+
+@pytest.mark.parametrize("offsets, lengths, shape", [
+    ([0, 8192, 16384, 24576], [8] * 4, (4, 8192, 1, 0)),                  # a column
+    ([0, 24, 1024, 1048], [8] * 4, (2, 24, 2, 1024)),                     # a face-like 2x2
+    ([16, 48, 80], [4] * 3, (3, 32, 1, 0)),                                # offset start
+    ([40, 24, 8], [8] * 3, (3, -16, 1, 0)),                                # descending runs
+    ([5], [3], (1, 0, 1, 0)),                                              # one run
+    ([0, 8, 40], [8] * 3, None),                                           # uneven gaps
+    ([0, 16], [8, 4], None),                                               # unequal lengths
+    ([0, 8, 100, 108, 200], [4] * 5, None),                                # rows of unequal size
+])
+def test_run_plans_find_regular_tables_and_copy_as_the_table_says(offsets, lengths, shape):
+    plan = datatypes.RunPlan(np.array(offsets, np.int64), np.array(lengths, np.int64))
+    if shape is None:
+        assert not plan.regular
+    else:
+        assert plan.regular and (plan.n1, plan.s1, plan.n2, plan.s2) == shape
+    assert (plan.low, plan.high) == (min(offsets), max(o + n for o, n in zip(offsets, lengths)))
+    extent = plan.high + 8
+    count = 3
+    user = np.random.default_rng(1).integers(0, 256, 64 + count * extent + 40000, np.uint8)
+    packed = bytearray(plan.size * count)
+    plan.gather(user, 64, count, extent, packed)
+    assert bytes(packed) == _reference_gather(user.tobytes(), 64, count, extent, offsets, lengths)
+    target = np.zeros_like(user)
+    plan.scatter(packed, target, 64, count, extent)
+    expected = np.zeros_like(user)
+    for e in range(count):
+        for o, n in zip(offsets, lengths):
+            at = 64 + e * extent + o
+            expected[at:at + n] = user[at:at + n]
+    assert (target == expected).all()
+
+
+def test_run_plans_check_every_copy_against_the_buffer():
+    plan = datatypes.RunPlan(np.array([0, 100], np.int64), np.array([8, 8], np.int64))
+    user = bytearray(300)
+    plan.gather(user, 0, 2, 150, bytearray(32))                      # bytes 0..258: fits
+    with pytest.raises(BufferSpecError, match="reaches bytes"):
+        plan.gather(user, 50, 2, 150, bytearray(32))                 # ends at byte 308
+    with pytest.raises(BufferSpecError, match="reaches bytes"):
+        plan.scatter(bytearray(16), user, -1, 1, 0)
+    with pytest.raises(BufferSpecError, match="packed buffer holds"):
+        plan.gather(user, 0, 2, 150, bytearray(31))
+    with pytest.raises(BufferSpecError, match="negative"):
+        datatypes.RunPlan(np.array([0], np.int64), np.array([-1], np.int64))
