@@ -239,7 +239,7 @@ def has_holes(datatype):
     return not (lb == 0 and true_lb == 0 and datatype.Get_size() == extent == true_extent)
 
 
-def _packed(buf, mem, origin, writable, blocks=1, fill=False):
+def _packed(buf, mem, origin, writable, blocks=1, fill=False, lay=None):
     """A Buf whose mem is the packed form of buf's data (a Buf over the
     user's memory, with a derived datatype with holes; its first element's
     origin at byte `origin` of mem, the user's whole buffer): for a send,
@@ -249,7 +249,8 @@ def _packed(buf, mem, origin, writable, blocks=1, fill=False):
     Packed, the data are plain elements of the type's one basic type (or
     bytes, for a struct of several), so reductions see numbers."""
     datatype, count = buf.datatype, buf.count
-    lay = layout(datatype)
+    if lay is None:
+        lay = layout(datatype)
     total = count * blocks
     lay.check(total, len(mem), origin)
     staging = memoryview(bytearray(lay.size * total))
@@ -287,7 +288,8 @@ def packed_spec(spec, writable, blocks=1, fill=False):
 
 def _packed_holes(buf, count, displ, datatype, writable, blocks, fill):
     """_packed for the parts of a spec whose datatype has holes."""
-    extent = layout(datatype).extent        # checks that the type is committed
+    lay = layout(datatype)                  # checks that the type is committed
+    extent = lay.extent
     if extent <= 0:
         raise BufferSpecError(f"datatype {_type_name(datatype)} has extent {extent}: it "
                               f"cannot lay out a message in a buffer")
@@ -300,7 +302,7 @@ def _packed_holes(buf, count, displ, datatype, writable, blocks, fill):
                                   f"into {blocks} equal blocks")
         count = elements // blocks
     return _packed(Buf(mem, _index(count, "count"), datatype, buf), mem, origin, writable,
-                   blocks, fill)
+                   blocks, fill, lay)
 
 
 def packed_vspec(spec, size, writable, fill=False):

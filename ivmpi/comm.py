@@ -388,8 +388,11 @@ class Comm(_MPI.Comm):
             self._general_Send(buf, dest, tag)
 
     def _general_Send(self, buf, dest, tag):
-        self._isend_bytes(parse_send(buf, rank=dest, holes=True).mem, dest, tag, False,
-                          "Send").Wait()
+        b = parse_send(buf, rank=dest, holes=True)
+        # A datatype with holes is packed now: the packed bytes may take the fast path.
+        if b.pack is not None and self._fast.send(b.mem, dest, tag):
+            return
+        self._isend_bytes(b.mem, dest, tag, False, "Send").Wait()
 
     def Ssend(self, buf, dest, tag=0):
         self._isend_bytes(parse_send(buf, rank=dest, holes=True).mem, dest, tag, True,
@@ -412,9 +415,11 @@ class Comm(_MPI.Comm):
     def _general_Recv(self, buf, source, tag, status):
         # A derived datatype with holes arrives packed and is unpacked here.
         b = parse_recv(buf, rank=source, holes=True)
-        self._irecv_bytes(b.mem, source, tag, None, "Recv").Wait(status)
-        if b.unpack is not None:
-            b.unpack()
+        if b.unpack is None:
+            self._irecv_bytes(b.mem, source, tag, None, "Recv").Wait(status)
+            return
+        self._fast.Recv(b.mem, source, tag, status)      # into the staging buffer
+        b.unpack()
 
     def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
                  recvtag=ANY_TAG, status=None):
@@ -426,7 +431,12 @@ class Comm(_MPI.Comm):
         # The send half is checked whole before the receive is posted: a bad
         # one must leave no receive behind to swallow a later message.
         self._check_send_args(dest, sendtag, "Sendrecv")
-        sendmem = parse_send(sendbuf, rank=dest, holes=True).mem
+        sent = parse_send(sendbuf, rank=dest, holes=True)
+        sendmem = sent.mem
+        if sent.pack is not None and self._fast.send(sendmem, dest, sendtag):
+            # Packed from a datatype with holes, and sent eagerly.
+            self.Recv(recvbuf, source, recvtag, status)
+            return
         received = parse_recv(recvbuf, rank=source, holes=True)
         rreq = self._irecv_bytes(received.mem, source, recvtag, None, "Sendrecv")
         sreq = self._isend_bytes(sendmem, dest, sendtag, False, "Sendrecv")
