@@ -366,8 +366,11 @@ class Comm(_MPI.Comm):
         return self._fast.Isend(buf, dest, tag)
 
     def _general_Isend(self, buf, dest, tag):
-        return self._isend_bytes(parse_send(buf, rank=dest, holes=True).mem, dest, tag, False,
-                                 "Isend")
+        b = parse_send(buf, rank=dest, holes=True)
+        if b.pack is not None:
+            # Packed from a datatype with holes: the packed bytes may go at once.
+            return self._fast.Isend(b.mem, dest, tag)
+        return self._isend_bytes(b.mem, dest, tag, False, "Isend")
 
     def Issend(self, buf, dest, tag=0):
         return self._isend_bytes(parse_send(buf, rank=dest, holes=True).mem, dest, tag, True,
@@ -406,8 +409,10 @@ class Comm(_MPI.Comm):
 
     def _general_Irecv(self, buf, source, tag):
         b = parse_recv(buf, rank=source, holes=True)
-        req = self._irecv_bytes(b.mem, source, tag, None, "Irecv")
-        return req if b.unpack is None else _unpacking(req, b.unpack)
+        if b.unpack is None:
+            return self._irecv_bytes(b.mem, source, tag, None, "Irecv")
+        # Into a staging buffer, posted in one call; unpacked on completion.
+        return _unpacking(self._fast.Irecv(b.mem, source, tag), b.unpack)
 
     def Recv(self, buf, source=ANY_SOURCE, tag=ANY_TAG, status=None):
         self._fast.Recv(buf, source, tag, status)
