@@ -127,6 +127,9 @@ class Engine:
         # Nonblocking collectives in progress (ivmpi.nbcoll): each round of
         # progress polls them, so that they advance whatever a wait is for.
         self.schedules = []
+        # Owners of window memory (ivmpi.win): each round of progress lets
+        # them apply the requests that arrived, whatever a wait is for.
+        self.services = []
         self.timeout = _env_float("IVMPI_TIMEOUT", 0.0)
         self.set_oversubscribed(False)
         self.liveness = Liveness(self.mem, self.size, rank)
@@ -368,6 +371,8 @@ class Engine:
             moved = self._progress()
             if self.schedules:
                 moved = self._advance_schedules() or moved
+            for service in self.services:
+                moved = service.poll() or moved
             return moved
 
     def _advance_schedules(self):
