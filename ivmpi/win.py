@@ -27,7 +27,6 @@ Who moves the bytes:
   instruction touches the region: atomicity comes from one process, the
   owner, applying each request whole under the engine lock.
 """
-import os
 import struct
 import threading
 import time
@@ -261,6 +260,7 @@ class _Owner:
         self.completes = {}         # comm rank -> Complete notices not yet taken by Wait
         self.errors = {}            # comm rank -> first failure of a request without reply
         self.local_replies = {}     # request id -> reply, for requests to ourselves
+        self.applied = 0            # requests handled (diagnostics and tests)
 
     def poll(self):
         engine = self.state.engine
@@ -284,6 +284,7 @@ class _Owner:
 
     def handle(self, source, data):
         """Apply one request from comm rank `source`; send or keep its reply."""
+        self.applied += 1
         try:
             kind, reqid, disp, nruns, op_index, type_index, paylen, extra = \
                 _HEADER.unpack_from(data, 0)
@@ -636,8 +637,7 @@ class Win(_MPI.Win):
         self._st = state
         with engine.lock:
             engine.services.append(state.owner)
-        if os.environ.get("IVMPI_WIN_THREAD", "1") != "0":
-            _progress_thread(engine).add()
+        _progress_thread(engine).add()
         _BY_HANDLE[self.handle] = state
         return self
 
@@ -756,8 +756,7 @@ class Win(_MPI.Win):
                 if block is not None:
                     engine.heap.release(block)
         state.coll.Free()
-        if os.environ.get("IVMPI_WIN_THREAD", "1") != "0":
-            _progress_thread(engine).remove()
+        _progress_thread(engine).remove()
 
     def free(self):
         if self:
@@ -968,6 +967,11 @@ class Win(_MPI.Win):
         if res is not None and res.nbytes != nbytes:
             raise MPIError(_MPI.ERR_TYPE, f"{what}: the result buffer has room for "
                            f"{res.nbytes} bytes, the target gives {nbytes}")
+        if obytes is not None and basic is not None and nbytes:
+            obasic = datatype if datatype.is_predefined else layout(datatype).basic
+            if obasic is None or obasic.handle != basic.handle:
+                raise MPIError(_MPI.ERR_TYPE, f"{what}: origin and target are not made of "
+                               f"the same predefined datatype")
         type_index = _TYPE_INDEX.get(basic.handle) if basic is not None else None
         if type_index is None:
             if op_index not in (_REPLACE, _NO_OP):
