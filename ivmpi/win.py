@@ -36,7 +36,7 @@ import numpy as np
 
 from .lib import MPI as _MPI
 
-from ._fastcopy import buffer_span, memory_fence, region_memoryview
+from ._fastcopy import WinFast, buffer_span, memory_fence, region_memoryview
 from .buffers import BufferSpecError, has_holes, parse_recv, parse_send
 from .comm import Comm, Intracomm
 from .datatypes import layout
@@ -262,6 +262,17 @@ class _Owner:
         self.local_replies = {}     # request id -> reply, for requests to ourselves
         self.applied = 0            # requests handled (diagnostics and tests)
 
+    tag = REQUEST_TAG
+
+    def arrive(self, world_source, data):
+        """A request read from a ring (the engine calls this under its lock)."""
+        source = self.state.comm_rank_of.get(world_source)
+        if source is None:
+            from .errors import CorruptRegionError
+            raise CorruptRegionError(f"peer {world_source}: a window request from a rank "
+                                     f"outside the window")
+        self.handle(source, data)
+
     def poll(self):
         engine = self.state.engine
         if not engine.unexpected:
@@ -485,6 +496,19 @@ class _WinState:
         self.lock_all = False
         self.access = None          # Start's group (comm ranks) until Complete
         self.exposure = None        # Post's group until Wait/Test
+        self.fast = None            # the WinFast of the one-call paths
+
+    def sync_fast(self):
+        """Tell the one-call paths which targets an epoch opens (WinFast)."""
+        fast = self.fast
+        if fast is None:
+            return
+        everyone = self.fence_open or bool(self.lock_all)
+        for t in range(self.size):
+            passive = bool(self.lock_all) or t in self.locked
+            fast.passive[t] = passive
+            fast.allowed[t] = everyone or passive or (self.access is not None
+                                                     and t in self.access)
 
     def new_reqid(self):
         reqid = self.next_reqid
@@ -510,7 +534,15 @@ class Win(_MPI.Win):
         self = _MPI.Win.__new__(cls, win)
         if isinstance(win, Win) and "_st" in win.__dict__:
             self._st = win._st
+            self._bind_fast()
         return self
+
+    def _bind_fast(self):
+        """Put, Get and Flush straight to Cython (ivmpi._fastcopy.WinFast),
+        for ivmpi's own class only: a subclass keeps its overrides."""
+        if type(self) is Win:
+            fast = self._st.fast
+            self.Put, self.Get, self.Flush = fast.Put, fast.Get, fast.Flush
 
     def __init__(self, win=None):
         pass
@@ -633,10 +665,19 @@ class Win(_MPI.Win):
                 raise MPIError(_MPI.ERR_WIN, f"rank {r} announced window memory "
                                f"[{off}, {off}+{n}) outside the region's heaps")
         state.targets = table
+        fast = state.fast = WinFast(engine.mem, [t[0] if state.flavor != FLAVOR_DYNAMIC else -1
+                                                 for t in table],
+                                    [t[1] for t in table], [t[2] for t in table], state.rank)
+        fast.dirty, fast.pending = state.dirty, state.pending
         self = _MPI.Win.__new__(cls, lib)
         self._st = state
+        fast.general_put = self._general_put
+        fast.general_get = self._general_get
+        fast.general_flush = self._general_flush
+        self._bind_fast()
         with engine.lock:
             engine.services.append(state.owner)
+            engine.service_contexts[state.ctx] = state.owner
         _progress_thread(engine).add()
         _BY_HANDLE[self.handle] = state
         return self
@@ -746,7 +787,9 @@ class Win(_MPI.Win):
             state.owner.poll()
             if state.owner in engine.services:
                 engine.services.remove(state.owner)
+            engine.service_contexts.pop(state.ctx, None)
         state.freed = True
+        state.fast.enabled = False
         _BY_HANDLE.pop(self.handle, None)
         _MPI.Win.Free(self)
         # The shared block belongs to rank 0; nobody uses it after the barrier.
@@ -994,16 +1037,26 @@ class Win(_MPI.Win):
             replies[-1].finish = _then(replies[-1].finish, res.unpack)
         return replies
 
+    # Put, Get and Flush: each instance of Win binds WinFast's versions,
+    # which copy straight to or from the region in the common case and
+    # call the _general_* methods otherwise.
+
     def Put(self, origin, target_rank, target=None):
         state = self.__dict__.get("_st")
         if state is None:
             return _MPI.Win.Put(self, origin, target_rank, target)
+        self._general_put(origin, target_rank, target)
+
+    def _general_put(self, origin, target_rank, target):
         self._put(self._state(), origin, target_rank, target, "Put")
 
     def Get(self, origin, target_rank, target=None):
         state = self.__dict__.get("_st")
         if state is None:
             return _MPI.Win.Get(self, origin, target_rank, target)
+        self._general_get(origin, target_rank, target)
+
+    def _general_get(self, origin, target_rank, target):
         self._get(self._state(), origin, target_rank, target, "Get")
 
     def Accumulate(self, origin, target_rank, target=None, op=_MPI.SUM):
@@ -1136,6 +1189,9 @@ class Win(_MPI.Win):
         state = self.__dict__.get("_st")
         if state is None:
             return _MPI.Win.Flush(self, rank)
+        self._general_flush(rank)
+
+    def _general_flush(self, rank):
         state = self._state()
         self._check_passive(state, rank, "Flush")
         self._complete_targets(state, [rank], "Flush")
@@ -1195,6 +1251,7 @@ class Win(_MPI.Win):
         # take any left in the queue so direct loads see them.
         state.engine.progress()
         state.fence_open = not (assertion & _MPI.MODE_NOSUCCEED)
+        state.sync_fast()
 
     # --- synchronisation: locks ----------------------------------------------------------------
 
@@ -1215,6 +1272,7 @@ class Win(_MPI.Win):
         if not assertion & _MPI.MODE_NOCHECK:
             self._call(state, rank, LOCK, kind, "Lock")
         state.locked[rank] = (kind, not assertion & _MPI.MODE_NOCHECK)
+        state.sync_fast()
 
     def Unlock(self, rank):
         state = self.__dict__.get("_st")
@@ -1226,6 +1284,7 @@ class Win(_MPI.Win):
         if rank not in state.locked:
             raise MPIError(_MPI.ERR_RMA_SYNC, f"Unlock: rank {rank} is not locked")
         _, held = state.locked.pop(rank)
+        state.sync_fast()
         self._unlock(state, [rank] if held else [], [rank], "Unlock")
 
     def _call(self, state, target, kind, extra, what):
@@ -1271,6 +1330,7 @@ class Win(_MPI.Win):
             for r in replies:
                 r.wait()
         state.lock_all = "held" if not assertion & _MPI.MODE_NOCHECK else "nocheck"
+        state.sync_fast()
 
     def Unlock_all(self):
         state = self.__dict__.get("_st")
@@ -1281,6 +1341,7 @@ class Win(_MPI.Win):
             raise MPIError(_MPI.ERR_RMA_SYNC, "Unlock_all: the window is not locked")
         held = state.lock_all == "held"
         state.lock_all = False
+        state.sync_fast()
         everyone = list(range(state.size))
         self._unlock(state, everyone if held else [], everyone, "Unlock_all")
 
@@ -1334,6 +1395,7 @@ class Win(_MPI.Win):
         with state.engine.lock:
             self._take(ranks, owner.posts)
         state.access = ranks
+        state.sync_fast()
 
     def Complete(self):
         state = self.__dict__.get("_st")
@@ -1343,6 +1405,7 @@ class Win(_MPI.Win):
         if state.access is None:
             raise MPIError(_MPI.ERR_RMA_SYNC, "Complete without Start")
         ranks, state.access = state.access, None
+        state.sync_fast()
         # Replies first; the Complete notice then follows every request in
         # each target's queue, so the target's Wait sees them applied.
         for t in ranks:
