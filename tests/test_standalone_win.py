@@ -1,0 +1,175 @@
+"""Windows in standalone mode (IVMPI_RANK/IVMPI_SIZE, no launcher: ranks meet
+through the region alone), with and without strict-align copies; and the
+one-call Put/Get path's region accesses traced in strict mode."""
+import json
+import mmap
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from ivmpi import _fastcopy_trace as traced
+from ivmpi.region import Region
+
+from test_alignment_trace import strictness_violations, traced_call
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+WORKER = textwrap.dedent("""
+    import json, time
+    import numpy as np
+    from ivmpi import MPI
+    comm = MPI.COMM_WORLD
+    rank, size = comm.rank, comm.size
+    report = {}
+
+    # Allocate_shared: every rank's part, straight from numpy.
+    win = MPI.Win.Allocate_shared(8 * 5, 8, comm=comm)
+    win.Fence()
+    mine = np.frombuffer(win.Shared_query(rank)[0], "f8")
+    mine[:] = rank + 0.25
+    win.Fence()
+    report["shared"] = [float(np.frombuffer(win.Shared_query(r)[0], "f8").sum())
+                        for r in range(size)]
+    win.Free()
+
+    # Allocate and Create: Put, Get, Accumulate under Fence (odd sizes and offsets).
+    results = []
+    for flavor in ("allocate", "create"):
+        user = bytearray(200)
+        win = (MPI.Win.Allocate(200, 1, comm=comm) if flavor == "allocate"
+               else MPI.Win.Create(user, 1, comm=comm))
+        memory = win.tomemory()
+        win.Fence()
+        right, left = (rank + 1) % size, (rank - 1) % size
+        win.Put(bytes(range(rank, rank + 37)), right, 3)
+        win.Fence()
+        win.Accumulate(np.full(5, rank + 1, "i4"), right, (64, 5, MPI.INT), MPI.SUM)
+        win.Fence()
+        got = bytearray(37)
+        win.Get(got, right, 3)
+        win.Fence()
+        results.append([bytes(memory[3:40]) == bytes(range(left, left + 37)),
+                        bytes(got) == bytes(range(rank, rank + 37)),
+                        np.frombuffer(bytes(memory[64:84]), "i4").tolist()])
+        win.Free()
+    report["flavors"] = results
+
+    # A counter at rank 0, which sleeps outside MPI meanwhile.
+    win = MPI.Win.Allocate(8 if rank == 0 else 0, 8, comm=comm)
+    win.Fence()
+    comm.Barrier()
+    if rank == 0:
+        counter = np.frombuffer(win.tomemory(), "i8")
+        deadline = time.monotonic() + 60
+        while counter[0] != 25 * (size - 1) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        report["counter"] = int(counter[0])
+    else:
+        prev = np.zeros(1, "i8")
+        seen = []
+        win.Lock(0, MPI.LOCK_SHARED)
+        for _ in range(25):
+            win.Fetch_and_op(np.ones(1, "i8"), prev, 0, 0, MPI.SUM)
+            win.Flush(0)
+            seen.append(int(prev[0]))
+        win.Unlock(0)
+        report["increasing"] = seen == sorted(seen)
+    comm.Barrier()
+    win.Free()
+    print(json.dumps(report))
+""")
+
+
+def run_job(tmp_path, size, strict):
+    path = str(tmp_path / "region")
+    Region.create(path, size=16 << 20).close()
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    procs = []
+    for rank in range(size):
+        env = dict(os.environ, IVMPI_RANK=str(rank), IVMPI_SIZE=str(size), IVMPI_REGION=path,
+                   IVMPI_TIMEOUT="60", IVMPI_STRICT_ALIGN="1" if strict else "0",
+                   PYTHONPATH=ROOT)
+        env.pop("IVMPI_MPI4PY", None)
+        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    reports = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    return reports
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["plain", "strict-align"])
+def test_standalone_windows(tmp_path, strict):
+    size = 3
+    reports = run_job(tmp_path, size, strict)
+    for rank, report in enumerate(reports):
+        assert report["shared"] == [5 * (r + 0.25) for r in range(size)]
+        left = (rank - 1) % size
+        for put_seen, get_seen, summed in report["flavors"]:
+            assert put_seen and get_seen
+            assert summed == [left + 1] * 5
+        if rank == 0:
+            assert report["counter"] == 25 * (size - 1)
+        else:
+            assert report["increasing"]
+
+
+@pytest.fixture
+def strict_mapping():
+    mm = mmap.mmap(-1, 1 << 16)
+    m = traced.Mapping(mm, strict=True)
+    yield m
+    m.release()
+    mm.close()
+
+
+@pytest.mark.parametrize("offset,disp,length", [(0, 0, 8), (64, 3, 13), (128, 1, 4096 + 5),
+                                                (1024, 7, 1), (2048, 0, 20000)])
+def test_one_call_put_and_get_are_strict_aligned(strict_mapping, offset, disp, length):
+    """The one-call path copies through the aligned copy core in strict mode:
+    every access naturally aligned, exactly the target bytes."""
+    fast = traced.WinFast(strict_mapping, [-1, offset], [0, 32768], [1, 1], 0)
+
+    def general(*args):
+        raise AssertionError("the one-call path should have taken this")
+    fast.general_put = fast.general_get = fast.general_flush = general
+    fast.dirty, fast.pending = set(), {}
+    fast.allowed[1] = 1
+    data = np.random.default_rng(length).integers(0, 256, length, dtype=np.uint8)
+    start = strict_mapping.address + offset + disp
+    addresses, widths = traced_call(lambda: fast.Put(data, 1, disp))
+    assert strictness_violations(addresses, widths, start, length) == []
+    assert strict_mapping.read_bytes(offset + disp, length) == data.tobytes()
+    back = np.zeros(length, dtype=np.uint8)
+    addresses, widths = traced_call(lambda: fast.Get(back, 1, disp))
+    assert strictness_violations(addresses, widths, start, length) == []
+    assert (back == data).all()
+
+
+def test_one_call_path_leaves_the_rest_to_the_general_one(strict_mapping):
+    calls = []
+    fast = traced.WinFast(strict_mapping, [-1, 0], [0, 100], [1, 8], 0)
+    fast.general_put = lambda *a: calls.append(("put",) + a[1:])
+    fast.general_get = lambda *a: calls.append(("get",) + a[1:])
+    fast.general_flush = lambda *a: calls.append(("flush",) + a)
+    fast.dirty, fast.pending = {1}, {}
+    data = np.zeros(2)
+    fast.Put(data, 1, 0)            # no epoch open yet
+    fast.allowed[1] = 1
+    fast.Put(data, 1, 12)           # past the end: 96 + 16 > 100
+    fast.Put(data, 0, 0)            # memory outside the region
+    fast.Put(data, 1, (0, 2))       # a target spec
+    fast.Get(np.zeros(8)[::2], 1, 0)      # strided
+    fast.passive[1] = 1
+    fast.Flush(1)                   # requests outstanding to rank 1
+    assert [c[0] for c in calls] == ["put", "put", "put", "put", "get", "flush"]
+    fast.Put(data, 1, 10)           # in range: done here
+    assert len(calls) == 6
+    assert strict_mapping.read_bytes(80, 16) == bytes(16)
