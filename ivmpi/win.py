@@ -459,6 +459,11 @@ class _Reply:
         return True
 
     def wait(self):
+        recv = self.recv
+        if recv is not None and not recv.done:
+            # The engine's receive wait: its quickest, polling that peer's ring.
+            recv.scope = None
+            self.ws.engine.wait(recv, self.what)
         if not self.done:
             self.ws.engine.wait(self, self.what)
         if self.error is not None:
