@@ -685,6 +685,7 @@ class Win(_MPI.Win):
             engine.service_contexts[state.ctx] = state.owner
         _progress_thread(engine).add()
         _BY_HANDLE[self.handle] = state
+        _keep_serving_at_exit(state)
         return self
 
     # --- attributes and queries -------------------------------------------------
@@ -795,6 +796,8 @@ class Win(_MPI.Win):
             engine.service_contexts.pop(state.ctx, None)
         state.freed = True
         state.fast.enabled = False
+        if state in _LIVE:
+            _LIVE.remove(state)
         _BY_HANDLE.pop(self.handle, None)
         _MPI.Win.Free(self)
         # The shared block belongs to rank 0; nobody uses it after the barrier.
@@ -1577,6 +1580,30 @@ def _library_window(state, offset, size, disp_unit, info, comm):
 
 
 _BY_HANDLE = {}
+
+# Windows not freed yet, in creation order (the same on every member).
+_LIVE = []
+_EXIT_HOOK = []
+
+
+def _keep_serving_at_exit(state):
+    """At exit, a window still alive is served until every member gets
+    there: MPI_Finalize is collective, and a peer may still be waiting for
+    this rank to answer its passive-target requests.  Registered after the
+    job started, so it runs before ivmpi marks this rank finalized."""
+    _LIVE.append(state)
+    if not _EXIT_HOOK:
+        import atexit
+        atexit.register(_serve_until_everyone_exits)
+        _EXIT_HOOK.append(True)
+
+
+def _serve_until_everyone_exits():
+    for state in list(_LIVE):
+        try:
+            state.coll.Barrier()
+        except Exception:   # a peer that died or left: nothing more to serve
+            pass
 
 
 # --- the progress thread -----------------------------------------------------------------------

@@ -173,3 +173,35 @@ def test_one_call_path_leaves_the_rest_to_the_general_one(strict_mapping):
     fast.Put(data, 1, 10)           # in range: done here
     assert len(calls) == 6
     assert strict_mapping.read_bytes(80, 16) == bytes(16)
+
+
+EXIT_WORKER = textwrap.dedent("""
+    import time
+    import numpy as np
+    from ivmpi import MPI
+    comm = MPI.COMM_WORLD
+    win = MPI.Win.Create(bytearray(64), 8, comm=comm)
+    if comm.rank != 0:
+        time.sleep(0.5)            # rank 0 is at exit by now, its window not freed
+        win.Lock(0, MPI.LOCK_EXCLUSIVE)
+        win.Put(np.full(1, comm.rank, "i8"), 0, comm.rank)
+        win.Unlock(0)
+    print("done")
+""")
+
+
+def test_an_unfreed_window_is_served_until_every_member_exits(tmp_path):
+    path = str(tmp_path / "region")
+    Region.create(path, size=16 << 20).close()
+    script = tmp_path / "exit_worker.py"
+    script.write_text(EXIT_WORKER)
+    procs = []
+    for rank in range(3):
+        env = dict(os.environ, IVMPI_RANK=str(rank), IVMPI_SIZE="3", IVMPI_REGION=path,
+                   IVMPI_TIMEOUT="60", PYTHONPATH=ROOT)
+        env.pop("IVMPI_MPI4PY", None)
+        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and out.strip() == "done", err
