@@ -205,3 +205,79 @@ def test_an_unfreed_window_is_served_until_every_member_exits(tmp_path):
     for proc in procs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0 and out.strip() == "done", err
+
+
+class _FakeEngine:
+    def __init__(self):
+        self.sent = []
+
+    def isend(self, dest, mem, tag, context):
+        self.sent.append((dest, tag, bytes(mem)))
+
+
+class _FakeWindow:
+    """What an owner needs of its window: ranks, context, an engine."""
+    rank, world, ctx = 0, [0, 1], 8
+    comm_rank_of = {0: 0, 1: 1}
+
+    def __init__(self):
+        self.engine = _FakeEngine()
+
+
+def _request(kind, reqid=0, disp=0, runs=(), payload=b"", op=0, dtype=0, extra=0, paylen=None,
+             nruns=None):
+    import struct
+    header = struct.pack("<8q", kind, reqid, disp, len(runs) if nruns is None else nruns, op,
+                         dtype, len(payload) if paylen is None else paylen, extra)
+    body = b"".join(struct.pack("<2q", o, n) for o, n in runs)
+    return header + body + payload
+
+
+def test_the_owner_refuses_malformed_requests():
+    """A corrupt or hostile peer's requests give it errors; the owner's memory
+    and its own state stay as they were."""
+    from ivmpi import win as W
+    window = _FakeWindow()
+    owner = W._Owner(window)
+    memory = bytearray(range(64))
+    owner.memory = W._LocalMemory(memoryview(memory))
+    int_index = W._TYPE_INDEX[W._MPI.INT.handle]
+    bad = [
+        b"\x01\x00",                                                  # shorter than a header
+        _request(99, 5),                                              # unknown kind
+        _request(W.GET, 5, runs=[(0, 8)], nruns=1000),               # runs beyond the message
+        _request(W.GET, 5, runs=[(60, 8)]),                           # past the end
+        _request(W.GET, 5, disp=-8, runs=[(0, 8)]),                   # before the start
+        _request(W.GET, 5, runs=[(0, -4)]),                           # negative length
+        _request(W.GET_ACC, 5, runs=[(0, 8)], payload=bytes(8), op=77, dtype=int_index),
+        _request(W.GET_ACC, 5, runs=[(0, 8)], payload=bytes(8), op=0, dtype=10 ** 6),
+        _request(W.GET_ACC, 5, runs=[(0, 6)], payload=bytes(6), op=0, dtype=int_index),
+        _request(W.GET_ACC, 5, runs=[(0, 8)], payload=bytes(4), op=0, dtype=int_index),
+        _request(W.CAS, 5, runs=[(0, 4)], payload=bytes(4), dtype=int_index),
+        _request(W.LOCK, 5, extra=3),
+        _request(W.UNLOCK, 5),                                        # never locked
+    ]
+    for data in bad:
+        window.engine.sent.clear()
+        owner.errors.clear()
+        owner.handle(1, data)
+        if window.engine.sent:
+            (dest, tag, reply), = window.engine.sent
+            assert dest == 1 and tag == 5
+            assert int.from_bytes(reply[:8], "little", signed=True) != 0, data
+        else:       # unreadable: kept for the origin's next flush
+            assert 1 in owner.errors, data
+    assert bytes(memory) == bytes(range(64))
+    assert owner.locks.exclusive is None and not owner.locks.shared
+    # Requests without a reply: the error waits for the origin's next flush.
+    owner.errors.clear()
+    owner.handle(1, _request(W.PUT, 0, runs=[(62, 4)], payload=b"abcd"))
+    assert bytes(memory) == bytes(range(64))
+    window.engine.sent.clear()
+    owner.handle(1, _request(W.FLUSH, 9))
+    (dest, tag, reply), = window.engine.sent
+    assert tag == 9 and int.from_bytes(reply[:8], "little") == W._MPI.ERR_RMA_RANGE
+    assert b"outside the window" in reply[8:]
+    # And a good request still works afterwards.
+    owner.handle(1, _request(W.PUT, 0, runs=[(0, 4)], payload=b"abcd"))
+    assert memory[:4] == b"abcd"
