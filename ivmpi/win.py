@@ -913,7 +913,7 @@ class Win(_MPI.Win):
         limit = max(elem, self._limit(state) // max(elem, 1) * max(elem, 1))
         if nbytes <= limit and 16 * len(runs) + nbytes <= self._limit(state):
             return [(runs, 0, nbytes)]
-        groups, group, size, at, start = [], [], 0, 0, 0
+        groups, group, size, start = [], [], 0, 0
         for o, n in runs:
             while n > 0:
                 room = limit - size - 16 * (len(group) + 1)
@@ -998,8 +998,6 @@ class Win(_MPI.Win):
         op_index = _OP_INDEX.get(op.handle) if isinstance(op, _MPI.Op) else None
         if op_index is None:
             raise MPIError(_MPI.ERR_OP, f"{what}: only predefined operations are allowed")
-        if kind == ACC and op_index == _NO_OP:
-            op_index = _NO_OP
         res = parse_recv(result, holes=True) if kind == GET_ACC else None
         if op_index == _NO_OP and (origin is None or kind == GET_ACC and _empty_origin(origin)):
             # NO_OP reads only: the result buffer describes the data.
@@ -1033,7 +1031,7 @@ class Win(_MPI.Win):
             elem = _TYPES[type_index].Get_size()
         if not nbytes:
             return None
-        replies, at = [], 0
+        replies = []
         for group, at, size in self._split(state, runs, nbytes, elem):
             payload = b"" if op_index == _NO_OP else data[at:at + size]
             pending = self._send(state, target_rank, kind, start, group, payload, op_index,

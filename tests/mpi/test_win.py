@@ -368,7 +368,7 @@ def test_large_transfers_and_request_forms(comm, kind):
 
 
 def test_mpi_error_cases(comm):
-    rank, size = comm.rank, comm.size
+    size = comm.size
     win = MPI.Win.Allocate(64, 8, comm=comm)
     with pytest.raises(MPI.Exception) as info:
         win.Put(np.zeros(1), 0)
