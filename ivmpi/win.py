@@ -368,44 +368,96 @@ class _Owner:
         runs = np.frombuffer(data, dtype="<i8", count=2 * nruns, offset=at).reshape(-1, 2)
         runs = [(int(o), int(n)) for o, n in runs]
         payload = memoryview(data)[at + 16 * nruns:]
-        total = sum(n for _, n in runs)
-        memory = self.memory
-        for o, n in runs:
-            if n < 0 or not memory.check(disp + o, n):
-                raise _rma_error(_MPI.ERR_RMA_RANGE,
-                                 f"{KIND_NAMES[kind]} from rank {source}: bytes "
-                                 f"[{disp + o}, {disp + o}+{n}) are outside the window of rank "
-                                 f"{self.state.rank} ({memory.size} bytes)")
-        if kind == PUT:
-            if paylen != total:
-                raise _rma_error(_MPI.ERR_ARG, "Put: payload and target sizes differ")
-            _scatter(memory, disp, runs, payload)
-            return None
-        if kind == GET:
-            return _gather(memory, disp, runs)
-        if not (0 <= op_index < len(_OPS) and 0 <= type_index < len(_TYPES)):
-            raise _rma_error(_MPI.ERR_OP, f"{KIND_NAMES[kind]}: op {op_index} or datatype "
-                             f"{type_index} unknown")
-        size = _TYPES[type_index].Get_size()
-        if total % size:
-            raise _rma_error(_MPI.ERR_TYPE, f"{KIND_NAMES[kind]}: {total} bytes are not whole "
-                             f"elements of {_TYPES[type_index].Get_name()}")
-        if kind == CAS:
-            if paylen != 2 * total or len(runs) != 1:
-                raise _rma_error(_MPI.ERR_ARG, "Compare_and_swap: malformed request")
-            old = _gather(memory, disp, runs)
-            if bytes(old) == bytes(payload[total:]):
-                _scatter(memory, disp, runs, payload[:total])
-            return old
-        if paylen != (0 if op_index == _NO_OP else total):
-            raise _rma_error(_MPI.ERR_ARG, f"{KIND_NAMES[kind]}: payload and target sizes "
-                             f"differ")
+        return _apply_to(self.memory, kind, disp, runs, payload, op_index, type_index,
+                         f"from rank {source} to rank {self.state.rank}")
+
+
+def _apply_to(memory, kind, disp, runs, payload, op_index, type_index, who):
+    """Carry out one data request on memory (checked first); the old target
+    bytes for GET, GET_ACC and CAS, else None.  The owner calls this for the
+    requests it receives, an origin for accumulates to region memory (under
+    the target's bakery lock)."""
+    paylen = len(payload)
+    total = sum(n for _, n in runs)
+    for o, n in runs:
+        if n < 0 or not memory.check(disp + o, n):
+            raise _rma_error(_MPI.ERR_RMA_RANGE,
+                             f"{KIND_NAMES[kind]} {who}: bytes [{disp + o}, {disp + o}+{n}) are "
+                             f"outside the window ({memory.size} bytes)")
+    if kind == PUT:
+        if paylen != total:
+            raise _rma_error(_MPI.ERR_ARG, "Put: payload and target sizes differ")
+        _scatter(memory, disp, runs, payload)
+        return None
+    if kind == GET:
+        return _gather(memory, disp, runs)
+    if not (0 <= op_index < len(_OPS) and 0 <= type_index < len(_TYPES)):
+        raise _rma_error(_MPI.ERR_OP, f"{KIND_NAMES[kind]}: op {op_index} or datatype "
+                         f"{type_index} unknown")
+    size = _TYPES[type_index].Get_size()
+    if total % size:
+        raise _rma_error(_MPI.ERR_TYPE, f"{KIND_NAMES[kind]}: {total} bytes are not whole "
+                         f"elements of {_TYPES[type_index].Get_name()}")
+    if kind == CAS:
+        if paylen != 2 * total or len(runs) != 1:
+            raise _rma_error(_MPI.ERR_ARG, "Compare_and_swap: malformed request")
         old = _gather(memory, disp, runs)
-        if op_index != _NO_OP:
-            new = _combine(op_index, type_index, payload, bytearray(old) if kind == GET_ACC
-                           else old)
-            _scatter(memory, disp, runs, new)
-        return old if kind == GET_ACC else None
+        if bytes(old) == bytes(payload[total:]):
+            _scatter(memory, disp, runs, payload[:total])
+        return old
+    if paylen != (0 if op_index == _NO_OP else total):
+        raise _rma_error(_MPI.ERR_ARG, f"{KIND_NAMES[kind]}: payload and target sizes "
+                         f"differ")
+    old = _gather(memory, disp, runs)
+    if op_index != _NO_OP:
+        new = _combine(op_index, type_index, payload, bytearray(old) if kind == GET_ACC
+                       else old)
+        _scatter(memory, disp, runs, new)
+    return old if kind == GET_ACC else None
+
+
+class _Bakery:
+    """Mutual exclusion among a window's ranks for each target's part, from
+    plain loads and stores (Lamport's bakery): no read-modify-write.
+
+    Rank i owns a block of its heap holding, per target t, two words at
+    ``block_i + 16 t``: `choosing` and `ticket`; only rank i writes them.
+    To enter t's section rank i raises `choosing`, takes a ticket one above
+    every ticket it sees, lowers `choosing`, then waits until no rank j is
+    choosing and none holds a ticket (ticket_j, j) < (ticket_i, i); it leaves
+    by clearing its ticket.  Full fences between the steps give the
+    sequential consistency the algorithm needs on every architecture."""
+
+    def __init__(self, mem, blocks, me):
+        self.mem, self.blocks, self.me = mem, blocks, me
+
+    def acquire(self, t, wait):
+        mem, me, blocks = self.mem, self.me, self.blocks
+        mine = blocks[me] + 16 * t
+        mem.store(mine, 1)
+        memory_fence()
+        ticket = 1 + max(mem.load(b + 16 * t + 8) for b in blocks)
+        mem.store(mine + 8, ticket)
+        memory_fence()
+        mem.store(mine, 0)
+        memory_fence()
+        for j, b in enumerate(blocks):
+            if j == me:
+                continue
+            theirs = b + 16 * t
+
+            def clear(theirs=theirs, j=j):
+                if mem.load(theirs):
+                    return False
+                other = mem.load(theirs + 8)
+                return other == 0 or (other, j) > (ticket, me)
+            if not clear():
+                wait(clear, f"the lock of rank {t}'s window memory, held by rank {j}")
+        memory_fence()
+
+    def release(self, t):
+        memory_fence()
+        self.mem.store(self.blocks[self.me] + 16 * t + 8, 0)
 
 
 # --- the origin's side: replies and waiting ------------------------------------
@@ -493,6 +545,8 @@ class _WinState:
         self.dirty = set()          # targets with requests not yet known to be applied
         self.pending = {}           # target -> [_Reply] outstanding
         self.region_block = None    # our heap memory, released by Free
+        self.lock_block = None      # our bakery words (see _Bakery)
+        self.bakery = None
         self.shared_block = None    # Allocate_shared: rank 0's whole block
         self.freed = False
         # Epochs (MPI's synchronisation rules).
@@ -661,15 +715,29 @@ class Win(_MPI.Win):
     def _finish(cls, state, lib, offset, size):
         """Exchange where every rank's part is, then start serving requests."""
         engine = state.engine
-        table = state.coll._collectives.allgather((offset, size, state.disp_unit))
+        # This rank's bakery words (a choosing and a ticket word per target).
+        lock_offset = -1
+        if state.flavor != FLAVOR_DYNAMIC:
+            with engine.lock:
+                block = engine.heap.alloc(16 * state.size, device_ok=True)
+            state.lock_block = block
+            lock_offset = buffer_span(block)[0] - engine.mem.address
+            engine.mem.fill(lock_offset, 16 * state.size)
+        table = state.coll._collectives.allgather((offset, size, state.disp_unit, lock_offset))
         first, _ = engine.geo.heap(0)
         last, heap_bytes = engine.geo.heap(engine.geo.nranks - 1)
-        for r, (off, n, unit) in enumerate(table):
+        for r, (off, n, unit, lock) in enumerate(table):
             # What a peer announces is checked before it is ever used as an offset.
             if off >= 0 and not (first <= off and off + n <= last + heap_bytes):
                 raise MPIError(_MPI.ERR_WIN, f"rank {r} announced window memory "
                                f"[{off}, {off}+{n}) outside the region's heaps")
-        state.targets = table
+            if lock >= 0 and not (first <= lock and lock % 8 == 0
+                                  and lock + 16 * state.size <= last + heap_bytes):
+                raise MPIError(_MPI.ERR_WIN, f"rank {r} announced lock words at {lock}, "
+                               f"outside the region's heaps")
+        state.targets = [(off, n, unit) for off, n, unit, _ in table]
+        if all(lock >= 0 for *_, lock in table):
+            state.bakery = _Bakery(engine.mem, [lock for *_, lock in table], state.rank)
         fast = state.fast = WinFast(engine.mem, [t[0] if state.flavor != FLAVOR_DYNAMIC else -1
                                                  for t in table],
                                     [t[1] for t in table], [t[2] for t in table], state.rank)
@@ -687,6 +755,30 @@ class Win(_MPI.Win):
         _BY_HANDLE[self.handle] = state
         _keep_serving_at_exit(state)
         return self
+
+    # mpi4py's handle conversions give ivmpi's window over a handle that has one.
+
+    @classmethod
+    def _of(cls, win):
+        state = _BY_HANDLE.get(win.handle) if win else None
+        if state is None or state.freed:
+            return win
+        ours = _MPI.Win.__new__(Win, win)
+        ours._st = state
+        ours._bind_fast()
+        return ours
+
+    @classmethod
+    def fromhandle(cls, handle):
+        return cls._of(_MPI.Win.fromhandle(handle))
+
+    @classmethod
+    def fromint(cls, arg, /):
+        return cls._of(_MPI.Win.fromint(arg))
+
+    @classmethod
+    def f2py(cls, arg):
+        return cls._of(_MPI.Win.f2py(arg))
 
     # --- attributes and queries -------------------------------------------------
 
@@ -803,7 +895,7 @@ class Win(_MPI.Win):
         # The shared block belongs to rank 0; nobody uses it after the barrier.
         state.coll.Barrier()
         with engine.lock:
-            for block in (state.region_block, state.shared_block):
+            for block in (state.region_block, state.shared_block, state.lock_block):
                 if block is not None:
                     engine.heap.release(block)
         state.coll.Free()
@@ -1031,6 +1123,15 @@ class Win(_MPI.Win):
             elem = _TYPES[type_index].Get_size()
         if not nbytes:
             return None
+        if self._origin_applies(state, target_rank):
+            payload = b"" if op_index == _NO_OP else data
+            old = self._locked_apply(state, target_rank, kind, start, runs, payload, op_index,
+                                     type_index, what)
+            if res is not None:
+                res.mem[:nbytes] = old
+                if res.unpack is not None:
+                    res.unpack()
+            return None
         replies = []
         for group, at, size in self._split(state, runs, nbytes, elem):
             payload = b"" if op_index == _NO_OP else data[at:at + size]
@@ -1042,6 +1143,25 @@ class Win(_MPI.Win):
         if res is not None and res.unpack is not None and replies:
             replies[-1].finish = _then(replies[-1].finish, res.unpack)
         return replies
+
+    @staticmethod
+    def _origin_applies(state, target_rank):
+        """Accumulates to region memory are carried out by the origin itself,
+        under the target's bakery lock: no round trip, whatever the target
+        process is doing."""
+        return state.bakery is not None and state.targets[target_rank][0] >= 0
+
+    def _locked_apply(self, state, target_rank, kind, start, runs, payload, op_index,
+                      type_index, what):
+        offset, size, _ = state.targets[target_rank]
+        memory = _RegionMemory(state.engine.mem, offset, size)
+        bakery = state.bakery
+        bakery.acquire(target_rank, lambda ready, why: self._wait_until(state, ready, why))
+        try:
+            return _apply_to(memory, kind, start, runs, payload, op_index, type_index,
+                             f"to rank {target_rank}")
+        finally:
+            bakery.release(target_rank)
 
     # Put, Get and Flush: each instance of Win binds WinFast's versions,
     # which copy straight to or from the region in the common case and
@@ -1115,9 +1235,13 @@ class Win(_MPI.Win):
         type_index = _TYPE_INDEX.get(basic.handle) if basic is not None else None
         if type_index is None:
             raise MPIError(_MPI.ERR_TYPE, f"{what}: needs a predefined datatype")
-        pending = self._send(state, target_rank, CAS, start, runs,
-                             bytes(ori.mem) + bytes(cmp.mem), 0, type_index, reply=True,
-                             what=what)
+        payload = bytes(ori.mem) + bytes(cmp.mem)
+        if self._origin_applies(state, target_rank):
+            res.mem[:nbytes] = self._locked_apply(state, target_rank, CAS, start, runs, payload,
+                                                  0, type_index, what)
+            return
+        pending = self._send(state, target_rank, CAS, start, runs, payload, 0, type_index,
+                             reply=True, what=what)
         pending.finish = _copier(res.mem, 0, nbytes)
 
     # --- request forms --------------------------------------------------------------------

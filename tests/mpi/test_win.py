@@ -79,6 +79,9 @@ def test_window_is_an_mpi4py_window_with_region_memory(comm):
     assert win.attrs[1:] == (64, 8)
     assert in_region(comm, win.tomemory())
     assert win.group_size == comm.size and win.group_rank == comm.rank
+    again = MPI.Win.fromhandle(win.handle)
+    assert type(again) is MPI.Win and again == win and again._st is win._st
+    assert MPI.Win.f2py(win.py2f())._st is win._st
     win.Free()
     assert win == MPI.WIN_NULL
 
