@@ -602,6 +602,7 @@ class Win(_MPI.Win):
         if type(self) is Win:
             fast = self._st.fast
             self.Put, self.Get, self.Flush = fast.Put, fast.Get, fast.Flush
+            self.Fetch_and_op = fast.Fetch_and_op
 
     def __init__(self, win=None):
         pass
@@ -747,6 +748,12 @@ class Win(_MPI.Win):
         fast.general_put = self._general_put
         fast.general_get = self._general_get
         fast.general_flush = self._general_flush
+        fast.general_fetch_and_op = self._general_fetch_and_op
+        fast.sum_op = _MPI.SUM
+        fast.op_codes = {_MPI.SUM.handle: 0, _MPI.NO_OP.handle: 1, _MPI.REPLACE.handle: 2,
+                         _MPI.MAX.handle: 3, _MPI.MIN.handle: 4}
+        if state.bakery is not None:
+            fast.lock_blocks = list(state.bakery.blocks)
         self._bind_fast()
         with engine.lock:
             engine.services.append(state.owner)
@@ -1202,6 +1209,9 @@ class Win(_MPI.Win):
         state = self.__dict__.get("_st")
         if state is None:
             return _MPI.Win.Fetch_and_op(self, origin, result, target_rank, target_disp, op)
+        self._general_fetch_and_op(origin, result, target_rank, target_disp, op)
+
+    def _general_fetch_and_op(self, origin, result, target_rank, target_disp, op):
         state = self._state()
         if target_rank == _MPI.PROC_NULL:
             return

@@ -281,3 +281,59 @@ def test_the_owner_refuses_malformed_requests():
     # And a good request still works afterwards.
     owner.handle(1, _request(W.PUT, 0, runs=[(0, 4)], payload=b"abcd"))
     assert memory[:4] == b"abcd"
+
+
+def _counter_fast(mapping):
+    """A WinFast over a strict mapping as rank 0 of 2, target 1's part at
+    offset 0 (8-byte units), the bakery words of ranks 0 and 1 at 512 and 544."""
+    calls = []
+    fast = traced.WinFast(mapping, [-1, 0], [0, 64], [1, 8], 0)
+    fast.general_put = fast.general_get = fast.general_flush = None
+    fast.general_fetch_and_op = lambda *a: calls.append(a)
+    fast.dirty, fast.pending = set(), {}
+    fast.allowed[1] = 1
+    fast.lock_blocks = [512, 544]
+    from ivmpi.lib import MPI
+    fast.sum_op = MPI.SUM
+    fast.op_codes = {MPI.SUM.handle: 0, MPI.NO_OP.handle: 1, MPI.REPLACE.handle: 2,
+                     MPI.MAX.handle: 3, MPI.MIN.handle: 4}
+    return fast, calls
+
+
+@pytest.mark.parametrize("dtype", ["i4", "u4", "i8", "u8", "q", "Q", "f8"])
+def test_one_call_fetch_and_op_computes_as_numpy(strict_mapping, dtype):
+    from ivmpi.lib import MPI
+    fast, calls = _counter_fast(strict_mapping)
+    expect = {"SUM": np.add, "MAX": np.maximum, "MIN": np.minimum,
+              "REPLACE": lambda old, new: new, "NO_OP": lambda old, new: old}
+    item = np.dtype(dtype).itemsize
+    for name, combine in expect.items():
+        for start, given in ((5, 3), (7, 9), (np.iinfo(dtype).max if dtype[0] in "iuqQ" else 1e300,
+                                               1)):
+            start = np.array([start], dtype)
+            strict_mapping.write(8, start.tobytes())
+            prev = np.zeros(1, dtype)
+            fast.Fetch_and_op(np.array([given], dtype), prev, 1, 1, getattr(MPI, name))
+            assert not calls
+            assert prev[0] == start[0]
+            now = np.frombuffer(strict_mapping.read_bytes(8, item), dtype)[0]
+            with np.errstate(over="ignore"):
+                assert now == combine(start, np.array([given], dtype))[0], (name, start, given)
+    # The lock words are all down again.
+    assert strict_mapping.read_bytes(512, 64) == bytes(64)
+
+
+def test_one_call_fetch_and_op_gives_way_to_a_holder(strict_mapping):
+    from ivmpi.lib import MPI
+    fast, calls = _counter_fast(strict_mapping)
+    strict_mapping.store(544 + 16 + 8, 1)       # rank 1 holds target 1's lock (ticket 1)
+    prev = np.zeros(1, "i8")
+    fast.Fetch_and_op(np.ones(1, "i8"), prev, 1, 0, MPI.SUM)
+    assert len(calls) == 1                      # the general path waits instead
+    assert strict_mapping.load(512 + 16 + 8) == 0 and strict_mapping.load(512 + 16) == 0
+    assert strict_mapping.read_bytes(0, 8) == bytes(8)
+    # Not the counter's case: a list spec, a user op, two elements.
+    fast.Fetch_and_op([np.ones(1, "i8"), MPI.LONG], prev, 1, 0, MPI.SUM)
+    fast.Fetch_and_op(np.ones(2, "i8"), np.zeros(2, "i8"), 1, 0, MPI.SUM)
+    fast.Fetch_and_op(np.ones(1, "i8"), prev, 1, 0, MPI.PROD)
+    assert len(calls) == 4
