@@ -17,15 +17,18 @@ Where the memory is:
 Who moves the bytes:
 - ``Put`` and ``Get`` to memory in the region are plain aligned copies by the
   origin through the copy core (the owner is not involved);
+- accumulates to memory in the region (``Accumulate``, ``Get_accumulate``,
+  ``Fetch_and_op``, ``Compare_and_swap``) are carried out by the origin too,
+  inside the target's bakery lock (_Bakery: Lamport's algorithm over words
+  each written by one rank only), reading the bytes into private memory,
+  computing there and writing them back: no read-modify-write instruction
+  touches the region, and the target process need not run;
 - everything else is a *request* to the owner, a message on the window's own
-  context: Put/Get to memory outside the region, every accumulate
-  (``Accumulate``, ``Get_accumulate``, ``Fetch_and_op``,
-  ``Compare_and_swap``), locks, flushes and the PSCW notices.  The owner
-  applies requests in arrival order whenever it makes progress (any MPI call
-  that waits, and a progress thread while windows exist, so a target busy in
-  ``time.sleep`` or a computation still serves them).  No read-modify-write
-  instruction touches the region: atomicity comes from one process, the
-  owner, applying each request whole under the engine lock.
+  context: Put/Get/accumulates to memory outside the region, locks, flushes
+  and the PSCW notices.  The owner applies requests in arrival order as soon
+  as it reads them (any MPI call that polls), and a progress thread does so
+  while windows exist, so a target busy in ``time.sleep`` or a computation
+  still serves them.
 """
 import struct
 import threading

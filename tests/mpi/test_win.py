@@ -233,9 +233,11 @@ def test_exclusive_lock_excludes(comm):
 
 
 def test_passive_target_is_served_while_it_sleeps(comm):
-    """Rank 0 makes no MPI call while the others lock its windows, put,
-    accumulate and fetch: its progress thread serves them.  It waits by
-    looking at its own memory only, so without that thread it never wakes."""
+    """Rank 0 makes no MPI call while the others lock its windows and put
+    into its user memory (requests its progress thread serves), and
+    accumulate and fetch into its region memory (done by the origins under
+    the bakery lock).  It waits by looking at its own memory only, so
+    without that thread the locks are never granted and it never wakes."""
     rank, size = comm.rank, comm.size
     user = bytearray(64)
     created = MPI.Win.Create(user, 8, comm=comm)                   # owner-carried puts
