@@ -39,6 +39,10 @@ cdef class WinFast:
     cdef public list lock_blocks
     cdef public dict op_codes
     cdef public object sum_op, general_fetch_and_op
+    # Set while a thread of this process is inside the bakery through the
+    # general path: this rank's bakery words are one per process, so the
+    # one-call path (which runs whole under the GIL) then stays out.
+    cdef public bint bakery_busy
 
     def __init__(self, Mapping mem, list offsets, list sizes, list units, Py_ssize_t rank):
         self.mem = mem
@@ -183,7 +187,7 @@ cdef class WinFast:
         cdef Py_ssize_t olen, rlen, at, t
         cdef unsigned char old[8]
         cdef unsigned char new[8]
-        if self.lock_blocks is None or not self.enabled:
+        if self.lock_blocks is None or not self.enabled or self.bakery_busy:
             return 0
         if type(origin) is not cnp.ndarray or type(result) is not cnp.ndarray:
             return 0

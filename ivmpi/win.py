@@ -550,6 +550,7 @@ class _WinState:
         self.region_block = None    # our heap memory, released by Free
         self.lock_block = None      # our bakery words (see _Bakery)
         self.bakery = None
+        self.bakery_guard = threading.Lock()
         self.shared_block = None    # Allocate_shared: rank 0's whole block
         self.freed = False
         # Epochs (MPI's synchronisation rules).
@@ -1166,12 +1167,19 @@ class Win(_MPI.Win):
         offset, size, _ = state.targets[target_rank]
         memory = _RegionMemory(state.engine.mem, offset, size)
         bakery = state.bakery
-        bakery.acquire(target_rank, lambda ready, why: self._wait_until(state, ready, why))
-        try:
-            return _apply_to(memory, kind, start, runs, payload, op_index, type_index,
-                             f"to rank {target_rank}")
-        finally:
-            bakery.release(target_rank)
+        # The bakery words are one set per process: one thread at a time.
+        with state.bakery_guard:
+            state.fast.bakery_busy = True
+            try:
+                bakery.acquire(target_rank,
+                               lambda ready, why: self._wait_until(state, ready, why))
+                try:
+                    return _apply_to(memory, kind, start, runs, payload, op_index, type_index,
+                                     f"to rank {target_rank}")
+                finally:
+                    bakery.release(target_rank)
+            finally:
+                state.fast.bakery_busy = False
 
     # Put, Get and Flush: each instance of Win binds WinFast's versions,
     # which copy straight to or from the region in the common case and

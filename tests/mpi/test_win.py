@@ -431,3 +431,31 @@ def test_mpi4py_util_sync_counter_and_mutex(comm):
         assert np.frombuffer(shared.tomemory(), "i8")[0] == 10 * comm.size
     mutex.free()
     shared.Free()
+
+
+def test_threads_of_every_rank_accumulate_at_once(comm):
+    """Threads of one process share that rank's bakery words: the one-call
+    Fetch_and_op and the general Accumulate must still exclude each other."""
+    import threading
+    win = MPI.Win.Allocate(16 if comm.rank == 0 else 0, 8, comm=comm)
+    win.Fence()
+    win.Lock_all()
+    rounds, nthreads = 200, 3
+
+    def work():
+        prev = np.zeros(1, "i8")
+        for _ in range(rounds):
+            win.Fetch_and_op(np.ones(1, "i8"), prev, 0, 0, MPI.SUM)
+            win.Accumulate(np.ones(2, "i8"), 0, 0, MPI.SUM)
+            win.Flush(0)
+    threads = [threading.Thread(target=work) for _ in range(nthreads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    win.Unlock_all()
+    comm.Barrier()
+    if comm.rank == 0:
+        total = rounds * nthreads * comm.size
+        assert list(np.frombuffer(win.tomemory(), "i8")) == [2 * total, total]
+    win.Free()
