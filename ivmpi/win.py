@@ -661,12 +661,17 @@ class Win(_MPI.Win):
         state = _WinState(ours, FLAVOR_ALLOCATE, disp_unit)
         engine = state.engine
         offset = -1
+        error = None
         if size:
-            with engine.lock:
-                block = engine.heap.alloc(size, device_ok=True)
-            state.region_block = block
-            offset = buffer_span(block)[0] - engine.mem.address
-            engine.mem.fill(offset, size)
+            try:
+                with engine.lock:
+                    block = engine.heap.alloc(size, device_ok=True)
+                state.region_block = block
+                offset = buffer_span(block)[0] - engine.mem.address
+                engine.mem.fill(offset, size)
+            except IvmpiError as exc:
+                error = str(exc)
+        _agree_or_raise(state, error, "Win.Allocate")
         state.owner.memory = _RegionMemory(engine.mem, max(offset, 0), size)
         lib = _library_window(state, offset, size, disp_unit, info, ours)
         return cls._finish(state, lib, offset, size)
@@ -722,12 +727,17 @@ class Win(_MPI.Win):
         engine = state.engine
         # This rank's bakery words (a choosing and a ticket word per target).
         lock_offset = -1
+        error = None
         if state.flavor != FLAVOR_DYNAMIC:
-            with engine.lock:
-                block = engine.heap.alloc(16 * state.size, device_ok=True)
-            state.lock_block = block
-            lock_offset = buffer_span(block)[0] - engine.mem.address
-            engine.mem.fill(lock_offset, 16 * state.size)
+            try:
+                with engine.lock:
+                    block = engine.heap.alloc(16 * state.size, device_ok=True)
+                state.lock_block = block
+                lock_offset = buffer_span(block)[0] - engine.mem.address
+                engine.mem.fill(lock_offset, 16 * state.size)
+            except IvmpiError as exc:
+                error = str(exc)
+        _agree_or_raise(state, error, "window creation")
         table = state.coll._collectives.allgather((offset, size, state.disp_unit, lock_offset))
         first, _ = engine.geo.heap(0)
         last, heap_bytes = engine.geo.heap(engine.geo.nranks - 1)
@@ -1686,6 +1696,19 @@ def _one_element(spec, writable, what):
     if buf.count != 1:
         raise ValueError(f"{what}: expecting one element, got {buf.count}")
     return buf
+
+
+def _agree_or_raise(state, error, what):
+    """A failure on any rank (no room in its heap) is raised on every rank,
+    rather than leaving the others in the next collective step."""
+    errors = [e for e in state.coll._collectives.allgather(error) if e]
+    if errors:
+        with state.engine.lock:
+            for block in (state.region_block, state.lock_block):
+                if block is not None:
+                    state.engine.heap.release(block)
+        state.region_block = state.lock_block = None
+        raise MPIError(_MPI.ERR_NO_MEM, f"{what}: {errors[0]}")
 
 
 def _check_size(size):

@@ -459,3 +459,15 @@ def test_threads_of_every_rank_accumulate_at_once(comm):
         total = rounds * nthreads * comm.size
         assert list(np.frombuffer(win.tomemory(), "i8")) == [2 * total, total]
     win.Free()
+
+
+def test_a_window_too_large_for_one_rank_fails_everywhere(comm):
+    heap = comm._engine.heap.size
+    size = heap * 2 if comm.rank == comm.size - 1 else 64
+    with pytest.raises(MPI.Exception) as info:
+        MPI.Win.Allocate(size, 1, comm=comm)
+    assert info.value.Get_error_class() == MPI.ERR_NO_MEM
+    # Nothing is left behind: the heap is whole again and windows still work.
+    assert comm._engine.heap.available() == heap
+    win = MPI.Win.Allocate(64, 1, comm=comm)
+    win.Free()
