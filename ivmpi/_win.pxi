@@ -281,3 +281,43 @@ cdef void _combine_one(int num, int code, const char *origin, const unsigned cha
         elif (code == 3) == (v4 > u4):
             u4 = v4
         memcpy(new, &u4, 4)
+
+
+def region_put_runs(Mapping mem, Py_ssize_t base, runs, src):
+    """Copy the packed bytes of src into the region, run by run: run k
+    (row k of the int64 array `runs`: offset from base, length) takes the
+    next length bytes.  Every run is bounds-checked; the copy core keeps
+    strict alignment."""
+    _region_runs(mem, base, runs, src, False)
+
+
+def region_get_runs(Mapping mem, Py_ssize_t base, runs, dst):
+    """The reverse of region_put_runs: the runs' bytes packed into dst."""
+    _region_runs(mem, base, runs, dst, True)
+
+
+cdef int _region_runs(Mapping mem, Py_ssize_t base, object runs, object buf,
+                      bint get) except -1:
+    cdef const int64_t[:, ::1] table = runs
+    cdef Py_buffer view
+    cdef Py_ssize_t k, at = 0, total = 0, n = table.shape[0]
+    if table.shape[1] != 2:
+        raise BufferSpecError("runs must be an array of (offset, length) rows")
+    for k in range(n):
+        if table[k, 1] < 0:
+            raise BufferSpecError("a run of negative length")
+        mem._check_range(base + table[k, 0], table[k, 1], "Get" if get else "Put")
+        total += table[k, 1]
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE | (PyBUF_WRITABLE if get else 0))
+    try:
+        if view.len != total:
+            raise BufferSpecError(f"the runs hold {total} bytes, the buffer {view.len}")
+        for k in range(n):
+            if get:
+                mem._copy_out(base + table[k, 0], <char *>view.buf + at, table[k, 1])
+            else:
+                mem._copy_in(base + table[k, 0], <char *>view.buf + at, table[k, 1])
+            at += table[k, 1]
+    finally:
+        PyBuffer_Release(&view)
+    return 0

@@ -39,7 +39,8 @@ import numpy as np
 
 from .lib import MPI as _MPI
 
-from ._fastcopy import WinFast, buffer_span, memory_fence, region_memoryview
+from ._fastcopy import (WinFast, buffer_span, memory_fence, region_get_runs, region_memoryview,
+                        region_put_runs)
 from .buffers import BufferSpecError, has_holes, parse_recv, parse_send
 from .comm import Comm, Intracomm
 from .datatypes import layout
@@ -974,20 +975,19 @@ class Win(_MPI.Win):
             if lay.offsets is None:
                 raise MPIError(_MPI.ERR_TYPE, f"{what}: the target datatype has too many "
                                f"pieces for one-sided operations")
-            offs = (np.arange(tcount, dtype=np.int64)[:, None] * lay.extent
-                    + lay.offsets[None, :]).ravel()
-            lens = np.tile(lay.lengths, tcount)
-            keep = lens > 0
-            runs = [(int(o), int(n)) for o, n in zip(offs[keep], lens[keep])]
-            nbytes = int(lens.sum())
+            runs, nbytes = _expanded_runs(lay, tcount)
         # The target's part of the window, known from creation (dynamic: the owner checks).
-        if state.flavor != FLAVOR_DYNAMIC:
+        if state.flavor != FLAVOR_DYNAMIC and len(runs):
             size = state.targets[rank][1]
-            for o, n in runs:
-                if start + o < 0 or start + o + n > size:
-                    raise MPIError(_MPI.ERR_RMA_RANGE,
-                                   f"{what}: bytes [{start + o}, {start + o}+{n}) are outside "
-                                   f"the window of rank {rank} ({size} bytes)")
+            table = _as_array(runs)
+            low, high = _span_of(table)
+            if start + low < 0 or start + high > size:
+                ends = start + table[:, 0]
+                bad = np.nonzero((ends < 0) | (ends + table[:, 1] > size))[0][0]
+                o, n = table[bad]
+                raise MPIError(_MPI.ERR_RMA_RANGE,
+                               f"{what}: bytes [{start + o}, {start + o}+{n}) are outside "
+                               f"the window of rank {rank} ({size} bytes)")
         basic = layout(ttype).basic if not ttype.is_predefined else ttype
         return start, runs, nbytes, basic
 
@@ -1060,12 +1060,9 @@ class Win(_MPI.Win):
         offset = state.targets[target_rank][0]
         if offset >= 0:
             # Region memory: the origin stores the bytes itself.
-            mem, at = state.engine.mem, 0
-            data = buf.mem
-            for o, n in runs:
-                mem.write(offset + start + o, data[at:at + n])
-                at += n
+            region_put_runs(state.engine.mem, offset + start, _as_array(runs), buf.mem)
             return
+        runs = _as_list(runs)
         for group, at, size in self._split(state, runs, nbytes, 1):
             self._send(state, target_rank, PUT, start, group, buf.mem[at:at + size])
 
@@ -1081,13 +1078,12 @@ class Win(_MPI.Win):
                            f"bytes, the target gives {nbytes}")
         offset = state.targets[target_rank][0]
         if offset >= 0 or not nbytes:
-            mem, at, out = state.engine.mem, 0, buf.mem
-            for o, n in runs:
-                mem.read(offset + start + o, out[at:at + n])
-                at += n
+            if nbytes:
+                region_get_runs(state.engine.mem, offset + start, _as_array(runs), buf.mem)
             if buf.unpack is not None:
                 buf.unpack()
             return None
+        runs = _as_list(runs)
         # Requests are eager-sized: a target type of many pieces takes several.
         replies, at = [], 0
         per = max(1, self._limit(state) // 16)
@@ -1123,6 +1119,7 @@ class Win(_MPI.Win):
             spec = origin
         start, runs, nbytes, basic = self._target_layout(state, target_rank, target, count,
                                                          datatype, what, spec)
+        runs = _as_list(runs)
         if obytes is not None and obytes != nbytes:
             raise MPIError(_MPI.ERR_TYPE, f"{what}: the origin has {obytes} bytes, the "
                            f"target {nbytes}")
@@ -1263,6 +1260,7 @@ class Win(_MPI.Win):
         self._check_target(state, target_rank, what)
         start, runs, nbytes, basic = self._target_layout(
             state, target_rank, target_disp, 1, res.datatype, what)
+        runs = _as_list(runs)
         type_index = _TYPE_INDEX.get(basic.handle) if basic is not None else None
         if type_index is None:
             raise MPIError(_MPI.ERR_TYPE, f"{what}: needs a predefined datatype")
@@ -1657,6 +1655,54 @@ class _Replies:
     @property
     def error(self):
         return next((r.error for r in self.replies if r.error is not None), None)
+
+
+_RUNS_CACHE = {}     # (Layout, count) -> (runs, bytes), the most recent few
+_RUNS_CACHE_SIZE = 64
+_SPANS = {}          # id of a cached runs array -> (lowest, highest byte)
+
+
+def _expanded_runs(lay, count):
+    """The runs of `count` elements of a datatype with holes, as an (n, 2)
+    int64 array (empty runs dropped), and their bytes; kept for the few most
+    recent types (the key holds the Layout, so its identity cannot be reused)."""
+    key = (lay, count)
+    found = _RUNS_CACHE.get(key)
+    if found is None:
+        offs = (np.arange(count, dtype=np.int64)[:, None] * lay.extent
+                + lay.offsets[None, :]).ravel()
+        lens = np.tile(lay.lengths, count)
+        keep = lens > 0
+        runs = np.ascontiguousarray(np.stack((offs[keep], lens[keep]), axis=1))
+        runs.setflags(write=False)
+        found = (runs, int(lens.sum()))
+        if len(_RUNS_CACHE) >= _RUNS_CACHE_SIZE:
+            old = _RUNS_CACHE.pop(next(iter(_RUNS_CACHE)))
+            _SPANS.pop(id(old[0]), None)
+        _RUNS_CACHE[key] = found
+        if len(runs):
+            _SPANS[id(runs)] = (int(runs[:, 0].min()), int((runs[:, 0] + runs[:, 1]).max()))
+    return found
+
+
+def _span_of(table):
+    """(lowest, highest) byte the runs touch, relative to their origin."""
+    span = _SPANS.get(id(table))
+    if span is None:
+        span = (int(table[:, 0].min()), int((table[:, 0] + table[:, 1]).max()))
+    return span
+
+
+def _as_array(runs):
+    """Runs as the (n, 2) int64 array the region copies take."""
+    if isinstance(runs, np.ndarray):
+        return runs
+    return np.asarray(runs, dtype=np.int64).reshape(-1, 2)
+
+
+def _as_list(runs):
+    """Runs as a list of (offset, length), for requests and the owner."""
+    return runs.tolist() if isinstance(runs, np.ndarray) else runs
 
 
 def _copier(dst, at, size):

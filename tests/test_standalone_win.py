@@ -337,3 +337,33 @@ def test_one_call_fetch_and_op_gives_way_to_a_holder(strict_mapping):
     fast.Fetch_and_op(np.ones(2, "i8"), np.zeros(2, "i8"), 1, 0, MPI.SUM)
     fast.Fetch_and_op(np.ones(1, "i8"), prev, 1, 0, MPI.PROD)
     assert len(calls) == 4
+
+
+def test_region_runs_are_strict_aligned_and_exact(strict_mapping):
+    """Put/Get of a derived target type to region memory: each run copied
+    with aligned accesses covering exactly its bytes, nothing else touched."""
+    runs = np.array([[1, 3], [17, 8], [40, 13], [70, 1]], dtype=np.int64)
+    base = 1000
+    data = np.arange(25, dtype=np.uint8) + 1
+    before = strict_mapping.read_bytes(0, 2048)
+    addresses, widths = traced_call(lambda: traced.region_put_runs(strict_mapping, base, runs,
+                                                                   data))
+    at = 0
+    for offset, length in runs:
+        start = strict_mapping.address + base + offset
+        mine = (addresses >= start) & (addresses < start + length)
+        assert strictness_violations(addresses[mine], widths[mine], start, length) == []
+        assert strict_mapping.read_bytes(base + offset, length) == data[at:at + length].tobytes()
+        at += length
+    assert int(widths.sum()) == len(data)
+    after = bytearray(strict_mapping.read_bytes(0, 2048))
+    for offset, length in runs:
+        after[base + offset:base + offset + length] = before[base + offset:base + offset + length]
+    assert bytes(after) == before
+    back = np.zeros(25, dtype=np.uint8)
+    traced.region_get_runs(strict_mapping, base, runs, back)
+    assert (back == data).all()
+    with pytest.raises(Exception):
+        traced.region_put_runs(strict_mapping, len(strict_mapping) - 8, runs, data)
+    with pytest.raises(Exception):
+        traced.region_put_runs(strict_mapping, base, runs, data[:-1])

@@ -314,9 +314,10 @@ def test_dynamic_window(comm):
     win.Free()
 
 
-def test_derived_datatypes_against_the_library(comm):
+@pytest.mark.parametrize("kind", ("create", "allocate"))
+def test_derived_datatypes_against_the_library(comm, kind):
     rank, size = comm.rank, comm.size
-    made = make_windows("create", 8 * 64, comm)
+    made = make_windows(kind, 8 * 64, comm)
     results = []
     for (win, mem), mod in zip(made, (MPI, _native)):
         column = mod.DOUBLE.Create_vector(8, 1, 8).Commit()
@@ -337,7 +338,7 @@ def test_derived_datatypes_against_the_library(comm):
         column.Free()
         every_other.Free()
         win.Fence()
-    free_windows(made, "create")
+    free_windows(made, kind)
     assert results[0] == results[1]
 
 
