@@ -899,7 +899,13 @@ class Win(_MPI.Win):
             return _MPI.Win.Free(self)
         if state.locked or state.lock_all or state.access is not None:
             raise MPIError(_MPI.ERR_RMA_SYNC, "Win.Free: an access epoch is still open")
-        self._complete_all()
+        # An operation's failure is raised once the window is gone: the
+        # others must not be left waiting in the barrier for this rank.
+        error = None
+        try:
+            self._complete_all()
+        except MPIError as exc:
+            error = exc
         # Nobody sends requests any more once every rank is here.
         state.coll.Barrier()
         engine = state.engine
@@ -922,6 +928,8 @@ class Win(_MPI.Win):
                     engine.heap.release(block)
         state.coll.Free()
         _progress_thread(engine).remove()
+        if error is not None:
+            raise error
 
     def free(self):
         if self:
@@ -1404,13 +1412,19 @@ class Win(_MPI.Win):
         if state.locked or state.lock_all or state.access is not None \
                 or state.exposure is not None:
             raise MPIError(_MPI.ERR_RMA_SYNC, "Fence inside a lock or PSCW epoch")
-        self._complete_all()
+        error = None
+        try:
+            self._complete_all()
+        except MPIError as exc:     # raised after the barrier: nobody is left waiting
+            error = exc
         state.coll.Barrier()
         # Requests to us from ranks that passed their flush are applied by now;
         # take any left in the queue so direct loads see them.
         state.engine.progress()
         state.fence_open = not (assertion & _MPI.MODE_NOSUCCEED)
         state.sync_fast()
+        if error is not None:
+            raise error
 
     # --- synchronisation: locks ----------------------------------------------------------------
 

@@ -472,3 +472,19 @@ def test_a_window_too_large_for_one_rank_fails_everywhere(comm):
     assert comm._engine.heap.available() == heap
     win = MPI.Win.Allocate(64, 1, comm=comm)
     win.Free()
+
+
+def test_a_failed_operation_is_raised_by_fence_and_free_without_a_hang(comm):
+    """Dynamic windows: the owner finds the range error; the origin's Fence
+    raises it after the barrier, so the other ranks are not left waiting."""
+    win = MPI.Win.Create_dynamic(comm=comm)
+    win.Fence()
+    if comm.rank == 0:
+        win.Put(np.zeros(1), comm.size - 1, 4096)     # nothing attached there
+        with pytest.raises(MPI.Exception) as info:
+            win.Fence()
+        assert info.value.Get_error_class() == MPI.ERR_RMA_RANGE
+    else:
+        win.Fence()
+    win.Fence()
+    win.Free()
