@@ -91,3 +91,8 @@ def Init_thread(required=_mpi.THREAD_MULTIPLE):
 
 def Is_thread_main():
     return _mpi.Is_thread_main()
+
+
+# One-sided communication through the region (imported last: it builds on
+# the communicator classes above).
+from .win import Win  # noqa: E402

@@ -2,6 +2,7 @@
 
     mpirun -n 2 python -m ivmpi.bench pingpong [options]
     mpirun -n 4 python -m ivmpi.bench collectives [options]
+    mpirun -n 2 python -m ivmpi.bench win [options]
 
 ``pingpong`` takes the options of ``python -m mpi4py.bench pingpong`` and
 prints the same table, so the two can be read side by side.  Every command
@@ -498,7 +499,13 @@ def collectives(comm, MPI, args=None):
     return results
 
 
-COMMANDS = {"pingpong": pingpong, "collectives": collectives}
+def win(comm, MPI, args=None):
+    """One-sided Put/Get/Fetch_and_op between ranks 0 and 1 (ivmpi.benchwin)."""
+    from .benchwin import measure
+    measure(comm, MPI, args)
+
+
+COMMANDS = {"pingpong": pingpong, "collectives": collectives, "win": win}
 
 
 def transport_of(args):

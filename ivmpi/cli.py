@@ -261,21 +261,24 @@ def _clear(mem, geo):
 
 
 def _bench_arguments(parser):
-    parser.add_argument("what", choices=["compare", "scale", "sweep"],
+    parser.add_argument("what", choices=["compare", "scale", "sweep", "win"],
                         help="compare: ivmpi against mpi4py over shared memory and TCP; "
                              "scale: ping-pong in region layouts for 2..64 ranks; "
-                             "sweep: every supported call and size against mpi4py")
+                             "sweep: every supported call and size against mpi4py; "
+                             "win: one-sided Put/Get/Fetch_and_op against mpi4py")
     parser.add_argument("options", nargs=argparse.REMAINDER,
                         help="options of the benchmark (see ivmpi bench compare --help)")
 
 
-@subcommand("bench", "benchmarks: ivmpi bench compare|scale|sweep [options] (see --help)",
+@subcommand("bench", "benchmarks: ivmpi bench compare|scale|sweep|win [options] (see --help)",
             _bench_arguments)
 def run_bench(args) -> int:
     if args.what == "scale":
         from .benchscale import main as run
     elif args.what == "sweep":
         from .benchsweep import main as run
+    elif args.what == "win":
+        from .benchwin import main as run
     else:
         from .benchcompare import main as run
     try:

@@ -127,6 +127,12 @@ class Engine:
         # Nonblocking collectives in progress (ivmpi.nbcoll): each round of
         # progress polls them, so that they advance whatever a wait is for.
         self.schedules = []
+        # Owners of window memory (ivmpi.win): each round of progress lets
+        # them apply the requests that arrived, whatever a wait is for, and
+        # a request read from a ring goes to its owner at once
+        # (context -> owner, whose `tag` marks requests).
+        self.services = []
+        self.service_contexts = {}
         self.timeout = _env_float("IVMPI_TIMEOUT", 0.0)
         self.set_oversubscribed(False)
         self.liveness = Liveness(self.mem, self.size, rank)
@@ -368,6 +374,8 @@ class Engine:
             moved = self._progress()
             if self.schedules:
                 moved = self._advance_schedules() or moved
+            for service in self.services:
+                moved = service.poll() or moved
             return moved
 
     def _advance_schedules(self):
@@ -432,6 +440,13 @@ class Engine:
                     f"{self.eager_limit}")
             self._check_tag(rx)
             tag, context = rx.tag, rx.context
+            if self.service_contexts:
+                service = self.service_contexts.get(context)
+                if service is not None and tag == service.tag:
+                    data = rx.payload()
+                    rx.consume()
+                    service.arrive(peer, data)
+                    return
             # Straight into a posted receive when one matches: no private copy.
             for i, op in enumerate(self.posted):
                 if _accepts(op, peer, tag, context):

@@ -24,10 +24,12 @@ class Heap:
         self.free = [(offset, size)]   # sorted, coalesced (start, length)
         self.used = {}                 # start -> length
 
-    def alloc(self, nbytes):
+    def alloc(self, nbytes, device_ok=False):
+        """A region buffer of nbytes.  device_ok: the caller touches it only
+        through the copy core (windows), so strict-align mode is fine."""
         if nbytes < 0:
             raise IvmpiError(f"cannot allocate a negative size ({nbytes})")
-        if self.mem.strict:
+        if self.mem.strict and not device_ok:
             raise IvmpiError(
                 "region buffers are not available in strict-align mode: the region is device "
                 "memory there, and numpy's unaligned accesses to it would fault on ARM64")

@@ -273,3 +273,19 @@ def test_sweep_measures_both_transports_and_their_ratio(tmp_path):
     assert document["summary"]["measured"] == len(rows) == 6
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Allreduce_init" in proc.stdout and "Geometric mean of 6 ratios" in proc.stdout
+
+
+@needs_mpirun
+def test_bench_win_compares_both_transports(tmp_path):
+    out = tmp_path / "win.json"
+    proc = run([sys.executable, "-m", "ivmpi", "bench", "win", "--rounds", "1", "--repeats", "1",
+                "--quick", "--json", str(out)], timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    for label in ("Put + Flush 8 B", "Get + Flush 16 MiB", "Fetch_and_op + Flush 8 B",
+                  "store into Shared_query 16 MiB"):
+        assert any(line.startswith(label) for line in proc.stdout.splitlines()), proc.stdout
+    document = json.loads(out.read_text())
+    assert set(document["rounds"]) == {"ivmpi", "mpi4py"}
+    for row in document["summary"].values():
+        assert row["ivmpi"] > 0 and row["mpi4py"] > 0
+        assert row["ratio"] == pytest.approx(row["ivmpi"] / row["mpi4py"])
