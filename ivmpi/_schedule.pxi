@@ -1,0 +1,401 @@
+# Schedules: the nonblocking, persistent and neighbourhood collectives as
+# fixed programs run by one C loop (included by _fastcopy.pyx after
+# _small_collectives.pxi, whose combine it uses).
+#
+# ivmpi.nbcoll and ivmpi.topocomm describe a collective as a list of steps
+# once (at the call, or at _init for a persistent one): sends and receives
+# of byte ranges to and from communicator ranks, grouped into rounds that
+# end with a FENCE (every transfer of the round complete), and local steps
+# between rounds (copies, combines of reductions, Python calls for the
+# rest).  Running it costs no Python object per message: a send is one
+# fast-path frame when it fits the ring, and a receive is taken straight
+# out of the ring when its frame is there.  What the fast path cannot do
+# goes to the engine: a send that does not fit becomes an engine send, and
+# a receive not there yet is posted to the engine as soon as anyone but
+# the schedule's own wait looks at it (the engine's progress, a Test), so
+# that other traffic may pass it and it completes by any Wait/Test call.
+#
+# Order: receives from one rank within a round are tried in order, and one
+# that cannot complete yet blocks the later ones from that rank (a later
+# one must not take the earlier one's message); a posted receive keeps its
+# place among the engine's posted receives, which the fast path respects.
+
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
+
+cdef enum:
+    ST_SEND = 1
+    ST_RECV = 2
+    ST_FENCE = 3
+    ST_COPY = 4
+    ST_COMBINE = 5       # acc (a) = b (op) acc, in C (SUM/PROD/MAX/MIN on plain numbers)
+    ST_CALL = 6          # a Python callable (another op's Reduce_local, ...)
+
+SCHED_SEND = ST_SEND
+SCHED_RECV = ST_RECV
+SCHED_FENCE = ST_FENCE
+SCHED_COPY = ST_COPY
+SCHED_COMBINE = ST_COMBINE
+SCHED_CALL = ST_CALL
+SCHED_TYPES = {"f8": T_F64, "f4": T_F32, "i8": T_I64, "i4": T_I32}
+
+cdef enum:
+    _PENDING = 0
+    _DONE = 1
+    _POSTED = 2          # a receive posted to the engine, or an engine send
+
+ctypedef struct _Step:
+    int kind
+    int peer             # communicator rank (SEND, RECV)
+    int code             # COMBINE: op code
+    int typ              # COMBINE: element type code
+    long tag             # SEND, RECV
+    char *a              # SEND: data; RECV, COPY: destination; COMBINE: inout
+    char *b              # COPY: source; COMBINE: the other operand (the left one)
+    Py_ssize_t n         # bytes; COMBINE: elements
+    Py_ssize_t obj       # index in `objects`: the byte view (SEND, RECV) or callable (CALL)
+
+
+cdef int _address(object mem, bint writable, char **data, Py_ssize_t *length) except -1:
+    """Address and length of a contiguous byte buffer; the caller keeps the
+    object (and so its memory) alive as long as the address is used."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(mem, &view, PyBUF_SIMPLE | (PyBUF_WRITABLE if writable else 0))
+    data[0] = <char *>view.buf
+    length[0] = view.len
+    PyBuffer_Release(&view)
+    return 0
+
+
+cdef class Schedule:
+    """One collective's steps on one rank, and the state of its current run.
+
+    Looks to a Request like one of the engine's operations: ``done`` (reading
+    it advances the run, posting what waits), ``error``, ``peer``, ``state``,
+    ``scope``.  ``start()`` begins a run (again and again, for a persistent
+    collective): it calls the `prologue` callables (packing derived
+    datatypes), runs as far as it can without waiting, and leaves the rest
+    to ``wait()``, ``done`` and the engine's progress (Engine.schedules).
+    On completion the `epilogue` callables run (unpacking)."""
+    cdef FastPath fast
+    cdef object engine
+    cdef list world
+    cdef long context
+    cdef readonly object scope
+    cdef _Step *steps
+    cdef Py_ssize_t nsteps
+    cdef unsigned char *st
+    cdef unsigned char *blocked     # by communicator rank, during one look at a round
+    cdef int size
+    cdef list objects
+    cdef list ops                   # the engine operation of each step, or None
+    cdef list keep
+    cdef tuple prologue, epilogue
+    cdef Py_ssize_t pc, first       # next step; first step of the current round
+    cdef bint fenced                # pc is at a FENCE whose round is not complete
+    cdef public bint _finished
+    cdef public object error
+    cdef readonly str what
+    cdef Py_ssize_t moved           # transfers completed: part of `state`
+
+    def __cinit__(self):
+        self.steps = NULL
+        self.st = NULL
+        self.blocked = NULL
+
+    def __init__(self, FastPath fast, engine, list world, long context, scope, long tag,
+                 list steps, str what, prologue=(), epilogue=(), keep=None):
+        """steps: tuples (SEND, peer, bytes[, tag]), (RECV, peer, writable
+        bytes[, tag]), (FENCE,), (COPY, destination, source), (COMBINE, code,
+        type, inout, other, elements), (CALL, callable); a last FENCE is
+        added when the steps do not end with one."""
+        cdef Py_ssize_t i, n, length, k
+        cdef _Step *s
+        cdef char *data
+        self.fast = fast
+        self.engine = engine
+        self.world = world
+        self.context = context
+        self.scope = scope
+        self.size = len(world)
+        self.what = what
+        self.prologue = tuple(prologue)
+        self.epilogue = tuple(epilogue)
+        self.keep = keep
+        self.objects = []
+        if not steps or steps[len(steps) - 1][0] != ST_FENCE:
+            steps = steps + [(ST_FENCE,)]
+        n = len(steps)
+        self.steps = <_Step *>PyMem_Malloc(n * sizeof(_Step))
+        self.st = <unsigned char *>PyMem_Malloc(n)
+        self.blocked = <unsigned char *>PyMem_Malloc(self.size + 1)
+        if self.steps == NULL or self.st == NULL or self.blocked == NULL:
+            raise MemoryError()
+        memset(self.steps, 0, n * sizeof(_Step))
+        self.nsteps = n
+        self.ops = [None] * n
+        for i in range(n):
+            t = steps[i]
+            s = &self.steps[i]
+            s.kind = t[0]
+            if s.kind == ST_SEND or s.kind == ST_RECV:
+                s.peer = t[1]
+                if s.peer < 0 or s.peer >= self.size:
+                    raise ValueError(f"step {i}: rank {s.peer} is not in 0..{self.size - 1}")
+                s.tag = t[3] if len(t) > 3 else tag
+                _address(t[2], s.kind == ST_RECV, &s.a, &s.n)
+                s.obj = len(self.objects)
+                self.objects.append(t[2])
+            elif s.kind == ST_COPY:
+                _address(t[1], True, &s.a, &s.n)
+                _address(t[2], False, &s.b, &length)
+                if length > s.n:
+                    raise _BufferSpecError(f"{what}: a block of {length} bytes does not fit "
+                                           f"the {s.n} bytes of the receive buffer")
+                s.n = length
+                self.objects.append(t[1])
+                self.objects.append(t[2])
+            elif s.kind == ST_COMBINE:
+                s.code = t[1]
+                s.typ = t[2]
+                _address(t[3], True, &s.a, &length)
+                _address(t[4], False, &s.b, &k)
+                s.n = t[5]
+                if s.n < 0 or s.n * (8 if s.typ == T_F64 or s.typ == T_I64 else 4) > min(length, k):
+                    raise ValueError(f"step {i}: {s.n} elements do not fit the buffers")
+                self.objects.append(t[3])
+                self.objects.append(t[4])
+            elif s.kind == ST_CALL:
+                s.obj = len(self.objects)
+                self.objects.append(t[1])
+            elif s.kind != ST_FENCE:
+                raise ValueError(f"step {i}: unknown kind {s.kind}")
+        self._finished = True
+
+    def __dealloc__(self):
+        PyMem_Free(self.steps)
+        PyMem_Free(self.st)
+        PyMem_Free(self.blocked)
+
+    # --- running -----------------------------------------------------------------
+
+    def start(self):
+        """Begin a run; returns the schedule (the request's operation)."""
+        cdef Py_ssize_t i
+        if not self._finished:
+            raise RuntimeError(f"{self.what}: the previous run has not completed")
+        for f in self.prologue:
+            f()
+        memset(self.st, _PENDING, self.nsteps)
+        for i in range(self.nsteps):
+            if self.ops[i] is not None:
+                self.ops[i] = None
+        self.pc = 0
+        self.first = 0
+        self.fenced = False
+        self.moved = 0
+        self.error = None
+        self._finished = False
+        if not self._run(1, False):
+            engine = self.engine
+            with engine.lock:
+                if self not in engine.schedules:
+                    engine.schedules.append(self)
+        return self
+
+    @property
+    def done(self):
+        return self._finished or self._run(1, True)
+
+    cdef bint _run(self, int spins, bint post) except -1:
+        """Advance while the steps allow; True once finished.  spins: polls of
+        the first receive that is not there yet; post: receives not there
+        yet are posted to the engine."""
+        cdef _Step *s
+        if self._finished:
+            return True
+        if not self.fast.lock.enter():
+            return False            # another thread is inside the engine: later
+        try:
+            while True:
+                if self.fenced:
+                    if not self._round(spins, post):
+                        return False
+                    self.fenced = False
+                    self.pc += 1
+                    self.first = self.pc
+                    continue
+                if self.pc >= self.nsteps:
+                    self._complete()
+                    return True
+                s = &self.steps[self.pc]
+                if s.kind == ST_SEND:
+                    self._send(self.pc, s)
+                elif s.kind == ST_FENCE:
+                    self.fenced = True
+                    continue
+                elif s.kind == ST_COPY:
+                    if s.n:
+                        memmove(s.a, s.b, s.n)
+                elif s.kind == ST_COMBINE:
+                    _combine(s.code, s.typ, s.a, s.b, s.n, False)
+                elif s.kind == ST_CALL:
+                    self.objects[s.obj]()
+                # ST_RECV: tried at the FENCE, in order
+                self.pc += 1
+        except BaseException as exc:
+            self._fail(exc)
+            return True
+        finally:
+            self.fast.lock.leave()
+
+    cdef int _send(self, Py_ssize_t i, _Step *s) except -1:
+        if self.fast.send_ptr(s.a, s.n, s.peer, s.tag):
+            self.st[i] = _DONE
+            self.moved += 1
+            return 0
+        op = self.engine.isend(self.world[s.peer], self.objects[s.obj], s.tag, self.context)
+        op.scope = self.scope
+        if op.done:
+            self.st[i] = _DONE
+            self.moved += 1
+        else:
+            self.ops[i] = op
+            self.st[i] = _POSTED
+        return 0
+
+    cdef bint _round(self, int spins, bint post) except -1:
+        """Look at every transfer of the current round; True when all are complete."""
+        cdef Py_ssize_t i, got
+        cdef _Step *s
+        cdef bint complete = True
+        memset(self.blocked, 0, self.size)
+        for i in range(self.first, self.pc):
+            if self.st[i] == _DONE:
+                continue
+            s = &self.steps[i]
+            if s.kind == ST_SEND:
+                op = self.ops[i]
+                if op.done:
+                    self.st[i] = _DONE
+                    self.ops[i] = None
+                    self.moved += 1
+                else:
+                    complete = False
+                continue
+            if s.kind != ST_RECV:
+                continue
+            if self.st[i] == _POSTED:
+                op = self.ops[i]
+                if not op.done:
+                    self.blocked[s.peer] = 1
+                    complete = False
+                    continue
+                if op.error is not None:
+                    self._truncated(op)
+                self.st[i] = _DONE
+                self.ops[i] = None
+                self.moved += 1
+                continue
+            if self.blocked[s.peer]:
+                complete = False
+                continue
+            got = self.fast.recv_ptr(s.a, s.n, s.peer, s.tag, spins)
+            spins = 1           # only the first receive that waits spins
+            if got >= 0:
+                self.st[i] = _DONE
+                self.moved += 1
+                continue
+            self.blocked[s.peer] = 1
+            complete = False
+            if post:
+                self._post(i, s)
+        return complete
+
+    cdef int _post(self, Py_ssize_t i, _Step *s) except -1:
+        op = self.fast._post_receive(s.peer, s.tag, self.objects[s.obj])
+        op.scope = self.scope
+        self.ops[i] = op
+        self.st[i] = _POSTED
+        return 0
+
+    cdef int _truncated(self, op) except -1:
+        world = self.world
+        source = world.index(op.status_source) if op.status_source in world else -1
+        raise MPIError_(_TRUNCATE_CLASS, f"{self.what}: message of {op.total} bytes from rank "
+                                         f"{source} does not fit the receive buffer")
+
+    cdef int _complete(self) except -1:
+        self._finished = True
+        for f in self.epilogue:
+            f()
+        return 0
+
+    cdef int _fail(self, exc) except -1:
+        """End the run with exc (raised by the Wait/Test that completes it);
+        receives still posted are withdrawn, so that they cannot take later
+        messages."""
+        cdef Py_ssize_t i
+        self.error = exc
+        self._finished = True
+        for i in range(self.nsteps):
+            op = self.ops[i]
+            if op is not None:
+                if self.steps[i].kind == ST_RECV and not op.done:
+                    self.engine.cancel(op)
+                self.ops[i] = None
+        return 0
+
+    def wait(self, what=None):
+        """Run to completion: spin on the fast paths while the awaited
+        messages come, then post and let the engine wait (it progresses
+        everything else meanwhile, and reports timeouts and dead peers)."""
+        engine = self.engine
+        spins = self.fast.spins
+        while not self._run(spins, False):
+            if self._run(1, True):
+                break
+            op = self._pending()
+            if type(op) is RecvOp:
+                engine.wait(op, what if what is not None else self.what)
+            else:
+                engine.wait(self, what if what is not None else self.what)
+
+    cdef object _pending(self):
+        cdef Py_ssize_t i
+        for i in range(self.first, self.pc):
+            op = self.ops[i]
+            if op is not None and not op.done:
+                return op
+        return None
+
+    @property
+    def peer(self):
+        op = self._pending()
+        return None if op is None else op.peer
+
+    @property
+    def state(self):
+        # Read now and then by a wait: it changes whenever the run advances,
+        # which restarts IVMPI_TIMEOUT.
+        cdef Py_ssize_t i
+        if self._finished:
+            return f"{self.what}: complete"
+        waiting = []
+        for i in range(self.first, self.pc):
+            if self.st[i] != _DONE:
+                kind = "a receive from" if self.steps[i].kind == ST_RECV else "a send to"
+                waiting.append(f"{kind} rank {self.steps[i].peer}")
+        return (f"{self.what}: step {self.pc} of {self.nsteps}, {self.moved} transfers "
+                f"complete, waiting for {', '.join(waiting) or 'nothing'}")
+
+
+# Set by ivmpi.nbcoll (the request module's MPIError and MPI.ERR_TRUNCATE):
+# this module cannot import them.
+MPIError_ = None
+_TRUNCATE_CLASS = 0
+
+
+def set_schedule_errors(error_type, truncate_class):
+    global MPIError_, _TRUNCATE_CLASS
+    MPIError_ = error_type
+    _TRUNCATE_CLASS = truncate_class
