@@ -48,7 +48,7 @@ ctypedef struct _Step:
     int peer             # communicator rank (SEND, RECV)
     int code             # COMBINE: op code
     int typ              # COMBINE: element type code
-    long tag             # SEND, RECV
+    long tag             # SEND, RECV: added to the run's tag
     char *a              # SEND: data; RECV, COPY: destination; COMBINE: inout
     char *b              # COPY: source; COMBINE: the other operand (the left one)
     Py_ssize_t n         # bytes; COMBINE: elements
@@ -80,6 +80,7 @@ cdef class Schedule:
     cdef object engine
     cdef list world
     cdef long context
+    cdef readonly long tag          # of the current run
     cdef readonly object scope
     cdef _Step *steps
     cdef Py_ssize_t nsteps
@@ -104,10 +105,11 @@ cdef class Schedule:
 
     def __init__(self, FastPath fast, engine, list world, long context, scope, long tag,
                  list steps, str what, prologue=(), epilogue=(), keep=None):
-        """steps: tuples (SEND, peer, bytes[, tag]), (RECV, peer, writable
-        bytes[, tag]), (FENCE,), (COPY, destination, source), (COMBINE, code,
-        type, inout, other, elements), (CALL, callable); a last FENCE is
-        added when the steps do not end with one."""
+        """steps: tuples (SEND, peer, bytes[, k]), (RECV, peer, writable
+        bytes[, k]) (their tag: the run's tag plus k, default 0), (FENCE,),
+        (COPY, destination, source), (COMBINE, code, type, inout, other,
+        elements), (CALL, callable); a last FENCE is added when the steps
+        do not end with one."""
         cdef Py_ssize_t i, n, length, k
         cdef _Step *s
         cdef char *data
@@ -115,6 +117,7 @@ cdef class Schedule:
         self.engine = engine
         self.world = world
         self.context = context
+        self.tag = tag
         self.scope = scope
         self.size = len(world)
         self.what = what
@@ -141,7 +144,7 @@ cdef class Schedule:
                 s.peer = t[1]
                 if s.peer < 0 or s.peer >= self.size:
                     raise ValueError(f"step {i}: rank {s.peer} is not in 0..{self.size - 1}")
-                s.tag = t[3] if len(t) > 3 else tag
+                s.tag = t[3] if len(t) > 3 else 0
                 _address(t[2], s.kind == ST_RECV, &s.a, &s.n)
                 s.obj = len(self.objects)
                 self.objects.append(t[2])
@@ -178,11 +181,14 @@ cdef class Schedule:
 
     # --- running -----------------------------------------------------------------
 
-    def start(self):
-        """Begin a run; returns the schedule (the request's operation)."""
+    def start(self, long tag=-1):
+        """Begin a run (on a new tag, if one is given); returns the schedule
+        (the request's operation)."""
         cdef Py_ssize_t i
         if not self._finished:
             raise RuntimeError(f"{self.what}: the previous run has not completed")
+        if tag >= 0:
+            self.tag = tag
         for f in self.prologue:
             f()
         memset(self.st, _PENDING, self.nsteps)
@@ -249,11 +255,12 @@ cdef class Schedule:
             self.fast.lock.leave()
 
     cdef int _send(self, Py_ssize_t i, _Step *s) except -1:
-        if self.fast.send_ptr(s.a, s.n, s.peer, s.tag):
+        if self.fast.send_ptr(s.a, s.n, s.peer, self.tag + s.tag):
             self.st[i] = _DONE
             self.moved += 1
             return 0
-        op = self.engine.isend(self.world[s.peer], self.objects[s.obj], s.tag, self.context)
+        op = self.engine.isend(self.world[s.peer], self.objects[s.obj], self.tag + s.tag,
+                               self.context)
         op.scope = self.scope
         if op.done:
             self.st[i] = _DONE
@@ -299,7 +306,7 @@ cdef class Schedule:
             if self.blocked[s.peer]:
                 complete = False
                 continue
-            got = self.fast.recv_ptr(s.a, s.n, s.peer, s.tag, spins)
+            got = self.fast.recv_ptr(s.a, s.n, s.peer, self.tag + s.tag, spins)
             spins = 1           # only the first receive that waits spins
             if got >= 0:
                 self.st[i] = _DONE
@@ -312,7 +319,7 @@ cdef class Schedule:
         return complete
 
     cdef int _post(self, Py_ssize_t i, _Step *s) except -1:
-        op = self.fast._post_receive(s.peer, s.tag, self.objects[s.obj])
+        op = self.fast._post_receive(s.peer, self.tag + s.tag, self.objects[s.obj])
         op.scope = self.scope
         self.ops[i] = op
         self.st[i] = _POSTED
@@ -399,3 +406,111 @@ def set_schedule_errors(error_type, truncate_class):
     global MPIError_, _TRUNCATE_CLASS
     MPIError_ = error_type
     _TRUNCATE_CLASS = truncate_class
+
+
+from cpython.ref cimport Py_REFCNT
+
+
+cdef class Channel:
+    """What the collectives of one communicator share: the hidden twin's
+    fast path, engine, world ranks, context and members, the count of
+    collectives started (which gives each its tag), and the schedules of
+    the last nonblocking call of each kind (see restart)."""
+    cdef readonly FastPath fast
+    cdef readonly object engine
+    cdef readonly list world
+    cdef readonly long ctx
+    cdef readonly object scope
+    cdef readonly long rank, size
+    cdef readonly long tag_base, tag_mask
+    cdef long started
+    cdef dict cache
+    cdef readonly long cache_max_bytes
+    cdef object in_place, op_type
+
+    def __init__(self, twin, long tag_base, long tag_mask, long cache_max_bytes, in_place,
+                 op_type):
+        self.fast = twin._fast
+        self.engine = twin._engine
+        self.world = twin._ranks
+        self.ctx = twin._ctx
+        self.scope = twin._scope      # any member's death ends a wait on them
+        self.rank = twin.rank
+        self.size = twin.size
+        self.tag_base = tag_base
+        self.tag_mask = tag_mask
+        self.started = 0
+        self.cache = {}
+        self.cache_max_bytes = cache_max_bytes
+        self.in_place = in_place
+        self.op_type = op_type
+
+    cpdef long next_tag(self, long count=1) except -1:
+        """The first of `count` tags of a new collective (all ranks start
+        collectives in the same order, so they agree on it)."""
+        cdef long seq
+        cdef EngineLock lock = self.fast.lock
+        if not lock.enter():
+            lock._wait()
+        seq = self.started
+        self.started = seq + count
+        lock._release()
+        return self.tag_base + (seq & self.tag_mask)
+
+    def schedule(self, long tag, list steps, str what, prologue=(), epilogue=()):
+        return Schedule(self.fast, self.engine, self.world, self.ctx, self.scope, tag, steps,
+                        what, prologue, epilogue)
+
+    # A nonblocking call with the same small buffers as the previous call of
+    # its kind runs that call's schedule again (on a new tag) instead of
+    # describing it anew, as MPI libraries cache their nonblocking
+    # schedules.  Only bare buffers take part (a numpy array, bytearray or
+    # bytes, at most cache_max_bytes: the bytes they name cannot move while
+    # the schedule holds them, and an array's dtype is in the key); a list
+    # spec or a list of counts may change between calls, so it is never
+    # cached.
+
+    cdef object _key(self, str what, tuple args):
+        cdef list key = [what]
+        for a in args:
+            t = type(a)
+            if t is cnp.ndarray:
+                if cnp.PyArray_NBYTES(<cnp.ndarray>a) > self.cache_max_bytes:
+                    return None
+                key.append(id(a))
+                key.append(a.dtype)
+            elif t is bytearray or t is bytes:
+                if len(a) > self.cache_max_bytes:
+                    return None
+                key.append(id(a))
+            elif t is int or t is bool:
+                key.append(a)
+            elif a is None or a is self.in_place or isinstance(a, self.op_type):
+                key.append(id(a))
+            else:
+                return None
+        return tuple(key)
+
+    def restart(self, str what, tuple args, long tags=1):
+        """(schedule started anew on `tags` new tags, None), or (None, key)
+        when the call must describe its steps (key: what remember() files
+        them under, or None)."""
+        cdef Schedule schedule
+        key = self._key(what, args)
+        if key is None:
+            return None, None
+        entry = self.cache.get(what)
+        if entry is None or (<tuple>entry)[0] != key:
+            return None, key
+        schedule = (<tuple>entry)[1]
+        # Nobody else may hold it: references are the entry's, this name's,
+        # and the engine's list of schedules in progress (which keeps a
+        # finished one until its next round of progress).
+        if not schedule._finished or Py_REFCNT(schedule) > 2 + (
+                schedule in self.engine.schedules):
+            return None, key
+        return schedule.start(self.next_tag(tags)), None
+
+    def remember(self, key, tuple args, Schedule schedule):
+        if key is not None:
+            self.cache[key[0]] = (key, schedule, args)

@@ -43,7 +43,7 @@ import functools
 
 from .lib import MPI as _MPI
 
-from ._fastcopy import (SCHED_CALL, SCHED_COMBINE, SCHED_COPY, SCHED_FENCE, SCHED_RECV,
+from ._fastcopy import (Channel, SCHED_CALL, SCHED_COMBINE, SCHED_COPY, SCHED_FENCE, SCHED_RECV,
                         SCHED_SEND, SCHED_TYPES, SMALL_OPS, Schedule, set_schedule_errors)
 from .buffers import (BOTTOM, _as_datatype, _memory, _split_simple, _split_vector,
                       datatype_extent, has_holes, is_in_place, parse_recv, parse_send,
@@ -62,6 +62,8 @@ _F = (FENCE,)
 
 _SUM = _MPI.SUM
 _INFO_NULL = _MPI.INFO_NULL
+_IN_PLACE = _MPI.IN_PLACE
+_Op = _MPI.Op
 _BYTE = _MPI.BYTE
 _EMPTY = memoryview(bytearray(0))
 
@@ -102,33 +104,9 @@ def _scratch(nbytes):
     return memoryview(bytearray(nbytes))
 
 
-class _Channel:
-    """What the collectives of one communicator share: the hidden twin's
-    fast path, engine, world ranks, context and members, and the count of
-    collectives started (it lives on the communicator's Collectives
-    object, which every copy of the communicator shares)."""
-    __slots__ = ("engine", "fast", "world", "ctx", "scope", "rank", "size", "started")
-
-    def __init__(self, twin):
-        self.engine = twin._engine
-        self.fast = twin._fast
-        self.world = twin._ranks
-        self.ctx = twin._ctx
-        self.scope = twin._scope      # any member's death ends a wait on them
-        self.rank = twin.rank
-        self.size = twin.size
-        self.started = 0
-
-    def next_tag(self, count=1):
-        """The first of `count` tags of a new collective."""
-        with self.engine.lock:
-            seq = self.started
-            self.started = seq + count
-        return NB_TAG_BASE + (seq & _NB_TAG_MASK)
-
-    def schedule(self, tag, steps, what, prologue=(), epilogue=()):
-        return Schedule(self.fast, self.engine, self.world, self.ctx, self.scope, tag, steps,
-                        what, prologue, epilogue)
+# Calls whose buffers are all bare buffers of at most this many bytes reuse
+# the schedule of the previous call of their kind (Channel.restart).
+CACHE_MAX_BYTES = 1 << 16
 
 
 def channel_of(comm):
@@ -136,7 +114,8 @@ def channel_of(comm):
     coll = comm._collectives
     channel = getattr(coll, "nb_channel", None)
     if channel is None:
-        channel = coll.nb_channel = _Channel(coll.p2p)
+        channel = coll.nb_channel = Channel(coll.p2p, NB_TAG_BASE, _NB_TAG_MASK, CACHE_MAX_BYTES,
+                                            _IN_PLACE, _Op)
     return channel
 
 
@@ -366,7 +345,7 @@ def unholed(name, sendbuf, recvbuf, n, is_root=True):
 
 
 # --- the steps of each collective ---------------------------------------------------
-# Each returns the list of steps of this rank (ch: its _Channel); the
+# Each returns the list of steps of this rank (ch: its Channel); the
 # comments name the blocking algorithm (ivmpi.collectives) it follows.
 
 def barrier_steps(ch):
@@ -600,13 +579,17 @@ def _even_blocks(mem, n):
 class NonblockingCollectives:
     """The I* and *_init collectives of an ivmpi communicator."""
 
-    def _nonblocking(self, what, plan):
-        """A Request over one run of the steps plan(ch) describes; plan
-        returns (steps, prologue, epilogue)."""
+    def _nonblocking(self, what, make_plan, *args):
+        """A Request over one run of the steps make_plan(*args)(ch) describes
+        (plan(ch) returns (steps, prologue, epilogue))."""
         ch = channel_of(self)
-        steps, prologue, epilogue = plan(ch)
-        schedule = ch.schedule(ch.next_tag(), steps, what, prologue, epilogue)
-        return CollectiveRequest(self, schedule.start(), what=what)
+        schedule, key = ch.restart(what, args)
+        if schedule is None:
+            steps, prologue, epilogue = make_plan(*args)(ch)
+            schedule = ch.schedule(ch.next_tag(), steps, what, prologue, epilogue)
+            ch.remember(key, args, schedule)
+            schedule.start()
+        return CollectiveRequest(self, schedule, what=what)
 
     def _persistent(self, what, plan):
         """A Prequest whose every Start runs the steps again, on one tag."""
@@ -787,57 +770,57 @@ class NonblockingCollectives:
     # --- nonblocking ------------------------------------------------------------
 
     def Ibarrier(self):
-        return self._nonblocking("Ibarrier", self._barrier_plan())
+        return self._nonblocking("Ibarrier", self._barrier_plan)
 
     def Ibcast(self, buf, root=0):
-        return self._nonblocking("Ibcast", self._bcast_plan(buf, root))
+        return self._nonblocking("Ibcast", self._bcast_plan, buf, root)
 
     def Iscatter(self, sendbuf, recvbuf, root=0):
-        return self._nonblocking("Iscatter", self._scatter_plan(sendbuf, recvbuf, root, False))
+        return self._nonblocking("Iscatter", self._scatter_plan, sendbuf, recvbuf, root, False)
 
     def Iscatterv(self, sendbuf, recvbuf, root=0):
-        return self._nonblocking("Iscatterv", self._scatter_plan(sendbuf, recvbuf, root, True))
+        return self._nonblocking("Iscatterv", self._scatter_plan, sendbuf, recvbuf, root, True)
 
     def Igather(self, sendbuf, recvbuf, root=0):
-        return self._nonblocking("Igather", self._gather_plan(sendbuf, recvbuf, root, False))
+        return self._nonblocking("Igather", self._gather_plan, sendbuf, recvbuf, root, False)
 
     def Igatherv(self, sendbuf, recvbuf, root=0):
-        return self._nonblocking("Igatherv", self._gather_plan(sendbuf, recvbuf, root, True))
+        return self._nonblocking("Igatherv", self._gather_plan, sendbuf, recvbuf, root, True)
 
     def Iallgather(self, sendbuf, recvbuf):
-        return self._nonblocking("Iallgather", self._allgather_plan(sendbuf, recvbuf, False))
+        return self._nonblocking("Iallgather", self._allgather_plan, sendbuf, recvbuf, False)
 
     def Iallgatherv(self, sendbuf, recvbuf):
-        return self._nonblocking("Iallgatherv", self._allgather_plan(sendbuf, recvbuf, True))
+        return self._nonblocking("Iallgatherv", self._allgather_plan, sendbuf, recvbuf, True)
 
     def Ialltoall(self, sendbuf, recvbuf):
-        return self._nonblocking("Ialltoall", self._alltoall_plan(sendbuf, recvbuf, False))
+        return self._nonblocking("Ialltoall", self._alltoall_plan, sendbuf, recvbuf, False)
 
     def Ialltoallv(self, sendbuf, recvbuf):
-        return self._nonblocking("Ialltoallv", self._alltoall_plan(sendbuf, recvbuf, True))
+        return self._nonblocking("Ialltoallv", self._alltoall_plan, sendbuf, recvbuf, True)
 
     def Ialltoallw(self, sendbuf, recvbuf):
-        return self._nonblocking("Ialltoallw", self._alltoallw_plan(sendbuf, recvbuf))
+        return self._nonblocking("Ialltoallw", self._alltoallw_plan, sendbuf, recvbuf)
 
     def Ireduce(self, sendbuf, recvbuf, op=_SUM, root=0):
-        return self._nonblocking("Ireduce", self._reduce_plan(sendbuf, recvbuf, op, root))
+        return self._nonblocking("Ireduce", self._reduce_plan, sendbuf, recvbuf, op, root)
 
     def Iallreduce(self, sendbuf, recvbuf, op=_SUM):
-        return self._nonblocking("Iallreduce", self._allreduce_plan(sendbuf, recvbuf, op))
+        return self._nonblocking("Iallreduce", self._allreduce_plan, sendbuf, recvbuf, op)
 
     def Ireduce_scatter_block(self, sendbuf, recvbuf, op=_SUM):
-        return self._nonblocking("Ireduce_scatter_block",
-                                 self._reduce_scatter_block_plan(sendbuf, recvbuf, op))
+        return self._nonblocking("Ireduce_scatter_block", self._reduce_scatter_block_plan,
+                                 sendbuf, recvbuf, op)
 
     def Ireduce_scatter(self, sendbuf, recvbuf, recvcounts=None, op=_SUM):
-        return self._nonblocking("Ireduce_scatter",
-                                 self._reduce_scatter_plan(sendbuf, recvbuf, recvcounts, op))
+        return self._nonblocking("Ireduce_scatter", self._reduce_scatter_plan, sendbuf, recvbuf,
+                                 recvcounts, op)
 
     def Iscan(self, sendbuf, recvbuf, op=_SUM):
-        return self._nonblocking("Iscan", self._scan_plan(sendbuf, recvbuf, op, True))
+        return self._nonblocking("Iscan", self._scan_plan, sendbuf, recvbuf, op, True)
 
     def Iexscan(self, sendbuf, recvbuf, op=_SUM):
-        return self._nonblocking("Iexscan", self._scan_plan(sendbuf, recvbuf, op, False))
+        return self._nonblocking("Iexscan", self._scan_plan, sendbuf, recvbuf, op, False)
 
     # --- persistent (info is accepted and ignored) ---------------------------------
 
