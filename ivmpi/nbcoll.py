@@ -266,16 +266,21 @@ def wblocks(spec, n, recv, fill=False):
     for count, displ, datatype in zip(counts, displs, types):
         datatype = _as_datatype(datatype)
         if count and has_holes(datatype):
-            if bottom:
-                raise BufferSpecError("MPI.BOTTOM with a datatype with holes is not supported; "
-                                      "pass the buffer itself")
             lay = layout(datatype)
-            lay.check(count, len(whole), displ)
+            if bottom:
+                # Absolute addresses (a struct built from Get_address): the
+                # bytes the elements reach, with the origin at address displ.
+                first, end = lay.span(count)
+                memory = _host_memory(displ + first, end - first, not recv, None)
+                origin = -first
+            else:
+                memory, origin = whole, displ
+            lay.check(count, len(memory), origin)
             staging = memoryview(bytearray(lay.size * count))
             if recv:
-                unpacks.append(functools.partial(lay.scatter, staging, whole, displ, count))
+                unpacks.append(functools.partial(lay.scatter, staging, memory, origin, count))
             if not recv or fill:
-                packs.append(functools.partial(lay.gather, whole, displ, count, staging))
+                packs.append(functools.partial(lay.gather, memory, origin, count, staging))
             blocks.append(staging)
             continue
         nbytes = count * datatype_extent(datatype, holes_ok=True) if count else 0
