@@ -271,52 +271,72 @@ cdef class Schedule:
         return 0
 
     cdef bint _round(self, int spins, bint post) except -1:
-        """Look at every transfer of the current round; True when all are complete."""
+        """Look at every transfer of the current round; True when all are
+        complete.  A pass that completes a receive is followed by another:
+        frames from one rank come in the order it sent them, which may not
+        be the order of the receives."""
         cdef Py_ssize_t i, got
         cdef _Step *s
-        cdef bint complete = True
-        memset(self.blocked, 0, self.size)
-        for i in range(self.first, self.pc):
-            if self.st[i] == _DONE:
-                continue
-            s = &self.steps[i]
-            if s.kind == ST_SEND:
-                op = self.ops[i]
-                if op.done:
+        cdef bint complete = False, moved = True
+        while moved and not complete:
+            complete = True
+            moved = False
+            memset(self.blocked, 0, self.size)
+            for i in range(self.first, self.pc):
+                if self.st[i] == _DONE:
+                    continue
+                s = &self.steps[i]
+                if s.kind == ST_SEND:
+                    op = self.ops[i]
+                    if op.done:
+                        self.st[i] = _DONE
+                        self.ops[i] = None
+                        self.moved += 1
+                    else:
+                        complete = False
+                    continue
+                if s.kind != ST_RECV:
+                    continue
+                if self.st[i] == _POSTED:
+                    op = self.ops[i]
+                    if not op.done:
+                        self.blocked[s.peer] = 1
+                        complete = False
+                        continue
+                    if op.error is not None:
+                        self._truncated(op)
                     self.st[i] = _DONE
                     self.ops[i] = None
                     self.moved += 1
-                else:
-                    complete = False
-                continue
-            if s.kind != ST_RECV:
-                continue
-            if self.st[i] == _POSTED:
-                op = self.ops[i]
-                if not op.done:
-                    self.blocked[s.peer] = 1
+                    continue
+                if self.blocked[s.peer] and self._earlier(i, s):
                     complete = False
                     continue
-                if op.error is not None:
-                    self._truncated(op)
-                self.st[i] = _DONE
-                self.ops[i] = None
-                self.moved += 1
-                continue
-            if self.blocked[s.peer]:
+                got = self.fast.recv_ptr(s.a, s.n, s.peer, self.tag + s.tag, spins)
+                spins = 1           # only the first receive that waits spins
+                if got >= 0:
+                    self.st[i] = _DONE
+                    self.moved += 1
+                    moved = True
+                    continue
+                self.blocked[s.peer] = 1
                 complete = False
-                continue
-            got = self.fast.recv_ptr(s.a, s.n, s.peer, self.tag + s.tag, spins)
-            spins = 1           # only the first receive that waits spins
-            if got >= 0:
-                self.st[i] = _DONE
-                self.moved += 1
-                continue
-            self.blocked[s.peer] = 1
-            complete = False
-            if post:
-                self._post(i, s)
+                if post:
+                    self._post(i, s)
         return complete
+
+    cdef bint _earlier(self, Py_ssize_t i, _Step *s):
+        """Is a receive before step i, from the same rank with the same tag,
+        still incomplete?  Then step i must wait: it would take that one's
+        message."""
+        cdef Py_ssize_t j
+        cdef _Step *e
+        for j in range(self.first, i):
+            e = &self.steps[j]
+            if e.kind == ST_RECV and self.st[j] != _DONE and e.peer == s.peer \
+                    and e.tag == s.tag:
+                return True
+        return False
 
     cdef int _post(self, Py_ssize_t i, _Step *s) except -1:
         op = self.fast._post_receive(s.peer, self.tag + s.tag, self.objects[s.obj])
@@ -426,10 +446,10 @@ cdef class Channel:
     cdef long started
     cdef dict cache
     cdef readonly long cache_max_bytes
-    cdef object in_place, op_type
+    cdef object in_place, op_type, datatype_type
 
     def __init__(self, twin, long tag_base, long tag_mask, long cache_max_bytes, in_place,
-                 op_type):
+                 op_type, datatype_type):
         self.fast = twin._fast
         self.engine = twin._engine
         self.world = twin._ranks
@@ -444,6 +464,7 @@ cdef class Channel:
         self.cache_max_bytes = cache_max_bytes
         self.in_place = in_place
         self.op_type = op_type
+        self.datatype_type = datatype_type
 
     cpdef long next_tag(self, long count=1) except -1:
         """The first of `count` tags of a new collective (all ranks start
@@ -464,30 +485,46 @@ cdef class Channel:
     # A nonblocking call with the same small buffers as the previous call of
     # its kind runs that call's schedule again (on a new tag) instead of
     # describing it anew, as MPI libraries cache their nonblocking
-    # schedules.  Only bare buffers take part (a numpy array, bytearray or
-    # bytes, at most cache_max_bytes: the bytes they name cannot move while
-    # the schedule holds them, and an array's dtype is in the key); a list
-    # spec or a list of counts may change between calls, so it is never
-    # cached.
+    # schedules.  The key holds what the description depends on: the
+    # identity of each buffer (a numpy array, bytearray or bytes of at most
+    # cache_max_bytes: the bytes it names cannot move while the schedule
+    # holds it, and an array's dtype is in the key too), the values of the
+    # numbers, and the contents of list specs (counts, displacements, the
+    # identity and handle of each datatype), which may change between calls.
+    # Anything else (another buffer type, a numpy integer) is not cached.
+
+    cdef bint _key_of(self, list key, object a) except -1:
+        t = type(a)
+        if t is cnp.ndarray:
+            if cnp.PyArray_NBYTES(<cnp.ndarray>a) > self.cache_max_bytes:
+                return False
+            key.append(id(a))
+            key.append(a.dtype)
+        elif t is bytearray or t is bytes:
+            if len(a) > self.cache_max_bytes:
+                return False
+            key.append(id(a))
+        elif t is int or t is bool or t is str:
+            key.append(a)
+        elif t is list or t is tuple:
+            key.append(t)
+            key.append(len(a))
+            for item in a:
+                if not self._key_of(key, item):
+                    return False
+        elif a is None or a is self.in_place or isinstance(a, self.op_type):
+            key.append(id(a))
+        elif isinstance(a, self.datatype_type):
+            key.append(id(a))
+            key.append(a.handle)
+        else:
+            return False
+        return True
 
     cdef object _key(self, str what, tuple args):
         cdef list key = [what]
         for a in args:
-            t = type(a)
-            if t is cnp.ndarray:
-                if cnp.PyArray_NBYTES(<cnp.ndarray>a) > self.cache_max_bytes:
-                    return None
-                key.append(id(a))
-                key.append(a.dtype)
-            elif t is bytearray or t is bytes:
-                if len(a) > self.cache_max_bytes:
-                    return None
-                key.append(id(a))
-            elif t is int or t is bool:
-                key.append(a)
-            elif a is None or a is self.in_place or isinstance(a, self.op_type):
-                key.append(id(a))
-            else:
+            if not self._key_of(key, a):
                 return None
         return tuple(key)
 

@@ -104,8 +104,9 @@ def _scratch(nbytes):
     return memoryview(bytearray(nbytes))
 
 
-# Calls whose buffers are all bare buffers of at most this many bytes reuse
-# the schedule of the previous call of their kind (Channel.restart).
+# Calls whose buffers are all numpy arrays, bytearrays or bytes of at most
+# this many bytes (bare or in list specs) reuse the schedule of the
+# previous call of their kind with the same arguments (Channel.restart).
 CACHE_MAX_BYTES = 1 << 16
 
 
@@ -115,7 +116,7 @@ def channel_of(comm):
     channel = getattr(coll, "nb_channel", None)
     if channel is None:
         channel = coll.nb_channel = Channel(coll.p2p, NB_TAG_BASE, _NB_TAG_MASK, CACHE_MAX_BYTES,
-                                            _IN_PLACE, _Op)
+                                            _IN_PLACE, _Op, _MPI.Datatype)
     return channel
 
 
