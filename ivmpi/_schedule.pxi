@@ -446,10 +446,10 @@ cdef class Channel:
     cdef long started
     cdef dict cache
     cdef readonly long cache_max_bytes
-    cdef object in_place, op_type, datatype_type
+    cdef object in_place, op_type, datatype_type, request_type
 
     def __init__(self, twin, long tag_base, long tag_mask, long cache_max_bytes, in_place,
-                 op_type, datatype_type):
+                 op_type, datatype_type, request_type):
         self.fast = twin._fast
         self.engine = twin._engine
         self.world = twin._ranks
@@ -465,6 +465,7 @@ cdef class Channel:
         self.in_place = in_place
         self.op_type = op_type
         self.datatype_type = datatype_type
+        self.request_type = request_type
 
     cpdef long next_tag(self, long count=1) except -1:
         """The first of `count` tags of a new collective (all ranks start
@@ -551,3 +552,32 @@ cdef class Channel:
     def remember(self, key, tuple args, Schedule schedule):
         if key is not None:
             self.cache[key[0]] = (key, schedule, args)
+
+    cpdef Schedule begin(self, str what, object make_plan, tuple args, long tags=1):
+        """Start collective `what` on `tags` new tags: the schedule of the
+        previous call with the same arguments again, or a new one described
+        by make_plan(*args) ((steps, prologue, epilogue), or a function of
+        the channel giving them)."""
+        cdef Schedule schedule
+        schedule, key = self.restart(what, args, tags)
+        if schedule is not None:
+            return schedule
+        plan = make_plan(*args)
+        if callable(plan):
+            plan = plan(self)
+        steps, prologue, epilogue = plan
+        schedule = Schedule(self.fast, self.engine, self.world, self.ctx, self.scope,
+                            self.next_tag(tags), steps, what, prologue, epilogue)
+        self.remember(key, args, schedule)
+        schedule.start()
+        return schedule
+
+    def request(self, comm, str what, make_plan, tuple args, long tags=1):
+        """begin(), as a request of request_type (a Request subclass) for comm."""
+        schedule = self.begin(what, make_plan, args, tags)
+        request = self.request_type.__new__(self.request_type)
+        request._comm = comm
+        request._op = schedule
+        request._decode = None
+        request._what = what
+        return request

@@ -111,12 +111,18 @@ CACHE_MAX_BYTES = 1 << 16
 
 
 def channel_of(comm):
+    """The Channel of a communicator's collectives (shared by its copies)."""
+    coll = comm._coll
+    if coll is not None and not comm._freed:
+        channel = coll.__dict__.get("nb_channel")
+        if channel is not None:
+            return channel
     comm._check_live()
     coll = comm._collectives
     channel = getattr(coll, "nb_channel", None)
     if channel is None:
         channel = coll.nb_channel = Channel(coll.p2p, NB_TAG_BASE, _NB_TAG_MASK, CACHE_MAX_BYTES,
-                                            _IN_PLACE, _Op, _MPI.Datatype)
+                                            _IN_PLACE, _Op, _MPI.Datatype, CollectiveRequest)
     return channel
 
 
@@ -588,14 +594,7 @@ class NonblockingCollectives:
     def _nonblocking(self, what, make_plan, *args):
         """A Request over one run of the steps make_plan(*args)(ch) describes
         (plan(ch) returns (steps, prologue, epilogue))."""
-        ch = channel_of(self)
-        schedule, key = ch.restart(what, args)
-        if schedule is None:
-            steps, prologue, epilogue = make_plan(*args)(ch)
-            schedule = ch.schedule(ch.next_tag(), steps, what, prologue, epilogue)
-            ch.remember(key, args, schedule)
-            schedule.start()
-        return CollectiveRequest(self, schedule, what=what)
+        return channel_of(self).request(self, what, make_plan, args)
 
     def _persistent(self, what, plan):
         """A Prequest whose every Start runs the steps again, on one tag."""

@@ -21,8 +21,8 @@ from .lib import MPI as _MPI
 
 from . import comm as _comm
 from .buffers import parse_recv, parse_send, parse_vbuf
-from .nbcoll import (RECV, SEND, CollectivePrequest, CollectiveRequest, channel_of, packed_simple,
-                     packed_vector, wblocks)
+from .nbcoll import (RECV, SEND, CollectivePrequest, channel_of, packed_simple, packed_vector,
+                     wblocks)
 from .request import MPIError, Request
 
 PROC_NULL = _MPI.PROC_NULL
@@ -361,21 +361,13 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
         "nonblocking" (a Request) or "persistent" (a Prequest)."""
         ch = channel_of(self)
         tags = self._topo.tags
-        key = None
-        if form != "persistent":
-            schedule, key = ch.restart(what, args, tags)
-            if schedule is not None:
-                return self._finish(schedule, what, form)
-        steps, prologue, epilogue = make_plan(*args)
-        schedule = ch.schedule(ch.next_tag(tags), steps, what, prologue, epilogue)
-        if form == "persistent":
-            return CollectivePrequest(self, schedule, what)
-        ch.remember(key, args, schedule)
-        return self._finish(schedule.start(), what, form)
-
-    def _finish(self, schedule, what, form):
         if form == "nonblocking":
-            return CollectiveRequest(self, schedule, what=what)
+            return ch.request(self, what, make_plan, args, tags)
+        if form == "persistent":
+            steps, prologue, epilogue = make_plan(*args)
+            return CollectivePrequest(self, ch.schedule(ch.next_tag(tags), steps, what, prologue,
+                                                        epilogue), what)
+        schedule = ch.begin(what, make_plan, args, tags)
         if not schedule._finished:
             schedule.wait(what)
         if schedule.error is not None:
