@@ -44,7 +44,7 @@ import functools
 from .lib import MPI as _MPI
 
 from ._fastcopy import (Channel, SCHED_CALL, SCHED_COMBINE, SCHED_COPY, SCHED_FENCE, SCHED_RECV,
-                        SCHED_SEND, SCHED_TYPES, SMALL_OPS, Schedule, set_schedule_errors)
+                        SCHED_SEND, SCHED_TYPES, SMALL_OPS, set_schedule_errors)
 from .buffers import (BOTTOM, _as_datatype, _memory, _split_simple, _split_vector,
                       datatype_extent, has_holes, is_in_place, parse_recv, parse_send,
                       parse_vbuf)

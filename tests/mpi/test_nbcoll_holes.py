@@ -29,7 +29,7 @@ KINDS = ["column", "indexed", "subarray", "resized", "struct", "nested"]
 def _setup(comm, kind):
     types = _types()
     datatype = types[kind]
-    size, rank = comm.size, comm.rank
+    size = comm.size
     extent = datatype.Get_extent()[1]
     dtype = "i4" if kind == "resized" else "f8"
     itemsize = np.dtype(dtype).itemsize
