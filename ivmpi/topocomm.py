@@ -454,14 +454,56 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
 
     def _objects(self, items, what):
         """Exchange pickled items with the neighbours; a PROC_NULL neighbour's
-        entry is None, as in mpi4py."""
-        indegree, _ = self.degrees
-        sends = [memoryview(_pickle.dumps(item)) for item in items]
+        entry is None, as in mpi4py.  Every item goes out first (by the fast
+        path when it fits the ring), then each receive in order takes its
+        message straight from the ring when it is an eager one, else
+        through the engine; messages between two ranks keep their order,
+        and both sides take it from the same edge lists."""
+        self._check_live()
+        sources, dests, recv_tags, send_tags = self._topo.neighbours(self.rank)
+        twin = self._collectives.p2p
+        fast = twin._fast
+        dumps, loads = _pickle.dumps, _pickle.loads
         with self._lock(what):
-            ops, received = self._exchange(sends, [None] * indegree, what)
-            Request(self, ops, what=what).Wait()
-        return [_pickle.loads(op.data) if op is not None and op.data else None
-                for op in received]
+            sending = []
+            last = data = None
+            for dest, tag, item in zip(dests, send_tags, items):
+                if dest == PROC_NULL:
+                    continue
+                if item is not last or data is None:    # allgather: pickled once
+                    last, data = item, dumps(item)
+                tag += TAG_NEIGHBOR + 1
+                if not fast.send(data, dest, tag):
+                    sending.append(twin._isend_bytes(memoryview(data), dest, tag, False, what))
+            results = [None] * len(sources)
+            waiting = [(k, source, tag + TAG_NEIGHBOR + 1)
+                       for k, (source, tag) in enumerate(zip(sources, recv_tags))
+                       if source != PROC_NULL]
+            while waiting:
+                # A pass takes every message at the head of its ring (frames
+                # from one rank come in the order it sent them, which may
+                # not be the order of the receives); a receive waits for
+                # earlier ones with the same source and tag.
+                later, blocked, spins = [], set(), fast.spins
+                for k, source, tag in waiting:
+                    if (source, tag) not in blocked:
+                        data = fast.recv_bytes(source, tag, spins)
+                        spins = 1
+                        if data is not None:
+                            results[k] = loads(data) if data else None
+                            continue
+                        blocked.add((source, tag))
+                    later.append((k, source, tag))
+                if len(later) == len(waiting):
+                    # Nothing came by the fast path: the engine takes the first.
+                    k, source, tag = later.pop(0)
+                    request = twin._irecv_bytes(None, source, tag, None, what)
+                    op = request._op
+                    request.Wait()
+                    results[k] = loads(op.data) if op.data else None
+                waiting = later
+            Request.Waitall(sending)
+        return results
 
     def neighbor_allgather(self, sendobj):
         return self._objects([sendobj] * self.degrees[1], "neighbor_allgather")
