@@ -202,10 +202,15 @@ cdef class Schedule:
         self.error = None
         self._finished = False
         if not self._run(1, False):
+            # The engine's list of schedules in progress drops finished ones
+            # on its own rounds of progress only: drop them here too, so it
+            # stays short when nothing else makes progress.
             engine = self.engine
             with engine.lock:
-                if self not in engine.schedules:
-                    engine.schedules.append(self)
+                running = [s for s in engine.schedules
+                           if s is not self and not (<Schedule>s)._finished]
+                running.append(self)
+                engine.schedules = running
         return self
 
     @property
