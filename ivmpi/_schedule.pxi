@@ -205,13 +205,25 @@ cdef class Schedule:
             # The engine's list of schedules in progress drops finished ones
             # on its own rounds of progress only: drop them here too, so it
             # stays short when nothing else makes progress.
-            engine = self.engine
-            with engine.lock:
-                running = [s for s in engine.schedules
-                           if s is not self and not (<Schedule>s)._finished]
+            self._register()
+        return self
+
+    cdef int _register(self) except -1:
+        """Join the engine's list of schedules in progress (a reused schedule
+        may still be there from its last run)."""
+        cdef EngineLock lock = self.fast.lock
+        engine = self.engine
+        if not lock.enter():
+            lock._wait()
+        try:
+            schedules = engine.schedules
+            if self not in schedules:
+                running = [s for s in schedules if not (<Schedule>s)._finished]
                 running.append(self)
                 engine.schedules = running
-        return self
+        finally:
+            lock._release()
+        return 0
 
     @property
     def done(self):
