@@ -5,209 +5,140 @@ defines replaces the MPI library's call on the communicator's handle; a
 call it does not define stays mpi4py's (the library's transport).
 
 Each call checks and parses its arguments at once (so errors are raised
-by the call, as mpi4py raises them) and returns a Request over a
-CollectiveOp.  The op runs a schedule: a generator that follows the
-algorithm of the blocking collective (ivmpi.collectives: same partners,
-same operand order, so results are bit for bit the same) but, instead of
-waiting for each round's sends and receives, yields them.  Reading the
-op's ``done`` (what every Wait/Test does) resumes the generator once all
-of them have completed.  The engine also reads it for every schedule in
+by the call, as mpi4py raises them) and describes the collective on this
+rank as a list of steps (ivmpi._fastcopy.Schedule): sends and receives of
+byte ranges grouped into rounds, and the local copies and combines between
+rounds.  The steps follow the algorithm of the blocking collective
+(ivmpi.collectives: same partners, same operand order, so results are bit
+for bit the same).  A Schedule runs them in C: a message that fits the
+ring goes out or comes in by the fast path, with no Python object per
+message, and anything else through the engine.  A persistent collective
+describes its steps once, at _init, and each Start runs them again; a
+nonblocking one describes them at the call and runs them once.  Every
+Wait/Test completes them, and the engine advances every schedule in
 progress on each of its rounds of progress (Engine.schedules), so a rank
 waiting on something else still plays its part in a collective its peers
 are waiting for, as MPI's progress rule asks.
 
+The step lists repeat the algorithms of ivmpi.collectives, which loops
+over point-to-point calls instead: describing the blocking collectives by
+the same steps (and running them with the same Schedule) would let both
+share one description of each algorithm.
+
 Messages travel on the communicator's hidden twin (the blocking
 collectives' context), each collective with its own tag: NB_TAG_BASE plus
-the number of nonblocking and persistent collectives the communicator has
-started.  All ranks start collectives in the same order, so they agree on
-it; it never meets the blocking collectives' tags (below 100), the
-neighbourhood collectives' (ivmpi.topocomm: 2**24 and a few above) nor those
-of another outstanding collective.  A persistent collective draws its tag at
-_init and reuses it at every Start: one round of it always ends on this
-rank before the next starts, and messages between two ranks keep their
-order, so rounds cannot mix.
+the number of nonblocking, persistent and neighbourhood collectives the
+communicator has started.  All ranks start collectives in the same order,
+so they agree on it; it never meets the blocking collectives' tags (below
+100) nor those of another outstanding collective.  A persistent collective
+draws its tag at _init and reuses it at every Start: one round of it always
+ends on this rank before the next starts, and messages between two ranks
+keep their order, so rounds cannot mix.
+
+Derived datatypes with holes are packed into a contiguous staging buffer
+of their basic elements at each start and unpacked from it when the
+collective completes (the prologue and epilogue of its Schedule).
 """
+import functools
+
 from .lib import MPI as _MPI
 
-from .buffers import (datatype_extent, has_holes, is_in_place, parse_recv, parse_send,
+from ._fastcopy import (Channel, SCHED_CALL, SCHED_COMBINE, SCHED_COPY, SCHED_FENCE, SCHED_RECV,
+                        SCHED_SEND, SCHED_TYPES, SMALL_OPS, set_schedule_errors)
+from .buffers import (BOTTOM, _as_datatype, _memory, _split_simple, _split_vector,
+                      datatype_extent, has_holes, is_in_place, parse_recv, parse_send,
                       parse_vbuf)
-from .collectives import PIPELINE_MIN_BYTES, PIPELINE_SEGMENT_BYTES, Collectives, _check_block
-from .engine import RecvOp, SendOp
+from .collectives import PIPELINE_MIN_BYTES, PIPELINE_SEGMENT_BYTES
+from .datatypes import layout
 from .errors import BufferSpecError
 from .request import MPIError, Prequest, Request
 
 NB_TAG_BASE = 1 << 25
 _NB_TAG_MASK = (1 << 30) - 1     # the largest tag stays below 2**31 - 1
 
+SEND, RECV, FENCE, COPY, COMBINE, CALL = (SCHED_SEND, SCHED_RECV, SCHED_FENCE, SCHED_COPY,
+                                          SCHED_COMBINE, SCHED_CALL)
+_F = (FENCE,)
+
 _SUM = _MPI.SUM
 _INFO_NULL = _MPI.INFO_NULL
-_combine = Collectives._combine     # inoutmem = inmem (op) inoutmem
-_EMPTY = bytearray(0)
+_IN_PLACE = _MPI.IN_PLACE
+_Op = _MPI.Op
+_BYTE = _MPI.BYTE
+_EMPTY = memoryview(bytearray(0))
 
-# What a send that the fast path published on the spot leaves to wait for.
-_SENT = SendOp(-1, b"", 0, 0, False)
-_SENT.done = True
+set_schedule_errors(MPIError, _MPI.ERR_TRUNCATE)
 
-
-class _Channel:
-    """What the collectives of one communicator share: the hidden twin's
-    engine, world ranks, context and members, and the count of collectives
-    started (it lives on the communicator's Collectives object, which every
-    copy of the communicator shares)."""
-    __slots__ = ("engine", "fast", "world", "ctx", "scope", "rank", "size", "started")
-
-    def __init__(self, twin):
-        self.engine = twin._engine
-        self.fast = twin._fast
-        self.world = twin._ranks
-        self.ctx = twin._ctx
-        self.scope = twin._scope      # any member's death ends a wait on them
-        self.rank = twin.rank
-        self.size = twin.size
-        self.started = 0
-
-    def next_tag(self):
-        with self.engine.lock:
-            seq = self.started
-            self.started = seq + 1
-        return NB_TAG_BASE + (seq & _NB_TAG_MASK)
+# The predefined ops and datatypes a schedule combines in C.
+_OP_CODES = {getattr(_MPI, name).handle: code for name, code in SMALL_OPS.items()}
 
 
-class CollectiveOp:
-    """One run of a collective's schedule, as the engine's operations look
-    to a Request: ``done``, ``error`` (an exception raised by Wait), ``peer``
-    and ``state`` (for timeout and dead-peer messages), ``scope``."""
+def _type_codes():
+    codes = {}
+    for datatype in (_MPI.DOUBLE, _MPI.FLOAT, _MPI.LONG, _MPI.LONG_LONG, _MPI.INT64_T,
+                     _MPI.INT, _MPI.INT32_T):
+        kind = "f" if datatype in (_MPI.DOUBLE, _MPI.FLOAT) else "i"
+        code = SCHED_TYPES.get(f"{kind}{datatype.Get_size()}")
+        if code is not None:
+            codes[datatype.handle] = code
+    return codes
 
-    __slots__ = ("rank", "size", "scope", "error", "what", "_ch", "_tag", "_steps", "_waiting",
-                 "_finished", "_round")
 
-    def __init__(self, channel, tag, what):
-        self.rank = channel.rank
-        self.size = channel.size
-        self.scope = channel.scope
-        self.error = None
-        self.what = what
-        self._ch = channel
-        self._tag = tag
-        self._steps = None
-        self._waiting = ()
-        self._finished = False
-        self._round = 0
+_TYPE_CODES = _type_codes()
 
-    # --- the steps a schedule yields ----------------------------------------------
 
-    def send(self, mem, peer):
-        ch = self._ch
-        if ch.fast.send(mem, peer, self._tag):     # a small message, out at once
-            return _SENT
-        op = ch.engine.isend(ch.world[peer], mem, self._tag, ch.ctx)
-        op.scope = ch.scope
-        return op
+def combiner(op, datatype):
+    """step(inmem, inoutmem, count): the step that makes inout = in (op) inout,
+    MPI's Reduce_local order."""
+    code = _OP_CODES.get(op.handle)
+    typ = _TYPE_CODES.get(datatype.handle)
+    if code is not None and typ is not None:
+        return lambda inmem, inoutmem, count: (COMBINE, code, typ, inoutmem, inmem, count)
+    reduce_local = op.Reduce_local
+    return lambda inmem, inoutmem, count: (
+        CALL, functools.partial(reduce_local, [inmem, count, datatype],
+                                [inoutmem, count, datatype]))
 
-    def recv(self, mem, peer):
-        ch = self._ch
-        op = ch.engine.irecv(ch.world[peer], self._tag, ch.ctx, mem)
-        op.scope = ch.scope
-        return op
 
-    def sendrecv(self, sendmem, recvmem, peer):
-        return (self.recv(recvmem, peer), self.send(sendmem, peer))
+def _scratch(nbytes):
+    return memoryview(bytearray(nbytes))
 
-    # --- running -------------------------------------------------------------
 
-    def begin(self, steps):
-        """Run the schedule up to its first wait; the engine polls it from then on."""
-        self._steps = steps
-        if not self._advance():
-            engine = self._ch.engine
-            with engine.lock:
-                engine.schedules.append(self)
-        return self
+# Calls whose buffers are all numpy arrays, bytearrays or bytes of at most
+# this many bytes (bare or in list specs) reuse the schedule of the
+# previous call of their kind with the same arguments (Channel.restart).
+CACHE_MAX_BYTES = 1 << 16
 
-    @property
-    def done(self):
-        if self._finished:
-            return True
-        for op in self._waiting:
-            if not op.done:
-                return False
-        return self._advance()
 
-    def _advance(self):
-        """Resume the schedule while its current round has completed."""
-        with self._ch.engine.lock:      # one thread at a time runs a generator
-            if self._finished:
-                return True
-            try:
-                while True:
-                    for op in self._waiting:
-                        if not op.done:
-                            return False
-                        if op.error is not None:
-                            self._truncated(op)
-                    self._waiting = next(self._steps)
-                    self._round += 1
-            except StopIteration:
-                pass
-            except Exception as exc:      # reported by the Wait/Test that completes it
-                self.error = exc
-            self._finished = True
-            self._waiting = ()
-            self._steps = None
-            return True
-
-    def wait(self, what):
-        """Wait until done.  While the schedule waits for one receive, the
-        engine's wait for a receive from a known peer serves (its fastest);
-        otherwise the general wait, which polls the whole schedule."""
-        engine = self._ch.engine
-        while not self.done:
-            op = self._pending()
-            if type(op) is RecvOp:
-                engine.wait(op, what)
-            else:
-                engine.wait(self, what)
-
-    def _truncated(self, op):
-        world = self._ch.world
-        source = world.index(op.status_source) if op.status_source in world else -1
-        raise MPIError(_MPI.ERR_TRUNCATE, f"{self.what}: message of {op.total} bytes from rank "
-                                          f"{source} does not fit the receive buffer")
-
-    def _pending(self):
-        for op in self._waiting:
-            if not op.done:
-                return op
-        return None
-
-    @property
-    def peer(self):
-        op = self._pending()
-        return None if op is None else op.peer
-
-    @property
-    def state(self):
-        # Read now and then by a wait: it changes whenever the schedule or
-        # one of its messages advances, which restarts IVMPI_TIMEOUT.
-        op = self._pending()
-        if op is None:
-            return f"{self.what}: round {self._round}"
-        moved = getattr(op, "received", None) or getattr(op, "offset", None) or 0
-        kind = "a receive from" if type(op) is RecvOp else "a send to"
-        world = self._ch.world
-        who = world.index(op.peer) if op.peer in world else op.peer
-        return f"{self.what}: round {self._round}, {kind} rank {who} ({moved} bytes moved)"
+def channel_of(comm):
+    """The Channel of a communicator's collectives (shared by its copies)."""
+    coll = comm._coll
+    if coll is not None and not comm._freed:
+        channel = coll.__dict__.get("nb_channel")
+        if channel is not None:
+            return channel
+    comm._check_live()
+    coll = comm._collectives
+    channel = getattr(coll, "nb_channel", None)
+    if channel is None:
+        channel = coll.nb_channel = Channel(coll.p2p, NB_TAG_BASE, _NB_TAG_MASK, CACHE_MAX_BYTES,
+                                            _IN_PLACE, _Op, _MPI.Datatype, CollectiveRequest)
+    return channel
 
 
 class CollectiveRequest(Request):
-    """The request of a nonblocking collective: Wait waits with the op's own
-    loop (see CollectiveOp.wait); everything else is Request's."""
+    """The request of a nonblocking collective: Wait runs the schedule's own
+    wait (fast paths first, see Schedule.wait); everything else is Request's."""
     __slots__ = ()
 
     def Wait(self, status=None):
         op = self._op
-        if op is not None and not op._finished:
-            op.wait(self)
+        if op is not None:
+            if not op._finished:
+                op.wait(self)
+            if status is None and op.error is None:
+                self._op = None
+                return True
         self._finish(status, decode=False)
         return True
 
@@ -216,178 +147,357 @@ class CollectiveRequest(Request):
 
 
 class CollectivePrequest(Prequest):
-    """The request of a persistent collective (Wait as CollectiveRequest's)."""
+    """The request of a persistent collective: each Start runs the schedule again."""
     __slots__ = ()
+
+    def __init__(self, comm, schedule, what):
+        Prequest.__init__(self, comm, schedule.start, what)
+
+    def Start(self):
+        start = self._start
+        if start is None or self._op is not None:
+            Prequest.Start(self)        # raises the error
+        self._op = start()
 
     Wait = CollectiveRequest.Wait
     wait = CollectiveRequest.wait
 
 
-# --- schedules ------------------------------------------------------------------
-# Each is a generator over a CollectiveOp `s`, yielding the operations of a
-# round; the comments name the blocking algorithm (ivmpi.collectives) it follows.
+# --- derived datatypes with holes --------------------------------------------------
+# Each gives (spec, pack, unpack): a spec over a staging buffer of basic
+# elements, a call that gathers the user's data into it (None when it is
+# only received into) and one that scatters it back (None for a send).
 
-def _barrier(s):
+def packed_simple(spec, writable, blocks=1, fill=False):
+    if type(spec) is not list and type(spec) is not tuple:
+        return spec, None, None
+    buf, count, displ, datatype = _split_simple(spec)
+    if datatype is None or buf is None or buf is BOTTOM:
+        return spec, None, None
+    datatype = _as_datatype(datatype)
+    if not has_holes(datatype):
+        return spec, None, None
+    lay = layout(datatype)
+    extent = lay.extent
+    if extent <= 0:
+        raise BufferSpecError(f"a datatype of extent {extent} cannot lay out a message")
+    mem, _ = _memory(buf, writable, False)
+    origin = operator_index(displ) * extent if displ is not None else 0
+    if count is None:
+        elements = max(0, len(mem) - origin) // extent
+        if elements % blocks:
+            raise BufferSpecError(f"cannot infer count: {elements} elements do not split "
+                                  f"into {blocks} equal blocks")
+        count = elements // blocks
+    count = operator_index(count)
+    total = count * blocks
+    lay.check(total, len(mem), origin)
+    staging = memoryview(bytearray(lay.size * total))
+    basic, per = (lay.basic, lay.nbasic) if lay.basic is not None else (_BYTE, lay.size)
+    pack = functools.partial(lay.gather, mem, origin, total, staging) \
+        if not writable or fill else None
+    unpack = functools.partial(lay.scatter, staging, mem, origin, total) if writable else None
+    return [staging, count * per, basic], pack, unpack
+
+
+def packed_vector(spec, n, writable, fill=False):
+    if type(spec) is not list and type(spec) is not tuple:
+        return spec, None, None
+    datatype = _split_vector(spec)[3]
+    if datatype is None or not has_holes(_as_datatype(datatype)):
+        return spec, None, None
+    vbuf = parse_vbuf(spec, n, writable, holes_ok=True)
+    lay = layout(vbuf.datatype)
+    basic, per = (lay.basic, lay.nbasic) if lay.basic is not None else (_BYTE, lay.size)
+    starts, running = [], 0
+    for c in vbuf.counts:
+        starts.append(running)
+        running += c
+    staging = memoryview(bytearray(lay.size * running))
+    pieces = []
+    for i in range(n):
+        at = starts[i] * lay.size
+        pieces.append((staging[at:at + vbuf.counts[i] * lay.size],
+                       vbuf.displs[i] * vbuf.extent, vbuf.counts[i]))
+    mem = vbuf.mem
+
+    def pack():
+        for piece, origin, count in pieces:
+            lay.gather(mem, origin, count, piece)
+
+    def unpack():
+        for piece, origin, count in pieces:
+            lay.scatter(piece, mem, origin, count)
+    return ([staging, ([c * per for c in vbuf.counts], [d * per for d in starts]), basic],
+            pack if not writable or fill else None, unpack if writable else None)
+
+
+def operator_index(value):
+    import operator
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise BufferSpecError(f"expected an integer, got {type(value).__name__}") from None
+    if value < 0:
+        raise BufferSpecError(f"negative count or displacement {value}")
+    return value
+
+
+def wblocks(spec, n, recv, fill=False):
+    """The n blocks of an Alltoallw-style spec: [buf, counts, displs,
+    datatypes] with displacements in bytes (MPI.BOTTOM: absolute addresses),
+    [buf, (counts, displs), datatypes], or [buf, datatypes].  Returns
+    (blocks, packs, unpacks): a block whose datatype has holes is a staging
+    buffer, packed (for a send, or a receive buffer also read: fill) and
+    unpacked (for a receive) by the calls listed."""
+    from ._interop import _host_memory
+    from .topocomm import _ints
+    items = len(spec)
+    if items == 2:
+        buf, types = spec
+        counts, displs = [1] * n, [0] * n
+    elif items == 3:
+        buf, (counts, displs), types = spec
+    elif items == 4:
+        buf, counts, displs, types = spec
+    else:
+        raise ValueError("message: expecting 2 to 4 items")
+    counts, displs = _ints(counts, n), _ints(displs, n)
+    if len(types) != n:
+        raise ValueError(f"expecting {n} items, got {len(types)}")
+    blocks, packs, unpacks = [], [], []
+    if n == 0:
+        return blocks, packs, unpacks
+    bottom = buf is None or buf is BOTTOM
+    whole = None if bottom else _memory(buf, recv, False)[0]
+    for count, displ, datatype in zip(counts, displs, types):
+        datatype = _as_datatype(datatype)
+        if count and has_holes(datatype):
+            lay = layout(datatype)
+            if bottom:
+                # Absolute addresses (a struct built from Get_address): the
+                # bytes the elements reach, with the origin at address displ.
+                first, end = lay.span(count)
+                memory = _host_memory(displ + first, end - first, not recv, None)
+                origin = -first
+            else:
+                memory, origin = whole, displ
+            lay.check(count, len(memory), origin)
+            staging = memoryview(bytearray(lay.size * count))
+            if recv:
+                unpacks.append(functools.partial(lay.scatter, staging, memory, origin, count))
+            if not recv or fill:
+                packs.append(functools.partial(lay.gather, memory, origin, count, staging))
+            blocks.append(staging)
+            continue
+        nbytes = count * datatype_extent(datatype, holes_ok=True) if count else 0
+        if bottom:
+            blocks.append(_host_memory(displ, nbytes, not recv, None) if nbytes else _EMPTY)
+            continue
+        if displ < 0 or displ + nbytes > len(whole):
+            raise BufferSpecError(f"block at byte {displ} of {nbytes} bytes runs past the "
+                                  f"buffer ({len(whole)} bytes)")
+        blocks.append(whole[displ:displ + nbytes])
+    return blocks, packs, unpacks
+
+
+# The roles of each collective's buffers: "plain" one block, "blocks" one
+# block per rank, "vector" counts and displacements; the last item says
+# which buffer is looked at by the root only.
+_HOLE_ROLES = {
+    "Bcast": (None, "plain", None),
+    "Scatter": ("blocks", "plain", "send"),
+    "Scatterv": ("vector", "plain", "send"),
+    "Gather": ("plain", "blocks", "recv"),
+    "Gatherv": ("plain", "vector", "recv"),
+    "Allgather": ("plain", "blocks", None),
+    "Allgatherv": ("plain", "vector", None),
+    "Alltoall": ("blocks", "blocks", None),
+    "Alltoallv": ("vector", "vector", None),
+    "Reduce": ("plain", "plain", "recv"),
+    "Allreduce": ("plain", "plain", None),
+    "Scan": ("plain", "plain", None),
+    "Exscan": ("plain", "plain", None),
+    "Reduce_scatter_block": ("blocks", "plain", None),
+    "Reduce_scatter": ("plain", "plain", None),
+}
+
+
+def _pack_role(spec, role, n, writable, fill):
+    if role == "vector":
+        return packed_vector(spec, n, writable, fill)
+    return packed_simple(spec, writable, n if role == "blocks" else 1, fill)
+
+
+def unholed(name, sendbuf, recvbuf, n, is_root=True):
+    """(sendbuf, recvbuf, prologue, epilogue): the buffer specs of collective
+    `name` over n blocks, with datatypes with holes replaced by staging
+    buffers packed by the prologue and unpacked by the epilogue."""
+    if (type(sendbuf) is not list and type(sendbuf) is not tuple
+            and type(recvbuf) is not list and type(recvbuf) is not tuple):
+        return sendbuf, recvbuf, (), ()
+    send_role, recv_role, at_root = _HOLE_ROLES[name]
+    prologue, epilogue = [], []
+    in_place = is_in_place(sendbuf)
+    if send_role is not None and not in_place and (at_root != "send" or is_root):
+        sendbuf, pack, _ = _pack_role(sendbuf, send_role, n, False, False)
+        if pack is not None:
+            prologue.append(pack)
+    if recvbuf is not None and (at_root != "recv" or is_root):
+        # In place, the receive buffer is read too (and holds every rank's
+        # block for Reduce_scatter_block).  A Bcast root sends from it.
+        role = "blocks" if in_place and name == "Reduce_scatter_block" else recv_role
+        writable = not (name == "Bcast" and is_root)
+        recvbuf, pack, unpack = _pack_role(recvbuf, role, n, writable, in_place or not writable)
+        if pack is not None:
+            prologue.append(pack)
+        if unpack is not None:
+            epilogue.append(unpack)
+    return sendbuf, recvbuf, prologue, epilogue
+
+
+# --- the steps of each collective ---------------------------------------------------
+# Each returns the list of steps of this rank (ch: its Channel); the
+# comments name the blocking algorithm (ivmpi.collectives) it follows.
+
+def barrier_steps(ch):
     # Dissemination: round k talks to rank +/- 2**k.
-    size, rank = s.size, s.rank
+    size, rank = ch.size, ch.rank
+    steps = []
     distance = 1
     while distance < size:
-        yield (s.recv(_EMPTY, (rank - distance) % size),
-               s.send(_EMPTY, (rank + distance) % size))
+        steps += [(RECV, (rank - distance) % size, _EMPTY),
+                  (SEND, (rank + distance) % size, _EMPTY), _F]
         distance <<= 1
+    return steps
 
 
-def _bcast(s, mem, root):
-    if s.size == 1:
-        return
-    if len(mem) >= PIPELINE_MIN_BYTES and s.size > 2:
-        yield from _bcast_pipeline(s, mem, root)
-    else:
-        yield from _bcast_binomial(s, mem, root)
-
-
-def _bcast_binomial(s, mem, root):
-    size = s.size
-    vrank = (s.rank - root) % size
+def bcast_steps(ch, mem, root):
+    size, rank = ch.size, ch.rank
+    if size == 1:
+        return []
+    vrank = (rank - root) % size
+    steps = []
+    if len(mem) >= PIPELINE_MIN_BYTES and size > 2:
+        # A chain root -> root+1 -> ...: segment k goes on while k+1 comes in.
+        segments = [mem[i:i + PIPELINE_SEGMENT_BYTES]
+                    for i in range(0, len(mem), PIPELINE_SEGMENT_BYTES)]
+        prev, nxt = (rank - 1) % size, (rank + 1) % size
+        if vrank == 0:
+            return [(SEND, nxt, seg) for seg in segments]
+        last = vrank + 1 == size
+        for k, seg in enumerate(segments):
+            steps.append((RECV, prev, seg))
+            if k and not last:
+                steps.append((SEND, nxt, segments[k - 1]))
+            steps.append(_F)
+        if not last:
+            steps.append((SEND, nxt, segments[-1]))
+        return steps
+    # Binomial tree.
     mask = 1
     while mask < size:
         if vrank & mask:
-            yield (s.recv(mem, (vrank - mask + root) % size),)
+            steps += [(RECV, (vrank - mask + root) % size, mem), _F]
             break
         mask <<= 1
-    sends = []
     mask >>= 1
     while mask > 0:
         if vrank + mask < size:
-            sends.append(s.send(mem, (vrank + mask + root) % size))
+            steps.append((SEND, (vrank + mask + root) % size, mem))
         mask >>= 1
-    yield sends
+    return steps
 
 
-def _bcast_pipeline(s, mem, root):
-    # A chain root -> root+1 -> ...: segment k goes on as soon as it is in.
-    size = s.size
-    vrank = (s.rank - root) % size
-    prev, nxt = (s.rank - 1) % size, (s.rank + 1) % size
-    last = vrank + 1 == size
-    segments = [mem[i:i + PIPELINE_SEGMENT_BYTES]
-                for i in range(0, len(mem), PIPELINE_SEGMENT_BYTES)]
-    receives = [s.recv(seg, prev) for seg in segments] if vrank else None
-    sends = []
-    for k, seg in enumerate(segments):
-        if receives is not None:
-            yield (receives[k],)
-        if not last:
-            sends.append(s.send(seg, nxt))
-    yield sends
+def scatter_steps(ch, blocks, recvmem, root):
+    if ch.rank != root:
+        return [(RECV, root, recvmem)]
+    steps = [(COPY, recvmem, blocks[root])] if recvmem is not None else []
+    steps += [(SEND, i, blocks[i]) for i in range(ch.size) if i != root]
+    return steps
 
 
-def _bcast_holes(s, buf, root, received):
-    """Bcast of a derived datatype with holes: packed at the root (at each
-    start), unpacked into the user's memory elsewhere."""
-    mem = parse_send(buf, holes=True).mem if received is None else received.mem
-    yield from _bcast(s, mem, root)
-    if received is not None:
-        received.unpack()
+def gather_steps(ch, sendmem, blocks, root):
+    if ch.rank != root:
+        return [(SEND, root, sendmem)]
+    steps = [(COPY, blocks[root], sendmem)] if sendmem is not None else []
+    steps += [(RECV, i, blocks[i]) for i in range(ch.size) if i != root]
+    return steps
 
 
-def _scatter(s, blocks, recvmem, root, what):
-    if s.rank != root:
-        yield (s.recv(recvmem, root),)
-        return
-    sends = [s.send(blocks[i], i) for i in range(s.size) if i != root]
-    if recvmem is not None:
-        _check_block(recvmem, blocks[root], what)
-    yield sends
-
-
-def _gather(s, sendmem, blocks, root, what):
-    if s.rank != root:
-        yield (s.send(sendmem, root),)
-        return
-    receives = [s.recv(blocks[i], i) for i in range(s.size) if i != root]
-    if sendmem is not None:
-        _check_block(blocks[root], sendmem, what)
-    yield receives
-
-
-def _allgather(s, sendmem, blocks, what):
+def allgather_steps(ch, sendmem, blocks):
     # Every rank sends its block straight to every other: one round (the
     # blocking ring takes p-1; the result is the same bytes).
-    size, rank = s.size, s.rank
-    if sendmem is not None:
-        _check_block(blocks[rank], sendmem, what)
+    size, rank = ch.size, ch.rank
+    steps = [(COPY, blocks[rank], sendmem)] if sendmem is not None else []
     mine = blocks[rank]
-    ops = []
     for step in range(1, size):
-        ops.append(s.recv(blocks[(rank - step) % size], (rank - step) % size))
-        ops.append(s.send(mine, (rank + step) % size))
-    yield ops
+        source = (rank - step) % size
+        steps += [(RECV, source, blocks[source]), (SEND, (rank + step) % size, mine)]
+    return steps
 
 
-def _alltoall(s, send_blocks, recv_blocks, what):
+def alltoall_steps(ch, send_blocks, recv_blocks):
     # Every pair exchanges its blocks at once, in the pairwise order.
-    size, rank = s.size, s.rank
+    size, rank = ch.size, ch.rank
+    steps = []
     if send_blocks is None:           # IN_PLACE: what was there is sent
-        send_blocks = [bytes(b) for b in recv_blocks]
-    _check_block(recv_blocks[rank], send_blocks[rank], what)
-    ops = []
+        send_blocks = []
+        for block in recv_blocks:
+            copy = _scratch(len(block))
+            steps.append((COPY, copy, block))
+            send_blocks.append(copy)
+    steps.append((COPY, recv_blocks[rank], send_blocks[rank]))
     for step in range(1, size):
         dest, source = (rank + step) % size, (rank - step) % size
-        ops.append(s.recv(recv_blocks[source], source))
-        ops.append(s.send(send_blocks[dest], dest))
-    yield ops
+        steps += [(RECV, source, recv_blocks[source]), (SEND, dest, send_blocks[dest])]
+    return steps
 
 
-def _reduce_bytes(s, data, count, datatype, op, root):
-    """Binomial tree (Collectives._reduce_bytes); returns the result at root."""
-    size, rank = s.size, s.rank
-    acc = bytearray(data)
-    tmp = bytearray(len(acc))
-    commutative = op.Is_commutative()
-    base = root if commutative else 0
+def reduce_steps(ch, steps, data, count, datatype, op, root):
+    """Binomial tree (Collectives._reduce_bytes): appends the steps, returns
+    the buffer that holds the result at root (None elsewhere)."""
+    size, rank = ch.size, ch.rank
+    combine = combiner(op, datatype)
+    acc, tmp = _scratch(len(data)), _scratch(len(data))
+    steps.append((COPY, acc, data))
+    base = root if op.Is_commutative() else 0
     vrank = (rank - base) % size
     mask = 1
     while mask < size:
         if vrank & mask:
-            yield (s.send(acc, (vrank - mask + base) % size),)
+            steps += [(SEND, (vrank - mask + base) % size, acc), _F]
             break
         if vrank + mask < size:
-            yield (s.recv(tmp, (vrank + mask + base) % size),)
-            _combine(op, acc, tmp, count, datatype)     # tmp = acc op tmp
+            steps += [(RECV, (vrank + mask + base) % size, tmp), _F,
+                      combine(acc, tmp, count)]              # tmp = acc op tmp
             acc, tmp = tmp, acc
         mask <<= 1
     if base != root:
         if rank == base:
-            yield (s.send(acc, root),)
+            steps += [(SEND, root, acc), _F]
         elif rank == root:
-            yield (s.recv(acc, base),)
+            steps += [(RECV, base, acc), _F]
     return acc if rank == root else None
 
 
-def _reduce(s, data, recv, count, datatype, op, root):
-    result = yield from _reduce_bytes(s, data, count, datatype, op, root)
-    if recv is not None:
-        recv.mem[:] = result
-
-
-def _allreduce(s, data, recvmem, count, datatype, op):
+def allreduce_steps(ch, data, recvmem, count, datatype, op):
     # Recursive doubling with the ranks beyond the largest power of two
     # folded into their even neighbours (Collectives.Allreduce).
-    size, rank = s.size, s.rank
-    acc = bytearray(data)
-    tmp = bytearray(len(acc))
+    size, rank = ch.size, ch.rank
+    combine = combiner(op, datatype)
+    acc, tmp = _scratch(len(data)), _scratch(len(data))
+    steps = [(COPY, acc, data)]
     pof2 = 1
     while pof2 * 2 <= size:
         pof2 *= 2
     extra = size - pof2
     if rank < 2 * extra:
         if rank % 2 == 0:
-            yield (s.send(acc, rank + 1),)
+            steps += [(SEND, rank + 1, acc), _F]
             newrank = -1
         else:
-            yield (s.recv(tmp, rank - 1),)
-            _combine(op, tmp, acc, count, datatype)     # acc = left op acc
+            steps += [(RECV, rank - 1, tmp), _F, combine(tmp, acc, count)]   # acc = left op acc
             newrank = rank // 2
     else:
         newrank = rank - extra
@@ -396,152 +506,165 @@ def _allreduce(s, data, recvmem, count, datatype, op):
         while mask < pof2:
             newpartner = newrank ^ mask
             partner = newpartner * 2 + 1 if newpartner < extra else newpartner + extra
-            yield s.sendrecv(acc, tmp, partner)
+            steps += [(SEND, partner, acc), (RECV, partner, tmp), _F]
             if newpartner < newrank:
-                _combine(op, tmp, acc, count, datatype)  # acc = theirs op acc
+                steps.append(combine(tmp, acc, count))     # acc = theirs op acc
             else:
-                _combine(op, acc, tmp, count, datatype)  # tmp = acc op theirs
+                steps.append(combine(acc, tmp, count))     # tmp = acc op theirs
                 acc, tmp = tmp, acc
             mask <<= 1
     if rank < 2 * extra:
         if rank % 2:
-            yield (s.send(acc, rank - 1),)
+            steps += [(SEND, rank - 1, acc), _F]
         else:
-            yield (s.recv(acc, rank + 1),)
-    recvmem[:] = acc
+            steps += [(RECV, rank + 1, acc), _F]
+    steps.append((COPY, recvmem, acc))
+    return steps
 
 
-def _prefix(s, data, recvmem, count, datatype, op, inclusive):
+def prefix_steps(ch, data, recvmem, count, datatype, op, inclusive):
     # Recursive doubling prefix (Collectives._prefix).
-    size, rank = s.size, s.rank
-    partial = bytearray(data)
-    result = bytearray(data) if inclusive else None
-    tmp = bytearray(len(partial))
+    size, rank = ch.size, ch.rank
+    combine = combiner(op, datatype)
+    partial, tmp = _scratch(len(data)), _scratch(len(data))
+    steps = [(COPY, partial, data)]
+    result = None
+    if inclusive:
+        result = _scratch(len(data))
+        steps.append((COPY, result, data))
     mask = 1
     while mask < size:
         partner = rank ^ mask
         if partner < size:
-            yield s.sendrecv(partial, tmp, partner)
+            steps += [(SEND, partner, partial), (RECV, partner, tmp), _F]
             if partner < rank:
-                _combine(op, tmp, partial, count, datatype)
+                steps.append(combine(tmp, partial, count))
                 if result is None:
-                    result = bytearray(tmp)
+                    result = _scratch(len(data))
+                    steps.append((COPY, result, tmp))
                 else:
-                    _combine(op, tmp, result, count, datatype)
+                    steps.append(combine(tmp, result, count))
             else:
-                _combine(op, partial, tmp, count, datatype)
+                steps.append(combine(partial, tmp, count))
                 partial, tmp = tmp, partial
         mask <<= 1
     if result is not None:      # Exscan leaves rank 0's buffer untouched
-        recvmem[:] = result
+        steps.append((COPY, recvmem, result))
+    return steps
 
 
-def _reduce_scatter(s, data, counts, datatype, extent, op, target):
+def reduce_scatter_steps(ch, data, counts, datatype, extent, op, target):
     # Reduce to rank 0, then scatter the blocks (Collectives._reduce_then_scatter).
-    size, rank = s.size, s.rank
-    result = yield from _reduce_bytes(s, data, sum(counts), datatype, op, 0)
-    if rank != 0:
-        yield (s.recv(target, 0),)
-        return
-    result = memoryview(result)
-    blocks, start = [], 0
-    for i in range(size):
-        blocks.append(result[start:start + counts[i] * extent])
-        start += counts[i] * extent
-    sends = [s.send(blocks[i], i) for i in range(1, size)]
-    target[:] = blocks[0]
-    yield sends
+    steps = []
+    result = reduce_steps(ch, steps, data, sum(counts), datatype, op, 0)
+    if ch.rank != 0:
+        steps.append((RECV, 0, target))
+        return steps
+    start = 0
+    blocks = []
+    for c in counts:
+        blocks.append(result[start:start + c * extent])
+        start += c * extent
+    if len(target) != len(blocks[0]):
+        raise BufferSpecError(f"receive buffer of {len(target)} bytes for a block of "
+                              f"{len(blocks[0])}")
+    steps.append((COPY, target, blocks[0]))
+    steps += [(SEND, i, blocks[i]) for i in range(1, ch.size)]
+    return steps
 
 
 # --- the communicator's calls ------------------------------------------------------
 
+def _same_type_and_count(send, recv):
+    if send.datatype != recv.datatype:
+        raise BufferSpecError("mismatch in send and receive MPI datatypes")
+    if send.count != recv.count:
+        raise BufferSpecError(
+            f"mismatch in send count {send.count} and receive count {recv.count}")
+
+
+def _even_blocks(mem, n):
+    block = len(mem) // n
+    return [mem[i * block:(i + 1) * block] for i in range(n)]
+
+
 class NonblockingCollectives:
     """The I* and *_init collectives of an ivmpi communicator."""
 
-    def _channel(self):
-        self._check_live()
-        coll = self._collectives
-        channel = getattr(coll, "nb_channel", None)
-        if channel is None:
-            channel = coll.nb_channel = _Channel(coll.p2p)
-        return channel
+    def _nonblocking(self, what, make_plan, *args):
+        """A Request over one run of the steps make_plan(*args)(ch) describes
+        (plan(ch) returns (steps, prologue, epilogue))."""
+        return channel_of(self).request(self, what, make_plan, args)
 
-    def _nonblocking(self, what, schedule):
-        """A Request over one run of schedule(op) (a generator function)."""
-        channel = self._channel()
-        op = CollectiveOp(channel, channel.next_tag(), what)
-        return CollectiveRequest(self, op.begin(schedule(op)), what=what)
+    def _persistent(self, what, plan):
+        """A Prequest whose every Start runs the steps again, on one tag."""
+        ch = channel_of(self)
+        steps, prologue, epilogue = plan(ch)
+        return CollectivePrequest(self, ch.schedule(ch.next_tag(), steps, what, prologue,
+                                                    epilogue), what)
 
-    def _persistent(self, what, schedule):
-        """A Prequest whose every Start runs schedule(op) anew, on one tag."""
-        channel = self._channel()
-        tag = channel.next_tag()
+    def _check_root(self, root):
+        if not 0 <= root < self.size:
+            raise MPIError(_MPI.ERR_ROOT, f"root {root} is not in 0..{self.size - 1}")
 
-        def start():
-            self._check_live()
-            op = CollectiveOp(channel, tag, what)
-            return op.begin(schedule(op)), None
-        return CollectivePrequest(self, start, what)
-
-    # --- argument parsing: each returns a schedule function -----------------------
+    # --- argument parsing: each returns plan(ch) -> (steps, prologue, epilogue) ----
 
     def _barrier_plan(self):
-        return _barrier
+        return lambda ch: (barrier_steps(ch), (), ())
 
     def _bcast_plan(self, buf, root):
         self._check_root(root)
-        if self.rank == root:
-            sent = parse_send(buf, holes=True)
-            if has_holes(sent.datatype):
-                return lambda s: _bcast_holes(s, buf, root, None)
-            return lambda s: _bcast(s, sent.mem, root)
-        received = parse_recv(buf, holes=True)
-        if received.unpack is not None:
-            return lambda s: _bcast_holes(s, buf, root, received)
-        return lambda s: _bcast(s, received.mem, root)
+        is_root = self.rank == root
+        _, buf, prologue, epilogue = unholed("Bcast", None, buf, 1, is_root)
+        mem = parse_send(buf).mem if is_root else parse_recv(buf).mem
+        return lambda ch: (bcast_steps(ch, mem, root), prologue, epilogue)
 
-    def _scatter_plan(self, sendbuf, recvbuf, root, vector, what):
+    def _scatter_plan(self, sendbuf, recvbuf, root, vector):
         self._check_root(root)
-        size = self.size
-        if self.rank != root:
+        size, is_root = self.size, self.rank == root
+        sendbuf, recvbuf, prologue, epilogue = unholed(
+            "Scatterv" if vector else "Scatter", sendbuf, recvbuf, size, is_root)
+        if not is_root:
             recvmem = parse_recv(recvbuf).mem
-            return lambda s: _scatter(s, None, recvmem, root, what)
+            return lambda ch: (scatter_steps(ch, None, recvmem, root), prologue, epilogue)
         if vector:
             send = parse_vbuf(sendbuf, size, recv=False)
             blocks = [send.block(i) for i in range(size)]
         else:
-            send = parse_send(sendbuf, blocks=size)
-            block = send.nbytes // size
-            blocks = [send.mem[i * block:(i + 1) * block] for i in range(size)]
+            blocks = _even_blocks(parse_send(sendbuf, blocks=size).mem, size)
         recvmem = None if is_in_place(recvbuf) else parse_recv(recvbuf).mem
-        return lambda s: _scatter(s, blocks, recvmem, root, what)
+        return lambda ch: (scatter_steps(ch, blocks, recvmem, root), prologue, epilogue)
 
-    def _gather_plan(self, sendbuf, recvbuf, root, vector, what):
+    def _gather_plan(self, sendbuf, recvbuf, root, vector):
         self._check_root(root)
-        size = self.size
-        if self.rank != root:
+        size, is_root = self.size, self.rank == root
+        sendbuf, recvbuf, prologue, epilogue = unholed(
+            "Gatherv" if vector else "Gather", sendbuf, recvbuf, size, is_root)
+        if not is_root:
             sendmem = parse_send(sendbuf).mem
-            return lambda s: _gather(s, sendmem, None, root, what)
+            return lambda ch: (gather_steps(ch, sendmem, None, root), prologue, epilogue)
         blocks = self._recv_blocks(recvbuf, vector)
         sendmem = None if is_in_place(sendbuf) else parse_send(sendbuf).mem
-        return lambda s: _gather(s, sendmem, blocks, root, what)
+        return lambda ch: (gather_steps(ch, sendmem, blocks, root), prologue, epilogue)
 
     def _recv_blocks(self, recvbuf, vector):
         size = self.size
         if vector:
             recv = parse_vbuf(recvbuf, size, recv=True)
             return [recv.block(i) for i in range(size)]
-        recv = parse_recv(recvbuf, blocks=size)
-        block = recv.nbytes // size
-        return [recv.mem[i * block:(i + 1) * block] for i in range(size)]
+        return _even_blocks(parse_recv(recvbuf, blocks=size).mem, size)
 
-    def _allgather_plan(self, sendbuf, recvbuf, vector, what):
+    def _allgather_plan(self, sendbuf, recvbuf, vector):
+        sendbuf, recvbuf, prologue, epilogue = unholed(
+            "Allgatherv" if vector else "Allgather", sendbuf, recvbuf, self.size)
         blocks = self._recv_blocks(recvbuf, vector)
         sendmem = None if is_in_place(sendbuf) else parse_send(sendbuf).mem
-        return lambda s: _allgather(s, sendmem, blocks, what)
+        return lambda ch: (allgather_steps(ch, sendmem, blocks), prologue, epilogue)
 
-    def _alltoall_plan(self, sendbuf, recvbuf, vector, what):
+    def _alltoall_plan(self, sendbuf, recvbuf, vector):
         size = self.size
+        sendbuf, recvbuf, prologue, epilogue = unholed(
+            "Alltoallv" if vector else "Alltoall", sendbuf, recvbuf, size)
         recv_blocks = self._recv_blocks(recvbuf, vector)
         send_blocks = None
         if not is_in_place(sendbuf):
@@ -549,29 +672,57 @@ class NonblockingCollectives:
                 send = parse_vbuf(sendbuf, size, recv=False)
                 send_blocks = [send.block(i) for i in range(size)]
             else:
-                mem = parse_send(sendbuf, blocks=size).mem
-                block = len(mem) // size
-                send_blocks = [mem[i * block:(i + 1) * block] for i in range(size)]
-        return lambda s: _alltoall(s, send_blocks, recv_blocks, what)
+                send_blocks = _even_blocks(parse_send(sendbuf, blocks=size).mem, size)
+        return lambda ch: (alltoall_steps(ch, send_blocks, recv_blocks), prologue, epilogue)
+
+    def _alltoallw_plan(self, sendbuf, recvbuf):
+        size = self.size
+        in_place = is_in_place(sendbuf)
+        recv_blocks, packs, unpacks = wblocks(recvbuf, size, True, fill=in_place)
+        send_blocks = None
+        if not in_place:
+            send_blocks, packs, _ = wblocks(sendbuf, size, False)
+        return lambda ch: (alltoall_steps(ch, send_blocks, recv_blocks), packs, unpacks)
+
+    def _reduction_args(self, name, sendbuf, recvbuf, at_root=True):
+        sendbuf, recvbuf, prologue, epilogue = unholed(name, sendbuf, recvbuf, 1, at_root)
+        data, recv, count, datatype = self._collectives._reduction_args(sendbuf, recvbuf, at_root)
+        return data, recv, count, datatype, prologue, epilogue
 
     def _reduce_plan(self, sendbuf, recvbuf, op, root):
         self._check_root(root)
-        data, recv, count, datatype = self._collectives._reduction_args(
-            sendbuf, recvbuf, at_root=self.rank == root)
-        return lambda s: _reduce(s, data, recv, count, datatype, op, root)
+        data, recv, count, datatype, prologue, epilogue = self._reduction_args(
+            "Reduce", sendbuf, recvbuf, at_root=self.rank == root)
+
+        def plan(ch):
+            steps = []
+            result = reduce_steps(ch, steps, data, count, datatype, op, root)
+            if recv is not None:
+                if len(recv.mem) != len(result):
+                    raise BufferSpecError(f"receive buffer of {len(recv.mem)} bytes for a "
+                                          f"result of {len(result)}")
+                steps.append((COPY, recv.mem, result))
+            return steps, prologue, epilogue
+        return plan
 
     def _allreduce_plan(self, sendbuf, recvbuf, op):
-        data, recv, count, datatype = self._collectives._reduction_args(sendbuf, recvbuf)
+        data, recv, count, datatype, prologue, epilogue = self._reduction_args(
+            "Allreduce", sendbuf, recvbuf)
         recvmem = recv.mem
-        return lambda s: _allreduce(s, data, recvmem, count, datatype, op)
+        return lambda ch: (allreduce_steps(ch, data, recvmem, count, datatype, op), prologue,
+                           epilogue)
 
     def _scan_plan(self, sendbuf, recvbuf, op, inclusive):
-        data, recv, count, datatype = self._collectives._reduction_args(sendbuf, recvbuf)
+        data, recv, count, datatype, prologue, epilogue = self._reduction_args(
+            "Scan" if inclusive else "Exscan", sendbuf, recvbuf)
         recvmem = recv.mem
-        return lambda s: _prefix(s, data, recvmem, count, datatype, op, inclusive)
+        return lambda ch: (prefix_steps(ch, data, recvmem, count, datatype, op, inclusive),
+                           prologue, epilogue)
 
     def _reduce_scatter_block_plan(self, sendbuf, recvbuf, op):
         size = self.size
+        sendbuf, recvbuf, prologue, epilogue = unholed("Reduce_scatter_block", sendbuf, recvbuf,
+                                                       size)
         if is_in_place(sendbuf):
             recv = parse_recv(recvbuf, blocks=size)
             data, count, datatype = recv.mem, recv.count, recv.datatype
@@ -583,10 +734,12 @@ class NonblockingCollectives:
             data, count, datatype, target = send.mem, send.count, send.datatype, recv.mem
         extent = datatype_extent(datatype)
         counts = [count] * size
-        return lambda s: _reduce_scatter(s, data, counts, datatype, extent, op, target)
+        return lambda ch: (reduce_scatter_steps(ch, data, counts, datatype, extent, op, target),
+                           prologue, epilogue)
 
     def _reduce_scatter_plan(self, sendbuf, recvbuf, recvcounts, op):
         size, rank = self.size, self.rank
+        sendbuf, recvbuf, prologue, epilogue = unholed("Reduce_scatter", sendbuf, recvbuf, 1)
         recv = parse_recv(recvbuf)
         in_place = is_in_place(sendbuf)
         if recvcounts is None:
@@ -616,111 +769,99 @@ class NonblockingCollectives:
                 raise BufferSpecError(
                     f"mismatch in receive count {recv.count} and counts[{rank}] {counts[rank]}")
             data, target = send.mem, recv.mem
-        return lambda s: _reduce_scatter(s, data, counts, datatype, extent, op, target)
-
-    def _check_root(self, root):
-        if not 0 <= root < self.size:
-            raise MPIError(_MPI.ERR_ROOT, f"root {root} is not in 0..{self.size - 1}")
+        return lambda ch: (reduce_scatter_steps(ch, data, counts, datatype, extent, op, target),
+                           prologue, epilogue)
 
     # --- nonblocking ------------------------------------------------------------
 
     def Ibarrier(self):
-        return self._nonblocking("Ibarrier", _barrier)
+        return self._nonblocking("Ibarrier", self._barrier_plan)
 
     def Ibcast(self, buf, root=0):
-        return self._nonblocking("Ibcast", self._bcast_plan(buf, root))
+        return self._nonblocking("Ibcast", self._bcast_plan, buf, root)
 
     def Iscatter(self, sendbuf, recvbuf, root=0):
-        return self._nonblocking("Iscatter",
-                                 self._scatter_plan(sendbuf, recvbuf, root, False, "Iscatter"))
+        return self._nonblocking("Iscatter", self._scatter_plan, sendbuf, recvbuf, root, False)
 
     def Iscatterv(self, sendbuf, recvbuf, root=0):
-        return self._nonblocking("Iscatterv",
-                                 self._scatter_plan(sendbuf, recvbuf, root, True, "Iscatterv"))
+        return self._nonblocking("Iscatterv", self._scatter_plan, sendbuf, recvbuf, root, True)
 
     def Igather(self, sendbuf, recvbuf, root=0):
-        return self._nonblocking("Igather",
-                                 self._gather_plan(sendbuf, recvbuf, root, False, "Igather"))
+        return self._nonblocking("Igather", self._gather_plan, sendbuf, recvbuf, root, False)
 
     def Igatherv(self, sendbuf, recvbuf, root=0):
-        return self._nonblocking("Igatherv",
-                                 self._gather_plan(sendbuf, recvbuf, root, True, "Igatherv"))
+        return self._nonblocking("Igatherv", self._gather_plan, sendbuf, recvbuf, root, True)
 
     def Iallgather(self, sendbuf, recvbuf):
-        return self._nonblocking("Iallgather",
-                                 self._allgather_plan(sendbuf, recvbuf, False, "Iallgather"))
+        return self._nonblocking("Iallgather", self._allgather_plan, sendbuf, recvbuf, False)
 
     def Iallgatherv(self, sendbuf, recvbuf):
-        return self._nonblocking("Iallgatherv",
-                                 self._allgather_plan(sendbuf, recvbuf, True, "Iallgatherv"))
+        return self._nonblocking("Iallgatherv", self._allgather_plan, sendbuf, recvbuf, True)
 
     def Ialltoall(self, sendbuf, recvbuf):
-        return self._nonblocking("Ialltoall",
-                                 self._alltoall_plan(sendbuf, recvbuf, False, "Ialltoall"))
+        return self._nonblocking("Ialltoall", self._alltoall_plan, sendbuf, recvbuf, False)
 
     def Ialltoallv(self, sendbuf, recvbuf):
-        return self._nonblocking("Ialltoallv",
-                                 self._alltoall_plan(sendbuf, recvbuf, True, "Ialltoallv"))
+        return self._nonblocking("Ialltoallv", self._alltoall_plan, sendbuf, recvbuf, True)
+
+    def Ialltoallw(self, sendbuf, recvbuf):
+        return self._nonblocking("Ialltoallw", self._alltoallw_plan, sendbuf, recvbuf)
 
     def Ireduce(self, sendbuf, recvbuf, op=_SUM, root=0):
-        return self._nonblocking("Ireduce", self._reduce_plan(sendbuf, recvbuf, op, root))
+        return self._nonblocking("Ireduce", self._reduce_plan, sendbuf, recvbuf, op, root)
 
     def Iallreduce(self, sendbuf, recvbuf, op=_SUM):
-        return self._nonblocking("Iallreduce", self._allreduce_plan(sendbuf, recvbuf, op))
+        return self._nonblocking("Iallreduce", self._allreduce_plan, sendbuf, recvbuf, op)
 
     def Ireduce_scatter_block(self, sendbuf, recvbuf, op=_SUM):
-        return self._nonblocking("Ireduce_scatter_block",
-                                 self._reduce_scatter_block_plan(sendbuf, recvbuf, op))
+        return self._nonblocking("Ireduce_scatter_block", self._reduce_scatter_block_plan,
+                                 sendbuf, recvbuf, op)
 
     def Ireduce_scatter(self, sendbuf, recvbuf, recvcounts=None, op=_SUM):
-        return self._nonblocking("Ireduce_scatter",
-                                 self._reduce_scatter_plan(sendbuf, recvbuf, recvcounts, op))
+        return self._nonblocking("Ireduce_scatter", self._reduce_scatter_plan, sendbuf, recvbuf,
+                                 recvcounts, op)
 
     def Iscan(self, sendbuf, recvbuf, op=_SUM):
-        return self._nonblocking("Iscan", self._scan_plan(sendbuf, recvbuf, op, True))
+        return self._nonblocking("Iscan", self._scan_plan, sendbuf, recvbuf, op, True)
 
     def Iexscan(self, sendbuf, recvbuf, op=_SUM):
-        return self._nonblocking("Iexscan", self._scan_plan(sendbuf, recvbuf, op, False))
+        return self._nonblocking("Iexscan", self._scan_plan, sendbuf, recvbuf, op, False)
 
     # --- persistent (info is accepted and ignored) ---------------------------------
 
     def Barrier_init(self, info=_INFO_NULL):
-        return self._persistent("Barrier_init", _barrier)
+        return self._persistent("Barrier_init", self._barrier_plan())
 
     def Bcast_init(self, buf, root=0, info=_INFO_NULL):
         return self._persistent("Bcast_init", self._bcast_plan(buf, root))
 
     def Scatter_init(self, sendbuf, recvbuf, root=0, info=_INFO_NULL):
         return self._persistent("Scatter_init",
-                                self._scatter_plan(sendbuf, recvbuf, root, False, "Scatter_init"))
+                                self._scatter_plan(sendbuf, recvbuf, root, False))
 
     def Scatterv_init(self, sendbuf, recvbuf, root=0, info=_INFO_NULL):
-        return self._persistent("Scatterv_init",
-                                self._scatter_plan(sendbuf, recvbuf, root, True, "Scatterv_init"))
+        return self._persistent("Scatterv_init", self._scatter_plan(sendbuf, recvbuf, root, True))
 
     def Gather_init(self, sendbuf, recvbuf, root=0, info=_INFO_NULL):
-        return self._persistent("Gather_init",
-                                self._gather_plan(sendbuf, recvbuf, root, False, "Gather_init"))
+        return self._persistent("Gather_init", self._gather_plan(sendbuf, recvbuf, root, False))
 
     def Gatherv_init(self, sendbuf, recvbuf, root=0, info=_INFO_NULL):
-        return self._persistent("Gatherv_init",
-                                self._gather_plan(sendbuf, recvbuf, root, True, "Gatherv_init"))
+        return self._persistent("Gatherv_init", self._gather_plan(sendbuf, recvbuf, root, True))
 
     def Allgather_init(self, sendbuf, recvbuf, info=_INFO_NULL):
-        return self._persistent("Allgather_init",
-                                self._allgather_plan(sendbuf, recvbuf, False, "Allgather_init"))
+        return self._persistent("Allgather_init", self._allgather_plan(sendbuf, recvbuf, False))
 
     def Allgatherv_init(self, sendbuf, recvbuf, info=_INFO_NULL):
-        return self._persistent("Allgatherv_init",
-                                self._allgather_plan(sendbuf, recvbuf, True, "Allgatherv_init"))
+        return self._persistent("Allgatherv_init", self._allgather_plan(sendbuf, recvbuf, True))
 
     def Alltoall_init(self, sendbuf, recvbuf, info=_INFO_NULL):
-        return self._persistent("Alltoall_init",
-                                self._alltoall_plan(sendbuf, recvbuf, False, "Alltoall_init"))
+        return self._persistent("Alltoall_init", self._alltoall_plan(sendbuf, recvbuf, False))
 
     def Alltoallv_init(self, sendbuf, recvbuf, info=_INFO_NULL):
-        return self._persistent("Alltoallv_init",
-                                self._alltoall_plan(sendbuf, recvbuf, True, "Alltoallv_init"))
+        return self._persistent("Alltoallv_init", self._alltoall_plan(sendbuf, recvbuf, True))
+
+    def Alltoallw_init(self, sendbuf, recvbuf, info=_INFO_NULL):
+        return self._persistent("Alltoallw_init", self._alltoallw_plan(sendbuf, recvbuf))
 
     def Reduce_init(self, sendbuf, recvbuf, op=_SUM, root=0, info=_INFO_NULL):
         return self._persistent("Reduce_init", self._reduce_plan(sendbuf, recvbuf, op, root))
@@ -741,11 +882,3 @@ class NonblockingCollectives:
 
     def Exscan_init(self, sendbuf, recvbuf, op=_SUM, info=_INFO_NULL):
         return self._persistent("Exscan_init", self._scan_plan(sendbuf, recvbuf, op, False))
-
-
-def _same_type_and_count(send, recv):
-    if send.datatype != recv.datatype:
-        raise BufferSpecError("mismatch in send and receive MPI datatypes")
-    if send.count != recv.count:
-        raise BufferSpecError(
-            f"mismatch in send count {send.count} and receive count {recv.count}")

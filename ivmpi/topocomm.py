@@ -4,37 +4,40 @@
 (``ivmpi.Intracomm``) and mpi4py's classes of the same names.  Each keeps
 its topology itself, so the queries (``Get_topo``, ``Shift``,
 ``Get_dist_neighbors``, ...) are answered without the MPI library and work
-in standalone mode too.  The neighbourhood collectives are point-to-point
-messages through the region on the communicator's hidden twin (the one its
-collectives use), with tags of their own: they never match user messages
-nor the twin's other collectives.  Under a launcher each communicator also
-carries the library's communicator of the same topology as its handle.
+in standalone mode too.  A neighbourhood collective of buffers is a fixed
+set of receives from the in-neighbours and sends to the out-neighbours,
+one round of a Schedule (ivmpi.nbcoll) on the communicator's hidden twin:
+one C loop moves every block, by the fast path when it fits the ring.
+Like the nonblocking collectives, each call takes new tags of its own, so
+it never matches user messages nor another collective.  The object forms
+(neighbor_allgather, neighbor_alltoall) post engine operations instead,
+since their sizes are not known in advance.  Under a launcher each
+communicator also carries the library's communicator of the same topology
+as its handle.
 """
 import operator
 
 from .lib import MPI as _MPI
 
 from . import comm as _comm
-from ._interop import _host_memory
-from .buffers import (BufferSpecError, _as_datatype, _memory, datatype_extent, parse_recv,
-                      parse_send, parse_vbuf)
-from .request import MPIError, Prequest, Request
+from .buffers import parse_recv, parse_send, parse_vbuf
+from .nbcoll import (RECV, SEND, CollectivePrequest, channel_of, packed_simple, packed_vector,
+                     wblocks)
+from .request import MPIError, Request
 
 PROC_NULL = _MPI.PROC_NULL
 UNDEFINED = _MPI.UNDEFINED
 _pickle = _MPI.pickle
 
-# Tags on the hidden twin, above those of its blocking collectives.  Graph
-# neighbours all use TAG_NEIGHBOR: messages between two ranks match in the
-# order they were posted, which both sides take from the same edge lists.
-# A Cartesian exchange tags each message by dimension and direction instead,
-# so that where one rank is both neighbours (a periodic dimension of size 1
-# or 2) what was sent toward -1 still lands in the receiver's +1 block.
+# A neighbourhood collective takes consecutive tags of its own (Channel.next_tag):
+# graph neighbours all use the first, since messages between two ranks
+# match in the order they were posted, which both sides take from the same
+# edge lists.  A Cartesian exchange tags each message by dimension and
+# direction instead (first + 2 * dimension + direction), so that where one
+# rank is both neighbours (a periodic dimension of size 1 or 2) what was
+# sent toward -1 still lands in the receiver's +1 block.  The object forms
+# use the fixed tags TAG_NEIGHBOR + 1 + the same offsets.
 TAG_NEIGHBOR = 1 << 24
-
-
-def _cart_tag(dim, toward_plus):
-    return TAG_NEIGHBOR + 1 + 2 * dim + int(toward_plus)
 
 
 def _ints(values, count=None):
@@ -54,8 +57,9 @@ def _product(values):
 
 # --- topologies ---------------------------------------------------------------------
 # Immutable descriptions shared by every copy and duplicate of a communicator.
-# neighbours(rank) gives (in-neighbours, out-neighbours, receive tags, send
-# tags), in MPI's order for the neighbourhood collectives.
+# neighbours(rank) gives (in-neighbours, out-neighbours, receive tag
+# offsets, send tag offsets), in MPI's order for the neighbourhood
+# collectives; `tags` is how many offsets there are.
 
 class CartTopology:
     kind = _MPI.CART
@@ -64,6 +68,7 @@ class CartTopology:
         self.dims = list(dims)
         self.periods = [int(bool(p)) for p in periods]
         self._neighbours = {}
+        self.tags = 2 * len(self.dims)
 
     def coords(self, rank):
         coords = []
@@ -108,14 +113,15 @@ class CartTopology:
             for dim in range(len(self.dims)):
                 ranks.extend(self.shift(rank, dim, 1))
                 # From the -1 neighbour comes what it sent toward +1, and back.
-                recv_tags += [_cart_tag(dim, True), _cart_tag(dim, False)]
-                send_tags += [_cart_tag(dim, False), _cart_tag(dim, True)]
+                recv_tags += [2 * dim + 1, 2 * dim]
+                send_tags += [2 * dim, 2 * dim + 1]
             found = self._neighbours[rank] = (ranks, ranks, recv_tags, send_tags)
         return found
 
 
 class GraphTopology:
     kind = _MPI.GRAPH
+    tags = 1
 
     def __init__(self, index, edges):
         self.index = list(index)        # MPI's form: index[i] = end of node i's edges
@@ -127,12 +133,13 @@ class GraphTopology:
 
     def neighbours(self, rank):
         ranks = self.adjacent(rank)
-        tags = [TAG_NEIGHBOR] * len(ranks)
+        tags = [0] * len(ranks)
         return ranks, ranks, tags, tags
 
 
 class DistGraphTopology:
     kind = _MPI.DIST_GRAPH
+    tags = 1
 
     def __init__(self, sources, destinations, sourceweights, destweights, weighted):
         self.sources = list(sources)
@@ -142,8 +149,8 @@ class DistGraphTopology:
         self.weighted = weighted
 
     def neighbours(self, rank):
-        return (self.sources, self.destinations, [TAG_NEIGHBOR] * len(self.sources),
-                [TAG_NEIGHBOR] * len(self.destinations))
+        return (self.sources, self.destinations, [0] * len(self.sources),
+                [0] * len(self.destinations))
 
 
 # --- one request over many operations -------------------------------------------------
@@ -218,39 +225,21 @@ def _vblocks(spec, n, recv):
     return [parsed.block(i) for i in range(n)]
 
 
-def _wblocks(spec, n, recv):
-    """The n blocks of an Alltoallw-style spec: [buf, counts, displs,
-    datatypes] with displacements in bytes (MPI.BOTTOM: absolute addresses),
-    [buf, (counts, displs), datatypes], or [buf, datatypes]."""
-    items = len(spec)
-    if items == 2:
-        buf, types = spec
-        counts, displs = [1] * n, [0] * n
-    elif items == 3:
-        buf, (counts, displs), types = spec
-    elif items == 4:
-        buf, counts, displs, types = spec
-    else:
-        raise ValueError("message: expecting 2 to 4 items")
-    counts, displs = _ints(counts, n), _ints(displs, n)
-    if len(types) != n:
-        raise ValueError(f"expecting {n} items, got {len(types)}")
+def _holes(spec, role, n, writable):
+    """(spec, pack, unpack) of a spec whose datatype may have holes (see
+    ivmpi.nbcoll.packed_simple); without neighbours it is not looked at."""
     if n == 0:
-        return []
-    bottom = buf is None or buf is _MPI.BOTTOM
-    whole = None if bottom else _memory(buf, recv, False)[0]
-    blocks = []
-    for count, displ, datatype in zip(counts, displs, types):
-        nbytes = count * datatype_extent(_as_datatype(datatype))
-        if bottom:
-            blocks.append(_host_memory(displ, nbytes, not recv, None) if nbytes
-                          else memoryview(bytearray(0)))
-            continue
-        if displ < 0 or displ + nbytes > len(whole):
-            raise BufferSpecError(f"block at byte {displ} of {nbytes} bytes runs past the "
-                                  f"buffer ({len(whole)} bytes)")
-        blocks.append(whole[displ:displ + nbytes])
-    return blocks
+        return spec, None, None
+    if role == "vector":
+        return packed_vector(spec, n, writable)
+    return packed_simple(spec, writable, n if role == "blocks" else 1)
+
+
+def _plan(sent, received):
+    """(spec, list of packs, list of unpacks) of a send and a receive spec
+    from _holes, as the prologue and epilogue of a schedule."""
+    return [sent[1]] if sent[1] is not None else [], \
+        [received[2]] if received[2] is not None else []
 
 
 # --- the communicators ----------------------------------------------------------------
@@ -333,105 +322,188 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
 
     # --- neighbourhood collectives ----------------------------------------------------
 
+    def _steps(self, sends, recvs):
+        """A receive into recvs[k] from the k-th in-neighbour and a send of
+        sends[k] to the k-th out-neighbour; PROC_NULL neighbours are
+        skipped, leaving their block untouched."""
+        sources, dests, recv_tags, send_tags = self._topo.neighbours(self.rank)
+        steps = [(RECV, source, mem, tag) for source, tag, mem in zip(sources, recv_tags, recvs)
+                 if source != PROC_NULL]
+        steps += [(SEND, dest, mem, tag) for dest, tag, mem in zip(dests, send_tags, sends)
+                  if dest != PROC_NULL]
+        return steps
+
+    def _allgather_plan(self, sendbuf, recvbuf, vector):
+        indegree, outdegree = self.degrees
+        sent = _holes(sendbuf, "plain", outdegree, False)
+        received = _holes(recvbuf, "vector" if vector else "blocks", indegree, True)
+        sendmem = parse_send(sent[0]).mem if outdegree else None
+        recvs = (_vblocks if vector else _blocks)(received[0], indegree, True)
+        return (self._steps([sendmem] * outdegree, recvs),) + _plan(sent, received)
+
+    def _alltoall_plan(self, sendbuf, recvbuf, vector):
+        indegree, outdegree = self.degrees
+        role = "vector" if vector else "blocks"
+        sent = _holes(sendbuf, role, outdegree, False)
+        received = _holes(recvbuf, role, indegree, True)
+        split = _vblocks if vector else _blocks
+        return (self._steps(split(sent[0], outdegree, False),
+                            split(received[0], indegree, True)),) + _plan(sent, received)
+
+    def _alltoallw_plan(self, sendbuf, recvbuf):
+        indegree, outdegree = self.degrees
+        sends, packs, _ = wblocks(sendbuf, outdegree, False)
+        recvs, _, unpacks = wblocks(recvbuf, indegree, True)
+        return self._steps(sends, recvs), packs, unpacks
+
+    def _neighbour(self, what, form, make_plan, *args):
+        """Run a neighbourhood collective: form "blocking" (to completion),
+        "nonblocking" (a Request) or "persistent" (a Prequest)."""
+        ch = channel_of(self)
+        tags = self._topo.tags
+        if form == "nonblocking":
+            return ch.request(self, what, make_plan, args, tags)
+        if form == "persistent":
+            steps, prologue, epilogue = make_plan(*args)
+            return CollectivePrequest(self, ch.schedule(ch.next_tag(tags), steps, what, prologue,
+                                                        epilogue), what)
+        schedule = ch.begin(what, make_plan, args, tags)
+        if not schedule._finished:
+            schedule.wait(what)
+        if schedule.error is not None:
+            raise schedule.error
+        return None
+
+    def Neighbor_allgather(self, sendbuf, recvbuf):
+        self._neighbour("Neighbor_allgather", "blocking", self._allgather_plan, sendbuf,
+                        recvbuf, False)
+
+    def Neighbor_allgatherv(self, sendbuf, recvbuf):
+        self._neighbour("Neighbor_allgatherv", "blocking", self._allgather_plan, sendbuf,
+                        recvbuf, True)
+
+    def Neighbor_alltoall(self, sendbuf, recvbuf):
+        self._neighbour("Neighbor_alltoall", "blocking", self._alltoall_plan, sendbuf, recvbuf,
+                        False)
+
+    def Neighbor_alltoallv(self, sendbuf, recvbuf):
+        self._neighbour("Neighbor_alltoallv", "blocking", self._alltoall_plan, sendbuf, recvbuf,
+                        True)
+
+    def Neighbor_alltoallw(self, sendbuf, recvbuf):
+        self._neighbour("Neighbor_alltoallw", "blocking", self._alltoallw_plan, sendbuf, recvbuf)
+
+    def Ineighbor_allgather(self, sendbuf, recvbuf):
+        return self._neighbour("Ineighbor_allgather", "nonblocking", self._allgather_plan,
+                               sendbuf, recvbuf, False)
+
+    def Ineighbor_allgatherv(self, sendbuf, recvbuf):
+        return self._neighbour("Ineighbor_allgatherv", "nonblocking", self._allgather_plan,
+                               sendbuf, recvbuf, True)
+
+    def Ineighbor_alltoall(self, sendbuf, recvbuf):
+        return self._neighbour("Ineighbor_alltoall", "nonblocking", self._alltoall_plan,
+                               sendbuf, recvbuf, False)
+
+    def Ineighbor_alltoallv(self, sendbuf, recvbuf):
+        return self._neighbour("Ineighbor_alltoallv", "nonblocking", self._alltoall_plan,
+                               sendbuf, recvbuf, True)
+
+    def Ineighbor_alltoallw(self, sendbuf, recvbuf):
+        return self._neighbour("Ineighbor_alltoallw", "nonblocking", self._alltoallw_plan,
+                               sendbuf, recvbuf)
+
+    def Neighbor_allgather_init(self, sendbuf, recvbuf, info=_MPI.INFO_NULL):
+        return self._neighbour("Neighbor_allgather_init", "persistent", self._allgather_plan,
+                               sendbuf, recvbuf, False)
+
+    def Neighbor_allgatherv_init(self, sendbuf, recvbuf, info=_MPI.INFO_NULL):
+        return self._neighbour("Neighbor_allgatherv_init", "persistent", self._allgather_plan,
+                               sendbuf, recvbuf, True)
+
+    def Neighbor_alltoall_init(self, sendbuf, recvbuf, info=_MPI.INFO_NULL):
+        return self._neighbour("Neighbor_alltoall_init", "persistent", self._alltoall_plan,
+                               sendbuf, recvbuf, False)
+
+    def Neighbor_alltoallv_init(self, sendbuf, recvbuf, info=_MPI.INFO_NULL):
+        return self._neighbour("Neighbor_alltoallv_init", "persistent", self._alltoall_plan,
+                               sendbuf, recvbuf, True)
+
+    def Neighbor_alltoallw_init(self, sendbuf, recvbuf, info=_MPI.INFO_NULL):
+        return self._neighbour("Neighbor_alltoallw_init", "persistent", self._alltoallw_plan,
+                               sendbuf, recvbuf)
+
     def _exchange(self, sends, recvs, what):
-        """Post a receive into recvs[k] (None: of an object) from the k-th
-        in-neighbour, then a send of sends[k] to the k-th out-neighbour;
-        PROC_NULL neighbours are skipped, leaving their block untouched.
-        Returns the operations as one, and the receives by block."""
+        """The object forms: post a receive of an object from the k-th
+        in-neighbour, then a send of sends[k] to the k-th out-neighbour
+        (PROC_NULL neighbours skipped).  Returns the operations as one, and
+        the receives by block."""
         self._check_live()
         sources, dests, recv_tags, send_tags = self._topo.neighbours(self.rank)
         twin = self._collectives.p2p
         received = []
         for source, tag, mem in zip(sources, recv_tags, recvs):
             received.append(None if source == PROC_NULL else
-                            twin._irecv_bytes(mem, source, tag, None, what)._op)
+                            twin._irecv_bytes(mem, source, TAG_NEIGHBOR + 1 + tag, None,
+                                              what)._op)
         ops = [op for op in received if op is not None]
         for dest, tag, mem in zip(dests, send_tags, sends):
             if dest != PROC_NULL:
-                ops.append(twin._isend_bytes(mem, dest, tag, False, what)._op)
+                ops.append(twin._isend_bytes(mem, dest, TAG_NEIGHBOR + 1 + tag, False, what)._op)
         return NeighbourOps(ops, twin._scope), received
-
-    def _start(self, sends, recvs, what):
-        return Request(self, self._exchange(sends, recvs, what)[0], what=what)
-
-    def _persistent(self, sends, recvs, what):
-        return Prequest(self, lambda: (self._exchange(sends, recvs, what)[0], None),
-                        f"persistent {what}")
-
-    def _allgather_args(self, sendbuf, recvbuf, vector):
-        indegree, outdegree = self.degrees
-        sendmem = parse_send(sendbuf).mem if outdegree else None
-        recvs = (_vblocks if vector else _blocks)(recvbuf, indegree, True)
-        return [sendmem] * outdegree, recvs
-
-    def _alltoall_args(self, sendbuf, recvbuf, vector):
-        indegree, outdegree = self.degrees
-        split = _vblocks if vector else _blocks
-        return split(sendbuf, outdegree, False), split(recvbuf, indegree, True)
-
-    def _alltoallw_args(self, sendbuf, recvbuf):
-        indegree, outdegree = self.degrees
-        return _wblocks(sendbuf, outdegree, False), _wblocks(recvbuf, indegree, True)
-
-    def Neighbor_allgather(self, sendbuf, recvbuf):
-        self._start(*self._allgather_args(sendbuf, recvbuf, False), "Neighbor_allgather").Wait()
-
-    def Neighbor_allgatherv(self, sendbuf, recvbuf):
-        self._start(*self._allgather_args(sendbuf, recvbuf, True), "Neighbor_allgatherv").Wait()
-
-    def Neighbor_alltoall(self, sendbuf, recvbuf):
-        self._start(*self._alltoall_args(sendbuf, recvbuf, False), "Neighbor_alltoall").Wait()
-
-    def Neighbor_alltoallv(self, sendbuf, recvbuf):
-        self._start(*self._alltoall_args(sendbuf, recvbuf, True), "Neighbor_alltoallv").Wait()
-
-    def Neighbor_alltoallw(self, sendbuf, recvbuf):
-        self._start(*self._alltoallw_args(sendbuf, recvbuf), "Neighbor_alltoallw").Wait()
-
-    def Ineighbor_allgather(self, sendbuf, recvbuf):
-        return self._start(*self._allgather_args(sendbuf, recvbuf, False), "Ineighbor_allgather")
-
-    def Ineighbor_allgatherv(self, sendbuf, recvbuf):
-        return self._start(*self._allgather_args(sendbuf, recvbuf, True), "Ineighbor_allgatherv")
-
-    def Ineighbor_alltoall(self, sendbuf, recvbuf):
-        return self._start(*self._alltoall_args(sendbuf, recvbuf, False), "Ineighbor_alltoall")
-
-    def Ineighbor_alltoallv(self, sendbuf, recvbuf):
-        return self._start(*self._alltoall_args(sendbuf, recvbuf, True), "Ineighbor_alltoallv")
-
-    def Ineighbor_alltoallw(self, sendbuf, recvbuf):
-        return self._start(*self._alltoallw_args(sendbuf, recvbuf), "Ineighbor_alltoallw")
-
-    def Neighbor_allgather_init(self, sendbuf, recvbuf, info=_MPI.INFO_NULL):
-        return self._persistent(*self._allgather_args(sendbuf, recvbuf, False),
-                                "Neighbor_allgather")
-
-    def Neighbor_allgatherv_init(self, sendbuf, recvbuf, info=_MPI.INFO_NULL):
-        return self._persistent(*self._allgather_args(sendbuf, recvbuf, True),
-                                "Neighbor_allgatherv")
-
-    def Neighbor_alltoall_init(self, sendbuf, recvbuf, info=_MPI.INFO_NULL):
-        return self._persistent(*self._alltoall_args(sendbuf, recvbuf, False),
-                                "Neighbor_alltoall")
-
-    def Neighbor_alltoallv_init(self, sendbuf, recvbuf, info=_MPI.INFO_NULL):
-        return self._persistent(*self._alltoall_args(sendbuf, recvbuf, True),
-                                "Neighbor_alltoallv")
-
-    def Neighbor_alltoallw_init(self, sendbuf, recvbuf, info=_MPI.INFO_NULL):
-        return self._persistent(*self._alltoallw_args(sendbuf, recvbuf), "Neighbor_alltoallw")
 
     def _objects(self, items, what):
         """Exchange pickled items with the neighbours; a PROC_NULL neighbour's
-        entry is None, as in mpi4py."""
-        indegree, _ = self.degrees
-        sends = [memoryview(_pickle.dumps(item)) for item in items]
+        entry is None, as in mpi4py.  Every item goes out first (by the fast
+        path when it fits the ring), then each receive in order takes its
+        message straight from the ring when it is an eager one, else
+        through the engine; messages between two ranks keep their order,
+        and both sides take it from the same edge lists."""
+        self._check_live()
+        sources, dests, recv_tags, send_tags = self._topo.neighbours(self.rank)
+        twin = self._collectives.p2p
+        fast = twin._fast
+        dumps, loads = _pickle.dumps, _pickle.loads
         with self._lock(what):
-            ops, received = self._exchange(sends, [None] * indegree, what)
-            Request(self, ops, what=what).Wait()
-        return [_pickle.loads(op.data) if op is not None and op.data else None
-                for op in received]
+            sending = []
+            last = data = None
+            for dest, tag, item in zip(dests, send_tags, items):
+                if dest == PROC_NULL:
+                    continue
+                if item is not last or data is None:    # allgather: pickled once
+                    last, data = item, dumps(item)
+                tag += TAG_NEIGHBOR + 1
+                if not fast.send(data, dest, tag):
+                    sending.append(twin._isend_bytes(memoryview(data), dest, tag, False, what))
+            results = [None] * len(sources)
+            waiting = [(k, source, tag + TAG_NEIGHBOR + 1)
+                       for k, (source, tag) in enumerate(zip(sources, recv_tags))
+                       if source != PROC_NULL]
+            while waiting:
+                # A pass takes every message at the head of its ring (frames
+                # from one rank come in the order it sent them, which may
+                # not be the order of the receives); a receive waits for
+                # earlier ones with the same source and tag.
+                later, blocked, spins = [], set(), fast.spins
+                for k, source, tag in waiting:
+                    if (source, tag) not in blocked:
+                        data = fast.recv_bytes(source, tag, spins)
+                        spins = 1
+                        if data is not None:
+                            results[k] = loads(data) if data else None
+                            continue
+                        blocked.add((source, tag))
+                    later.append((k, source, tag))
+                if len(later) == len(waiting):
+                    # Nothing came by the fast path: the engine takes the first.
+                    k, source, tag = later.pop(0)
+                    request = twin._irecv_bytes(None, source, tag, None, what)
+                    op = request._op
+                    request.Wait()
+                    results[k] = loads(op.data) if op.data else None
+                waiting = later
+            Request.Waitall(sending)
+        return results
 
     def neighbor_allgather(self, sendobj):
         return self._objects([sendobj] * self.degrees[1], "neighbor_allgather")

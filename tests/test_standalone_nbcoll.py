@@ -53,6 +53,21 @@ WORKER = textwrap.dedent("""
             persistent.Wait()
             rounds.append(total.tolist())
         report["rounds"] = rounds
+        # All-to-all-w: a column of the sender's matrix to each rank, received
+        # as two contiguous doubles; the persistent form with new data.
+        col = MPI.DOUBLE.Create_vector(2, 1, 3).Commit()
+        send = np.arange(12.0) + 100 * rank
+        recv = np.full(2 * size, -1.0)
+        args = ([send, ([1] * size, [48 * p for p in range(size)]), [col] * size],
+                [recv, ([2] * size, [16 * p for p in range(size)]), [MPI.DOUBLE] * size])
+        dup.Ialltoallw(*args).Wait()
+        report["alltoallw"] = recv.tolist()
+        persistent = dup.Alltoallw_init(*args)
+        send += 1000
+        persistent.Start()
+        persistent.Wait()
+        report["alltoallw_init"] = recv.tolist()
+        col.Free()
         report["moved"] = sum(ivmpi.stats.total(dup).values()) - before
         dup.Free()
     elif scenario == "timeout":
@@ -102,6 +117,10 @@ def test_nonblocking_and_persistent_collectives_without_a_launcher(tmp_path):
         assert code == 0, err
         assert report["allreduce"] and report["bcast"]
         assert report["rounds"] == [[k + 1.0] * 8 for k in range(3)]
+        me = report["rank"]
+        columns = [[100.0 * p + 6 * me, 100.0 * p + 6 * me + 3] for p in range(2)]
+        assert report["alltoallw"] == columns[0] + columns[1]
+        assert report["alltoallw_init"] == [x + 1000 for x in columns[0] + columns[1]]
         assert report["moved"] > 70000 * 4     # written or read through the rings
 
 

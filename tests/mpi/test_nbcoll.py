@@ -489,3 +489,42 @@ def test_traffic_goes_through_the_region(comm):
     assert after["written"] - before["written"] >= (size - 1) * block
     assert after["read"] - before["read"] >= (size - 1) * block
     assert (recv == np.arange(size, dtype="u1")[:, None]).all()
+
+
+# --- repeated calls (a call with the same arguments reuses its schedule) -------------
+
+def test_repeated_calls_see_new_data_and_changed_specs(comm):
+    size, rank = comm.size, comm.rank
+    send, recv = np.zeros(4), np.zeros(4)
+    for k in range(3):
+        send[:] = values("f8", 4, rank, salt=k)
+        comm.Iallreduce(send, recv).Wait()
+        expected = np.zeros(4)
+        comm.Allreduce(send, expected)
+        np.testing.assert_array_equal(recv, expected)
+    # The same list objects, their counts changed between calls.
+    data, out, counts = np.zeros(2), np.zeros(2 * size), [1] * size
+    sspec, rspec = [data, 1, MPI.DOUBLE], [out, counts, MPI.DOUBLE]
+    for k in (1, 2, 1, 1):
+        data[:] = rank + 10 * k
+        sspec[1] = k
+        counts[:] = [k] * size
+        out[:] = -9
+        comm.Iallgatherv(sspec, rspec).Wait()
+        expected = np.full(2 * size, -9.0)
+        expected[:k * size] = np.repeat(np.arange(size) + 10.0 * k, k)
+        np.testing.assert_array_equal(out, expected)
+
+
+def test_outstanding_calls_with_the_same_arguments(comm):
+    # A call cannot reuse the schedule of an earlier one with the same
+    # arguments while a request holds it; all complete, in either order.
+    size, rank = comm.size, comm.rank
+    for order in (0, 1, 0):
+        reqs = [comm.Ibarrier() for _ in range(3)]
+        out = np.zeros(2)
+        reqs.append(comm.Iallreduce(np.full(2, rank + 1.0), out))
+        reqs += [comm.Ibarrier() for _ in range(2)]
+        for req in (reqs[::-1] if order else reqs):
+            req.Wait()
+        assert (out == size * (size + 1) / 2).all()

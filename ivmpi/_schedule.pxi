@@ -1,0 +1,600 @@
+# Schedules: the nonblocking, persistent and neighbourhood collectives as
+# fixed programs run by one C loop (included by _fastcopy.pyx after
+# _small_collectives.pxi, whose combine it uses).
+#
+# ivmpi.nbcoll and ivmpi.topocomm describe a collective as a list of steps
+# once (at the call, or at _init for a persistent one): sends and receives
+# of byte ranges to and from communicator ranks, grouped into rounds that
+# end with a FENCE (every transfer of the round complete), and local steps
+# between rounds (copies, combines of reductions, Python calls for the
+# rest).  Running it costs no Python object per message: a send is one
+# fast-path frame when it fits the ring, and a receive is taken straight
+# out of the ring when its frame is there.  What the fast path cannot do
+# goes to the engine: a send that does not fit becomes an engine send, and
+# a receive not there yet is posted to the engine as soon as anyone but
+# the schedule's own wait looks at it (the engine's progress, a Test), so
+# that other traffic may pass it and it completes by any Wait/Test call.
+#
+# Order: receives from one rank within a round are tried in order, and one
+# that cannot complete yet blocks the later ones from that rank (a later
+# one must not take the earlier one's message); a posted receive keeps its
+# place among the engine's posted receives, which the fast path respects.
+
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
+
+cdef enum:
+    ST_SEND = 1
+    ST_RECV = 2
+    ST_FENCE = 3
+    ST_COPY = 4
+    ST_COMBINE = 5       # acc (a) = b (op) acc, in C (SUM/PROD/MAX/MIN on plain numbers)
+    ST_CALL = 6          # a Python callable (another op's Reduce_local, ...)
+
+SCHED_SEND = ST_SEND
+SCHED_RECV = ST_RECV
+SCHED_FENCE = ST_FENCE
+SCHED_COPY = ST_COPY
+SCHED_COMBINE = ST_COMBINE
+SCHED_CALL = ST_CALL
+SCHED_TYPES = {"f8": T_F64, "f4": T_F32, "i8": T_I64, "i4": T_I32}
+
+cdef enum:
+    _PENDING = 0
+    _DONE = 1
+    _POSTED = 2          # a receive posted to the engine, or an engine send
+
+ctypedef struct _Step:
+    int kind
+    int peer             # communicator rank (SEND, RECV)
+    int code             # COMBINE: op code
+    int typ              # COMBINE: element type code
+    long tag             # SEND, RECV: added to the run's tag
+    char *a              # SEND: data; RECV, COPY: destination; COMBINE: inout
+    char *b              # COPY: source; COMBINE: the other operand (the left one)
+    Py_ssize_t n         # bytes; COMBINE: elements
+    Py_ssize_t obj       # index in `objects`: the byte view (SEND, RECV) or callable (CALL)
+
+
+cdef int _address(object mem, bint writable, char **data, Py_ssize_t *length) except -1:
+    """Address and length of a contiguous byte buffer; the caller keeps the
+    object (and so its memory) alive as long as the address is used."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(mem, &view, PyBUF_SIMPLE | (PyBUF_WRITABLE if writable else 0))
+    data[0] = <char *>view.buf
+    length[0] = view.len
+    PyBuffer_Release(&view)
+    return 0
+
+
+cdef class Schedule:
+    """One collective's steps on one rank, and the state of its current run.
+
+    Looks to a Request like one of the engine's operations: ``done`` (reading
+    it advances the run, posting what waits), ``error``, ``peer``, ``state``,
+    ``scope``.  ``start()`` begins a run (again and again, for a persistent
+    collective): it calls the `prologue` callables (packing derived
+    datatypes), runs as far as it can without waiting, and leaves the rest
+    to ``wait()``, ``done`` and the engine's progress (Engine.schedules).
+    On completion the `epilogue` callables run (unpacking)."""
+    cdef FastPath fast
+    cdef object engine
+    cdef list world
+    cdef long context
+    cdef readonly long tag          # of the current run
+    cdef readonly object scope
+    cdef _Step *steps
+    cdef Py_ssize_t nsteps
+    cdef unsigned char *st
+    cdef unsigned char *blocked     # by communicator rank, during one look at a round
+    cdef int size
+    cdef list objects
+    cdef list ops                   # the engine operation of each step, or None
+    cdef list keep
+    cdef tuple prologue, epilogue
+    cdef Py_ssize_t pc, first       # next step; first step of the current round
+    cdef bint fenced                # pc is at a FENCE whose round is not complete
+    cdef public bint _finished
+    cdef public object error
+    cdef readonly str what
+    cdef Py_ssize_t moved           # transfers completed: part of `state`
+
+    def __cinit__(self):
+        self.steps = NULL
+        self.st = NULL
+        self.blocked = NULL
+
+    def __init__(self, FastPath fast, engine, list world, long context, scope, long tag,
+                 list steps, str what, prologue=(), epilogue=(), keep=None):
+        """steps: tuples (SEND, peer, bytes[, k]), (RECV, peer, writable
+        bytes[, k]) (their tag: the run's tag plus k, default 0), (FENCE,),
+        (COPY, destination, source), (COMBINE, code, type, inout, other,
+        elements), (CALL, callable); a last FENCE is added when the steps
+        do not end with one."""
+        cdef Py_ssize_t i, n, length, k
+        cdef _Step *s
+        cdef char *data
+        self.fast = fast
+        self.engine = engine
+        self.world = world
+        self.context = context
+        self.tag = tag
+        self.scope = scope
+        self.size = len(world)
+        self.what = what
+        self.prologue = tuple(prologue)
+        self.epilogue = tuple(epilogue)
+        self.keep = keep
+        self.objects = []
+        if not steps or steps[len(steps) - 1][0] != ST_FENCE:
+            steps = steps + [(ST_FENCE,)]
+        n = len(steps)
+        self.steps = <_Step *>PyMem_Malloc(n * sizeof(_Step))
+        self.st = <unsigned char *>PyMem_Malloc(n)
+        self.blocked = <unsigned char *>PyMem_Malloc(self.size + 1)
+        if self.steps == NULL or self.st == NULL or self.blocked == NULL:
+            raise MemoryError()
+        memset(self.steps, 0, n * sizeof(_Step))
+        self.nsteps = n
+        self.ops = [None] * n
+        for i in range(n):
+            t = steps[i]
+            s = &self.steps[i]
+            s.kind = t[0]
+            if s.kind == ST_SEND or s.kind == ST_RECV:
+                s.peer = t[1]
+                if s.peer < 0 or s.peer >= self.size:
+                    raise ValueError(f"step {i}: rank {s.peer} is not in 0..{self.size - 1}")
+                s.tag = t[3] if len(t) > 3 else 0
+                _address(t[2], s.kind == ST_RECV, &s.a, &s.n)
+                s.obj = len(self.objects)
+                self.objects.append(t[2])
+            elif s.kind == ST_COPY:
+                _address(t[1], True, &s.a, &s.n)
+                _address(t[2], False, &s.b, &length)
+                if length > s.n:
+                    raise _BufferSpecError(f"{what}: a block of {length} bytes does not fit "
+                                           f"the {s.n} bytes of the receive buffer")
+                s.n = length
+                self.objects.append(t[1])
+                self.objects.append(t[2])
+            elif s.kind == ST_COMBINE:
+                s.code = t[1]
+                s.typ = t[2]
+                _address(t[3], True, &s.a, &length)
+                _address(t[4], False, &s.b, &k)
+                s.n = t[5]
+                if s.n < 0 or s.n * (8 if s.typ == T_F64 or s.typ == T_I64 else 4) > min(length, k):
+                    raise ValueError(f"step {i}: {s.n} elements do not fit the buffers")
+                self.objects.append(t[3])
+                self.objects.append(t[4])
+            elif s.kind == ST_CALL:
+                s.obj = len(self.objects)
+                self.objects.append(t[1])
+            elif s.kind != ST_FENCE:
+                raise ValueError(f"step {i}: unknown kind {s.kind}")
+        self._finished = True
+
+    def __dealloc__(self):
+        PyMem_Free(self.steps)
+        PyMem_Free(self.st)
+        PyMem_Free(self.blocked)
+
+    # --- running -----------------------------------------------------------------
+
+    def start(self, long tag=-1):
+        """Begin a run (on a new tag, if one is given); returns the schedule
+        (the request's operation)."""
+        cdef Py_ssize_t i
+        if not self._finished:
+            raise RuntimeError(f"{self.what}: the previous run has not completed")
+        if tag >= 0:
+            self.tag = tag
+        for f in self.prologue:
+            f()
+        memset(self.st, _PENDING, self.nsteps)
+        for i in range(self.nsteps):
+            if self.ops[i] is not None:
+                self.ops[i] = None
+        self.pc = 0
+        self.first = 0
+        self.fenced = False
+        self.moved = 0
+        self.error = None
+        self._finished = False
+        if not self._run(1, False):
+            # The engine's list of schedules in progress drops finished ones
+            # on its own rounds of progress only: drop them here too, so it
+            # stays short when nothing else makes progress.
+            self._register()
+        return self
+
+    cdef int _register(self) except -1:
+        """Join the engine's list of schedules in progress (a reused schedule
+        may still be there from its last run)."""
+        cdef EngineLock lock = self.fast.lock
+        engine = self.engine
+        if not lock.enter():
+            lock._wait()
+        try:
+            schedules = engine.schedules
+            if self not in schedules:
+                running = [s for s in schedules if not (<Schedule>s)._finished]
+                running.append(self)
+                engine.schedules = running
+        finally:
+            lock._release()
+        return 0
+
+    @property
+    def done(self):
+        return self._finished or self._run(1, True)
+
+    cdef bint _run(self, int spins, bint post) except -1:
+        """Advance while the steps allow; True once finished.  spins: polls of
+        the first receive that is not there yet; post: receives not there
+        yet are posted to the engine."""
+        cdef _Step *s
+        if self._finished:
+            return True
+        if not self.fast.lock.enter():
+            return False            # another thread is inside the engine: later
+        try:
+            while True:
+                if self.fenced:
+                    if not self._round(spins, post):
+                        return False
+                    self.fenced = False
+                    self.pc += 1
+                    self.first = self.pc
+                    continue
+                if self.pc >= self.nsteps:
+                    self._complete()
+                    return True
+                s = &self.steps[self.pc]
+                if s.kind == ST_SEND:
+                    self._send(self.pc, s)
+                elif s.kind == ST_FENCE:
+                    self.fenced = True
+                    continue
+                elif s.kind == ST_COPY:
+                    if s.n:
+                        memmove(s.a, s.b, s.n)
+                elif s.kind == ST_COMBINE:
+                    _combine(s.code, s.typ, s.a, s.b, s.n, False)
+                elif s.kind == ST_CALL:
+                    self.objects[s.obj]()
+                # ST_RECV: tried at the FENCE, in order
+                self.pc += 1
+        except BaseException as exc:
+            self._fail(exc)
+            return True
+        finally:
+            self.fast.lock.leave()
+
+    cdef int _send(self, Py_ssize_t i, _Step *s) except -1:
+        if self.fast.send_ptr(s.a, s.n, s.peer, self.tag + s.tag):
+            self.st[i] = _DONE
+            self.moved += 1
+            return 0
+        op = self.engine.isend(self.world[s.peer], self.objects[s.obj], self.tag + s.tag,
+                               self.context)
+        op.scope = self.scope
+        if op.done:
+            self.st[i] = _DONE
+            self.moved += 1
+        else:
+            self.ops[i] = op
+            self.st[i] = _POSTED
+        return 0
+
+    cdef bint _round(self, int spins, bint post) except -1:
+        """Look at every transfer of the current round; True when all are
+        complete.  A pass that completes a receive is followed by another:
+        frames from one rank come in the order it sent them, which may not
+        be the order of the receives."""
+        cdef Py_ssize_t i, got
+        cdef _Step *s
+        cdef bint complete = False, moved = True
+        while moved and not complete:
+            complete = True
+            moved = False
+            memset(self.blocked, 0, self.size)
+            for i in range(self.first, self.pc):
+                if self.st[i] == _DONE:
+                    continue
+                s = &self.steps[i]
+                if s.kind == ST_SEND:
+                    op = self.ops[i]
+                    if op.done:
+                        self.st[i] = _DONE
+                        self.ops[i] = None
+                        self.moved += 1
+                    else:
+                        complete = False
+                    continue
+                if s.kind != ST_RECV:
+                    continue
+                if self.st[i] == _POSTED:
+                    op = self.ops[i]
+                    if not op.done:
+                        self.blocked[s.peer] = 1
+                        complete = False
+                        continue
+                    if op.error is not None:
+                        self._truncated(op)
+                    self.st[i] = _DONE
+                    self.ops[i] = None
+                    self.moved += 1
+                    continue
+                if self.blocked[s.peer] and self._earlier(i, s):
+                    complete = False
+                    continue
+                got = self.fast.recv_ptr(s.a, s.n, s.peer, self.tag + s.tag, spins)
+                spins = 1           # only the first receive that waits spins
+                if got >= 0:
+                    self.st[i] = _DONE
+                    self.moved += 1
+                    moved = True
+                    continue
+                self.blocked[s.peer] = 1
+                complete = False
+                if post:
+                    self._post(i, s)
+        return complete
+
+    cdef bint _earlier(self, Py_ssize_t i, _Step *s):
+        """Is a receive before step i, from the same rank with the same tag,
+        still incomplete?  Then step i must wait: it would take that one's
+        message."""
+        cdef Py_ssize_t j
+        cdef _Step *e
+        for j in range(self.first, i):
+            e = &self.steps[j]
+            if e.kind == ST_RECV and self.st[j] != _DONE and e.peer == s.peer \
+                    and e.tag == s.tag:
+                return True
+        return False
+
+    cdef int _post(self, Py_ssize_t i, _Step *s) except -1:
+        op = self.fast._post_receive(s.peer, self.tag + s.tag, self.objects[s.obj])
+        op.scope = self.scope
+        self.ops[i] = op
+        self.st[i] = _POSTED
+        return 0
+
+    cdef int _truncated(self, op) except -1:
+        world = self.world
+        source = world.index(op.status_source) if op.status_source in world else -1
+        raise MPIError_(_TRUNCATE_CLASS, f"{self.what}: message of {op.total} bytes from rank "
+                                         f"{source} does not fit the receive buffer")
+
+    cdef int _complete(self) except -1:
+        self._finished = True
+        for f in self.epilogue:
+            f()
+        return 0
+
+    cdef int _fail(self, exc) except -1:
+        """End the run with exc (raised by the Wait/Test that completes it);
+        receives still posted are withdrawn, so that they cannot take later
+        messages."""
+        cdef Py_ssize_t i
+        self.error = exc
+        self._finished = True
+        for i in range(self.nsteps):
+            op = self.ops[i]
+            if op is not None:
+                if self.steps[i].kind == ST_RECV and not op.done:
+                    self.engine.cancel(op)
+                self.ops[i] = None
+        return 0
+
+    def wait(self, what=None):
+        """Run to completion: spin on the fast paths while the awaited
+        messages come, then post and let the engine wait (it progresses
+        everything else meanwhile, and reports timeouts and dead peers)."""
+        engine = self.engine
+        spins = self.fast.spins
+        while not self._run(spins, False):
+            if self._run(1, True):
+                break
+            op = self._pending()
+            if type(op) is RecvOp:
+                engine.wait(op, what if what is not None else self.what)
+            else:
+                engine.wait(self, what if what is not None else self.what)
+
+    cdef object _pending(self):
+        cdef Py_ssize_t i
+        for i in range(self.first, self.pc):
+            op = self.ops[i]
+            if op is not None and not op.done:
+                return op
+        return None
+
+    @property
+    def peer(self):
+        op = self._pending()
+        return None if op is None else op.peer
+
+    @property
+    def state(self):
+        # Read now and then by a wait: it changes whenever the run advances,
+        # which restarts IVMPI_TIMEOUT.
+        cdef Py_ssize_t i
+        if self._finished:
+            return f"{self.what}: complete"
+        waiting = []
+        for i in range(self.first, self.pc):
+            if self.st[i] != _DONE:
+                kind = "a receive from" if self.steps[i].kind == ST_RECV else "a send to"
+                waiting.append(f"{kind} rank {self.steps[i].peer}")
+        return (f"{self.what}: step {self.pc} of {self.nsteps}, {self.moved} transfers "
+                f"complete, waiting for {', '.join(waiting) or 'nothing'}")
+
+
+# Set by ivmpi.nbcoll (the request module's MPIError and MPI.ERR_TRUNCATE):
+# this module cannot import them.
+MPIError_ = None
+_TRUNCATE_CLASS = 0
+
+
+def set_schedule_errors(error_type, truncate_class):
+    global MPIError_, _TRUNCATE_CLASS
+    MPIError_ = error_type
+    _TRUNCATE_CLASS = truncate_class
+
+
+from cpython.ref cimport Py_REFCNT
+
+
+cdef class Channel:
+    """What the collectives of one communicator share: the hidden twin's
+    fast path, engine, world ranks, context and members, the count of
+    collectives started (which gives each its tag), and the schedules of
+    the last nonblocking call of each kind (see restart)."""
+    cdef readonly FastPath fast
+    cdef readonly object engine
+    cdef readonly list world
+    cdef readonly long ctx
+    cdef readonly object scope
+    cdef readonly long rank, size
+    cdef readonly long tag_base, tag_mask
+    cdef long started
+    cdef dict cache
+    cdef readonly long cache_max_bytes
+    cdef object in_place, op_type, datatype_type, request_type
+
+    def __init__(self, twin, long tag_base, long tag_mask, long cache_max_bytes, in_place,
+                 op_type, datatype_type, request_type):
+        self.fast = twin._fast
+        self.engine = twin._engine
+        self.world = twin._ranks
+        self.ctx = twin._ctx
+        self.scope = twin._scope      # any member's death ends a wait on them
+        self.rank = twin.rank
+        self.size = twin.size
+        self.tag_base = tag_base
+        self.tag_mask = tag_mask
+        self.started = 0
+        self.cache = {}
+        self.cache_max_bytes = cache_max_bytes
+        self.in_place = in_place
+        self.op_type = op_type
+        self.datatype_type = datatype_type
+        self.request_type = request_type
+
+    cpdef long next_tag(self, long count=1) except -1:
+        """The first of `count` tags of a new collective (all ranks start
+        collectives in the same order, so they agree on it)."""
+        cdef long seq
+        cdef EngineLock lock = self.fast.lock
+        if not lock.enter():
+            lock._wait()
+        seq = self.started
+        self.started = seq + count
+        lock._release()
+        return self.tag_base + (seq & self.tag_mask)
+
+    def schedule(self, long tag, list steps, str what, prologue=(), epilogue=()):
+        return Schedule(self.fast, self.engine, self.world, self.ctx, self.scope, tag, steps,
+                        what, prologue, epilogue)
+
+    # A nonblocking call with the same small buffers as the previous call of
+    # its kind runs that call's schedule again (on a new tag) instead of
+    # describing it anew, as MPI libraries cache their nonblocking
+    # schedules.  The key holds what the description depends on: the
+    # identity of each buffer (a numpy array, bytearray or bytes of at most
+    # cache_max_bytes: the bytes it names cannot move while the schedule
+    # holds it, and an array's dtype is in the key too), the values of the
+    # numbers, and the contents of list specs (counts, displacements, the
+    # identity and handle of each datatype), which may change between calls.
+    # Anything else (another buffer type, a numpy integer) is not cached.
+
+    cdef bint _key_of(self, list key, object a) except -1:
+        t = type(a)
+        if t is cnp.ndarray:
+            if cnp.PyArray_NBYTES(<cnp.ndarray>a) > self.cache_max_bytes:
+                return False
+            key.append(id(a))
+            key.append(a.dtype)
+        elif t is bytearray or t is bytes:
+            if len(a) > self.cache_max_bytes:
+                return False
+            key.append(id(a))
+        elif t is int or t is bool or t is str:
+            key.append(a)
+        elif t is list or t is tuple:
+            key.append(t)
+            key.append(len(a))
+            for item in a:
+                if not self._key_of(key, item):
+                    return False
+        elif a is None or a is self.in_place or isinstance(a, self.op_type):
+            key.append(id(a))
+        elif isinstance(a, self.datatype_type):
+            key.append(id(a))
+            key.append(a.handle)
+        else:
+            return False
+        return True
+
+    cdef object _key(self, str what, tuple args):
+        cdef list key = [what]
+        for a in args:
+            if not self._key_of(key, a):
+                return None
+        return tuple(key)
+
+    def restart(self, str what, tuple args, long tags=1):
+        """(schedule started anew on `tags` new tags, None), or (None, key)
+        when the call must describe its steps (key: what remember() files
+        them under, or None)."""
+        cdef Schedule schedule
+        key = self._key(what, args)
+        if key is None:
+            return None, None
+        entry = self.cache.get(what)
+        if entry is None or (<tuple>entry)[0] != key:
+            return None, key
+        schedule = (<tuple>entry)[1]
+        # Nobody else may hold it: references are the entry's, this name's,
+        # and the engine's list of schedules in progress (which keeps a
+        # finished one until its next round of progress).
+        if not schedule._finished or Py_REFCNT(schedule) > 2 + (
+                schedule in self.engine.schedules):
+            return None, key
+        return schedule.start(self.next_tag(tags)), None
+
+    def remember(self, key, tuple args, Schedule schedule):
+        if key is not None:
+            self.cache[key[0]] = (key, schedule, args)
+
+    cpdef Schedule begin(self, str what, object make_plan, tuple args, long tags=1):
+        """Start collective `what` on `tags` new tags: the schedule of the
+        previous call with the same arguments again, or a new one described
+        by make_plan(*args) ((steps, prologue, epilogue), or a function of
+        the channel giving them)."""
+        cdef Schedule schedule
+        schedule, key = self.restart(what, args, tags)
+        if schedule is not None:
+            return schedule
+        plan = make_plan(*args)
+        if callable(plan):
+            plan = plan(self)
+        steps, prologue, epilogue = plan
+        schedule = Schedule(self.fast, self.engine, self.world, self.ctx, self.scope,
+                            self.next_tag(tags), steps, what, prologue, epilogue)
+        self.remember(key, args, schedule)
+        schedule.start()
+        return schedule
+
+    def request(self, comm, str what, make_plan, tuple args, long tags=1):
+        """begin(), as a request of request_type (a Request subclass) for comm."""
+        schedule = self.begin(what, make_plan, args, tags)
+        request = self.request_type.__new__(self.request_type)
+        request._comm = comm
+        request._op = schedule
+        request._decode = None
+        request._what = what
+        return request
