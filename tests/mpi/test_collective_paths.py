@@ -1,0 +1,183 @@
+"""The one-call blocking collectives against Open MPI, with ranks mixing paths.
+
+Every blocking collective takes a Cython path for plain buffers of any kind
+(and vector specs with lists of counts and displacements) whose steps fit
+the eager limit, and the general algorithm otherwise.  In these tests some
+ranks pass specs the one-call path refuses (a datatype given by its type
+character, counts as a numpy array), so ranks on both paths meet in one
+call; the results must be Open MPI's.
+"""
+import array
+import ctypes
+
+import numpy as np
+import pytest
+from mpi4py import MPI as _native
+
+from ivmpi import MPI
+
+pytestmark = pytest.mark.mpi(min_size=1)
+
+NATIVE = _native.COMM_WORLD
+SIZES = [1, 100, 8193]          # doubles per block: 8193 is past the eager limit
+
+
+def general_rank(rank):
+    return rank % 2 == 1
+
+
+def plain(arr, rank):
+    """A spec of arr: the one-call path's on even ranks, the general one's on odd."""
+    return [arr, arr.dtype.char] if general_rank(rank) else arr
+
+
+def vspec(arr, counts, displs, rank):
+    if general_rank(rank):
+        return [arr, np.array(counts), np.array(displs), MPI.DOUBLE]
+    return [arr, counts, displs, MPI.DOUBLE]
+
+
+def layout(size, per_rank):
+    """Uneven counts (one may be 0) and displacements in reverse order."""
+    counts = [(per_rank + i) % (per_rank + 2) for i in range(size)]
+    displs, at = [0] * size, 0
+    for i in reversed(range(size)):
+        displs[i] = at
+        at += counts[i] + 1           # a gap of one element between blocks
+    return counts, displs, at
+
+
+@pytest.mark.parametrize("per_rank", SIZES)
+def test_gatherv_and_scatterv_every_root(comm, per_rank):
+    size, rank = comm.size, comm.rank
+    counts, displs, total = layout(size, per_rank)
+    for root in range(size):
+        mine = np.arange(counts[rank], dtype="f8") + 1000 * rank + root
+        if rank == root:
+            ours, theirs = np.full(total, -1.0), np.full(total, -1.0)
+            comm.Gatherv(plain(mine, rank), vspec(ours, counts, displs, rank), root=root)
+            NATIVE.Gatherv(mine, [theirs, counts, displs, _native.DOUBLE], root=root)
+            np.testing.assert_array_equal(ours, theirs)
+        else:
+            comm.Gatherv(plain(mine, rank), None, root=root)
+            NATIVE.Gatherv(mine, None, root=root)
+
+        outgoing = np.arange(total, dtype="f8") * (root + 1)
+        ours, theirs = np.full(counts[rank], -1.0), np.full(counts[rank], -1.0)
+        comm.Scatterv(vspec(outgoing, counts, displs, rank) if rank == root else None,
+                      plain(ours, rank), root=root)
+        NATIVE.Scatterv([outgoing, counts, displs, _native.DOUBLE] if rank == root else None,
+                        theirs, root=root)
+        np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("per_rank", SIZES)
+@pytest.mark.parametrize("in_place", [False, True])
+def test_allgatherv_and_alltoallv(comm, per_rank, in_place):
+    size, rank = comm.size, comm.rank
+    counts, displs, total = layout(size, per_rank)
+    mine = np.arange(counts[rank], dtype="f8") + 1000 * rank
+    ours, theirs = np.full(total, -1.0), np.full(total, -1.0)
+    if in_place:
+        ours[displs[rank]:displs[rank] + counts[rank]] = mine
+        comm.Allgatherv(MPI.IN_PLACE, vspec(ours, counts, displs, rank))
+    else:
+        comm.Allgatherv(plain(mine, rank), vspec(ours, counts, displs, rank))
+    NATIVE.Allgatherv(mine, [theirs, counts, displs, _native.DOUBLE])
+    np.testing.assert_array_equal(ours, theirs)
+
+    # Alltoallv: rank r sends counts[(r + d) % size] elements to rank d.
+    scounts = [counts[(rank + d) % size] for d in range(size)]
+    rcounts = [counts[(s + rank) % size] for s in range(size)]
+    sdispls = [sum(scounts[:d]) for d in range(size)]
+    rdispls = [sum(rcounts[:s]) for s in range(size)]
+    outgoing = np.arange(sum(scounts), dtype="f8") + 1000 * rank
+    theirs = np.full(sum(rcounts), -1.0)
+    NATIVE.Alltoallv([outgoing, scounts, sdispls, _native.DOUBLE],
+                     [theirs, rcounts, rdispls, _native.DOUBLE])
+    if in_place:
+        if scounts != rcounts:      # IN_PLACE needs the same layout both ways
+            return
+        ours = outgoing.copy()
+        comm.Alltoallv(MPI.IN_PLACE, vspec(ours, rcounts, rdispls, rank))
+    else:
+        ours = np.full(sum(rcounts), -1.0)
+        comm.Alltoallv(vspec(outgoing, scounts, sdispls, rank),
+                       vspec(ours, rcounts, rdispls, rank))
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def kind_buffer(kind, values):
+    """(spec, reader) of a float64 buffer of `kind` holding values."""
+    if kind == "numpy":
+        arr = np.array(values, dtype="f8")
+        return arr, lambda: arr
+    if kind == "array":
+        arr = array.array("d", values)
+        return arr, lambda: np.frombuffer(arr, dtype="f8")
+    if kind == "ctypes":
+        arr = (ctypes.c_double * len(values))(*values)
+        return arr, lambda: np.frombuffer(arr, dtype="f8")
+    raw = bytearray(np.array(values, dtype="f8").tobytes())
+    spec = [raw, "d"] if kind == "bytearray general" else [raw, MPI.DOUBLE]
+    return spec, lambda: np.frombuffer(raw, dtype="f8")
+
+
+KINDS = ["numpy", "array", "ctypes", "bytearray", "bytearray general"]
+
+
+@pytest.mark.parametrize("name", ["Allreduce", "Scan", "Exscan"])
+@pytest.mark.parametrize("opname", ["SUM", "MAX", "PROD"])
+@pytest.mark.parametrize("n", [1, 5, 9000])
+def test_reductions_on_every_buffer_kind(comm, name, opname, n):
+    """Each rank passes another buffer kind; the result is Open MPI's, and
+    Exscan leaves rank 0's buffer alone."""
+    rank = comm.rank
+    rng = np.random.default_rng(77 + rank)
+    data = list(rng.integers(-3, 4, n).astype("f8"))
+    kind = KINDS[rank % len(KINDS)]
+    send, _ = kind_buffer(kind, data)
+    recv, read = kind_buffer(kind, [-5.0] * n)
+    getattr(comm, name)(send, recv, op=getattr(MPI, opname))
+    theirs = np.full(n, -5.0)
+    getattr(NATIVE, name)(np.array(data), theirs, op=getattr(_native, opname))
+    np.testing.assert_array_equal(read(), theirs)
+    # In place: the receive buffer holds the input.
+    inout, read = kind_buffer(kind, data)
+    getattr(comm, name)(MPI.IN_PLACE, inout, op=getattr(MPI, opname))
+    np.testing.assert_array_equal(read(), theirs if not (name == "Exscan" and rank == 0)
+                                  else np.array(data))
+
+
+@pytest.mark.parametrize("n", [1, 7, 3000])
+def test_reduce_scatter_forms(comm, n):
+    size, rank = comm.size, comm.rank
+    data = np.arange(size * n, dtype="f8") * (rank + 1) - 3
+    ours, theirs = np.full(n, -1.0), np.full(n, -1.0)
+    comm.Reduce_scatter_block(plain(data, rank), plain(ours, rank), op=MPI.SUM)
+    NATIVE.Reduce_scatter_block(data, theirs, op=_native.SUM)
+    np.testing.assert_array_equal(ours, theirs)
+
+    counts = [n + i for i in range(size)]
+    data = np.arange(sum(counts), dtype="i8") * (rank + 1) - 3
+    ours, theirs = np.full(counts[rank], -1, "i8"), np.full(counts[rank], -1, "i8")
+    comm.Reduce_scatter(plain(data, rank), plain(ours, rank), counts, op=MPI.MAX)
+    NATIVE.Reduce_scatter(data, theirs, counts, op=_native.MAX)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_reduction_datatype_mismatch_is_mpi4pys_error(comm):
+    with pytest.raises(ValueError, match="mismatch in send and receive MPI datatypes"):
+        comm.Scan(np.zeros(4, "i8"), [np.zeros(4, "i8"), MPI.INT64_T], op=MPI.SUM)
+    comm.Barrier()
+
+
+@pytest.mark.parametrize("nbytes", [10, 100000])
+def test_object_bcast_and_barrier_every_root(comm, nbytes):
+    for root in range(comm.size):
+        obj = {"root": root, "data": bytes(range(256)) * (nbytes // 256)}
+        got = comm.bcast(obj if comm.rank == root else None, root=root)
+        assert got == obj and (comm.rank != root or got is not obj)
+        comm.barrier()
+    with pytest.raises(MPI.Exception):
+        comm.bcast(1, root=comm.size)
