@@ -13,15 +13,21 @@ the exact MPI semantics of every predefined and user-defined op.
 
 Algorithms (p = number of ranks):
   barrier          dissemination, ceil(log2 p) rounds
-  bcast            binomial tree; from 8 MiB: segmented chain pipeline,
-                   so the root sends the message once
+  bcast            binomial tree; from 256 KiB on more than 2 ranks: the
+                   root stages the message once in its heap in the region
+                   and every rank copies it straight out (zero-copy
+                   rendezvous); without a heap (strict-align mode) from
+                   8 MiB a segmented chain pipeline
   scatter/gather   linear from/to the root (each block travels once)
-  allgather        ring, p-1 steps
+  allgather        ring, p-1 steps; from 256 KiB blocks every rank stages
+                   its block in its heap and the others copy it out
   alltoall         pairwise exchange, p-1 steps
   reduce           binomial tree; non-commutative ops reduce in rank order
                    at rank 0 and forward the result to the root
   allreduce        recursive doubling (extra ranks folded in pairs), rank
-                   order preserved, so non-commutative ops are correct
+                   order preserved, so non-commutative ops are correct;
+                   from 256 KiB reduce-scatter then allgather through the
+                   heaps (each rank reduces one block in rank order)
   scan/exscan      recursive doubling prefix
   reduce_scatter   reduce to rank 0, then scatter the blocks
 The object (lowercase) reductions combine in rank order with ``op(a, b)``,
@@ -33,7 +39,8 @@ from .lib import MPI
 
 from .buffers import (parse_send, parse_recv, parse_vbuf, is_in_place,
                       datatype_extent, packed_spec, packed_vspec)
-from .errors import BufferSpecError
+from ._fastcopy import buffer_span
+from .errors import BufferSpecError, IvmpiError
 
 _pickle = MPI.pickle
 
@@ -63,6 +70,12 @@ COLLECTIVE_TAGS = {"Barrier": TAG_BARRIER, "Bcast": TAG_BCAST, "Scatter": TAG_SC
 PIPELINE_MIN_BYTES = 8 << 20
 PIPELINE_SEGMENT_BYTES = 128 * 1024
 
+# From this many bytes, Bcast (more than 2 ranks), Allgather (per block) and
+# Allreduce stage their data once in this rank's heap in the region, and
+# every other rank copies what it needs straight out of it (the zero-copy
+# rendezvous), instead of passing it on from ring to ring.
+REGION_MIN_BYTES = 256 * 1024
+
 
 def _copy_object(obj):
     # mpi4py hands back pickled copies, never the caller's own object.
@@ -84,6 +97,45 @@ class Collectives:
         self.p2p = p2p
         self.rank = p2p.Get_rank()
         self.size = p2p.Get_size()
+        self._staged = None         # this rank's staging buffer in its heap
+
+    def free(self):
+        """Free the hidden communicator and give the staging buffer back."""
+        if self._staged is not None:
+            engine = self.p2p._engine
+            with engine.lock:
+                engine.heap.release(self._staged)
+            self._staged = None
+        self.p2p.Free()
+
+    # --- the region's heap -------------------------------------------------
+
+    def _in_region(self, mem):
+        """mem's bytes inside this rank's heap, where the zero-copy rendezvous
+        lets receivers copy them straight out: mem itself when it is there
+        already (Alloc_mem), else a copy in the staging buffer; mem when
+        neither is possible (strict-align mode, a full heap, no region)."""
+        engine = getattr(self.p2p, "_engine", None)
+        heap = getattr(engine, "heap", None)
+        if heap is None or heap.mem.strict or not len(mem):
+            return mem
+        if heap.used and heap.contains(*buffer_span(mem)) is not None:
+            return mem
+        stage = self._staged
+        if stage is None or len(stage) < len(mem):
+            with engine.lock:
+                if stage is not None:
+                    heap.release(stage)
+                    self._staged = None
+                try:
+                    # Room to grow, so that sizes creeping up do not reallocate each time.
+                    self._staged = heap.alloc(1 << (len(mem) - 1).bit_length())
+                except IvmpiError:
+                    return mem
+            stage = self._staged
+        stage = stage[:len(mem)]
+        stage[:] = mem
+        return stage
 
     # --- helpers ---------------------------------------------------------
 
@@ -127,10 +179,21 @@ class Collectives:
     def _bcast_bytes(self, mem, root):
         if self.size == 1:
             return
-        if len(mem) >= PIPELINE_MIN_BYTES and self.size > 2:
+        if len(mem) >= REGION_MIN_BYTES and self.size > 2:
+            self._bcast_region(mem, root)
+        elif len(mem) >= PIPELINE_MIN_BYTES and self.size > 2:
             self._bcast_pipeline(mem, root)
         else:
             self._bcast_binomial(mem, root)
+
+    def _bcast_region(self, mem, root):
+        # The root's data once in its heap; every rank copies it out at once.
+        if self.rank != root:
+            self.p2p.Recv(mem, root, TAG_BCAST)
+            return
+        staged = self._in_region(mem)
+        self._wait_all([self.p2p.Isend(staged, i, TAG_BCAST)
+                        for i in range(self.size) if i != root])
 
     def _bcast_binomial(self, mem, root):
         size = self.size
@@ -282,7 +345,10 @@ class Collectives:
         blocks = [recv.mem[i * block:(i + 1) * block] for i in range(size)]
         if not is_in_place(sendbuf):
             _check_block(blocks[rank], parse_send(sendbuf).mem, "Allgather")
-        self._ring_allgather(blocks)
+        if block >= REGION_MIN_BYTES:
+            self._region_allgather(blocks)
+        else:
+            self._ring_allgather(blocks)
 
     def Allgatherv(self, sendbuf, recvbuf):
         size, rank = self.size, self.rank
@@ -291,6 +357,15 @@ class Collectives:
         if not is_in_place(sendbuf):
             _check_block(blocks[rank], parse_send(sendbuf).mem, "Allgatherv")
         self._ring_allgather(blocks)
+
+    def _region_allgather(self, blocks):
+        # Every rank's block once in its heap; each rank copies the others'
+        # straight out of theirs.
+        size, rank = self.size, self.rank
+        staged = self._in_region(blocks[rank])
+        requests = [self.p2p.Irecv(blocks[j], j, TAG_ALLGATHER) for j in range(size) if j != rank]
+        requests += [self.p2p.Isend(staged, j, TAG_ALLGATHER) for j in range(size) if j != rank]
+        self._wait_all(requests)
 
     def _ring_allgather(self, blocks):
         # Step s: pass on the block that arrived in step s-1 (first our own).
@@ -416,8 +491,12 @@ class Collectives:
 
     def Allreduce(self, sendbuf, recvbuf, op=MPI.SUM):
         data, recv, count, datatype = self._reduction_args(sendbuf, recvbuf)
-        acc = bytearray(data)
         size, rank = self.size, self.rank
+        if (size > 1 and len(data) >= REGION_MIN_BYTES and count >= size
+                and len(data) == count * datatype_extent(datatype)):
+            self._region_allreduce(data, recv.mem, count, datatype, op)
+            return
+        acc = bytearray(data)
         tmp = bytearray(len(acc))
         # Fold the ranks beyond the largest power of two into their even
         # neighbours, so recursive doubling runs on 2**k ranks; every rank's
@@ -454,6 +533,42 @@ class Collectives:
             else:
                 self.p2p.Recv(acc, rank + 1, TAG_ALLREDUCE)
         recv.mem[:] = acc
+
+    def _region_allreduce(self, data, out, count, datatype, op):
+        """Reduce-scatter, then allgather, each rank reading straight out of
+        the others' heaps: rank r reduces elements [bounds[r], bounds[r+1])
+        of every rank's input, in rank order (non-commutative ops stay
+        right), and the others copy that result block from its heap."""
+        size, rank = self.size, self.rank
+        extent = len(data) // count
+        bounds = [j * count // size * extent for j in range(size + 1)]
+        lo, hi = bounds[rank], bounds[rank + 1]
+        mine = hi - lo
+        staged = self._in_region(data)
+        parts = [None] * size
+        requests = []
+        for j in range(size):
+            if j != rank:
+                parts[j] = bytearray(mine)
+                requests.append(self.p2p.Irecv(parts[j], j, TAG_ALLREDUCE))
+        requests += [self.p2p.Isend(staged[bounds[j]:bounds[j + 1]], j, TAG_ALLREDUCE)
+                     for j in range(size) if j != rank]
+        self._wait_all(requests)
+        parts[rank] = memoryview(data)[lo:hi]
+        # Every peer has read its blocks of the staged input: the result
+        # block goes where this rank's own block was (or privately when
+        # nothing is staged, since data may be the caller's send buffer).
+        result = staged[lo:hi] if staged is not data else bytearray(mine)
+        n = mine // extent
+        result[:] = parts[size - 1]
+        for j in range(size - 2, -1, -1):       # result = x_j op result
+            op.Reduce_local([parts[j], n, datatype], [result, n, datatype])
+        out = memoryview(out)
+        requests = [self.p2p.Irecv(out[bounds[j]:bounds[j + 1]], j, TAG_ALLREDUCE)
+                    for j in range(size) if j != rank]
+        requests += [self.p2p.Isend(result, j, TAG_ALLREDUCE) for j in range(size) if j != rank]
+        self._wait_all(requests)
+        out[lo:hi] = result
 
     def _prefix(self, sendbuf, recvbuf, op, inclusive, tag):
         data, recv, count, datatype = self._reduction_args(sendbuf, recvbuf)

@@ -842,7 +842,7 @@ class Comm(_MPI.Comm):
         if "_fast" in self.__dict__:    # a communicator with region state
             self._fast.enabled = False
         if self._coll is not None:      # its collectives are gone with it
-            self._coll.p2p.Free()
+            self._coll.free()
 
     def Disconnect(self):
         self.Free()

@@ -181,3 +181,102 @@ def test_object_bcast_and_barrier_every_root(comm, nbytes):
         comm.barrier()
     with pytest.raises(MPI.Exception):
         comm.bcast(1, root=comm.size)
+
+
+# --- large messages through the region's heaps ----------------------------------
+# From 256 KiB, Bcast (more than two ranks), Allgather and Allreduce stage
+# each rank's data once in its heap and the other ranks copy it straight
+# out.  Buffers from Alloc_mem are in the heap already (sent as they are).
+
+LARGE = [40000, 2 ** 18 + 5]      # doubles: 312 KiB, and 2 MiB not divisible by 3 or 4
+
+
+def large_buffer(comm, n, kind, fill):
+    """(spec, array view) of n doubles: numpy, [bytearray, DOUBLE], or Alloc_mem."""
+    if kind == "numpy":
+        arr = np.full(n, fill)
+        return arr, arr
+    if kind == "bytearray":
+        raw = bytearray(8 * n)
+        arr = np.frombuffer(raw, dtype="f8")
+        arr[:] = fill
+        return [raw, MPI.DOUBLE], arr
+    mem = comm.Alloc_mem(8 * n)
+    arr = np.frombuffer(mem, dtype="f8")
+    arr[:] = fill
+    return [mem, MPI.DOUBLE], arr
+
+
+LARGE_KINDS = ["numpy", "bytearray", "alloc_mem"]
+
+
+@pytest.mark.parametrize("n", LARGE)
+def test_large_bcast_every_root(comm, n):
+    for root in range(comm.size):
+        kind = LARGE_KINDS[(comm.rank + root) % 3]
+        spec, arr = large_buffer(comm, n, kind, -1.0)
+        if comm.rank == root:
+            arr[:] = np.arange(n) + root
+        comm.Bcast(spec, root=root)
+        np.testing.assert_array_equal(arr, np.arange(n) + root)
+
+
+@pytest.mark.parametrize("n", LARGE)
+@pytest.mark.parametrize("in_place", [False, True])
+def test_large_allgather(comm, n, in_place):
+    size, rank = comm.size, comm.rank
+    kind = LARGE_KINDS[rank % 3]
+    mine, mine_arr = large_buffer(comm, n, kind, 0.0)
+    mine_arr[:] = np.arange(n) * (rank + 1)
+    got = np.full(size * n, -1.0)
+    if in_place:
+        got[rank * n:(rank + 1) * n] = mine_arr
+        comm.Allgather(MPI.IN_PLACE, got)
+    else:
+        comm.Allgather(mine, got)
+    theirs = np.empty(size * n)
+    NATIVE.Allgather(mine_arr.copy(), theirs)
+    np.testing.assert_array_equal(got, theirs)
+    comm.Allgather(mine, got)        # again: the staging buffer is reused
+    np.testing.assert_array_equal(got, theirs)
+    if kind != "alloc_mem":          # the block went through this rank's heap
+        assert comm._collectives._staged is not None
+
+
+@pytest.mark.parametrize("n", LARGE)
+@pytest.mark.parametrize("opname", ["SUM", "MAX"])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_large_allreduce(comm, n, opname, in_place):
+    rank = comm.rank
+    kind = LARGE_KINDS[rank % 3]
+    send, send_arr = large_buffer(comm, n, kind, 0.0)
+    send_arr[:] = np.random.default_rng(5 + rank).integers(-50, 50, n)
+    before = send_arr.copy()
+    theirs = np.empty(n)
+    NATIVE.Allreduce(send_arr.copy(), theirs, op=getattr(_native, opname))
+    if in_place:
+        comm.Allreduce(MPI.IN_PLACE, send, op=getattr(MPI, opname))
+        np.testing.assert_array_equal(send_arr, theirs)
+    else:
+        recv, recv_arr = large_buffer(comm, n, LARGE_KINDS[(rank + 1) % 3], -1.0)
+        comm.Allreduce(send, recv, op=getattr(MPI, opname))
+        np.testing.assert_array_equal(recv_arr, theirs)
+        np.testing.assert_array_equal(send_arr, before)
+
+
+def test_large_allreduce_keeps_rank_order(comm):
+    """A non-commutative op: (a, b) -> a keeps the lowest rank's data,
+    (a, b) -> b the highest's, so the blocks are combined in rank order."""
+    n = 50001
+    data = np.arange(n, dtype="f8") + 1000 * comm.rank
+    for keep, expected_rank in ((0, 0), (1, comm.size - 1)):
+        def pick(a, b, datatype, keep=keep):
+            if keep == 0:
+                np.frombuffer(b, dtype="f8")[:] = np.frombuffer(a, dtype="f8")
+        op = MPI.Op.Create(pick, commute=False)
+        try:
+            got = np.full(n, -1.0)
+            comm.Allreduce(data, got, op=op)
+        finally:
+            op.Free()
+        np.testing.assert_array_equal(got, np.arange(n) + 1000 * expected_rank)
