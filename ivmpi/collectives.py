@@ -14,10 +14,10 @@ the exact MPI semantics of every predefined and user-defined op.
 Algorithms (p = number of ranks):
   barrier          dissemination, ceil(log2 p) rounds
   bcast            binomial tree; from 256 KiB on more than 2 ranks: the
-                   root stages the message once in its heap in the region
-                   and every rank copies it straight out (zero-copy
-                   rendezvous); without a heap (strict-align mode) from
-                   8 MiB a segmented chain pipeline
+                   root stages the message once in its heap in the region,
+                   segment by segment, and every rank copies it straight
+                   out (zero-copy rendezvous); strict-align mode (no heap
+                   buffers) sends the same segments from the caller's buffer
   scatter/gather   linear from/to the root (each block travels once)
   allgather        ring, p-1 steps; from 256 KiB blocks every rank stages
                    its block in its heap and the others copy it out
@@ -65,8 +65,9 @@ COLLECTIVE_TAGS = {"Barrier": TAG_BARRIER, "Bcast": TAG_BCAST, "Scatter": TAG_SC
                    "Reduce": TAG_REDUCE, "Allreduce": TAG_ALLREDUCE, "Scan": TAG_SCAN,
                    "Exscan": TAG_EXSCAN, "Reduce_scatter": TAG_REDUCE_SCATTER}
 
-# Bcast switches from a binomial tree to a segmented pipeline at this size
-# (measured: at 1 MiB on 4 ranks the tree took 150-190 us, the chain 340-460).
+# The nonblocking Ibcast (ivmpi.nbcoll) switches from a binomial tree to a
+# segmented pipeline at this size (measured: at 1 MiB on 4 ranks the tree
+# took 150-190 us, the chain 340-460).
 PIPELINE_MIN_BYTES = 8 << 20
 PIPELINE_SEGMENT_BYTES = 128 * 1024
 
@@ -75,6 +76,10 @@ PIPELINE_SEGMENT_BYTES = 128 * 1024
 # every other rank copies what it needs straight out of it (the zero-copy
 # rendezvous), instead of passing it on from ring to ring.
 REGION_MIN_BYTES = 256 * 1024
+# Bcast and Allgather stage and send in segments of at least this size (at
+# most 8 per message), so that receivers copy one segment out while the
+# sender stages the next.
+REGION_SEGMENT_BYTES = 256 * 1024
 
 
 def _copy_object(obj):
@@ -110,17 +115,17 @@ class Collectives:
 
     # --- the region's heap -------------------------------------------------
 
-    def _in_region(self, mem):
-        """mem's bytes inside this rank's heap, where the zero-copy rendezvous
-        lets receivers copy them straight out: mem itself when it is there
-        already (Alloc_mem), else a copy in the staging buffer; mem when
-        neither is possible (strict-align mode, a full heap, no region)."""
+    def _stage(self, mem):
+        """Where mem's bytes go so that receivers copy them straight out of
+        this rank's heap (the zero-copy rendezvous): None when mem is there
+        already (Alloc_mem) or nothing can be staged (strict-align mode, a
+        full heap, no region), else a heap buffer of len(mem) bytes."""
         engine = getattr(self.p2p, "_engine", None)
         heap = getattr(engine, "heap", None)
         if heap is None or heap.mem.strict or not len(mem):
-            return mem
+            return None
         if heap.used and heap.contains(*buffer_span(mem)) is not None:
-            return mem
+            return None
         stage = self._staged
         if stage is None or len(stage) < len(mem):
             with engine.lock:
@@ -131,11 +136,35 @@ class Collectives:
                     # Room to grow, so that sizes creeping up do not reallocate each time.
                     self._staged = heap.alloc(1 << (len(mem) - 1).bit_length())
                 except IvmpiError:
-                    return mem
+                    return None
             stage = self._staged
-        stage = stage[:len(mem)]
+        return stage[:len(mem)]
+
+    def _in_region(self, mem):
+        """mem's bytes where receivers copy them straight out of the heap
+        (or mem itself, see _stage)."""
+        stage = self._stage(mem)
+        if stage is None:
+            return mem
         stage[:] = mem
         return stage
+
+    @staticmethod
+    def _segments(nbytes):
+        step = max(REGION_SEGMENT_BYTES, -(-nbytes // 8))
+        return [(start, min(start + step, nbytes)) for start in range(0, nbytes, step)]
+
+    def _send_staged(self, mem, dests, tag, requests):
+        """Send mem to every rank of dests, segment by segment, each segment
+        staged in the heap just before it goes."""
+        stage = self._stage(mem)
+        for start, end in self._segments(len(mem)):
+            if stage is None:
+                piece = mem[start:end]
+            else:
+                piece = stage[start:end]
+                piece[:] = mem[start:end]
+            requests += [self.p2p.Isend(piece, dest, tag) for dest in dests]
 
     # --- helpers ---------------------------------------------------------
 
@@ -181,19 +210,19 @@ class Collectives:
             return
         if len(mem) >= REGION_MIN_BYTES and self.size > 2:
             self._bcast_region(mem, root)
-        elif len(mem) >= PIPELINE_MIN_BYTES and self.size > 2:
-            self._bcast_pipeline(mem, root)
         else:
             self._bcast_binomial(mem, root)
 
     def _bcast_region(self, mem, root):
         # The root's data once in its heap; every rank copies it out at once.
+        requests = []
         if self.rank != root:
-            self.p2p.Recv(mem, root, TAG_BCAST)
-            return
-        staged = self._in_region(mem)
-        self._wait_all([self.p2p.Isend(staged, i, TAG_BCAST)
-                        for i in range(self.size) if i != root])
+            for start, end in self._segments(len(mem)):
+                requests.append(self.p2p.Irecv(mem[start:end], root, TAG_BCAST))
+        else:
+            self._send_staged(mem, [i for i in range(self.size) if i != root], TAG_BCAST,
+                              requests)
+        self._wait_all(requests)
 
     def _bcast_binomial(self, mem, root):
         size = self.size
@@ -210,22 +239,6 @@ class Collectives:
             if vrank + mask < size:
                 requests.append(self.p2p.Isend(mem, (vrank + mask + root) % size, TAG_BCAST))
             mask >>= 1
-        self._wait_all(requests)
-
-    def _bcast_pipeline(self, mem, root):
-        # A chain root -> root+1 -> ...: every rank forwards segment k while
-        # receiving segment k+1, and each byte crosses each link once.
-        size = self.size
-        vrank = (self.rank - root) % size
-        prev = (self.rank - 1) % size
-        nxt = (self.rank + 1) % size if vrank + 1 < size else None
-        requests = []
-        for start in range(0, len(mem), PIPELINE_SEGMENT_BYTES):
-            segment = mem[start:start + PIPELINE_SEGMENT_BYTES]
-            if vrank:
-                self.p2p.Recv(segment, prev, TAG_BCAST)
-            if nxt is not None:
-                requests.append(self.p2p.Isend(segment, nxt, TAG_BCAST))
         self._wait_all(requests)
 
     def bcast(self, obj, root=0):
@@ -362,9 +375,14 @@ class Collectives:
         # Every rank's block once in its heap; each rank copies the others'
         # straight out of theirs.
         size, rank = self.size, self.rank
-        staged = self._in_region(blocks[rank])
-        requests = [self.p2p.Irecv(blocks[j], j, TAG_ALLGATHER) for j in range(size) if j != rank]
-        requests += [self.p2p.Isend(staged, j, TAG_ALLGATHER) for j in range(size) if j != rank]
+        requests = []
+        for j in range(size):
+            if j != rank:
+                block = blocks[j]
+                requests += [self.p2p.Irecv(block[start:end], j, TAG_ALLGATHER)
+                             for start, end in self._segments(len(block))]
+        self._send_staged(blocks[rank], [j for j in range(size) if j != rank], TAG_ALLGATHER,
+                          requests)
         self._wait_all(requests)
 
     def _ring_allgather(self, blocks):
