@@ -103,6 +103,7 @@ class Collectives:
         self.rank = p2p.Get_rank()
         self.size = p2p.Get_size()
         self._staged = None         # this rank's staging buffer in its heap
+        self._scratch = None        # a private buffer large Allreduces reuse
 
     def free(self):
         """Free the hidden communicator and give the staging buffer back."""
@@ -562,21 +563,33 @@ class Collectives:
         bounds = [j * count // size * extent for j in range(size + 1)]
         lo, hi = bounds[rank], bounds[rank + 1]
         mine = hi - lo
-        staged = self._in_region(data)
+        # The others' parts of my block arrive in a reused private buffer
+        # (fresh memory would cost a page fault per page on every call).
+        if self._scratch is None or len(self._scratch) < mine * size:
+            self._scratch = bytearray(mine * size)
+        scratch = memoryview(self._scratch)
         parts = [None] * size
         requests = []
         for j in range(size):
             if j != rank:
-                parts[j] = bytearray(mine)
+                parts[j] = scratch[j * mine:(j + 1) * mine]
                 requests.append(self.p2p.Irecv(parts[j], j, TAG_ALLREDUCE))
-        requests += [self.p2p.Isend(staged[bounds[j]:bounds[j + 1]], j, TAG_ALLREDUCE)
-                     for j in range(size) if j != rank]
+        # Each peer's block staged and sent in turn, starting with the next
+        # rank's, so that every peer has one to copy early.
+        staged = self._stage(data)
+        for step in range(1, size):
+            j = (rank + step) % size
+            piece = memoryview(data)[bounds[j]:bounds[j + 1]]
+            if staged is not None:
+                staged[bounds[j]:bounds[j + 1]] = piece
+                piece = staged[bounds[j]:bounds[j + 1]]
+            requests.append(self.p2p.Isend(piece, j, TAG_ALLREDUCE))
         self._wait_all(requests)
         parts[rank] = memoryview(data)[lo:hi]
         # Every peer has read its blocks of the staged input: the result
         # block goes where this rank's own block was (or privately when
         # nothing is staged, since data may be the caller's send buffer).
-        result = staged[lo:hi] if staged is not data else bytearray(mine)
+        result = staged[lo:hi] if staged is not None else scratch[rank * mine:(rank + 1) * mine]
         n = mine // extent
         result[:] = parts[size - 1]
         for j in range(size - 2, -1, -1):       # result = x_j op result
