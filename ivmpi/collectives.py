@@ -29,7 +29,9 @@ Algorithms (p = number of ranks):
                    from 256 KiB reduce-scatter then allgather through the
                    heaps (each rank reduces one block in rank order)
   scan/exscan      recursive doubling prefix
-  reduce_scatter   reduce to rank 0, then scatter the blocks
+  reduce_scatter   reduce to rank 0, then scatter the blocks; from 256 KiB
+                   each rank reduces its own block through the heaps
+  (reduce from 256 KiB: that reduce-scatter, then the blocks to the root)
 The object (lowercase) reductions combine in rank order with ``op(a, b)``,
 as mpi4py does.
 """
@@ -504,15 +506,38 @@ class Collectives:
         self._check_root(root)
         data, recv, count, datatype = self._reduction_args(
             sendbuf, recvbuf, at_root=self.rank == root)
+        if self._region_sized(data, count, datatype):
+            self._region_reduce(data, recv, count, datatype, op, root)
+            return
         result = self._reduce_bytes(data, count, datatype, op, root, TAG_REDUCE)
         if recv is not None:
             recv.mem[:] = result
 
+    def _region_sized(self, data, count, datatype):
+        """Large enough for the reductions through the heaps (every rank
+        decides alike: the sizes are the same everywhere)."""
+        return (self.size > 1 and len(data) >= REGION_MIN_BYTES and count >= self.size
+                and len(data) == count * datatype_extent(datatype))
+
+    def _region_reduce(self, data, recv, count, datatype, op, root):
+        # Reduce-scatter through the heaps, then every block to the root.
+        size, rank = self.size, self.rank
+        extent = len(data) // count
+        bounds = [j * count // size * extent for j in range(size + 1)]
+        result = self._region_reduce_scatter(data, bounds, extent, datatype, op, TAG_REDUCE)
+        if rank != root:
+            self.p2p.Send(result, root, TAG_REDUCE)
+            return
+        out = recv.mem
+        requests = [self.p2p.Irecv(out[bounds[j]:bounds[j + 1]], j, TAG_REDUCE)
+                    for j in range(size) if j != rank]
+        out[bounds[rank]:bounds[rank + 1]] = result
+        self._wait_all(requests)
+
     def Allreduce(self, sendbuf, recvbuf, op=MPI.SUM):
         data, recv, count, datatype = self._reduction_args(sendbuf, recvbuf)
         size, rank = self.size, self.rank
-        if (size > 1 and len(data) >= REGION_MIN_BYTES and count >= size
-                and len(data) == count * datatype_extent(datatype)):
+        if self._region_sized(data, count, datatype):
             self._region_allreduce(data, recv.mem, count, datatype, op)
             return
         acc = bytearray(data)
@@ -555,12 +580,25 @@ class Collectives:
 
     def _region_allreduce(self, data, out, count, datatype, op):
         """Reduce-scatter, then allgather, each rank reading straight out of
-        the others' heaps: rank r reduces elements [bounds[r], bounds[r+1])
-        of every rank's input, in rank order (non-commutative ops stay
-        right), and the others copy that result block from its heap."""
+        the others' heaps: the others copy each rank's result block from
+        its heap."""
         size, rank = self.size, self.rank
         extent = len(data) // count
         bounds = [j * count // size * extent for j in range(size + 1)]
+        result = self._region_reduce_scatter(data, bounds, extent, datatype, op, TAG_ALLREDUCE)
+        out = memoryview(out)
+        requests = [self.p2p.Irecv(out[bounds[j]:bounds[j + 1]], j, TAG_ALLREDUCE)
+                    for j in range(size) if j != rank]
+        requests += [self.p2p.Isend(result, j, TAG_ALLREDUCE) for j in range(size) if j != rank]
+        self._wait_all(requests)
+        out[bounds[rank]:bounds[rank + 1]] = result
+
+    def _region_reduce_scatter(self, data, bounds, extent, datatype, op, tag):
+        """Rank r reduces bytes [bounds[r], bounds[r+1]) of every rank's
+        input, in rank order (non-commutative ops stay right), reading the
+        others' parts straight out of their heaps; returns that result block
+        (in this rank's heap when its input was staged there)."""
+        size, rank = self.size, self.rank
         lo, hi = bounds[rank], bounds[rank + 1]
         mine = hi - lo
         # The others' parts of my block arrive in a reused private buffer
@@ -573,7 +611,7 @@ class Collectives:
         for j in range(size):
             if j != rank:
                 parts[j] = scratch[j * mine:(j + 1) * mine]
-                requests.append(self.p2p.Irecv(parts[j], j, TAG_ALLREDUCE))
+                requests.append(self.p2p.Irecv(parts[j], j, tag))
         # Each peer's block staged and sent in turn, starting with the next
         # rank's, so that every peer has one to copy early.
         staged = self._stage(data)
@@ -583,7 +621,7 @@ class Collectives:
             if staged is not None:
                 staged[bounds[j]:bounds[j + 1]] = piece
                 piece = staged[bounds[j]:bounds[j + 1]]
-            requests.append(self.p2p.Isend(piece, j, TAG_ALLREDUCE))
+            requests.append(self.p2p.Isend(piece, j, tag))
         self._wait_all(requests)
         parts[rank] = memoryview(data)[lo:hi]
         # Every peer has read its blocks of the staged input: the result
@@ -592,14 +630,10 @@ class Collectives:
         result = staged[lo:hi] if staged is not None else scratch[rank * mine:(rank + 1) * mine]
         n = mine // extent
         result[:] = parts[size - 1]
-        for j in range(size - 2, -1, -1):       # result = x_j op result
-            op.Reduce_local([parts[j], n, datatype], [result, n, datatype])
-        out = memoryview(out)
-        requests = [self.p2p.Irecv(out[bounds[j]:bounds[j + 1]], j, TAG_ALLREDUCE)
-                    for j in range(size) if j != rank]
-        requests += [self.p2p.Isend(result, j, TAG_ALLREDUCE) for j in range(size) if j != rank]
-        self._wait_all(requests)
-        out[lo:hi] = result
+        if n:
+            for j in range(size - 2, -1, -1):       # result = x_j op result
+                op.Reduce_local([parts[j], n, datatype], [result, n, datatype])
+        return result
 
     def _prefix(self, sendbuf, recvbuf, op, inclusive, tag):
         data, recv, count, datatype = self._reduction_args(sendbuf, recvbuf)
@@ -687,6 +721,13 @@ class Collectives:
     def _reduce_then_scatter(self, data, counts, datatype, extent, op, target):
         size, rank = self.size, self.rank
         total = sum(counts)
+        if size > 1 and len(data) >= REGION_MIN_BYTES and len(data) == total * extent:
+            bounds = [0]
+            for c in counts:
+                bounds.append(bounds[-1] + c * extent)
+            target[:] = self._region_reduce_scatter(data, bounds, extent, datatype, op,
+                                                    TAG_REDUCE_SCATTER)
+            return
         result = self._reduce_bytes(data, total, datatype, op, 0, TAG_REDUCE_SCATTER)
         if rank != 0:
             self.p2p.Recv(target, 0, TAG_REDUCE_SCATTER)

@@ -280,3 +280,59 @@ def test_large_allreduce_keeps_rank_order(comm):
         finally:
             op.Free()
         np.testing.assert_array_equal(got, np.arange(n) + 1000 * expected_rank)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_large_reduce_every_root_and_reduce_scatter(comm, in_place):
+    """From 256 KiB Reduce and Reduce_scatter(_block) reduce-scatter through
+    the heaps (Reduce then sends every block to the root)."""
+    size, rank = comm.size, comm.rank
+    n = 2 ** 15 + 3
+    data = np.random.default_rng(9 + rank).integers(-50, 50, n).astype("f8")
+    theirs = np.empty(n)
+    NATIVE.Allreduce(data, theirs, op=_native.SUM)
+    for root in range(size):
+        got = data.copy() if rank == root and in_place else np.full(n, -1.0)
+        send = MPI.IN_PLACE if rank == root and in_place else data
+        comm.Reduce(send, got if rank == root else None, op=MPI.SUM, root=root)
+        if rank == root:
+            np.testing.assert_array_equal(got, theirs)
+
+    counts = [2 ** 15 + 7 * i for i in range(size)]
+    whole = np.random.default_rng(3 + rank).integers(-50, 50, sum(counts)).astype("f8")
+    total = np.empty(sum(counts))
+    NATIVE.Allreduce(whole, total, op=_native.MAX)
+    start = sum(counts[:rank])
+    if in_place:
+        buf = whole.copy()
+        comm.Reduce_scatter(MPI.IN_PLACE, buf, counts, op=MPI.MAX)
+        got = buf[:counts[rank]]
+    else:
+        got = np.full(counts[rank], -1.0)
+        comm.Reduce_scatter(whole, got, counts, op=MPI.MAX)
+    np.testing.assert_array_equal(got, total[start:start + counts[rank]])
+
+    block = 2 ** 15
+    whole = np.random.default_rng(4 + rank).integers(-50, 50, size * block).astype("f8")
+    total = np.empty(size * block)
+    NATIVE.Allreduce(whole, total, op=_native.SUM)
+    got = np.full(block, -1.0)
+    comm.Reduce_scatter_block(whole, got, op=MPI.SUM)
+    np.testing.assert_array_equal(got, total[rank * block:(rank + 1) * block])
+
+
+def test_large_reduce_keeps_rank_order(comm):
+    n = 50001
+    data = np.arange(n, dtype="f8") + 1000 * comm.rank
+
+    def first(a, b, datatype):
+        np.frombuffer(b, dtype="f8")[:] = np.frombuffer(a, dtype="f8")
+    op = MPI.Op.Create(first, commute=False)
+    try:
+        for root in range(comm.size):
+            got = np.full(n, -1.0)
+            comm.Reduce(data, got, op=op, root=root)
+            if comm.rank == root:
+                np.testing.assert_array_equal(got, np.arange(n))
+    finally:
+        op.Free()
