@@ -81,7 +81,7 @@ REGION_MIN_BYTES = 256 * 1024
 # Bcast and Allgather stage and send in segments of at least this size (at
 # most 8 per message), so that receivers copy one segment out while the
 # sender stages the next.
-REGION_SEGMENT_BYTES = 256 * 1024
+REGION_SEGMENT_BYTES = 1 << 20
 
 
 def _copy_object(obj):
