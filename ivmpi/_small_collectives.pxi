@@ -76,10 +76,12 @@ cdef int small_barrier(FastPath fast, long rank, long size, long tag, int spins,
     """Dissemination barrier: round k sends to rank + 2^k, receives from rank - 2^k."""
     cdef long distance = 1
     cdef bytearray empty = _EMPTY
+    cdef char nothing = 0
     while distance < size:
-        if not fast.send(empty, (rank + distance) % size, tag):
+        # Pointer calls: no buffer spec to look at for an empty message.
+        if not fast.send_ptr(&nothing, 0, (rank + distance) % size, tag):
             send_slow(empty, (rank + distance) % size, tag)
-        if fast.recv(empty, (rank - distance + size) % size, tag, spins) < 0:
+        if fast.recv_ptr(&nothing, 0, (rank - distance + size) % size, tag, spins) < 0:
             recv_slow(empty, (rank - distance + size) % size, tag)
         distance <<= 1
     return 0
