@@ -252,7 +252,8 @@ cdef class SmallCollectives:
             if entry is None or not PyObject_CheckBuffer(buf):
                 return False
             if n == 3:
-                if spec[1] < 0:
+                # Out of range (or past any buffer): the general path reports it.
+                if spec[1] < 0 or spec[1] > (1 << 48):
                     return False
                 s.nbytes = <Py_ssize_t>spec[1] * <Py_ssize_t>entry
             s.key = <size_t>datatype.handle
