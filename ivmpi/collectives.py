@@ -638,9 +638,19 @@ class Collectives:
     def _prefix(self, sendbuf, recvbuf, op, inclusive, tag):
         data, recv, count, datatype = self._reduction_args(sendbuf, recvbuf)
         size, rank = self.size, self.rank
-        partial = bytearray(data)          # reduction over my whole subcube so far
-        result = bytearray(data) if inclusive else None
-        tmp = bytearray(len(partial))
+        # Three buffers of the message's size in one reused private buffer
+        # (fresh large ones would cost a page fault per page every call).
+        n = len(data)
+        if self._scratch is None or len(self._scratch) < 3 * n:
+            self._scratch = bytearray(3 * n)
+        scratch = memoryview(self._scratch)
+        partial = scratch[:n]              # reduction over my whole subcube so far
+        tmp = scratch[n:2 * n]
+        result = scratch[2 * n:3 * n]      # over the ranks below me (and me when inclusive)
+        partial[:] = data
+        have_result = inclusive
+        if inclusive:
+            result[:] = data
         mask = 1
         while mask < size:
             partner = rank ^ mask
@@ -648,15 +658,16 @@ class Collectives:
                 self._sendrecv(partial, partner, tmp, partner, tag)
                 if partner < rank:
                     self._combine(op, tmp, partial, count, datatype)
-                    if result is None:
-                        result = bytearray(tmp)
-                    else:
+                    if have_result:
                         self._combine(op, tmp, result, count, datatype)
+                    else:
+                        result[:] = tmp
+                        have_result = True
                 else:
                     self._combine(op, partial, tmp, count, datatype)
                     partial, tmp = tmp, partial
             mask <<= 1
-        if result is not None:  # Exscan leaves rank 0's buffer untouched
+        if have_result:     # Exscan leaves rank 0's buffer untouched
             recv.mem[:] = result
 
     def Scan(self, sendbuf, recvbuf, op=MPI.SUM):
