@@ -8,6 +8,9 @@
 # operations on plain numbers, the combining step in C.
 
 from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport malloc, free
+from cpython.buffer cimport PyBUF_READ, PyBUF_WRITE
+from cpython.memoryview cimport PyMemoryView_FromMemory
 
 cdef enum:
     OP_SUM = 1
@@ -73,72 +76,104 @@ cdef int small_barrier(FastPath fast, long rank, long size, long tag, int spins,
     """Dissemination barrier: round k sends to rank + 2^k, receives from rank - 2^k."""
     cdef long distance = 1
     cdef bytearray empty = _EMPTY
+    cdef char nothing = 0
     while distance < size:
-        if not fast.send(empty, (rank + distance) % size, tag):
+        # Pointer calls: no buffer spec to look at for an empty message.
+        if not fast.send_ptr(&nothing, 0, (rank + distance) % size, tag):
             send_slow(empty, (rank + distance) % size, tag)
-        if fast.recv(empty, (rank - distance + size) % size, tag, spins) < 0:
+        if fast.recv_ptr(&nothing, 0, (rank - distance + size) % size, tag, spins) < 0:
             recv_slow(empty, (rank - distance + size) % size, tag)
         distance <<= 1
     return 0
 
 
-cdef int small_allreduce(FastPath fast, object acc, object scratch, int op, int typ,
-                         long rank, long size, long tag, int spins, object send_slow,
-                         object recv_slow) except -1:
-    """Recursive-doubling allreduce of acc in place (size a power of two).
+SMALL_OPS = {"SUM": OP_SUM, "PROD": OP_PROD, "MAX": OP_MAX, "MIN": OP_MIN}
+# Predefined datatypes whose elements the C combine knows (LONG by its size).
+SMALL_TYPES = {"DOUBLE": T_F64, "FLOAT": T_F32, "INT64_T": T_I64, "LONG_LONG": T_I64,
+               "INT32_T": T_I32, "INT": T_I32}
 
-    acc and scratch are writable contiguous buffers of the same length; op
-    and typ are one of the OP_* and T_* codes (checked by the caller).
-    """
-    cdef Py_buffer a, b
-    cdef long mask = 1
-    cdef long partner
-    cdef Py_ssize_t count, item
-    PyObject_GetBuffer(acc, &a, PyBUF_SIMPLE | PyBUF_WRITABLE)
-    try:
-        PyObject_GetBuffer(scratch, &b, PyBUF_SIMPLE | PyBUF_WRITABLE)
-        try:
-            item = 8 if typ == T_F64 or typ == T_I64 else 4
-            if a.len != b.len or a.len % item:
-                raise ValueError("allreduce buffers must match and hold whole elements")
-            count = a.len // item
-            while mask < size:
-                partner = rank ^ mask
-                if not fast.send(acc, partner, tag):
-                    send_slow(acc, partner, tag)
-                if fast.recv(scratch, partner, tag, spins) < 0:
-                    recv_slow(scratch, partner, tag)
-                _combine(op, typ, <char *>a.buf, <const char *>b.buf, count, rank < partner)
-                mask <<= 1
-        finally:
-            PyBuffer_Release(&b)
-    finally:
-        PyBuffer_Release(&a)
+
+cdef struct Span:
+    # A plain buffer spec, opened: its bytes, how many of them its count
+    # names (-1: the whole buffer), the C element type (0: none the combine
+    # knows) and, when it came through the buffer protocol, the export to
+    # release.
+    char *data
+    Py_ssize_t length
+    Py_ssize_t nbytes
+    int typ
+    size_t key          # its datatype's handle: reductions need equal datatypes
+    bint pinned
+    Py_buffer view
+
+
+cdef inline void _close(Span *s) noexcept:
+    if s.pinned:
+        s.pinned = False
+        PyBuffer_Release(&s.view)
+
+
+cdef char _format_char(const char *fmt) noexcept:
+    """The number format of a native buffer format ('d', 'l', ...), or 0."""
+    cdef char c
+    if fmt == NULL:
+        return b'B'
+    c = fmt[0]
+    if c == b'@' or c == b'=' or c == b'<':
+        c = fmt[1]
+    return c
+
+
+cdef char _numpy_char(cnp.ndarray arr) noexcept:
+    cdef int num = cnp.PyArray_TYPE(arr)
+    if not cnp.PyArray_ISNOTSWAPPED(arr):
+        return 0
+    if num == cnp.NPY_DOUBLE:
+        return b'd'
+    if num == cnp.NPY_FLOAT:
+        return b'f'
+    if num == cnp.NPY_LONG:
+        return b'l'
+    if num == cnp.NPY_LONGLONG:
+        return b'q'
+    if num == cnp.NPY_INT:
+        return b'i'
     return 0
 
 
-SMALL_OPS = {"SUM": OP_SUM, "PROD": OP_PROD, "MAX": OP_MAX, "MIN": OP_MIN}
+cdef inline Py_ssize_t _item_bytes(int typ) noexcept:
+    return 8 if typ == T_F64 or typ == T_I64 else 4
 
 
 cdef class SmallCollectives:
-    """A communicator's common small collectives as one Cython call each.
+    """A communicator's blocking collectives as one Cython call each.
 
-    Built over the hidden twin's FastPath.  Each call takes the small cases
-    its method describes (plain numpy buffers up to the eager limit, the
-    predefined SUM/PROD/MAX/MIN on numbers) and hands anything else to the
-    same method of `general`, the communicator's ivmpi.collectives object,
-    whose algorithm it mirrors step for step (and which also reports every
-    error).  `tags` maps each collective's name to its tag there.
+    Built over the hidden twin's FastPath.  Each call takes the cases its
+    method describes (plain buffers of any kind with the buffer protocol,
+    bare or as [buf, datatype] / [buf, count, datatype] / vector specs with
+    a predefined datatype; every block of one step within the eager limit;
+    the predefined SUM/PROD/MAX/MIN on numbers) and hands anything else to
+    the same method of `general`, the communicator's ivmpi.collectives
+    object, whose algorithm it mirrors step for step (same partners, tags
+    and operand order, so ranks may mix the two paths; `general` also
+    reports every error).  `tags` maps each collective's name to its tag.
     """
     cdef FastPath fast
     cdef long rank, size
     cdef long barrier_tag, allreduce_tag, bcast_tag, reduce_tag
     cdef long allgather_tag, alltoall_tag, gather_tag, scatter_tag
+    cdef long scan_tag, exscan_tag, reduce_scatter_tag
     cdef uint64_t eager_limit
-    cdef dict opcodes
+    cdef dict opcodes, typecodes
+    cdef size_t format_key[128]     # format character -> handle of its datatype
     cdef object send_slow, recv_slow, general, in_place, default_op
+    cdef public object lock_of      # name -> mpi4py's lock of an object collective
     cdef object last_op, last_code
-    cdef bytearray scratch
+    cdef bytearray acc, tmp, part
+    cdef Py_ssize_t *soff
+    cdef Py_ssize_t *slen
+    cdef Py_ssize_t *roff
+    cdef Py_ssize_t *rlen
 
     def __cinit__(self, FastPath fast, long rank, long size, dict tags, dict opcodes,
                   send_slow, recv_slow, general, in_place, default_op):
@@ -153,6 +188,9 @@ cdef class SmallCollectives:
         self.alltoall_tag = tags["Alltoall"]
         self.gather_tag = tags["Gather"]
         self.scatter_tag = tags["Scatter"]
+        self.scan_tag = tags["Scan"]
+        self.exscan_tag = tags["Exscan"]
+        self.reduce_scatter_tag = tags["Reduce_scatter"]
         self.eager_limit = fast.eager_limit
         self.opcodes = opcodes
         self.send_slow = send_slow
@@ -160,58 +198,154 @@ cdef class SmallCollectives:
         self.general = general
         self.in_place = in_place
         self.default_op = default_op
-        self.scratch = bytearray(0)
+        self.lock_of = None
+        self.acc = bytearray(0)
+        self.tmp = bytearray(0)
+        self.part = bytearray(0)
+        from ivmpi.lib import MPI as lib
+        self.typecodes = {}
+        for name, code in SMALL_TYPES.items():
+            datatype = getattr(lib, name, None)
+            if datatype is not None:
+                self.typecodes[datatype.handle] = code
+        self.typecodes[lib.LONG.handle] = T_I64 if lib.LONG.Get_size() == 8 else T_I32
+        # The datatype mpi4py reads from a buffer's format, for the formats
+        # the C combine knows.
+        memset(self.format_key, 0, sizeof(self.format_key))
+        for c, datatype in ((b'd', lib.DOUBLE), (b'f', lib.FLOAT), (b'l', lib.LONG),
+                            (b'q', lib.LONG_LONG), (b'i', lib.INT)):
+            self.format_key[c[0]] = <size_t>datatype.handle
+        self.soff = <Py_ssize_t *>malloc(4 * max(size, 1) * sizeof(Py_ssize_t))
+        if self.soff == NULL:
+            raise MemoryError()
+        self.slen = self.soff + size
+        self.roff = self.slen + size
+        self.rlen = self.roff + size
 
-    def Barrier(self):
-        small_barrier(self.fast, self.rank, self.size, self.barrier_tag, self.fast.spins,
-                      self.send_slow, self.recv_slow)
+    def __dealloc__(self):
+        free(self.soff)
 
-    def Bcast(self, buf, root=0):
-        if not self._try_bcast(buf, root):
-            self.general.Bcast(buf, root)
+    # --- helpers ---------------------------------------------------------
 
-    cdef bint _try_bcast(self, object buf, object root) except -1:
-        """A broadcast of a plain buffer up to the eager limit: the general
-        algorithm's binomial tree (same tag, same parents and children, so
-        ranks may mix the two paths), each step one fast send or receive."""
-        cdef Py_ssize_t extent, nbytes, length
-        cdef long r, vrank, mask, peer, size = self.size
-        cdef char *data
-        if type(root) is not int or size < 2:
+    cdef bint _open(self, object spec, bint writable, Span *s) except -1:
+        """Open a plain buffer spec into s; False (nothing to close) when it
+        is something else: the general path takes it."""
+        cdef object buf = spec, datatype = None, entry
+        cdef Py_ssize_t n = 0
+        s.pinned = False
+        s.nbytes = -1
+        s.typ = 0
+        s.key = 0
+        if spec is self.in_place:
             return False
-        r = root
-        if r < 0 or r >= size:
+        if not PyObject_CheckBuffer(spec):
+            if type(spec) is not list and type(spec) is not tuple:
+                return False
+            n = len(spec)
+            if n == 2:
+                buf, datatype = spec[0], spec[1]
+            elif n == 3 and type(spec[1]) is int:
+                buf, datatype = spec[0], spec[2]
+            else:
+                return False
+            entry = self.fast._extent_of(datatype)
+            if entry is None or not PyObject_CheckBuffer(buf):
+                return False
+            if n == 3:
+                # Out of range (or past any buffer): the general path reports it.
+                if spec[1] < 0 or spec[1] > (1 << 48):
+                    return False
+                s.nbytes = <Py_ssize_t>spec[1] * <Py_ssize_t>entry
+            s.key = <size_t>datatype.handle
+            s.typ = self.typecodes.get(datatype.handle, 0)
+        if _direct(buf, writable, &s.data, &s.length):
+            if datatype is None and type(buf) is cnp.ndarray:
+                self._format_type(s, _numpy_char(<cnp.ndarray>buf),
+                                  cnp.PyArray_ITEMSIZE(<cnp.ndarray>buf))
+            return True
+        if not _pin(buf, writable, &s.view):
             return False
-        plain = self.fast._plain(buf, &extent, &nbytes)
-        if plain is None or not _direct(plain, self.rank != r, &data, &length):
-            return False
-        if nbytes < 0:
-            nbytes = length
-        if nbytes > length or <uint64_t>nbytes > self.eager_limit:
-            return False
-        vrank = (self.rank - r + size) % size
-        mask = 1
-        while mask < size:
-            if vrank & mask:
-                peer = (vrank - mask + r) % size
-                if self.fast.recv(buf, peer, self.bcast_tag, self.fast.spins) < 0:
-                    self.recv_slow(buf, peer, self.bcast_tag)
-                break
-            mask <<= 1
-        mask >>= 1
-        while mask > 0:
-            if vrank + mask < size:
-                peer = (vrank + mask + r) % size
-                if not self.fast.send(buf, peer, self.bcast_tag):
-                    self.send_slow(buf, peer, self.bcast_tag)
-            mask >>= 1
+        s.pinned = True
+        s.data = <char *>s.view.buf
+        s.length = s.view.len
+        if datatype is None:
+            self._format_type(s, _format_char(s.view.format), s.view.itemsize)
         return True
 
-    def Reduce(self, sendbuf, recvbuf, op=None, root=0):
-        if op is None:
-            op = self.default_op
-        if not self._try_reduce(sendbuf, recvbuf, op, root):
-            self.general.Reduce(sendbuf, recvbuf, op, root)
+    cdef int _format_type(self, Span *s, char c, Py_ssize_t itemsize) except -1:
+        # A bare buffer's datatype is the one mpi4py reads from its format.
+        s.typ = 0
+        s.key = self.format_key[c] if 0 < c < 128 else 0
+        if s.key:
+            s.typ = self.typecodes.get(s.key, 0)
+            if s.typ and itemsize != _item_bytes(s.typ):
+                s.typ = 0
+                s.key = 0
+        return 0
+
+    cdef bint _open_v(self, object spec, bint writable, Span *s, Py_ssize_t *off,
+                      Py_ssize_t *length) except -1:
+        """Open a vector spec [buf, counts, displs, datatype] (or mpi4py's
+        other spellings of one) with a predefined datatype and lists of
+        counts and displacements into s and the byte offset and length of
+        each rank's block; False (nothing to close) for anything else."""
+        cdef object buf, counts, displs = None, datatype, entry
+        cdef Py_ssize_t i, n, extent, c, d, running = 0
+        cdef long size = self.size
+        if type(spec) is not list and type(spec) is not tuple:
+            return False
+        n = len(spec)
+        if n == 4:
+            buf, counts, displs, datatype = spec[0], spec[1], spec[2], spec[3]
+        elif n == 3:
+            buf, counts, datatype = spec[0], spec[1], spec[2]
+            if type(counts) is tuple:
+                if len(counts) != 2:
+                    return False
+                counts, displs = counts[0], counts[1]
+        else:
+            return False
+        entry = self.fast._extent_of(datatype)
+        if entry is None or (type(counts) is not list and type(counts) is not tuple) \
+                or len(counts) != size:
+            return False
+        if displs is not None and ((type(displs) is not list and type(displs) is not tuple)
+                                   or len(displs) != size):
+            return False
+        extent = <Py_ssize_t>entry
+        for i in range(size):
+            if type(counts[i]) is not int or (displs is not None and type(displs[i]) is not int):
+                return False
+            c = counts[i]
+            d = displs[i] if displs is not None else running
+            if c < 0 or d < 0 or c > (1 << 40) or d > (1 << 40):
+                return False
+            running = d + c
+            off[i] = d * extent
+            length[i] = c * extent
+        if not self._open(buf, writable, s):
+            return False
+        s.key = <size_t>datatype.handle
+        s.typ = self.typecodes.get(datatype.handle, 0)
+        for i in range(size):
+            if length[i] and off[i] + length[i] > s.length:
+                _close(s)
+                return False
+        return True
+
+    cdef inline int _send(self, const char *data, Py_ssize_t n, long dest, long tag) except -1:
+        """One eager message; the twin's own Send when the fast path cannot."""
+        if not self.fast.send_ptr(data, n, dest, tag):
+            self.send_slow(PyMemoryView_FromMemory(<char *>data, n, PyBUF_READ), dest, tag)
+        return 0
+
+    cdef inline int _recv(self, char *data, Py_ssize_t n, long source, long tag) except -1:
+        if self.fast.recv_ptr(data, n, source, tag, self.fast.spins) < 0:
+            self.recv_slow(PyMemoryView_FromMemory(data, n, PyBUF_WRITE), source, tag)
+        return 0
+
+    cdef inline bint _small(self, Py_ssize_t n) noexcept:
+        return <uint64_t>n <= self.eager_limit
 
     cdef object _op_code(self, object op):
         """The C code of a predefined op this class combines, or None.  The
@@ -223,212 +357,179 @@ cdef class SmallCollectives:
             self.last_op, self.last_code = op, code
         return code
 
-    cdef bint _try_reduce(self, object sendbuf, object recvbuf, object op, object root) except -1:
-        """Reduce of small numpy arrays with SUM/PROD/MAX/MIN: the general
-        algorithm's binomial tree around the root (same tag, same partners,
-        same operand order, so ranks may mix the two paths), each step one
-        fast send or receive and a combine in C."""
-        cdef cnp.ndarray send, recv
-        cdef int typ
-        cdef long r, vrank, mask, size = self.size
+    cdef char *_scratch(self, int which, Py_ssize_t n) except NULL:
+        """One of three private scratch buffers, at least n bytes."""
+        if which == 0:
+            if len(self.acc) < n:
+                self.acc = bytearray(n)
+            return PyByteArray_AS_STRING(self.acc)
+        if which == 1:
+            if len(self.tmp) < n:
+                self.tmp = bytearray(n)
+            return PyByteArray_AS_STRING(self.tmp)
+        if len(self.part) < n:
+            self.part = bytearray(n)
+        return PyByteArray_AS_STRING(self.part)
+
+    cdef int _reduction(self, object sendbuf, object recvbuf, object op, Span *send,
+                        Span *recv, bint need_recv) except -1:
+        """Open the buffers of a reduction: 1 when the fast path takes it
+        (send is then recv's data when IN_PLACE), else 0 with nothing open.
+        Same element type and byte count on both sides, as MPI asks."""
+        cdef Py_ssize_t n
+        if self._op_code(op) is None:
+            return 0
+        if need_recv:
+            if not self._open(recvbuf, True, recv):
+                return 0
+            n = recv.nbytes if recv.nbytes >= 0 else recv.length
+            if n > recv.length or recv.typ == 0 or n % _item_bytes(recv.typ):
+                _close(recv)
+                return 0
+            recv.nbytes = n
+            if sendbuf is self.in_place:
+                send.data, send.length, send.nbytes, send.typ = recv.data, n, n, recv.typ
+                send.key = recv.key
+                send.pinned = False
+                return 1
+        if not self._open(sendbuf, False, send):
+            if need_recv:
+                _close(recv)
+            return 0
+        n = send.nbytes if send.nbytes >= 0 else send.length
+        send.nbytes = n
+        if n > send.length or send.typ == 0 or n % _item_bytes(send.typ) \
+                or (need_recv and (send.key != recv.key or n != recv.nbytes)):
+            _close(send)
+            if need_recv:
+                _close(recv)
+            return 0
+        return 1
+
+    # --- barrier and broadcast ---------------------------------------------
+
+    def Barrier(self):
+        small_barrier(self.fast, self.rank, self.size, self.barrier_tag, self.fast.spins,
+                      self.send_slow, self.recv_slow)
+
+    def barrier(self):
+        small_barrier(self.fast, self.rank, self.size, self.barrier_tag, self.fast.spins,
+                      self.send_slow, self.recv_slow)
+
+    def Bcast(self, buf, root=0):
+        if not self._try_bcast(buf, root):
+            self.general.Bcast(buf, root)
+
+    cdef bint _try_bcast(self, object buf, object root) except -1:
+        """A broadcast of a plain buffer up to the eager limit: the general
+        algorithm's binomial tree (same tag, same parents and children, so
+        ranks may mix the two paths), each step one fast send or receive."""
+        cdef Span s
         cdef Py_ssize_t nbytes
-        cdef bytearray acc, tmp
+        cdef long r, vrank, mask, peer, size = self.size
         if type(root) is not int or size < 2:
             return False
         r = root
         if r < 0 or r >= size:
             return False
-        code = self._op_code(op)
-        if code is None:
+        if not self._open(buf, self.rank != r, &s):
             return False
-        if self.rank == r:
-            if type(recvbuf) is not cnp.ndarray:
+        try:
+            nbytes = s.nbytes if s.nbytes >= 0 else s.length
+            if nbytes > s.length or not self._small(nbytes):
                 return False
-            recv = <cnp.ndarray>recvbuf
-            if not cnp.PyArray_IS_C_CONTIGUOUS(recv) or not cnp.PyArray_ISWRITEABLE(recv) \
-                    or not cnp.PyArray_ISNOTSWAPPED(recv):
-                return False
-            send = recv if sendbuf is self.in_place else sendbuf \
-                if type(sendbuf) is cnp.ndarray else None
-            if send is None or cnp.PyArray_TYPE(send) != cnp.PyArray_TYPE(recv) \
-                    or cnp.PyArray_NBYTES(send) != cnp.PyArray_NBYTES(recv):
-                return False
-        else:
-            if type(sendbuf) is not cnp.ndarray:
-                return False
-            send = <cnp.ndarray>sendbuf
-        if not cnp.PyArray_IS_C_CONTIGUOUS(send) or not cnp.PyArray_ISNOTSWAPPED(send):
-            return False
-        typ = self._type_code(send)
-        nbytes = cnp.PyArray_NBYTES(send)
-        if typ == 0 or <uint64_t>nbytes > self.eager_limit:
-            return False
-        acc = PyByteArray_FromStringAndSize(<char *>cnp.PyArray_DATA(send), nbytes)
-        tmp = bytearray(nbytes)
-        vrank = (self.rank - r + size) % size
+            vrank = (self.rank - r + size) % size
+            mask = 1
+            while mask < size:
+                if vrank & mask:
+                    self._recv(s.data, nbytes, (vrank - mask + r) % size, self.bcast_tag)
+                    break
+                mask <<= 1
+            mask >>= 1
+            while mask > 0:
+                if vrank + mask < size:
+                    self._send(s.data, nbytes, (vrank + mask + r) % size, self.bcast_tag)
+                mask >>= 1
+            return True
+        finally:
+            _close(&s)
+
+    def bcast(self, obj, root=0):
+        """The general algorithm's binomial tree of the pickled object, each
+        step one call of the twin's object send or receive."""
+        cdef long r, vrank, mask, size = self.size
+        if type(root) is not int or size < 2 or not 0 <= root < size or self.lock_of is None:
+            return self.general.bcast(obj, root)
+        with self.lock_of("bcast"):
+            r = root
+            vrank = (self.rank - r + size) % size
+            data = self.fast.dumps(obj) if vrank == 0 else None
+            mask = 1
+            while mask < size:
+                if vrank & mask:
+                    data = self.fast.recv_object(None, (vrank - mask + r) % size, self.bcast_tag)
+                    break
+                mask <<= 1
+            mask >>= 1
+            while mask > 0:
+                if vrank + mask < size:
+                    self.fast.send_object(data, (vrank + mask + r) % size, self.bcast_tag)
+                mask >>= 1
+            return self.fast.loads(data)
+
+    # --- reductions ------------------------------------------------------------
+
+    cdef int _tree_reduce(self, char *acc, char *tmp, Py_ssize_t nbytes, int code, int typ,
+                          long root, long tag) except -1:
+        """The general algorithm's binomial reduce of acc around root (the
+        ops here are commutative): the result is in acc at root."""
+        cdef long vrank, mask, size = self.size
+        cdef Py_ssize_t count = nbytes // _item_bytes(typ)
+        vrank = (self.rank - root + size) % size
         mask = 1
         while mask < size:
             if vrank & mask:
-                peer = (vrank - mask + r) % size
-                if not self.fast.send(acc, peer, self.reduce_tag):
-                    self.send_slow(acc, peer, self.reduce_tag)
+                self._send(acc, nbytes, (vrank - mask + root) % size, tag)
                 break
             if vrank + mask < size:
-                peer = (vrank + mask + r) % size
-                if self.fast.recv(tmp, peer, self.reduce_tag, self.fast.spins) < 0:
-                    self.recv_slow(tmp, peer, self.reduce_tag)
-                _combine(<int>code, typ, PyByteArray_AS_STRING(acc), PyByteArray_AS_STRING(tmp),
-                         nbytes // cnp.PyArray_ITEMSIZE(send), True)
+                self._recv(tmp, nbytes, (vrank + mask + root) % size, tag)
+                _combine(code, typ, acc, tmp, count, True)
             mask <<= 1
-        if self.rank == r:
-            memcpy(cnp.PyArray_DATA(recv), PyByteArray_AS_STRING(acc), nbytes)
-        return True
-
-    def Allgather(self, sendbuf, recvbuf):
-        if not self._try_blocks(sendbuf, recvbuf, False):
-            self.general.Allgather(sendbuf, recvbuf)
-
-    def Alltoall(self, sendbuf, recvbuf):
-        if not self._try_blocks(sendbuf, recvbuf, True):
-            self.general.Alltoall(sendbuf, recvbuf)
-
-    def Gather(self, sendbuf, recvbuf, root=0):
-        if not self._try_rooted(sendbuf, recvbuf, root, False):
-            self.general.Gather(sendbuf, recvbuf, root)
-
-    def Scatter(self, sendbuf, recvbuf, root=0):
-        if not self._try_rooted(sendbuf, recvbuf, root, True):
-            self.general.Scatter(sendbuf, recvbuf, root)
-
-    cdef bint _try_rooted(self, object sendbuf, object recvbuf, object root,
-                          bint scatter) except -1:
-        """Gather or Scatter of numpy arrays whose blocks fit the eager limit:
-        as the general algorithms, block i travels between the root and rank
-        i once (same tag), so ranks may mix the two paths."""
-        cdef cnp.ndarray whole, mine
-        cdef Py_ssize_t total, block
-        cdef long r, i, size = self.size
-        cdef long tag = self.scatter_tag if scatter else self.gather_tag
-        if type(root) is not int or size < 2:
-            return False
-        r = root
-        if r < 0 or r >= size:
-            return False
-        # The root's whole buffer is the send buffer of a scatter, the receive
-        # buffer of a gather; the other side is one block (or IN_PLACE).
-        if self.rank != r:
-            if not self._plain_array(recvbuf if scatter else sendbuf, scatter):
-                return False
-            mine = <cnp.ndarray>(recvbuf if scatter else sendbuf)
-            block = cnp.PyArray_NBYTES(mine)
-            if <uint64_t>block > self.eager_limit:
-                return False
-            if scatter:
-                if self.fast.recv_ptr(<char *>cnp.PyArray_DATA(mine), block, r, tag,
-                                      self.fast.spins) < 0:
-                    self.recv_slow(mine, r, tag)
-            elif not self.fast.send_ptr(<const char *>cnp.PyArray_DATA(mine), block, r, tag):
-                self.send_slow(mine, r, tag)
-            return True
-        if not self._plain_array(sendbuf if scatter else recvbuf, not scatter):
-            return False
-        whole = <cnp.ndarray>(sendbuf if scatter else recvbuf)
-        total = cnp.PyArray_NBYTES(whole)
-        if total % size:
-            return False
-        block = total // size
-        if <uint64_t>block > self.eager_limit:
-            return False
-        own = recvbuf if scatter else sendbuf
-        if own is not self.in_place:
-            if not self._plain_array(own, scatter):
-                return False
-            mine = <cnp.ndarray>own
-            if cnp.PyArray_TYPE(mine) != cnp.PyArray_TYPE(whole) \
-                    or cnp.PyArray_NBYTES(mine) != block:
-                return False
-            if scatter:
-                memmove(cnp.PyArray_DATA(mine), <char *>cnp.PyArray_DATA(whole) + r * block, block)
-            else:
-                memmove(<char *>cnp.PyArray_DATA(whole) + r * block, cnp.PyArray_DATA(mine), block)
-        for i in range(size):
-            if i == r:
-                continue
-            if scatter:
-                if not self.fast.send_ptr(<const char *>cnp.PyArray_DATA(whole) + i * block,
-                                          block, i, tag):
-                    self.send_slow(memoryview(whole).cast("B")[i * block:(i + 1) * block], i, tag)
-            elif self.fast.recv_ptr(<char *>cnp.PyArray_DATA(whole) + i * block, block, i, tag,
-                                    self.fast.spins) < 0:
-                self.recv_slow(memoryview(whole).cast("B")[i * block:(i + 1) * block], i, tag)
-        return True
-
-    cdef int _exchange(self, cnp.ndarray out, Py_ssize_t out_at, cnp.ndarray into,
-                       Py_ssize_t in_at, Py_ssize_t n, long dest, long source,
-                       long tag) except -1:
-        """Sendrecv of one block (eager: send, then receive), as the general
-        algorithms do it; each half falls back to the twin's own call."""
-        if not self.fast.send_ptr(<const char *>cnp.PyArray_DATA(out) + out_at, n, dest, tag):
-            self.send_slow(memoryview(out).cast("B")[out_at:out_at + n], dest, tag)
-        if self.fast.recv_ptr(<char *>cnp.PyArray_DATA(into) + in_at, n, source, tag,
-                              self.fast.spins) < 0:
-            self.recv_slow(memoryview(into).cast("B")[in_at:in_at + n], source, tag)
         return 0
 
-    cdef bint _plain_array(self, object obj, bint writable):
-        cdef cnp.ndarray arr
-        cdef int num
-        if type(obj) is not cnp.ndarray:
-            return False
-        arr = <cnp.ndarray>obj
-        num = cnp.PyArray_TYPE(arr)
-        return ((num <= cnp.NPY_CLONGDOUBLE or num == cnp.NPY_FLOAT16)
-                and cnp.PyArray_IS_C_CONTIGUOUS(arr) and cnp.PyArray_ISNOTSWAPPED(arr)
-                and (not writable or cnp.PyArray_ISWRITEABLE(arr)))
+    def Reduce(self, sendbuf, recvbuf, op=None, root=0):
+        if op is None:
+            op = self.default_op
+        if not self._try_reduce(sendbuf, recvbuf, op, root):
+            self.general.Reduce(sendbuf, recvbuf, op, root)
 
-    cdef bint _try_blocks(self, object sendbuf, object recvbuf, bint alltoall) except -1:
-        """Allgather (ring) or Alltoall (pairwise exchange) of numpy arrays
-        whose blocks fit the eager limit: the general algorithms' steps,
-        partners and tags, so ranks may mix the two paths."""
-        cdef cnp.ndarray recv, send
-        cdef Py_ssize_t total, block
-        cdef long size = self.size, rank = self.rank, step, dest, source
-        if size < 2 or not self._plain_array(recvbuf, True):
+    cdef bint _try_reduce(self, object sendbuf, object recvbuf, object op, object root) except -1:
+        cdef Span send, recv
+        cdef long r
+        cdef char *acc
+        cdef bint at_root
+        if type(root) is not int or self.size < 2:
             return False
-        recv = <cnp.ndarray>recvbuf
-        total = cnp.PyArray_NBYTES(recv)
-        if total % size:
+        r = root
+        if r < 0 or r >= self.size:
             return False
-        block = total // size
-        if <uint64_t>block > self.eager_limit:
+        at_root = self.rank == r
+        if not self._reduction(sendbuf, recvbuf, op, &send, &recv, at_root):
             return False
-        if sendbuf is self.in_place:
-            send = recv.copy() if alltoall else None
-        elif self._plain_array(sendbuf, False):
-            send = <cnp.ndarray>sendbuf
-            if cnp.PyArray_TYPE(send) != cnp.PyArray_TYPE(recv) \
-                    or cnp.PyArray_NBYTES(send) != (total if alltoall else block):
+        try:
+            if not self._small(send.nbytes):
                 return False
-        else:
-            return False
-        if send is not None:
-            memmove(<char *>cnp.PyArray_DATA(recv) + rank * block,
-                    <const char *>cnp.PyArray_DATA(send) + (rank * block if alltoall else 0),
-                    block)
-        if alltoall:
-            for step in range(1, size):
-                dest = (rank + step) % size
-                source = (rank - step + size) % size
-                self._exchange(send, dest * block, recv, source * block, block, dest, source,
-                               self.alltoall_tag)
-        else:
-            dest = (rank + 1) % size
-            source = (rank - 1 + size) % size
-            for step in range(size - 1):
-                self._exchange(recv, ((rank - step + size) % size) * block, recv,
-                               ((rank - step - 1 + 2 * size) % size) * block, block, dest,
-                               source, self.allgather_tag)
-        return True
+            acc = self._scratch(0, send.nbytes)
+            memcpy(acc, send.data, send.nbytes)
+            self._tree_reduce(acc, self._scratch(1, send.nbytes), send.nbytes,
+                              <int>self._op_code(op), send.typ, r, self.reduce_tag)
+            if at_root:
+                memcpy(recv.data, acc, send.nbytes)
+            return True
+        finally:
+            _close(&send)
+            if at_root:
+                _close(&recv)
 
     def Allreduce(self, sendbuf, recvbuf, op=None):
         if op is None:
@@ -436,47 +537,409 @@ cdef class SmallCollectives:
         if not self._try_allreduce(sendbuf, recvbuf, op):
             self.general.Allreduce(sendbuf, recvbuf, op)
 
-    cdef int _type_code(self, cnp.ndarray arr):
-        cdef int num = cnp.PyArray_TYPE(arr)
-        cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(arr)
-        if num == cnp.NPY_DOUBLE:
-            return T_F64
-        if num == cnp.NPY_FLOAT:
-            return T_F32
-        if num == cnp.NPY_INT or num == cnp.NPY_LONG or num == cnp.NPY_LONGLONG:
-            return T_I64 if item == 8 else (T_I32 if item == 4 else 0)
-        return 0
-
     cdef bint _try_allreduce(self, object sendbuf, object recvbuf, object op) except -1:
-        cdef cnp.ndarray recv, send
+        """The general algorithm: ranks past the largest power of two fold
+        into their even neighbours, recursive doubling, the result back."""
+        cdef Span send, recv
+        cdef long size = self.size, rank = self.rank, pof2 = 1, extra, newrank, mask
+        cdef long newpartner, partner
+        cdef Py_ssize_t n, count
+        cdef int code, typ
+        cdef char *acc
+        cdef char *tmp
+        if size < 2 or not self._reduction(sendbuf, recvbuf, op, &send, &recv, True):
+            return False
+        try:
+            n = recv.nbytes
+            if not self._small(n):
+                return False
+            code = <int>self._op_code(op)
+            typ = recv.typ
+            count = n // _item_bytes(typ)
+            acc = recv.data
+            if send.data != acc:
+                memmove(acc, send.data, n)
+            tmp = self._scratch(1, n)
+            while pof2 * 2 <= size:
+                pof2 *= 2
+            extra = size - pof2
+            if rank < 2 * extra:
+                if rank % 2 == 0:
+                    self._send(acc, n, rank + 1, self.allreduce_tag)
+                    newrank = -1
+                else:
+                    self._recv(tmp, n, rank - 1, self.allreduce_tag)
+                    _combine(code, typ, acc, tmp, count, False)
+                    newrank = rank // 2
+            else:
+                newrank = rank - extra
+            if newrank >= 0:
+                mask = 1
+                while mask < pof2:
+                    newpartner = newrank ^ mask
+                    partner = newpartner * 2 + 1 if newpartner < extra else newpartner + extra
+                    self._send(acc, n, partner, self.allreduce_tag)
+                    self._recv(tmp, n, partner, self.allreduce_tag)
+                    _combine(code, typ, acc, tmp, count, newrank < newpartner)
+                    mask <<= 1
+            if rank < 2 * extra:
+                if rank % 2:
+                    self._send(acc, n, rank - 1, self.allreduce_tag)
+                else:
+                    self._recv(acc, n, rank + 1, self.allreduce_tag)
+            return True
+        finally:
+            _close(&send)
+            _close(&recv)
+
+    def Scan(self, sendbuf, recvbuf, op=None):
+        if op is None:
+            op = self.default_op
+        if not self._try_prefix(sendbuf, recvbuf, op, True):
+            self.general.Scan(sendbuf, recvbuf, op)
+
+    def Exscan(self, sendbuf, recvbuf, op=None):
+        if op is None:
+            op = self.default_op
+        if not self._try_prefix(sendbuf, recvbuf, op, False):
+            self.general.Exscan(sendbuf, recvbuf, op)
+
+    cdef bint _try_prefix(self, object sendbuf, object recvbuf, object op,
+                          bint inclusive) except -1:
+        """The general algorithm's recursive-doubling prefix: `partial` is
+        the reduction over this rank's subcube, `result` over the ranks
+        below it (and itself when inclusive)."""
+        cdef Span send, recv
+        cdef long size = self.size, rank = self.rank, mask, partner
+        cdef long tag = self.scan_tag if inclusive else self.exscan_tag
+        cdef Py_ssize_t n, count
+        cdef int code, typ
+        cdef bint have_result = inclusive
+        cdef char *partial
+        cdef char *tmp
+        cdef char *result
+        if size < 2 or not self._reduction(sendbuf, recvbuf, op, &send, &recv, True):
+            return False
+        try:
+            n = recv.nbytes
+            if not self._small(n):
+                return False
+            code = <int>self._op_code(op)
+            typ = recv.typ
+            count = n // _item_bytes(typ)
+            partial = self._scratch(0, n)
+            tmp = self._scratch(1, n)
+            result = self._scratch(2, n)
+            memcpy(partial, send.data, n)
+            if inclusive:
+                memcpy(result, send.data, n)
+            mask = 1
+            while mask < size:
+                partner = rank ^ mask
+                if partner < size:
+                    self._send(partial, n, partner, tag)
+                    self._recv(tmp, n, partner, tag)
+                    if partner < rank:
+                        _combine(code, typ, partial, tmp, count, False)
+                        if have_result:
+                            _combine(code, typ, result, tmp, count, False)
+                        else:
+                            memcpy(result, tmp, n)
+                            have_result = True
+                    else:
+                        _combine(code, typ, partial, tmp, count, True)
+                mask <<= 1
+            if have_result:     # Exscan leaves rank 0's buffer untouched
+                memcpy(recv.data, result, n)
+            return True
+        finally:
+            _close(&send)
+            _close(&recv)
+
+    def Reduce_scatter_block(self, sendbuf, recvbuf, op=None):
+        if op is None:
+            op = self.default_op
+        if not self._try_reduce_scatter(sendbuf, recvbuf, None, op):
+            self.general.Reduce_scatter_block(sendbuf, recvbuf, op)
+
+    def Reduce_scatter(self, sendbuf, recvbuf, recvcounts=None, op=None):
+        if op is None:
+            op = self.default_op
+        if recvcounts is None or not self._try_reduce_scatter(sendbuf, recvbuf, recvcounts, op):
+            self.general.Reduce_scatter(sendbuf, recvbuf, recvcounts, op)
+
+    cdef bint _try_reduce_scatter(self, object sendbuf, object recvbuf, object counts,
+                                  object op) except -1:
+        """The general algorithm: reduce everything to rank 0 (binomial
+        tree), which sends each rank its block.  counts None: equal blocks."""
+        cdef Span send, recv
+        cdef long size = self.size, rank = self.rank, i
+        cdef Py_ssize_t total, item, start, mine = 0, c
         cdef int typ
-        cdef object code
-        cdef Py_ssize_t nbytes
-        if self.size < 2 or (self.size & (self.size - 1)) or type(recvbuf) is not cnp.ndarray:
+        cdef char *acc
+        if size < 2 or sendbuf is self.in_place or self._op_code(op) is None:
             return False
-        recv = <cnp.ndarray>recvbuf
-        nbytes = cnp.PyArray_NBYTES(recv)
-        if <uint64_t>nbytes > self.eager_limit or not cnp.PyArray_IS_C_CONTIGUOUS(recv) \
-                or not cnp.PyArray_ISWRITEABLE(recv) or not cnp.PyArray_ISNOTSWAPPED(recv):
+        if counts is not None and ((type(counts) is not list and type(counts) is not tuple)
+                                   or len(counts) != size):
             return False
-        typ = self._type_code(recv)
-        if typ == 0:
+        if not self._open(recvbuf, True, &recv):
             return False
-        code = self._op_code(op)
-        if code is None:
+        if not self._open(sendbuf, False, &send):
+            _close(&recv)
             return False
-        if sendbuf is not self.in_place:
-            if type(sendbuf) is not cnp.ndarray:
+        try:
+            typ = send.typ
+            if typ == 0 or recv.key != send.key:
                 return False
-            send = <cnp.ndarray>sendbuf
-            # Same type and element count is what MPI asks; shapes may differ.
-            if cnp.PyArray_TYPE(send) != cnp.PyArray_TYPE(recv) \
-                    or cnp.PyArray_NBYTES(send) != nbytes \
-                    or not cnp.PyArray_IS_C_CONTIGUOUS(send) or not cnp.PyArray_ISNOTSWAPPED(send):
+            item = _item_bytes(typ)
+            total = send.length if send.nbytes < 0 else send.nbytes * (size if counts is None
+                                                                         else 1)
+            recv.nbytes = recv.length if recv.nbytes < 0 else recv.nbytes
+            if total > send.length or recv.nbytes > recv.length or total % item \
+                    or recv.nbytes % item or not self._small(total):
                 return False
-            memcpy(cnp.PyArray_DATA(recv), cnp.PyArray_DATA(send), nbytes)
-        if len(self.scratch) != nbytes:
-            self.scratch = bytearray(nbytes)
-        small_allreduce(self.fast, recv, self.scratch, <int>code, typ, self.rank, self.size,
-                        self.allreduce_tag, self.fast.spins, self.send_slow, self.recv_slow)
+            # Byte offset and length of every rank's block in the reduced data.
+            start = 0
+            for i in range(size):
+                if counts is None:
+                    c = total // size
+                else:
+                    if type(counts[i]) is not int or counts[i] < 0 or counts[i] > total:
+                        return False
+                    c = <Py_ssize_t>counts[i] * item
+                self.soff[i] = start
+                self.slen[i] = c
+                start += c
+            if start != total or self.slen[rank] != recv.nbytes:
+                return False
+            acc = self._scratch(0, total)
+            memcpy(acc, send.data, total)
+            self._tree_reduce(acc, self._scratch(1, total), total, <int>self._op_code(op), typ,
+                              0, self.reduce_scatter_tag)
+            if rank != 0:
+                self._recv(recv.data, recv.nbytes, 0, self.reduce_scatter_tag)
+                return True
+            for i in range(1, size):
+                self._send(acc + self.soff[i], self.slen[i], i, self.reduce_scatter_tag)
+            memcpy(recv.data, acc, self.slen[0])
+            return True
+        finally:
+            _close(&send)
+            _close(&recv)
+
+    # --- gather and scatter ----------------------------------------------------
+
+    def Gather(self, sendbuf, recvbuf, root=0):
+        if not self._try_rooted(sendbuf, recvbuf, root, False, False):
+            self.general.Gather(sendbuf, recvbuf, root)
+
+    def Scatter(self, sendbuf, recvbuf, root=0):
+        if not self._try_rooted(sendbuf, recvbuf, root, True, False):
+            self.general.Scatter(sendbuf, recvbuf, root)
+
+    def Gatherv(self, sendbuf, recvbuf, root=0):
+        if not self._try_rooted(sendbuf, recvbuf, root, False, True):
+            self.general.Gatherv(sendbuf, recvbuf, root)
+
+    def Scatterv(self, sendbuf, recvbuf, root=0):
+        if not self._try_rooted(sendbuf, recvbuf, root, True, True):
+            self.general.Scatterv(sendbuf, recvbuf, root)
+
+    cdef bint _try_rooted(self, object sendbuf, object recvbuf, object root,
+                          bint scatter, bint vector) except -1:
+        """Gather(v) or Scatter(v) whose blocks fit the eager limit: as the
+        general algorithms, block i travels between the root and rank i
+        once (same tag), so ranks may mix the two paths."""
+        cdef Span whole, mine
+        cdef Py_ssize_t total, block, n
+        cdef long r, i, size = self.size
+        cdef long tag = self.scatter_tag if scatter else self.gather_tag
+        cdef bint own
+        if type(root) is not int or size < 2:
+            return False
+        r = root
+        if r < 0 or r >= size:
+            return False
+        if self.rank != r:
+            # One block: the receive buffer of a scatter, the send buffer of a gather.
+            if not self._open(recvbuf if scatter else sendbuf, scatter, &mine):
+                return False
+            try:
+                n = mine.nbytes if mine.nbytes >= 0 else mine.length
+                if n > mine.length or not self._small(n):
+                    return False
+                if scatter:
+                    self._recv(mine.data, n, r, tag)
+                else:
+                    self._send(mine.data, n, r, tag)
+                return True
+            finally:
+                _close(&mine)
+        # The root's whole buffer: the send buffer of a scatter, the receive
+        # buffer of a gather; its own block is the other one (or IN_PLACE).
+        if vector:
+            if not self._open_v(sendbuf if scatter else recvbuf, not scatter, &whole,
+                                self.roff, self.rlen):
+                return False
+        else:
+            if not self._open(sendbuf if scatter else recvbuf, not scatter, &whole):
+                return False
+            if whole.nbytes >= 0:
+                block = whole.nbytes
+                total = block * size
+            else:
+                total = whole.length
+                block = total // size
+            if total > whole.length or total % size:
+                _close(&whole)
+                return False
+            for i in range(size):
+                self.roff[i] = i * block
+                self.rlen[i] = block
+        own = (recvbuf if scatter else sendbuf) is not self.in_place
+        try:
+            for i in range(size):
+                if not self._small(self.rlen[i]):
+                    return False
+            if own:
+                if not self._open(recvbuf if scatter else sendbuf, scatter, &mine):
+                    return False
+                try:
+                    n = mine.nbytes if mine.nbytes >= 0 else mine.length
+                    # As the general path: the root's block fits the other side.
+                    if n > mine.length or (n < self.rlen[r] if scatter else n > self.rlen[r]):
+                        return False
+                    if scatter:
+                        memmove(mine.data, whole.data + self.roff[r], self.rlen[r])
+                    else:
+                        memmove(whole.data + self.roff[r], mine.data, n)
+                finally:
+                    _close(&mine)
+            for i in range(size):
+                if i == r:
+                    continue
+                if scatter:
+                    self._send(whole.data + self.roff[i], self.rlen[i], i, tag)
+                else:
+                    self._recv(whole.data + self.roff[i], self.rlen[i], i, tag)
+            return True
+        finally:
+            _close(&whole)
+
+    # --- allgather and alltoall --------------------------------------------------
+
+    def Allgather(self, sendbuf, recvbuf):
+        if not self._try_blocks(sendbuf, recvbuf, False, False):
+            self.general.Allgather(sendbuf, recvbuf)
+
+    def Allgatherv(self, sendbuf, recvbuf):
+        if not self._try_blocks(sendbuf, recvbuf, False, True):
+            self.general.Allgatherv(sendbuf, recvbuf)
+
+    def Alltoall(self, sendbuf, recvbuf):
+        if not self._try_blocks(sendbuf, recvbuf, True, False):
+            self.general.Alltoall(sendbuf, recvbuf)
+
+    def Alltoallv(self, sendbuf, recvbuf):
+        if not self._try_blocks(sendbuf, recvbuf, True, True):
+            self.general.Alltoallv(sendbuf, recvbuf)
+
+    cdef bint _even_blocks(self, Span *s, Py_ssize_t *off, Py_ssize_t *length):
+        """Byte offsets and lengths of the `size` equal blocks of s (count
+        per block when the spec names one); False if they do not fit."""
+        cdef Py_ssize_t block, total, i
+        if s.nbytes >= 0:
+            block = s.nbytes
+            total = block * self.size
+        else:
+            total = s.length
+            block = total // self.size
+        if total > s.length or total % self.size:
+            return False
+        for i in range(self.size):
+            off[i] = i * block
+            length[i] = block
         return True
+
+    cdef bint _try_blocks(self, object sendbuf, object recvbuf, bint alltoall,
+                          bint vector) except -1:
+        """Allgather(v) (ring) or Alltoall(v) (pairwise exchange) whose blocks
+        fit the eager limit: the general algorithms' steps, partners and
+        tags, so ranks may mix the two paths."""
+        cdef Span recv, send
+        cdef long size = self.size, rank = self.rank, step, dest, source, i
+        cdef Py_ssize_t n
+        cdef char *copy
+        cdef bint in_place = sendbuf is self.in_place, have_send = False
+        if size < 2:
+            return False
+        if vector:
+            if not self._open_v(recvbuf, True, &recv, self.roff, self.rlen):
+                return False
+        else:
+            if not self._open(recvbuf, True, &recv):
+                return False
+            if not self._even_blocks(&recv, self.roff, self.rlen):
+                _close(&recv)
+                return False
+        try:
+            for i in range(size):
+                if not self._small(self.rlen[i]):
+                    return False
+            if not in_place:
+                if alltoall and vector:
+                    if not self._open_v(sendbuf, False, &send, self.soff, self.slen):
+                        return False
+                elif not self._open(sendbuf, False, &send):
+                    return False
+                have_send = True
+                if alltoall and not vector and not self._even_blocks(&send, self.soff,
+                                                                     self.slen):
+                    return False
+                if not alltoall:
+                    n = send.nbytes if send.nbytes >= 0 else send.length
+                    if n > send.length or n > self.rlen[rank]:
+                        return False
+                    memmove(recv.data + self.roff[rank], send.data, n)
+                    self.slen[rank] = n
+                else:
+                    for i in range(size):
+                        if not self._small(self.slen[i]):
+                            return False
+                    if self.slen[rank] > self.rlen[rank]:
+                        return False
+                    memmove(recv.data + self.roff[rank], send.data + self.soff[rank],
+                            self.slen[rank])
+            elif alltoall:
+                # The blocks are overwritten as they arrive: send from a copy.
+                n = 0
+                for i in range(size):
+                    if self.roff[i] + self.rlen[i] > n:
+                        n = self.roff[i] + self.rlen[i]
+                copy = self._scratch(2, n)
+                memcpy(copy, recv.data, n)
+                for i in range(size):
+                    self.soff[i] = self.roff[i]
+                    self.slen[i] = self.rlen[i]
+            if alltoall:
+                copy = send.data if have_send else PyByteArray_AS_STRING(self.part)
+                for step in range(1, size):
+                    dest = (rank + step) % size
+                    source = (rank - step + size) % size
+                    self._send(copy + self.soff[dest], self.slen[dest], dest, self.alltoall_tag)
+                    self._recv(recv.data + self.roff[source], self.rlen[source], source,
+                               self.alltoall_tag)
+            else:
+                dest = (rank + 1) % size
+                source = (rank - 1 + size) % size
+                for step in range(size - 1):
+                    i = (rank - step + size) % size
+                    self._send(recv.data + self.roff[i], self.rlen[i], dest, self.allgather_tag)
+                    i = (rank - step - 1 + 2 * size) % size
+                    self._recv(recv.data + self.roff[i], self.rlen[i], source,
+                               self.allgather_tag)
+            return True
+        finally:
+            if have_send:
+                _close(&send)
+            _close(&recv)

@@ -13,17 +13,25 @@ the exact MPI semantics of every predefined and user-defined op.
 
 Algorithms (p = number of ranks):
   barrier          dissemination, ceil(log2 p) rounds
-  bcast            binomial tree; from 8 MiB: segmented chain pipeline,
-                   so the root sends the message once
+  bcast            binomial tree; from 256 KiB on more than 2 ranks: the
+                   root stages the message once in its heap in the region,
+                   segment by segment, and every rank copies it straight
+                   out (zero-copy rendezvous); strict-align mode (no heap
+                   buffers) sends the same segments from the caller's buffer
   scatter/gather   linear from/to the root (each block travels once)
-  allgather        ring, p-1 steps
+  allgather        ring, p-1 steps; from 256 KiB blocks every rank stages
+                   its block in its heap and the others copy it out
   alltoall         pairwise exchange, p-1 steps
   reduce           binomial tree; non-commutative ops reduce in rank order
                    at rank 0 and forward the result to the root
   allreduce        recursive doubling (extra ranks folded in pairs), rank
-                   order preserved, so non-commutative ops are correct
+                   order preserved, so non-commutative ops are correct;
+                   from 256 KiB reduce-scatter then allgather through the
+                   heaps (each rank reduces one block in rank order)
   scan/exscan      recursive doubling prefix
-  reduce_scatter   reduce to rank 0, then scatter the blocks
+  reduce_scatter   reduce to rank 0, then scatter the blocks; from 256 KiB
+                   each rank reduces its own block through the heaps
+  (reduce from 256 KiB: that reduce-scatter, then the blocks to the root)
 The object (lowercase) reductions combine in rank order with ``op(a, b)``,
 as mpi4py does.
 """
@@ -33,7 +41,8 @@ from .lib import MPI
 
 from .buffers import (parse_send, parse_recv, parse_vbuf, is_in_place,
                       datatype_extent, packed_spec, packed_vspec)
-from .errors import BufferSpecError
+from ._fastcopy import buffer_span
+from .errors import BufferSpecError, IvmpiError
 
 _pickle = MPI.pickle
 
@@ -55,12 +64,24 @@ TAG_OBJ = 12
 # (ivmpi._fastcopy.SmallCollectives), which must use the same ones.
 COLLECTIVE_TAGS = {"Barrier": TAG_BARRIER, "Bcast": TAG_BCAST, "Scatter": TAG_SCATTER,
                    "Gather": TAG_GATHER, "Allgather": TAG_ALLGATHER, "Alltoall": TAG_ALLTOALL,
-                   "Reduce": TAG_REDUCE, "Allreduce": TAG_ALLREDUCE}
+                   "Reduce": TAG_REDUCE, "Allreduce": TAG_ALLREDUCE, "Scan": TAG_SCAN,
+                   "Exscan": TAG_EXSCAN, "Reduce_scatter": TAG_REDUCE_SCATTER}
 
-# Bcast switches from a binomial tree to a segmented pipeline at this size
-# (measured: at 1 MiB on 4 ranks the tree took 150-190 us, the chain 340-460).
+# The nonblocking Ibcast (ivmpi.nbcoll) switches from a binomial tree to a
+# segmented pipeline at this size (measured: at 1 MiB on 4 ranks the tree
+# took 150-190 us, the chain 340-460).
 PIPELINE_MIN_BYTES = 8 << 20
 PIPELINE_SEGMENT_BYTES = 128 * 1024
+
+# From this many bytes, Bcast (more than 2 ranks), Allgather (per block) and
+# Allreduce stage their data once in this rank's heap in the region, and
+# every other rank copies what it needs straight out of it (the zero-copy
+# rendezvous), instead of passing it on from ring to ring.
+REGION_MIN_BYTES = 256 * 1024
+# Bcast and Allgather stage and send in segments of at least this size (at
+# most 8 per message), so that receivers copy one segment out while the
+# sender stages the next.
+REGION_SEGMENT_BYTES = 1 << 20
 
 
 def _copy_object(obj):
@@ -83,6 +104,70 @@ class Collectives:
         self.p2p = p2p
         self.rank = p2p.Get_rank()
         self.size = p2p.Get_size()
+        self._staged = None         # this rank's staging buffer in its heap
+        self._scratch = None        # a private buffer large Allreduces reuse
+
+    def free(self):
+        """Free the hidden communicator and give the staging buffer back."""
+        if self._staged is not None:
+            engine = self.p2p._engine
+            with engine.lock:
+                engine.heap.release(self._staged)
+            self._staged = None
+        self.p2p.Free()
+
+    # --- the region's heap -------------------------------------------------
+
+    def _stage(self, mem):
+        """Where mem's bytes go so that receivers copy them straight out of
+        this rank's heap (the zero-copy rendezvous): None when mem is there
+        already (Alloc_mem) or nothing can be staged (strict-align mode, a
+        full heap, no region), else a heap buffer of len(mem) bytes."""
+        engine = getattr(self.p2p, "_engine", None)
+        heap = getattr(engine, "heap", None)
+        if heap is None or heap.mem.strict or not len(mem):
+            return None
+        if heap.used and heap.contains(*buffer_span(mem)) is not None:
+            return None
+        stage = self._staged
+        if stage is None or len(stage) < len(mem):
+            with engine.lock:
+                if stage is not None:
+                    heap.release(stage)
+                    self._staged = None
+                try:
+                    # Room to grow, so that sizes creeping up do not reallocate each time.
+                    self._staged = heap.alloc(1 << (len(mem) - 1).bit_length())
+                except IvmpiError:
+                    return None
+            stage = self._staged
+        return stage[:len(mem)]
+
+    def _in_region(self, mem):
+        """mem's bytes where receivers copy them straight out of the heap
+        (or mem itself, see _stage)."""
+        stage = self._stage(mem)
+        if stage is None:
+            return mem
+        stage[:] = mem
+        return stage
+
+    @staticmethod
+    def _segments(nbytes):
+        step = max(REGION_SEGMENT_BYTES, -(-nbytes // 8))
+        return [(start, min(start + step, nbytes)) for start in range(0, nbytes, step)]
+
+    def _send_staged(self, mem, dests, tag, requests):
+        """Send mem to every rank of dests, segment by segment, each segment
+        staged in the heap just before it goes."""
+        stage = self._stage(mem)
+        for start, end in self._segments(len(mem)):
+            if stage is None:
+                piece = mem[start:end]
+            else:
+                piece = stage[start:end]
+                piece[:] = mem[start:end]
+            requests += [self.p2p.Isend(piece, dest, tag) for dest in dests]
 
     # --- helpers ---------------------------------------------------------
 
@@ -126,10 +211,21 @@ class Collectives:
     def _bcast_bytes(self, mem, root):
         if self.size == 1:
             return
-        if len(mem) >= PIPELINE_MIN_BYTES and self.size > 2:
-            self._bcast_pipeline(mem, root)
+        if len(mem) >= REGION_MIN_BYTES and self.size > 2:
+            self._bcast_region(mem, root)
         else:
             self._bcast_binomial(mem, root)
+
+    def _bcast_region(self, mem, root):
+        # The root's data once in its heap; every rank copies it out at once.
+        requests = []
+        if self.rank != root:
+            for start, end in self._segments(len(mem)):
+                requests.append(self.p2p.Irecv(mem[start:end], root, TAG_BCAST))
+        else:
+            self._send_staged(mem, [i for i in range(self.size) if i != root], TAG_BCAST,
+                              requests)
+        self._wait_all(requests)
 
     def _bcast_binomial(self, mem, root):
         size = self.size
@@ -146,22 +242,6 @@ class Collectives:
             if vrank + mask < size:
                 requests.append(self.p2p.Isend(mem, (vrank + mask + root) % size, TAG_BCAST))
             mask >>= 1
-        self._wait_all(requests)
-
-    def _bcast_pipeline(self, mem, root):
-        # A chain root -> root+1 -> ...: every rank forwards segment k while
-        # receiving segment k+1, and each byte crosses each link once.
-        size = self.size
-        vrank = (self.rank - root) % size
-        prev = (self.rank - 1) % size
-        nxt = (self.rank + 1) % size if vrank + 1 < size else None
-        requests = []
-        for start in range(0, len(mem), PIPELINE_SEGMENT_BYTES):
-            segment = mem[start:start + PIPELINE_SEGMENT_BYTES]
-            if vrank:
-                self.p2p.Recv(segment, prev, TAG_BCAST)
-            if nxt is not None:
-                requests.append(self.p2p.Isend(segment, nxt, TAG_BCAST))
         self._wait_all(requests)
 
     def bcast(self, obj, root=0):
@@ -281,7 +361,10 @@ class Collectives:
         blocks = [recv.mem[i * block:(i + 1) * block] for i in range(size)]
         if not is_in_place(sendbuf):
             _check_block(blocks[rank], parse_send(sendbuf).mem, "Allgather")
-        self._ring_allgather(blocks)
+        if block >= REGION_MIN_BYTES:
+            self._region_allgather(blocks)
+        else:
+            self._ring_allgather(blocks)
 
     def Allgatherv(self, sendbuf, recvbuf):
         size, rank = self.size, self.rank
@@ -290,6 +373,20 @@ class Collectives:
         if not is_in_place(sendbuf):
             _check_block(blocks[rank], parse_send(sendbuf).mem, "Allgatherv")
         self._ring_allgather(blocks)
+
+    def _region_allgather(self, blocks):
+        # Every rank's block once in its heap; each rank copies the others'
+        # straight out of theirs.
+        size, rank = self.size, self.rank
+        requests = []
+        for j in range(size):
+            if j != rank:
+                block = blocks[j]
+                requests += [self.p2p.Irecv(block[start:end], j, TAG_ALLGATHER)
+                             for start, end in self._segments(len(block))]
+        self._send_staged(blocks[rank], [j for j in range(size) if j != rank], TAG_ALLGATHER,
+                          requests)
+        self._wait_all(requests)
 
     def _ring_allgather(self, blocks):
         # Step s: pass on the block that arrived in step s-1 (first our own).
@@ -409,14 +506,41 @@ class Collectives:
         self._check_root(root)
         data, recv, count, datatype = self._reduction_args(
             sendbuf, recvbuf, at_root=self.rank == root)
+        if self._region_sized(data, count, datatype):
+            self._region_reduce(data, recv, count, datatype, op, root)
+            return
         result = self._reduce_bytes(data, count, datatype, op, root, TAG_REDUCE)
         if recv is not None:
             recv.mem[:] = result
 
+    def _region_sized(self, data, count, datatype):
+        """Large enough for the reductions through the heaps (every rank
+        decides alike: the sizes are the same everywhere)."""
+        return (self.size > 1 and len(data) >= REGION_MIN_BYTES and count >= self.size
+                and len(data) == count * datatype_extent(datatype))
+
+    def _region_reduce(self, data, recv, count, datatype, op, root):
+        # Reduce-scatter through the heaps, then every block to the root.
+        size, rank = self.size, self.rank
+        extent = len(data) // count
+        bounds = [j * count // size * extent for j in range(size + 1)]
+        result = self._region_reduce_scatter(data, bounds, extent, datatype, op, TAG_REDUCE)
+        if rank != root:
+            self.p2p.Send(result, root, TAG_REDUCE)
+            return
+        out = recv.mem
+        requests = [self.p2p.Irecv(out[bounds[j]:bounds[j + 1]], j, TAG_REDUCE)
+                    for j in range(size) if j != rank]
+        out[bounds[rank]:bounds[rank + 1]] = result
+        self._wait_all(requests)
+
     def Allreduce(self, sendbuf, recvbuf, op=MPI.SUM):
         data, recv, count, datatype = self._reduction_args(sendbuf, recvbuf)
-        acc = bytearray(data)
         size, rank = self.size, self.rank
+        if self._region_sized(data, count, datatype):
+            self._region_allreduce(data, recv.mem, count, datatype, op)
+            return
+        acc = bytearray(data)
         tmp = bytearray(len(acc))
         # Fold the ranks beyond the largest power of two into their even
         # neighbours, so recursive doubling runs on 2**k ranks; every rank's
@@ -454,12 +578,79 @@ class Collectives:
                 self.p2p.Recv(acc, rank + 1, TAG_ALLREDUCE)
         recv.mem[:] = acc
 
+    def _region_allreduce(self, data, out, count, datatype, op):
+        """Reduce-scatter, then allgather, each rank reading straight out of
+        the others' heaps: the others copy each rank's result block from
+        its heap."""
+        size, rank = self.size, self.rank
+        extent = len(data) // count
+        bounds = [j * count // size * extent for j in range(size + 1)]
+        result = self._region_reduce_scatter(data, bounds, extent, datatype, op, TAG_ALLREDUCE)
+        out = memoryview(out)
+        requests = [self.p2p.Irecv(out[bounds[j]:bounds[j + 1]], j, TAG_ALLREDUCE)
+                    for j in range(size) if j != rank]
+        requests += [self.p2p.Isend(result, j, TAG_ALLREDUCE) for j in range(size) if j != rank]
+        self._wait_all(requests)
+        out[bounds[rank]:bounds[rank + 1]] = result
+
+    def _region_reduce_scatter(self, data, bounds, extent, datatype, op, tag):
+        """Rank r reduces bytes [bounds[r], bounds[r+1]) of every rank's
+        input, in rank order (non-commutative ops stay right), reading the
+        others' parts straight out of their heaps; returns that result block
+        (in this rank's heap when its input was staged there)."""
+        size, rank = self.size, self.rank
+        lo, hi = bounds[rank], bounds[rank + 1]
+        mine = hi - lo
+        # The others' parts of my block arrive in a reused private buffer
+        # (fresh memory would cost a page fault per page on every call).
+        if self._scratch is None or len(self._scratch) < mine * size:
+            self._scratch = bytearray(mine * size)
+        scratch = memoryview(self._scratch)
+        parts = [None] * size
+        requests = []
+        for j in range(size):
+            if j != rank:
+                parts[j] = scratch[j * mine:(j + 1) * mine]
+                requests.append(self.p2p.Irecv(parts[j], j, tag))
+        # Each peer's block staged and sent in turn, starting with the next
+        # rank's, so that every peer has one to copy early.
+        staged = self._stage(data)
+        for step in range(1, size):
+            j = (rank + step) % size
+            piece = memoryview(data)[bounds[j]:bounds[j + 1]]
+            if staged is not None:
+                staged[bounds[j]:bounds[j + 1]] = piece
+                piece = staged[bounds[j]:bounds[j + 1]]
+            requests.append(self.p2p.Isend(piece, j, tag))
+        self._wait_all(requests)
+        parts[rank] = memoryview(data)[lo:hi]
+        # Every peer has read its blocks of the staged input: the result
+        # block goes where this rank's own block was (or privately when
+        # nothing is staged, since data may be the caller's send buffer).
+        result = staged[lo:hi] if staged is not None else scratch[rank * mine:(rank + 1) * mine]
+        n = mine // extent
+        result[:] = parts[size - 1]
+        if n:
+            for j in range(size - 2, -1, -1):       # result = x_j op result
+                op.Reduce_local([parts[j], n, datatype], [result, n, datatype])
+        return result
+
     def _prefix(self, sendbuf, recvbuf, op, inclusive, tag):
         data, recv, count, datatype = self._reduction_args(sendbuf, recvbuf)
         size, rank = self.size, self.rank
-        partial = bytearray(data)          # reduction over my whole subcube so far
-        result = bytearray(data) if inclusive else None
-        tmp = bytearray(len(partial))
+        # Three buffers of the message's size in one reused private buffer
+        # (fresh large ones would cost a page fault per page every call).
+        n = len(data)
+        if self._scratch is None or len(self._scratch) < 3 * n:
+            self._scratch = bytearray(3 * n)
+        scratch = memoryview(self._scratch)
+        partial = scratch[:n]              # reduction over my whole subcube so far
+        tmp = scratch[n:2 * n]
+        result = scratch[2 * n:3 * n]      # over the ranks below me (and me when inclusive)
+        partial[:] = data
+        have_result = inclusive
+        if inclusive:
+            result[:] = data
         mask = 1
         while mask < size:
             partner = rank ^ mask
@@ -467,15 +658,16 @@ class Collectives:
                 self._sendrecv(partial, partner, tmp, partner, tag)
                 if partner < rank:
                     self._combine(op, tmp, partial, count, datatype)
-                    if result is None:
-                        result = bytearray(tmp)
-                    else:
+                    if have_result:
                         self._combine(op, tmp, result, count, datatype)
+                    else:
+                        result[:] = tmp
+                        have_result = True
                 else:
                     self._combine(op, partial, tmp, count, datatype)
                     partial, tmp = tmp, partial
             mask <<= 1
-        if result is not None:  # Exscan leaves rank 0's buffer untouched
+        if have_result:     # Exscan leaves rank 0's buffer untouched
             recv.mem[:] = result
 
     def Scan(self, sendbuf, recvbuf, op=MPI.SUM):
@@ -540,6 +732,13 @@ class Collectives:
     def _reduce_then_scatter(self, data, counts, datatype, extent, op, target):
         size, rank = self.size, self.rank
         total = sum(counts)
+        if size > 1 and len(data) >= REGION_MIN_BYTES and len(data) == total * extent:
+            bounds = [0]
+            for c in counts:
+                bounds.append(bounds[-1] + c * extent)
+            target[:] = self._region_reduce_scatter(data, bounds, extent, datatype, op,
+                                                    TAG_REDUCE_SCATTER)
+            return
         result = self._reduce_bytes(data, total, datatype, op, 0, TAG_REDUCE_SCATTER)
         if rank != 0:
             self.p2p.Recv(target, 0, TAG_REDUCE_SCATTER)

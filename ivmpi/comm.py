@@ -48,6 +48,12 @@ def _predefined_extents():
 
 _SMALL_OP_CODES = None
 
+# The blocking collectives SmallCollectives takes in one Cython call.
+_SMALL_COLLECTIVES = (
+    "Barrier", "barrier", "Bcast", "bcast", "Gather", "Gatherv", "Scatter", "Scatterv",
+    "Allgather", "Allgatherv", "Alltoall", "Alltoallv", "Reduce", "Allreduce", "Scan", "Exscan",
+    "Reduce_scatter", "Reduce_scatter_block")
+
 
 def _small_op_codes():
     """Handle -> small-collective code of the predefined ops SUM/PROD/MAX/MIN."""
@@ -250,9 +256,9 @@ class Comm(_MPI.Comm):
         self.irecv = fast.irecv
         self.send, self.recv = fast.send_object, fast.recv_object
         if small is not None:
-            self.Barrier, self.Allreduce, self.Reduce = small.Barrier, small.Allreduce, small.Reduce
-            self.Bcast, self.Gather, self.Scatter = small.Bcast, small.Gather, small.Scatter
-            self.Allgather, self.Alltoall = small.Allgather, small.Alltoall
+            small.lock_of = self._lock
+            for name in _SMALL_COLLECTIVES:
+                setattr(self, name, getattr(small, name))
 
     # mpi4py's handle conversions give ivmpi's communicator over a handle
     # that has one (a new object for it, of its class), else mpi4py's.
@@ -646,9 +652,9 @@ class Comm(_MPI.Comm):
             lock = locks[name] = _MPI._comm_lock(self, name)
         return lock
 
-    # Barrier, Bcast, Gather, Scatter, Allgather, Alltoall, Reduce and
-    # Allreduce: each instance binds SmallCollectives' versions (see
-    # __init__), which take the common small cases in one Cython call; the
+    # The blocking collectives of _SMALL_COLLECTIVES: each instance binds
+    # SmallCollectives' versions (see __init__), which take the common
+    # cases in one Cython call; the
     # methods here serve hidden communicators and unbound calls.
 
     def Barrier(self):
@@ -865,7 +871,7 @@ class Comm(_MPI.Comm):
         if "_fast" in self.__dict__:    # a communicator with region state
             self._fast.enabled = False
         if self._coll is not None:      # its collectives are gone with it
-            self._coll.p2p.Free()
+            self._coll.free()
 
     def Disconnect(self):
         self.Free()

@@ -138,7 +138,7 @@ def _bcast_buffer(kind, n, fill):
     if kind == "count spec":
         big = np.concatenate([data, np.full(3, -7.0)])
         return [big, n, MPI.DOUBLE], big[:n]
-    if kind == "memoryview":                 # not taken by the one-call path
+    if kind == "memoryview":
         return memoryview(data), data
     raw = bytearray(data.tobytes())
     return raw, np.frombuffer(raw, dtype="f8")
@@ -214,13 +214,13 @@ def test_reduce_in_place_and_mixed_paths(comm):
 @pytest.mark.parametrize("in_place", [False, True])
 def test_allgather_and_alltoall_mixing_paths(comm, per_rank, in_place):
     """numpy arrays take the one-call path up to the eager limit per block;
-    ranks passing [buf, datatype] take the general one; both agree with
+    ranks passing [buf, typechar] take the general one; both agree with
     Open MPI."""
     size, rank = comm.size, comm.rank
     general = rank % 2 == 1
 
     def spec(arr):
-        return [arr, MPI.DOUBLE] if general else arr
+        return [arr, "d"] if general else arr  # a type character: the general path
 
     def check(name, outgoing, got):
         """Run collective `name` with our spec (IN_PLACE: `got` holds the input)."""
@@ -241,12 +241,12 @@ def test_allgather_and_alltoall_mixing_paths(comm, per_rank, in_place):
 @pytest.mark.parametrize("per_rank", [1, 8192, 8193])
 @pytest.mark.parametrize("in_place", [False, True])
 def test_gather_and_scatter_mixing_paths(comm, per_rank, in_place):
-    """Every root; odd ranks pass [buf, datatype] specs (general path), the
+    """Every root; odd ranks pass [buf, typechar] specs (general path), the
     others numpy arrays (one call up to the eager limit per block)."""
     size, rank = comm.size, comm.rank
 
     def spec(arr):
-        return [arr, MPI.DOUBLE] if rank % 2 else arr
+        return [arr, "d"] if rank % 2 else arr  # a type character: the general path
 
     for root in range(size):
         mine = np.arange(per_rank, dtype="f8") + 1000 * rank + root
