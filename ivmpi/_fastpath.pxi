@@ -18,6 +18,7 @@ from cpython.buffer cimport PyObject_CheckBuffer
 
 FAST_NOT_HANDLED = -1
 FAST_NOTHING_YET = -2
+NOT_HANDLED = object()      # the general path's turn (an object-returning fast path)
 
 cimport numpy as cnp
 from libc.string cimport strchr
@@ -159,6 +160,19 @@ cdef class FastPath:
     cdef public dict comm_rank_of          # world rank -> communicator rank
     cdef long next_any                    # where the next ANY_SOURCE scan starts
     cdef public EngineLock lock           # the engine's
+    # Synchronous sends and acknowledgements: the engine's send ids (by
+    # world rank) and table of sends awaiting an ACK, its _post (queues a
+    # frame behind others to the same peer) and the engine itself (probes
+    # leave the work to it while nonblocking collectives are running).
+    cdef public list send_ids
+    cdef public dict awaiting_ack
+    cdef public object engine_post, engine, wait_op
+    cdef public object general_Ssend, general_Issend, general_ssend, general_issend
+    cdef public object general_Iprobe, general_Probe, general_Improbe, general_Mprobe
+    cdef public object new_message, new_incoming
+    cdef long found_source, found_size    # what the last fast probe found
+    cdef int32_t found_tag
+    cdef object found_message
 
     def __cinit__(self, list tx, list rx, list posted, list unexpected, set backlog,
                   uint32_t context, uint64_t eager_limit, dict extents=None):
@@ -233,6 +247,12 @@ cdef class FastPath:
             self.lock.leave()
 
     cdef bint _send(self, object buf, long dest, long tag) except -1:
+        return self._publish(buf, dest, tag, 1, 0)
+
+    cdef bint _publish(self, object buf, long dest, long tag, uint32_t kind,
+                       uint64_t b) except -1:
+        """Publish buf to dest as one frame of kind (EAGER or EAGER_SYNC
+        with send id b); False: use the general path."""
         cdef Py_buffer view
         cdef int done
         cdef object ring
@@ -252,7 +272,7 @@ cdef class FastPath:
                 nbytes = length
             if <uint64_t>nbytes > self.eager_limit or nbytes > length or nbytes % extent:
                 return False
-            return (<TxRing>ring).write_frame(1, <int32_t>tag, self.context, 0, 0, data,
+            return (<TxRing>ring).write_frame(kind, <int32_t>tag, self.context, 0, b, data,
                                               <uint64_t>nbytes) == 1
         if not _pin(buf, False, &view):
             return False
@@ -261,7 +281,7 @@ cdef class FastPath:
                 nbytes = view.len
             if <uint64_t>nbytes > self.eager_limit or nbytes > view.len or nbytes % extent:
                 return False
-            done = (<TxRing>ring).write_frame(1, <int32_t>tag, self.context, 0, 0,
+            done = (<TxRing>ring).write_frame(kind, <int32_t>tag, self.context, 0, b,
                                               <const char *>view.buf, <uint64_t>nbytes)
         finally:
             PyBuffer_Release(&view)
@@ -387,7 +407,7 @@ cdef class FastPath:
         if n:
             rx.copy_out(dst, n)
         self.last_tag = rx.tag
-        rx.consume()
+        self._consume(rx)
         return n
 
     def send_object(self, obj, long dest, long tag=0):
@@ -411,9 +431,306 @@ cdef class FastPath:
         # An empty message (a buffer send of nothing) is None, as mpi4py has it.
         return self.loads(data) if len(data) else None
 
+    cdef int _consume(self, RxRing rx) except -1:
+        """Release the delivered frame at the head of rx (from communicator
+        rank last_source); a synchronous send is acknowledged: it matched."""
+        cdef uint32_t kind = rx.kind
+        cdef uint64_t send_id = rx.b
+        rx.consume()
+        if kind == 2:
+            self._ack(self.last_source, send_id)
+        return 0
+
+    cdef int _ack(self, long rank, object send_id) except -1:
+        """The ACK of send_id to communicator rank `rank`, behind any frame
+        already queued for it (the engine's queue when the ring is full)."""
+        ring = self.tx[rank]
+        if not self.backlog and ring is not None \
+                and (<TxRing>ring).write_frame(6, 0, 0, 0, send_id, NULL, 0) == 1:
+            return 0
+        self.engine_post(self.world_ranks[rank], (6, 0, 0, 0, send_id, None, 0, 0, None))
+        return 0
+
+    # --- synchronous sends ------------------------------------------------
+
+    cdef object _ssend(self, object buf, long dest, long tag, bint wait):
+        """Publish buf to dest as one EAGER_SYNC frame.  True: acknowledged
+        already (wait: the ACK is polled for a while); a SendOp: published,
+        its ACK awaited through the engine (registered in awaiting_ack);
+        None: use the general path."""
+        cdef long world
+        cdef SendOp op
+        if not self.lock.enter():
+            return None
+        try:
+            if not self.enabled or dest < 0 or dest >= self.size or tag < 0 or tag > _TAG_UB \
+                    or self.backlog or self.tx[dest] is None:
+                return None
+            world = self.world_ranks[dest]
+            send_id = self.send_ids[world]
+            if not self._publish(buf, dest, tag, 2, send_id):
+                return None
+            self.send_ids[world] = send_id + 1
+            if wait and self._acked(dest, send_id):
+                return True
+            op = SendOp.__new__(SendOp)
+            op.peer = world
+            op.tag = tag
+            op.context = self.context
+            op.sync = True
+            op.send_id = send_id
+            op.offset = 0
+            op.state = "awaiting ack"
+            op.scope = self.scope
+            self.awaiting_ack[(world, send_id)] = op
+            return op
+        finally:
+            self.lock.leave()
+
+    cdef bint _acked(self, long dest, object send_id) except -1:
+        """Poll dest's ring for the ACK of send_id; True once taken.  Stops
+        at any other frame (the engine's progress then handles it first)."""
+        cdef int i, polls = self.spins if self.spins >= 0 else -self.spins
+        cdef RxRing rx = <RxRing>self.rx[dest]
+        cdef uint64_t want = send_id
+        for i in range(polls):
+            if rx.poll():
+                if rx.kind == 6 and rx.b == want:
+                    rx.consume()
+                    return True
+                return False
+            if self.spins >= 0:
+                rg_relax()
+            else:
+                sched_yield()
+        return False
+
+    def Ssend(self, buf, long dest, long tag=0):
+        done = self._ssend(buf, dest, tag, True)
+        if done is None:
+            self.general_Ssend(buf, dest, tag)
+        elif done is not True:
+            self.wait_op(done, "Ssend")
+
+    def Issend(self, buf, long dest, long tag=0):
+        op = self._ssend(buf, dest, tag, False)
+        if op is None:
+            return self.general_Issend(buf, dest, tag)
+        return self.new_request(self.comm, op, None, "Issend")
+
+    def ssend_object(self, obj, long dest, long tag=0):
+        data = self.dumps(obj)
+        done = self._ssend(data, dest, tag, True)
+        if done is None:
+            self.general_ssend(data, dest, tag)
+        elif done is not True:
+            self.wait_op(done, "ssend")
+
+    def issend_object(self, obj, long dest, long tag=0):
+        data = self.dumps(obj)
+        op = self._ssend(data, dest, tag, False)
+        if op is None:
+            return self.general_issend(data, dest, tag)
+        return self.new_request(self.comm, op, None, "issend")
+
+    # --- probes -----------------------------------------------------------
+
+    cdef long _peek(self, long source, long tag, Py_ssize_t *index) except -3:
+        """What a probe of (source, tag) finds now, taking nothing (the lock
+        is held): 1, the unexpected message at *index; 2, the eager frame at
+        the head of ring last_source; 0, nothing, and every ring is empty
+        (so no progress is owed); FAST_NOT_HANDLED: the engine must look."""
+        cdef int k, j
+        cdef object ring
+        if not self.enabled or not self._valid_receive(source, tag) or self.backlog \
+                or self.engine.schedules:
+            return FAST_NOT_HANDLED
+        if self.unexpected:
+            index[0] = self._unexpected_match(source if source >= 0 else -1, tag)
+            if index[0] >= 0:
+                return 1
+        if source >= 0:
+            ring = self.rx[source]
+            if ring is None:
+                return FAST_NOT_HANDLED
+            if (<RxRing>ring).poll():
+                if not self._wanted(<RxRing>ring, tag) or self._posted_takes(<RxRing>ring):
+                    return FAST_NOT_HANDLED
+                self.last_source = source
+                return 2
+        else:
+            for k in range(self.size):
+                j = (self.next_any + k) % self.size
+                ring = self.rx[j]
+                if ring is not None and (<RxRing>ring).poll():
+                    if not self._wanted(<RxRing>ring, tag) or self._posted_takes(<RxRing>ring):
+                        return FAST_NOT_HANDLED
+                    self.last_source = j
+                    return 2
+        # Frames from anyone else (other communicators too) need the
+        # engine's progress, which a probe loop must make.
+        if first_ready(self.engine.rx_list, 0) >= 0:
+            return FAST_NOT_HANDLED
+        return 0
+
+    cdef long _probe(self, long source, long tag, int spins, bint take) except -3:
+        """_peek, polling up to |spins| times while nothing has arrived.
+        What was found is recorded (found_source, found_tag, found_size) and,
+        with take, removed from matching into found_message, all under the
+        lock, so another thread cannot take it in between."""
+        cdef long found = FAST_NOT_HANDLED
+        cdef Py_ssize_t i = -1
+        cdef int k, polls = spins if spins >= 0 else -spins
+        cdef RxRing rx
+        if not self.lock.enter():
+            return FAST_NOT_HANDLED
+        try:
+            for k in range(polls if polls > 0 else 1):
+                found = self._peek(source, tag, &i)
+                if found != 0:
+                    break
+                if spins >= 0:
+                    rg_relax()
+                else:
+                    sched_yield()
+            if found == 1:
+                msg = self.unexpected[i]
+                self.found_source = self.comm_rank_of[msg.source]
+                self.found_tag = msg.tag
+                self.found_size = msg.size
+                if take:
+                    del self.unexpected[i]
+                    self.found_message = msg
+            elif found == 2:
+                rx = <RxRing>self.rx[self.last_source]
+                self.found_source = self.last_source
+                self.found_tag = rx.tag
+                self.found_size = rx.length
+                if take:
+                    self.found_message = self.new_incoming(
+                        rx.peer, rx.tag, rx.context, rx.length, rx.payload(), rx.b, rx.kind)
+                    rx.consume()
+            return found
+        finally:
+            self.lock.leave()
+
+    def Iprobe(self, source=None, tag=None, status=None):
+        if source is None:
+            source = self.any_source
+        if tag is None:
+            tag = self.any_tag
+        cdef long found = self._probe(source, -1 if tag == self.any_tag else tag, 0, False)
+        if found < 0:
+            return self.general_Iprobe(source, tag, status)
+        if found == 0:
+            return False
+        if status is not None:
+            self.fill_status(status, self.found_source, self.found_tag, self.found_size)
+        return True
+
+    def Probe(self, source=None, tag=None, status=None):
+        if source is None:
+            source = self.any_source
+        if tag is None:
+            tag = self.any_tag
+        cdef long found = self._probe(source, -1 if tag == self.any_tag else tag,
+                                      self.spins, False)
+        if found <= 0:
+            return self.general_Probe(source, tag, status)
+        if status is not None:
+            self.fill_status(status, self.found_source, self.found_tag, self.found_size)
+        return True
+
+    cdef object _mprobe(self, long source, long tag, int spins, object status):
+        """A matched probe's message (a Message), None when nothing was
+        found, NOT_HANDLED for the general path."""
+        cdef long found = self._probe(source, tag, spins, True)
+        if found <= 0:
+            return None if found == 0 else NOT_HANDLED
+        msg = self.found_message
+        self.found_message = None
+        if status is not None:
+            self.fill_status(status, self.found_source, self.found_tag, self.found_size)
+        return self.new_message(self.comm, msg)
+
+    def Improbe(self, source=None, tag=None, status=None):
+        if source is None:
+            source = self.any_source
+        if tag is None:
+            tag = self.any_tag
+        msg = self._mprobe(source, -1 if tag == self.any_tag else tag, 0, status)
+        if msg is NOT_HANDLED:
+            return self.general_Improbe(source, tag, status)
+        return msg
+
+    def Mprobe(self, source=None, tag=None, status=None):
+        if source is None:
+            source = self.any_source
+        if tag is None:
+            tag = self.any_tag
+        msg = self._mprobe(source, -1 if tag == self.any_tag else tag, self.spins, status)
+        if msg is None or msg is NOT_HANDLED:
+            return self.general_Mprobe(source, tag, status)
+        return msg
+
+    def recv_message(self, buf, incoming, status):
+        """Message.Recv of an eager message a matched probe took: straight
+        into buf.  False: use the general path (it also reports a buffer
+        too small)."""
+        cdef Py_buffer view
+        cdef Py_ssize_t extent, capacity, n
+        if (incoming.kind != 1 and incoming.kind != 2) or incoming.self_send is not None \
+                or type(incoming.data) is not bytearray:
+            return False
+        data = incoming.data
+        n = len(data)
+        buf = self._plain(buf, &extent, &capacity)
+        if buf is None or not _pin(buf, True, &view):
+            return False
+        try:
+            if capacity < 0:
+                capacity = view.len
+            if capacity > view.len or n > capacity or capacity % extent or n % extent:
+                return False
+            if not self._settle(incoming):
+                return False
+            if n:
+                memcpy(view.buf, PyByteArray_AS_STRING(data), n)
+        finally:
+            PyBuffer_Release(&view)
+        if status is not None:
+            self.fill_status(status, self.comm_rank_of[incoming.source], incoming.tag, n)
+        return True
+
+    def take_message(self, incoming, status):
+        """Message.recv of an eager message a matched probe took: True when
+        its payload (incoming.data) is the object's pickle, acknowledged
+        and its status filled; False: use the general path."""
+        if (incoming.kind != 1 and incoming.kind != 2) or incoming.self_send is not None \
+                or type(incoming.data) is not bytearray:
+            return False
+        if not self._settle(incoming):
+            return False
+        if status is not None:
+            self.fill_status(status, self.comm_rank_of[incoming.source], incoming.tag,
+                             len(incoming.data))
+        return True
+
+    cdef bint _settle(self, object incoming) except -1:
+        """A matched message is being received: acknowledge a synchronous one."""
+        if incoming.kind != 2:
+            return True
+        if not self.lock.enter():
+            return False
+        try:
+            self._ack(self.comm_rank_of[incoming.source], incoming.send_id)
+        finally:
+            self.lock.leave()
+        return True
+
     cdef bint _wanted(self, RxRing rx, long tag):
         # An over-limit eager frame is left to the engine, which reports it.
-        return (rx.kind == 1 and rx.context == self.context and rx.tag >= 0
+        return ((rx.kind == 1 or rx.kind == 2) and rx.context == self.context and rx.tag >= 0
                 and (tag < 0 or rx.tag == tag) and rx.length <= self.eager_limit)
 
     cdef bint _posted_takes(self, RxRing rx):
@@ -452,7 +769,8 @@ cdef class FastPath:
         if i < 0:
             return None
         msg = self.unexpected[i]
-        if msg.kind != 1 or msg.self_send is not None or type(msg.data) is not bytearray \
+        if (msg.kind != 1 and msg.kind != 2) or msg.self_send is not None \
+                or type(msg.data) is not bytearray \
                 or msg.source not in self.comm_rank_of:
             return None
         return msg
@@ -465,6 +783,8 @@ cdef class FastPath:
         del self.unexpected[i]
         self.last_source = self.comm_rank_of[msg.source]
         self.last_tag = msg.tag
+        if msg.kind == 2:
+            self._ack(self.last_source, msg.send_id)
         return True
 
     cdef object _ready_ring(self, long source, long tag, int spins):
@@ -557,7 +877,7 @@ cdef class FastPath:
             if n:
                 rx.copy_out(data, n)
             self.last_tag = rx.tag
-            rx.consume()
+            self._consume(rx)
             return <long>n
         if not _pin(buf, True, &view):
             return FAST_NOT_HANDLED
@@ -569,7 +889,7 @@ cdef class FastPath:
             if n:
                 rx.copy_out(<char *>view.buf, n)
             self.last_tag = rx.tag
-            rx.consume()
+            self._consume(rx)
         finally:
             PyBuffer_Release(&view)
         return <long>n
@@ -631,7 +951,7 @@ cdef class FastPath:
         if rx.length:
             rx.copy_out(<char *>out, rx.length)
         self.last_tag = rx.tag
-        rx.consume()
+        self._consume(rx)
         return out
 
 

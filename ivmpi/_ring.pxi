@@ -504,21 +504,27 @@ cdef inline bint _accepts_head(RecvOp op, RxRing rx):
             and (op.tag == -1 or op.tag == rx.tag))
 
 
-def deliver_eager(RxRing rx, list posted, uint64_t eager_limit):
-    return _deliver_eager(rx, posted, eager_limit)
+def deliver_eager(RxRing rx, list posted, uint64_t eager_limit, TxRing tx=None):
+    return _deliver_eager(rx, posted, eager_limit, tx)
 
 
-cdef bint _deliver_eager(RxRing rx, list posted, uint64_t eager_limit) except -1:
+cdef bint _deliver_eager(RxRing rx, list posted, uint64_t eager_limit, TxRing tx) except -1:
     """The engine's commonest step in one call: the EAGER frame at the head
     of rx goes straight into the first posted receive that matches it (MPI
-    order), which completes.  Returns False, touching nothing, for anything
-    else (another kind, a synchronous send, no match, a payload that would
-    not fit, a bad tag or length): the engine's general
-    handler then deals with the frame and reports what is wrong with it."""
+    order), which completes.  With tx (the ring back to rx's peer, nothing
+    queued for it) an EAGER_SYNC frame is delivered too, and acknowledged
+    on tx.  Returns False, touching nothing, for anything else (another
+    kind, no match, a payload that would not fit, a bad tag or length, no
+    room for the ACK): the engine's general handler then deals with the
+    frame and reports what is wrong with it."""
     cdef Py_ssize_t i, n
     cdef RecvOp op
     cdef Py_buffer view
-    if not rx.ready or rx.kind != 1 or rx.tag < 0 or rx.length > eager_limit:
+    cdef bint sync
+    if not rx.ready or rx.tag < 0 or rx.length > eager_limit:
+        return False
+    sync = rx.kind == 2
+    if not (rx.kind == 1 or (sync and tx is not None)):
         return False
     n = len(posted)
     for i in range(n):
@@ -526,13 +532,20 @@ cdef bint _deliver_eager(RxRing rx, list posted, uint64_t eager_limit) except -1
         if not _accepts_head(op, rx):
             continue
         if op.mem is None:                  # an object receive: keep the bytes
+            if sync and not tx.write_frame(6, 0, 0, 0, rx.b, NULL, 0):
+                return False
             op.data = rx.payload()
-        elif rx.length:
+        else:
             PyObject_GetBuffer(op.mem, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
             try:
                 if <uint64_t>view.len < rx.length:
                     return False
-                rx.copy_out(<char *>view.buf, rx.length)
+                # The ACK goes first, once nothing can fail: the payload
+                # stays in the ring until consumed, so the sender may go on.
+                if sync and not tx.write_frame(6, 0, 0, 0, rx.b, NULL, 0):
+                    return False
+                if rx.length:
+                    rx.copy_out(<char *>view.buf, rx.length)
             finally:
                 PyBuffer_Release(&view)
         del posted[i]
@@ -547,20 +560,28 @@ cdef bint _deliver_eager(RxRing rx, list posted, uint64_t eager_limit) except -1
 
 
 def poll_eager(EngineLock lock, RxRing rx, list posted, uint64_t eager_limit, set backlog,
-               RecvOp op):
-    """A wait's round for a receive from rx's peer, in one call when only
-    eager frames for posted receives arrive: they are delivered (under the
-    lock) until op is done.  1: something was delivered, 0: nothing
-    arrived, -1: the engine's own round is needed (another thread holds
-    the lock, frames wait to be sent, or the next frame is something else)."""
+               Op op, TxRing tx=None, dict awaiting_ack=None):
+    """A wait's round for an operation with rx's peer, in one call when only
+    eager frames for posted receives (synchronous ones acknowledged on tx)
+    and acknowledgements of sends in awaiting_ack arrive: they are handled
+    (under the lock) until op is done.  1: something was handled, 0: nothing
+    arrived, -1: the engine's own round is needed (another thread holds the
+    lock, frames wait to be sent, or the next frame is something else)."""
     cdef int moved = 0
+    cdef SendOp acked
     if not lock.enter():
         return -1
     try:
         if backlog:
             return -1
         while not op.done and rx.poll():
-            if not _deliver_eager(rx, posted, eager_limit):
+            if rx.kind == 6 and awaiting_ack is not None:
+                acked = awaiting_ack.pop((rx.peer, rx.b), None)
+                if acked is None:
+                    return -1           # the engine reports the stray ACK
+                rx.consume()
+                acked.done = True
+            elif not _deliver_eager(rx, posted, eager_limit, tx):
                 return -1
             moved = 1
         return moved

@@ -15,7 +15,7 @@ from ._fastcopy import SMALL_OPS, FastPath, SmallCollectives
 from .buffers import parse_recv, parse_send
 from .collectives import COLLECTIVE_TAGS, Collectives
 from .engine import ANY_SOURCE as _ENGINE_ANY_SOURCE
-from .engine import SendOp
+from .engine import Incoming, SendOp
 from .errors import IvmpiError
 from .nbcoll import NonblockingCollectives
 from .topo import TopologyConstructors
@@ -218,6 +218,13 @@ class Comm(_MPI.Comm):
         fast.engine_irecv = engine.irecv
         fast.general_Isend, fast.sent_op = self._general_Isend, _SENT
         fast.general_irecv, fast.unpickle_op = self._general_irecv, self._unpickle_op
+        fast.send_ids, fast.awaiting_ack = engine.next_send_id, engine.awaiting_ack
+        fast.engine_post, fast.engine, fast.wait_op = engine._post, engine, engine.wait
+        fast.general_Ssend, fast.general_Issend = self._general_Ssend, self._general_Issend
+        fast.general_ssend, fast.general_issend = self._general_ssend, self._general_issend
+        fast.general_Iprobe, fast.general_Probe = self._general_Iprobe, self._general_Probe
+        fast.general_Improbe, fast.general_Mprobe = self._general_Improbe, self._general_Mprobe
+        fast.new_message, fast.new_incoming = Message, Incoming
         self._shared = None
         if handle:
             _BY_HANDLE[self.handle] = self
@@ -243,6 +250,12 @@ class Comm(_MPI.Comm):
         self.Send, self.Recv, self.Isend, self.Irecv = fast.Send, fast.Recv, fast.Isend, fast.Irecv
         self.irecv = fast.irecv
         self.send, self.recv = fast.send_object, fast.recv_object
+        self.Ssend, self.Issend = fast.Ssend, fast.Issend
+        self.ssend, self.issend = fast.ssend_object, fast.issend_object
+        self.Iprobe = self.iprobe = fast.Iprobe
+        self.Probe = self.probe = fast.Probe
+        self.Improbe = self.improbe = fast.Improbe
+        self.Mprobe = self.mprobe = fast.Mprobe
         if small is not None:
             self.Barrier, self.Allreduce, self.Reduce = small.Barrier, small.Allreduce, small.Reduce
             self.Bcast, self.Gather, self.Scatter = small.Bcast, small.Gather, small.Scatter
@@ -356,6 +369,9 @@ class Comm(_MPI.Comm):
                                  "Isend")
 
     def Issend(self, buf, dest, tag=0):
+        return self._fast.Issend(buf, dest, tag)
+
+    def _general_Issend(self, buf, dest, tag):
         return self._isend_bytes(parse_send(buf, rank=dest, holes=True).mem, dest, tag, True,
                                  "Issend")
 
@@ -378,6 +394,9 @@ class Comm(_MPI.Comm):
                           "Send").Wait()
 
     def Ssend(self, buf, dest, tag=0):
+        self._fast.Ssend(buf, dest, tag)
+
+    def _general_Ssend(self, buf, dest, tag):
         self._isend_bytes(parse_send(buf, rank=dest, holes=True).mem, dest, tag, True,
                           "Ssend").Wait()
 
@@ -492,7 +511,14 @@ class Comm(_MPI.Comm):
 
     # --- probes ---------------------------------------------------------------
 
+    # Iprobe/Probe/Improbe/Mprobe: each instance binds FastPath's versions
+    # (see _bind_fast), which peek at the rings in one call and fall back
+    # to the _general_* methods; the methods below do the same unbound.
+
     def Iprobe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None):
+        return self._fast.Iprobe(source, tag, status)
+
+    def _general_Iprobe(self, source, tag, status):
         self._check_live()
         if source == PROC_NULL:
             fill_status(status, PROC_NULL, ANY_TAG, 0)
@@ -505,6 +531,9 @@ class Comm(_MPI.Comm):
         return True
 
     def Probe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None):
+        return self._fast.Probe(source, tag, status)
+
+    def _general_Probe(self, source, tag, status):
         self._wait_for(lambda: self.Iprobe(source, tag, status), f"Probe from {_peer_name(source)}")
         return True
 
@@ -512,6 +541,9 @@ class Comm(_MPI.Comm):
     probe = Probe
 
     def Improbe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None):
+        return self._fast.Improbe(source, tag, status)
+
+    def _general_Improbe(self, source, tag, status):
         self._check_live()
         if source == PROC_NULL:
             fill_status(status, PROC_NULL, ANY_TAG, 0)
@@ -525,6 +557,9 @@ class Comm(_MPI.Comm):
         return Message(self, msg)
 
     def Mprobe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None):
+        return self._fast.Mprobe(source, tag, status)
+
+    def _general_Mprobe(self, source, tag, status):
         found = []
 
         def attempt():
@@ -558,7 +593,10 @@ class Comm(_MPI.Comm):
         return self._isend_bytes(memoryview(data), dest, tag, False, "isend")
 
     def issend(self, obj, dest, tag=0):
-        return self._isend_bytes(memoryview(_pickle.dumps(obj)), dest, tag, True, "issend")
+        return self._fast.issend_object(obj, dest, tag)
+
+    def _general_issend(self, data, dest, tag):
+        return self._isend_bytes(memoryview(data), dest, tag, True, "issend")
 
     ibsend = isend
 
@@ -569,7 +607,10 @@ class Comm(_MPI.Comm):
         self._isend_bytes(memoryview(data), dest, tag, False, "send").wait()
 
     def ssend(self, obj, dest, tag=0):
-        self.issend(obj, dest, tag).wait()
+        self._fast.ssend_object(obj, dest, tag)
+
+    def _general_ssend(self, data, dest, tag):
+        self._general_issend(data, dest, tag).wait()
 
     bsend = send
 

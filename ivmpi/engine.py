@@ -533,12 +533,14 @@ class Engine:
         if op.done:
             return
         peer = op.peer
-        specific = (type(op) is RecvOp and peer is not None and 0 <= peer < self.size
-                    and peer != self.rank)
+        # A receive from a known source, or a synchronous send awaiting its
+        # acknowledgement: only that peer's ring matters.
+        specific = ((type(op) is RecvOp or (type(op) is SendOp and op.sync))
+                    and peer is not None and 0 <= peer < self.size and peer != self.rank)
         if specific:
-            # The commonest case, inline: the eager message is next in the ring.
+            # The commonest case, inline: the eager message (or the ACK) is next in the ring.
             if poll_eager(self.lock, self.rx[peer], self.posted, self.eager_limit, self.backlog,
-                          op) < 0:
+                          op, self.tx[peer], self.awaiting_ack) < 0:
                 self.poll_peer(peer, op)
             if op.done:
                 return
@@ -564,12 +566,14 @@ class Engine:
         spin, yield_rounds = self.spin_rounds, self.yield_rounds
         lock, posted, limit, backlog = self.lock, self.posted, self.eager_limit, self.backlog
         rx = self.rx[peer] if peer is not None else None
+        tx = self.tx[peer] if peer is not None else None
+        awaiting_ack = self.awaiting_ack
         mark = since = None
         while True:
             # A receive from a known source first polls only that peer; once
             # idle, everything is progressed, so that no peer starves.
             if peer is not None and idle < spin:
-                moved = poll_eager(lock, rx, posted, limit, backlog, ops[0])
+                moved = poll_eager(lock, rx, posted, limit, backlog, ops[0], tx, awaiting_ack)
                 if moved < 0:
                     moved = self.poll_peer(peer, ops[0])
             else:
