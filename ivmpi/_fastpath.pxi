@@ -977,3 +977,40 @@ def region_memoryview(Mapping mem, Py_ssize_t offset, Py_ssize_t length):
         raise _BufferSpecError(f"bytes [{offset}, {offset}+{length}) are outside the region "
                                f"of {mem.size} bytes")
     return memoryview(<object>mem._view.obj).cast("B")[offset:offset + length]
+
+
+@cython.final
+cdef class PersistentStart:
+    """Start of one round of a persistent point-to-point request, set up
+    once at init: `mem` is the parsed buffer (a contiguous byte view), so a
+    round is one call here, returning the engine operation and decoder as
+    Prequest wants them.  A round the fast path cannot take (ring full,
+    queued frames, PROC_NULL, a bad rank or tag) runs `general` instead.
+
+    mode: 0 send, 1 synchronous send, 2 receive."""
+    cdef FastPath fast
+    cdef object mem
+    cdef long peer, tag
+    cdef int mode
+    cdef object general
+
+    def __cinit__(self, FastPath fast, object mem, long peer, long tag, int mode, general):
+        self.fast = fast
+        self.mem = mem
+        self.peer = peer
+        self.tag = tag
+        self.mode = mode
+        self.general = general
+
+    def __call__(self):
+        cdef FastPath fast = self.fast
+        if self.mode == 0:
+            if fast.send(self.mem, self.peer, self.tag):
+                return fast.sent_op, None
+        elif self.mode == 1:
+            op = fast._ssend(self.mem, self.peer, self.tag, False)
+            if op is not None:
+                return op, None
+        elif fast._postable(self.peer, self.tag):
+            return fast._post_receive(self.peer, self.tag, self.mem), None
+        return self.general()

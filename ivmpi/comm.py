@@ -10,7 +10,7 @@ import weakref
 
 from .lib import MPI as _MPI
 
-from ._fastcopy import SMALL_OPS, FastPath, SmallCollectives
+from ._fastcopy import SMALL_OPS, FastPath, PersistentStart, SmallCollectives
 
 from .buffers import parse_recv, parse_send
 from .collectives import COLLECTIVE_TAGS, Collectives
@@ -470,6 +470,11 @@ class Comm(_MPI.Comm):
 
     def Sendrecv_replace(self, buf, dest, sendtag=0, source=ANY_SOURCE, recvtag=ANY_TAG,
                          status=None):
+        # An eager send takes its bytes from buf at once: the reply may then
+        # land in it (as Sendrecv, sending first cannot deadlock).
+        if self._fast.send(buf, dest, sendtag):
+            self.Recv(buf, source, recvtag, status)
+            return
         self._check_send_args(dest, sendtag, "Sendrecv_replace")
         # mpi4py's rule: the buffer is read for the receiving peer, or for
         # the sending one when that is PROC_NULL.
@@ -494,6 +499,10 @@ class Comm(_MPI.Comm):
             if b.pack is not None:
                 b.pack()    # the data as they are now, at each start
             return self._isend_bytes(b.mem, dest, tag, sync, what)._op, None
+        if b.pack is None and "_fast" in self.__dict__:
+            # Parsed once: each Start is one call that publishes the frame.
+            return Prequest(self, PersistentStart(self._fast, b.mem, dest, tag, int(sync), start),
+                            description)
         return Prequest(self, start, description)
 
     Bsend_init = Send_init
@@ -507,6 +516,10 @@ class Comm(_MPI.Comm):
             return req._op, None
         if b.unpack is not None:
             return UnpackingPrequest(self, start, b.unpack, "persistent receive")
+        if "_fast" in self.__dict__:
+            # Each Start posts the receive in one call.
+            return Prequest(self, PersistentStart(self._fast, b.mem, source, tag, 2, start),
+                            "persistent receive")
         return Prequest(self, start, "persistent receive")
 
     # --- probes ---------------------------------------------------------------
