@@ -168,6 +168,7 @@ cdef class FastPath:
     cdef public dict awaiting_ack
     cdef public object engine_post, engine, wait_op
     cdef public object general_Ssend, general_Issend, general_ssend, general_issend
+    cdef public object general_isend
     cdef public object general_Iprobe, general_Probe, general_Improbe, general_Mprobe
     cdef public object new_message, new_incoming
     cdef long found_source, found_size    # what the last fast probe found
@@ -525,6 +526,13 @@ cdef class FastPath:
             self.general_ssend(data, dest, tag)
         elif done is not True:
             self.wait_op(done, "ssend")
+
+    def isend_object(self, obj, long dest, long tag=0):
+        """A small object is sent at once: the request is born complete."""
+        data = self.dumps(obj)
+        if self.send(data, dest, tag):
+            return self.new_request(self.comm, self.sent_op, None, "isend")
+        return self.general_isend(data, dest, tag)
 
     def issend_object(self, obj, long dest, long tag=0):
         data = self.dumps(obj)

@@ -222,6 +222,7 @@ class Comm(_MPI.Comm):
         fast.engine_post, fast.engine, fast.wait_op = engine._post, engine, engine.wait
         fast.general_Ssend, fast.general_Issend = self._general_Ssend, self._general_Issend
         fast.general_ssend, fast.general_issend = self._general_ssend, self._general_issend
+        fast.general_isend = self._general_isend
         fast.general_Iprobe, fast.general_Probe = self._general_Iprobe, self._general_Probe
         fast.general_Improbe, fast.general_Mprobe = self._general_Improbe, self._general_Mprobe
         fast.new_message, fast.new_incoming = Message, Incoming
@@ -251,6 +252,12 @@ class Comm(_MPI.Comm):
         self.irecv = fast.irecv
         self.send, self.recv = fast.send_object, fast.recv_object
         self.Ssend, self.Issend = fast.Ssend, fast.Issend
+        # Buffered and ready sends are standard ones here (an eager send
+        # never waits for the receiver; see docs/api.md).
+        self.Bsend = self.Rsend = fast.Send
+        self.Ibsend = self.Irsend = fast.Isend
+        self.bsend = fast.send_object
+        self.isend = self.ibsend = fast.isend_object
         self.ssend, self.issend = fast.ssend_object, fast.issend_object
         self.Iprobe = self.iprobe = fast.Iprobe
         self.Probe = self.probe = fast.Probe
@@ -600,9 +607,9 @@ class Comm(_MPI.Comm):
         return _pickle.loads(op.data)
 
     def isend(self, obj, dest, tag=0):
-        data = _pickle.dumps(obj)
-        if self._fast.send(data, dest, tag):       # small: out at once, as Isend
-            return Request(self, _SENT, what="isend")
+        return self._fast.isend_object(obj, dest, tag)
+
+    def _general_isend(self, data, dest, tag):
         return self._isend_bytes(memoryview(data), dest, tag, False, "isend")
 
     def issend(self, obj, dest, tag=0):
