@@ -69,10 +69,11 @@ cdef bint _direct(object obj, bint writable, char **data, Py_ssize_t *length) no
     return False
 
 
-cdef object _byte_view(object obj, Py_ssize_t nbytes, Py_ssize_t extent):
-    """A writable flat byte memoryview of obj's first nbytes (all when
-    nbytes < 0, which must be a multiple of extent), or None when obj is not
-    a writable C-contiguous buffer of plain numbers."""
+cdef object _byte_view(object obj, Py_ssize_t nbytes, Py_ssize_t extent,
+                       Py_ssize_t offset=0):
+    """A writable flat byte memoryview of obj's nbytes from offset (the rest
+    when nbytes < 0; a multiple of extent), or None when obj is not a
+    writable C-contiguous buffer of plain numbers or they do not fit."""
     cdef object view
     cdef Py_buffer *info
     try:
@@ -87,11 +88,10 @@ cdef object _byte_view(object obj, Py_ssize_t nbytes, Py_ssize_t extent):
             view = view.cast("B")
         except (TypeError, ValueError):
             return None
-    if nbytes >= 0:
-        if nbytes > len(view) or nbytes % extent:
-            return None
-        if nbytes != len(view):
-            view = view[:nbytes]
+    if not _span(len(view), extent, offset, &nbytes):
+        return None
+    if offset or nbytes != len(view):
+        view = view[offset:offset + nbytes]
     return view
 
 
@@ -116,6 +116,20 @@ cdef int _pin(object obj, bint writable, Py_buffer *view) except -1:
         PyBuffer_Release(view)
         return 0
     return 1
+
+cdef inline bint _span(Py_ssize_t length, Py_ssize_t extent, Py_ssize_t offset,
+                       Py_ssize_t *nbytes) noexcept:
+    """Does [offset, offset + nbytes) lie in a buffer of length bytes and
+    hold whole elements of extent bytes?  nbytes -1 (the rest of the buffer)
+    is set to that size.  False: the general path reports what is wrong."""
+    if offset > length:
+        return False
+    if nbytes[0] < 0:
+        nbytes[0] = length - offset
+    elif nbytes[0] > length - offset:
+        return False
+    return nbytes[0] % extent == 0
+
 
 cdef enum:
     _TAG_UB = 0x7fffffff
@@ -238,6 +252,54 @@ cdef class FastPath:
         extent[0] = <Py_ssize_t>entry
         return spec[0]
 
+    cdef object _plain_at(self, object spec, Py_ssize_t *extent, Py_ssize_t *nbytes,
+                          Py_ssize_t *offset):
+        """The buffer of spec if it names a contiguous run of a predefined
+        datatype in it, in any of mpi4py's forms: buf, [buf, datatype],
+        [buf, count, datatype], [buf, (count, displ), datatype],
+        [buf, count, displ, datatype]; else None.
+
+        nbytes is set to the message size (count * extent), or -1 for "from
+        offset to the end of the buffer"; offset to displ * extent (bytes).
+        Whether they fit the buffer is for _span to check.
+        """
+        cdef object entry, count = None, displ = None
+        cdef Py_ssize_t n
+        extent[0] = 1
+        nbytes[0] = -1
+        offset[0] = 0
+        if PyObject_CheckBuffer(spec):
+            return spec
+        if type(spec) is not list and type(spec) is not tuple:
+            return None
+        n = len(spec)
+        if n == 2:
+            entry = self._extent_of(spec[1])
+        elif n == 3:
+            entry = self._extent_of(spec[2])
+            count = spec[1]
+            if type(count) is tuple or type(count) is list:
+                if len(count) != 2:
+                    return None
+                count, displ = count[0], count[1]
+        elif n == 4:
+            entry = self._extent_of(spec[3])
+            count, displ = spec[1], spec[2]
+        else:
+            return None
+        if entry is None or not PyObject_CheckBuffer(spec[0]):
+            return None
+        if count is not None:
+            if type(count) is not int or count < 0:
+                return None
+            nbytes[0] = <Py_ssize_t>count * <Py_ssize_t>entry
+        if displ is not None:
+            if type(displ) is not int or displ < 0:
+                return None
+            offset[0] = <Py_ssize_t>displ * <Py_ssize_t>entry
+        extent[0] = <Py_ssize_t>entry
+        return spec[0]
+
     cpdef bint send(self, object buf, long dest, long tag) except -1:
         """Publish buf to dest as one EAGER frame; False: use the general path."""
         if not self.lock.enter():
@@ -257,33 +319,30 @@ cdef class FastPath:
         cdef Py_buffer view
         cdef int done
         cdef object ring
-        cdef Py_ssize_t extent, nbytes, length
+        cdef Py_ssize_t extent, nbytes, offset, length
         cdef char *data
         if not self.enabled or dest < 0 or dest >= self.size or tag < 0 or tag > _TAG_UB:
             return False
         if self.backlog:
             return False
-        buf = self._plain(buf, &extent, &nbytes)
+        buf = self._plain_at(buf, &extent, &nbytes, &offset)
         ring = self.tx[dest]
         if ring is None or buf is None:
             return False
         if _direct(buf, False, &data, &length) and length < _NOGIL_MIN:
             # Small: the copy keeps the GIL, so nothing can free the memory meanwhile.
-            if nbytes < 0:
-                nbytes = length
-            if <uint64_t>nbytes > self.eager_limit or nbytes > length or nbytes % extent:
+            if not _span(length, extent, offset, &nbytes) or <uint64_t>nbytes > self.eager_limit:
                 return False
-            return (<TxRing>ring).write_frame(kind, <int32_t>tag, self.context, 0, b, data,
-                                              <uint64_t>nbytes) == 1
+            return (<TxRing>ring).write_frame(kind, <int32_t>tag, self.context, 0, b,
+                                              data + offset, <uint64_t>nbytes) == 1
         if not _pin(buf, False, &view):
             return False
         try:
-            if nbytes < 0:
-                nbytes = view.len
-            if <uint64_t>nbytes > self.eager_limit or nbytes > view.len or nbytes % extent:
+            if not _span(view.len, extent, offset, &nbytes) \
+                    or <uint64_t>nbytes > self.eager_limit:
                 return False
             done = (<TxRing>ring).write_frame(kind, <int32_t>tag, self.context, 0, b,
-                                              <const char *>view.buf, <uint64_t>nbytes)
+                                              <const char *>view.buf + offset, <uint64_t>nbytes)
         finally:
             PyBuffer_Release(&view)
         return done == 1
@@ -318,14 +377,14 @@ cdef class FastPath:
         operation directly.  Anything unusual (PROC_NULL, a bad rank or tag,
         a buffer spec that is not plain) takes the general path, which
         handles and reports it."""
-        cdef Py_ssize_t extent, nbytes
+        cdef Py_ssize_t extent, nbytes, offset
         if source is None:
             source = self.any_source
         if tag is None:
             tag = self.any_tag
         if self._postable(source, tag):
-            plain = self._plain(buf, &extent, &nbytes)
-            mem = None if plain is None else _byte_view(plain, nbytes, extent)
+            plain = self._plain_at(buf, &extent, &nbytes, &offset)
+            mem = None if plain is None else _byte_view(plain, nbytes, extent, offset)
             if mem is not None:
                 return self.new_request(self.comm, self._post_receive(source, tag, mem), None,
                                         ("Irecv", "from", source))
@@ -686,24 +745,22 @@ cdef class FastPath:
         into buf.  False: use the general path (it also reports a buffer
         too small)."""
         cdef Py_buffer view
-        cdef Py_ssize_t extent, capacity, n
+        cdef Py_ssize_t extent, capacity, n, offset
         if (incoming.kind != 1 and incoming.kind != 2) or incoming.self_send is not None \
                 or type(incoming.data) is not bytearray:
             return False
         data = incoming.data
         n = len(data)
-        buf = self._plain(buf, &extent, &capacity)
+        buf = self._plain_at(buf, &extent, &capacity, &offset)
         if buf is None or not _pin(buf, True, &view):
             return False
         try:
-            if capacity < 0:
-                capacity = view.len
-            if capacity > view.len or n > capacity or capacity % extent or n % extent:
+            if not _span(view.len, extent, offset, &capacity) or n > capacity or n % extent:
                 return False
             if not self._settle(incoming):
                 return False
             if n:
-                memcpy(view.buf, PyByteArray_AS_STRING(data), n)
+                memcpy(<char *>view.buf + offset, PyByteArray_AS_STRING(data), n)
         finally:
             PyBuffer_Release(&view)
         if status is not None:
@@ -861,14 +918,14 @@ cdef class FastPath:
         cdef uint64_t n
         cdef object ring
         cdef RxRing rx
-        cdef Py_ssize_t extent, capacity, length
+        cdef Py_ssize_t extent, capacity, length, offset
         cdef char *data
-        buf = self._plain(buf, &extent, &capacity)
+        buf = self._plain_at(buf, &extent, &capacity, &offset)
         if buf is None:
             return FAST_NOT_HANDLED
         cdef long got
         if self.unexpected and self.enabled:
-            got = self._recv_unexpected(buf, source, tag, extent, capacity)
+            got = self._recv_unexpected(buf, source, tag, extent, capacity, offset)
             if got != FAST_NOTHING_YET:
                 return got
         ring = self._ready_ring(source, tag, spins)
@@ -878,24 +935,22 @@ cdef class FastPath:
         n = rx.length
         if _direct(buf, True, &data, &length) and n < _NOGIL_MIN:
             # Small: the copy keeps the GIL, so nothing can free the memory meanwhile.
-            if capacity < 0:
-                capacity = length
-            if capacity > length or n > <uint64_t>capacity or capacity % extent or n % extent:
+            if not _span(length, extent, offset, &capacity) or n > <uint64_t>capacity \
+                    or n % extent:
                 return FAST_NOT_HANDLED
             if n:
-                rx.copy_out(data, n)
+                rx.copy_out(data + offset, n)
             self.last_tag = rx.tag
             self._consume(rx)
             return <long>n
         if not _pin(buf, True, &view):
             return FAST_NOT_HANDLED
         try:
-            if capacity < 0:
-                capacity = view.len
-            if capacity > view.len or n > <uint64_t>capacity or capacity % extent or n % extent:
+            if not _span(view.len, extent, offset, &capacity) or n > <uint64_t>capacity \
+                    or n % extent:
                 return FAST_NOT_HANDLED
             if n:
-                rx.copy_out(<char *>view.buf, n)
+                rx.copy_out(<char *>view.buf + offset, n)
             self.last_tag = rx.tag
             self._consume(rx)
         finally:
@@ -903,7 +958,7 @@ cdef class FastPath:
         return <long>n
 
     cdef long _recv_unexpected(self, object buf, long source, long tag, Py_ssize_t extent,
-                               Py_ssize_t capacity) except -3:
+                               Py_ssize_t capacity, Py_ssize_t offset) except -3:
         """recv when messages wait in the unexpected queue: the first one that
         matches is taken from there (its length is returned); with none
         matching, FAST_NOTHING_YET sends recv on to the ring."""
@@ -921,14 +976,12 @@ cdef class FastPath:
         if not _pin(buf, True, &view):
             return FAST_NOT_HANDLED
         try:
-            if capacity < 0:
-                capacity = view.len
-            if capacity > view.len or n > capacity or capacity % extent or n % extent:
+            if not _span(view.len, extent, offset, &capacity) or n > capacity or n % extent:
                 return FAST_NOT_HANDLED
             if not self._take_unexpected(i, msg):
                 return FAST_NOT_HANDLED
             if n:
-                memcpy(view.buf, PyByteArray_AS_STRING(data), n)
+                memcpy(<char *>view.buf + offset, PyByteArray_AS_STRING(data), n)
         finally:
             PyBuffer_Release(&view)
         return n
