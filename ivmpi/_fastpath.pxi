@@ -606,12 +606,23 @@ cdef class FastPath:
         """What a probe of (source, tag) finds now, taking nothing (the lock
         is held): 1, the unexpected message at *index; 2, the eager frame at
         the head of ring last_source; 0, nothing, and every ring is empty
-        (so no progress is owed); FAST_NOT_HANDLED: the engine must look."""
-        cdef int k, j
-        cdef object ring
+        (so no progress is owed: frames from anyone else, other
+        communicators too, need the engine's progress, which a probe loop
+        must make); FAST_NOT_HANDLED: the engine must look."""
         if not self.enabled or not self._valid_receive(source, tag) or self.backlog \
                 or self.engine.schedules:
             return FAST_NOT_HANDLED
+        cdef long found = self._peek_once(source, tag, index)
+        if found == 0 and first_ready(self.engine.rx_list, 0) >= 0:
+            # A frame arrived meanwhile: where the probe looked, or elsewhere.
+            found = self._peek_once(source, tag, index)
+            if found == 0 and first_ready(self.engine.rx_list, 0) >= 0:
+                return FAST_NOT_HANDLED
+        return found
+
+    cdef long _peek_once(self, long source, long tag, Py_ssize_t *index) except -3:
+        cdef int k, j
+        cdef object ring
         if self.unexpected:
             index[0] = self._unexpected_match(source if source >= 0 else -1, tag)
             if index[0] >= 0:
@@ -634,10 +645,6 @@ cdef class FastPath:
                         return FAST_NOT_HANDLED
                     self.last_source = j
                     return 2
-        # Frames from anyone else (other communicators too) need the
-        # engine's progress, which a probe loop must make.
-        if first_ready(self.engine.rx_list, 0) >= 0:
-            return FAST_NOT_HANDLED
         return 0
 
     cdef long _probe(self, long source, long tag, int spins, bint take) except -3:
