@@ -183,14 +183,18 @@ cdef class TxRing:
             PyBuffer_Release(&view)
         return done == 1
 
-    def stream(self, payload, uint64_t offset, uint64_t chunk, uint64_t send_id, int spins=0):
+    def stream(self, payload, uint64_t offset, uint64_t chunk, uint64_t send_id, int spins=0,
+               RxRing watch=None):
         """Publish DATA frames of payload from offset on, as many as fit.
 
         Returns the new offset (== len(payload) once everything is out).
         Each chunk is published on its own, so the receiver copies chunk k
         while we copy chunk k+1.  When the ring is full, up to `spins` polls
         wait here for the receiver to make room, instead of a trip back
-        through the Python wait loop for every chunk.
+        through the Python wait loop for every chunk; the wait ends early
+        when a frame arrives on `watch` (the receiver's ring to us): a
+        receiver that is streaming to us as well makes room only once we
+        drain its frames, so waiting longer would only stall both.
         """
         cdef Py_buffer view
         cdef uint64_t total, n
@@ -207,7 +211,7 @@ cdef class TxRing:
                 waited = 0
                 while not self.write_frame(5, 0, 0, offset, send_id,
                                            <const char *>view.buf + offset, n):
-                    if waited >= spins:
+                    if waited >= spins or (watch is not None and watch.poll()):
                         return offset
                     waited += 1
                     rg_relax()

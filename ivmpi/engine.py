@@ -205,7 +205,8 @@ class Engine:
 
     def _stream(self, dest, tx, op):
         """Publish the next chunks of a cleared rendezvous send; True when all are out."""
-        op.offset = tx.stream(op.mem, op.offset, self.chunk_bytes, op.send_id, self.stream_spins)
+        op.offset = tx.stream(op.mem, op.offset, self.chunk_bytes, op.send_id, self.stream_spins,
+                              self.rx[dest])
         if op.offset < len(op.mem):
             return False
         op.done = True
@@ -473,8 +474,11 @@ class Engine:
             if op is None:
                 raise CorruptRegionError(f"peer {peer}: data for unknown send id {rx.b}")
             send_id = rx.b
+            # While frames of ours to this peer wait for room (it is
+            # streaming to us too), waiting here for its next chunk would
+            # stall both: drain what is there and go publish ours.
             op.received = rx.drain_data(op.mem, send_id, op.received, op.total, self.chunk_bytes,
-                                        op.discard, self.stream_spins)
+                                        op.discard, 0 if peer in self.backlog else self.stream_spins)
             if op.received == op.total:
                 del self.receiving[(peer, send_id)]
                 op.count = op.total if op.error is None else 0
