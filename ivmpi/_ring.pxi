@@ -564,21 +564,32 @@ cdef bint _deliver_eager(RxRing rx, list posted, uint64_t eager_limit, TxRing tx
 
 
 def poll_eager(EngineLock lock, RxRing rx, list posted, uint64_t eager_limit, set backlog,
-               Op op, TxRing tx=None, dict awaiting_ack=None):
+               Op op, TxRing tx=None, dict awaiting_ack=None, int spins=0):
     """A wait's round for an operation with rx's peer, in one call when only
     eager frames for posted receives (synchronous ones acknowledged on tx)
     and acknowledgements of sends in awaiting_ack arrive: they are handled
-    (under the lock) until op is done.  1: something was handled, 0: nothing
-    arrived, -1: the engine's own round is needed (another thread holds the
-    lock, frames wait to be sent, or the next frame is something else)."""
-    cdef int moved = 0
+    (under the lock) until op is done.  While nothing arrives, up to |spins|
+    polls wait here (negative: yielding the core between polls), as the
+    blocking fast paths do.  1: something was handled, 0: nothing arrived,
+    -1: the engine's own round is needed (another thread holds the lock,
+    frames wait to be sent, or the next frame is something else)."""
+    cdef int moved = 0, waited = 0, polls = spins if spins >= 0 else -spins
     cdef SendOp acked
     if not lock.enter():
         return -1
     try:
         if backlog:
             return -1
-        while not op.done and rx.poll():
+        while not op.done:
+            if not rx.poll():
+                if waited >= polls:
+                    break
+                waited += 1
+                if spins >= 0:
+                    rg_relax()
+                else:
+                    sched_yield()
+                continue
             if rx.kind == 6 and awaiting_ack is not None:
                 acked = awaiting_ack.pop((rx.peer, rx.b), None)
                 if acked is None:

@@ -543,8 +543,9 @@ class Engine:
                     and peer is not None and 0 <= peer < self.size and peer != self.rank)
         if specific:
             # The commonest case, inline: the eager message (or the ACK) is next in the ring.
+            # It polls in C for a while before the Python wait loop starts.
             if poll_eager(self.lock, self.rx[peer], self.posted, self.eager_limit, self.backlog,
-                          op, self.tx[peer], self.awaiting_ack) < 0:
+                          op, self.tx[peer], self.awaiting_ack, self.fast_spins) < 0:
                 self.poll_peer(peer, op)
             if op.done:
                 return
