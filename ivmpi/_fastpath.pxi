@@ -18,6 +18,7 @@ from cpython.buffer cimport PyObject_CheckBuffer
 
 FAST_NOT_HANDLED = -1
 FAST_NOTHING_YET = -2
+NOT_HANDLED = object()      # the general path's turn (an object-returning fast path)
 
 cimport numpy as cnp
 from libc.string cimport strchr
@@ -68,10 +69,11 @@ cdef bint _direct(object obj, bint writable, char **data, Py_ssize_t *length) no
     return False
 
 
-cdef object _byte_view(object obj, Py_ssize_t nbytes, Py_ssize_t extent):
-    """A writable flat byte memoryview of obj's first nbytes (all when
-    nbytes < 0, which must be a multiple of extent), or None when obj is not
-    a writable C-contiguous buffer of plain numbers."""
+cdef object _byte_view(object obj, Py_ssize_t nbytes, Py_ssize_t extent,
+                       Py_ssize_t offset=0):
+    """A writable flat byte memoryview of obj's nbytes from offset (the rest
+    when nbytes < 0; a multiple of extent), or None when obj is not a
+    writable C-contiguous buffer of plain numbers or they do not fit."""
     cdef object view
     cdef Py_buffer *info
     try:
@@ -86,11 +88,10 @@ cdef object _byte_view(object obj, Py_ssize_t nbytes, Py_ssize_t extent):
             view = view.cast("B")
         except (TypeError, ValueError):
             return None
-    if nbytes >= 0:
-        if nbytes > len(view) or nbytes % extent:
-            return None
-        if nbytes != len(view):
-            view = view[:nbytes]
+    if not _span(len(view), extent, offset, &nbytes):
+        return None
+    if offset or nbytes != len(view):
+        view = view[offset:offset + nbytes]
     return view
 
 
@@ -115,6 +116,20 @@ cdef int _pin(object obj, bint writable, Py_buffer *view) except -1:
         PyBuffer_Release(view)
         return 0
     return 1
+
+cdef inline bint _span(Py_ssize_t length, Py_ssize_t extent, Py_ssize_t offset,
+                       Py_ssize_t *nbytes) noexcept:
+    """Does [offset, offset + nbytes) lie in a buffer of length bytes and
+    hold whole elements of extent bytes?  nbytes -1 (the rest of the buffer)
+    is set to that size.  False: the general path reports what is wrong."""
+    if offset > length:
+        return False
+    if nbytes[0] < 0:
+        nbytes[0] = length - offset
+    elif nbytes[0] > length - offset:
+        return False
+    return nbytes[0] % extent == 0
+
 
 cdef enum:
     _TAG_UB = 0x7fffffff
@@ -159,6 +174,20 @@ cdef class FastPath:
     cdef public dict comm_rank_of          # world rank -> communicator rank
     cdef long next_any                    # where the next ANY_SOURCE scan starts
     cdef public EngineLock lock           # the engine's
+    # Synchronous sends and acknowledgements: the engine's send ids (by
+    # world rank) and table of sends awaiting an ACK, its _post (queues a
+    # frame behind others to the same peer) and the engine itself (probes
+    # leave the work to it while nonblocking collectives are running).
+    cdef public list send_ids
+    cdef public dict awaiting_ack
+    cdef public object engine_post, engine, wait_op
+    cdef public object general_Ssend, general_Issend, general_ssend, general_issend
+    cdef public object general_isend
+    cdef public object general_Iprobe, general_Probe, general_Improbe, general_Mprobe
+    cdef public object new_message, new_incoming
+    cdef long found_source, found_size    # what the last fast probe found
+    cdef int32_t found_tag
+    cdef object found_message
 
     def __cinit__(self, list tx, list rx, list posted, list unexpected, set backlog,
                   uint32_t context, uint64_t eager_limit, dict extents=None):
@@ -223,6 +252,54 @@ cdef class FastPath:
         extent[0] = <Py_ssize_t>entry
         return spec[0]
 
+    cdef object _plain_at(self, object spec, Py_ssize_t *extent, Py_ssize_t *nbytes,
+                          Py_ssize_t *offset):
+        """The buffer of spec if it names a contiguous run of a predefined
+        datatype in it, in any of mpi4py's forms: buf, [buf, datatype],
+        [buf, count, datatype], [buf, (count, displ), datatype],
+        [buf, count, displ, datatype]; else None.
+
+        nbytes is set to the message size (count * extent), or -1 for "from
+        offset to the end of the buffer"; offset to displ * extent (bytes).
+        Whether they fit the buffer is for _span to check.
+        """
+        cdef object entry, count = None, displ = None
+        cdef Py_ssize_t n
+        extent[0] = 1
+        nbytes[0] = -1
+        offset[0] = 0
+        if PyObject_CheckBuffer(spec):
+            return spec
+        if type(spec) is not list and type(spec) is not tuple:
+            return None
+        n = len(spec)
+        if n == 2:
+            entry = self._extent_of(spec[1])
+        elif n == 3:
+            entry = self._extent_of(spec[2])
+            count = spec[1]
+            if type(count) is tuple or type(count) is list:
+                if len(count) != 2:
+                    return None
+                count, displ = count[0], count[1]
+        elif n == 4:
+            entry = self._extent_of(spec[3])
+            count, displ = spec[1], spec[2]
+        else:
+            return None
+        if entry is None or not PyObject_CheckBuffer(spec[0]):
+            return None
+        if count is not None:
+            if type(count) is not int or count < 0:
+                return None
+            nbytes[0] = <Py_ssize_t>count * <Py_ssize_t>entry
+        if displ is not None:
+            if type(displ) is not int or displ < 0:
+                return None
+            offset[0] = <Py_ssize_t>displ * <Py_ssize_t>entry
+        extent[0] = <Py_ssize_t>entry
+        return spec[0]
+
     cpdef bint send(self, object buf, long dest, long tag) except -1:
         """Publish buf to dest as one EAGER frame; False: use the general path."""
         if not self.lock.enter():
@@ -233,36 +310,39 @@ cdef class FastPath:
             self.lock.leave()
 
     cdef bint _send(self, object buf, long dest, long tag) except -1:
+        return self._publish(buf, dest, tag, 1, 0)
+
+    cdef bint _publish(self, object buf, long dest, long tag, uint32_t kind,
+                       uint64_t b) except -1:
+        """Publish buf to dest as one frame of kind (EAGER or EAGER_SYNC
+        with send id b); False: use the general path."""
         cdef Py_buffer view
         cdef int done
         cdef object ring
-        cdef Py_ssize_t extent, nbytes, length
+        cdef Py_ssize_t extent, nbytes, offset, length
         cdef char *data
         if not self.enabled or dest < 0 or dest >= self.size or tag < 0 or tag > _TAG_UB:
             return False
         if self.backlog:
             return False
-        buf = self._plain(buf, &extent, &nbytes)
+        buf = self._plain_at(buf, &extent, &nbytes, &offset)
         ring = self.tx[dest]
         if ring is None or buf is None:
             return False
         if _direct(buf, False, &data, &length) and length < _NOGIL_MIN:
             # Small: the copy keeps the GIL, so nothing can free the memory meanwhile.
-            if nbytes < 0:
-                nbytes = length
-            if <uint64_t>nbytes > self.eager_limit or nbytes > length or nbytes % extent:
+            if not _span(length, extent, offset, &nbytes) or <uint64_t>nbytes > self.eager_limit:
                 return False
-            return (<TxRing>ring).write_frame(1, <int32_t>tag, self.context, 0, 0, data,
-                                              <uint64_t>nbytes) == 1
+            return (<TxRing>ring).write_frame(kind, <int32_t>tag, self.context, 0, b,
+                                              data + offset, <uint64_t>nbytes) == 1
         if not _pin(buf, False, &view):
             return False
         try:
-            if nbytes < 0:
-                nbytes = view.len
-            if <uint64_t>nbytes > self.eager_limit or nbytes > view.len or nbytes % extent:
+            if not _span(view.len, extent, offset, &nbytes) \
+                    or <uint64_t>nbytes > self.eager_limit:
                 return False
-            done = (<TxRing>ring).write_frame(1, <int32_t>tag, self.context, 0, 0,
-                                              <const char *>view.buf, <uint64_t>nbytes)
+            done = (<TxRing>ring).write_frame(kind, <int32_t>tag, self.context, 0, b,
+                                              <const char *>view.buf + offset, <uint64_t>nbytes)
         finally:
             PyBuffer_Release(&view)
         return done == 1
@@ -297,14 +377,14 @@ cdef class FastPath:
         operation directly.  Anything unusual (PROC_NULL, a bad rank or tag,
         a buffer spec that is not plain) takes the general path, which
         handles and reports it."""
-        cdef Py_ssize_t extent, nbytes
+        cdef Py_ssize_t extent, nbytes, offset
         if source is None:
             source = self.any_source
         if tag is None:
             tag = self.any_tag
         if self._postable(source, tag):
-            plain = self._plain(buf, &extent, &nbytes)
-            mem = None if plain is None else _byte_view(plain, nbytes, extent)
+            plain = self._plain_at(buf, &extent, &nbytes, &offset)
+            mem = None if plain is None else _byte_view(plain, nbytes, extent, offset)
             if mem is not None:
                 return self.new_request(self.comm, self._post_receive(source, tag, mem), None,
                                         ("Irecv", "from", source))
@@ -387,7 +467,7 @@ cdef class FastPath:
         if n:
             rx.copy_out(dst, n)
         self.last_tag = rx.tag
-        rx.consume()
+        self._consume(rx)
         return n
 
     def send_object(self, obj, long dest, long tag=0):
@@ -411,9 +491,318 @@ cdef class FastPath:
         # An empty message (a buffer send of nothing) is None, as mpi4py has it.
         return self.loads(data) if len(data) else None
 
+    cdef int _consume(self, RxRing rx) except -1:
+        """Release the delivered frame at the head of rx (from communicator
+        rank last_source); a synchronous send is acknowledged: it matched."""
+        cdef uint32_t kind = rx.kind
+        cdef uint64_t send_id = rx.b
+        rx.consume()
+        if kind == 2:
+            self._ack(self.last_source, send_id)
+        return 0
+
+    cdef int _ack(self, long rank, object send_id) except -1:
+        """The ACK of send_id to communicator rank `rank`, behind any frame
+        already queued for it (the engine's queue when the ring is full)."""
+        ring = self.tx[rank]
+        if not self.backlog and ring is not None \
+                and (<TxRing>ring).write_frame(6, 0, 0, 0, send_id, NULL, 0) == 1:
+            return 0
+        self.engine_post(self.world_ranks[rank], (6, 0, 0, 0, send_id, None, 0, 0, None))
+        return 0
+
+    # --- synchronous sends ------------------------------------------------
+
+    cdef object _ssend(self, object buf, long dest, long tag, bint wait):
+        """Publish buf to dest as one EAGER_SYNC frame.  True: acknowledged
+        already (wait: the ACK is polled for a while); a SendOp: published,
+        its ACK awaited through the engine (registered in awaiting_ack);
+        None: use the general path."""
+        cdef long world
+        cdef SendOp op
+        if not self.lock.enter():
+            return None
+        try:
+            if not self.enabled or dest < 0 or dest >= self.size or tag < 0 or tag > _TAG_UB \
+                    or self.backlog or self.tx[dest] is None:
+                return None
+            world = self.world_ranks[dest]
+            send_id = self.send_ids[world]
+            if not self._publish(buf, dest, tag, 2, send_id):
+                return None
+            self.send_ids[world] = send_id + 1
+            if wait and self._acked(dest, send_id):
+                return True
+            op = SendOp.__new__(SendOp)
+            op.peer = world
+            op.tag = tag
+            op.context = self.context
+            op.sync = True
+            op.send_id = send_id
+            op.offset = 0
+            op.state = "awaiting ack"
+            op.scope = self.scope
+            self.awaiting_ack[(world, send_id)] = op
+            return op
+        finally:
+            self.lock.leave()
+
+    cdef bint _acked(self, long dest, object send_id) except -1:
+        """Poll dest's ring for the ACK of send_id; True once taken.  Stops
+        at any other frame (the engine's progress then handles it first)."""
+        cdef int i, polls = self.spins if self.spins >= 0 else -self.spins
+        cdef RxRing rx = <RxRing>self.rx[dest]
+        cdef uint64_t want = send_id
+        for i in range(polls):
+            if rx.poll():
+                if rx.kind == 6 and rx.b == want:
+                    rx.consume()
+                    return True
+                return False
+            if self.spins >= 0:
+                rg_relax()
+            else:
+                sched_yield()
+        return False
+
+    def Ssend(self, buf, long dest, long tag=0):
+        done = self._ssend(buf, dest, tag, True)
+        if done is None:
+            self.general_Ssend(buf, dest, tag)
+        elif done is not True:
+            self.wait_op(done, "Ssend")
+
+    def Issend(self, buf, long dest, long tag=0):
+        op = self._ssend(buf, dest, tag, False)
+        if op is None:
+            return self.general_Issend(buf, dest, tag)
+        return self.new_request(self.comm, op, None, "Issend")
+
+    def ssend_object(self, obj, long dest, long tag=0):
+        data = self.dumps(obj)
+        done = self._ssend(data, dest, tag, True)
+        if done is None:
+            self.general_ssend(data, dest, tag)
+        elif done is not True:
+            self.wait_op(done, "ssend")
+
+    def isend_object(self, obj, long dest, long tag=0):
+        """A small object is sent at once: the request is born complete."""
+        data = self.dumps(obj)
+        if self.send(data, dest, tag):
+            return self.new_request(self.comm, self.sent_op, None, "isend")
+        return self.general_isend(data, dest, tag)
+
+    def issend_object(self, obj, long dest, long tag=0):
+        data = self.dumps(obj)
+        op = self._ssend(data, dest, tag, False)
+        if op is None:
+            return self.general_issend(data, dest, tag)
+        return self.new_request(self.comm, op, None, "issend")
+
+    # --- probes -----------------------------------------------------------
+
+    cdef long _peek(self, long source, long tag, Py_ssize_t *index) except -3:
+        """What a probe of (source, tag) finds now, taking nothing (the lock
+        is held): 1, the unexpected message at *index; 2, the eager frame at
+        the head of ring last_source; 0, nothing, and every ring is empty
+        (so no progress is owed: frames from anyone else, other
+        communicators too, need the engine's progress, which a probe loop
+        must make); FAST_NOT_HANDLED: the engine must look."""
+        if not self.enabled or not self._valid_receive(source, tag) or self.backlog \
+                or self.engine.schedules:
+            return FAST_NOT_HANDLED
+        cdef long found = self._peek_once(source, tag, index)
+        if found == 0 and first_ready(self.engine.rx_list, 0) >= 0:
+            # A frame arrived meanwhile: where the probe looked, or elsewhere.
+            found = self._peek_once(source, tag, index)
+            if found == 0 and first_ready(self.engine.rx_list, 0) >= 0:
+                return FAST_NOT_HANDLED
+        return found
+
+    cdef long _peek_once(self, long source, long tag, Py_ssize_t *index) except -3:
+        cdef int k, j
+        cdef object ring
+        if self.unexpected:
+            index[0] = self._unexpected_match(source if source >= 0 else -1, tag)
+            if index[0] >= 0:
+                return 1
+        if source >= 0:
+            ring = self.rx[source]
+            if ring is None:
+                return FAST_NOT_HANDLED
+            if (<RxRing>ring).poll():
+                if not self._wanted(<RxRing>ring, tag) or self._posted_takes(<RxRing>ring):
+                    return FAST_NOT_HANDLED
+                self.last_source = source
+                return 2
+        else:
+            for k in range(self.size):
+                j = (self.next_any + k) % self.size
+                ring = self.rx[j]
+                if ring is not None and (<RxRing>ring).poll():
+                    if not self._wanted(<RxRing>ring, tag) or self._posted_takes(<RxRing>ring):
+                        return FAST_NOT_HANDLED
+                    self.last_source = j
+                    return 2
+        return 0
+
+    cdef long _probe(self, long source, long tag, int spins, bint take) except -3:
+        """_peek, polling up to |spins| times while nothing has arrived.
+        What was found is recorded (found_source, found_tag, found_size) and,
+        with take, removed from matching into found_message, all under the
+        lock, so another thread cannot take it in between."""
+        cdef long found = FAST_NOT_HANDLED
+        cdef Py_ssize_t i = -1
+        cdef int k, polls = spins if spins >= 0 else -spins
+        cdef RxRing rx
+        if not self.lock.enter():
+            return FAST_NOT_HANDLED
+        try:
+            for k in range(polls if polls > 0 else 1):
+                found = self._peek(source, tag, &i)
+                if found != 0:
+                    break
+                if spins >= 0:
+                    rg_relax()
+                else:
+                    sched_yield()
+            if found == 1:
+                msg = self.unexpected[i]
+                self.found_source = self.comm_rank_of[msg.source]
+                self.found_tag = msg.tag
+                self.found_size = msg.size
+                if take:
+                    del self.unexpected[i]
+                    self.found_message = msg
+            elif found == 2:
+                rx = <RxRing>self.rx[self.last_source]
+                self.found_source = self.last_source
+                self.found_tag = rx.tag
+                self.found_size = rx.length
+                if take:
+                    self.found_message = self.new_incoming(
+                        rx.peer, rx.tag, rx.context, rx.length, rx.payload(), rx.b, rx.kind)
+                    rx.consume()
+            return found
+        finally:
+            self.lock.leave()
+
+    def Iprobe(self, source=None, tag=None, status=None):
+        if source is None:
+            source = self.any_source
+        if tag is None:
+            tag = self.any_tag
+        cdef long found = self._probe(source, -1 if tag == self.any_tag else tag, 0, False)
+        if found < 0:
+            return self.general_Iprobe(source, tag, status)
+        if found == 0:
+            return False
+        if status is not None:
+            self.fill_status(status, self.found_source, self.found_tag, self.found_size)
+        return True
+
+    def Probe(self, source=None, tag=None, status=None):
+        if source is None:
+            source = self.any_source
+        if tag is None:
+            tag = self.any_tag
+        cdef long found = self._probe(source, -1 if tag == self.any_tag else tag,
+                                      self.spins, False)
+        if found <= 0:
+            return self.general_Probe(source, tag, status)
+        if status is not None:
+            self.fill_status(status, self.found_source, self.found_tag, self.found_size)
+        return True
+
+    cdef object _mprobe(self, long source, long tag, int spins, object status):
+        """A matched probe's message (a Message), None when nothing was
+        found, NOT_HANDLED for the general path."""
+        cdef long found = self._probe(source, tag, spins, True)
+        if found <= 0:
+            return None if found == 0 else NOT_HANDLED
+        msg = self.found_message
+        self.found_message = None
+        if status is not None:
+            self.fill_status(status, self.found_source, self.found_tag, self.found_size)
+        return self.new_message(self.comm, msg)
+
+    def Improbe(self, source=None, tag=None, status=None):
+        if source is None:
+            source = self.any_source
+        if tag is None:
+            tag = self.any_tag
+        msg = self._mprobe(source, -1 if tag == self.any_tag else tag, 0, status)
+        if msg is NOT_HANDLED:
+            return self.general_Improbe(source, tag, status)
+        return msg
+
+    def Mprobe(self, source=None, tag=None, status=None):
+        if source is None:
+            source = self.any_source
+        if tag is None:
+            tag = self.any_tag
+        msg = self._mprobe(source, -1 if tag == self.any_tag else tag, self.spins, status)
+        if msg is None or msg is NOT_HANDLED:
+            return self.general_Mprobe(source, tag, status)
+        return msg
+
+    def recv_message(self, buf, incoming, status):
+        """Message.Recv of an eager message a matched probe took: straight
+        into buf.  False: use the general path (it also reports a buffer
+        too small)."""
+        cdef Py_buffer view
+        cdef Py_ssize_t extent, capacity, n, offset
+        if (incoming.kind != 1 and incoming.kind != 2) or incoming.self_send is not None \
+                or type(incoming.data) is not bytearray:
+            return False
+        data = incoming.data
+        n = len(data)
+        buf = self._plain_at(buf, &extent, &capacity, &offset)
+        if buf is None or not _pin(buf, True, &view):
+            return False
+        try:
+            if not _span(view.len, extent, offset, &capacity) or n > capacity or n % extent:
+                return False
+            if not self._settle(incoming):
+                return False
+            if n:
+                memcpy(<char *>view.buf + offset, PyByteArray_AS_STRING(data), n)
+        finally:
+            PyBuffer_Release(&view)
+        if status is not None:
+            self.fill_status(status, self.comm_rank_of[incoming.source], incoming.tag, n)
+        return True
+
+    def take_message(self, incoming, status):
+        """Message.recv of an eager message a matched probe took: True when
+        its payload (incoming.data) is the object's pickle, acknowledged
+        and its status filled; False: use the general path."""
+        if (incoming.kind != 1 and incoming.kind != 2) or incoming.self_send is not None \
+                or type(incoming.data) is not bytearray:
+            return False
+        if not self._settle(incoming):
+            return False
+        if status is not None:
+            self.fill_status(status, self.comm_rank_of[incoming.source], incoming.tag,
+                             len(incoming.data))
+        return True
+
+    cdef bint _settle(self, object incoming) except -1:
+        """A matched message is being received: acknowledge a synchronous one."""
+        if incoming.kind != 2:
+            return True
+        if not self.lock.enter():
+            return False
+        try:
+            self._ack(self.comm_rank_of[incoming.source], incoming.send_id)
+        finally:
+            self.lock.leave()
+        return True
+
     cdef bint _wanted(self, RxRing rx, long tag):
         # An over-limit eager frame is left to the engine, which reports it.
-        return (rx.kind == 1 and rx.context == self.context and rx.tag >= 0
+        return ((rx.kind == 1 or rx.kind == 2) and rx.context == self.context and rx.tag >= 0
                 and (tag < 0 or rx.tag == tag) and rx.length <= self.eager_limit)
 
     cdef bint _posted_takes(self, RxRing rx):
@@ -452,7 +841,8 @@ cdef class FastPath:
         if i < 0:
             return None
         msg = self.unexpected[i]
-        if msg.kind != 1 or msg.self_send is not None or type(msg.data) is not bytearray \
+        if (msg.kind != 1 and msg.kind != 2) or msg.self_send is not None \
+                or type(msg.data) is not bytearray \
                 or msg.source not in self.comm_rank_of:
             return None
         return msg
@@ -465,6 +855,8 @@ cdef class FastPath:
         del self.unexpected[i]
         self.last_source = self.comm_rank_of[msg.source]
         self.last_tag = msg.tag
+        if msg.kind == 2:
+            self._ack(self.last_source, msg.send_id)
         return True
 
     cdef object _ready_ring(self, long source, long tag, int spins):
@@ -533,14 +925,14 @@ cdef class FastPath:
         cdef uint64_t n
         cdef object ring
         cdef RxRing rx
-        cdef Py_ssize_t extent, capacity, length
+        cdef Py_ssize_t extent, capacity, length, offset
         cdef char *data
-        buf = self._plain(buf, &extent, &capacity)
+        buf = self._plain_at(buf, &extent, &capacity, &offset)
         if buf is None:
             return FAST_NOT_HANDLED
         cdef long got
         if self.unexpected and self.enabled:
-            got = self._recv_unexpected(buf, source, tag, extent, capacity)
+            got = self._recv_unexpected(buf, source, tag, extent, capacity, offset)
             if got != FAST_NOTHING_YET:
                 return got
         ring = self._ready_ring(source, tag, spins)
@@ -550,32 +942,30 @@ cdef class FastPath:
         n = rx.length
         if _direct(buf, True, &data, &length) and n < _NOGIL_MIN:
             # Small: the copy keeps the GIL, so nothing can free the memory meanwhile.
-            if capacity < 0:
-                capacity = length
-            if capacity > length or n > <uint64_t>capacity or capacity % extent or n % extent:
+            if not _span(length, extent, offset, &capacity) or n > <uint64_t>capacity \
+                    or n % extent:
                 return FAST_NOT_HANDLED
             if n:
-                rx.copy_out(data, n)
+                rx.copy_out(data + offset, n)
             self.last_tag = rx.tag
-            rx.consume()
+            self._consume(rx)
             return <long>n
         if not _pin(buf, True, &view):
             return FAST_NOT_HANDLED
         try:
-            if capacity < 0:
-                capacity = view.len
-            if capacity > view.len or n > <uint64_t>capacity or capacity % extent or n % extent:
+            if not _span(view.len, extent, offset, &capacity) or n > <uint64_t>capacity \
+                    or n % extent:
                 return FAST_NOT_HANDLED
             if n:
-                rx.copy_out(<char *>view.buf, n)
+                rx.copy_out(<char *>view.buf + offset, n)
             self.last_tag = rx.tag
-            rx.consume()
+            self._consume(rx)
         finally:
             PyBuffer_Release(&view)
         return <long>n
 
     cdef long _recv_unexpected(self, object buf, long source, long tag, Py_ssize_t extent,
-                               Py_ssize_t capacity) except -3:
+                               Py_ssize_t capacity, Py_ssize_t offset) except -3:
         """recv when messages wait in the unexpected queue: the first one that
         matches is taken from there (its length is returned); with none
         matching, FAST_NOTHING_YET sends recv on to the ring."""
@@ -593,14 +983,12 @@ cdef class FastPath:
         if not _pin(buf, True, &view):
             return FAST_NOT_HANDLED
         try:
-            if capacity < 0:
-                capacity = view.len
-            if capacity > view.len or n > capacity or capacity % extent or n % extent:
+            if not _span(view.len, extent, offset, &capacity) or n > capacity or n % extent:
                 return FAST_NOT_HANDLED
             if not self._take_unexpected(i, msg):
                 return FAST_NOT_HANDLED
             if n:
-                memcpy(view.buf, PyByteArray_AS_STRING(data), n)
+                memcpy(<char *>view.buf + offset, PyByteArray_AS_STRING(data), n)
         finally:
             PyBuffer_Release(&view)
         return n
@@ -631,7 +1019,7 @@ cdef class FastPath:
         if rx.length:
             rx.copy_out(<char *>out, rx.length)
         self.last_tag = rx.tag
-        rx.consume()
+        self._consume(rx)
         return out
 
 
@@ -657,3 +1045,40 @@ def region_memoryview(Mapping mem, Py_ssize_t offset, Py_ssize_t length):
         raise _BufferSpecError(f"bytes [{offset}, {offset}+{length}) are outside the region "
                                f"of {mem.size} bytes")
     return memoryview(<object>mem._view.obj).cast("B")[offset:offset + length]
+
+
+@cython.final
+cdef class PersistentStart:
+    """Start of one round of a persistent point-to-point request, set up
+    once at init: `mem` is the parsed buffer (a contiguous byte view), so a
+    round is one call here, returning the engine operation and decoder as
+    Prequest wants them.  A round the fast path cannot take (ring full,
+    queued frames, PROC_NULL, a bad rank or tag) runs `general` instead.
+
+    mode: 0 send, 1 synchronous send, 2 receive."""
+    cdef FastPath fast
+    cdef object mem
+    cdef long peer, tag
+    cdef int mode
+    cdef object general
+
+    def __cinit__(self, FastPath fast, object mem, long peer, long tag, int mode, general):
+        self.fast = fast
+        self.mem = mem
+        self.peer = peer
+        self.tag = tag
+        self.mode = mode
+        self.general = general
+
+    def __call__(self):
+        cdef FastPath fast = self.fast
+        if self.mode == 0:
+            if fast.send(self.mem, self.peer, self.tag):
+                return fast.sent_op, None
+        elif self.mode == 1:
+            op = fast._ssend(self.mem, self.peer, self.tag, False)
+            if op is not None:
+                return op, None
+        elif fast._postable(self.peer, self.tag):
+            return fast._post_receive(self.peer, self.tag, self.mem), None
+        return self.general()

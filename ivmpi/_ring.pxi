@@ -183,14 +183,18 @@ cdef class TxRing:
             PyBuffer_Release(&view)
         return done == 1
 
-    def stream(self, payload, uint64_t offset, uint64_t chunk, uint64_t send_id, int spins=0):
+    def stream(self, payload, uint64_t offset, uint64_t chunk, uint64_t send_id, int spins=0,
+               RxRing watch=None):
         """Publish DATA frames of payload from offset on, as many as fit.
 
         Returns the new offset (== len(payload) once everything is out).
         Each chunk is published on its own, so the receiver copies chunk k
         while we copy chunk k+1.  When the ring is full, up to `spins` polls
         wait here for the receiver to make room, instead of a trip back
-        through the Python wait loop for every chunk.
+        through the Python wait loop for every chunk; the wait ends early
+        when a frame arrives on `watch` (the receiver's ring to us): a
+        receiver that is streaming to us as well makes room only once we
+        drain its frames, so waiting longer would only stall both.
         """
         cdef Py_buffer view
         cdef uint64_t total, n
@@ -207,7 +211,7 @@ cdef class TxRing:
                 waited = 0
                 while not self.write_frame(5, 0, 0, offset, send_id,
                                            <const char *>view.buf + offset, n):
-                    if waited >= spins:
+                    if waited >= spins or (watch is not None and watch.poll()):
                         return offset
                     waited += 1
                     rg_relax()
@@ -504,21 +508,27 @@ cdef inline bint _accepts_head(RecvOp op, RxRing rx):
             and (op.tag == -1 or op.tag == rx.tag))
 
 
-def deliver_eager(RxRing rx, list posted, uint64_t eager_limit):
-    return _deliver_eager(rx, posted, eager_limit)
+def deliver_eager(RxRing rx, list posted, uint64_t eager_limit, TxRing tx=None):
+    return _deliver_eager(rx, posted, eager_limit, tx)
 
 
-cdef bint _deliver_eager(RxRing rx, list posted, uint64_t eager_limit) except -1:
+cdef bint _deliver_eager(RxRing rx, list posted, uint64_t eager_limit, TxRing tx) except -1:
     """The engine's commonest step in one call: the EAGER frame at the head
     of rx goes straight into the first posted receive that matches it (MPI
-    order), which completes.  Returns False, touching nothing, for anything
-    else (another kind, a synchronous send, no match, a payload that would
-    not fit, a bad tag or length): the engine's general
-    handler then deals with the frame and reports what is wrong with it."""
+    order), which completes.  With tx (the ring back to rx's peer, nothing
+    queued for it) an EAGER_SYNC frame is delivered too, and acknowledged
+    on tx.  Returns False, touching nothing, for anything else (another
+    kind, no match, a payload that would not fit, a bad tag or length, no
+    room for the ACK): the engine's general handler then deals with the
+    frame and reports what is wrong with it."""
     cdef Py_ssize_t i, n
     cdef RecvOp op
     cdef Py_buffer view
-    if not rx.ready or rx.kind != 1 or rx.tag < 0 or rx.length > eager_limit:
+    cdef bint sync
+    if not rx.ready or rx.tag < 0 or rx.length > eager_limit:
+        return False
+    sync = rx.kind == 2
+    if not (rx.kind == 1 or (sync and tx is not None)):
         return False
     n = len(posted)
     for i in range(n):
@@ -526,13 +536,20 @@ cdef bint _deliver_eager(RxRing rx, list posted, uint64_t eager_limit) except -1
         if not _accepts_head(op, rx):
             continue
         if op.mem is None:                  # an object receive: keep the bytes
+            if sync and not tx.write_frame(6, 0, 0, 0, rx.b, NULL, 0):
+                return False
             op.data = rx.payload()
-        elif rx.length:
+        else:
             PyObject_GetBuffer(op.mem, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
             try:
                 if <uint64_t>view.len < rx.length:
                     return False
-                rx.copy_out(<char *>view.buf, rx.length)
+                # The ACK goes first, once nothing can fail: the payload
+                # stays in the ring until consumed, so the sender may go on.
+                if sync and not tx.write_frame(6, 0, 0, 0, rx.b, NULL, 0):
+                    return False
+                if rx.length:
+                    rx.copy_out(<char *>view.buf, rx.length)
             finally:
                 PyBuffer_Release(&view)
         del posted[i]
@@ -547,20 +564,39 @@ cdef bint _deliver_eager(RxRing rx, list posted, uint64_t eager_limit) except -1
 
 
 def poll_eager(EngineLock lock, RxRing rx, list posted, uint64_t eager_limit, set backlog,
-               RecvOp op):
-    """A wait's round for a receive from rx's peer, in one call when only
-    eager frames for posted receives arrive: they are delivered (under the
-    lock) until op is done.  1: something was delivered, 0: nothing
-    arrived, -1: the engine's own round is needed (another thread holds
-    the lock, frames wait to be sent, or the next frame is something else)."""
-    cdef int moved = 0
+               Op op, TxRing tx=None, dict awaiting_ack=None, int spins=0):
+    """A wait's round for an operation with rx's peer, in one call when only
+    eager frames for posted receives (synchronous ones acknowledged on tx)
+    and acknowledgements of sends in awaiting_ack arrive: they are handled
+    (under the lock) until op is done.  While nothing arrives, up to |spins|
+    polls wait here (negative: yielding the core between polls), as the
+    blocking fast paths do.  1: something was handled, 0: nothing arrived,
+    -1: the engine's own round is needed (another thread holds the lock,
+    frames wait to be sent, or the next frame is something else)."""
+    cdef int moved = 0, waited = 0, polls = spins if spins >= 0 else -spins
+    cdef SendOp acked
     if not lock.enter():
         return -1
     try:
         if backlog:
             return -1
-        while not op.done and rx.poll():
-            if not _deliver_eager(rx, posted, eager_limit):
+        while not op.done:
+            if not rx.poll():
+                if waited >= polls:
+                    break
+                waited += 1
+                if spins >= 0:
+                    rg_relax()
+                else:
+                    sched_yield()
+                continue
+            if rx.kind == 6 and awaiting_ack is not None:
+                acked = awaiting_ack.pop((rx.peer, rx.b), None)
+                if acked is None:
+                    return -1           # the engine reports the stray ACK
+                rx.consume()
+                acked.done = True
+            elif not _deliver_eager(rx, posted, eager_limit, tx):
                 return -1
             moved = 1
         return moved

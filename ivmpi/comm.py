@@ -10,12 +10,12 @@ import weakref
 
 from .lib import MPI as _MPI
 
-from ._fastcopy import SMALL_OPS, FastPath, SmallCollectives
+from ._fastcopy import SMALL_OPS, FastPath, PersistentStart, SmallCollectives
 
 from .buffers import parse_recv, parse_send
 from .collectives import COLLECTIVE_TAGS, Collectives
 from .engine import ANY_SOURCE as _ENGINE_ANY_SOURCE
-from .engine import SendOp
+from .engine import Incoming, SendOp
 from .errors import IvmpiError
 from .nbcoll import NonblockingCollectives
 from .topo import TopologyConstructors
@@ -230,6 +230,14 @@ class Comm(_MPI.Comm):
         fast.engine_irecv = engine.irecv
         fast.general_Isend, fast.sent_op = self._general_Isend, _SENT
         fast.general_irecv, fast.unpickle_op = self._general_irecv, self._unpickle_op
+        fast.send_ids, fast.awaiting_ack = engine.next_send_id, engine.awaiting_ack
+        fast.engine_post, fast.engine, fast.wait_op = engine._post, engine, engine.wait
+        fast.general_Ssend, fast.general_Issend = self._general_Ssend, self._general_Issend
+        fast.general_ssend, fast.general_issend = self._general_ssend, self._general_issend
+        fast.general_isend = self._general_isend
+        fast.general_Iprobe, fast.general_Probe = self._general_Iprobe, self._general_Probe
+        fast.general_Improbe, fast.general_Mprobe = self._general_Improbe, self._general_Mprobe
+        fast.new_message, fast.new_incoming = Message, Incoming
         self._shared = None
         if handle:
             _BY_HANDLE[self.handle] = self
@@ -255,6 +263,18 @@ class Comm(_MPI.Comm):
         self.Send, self.Recv, self.Isend, self.Irecv = fast.Send, fast.Recv, fast.Isend, fast.Irecv
         self.irecv = fast.irecv
         self.send, self.recv = fast.send_object, fast.recv_object
+        self.Ssend, self.Issend = fast.Ssend, fast.Issend
+        # Buffered and ready sends are standard ones here (an eager send
+        # never waits for the receiver; see docs/api.md).
+        self.Bsend = self.Rsend = fast.Send
+        self.Ibsend = self.Irsend = fast.Isend
+        self.bsend = fast.send_object
+        self.isend = self.ibsend = fast.isend_object
+        self.ssend, self.issend = fast.ssend_object, fast.issend_object
+        self.Iprobe = self.iprobe = fast.Iprobe
+        self.Probe = self.probe = fast.Probe
+        self.Improbe = self.improbe = fast.Improbe
+        self.Mprobe = self.mprobe = fast.Mprobe
         if small is not None:
             small.lock_of = self._lock
             for name in _SMALL_COLLECTIVES:
@@ -379,6 +399,9 @@ class Comm(_MPI.Comm):
         return self._isend_bytes(b.mem, dest, tag, False, "Isend")
 
     def Issend(self, buf, dest, tag=0):
+        return self._fast.Issend(buf, dest, tag)
+
+    def _general_Issend(self, buf, dest, tag):
         return self._isend_bytes(parse_send(buf, rank=dest, holes=True).mem, dest, tag, True,
                                  "Issend")
 
@@ -404,6 +427,9 @@ class Comm(_MPI.Comm):
         self._isend_bytes(b.mem, dest, tag, False, "Send").Wait()
 
     def Ssend(self, buf, dest, tag=0):
+        self._fast.Ssend(buf, dest, tag)
+
+    def _general_Ssend(self, buf, dest, tag):
         self._isend_bytes(parse_send(buf, rank=dest, holes=True).mem, dest, tag, True,
                           "Ssend").Wait()
 
@@ -486,6 +512,11 @@ class Comm(_MPI.Comm):
 
     def Sendrecv_replace(self, buf, dest, sendtag=0, source=ANY_SOURCE, recvtag=ANY_TAG,
                          status=None):
+        # An eager send takes its bytes from buf at once: the reply may then
+        # land in it (as Sendrecv, sending first cannot deadlock).
+        if self._fast.send(buf, dest, sendtag):
+            self.Recv(buf, source, recvtag, status)
+            return
         self._check_send_args(dest, sendtag, "Sendrecv_replace")
         # mpi4py's rule: the buffer is read for the receiving peer, or for
         # the sending one when that is PROC_NULL.
@@ -510,6 +541,10 @@ class Comm(_MPI.Comm):
             if b.pack is not None:
                 b.pack()    # the data as they are now, at each start
             return self._isend_bytes(b.mem, dest, tag, sync, what)._op, None
+        if b.pack is None and "_fast" in self.__dict__:
+            # Parsed once: each Start is one call that publishes the frame.
+            return Prequest(self, PersistentStart(self._fast, b.mem, dest, tag, int(sync), start),
+                            description)
         return Prequest(self, start, description)
 
     Bsend_init = Send_init
@@ -523,11 +558,22 @@ class Comm(_MPI.Comm):
             return req._op, None
         if b.unpack is not None:
             return UnpackingPrequest(self, start, b.unpack, "persistent receive")
+        if "_fast" in self.__dict__:
+            # Each Start posts the receive in one call.
+            return Prequest(self, PersistentStart(self._fast, b.mem, source, tag, 2, start),
+                            "persistent receive")
         return Prequest(self, start, "persistent receive")
 
     # --- probes ---------------------------------------------------------------
 
+    # Iprobe/Probe/Improbe/Mprobe: each instance binds FastPath's versions
+    # (see _bind_fast), which peek at the rings in one call and fall back
+    # to the _general_* methods; the methods below do the same unbound.
+
     def Iprobe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None):
+        return self._fast.Iprobe(source, tag, status)
+
+    def _general_Iprobe(self, source, tag, status):
         self._check_live()
         if source == PROC_NULL:
             fill_status(status, PROC_NULL, ANY_TAG, 0)
@@ -540,6 +586,9 @@ class Comm(_MPI.Comm):
         return True
 
     def Probe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None):
+        return self._fast.Probe(source, tag, status)
+
+    def _general_Probe(self, source, tag, status):
         self._wait_for(lambda: self.Iprobe(source, tag, status), f"Probe from {_peer_name(source)}")
         return True
 
@@ -547,6 +596,9 @@ class Comm(_MPI.Comm):
     probe = Probe
 
     def Improbe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None):
+        return self._fast.Improbe(source, tag, status)
+
+    def _general_Improbe(self, source, tag, status):
         self._check_live()
         if source == PROC_NULL:
             fill_status(status, PROC_NULL, ANY_TAG, 0)
@@ -560,6 +612,9 @@ class Comm(_MPI.Comm):
         return Message(self, msg)
 
     def Mprobe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None):
+        return self._fast.Mprobe(source, tag, status)
+
+    def _general_Mprobe(self, source, tag, status):
         found = []
 
         def attempt():
@@ -587,13 +642,16 @@ class Comm(_MPI.Comm):
         return _pickle.loads(op.data)
 
     def isend(self, obj, dest, tag=0):
-        data = _pickle.dumps(obj)
-        if self._fast.send(data, dest, tag):       # small: out at once, as Isend
-            return Request(self, _SENT, what="isend")
+        return self._fast.isend_object(obj, dest, tag)
+
+    def _general_isend(self, data, dest, tag):
         return self._isend_bytes(memoryview(data), dest, tag, False, "isend")
 
     def issend(self, obj, dest, tag=0):
-        return self._isend_bytes(memoryview(_pickle.dumps(obj)), dest, tag, True, "issend")
+        return self._fast.issend_object(obj, dest, tag)
+
+    def _general_issend(self, data, dest, tag):
+        return self._isend_bytes(memoryview(data), dest, tag, True, "issend")
 
     ibsend = isend
 
@@ -604,7 +662,10 @@ class Comm(_MPI.Comm):
         self._isend_bytes(memoryview(data), dest, tag, False, "send").wait()
 
     def ssend(self, obj, dest, tag=0):
-        self.issend(obj, dest, tag).wait()
+        self._fast.ssend_object(obj, dest, tag)
+
+    def _general_ssend(self, data, dest, tag):
+        self._general_issend(data, dest, tag).wait()
 
     bsend = send
 

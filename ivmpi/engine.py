@@ -211,7 +211,8 @@ class Engine:
 
     def _stream(self, dest, tx, op):
         """Publish the next chunks of a cleared rendezvous send; True when all are out."""
-        op.offset = tx.stream(op.mem, op.offset, self.chunk_bytes, op.send_id, self.stream_spins)
+        op.offset = tx.stream(op.mem, op.offset, self.chunk_bytes, op.send_id, self.stream_spins,
+                              self.rx[dest])
         if op.offset < len(op.mem):
             return False
         op.done = True
@@ -488,8 +489,11 @@ class Engine:
             if op is None:
                 raise CorruptRegionError(f"peer {peer}: data for unknown send id {rx.b}")
             send_id = rx.b
+            # While frames of ours to this peer wait for room (it is
+            # streaming to us too), waiting here for its next chunk would
+            # stall both: drain what is there and go publish ours.
             op.received = rx.drain_data(op.mem, send_id, op.received, op.total, self.chunk_bytes,
-                                        op.discard, self.stream_spins)
+                                        op.discard, 0 if peer in self.backlog else self.stream_spins)
             if op.received == op.total:
                 del self.receiving[(peer, send_id)]
                 op.count = op.total if op.error is None else 0
@@ -548,12 +552,15 @@ class Engine:
         if op.done:
             return
         peer = op.peer
-        specific = (type(op) is RecvOp and peer is not None and 0 <= peer < self.size
-                    and peer != self.rank)
+        # A receive from a known source, or a synchronous send awaiting its
+        # acknowledgement: only that peer's ring matters.
+        specific = ((type(op) is RecvOp or (type(op) is SendOp and op.sync))
+                    and peer is not None and 0 <= peer < self.size and peer != self.rank)
         if specific:
-            # The commonest case, inline: the eager message is next in the ring.
+            # The commonest case, inline: the eager message (or the ACK) is next in the ring.
+            # It polls in C for a while before the Python wait loop starts.
             if poll_eager(self.lock, self.rx[peer], self.posted, self.eager_limit, self.backlog,
-                          op) < 0:
+                          op, self.tx[peer], self.awaiting_ack, self.fast_spins) < 0:
                 self.poll_peer(peer, op)
             if op.done:
                 return
@@ -579,12 +586,14 @@ class Engine:
         spin, yield_rounds = self.spin_rounds, self.yield_rounds
         lock, posted, limit, backlog = self.lock, self.posted, self.eager_limit, self.backlog
         rx = self.rx[peer] if peer is not None else None
+        tx = self.tx[peer] if peer is not None else None
+        awaiting_ack = self.awaiting_ack
         mark = since = None
         while True:
             # A receive from a known source first polls only that peer; once
             # idle, everything is progressed, so that no peer starves.
             if peer is not None and idle < spin:
-                moved = poll_eager(lock, rx, posted, limit, backlog, ops[0])
+                moved = poll_eager(lock, rx, posted, limit, backlog, ops[0], tx, awaiting_ack)
                 if moved < 0:
                     moved = self.poll_peer(peer, ops[0])
             else:

@@ -852,8 +852,10 @@ class Message:
         return incoming
 
     def Irecv(self, buf):
+        return self._irecv(self._take(), buf)
+
+    def _irecv(self, incoming, buf):
         from .buffers import parse_recv
-        incoming = self._take()
         if incoming is None:
             return Request(self._comm, None, what="Message.Irecv")
         b = parse_recv(buf, holes=True)
@@ -863,17 +865,26 @@ class Message:
         return Request(self._comm, op, what="Message.Irecv")
 
     def Recv(self, buf, status=None):
-        self.Irecv(buf).Wait(status)
+        incoming = self._take()
+        # An eager message goes straight into buf in one call.
+        if incoming is None or not self._comm._fast.recv_message(buf, incoming, status):
+            self._irecv(incoming, buf).Wait(status)
 
     def irecv(self):
-        incoming = self._take()
+        return self._irecv_object(self._take())
+
+    def _irecv_object(self, incoming):
         if incoming is None:
             return Request(self._comm, None, what="Message.irecv")
         op = self._comm._engine.recv_matched(incoming, None)
         return Request(self._comm, op, decode=self._comm._unpickle_op, what="Message.irecv")
 
     def recv(self, status=None):
-        return self.irecv().wait(status)
+        incoming = self._take()
+        if incoming is not None and self._comm._fast.take_message(incoming, status):
+            # An empty message is None, as mpi4py unpickles it.
+            return self._comm._unpickle_op(incoming) if incoming.data else None
+        return self._irecv_object(incoming).wait(status)
 
 
 REQUEST_NULL = Request()
