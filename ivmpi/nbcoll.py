@@ -807,6 +807,10 @@ class NonblockingCollectives:
     def Ialltoallw(self, sendbuf, recvbuf):
         return self._nonblocking("Ialltoallw", self._alltoallw_plan, sendbuf, recvbuf)
 
+    def Alltoallw(self, sendbuf, recvbuf):
+        # The blocking form is the nonblocking schedule, waited for.
+        self.Ialltoallw(sendbuf, recvbuf).Wait()
+
     def Ireduce(self, sendbuf, recvbuf, op=_SUM, root=0):
         return self._nonblocking("Ireduce", self._reduce_plan, sendbuf, recvbuf, op, root)
 

@@ -203,3 +203,19 @@ def test_receive_too_small_for_the_type_is_refused(comm):
         with pytest.raises(ValueError, match="reach"):
             call()
     col.Free()
+
+
+def test_blocking_alltoallw_with_holes_matches_the_library(comm):
+    results = []
+    for c in (comm, native.COMM_WORLD):
+        n, r = c.Get_size(), c.Get_rank()
+        send = np.arange(n * 4, dtype="f8") + 100 * r
+        recv = np.full(n * 4, -1.0)
+        every_other = MPI.DOUBLE.Create_vector(2, 1, 2).Commit()
+        displs = [32 * i for i in range(n)]
+        c.Alltoallw([send, [1] * n, displs, [every_other] * n],
+                    [recv, [1] * n, displs, [every_other] * n])
+        every_other.Free()
+        results.append(recv)
+    assert (results[0] == results[1]).all()
+    assert (results[0][1::2] == -1.0).all()      # the holes stay untouched
