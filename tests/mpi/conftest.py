@@ -16,6 +16,18 @@ def world():
 
 
 @pytest.fixture
+def engine_timeout(world):
+    """A wait that cannot complete fails the test instead of hanging the job
+    (for test modules that ask for it with usefixtures)."""
+    engine = world._engine
+    saved = engine.timeout
+    if not saved:
+        engine.timeout = 30.0
+    yield
+    engine.timeout = saved
+
+
+@pytest.fixture
 def comm(world):
     c = world.Dup()
     yield c

@@ -10,19 +10,9 @@ from mpi4py import MPI as _native
 import ivmpi.stats
 from ivmpi import MPI
 
-pytestmark = pytest.mark.mpi(min_size=2)
+pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.usefixtures("engine_timeout")]
 
 NATIVE = _native.COMM_WORLD
-
-
-@pytest.fixture(autouse=True)
-def engine_timeout(world):
-    engine = world._engine
-    saved = engine.timeout
-    if not saved:
-        engine.timeout = 30.0
-    yield
-    engine.timeout = saved
 
 
 def make_intercomm(comm):

@@ -15,18 +15,9 @@ import pytest
 
 from ivmpi import MPI
 
+pytestmark = pytest.mark.usefixtures("engine_timeout")
+
 DEADLINE = 60.0      # seconds for the threads of one test
-
-
-@pytest.fixture(autouse=True)
-def engine_timeout(world):
-    """Waits give up (and the test fails) instead of hanging forever."""
-    engine = world._engine
-    saved = engine.timeout
-    if not saved:
-        engine.timeout = 20.0
-    yield
-    engine.timeout = saved
 
 
 def run_threads(*targets, deadline=DEADLINE):

@@ -14,20 +14,9 @@ import ivmpi.stats
 import ivmpi.topocomm
 from ivmpi import MPI
 
-pytestmark = pytest.mark.mpi(min_size=2)
+pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.usefixtures("engine_timeout")]
 
 NATIVE = _native.COMM_WORLD
-
-
-@pytest.fixture(autouse=True)
-def engine_timeout(world):
-    """A wait that cannot complete fails the test instead of hanging the job."""
-    engine = world._engine
-    saved = engine.timeout
-    if not saved:
-        engine.timeout = 30.0
-    yield
-    engine.timeout = saved
 
 
 def both(make):

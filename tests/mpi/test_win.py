@@ -11,22 +11,11 @@ from mpi4py import MPI as _native
 
 from ivmpi import MPI
 
-pytestmark = pytest.mark.mpi(min_size=2)
+pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.usefixtures("engine_timeout")]
 
 NATIVE = _native.COMM_WORLD
 OPS = ("SUM", "PROD", "MAX", "MIN", "BAND", "BOR", "BXOR", "LAND", "LOR", "LXOR", "REPLACE")
 DTYPES = ("i4", "i8", "u2", "f8")
-
-
-@pytest.fixture(autouse=True)
-def engine_timeout(world):
-    """A wait that cannot complete fails the test instead of hanging the job."""
-    engine = world._engine
-    saved = engine.timeout
-    if not saved:
-        engine.timeout = 30.0
-    yield
-    engine.timeout = saved
 
 
 def in_region(comm, buf):
