@@ -262,6 +262,10 @@ def wblocks(spec, n, recv, fill=False):
         buf, counts, displs, types = spec
     else:
         raise ValueError("message: expecting 2 to 4 items")
+    if buf is _MPI.BOTTOM and (counts is None or displs is None):
+        raise ValueError(f"message: BOTTOM requires {'counts' if counts is None else 'displs'}")
+    if counts is None and displs is None:     # mpi4py's rule: one element of each type
+        counts, displs = [1] * n, [0] * n
     counts, displs = _ints(counts, n), _ints(displs, n)
     if len(types) != n:
         raise ValueError(f"expecting {n} items, got {len(types)}")

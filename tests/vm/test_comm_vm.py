@@ -26,14 +26,15 @@ REGION_SIZE = 64 << 20
 SCRIPT = guest_script("guest_comm.py")
 
 
-def run_ranks(shm, places, max_bytes):
-    """Run one rank per entry of `places` ("host" or "guest"), concurrently.
+def run_ranks(shm, places, max_bytes, script=SCRIPT):
+    """Run one rank per entry of `places` ("host" or "guest"), concurrently,
+    each running `script` (guest_comm.py, given max_bytes).
 
     Returns the guests' results and {rank: (exit code, output)} of host ranks.
     """
     vm.prepare_shm(shm, REGION_SIZE)
     size = len(places)
-    command = [sys.executable, SCRIPT, str(max_bytes)]
+    command = [sys.executable, script, str(max_bytes)]
     guests, hosts, host_out = [], {}, {}
     try:
         for rank, place in enumerate(places):
