@@ -458,8 +458,11 @@ cdef class SmallCollectives:
         """The general algorithm's binomial tree of the pickled object, each
         step one call of the twin's object send or receive."""
         cdef long r, vrank, mask, size = self.size
-        if type(root) is not int or size < 2 or not 0 <= root < size or self.lock_of is None:
+        if self.lock_of is None:
             return self.general.bcast(obj, root)
+        if type(root) is not int or size < 2 or not 0 <= root < size:
+            with self.lock_of("bcast"):     # mpi4py's lock, whichever path runs
+                return self.general.bcast(obj, root)
         with self.lock_of("bcast"):
             r = root
             vrank = (self.rank - r + size) % size

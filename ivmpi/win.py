@@ -591,7 +591,17 @@ def _index(value, what):
         raise TypeError(f"{what} must be an integer, got {type(value).__name__}") from None
 
 
-class Win(_MPI.Win):
+class _AnyWindow(type):
+    """isinstance(w, ivmpi.MPI.Win) holds for the library's own window objects
+    too, as it does for mpi4py's class: mpi4py hands such objects (made from
+    a handle) to attribute callbacks and error handlers written against
+    MPI.Win.  Subclasses of Win keep the usual rule."""
+
+    def __instancecheck__(cls, obj):
+        return type.__instancecheck__(cls, obj) or (cls is Win and isinstance(obj, _MPI.Win))
+
+
+class Win(_MPI.Win, metaclass=_AnyWindow):
     """An MPI window whose data move through the region (see the module's doc)."""
 
     def __new__(cls, win=None):
@@ -1747,7 +1757,8 @@ def _origin_type(spec, count, datatype):
 
 def _empty_origin(origin):
     return origin is None or origin is _MPI.BOTTOM or (
-        isinstance(origin, (list, tuple)) and origin and origin[0] in (None, _MPI.BOTTOM))
+        isinstance(origin, (list, tuple)) and len(origin) > 0
+        and (origin[0] is None or origin[0] is _MPI.BOTTOM))   # identity: origin[0] may be an array
 
 
 def _one_element(spec, writable, what):

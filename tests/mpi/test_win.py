@@ -452,13 +452,15 @@ def test_threads_of_every_rank_accumulate_at_once(comm):
 
 
 def test_a_window_too_large_for_one_rank_fails_everywhere(comm):
-    heap = comm._engine.heap.size
-    size = heap * 2 if comm.rank == comm.size - 1 else 64
+    heap = comm._engine.heap
+    # Other users of the heap (collectives' staging) may hold some of it.
+    free_before = heap.available()
+    size = heap.size * 2 if comm.rank == comm.size - 1 else 64
     with pytest.raises(MPI.Exception) as info:
         MPI.Win.Allocate(size, 1, comm=comm)
     assert info.value.Get_error_class() == MPI.ERR_NO_MEM
-    # Nothing is left behind: the heap is whole again and windows still work.
-    assert comm._engine.heap.available() == heap
+    # Nothing is left behind: the heap is as it was and windows still work.
+    assert heap.available() == free_before
     win = MPI.Win.Allocate(64, 1, comm=comm)
     win.Free()
 
