@@ -48,6 +48,7 @@ from ._fastcopy import (Channel, SCHED_CALL, SCHED_COMBINE, SCHED_COPY, SCHED_FE
 from .buffers import (BOTTOM, _as_datatype, _memory, _split_simple, _split_vector,
                       datatype_extent, has_holes, is_in_place, parse_recv, parse_send,
                       parse_vbuf)
+from .collectives import _HOLE_ROLES as _BLOCKING_HOLE_ROLES
 from .collectives import PIPELINE_MIN_BYTES, PIPELINE_SEGMENT_BYTES
 from .datatypes import layout
 from .errors import BufferSpecError
@@ -305,26 +306,10 @@ def wblocks(spec, n, recv, fill=False):
     return blocks, packs, unpacks
 
 
-# The roles of each collective's buffers: "plain" one block, "blocks" one
-# block per rank, "vector" counts and displacements; the last item says
-# which buffer is looked at by the root only.
-_HOLE_ROLES = {
-    "Bcast": (None, "plain", None),
-    "Scatter": ("blocks", "plain", "send"),
-    "Scatterv": ("vector", "plain", "send"),
-    "Gather": ("plain", "blocks", "recv"),
-    "Gatherv": ("plain", "vector", "recv"),
-    "Allgather": ("plain", "blocks", None),
-    "Allgatherv": ("plain", "vector", None),
-    "Alltoall": ("blocks", "blocks", None),
-    "Alltoallv": ("vector", "vector", None),
-    "Reduce": ("plain", "plain", "recv"),
-    "Allreduce": ("plain", "plain", None),
-    "Scan": ("plain", "plain", None),
-    "Exscan": ("plain", "plain", None),
-    "Reduce_scatter_block": ("blocks", "plain", None),
-    "Reduce_scatter": ("plain", "plain", None),
-}
+# The roles of each collective's buffers are the blocking collectives' (see
+# ivmpi.collectives), and Bcast's one buffer, which the blocking Bcast packs
+# itself.
+_HOLE_ROLES = {"Bcast": (None, "plain", None), **_BLOCKING_HOLE_ROLES}
 
 
 def _pack_role(spec, role, n, writable, fill):
