@@ -75,15 +75,18 @@ def test_point_to_point_goes_through_the_region(pair):
 
 def test_any_source_reports_remote_ranks(pair):
     (color, _, inter), _ = pair
+    # The objects travel on a duplicate: an ANY_TAG receive there cannot take
+    # the synchronous send below, which another sender may have started first.
+    objects = inter.Dup()
     if color == 0:
         for peer in range(inter.remote_size):
-            inter.send({"from": inter.rank}, dest=peer, tag=inter.rank)
+            objects.send({"from": inter.rank}, dest=peer, tag=inter.rank)
         inter.Ssend(np.array([inter.rank], "i8"), dest=0, tag=99)
     else:
         seen = set()
         for _ in range(inter.remote_size):
             status = MPI.Status()
-            msg = inter.recv(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status)
+            msg = objects.recv(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status)
             assert status.Get_source() == status.Get_tag() == msg["from"]
             seen.add(msg["from"])
         assert seen == set(range(inter.remote_size))
@@ -95,6 +98,7 @@ def test_any_source_reports_remote_ranks(pair):
                 value = np.zeros(1, "i8")
                 message.Recv(value)
                 assert value[0] == status.Get_source()
+    objects.Free()
 
 
 def test_peer_ranks_are_checked(pair):
