@@ -227,15 +227,3 @@ cdef class RunPlan:
         finally:
             PyBuffer_Release(&src)
 
-
-def gather_runs(user, Py_ssize_t origin, Py_ssize_t count, Py_ssize_t extent, offsets, lengths,
-                packed):
-    """Copy count elements of `user` (the first element's origin at byte
-    `origin`) into the contiguous `packed`, run by run (a one-off RunPlan)."""
-    RunPlan(offsets, lengths).gather(user, origin, count, extent, packed)
-
-
-def scatter_runs(packed, user, Py_ssize_t origin, Py_ssize_t count, Py_ssize_t extent, offsets,
-                 lengths):
-    """The reverse of gather_runs."""
-    RunPlan(offsets, lengths).scatter(packed, user, origin, count, extent)
