@@ -332,9 +332,9 @@ def start_exit_watchdog(double seconds, int code, str message):
 
 
 include "_ops.pxi"
+include "_gather.pxi"
 include "_ring.pxi"
 include "_fastpath.pxi"
 include "_small_collectives.pxi"
-include "_gather.pxi"
 include "_win.pxi"
 include "_schedule.pxi"

@@ -135,6 +135,43 @@ cdef enum:
     _TAG_UB = 0x7fffffff
 
 
+# Derived datatypes with holes that the fast paths copy themselves, by a
+# RunPlan (ivmpi.datatypes makes them): handle -> (datatype, plan, extent),
+# or (datatype, None, 0) for a type they leave to the general path.  The
+# datatype object itself is kept and compared, so a handle the library
+# reuses for a new type after a Free never finds the old plan.
+cdef dict _TYPED = {}
+cdef object _typed_layout = None      # datatype -> (plan, extent) or None
+cdef enum:
+    _TYPED_CACHE_MAX = 256
+
+
+def set_typed_layout(function):
+    """Install the function that gives a derived datatype's (RunPlan,
+    extent), or None when the fast paths should leave it alone."""
+    global _typed_layout
+    _typed_layout = function
+    _TYPED.clear()
+
+
+cdef tuple _typed_entry(object datatype):
+    cdef object handle = getattr(datatype, "handle", None)
+    cdef tuple entry = _TYPED.get(handle)
+    if entry is not None and entry[0] is datatype:
+        return entry
+    if _typed_layout is None or handle is None:
+        return None
+    try:
+        found = _typed_layout(datatype)
+    except Exception:
+        return None     # the general path reports what is wrong with it
+    if len(_TYPED) >= _TYPED_CACHE_MAX:
+        _TYPED.clear()
+    entry = (datatype, None, 0) if found is None else (datatype, found[0], found[1])
+    _TYPED[handle] = entry
+    return entry
+
+
 cdef class FastPath:
     """One communicator's fast paths: its rings by communicator rank.
 
@@ -300,6 +337,63 @@ cdef class FastPath:
         extent[0] = <Py_ssize_t>entry
         return spec[0]
 
+    cdef object _typed_at(self, object spec, Py_ssize_t *count, Py_ssize_t *origin):
+        """The buffer of spec if it is [buf, count, datatype], [buf, (count,
+        displ), datatype] or [buf, count, displ, datatype] with a derived
+        datatype with holes copied by a RunPlan, which is returned as well:
+        (buf, plan, extent); else None.  count and origin (displ * extent,
+        bytes) are set; whether the elements fit buf is for _typed_fits."""
+        cdef object entry, cnt, displ = 0
+        cdef Py_ssize_t n
+        if type(spec) is not list and type(spec) is not tuple:
+            return None
+        n = len(spec)
+        if n == 3:
+            cnt = spec[1]
+            if type(cnt) is tuple or type(cnt) is list:
+                if len(cnt) != 2:
+                    return None
+                cnt, displ = cnt[0], cnt[1]
+        elif n == 4:
+            cnt, displ = spec[1], spec[2]
+        else:
+            return None
+        if type(cnt) is not int or type(displ) is not int or cnt < 0 or displ < 0 \
+                or cnt > (1 << 40) or displ > (1 << 40):
+            return None
+        entry = _typed_entry(spec[n - 1])
+        if entry is None or entry[1] is None or not PyObject_CheckBuffer(spec[0]):
+            return None
+        count[0] = <Py_ssize_t>cnt
+        origin[0] = <Py_ssize_t>displ * <Py_ssize_t>entry[2]
+        return (spec[0], entry[1], entry[2])
+
+    cdef bint _publish_typed(self, object spec, long dest, long tag, uint32_t kind,
+                             uint64_t b) except -1:
+        """_publish for a spec with a derived datatype with holes: its
+        elements are gathered straight into the ring."""
+        cdef Py_ssize_t count, origin, extent
+        cdef Py_buffer view
+        cdef RunPlan plan
+        cdef int done
+        found = self._typed_at(spec, &count, &origin)
+        if found is None:
+            return False
+        plan, extent = <RunPlan>found[1], <Py_ssize_t>found[2]
+        if count and <uint64_t>plan.size > self.eager_limit // <uint64_t>count:
+            return False
+        ring = self.tx[dest]
+        if ring is None or not _pin(found[0], False, &view):
+            return False
+        try:
+            if not plan.fits(count, extent, origin, view.len):
+                return False
+            done = (<TxRing>ring).write_gathered(kind, <int32_t>tag, self.context, b, plan,
+                                                 <const char *>view.buf + origin, count, extent)
+        finally:
+            PyBuffer_Release(&view)
+        return done == 1
+
     cpdef bint send(self, object buf, long dest, long tag) except -1:
         """Publish buf to dest as one EAGER frame; False: use the general path."""
         if not self.lock.enter():
@@ -325,9 +419,12 @@ cdef class FastPath:
             return False
         if self.backlog:
             return False
-        buf = self._plain_at(buf, &extent, &nbytes, &offset)
+        plain = self._plain_at(buf, &extent, &nbytes, &offset)
+        if plain is None:
+            return self._publish_typed(buf, dest, tag, kind, b)
+        buf = plain
         ring = self.tx[dest]
-        if ring is None or buf is None:
+        if ring is None:
             return False
         if _direct(buf, False, &data, &length) and length < _NOGIL_MIN:
             # Small: the copy keeps the GIL, so nothing can free the memory meanwhile.
@@ -927,9 +1024,10 @@ cdef class FastPath:
         cdef RxRing rx
         cdef Py_ssize_t extent, capacity, length, offset
         cdef char *data
-        buf = self._plain_at(buf, &extent, &capacity, &offset)
-        if buf is None:
-            return FAST_NOT_HANDLED
+        plain = self._plain_at(buf, &extent, &capacity, &offset)
+        if plain is None:
+            return self._recv_typed(buf, source, tag, spins)
+        buf = plain
         cdef long got
         if self.unexpected and self.enabled:
             got = self._recv_unexpected(buf, source, tag, extent, capacity, offset)
@@ -958,6 +1056,56 @@ cdef class FastPath:
                 return FAST_NOT_HANDLED
             if n:
                 rx.copy_out(<char *>view.buf + offset, n)
+            self.last_tag = rx.tag
+            self._consume(rx)
+        finally:
+            PyBuffer_Release(&view)
+        return <long>n
+
+    cdef long _recv_typed(self, object spec, long source, long tag, int spins) except -3:
+        """_recv for a spec with a derived datatype with holes: the message
+        is scattered from the ring straight into the elements.  A message
+        that is not a whole number of elements, or one already queued as
+        unexpected, is left to the general path."""
+        cdef Py_ssize_t count, origin, extent
+        cdef Py_buffer view
+        cdef RunPlan plan
+        cdef RxRing rx
+        cdef uint64_t n
+        cdef Py_ssize_t i
+        found = self._typed_at(spec, &count, &origin)
+        if found is None:
+            return FAST_NOT_HANDLED
+        plan, extent = <RunPlan>found[1], <Py_ssize_t>found[2]
+        if plan.size == 0 or not _pin(found[0], True, &view):
+            return FAST_NOT_HANDLED
+        try:
+            if not plan.fits(count, extent, origin, view.len):
+                return FAST_NOT_HANDLED
+            if self.unexpected and self.enabled:
+                if not self._valid_receive(source, tag):
+                    return FAST_NOT_HANDLED
+                msg = self._unexpected_eager(source, tag, &i)
+                if msg is not None:
+                    n = len(msg.data)
+                    if n % <uint64_t>plan.size or n // <uint64_t>plan.size > <uint64_t>count \
+                            or not self._take_unexpected(i, msg):
+                        return FAST_NOT_HANDLED
+                    plan._scatter(<char *>view.buf + origin, PyByteArray_AS_STRING(msg.data),
+                                  <Py_ssize_t>(n // plan.size), extent)
+                    return <long>n
+                if i >= 0:
+                    return FAST_NOT_HANDLED
+            ring = self._ready_ring(source, tag, spins)
+            if ring is None:
+                return FAST_NOT_HANDLED
+            rx = <RxRing>ring
+            n = rx.length
+            if n % <uint64_t>plan.size or n // <uint64_t>plan.size > <uint64_t>count:
+                return FAST_NOT_HANDLED
+            if n:
+                rx.scatter_out(plan, <char *>view.buf + origin, <Py_ssize_t>(n // plan.size),
+                               extent)
             self.last_tag = rx.tag
             self._consume(rx)
         finally:

@@ -13,6 +13,8 @@
 
 from libc.string cimport memcpy
 from libc.stdint cimport int64_t
+cdef extern from "Python.h":
+    Py_ssize_t PY_SSIZE_T_MAX
 
 
 cdef inline void _copy_run(char *dst, const char *src, Py_ssize_t n) noexcept nogil:
@@ -153,6 +155,20 @@ cdef class RunPlan:
         self.regular = True
         self.run, self.first = self.n[0], o[0]
         self.n1, self.s1, self.n2, self.s2 = n1, s1, self.nruns // n1, s2
+
+    cdef bint fits(self, Py_ssize_t count, Py_ssize_t extent, Py_ssize_t origin,
+                   Py_ssize_t user_len) noexcept:
+        """Do count elements, the first at byte origin, lie inside user_len bytes?"""
+        cdef Py_ssize_t lo, hi
+        if count < 0:
+            return False
+        if count == 0 or self.size == 0:
+            return True
+        if extent != 0 and count - 1 > PY_SSIZE_T_MAX // (extent if extent > 0 else -extent) - 1:
+            return False    # would overflow: no buffer is that large
+        lo = origin + min(0, (count - 1) * extent) + self.low
+        hi = origin + max(0, (count - 1) * extent) + self.high
+        return lo >= 0 and hi <= user_len
 
     cdef int _check(self, Py_ssize_t count, Py_ssize_t extent, Py_ssize_t origin,
                     Py_ssize_t user_len, Py_ssize_t packed_len) except -1:

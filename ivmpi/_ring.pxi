@@ -10,6 +10,7 @@
 cimport cython
 from libc.stdint cimport uint64_t, uint32_t, int32_t
 from libc.string cimport memset, memcpy, memmove
+from libc.stdlib cimport malloc, free
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 
 from .errors import CorruptRegionError as _CorruptRegionError
@@ -113,14 +114,12 @@ cdef class TxRing:
             return self.ring_bytes - pos
         return 0
 
-    cdef int write_frame(self, uint32_t kind, int32_t tag, uint32_t context, uint64_t a,
-                         uint64_t b, const char *payload, uint64_t length) except -1:
-        """Publish one frame; 1 when published, 0 when the ring has no room yet."""
-        cdef uint64_t fsize = _HDR + _round8(length)
+    cdef char *_reserve(self, uint64_t fsize) except? NULL:
+        """Where a frame of fsize bytes goes, with room for it (a PAD frame
+        written first when it would run past the ring's end); NULL when the
+        ring has no room yet.  _publish_frame then makes it visible."""
         cdef uint64_t pos = self.head & (self.ring_bytes - 1)
         cdef uint64_t pad = 0
-        cdef uint64_t words[_INLINE_WORDS]
-        cdef char *dst
         if fsize > self.ring_bytes:
             raise ValueError(f"frame of {fsize} bytes does not fit a ring of {self.ring_bytes}")
         if self.ring_bytes - pos < fsize:
@@ -128,12 +127,65 @@ cdef class TxRing:
         elif pos >= _RECYCLE_BYTES and self.head - self.recycle_checked >= _RECYCLE_BYTES:
             pad = self._recycle(pos)
         if not self._has_room(pad + fsize):
-            return 0
+            return NULL
         if pad:
             # Only the first word of a PAD frame is read (layout.md).
             rg_store(self.data + pos, _K_PAD)
+            self.head += pad
             pos = 0
-        dst = self.data + pos
+        return self.data + pos
+
+    cdef inline void _publish_frame(self, uint64_t fsize) noexcept:
+        self.head += fsize
+        # The frame is complete in the region before the head says so.
+        rg_store_release(self.head_p, self.head)
+
+    cdef int write_gathered(self, uint32_t kind, int32_t tag, uint32_t context, uint64_t b,
+                            RunPlan plan, const char *src, Py_ssize_t count,
+                            Py_ssize_t extent) except -1:
+        """Publish one frame whose payload is count elements of a derived
+        datatype gathered from src (the first element's origin) straight
+        into the ring; 1 when published, 0 when the ring has no room yet.
+        The caller has checked the elements against the user's buffer."""
+        cdef uint64_t length = <uint64_t>(plan.size * count)
+        cdef uint64_t fsize = _HDR + _round8(length)
+        cdef uint64_t words[4]
+        cdef char *staged
+        cdef char *dst = self._reserve(fsize)
+        if dst == NULL:
+            return 0
+        words[0] = kind | (length << 32)
+        words[1] = <uint32_t>tag | (<uint64_t>context << 32)
+        words[2] = 0
+        words[3] = b
+        rg_copy_to(dst, words, _HDR, self.strict)
+        if self.strict:
+            # Device memory takes only the copy core's aligned accesses: the
+            # runs are gathered in private memory first.
+            staged = <char *>malloc(length if length else 1)
+            if staged == NULL:
+                raise MemoryError()
+            try:
+                plan._gather(staged, src, count, extent)
+                rg_copy_to(dst + _HDR, staged, length, self.strict)
+            finally:
+                free(staged)
+        elif length >= _NOGIL_MIN:
+            with nogil:
+                plan._gather(dst + _HDR, src, count, extent)
+        else:
+            plan._gather(dst + _HDR, src, count, extent)
+        self._publish_frame(fsize)
+        return 1
+
+    cdef int write_frame(self, uint32_t kind, int32_t tag, uint32_t context, uint64_t a,
+                         uint64_t b, const char *payload, uint64_t length) except -1:
+        """Publish one frame; 1 when published, 0 when the ring has no room yet."""
+        cdef uint64_t fsize = _HDR + _round8(length)
+        cdef uint64_t words[_INLINE_WORDS]
+        cdef char *dst = self._reserve(fsize)
+        if dst == NULL:
+            return 0
         words[0] = kind | (<uint64_t>length << 32)
         words[1] = <uint32_t>tag | (<uint64_t>context << 32)
         words[2] = a
@@ -153,9 +205,7 @@ cdef class TxRing:
                     rg_copy_to(dst + _HDR, payload, length, self.strict)
             else:
                 rg_copy_to(dst + _HDR, payload, length, self.strict)
-        self.head += pad + fsize
-        # The frame is complete in the region before the head says so.
-        rg_store_release(self.head_p, self.head)
+        self._publish_frame(fsize)
         return 1
 
     def send(self, uint32_t kind, int32_t tag, uint32_t context, uint64_t a, uint64_t b,
@@ -326,6 +376,30 @@ cdef class RxRing:
                 rg_copy_from(dst, self.data + self.pos + _HDR, n, self.strict)
         else:
             rg_copy_from(dst, self.data + self.pos + _HDR, n, self.strict)
+        return 0
+
+    cdef int scatter_out(self, RunPlan plan, char *dst, Py_ssize_t count,
+                         Py_ssize_t extent) except -1:
+        """The current frame's payload, count whole elements of a derived
+        datatype (count * plan.size <= length is the caller's promise),
+        scattered from the ring into dst (the first element's origin)."""
+        cdef uint64_t n = <uint64_t>(plan.size * count)
+        cdef char *staged
+        cdef const char *payload = self.data + self.pos + _HDR
+        if self.strict:
+            staged = <char *>malloc(n if n else 1)
+            if staged == NULL:
+                raise MemoryError()
+            try:
+                rg_copy_from(staged, payload, n, self.strict)
+                plan._scatter(dst, staged, count, extent)
+            finally:
+                free(staged)
+        elif n >= _NOGIL_MIN:
+            with nogil:
+                plan._scatter(dst, payload, count, extent)
+        else:
+            plan._scatter(dst, payload, count, extent)
         return 0
 
     def read_into(self, out, Py_ssize_t offset=0):

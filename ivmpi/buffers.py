@@ -239,6 +239,20 @@ def has_holes(datatype):
     return not (lb == 0 and true_lb == 0 and datatype.Get_size() == extent == true_extent)
 
 
+def fast_plan(datatype):
+    """(RunPlan, extent) of a derived datatype with holes, for the fast
+    paths to gather and scatter its elements straight between the user's
+    memory and the ring; None for any other type (they leave it to the
+    general path, which also reports what is wrong with a bad one)."""
+    if not isinstance(datatype, MPI.Datatype) or datatype.is_predefined \
+            or not has_holes(datatype):
+        return None
+    lay = layout(datatype)
+    if lay.plan is None or lay.extent <= 0:
+        return None
+    return lay.plan, lay.extent
+
+
 def _packed(buf, mem, origin, writable, blocks=1, fill=False, lay=None):
     """A Buf whose mem is the packed form of buf's data (a Buf over the
     user's memory, with a derived datatype with holes; its first element's
@@ -261,8 +275,21 @@ def _packed(buf, mem, origin, writable, blocks=1, fill=False, lay=None):
         pack()
         return Buf(staging, count * per, basic, buf.obj, pack=pack)
 
-    def unpack():
-        lay.scatter(staging, mem, origin, total)
+    def unpack(nbytes=None):
+        # A shorter message fills only its own elements (MPI leaves the
+        # rest of the receive buffer as it was): nbytes is what arrived.
+        if nbytes is None or nbytes >= lay.size * total:
+            lay.scatter(staging, mem, origin, total)
+            return
+        whole, rest = divmod(nbytes, lay.size)
+        lay.scatter(staging[:whole * lay.size], mem, origin, whole)
+        if rest:
+            # Part of one more element: its other bytes keep their values.
+            at = origin + whole * lay.extent
+            element = bytearray(lay.size)
+            lay.gather(mem, at, 1, element)
+            element[:rest] = staging[whole * lay.size:nbytes]
+            lay.scatter(element, mem, at, 1)
     if fill:
         lay.gather(mem, origin, total, staging)
     return Buf(staging, count * per, basic, buf.obj, unpack)

@@ -10,9 +10,9 @@ import weakref
 
 from .lib import MPI as _MPI
 
-from ._fastcopy import SMALL_OPS, FastPath, PersistentStart, SmallCollectives
+from ._fastcopy import SMALL_OPS, FastPath, PersistentStart, SmallCollectives, set_typed_layout
 
-from .buffers import parse_recv, parse_send
+from .buffers import fast_plan, parse_recv, parse_send
 from .collectives import COLLECTIVE_TAGS, Collectives
 from .engine import ANY_SOURCE as _ENGINE_ANY_SOURCE
 from .engine import Incoming, SendOp
@@ -35,6 +35,11 @@ _EXTENTS = None
 
 def _peer_name(source):
     return "any source" if source == ANY_SOURCE else f"rank {source}"
+
+
+# Sends and receives with a derived datatype with holes copy its elements
+# straight between the user's memory and the ring, by the type's RunPlan.
+set_typed_layout(fast_plan)
 
 
 def _predefined_extents():
@@ -455,8 +460,10 @@ class Comm(_MPI.Comm):
         if b.unpack is None:
             self._irecv_bytes(b.mem, source, tag, None, "Recv").Wait(status)
             return
+        if status is None:
+            status = _MPI.Status()
         self._fast.Recv(b.mem, source, tag, status)      # into the staging buffer
-        b.unpack()
+        b.unpack(status.Get_count(_MPI.BYTE))
 
     def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
                  recvtag=ANY_TAG, status=None):
@@ -477,9 +484,11 @@ class Comm(_MPI.Comm):
         received = parse_recv(recvbuf, rank=source, holes=True)
         rreq = self._irecv_bytes(received.mem, source, recvtag, None, "Sendrecv")
         sreq = self._isend_bytes(sendmem, dest, sendtag, False, "Sendrecv")
-        Request.Waitall([sreq, rreq], None if status is None else [_MPI.Status(), status])
+        if status is None:
+            status = _MPI.Status()
+        Request.Waitall([sreq, rreq], [_MPI.Status(), status])
         if received.unpack is not None:
-            received.unpack()
+            received.unpack(status.Get_count(_MPI.BYTE))
 
     def Isendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
                   recvtag=ANY_TAG):

@@ -693,7 +693,8 @@ class UnpackingRequest(Request):
         op = self._op
         result = Request._complete(self, status, decode)     # raises on truncation
         if not op.cancelled and self._unpack is not None:
-            self._unpack()
+            count = getattr(op, "count", None)
+            self._unpack(count if type(count) is int else None)
         return result
 
 

@@ -219,3 +219,99 @@ def test_blocking_alltoallw_with_holes_matches_the_library(comm):
         results.append(recv)
     assert (results[0] == results[1]).all()
     assert (results[0][1::2] == -1.0).all()      # the holes stay untouched
+
+
+def _short_messages(comm, MPI_):
+    """Messages shorter than the receive: whole elements, and one and a
+    half elements, by every receive path; the rest of the buffer keeps its
+    values, and the counts are MPI's."""
+    rank, results = comm.rank, []
+    col = MPI_.DOUBLE.Create_vector(3, 1, 3).Commit()
+    pair = MPI_.DOUBLE.Create_vector(2, 1, 2).Commit()      # 2 doubles, one hole
+    if rank == 0:
+        a = np.arange(18.0)
+        for tag in (1, 2, 3, 4):
+            comm.Send([a, 1, col], 1, tag)
+        comm.Send([a, 3, MPI_.DOUBLE], 1, 5)                  # 1.5 elements of pair
+    elif rank == 1:
+        outs = [np.full(18, -1.0) for _ in range(5)]
+        statuses = [MPI_.Status() for _ in range(5)]
+        pending = comm.Irecv([outs[0], 2, col], 0, 1)       # posted before it arrives
+        comm.Barrier()
+        pending.Wait(statuses[0])
+        comm.Recv([outs[1], 2, col], 0, 2, statuses[1])
+        comm.Probe(0, 3)                                     # already in the ring
+        comm.Recv([outs[2], 2, col], 0, 3, statuses[2])
+        comm.Sendrecv([np.zeros(0), 0, MPI_.DOUBLE], MPI_.PROC_NULL, 0,
+                      [outs[3], 2, col], 0, 4, statuses[3])
+        comm.Recv([outs[4], 2, pair], 0, 5, statuses[4])
+        results += outs
+        results.append(np.array([s.Get_count(col) for s in statuses[:4]]))
+        results.append(np.array([statuses[4].Get_count(pair) == MPI_.UNDEFINED,
+                                 statuses[4].Get_elements(MPI_.DOUBLE)]))
+    if rank != 1:
+        comm.Barrier()
+    col.Free()
+    pair.Free()
+    return results
+
+
+def test_short_messages_leave_the_rest_of_the_buffer_alone(comm):
+    _same(_short_messages(comm, MPI), _short_messages(native.COMM_WORLD, native))
+
+
+def test_small_messages_with_holes_skip_the_staging_copy(comm, monkeypatch):
+    """An eager message with a derived datatype is gathered straight into
+    the ring and scattered straight out of it: the general path's packed
+    staging buffer (buffers._packed) is never made."""
+    from ivmpi import buffers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a packed staging copy was made")
+    monkeypatch.setattr(buffers, "_packed", refuse)
+    rank, size = comm.rank, comm.size
+    right, left = (rank + 1) % size, (rank - 1) % size
+    column = MPI.DOUBLE.Create_vector(64, 1, 64).Create_resized(0, 8).Commit()
+    face = MPI.DOUBLE.Create_subarray([8, 8, 8], [8, 8, 1], [0, 0, 7]).Commit()
+    mixed = MPI.Datatype.Create_struct([1, 2], [0, 12], [MPI.INT32_T, MPI.INT32_T]).Commit()
+    grid = np.arange(64 * 64, dtype="f8").reshape(64, 64) + 10000 * rank
+    cube = np.arange(512, dtype="f8").reshape(8, 8, 8) + 10000 * rank
+    ints = np.arange(40, dtype="i4") + 1000 * rank
+    for spec_out, spec_in, check in (
+            ([grid, (1, 3), column], None, lambda got: got[:, 5] == grid[:, 3] - 10000 * rank
+             + 10000 * left),
+            ([cube, 1, face], None, lambda got: got[..., 7] == cube[..., 7] - 10000 * rank
+             + 10000 * left),
+            ([ints, 2, mixed], None, lambda got: got[[0, 3, 4, 5, 8, 9]] ==
+             ints[[0, 3, 4, 5, 8, 9]] - 1000 * rank + 1000 * left)):
+        out = np.full_like(spec_out[0], -1)
+        into = [out] + list(spec_out[1:])
+        if spec_out[2] is column:
+            into = [out, (1, 5), column]
+        comm.Send(spec_out, right, 8)
+        comm.Probe(left, 8)
+        status = MPI.Status()
+        comm.Recv(into, left, 8, status)
+        assert check(out).all()
+        assert status.Get_count(spec_out[2]) == (spec_out[1] if type(spec_out[1]) is int else 1)
+        # Everything outside the elements stays as it was.
+        assert (out[out != -1].size == spec_out[2].Get_size() // out.itemsize
+                * (spec_out[1] if type(spec_out[1]) is int else 1))
+    for t in (column, face, mixed):
+        t.Free()
+
+
+def test_a_freed_datatype_handle_reused_by_a_new_type_gets_the_new_layout(comm):
+    """The fast paths keep each type's copy plan; a new type that the
+    library gives a freed type's handle must not be copied by the old plan."""
+    rank, size = comm.rank, comm.size
+    right, left = (rank + 1) % size, (rank - 1) % size
+    data = np.arange(32.0) + 100 * rank
+    for stride in (2, 3, 4, 5):
+        t = MPI.DOUBLE.Create_vector(4, 1, stride).Commit()
+        out = np.full(32, -1.0)
+        comm.Sendrecv([data, 1, t], right, 9, [out, 1, t], left, 9)
+        picked = np.arange(4) * stride
+        assert np.array_equal(out[picked], data[picked] - 100 * rank + 100 * left)
+        assert (np.delete(out, picked) == -1).all()
+        t.Free()
