@@ -144,6 +144,8 @@ cdef dict _TYPED = {}
 cdef object _typed_layout = None      # datatype -> (plan, extent) or None
 cdef enum:
     _TYPED_CACHE_MAX = 256
+# The engine's MAX_MESSAGE: no message is announced larger.
+cdef uint64_t _MAX_MESSAGE = <uint64_t>1 << 48
 
 
 def set_typed_layout(function):
@@ -222,6 +224,13 @@ cdef class FastPath:
     cdef public object general_isend
     cdef public object general_Iprobe, general_Probe, general_Improbe, general_Mprobe
     cdef public object new_message, new_incoming
+    # Large sends with holes: the engine's staging block (take_stage,
+    # give_stage) and each communicator rank's heap (region offset, bytes),
+    # where its region rendezvous may point; region_frames: a receive
+    # with holes is looking, and takes a region rendezvous as well.
+    cdef public object take_stage, give_stage
+    cdef public list heap_bounds
+    cdef bint region_frames
     cdef long found_source, found_size    # what the last fast probe found
     cdef int32_t found_tag
     cdef object found_message
@@ -447,7 +456,12 @@ cdef class FastPath:
     # mpi4py's signatures; a communicator binds these as its own methods.
 
     def Send(self, buf, long dest, long tag=0):
-        if not self.send(buf, dest, tag):
+        if self.send(buf, dest, tag):
+            return
+        op = self._send_staged(buf, dest, tag)
+        if op is not None:
+            self.finish_staged(op, "Send")
+        else:
             self.general_Send(buf, dest, tag)
 
     def Recv(self, buf, source=None, tag=None, status=None):
@@ -899,7 +913,8 @@ cdef class FastPath:
 
     cdef bint _wanted(self, RxRing rx, long tag):
         # An over-limit eager frame is left to the engine, which reports it.
-        return ((rx.kind == 1 or rx.kind == 2) and rx.context == self.context and rx.tag >= 0
+        return ((rx.kind == 1 or rx.kind == 2 or (rx.kind == 8 and self.region_frames))
+                and rx.context == self.context and rx.tag >= 0
                 and (tag < 0 or rx.tag == tag) and rx.length <= self.eager_limit)
 
     cdef bint _posted_takes(self, RxRing rx):
@@ -1096,10 +1111,16 @@ cdef class FastPath:
                     return <long>n
                 if i >= 0:
                     return FAST_NOT_HANDLED
-            ring = self._ready_ring(source, tag, spins)
+            self.region_frames = self.heap_bounds is not None
+            try:
+                ring = self._ready_ring(source, tag, spins)
+            finally:
+                self.region_frames = False
             if ring is None:
                 return FAST_NOT_HANDLED
             rx = <RxRing>ring
+            if rx.kind == 8:
+                return self._recv_from_heap(rx, plan, <char *>view.buf + origin, count, extent)
             n = rx.length
             if n % <uint64_t>plan.size or n // <uint64_t>plan.size > <uint64_t>count:
                 return FAST_NOT_HANDLED
@@ -1111,6 +1132,129 @@ cdef class FastPath:
         finally:
             PyBuffer_Release(&view)
         return <long>n
+
+    cdef long _recv_from_heap(self, RxRing rx, RunPlan plan, char *dst, Py_ssize_t count,
+                              Py_ssize_t extent) except -3:
+        """The region rendezvous at the head of rx, for a receive with holes:
+        the sender's staged elements are scattered straight from its heap,
+        then acknowledged.  Anything unusual (a frame the engine would call
+        corrupt, a message that does not fill whole elements or is too long)
+        is left to the engine, which reports or handles it."""
+        cdef uint64_t total = rx.a
+        cdef uint64_t at, lo, room
+        cdef uint64_t send_id = rx.b
+        cdef Py_ssize_t elements
+        cdef char *staged
+        cdef const char *src
+        if rx.length != 8 or total <= self.eager_limit or total > _MAX_MESSAGE:
+            return FAST_NOT_HANDLED
+        rx.copy_out(<char *>&at, 8)
+        bounds = self.heap_bounds[self.last_source]
+        lo, room = bounds[0], bounds[1]
+        # The sender says where: only inside its own heap, checked without overflow.
+        if at < lo or total > room or at - lo > room - total \
+                or at + total > <uint64_t>rx.mem.size:
+            return FAST_NOT_HANDLED
+        if total % <uint64_t>plan.size or total // <uint64_t>plan.size > <uint64_t>count:
+            return FAST_NOT_HANDLED
+        elements = <Py_ssize_t>(total // <uint64_t>plan.size)
+        src = rx.mem.base + at
+        if rx.strict:
+            staged = <char *>malloc(total)
+            if staged == NULL:
+                raise MemoryError()
+            try:
+                with nogil:
+                    rg_copy_from(staged, src, total, 1)
+                    plan._scatter(dst, staged, elements, extent)
+            finally:
+                free(staged)
+        else:
+            with nogil:
+                plan._scatter(dst, src, elements, extent)
+        self.last_tag = rx.tag
+        rx.consume()
+        self._ack(self.last_source, send_id)    # the sender may reuse its block now
+        return <long>total
+
+    cdef object _send_staged(self, object spec, long dest, long tag):
+        """A message with holes over the eager limit, as a region rendezvous:
+        its elements gathered into the engine's staging block in this rank's
+        heap, the receiver told where (RTS_REGION) to scatter them straight
+        out.  Returns the SendOp that completes on the receiver's ACK (the
+        caller waits for it, then gives the block back), or None: use the
+        general path."""
+        cdef Py_ssize_t count, origin, extent
+        cdef Py_buffer view, sview
+        cdef RunPlan plan
+        cdef uint64_t total, at
+        cdef long world
+        cdef SendOp op
+        cdef bint published = False
+        if self.take_stage is None or not self.enabled or dest < 0 or dest >= self.size \
+                or tag < 0 or tag > _TAG_UB or self.tx[dest] is None:
+            return None
+        found = self._typed_at(spec, &count, &origin)
+        if found is None:
+            return None
+        plan, extent = <RunPlan>found[1], <Py_ssize_t>found[2]
+        if count == 0 or plan.size == 0 or <uint64_t>plan.size <= self.eager_limit // <uint64_t>count \
+                or <uint64_t>count > _MAX_MESSAGE // <uint64_t>plan.size:
+            return None
+        total = <uint64_t>plan.size * <uint64_t>count
+        if not _pin(found[0], False, &view):
+            return None
+        try:
+            if not plan.fits(count, extent, origin, view.len):
+                return None
+            staged = self.take_stage(total)
+            if staged is None:
+                return None
+            try:
+                PyObject_GetBuffer(staged[0], &sview, PyBUF_SIMPLE | PyBUF_WRITABLE)
+                try:
+                    with nogil:
+                        plan._gather(<char *>sview.buf, <const char *>view.buf + origin, count,
+                                     extent)
+                finally:
+                    PyBuffer_Release(&sview)
+                at = staged[1]
+                world = self.world_ranks[dest]
+                with self.lock:
+                    send_id = self.send_ids[world]
+                    self.send_ids[world] = send_id + 1
+                    op = SendOp.__new__(SendOp)
+                    op.peer = world
+                    op.tag = tag
+                    op.context = self.context
+                    op.sync = False
+                    op.send_id = send_id
+                    op.offset = 0
+                    op.state = "awaiting the receiver's copy"
+                    op.scope = self.scope
+                    self.awaiting_ack[(world, send_id)] = op
+                    if self.backlog or (<TxRing>self.tx[dest]).write_frame(
+                            8, <int32_t>tag, self.context, total, send_id, <const char *>&at,
+                            8) != 1:
+                        self.engine_post(world, (8, tag, self.context, total, send_id,
+                                                 (<char *>&at)[:8], 0, 8, None))
+                published = True
+                return op
+            finally:
+                if not published:
+                    self.give_stage()
+        finally:
+            PyBuffer_Release(&view)
+
+    def isend_staged(self, spec, long dest, long tag):
+        """_send_staged for the communicator's Sendrecv: the SendOp, or None."""
+        return self._send_staged(spec, dest, tag)
+
+    def finish_staged(self, op, what):
+        """Wait for a staged send's ACK; the block is reused only after it
+        (a send that failed keeps it: the receiver may still read it)."""
+        self.wait_op(op, what)
+        self.give_stage()
 
     cdef long _recv_unexpected(self, object buf, long source, long tag, Py_ssize_t extent,
                                Py_ssize_t capacity, Py_ssize_t offset) except -3:

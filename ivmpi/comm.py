@@ -243,6 +243,8 @@ class Comm(_MPI.Comm):
         fast.general_Iprobe, fast.general_Probe = self._general_Iprobe, self._general_Probe
         fast.general_Improbe, fast.general_Mprobe = self._general_Improbe, self._general_Mprobe
         fast.new_message, fast.new_incoming = Message, Incoming
+        fast.take_stage, fast.give_stage = engine.take_stage, engine.give_stage
+        fast.heap_bounds = [engine.geo.heap(w) for w in self._ranks]
         self._shared = None
         if handle:
             _BY_HANDLE[self.handle] = self
@@ -471,6 +473,13 @@ class Comm(_MPI.Comm):
         # then receiving cannot deadlock (a rendezvous send could).
         if self._fast.send(sendbuf, dest, sendtag):
             self.Recv(recvbuf, source, recvtag, status)
+            return
+        staged = self._fast.isend_staged(sendbuf, dest, sendtag)
+        if staged is not None:
+            # A large one with holes, gathered into our heap: the peer
+            # scatters it from there while we receive.
+            self.Recv(recvbuf, source, recvtag, status)
+            self._fast.finish_staged(staged, "Sendrecv")
             return
         # The send half is checked whole before the receive is posted: a bad
         # one must leave no receive behind to swallow a later message.

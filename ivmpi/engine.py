@@ -137,6 +137,36 @@ class Engine:
         self.set_oversubscribed(False)
         self.liveness = Liveness(self.mem, self.size, rank)
         self.lock = _fastcopy.EngineLock()
+        self._stage = None          # a heap block large sends with holes are gathered into
+        self._stage_busy = False
+
+    # --- the staging block of large sends with holes ---------------------------
+
+    def take_stage(self, nbytes):
+        """(heap view of nbytes, its region offset) for one blocking send of
+        a derived datatype at a time: its elements are gathered there and the
+        receiver scatters them straight out (the region rendezvous).  None
+        when the block is in use, in strict-align mode, or the heap is full."""
+        if self._stage_busy or self.mem.strict:
+            return None
+        stage = self._stage
+        if stage is None or len(stage) < nbytes:
+            with self.lock:
+                if stage is not None:
+                    self.heap.release(stage)
+                    self._stage = None
+                try:
+                    # Room to grow, so that sizes creeping up do not reallocate each time.
+                    self._stage = self.heap.alloc(1 << (nbytes - 1).bit_length())
+                except IvmpiError:
+                    return None
+            stage = self._stage
+        self._stage_busy = True
+        return stage[:nbytes], self.heap.contains(*_fastcopy.buffer_span(stage))
+
+    def give_stage(self):
+        """The receiver has copied the staged send: the block may be reused."""
+        self._stage_busy = False
 
     # --- sending --------------------------------------------------------------
 

@@ -145,3 +145,65 @@ def test_region_rendezvous_pointing_anywhere_else_is_refused(pair, offset_of, to
     with pytest.raises(CorruptRegionError, match="peer 1: region rendezvous.*" + message):
         e0.progress()
     assert out == bytearray(total)
+
+
+def _fast(engine, geo):
+    """A communicator's fast paths over engine (every rank, context 0), as
+    ivmpi.comm sets them up for large messages with holes."""
+    import ivmpi.comm  # noqa: F401 (installs the datatype plans of the fast paths)
+    fast = _fastcopy.FastPath(engine.tx, engine.rx, engine.posted, engine.unexpected,
+                              engine.backlog, 0, engine.eager_limit)
+    fast.take_stage, fast.give_stage = engine.take_stage, engine.give_stage
+    fast.heap_bounds = [geo.heap(r) for r in range(geo.nranks)]
+    fast.send_ids, fast.awaiting_ack = engine.next_send_id, engine.awaiting_ack
+    fast.engine_post, fast.world_ranks = engine._post, list(range(geo.nranks))
+    fast.lock = engine.lock
+    return fast
+
+
+@pytest.mark.parametrize("offset_of, total, message", [
+    (lambda geo: geo.heap(0)[0], 20000, "outside its heap"),      # rank 0's heap, not 1's
+    (lambda geo: geo.heap(1)[0] + geo.heap_bytes - 100, 20000, "outside its heap"),
+    (lambda geo: 0, 20000, "outside its heap"),                   # the header
+    (lambda geo: geo.heap(1)[0], 100, "impossible"),              # eager-sized
+])
+def test_receive_with_holes_leaves_a_bad_region_rendezvous_to_the_engine(pair, offset_of,
+                                                                         total, message):
+    """A receive with holes scatters a region rendezvous itself, straight
+    from the sender's heap, only where the engine would: anything else is
+    left to the engine, which refuses it, and the buffer stays untouched."""
+    from mpi4py import MPI
+    mem, geo, e0, _ = pair
+    column = MPI.DOUBLE.Create_vector(total // 8, 1, 2).Commit()
+    _raw_frame(mem, geo, RTS_REGION, 8, 3, total, 1, offset_of(geo).to_bytes(8, "little"))
+    out = np.full(total // 4, -1.0)
+    fast = _fast(e0, geo)
+    assert fast.recv([out, 1, column], 1, 3, 10) == _fastcopy.FAST_NOT_HANDLED
+    assert (out == -1).all()
+    with pytest.raises(CorruptRegionError, match="peer 1: region rendezvous.*" + message):
+        e0.progress()
+    column.Free()
+
+
+def test_large_send_with_holes_is_scattered_straight_from_the_heap(pair):
+    """Over the eager limit, a send with holes is gathered into the
+    sender's staging block and announced as a region rendezvous; the
+    receive scatters it from there and acknowledges, which frees the block."""
+    from mpi4py import MPI
+    mem, geo, e0, e1 = pair
+    n = geo.eager_limit // 8 + 100
+    column = MPI.DOUBLE.Create_vector(n, 1, 3).Commit()
+    data = np.arange(3.0 * n)
+    out = np.full(3 * n, -1.0)
+    sender, receiver = _fast(e1, geo), _fast(e0, geo)
+    op = sender.isend_staged([data, 1, column], 0, 5)
+    assert op is not None and not op.done
+    assert e1.take_stage(8) is None                # the block is in use until the ACK
+    assert receiver.recv([out, 1, column], 1, 5, 10) == 8 * n
+    assert np.array_equal(out[::3], data[::3]) and (out[1::3] == -1).all() \
+        and (out[2::3] == -1).all()
+    drive(op, e1)
+    assert op.done
+    e1.give_stage()
+    assert e1.take_stage(8) is not None
+    column.Free()

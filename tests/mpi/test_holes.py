@@ -315,3 +315,66 @@ def test_a_freed_datatype_handle_reused_by_a_new_type_gets_the_new_layout(comm):
         assert np.array_equal(out[picked], data[picked] - 100 * rank + 100 * left)
         assert (np.delete(out, picked) == -1).all()
         t.Free()
+
+
+def _large(comm, MPI_):
+    """Messages with holes over the eager limit, by every pairing of
+    blocking and nonblocking calls, around the ring of ranks."""
+    rank, size = comm.rank, comm.size
+    right, left = (rank + 1) % size, (rank - 1) % size
+    every_third = MPI_.DOUBLE.Create_vector(12000, 1, 3).Commit()     # 96 kB of data
+    face = MPI_.DOUBLE.Create_subarray([96, 96, 8], [96, 96, 1], [0, 0, 5]).Commit()
+    grid = np.arange(36000.0) + 1e6 * rank
+    cube = np.arange(96 * 96 * 8.0).reshape(96, 96, 8) + 1e6 * rank
+    results = []
+    for datatype, data in ((every_third, grid), (face, cube)):
+        out = np.full_like(data, -1)
+        comm.Sendrecv([data, 1, datatype], right, 1, [out, 1, datatype], left, 1)
+        results.append(out)
+        out = np.full_like(data, -1)
+        if rank % 2 == 0:
+            comm.Send([data, 1, datatype], right, 2)
+            comm.Recv([out, 1, datatype], left, 2)
+        else:
+            request = comm.Irecv([out, 1, datatype], left, 2)
+            comm.Send([data, 1, datatype], right, 2)
+            request.Wait()
+        results.append(out)
+        out = np.full_like(data, -1)
+        request = comm.Isend([data, 1, datatype], right, 3)
+        status = MPI_.Status()
+        comm.Recv([out, 1, datatype], left, 3, status)
+        request.Wait()
+        results += [out, np.array([status.Get_count(datatype), status.Get_source()])]
+    every_third.Free()
+    face.Free()
+    return results
+
+
+def test_large_messages_with_holes_match_mpi4py(comm):
+    ours = _large(comm, MPI)
+    reference = native.COMM_WORLD.Dup()
+    theirs = _large(reference, native)
+    reference.Free()
+    _same(ours, theirs)
+
+
+def test_large_blocking_sends_with_holes_skip_the_staging_copy(comm, monkeypatch):
+    """A blocking send with holes over the eager limit is gathered into
+    the region's heap, not into a private packed copy first."""
+    from ivmpi import buffers
+    rank, size = comm.rank, comm.size
+    every_third = MPI.DOUBLE.Create_vector(12000, 1, 3).Commit()
+    data = np.arange(36000.0) + 1e6 * rank
+    out = np.full_like(data, -1)
+    real_packed = buffers._packed
+
+    def receive_side_only(buf, mem, origin, writable, *args, **kwargs):
+        assert writable, "a send was packed into a private copy"
+        return real_packed(buf, mem, origin, writable, *args, **kwargs)
+    monkeypatch.setattr(buffers, "_packed", receive_side_only)
+    comm.Sendrecv([data, 1, every_third], (rank + 1) % size, 4,
+                  [out, 1, every_third], (rank - 1) % size, 4)
+    assert np.array_equal(out[::3], data[::3] + 1e6 * ((rank - 1) % size - rank))
+    assert (out[1::3] == -1).all()
+    every_third.Free()
