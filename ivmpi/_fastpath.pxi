@@ -228,7 +228,7 @@ cdef class FastPath:
     # give_stage) and each communicator rank's heap (region offset, bytes),
     # where its region rendezvous may point; region_frames: a receive
     # with holes is looking, and takes a region rendezvous as well.
-    cdef public object take_stage, give_stage
+    cdef public object take_stage, give_stage, general_Sendrecv
     cdef public list heap_bounds
     cdef bint region_frames
     cdef long found_source, found_size    # what the last fast probe found
@@ -471,10 +471,43 @@ cdef class FastPath:
         if tag is None:
             tag = self.any_tag
         cdef long n = self.recv(buf, source, tag, self.spins)
+        if n < 0 and (type(buf) is list or type(buf) is tuple):
+            n = self._recv_typed_waiting(buf, source, tag)
         if n < 0:
             self.general_Recv(buf, source, tag, status)
         elif status is not None:
             self.fill_status(status, self.last_source, self.last_tag, n)
+
+    cdef long _recv_typed_waiting(self, object spec, object source, object tag) except -3:
+        """A receive with holes whose message has not come yet: wait for it
+        (a probe, through the engine) and take it then, straight from the
+        ring, the unexpected queue or the sender's heap, rather than through
+        the general path's packed staging copy."""
+        cdef Py_ssize_t count, origin
+        if self.general_Probe is None or self._typed_at(spec, &count, &origin) is None:
+            return FAST_NOT_HANDLED
+        self.general_Probe(source, tag, None)
+        return self.recv(spec, source, tag, 1)
+
+    def Sendrecv(self, sendbuf, long dest, long sendtag=0, recvbuf=None, source=None,
+                 recvtag=None, status=None):
+        # An eager send completes without the receiver, so sending first and
+        # then receiving cannot deadlock (a rendezvous send could).
+        if self.send(sendbuf, dest, sendtag):
+            self.Recv(recvbuf, source, recvtag, status)
+            return
+        op = self._send_staged(sendbuf, dest, sendtag)
+        if op is not None:
+            # A large one with holes, gathered into our heap: the peer
+            # scatters it from there while we receive.
+            self.Recv(recvbuf, source, recvtag, status)
+            self.finish_staged(op, "Sendrecv")
+            return
+        if source is None:
+            source = self.any_source
+        if recvtag is None:
+            recvtag = self.any_tag
+        self.general_Sendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag, status)
 
     def Isend(self, buf, long dest, long tag=0):
         """A small message that fits the ring now is sent at once: the
@@ -1101,6 +1134,9 @@ cdef class FastPath:
                 if not self._valid_receive(source, tag):
                     return FAST_NOT_HANDLED
                 msg = self._unexpected_eager(source, tag, &i)
+                if msg is None and i >= 0:
+                    return self._recv_unexpected_heap(i, plan, <char *>view.buf + origin, count,
+                                                      extent)
                 if msg is not None:
                     n = len(msg.data)
                     if n % <uint64_t>plan.size or n // <uint64_t>plan.size > <uint64_t>count \
@@ -1133,33 +1169,54 @@ cdef class FastPath:
             PyBuffer_Release(&view)
         return <long>n
 
-    cdef long _recv_from_heap(self, RxRing rx, RunPlan plan, char *dst, Py_ssize_t count,
-                              Py_ssize_t extent) except -3:
-        """The region rendezvous at the head of rx, for a receive with holes:
-        the sender's staged elements are scattered straight from its heap,
-        then acknowledged.  Anything unusual (a frame the engine would call
-        corrupt, a message that does not fill whole elements or is too long)
-        is left to the engine, which reports or handles it."""
-        cdef uint64_t total = rx.a
-        cdef uint64_t at, lo, room
-        cdef uint64_t send_id = rx.b
+    cdef long _recv_unexpected_heap(self, Py_ssize_t i, RunPlan plan, char *dst,
+                                    Py_ssize_t count, Py_ssize_t extent) except -3:
+        """The unexpected message at index i, if it is a region rendezvous
+        (checked by the engine when it arrived) that fills whole elements:
+        scattered straight from the sender's heap, then acknowledged."""
+        msg = self.unexpected[i]
+        if msg.kind != 8 or msg.self_send is not None or msg.source not in self.comm_rank_of:
+            return FAST_NOT_HANDLED
+        rank = self.comm_rank_of[msg.source]
+        bounds = self.heap_bounds[rank] if self.heap_bounds is not None else None
+        if bounds is None or not self._scatter_from_heap(msg.offset, msg.size, bounds, plan,
+                                                         dst, count, extent, True):
+            return FAST_NOT_HANDLED
+        if not self._take_unexpected(i, msg):
+            return FAST_NOT_HANDLED
+        if not self._scatter_from_heap(msg.offset, msg.size, bounds, plan, dst, count, extent,
+                                       False):
+            return FAST_NOT_HANDLED     # not reached: checked above
+        self._ack(rank, msg.send_id)
+        return <long>msg.size
+
+    cdef bint _scatter_from_heap(self, uint64_t at, uint64_t total, object bounds, RunPlan plan,
+                                 char *dst, Py_ssize_t count, Py_ssize_t extent,
+                                 bint check_only) except -1:
+        """Scatter total bytes at region offset `at` (inside the sender's
+        heap `bounds`, else False) as whole elements into dst."""
+        cdef uint64_t lo = bounds[0], room = bounds[1]
         cdef Py_ssize_t elements
         cdef char *staged
         cdef const char *src
-        if rx.length != 8 or total <= self.eager_limit or total > _MAX_MESSAGE:
-            return FAST_NOT_HANDLED
-        rx.copy_out(<char *>&at, 8)
-        bounds = self.heap_bounds[self.last_source]
-        lo, room = bounds[0], bounds[1]
+        cdef RxRing any_rx = None
+        for ring in self.rx:
+            if ring is not None:
+                any_rx = <RxRing>ring
+                break
+        if any_rx is None or total <= self.eager_limit or total > _MAX_MESSAGE:
+            return False
         # The sender says where: only inside its own heap, checked without overflow.
         if at < lo or total > room or at - lo > room - total \
-                or at + total > <uint64_t>rx.mem.size:
-            return FAST_NOT_HANDLED
+                or at + total > <uint64_t>any_rx.mem.size:
+            return False
         if total % <uint64_t>plan.size or total // <uint64_t>plan.size > <uint64_t>count:
-            return FAST_NOT_HANDLED
+            return False
+        if check_only:
+            return True
         elements = <Py_ssize_t>(total // <uint64_t>plan.size)
-        src = rx.mem.base + at
-        if rx.strict:
+        src = any_rx.mem.base + at
+        if any_rx.strict:
             staged = <char *>malloc(total)
             if staged == NULL:
                 raise MemoryError()
@@ -1172,6 +1229,24 @@ cdef class FastPath:
         else:
             with nogil:
                 plan._scatter(dst, src, elements, extent)
+        return True
+
+    cdef long _recv_from_heap(self, RxRing rx, RunPlan plan, char *dst, Py_ssize_t count,
+                              Py_ssize_t extent) except -3:
+        """The region rendezvous at the head of rx, for a receive with holes:
+        the sender's staged elements are scattered straight from its heap,
+        then acknowledged.  Anything unusual (a frame the engine would call
+        corrupt, a message that does not fill whole elements or is too long)
+        is left to the engine, which reports or handles it."""
+        cdef uint64_t total = rx.a
+        cdef uint64_t at
+        cdef uint64_t send_id = rx.b
+        if rx.length != 8:
+            return FAST_NOT_HANDLED
+        rx.copy_out(<char *>&at, 8)
+        if not self._scatter_from_heap(at, total, self.heap_bounds[self.last_source], plan, dst,
+                                       count, extent, False):
+            return FAST_NOT_HANDLED
         self.last_tag = rx.tag
         rx.consume()
         self._ack(self.last_source, send_id)    # the sender may reuse its block now

@@ -243,6 +243,7 @@ class Comm(_MPI.Comm):
         fast.general_Iprobe, fast.general_Probe = self._general_Iprobe, self._general_Probe
         fast.general_Improbe, fast.general_Mprobe = self._general_Improbe, self._general_Mprobe
         fast.new_message, fast.new_incoming = Message, Incoming
+        fast.general_Sendrecv = self._general_Sendrecv
         fast.take_stage, fast.give_stage = engine.take_stage, engine.give_stage
         fast.heap_bounds = [engine.geo.heap(w) for w in self._ranks]
         self._shared = None
@@ -282,6 +283,7 @@ class Comm(_MPI.Comm):
         self.Probe = self.probe = fast.Probe
         self.Improbe = self.improbe = fast.Improbe
         self.Mprobe = self.mprobe = fast.Mprobe
+        self.Sendrecv = fast.Sendrecv
         if small is not None:
             small.lock_of = self._lock
             for name in _SMALL_COLLECTIVES:
@@ -469,18 +471,9 @@ class Comm(_MPI.Comm):
 
     def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
                  recvtag=ANY_TAG, status=None):
-        # An eager send completes without the receiver, so sending first and
-        # then receiving cannot deadlock (a rendezvous send could).
-        if self._fast.send(sendbuf, dest, sendtag):
-            self.Recv(recvbuf, source, recvtag, status)
-            return
-        staged = self._fast.isend_staged(sendbuf, dest, sendtag)
-        if staged is not None:
-            # A large one with holes, gathered into our heap: the peer
-            # scatters it from there while we receive.
-            self.Recv(recvbuf, source, recvtag, status)
-            self._fast.finish_staged(staged, "Sendrecv")
-            return
+        self._fast.Sendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag, status)
+
+    def _general_Sendrecv(self, sendbuf, dest, sendtag, recvbuf, source, recvtag, status):
         # The send half is checked whole before the receive is posted: a bad
         # one must leave no receive behind to swallow a later message.
         self._check_send_args(dest, sendtag, "Sendrecv")

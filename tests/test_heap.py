@@ -207,3 +207,25 @@ def test_large_send_with_holes_is_scattered_straight_from_the_heap(pair):
     e1.give_stage()
     assert e1.take_stage(8) is not None
     column.Free()
+
+
+def test_large_send_with_holes_already_queued_is_scattered_from_the_heap(pair):
+    """A region rendezvous the engine has already queued as unexpected (the
+    receive came later) is still scattered straight from the sender's heap."""
+    from mpi4py import MPI
+    mem, geo, e0, e1 = pair
+    n = geo.eager_limit // 8 + 100
+    column = MPI.DOUBLE.Create_vector(n, 1, 2).Commit()
+    data = np.arange(2.0 * n)
+    out = np.full(2 * n, -1.0)
+    sender, receiver = _fast(e1, geo), _fast(e0, geo)
+    op = sender.isend_staged([data, 1, column], 0, 6)
+    e0.progress()
+    assert len(e0.unexpected) == 1 and e0.unexpected[0].kind == RTS_REGION
+    receiver.comm_rank_of = {0: 0, 1: 1}
+    assert receiver.recv([out, 1, column], 1, 6, 10) == 8 * n
+    assert not e0.unexpected
+    assert np.array_equal(out[::2], data[::2]) and (out[1::2] == -1).all()
+    drive(op, e1)
+    assert op.done
+    column.Free()
