@@ -253,7 +253,7 @@ def fast_plan(datatype):
     return lay.plan, lay.extent
 
 
-def _packed(buf, mem, origin, writable, blocks=1, fill=False, lay=None):
+def _packed(buf, mem, origin, writable, blocks=1, fill=False, lay=None, now=True):
     """A Buf whose mem is the packed form of buf's data (a Buf over the
     user's memory, with a derived datatype with holes; its first element's
     origin at byte `origin` of mem, the user's whole buffer): for a send,
@@ -261,7 +261,8 @@ def _packed(buf, mem, origin, writable, blocks=1, fill=False, lay=None):
     receive, a staging buffer that unpack() scatters into the user's memory
     (filled with the user's data first when `fill`: a buffer read and written).
     Packed, the data are plain elements of the type's one basic type (or
-    bytes, for a struct of several), so reductions see numbers."""
+    bytes, for a struct of several), so reductions see numbers.  now=False
+    leaves the first packing to the caller (pack(), at each start)."""
     datatype, count = buf.datatype, buf.count
     if lay is None:
         lay = layout(datatype)
@@ -269,10 +270,11 @@ def _packed(buf, mem, origin, writable, blocks=1, fill=False, lay=None):
     lay.check(total, len(mem), origin)
     staging = memoryview(bytearray(lay.size * total))
     basic, per = (lay.basic, lay.nbasic) if lay.basic is not None else (_BYTE, lay.size)
+    def pack():
+        lay.gather(mem, origin, total, staging)
     if not writable:
-        def pack():
-            lay.gather(mem, origin, total, staging)
-        pack()
+        if now:
+            pack()
         return Buf(staging, count * per, basic, buf.obj, pack=pack)
 
     def unpack(nbytes=None):
@@ -290,30 +292,83 @@ def _packed(buf, mem, origin, writable, blocks=1, fill=False, lay=None):
             lay.gather(mem, at, 1, element)
             element[:rest] = staging[whole * lay.size:nbytes]
             lay.scatter(element, mem, at, 1)
-    if fill:
-        lay.gather(mem, origin, total, staging)
-    return Buf(staging, count * per, basic, buf.obj, unpack)
+    if fill and now:
+        pack()
+    return Buf(staging, count * per, basic, buf.obj, unpack, pack if fill else None)
 
 
 def packed_spec(spec, writable, blocks=1, fill=False):
-    """(spec, finish) for a collective's buffer spec: a spec whose datatype
-    has holes becomes [staging, count, basic type] over a packed copy
-    (gathered now for a send, or for a receive buffer the call also reads:
-    fill=True), and finish() scatters a received staging buffer back into
-    the user's memory; any other spec comes back as it is, finish None."""
+    """(spec, finish) for a blocking collective's buffer spec: a spec whose
+    datatype has holes becomes [staging, count, basic type] over a packed
+    copy (gathered now for a send, or for a receive buffer the call also
+    reads: fill=True), and finish() scatters a received staging buffer back
+    into the user's memory; any other spec comes back as it is, finish None."""
+    spec, pack, unpack = packed_simple(spec, writable, blocks, fill)
+    if pack is not None:
+        pack()
+    return spec, unpack
+
+
+def packed_vspec(spec, size, writable, fill=False):
+    """packed_spec for a vector collective's [buf, counts, displs, type]."""
+    spec, pack, unpack = packed_vector(spec, size, writable, fill)
+    if pack is not None:
+        pack()
+    return spec, unpack
+
+
+def packed_simple(spec, writable, blocks=1, fill=False):
+    """(spec, pack, unpack) of a buffer spec whose datatype may have holes:
+    a spec over a staging buffer of its basic elements, a call that gathers
+    the user's data into it (None when it is only received into) and one
+    that scatters it back (None for a send); a spec without holes comes
+    back as it is, with None, None.  Nonblocking collectives call pack at
+    each start and unpack at each completion."""
     if type(spec) is not list and type(spec) is not tuple:
-        return spec, None
+        return spec, None, None
     buf, count, displ, datatype = _split_simple(spec)
     if datatype is None or buf is None or buf is BOTTOM:
-        return spec, None
+        return spec, None, None
     datatype = _as_datatype(datatype)
     if not has_holes(datatype):
-        return spec, None
-    parsed = _packed_holes(buf, count, displ, datatype, writable, blocks, fill)
-    return [parsed.mem, parsed.count, parsed.datatype], parsed.unpack
+        return spec, None, None
+    parsed = _packed_holes(buf, count, displ, datatype, writable, blocks, fill, now=False)
+    return [parsed.mem, parsed.count, parsed.datatype], parsed.pack, parsed.unpack
 
 
-def _packed_holes(buf, count, displ, datatype, writable, blocks, fill):
+def packed_vector(spec, size, writable, fill=False):
+    """packed_simple for a vector collective's [buf, counts, displs, type]."""
+    if type(spec) is not list and type(spec) is not tuple:
+        return spec, None, None
+    # Only the datatype is looked at here: the collective parses any other
+    # spec itself, once.
+    datatype = _split_vector(spec)[3]
+    if datatype is None or not has_holes(_as_datatype(datatype)):
+        return spec, None, None
+    vbuf = parse_vbuf(spec, size, writable, holes_ok=True)
+    lay = layout(vbuf.datatype)
+    basic, per = (lay.basic, lay.nbasic) if lay.basic is not None else (_BYTE, lay.size)
+    starts, running = [], 0
+    for c in vbuf.counts:
+        starts.append(running)
+        running += c
+    staging = memoryview(bytearray(lay.size * running))
+    mem = vbuf.mem
+    pieces = [(staging[starts[i] * lay.size:(starts[i] + vbuf.counts[i]) * lay.size],
+               vbuf.displs[i] * vbuf.extent, vbuf.counts[i]) for i in range(size)]
+
+    def pack():
+        for piece, origin, count in pieces:
+            lay.gather(mem, origin, count, piece)
+
+    def unpack():
+        for piece, origin, count in pieces:
+            lay.scatter(piece, mem, origin, count)
+    return ([staging, ([c * per for c in vbuf.counts], [d * per for d in starts]), basic],
+            pack if not writable or fill else None, unpack if writable else None)
+
+
+def _packed_holes(buf, count, displ, datatype, writable, blocks, fill, now=True):
     """_packed for the parts of a spec whose datatype has holes."""
     lay = layout(datatype)                  # checks that the type is committed
     extent = lay.extent
@@ -329,43 +384,7 @@ def _packed_holes(buf, count, displ, datatype, writable, blocks, fill):
                                   f"into {blocks} equal blocks")
         count = elements // blocks
     return _packed(Buf(mem, _index(count, "count"), datatype, buf), mem, origin, writable,
-                   blocks, fill, lay)
-
-
-def packed_vspec(spec, size, writable, fill=False):
-    """packed_spec for a vector collective's [buf, counts, displs, type]."""
-    if type(spec) is not list and type(spec) is not tuple:
-        return spec, None
-    # Only the datatype is looked at here: the collective parses any other
-    # spec itself, once.
-    datatype = _split_vector(spec)[3]
-    if datatype is None or not has_holes(_as_datatype(datatype)):
-        return spec, None
-    vbuf = parse_vbuf(spec, size, writable, holes_ok=True)
-    lay = layout(vbuf.datatype)
-    basic, per = (lay.basic, lay.nbasic) if lay.basic is not None else (_BYTE, lay.size)
-    starts, running = [], 0
-    for c in vbuf.counts:
-        starts.append(running)
-        running += c
-    staging = memoryview(bytearray(lay.size * running))
-    mem, extent = vbuf.mem, vbuf.extent
-
-    def blocks():
-        for i in range(size):
-            at = starts[i] * lay.size
-            yield (staging[at:at + vbuf.counts[i] * lay.size], vbuf.displs[i] * extent,
-                   vbuf.counts[i])
-    if not writable or fill:
-        for piece, origin, count in blocks():
-            lay.gather(mem, origin, count, piece)
-    finish = None
-    if writable:
-        def finish():
-            for piece, origin, count in blocks():
-                lay.scatter(piece, mem, origin, count)
-    return ([staging, ([c * per for c in vbuf.counts], [d * per for d in starts]), basic],
-            finish)
+                   blocks, fill, lay, now)
 
 
 _numpy_dtypes = {}

@@ -45,9 +45,8 @@ from .lib import MPI as _MPI
 
 from ._fastcopy import (Channel, SCHED_CALL, SCHED_COMBINE, SCHED_COPY, SCHED_FENCE, SCHED_RECV,
                         SCHED_SEND, SCHED_TYPES, SMALL_OPS, set_schedule_errors)
-from .buffers import (BOTTOM, _as_datatype, _memory, _split_simple, _split_vector,
-                      datatype_extent, has_holes, is_in_place, parse_recv, parse_send,
-                      parse_vbuf)
+from .buffers import (BOTTOM, _as_datatype, _memory, datatype_extent, has_holes, is_in_place,
+                      packed_simple, packed_vector, parse_recv, parse_send, parse_vbuf)
 from .collectives import _HOLE_ROLES as _BLOCKING_HOLE_ROLES
 from .collectives import PIPELINE_MIN_BYTES, PIPELINE_SEGMENT_BYTES
 from .datatypes import layout
@@ -162,75 +161,6 @@ class CollectivePrequest(Prequest):
 
     Wait = CollectiveRequest.Wait
     wait = CollectiveRequest.wait
-
-
-# --- derived datatypes with holes --------------------------------------------------
-# Each gives (spec, pack, unpack): a spec over a staging buffer of basic
-# elements, a call that gathers the user's data into it (None when it is
-# only received into) and one that scatters it back (None for a send).
-
-def packed_simple(spec, writable, blocks=1, fill=False):
-    if type(spec) is not list and type(spec) is not tuple:
-        return spec, None, None
-    buf, count, displ, datatype = _split_simple(spec)
-    if datatype is None or buf is None or buf is BOTTOM:
-        return spec, None, None
-    datatype = _as_datatype(datatype)
-    if not has_holes(datatype):
-        return spec, None, None
-    lay = layout(datatype)
-    extent = lay.extent
-    if extent <= 0:
-        raise BufferSpecError(f"a datatype of extent {extent} cannot lay out a message")
-    mem, _ = _memory(buf, writable, False)
-    origin = operator_index(displ) * extent if displ is not None else 0
-    if count is None:
-        elements = max(0, len(mem) - origin) // extent
-        if elements % blocks:
-            raise BufferSpecError(f"cannot infer count: {elements} elements do not split "
-                                  f"into {blocks} equal blocks")
-        count = elements // blocks
-    count = operator_index(count)
-    total = count * blocks
-    lay.check(total, len(mem), origin)
-    staging = memoryview(bytearray(lay.size * total))
-    basic, per = (lay.basic, lay.nbasic) if lay.basic is not None else (_BYTE, lay.size)
-    pack = functools.partial(lay.gather, mem, origin, total, staging) \
-        if not writable or fill else None
-    unpack = functools.partial(lay.scatter, staging, mem, origin, total) if writable else None
-    return [staging, count * per, basic], pack, unpack
-
-
-def packed_vector(spec, n, writable, fill=False):
-    if type(spec) is not list and type(spec) is not tuple:
-        return spec, None, None
-    datatype = _split_vector(spec)[3]
-    if datatype is None or not has_holes(_as_datatype(datatype)):
-        return spec, None, None
-    vbuf = parse_vbuf(spec, n, writable, holes_ok=True)
-    lay = layout(vbuf.datatype)
-    basic, per = (lay.basic, lay.nbasic) if lay.basic is not None else (_BYTE, lay.size)
-    starts, running = [], 0
-    for c in vbuf.counts:
-        starts.append(running)
-        running += c
-    staging = memoryview(bytearray(lay.size * running))
-    pieces = []
-    for i in range(n):
-        at = starts[i] * lay.size
-        pieces.append((staging[at:at + vbuf.counts[i] * lay.size],
-                       vbuf.displs[i] * vbuf.extent, vbuf.counts[i]))
-    mem = vbuf.mem
-
-    def pack():
-        for piece, origin, count in pieces:
-            lay.gather(mem, origin, count, piece)
-
-    def unpack():
-        for piece, origin, count in pieces:
-            lay.scatter(piece, mem, origin, count)
-    return ([staging, ([c * per for c in vbuf.counts], [d * per for d in starts]), basic],
-            pack if not writable or fill else None, unpack if writable else None)
 
 
 def operator_index(value):

@@ -20,9 +20,8 @@ import operator
 from .lib import MPI as _MPI
 
 from . import comm as _comm
-from .buffers import parse_recv, parse_send, parse_vbuf
-from .nbcoll import (RECV, SEND, CollectivePrequest, channel_of, packed_simple, packed_vector,
-                     wblocks)
+from .buffers import packed_simple, packed_vector, parse_recv, parse_send, parse_vbuf
+from .nbcoll import RECV, SEND, CollectivePrequest, channel_of, wblocks
 from .request import MPIError, Request
 
 PROC_NULL = _MPI.PROC_NULL
@@ -227,7 +226,7 @@ def _vblocks(spec, n, recv):
 
 def _holes(spec, role, n, writable):
     """(spec, pack, unpack) of a spec whose datatype may have holes (see
-    ivmpi.nbcoll.packed_simple); without neighbours it is not looked at."""
+    ivmpi.buffers.packed_simple); without neighbours it is not looked at."""
     if n == 0:
         return spec, None, None
     if role == "vector":
