@@ -147,11 +147,13 @@ class Engine:
         a derived datatype at a time: its elements are gathered there and the
         receiver scatters them straight out (the region rendezvous).  None
         when the block is in use, in strict-align mode, or the heap is full."""
-        if self._stage_busy or self.mem.strict:
+        if self.mem.strict:
             return None
-        stage = self._stage
-        if stage is None or len(stage) < nbytes:
-            with self.lock:
+        with self.lock:     # one taker at a time, whatever the threads
+            if self._stage_busy:
+                return None
+            stage = self._stage
+            if stage is None or len(stage) < nbytes:
                 if stage is not None:
                     self.heap.release(stage)
                     self._stage = None
@@ -160,8 +162,8 @@ class Engine:
                     self._stage = self.heap.alloc(1 << (nbytes - 1).bit_length())
                 except IvmpiError:
                     return None
-            stage = self._stage
-        self._stage_busy = True
+                stage = self._stage
+            self._stage_busy = True
         return stage[:nbytes], self.heap.contains(*_fastcopy.buffer_span(stage))
 
     def give_stage(self):
