@@ -174,6 +174,58 @@ cdef tuple _typed_entry(object datatype):
     return entry
 
 
+cdef class _Scatter:
+    """A nonblocking receive with holes: the message lands in `staging`,
+    and calling this with the bytes received scatters them into the
+    user's elements (a message shorter than the receive fills only its own
+    bytes, as MPI has it)."""
+    cdef RunPlan plan
+    cdef object obj
+    cdef Py_ssize_t origin, count, extent
+    cdef readonly object staging
+
+    def __cinit__(self, RunPlan plan, object obj, Py_ssize_t origin, Py_ssize_t count,
+                  Py_ssize_t extent):
+        self.plan, self.obj = plan, obj
+        self.origin, self.count, self.extent = origin, count, extent
+        self.staging = memoryview(bytearray(plan.size * count))
+
+    def __call__(self, nbytes=None):
+        cdef Py_buffer view, packed
+        cdef Py_ssize_t n, whole, rest
+        cdef char *element
+        cdef char *at
+        PyObject_GetBuffer(self.staging, &packed, PyBUF_SIMPLE)
+        try:
+            n = packed.len if nbytes is None else min(<Py_ssize_t>nbytes, packed.len)
+            PyObject_GetBuffer(self.obj, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
+            try:
+                # Checked when posted; the buffer may have been resized since.
+                if not self.plan.fits(self.count, self.extent, self.origin, view.len):
+                    raise BufferSpecError("the receive buffer changed size while the message "
+                                          "was on its way")
+                whole = n // self.plan.size
+                rest = n - whole * self.plan.size
+                at = <char *>view.buf + self.origin
+                self.plan._scatter(at, <const char *>packed.buf, whole, self.extent)
+                if rest:
+                    # Part of one more element: its other bytes keep their values.
+                    element = <char *>malloc(self.plan.size)
+                    if element == NULL:
+                        raise MemoryError()
+                    try:
+                        at += whole * self.extent
+                        self.plan._gather(element, at, 1, self.extent)
+                        memcpy(element, <const char *>packed.buf + whole * self.plan.size, rest)
+                        self.plan._scatter(at, element, 1, self.extent)
+                    finally:
+                        free(element)
+            finally:
+                PyBuffer_Release(&view)
+        finally:
+            PyBuffer_Release(&packed)
+
+
 cdef class FastPath:
     """One communicator's fast paths: its rings by communicator rank.
 
@@ -229,6 +281,7 @@ cdef class FastPath:
     # where its region rendezvous may point; region_frames: a receive
     # with holes is looking, and takes a region rendezvous as well.
     cdef public object take_stage, give_stage, general_Sendrecv
+    cdef public object new_unpacking      # request type of a receive unpacked on completion
     cdef public list heap_bounds
     cdef bint region_frames
     cdef long found_source, found_size    # what the last fast probe found
@@ -532,7 +585,33 @@ cdef class FastPath:
             if mem is not None:
                 return self.new_request(self.comm, self._post_receive(source, tag, mem), None,
                                         ("Irecv", "from", source))
+            if plain is None and self.new_unpacking is not None:
+                scatter = self._typed_receiver(buf)
+                if scatter is not None:
+                    return self.new_unpacking(
+                        self.comm, self._post_receive(source, tag, (<_Scatter>scatter).staging),
+                        scatter, ("Irecv", "from", source))
         return self.general_Irecv(buf, source, tag)
+
+    cdef object _typed_receiver(self, object spec):
+        """A _Scatter for a receive spec with holes whose elements fit the
+        buffer, or None."""
+        cdef Py_ssize_t count, origin, extent
+        cdef Py_buffer view
+        cdef RunPlan plan
+        found = self._typed_at(spec, &count, &origin)
+        if found is None:
+            return None
+        plan, extent = <RunPlan>found[1], <Py_ssize_t>found[2]
+        if plan.size == 0 or count > (<Py_ssize_t>1 << 40) // plan.size \
+                or not _pin(found[0], True, &view):
+            return None
+        try:
+            if not plan.fits(count, extent, origin, view.len):
+                return None
+        finally:
+            PyBuffer_Release(&view)
+        return _Scatter(plan, found[0], origin, count, extent)
 
     def irecv(self, buf=None, source=None, tag=None):
         """Post an object receive in one call (mpi4py's buffer hint is not

@@ -244,6 +244,7 @@ class Comm(_MPI.Comm):
         fast.general_Improbe, fast.general_Mprobe = self._general_Improbe, self._general_Mprobe
         fast.new_message, fast.new_incoming = Message, Incoming
         fast.general_Sendrecv = self._general_Sendrecv
+        fast.new_unpacking = UnpackingRequest
         fast.take_stage, fast.give_stage = engine.take_stage, engine.give_stage
         fast.heap_bounds = [engine.geo.heap(w) for w in self._ranks]
         self._shared = None

@@ -233,10 +233,12 @@ def _short_messages(comm, MPI_):
         for tag in (1, 2, 3, 4):
             comm.Send([a, 1, col], 1, tag)
         comm.Send([a, 3, MPI_.DOUBLE], 1, 5)                  # 1.5 elements of pair
+        comm.Send([a, 3, MPI_.DOUBLE], 1, 6)
     elif rank == 1:
-        outs = [np.full(18, -1.0) for _ in range(5)]
-        statuses = [MPI_.Status() for _ in range(5)]
+        outs = [np.full(18, -1.0) for _ in range(6)]
+        statuses = [MPI_.Status() for _ in range(6)]
         pending = comm.Irecv([outs[0], 2, col], 0, 1)       # posted before it arrives
+        partial = comm.Irecv([outs[5], 2, pair], 0, 6)
         comm.Barrier()
         pending.Wait(statuses[0])
         comm.Recv([outs[1], 2, col], 0, 2, statuses[1])
@@ -245,10 +247,11 @@ def _short_messages(comm, MPI_):
         comm.Sendrecv([np.zeros(0), 0, MPI_.DOUBLE], MPI_.PROC_NULL, 0,
                       [outs[3], 2, col], 0, 4, statuses[3])
         comm.Recv([outs[4], 2, pair], 0, 5, statuses[4])
+        partial.Wait(statuses[5])
         results += outs
         results.append(np.array([s.Get_count(col) for s in statuses[:4]]))
-        results.append(np.array([statuses[4].Get_count(pair) == MPI_.UNDEFINED,
-                                 statuses[4].Get_elements(MPI_.DOUBLE)]))
+        results.append(np.array([[s.Get_count(pair) == MPI_.UNDEFINED,
+                                  s.Get_elements(MPI_.DOUBLE)] for s in statuses[4:]]))
     if rank != 1:
         comm.Barrier()
     col.Free()
@@ -292,6 +295,13 @@ def test_small_messages_with_holes_skip_the_staging_copy(comm, monkeypatch):
         comm.Probe(left, 8)
         status = MPI.Status()
         comm.Recv(into, left, 8, status)
+        # A nonblocking receive too, posted before the message comes.
+        again = np.full_like(spec_out[0], -1)
+        request = comm.Irecv([again] + into[1:], left, 10)
+        comm.Barrier()
+        comm.Send(spec_out, right, 10)
+        request.Wait()
+        assert np.array_equal(again, out)
         assert check(out).all()
         assert status.Get_count(spec_out[2]) == (spec_out[1] if type(spec_out[1]) is int else 1)
         # Everything outside the elements stays as it was.
