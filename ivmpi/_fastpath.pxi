@@ -144,6 +144,7 @@ cdef dict _TYPED = {}
 cdef object _typed_layout = None      # datatype -> (plan, extent) or None
 cdef enum:
     _TYPED_CACHE_MAX = 256
+    _TYPED_WAIT_ROUNDS = 32
 # The engine's MAX_MESSAGE: no message is announced larger.
 cdef uint64_t _MAX_MESSAGE = <uint64_t>1 << 48
 
@@ -537,8 +538,16 @@ cdef class FastPath:
         ring, the unexpected queue or the sender's heap, rather than through
         the general path's packed staging copy."""
         cdef Py_ssize_t count, origin
+        cdef long n
+        cdef int rounds
         if self.general_Probe is None or self._typed_at(spec, &count, &origin) is None:
             return FAST_NOT_HANDLED
+        # The sender is most likely still gathering a large message: a few
+        # more rounds of polling here cost less than the engine's wait.
+        for rounds in range(_TYPED_WAIT_ROUNDS):
+            n = self.recv(spec, source, tag, self.spins)
+            if n >= 0 or self.backlog or self.unexpected:
+                return n
         self.general_Probe(source, tag, None)
         return self.recv(spec, source, tag, 1)
 
@@ -1407,7 +1416,22 @@ cdef class FastPath:
     def finish_staged(self, op, what):
         """Wait for a staged send's ACK; the block is reused only after it
         (a send that failed keeps it: the receiver may still read it)."""
-        self.wait_op(op, what)
+        cdef long dest
+        cdef bint acked = False
+        dest = -1 if self.comm_rank_of is None else self.comm_rank_of.get(op.peer, -1)
+        if dest >= 0 and self.lock.enter():
+            # The receiver is most likely scattering now: its ACK is polled
+            # for here first, the engine's wait only if it is slow to come.
+            try:
+                if not self.backlog and not op.done and self._acked(dest, op.send_id):
+                    del self.awaiting_ack[(op.peer, op.send_id)]
+                    op.done = True
+                    op.state = "done"
+                    acked = True
+            finally:
+                self.lock.leave()
+        if not acked:
+            self.wait_op(op, what)
         self.give_stage()
 
     cdef long _recv_unexpected(self, object buf, long source, long tag, Py_ssize_t extent,
