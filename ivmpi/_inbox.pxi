@@ -1,0 +1,135 @@
+# A rank's inbox: the head words of every ring into it (its head array in
+# the region, docs/layout.md "Head arrays") beside a private copy of each
+# ring's tail.  A ring holds frames not yet consumed exactly when its head
+# differs from its tail, so finding the rings with something to read is a
+# walk over nranks contiguous words, 8 to a cache line, of which only the
+# lines a sender wrote since the last walk leave the cache: ANY_SOURCE and
+# the progress engine no longer visit every ring (a cache line on a page of
+# its own each) to learn that most of them are idle.
+#
+# A head read here only says where to look.  The ring's own poll() loads
+# the head again with acquire and validates it before anything is read, so
+# a hostile value costs at most a look at that ring (or the clear error the
+# ring reports), never a frame read past what was published.  Nothing is
+# missed either: every head the sender publishes is in this array, and a
+# ring is skipped only while its head equals what this rank consumed.
+
+from cpython.mem cimport PyMem_Calloc, PyMem_Malloc, PyMem_Free
+
+
+@cython.final
+cdef class Inbox:
+    """The head array of rank `rank` in a region laid out for `nranks`."""
+    cdef Mapping mem
+    cdef const char *heads       # region: heads[s], the head of ring (s, rank)
+    cdef uint64_t *tails         # private: tails[s], what this rank consumed of it
+    cdef readonly int nranks
+    cdef readonly int rank
+    cdef list rx                 # the RxRing of each sender (None: not attached)
+
+    def __cinit__(self, Mapping mem, Py_ssize_t offset, int nranks, int rank):
+        if mem.base == NULL:
+            raise ValueError("the region mapping is closed")
+        if nranks < 1 or rank < 0 or rank >= nranks:
+            raise ValueError(f"rank {rank} of {nranks} is not a rank")
+        if offset < 0 or offset % 64 != 0 or offset > mem.size - 8 * <Py_ssize_t>nranks:
+            raise ValueError(f"a head array of {nranks} words at offset {offset} does not fit "
+                             f"the region")
+        self.tails = <uint64_t *>PyMem_Calloc(nranks, sizeof(uint64_t))
+        if self.tails == NULL:
+            raise MemoryError()
+        self.mem = mem
+        self.heads = mem.base + offset
+        self.nranks = nranks
+        self.rank = rank
+        self.rx = [None] * nranks
+
+    def __dealloc__(self):
+        PyMem_Free(self.tails)
+
+    def attach(self, RxRing rx):
+        """rx, the ring from rx.peer to this rank, keeps its tail copy here
+        (its head word must be this array's word for that peer)."""
+        cdef int peer = rx.peer
+        if peer < 0 or peer >= self.nranks or peer == self.rank:
+            raise ValueError(f"rank {self.rank} has no ring from {peer}")
+        if <const char *>rx.head_p != self.heads + 8 * peer:
+            raise ValueError(f"the ring from {peer} keeps its head outside this head array")
+        self.tails[peer] = rx.tail
+        rx.tail_copy = &self.tails[peer]
+        rx.inbox = self
+        self.rx[peer] = rx
+
+    cdef inline int pending(self, int start, int stop) noexcept:
+        """The first sender in [start, stop) whose ring holds bytes this rank
+        has not consumed, or -1 (the diagonal word is never ours to read)."""
+        cdef const char *h = self.heads
+        cdef const uint64_t *t = self.tails
+        cdef int s = start, end
+        while s < stop:
+            # Eight words (a cache line, when aligned) per test: the loads do
+            # not wait for each other's branches, so an idle line costs a few
+            # cycles; only a line with a change is looked at word by word.
+            if s + 8 <= stop and ((rg_load(h + 8 * s) ^ t[s]) | (rg_load(h + 8 * s + 8) ^ t[s + 1])
+                    | (rg_load(h + 8 * s + 16) ^ t[s + 2]) | (rg_load(h + 8 * s + 24) ^ t[s + 3])
+                    | (rg_load(h + 8 * s + 32) ^ t[s + 4]) | (rg_load(h + 8 * s + 40) ^ t[s + 5])
+                    | (rg_load(h + 8 * s + 48) ^ t[s + 6])
+                    | (rg_load(h + 8 * s + 56) ^ t[s + 7])) == 0:
+                s += 8
+                continue
+            end = s + 8 if s + 8 < stop else stop
+            while s < end:
+                if rg_load(h + 8 * s) != t[s] and s != self.rank and self.rx[s] is not None:
+                    return s
+                s += 1
+        return -1
+
+    cpdef int first_ready(self, int start) except -2:
+        """The first sender from start on whose ring has a validated frame
+        ready (poll() True), or -1.  The progress engine's scan."""
+        cdef int s = self.pending(start, self.nranks)
+        while s >= 0:
+            if (<RxRing>self.rx[s]).poll():
+                return s
+            s = self.pending(s + 1, self.nranks)
+        return -1
+
+    def waiting(self):
+        """Senders whose rings hold bytes not yet consumed (for tests and tools)."""
+        return [s for s in range(self.nranks) if self.pending(s, s + 1) == s]
+
+
+@cython.final
+cdef class InboxView:
+    """A communicator's part of the inbox: its members' rings by world rank,
+    for the ANY_SOURCE scans of its fast paths."""
+    cdef Inbox box
+    cdef int *comm_rank          # world rank -> communicator rank, -1 if not a member
+    cdef int next_world          # where the next taking scan starts (fairness)
+    cdef int found_world         # world rank of what the last scan found
+
+    def __cinit__(self, Inbox box, list world_ranks, list rx):
+        cdef int c, w
+        self.comm_rank = <int *>PyMem_Malloc(box.nranks * sizeof(int))
+        if self.comm_rank == NULL:
+            raise MemoryError()
+        for w in range(box.nranks):
+            self.comm_rank[w] = -1
+        for c in range(len(world_ranks)):
+            w = world_ranks[c]
+            if 0 <= w < box.nranks and rx[c] is not None and rx[c] is box.rx[w]:
+                self.comm_rank[w] = c
+        self.box = box
+
+    def __dealloc__(self):
+        PyMem_Free(self.comm_rank)
+
+    cdef inline int ready(self, int start, int stop) except -2:
+        """The first member's world rank in [start, stop) whose ring has a
+        validated frame ready, or -1."""
+        cdef int w = self.box.pending(start, stop)
+        while w >= 0:
+            if self.comm_rank[w] >= 0 and (<RxRing>self.box.rx[w]).poll():
+                return w
+            w = self.box.pending(w + 1, stop)
+        return -1
