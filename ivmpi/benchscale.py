@@ -5,7 +5,8 @@ N ranks (2, 8, 64 by default) but starts only ranks 0 and 1, each in its own
 process on its own core, and times their ping-pong through the region with
 a known source and with ANY_SOURCE.  The ratio against the 2-rank layout
 shows what the other N-2 peers cost the progress engine (they are idle, so
-any cost is polling).
+any cost is looking for frames: an ANY_SOURCE receive reads its head array,
+docs/layout.md "Head arrays", a known source's receive one ring).
 
 The ranks are built directly on the layout (no launcher, no start-up
 protocol), which is why this needs neither mpirun nor N processes.
@@ -96,6 +97,14 @@ def measure(nranks, rounds, count, nbytes):
     return statistics.median(timings["source"]), statistics.median(timings["any"])
 
 
+def _load():
+    """The 1-minute load average (the bench needs two idle cores to mean much)."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "unknown"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="ivmpi bench scale",
@@ -109,6 +118,7 @@ def main(argv=None):
     # Rounds interleave the layouts, so that drift on a shared machine (and
     # where the hypervisor puts the two vCPUs) hits every layout alike.
     samples = {n: ([], []) for n in sizes}
+    load_before = _load()
     for r in range(options.rounds):
         print(f"# round {r + 1}/{options.rounds}", file=sys.stderr, flush=True)
         for n in sizes:
@@ -119,7 +129,8 @@ def main(argv=None):
             for n in sizes]
     base_source, base_any = rows[0][1], rows[0][2]
     print(f"Half round trip of {options.size} B between ranks 0 and 1, us (median of "
-          f"{options.rounds}); ratio against the {rows[0][0]}-rank layout")
+          f"{options.rounds}); ratio against the {rows[0][0]}-rank layout; "
+          f"load average {load_before} before, {_load()} after")
     print(f"{'layout ranks':>12}  {'known source':>12}  {'ratio':>6}  {'ANY_SOURCE':>10}  {'ratio':>6}")
     for n, t_source, t_any in rows:
         print(f"{n:>12}  {t_source * 1e6:>12.3f}  {t_source / base_source:>6.2f}  "
