@@ -50,8 +50,10 @@ def heads_offset(nranks):
 
 
 def heads_stride(nranks):
-    """Bytes of one receiver's head array: a word per sender, whole cache lines."""
-    return _round_up(nranks * 8, 64)
+    """Bytes of one receiver's head array: a word per sender, in whole pairs of
+    cache lines (x86 prefetches lines in 128-byte pairs: two receivers' arrays
+    never share one)."""
+    return _round_up(nranks * 8, 128)
 
 
 def rings_offset(nranks):

@@ -272,7 +272,7 @@ def header():
     (layout.H_RINGS_OFFSET, 8192, "region header field rings_offset = 8192, expected 12288"),
     (layout.H_HEADS_OFFSET, 4096, "region header field heads_offset = 4096, expected 8192"),
     (layout.H_HEADS_OFFSET, 0, "region header field heads_offset = 0, expected 8192"),
-    (layout.H_HEADS_STRIDE, 16, "region header field heads_stride = 16, expected 64"),
+    (layout.H_HEADS_STRIDE, 16, "region header field heads_stride = 16, expected 128"),
     (layout.H_EAGER, 2048, "region header has eager limit 2048 (ring 4096)"),
     (layout.H_CHUNK, 0, "region header has chunk size 0 (ring 4096)"),
     (layout.H_READY, 0x56, "region header ready word 0x56 does not match job id 0x55"),

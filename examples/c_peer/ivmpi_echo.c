@@ -121,7 +121,7 @@ static void check_header(void)
     if (!power_of_two(ring_bytes) || ring_bytes < 4096 || ring_bytes > (1ull << 30))
         die("impossible ring size %llu", (unsigned long long)ring_bytes);
     heads_offset = SLOTS_OFFSET + roundup(nranks * SLOT_BYTES, 4096);
-    heads_stride = roundup(nranks * 8, 64);
+    heads_stride = roundup(nranks * 8, 128);
     rings_offset = heads_offset + roundup(nranks * heads_stride, 4096);
     ring_stride = RING_CONTROL + ring_bytes;
     if (load(H_SLOTS_OFFSET) != SLOTS_OFFSET || load(H_HEADS_OFFSET) != heads_offset
