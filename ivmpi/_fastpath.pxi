@@ -882,7 +882,7 @@ cdef class FastPath:
         # An earlier unexpected message this receive matches comes first.
         if self.unexpected and self._unexpected_match(source if source >= 0 else -1, tag) >= 0:
             return None
-        if source < 0 and not self._inbox_ready():
+        if source < 0 and self.any_view is None and not self._inbox_ready():
             return None
         for i in range(polls):
             if source >= 0:
@@ -922,18 +922,17 @@ cdef class FastPath:
         -1: none; -2 (skip False): the first ring with a frame has something
         else next, which the engine must handle."""
         cdef InboxView view = self.any_view
-        cdef int start = view.next_world, n = view.box.nranks, lo, hi, w, c, k
+        cdef int start = view.next_world, n = view.nranks, lo, hi, w, k
         cdef RxRing rx
         for k in range(2):
             lo = start if k == 0 else 0
             hi = n if k == 0 else start
             w = view.ready(lo, hi)
             while w >= 0:
-                c = view.comm_rank[w]
-                rx = <RxRing>self.rx[c]
-                if self._wanted(rx, tag) and not self._posted_takes(rx):
+                rx = <RxRing>view.rings[w]
+                if self._wanted(rx, tag) and (not self.posted or not self._posted_takes(rx)):
                     view.found_world = w
-                    return c
+                    return view.comm_rank[w]
                 if not skip:
                     return -2
                 w = view.ready(w + 1, hi)

@@ -15,6 +15,32 @@
 # ring is skipped only while its head equals what this rank consumed.
 
 from cpython.mem cimport PyMem_Calloc, PyMem_Malloc, PyMem_Free
+from cpython.object cimport PyObject
+
+
+cdef inline int _pending(const char *h, const uint64_t *t, PyObject **rings, int start,
+                         int stop) noexcept:
+    """The first sender s in [start, stop) whose head h[s] differs from our
+    tail t[s] and whose ring is attached (rings[s] != NULL; never the
+    diagonal word, which belongs to no ring), or -1."""
+    cdef int s = start, end
+    while s < stop:
+        # Eight words (a cache line, when aligned) per test: the loads do
+        # not wait for each other's branches, so an idle line costs a few
+        # cycles; only a line with a change is looked at word by word.
+        if s + 8 <= stop and ((rg_load(h + 8 * s) ^ t[s]) | (rg_load(h + 8 * s + 8) ^ t[s + 1])
+                | (rg_load(h + 8 * s + 16) ^ t[s + 2]) | (rg_load(h + 8 * s + 24) ^ t[s + 3])
+                | (rg_load(h + 8 * s + 32) ^ t[s + 4]) | (rg_load(h + 8 * s + 40) ^ t[s + 5])
+                | (rg_load(h + 8 * s + 48) ^ t[s + 6])
+                | (rg_load(h + 8 * s + 56) ^ t[s + 7])) == 0:
+            s += 8
+            continue
+        end = s + 8 if s + 8 < stop else stop
+        while s < end:
+            if rg_load(h + 8 * s) != t[s] and rings[s] != NULL:
+                return s
+            s += 1
+    return -1
 
 
 @cython.final
@@ -23,9 +49,10 @@ cdef class Inbox:
     cdef Mapping mem
     cdef const char *heads       # region: heads[s], the head of ring (s, rank)
     cdef uint64_t *tails         # private: tails[s], what this rank consumed of it
+    cdef PyObject **rings        # the RxRing of each sender (NULL: not attached),
+    cdef list rx                 # ... kept alive by this list
     cdef readonly int nranks
     cdef readonly int rank
-    cdef list rx                 # the RxRing of each sender (None: not attached)
 
     def __cinit__(self, Mapping mem, Py_ssize_t offset, int nranks, int rank):
         if mem.base == NULL:
@@ -36,7 +63,8 @@ cdef class Inbox:
             raise ValueError(f"a head array of {nranks} words at offset {offset} does not fit "
                              f"the region")
         self.tails = <uint64_t *>PyMem_Calloc(nranks, sizeof(uint64_t))
-        if self.tails == NULL:
+        self.rings = <PyObject **>PyMem_Calloc(nranks, sizeof(PyObject *))
+        if self.tails == NULL or self.rings == NULL:
             raise MemoryError()
         self.mem = mem
         self.heads = mem.base + offset
@@ -46,6 +74,7 @@ cdef class Inbox:
 
     def __dealloc__(self):
         PyMem_Free(self.tails)
+        PyMem_Free(self.rings)
 
     def attach(self, RxRing rx):
         """rx, the ring from rx.peer to this rank, keeps its tail copy here
@@ -59,37 +88,19 @@ cdef class Inbox:
         rx.tail_copy = &self.tails[peer]
         rx.inbox = self
         self.rx[peer] = rx
+        self.rings[peer] = <PyObject *>rx
 
     cdef inline int pending(self, int start, int stop) noexcept:
         """The first sender in [start, stop) whose ring holds bytes this rank
-        has not consumed, or -1 (the diagonal word is never ours to read)."""
-        cdef const char *h = self.heads
-        cdef const uint64_t *t = self.tails
-        cdef int s = start, end
-        while s < stop:
-            # Eight words (a cache line, when aligned) per test: the loads do
-            # not wait for each other's branches, so an idle line costs a few
-            # cycles; only a line with a change is looked at word by word.
-            if s + 8 <= stop and ((rg_load(h + 8 * s) ^ t[s]) | (rg_load(h + 8 * s + 8) ^ t[s + 1])
-                    | (rg_load(h + 8 * s + 16) ^ t[s + 2]) | (rg_load(h + 8 * s + 24) ^ t[s + 3])
-                    | (rg_load(h + 8 * s + 32) ^ t[s + 4]) | (rg_load(h + 8 * s + 40) ^ t[s + 5])
-                    | (rg_load(h + 8 * s + 48) ^ t[s + 6])
-                    | (rg_load(h + 8 * s + 56) ^ t[s + 7])) == 0:
-                s += 8
-                continue
-            end = s + 8 if s + 8 < stop else stop
-            while s < end:
-                if rg_load(h + 8 * s) != t[s] and s != self.rank and self.rx[s] is not None:
-                    return s
-                s += 1
-        return -1
+        has not consumed, or -1."""
+        return _pending(self.heads, self.tails, self.rings, start, stop)
 
     cpdef int first_ready(self, int start) except -2:
         """The first sender from start on whose ring has a validated frame
         ready (poll() True), or -1.  The progress engine's scan."""
         cdef int s = self.pending(start, self.nranks)
         while s >= 0:
-            if (<RxRing>self.rx[s]).poll():
+            if (<RxRing>self.rings[s]).poll():
                 return s
             s = self.pending(s + 1, self.nranks)
         return -1
@@ -102,34 +113,43 @@ cdef class Inbox:
 @cython.final
 cdef class InboxView:
     """A communicator's part of the inbox: its members' rings by world rank,
-    for the ANY_SOURCE scans of its fast paths."""
-    cdef Inbox box
-    cdef int *comm_rank          # world rank -> communicator rank, -1 if not a member
+    for the ANY_SOURCE scans of its fast paths (the inbox's arrays, with
+    the rings of other communicators' members left out)."""
+    cdef Inbox box               # keeps the arrays below alive
+    cdef const char *heads
+    cdef const uint64_t *tails
+    cdef PyObject **rings        # rings[w]: the member's RxRing, NULL if not a member
+    cdef int *comm_rank          # world rank -> communicator rank
+    cdef int nranks
     cdef int next_world          # where the next taking scan starts (fairness)
     cdef int found_world         # world rank of what the last scan found
 
     def __cinit__(self, Inbox box, list world_ranks, list rx):
         cdef int c, w
-        self.comm_rank = <int *>PyMem_Malloc(box.nranks * sizeof(int))
-        if self.comm_rank == NULL:
+        self.rings = <PyObject **>PyMem_Calloc(box.nranks, sizeof(PyObject *))
+        self.comm_rank = <int *>PyMem_Calloc(box.nranks, sizeof(int))
+        if self.rings == NULL or self.comm_rank == NULL:
             raise MemoryError()
-        for w in range(box.nranks):
-            self.comm_rank[w] = -1
         for c in range(len(world_ranks)):
             w = world_ranks[c]
-            if 0 <= w < box.nranks and rx[c] is not None and rx[c] is box.rx[w]:
+            if 0 <= w < box.nranks and box.rings[w] != NULL and rx[c] is box.rx[w]:
+                self.rings[w] = box.rings[w]
                 self.comm_rank[w] = c
         self.box = box
+        self.heads = box.heads
+        self.tails = box.tails
+        self.nranks = box.nranks
 
     def __dealloc__(self):
+        PyMem_Free(self.rings)
         PyMem_Free(self.comm_rank)
 
     cdef inline int ready(self, int start, int stop) except -2:
         """The first member's world rank in [start, stop) whose ring has a
         validated frame ready, or -1."""
-        cdef int w = self.box.pending(start, stop)
+        cdef int w = _pending(self.heads, self.tails, self.rings, start, stop)
         while w >= 0:
-            if self.comm_rank[w] >= 0 and (<RxRing>self.box.rx[w]).poll():
+            if (<RxRing>self.rings[w]).poll():
                 return w
-            w = self.box.pending(w + 1, stop)
+            w = _pending(self.heads, self.tails, self.rings, w + 1, stop)
         return -1
