@@ -18,29 +18,11 @@ from cpython.mem cimport PyMem_Calloc, PyMem_Malloc, PyMem_Free
 from cpython.object cimport PyObject
 
 
-cdef inline int _pending(const char *h, const uint64_t *t, PyObject **rings, int start,
-                         int stop) noexcept:
-    """The first sender s in [start, stop) whose head h[s] differs from our
-    tail t[s] and whose ring is attached (rings[s] != NULL; never the
-    diagonal word, which belongs to no ring), or -1."""
-    cdef int s = start, end
-    while s < stop:
-        # Eight words (a cache line, when aligned) per test: the loads do
-        # not wait for each other's branches, so an idle line costs a few
-        # cycles; only a line with a change is looked at word by word.
-        if s + 8 <= stop and ((rg_load(h + 8 * s) ^ t[s]) | (rg_load(h + 8 * s + 8) ^ t[s + 1])
-                | (rg_load(h + 8 * s + 16) ^ t[s + 2]) | (rg_load(h + 8 * s + 24) ^ t[s + 3])
-                | (rg_load(h + 8 * s + 32) ^ t[s + 4]) | (rg_load(h + 8 * s + 40) ^ t[s + 5])
-                | (rg_load(h + 8 * s + 48) ^ t[s + 6])
-                | (rg_load(h + 8 * s + 56) ^ t[s + 7])) == 0:
-            s += 8
-            continue
-        end = s + 8 if s + 8 < stop else stop
-        while s < end:
-            if rg_load(h + 8 * s) != t[s] and rings[s] != NULL:
-                return s
-            s += 1
-    return -1
+cdef extern from "_inbox.h":
+    int _pending "ivmpi_inbox_pending"(const char *heads, const uint64_t *tails,
+                                       const void *rings, int start, int stop) nogil
+    # The first sender s in [start, stop) whose head differs from our tail
+    # and whose ring is attached (rings[s] != NULL), or -1 (see _inbox.h).
 
 
 @cython.final
