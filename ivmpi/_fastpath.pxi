@@ -264,7 +264,7 @@ cdef class FastPath:
     cdef public object general_Irecv, new_request, comm, scope, engine_irecv
     cdef public object general_Isend, sent_op, general_irecv, unpickle_op
     cdef public dict comm_rank_of          # world rank -> communicator rank
-    cdef long next_any                    # where the next ANY_SOURCE scan starts
+    cdef InboxView any_view               # ANY_SOURCE scans: the engine's inbox, our members
     cdef public EngineLock lock           # the engine's
     # Synchronous sends and acknowledgements: the engine's send ids (by
     # world rank) and table of sends awaiting an ACK, its _post (queues a
@@ -842,18 +842,18 @@ cdef class FastPath:
         communicators too, need the engine's progress, which a probe loop
         must make); FAST_NOT_HANDLED: the engine must look."""
         if not self.enabled or not self._valid_receive(source, tag) or self.backlog \
-                or self.engine.schedules:
+                or self.engine.schedules or not self._inbox_ready():
             return FAST_NOT_HANDLED
         cdef long found = self._peek_once(source, tag, index)
-        if found == 0 and first_ready(self.engine.rx_list, 0) >= 0:
+        if found == 0 and self.any_view.box.first_ready(0) >= 0:
             # A frame arrived meanwhile: where the probe looked, or elsewhere.
             found = self._peek_once(source, tag, index)
-            if found == 0 and first_ready(self.engine.rx_list, 0) >= 0:
+            if found == 0 and self.any_view.box.first_ready(0) >= 0:
                 return FAST_NOT_HANDLED
         return found
 
     cdef long _peek_once(self, long source, long tag, Py_ssize_t *index) except -3:
-        cdef int k, j
+        cdef int j
         cdef object ring
         if self.unexpected:
             index[0] = self._unexpected_match(source if source >= 0 else -1, tag)
@@ -869,14 +869,12 @@ cdef class FastPath:
                 self.last_source = source
                 return 2
         else:
-            for k in range(self.size):
-                j = (self.next_any + k) % self.size
-                ring = self.rx[j]
-                if ring is not None and (<RxRing>ring).poll():
-                    if not self._wanted(<RxRing>ring, tag) or self._posted_takes(<RxRing>ring):
-                        return FAST_NOT_HANDLED
-                    self.last_source = j
-                    return 2
+            j = self._any_ready(tag, False)
+            if j == -2:
+                return FAST_NOT_HANDLED
+            if j >= 0:
+                self.last_source = j
+                return 2
         return 0
 
     cdef long _probe(self, long source, long tag, int spins, bint take) except -3:
@@ -1097,12 +1095,13 @@ cdef class FastPath:
 
         Waits up to |spins| polls: spins > 0 pause between polls (a core of
         our own), spins < 0 give the core away between polls (more ranks than
-        cores: the peer we wait for may need this one).  For ANY_SOURCE every
-        ring is scanned, starting after the last one served, and rings whose
-        next frame is something else are left for the general path.  Sets
+        cores: the peer we wait for may need this one).  For ANY_SOURCE the
+        rings holding frames are scanned (the inbox says which), starting
+        after the last one served, and rings whose next frame is something
+        else are left for the general path.  Sets
         last_source to the communicator rank of the ring returned.
         """
-        cdef int i, k, j, polls = spins if spins >= 0 else -spins
+        cdef int i, j, polls = spins if spins >= 0 else -spins
         cdef object ring
         if not self.enabled or tag < -1 or tag > _TAG_UB:
             return None
@@ -1116,6 +1115,8 @@ cdef class FastPath:
         # An earlier unexpected message this receive matches comes first.
         if self.unexpected and self._unexpected_match(source if source >= 0 else -1, tag) >= 0:
             return None
+        if source < 0 and self.any_view is None and not self._inbox_ready():
+            return None
         for i in range(polls):
             if source >= 0:
                 ring = self.rx[source]
@@ -1125,20 +1126,50 @@ cdef class FastPath:
                     self.last_source = source
                     return ring
             else:
-                for k in range(self.size):
-                    j = (self.next_any + k) % self.size
-                    ring = self.rx[j]
-                    if ring is not None and (<RxRing>ring).poll() \
-                            and self._wanted(<RxRing>ring, tag) \
-                            and not self._posted_takes(<RxRing>ring):
-                        self.last_source = j
-                        self.next_any = j + 1
-                        return ring
+                j = self._any_ready(tag, True)
+                if j >= 0:
+                    self.last_source = j
+                    self.any_view.next_world = self.any_view.found_world + 1
+                    return self.rx[j]
             if spins >= 0:
                 rg_relax()
             else:
                 sched_yield()
         return None
+
+    cdef bint _inbox_ready(self) except -1:
+        """The communicator's view of the engine's inbox, made at the first
+        ANY_SOURCE scan; False without an engine (the general path scans)."""
+        if self.any_view is None:
+            box = getattr(self.engine, "inbox", None)
+            if box is None or self.world_ranks is None:
+                return False
+            self.any_view = InboxView(box, list(self.world_ranks), self.rx)
+        return True
+
+    cdef int _any_ready(self, long tag, bint skip) except -3:
+        """ANY_SOURCE: the communicator rank of the first ring, in turn from
+        the one after the last served (no sender starves), whose next frame
+        is the eager message wanted (its world rank is any_view.found_world).
+        Only rings that hold frames are visited: the inbox says which.
+        -1: none; -2 (skip False): the first ring with a frame has something
+        else next, which the engine must handle."""
+        cdef InboxView view = self.any_view
+        cdef int start = view.next_world, n = view.nranks, lo, hi, w, k
+        cdef RxRing rx
+        for k in range(2):
+            lo = start if k == 0 else 0
+            hi = n if k == 0 else start
+            w = view.ready(lo, hi)
+            while w >= 0:
+                rx = <RxRing>view.rings[w]
+                if self._wanted(rx, tag) and (not self.posted or not self._posted_takes(rx)):
+                    view.found_world = w
+                    return view.comm_rank[w]
+                if not skip:
+                    return -2
+                w = view.ready(w + 1, hi)
+        return -1
 
     cpdef long recv(self, object buf, long source, long tag, int spins) except -3:
         """Receive the next eager message from source into buf.

@@ -60,6 +60,17 @@ cdef int _check_ring(Mapping mem, Py_ssize_t offset, uint64_t ring_bytes) except
     return 0
 
 
+cdef char *_head_word(Mapping mem, Py_ssize_t offset, Py_ssize_t head_offset) except NULL:
+    """Where a ring's head word is: in its receiver's head array (the
+    region's layout), or, with head_offset -1, first in the ring's own
+    control block (a ring on its own, as the tests use)."""
+    if head_offset < 0:
+        return mem.base + offset
+    if head_offset % 8 != 0 or head_offset > mem.size - 8:
+        raise ValueError(f"ring head word at offset {head_offset} does not fit the region")
+    return mem.base + head_offset
+
+
 cdef class TxRing:
     """The producer end of the ring from this rank to `peer`."""
     cdef Mapping mem
@@ -73,10 +84,11 @@ cdef class TxRing:
     cdef int strict
     cdef readonly int peer
 
-    def __cinit__(self, Mapping mem, Py_ssize_t offset, uint64_t ring_bytes, int peer):
+    def __cinit__(self, Mapping mem, Py_ssize_t offset, uint64_t ring_bytes, int peer,
+                  Py_ssize_t head_offset=-1):
         _check_ring(mem, offset, ring_bytes)
         self.mem = mem
-        self.head_p = mem.base + offset
+        self.head_p = _head_word(mem, offset, head_offset)
         self.tail_p = mem.base + offset + 64
         self.data = mem.base + offset + 128
         self.ring_bytes = ring_bytes
@@ -292,6 +304,8 @@ cdef class RxRing:
     cdef char *data
     cdef uint64_t ring_bytes
     cdef uint64_t tail
+    cdef uint64_t *tail_copy     # where an Inbox reads our tail (see _inbox.pxi)
+    cdef object inbox            # keeps that copy's memory alive
     cdef uint64_t head_seen
     cdef uint64_t fsize
     cdef uint64_t pos
@@ -306,16 +320,18 @@ cdef class RxRing:
     cdef readonly uint64_t length
     cdef public int32_t last_tag     # tag of the last frame a fast path delivered
 
-    def __cinit__(self, Mapping mem, Py_ssize_t offset, uint64_t ring_bytes, int peer):
+    def __cinit__(self, Mapping mem, Py_ssize_t offset, uint64_t ring_bytes, int peer,
+                  Py_ssize_t head_offset=-1):
         _check_ring(mem, offset, ring_bytes)
         self.mem = mem
-        self.head_p = mem.base + offset
+        self.head_p = _head_word(mem, offset, head_offset)
         self.tail_p = mem.base + offset + 64
         self.data = mem.base + offset + 128
         self.ring_bytes = ring_bytes
         self.strict = mem.strict
         self.peer = peer
         self.tail = 0
+        self.tail_copy = &self.tail         # until an Inbox keeps the copy
         self.head_seen = 0
         self.ready = False
 
@@ -350,6 +366,7 @@ cdef class RxRing:
                 if skip > avail:
                     self._corrupt(f"PAD frame at {self.pos} skips {skip} bytes, only {avail} published")
                 self.tail += skip
+                self.tail_copy[0] = self.tail
                 rg_store_release(self.tail_p, self.tail)
                 continue
             if self.kind < _K_FIRST or self.kind > _K_LAST:
@@ -486,6 +503,7 @@ cdef class RxRing:
             raise RuntimeError("no frame is ready")
         self.ready = False
         self.tail += self.fsize
+        self.tail_copy[0] = self.tail
         # Our reads of the frame are done before the producer may reuse it.
         rg_store_release(self.tail_p, self.tail)
 
@@ -676,16 +694,3 @@ def poll_eager(EngineLock lock, RxRing rx, list posted, uint64_t eager_limit, se
         return moved
     finally:
         lock.leave()
-
-
-def first_ready(list rings, Py_ssize_t start):
-    """Index of the first ring, from start on, with a frame ready; -1 if none.
-
-    The progress engine's scan of every peer in one C loop, so that waiting
-    in a job of many ranks costs little more than in a job of two.
-    """
-    cdef Py_ssize_t i
-    for i in range(start, len(rings)):
-        if (<RxRing>rings[i]).poll():
-            return i
-    return -1

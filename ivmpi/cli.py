@@ -251,7 +251,7 @@ def run_reset(args) -> int:
 
 
 def _clear(mem, geo):
-    """Zero the header, the slots and the ring control blocks (`ready` first)."""
+    """Zero the header, the slots, the head arrays and the ring control blocks (`ready` first)."""
     from . import layout
     if geo is None:
         mem.store_release(layout.H_READY, 0)

@@ -22,7 +22,7 @@ import time
 from collections import deque
 
 from . import _fastcopy
-from ._fastcopy import RecvOp, SendOp, deliver_eager, first_ready, poll_eager
+from ._fastcopy import RecvOp, SendOp, deliver_eager, poll_eager
 from .heap import Heap
 from .liveness import Liveness
 from .errors import CorruptRegionError, IvmpiError, IvmpiTimeoutError, PeerError
@@ -109,11 +109,16 @@ class Engine:
         ring_bytes = geometry.ring_bytes
         self.tx = [None] * self.size
         self.rx = [None] * self.size
+        # The heads of the rings into this rank, side by side: which rings
+        # hold frames is found there, not by visiting every ring.
+        self.inbox = _fastcopy.Inbox(self.mem, geometry.inbox(rank), self.size, rank)
         for peer in range(self.size):
             if peer != rank:
-                self.tx[peer] = _fastcopy.TxRing(self.mem, geometry.ring(rank, peer), ring_bytes, peer)
-                self.rx[peer] = _fastcopy.RxRing(self.mem, geometry.ring(peer, rank), ring_bytes, peer)
-        self.rx_list = [r for r in self.rx if r is not None]
+                self.tx[peer] = _fastcopy.TxRing(self.mem, geometry.ring(rank, peer), ring_bytes,
+                                                 peer, geometry.head(rank, peer))
+                self.rx[peer] = _fastcopy.RxRing(self.mem, geometry.ring(peer, rank), ring_bytes,
+                                                 peer, geometry.head(peer, rank))
+                self.inbox.attach(self.rx[peer])
         heap_offset, heap_bytes = geometry.heap(rank)
         self.heap = Heap(self.mem, heap_offset, heap_bytes)
         self.posted = []                                 # RecvOps in post order
@@ -423,16 +428,16 @@ class Engine:
 
     def _progress(self):
         moved = self._flush_backlog() if self.backlog else False
-        rx_list = self.rx_list
+        rx, first_ready = self.rx, self.inbox.first_ready
         posted, limit = self.posted, self.eager_limit
-        i = first_ready(rx_list, 0)
+        i = first_ready(0)
         while i >= 0:
-            rx = rx_list[i]
-            while rx.poll():
-                if not deliver_eager(rx, posted, limit):
-                    self._handle(rx)
+            ring = rx[i]
+            while ring.poll():
+                if not deliver_eager(ring, posted, limit):
+                    self._handle(ring)
             moved = True
-            i = first_ready(rx_list, i + 1)
+            i = first_ready(i + 1)
         return moved
 
     def poll_peer(self, peer, op=None):

@@ -11,7 +11,7 @@ import secrets
 from .errors import CorruptRegionError, RegionError
 
 MAGIC = int.from_bytes(b"IVMPIRGN", "little")
-VERSION = 1
+VERSION = 2
 HEADER_BYTES = 4096
 SLOTS_OFFSET = 4096
 SLOT_BYTES = 256
@@ -27,6 +27,7 @@ MAX_CHUNK = 65536
 H_MAGIC, H_VERSION, H_REGION_SIZE, H_NRANKS, H_RING_BYTES = 0, 8, 16, 24, 32
 H_SLOTS_OFFSET, H_RINGS_OFFSET, H_RING_STRIDE, H_EAGER, H_CHUNK = 40, 48, 56, 64, 72
 H_JOB_ID, H_HEAP_OFFSET, H_HEAP_BYTES, H_READY = 80, 88, 96, 128
+H_HEADS_OFFSET, H_HEADS_STRIDE = 104, 112
 HEAP_ALIGN = 4096
 MAX_HEAP_BYTES = 1 << 40
 
@@ -35,16 +36,28 @@ S_STATE, S_JOB_ID, S_NONCE, S_PID, S_HEARTBEAT, S_HEARTBEAT_NS, S_ADMITTED = 0, 
 STATE_EMPTY, STATE_JOINING, STATE_ATTACHED, STATE_FINALIZED, STATE_ABORTED = 0, 1, 2, 3, 4
 STATE_NAMES = {0: "empty", 1: "joining", 2: "attached", 3: "finalized", 4: "aborted"}
 
-# Ring control word offsets (relative to the ring).
-R_HEAD, R_TAIL = 0, 64
+# Ring control word offsets (relative to the ring).  A ring's head is not
+# in its control block but in its receiver's head array (heads_offset).
+R_TAIL = 64
 
 
 def _round_up(n, m):
     return (n + m - 1) // m * m
 
 
-def rings_offset(nranks):
+def heads_offset(nranks):
     return SLOTS_OFFSET + _round_up(nranks * SLOT_BYTES, 4096)
+
+
+def heads_stride(nranks):
+    """Bytes of one receiver's head array: a word per sender, in whole pairs of
+    cache lines (x86 prefetches lines in 128-byte pairs: two receivers' arrays
+    never share one)."""
+    return _round_up(nranks * 8, 128)
+
+
+def rings_offset(nranks):
+    return heads_offset(nranks) + _round_up(nranks * heads_stride(nranks), 4096)
 
 
 def _env_int(name, default):
@@ -61,13 +74,16 @@ class Geometry:
     """Where everything is, for a given region size and rank count."""
 
     __slots__ = ("region_size", "nranks", "ring_bytes", "rings_offset", "ring_stride",
-                 "eager_limit", "chunk_bytes", "heap_offset", "heap_bytes")
+                 "eager_limit", "chunk_bytes", "heap_offset", "heap_bytes", "heads_offset",
+                 "heads_stride")
 
     def __init__(self, region_size, nranks, ring_bytes, eager_limit=None, chunk_bytes=None,
                  heap_bytes=None):
         self.region_size = region_size
         self.nranks = nranks
         self.ring_bytes = ring_bytes
+        self.heads_offset = heads_offset(nranks)
+        self.heads_stride = heads_stride(nranks)
         self.rings_offset = rings_offset(nranks)
         self.ring_stride = RING_CTRL_BYTES + ring_bytes
         if eager_limit is None:
@@ -116,6 +132,14 @@ class Geometry:
         """Offset of the ring carrying messages from src to dst."""
         return self.rings_offset + (src * self.nranks + dst) * self.ring_stride
 
+    def head(self, src, dst):
+        """Offset of the head word of the ring from src to dst, in dst's head array."""
+        return self.heads_offset + dst * self.heads_stride + src * 8
+
+    def inbox(self, dst):
+        """Offset of dst's head array: the heads of every ring into dst, by sender."""
+        return self.heads_offset + dst * self.heads_stride
+
     def slot(self, rank):
         return SLOTS_OFFSET + rank * SLOT_BYTES
 
@@ -146,17 +170,19 @@ def write_header(mem, geo, job_id, publish=True):
                        (H_SLOTS_OFFSET, SLOTS_OFFSET), (H_RINGS_OFFSET, geo.rings_offset),
                        (H_RING_STRIDE, geo.ring_stride), (H_EAGER, geo.eager_limit),
                        (H_CHUNK, geo.chunk_bytes), (H_JOB_ID, job_id),
-                       (H_HEAP_OFFSET, geo.heap_offset), (H_HEAP_BYTES, geo.heap_bytes)):
+                       (H_HEAP_OFFSET, geo.heap_offset), (H_HEAP_BYTES, geo.heap_bytes),
+                       (H_HEADS_OFFSET, geo.heads_offset), (H_HEADS_STRIDE, geo.heads_stride)):
         mem.store(off, value)
     if publish:
         publish_header(mem, job_id)
 
 
 def clear(mem, geo):
-    """Zero the header, the slots and every ring's control block, `ready` first
-    so that nobody trusts the header while it is being cleared."""
+    """Zero the header, the slots, the head arrays and every ring's control
+    block, `ready` first so that nobody trusts the header while it is being
+    cleared."""
     mem.store_release(H_READY, 0)
-    mem.fill(SLOTS_OFFSET, geo.rings_offset - SLOTS_OFFSET)
+    mem.fill(SLOTS_OFFSET, geo.rings_offset - SLOTS_OFFSET)     # slots and head arrays
     for src in range(geo.nranks):
         for dst in range(geo.nranks):
             mem.fill(geo.ring(src, dst), RING_CTRL_BYTES)
@@ -209,6 +235,8 @@ def read_header(mem, require_ready=True):
                    heap_bytes=heap_bytes)
     checks = (
         (H_SLOTS_OFFSET, "slots_offset", SLOTS_OFFSET),
+        (H_HEADS_OFFSET, "heads_offset", geo.heads_offset),
+        (H_HEADS_STRIDE, "heads_stride", geo.heads_stride),
         (H_RINGS_OFFSET, "rings_offset", geo.rings_offset),
         (H_RING_STRIDE, "ring_stride", geo.ring_stride),
     )
@@ -272,6 +300,7 @@ def describe(mem):
         return [f"job: header present but invalid: {exc}"]
     lines.append(f"job: {job_id:#018x} ({'ready' if ready == job_id else 'initialising'}), "
                  f"layout v{VERSION}, {geo.nranks} ranks")
+    lines.append(f"heads: {geo.nranks} arrays of {geo.heads_stride} bytes at {geo.heads_offset:#x}")
     lines.append(f"rings: {geo.nranks}x{geo.nranks} of {geo.ring_bytes} bytes at {geo.rings_offset:#x}, "
                  f"eager limit {geo.eager_limit}, chunk {geo.chunk_bytes}")
     lines.append(f"heaps: {geo.nranks} of {geo.heap_bytes} bytes at {geo.heap_offset:#x}")

@@ -11,7 +11,7 @@ the consumer has taken.  ``traffic`` reads them from the region itself, so
 a nonzero count is proof that messages went through the shared memory and
 not through the MPI library.
 """
-from .layout import R_HEAD, R_TAIL
+from .layout import R_TAIL
 
 
 def traffic(comm=None):
@@ -40,7 +40,7 @@ def traffic(comm=None):
     counts = {}
     for peer, other in enumerate(comm._ranks):
         if other != me:
-            counts[peer] = {"written": mem.load_acquire(geo.ring(me, other) + R_HEAD),
+            counts[peer] = {"written": mem.load_acquire(geo.head(me, other)),
                             "read": mem.load_acquire(geo.ring(other, me) + R_TAIL)}
     return counts
 

@@ -177,3 +177,16 @@ def test_bench_scale_runs_two_layouts(capsys):
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
     assert [row[0] for row in rows] == ["2", "4"]
     assert all(float(row[1]) > 0 and float(row[3]) > 0 for row in rows)
+
+
+def test_bench_scale_in_process():
+    # A process of its own: both ranks' communicators start the MPI library.
+    result = subprocess.run([sys.executable, "-m", "ivmpi.benchscale", "--in-process", "--ranks",
+                             "2,9", "--rounds", "2", "--count", "100"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("Send + Recv in one process of 8 B")
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[0] for row in rows] == ["2", "9"]
+    assert all(float(row[1]) > 0 and float(row[3]) > 0 for row in rows)

@@ -260,16 +260,19 @@ def header():
     (layout.H_MAGIC, 0x1122334455667788,
      "region header has magic 0x1122334455667788, expected 0x4e475249504d5649 (not an ivmpi "
      "region, or a different program uses it)"),
-    (layout.H_VERSION, 2, "region layout version 2; this ivmpi speaks version 1"),
+    (layout.H_VERSION, 1, "region layout version 1; this ivmpi speaks version 2"),
     (layout.H_RING_BYTES, 5000, "region header has ring size 5000 (not a power of two in range)"),
     (layout.H_RING_BYTES, 2048, "region header has ring size 2048 (not a power of two in range)"),
     (layout.H_RING_BYTES, 8192, "region header field ring_stride = 4224, expected 8320"),
     (layout.H_NRANKS, 0, "region header has 0 ranks (allowed 1..4096)"),
     (layout.H_NRANKS, 5000, "region header has 5000 ranks (allowed 1..4096)"),
-    (layout.H_NRANKS, 3, "region header's rings end at 46208, past the region (28672)"),
+    (layout.H_NRANKS, 3, "region header's rings end at 50304, past the region (32768)"),
     (layout.H_REGION_SIZE, 1 << 20,
-     "region header says the region has 1048576 bytes but 28672 are mapped"),
-    (layout.H_RINGS_OFFSET, 4096, "region header field rings_offset = 4096, expected 8192"),
+     "region header says the region has 1048576 bytes but 32768 are mapped"),
+    (layout.H_RINGS_OFFSET, 8192, "region header field rings_offset = 8192, expected 12288"),
+    (layout.H_HEADS_OFFSET, 4096, "region header field heads_offset = 4096, expected 8192"),
+    (layout.H_HEADS_OFFSET, 0, "region header field heads_offset = 0, expected 8192"),
+    (layout.H_HEADS_STRIDE, 16, "region header field heads_stride = 16, expected 128"),
     (layout.H_EAGER, 2048, "region header has eager limit 2048 (ring 4096)"),
     (layout.H_CHUNK, 0, "region header has chunk size 0 (ring 4096)"),
     (layout.H_READY, 0x56, "region header ready word 0x56 does not match job id 0x55"),
@@ -293,7 +296,7 @@ def test_header_in_a_mapping_too_small():
 
 def test_region_too_small_for_the_ranks():
     with pytest.raises(RegionError, match=re.escape(
-            "region of 65536 bytes is too small for 4 ranks: it needs at least 75776 bytes "
+            "region of 65536 bytes is too small for 4 ranks: it needs at least 79872 bytes "
             "(ivmpi create PATH --size 131072)")):
         layout.Geometry.choose(65536, 4)
 
@@ -335,7 +338,7 @@ def test_info_shows_a_stale_job(stale, capsys):
     path, _ = stale
     code, out, err = cli_run(capsys, "info", path)
     assert code == 0, err
-    assert "job: 0x000000000000abc1 (ready), layout v1, 3 ranks" in out
+    assert "job: 0x000000000000abc1 (ready), layout v2, 3 ranks" in out
     assert "rank 0: attached, pid 1000, heartbeat 17" in out
     assert "rank 1: attached, pid 1001, heartbeat 5" in out
     assert "rank 2: joining, pid 1002, heartbeat 0" in out

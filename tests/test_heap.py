@@ -125,7 +125,7 @@ def _raw_frame(mem, geo, kind, length, tag, a, b, payload):
     words = np.array([kind | (length << 32), tag, a, b], dtype="<u8").tobytes()
     body = payload + bytes(-len(payload) % 8)
     mem.write(ring + layout.RING_CTRL_BYTES, words + body)
-    mem.store_release(ring + layout.R_HEAD, 32 + len(body))
+    mem.store_release(geo.head(1, 0), 32 + len(body))
 
 
 @pytest.mark.parametrize("offset_of, total, length, message", [

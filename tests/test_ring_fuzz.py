@@ -162,7 +162,7 @@ def test_one_corrupted_word_in_honest_traffic(msgs, index, value):
     REGION.reset()
     receiver, sender = REGION.engine(0), REGION.engine(1)
     sends = [sender.isend(0, memoryview(data), tag, 0) for tag, data in msgs]
-    head = REGION.mem.load(REGION.geo.ring(1, 0) + layout.R_HEAD)
+    head = REGION.mem.load(REGION.geo.head(1, 0))
     if head:
         offset = (index % max(1, min(head, RING) // 8)) * 8
         REGION.mem.store(REGION.geo.ring(1, 0) + layout.RING_CTRL_BYTES + offset, value)

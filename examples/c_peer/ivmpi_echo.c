@@ -29,7 +29,7 @@
 #include <unistd.h>
 
 #define MAGIC 0x4e475249504d5649ull /* "IVMPIRGN" */
-#define VERSION 1
+#define VERSION 2
 #define SLOTS_OFFSET 4096
 #define SLOT_BYTES 256
 #define RING_CONTROL 128
@@ -37,7 +37,8 @@
 /* Header fields (byte offsets). */
 enum { H_MAGIC = 0, H_VERSION = 8, H_REGION_SIZE = 16, H_NRANKS = 24, H_RING_BYTES = 32,
        H_SLOTS_OFFSET = 40, H_RINGS_OFFSET = 48, H_RING_STRIDE = 56, H_EAGER_LIMIT = 64,
-       H_CHUNK_BYTES = 72, H_JOB_ID = 80, H_HEAP_OFFSET = 88, H_HEAP_BYTES = 96, H_READY = 128 };
+       H_CHUNK_BYTES = 72, H_JOB_ID = 80, H_HEAP_OFFSET = 88, H_HEAP_BYTES = 96,
+       H_HEADS_OFFSET = 104, H_HEADS_STRIDE = 112, H_READY = 128 };
 /* Slot fields. */
 enum { S_STATE = 0, S_JOB_ID = 8, S_NONCE = 16, S_PID = 24, S_HEARTBEAT = 64,
        S_HEARTBEAT_NS = 72, S_ADMITTED = 128 };
@@ -95,7 +96,8 @@ static void pause_a_bit(unsigned *idle, double start, const char *what)
 
 /* ---- the job -------------------------------------------------------- */
 
-static uint64_t nranks, ring_bytes, rings_offset, ring_stride, eager_limit, job_id;
+static uint64_t nranks, ring_bytes, heads_offset, heads_stride, rings_offset, ring_stride;
+static uint64_t eager_limit, job_id;
 static uint64_t my_slot;
 static int rank;
 
@@ -118,11 +120,14 @@ static void check_header(void)
     ring_bytes = load(H_RING_BYTES);
     if (!power_of_two(ring_bytes) || ring_bytes < 4096 || ring_bytes > (1ull << 30))
         die("impossible ring size %llu", (unsigned long long)ring_bytes);
-    rings_offset = SLOTS_OFFSET + roundup(nranks * SLOT_BYTES, 4096);
+    heads_offset = SLOTS_OFFSET + roundup(nranks * SLOT_BYTES, 4096);
+    heads_stride = roundup(nranks * 8, 128);
+    rings_offset = heads_offset + roundup(nranks * heads_stride, 4096);
     ring_stride = RING_CONTROL + ring_bytes;
-    if (load(H_SLOTS_OFFSET) != SLOTS_OFFSET || load(H_RINGS_OFFSET) != rings_offset
+    if (load(H_SLOTS_OFFSET) != SLOTS_OFFSET || load(H_HEADS_OFFSET) != heads_offset
+        || load(H_HEADS_STRIDE) != heads_stride || load(H_RINGS_OFFSET) != rings_offset
         || load(H_RING_STRIDE) != ring_stride)
-        die("slot or ring offsets disagree with the rank count and ring size");
+        die("slot, head or ring offsets disagree with the rank count and ring size");
     uint64_t rings_end = rings_offset + nranks * nranks * ring_stride;
     if (rings_end > load(H_REGION_SIZE))
         die("the rings do not fit in the region");
@@ -187,7 +192,8 @@ static void *heartbeat(void *unused)
 /* ---- rings ---------------------------------------------------------- */
 
 struct ring {
-    uint64_t base;      /* control block offset; head at +0, tail at +64, data at +128 */
+    uint64_t base;      /* control block offset; tail at +64, data at +128 */
+    uint64_t head_word; /* the head: in the receiver's head array */
     uint64_t head;      /* producer: published; consumer: last head seen */
     uint64_t tail;
     int peer;
@@ -195,7 +201,8 @@ struct ring {
 
 static struct ring ring_between(int from, int to)
 {
-    struct ring r = { rings_offset + ((uint64_t)from * nranks + to) * ring_stride, 0, 0,
+    struct ring r = { rings_offset + ((uint64_t)from * nranks + to) * ring_stride,
+                      heads_offset + (uint64_t)to * heads_stride + (uint64_t)from * 8, 0, 0,
                       from == rank ? to : from };
     return r;
 }
@@ -214,7 +221,7 @@ static struct frame *receive(struct ring *r, struct frame *f)
     double start = now();
     unsigned idle = 0;
     for (;;) {
-        uint64_t head = load_acquire(r->base);
+        uint64_t head = load_acquire(r->head_word);
         if (head < r->head || head % 8 || head < r->tail || head - r->tail > ring_bytes)
             die("peer %d: corrupt ring (head %llu after %llu, tail %llu)", r->peer,
                 (unsigned long long)head, (unsigned long long)r->head,
@@ -277,7 +284,7 @@ static void send(struct ring *r, int32_t tag, uint32_t context, const uint64_t *
         wait_for_room(r, ring_bytes - pos);
         store(data + pos, PAD);
         r->head += ring_bytes - pos;
-        store_release(r->base, r->head);
+        store_release(r->head_word, r->head);
         pos = 0;
     }
     wait_for_room(r, size);
@@ -288,7 +295,7 @@ static void send(struct ring *r, int32_t tag, uint32_t context, const uint64_t *
     for (uint64_t i = 0; i < roundup(length, 8) / 8; i++)
         store(data + pos + 32 + 8 * i, payload[i]);
     r->head += size;
-    store_release(r->base, r->head);
+    store_release(r->head_word, r->head);
 }
 
 int main(int argc, char **argv)
@@ -323,7 +330,7 @@ int main(int argc, char **argv)
     for (int distance = 1; distance < size; distance <<= 1) {
         struct ring out = ring_between(rank, (rank + distance) % size);
         struct ring in = ring_between((rank - distance + size) % size, rank);
-        out.head = load(out.base);
+        out.head = load(out.head_word);
         out.tail = load(out.base + 64);
         in.head = in.tail = load(in.base + 64);
         send(&out, BARRIER_TAG, BARRIER_CONTEXT, NULL, 0);
@@ -334,7 +341,7 @@ int main(int argc, char **argv)
 
     struct ring from0 = ring_between(0, rank), to0 = ring_between(rank, 0);
     from0.head = from0.tail = load(from0.base + 64);
-    to0.head = load(to0.base);
+    to0.head = load(to0.head_word);
     to0.tail = load(to0.base + 64);
     uint64_t messages = 0, bytes = 0;
     for (;;) {

@@ -67,6 +67,8 @@ class RawPeer:
         self.mem = region.mem
         self.ring = region.geo.ring(src, dst)
         self.reverse = region.geo.ring(dst, src)
+        self.head_word = region.geo.head(src, dst)
+        self.reverse_head_word = region.geo.head(dst, src)
         self.ring_bytes = region.geo.ring_bytes
         self.head = 0
 
@@ -92,7 +94,7 @@ class RawPeer:
     def publish(self, head=None):
         if head is not None:
             self.head = head
-        self.mem.store_release(self.ring + layout.R_HEAD, self.head)
+        self.mem.store_release(self.head_word, self.head)
 
     def set_reverse_tail(self, value):
         """The tail word of the ring dst -> src, which this peer consumes."""
@@ -100,7 +102,7 @@ class RawPeer:
 
     def reverse_frames(self):
         """Frames rank dst published to us: [(kind, length, tag, context, a, b)], consumed."""
-        head = self.mem.load_acquire(self.reverse + layout.R_HEAD)
+        head = self.mem.load_acquire(self.reverse_head_word)
         tail = self.mem.load(self.reverse + layout.R_TAIL)
         out = []
         while tail < head:
@@ -140,7 +142,7 @@ def writable_by(geo, rank):
         if peer == rank:
             continue
         out = geo.ring(rank, peer)
-        ranges.append((out + layout.R_HEAD, out + layout.R_HEAD + 8))
+        ranges.append((geo.head(rank, peer), geo.head(rank, peer) + 8))
         ranges.append((out + layout.RING_CTRL_BYTES, out + layout.RING_CTRL_BYTES + geo.ring_bytes))
         inbound = geo.ring(peer, rank)
         ranges.append((inbound + layout.R_TAIL, inbound + layout.R_TAIL + 8))
