@@ -157,6 +157,7 @@ cdef class FastPath:
     cdef uint64_t eager_limit
     cdef int size
     cdef public bint enabled
+    cdef public bint routed               # some peers are reached through the MPI library
     cdef readonly int32_t last_tag
     cdef dict extents
     cdef object last_datatype, last_extent
@@ -613,6 +614,8 @@ cdef class FastPath:
                 or self.engine.schedules:
             return FAST_NOT_HANDLED
         cdef long found = self._peek_once(source, tag, index)
+        if found == 0 and self.routed:
+            return FAST_NOT_HANDLED      # the library may hold a message: the engine looks
         if found == 0 and first_ready(self.engine.rx_list, 0) >= 0:
             # A frame arrived meanwhile: where the probe looked, or elsewhere.
             found = self._peek_once(source, tag, index)
