@@ -76,9 +76,13 @@ def send(engine, op):
     size = len(mem)
     start = _Issend if op.sync else _Isend
     request = start(route.handle, [mem, size, _BYTE], route.rank_of[op.peer], op.tag)
-    op.state = "sending through the MPI library"
-    engine.library_pending.append((request, op))
     _count(engine.library_sent, op.peer, size)
+    if _Test(request):
+        # Done at once (the library took a small message): no wait needed.
+        _finish(op)
+        return op
+    op.state = "sending through the MPI library"
+    engine.library_pending.append((request, op, None))
     return op
 
 
@@ -96,7 +100,8 @@ def receive(engine, incoming, op):
     else:
         target = op.mem
     request = incoming.data.Irecv([target, size, _BYTE])
-    engine.library_pending.append((request, op))
+    # The library does not hold the buffer: the pending entry does.
+    engine.library_pending.append((request, op, target))
 
 
 def progress(engine):
@@ -120,12 +125,12 @@ def progress(engine):
     pending = engine.library_pending
     if pending:
         still = []
-        for request, op in pending:
-            if _Test(request):
-                _finish(op)
+        for entry in pending:
+            if _Test(entry[0]):
+                _finish(entry[1])
                 moved = True
             else:
-                still.append((request, op))
+                still.append(entry)
         engine.library_pending = still
     return moved
 
@@ -195,15 +200,19 @@ def collective(comm, name, args, kwargs):
     """The library's collective `name` on comm's handle; its requests
     become ivmpi requests, so that they mix with point-to-point ones."""
     comm._check_live()
-    return _wrap(comm, _mpi4py_method(type(comm), name)(comm, *args, **kwargs), name)
+    return _wrap(comm, _mpi4py_method(type(comm), name)(comm, *args, **kwargs), name, args,
+                 kwargs)
 
 
-def _wrap(comm, result, name):
+def _wrap(comm, result, name, args, kwargs):
+    """An ivmpi request for the library's; it keeps the call's arguments
+    (the buffers) alive until the operation is done, as ivmpi's own
+    collectives do (the library does not hold them)."""
     from .request import Request
     if isinstance(result, _MPI.Prequest):
-        return LibraryPrequest(comm, result, name)
+        return LibraryPrequest(comm, result, name, (args, kwargs))
     if isinstance(result, _MPI.Request):
-        return Request(comm, LibraryOp(result), what=name)
+        return Request(comm, LibraryOp(result, (args, kwargs)), what=name)
     return result
 
 
@@ -220,7 +229,8 @@ class LibraryCollectives:
             raise AttributeError(name)
         comm = self._comm
         method = _mpi4py_method(type(comm), name)
-        return lambda *args, **kwargs: _wrap(comm, method(comm, *args, **kwargs), name)
+        return lambda *args, **kwargs: _wrap(comm, method(comm, *args, **kwargs), name, args,
+                                             kwargs)
 
     def free(self):
         pass
@@ -229,11 +239,12 @@ class LibraryCollectives:
 class LibraryOp:
     """A library request as an engine operation: done once the library
     says so (tested on each look, so the engine's waits poll it)."""
-    __slots__ = ("request", "finished", "error", "cancelled", "data", "scope", "state")
+    __slots__ = ("request", "finished", "error", "cancelled", "data", "scope", "state", "keep")
     peer = None
 
-    def __init__(self, request):
+    def __init__(self, request, keep=None):
         self.request = request
+        self.keep = keep
         self.finished = False
         self.error = None
         self.cancelled = False
@@ -245,6 +256,7 @@ class LibraryOp:
     def done(self):
         if not self.finished and _Test(self.request):
             self.finished = True
+            self.keep = None
         return self.finished
 
 
@@ -253,20 +265,22 @@ def _library_prequest_class():
 
     class _LibraryPrequest(Prequest):
         """A persistent collective of the library: each Start starts it."""
-        __slots__ = ("_library",)
+        __slots__ = ("_library", "_keep")
 
-        def __init__(self, comm, library, what):
+        def __init__(self, comm, library, what, keep):
             Prequest.__init__(self, comm, self._start_round, what)
             self._library = library
+            self._keep = keep
 
         def _start_round(self):
             self._library.Start()
-            return LibraryOp(self._library), None
+            return LibraryOp(self._library, self._keep), None
 
         def Free(self):
             Prequest.Free(self)
             if self._library:
                 self._library.Free()
+            self._keep = None
     return _LibraryPrequest
 
 
@@ -274,10 +288,10 @@ class _Lazy:
     cls = None
 
 
-def LibraryPrequest(comm, library, what):
+def LibraryPrequest(comm, library, what, keep):
     if _Lazy.cls is None:
         _Lazy.cls = _library_prequest_class()
-    return _Lazy.cls(comm, library, what)
+    return _Lazy.cls(comm, library, what, keep)
 
 
 def node_groups():
