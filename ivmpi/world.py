@@ -162,9 +162,12 @@ def _open_or_create(mpi, local, region_spec):
     region, error = None, None
     try:
         region = _open_region(region_spec)
+        if region is not None and region.size < layout.HEADER_BYTES + layout.SLOT_BYTES:
+            raise RegionError(f"region {region.path} of {region.size} bytes is too small to "
+                              f"hold an ivmpi header")
     except Exception as exc:
         error = f"rank {mpi.Get_rank()}: {type(exc).__name__}: {exc}"
-    _raise_any(mpi, error, "could not open its region")
+    _raise_any(mpi, error, "opening the regions")
     # Ranks of this machine with no region share a per-job file.
     unnamed = [r for r, has in enumerate(_allgather_plain(local, region is not None)) if not has]
     me = local.Get_rank()
@@ -184,7 +187,7 @@ def _open_or_create(mpi, local, region_spec):
             region = Region.open(path, follow_symlinks=False)
         except Exception as exc:
             errors.append(f"rank {mpi.Get_rank()}: {type(exc).__name__}: {exc}")
-    _raise_any(mpi, "; ".join(errors) or None, "could not set up the per-job region file",
+    _raise_any(mpi, "; ".join(errors) or None, "making the per-job region file",
                cleanup=plan)
     return region
 
@@ -249,7 +252,7 @@ def _lay_out(mpi, region, members, rank):
             plan = layout.new_job_id()
             layout.write_header(region.mem, geo, plan)
         except Exception as exc:
-            error = f"rank {rank}: {type(exc).__name__}: {exc}"
+            error = f"rank {rank} could not set up the region: {type(exc).__name__}: {exc}"
     plans = _allgather_plain(mpi, (plan, error))
     errors = [e for _, e in plans if e]
     if not errors:
@@ -264,7 +267,7 @@ def _lay_out(mpi, region, members, rank):
             layout.Slot(region.mem, members.index(rank)).attach(job_id)
         except Exception as exc:
             error = f"rank {rank}: {type(exc).__name__}: {exc}"
-    _raise_any(mpi, error if not errors else "; ".join(errors), "could not lay out the regions")
+    _raise_any(mpi, error if not errors else "; ".join(errors), "laying out the regions")
     return geo, job_id
 
 
@@ -282,6 +285,10 @@ def _allgather_plain(mpi, obj):
     mpi.Allgatherv([data, MPI.BYTE], [everything, sizes, MPI.BYTE])
     offsets = np.concatenate(([0], np.cumsum(sizes)))
     return [pickle.loads(everything[offsets[i]:offsets[i + 1]]) for i in range(len(sizes))]
+
+
+_ONE_REGION = ("every standalone rank must share the one region (ranks in different regions "
+               "need an MPI launcher, whose library carries their messages: docs/routing.md)")
 
 
 def _start_standalone(region_spec):
@@ -308,7 +315,7 @@ def _start_standalone(region_spec):
             while not (slot.word(layout.S_STATE) == layout.STATE_JOINING and slot.word(layout.S_NONCE)):
                 if time.monotonic() > deadline:
                     raise IvmpiTimeoutError(f"standalone start-up: rank {r} did not join within "
-                                            f"{timeout:g} s (IVMPI_START_TIMEOUT)")
+                                            f"{timeout:g} s (IVMPI_START_TIMEOUT); {_ONE_REGION}")
                 time.sleep(0.001)
             slot.set(layout.S_ADMITTED, slot.word(layout.S_NONCE))
         layout.publish_header(mem, job_id)
@@ -324,7 +331,8 @@ def _start_standalone(region_spec):
                 break
             if time.monotonic() > deadline:
                 raise IvmpiTimeoutError(f"standalone start-up: rank 0 did not admit rank {rank} "
-                                        f"within {timeout:g} s (IVMPI_START_TIMEOUT)")
+                                        f"within {timeout:g} s (IVMPI_START_TIMEOUT); "
+                                        f"{_ONE_REGION}")
             time.sleep(0.001)
         geo, job_id = layout.read_header(mem)
         if geo.nranks != size:
