@@ -1035,18 +1035,17 @@ _PREDEFINED = (_MPI.COMM_WORLD.handle, _MPI.COMM_SELF.handle, _MPI.COMM_NULL.han
 
 
 def _library(name, method):
-    """_plain_library's call; for a collective, one that first sends a
-    communicator spanning regions to the library (_collective)."""
-    plain = _plain_library(name, method)
-    return _collective(name, method, plain) if name in routing.COLLECTIVES else plain
-
-
-def _plain_library(name, method):
     """method, or for an object without region state, mpi4py's own method of
     that name (the library's call on the handle), found along the object's
     classes past ivmpi's.  Class-level calls need this: mpi4py.util.pkl5
-    calls ``MPI.Comm.Send(comm, ...)`` whatever comm is."""
+    calls ``MPI.Comm.Send(comm, ...)`` whatever comm is.  A collective on a
+    communicator spanning regions is the library's on the handle
+    (ivmpi.routing)."""
+    collective = name in routing.COLLECTIVES
+
     def call(self, *args, **kwargs):
+        if collective and getattr(self, "_routed", False):
+            return routing.collective(self, name, args, kwargs)
         try:
             return method(self, *args, **kwargs)
         except (_NoRegionState, AttributeError):
@@ -1057,19 +1056,6 @@ def _plain_library(name, method):
                 if klass.__module__ == "mpi4py.MPI" and name in klass.__dict__:
                     return klass.__dict__[name](self, *args, **kwargs)
             raise
-    call.__name__ = call.__qualname__ = name
-    call.__doc__ = method.__doc__
-    return call
-
-
-def _collective(name, method, general):
-    """A collective: on a communicator spanning regions, the library's call
-    on the handle (ivmpi.routing); else `general`."""
-
-    def call(self, *args, **kwargs):
-        if self.__dict__.get("_routed"):
-            return routing.collective(self, name, args, kwargs)
-        return general(self, *args, **kwargs)
     call.__name__ = call.__qualname__ = name
     call.__doc__ = method.__doc__
     return call
