@@ -442,3 +442,14 @@ def test_counters_prove_each_pair_used_its_own_path(comm):
             assert now["region"] is None
             assert sent >= n and received >= n
             assert now["mpi"]["sent"][1] - was["mpi"]["sent"][1] >= n * 1000
+
+
+def test_info_job_lines_name_the_groups_and_paths(world):
+    from ivmpi.routing import describe_job
+    lines = describe_job(world)
+    groups = ivmpi.node_groups()
+    assert lines[0] == f"ranks: {world.size}, node groups: {len(groups)}"
+    for g, members in enumerate(groups):
+        assert f"  group {g}: ranks {', '.join(map(str, members))}" in lines
+    assert lines[-1].endswith(", ".join(f"{r}:{ivmpi.path_to(world, r)}"
+                                        for r in range(world.size)))
