@@ -74,11 +74,20 @@ def send(engine, op):
             f"no region with this rank and the communicator has no library handle")
     mem = op.mem
     size = len(mem)
-    start = _Issend if op.sync else _Isend
-    request = start(route.handle, [mem, size, _BYTE], route.rank_of[op.peer], op.tag)
     _count(engine.library_sent, op.peer, size)
+    dest = route.rank_of[op.peer]
+    if not op.sync and size <= engine.eager_limit:
+        # As on the region path, a send up to the eager limit never waits
+        # for the receiver: a private copy goes out and the send is done.
+        data = bytes(mem)
+        request = _Isend(route.handle, [data, size, _BYTE], dest, op.tag)
+        if not _Test(request):
+            engine.library_pending.append((request, None, data))
+        _finish(op)
+        return op
+    # Larger (or synchronous): straight from the caller's buffer.
+    request = (_Issend if op.sync else _Isend)(route.handle, [mem, size, _BYTE], dest, op.tag)
     if _Test(request):
-        # Done at once (the library took a small message): no wait needed.
         _finish(op)
         return op
     op.state = "sending through the MPI library"
@@ -130,7 +139,8 @@ def progress(engine):
         still = []
         for entry in pending:
             if _Test(entry[0]):
-                _finish(entry[1])
+                if entry[1] is not None:     # None: an eager send, done already
+                    _finish(entry[1])
                 moved = True
             else:
                 still.append(entry)
