@@ -4,7 +4,8 @@ from .errors import (IvmpiError, RegionError, BoundsError, CorruptRegionError,
                      PeerError, IvmpiTimeoutError)
 
 __all__ = ["__version__", "IvmpiError", "RegionError", "BoundsError",
-           "CorruptRegionError", "PeerError", "IvmpiTimeoutError", "Region", "alloc", "free"]
+           "CorruptRegionError", "PeerError", "IvmpiTimeoutError", "Region", "alloc", "free",
+           "path_to", "node_groups"]
 
 
 def __getattr__(name):
@@ -18,6 +19,9 @@ def __getattr__(name):
     if name == "Comm":
         from .comm import Comm
         return Comm
+    if name in ("path_to", "node_groups"):
+        from . import routing
+        return getattr(routing, name)
     raise AttributeError(f"module 'ivmpi' has no attribute {name!r}")
 
 

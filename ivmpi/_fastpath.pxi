@@ -249,6 +249,7 @@ cdef class FastPath:
     cdef uint64_t eager_limit
     cdef int size
     cdef public bint enabled
+    cdef public bint routed               # some peers are reached through the MPI library
     cdef readonly int32_t last_tag
     cdef dict extents
     cdef object last_datatype, last_extent
@@ -845,6 +846,8 @@ cdef class FastPath:
                 or self.engine.schedules or not self._inbox_ready():
             return FAST_NOT_HANDLED
         cdef long found = self._peek_once(source, tag, index)
+        if found == 0 and self.routed:
+            return FAST_NOT_HANDLED      # the library may hold a message: the engine looks
         if found == 0 and self.any_view.box.first_ready(0) >= 0:
             # A frame arrived meanwhile: where the probe looked, or elsewhere.
             found = self._peek_once(source, tag, index)
@@ -1144,7 +1147,12 @@ cdef class FastPath:
             box = getattr(self.engine, "inbox", None)
             if box is None or self.world_ranks is None:
                 return False
-            self.any_view = InboxView(box, list(self.world_ranks), self.rx)
+            # The inbox is by slot in the region (the world rank when one
+            # region holds every rank; -1: a member reached through the library).
+            slot_of = getattr(self.engine, "slot_of", None)
+            slots = list(self.world_ranks) if slot_of is None else \
+                [slot_of.get(w, -1) for w in self.world_ranks]
+            self.any_view = InboxView(box, slots, self.rx)
         return True
 
     cdef int _any_ready(self, long tag, bint skip) except -3:

@@ -58,10 +58,12 @@ cdef class Inbox:
         PyMem_Free(self.tails)
         PyMem_Free(self.rings)
 
-    def attach(self, RxRing rx):
-        """rx, the ring from rx.peer to this rank, keeps its tail copy here
-        (its head word must be this array's word for that peer)."""
-        cdef int peer = rx.peer
+    def attach(self, RxRing rx, int slot=-1):
+        """rx, the ring into this rank from the sender in `slot` of the
+        region (default rx.peer: slot = world rank when one region holds
+        every rank), keeps its tail copy here (its head word must be this
+        array's word for that slot)."""
+        cdef int peer = rx.peer if slot < 0 else slot
         if peer < 0 or peer >= self.nranks or peer == self.rank:
             raise ValueError(f"rank {self.rank} has no ring from {peer}")
         if <const char *>rx.head_p != self.heads + 8 * peer:
@@ -94,7 +96,8 @@ cdef class Inbox:
 
 @cython.final
 cdef class InboxView:
-    """A communicator's part of the inbox: its members' rings by world rank,
+    """A communicator's part of the inbox: its members' rings by slot in
+    the region (their world ranks when one region holds every rank),
     for the ANY_SOURCE scans of its fast paths (the inbox's arrays, with
     the rings of other communicators' members left out)."""
     cdef Inbox box               # keeps the arrays below alive
@@ -106,14 +109,15 @@ cdef class InboxView:
     cdef int next_world          # where the next taking scan starts (fairness)
     cdef int found_world         # world rank of what the last scan found
 
-    def __cinit__(self, Inbox box, list world_ranks, list rx):
+    def __cinit__(self, Inbox box, list slots, list rx):
+        # slots[c]: the slot of communicator rank c, -1 if it has no ring.
         cdef int c, w
         self.rings = <PyObject **>PyMem_Calloc(box.nranks, sizeof(PyObject *))
         self.comm_rank = <int *>PyMem_Calloc(box.nranks, sizeof(int))
         if self.rings == NULL or self.comm_rank == NULL:
             raise MemoryError()
-        for c in range(len(world_ranks)):
-            w = world_ranks[c]
+        for c in range(len(slots)):
+            w = slots[c]
             if 0 <= w < box.nranks and box.rings[w] != NULL and rx[c] is box.rx[w]:
                 self.rings[w] = box.rings[w]
                 self.comm_rank[w] = c

@@ -118,6 +118,10 @@ def _info_arguments(parser):
                         help="path, shm:NAME, pci[:ADDR][:wc], pci-wc[:ADDR], "
                              "devmem:ADDRESS[:SIZE] or uio:N (default: IVMPI_REGION "
                              "or the single ivshmem device)")
+    parser.add_argument("--job", action="store_true",
+                        help="inside a job (under mpirun, or standalone): start it and print "
+                             "its node groups, the region of each rank and the path (region "
+                             "or mpi) from rank 0 to each rank")
 
 
 def describe_job_layout(region) -> list:
@@ -160,6 +164,15 @@ def _print_device_access() -> None:
             _info_arguments)
 def run_info(args) -> int:
     from .region import Region, describe_access, find_ivshmem_devices, human_size
+    if args.job:
+        from .routing import describe_job
+        from .world import get_world
+        world = get_world(region=args.spec)
+        lines = describe_job(world)
+        if world.Get_rank() == 0:
+            print("\n".join(lines), flush=True)
+        world.Barrier()
+        return 0
     devices = find_ivshmem_devices()
     if devices:
         _print_devices(devices)

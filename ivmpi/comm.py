@@ -21,6 +21,7 @@ from .nbcoll import NonblockingCollectives
 from .topo import TopologyConstructors
 from .request import (MESSAGE_NO_PROC, Message, MPIError, Prequest, Request, SendrecvOp,
                       UnpackingPrequest, UnpackingRequest, fill_status)
+from . import routing
 
 ANY_SOURCE = _MPI.ANY_SOURCE
 ANY_TAG = _MPI.ANY_TAG
@@ -146,7 +147,7 @@ class _Own:
 
 # The region state every copy of a communicator shares (see Comm.__new__).
 _STATE = ("_engine", "_ranks", "_index", "_ctx", "_hidden", "_scope", "_coll", "_fast", "_locks",
-          "_freed", "_shared", "rank", "size")
+          "_freed", "_shared", "_routed", "rank", "size")
 
 
 # Library handle -> the live ivmpi communicator carrying it.
@@ -177,6 +178,9 @@ class Comm(_MPI.Comm):
     _coll = None
     _hidden = False
     _freed = False
+    # Some peers share no region with this process (ivmpi.routing): their
+    # messages and every collective go through the library's handle.
+    _routed = False
     rank = _Own("rank")
     size = _Own("size")
 
@@ -246,14 +250,25 @@ class Comm(_MPI.Comm):
         fast.general_Sendrecv = self._general_Sendrecv
         fast.new_unpacking = UnpackingRequest
         fast.take_stage, fast.give_stage = engine.take_stage, engine.give_stage
-        fast.heap_bounds = [engine.geo.heap(w) for w in self._ranks]
+        # Heaps are by slot in the region; a rank reached through the
+        # library has none here (0, 0): nothing it announces is in bounds.
+        fast.heap_bounds = [engine.geo.heap(engine.slot_of[w]) if w in engine.slot_of
+                            else (0, 0) for w in self._ranks]
         self._shared = None
         if handle:
             _BY_HANDLE[self.handle] = self
         if not hidden and _standalone():
             for name in _NEEDS_A_LAUNCHER:
                 setattr(self, name, _refusal(name))
-        if not hidden and local_ranks is None:
+        self._routed = routed = bool(handle) and not engine.shares_region(self._ranks)
+        if routed:
+            # Peers outside the region: their messages through the handle
+            # (the fast paths leave them to the general ones), collectives
+            # are the library's on the handle.
+            routing.add_route(engine, context, self, self._ranks)
+            fast.routed = True
+            self._coll = routing.LibraryCollectives(self)
+        elif not hidden and local_ranks is None:
             twin = self._collectives.p2p
             self._shared = SmallCollectives(
                 twin._fast, self.rank, self.size, COLLECTIVE_TAGS, _small_op_codes(),
@@ -884,10 +899,11 @@ class Comm(_MPI.Comm):
         return Intracomm._create(self._engine, [self._ranks[r] for _, r in members], ctx, handle)
 
     def Split_type(self, split_type, key=0, info=None):
-        # Every rank of an ivmpi communicator shares the region: one node.
+        # A node is a group of ranks sharing a region (docs/routing.md): the
+        # color is the lowest world rank of this process's group.
         if split_type == UNDEFINED:
             return self.Split(UNDEFINED, key)
-        return self.Split(0, key)
+        return self.Split(self._engine.members[0], key)
 
     def Create(self, group):
         self._check_live()
@@ -918,6 +934,12 @@ class Comm(_MPI.Comm):
         return world.get_world()._new_comm_among(members, handle)
 
     def _new_comm_among(self, world_ranks, handle):
+        engine = self._engine
+        if handle and not engine.shares_region(world_ranks):
+            # Members in several regions agree through the new handle.
+            ctx = _MPI.Intracomm.allreduce(handle, engine.next_context, op=_MPI.MAX)
+            engine.next_context = ctx + 2
+            return Intracomm._create(engine, world_ranks, ctx, handle)
         # A temporary communicator over the members, with a context that
         # cannot collide: members agree on the largest next_context.
         members = Intracomm._create(self._engine, world_ranks, self._reserved_context(world_ranks),
@@ -938,6 +960,8 @@ class Comm(_MPI.Comm):
 
     def Free(self):
         if not self._hidden:
+            if self._routed and _MPI.Comm.__bool__(self) and self.handle not in _PREDEFINED:
+                routing.drop_route(self._engine, self._ctx)
             # The library's handle first: it refuses COMM_NULL and the predefined ones.
             _MPI.Comm.Free(self)
         self._freed = True
@@ -1022,12 +1046,21 @@ def _predefined(name, cls=None):
     return comm if cls is None else cls(comm)
 
 
+_PREDEFINED = (_MPI.COMM_WORLD.handle, _MPI.COMM_SELF.handle, _MPI.COMM_NULL.handle)
+
+
 def _library(name, method):
     """method, or for an object without region state, mpi4py's own method of
     that name (the library's call on the handle), found along the object's
     classes past ivmpi's.  Class-level calls need this: mpi4py.util.pkl5
-    calls ``MPI.Comm.Send(comm, ...)`` whatever comm is."""
+    calls ``MPI.Comm.Send(comm, ...)`` whatever comm is.  A collective on a
+    communicator spanning regions is the library's on the handle
+    (ivmpi.routing)."""
+    collective = name in routing.COLLECTIVES
+
     def call(self, *args, **kwargs):
+        if collective and getattr(self, "_routed", False):
+            return routing.collective(self, name, args, kwargs)
         try:
             return method(self, *args, **kwargs)
         except (_NoRegionState, AttributeError):

@@ -23,6 +23,7 @@ from collections import deque
 
 from . import _fastcopy
 from ._fastcopy import RecvOp, SendOp, deliver_eager, poll_eager
+from . import routing
 from .heap import Heap
 from .liveness import Liveness
 from .errors import CorruptRegionError, IvmpiError, IvmpiTimeoutError, PeerError
@@ -38,6 +39,10 @@ except (ValueError, OSError, AttributeError):
 EAGER, EAGER_SYNC, RTS, CTS, DATA, ACK, RTS_REGION = (
     _fastcopy.KIND_EAGER, _fastcopy.KIND_EAGER_SYNC, _fastcopy.KIND_RTS,
     _fastcopy.KIND_CTS, _fastcopy.KIND_DATA, _fastcopy.KIND_ACK, _fastcopy.KIND_RTS_REGION)
+
+# An Incoming that arrived through the MPI library (ivmpi.routing): its
+# `data` is the library's matched message.  Never a frame kind of a ring.
+LIBRARY = 100
 
 # Error codes carried by requests (mpi4py's MPI.ERR_* values are used by the
 # communicator when it turns them into MPI exceptions).
@@ -98,28 +103,42 @@ def _advance(op):
 
 
 class Engine:
-    def __init__(self, region, geometry, rank):
+    def __init__(self, region, geometry, rank, world_size=None, members=None):
+        """rank is this process's world rank; members the world ranks that
+        share the region, in slot order (default: every rank, slot = world
+        rank).  Peers outside members have no ring: their messages go
+        through the MPI library (ivmpi.routing)."""
         self.region = region
         self.mem = region.mem
         self.geo = geometry
         self.rank = rank
-        self.size = geometry.nranks
+        self.size = geometry.nranks if world_size is None else world_size
+        self.members = list(range(geometry.nranks)) if members is None else list(members)
+        if len(self.members) != geometry.nranks or rank not in self.members:
+            raise IvmpiError(f"rank {rank}: the region's {geometry.nranks} slots do not fit "
+                             f"its group {self.members}")
+        # World rank -> slot (and ring index) in the region, for the members.
+        self.slot_of = {w: i for i, w in enumerate(self.members)}
+        self.slot = self.slot_of[rank]
         self.eager_limit = geometry.eager_limit
         self.chunk_bytes = geometry.chunk_bytes
         ring_bytes = geometry.ring_bytes
         self.tx = [None] * self.size
         self.rx = [None] * self.size
-        # The heads of the rings into this rank, side by side: which rings
-        # hold frames is found there, not by visiting every ring.
-        self.inbox = _fastcopy.Inbox(self.mem, geometry.inbox(rank), self.size, rank)
-        for peer in range(self.size):
+        me = self.slot
+        # The heads of the rings into this rank, side by side, by slot: which
+        # rings hold frames is found there, not by visiting every ring.
+        self.inbox = _fastcopy.Inbox(self.mem, geometry.inbox(me), geometry.nranks, me)
+        self.rx_by_slot = [None] * geometry.nranks
+        for peer, other in self.slot_of.items():
             if peer != rank:
-                self.tx[peer] = _fastcopy.TxRing(self.mem, geometry.ring(rank, peer), ring_bytes,
-                                                 peer, geometry.head(rank, peer))
-                self.rx[peer] = _fastcopy.RxRing(self.mem, geometry.ring(peer, rank), ring_bytes,
-                                                 peer, geometry.head(peer, rank))
-                self.inbox.attach(self.rx[peer])
-        heap_offset, heap_bytes = geometry.heap(rank)
+                self.tx[peer] = _fastcopy.TxRing(self.mem, geometry.ring(me, other), ring_bytes,
+                                                 peer, geometry.head(me, other))
+                self.rx[peer] = _fastcopy.RxRing(self.mem, geometry.ring(other, me), ring_bytes,
+                                                 peer, geometry.head(other, me))
+                self.inbox.attach(self.rx[peer], other)
+                self.rx_by_slot[other] = self.rx[peer]
+        heap_offset, heap_bytes = geometry.heap(me)
         self.heap = Heap(self.mem, heap_offset, heap_bytes)
         self.posted = []                                 # RecvOps in post order
         self.unexpected = []                             # Incoming in arrival order
@@ -138,9 +157,17 @@ class Engine:
         # (context -> owner, whose `tag` marks requests).
         self.services = []
         self.service_contexts = {}
+        # Communicators whose peers include ranks outside the region
+        # (context -> ivmpi.routing.Route), and the library's requests in
+        # flight for them: each round of progress polls both.
+        self.routes = {}
+        self.library_pending = []
+        # Messages and bytes through the library, per peer world rank.
+        self.library_sent = {}
+        self.library_received = {}
         self.timeout = _env_float("IVMPI_TIMEOUT", 0.0)
         self.set_oversubscribed(False)
-        self.liveness = Liveness(self.mem, self.size, rank)
+        self.liveness = Liveness(self.mem, self.size, rank, self.slot_of)
         self.lock = _fastcopy.EngineLock()
         self._stage = None          # a heap block large sends with holes are gathered into
         self._stage_busy = False
@@ -175,6 +202,11 @@ class Engine:
         """The receiver has copied the staged send: the block may be reused."""
         self._stage_busy = False
 
+    def shares_region(self, world_ranks):
+        """Do all these ranks reach this process through the region?"""
+        slot_of = self.slot_of
+        return all(w in slot_of for w in world_ranks)
+
     # --- sending --------------------------------------------------------------
 
     def isend(self, dest, mem, tag, context, sync=False):
@@ -186,6 +218,8 @@ class Engine:
         if dest == self.rank:
             self._send_to_self(op)
             return op
+        if self.tx[dest] is None:
+            return routing.send(self, op)
         size = len(mem)
         if size > MAX_MESSAGE:
             raise IvmpiError(f"message of {size} bytes exceeds ivmpi's limit of {MAX_MESSAGE}")
@@ -344,6 +378,9 @@ class Engine:
         if incoming.kind == RTS_REGION:
             self._copy_from_heap(incoming, op)
             return
+        if incoming.kind == LIBRARY:
+            routing.receive(self, incoming, op)
+            return
         data = incoming.data
         if op.mem is None:
             op.data = data
@@ -410,6 +447,8 @@ class Engine:
         """
         with self.lock:
             moved = self._progress()
+            if self.routes or self.library_pending:
+                moved = routing.progress(self) or moved
             if self.schedules:
                 moved = self._advance_schedules() or moved
             for service in self.services:
@@ -428,7 +467,7 @@ class Engine:
 
     def _progress(self):
         moved = self._flush_backlog() if self.backlog else False
-        rx, first_ready = self.rx, self.inbox.first_ready
+        rx, first_ready = self.rx_by_slot, self.inbox.first_ready
         posted, limit = self.posted, self.eager_limit
         i = first_ready(0)
         while i >= 0:
@@ -512,7 +551,7 @@ class Engine:
                     f"peer {peer}: region rendezvous of {total} bytes with a {rx.length}-byte "
                     f"payload is impossible")
             offset = int.from_bytes(rx.payload(), "little")
-            heap_offset, heap_bytes = self.geo.heap(peer)
+            heap_offset, heap_bytes = self.geo.heap(self.slot_of[peer])
             if not (heap_offset <= offset and offset + total <= heap_offset + heap_bytes):
                 raise CorruptRegionError(
                     f"peer {peer}: region rendezvous points at bytes [{offset}, {offset}+{total}) "
@@ -592,7 +631,7 @@ class Engine:
         # A receive from a known source, or a synchronous send awaiting its
         # acknowledgement: only that peer's ring matters.
         specific = ((type(op) is RecvOp or (type(op) is SendOp and op.sync))
-                    and peer is not None and 0 <= peer < self.size and peer != self.rank)
+                    and peer is not None and 0 <= peer < self.size and self.rx[peer] is not None)
         if specific:
             # The commonest case, inline: the eager message (or the ACK) is next in the ring.
             # It polls in C for a while before the Python wait loop starts.
@@ -643,7 +682,9 @@ class Engine:
             else:
                 idle += 1
                 if idle >= spin:
-                    if idle < yield_rounds:
+                    # With peers behind the MPI library, never sleep: its
+                    # messages are only seen by polling it (as it does itself).
+                    if idle < yield_rounds or self.routes:
                         os.sched_yield()
                     else:
                         time.sleep(0.00005)

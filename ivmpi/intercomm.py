@@ -50,6 +50,14 @@ def from_library(engine, handle):
     # Every member of both groups agrees the context among them all; the
     # temporary communicator's own context depends on the member set only.
     members = sorted(local + remote)
+    if not engine.shares_region(members):
+        # Members in several regions (docs/routing.md) agree through the
+        # handle: the first allreduce gives each side the other side's
+        # largest value, the second the largest of all.
+        other = _MPI.Intercomm.allreduce(handle, engine.next_context, op=_MPI.MAX)
+        context = _MPI.Intercomm.allreduce(handle, max(other, engine.next_context), op=_MPI.MAX)
+        engine.next_context = context + 2
+        return Intercomm._create(engine, remote, context, handle, local_ranks=local)
     temp = _comm.Intracomm._create(engine, members, _comm.Comm._reserved_context(None, members),
                                    hidden=True)
     context = temp._agree_context()

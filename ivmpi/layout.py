@@ -28,6 +28,9 @@ H_MAGIC, H_VERSION, H_REGION_SIZE, H_NRANKS, H_RING_BYTES = 0, 8, 16, 24, 32
 H_SLOTS_OFFSET, H_RINGS_OFFSET, H_RING_STRIDE, H_EAGER, H_CHUNK = 40, 48, 56, 64, 72
 H_JOB_ID, H_HEAP_OFFSET, H_HEAP_BYTES, H_READY = 80, 88, 96, 128
 H_HEADS_OFFSET, H_HEADS_STRIDE = 104, 112
+# The region's identity: a random non-zero word that tells ranks whether
+# they share this region (paths differ between a host and its guests).
+H_REGION_ID = 136
 HEAP_ALIGN = 4096
 MAX_HEAP_BYTES = 1 << 40
 
@@ -156,15 +159,19 @@ def _pow2_at_least(n):
 
 
 def write_header(mem, geo, job_id, publish=True):
-    """Initialise the region for a new job (world rank 0 only).
+    """Initialise the region for a new job (the lowest world rank of the
+    ranks sharing it).
 
     Clears `ready` first so that nobody trusts a half-written header, zeroes
     the slots and every ring's control block, then writes the fields and
-    finally publishes `ready = job_id` with release.
+    finally publishes `ready = job_id` with release.  The region's identity
+    (H_REGION_ID, agreed at start-up before this) is kept.
     """
     if geo.end > mem.size:
         raise RegionError(f"layout needs {geo.end} bytes but the region has {mem.size}")
+    region_id = region_identity(mem)
     clear(mem, geo)
+    mem.store(H_REGION_ID, region_id)
     for off, value in ((H_MAGIC, MAGIC), (H_VERSION, VERSION), (H_REGION_SIZE, geo.region_size),
                        (H_NRANKS, geo.nranks), (H_RING_BYTES, geo.ring_bytes),
                        (H_SLOTS_OFFSET, SLOTS_OFFSET), (H_RINGS_OFFSET, geo.rings_offset),
@@ -192,6 +199,17 @@ def clear(mem, geo):
 def publish_header(mem, job_id):
     # Every field above is visible before `ready` says the header is valid.
     mem.store_release(H_READY, job_id)
+
+
+def region_identity(mem):
+    """The identity word of the region (0: none written yet)."""
+    if mem.size < HEADER_BYTES:
+        return 0
+    return mem.load_acquire(H_REGION_ID)
+
+
+def set_region_identity(mem, value):
+    mem.store_release(H_REGION_ID, value)
 
 
 def new_job_id():
@@ -299,7 +317,8 @@ def describe(mem):
     except (CorruptRegionError, RegionError) as exc:
         return [f"job: header present but invalid: {exc}"]
     lines.append(f"job: {job_id:#018x} ({'ready' if ready == job_id else 'initialising'}), "
-                 f"layout v{VERSION}, {geo.nranks} ranks")
+                 f"layout v{VERSION}, {geo.nranks} ranks, region identity "
+                 f"{mem.load(H_REGION_ID):#018x}")
     lines.append(f"heads: {geo.nranks} arrays of {geo.heads_stride} bytes at {geo.heads_offset:#x}")
     lines.append(f"rings: {geo.nranks}x{geo.nranks} of {geo.ring_bytes} bytes at {geo.rings_offset:#x}, "
                  f"eager limit {geo.eager_limit}, chunk {geo.chunk_bytes}")

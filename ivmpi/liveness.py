@@ -23,10 +23,14 @@ def _peer_timeout():
 
 
 class Liveness:
-    def __init__(self, mem, nranks, rank):
+    def __init__(self, mem, nranks, rank, slot_of=None):
+        """slot_of: world rank -> slot for the ranks that share the region
+        (default: all nranks, slot = rank).  Ranks outside it are reached
+        through the MPI library, which reports their failures itself."""
         self.mem = mem
         self.rank = rank
         self.nranks = nranks
+        self.slot_of = {r: r for r in range(nranks)} if slot_of is None else dict(slot_of)
         self.timeout = _peer_timeout()
         # peer -> (last heartbeat value seen, local time it was first seen)
         self.seen = {}
@@ -45,14 +49,15 @@ class Liveness:
             return
         now = time.monotonic()
         if peer >= 0:
-            if peer != self.rank:
+            if peer != self.rank and peer in self.slot_of:
                 self._check_one(peer, now, what, finalized_ok=False)
             return
         attached = 0
-        for p in range(self.nranks):
+        for p in self.slot_of:
             if p != self.rank and self._check_one(p, now, what, finalized_ok=True):
                 attached += 1
-        if attached == 0 and self.nranks > 1:
+        # Ranks outside the region may still send through the library.
+        if attached == 0 and len(self.slot_of) > 1 and len(self.slot_of) == self.nranks:
             raise PeerError(f"{what}: every other rank has finalized; no message can arrive")
 
     def check_members(self, ranks, what):
@@ -62,11 +67,11 @@ class Liveness:
             return
         now = time.monotonic()
         for p in ranks:
-            if p != self.rank:
+            if p != self.rank and p in self.slot_of:
                 self._check_one(p, now, what, finalized_ok=True)
 
     def _check_one(self, peer, now, what, finalized_ok):
-        slot = layout.Slot(self.mem, peer)
+        slot = layout.Slot(self.mem, self.slot_of[peer])
         state = slot.word(layout.S_STATE)
         if state == layout.STATE_ABORTED:
             self.lost.add(peer)

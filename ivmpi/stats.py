@@ -10,6 +10,10 @@ bytes the producer has published since start-up, and ``tail``, the bytes
 the consumer has taken.  ``traffic`` reads them from the region itself, so
 a nonzero count is proof that messages went through the shared memory and
 not through the MPI library.
+
+Ranks that share no region with this process (docs/routing.md) have no
+ring: ``paths`` adds, for every peer, the path it takes and the messages
+and bytes that went through the MPI library instead.
 """
 from .layout import R_TAIL
 
@@ -19,6 +23,8 @@ def traffic(comm=None):
 
     Returns ``{peer: {"written": W, "read": R}}`` for every other rank of
     ``comm`` (default: COMM_WORLD, if the job has started; ``{}`` if not):
+    Peers that share no region with this process have no ring and are left
+    out (see ``paths``).
     W is the position of the ring from this process to the peer (bytes this
     process published there), R that of the ring from the peer (bytes this
     process consumed).  The counts include the 32-byte frame headers and
@@ -30,19 +36,56 @@ def traffic(comm=None):
         from . import world
         if world._engine is None:
             return {}
-        comm = world.get_world()
-    from .comm import Comm
-    if not isinstance(comm, Comm):
-        raise TypeError(f"{type(comm).__module__}.{type(comm).__qualname__} is not an "
-                        f"ivmpi communicator: its messages do not use the region")
+    comm = _ivmpi(comm)
     engine = comm._engine
-    mem, geo, me = engine.mem, engine.geo, engine.rank
+    mem, geo, me, slot_of = engine.mem, engine.geo, engine.slot, engine.slot_of
     counts = {}
     for peer, other in enumerate(comm._ranks):
-        if other != me:
-            counts[peer] = {"written": mem.load_acquire(geo.head(me, other)),
-                            "read": mem.load_acquire(geo.ring(other, me) + R_TAIL)}
+        if other != engine.rank and other in slot_of:
+            there = slot_of[other]
+            counts[peer] = {"written": mem.load_acquire(geo.head(me, there)),
+                            "read": mem.load_acquire(geo.ring(there, me) + R_TAIL)}
     return counts
+
+
+def _ivmpi(comm):
+    if comm is None:
+        from . import world
+        return world.get_world()
+    from .comm import Comm
+    if not isinstance(comm, Comm) or "_engine" not in comm.__dict__:
+        raise TypeError(f"{type(comm).__module__}.{type(comm).__qualname__} is not an "
+                        f"ivmpi communicator: its messages do not use the region")
+    return comm
+
+
+def paths(comm=None):
+    """Per peer of comm (default COMM_WORLD): the path this process uses to
+    reach it and what went each way.
+
+    Returns ``{peer: {"path": P, "region": {"written": W, "read": R},
+    "mpi": {"sent": [messages, bytes], "received": [messages, bytes]}}}``
+    for every other rank: P is "region" or "mpi" (ivmpi.path_to); "region"
+    holds the ring positions (as ``traffic``, all communicators; None for a
+    peer with no ring), "mpi" the point-to-point messages and payload
+    bytes this process sent to and took from the peer through the MPI
+    library since start-up (all communicators; collectives on communicators
+    spanning regions are the library's own and are not counted).
+    """
+    from .routing import path_to
+    comm = _ivmpi(comm)
+    engine = comm._engine
+    rings = traffic(comm)
+    out = {}
+    for peer, other in enumerate(comm._ranks):
+        if other == engine.rank:
+            continue
+        out[peer] = {
+            "path": path_to(comm, peer),
+            "region": rings.get(peer),
+            "mpi": {"sent": list(engine.library_sent.get(other, (0, 0))),
+                    "received": list(engine.library_received.get(other, (0, 0)))}}
+    return out
 
 
 def total(comm=None):

@@ -767,6 +767,13 @@ def create_dist_graph(comm, sources, degrees, destinations, weights=None,
     me = comm.rank
     incoming = [(s, w) for edges in everyone for s, d, w in edges if d == me]
     outgoing = [(d, w) for edges in everyone for s, d, w in edges if s == me]
+    if comm._routed:
+        # Spanning regions, the neighbourhood collectives are the library's
+        # (docs/routing.md): the neighbours are listed in its order.
+        ins, outs, given = _MPI.Distgraphcomm.Get_dist_neighbors(handle)
+        if given is None:
+            given = ([1] * len(ins), [1] * len(outs))
+        incoming, outgoing = list(zip(ins, given[0])), list(zip(outs, given[1]))
     topo = DistGraphTopology([s for s, _ in incoming], [d for d, _ in outgoing],
                              [w for _, w in incoming], [w for _, w in outgoing], weighted)
     return Distgraphcomm._build(comm._engine, comm._ranks, ctx, handle, topo)

@@ -631,7 +631,8 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
             return world.get_self()
         if isinstance(comm, Comm) and "_engine" in comm.__dict__:
             comm._check_live()
-            return comm
+            # Members in several regions: the library's window on the handle.
+            return None if comm._routed else comm
         return None
 
     @classmethod

@@ -31,6 +31,7 @@ _region = None
 _engine = None
 _heartbeat = None
 _under_mpi = False
+_groups = None     # the node groups: world ranks sharing a region (docs/routing.md)
 
 
 def _env_float(name, default):
@@ -112,66 +113,162 @@ def _create_job_region(nranks, path=None):
 
 
 def _start_with_mpi(region_spec):
+    """Start under a launcher: each rank opens its region, the ranks that
+    share one form a node group (docs/routing.md), and the lowest world
+    rank of each group lays the region out for its group.  Pairs of ranks
+    in different groups talk through the MPI library.  A failure anywhere
+    is reported everywhere (no hang)."""
     from .lib import MPI
-    from .region import Region
     mpi = MPI.COMM_WORLD
     rank, size = mpi.Get_rank(), mpi.Get_size()
-    region = None
-    error = None
-    # Rank 0 decides; a failure anywhere is reported everywhere (no hang).
-    if rank == 0:
-        try:
-            region = _open_region(region_spec)
-            temporary = region is None
-            if temporary:
-                region = _create_job_region(size)
-            geo = layout.Geometry.choose(region.size, size)
-            job_id = layout.new_job_id()
-            layout.write_header(region.mem, geo, job_id)
-            plan = (region.path if temporary else None, job_id)
-        except Exception as exc:   # reported to every rank below
-            error = f"{type(exc).__name__}: {exc}"
-            plan = None
-            if region is not None and temporary:
-                os.unlink(region.path)  # a per-job file nobody will use
-    else:
-        plan = None
-    plan, error = _allgather_plain(mpi, (plan, error))[0]
-    if error:
-        raise RegionError(f"rank 0 could not set up the region: {error}")
-    temporary, job_id = plan
-    spec = temporary or region_spec or os.environ.get("IVMPI_REGION") or "pci"
+    # The ranks of this machine (the library's view), for the per-job file
+    # of ranks that name no region, and to tell oversubscription.
+    local = mpi.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
     try:
-        if rank != 0:
-            # Each rank opens the region its own way: in a guest the device may
-            # sit at another PCI address than in rank 0's guest.
-            region = (Region.open(temporary, follow_symlinks=False) if temporary
-                      else _open_region(region_spec))
-            if region is None:
-                raise RegionError("no region: rank 0 found one but this rank finds no ivshmem "
-                                  "device and no IVMPI_REGION")
-        geo, seen_job = layout.read_header(region.mem)
-        if seen_job != job_id:
-            raise RegionError(f"the region {spec} holds job {seen_job:#x}, not this job {job_id:#x}: "
-                              f"are all ranks on machines that share it?")
-        layout.Slot(region.mem, rank).attach(job_id)
-        error = None
+        oversubscribed = local.Get_size() > usable_cores()
+        region = _open_or_create(mpi, local, region_spec)
+    finally:
+        local.Free()
+    try:
+        groups = _agree_identity(mpi, region)
+        members = next(g for g in groups if rank in g)
+        geo, job_id = _lay_out(mpi, region, members, rank)
+    finally:
+        # Once laid out, everyone has the per-job file mapped: the name is no
+        # longer needed, and nothing is left behind in /dev/shm if the job
+        # crashes.  On failure it goes too.
+        for path in list(_created):
+            _unlink_quietly(path)
+    return _finish_start(region, geo, rank, job_id, mpi, _oversubscribed(oversubscribed),
+                         members=members, groups=groups)
+
+
+_created = set()    # per-job files this rank made, until they are unlinked
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    _created.discard(path)
+
+
+def _open_or_create(mpi, local, region_spec):
+    """This rank's region: the one it names (argument, IVMPI_REGION, the
+    ivshmem device), else a per-job file shared by the ranks of this machine
+    that name none (made by the lowest of them)."""
+    from .region import Region
+    region, error = None, None
+    try:
+        region = _open_region(region_spec)
+        if region is not None and region.size < layout.HEADER_BYTES + layout.SLOT_BYTES:
+            raise RegionError(f"region {region.path} of {region.size} bytes is too small to "
+                              f"hold an ivmpi header")
     except Exception as exc:
-        error = f"rank {rank}: {type(exc).__name__}: {exc}"
+        error = f"rank {mpi.Get_rank()}: {type(exc).__name__}: {exc}"
+    _raise_any(mpi, error, "opening the regions")
+    # Ranks of this machine with no region share a per-job file.
+    unnamed = [r for r, has in enumerate(_allgather_plain(local, region is not None)) if not has]
+    me = local.Get_rank()
+    plan = None
+    if region is None and me == unnamed[0]:
+        try:
+            region = _create_job_region(len(unnamed))
+            _created.add(region.path)
+            plan = region.path
+        except Exception as exc:
+            error = f"rank {mpi.Get_rank()}: {type(exc).__name__}: {exc}"
+    plans = _allgather_plain(local, (plan, error))
+    errors = [e for _, e in plans if e]
+    path = plans[unnamed[0]][0] if unnamed and not errors else None
+    if not errors and region is None:
+        try:
+            region = Region.open(path, follow_symlinks=False)
+        except Exception as exc:
+            errors.append(f"rank {mpi.Get_rank()}: {type(exc).__name__}: {exc}")
+    _raise_any(mpi, "; ".join(errors) or None, "making the per-job region file",
+               cleanup=plan)
+    return region
+
+
+def _raise_any(mpi, error, what, cleanup=None):
     errors = [e for e in _allgather_plain(mpi, error) if e]
     if errors:
-        if rank == 0 and temporary:
-            os.unlink(temporary)
-        raise RegionError("ivmpi start-up failed: " + "; ".join(errors))
-    # Ranks sharing this machine's cores: more ranks than cores means yield early.
-    local = mpi.Split_type(MPI.COMM_TYPE_SHARED)
-    oversubscribed = local.Get_size() > usable_cores()
-    local.Free()
-    if rank == 0 and temporary:
-        # Everyone has it mapped: the name is no longer needed, and nothing
-        # is left behind in /dev/shm if the job crashes.
-        os.unlink(temporary)
-    return _finish_start(region, geo, rank, job_id, mpi, _oversubscribed(oversubscribed))
+        if cleanup:
+            _unlink_quietly(cleanup)
+        raise RegionError(f"ivmpi start-up failed: {what}: " + "; ".join(errors))
+
+
+def _agree_identity(mpi, region):
+    """The node groups: world ranks that share a region, each group in
+    world order, groups ordered by their lowest rank.
+
+    Sharing is told by the region's identity word (docs/layout.md), never
+    by path (a host and its guests name the same memory differently).  In
+    rounds: every rank reads the word; the lowest rank of each value read
+    writes a fresh random identity to its region; ranks that then read a
+    fresh identity are grouped by it, the others (whose region nobody wrote,
+    because another region showed the same old word) take another round.
+    """
+    rank = mpi.Get_rank()
+    mem = region.mem
+    settled = None
+    while True:
+        old = None if settled else layout.region_identity(mem)
+        seen = _allgather_plain(mpi, old)
+        writers = {}
+        for r, value in enumerate(seen):
+            if value is not None:
+                writers.setdefault(value, r)
+        fresh = None
+        if old is not None and writers[old] == rank:
+            fresh = layout.new_job_id()
+            layout.set_region_identity(mem, fresh)
+        # Every write is visible before anyone reads again.
+        fresh_values = set(v for v in _allgather_plain(mpi, fresh) if v is not None)
+        if settled is None:
+            now = layout.region_identity(mem)
+            if now in fresh_values:
+                settled = now
+        done = _allgather_plain(mpi, settled)
+        if all(v is not None for v in done):
+            break
+    groups = {}
+    for r, value in enumerate(done):
+        groups.setdefault(value, []).append(r)
+    return sorted(groups.values())
+
+
+def _lay_out(mpi, region, members, rank):
+    """The lowest rank of each group writes its region's header for the
+    group (geometry for len(members) ranks, slot = position in members);
+    the others check it and attach to their slots."""
+    leader = members[0]
+    plan = error = None
+    if rank == leader:
+        try:
+            geo = layout.Geometry.choose(region.size, len(members))
+            plan = layout.new_job_id()
+            layout.write_header(region.mem, geo, plan)
+        except Exception as exc:
+            error = f"rank {rank} could not set up the region: {type(exc).__name__}: {exc}"
+    plans = _allgather_plain(mpi, (plan, error))
+    errors = [e for _, e in plans if e]
+    if not errors:
+        job_id = plans[leader][0]
+        try:
+            geo, seen = layout.read_header(region.mem)
+            if seen != job_id:
+                raise RegionError(f"the region holds job {seen:#x}, not this job {job_id:#x}")
+            if geo.nranks != len(members):
+                raise RegionError(f"the region is laid out for {geo.nranks} ranks, its group "
+                                  f"has {len(members)}")
+            layout.Slot(region.mem, members.index(rank)).attach(job_id)
+        except Exception as exc:
+            error = f"rank {rank}: {type(exc).__name__}: {exc}"
+    _raise_any(mpi, error if not errors else "; ".join(errors), "laying out the regions")
+    return geo, job_id
 
 
 def _allgather_plain(mpi, obj):
@@ -188,6 +285,10 @@ def _allgather_plain(mpi, obj):
     mpi.Allgatherv([data, MPI.BYTE], [everything, sizes, MPI.BYTE])
     offsets = np.concatenate(([0], np.cumsum(sizes)))
     return [pickle.loads(everything[offsets[i]:offsets[i + 1]]) for i in range(len(sizes))]
+
+
+_ONE_REGION = ("every standalone rank must share the one region (ranks in different regions "
+               "need an MPI launcher, whose library carries their messages: docs/routing.md)")
 
 
 def _start_standalone(region_spec):
@@ -214,7 +315,7 @@ def _start_standalone(region_spec):
             while not (slot.word(layout.S_STATE) == layout.STATE_JOINING and slot.word(layout.S_NONCE)):
                 if time.monotonic() > deadline:
                     raise IvmpiTimeoutError(f"standalone start-up: rank {r} did not join within "
-                                            f"{timeout:g} s (IVMPI_START_TIMEOUT)")
+                                            f"{timeout:g} s (IVMPI_START_TIMEOUT); {_ONE_REGION}")
                 time.sleep(0.001)
             slot.set(layout.S_ADMITTED, slot.word(layout.S_NONCE))
         layout.publish_header(mem, job_id)
@@ -230,7 +331,8 @@ def _start_standalone(region_spec):
                 break
             if time.monotonic() > deadline:
                 raise IvmpiTimeoutError(f"standalone start-up: rank 0 did not admit rank {rank} "
-                                        f"within {timeout:g} s (IVMPI_START_TIMEOUT)")
+                                        f"within {timeout:g} s (IVMPI_START_TIMEOUT); "
+                                        f"{_ONE_REGION}")
             time.sleep(0.001)
         geo, job_id = layout.read_header(mem)
         if geo.nranks != size:
@@ -268,21 +370,24 @@ def _oversubscribed(guess):
     return guess
 
 
-def _finish_start(region, geo, rank, job_id, mpi_comm, oversubscribed):
-    global _region, _engine, _under_mpi
+def _finish_start(region, geo, rank, job_id, mpi_comm, oversubscribed, members=None,
+                  groups=None):
+    global _region, _engine, _under_mpi, _groups
     from .comm import Intracomm
     from .lib import MPI
-    engine = Engine(region, geo, rank)
+    world_size = geo.nranks if mpi_comm is None else mpi_comm.Get_size()
+    engine = Engine(region, geo, rank, world_size, members)
+    _groups = [list(g) for g in groups] if groups else [list(range(world_size))]
     engine.set_oversubscribed(oversubscribed)
     engine.next_context = FIRST_FREE_CONTEXT
     _region, _engine = region, engine
     _under_mpi = mpi_comm is not None
-    _start_heartbeat(region.mem, rank)
+    _start_heartbeat(region.mem, engine.slot)
     atexit.register(_finalize)
     # Under a launcher the library's COMM_WORLD spans the same processes in
     # the same order; standalone, no library spans the job (see comm.Comm).
     handle = MPI.COMM_WORLD if _under_mpi else MPI.COMM_SELF
-    return Intracomm._create(engine, range(geo.nranks), WORLD_CONTEXT, handle=handle)
+    return Intracomm._create(engine, range(world_size), WORLD_CONTEXT, handle=handle)
 
 
 def _start_heartbeat(mem, rank):
@@ -309,7 +414,7 @@ def _finalize():
     if _heartbeat is not None:
         _heartbeat.set()
     try:
-        layout.Slot(_region.mem, _engine.rank).set(layout.S_STATE, layout.STATE_FINALIZED)
+        layout.Slot(_region.mem, _engine.slot).set(layout.S_STATE, layout.STATE_FINALIZED)
     except Exception:
         pass
     lost = sorted(_engine.liveness.lost)
@@ -332,7 +437,7 @@ def _bound_mpi_finalize(lost):
 
 def abort(errorcode):
     if _engine is not None and _region is not None and not _region.closed:
-        layout.Slot(_region.mem, _engine.rank).set(layout.S_STATE, layout.STATE_ABORTED)
+        layout.Slot(_region.mem, _engine.slot).set(layout.S_STATE, layout.STATE_ABORTED)
     if not standalone_requested():
         from .lib import MPI
         MPI.COMM_WORLD.Abort(errorcode)

@@ -418,7 +418,10 @@ def test_standalone_rank_never_joins_a_stale_job(stale, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.stdout.strip() == ("IvmpiTimeoutError standalone start-up: rank 0 did not admit "
-                                     "rank 1 within 0.5 s (IVMPI_START_TIMEOUT)"), result.stderr
+                                     "rank 1 within 0.5 s (IVMPI_START_TIMEOUT); every standalone "
+                                     "rank must share the one region (ranks in different regions "
+                                     "need an MPI launcher, whose library carries their messages: "
+                                     "docs/routing.md)"), result.stderr
 
 
 def test_start_up_with_a_region_too_small_for_the_ranks(tmp_path):

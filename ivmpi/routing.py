@@ -1,0 +1,332 @@
+"""Ranks that share no region talk through the MPI library underneath.
+
+A job may span several regions (one per host, docs/routing.md): the ranks
+that share a region form a node group and use its rings; every other pair
+uses the library communicator that each ivmpi communicator carries over the
+same processes (its handle).  Each pair of processes uses one path only, so
+MPI's order between a pair holds.
+
+The library's messages join the engine's matching: each round of progress
+takes every message that has arrived on the handle of a communicator that
+spans groups (a matched probe, MPI_Improbe) and hands it to the engine as
+an Incoming, in arrival order, exactly as a frame read from a ring.  Posted
+receives, ANY_SOURCE, probes, matched probes and cancellation therefore
+behave as they do for region messages, and a wait polls both paths in the
+same loop (with the same backoff and IVMPI_TIMEOUT).  A receive that
+matches such a message receives it from the library straight into the
+user's buffer (MPI_Imrecv); a send to a rank outside the group is the
+library's MPI_Isend (MPI_Issend for a synchronous one) from the user's
+buffer.  Both are library requests the progress rounds test.
+
+A communicator whose members all share this process's region (the common
+case, and every communicator of a job in one region) has no route: none of
+this runs for it.
+"""
+from .lib import MPI as _MPI
+
+from . import engine as _engine
+
+_Improbe = _MPI.Comm.Improbe
+_Isend = _MPI.Comm.Isend
+_Issend = _MPI.Comm.Issend
+_Test = _MPI.Request.Test
+_BYTE = _MPI.BYTE
+_ANY_SOURCE = _MPI.ANY_SOURCE
+_ANY_TAG = _MPI.ANY_TAG
+
+REGION, LIBRARY, SELF = "region", "mpi", "self"
+
+
+class Route:
+    """The library side of one communicator that spans groups: its handle
+    (a plain mpi4py communicator, so that no ivmpi method is in the way)
+    and its peers' world ranks by communicator rank (the remote group's for
+    an intercommunicator)."""
+    __slots__ = ("handle", "ranks", "rank_of", "status")
+
+    def __init__(self, handle, world_ranks):
+        self.handle = handle
+        self.ranks = list(world_ranks)
+        self.rank_of = {w: i for i, w in enumerate(self.ranks)}
+        self.status = _MPI.Status()
+
+
+def add_route(engine, context, comm, world_ranks):
+    """Register comm (an ivmpi communicator spanning groups) with the engine."""
+    handle = (_MPI.Intercomm if _MPI.Comm.Is_inter(comm) else _MPI.Intracomm).fromhandle(
+        comm.handle)
+    with engine.lock:
+        engine.routes[context] = Route(handle, world_ranks)
+
+
+def drop_route(engine, context):
+    with engine.lock:
+        engine.routes.pop(context, None)
+
+
+def send(engine, op):
+    """A send to a rank outside the group (engine lock held): the library's
+    Isend/Issend from the caller's buffer."""
+    route = engine.routes.get(op.context)
+    if route is None:
+        raise _engine.IvmpiError(
+            f"rank {engine.rank}: no path to rank {op.peer} on context {op.context}: it shares "
+            f"no region with this rank and the communicator has no library handle")
+    mem = op.mem
+    size = len(mem)
+    _count(engine.library_sent, op.peer, size)
+    dest = route.rank_of[op.peer]
+    if not op.sync and size <= engine.eager_limit:
+        # As on the region path, a send up to the eager limit never waits
+        # for the receiver: a private copy goes out and the send is done.
+        data = bytes(mem)
+        request = _Isend(route.handle, [data, size, _BYTE], dest, op.tag)
+        if not _Test(request):
+            engine.library_pending.append((request, None, data))
+        _finish(op)
+        return op
+    # Larger (or synchronous): straight from the caller's buffer.
+    request = (_Issend if op.sync else _Isend)(route.handle, [mem, size, _BYTE], dest, op.tag)
+    if _Test(request):
+        _finish(op)
+        return op
+    op.state = "sending through the MPI library"
+    engine.library_pending.append((request, op, None))
+    return op
+
+
+def receive(engine, incoming, op):
+    """Deliver a library message to a matched receive (engine lock held):
+    MPI_Imrecv into the receive's buffer, or a new one for an object."""
+    size = incoming.size
+    if op.mem is None:
+        op.data = engine._object_buffer(incoming)
+        target = op.data
+    elif size > len(op.mem):
+        # Received and dropped, so the sender completes; the receive reports truncation.
+        op.error = _engine.ERR_TRUNCATE
+        target = bytearray(size)
+    else:
+        target = op.mem
+    request = incoming.data.Irecv([target, size, _BYTE])
+    if _Test(request):
+        _finish(op)     # a small message is there already
+        return
+    # The library does not hold the buffer: the pending entry does.
+    engine.library_pending.append((request, op, target))
+
+
+def progress(engine):
+    """One round of the library path (engine lock held): take the messages
+    that arrived on every route, complete the library requests that are
+    done.  True when anything moved."""
+    moved = False
+    arrive = engine._arrive
+    for context, route in list(engine.routes.items()):
+        status = route.status
+        while True:
+            message = _Improbe(route.handle, _ANY_SOURCE, _ANY_TAG, status)
+            if message is None:
+                break
+            source = route.ranks[status.Get_source()]
+            size = status.Get_count(_BYTE)
+            _count(engine.library_received, source, size)
+            arrive(_engine.Incoming(source, status.Get_tag(), context, size, message, 0,
+                                    _engine.LIBRARY))
+            moved = True
+    pending = engine.library_pending
+    if pending:
+        still = []
+        for entry in pending:
+            if _Test(entry[0]):
+                if entry[1] is not None:     # None: an eager send, done already
+                    _finish(entry[1])
+                moved = True
+            else:
+                still.append(entry)
+        engine.library_pending = still
+    return moved
+
+
+def _finish(op):
+    if type(op) is _engine.RecvOp:
+        op.count = op.total if op.error is None else 0
+    else:
+        op.state = "done"
+    op.done = True
+
+
+def _count(table, peer, size):
+    entry = table.get(peer)
+    if entry is None:
+        table[peer] = [1, size]
+    else:
+        entry[0] += 1
+        entry[1] += size
+
+
+def path_to(comm, rank):
+    """How this process reaches `rank` of comm: "self", "region" (the shared
+    memory region of its node group) or "mpi" (the MPI library underneath).
+    For an intercommunicator, rank is in the remote group."""
+    engine = comm._engine
+    ranks = comm._ranks
+    if not 0 <= rank < len(ranks):
+        raise ValueError(f"rank {rank} is not in 0..{len(ranks) - 1}")
+    world = ranks[rank]
+    if world == engine.rank:
+        return SELF
+    return REGION if world in engine.slot_of else LIBRARY
+
+
+# --- collectives on a communicator spanning regions ---------------------------------
+# The library's call on the handle: equal to plain mpi4py by construction.
+
+_BASES = ("Barrier", "Bcast", "Gather", "Gatherv", "Scatter", "Scatterv", "Allgather",
+          "Allgatherv", "Alltoall", "Alltoallv", "Alltoallw", "Reduce", "Allreduce",
+          "Reduce_scatter", "Reduce_scatter_block", "Scan", "Exscan", "Neighbor_allgather",
+          "Neighbor_allgatherv", "Neighbor_alltoall", "Neighbor_alltoallv", "Neighbor_alltoallw")
+_OBJECTS = ("barrier", "bcast", "gather", "scatter", "allgather", "alltoall", "reduce",
+            "allreduce", "scan", "exscan", "neighbor_allgather", "neighbor_alltoall")
+COLLECTIVES = frozenset(
+    list(_BASES) + list(_OBJECTS) + ["I" + b[0].lower() + b[1:] for b in _BASES]
+    + [b + "_init" for b in _BASES])
+
+_methods = {}
+
+
+def _mpi4py_method(cls, name):
+    """mpi4py's own method `name` along cls's classes (past ivmpi's)."""
+    key = (cls, name)
+    method = _methods.get(key)
+    if method is None:
+        for klass in cls.__mro__:
+            if klass.__module__ == "mpi4py.MPI" and name in klass.__dict__:
+                method = _methods[key] = klass.__dict__[name]
+                break
+        else:
+            raise AttributeError(f"{cls.__name__} has no collective {name}")
+    return method
+
+
+def collective(comm, name, args, kwargs):
+    """The library's collective `name` on comm's handle; its requests
+    become ivmpi requests, so that they mix with point-to-point ones."""
+    comm._check_live()
+    return _wrap(comm, _mpi4py_method(type(comm), name)(comm, *args, **kwargs), name, args,
+                 kwargs)
+
+
+def _wrap(comm, result, name, args, kwargs):
+    """An ivmpi request for the library's; it keeps the call's arguments
+    (the buffers) alive until the operation is done, as ivmpi's own
+    collectives do (the library does not hold them)."""
+    from .request import Request
+    if isinstance(result, _MPI.Prequest):
+        return LibraryPrequest(comm, result, name, (args, kwargs))
+    if isinstance(result, _MPI.Request):
+        return Request(comm, LibraryOp(result, (args, kwargs)), what=name)
+    return result
+
+
+class LibraryCollectives:
+    """What ivmpi's own code asks of a communicator's collectives (context
+    agreement, Split's allgather, ...), on a communicator spanning regions:
+    the library's calls on its handle."""
+
+    def __init__(self, comm):
+        self._comm = comm
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        comm = self._comm
+        method = _mpi4py_method(type(comm), name)
+        return lambda *args, **kwargs: _wrap(comm, method(comm, *args, **kwargs), name, args,
+                                             kwargs)
+
+    def free(self):
+        pass
+
+
+class LibraryOp:
+    """A library request as an engine operation: done once the library
+    says so (tested on each look, so the engine's waits poll it)."""
+    __slots__ = ("request", "finished", "error", "cancelled", "data", "scope", "state", "keep")
+    peer = None
+
+    def __init__(self, request, keep=None):
+        self.request = request
+        self.keep = keep
+        self.finished = False
+        self.error = None
+        self.cancelled = False
+        self.data = None
+        self.scope = None
+        self.state = "in the MPI library"
+
+    @property
+    def done(self):
+        if not self.finished and _Test(self.request):
+            self.finished = True
+            self.keep = None
+        return self.finished
+
+
+def _library_prequest_class():
+    from .request import Prequest
+
+    class _LibraryPrequest(Prequest):
+        """A persistent collective of the library: each Start starts it."""
+        __slots__ = ("_library", "_keep")
+
+        def __init__(self, comm, library, what, keep):
+            Prequest.__init__(self, comm, self._start_round, what)
+            self._library = library
+            self._keep = keep
+
+        def _start_round(self):
+            self._library.Start()
+            return LibraryOp(self._library, self._keep), None
+
+        def Free(self):
+            Prequest.Free(self)
+            if self._library:
+                self._library.Free()
+            self._keep = None
+    return _LibraryPrequest
+
+
+class _Lazy:
+    cls = None
+
+
+def LibraryPrequest(comm, library, what, keep):
+    if _Lazy.cls is None:
+        _Lazy.cls = _library_prequest_class()
+    return _Lazy.cls(comm, library, what, keep)
+
+
+def node_groups():
+    """The job's node groups: lists of world ranks that share a region, each
+    in world order, ordered by their lowest rank (starts the job)."""
+    from . import world
+    world.get_world()
+    return [list(g) for g in world._groups]
+
+
+def describe_job(comm):
+    """Lines for `ivmpi info --job` (collective over comm, COMM_WORLD):
+    the node groups, the path to each rank, the region each rank mapped."""
+    engine = comm._engine
+    region = engine.region
+    seen = comm.allgather((region.path, engine.slot))
+    lines = [f"ranks: {comm.Get_size()}, node groups: {len(node_groups())}"]
+    for g, members in enumerate(node_groups()):
+        lines.append(f"  group {g}: ranks {', '.join(map(str, members))}")
+        for w in members:
+            path, slot = seen[w]
+            lines.append(f"    rank {w}: slot {slot} of {path}")
+    lines.append("paths from rank %d: %s" % (comm.Get_rank(), ", ".join(
+        f"{r}:{path_to(comm, r)}" for r in range(comm.Get_size()))))
+    return lines

@@ -1,0 +1,455 @@
+"""Routing between node groups: ranks that share a region use it, every
+other pair the MPI library underneath (docs/routing.md).
+
+Meant for several simulated hosts, each a region file of its own:
+
+    mpirun -n 4 scripts/simulate-hosts 2+2 python -m pytest --with-mpi tests/mpi/test_routing.py
+
+(layouts 2+2, 3+1, 1+1+1+1), and also run without the wrapper, where
+every rank shares one region and every pair takes the region path.  Each
+test exchanges between all pairs, so in a mixed layout both paths are
+exercised in the same calls; results are checked against the data sent
+and, for collectives, against plain mpi4py on the same processes.
+"""
+import os
+
+import numpy as np
+import pytest
+from mpi4py import MPI as _native
+
+import ivmpi
+from ivmpi import MPI, stats
+
+pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.usefixtures("engine_timeout")]
+
+# Eager, one ring chunk and larger than the eager limit and a ring chunk.
+SIZES = (0, 8, 1000, 70_000, 1_500_000)
+
+
+def payload(src, dst, tag, nbytes):
+    return (np.arange(nbytes, dtype=np.int64) * 7 + src * 1000003 + dst * 101 + tag).astype(
+        np.uint8)
+
+
+def expected_groups():
+    layout = os.environ.get("IVMPI_SIMULATED_HOSTS")
+    size = _native.COMM_WORLD.Get_size()
+    if not layout:
+        return None
+    counts = [int(n) for n in layout.split("+")]
+    if sum(counts) != size:
+        return None
+    groups, first = [], 0
+    for n in counts:
+        groups.append(list(range(first, first + n)))
+        first += n
+    return groups
+
+
+# --- locality ---------------------------------------------------------------------
+
+def test_groups_match_the_layout_and_paths(world):
+    groups = ivmpi.node_groups()
+    assert sorted(w for g in groups for w in g) == list(range(world.size))
+    want = expected_groups()
+    if want is not None:
+        assert groups == want
+    elif not os.environ.get("IVMPI_REGION"):
+        assert groups == [list(range(world.size))]   # the per-job file: one group
+    mine = next(g for g in groups if world.rank in g)
+    for r in range(world.size):
+        want_path = "self" if r == world.rank else ("region" if r in mine else "mpi")
+        assert ivmpi.path_to(world, r) == want_path
+    # Every rank agrees on the groups.
+    assert world.allgather(groups) == [groups] * world.size
+
+
+def test_split_type_shared_is_the_node_group(world):
+    node = world.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        mine = next(g for g in ivmpi.node_groups() if world.rank in g)
+        assert node.allgather(world.rank) == mine
+        assert node.Get_size() == len(mine)
+        # Inside one group the communicator takes the region path to every peer.
+        assert all(ivmpi.path_to(node, r) in ("region", "self") for r in range(node.size))
+        assert not node._routed
+        # The library's communicator under it has the same members in order.
+        assert _native.Comm.Get_size(node) == node.size
+        assert _native.Comm.Get_rank(node) == node.rank
+    finally:
+        node.Free()
+
+
+def test_path_to_rejects_a_bad_rank(world):
+    with pytest.raises(ValueError):
+        ivmpi.path_to(world, world.size)
+
+
+# --- point-to-point, every pair -----------------------------------------------------
+
+def _all_pairs(comm, send, recv):
+    """Every rank sends to and receives from every other rank, by rounds of
+    a shift (round k: to rank+k, from rank-k), so both paths mix."""
+    for k in range(1, comm.size):
+        dst, src = (comm.rank + k) % comm.size, (comm.rank - k) % comm.size
+        rreq = recv(src, k)
+        sreq = send(dst, k)
+        yield src, dst, k, rreq, sreq
+
+
+@pytest.mark.parametrize("nbytes", SIZES)
+def test_nonblocking_every_pair(comm, nbytes):
+    for src, dst, tag, rreq, sreq in list(_all_pairs(
+            comm,
+            lambda d, t: comm.Isend(payload(comm.rank, d, t, nbytes), d, t),
+            lambda s, t: (comm.Irecv(buf := np.empty(nbytes, np.uint8), s, t), buf))):
+        status = MPI.Status()
+        rreq[0].Wait(status)
+        sreq.Wait()
+        assert status.Get_source() == src and status.Get_tag() == tag
+        assert status.Get_count(MPI.BYTE) == nbytes
+        assert np.array_equal(rreq[1], payload(src, comm.rank, tag, nbytes))
+
+
+@pytest.mark.parametrize("mode", ["Send", "Ssend", "Bsend", "Rsend"])
+@pytest.mark.parametrize("nbytes", (8, 1_500_000))
+def test_blocking_modes_every_pair(comm, mode, nbytes):
+    for k in range(1, comm.size):
+        dst, src = (comm.rank + k) % comm.size, (comm.rank - k) % comm.size
+        buf = np.empty(nbytes, np.uint8)
+        # Receive first where needed: a synchronous or large send waits for the receiver.
+        rreq = comm.Irecv(buf, src, 7)
+        if mode == "Rsend":
+            comm.Barrier()      # the receive is posted everywhere before a ready send
+        getattr(comm, mode)(payload(comm.rank, dst, 7, nbytes), dst, 7)
+        rreq.Wait()
+        assert np.array_equal(buf, payload(src, comm.rank, 7, nbytes))
+
+
+@pytest.mark.parametrize("nbytes", (8, 1_500_000))
+def test_sendrecv_every_pair(comm, nbytes):
+    for k in range(1, comm.size):
+        dst, src = (comm.rank + k) % comm.size, (comm.rank - k) % comm.size
+        got = np.empty(nbytes, np.uint8)
+        comm.Sendrecv(payload(comm.rank, dst, k, nbytes), dst, k, got, src, k)
+        assert np.array_equal(got, payload(src, comm.rank, k, nbytes))
+        buf = payload(comm.rank, dst, k, nbytes).copy()
+        comm.Sendrecv_replace(buf, dst, k, src, k)
+        assert np.array_equal(buf, payload(src, comm.rank, k, nbytes))
+
+
+def test_objects_every_pair(comm):
+    for k in range(1, comm.size):
+        dst, src = (comm.rank + k) % comm.size, (comm.rank - k) % comm.size
+        big = list(range(50_000))
+        req = comm.irecv(source=src, tag=k)
+        comm.send({"from": comm.rank, "to": dst, "big": big}, dst, k)
+        assert req.wait() == {"from": src, "to": comm.rank, "big": big}
+        sreq = comm.issend(("sync", comm.rank), dst, k + 100)
+        assert comm.recv(source=src, tag=k + 100) == ("sync", src)
+        sreq.wait()
+        assert comm.sendrecv(comm.rank * 3, dst, 5, source=src, recvtag=5) == src * 3
+
+
+def test_persistent_every_pair(comm):
+    for k in range(1, comm.size):
+        dst, src = (comm.rank + k) % comm.size, (comm.rank - k) % comm.size
+        out = np.empty(100_000, np.uint8)
+        got = np.empty_like(out)
+        sreq = comm.Send_init(out, dst, 9)
+        ssreq = comm.Ssend_init(out[:10], dst, 10)
+        rreq = comm.Recv_init(got, src, 9)
+        small = np.empty(10, np.uint8)
+        rsreq = comm.Recv_init(small, src, 10)
+        for round_ in range(3):
+            out[:] = payload(comm.rank, dst, round_, out.size)
+            MPI.Prequest.Startall([rreq, rsreq, sreq, ssreq])
+            MPI.Request.Waitall([rreq, rsreq, sreq, ssreq])
+            want = payload(src, comm.rank, round_, out.size)
+            assert np.array_equal(got, want) and np.array_equal(small, want[:10])
+        for r in (sreq, ssreq, rreq, rsreq):
+            r.Free()
+
+
+def test_derived_communicators_keep_contexts_apart(comm):
+    """The same (source, tag) on three communicators: each receive gets its
+    own communicator's message, whichever path the pair takes."""
+    dup = comm.Dup()
+    split = comm.Split(0, comm.size - comm.rank)     # reversed ranks
+    try:
+        for k in range(1, comm.size):
+            dst, src = (comm.rank + k) % comm.size, (comm.rank - k) % comm.size
+            sdst = split.size - 1 - dst
+            ssrc = split.size - 1 - src
+            reqs = [comm.isend(("comm", comm.rank), dst, 1),
+                    dup.isend(("dup", comm.rank), dst, 1),
+                    split.isend(("split", comm.rank), sdst, 1)]
+            # Received in the opposite order of sending.
+            assert split.recv(source=ssrc, tag=1) == ("split", src)
+            assert dup.recv(source=src, tag=1) == ("dup", src)
+            assert comm.recv(source=src, tag=1) == ("comm", src)
+            MPI.Request.waitall(reqs)
+    finally:
+        dup.Free()
+        split.Free()
+
+
+# --- ANY_SOURCE, probes, cancel, mixed waits -----------------------------------------
+
+def test_any_source_sees_both_paths_in_order(comm):
+    """Rank 0 takes everyone's numbered messages with ANY_SOURCE; from each
+    source they arrive in the order sent, whichever path it takes."""
+    count = 20
+    if comm.rank == 0:
+        seen = {r: [] for r in range(1, comm.size)}
+        status = MPI.Status()
+        for _ in range(count * (comm.size - 1)):
+            n = comm.recv(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status)
+            assert status.Get_tag() == 3
+            seen[status.Get_source()].append(n)
+        assert seen == {r: list(range(count)) for r in range(1, comm.size)}
+    else:
+        for n in range(count):
+            comm.send(n, 0, 3)
+
+
+def test_any_source_buffers_mixed_sizes(comm):
+    nbytes = {r: (r * 40_000) % 150_000 + 8 for r in range(comm.size)}
+    if comm.rank == 0:
+        status = MPI.Status()
+        got = set()
+        for _ in range(comm.size - 1):
+            buf = np.empty(200_000, np.uint8)
+            comm.Recv(buf, MPI.ANY_SOURCE, 4, status)
+            src = status.Get_source()
+            n = status.Get_count(MPI.BYTE)
+            assert n == nbytes[src]
+            assert np.array_equal(buf[:n], payload(src, 0, 4, n))
+            got.add(src)
+        assert got == set(range(1, comm.size))
+    else:
+        comm.Send(payload(comm.rank, 0, 4, nbytes[comm.rank]), 0, 4)
+
+
+def test_probes_from_every_peer(comm):
+    for k in range(1, comm.size):
+        dst, src = (comm.rank + k) % comm.size, (comm.rank - k) % comm.size
+        sreq = comm.Isend(payload(comm.rank, dst, k, 3000), dst, k)
+        status = MPI.Status()
+        comm.Probe(src, k, status)
+        assert status.Get_source() == src and status.Get_count(MPI.BYTE) == 3000
+        while not comm.Iprobe(MPI.ANY_SOURCE, k, status):
+            pass
+        assert status.Get_source() == src
+        msg = comm.Mprobe(src, k, status)
+        assert status.Get_count(MPI.BYTE) == 3000
+        buf = np.empty(3000, np.uint8)
+        msg.Recv(buf)
+        assert np.array_equal(buf, payload(src, comm.rank, k, 3000))
+        sreq.Wait()
+        # A matched probe of an object, nonblocking.
+        sreq = comm.isend(("probe", comm.rank), dst, k)
+        msg = None
+        while msg is None:
+            msg = comm.improbe(MPI.ANY_SOURCE, k)
+        assert msg.recv() == ("probe", src)
+        sreq.wait()
+        comm.Barrier()
+
+
+def test_cancel_a_receive_on_each_path(comm):
+    for src in range(comm.size):
+        if src == comm.rank:
+            continue
+        req = comm.Irecv(np.empty(8, np.uint8), src, 77)
+        req.Cancel()
+        status = MPI.Status()
+        req.Wait(status)
+        assert status.Is_cancelled()
+    req = comm.Irecv(np.empty(8, np.uint8), MPI.ANY_SOURCE, 78)
+    req.Cancel()
+    status = MPI.Status()
+    req.Wait(status)
+    assert status.Is_cancelled()
+    # Nothing was left behind: a later message on the same tag is received normally.
+    dst, src = (comm.rank + 1) % comm.size, (comm.rank - 1) % comm.size
+    got = np.empty(8, np.uint8)
+    rreq = comm.Irecv(got, src, 77)
+    comm.Send(payload(comm.rank, dst, 77, 8), dst, 77)
+    rreq.Wait()
+    assert np.array_equal(got, payload(src, comm.rank, 77, 8))
+
+
+def test_synchronous_send_waits_for_the_receiver(comm):
+    """An Issend is not complete before its receive is posted, on either path."""
+    other = comm.Dup()
+    try:
+        for k in range(1, comm.size):
+            dst, src = (comm.rank + k) % comm.size, (comm.rank - k) % comm.size
+            req = comm.Issend(payload(comm.rank, dst, k, 100), dst, k)
+            # The receivers probe meanwhile: seeing the message is not receiving it.
+            for _ in range(50):
+                comm.Iprobe(src, k)
+                assert not req.Test()
+            other.Barrier()
+            got = np.empty(100, np.uint8)
+            comm.Recv(got, src, k)
+            req.Wait()
+            assert np.array_equal(got, payload(src, comm.rank, k, 100))
+    finally:
+        other.Free()
+
+
+def test_waitany_waitsome_testall_over_mixed_requests(comm):
+    reqs, bufs, froms = [], [], []
+    for src in range(comm.size):
+        if src != comm.rank:
+            buf = np.empty(5000, np.uint8)
+            reqs.append(comm.Irecv(buf, src, 11))
+            bufs.append(buf)
+            froms.append(src)
+    sends = [comm.Isend(payload(comm.rank, dst, 11, 5000), dst, 11)
+             for dst in range(comm.size) if dst != comm.rank]
+    done = set()
+    status = MPI.Status()
+    i = MPI.Request.Waitany(reqs, status)
+    assert status.Get_source() == froms[i]
+    done.add(i)
+    while len(done) < len(reqs):
+        some = MPI.Request.Waitsome(reqs)
+        done.update(some)
+    assert MPI.Request.Waitany(reqs) == MPI.UNDEFINED
+    for buf, src in zip(bufs, froms):
+        assert np.array_equal(buf, payload(src, comm.rank, 11, 5000))
+    while not MPI.Request.Testall(sends):
+        pass
+
+
+def test_truncation_on_each_path(comm):
+    for k in range(1, comm.size):
+        dst, src = (comm.rank + k) % comm.size, (comm.rank - k) % comm.size
+        sreq = comm.Isend(payload(comm.rank, dst, k, 5000), dst, k)
+        with pytest.raises(MPI.Exception) as info:
+            comm.Recv(np.empty(100, np.uint8), src, k)
+        assert info.value.Get_error_class() == MPI.ERR_TRUNCATE
+        sreq.Wait()
+        comm.Barrier()
+
+
+# --- collectives -----------------------------------------------------------------------
+
+def _native_of(comm):
+    """Plain mpi4py on the same processes: the library communicator carried by comm."""
+    return _native.Intracomm.fromhandle(comm.handle)
+
+
+def test_collectives_equal_plain_mpi4py(comm):
+    lib = _native_of(comm)
+    rank, size = comm.rank, comm.size
+    x = np.arange(1000, dtype="f8") * (rank + 1)
+    for name, call in [
+        ("Allreduce", lambda c, out: c.Allreduce(x, out)),
+        ("Reduce", lambda c, out: c.Reduce(x, out, op=MPI.MAX, root=size - 1)),
+        ("Scan", lambda c, out: c.Scan(x, out)),
+        ("Reduce_scatter_block", lambda c, out: c.Reduce_scatter_block(
+            np.tile(x[:10], size), out[:10])),
+    ]:
+        mine, theirs = np.zeros_like(x), np.zeros_like(x)
+        call(comm, mine)
+        call(lib, theirs)
+        assert np.array_equal(mine, theirs), name
+    for root in range(size):
+        mine = x.copy() if rank == root else np.zeros_like(x)
+        comm.Bcast(mine, root)
+        assert np.array_equal(mine, np.arange(1000, dtype="f8") * (root + 1))
+    got = np.empty((size, 3), "i8")
+    comm.Allgather(np.full(3, rank, "i8"), got)
+    assert (got == np.arange(size)[:, None]).all()
+    sendto = np.arange(size, dtype="i8") + 100 * rank
+    recvd = np.empty(size, "i8")
+    comm.Alltoall(sendto, recvd)
+    assert list(recvd) == [100 * r + rank for r in range(size)]
+    assert comm.allgather(rank) == lib.allgather(rank)
+    assert comm.allreduce(rank, op=MPI.SUM) == lib.allreduce(rank, op=_native.SUM)
+    assert comm.gather(("g", rank), root=0) == lib.gather(("g", rank), root=0)
+    assert comm.scatter([i * 2 for i in range(size)] if rank == 0 else None) == rank * 2
+    assert comm.bcast("b" if rank == 1 else None, root=1) == "b"
+    assert comm.alltoall(list(range(size))) == [rank] * size
+    assert comm.exscan(rank) == lib.exscan(rank)
+    comm.Barrier()
+
+
+def test_nonblocking_and_persistent_collectives_mix_with_p2p(comm):
+    size, rank = comm.size, comm.rank
+    x = np.full(10, rank + 1.0)
+    total = np.empty(10)
+    creq = comm.Iallreduce(x, total)
+    dst, src = (rank + 1) % size, (rank - 1) % size
+    got = np.empty(10)
+    reqs = [creq, comm.Irecv(got, src, 1), comm.Isend(x, dst, 1), comm.Ibarrier()]
+    MPI.Request.Waitall(reqs)
+    assert (total == size * (size + 1) / 2).all()
+    assert (got == src + 1.0).all()
+    preq = comm.Allreduce_init(x, total)
+    for round_ in range(3):
+        x[:] = rank + round_
+        preq.Start()
+        i = MPI.Request.Waitany([preq])
+        assert i == 0
+        assert (total == sum(r + round_ for r in range(size))).all()
+    preq.Free()
+    buf = np.arange(5.0) if rank == 0 else np.empty(5)
+    req = comm.Ibcast(buf, 0)
+    while not req.Test():
+        pass
+    assert (buf == np.arange(5.0)).all()
+
+
+def test_a_communicator_inside_one_group_keeps_the_region_paths(comm):
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        assert not node._routed
+        assert node.allreduce(1) == node.size
+        assert comm._routed == (node.size != comm.size)
+    finally:
+        node.Free()
+
+
+# --- counters ------------------------------------------------------------------------
+
+def test_counters_prove_each_pair_used_its_own_path(comm):
+    before = stats.paths(comm)
+    n = 5
+    for k in range(1, comm.size):
+        dst, src = (comm.rank + k) % comm.size, (comm.rank - k) % comm.size
+        for i in range(n):
+            got = np.empty(1000, np.uint8)
+            comm.Sendrecv(payload(comm.rank, dst, i, 1000), dst, i, got, src, i)
+    after = stats.paths(comm)
+    for peer, now in after.items():
+        was = before[peer]
+        assert now["path"] == ivmpi.path_to(comm, peer)
+        sent = now["mpi"]["sent"][0] - was["mpi"]["sent"][0]
+        received = now["mpi"]["received"][0] - was["mpi"]["received"][0]
+        if now["path"] == "region":
+            # Never the library; the ring moved.
+            assert sent == 0 and received == 0
+            assert now["mpi"]["sent"] == [0, 0] and now["mpi"]["received"] == [0, 0]
+            assert now["region"]["written"] > was["region"]["written"]
+            assert now["region"]["read"] > was["region"]["read"]
+        else:
+            # No ring at all between the pair; every message through the library.
+            assert now["region"] is None
+            assert sent >= n and received >= n
+            assert now["mpi"]["sent"][1] - was["mpi"]["sent"][1] >= n * 1000
+
+
+def test_info_job_lines_name_the_groups_and_paths(world):
+    from ivmpi.routing import describe_job
+    lines = describe_job(world)
+    groups = ivmpi.node_groups()
+    assert lines[0] == f"ranks: {world.size}, node groups: {len(groups)}"
+    for g, members in enumerate(groups):
+        assert f"  group {g}: ranks {', '.join(map(str, members))}" in lines
+    assert lines[-1].endswith(", ".join(f"{r}:{ivmpi.path_to(world, r)}"
+                                        for r in range(world.size)))
