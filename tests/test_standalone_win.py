@@ -1,7 +1,6 @@
 """Windows in standalone mode (IVMPI_RANK/IVMPI_SIZE, no launcher: ranks meet
 through the region alone), with and without strict-align copies; and the
 one-call Put/Get path's region accesses traced in strict mode."""
-import json
 import mmap
 import os
 import subprocess
@@ -14,6 +13,7 @@ import pytest
 from ivmpi import _fastcopy_trace as traced
 from ivmpi.region import Region
 
+from standalone_job import run_standalone
 from test_alignment_trace import strictness_violations, traced_call
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,31 +84,11 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def run_job(tmp_path, size, strict):
-    path = str(tmp_path / "region")
-    Region.create(path, size=16 << 20).close()
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    procs = []
-    for rank in range(size):
-        env = dict(os.environ, IVMPI_RANK=str(rank), IVMPI_SIZE=str(size), IVMPI_REGION=path,
-                   IVMPI_TIMEOUT="60", IVMPI_STRICT_ALIGN="1" if strict else "0",
-                   PYTHONPATH=ROOT)
-        env.pop("IVMPI_MPI4PY", None)
-        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    reports = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, err
-        reports.append(json.loads(out.strip().splitlines()[-1]))
-    return reports
-
-
 @pytest.mark.parametrize("strict", [False, True], ids=["plain", "strict-align"])
 def test_standalone_windows(tmp_path, strict):
     size = 3
-    reports = run_job(tmp_path, size, strict)
+    reports = run_standalone(tmp_path, WORKER, size, strict=strict, region_bytes=16 << 20,
+                             timeout=180)
     for rank, report in enumerate(reports):
         assert report["shared"] == [5 * (r + 0.25) for r in range(size)]
         left = (rank - 1) % size
