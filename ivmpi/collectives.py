@@ -654,7 +654,19 @@ class Collectives:
         mask = 1
         while mask < size:
             partner = rank ^ mask
-            if partner < size:
+            # In the last round only the upper partner still needs what the
+            # other has: the lower one's partial sum is not used again.
+            if partner < size and mask << 1 >= size:
+                if partner > rank:
+                    self.p2p.Send(partial, partner, tag)
+                else:
+                    self.p2p.Recv(tmp, partner, tag)
+                    if have_result:
+                        self._combine(op, tmp, result, count, datatype)
+                    else:
+                        result[:] = tmp
+                        have_result = True
+            elif partner < size:
                 self._sendrecv(partial, partner, tmp, partner, tag)
                 if partner < rank:
                     self._combine(op, tmp, partial, count, datatype)
