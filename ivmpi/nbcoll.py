@@ -454,29 +454,24 @@ def prefix_steps(ch, data, recvmem, count, datatype, op, inclusive):
     mask = 1
     while mask < size:
         partner = rank ^ mask
-        # In the last round only the upper partner still needs what the
-        # other has: the lower one's partial sum is not used again.
-        last = mask << 1 >= size
-        if partner < size and last:
+        if partner < size:
+            # In the last round only the upper partner still needs what the
+            # other has: the lower one's partial sum is not used again.
+            last = mask << 1 >= size
+            if not last or partner > rank:
+                steps.append((SEND, partner, partial))
+            if not last or partner < rank:
+                steps.append((RECV, partner, tmp))
+            steps.append(_F)
             if partner < rank:
-                steps += [(RECV, partner, tmp), _F]
+                if not last:
+                    steps.append(combine(tmp, partial, count))
                 if result is None:
                     result = _scratch(len(data))
                     steps.append((COPY, result, tmp))
                 else:
                     steps.append(combine(tmp, result, count))
-            else:
-                steps += [(SEND, partner, partial), _F]
-        elif partner < size:
-            steps += [(SEND, partner, partial), (RECV, partner, tmp), _F]
-            if partner < rank:
-                steps.append(combine(tmp, partial, count))
-                if result is None:
-                    result = _scratch(len(data))
-                    steps.append((COPY, result, tmp))
-                else:
-                    steps.append(combine(tmp, result, count))
-            else:
+            elif not last:
                 steps.append(combine(partial, tmp, count))
                 partial, tmp = tmp, partial
         mask <<= 1
