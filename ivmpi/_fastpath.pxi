@@ -1305,58 +1305,30 @@ cdef class FastPath:
         if msg.kind != 8 or msg.self_send is not None or msg.source not in self.comm_rank_of:
             return FAST_NOT_HANDLED
         rank = self.comm_rank_of[msg.source]
-        bounds = self.heap_bounds[rank] if self.heap_bounds is not None else None
-        if bounds is None or not self._scatter_from_heap(msg.offset, msg.size, bounds, plan,
-                                                         dst, count, extent, True):
+        ring = self.rx[rank]
+        if ring is None or self.heap_bounds is None \
+                or not self._heap_message_fits(<RxRing>ring, msg.offset, msg.size,
+                                               self.heap_bounds[rank], plan, count) \
+                or not self._take_unexpected(i, msg):
             return FAST_NOT_HANDLED
-        if not self._take_unexpected(i, msg):
-            return FAST_NOT_HANDLED
-        if not self._scatter_from_heap(msg.offset, msg.size, bounds, plan, dst, count, extent,
-                                       False):
-            return FAST_NOT_HANDLED     # not reached: checked above
+        _scatter_region(plan, dst, (<RxRing>ring).mem.base + <uint64_t>msg.offset,
+                        <Py_ssize_t>(msg.size // plan.size), extent, (<RxRing>ring).strict)
         self._ack(rank, msg.send_id)
         return <long>msg.size
 
-    cdef bint _scatter_from_heap(self, uint64_t at, uint64_t total, object bounds, RunPlan plan,
-                                 char *dst, Py_ssize_t count, Py_ssize_t extent,
-                                 bint check_only) except -1:
-        """Scatter total bytes at region offset `at` (inside the sender's
-        heap `bounds`, else False) as whole elements into dst."""
+    cdef bint _heap_message_fits(self, RxRing rx, uint64_t at, uint64_t total, object bounds,
+                                 RunPlan plan, Py_ssize_t count) except -1:
+        """Does a region rendezvous of total bytes at region offset `at`
+        lie inside the sender's heap `bounds` (the region of rx) and fill
+        whole elements, no more than count?  Anything else is the engine's."""
         cdef uint64_t lo = bounds[0], room = bounds[1]
-        cdef Py_ssize_t elements
-        cdef char *staged
-        cdef const char *src
-        cdef RxRing any_rx = None
-        for ring in self.rx:
-            if ring is not None:
-                any_rx = <RxRing>ring
-                break
-        if any_rx is None or total <= self.eager_limit or total > _MAX_MESSAGE:
+        if total <= self.eager_limit or total > _MAX_MESSAGE:
             return False
         # The sender says where: only inside its own heap, checked without overflow.
         if at < lo or total > room or at - lo > room - total \
-                or at + total > <uint64_t>any_rx.mem.size:
+                or at + total > <uint64_t>rx.mem.size:
             return False
-        if total % <uint64_t>plan.size or total // <uint64_t>plan.size > <uint64_t>count:
-            return False
-        if check_only:
-            return True
-        elements = <Py_ssize_t>(total // <uint64_t>plan.size)
-        src = any_rx.mem.base + at
-        if any_rx.strict:
-            staged = <char *>malloc(total)
-            if staged == NULL:
-                raise MemoryError()
-            try:
-                with nogil:
-                    rg_copy_from(staged, src, total, 1)
-                    plan._scatter(dst, staged, elements, extent)
-            finally:
-                free(staged)
-        else:
-            with nogil:
-                plan._scatter(dst, src, elements, extent)
-        return True
+        return total % <uint64_t>plan.size == 0 and total // <uint64_t>plan.size <= <uint64_t>count
 
     cdef long _recv_from_heap(self, RxRing rx, RunPlan plan, char *dst, Py_ssize_t count,
                               Py_ssize_t extent) except -3:
@@ -1371,9 +1343,11 @@ cdef class FastPath:
         if rx.length != 8:
             return FAST_NOT_HANDLED
         rx.copy_out(<char *>&at, 8)
-        if not self._scatter_from_heap(at, total, self.heap_bounds[self.last_source], plan, dst,
-                                       count, extent, False):
+        if not self._heap_message_fits(rx, at, total, self.heap_bounds[self.last_source], plan,
+                                       count):
             return FAST_NOT_HANDLED
+        _scatter_region(plan, dst, rx.mem.base + at, <Py_ssize_t>(total // plan.size), extent,
+                        rx.strict)
         self.last_tag = rx.tag
         rx.consume()
         self._ack(self.last_source, send_id)    # the sender may reuse its block now

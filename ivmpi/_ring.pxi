@@ -71,6 +71,32 @@ cdef char *_head_word(Mapping mem, Py_ssize_t offset, Py_ssize_t head_offset) ex
     return mem.base + head_offset
 
 
+cdef int _scatter_region(RunPlan plan, char *dst, const char *src, Py_ssize_t count,
+                         Py_ssize_t extent, int strict) except -1:
+    """count whole elements of a derived datatype, packed at src in the
+    region, scattered into dst (the first element's origin).  Device memory
+    takes only the copy core's aligned accesses: in strict mode the bytes
+    come out to private memory first."""
+    cdef uint64_t n = <uint64_t>(plan.size * count)
+    cdef char *staged
+    if strict:
+        staged = <char *>malloc(n if n else 1)
+        if staged == NULL:
+            raise MemoryError()
+        try:
+            with nogil:
+                rg_copy_from(staged, src, n, strict)
+                plan._scatter(dst, staged, count, extent)
+        finally:
+            free(staged)
+    elif n >= _NOGIL_MIN:
+        with nogil:
+            plan._scatter(dst, src, count, extent)
+    else:
+        plan._scatter(dst, src, count, extent)
+    return 0
+
+
 cdef class TxRing:
     """The producer end of the ring from this rank to `peer`."""
     cdef Mapping mem
@@ -400,24 +426,8 @@ cdef class RxRing:
         """The current frame's payload, count whole elements of a derived
         datatype (count * plan.size <= length is the caller's promise),
         scattered from the ring into dst (the first element's origin)."""
-        cdef uint64_t n = <uint64_t>(plan.size * count)
-        cdef char *staged
-        cdef const char *payload = self.data + self.pos + _HDR
-        if self.strict:
-            staged = <char *>malloc(n if n else 1)
-            if staged == NULL:
-                raise MemoryError()
-            try:
-                rg_copy_from(staged, payload, n, self.strict)
-                plan._scatter(dst, staged, count, extent)
-            finally:
-                free(staged)
-        elif n >= _NOGIL_MIN:
-            with nogil:
-                plan._scatter(dst, payload, count, extent)
-        else:
-            plan._scatter(dst, payload, count, extent)
-        return 0
+        return _scatter_region(plan, dst, self.data + self.pos + _HDR, count, extent,
+                               self.strict)
 
     def read_into(self, out, Py_ssize_t offset=0):
         """Copy the current frame's payload into out[offset:offset+length]."""
