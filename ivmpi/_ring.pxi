@@ -27,9 +27,12 @@ cdef extern from "_copycore.h":
     void rg_relax "ivmpi_cpu_relax"() nogil
 
 # Payloads of at least this many bytes are copied into a ring by streaming
-# stores (ivmpi_stream_to_region).
+# stores (ivmpi_stream_to_region).  Below it a plain copy wins when the two
+# cores share a cache (1 KiB: 0.43 against 0.83 us); from 4 KiB streaming
+# wins by up to 2.7x when they do not, and loses at most 18% when they do
+# (docs/performance.md).  IVMPI_STREAM_MIN changes it for measurements.
 import os as _os
-cdef uint64_t _stream_min = int(_os.environ.get("IVMPI_STREAM_MIN", "16384"))
+cdef uint64_t _stream_min = int(_os.environ.get("IVMPI_STREAM_MIN", "4096"))
 
 # Frame kinds (docs/layout.md, "Frames").
 KIND_EAGER = 1
@@ -217,14 +220,20 @@ cdef class TxRing:
         elif length >= _NOGIL_MIN:
             with nogil:
                 plan._gather_to_region(dst + _HDR, src, count, extent)
-        else:
+        elif length >= _stream_min:
             plan._gather_to_region(dst + _HDR, src, count, extent)
+        else:
+            plan._gather(dst + _HDR, src, count, extent)
         self._publish_frame(fsize)
         return 1
 
     cdef int write_frame(self, uint32_t kind, int32_t tag, uint32_t context, uint64_t a,
-                         uint64_t b, const char *payload, uint64_t length) except -1:
-        """Publish one frame; 1 when published, 0 when the ring has no room yet."""
+                         uint64_t b, const char *payload, uint64_t length,
+                         bint stream=True) except -1:
+        """Publish one frame; 1 when published, 0 when the ring has no room yet.
+        stream: a large payload may go by streaming stores (the receiver
+        reads it later, from memory); False for DATA chunks of a message the
+        receiver drains while we write, which are read sooner from our cache."""
         cdef uint64_t fsize = _HDR + _round8(length)
         cdef uint64_t words[_INLINE_WORDS]
         cdef char *dst = self._reserve(fsize)
@@ -244,7 +253,7 @@ cdef class TxRing:
             rg_copy_to(dst, words, fsize, self.strict)
         else:
             rg_copy_to(dst, words, _HDR, self.strict)
-            if length >= _stream_min and not self.strict:
+            if stream and length >= _stream_min and not self.strict:
                 with nogil:
                     rg_stream_to(dst + _HDR, payload, length)
             elif length >= _NOGIL_MIN:
@@ -307,7 +316,7 @@ cdef class TxRing:
                     n = chunk
                 waited = 0
                 while not self.write_frame(5, 0, 0, offset, send_id,
-                                           <const char *>view.buf + offset, n):
+                                           <const char *>view.buf + offset, n, False):
                     if waited >= spins or (watch is not None and watch.poll()):
                         return offset
                     waited += 1
