@@ -21,6 +21,8 @@ Also runs on one machine, the guests simulated by region files:
 """
 import os
 import socket
+import sys
+import time
 
 import numpy as np
 
@@ -48,6 +50,15 @@ def network_bytes():
         except FileNotFoundError:   # a simulated host may have no eth0
             return 0
     return total
+
+
+_START = time.monotonic()
+
+
+def stage(what):
+    """A progress line on stderr (the console), to see where a slow or hung run is."""
+    print(f"rank {MPI.COMM_WORLD.Get_rank()}: {time.monotonic() - _START:6.1f} s {what}",
+          file=sys.stderr, flush=True)
 
 
 def check(ok, what):
@@ -168,6 +179,7 @@ def main():
         check(host == f"guest{rank}", f"runs on {host}")      # one rank per guest
     group = next(g for g in GROUPS if rank in g)
 
+    stage("started")
     # Who shares what: found from the regions' identity words at start-up.
     check(ivmpi.node_groups() == GROUPS, f"node groups {ivmpi.node_groups()}")
     paths = {p: ivmpi.path_to(comm, p) for p in range(size)}
@@ -178,6 +190,7 @@ def main():
     check(all(ivmpi.path_to(node, r) in ("self", "region") for r in range(node.size)),
           "the node group's communicator leaves the region")
 
+    stage("groups and paths checked")
     # The group's pair alone moves data: it must not cross the network.
     exchange = Exchange(comm)
     comm.Barrier()
@@ -196,6 +209,7 @@ def main():
     in_group_network = network_bytes() - before
     in_group_moved = 2 * IN_GROUP_PAYLOAD if rank in (0, 1) else 0
 
+    stage("in-group payload moved")
     # Every pair: the library carries the other group's share over the network.
     before = network_bytes()
     for i, nbytes in enumerate(SIZES):
@@ -207,8 +221,10 @@ def main():
     others = [p for p in range(size) if p not in group]
     cross_moved = sum(exchange.sent[p][1] + exchange.received[p][1] for p in others)
 
+    stage("point-to-point with every peer done")
     collectives(comm, node)
     comm.Barrier()
+    stage("collectives done")
 
     # The counters: which path each peer's traffic took.
     for peer, entry in stats.paths(comm).items():
