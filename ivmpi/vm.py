@@ -20,6 +20,8 @@ Python::
     results = vm.run_guests([["python", "-c", "print(1)"]] * 2,
                             shm="/dev/shm/job", size="64M", timeout=120)
     assert all(r.returncode == 0 for r in results)
+    # Two hosts' worth of memory: guests 0 and 1 share one file, guest 2 another.
+    vm.run_guests(commands, shm=["/dev/shm/a", "/dev/shm/a", "/dev/shm/b"], network=True)
 """
 import argparse
 import os
@@ -313,14 +315,30 @@ def _net_port():
     return _net_port_value
 
 
+def _per_guest(value, count, what):
+    """value for every guest, or a list/tuple giving each guest its own."""
+    if not isinstance(value, (list, tuple)):
+        return [value] * count
+    if len(value) != count:
+        raise ValueError(f"{what} lists {len(value)} entries for {count} guests")
+    return list(value)
+
+
 def start_guests(commands, *, shm=None, size="64M", env=None, rank_env=True, network=False,
                  names=None, echo=None, jobdirs=None, **kwargs):
-    """Start one guest per command, all on the same shm file; return the Guests.
+    """Start one guest per command; return the Guests.
 
-    With rank_env, guest i gets IVMPI_RANK=i, IVMPI_SIZE=len(commands),
-    IVMPI_REGION=pci (ivmpi's standalone mode).  With network, guest i gets
-    address 10.77.0.(i+1) on a shared virtual network.
+    shm (and size) is one ivshmem file for all guests, or a list with one
+    entry per guest (None: that guest has no device).  Guests given the same
+    file share it; guests given different files are separate hosts to ivmpi
+    (docs/routing.md).  With rank_env, guest i gets IVMPI_RANK=i,
+    IVMPI_SIZE=len(commands), IVMPI_REGION=pci (ivmpi's standalone mode).
+    With network, guest i gets address 10.77.0.(i+1) on a shared virtual
+    network.
     """
+    commands = list(commands)
+    shms = _per_guest(shm, len(commands), "shm")
+    sizes = _per_guest(size, len(commands), "size")
     paths = setup(install=False)
     guests = []
     try:
@@ -331,7 +349,7 @@ def start_guests(commands, *, shm=None, size="64M", env=None, rank_env=True, net
                 genv.setdefault("IVMPI_SIZE", str(len(commands)))
                 genv.setdefault("IVMPI_REGION", "pci")
             name = names[i] if names else f"guest{i}"
-            guest = Guest(command, shm=shm, size=size, env=genv, name=name,
+            guest = Guest(command, shm=shms[i], size=sizes[i], env=genv, name=name,
                           ip=f"{NET_PREFIX}{i + 1}" if network else None,
                           echo=echo, jobdir=jobdirs[i] if jobdirs else None, **kwargs)
             guests.append(guest.start(paths))

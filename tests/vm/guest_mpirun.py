@@ -1,9 +1,11 @@
-"""Runs in each of two networked guests: sshd on guest1, mpirun on guest0.
+"""Runs in each of N networked guests: sshd on guest1..N-1, mpirun on guest0.
 
-Usage: guest_mpirun.py KEYS_DIR SSHD SSHD_LIBDIR RANK_SCRIPT
-KEYS_DIR holds this job's ssh keys (made by the host).  guest0 waits for
-guest1's sshd, runs `mpirun` over a hostfile naming both guests, prints its
-output, then tells guest1 to stop.  Exit code: mpirun's (guest0), 0 (guest1).
+Usage: guest_mpirun.py KEYS_DIR SSHD SSHD_LIBDIR RANK_SCRIPT [GUESTS]
+KEYS_DIR holds this job's ssh keys (made by the host); GUESTS is N (default
+2), guest i being 10.77.0.(i+1).  guest0 waits for the others' sshd, runs
+`mpirun` over a hostfile naming every guest (one rank each), prints its
+output, then tells the others to stop.  Exit code: mpirun's (guest0), 0
+(the others).
 """
 import os
 import shutil
@@ -12,7 +14,7 @@ import subprocess
 import sys
 import time
 
-HOSTS = {"guest0": "10.77.0.1", "guest1": "10.77.0.2"}
+HOSTS = {}     # name -> address, for the guests of this job (set by main)
 DONE = "/tmp/ivmpi-mpirun-done"
 TIMEOUT = float(os.environ.get("IVMPI_TIMEOUT", "120"))
 # What mpirun's daemon and ranks on the other guest need: sshd gives its
@@ -83,7 +85,7 @@ def wait_for_port(host, port, deadline):
 
 def run_mpirun(rank_script):
     write("/tmp/hostfile", "".join(f"{name} slots=1\n" for name in HOSTS))
-    cmd = ["mpirun", "--hostfile", "/tmp/hostfile", "-n", "2", "--map-by", "node",
+    cmd = ["mpirun", "--hostfile", "/tmp/hostfile", "-n", str(len(HOSTS)), "--map-by", "node",
            "--mca", "btl_tcp_if_include", "eth0", "--mca", "oob_tcp_if_include", "eth0",
            sys.executable, rank_script]
     print("MPIRUN " + " ".join(cmd), flush=True)
@@ -100,19 +102,27 @@ def run_mpirun(rank_script):
 
 def main():
     keys, sshd, libdir, rank_script = sys.argv[1:5]
+    count = int(sys.argv[5]) if len(sys.argv) > 5 else 2
+    HOSTS.update((f"guest{i}", f"10.77.0.{i + 1}") for i in range(count))
     name = socket.gethostname()
     common_setup(keys)
     deadline = time.monotonic() + TIMEOUT
-    if name == "guest1":
+    if name != "guest0":
         start_sshd(keys, sshd, libdir)
         while not os.path.exists(DONE):
             if time.monotonic() > deadline + TIMEOUT:
                 raise SystemExit("guest0 never said it was done")
             time.sleep(0.5)
         return 0
-    wait_for_port(HOSTS["guest1"], 22, deadline)
+    others = [h for h in HOSTS if h != "guest0"]
+    for host in others:
+        wait_for_port(HOSTS[host], 22, deadline)
     rc = run_mpirun(rank_script)
-    subprocess.run(["ssh", "guest1", "touch", DONE], timeout=60)
+    for host in others:
+        try:
+            subprocess.run(["ssh", host, "touch", DONE], timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:   # that guest stops at its own deadline
+            print(f"could not tell {host} to stop", flush=True)
     print(f"MPIRUN-EXIT {rc}", flush=True)
     return rc
 
