@@ -52,6 +52,7 @@ from .collectives import PIPELINE_MIN_BYTES, PIPELINE_SEGMENT_BYTES
 from .datatypes import layout
 from .errors import BufferSpecError
 from .request import MPIError, Prequest, Request
+from .staging import staged
 
 NB_TAG_BASE = 1 << 25
 _NB_TAG_MASK = (1 << 30) - 1     # the largest tag stays below 2**31 - 1
@@ -107,7 +108,10 @@ def _scratch(nbytes):
 # Calls whose buffers are all numpy arrays, bytearrays or bytes of at most
 # this many bytes (bare or in list specs) reuse the schedule of the
 # previous call of their kind with the same arguments (Channel.restart).
-CACHE_MAX_BYTES = 1 << 16
+# Describing a schedule anew costs 10-30 us of Python, as much as moving
+# 64 KiB blocks: the limit covers 64 KiB blocks up to 16 ranks.  The cache
+# keeps one call's buffers per kind alive, no more.
+CACHE_MAX_BYTES = 1 << 20
 
 
 def channel_of(comm):
@@ -328,10 +332,18 @@ def bcast_steps(ch, mem, root):
     return steps
 
 
+def _copies(copies):
+    return [(COPY, target, source) for target, source in copies]
+
+
 def scatter_steps(ch, blocks, recvmem, root):
     if ch.rank != root:
         return [(RECV, root, recvmem)]
-    steps = [(COPY, recvmem, blocks[root])] if recvmem is not None else []
+    copies = []
+    blocks = staged(ch, blocks, list(range(ch.size)), copies)
+    steps = _copies(copies)
+    if recvmem is not None:
+        steps.append((COPY, recvmem, blocks[root]))
     steps += [(SEND, i, blocks[i]) for i in range(ch.size) if i != root]
     return steps
 
@@ -349,24 +361,36 @@ def allgather_steps(ch, sendmem, blocks):
     # blocking ring takes p-1; the result is the same bytes).
     size, rank = ch.size, ch.rank
     steps = [(COPY, blocks[rank], sendmem)] if sendmem is not None else []
-    mine = blocks[rank]
+    copies = []
+    # Staged once (after the copy into place), read by every other rank.
+    sending = staged(ch, [blocks[rank]] * size, list(range(size)), copies)
+    steps += _copies(copies)
     for step in range(1, size):
-        source = (rank - step) % size
-        steps += [(RECV, source, blocks[source]), (SEND, (rank + step) % size, mine)]
+        source, dest = (rank - step) % size, (rank + step) % size
+        steps += [(RECV, source, blocks[source]), (SEND, dest, sending[dest])]
     return steps
 
 
 def alltoall_steps(ch, send_blocks, recv_blocks):
     # Every pair exchanges its blocks at once, in the pairwise order.
     size, rank = ch.size, ch.rank
-    steps = []
-    if send_blocks is None:           # IN_PLACE: what was there is sent
-        send_blocks = []
-        for block in recv_blocks:
-            copy = _scratch(len(block))
-            steps.append((COPY, copy, block))
-            send_blocks.append(copy)
-    steps.append((COPY, recv_blocks[rank], send_blocks[rank]))
+    in_place = send_blocks is None
+    copies = []
+    # Large blocks go out of this rank's heap (staged before anything arrives).
+    sending = staged(ch, recv_blocks if in_place else send_blocks, list(range(size)), copies)
+    steps = _copies(copies)
+    if in_place:
+        # What was there is sent: the blocks not staged are copied aside
+        # before they are overwritten.
+        send_blocks = list(sending)
+        for k, block in enumerate(sending):
+            if k != rank and block is recv_blocks[k]:
+                copy = _scratch(len(block))
+                steps.append((COPY, copy, block))
+                send_blocks[k] = copy
+    else:
+        send_blocks = sending
+        steps.append((COPY, recv_blocks[rank], send_blocks[rank]))
     for step in range(1, size):
         dest, source = (rank + step) % size, (rank - step) % size
         steps += [(RECV, source, recv_blocks[source]), (SEND, dest, send_blocks[dest])]
