@@ -1390,8 +1390,8 @@ cdef class FastPath:
                 PyObject_GetBuffer(staged[0], &sview, PyBUF_SIMPLE | PyBUF_WRITABLE)
                 try:
                     with nogil:
-                        plan._gather(<char *>sview.buf, <const char *>view.buf + origin, count,
-                                     extent)
+                        plan._gather_to_region(<char *>sview.buf,
+                                               <const char *>view.buf + origin, count, extent)
                 finally:
                     PyBuffer_Release(&sview)
                 at = staged[1]

@@ -23,7 +23,13 @@ cdef extern from "_copycore.h":
     void rg_store "ivmpi_store_u64"(void *p, uint64_t v) nogil
     void rg_copy_to "ivmpi_copy_to_region"(void *dst, const void *src, size_t n, int strict) nogil
     void rg_copy_from "ivmpi_copy_from_region"(void *dst, const void *src, size_t n, int strict) nogil
+    void rg_stream_to "ivmpi_stream_to_region"(void *dst, const void *src, size_t n) nogil
     void rg_relax "ivmpi_cpu_relax"() nogil
+
+# Payloads of at least this many bytes are copied into a ring by streaming
+# stores (ivmpi_stream_to_region).
+import os as _os
+cdef uint64_t _stream_min = int(_os.environ.get("IVMPI_STREAM_MIN", "16384"))
 
 # Frame kinds (docs/layout.md, "Frames").
 KIND_EAGER = 1
@@ -210,9 +216,9 @@ cdef class TxRing:
                 free(staged)
         elif length >= _NOGIL_MIN:
             with nogil:
-                plan._gather(dst + _HDR, src, count, extent)
+                plan._gather_to_region(dst + _HDR, src, count, extent)
         else:
-            plan._gather(dst + _HDR, src, count, extent)
+            plan._gather_to_region(dst + _HDR, src, count, extent)
         self._publish_frame(fsize)
         return 1
 
@@ -238,7 +244,10 @@ cdef class TxRing:
             rg_copy_to(dst, words, fsize, self.strict)
         else:
             rg_copy_to(dst, words, _HDR, self.strict)
-            if length >= _NOGIL_MIN:
+            if length >= _stream_min and not self.strict:
+                with nogil:
+                    rg_stream_to(dst + _HDR, payload, length)
+            elif length >= _NOGIL_MIN:
                 with nogil:
                     rg_copy_to(dst + _HDR, payload, length, self.strict)
             else:
