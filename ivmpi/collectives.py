@@ -41,7 +41,7 @@ from .lib import MPI
 
 from .buffers import (parse_send, parse_recv, parse_vbuf, is_in_place,
                       datatype_extent, packed_spec, packed_vspec)
-from ._fastcopy import buffer_span
+from ._fastcopy import buffer_span, stream_into
 from .errors import BufferSpecError, IvmpiError
 from .staging import STAGE_MIN_RANKS
 
@@ -176,18 +176,20 @@ class Collectives:
             piece = blocks[j]
             n = len(piece)
             if stage is not None and n and not self._in_heap(piece):
-                stage[at:at + n] = piece
-                piece = stage[at:at + n]
+                piece = self._fill(stage[at:at + n], piece)
                 at += n
             requests.append(self.p2p.Isend(piece, j, tag))
 
-    def _in_region(self, mem):
-        """mem's bytes where receivers copy them straight out of the heap
-        (or mem itself, see _stage)."""
-        stage = self._stage(mem)
-        if stage is None:
-            return mem
-        stage[:] = mem
+    @staticmethod
+    def _fill(stage, mem):
+        """Copy mem into stage, a staging buffer in this rank's heap (never
+        one in strict-align mode, see _heap_buffer), by streaming stores:
+        the peers read the last call's bytes there, and plain stores would
+        first take each line back from their caches.  Returns stage."""
+        try:
+            stream_into(stage, mem)
+        except BufferError:             # not contiguous bytes
+            stage[:] = mem
         return stage
 
     @staticmethod
@@ -203,8 +205,7 @@ class Collectives:
             if stage is None:
                 piece = mem[start:end]
             else:
-                piece = stage[start:end]
-                piece[:] = mem[start:end]
+                piece = self._fill(stage[start:end], mem[start:end])
             requests += [self.p2p.Isend(piece, dest, tag) for dest in dests]
 
     # --- helpers ---------------------------------------------------------

@@ -332,16 +332,11 @@ def bcast_steps(ch, mem, root):
     return steps
 
 
-def _copies(copies):
-    return [(COPY, target, source) for target, source in copies]
-
-
 def scatter_steps(ch, blocks, recvmem, root):
     if ch.rank != root:
         return [(RECV, root, recvmem)]
-    copies = []
-    blocks = staged(ch, blocks, list(range(ch.size)), copies)
-    steps = _copies(copies)
+    steps = []
+    blocks = staged(ch, blocks, list(range(ch.size)), steps)
     if recvmem is not None:
         steps.append((COPY, recvmem, blocks[root]))
     steps += [(SEND, i, blocks[i]) for i in range(ch.size) if i != root]
@@ -361,10 +356,8 @@ def allgather_steps(ch, sendmem, blocks):
     # blocking ring takes p-1; the result is the same bytes).
     size, rank = ch.size, ch.rank
     steps = [(COPY, blocks[rank], sendmem)] if sendmem is not None else []
-    copies = []
     # Staged once (after the copy into place), read by every other rank.
-    sending = staged(ch, [blocks[rank]] * size, list(range(size)), copies)
-    steps += _copies(copies)
+    sending = staged(ch, [blocks[rank]] * size, list(range(size)), steps)
     for step in range(1, size):
         source, dest = (rank - step) % size, (rank + step) % size
         steps += [(RECV, source, blocks[source]), (SEND, dest, sending[dest])]
@@ -375,10 +368,9 @@ def alltoall_steps(ch, send_blocks, recv_blocks):
     # Every pair exchanges its blocks at once, in the pairwise order.
     size, rank = ch.size, ch.rank
     in_place = send_blocks is None
-    copies = []
+    steps = []
     # Large blocks go out of this rank's heap (staged before anything arrives).
-    sending = staged(ch, recv_blocks if in_place else send_blocks, list(range(size)), copies)
-    steps = _copies(copies)
+    sending = staged(ch, recv_blocks if in_place else send_blocks, list(range(size)), steps)
     if in_place:
         # What was there is sent: the blocks not staged are copied aside
         # before they are overwritten.

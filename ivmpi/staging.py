@@ -10,7 +10,8 @@ cores that saves a round of scheduling per message, and the many sends of
 an all-to-all or a scatter no longer wait for each other.
 
 A schedule that stages copies its large send blocks into one heap buffer
-(COPY steps before its sends) and sends from there.  The buffer lives as
+(STREAM steps before its sends: copies by streaming stores, since the
+peers read the same bytes on the last run) and sends from there.  The buffer lives as
 long as the schedule's steps hold it: it is a numpy array over the heap
 bytes, every step holds a view of it, and when the last view is gone a
 finalizer hands the bytes back.  The finalizer may run anywhere (even
@@ -23,6 +24,7 @@ import weakref
 
 import numpy
 
+from ._fastcopy import SCHED_STREAM
 from .errors import IvmpiError
 
 # Schedules stage their sends over the eager limit on communicators of at
@@ -77,11 +79,11 @@ def pool_of(engine):
     return pool
 
 
-def staged(ch, blocks, dests, copies):
+def staged(ch, blocks, dests, steps):
     """The send blocks of a schedule on channel ch, those over the eager
     limit that go to another rank moved into one heap buffer: returns the
-    list of blocks to send from, and appends to `copies` the COPY steps
-    (destination, source) that fill the heap buffer at each run.  blocks[k]
+    list of blocks to send from, and appends to `steps` the STREAM steps
+    that fill the heap buffer at each run.  blocks[k]
     goes to communicator rank dests[k] (None: not sent).  Without room in
     the heap, or on a small communicator, the blocks are sent as they are."""
     if ch.size < STAGE_MIN_RANKS:
@@ -107,7 +109,7 @@ def staged(ch, blocks, dests, copies):
     for key, k in first.items():
         n = len(blocks[k])
         target = memoryview(array[at:at + n])
-        copies.append((target, blocks[k]))
+        steps.append((SCHED_STREAM, target, blocks[k]))
         place[key] = target
         at += _padded(n)
     for k in large:

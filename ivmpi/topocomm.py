@@ -21,7 +21,7 @@ from .lib import MPI as _MPI
 
 from . import comm as _comm
 from .buffers import packed_simple, packed_vector, parse_recv, parse_send, parse_vbuf
-from .nbcoll import COPY, RECV, SEND, CollectivePrequest, channel_of, wblocks
+from .nbcoll import RECV, SEND, CollectivePrequest, channel_of, wblocks
 from .request import MPIError, Request
 from .staging import staged
 
@@ -341,11 +341,10 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
         sends[k] to the k-th out-neighbour; PROC_NULL neighbours are
         skipped, leaving their block untouched."""
         sources, dests, recv_tags, send_tags = self._topo.neighbours(self.rank)
-        copies = []
+        steps = []
         # Large blocks go out of this rank's heap (ivmpi.staging).
         sends = staged(channel_of(self), sends,
-                       [None if dest == PROC_NULL else dest for dest in dests], copies)
-        steps = [(COPY, target, source) for target, source in copies]
+                       [None if dest == PROC_NULL else dest for dest in dests], steps)
         steps += [(RECV, source, mem, tag) for source, tag, mem in zip(sources, recv_tags, recvs)
                   if source != PROC_NULL]
         steps += [(SEND, dests[k], sends[k], send_tags[k])
@@ -479,26 +478,23 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
         through the engine; messages between two ranks keep their order,
         and both sides take it from the same edge lists."""
         self._check_live()
-        sources, dests, recv_tags, send_tags = self._topo.neighbours(self.rank)
+        plan = self.__dict__.get("_object_plan")
+        if plan is None:
+            plan = self._object_plan = self._plan_objects()
+        sends, waiting, indegree = plan
         twin = self._collectives.p2p
         fast = twin._fast
         dumps, loads = _pickle.dumps, _pickle.loads
         with self._lock(what):
             sending = []
             last = data = None
-            for k in self._topo.send_order(self.rank):
-                dest, tag, item = dests[k], send_tags[k], items[k]
-                if dest == PROC_NULL:
-                    continue
+            for k, dest, tag in sends:
+                item = items[k]
                 if item is not last or data is None:    # allgather: pickled once
                     last, data = item, dumps(item)
-                tag += TAG_NEIGHBOR + 1
                 if not fast.send(data, dest, tag):
                     sending.append(twin._isend_bytes(memoryview(data), dest, tag, False, what))
-            results = [None] * len(sources)
-            waiting = [(k, source, tag + TAG_NEIGHBOR + 1)
-                       for k, (source, tag) in enumerate(zip(sources, recv_tags))
-                       if source != PROC_NULL]
+            results = [None] * indegree
             while waiting:
                 # A pass takes every message at the head of its ring (frames
                 # from one rank come in the order it sent them, which may
@@ -524,6 +520,19 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
                 waiting = later
             Request.Waitall(sending)
         return results
+
+    def _plan_objects(self):
+        """What the object forms do on this rank, worked out once: the sends
+        (block, out-neighbour, tag) in the order the receivers take them,
+        the receives (block, in-neighbour, tag) in MPI's order, PROC_NULL
+        neighbours left out, and the in-degree."""
+        sources, dests, recv_tags, send_tags = self._topo.neighbours(self.rank)
+        sends = [(k, dests[k], send_tags[k] + TAG_NEIGHBOR + 1)
+                 for k in self._topo.send_order(self.rank) if dests[k] != PROC_NULL]
+        receives = [(k, source, tag + TAG_NEIGHBOR + 1)
+                    for k, (source, tag) in enumerate(zip(sources, recv_tags))
+                    if source != PROC_NULL]
+        return sends, receives, len(sources)
 
     def neighbor_allgather(self, sendobj):
         return self._objects([sendobj] * self.degrees[1], "neighbor_allgather")
