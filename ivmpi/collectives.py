@@ -19,8 +19,9 @@ Algorithms (p = number of ranks):
                    out (zero-copy rendezvous); strict-align mode (no heap
                    buffers) sends the same segments from the caller's buffer
   scatter/gather   linear from/to the root (each block travels once)
-  allgather        ring, p-1 steps; from 256 KiB blocks every rank stages
-                   its block in its heap and the others copy it out
+  allgather(v)     ring, p-1 steps; from 256 KiB blocks (the largest, for
+                   allgatherv) every rank stages its block in its heap and
+                   the others copy it out
   alltoall         pairwise exchange, p-1 steps
   reduce           binomial tree; non-commutative ops reduce in rank order
                    at rank 0 and forward the result to the root
@@ -68,11 +69,12 @@ COLLECTIVE_TAGS = {"Barrier": TAG_BARRIER, "Bcast": TAG_BCAST, "Scatter": TAG_SC
                    "Reduce": TAG_REDUCE, "Allreduce": TAG_ALLREDUCE, "Scan": TAG_SCAN,
                    "Exscan": TAG_EXSCAN, "Reduce_scatter": TAG_REDUCE_SCATTER}
 
-# The nonblocking Ibcast (ivmpi.nbcoll) switches from a binomial tree to a
-# segmented pipeline at this size (measured: at 1 MiB on 4 ranks the tree
-# took 150-190 us, the chain 340-460).
+# The nonblocking and persistent Bcast (ivmpi.nbcoll) switch from a
+# binomial tree to the root sending every segment out of its heap at this
+# size on more than 2 ranks (measured: at 1 MiB on 4 ranks the tree took
+# 150-190 us, a chain through the ranks 340-460; at 16 MiB the chain was
+# 3.6x the library's time).
 PIPELINE_MIN_BYTES = 8 << 20
-PIPELINE_SEGMENT_BYTES = 128 * 1024
 
 # From this many bytes, Bcast (more than 2 ranks), Allgather (per block) and
 # Allreduce stage their data once in this rank's heap in the region, and
@@ -415,7 +417,11 @@ class Collectives:
         blocks = [recv.block(i) for i in range(size)]
         if not is_in_place(sendbuf):
             _check_block(blocks[rank], parse_send(sendbuf).mem, "Allgatherv")
-        self._ring_allgather(blocks)
+        # Every rank knows every count, so all decide alike.
+        if max(len(block) for block in blocks) >= REGION_MIN_BYTES:
+            self._region_allgather(blocks)
+        else:
+            self._ring_allgather(blocks)
 
     def _region_allgather(self, blocks):
         # Every rank's block once in its heap; each rank copies the others'

@@ -48,7 +48,7 @@ from ._fastcopy import (Channel, SCHED_CALL, SCHED_COMBINE, SCHED_COPY, SCHED_FE
 from .buffers import (BOTTOM, _as_datatype, _memory, datatype_extent, has_holes, is_in_place,
                       packed_simple, packed_vector, parse_recv, parse_send, parse_vbuf)
 from .collectives import _HOLE_ROLES as _BLOCKING_HOLE_ROLES
-from .collectives import PIPELINE_MIN_BYTES, PIPELINE_SEGMENT_BYTES
+from .collectives import PIPELINE_MIN_BYTES, Collectives
 from .datatypes import layout
 from .errors import BufferSpecError
 from .request import MPIError, Prequest, Request
@@ -302,20 +302,17 @@ def bcast_steps(ch, mem, root):
     vrank = (rank - root) % size
     steps = []
     if len(mem) >= PIPELINE_MIN_BYTES and size > 2:
-        # A chain root -> root+1 -> ...: segment k goes on while k+1 comes in.
-        segments = [mem[i:i + PIPELINE_SEGMENT_BYTES]
-                    for i in range(0, len(mem), PIPELINE_SEGMENT_BYTES)]
-        prev, nxt = (rank - 1) % size, (rank + 1) % size
-        if vrank == 0:
-            return [(SEND, nxt, seg) for seg in segments]
-        last = vrank + 1 == size
-        for k, seg in enumerate(segments):
-            steps.append((RECV, prev, seg))
-            if k and not last:
-                steps.append((SEND, nxt, segments[k - 1]))
-            steps.append(_F)
-        if not last:
-            steps.append((SEND, nxt, segments[-1]))
+        # As the blocking Bcast (Collectives._bcast_region): the root sends
+        # every segment to every rank, out of its heap (each staged just
+        # before it goes), so all copy it out at once; a chain through the
+        # ranks would wait for each of them to be scheduled in turn.
+        segments = [mem[start:end] for start, end in _bcast_segments(len(mem))]
+        if rank != root:
+            return [(RECV, root, seg) for seg in segments]
+        dests = [None if j == root else j for j in range(size)]
+        for seg in segments:
+            sending = staged(ch, [seg] * size, dests, steps)
+            steps += [(SEND, j, sending[j]) for j in range(size) if j != root]
         return steps
     # Binomial tree.
     mask = 1
@@ -330,6 +327,9 @@ def bcast_steps(ch, mem, root):
             steps.append((SEND, (vrank + mask + root) % size, mem))
         mask >>= 1
     return steps
+
+
+_bcast_segments = Collectives._segments
 
 
 def scatter_steps(ch, blocks, recvmem, root):

@@ -207,3 +207,52 @@ def test_staged_heap_bytes_come_back(comm):
     gc.collect()
     pool.release_retired()
     assert heap.available() == before
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_large_bcast_every_root(comm, form):
+    # From 8 MiB the nonblocking and persistent forms send every segment
+    # from the root (out of its heap on three ranks or more).
+    n = (8 << 20) // 8 + 12345
+    for root in range(comm.size):
+        whole = data(n, root, 10)
+        ours = whole.copy() if comm.rank == root else np.full(n, -1.0)
+        # Each start fills a cleared buffer again (the root's stays).
+        run(comm, form, "Bcast", ours, root=root,
+            before=None if comm.rank == root else lambda: ours.fill(-1.0))
+        np.testing.assert_array_equal(ours, whole)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_allgatherv_with_large_and_small_blocks(comm, in_place):
+    # One block past 256 KiB takes every rank's through the heaps; the
+    # others may be tiny or empty.
+    size, rank = comm.size, comm.rank
+    counts = [40000 if j == size - 1 else (0 if j == 1 else 3 + j) for j in range(size)]
+    displs = [sum(counts[:j]) + 2 * j for j in range(size)]
+    total = displs[-1] + counts[-1]
+    mine = data(counts[rank], rank, 11)
+    ours, theirs = np.full(total, -1.0), np.full(total, -1.0)
+    NATIVE.Allgatherv(mine, [theirs, counts, displs, _native.DOUBLE])
+    if in_place:
+        ours[displs[rank]:displs[rank] + counts[rank]] = mine
+        comm.Allgatherv(MPI.IN_PLACE, [ours, counts, displs, MPI.DOUBLE])
+    else:
+        comm.Allgatherv(mine, [ours, counts, displs, MPI.DOUBLE])
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_neighbour_objects_off_the_edges(comm):
+    # A line (not periodic): the end ranks have PROC_NULL neighbours, whose
+    # entries are None; calls repeat on one communicator.
+    ours = comm.Create_cart([comm.size], [False])
+    theirs = NATIVE.Create_cart([comm.size], [False])
+    try:
+        for k in range(3):
+            item = (comm.rank, k)
+            assert ours.neighbor_allgather(item) == theirs.neighbor_allgather(item)
+            pair = [(comm.rank, k, "-"), (comm.rank, k, "+")]
+            assert ours.neighbor_alltoall(pair) == theirs.neighbor_alltoall(pair)
+    finally:
+        ours.Free()
+        theirs.Free()
