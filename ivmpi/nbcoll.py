@@ -48,7 +48,7 @@ from ._fastcopy import (Channel, SCHED_CALL, SCHED_COMBINE, SCHED_COPY, SCHED_FE
 from .buffers import (BOTTOM, _as_datatype, _memory, datatype_extent, has_holes, is_in_place,
                       packed_simple, packed_vector, parse_recv, parse_send, parse_vbuf)
 from .collectives import _HOLE_ROLES as _BLOCKING_HOLE_ROLES
-from .collectives import PIPELINE_MIN_BYTES, Collectives
+from .collectives import PIPELINE_MIN_BYTES, REGION_MIN_BYTES, Collectives
 from .datatypes import layout
 from .errors import BufferSpecError
 from .request import MPIError, Prequest, Request
@@ -420,6 +420,9 @@ def allreduce_steps(ch, data, recvmem, count, datatype, op):
     # Recursive doubling with the ranks beyond the largest power of two
     # folded into their even neighbours (Collectives.Allreduce).
     size, rank = ch.size, ch.rank
+    if (size > 1 and len(data) >= REGION_MIN_BYTES and count >= size
+            and len(data) == count * datatype_extent(datatype)):
+        return region_allreduce_steps(ch, data, recvmem, count, datatype, op)
     combine = combiner(op, datatype)
     acc, tmp = _scratch(len(data)), _scratch(len(data))
     steps = [(COPY, acc, data)]
@@ -454,6 +457,37 @@ def allreduce_steps(ch, data, recvmem, count, datatype, op):
         else:
             steps += [(RECV, rank + 1, acc), _F]
     steps.append((COPY, recvmem, acc))
+    return steps
+
+
+def region_allreduce_steps(ch, data, recvmem, count, datatype, op):
+    """Large messages (Collectives._region_allreduce): rank r reduces block
+    r of every rank's input in rank order (non-commutative ops stay
+    right), then every rank gets every result block.  The blocks go out of
+    each rank's heap (ivmpi.staging).  Messages between two ranks keep
+    their order, so both rounds use the schedule's one tag."""
+    size, rank = ch.size, ch.rank
+    combine = combiner(op, datatype)
+    extent = len(data) // count
+    bounds = [j * count // size * extent for j in range(size + 1)]
+    lo, hi = bounds[rank], bounds[rank + 1]
+    mine = hi - lo
+    data, out = memoryview(data), memoryview(recvmem)
+    scratch = _scratch(mine * size)
+    parts = [scratch[j * mine:(j + 1) * mine] for j in range(size)]
+    others = [(rank + step) % size for step in range(1, size)]
+    dests = [None if j == rank else j for j in range(size)]
+    # This rank's own part first: in place, the result overwrites it.
+    steps = [(COPY, parts[rank], data[lo:hi])]
+    sending = staged(ch, [data[bounds[j]:bounds[j + 1]] for j in range(size)], dests, steps)
+    steps += [(RECV, j, parts[j]) for j in others]
+    steps += [(SEND, j, sending[j]) for j in others]
+    steps += [_F, (COPY, out[lo:hi], parts[size - 1])]
+    n = mine // extent
+    steps += [combine(parts[j], out[lo:hi], n) for j in range(size - 2, -1, -1)]  # x_j op result
+    sending = staged(ch, [out[lo:hi]] * size, dests, steps)
+    steps += [(RECV, j, out[bounds[j]:bounds[j + 1]]) for j in others]
+    steps += [(SEND, j, sending[j]) for j in others]
     return steps
 
 

@@ -256,3 +256,39 @@ def test_neighbour_objects_off_the_edges(comm):
     finally:
         ours.Free()
         theirs.Free()
+
+
+def _keep_left(inbuf, inoutbuf, datatype):
+    # op(a, b) = a: associative, not commutative: the result is rank 0's.
+    np.frombuffer(inoutbuf, "f8")[:] = np.frombuffer(inbuf, "f8")
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("opname", ["SUM", "MAX", "keep_left"])
+def test_large_allreduce(comm, form, in_place, opname):
+    # From 256 KiB each rank reduces one block of everyone's input, in rank
+    # order, and every rank gets every block (out of the heaps).  Whole
+    # numbers, so any order of summing gives Open MPI's bits.
+    n = 40000 + 7
+    mine = np.floor(data(n, comm.rank, 12) * 1000 - 500)
+    if opname == "keep_left":
+        op = MPI.Op.Create(_keep_left, commute=False)
+        theirs = np.floor(data(n, 0, 12) * 1000 - 500)
+    else:
+        op = getattr(MPI, opname)
+        theirs = np.empty(n)
+        NATIVE.Allreduce(mine, theirs, op=getattr(_native, opname))
+    try:
+        if in_place:
+            ours = mine.copy()
+            run(comm, form, "Allreduce", MPI.IN_PLACE, ours, op=op,
+                before=lambda: ours.__setitem__(slice(None), mine))
+        else:
+            ours = np.full(n, -1.0)
+            run(comm, form, "Allreduce", mine, ours, op=op,
+                before=lambda: ours.fill(-1.0))
+        np.testing.assert_array_equal(ours, theirs)
+    finally:
+        if opname == "keep_left":
+            op.Free()
