@@ -6,9 +6,10 @@ the sender's heap and copied out by each receiver (ivmpi.staging, and
 Collectives._isend_staged for the blocking calls); ranks whose blocks are
 all small keep the pairwise steps and meet the others in one call.  The
 neighbourhood collectives send in the order the receivers take their
-messages (CartTopology.send_order).  Every result must be mpi4py's over
-Open MPI on the same data, for the blocking, nonblocking and persistent
-forms.
+messages (CartTopology.send_order).  Large Allgatherv, and the
+nonblocking and persistent Bcast (from 8 MiB) and Allreduce (from 256
+KiB), go through the heaps too.  Every result must be mpi4py's over Open
+MPI on the same data, for the blocking, nonblocking and persistent forms.
 """
 import gc
 
