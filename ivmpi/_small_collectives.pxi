@@ -946,3 +946,30 @@ cdef class SmallCollectives:
             if have_send:
                 _close(&send)
             _close(&recv)
+
+
+# --- staging into the heap ------------------------------------------------------
+
+def stream_into(dst, src):
+    """Copy the bytes of src to the start of dst, a buffer in this rank's
+    heap that peers copy out next, by non-temporal stores
+    (ivmpi_stream_to_region: the lines the peers read last time need not
+    be taken back from their caches first).  Not for strict-align
+    mappings, which must keep to the copy core's aligned accesses: the
+    caller checks.  Both buffers must be contiguous bytes."""
+    cdef Py_buffer d, s
+    PyObject_GetBuffer(dst, &d, PyBUF_SIMPLE | PyBUF_WRITABLE)
+    try:
+        PyObject_GetBuffer(src, &s, PyBUF_SIMPLE)
+        try:
+            if s.len > d.len:
+                raise ValueError(f"{s.len} bytes do not fit a buffer of {d.len}")
+            if s.len >= NOGIL_MIN_BYTES:
+                with nogil:
+                    rg_stream_to(d.buf, s.buf, s.len)
+            else:
+                rg_stream_to(d.buf, s.buf, s.len)
+        finally:
+            PyBuffer_Release(&s)
+    finally:
+        PyBuffer_Release(&d)

@@ -19,8 +19,9 @@ Algorithms (p = number of ranks):
                    out (zero-copy rendezvous); strict-align mode (no heap
                    buffers) sends the same segments from the caller's buffer
   scatter/gather   linear from/to the root (each block travels once)
-  allgather        ring, p-1 steps; from 256 KiB blocks every rank stages
-                   its block in its heap and the others copy it out
+  allgather(v)     ring, p-1 steps; from 256 KiB blocks (the largest, for
+                   allgatherv) every rank stages its block in its heap and
+                   the others copy it out
   alltoall         pairwise exchange, p-1 steps
   reduce           binomial tree; non-commutative ops reduce in rank order
                    at rank 0 and forward the result to the root
@@ -41,8 +42,9 @@ from .lib import MPI
 
 from .buffers import (parse_send, parse_recv, parse_vbuf, is_in_place,
                       datatype_extent, packed_spec, packed_vspec)
-from ._fastcopy import buffer_span
+from ._fastcopy import buffer_span, stream_into
 from .errors import BufferSpecError, IvmpiError
+from .staging import STAGE_MIN_RANKS
 
 _pickle = MPI.pickle
 
@@ -67,11 +69,12 @@ COLLECTIVE_TAGS = {"Barrier": TAG_BARRIER, "Bcast": TAG_BCAST, "Scatter": TAG_SC
                    "Reduce": TAG_REDUCE, "Allreduce": TAG_ALLREDUCE, "Scan": TAG_SCAN,
                    "Exscan": TAG_EXSCAN, "Reduce_scatter": TAG_REDUCE_SCATTER}
 
-# The nonblocking Ibcast (ivmpi.nbcoll) switches from a binomial tree to a
-# segmented pipeline at this size (measured: at 1 MiB on 4 ranks the tree
-# took 150-190 us, the chain 340-460).
+# The nonblocking and persistent Bcast (ivmpi.nbcoll) switch from a
+# binomial tree to the root sending every segment out of its heap at this
+# size on more than 2 ranks (measured: at 1 MiB on 4 ranks the tree took
+# 150-190 us, a chain through the ranks 340-460; at 16 MiB the chain was
+# 3.6x the library's time).
 PIPELINE_MIN_BYTES = 8 << 20
-PIPELINE_SEGMENT_BYTES = 128 * 1024
 
 # From this many bytes, Bcast (more than 2 ranks), Allgather (per block) and
 # Allreduce stage their data once in this rank's heap in the region, and
@@ -123,33 +126,72 @@ class Collectives:
         this rank's heap (the zero-copy rendezvous): None when mem is there
         already (Alloc_mem) or nothing can be staged (strict-align mode, a
         full heap, no region), else a heap buffer of len(mem) bytes."""
+        if self._in_heap(mem):
+            return None
+        return self._heap_buffer(len(mem))
+
+    def _in_heap(self, mem):
+        heap = getattr(getattr(self.p2p, "_engine", None), "heap", None)
+        return bool(heap is not None and heap.used and len(mem)
+                    and heap.contains(*buffer_span(mem)) is not None)
+
+    def _heap_buffer(self, nbytes):
+        """This rank's reused staging buffer in its heap, nbytes long, or
+        None (strict-align mode, a full heap, no region)."""
         engine = getattr(self.p2p, "_engine", None)
         heap = getattr(engine, "heap", None)
-        if heap is None or heap.mem.strict or not len(mem):
-            return None
-        if heap.used and heap.contains(*buffer_span(mem)) is not None:
+        if heap is None or heap.mem.strict or not nbytes:
             return None
         stage = self._staged
-        if stage is None or len(stage) < len(mem):
+        if stage is None or len(stage) < nbytes:
             with engine.lock:
                 if stage is not None:
                     heap.release(stage)
                     self._staged = None
                 try:
                     # Room to grow, so that sizes creeping up do not reallocate each time.
-                    self._staged = heap.alloc(1 << (len(mem) - 1).bit_length())
+                    self._staged = heap.alloc(1 << (nbytes - 1).bit_length())
                 except IvmpiError:
                     return None
             stage = self._staged
-        return stage[:len(mem)]
+        return stage[:nbytes]
 
-    def _in_region(self, mem):
-        """mem's bytes where receivers copy them straight out of the heap
-        (or mem itself, see _stage)."""
-        stage = self._stage(mem)
-        if stage is None:
-            return mem
-        stage[:] = mem
+    def _large(self, blocks, skip):
+        """Do the blocks (but blocks[skip]) call for the heaps: more than two
+        ranks and one of them over the eager limit (a rendezvous anyway)?"""
+        if self.size < STAGE_MIN_RANKS:
+            return False
+        limit = getattr(getattr(self.p2p, "_engine", None), "eager_limit", None)
+        return limit is not None and any(
+            len(block) > limit for j, block in enumerate(blocks) if j != skip)
+
+    def _isend_staged(self, blocks, order, tag, requests):
+        """Send blocks[j] to rank j for j in order, each copied into this
+        rank's staging buffer just before it goes, so that every receiver
+        copies it straight out of the heap whenever it runs (one
+        announcement, no rendezvous round trip): the ranks need not run in
+        step, which matters most when they share cores."""
+        total = sum(len(blocks[j]) for j in order)
+        stage = self._heap_buffer(total)
+        at = 0
+        for j in order:
+            piece = blocks[j]
+            n = len(piece)
+            if stage is not None and n and not self._in_heap(piece):
+                piece = self._fill(stage[at:at + n], piece)
+                at += n
+            requests.append(self.p2p.Isend(piece, j, tag))
+
+    @staticmethod
+    def _fill(stage, mem):
+        """Copy mem into stage, a staging buffer in this rank's heap (never
+        one in strict-align mode, see _heap_buffer), by streaming stores:
+        the peers read the last call's bytes there, and plain stores would
+        first take each line back from their caches.  Returns stage."""
+        try:
+            stream_into(stage, mem)
+        except BufferError:             # not contiguous bytes
+            stage[:] = mem
         return stage
 
     @staticmethod
@@ -165,8 +207,7 @@ class Collectives:
             if stage is None:
                 piece = mem[start:end]
             else:
-                piece = stage[start:end]
-                piece[:] = mem[start:end]
+                piece = self._fill(stage[start:end], mem[start:end])
             requests += [self.p2p.Isend(piece, dest, tag) for dest in dests]
 
     # --- helpers ---------------------------------------------------------
@@ -292,8 +333,12 @@ class Collectives:
 
     def _scatter_blocks(self, blocks, recvbuf, root, what):
         """The root sends block i to rank i and keeps its own (unless IN_PLACE)."""
-        requests = [self.p2p.Isend(blocks[i], i, TAG_SCATTER)
-                    for i in range(self.size) if i != root]
+        others = [(root + step) % self.size for step in range(1, self.size)]
+        if self._large(blocks, root):
+            requests = []
+            self._isend_staged(blocks, others, TAG_SCATTER, requests)
+        else:
+            requests = [self.p2p.Isend(blocks[i], i, TAG_SCATTER) for i in others]
         if not is_in_place(recvbuf):
             _check_block(parse_recv(recvbuf).mem, blocks[root], what)
         self._wait_all(requests)
@@ -372,7 +417,11 @@ class Collectives:
         blocks = [recv.block(i) for i in range(size)]
         if not is_in_place(sendbuf):
             _check_block(blocks[rank], parse_send(sendbuf).mem, "Allgatherv")
-        self._ring_allgather(blocks)
+        # Every rank knows every count, so all decide alike.
+        if max(len(block) for block in blocks) >= REGION_MIN_BYTES:
+            self._region_allgather(blocks)
+        else:
+            self._ring_allgather(blocks)
 
     def _region_allgather(self, blocks):
         # Every rank's block once in its heap; each rank copies the others'
@@ -434,6 +483,17 @@ class Collectives:
     def _pairwise_alltoall(self, send_blocks, recv_blocks, what):
         size, rank = self.size, self.rank
         _check_block(recv_blocks[rank], send_blocks[rank], what)
+        if self._large(send_blocks, rank):
+            # Every receive posted, every block sent out of the heap, then
+            # one wait: the same messages as the pairwise steps (one per
+            # pair and direction), so ranks on either path still meet.
+            requests = [self.p2p.Irecv(recv_blocks[(rank - step) % size],
+                                       (rank - step) % size, TAG_ALLTOALL)
+                        for step in range(1, size)]
+            self._isend_staged(send_blocks, [(rank + step) % size for step in range(1, size)],
+                               TAG_ALLTOALL, requests)
+            self._wait_all(requests)
+            return
         for step in range(1, size):
             dest, source = (rank + step) % size, (rank - step) % size
             self._sendrecv(send_blocks[dest], dest, recv_blocks[source], source, TAG_ALLTOALL)

@@ -48,10 +48,11 @@ from ._fastcopy import (Channel, SCHED_CALL, SCHED_COMBINE, SCHED_COPY, SCHED_FE
 from .buffers import (BOTTOM, _as_datatype, _memory, datatype_extent, has_holes, is_in_place,
                       packed_simple, packed_vector, parse_recv, parse_send, parse_vbuf)
 from .collectives import _HOLE_ROLES as _BLOCKING_HOLE_ROLES
-from .collectives import PIPELINE_MIN_BYTES, PIPELINE_SEGMENT_BYTES
+from .collectives import PIPELINE_MIN_BYTES, REGION_MIN_BYTES, Collectives
 from .datatypes import layout
 from .errors import BufferSpecError
 from .request import MPIError, Prequest, Request
+from .staging import staged
 
 NB_TAG_BASE = 1 << 25
 _NB_TAG_MASK = (1 << 30) - 1     # the largest tag stays below 2**31 - 1
@@ -107,7 +108,10 @@ def _scratch(nbytes):
 # Calls whose buffers are all numpy arrays, bytearrays or bytes of at most
 # this many bytes (bare or in list specs) reuse the schedule of the
 # previous call of their kind with the same arguments (Channel.restart).
-CACHE_MAX_BYTES = 1 << 16
+# Describing a schedule anew costs 10-30 us of Python, as much as moving
+# 64 KiB blocks: the limit covers 64 KiB blocks up to 16 ranks.  The cache
+# keeps one call's buffers per kind alive, no more.
+CACHE_MAX_BYTES = 1 << 20
 
 
 def channel_of(comm):
@@ -298,20 +302,17 @@ def bcast_steps(ch, mem, root):
     vrank = (rank - root) % size
     steps = []
     if len(mem) >= PIPELINE_MIN_BYTES and size > 2:
-        # A chain root -> root+1 -> ...: segment k goes on while k+1 comes in.
-        segments = [mem[i:i + PIPELINE_SEGMENT_BYTES]
-                    for i in range(0, len(mem), PIPELINE_SEGMENT_BYTES)]
-        prev, nxt = (rank - 1) % size, (rank + 1) % size
-        if vrank == 0:
-            return [(SEND, nxt, seg) for seg in segments]
-        last = vrank + 1 == size
-        for k, seg in enumerate(segments):
-            steps.append((RECV, prev, seg))
-            if k and not last:
-                steps.append((SEND, nxt, segments[k - 1]))
-            steps.append(_F)
-        if not last:
-            steps.append((SEND, nxt, segments[-1]))
+        # As the blocking Bcast (Collectives._bcast_region): the root sends
+        # every segment to every rank, out of its heap (each staged just
+        # before it goes), so all copy it out at once; a chain through the
+        # ranks would wait for each of them to be scheduled in turn.
+        segments = [mem[start:end] for start, end in _bcast_segments(len(mem))]
+        if rank != root:
+            return [(RECV, root, seg) for seg in segments]
+        dests = [None if j == root else j for j in range(size)]
+        for seg in segments:
+            sending = staged(ch, [seg] * size, dests, steps)
+            steps += [(SEND, j, sending[j]) for j in range(size) if j != root]
         return steps
     # Binomial tree.
     mask = 1
@@ -328,10 +329,16 @@ def bcast_steps(ch, mem, root):
     return steps
 
 
+_bcast_segments = Collectives._segments
+
+
 def scatter_steps(ch, blocks, recvmem, root):
     if ch.rank != root:
         return [(RECV, root, recvmem)]
-    steps = [(COPY, recvmem, blocks[root])] if recvmem is not None else []
+    steps = []
+    blocks = staged(ch, blocks, list(range(ch.size)), steps)
+    if recvmem is not None:
+        steps.append((COPY, recvmem, blocks[root]))
     steps += [(SEND, i, blocks[i]) for i in range(ch.size) if i != root]
     return steps
 
@@ -349,24 +356,33 @@ def allgather_steps(ch, sendmem, blocks):
     # blocking ring takes p-1; the result is the same bytes).
     size, rank = ch.size, ch.rank
     steps = [(COPY, blocks[rank], sendmem)] if sendmem is not None else []
-    mine = blocks[rank]
+    # Staged once (after the copy into place), read by every other rank.
+    sending = staged(ch, [blocks[rank]] * size, list(range(size)), steps)
     for step in range(1, size):
-        source = (rank - step) % size
-        steps += [(RECV, source, blocks[source]), (SEND, (rank + step) % size, mine)]
+        source, dest = (rank - step) % size, (rank + step) % size
+        steps += [(RECV, source, blocks[source]), (SEND, dest, sending[dest])]
     return steps
 
 
 def alltoall_steps(ch, send_blocks, recv_blocks):
     # Every pair exchanges its blocks at once, in the pairwise order.
     size, rank = ch.size, ch.rank
+    in_place = send_blocks is None
     steps = []
-    if send_blocks is None:           # IN_PLACE: what was there is sent
-        send_blocks = []
-        for block in recv_blocks:
-            copy = _scratch(len(block))
-            steps.append((COPY, copy, block))
-            send_blocks.append(copy)
-    steps.append((COPY, recv_blocks[rank], send_blocks[rank]))
+    # Large blocks go out of this rank's heap (staged before anything arrives).
+    sending = staged(ch, recv_blocks if in_place else send_blocks, list(range(size)), steps)
+    if in_place:
+        # What was there is sent: the blocks not staged are copied aside
+        # before they are overwritten.
+        send_blocks = list(sending)
+        for k, block in enumerate(sending):
+            if k != rank and block is recv_blocks[k]:
+                copy = _scratch(len(block))
+                steps.append((COPY, copy, block))
+                send_blocks[k] = copy
+    else:
+        send_blocks = sending
+        steps.append((COPY, recv_blocks[rank], send_blocks[rank]))
     for step in range(1, size):
         dest, source = (rank + step) % size, (rank - step) % size
         steps += [(RECV, source, recv_blocks[source]), (SEND, dest, send_blocks[dest])]
@@ -404,6 +420,9 @@ def allreduce_steps(ch, data, recvmem, count, datatype, op):
     # Recursive doubling with the ranks beyond the largest power of two
     # folded into their even neighbours (Collectives.Allreduce).
     size, rank = ch.size, ch.rank
+    if (size > 1 and len(data) >= REGION_MIN_BYTES and count >= size
+            and len(data) == count * datatype_extent(datatype)):
+        return region_allreduce_steps(ch, data, recvmem, count, datatype, op)
     combine = combiner(op, datatype)
     acc, tmp = _scratch(len(data)), _scratch(len(data))
     steps = [(COPY, acc, data)]
@@ -438,6 +457,37 @@ def allreduce_steps(ch, data, recvmem, count, datatype, op):
         else:
             steps += [(RECV, rank + 1, acc), _F]
     steps.append((COPY, recvmem, acc))
+    return steps
+
+
+def region_allreduce_steps(ch, data, recvmem, count, datatype, op):
+    """Large messages (Collectives._region_allreduce): rank r reduces block
+    r of every rank's input in rank order (non-commutative ops stay
+    right), then every rank gets every result block.  The blocks go out of
+    each rank's heap (ivmpi.staging).  Messages between two ranks keep
+    their order, so both rounds use the schedule's one tag."""
+    size, rank = ch.size, ch.rank
+    combine = combiner(op, datatype)
+    extent = len(data) // count
+    bounds = [j * count // size * extent for j in range(size + 1)]
+    lo, hi = bounds[rank], bounds[rank + 1]
+    mine = hi - lo
+    data, out = memoryview(data), memoryview(recvmem)
+    scratch = _scratch(mine * size)
+    parts = [scratch[j * mine:(j + 1) * mine] for j in range(size)]
+    others = [(rank + step) % size for step in range(1, size)]
+    dests = [None if j == rank else j for j in range(size)]
+    # This rank's own part first: in place, the result overwrites it.
+    steps = [(COPY, parts[rank], data[lo:hi])]
+    sending = staged(ch, [data[bounds[j]:bounds[j + 1]] for j in range(size)], dests, steps)
+    steps += [(RECV, j, parts[j]) for j in others]
+    steps += [(SEND, j, sending[j]) for j in others]
+    steps += [_F, (COPY, out[lo:hi], parts[size - 1])]
+    n = mine // extent
+    steps += [combine(parts[j], out[lo:hi], n) for j in range(size - 2, -1, -1)]  # x_j op result
+    sending = staged(ch, [out[lo:hi]] * size, dests, steps)
+    steps += [(RECV, j, out[bounds[j]:bounds[j + 1]]) for j in others]
+    steps += [(SEND, j, sending[j]) for j in others]
     return steps
 
 

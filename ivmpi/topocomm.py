@@ -23,6 +23,7 @@ from . import comm as _comm
 from .buffers import packed_simple, packed_vector, parse_recv, parse_send, parse_vbuf
 from .nbcoll import RECV, SEND, CollectivePrequest, channel_of, wblocks
 from .request import MPIError, Request
+from .staging import staged
 
 PROC_NULL = _MPI.PROC_NULL
 UNDEFINED = _MPI.UNDEFINED
@@ -117,6 +118,14 @@ class CartTopology:
             found = self._neighbours[rank] = (ranks, ranks, recv_tags, send_tags)
         return found
 
+    def send_order(self, rank):
+        """The order in which to send to the out-neighbours: in each dimension
+        toward +1 first.  A receiver takes first from its -1 neighbour what
+        that one sent toward +1, so where both neighbours are one rank (a
+        periodic dimension of size 2) its frames come in the order it
+        receives them, and the fast path takes each at the head of the ring."""
+        return [k ^ 1 for k in range(2 * len(self.dims))]
+
 
 class GraphTopology:
     kind = _MPI.GRAPH
@@ -135,6 +144,9 @@ class GraphTopology:
         tags = [0] * len(ranks)
         return ranks, ranks, tags, tags
 
+    def send_order(self, rank):
+        return range(len(self.adjacent(rank)))
+
 
 class DistGraphTopology:
     kind = _MPI.DIST_GRAPH
@@ -150,6 +162,9 @@ class DistGraphTopology:
     def neighbours(self, rank):
         return (self.sources, self.destinations, [0] * len(self.sources),
                 [0] * len(self.destinations))
+
+    def send_order(self, rank):
+        return range(len(self.destinations))
 
 
 # --- one request over many operations -------------------------------------------------
@@ -326,10 +341,14 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
         sends[k] to the k-th out-neighbour; PROC_NULL neighbours are
         skipped, leaving their block untouched."""
         sources, dests, recv_tags, send_tags = self._topo.neighbours(self.rank)
-        steps = [(RECV, source, mem, tag) for source, tag, mem in zip(sources, recv_tags, recvs)
-                 if source != PROC_NULL]
-        steps += [(SEND, dest, mem, tag) for dest, tag, mem in zip(dests, send_tags, sends)
-                  if dest != PROC_NULL]
+        steps = []
+        # Large blocks go out of this rank's heap (ivmpi.staging).
+        sends = staged(channel_of(self), sends,
+                       [None if dest == PROC_NULL else dest for dest in dests], steps)
+        steps += [(RECV, source, mem, tag) for source, tag, mem in zip(sources, recv_tags, recvs)
+                  if source != PROC_NULL]
+        steps += [(SEND, dests[k], sends[k], send_tags[k])
+                  for k in self._topo.send_order(self.rank) if dests[k] != PROC_NULL]
         return steps
 
     def _allgather_plan(self, sendbuf, recvbuf, vector):
@@ -459,25 +478,23 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
         through the engine; messages between two ranks keep their order,
         and both sides take it from the same edge lists."""
         self._check_live()
-        sources, dests, recv_tags, send_tags = self._topo.neighbours(self.rank)
+        plan = self.__dict__.get("_object_plan")
+        if plan is None:
+            plan = self._object_plan = self._plan_objects()
+        sends, waiting, indegree = plan
         twin = self._collectives.p2p
         fast = twin._fast
         dumps, loads = _pickle.dumps, _pickle.loads
         with self._lock(what):
             sending = []
             last = data = None
-            for dest, tag, item in zip(dests, send_tags, items):
-                if dest == PROC_NULL:
-                    continue
+            for k, dest, tag in sends:
+                item = items[k]
                 if item is not last or data is None:    # allgather: pickled once
                     last, data = item, dumps(item)
-                tag += TAG_NEIGHBOR + 1
                 if not fast.send(data, dest, tag):
                     sending.append(twin._isend_bytes(memoryview(data), dest, tag, False, what))
-            results = [None] * len(sources)
-            waiting = [(k, source, tag + TAG_NEIGHBOR + 1)
-                       for k, (source, tag) in enumerate(zip(sources, recv_tags))
-                       if source != PROC_NULL]
+            results = [None] * indegree
             while waiting:
                 # A pass takes every message at the head of its ring (frames
                 # from one rank come in the order it sent them, which may
@@ -503,6 +520,19 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
                 waiting = later
             Request.Waitall(sending)
         return results
+
+    def _plan_objects(self):
+        """What the object forms do on this rank, worked out once: the sends
+        (block, out-neighbour, tag) in the order the receivers take them,
+        the receives (block, in-neighbour, tag) in MPI's order, PROC_NULL
+        neighbours left out, and the in-degree."""
+        sources, dests, recv_tags, send_tags = self._topo.neighbours(self.rank)
+        sends = [(k, dests[k], send_tags[k] + TAG_NEIGHBOR + 1)
+                 for k in self._topo.send_order(self.rank) if dests[k] != PROC_NULL]
+        receives = [(k, source, tag + TAG_NEIGHBOR + 1)
+                    for k, (source, tag) in enumerate(zip(sources, recv_tags))
+                    if source != PROC_NULL]
+        return sends, receives, len(sources)
 
     def neighbor_allgather(self, sendobj):
         return self._objects([sendobj] * self.degrees[1], "neighbor_allgather")

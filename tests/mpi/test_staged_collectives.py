@@ -1,0 +1,295 @@
+"""Collectives whose large sends go out of the sender's heap, against Open MPI.
+
+On three ranks or more, blocks over the eager limit of Scatter(v),
+Alltoall(v/w), Allgather and the neighbourhood collectives are staged in
+the sender's heap and copied out by each receiver (ivmpi.staging, and
+Collectives._isend_staged for the blocking calls); ranks whose blocks are
+all small keep the pairwise steps and meet the others in one call.  The
+neighbourhood collectives send in the order the receivers take their
+messages (CartTopology.send_order).  Large Allgatherv, and the
+nonblocking and persistent Bcast (from 8 MiB) and Allreduce (from 256
+KiB), go through the heaps too.  Every result must be mpi4py's over Open
+MPI on the same data, for the blocking, nonblocking and persistent forms.
+"""
+import gc
+
+import numpy as np
+import pytest
+from mpi4py import MPI as _native
+
+from ivmpi import MPI
+from ivmpi.staging import pool_of
+
+pytestmark = pytest.mark.mpi(min_size=1)
+
+NATIVE = _native.COMM_WORLD
+LARGE = 8200            # doubles per block: past the 64 KiB eager limit
+SIZES = [3, LARGE]
+FORMS = ["blocking", "nonblocking", "persistent"]
+
+
+def run(comm, form, name, *args, before=None, **kwargs):
+    """before(): called before each start (an in-place buffer refilled)."""
+    if before is not None:
+        before()
+    if form == "blocking":
+        getattr(comm, name)(*args, **kwargs)
+    elif form == "nonblocking":
+        getattr(comm, "I" + name[0].lower() + name[1:])(*args, **kwargs).Wait()
+    else:
+        req = getattr(comm, name + "_init")(*args, **kwargs)
+        for k in range(2):          # a second start reuses the staged steps
+            if k and before is not None:
+                before()
+            req.Start()
+            req.Wait()
+        req.Free()
+
+
+def data(n, rank, salt=0):
+    return np.random.default_rng(1000 * rank + salt).random(n)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("form", FORMS)
+def test_scatter_and_scatterv_every_root(comm, n, form):
+    size, rank = comm.size, comm.rank
+    counts = [n + i for i in range(size)]
+    displs = [sum(counts[:i]) for i in range(size)]
+    for root in range(size):
+        whole = data(n * size, root, 1)
+        ours, theirs = np.full(n, -1.0), np.full(n, -1.0)
+        run(comm, form, "Scatter", whole if rank == root else None, ours, root=root)
+        NATIVE.Scatter(whole if rank == root else None, theirs, root=root)
+        np.testing.assert_array_equal(ours, theirs)
+
+        whole = data(sum(counts), root, 2)
+        spec = [whole, counts, displs, MPI.DOUBLE] if rank == root else None
+        ours, theirs = np.full(counts[rank], -1.0), np.full(counts[rank], -1.0)
+        run(comm, form, "Scatterv", spec, ours, root=root)
+        NATIVE.Scatterv([whole, counts, displs, _native.DOUBLE] if rank == root else None,
+                        theirs, root=root)
+        np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("in_place", [False, True])
+def test_alltoall_and_allgather(comm, n, form, in_place):
+    size, rank = comm.size, comm.rank
+    outgoing = data(n * size, rank, 3)
+    theirs = np.full(n * size, -1.0)
+    NATIVE.Alltoall(outgoing, theirs)
+    if in_place:
+        ours = outgoing.copy()
+        run(comm, form, "Alltoall", MPI.IN_PLACE, ours,
+            before=lambda: ours.__setitem__(slice(None), outgoing))
+    else:
+        ours = np.full(n * size, -1.0)
+        run(comm, form, "Alltoall", outgoing, ours)
+    np.testing.assert_array_equal(ours, theirs)
+
+    mine = data(n, rank, 4)
+    NATIVE.Allgather(mine, theirs)
+    ours = np.full(n * size, -1.0)
+    if in_place:
+        ours[rank * n:(rank + 1) * n] = mine
+        run(comm, form, "Allgather", MPI.IN_PLACE, ours)
+    else:
+        run(comm, form, "Allgather", mine, ours)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_alltoallv_some_ranks_small(comm, form):
+    # Rank 0 sends small blocks only (the pairwise steps), the others large
+    # ones (out of their heaps): one call, both paths.
+    size, rank = comm.size, comm.rank
+
+    def count(sender, receiver):
+        return 5 + receiver if sender == 0 else LARGE + sender + receiver
+
+    scounts = [count(rank, d) for d in range(size)]
+    rcounts = [count(s, rank) for s in range(size)]
+    sdispls = [sum(scounts[:d]) for d in range(size)]
+    rdispls = [sum(rcounts[:s]) for s in range(size)]
+    outgoing = data(sum(scounts), rank, 5)
+    ours, theirs = np.full(sum(rcounts), -1.0), np.full(sum(rcounts), -1.0)
+    run(comm, form, "Alltoallv", [outgoing, scounts, sdispls, MPI.DOUBLE],
+        [ours, rcounts, rdispls, MPI.DOUBLE])
+    NATIVE.Alltoallv([outgoing, scounts, sdispls, _native.DOUBLE],
+                     [theirs, rcounts, rdispls, _native.DOUBLE])
+    np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("form", FORMS)
+def test_alltoallw(comm, n, form):
+    size, rank = comm.size, comm.rank
+    counts = [n + i for i in range(size)]
+    outgoing = data(sum(counts), rank, 6)
+    sdispls = [8 * sum(counts[:d]) for d in range(size)]
+    rcounts = [n + rank] * size
+    rdispls = [8 * (n + rank) * s for s in range(size)]
+    ours, theirs = np.full(sum(rcounts), -1.0), np.full(sum(rcounts), -1.0)
+    run(comm, form, "Alltoallw", [outgoing, counts, sdispls, [MPI.DOUBLE] * size],
+        [ours, rcounts, rdispls, [MPI.DOUBLE] * size])
+    NATIVE.Alltoallw([outgoing, counts, sdispls, [_native.DOUBLE] * size],
+                     [theirs, rcounts, rdispls, [_native.DOUBLE] * size])
+    np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.fixture
+def rings(comm):
+    ours = comm.Create_cart([comm.size], [True])
+    theirs = NATIVE.Create_cart([comm.size], [True])
+    yield ours, theirs
+    ours.Free()
+    theirs.Free()
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("form", FORMS)
+def test_neighbour_collectives_on_a_ring(rings, n, form):
+    # Two neighbours per rank: on two ranks both are the same rank, and
+    # what went toward -1 must still land in the +1 block.
+    ours_comm, theirs_comm = rings
+    rank = ours_comm.rank
+    mine = data(n, rank, 7)
+    ours, theirs = np.full(2 * n, -1.0), np.full(2 * n, -1.0)
+    run(ours_comm, form, "Neighbor_allgather", mine, ours)
+    theirs_comm.Neighbor_allgather(mine, theirs)
+    np.testing.assert_array_equal(ours, theirs)
+
+    outgoing = data(2 * n, rank, 8)
+    ours, theirs = np.full(2 * n, -1.0), np.full(2 * n, -1.0)
+    run(ours_comm, form, "Neighbor_alltoall", outgoing, ours)
+    theirs_comm.Neighbor_alltoall(outgoing, theirs)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("nbytes", [8, 1024, 70000])
+def test_neighbour_objects_on_a_ring(rings, nbytes):
+    ours_comm, theirs_comm = rings
+    rank = ours_comm.rank
+    item = bytes([rank + 1]) * nbytes
+    for _ in range(3):
+        assert ours_comm.neighbor_allgather(item) == theirs_comm.neighbor_allgather(item)
+        pair = [item + b"-", item + b"+"]
+        assert ours_comm.neighbor_alltoall(pair) == theirs_comm.neighbor_alltoall(pair)
+
+
+def test_staged_heap_bytes_come_back(comm):
+    # A persistent Alltoall of large blocks holds its heap buffer while it
+    # lives (on three ranks or more) and hands it back once freed.
+    size, rank = comm.size, comm.rank
+    heap = comm._engine.heap
+    if heap is None or heap.mem.strict:
+        pytest.skip("no region heap")
+    pool = pool_of(comm._engine)
+    gc.collect()
+    pool.release_retired()
+    before = heap.available()
+    outgoing = data(LARGE * size, rank, 9)
+    ours = np.full(LARGE * size, -1.0)
+    req = comm.Alltoall_init(outgoing, ours)
+    held = before - heap.available()
+    if size >= 3:
+        assert held >= 8 * LARGE * (size - 1)
+    else:
+        assert held == 0
+    req.Start()
+    req.Wait()
+    theirs = np.full(LARGE * size, -1.0)
+    NATIVE.Alltoall(outgoing, theirs)
+    np.testing.assert_array_equal(ours, theirs)
+    req.Free()
+    del req
+    gc.collect()
+    pool.release_retired()
+    assert heap.available() == before
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_large_bcast_every_root(comm, form):
+    # From 8 MiB the nonblocking and persistent forms send every segment
+    # from the root (out of its heap on three ranks or more).
+    n = (8 << 20) // 8 + 12345
+    for root in range(comm.size):
+        whole = data(n, root, 10)
+        ours = whole.copy() if comm.rank == root else np.full(n, -1.0)
+        # Each start fills a cleared buffer again (the root's stays).
+        run(comm, form, "Bcast", ours, root=root,
+            before=None if comm.rank == root else lambda: ours.fill(-1.0))
+        np.testing.assert_array_equal(ours, whole)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_allgatherv_with_large_and_small_blocks(comm, in_place):
+    # One block past 256 KiB takes every rank's through the heaps; the
+    # others may be tiny or empty.
+    size, rank = comm.size, comm.rank
+    counts = [40000 if j == size - 1 else (0 if j == 1 else 3 + j) for j in range(size)]
+    displs = [sum(counts[:j]) + 2 * j for j in range(size)]
+    total = displs[-1] + counts[-1]
+    mine = data(counts[rank], rank, 11)
+    ours, theirs = np.full(total, -1.0), np.full(total, -1.0)
+    NATIVE.Allgatherv(mine, [theirs, counts, displs, _native.DOUBLE])
+    if in_place:
+        ours[displs[rank]:displs[rank] + counts[rank]] = mine
+        comm.Allgatherv(MPI.IN_PLACE, [ours, counts, displs, MPI.DOUBLE])
+    else:
+        comm.Allgatherv(mine, [ours, counts, displs, MPI.DOUBLE])
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_neighbour_objects_off_the_edges(comm):
+    # A line (not periodic): the end ranks have PROC_NULL neighbours, whose
+    # entries are None; calls repeat on one communicator.
+    ours = comm.Create_cart([comm.size], [False])
+    theirs = NATIVE.Create_cart([comm.size], [False])
+    try:
+        for k in range(3):
+            item = (comm.rank, k)
+            assert ours.neighbor_allgather(item) == theirs.neighbor_allgather(item)
+            pair = [(comm.rank, k, "-"), (comm.rank, k, "+")]
+            assert ours.neighbor_alltoall(pair) == theirs.neighbor_alltoall(pair)
+    finally:
+        ours.Free()
+        theirs.Free()
+
+
+def _keep_left(inbuf, inoutbuf, datatype):
+    # op(a, b) = a: associative, not commutative: the result is rank 0's.
+    np.frombuffer(inoutbuf, "f8")[:] = np.frombuffer(inbuf, "f8")
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("opname", ["SUM", "MAX", "keep_left"])
+def test_large_allreduce(comm, form, in_place, opname):
+    # From 256 KiB each rank reduces one block of everyone's input, in rank
+    # order, and every rank gets every block (out of the heaps).  Whole
+    # numbers, so any order of summing gives Open MPI's bits.
+    n = 40000 + 7
+    mine = np.floor(data(n, comm.rank, 12) * 1000 - 500)
+    if opname == "keep_left":
+        op = MPI.Op.Create(_keep_left, commute=False)
+        theirs = np.floor(data(n, 0, 12) * 1000 - 500)
+    else:
+        op = getattr(MPI, opname)
+        theirs = np.empty(n)
+        NATIVE.Allreduce(mine, theirs, op=getattr(_native, opname))
+    try:
+        if in_place:
+            ours = mine.copy()
+            run(comm, form, "Allreduce", MPI.IN_PLACE, ours, op=op,
+                before=lambda: ours.__setitem__(slice(None), mine))
+        else:
+            ours = np.full(n, -1.0)
+            run(comm, form, "Allreduce", mine, ours, op=op,
+                before=lambda: ours.fill(-1.0))
+        np.testing.assert_array_equal(ours, theirs)
+    finally:
+        if opname == "keep_left":
+            op.Free()
