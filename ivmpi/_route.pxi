@@ -39,6 +39,7 @@ cdef extern from "mpi.h" nogil:
         MPI_SUCCESS
         MPI_ERR_TRUNCATE
         MPI_ANY_TAG
+        MPI_ANY_SOURCE
     int MPI_Isend(const void *, int, MPI_Datatype, int, int, MPI_Comm, MPI_Request *)
     int MPI_Issend(const void *, int, MPI_Datatype, int, int, MPI_Comm, MPI_Request *)
     int MPI_Irecv(void *, int, MPI_Datatype, int, int, MPI_Comm, MPI_Request *)
@@ -60,6 +61,16 @@ cdef enum:
     _ROUTE_STANDARD = 0
     _ROUTE_SYNC = 1
     _ROUTE_BUFFERED = 2
+
+
+cdef class RoutedPath
+
+
+cdef object _message_of(MPI_Message message):
+    """The library's matched message as mpi4py's Message (the engine's
+    general path receives it, ivmpi.routing.receive)."""
+    from ivmpi.lib import MPI as _lib
+    return _lib.Message.fromhandle(<intptr_t>message)
 
 
 cdef object _library_error(int code, str what):
@@ -141,60 +152,98 @@ cdef class LibrarySend(SendOp):
 
 
 cdef class LibraryRecv(RecvOp):
-    """A receive in the library's hands (MPI_Irecv, or MPI_Imrecv of a
-    message a matched probe took); its status fields are filled as the
-    engine fills them (the source a world rank) when the library completes
-    it."""
+    """A receive from a rank of another region, matched by the library's
+    matched probe (MPI_Improbe) while first in MPI order among this
+    communicator's receives, then received with MPI_Imrecv: into the
+    caller's buffer when the message fits, else into a buffer of its size
+    (the receive then reports truncation: the library may write past a
+    receive buffer that is too small).  Its status fields are filled as the
+    engine fills them (the source a world rank)."""
     cdef MPI_Request request
     cdef Py_buffer view
     cdef bint pinned
-    cdef list ranks             # world rank of each library rank
-    cdef LibraryCounts counts, direct
+    cdef bint probing            # not matched yet: in its RoutedPath's probing list
+    cdef bint truncated
+    cdef RoutedPath route
+    cdef int lib_source, lib_tag     # what its matched probe asks the library for
+    cdef char *base                  # the caller's buffer (pinned), None: an object
+    cdef Py_ssize_t capacity
+    cdef object scratch              # a too-large message's bytes
     cdef public str state
 
     def __dealloc__(self):
         if self.pinned:
             PyBuffer_Release(&self.view)
 
-    cdef int _finish(self, MPI_Status *status, int err) except -1:
-        cdef int n = 0, cancelled = 0, source
+    cdef int _release(self) except -1:
         if self.pinned:
             PyBuffer_Release(&self.view)
             self.pinned = False
+        self.base = NULL
         self.mem = None
-        self.state = "done"
-        if err == MPI_SUCCESS or _error_class(err) == MPI_ERR_TRUNCATE:
-            MPI_Test_cancelled(status, &cancelled)
-        if cancelled:
-            self.cancelled = True
-        elif err != MPI_SUCCESS and _error_class(err) != MPI_ERR_TRUNCATE:
-            self.error = _library_error(err, "receive")
+        return 0
+
+    cdef int _matched(self, MPI_Message *message, MPI_Status *status) except -1:
+        """The matched probe found this receive's message: receive it
+        (MPI_Imrecv) into the caller's buffer, a new one for an object, or
+        a scratch one when it does not fit."""
+        cdef int n = 0, err
+        cdef char *target
+        MPI_Get_count(status, MPI_BYTE, &n)
+        if self.base == NULL:
+            self.data = PyByteArray_FromStringAndSize(NULL, n)
+            target = PyByteArray_AS_STRING(self.data)
+        elif n > self.capacity:
+            self.truncated = True
+            self.scratch = PyByteArray_FromStringAndSize(NULL, n)
+            target = PyByteArray_AS_STRING(self.scratch)
         else:
-            source = status.MPI_SOURCE
-            if 0 <= source < len(self.ranks):
-                self.status_source = self.ranks[source]
-            self.status_tag = status.MPI_TAG
-            MPI_Get_count(status, MPI_BYTE, &n)
-            self.total = n
-            if err != MPI_SUCCESS:
-                self.error = "truncate"       # the engine's ERR_TRUNCATE
-                self.count = 0
-            else:
-                self.count = n
-            self.counts.add(self.status_source, n)
-            self.direct.add(self.status_source, n)
+            target = self.base
+        self.probing = False
+        self.status_tag = status.MPI_TAG
+        if 0 <= status.MPI_SOURCE < len(self.route.ranks):
+            self.status_source = self.route.ranks[status.MPI_SOURCE]
+        self.total = n
+        err = MPI_Imrecv(target, n, MPI_BYTE, message, &self.request)
+        if err != MPI_SUCCESS:
+            self._finish(err)
+        return 0
+
+    cdef int _finish(self, int err) except -1:
+        cdef Py_ssize_t n = self.total
+        self._release()
+        self.scratch = None
+        self.state = "done"
+        if err != MPI_SUCCESS:
+            self.error = _library_error(err, "receive")
+        elif self.truncated:
+            self.error = "truncate"       # the engine's ERR_TRUNCATE
+            self.count = 0
+        else:
+            self.count = n
+        self.route.received.add(self.status_source, n)
+        self.route.received_direct.add(self.status_source, n)
         self.done = True
         return 0
 
     cpdef bint test(self) except -1:
-        """One MPI_Test; True once complete."""
+        """Advance: the matched probe while unmatched (when the engine's
+        lock is free or ours), then one MPI_Test; True once complete."""
         cdef int flag = 0, err
-        cdef MPI_Status status
         if self.done:
             return True
-        err = MPI_Test(&self.request, &flag, &status)
+        if self.probing:
+            if not self.route.fast.lock.enter():
+                return False
+            try:
+                self.route._advance()
+            finally:
+                self.route.fast.lock.leave()
+            if self.probing or self.done:
+                return self.done
+        err = MPI_Test(&self.request, &flag, MPI_STATUS_IGNORE)
         if err != MPI_SUCCESS or flag:
-            self._finish(&status, err)
+            self._finish(err)
             return True
         return False
 
@@ -202,11 +251,15 @@ cdef class LibraryRecv(RecvOp):
         return _spin(self, spins)
 
     def cancel(self):
-        """MPI_Cancel: the request still completes (cancelled, or received
-        when the message had matched already)."""
-        if not self.done:
-            MPI_Cancel(&self.request)
-            self.test()
+        """Cancel while unmatched (engine lock held); a matched receive
+        completes as received."""
+        if self.probing:
+            self.route.probing.remove(self)
+            self.probing = False
+            self._release()
+            self.cancelled = True
+            self.state = "done"
+            self.done = True
         return self.cancelled
 
 
@@ -266,6 +319,7 @@ cdef class RoutedPath:
     cdef const unsigned char *routed     # 1: that communicator rank is in another region
     cdef list ranks                      # world rank of each communicator rank
     cdef list ops                        # the engine's library operations in flight
+    cdef list probing                    # direct receives not matched yet, in post order
     cdef LibraryCounts sent, received, sent_direct, received_direct
     cdef int tag_any
     # FastPath's own calls, for the ranks of this region.
@@ -281,6 +335,7 @@ cdef class RoutedPath:
         self.routed = self.routed_flags
         self.ranks = fast.world_ranks
         self.ops = ops
+        self.probing = []
         self.sent, self.received = sent, received
         self.sent_direct, self.received_direct = sent_direct, received_direct
         self.tag_any = MPI_ANY_TAG
@@ -516,52 +571,122 @@ cdef class RoutedPath:
                     return False
         return True
 
-    cdef object _irecv(self, object buf, long source, long tag):
-        """Post the library's receive of (source, tag) into buf: a
-        LibraryRecv, or None for the general path (not first in MPI order,
-        a spec that is not a plain buffer, another thread in the engine)."""
+    cdef int _advance(self) except -1:
+        """Engine lock held: each unmatched receive, in post order, asks the
+        library for its next message (MPI_Improbe), unless an earlier
+        unmatched one could take that message too."""
+        cdef list probing = self.probing
+        cdef LibraryRecv op, before
+        cdef Py_ssize_t i, j
+        cdef int found
+        cdef MPI_Message message
+        cdef MPI_Status status
+        cdef bint moved = False, blocked
+        for i in range(len(probing)):
+            op = <LibraryRecv>probing[i]
+            blocked = False
+            for j in range(i):
+                before = <LibraryRecv>probing[j]
+                if before.probing and before.lib_source == op.lib_source and (
+                        before.lib_tag == self.tag_any or op.lib_tag == self.tag_any
+                        or before.lib_tag == op.lib_tag):
+                    blocked = True
+                    break
+            if blocked:
+                continue
+            found = 0
+            if MPI_Improbe(op.lib_source, op.lib_tag, self.handle, &found, &message,
+                           &status) != MPI_SUCCESS:
+                continue
+            if found:
+                op._matched(&message, &status)
+                moved = True
+        if moved:
+            self.probing = [p for p in probing if (<LibraryRecv>p).probing]
+        return 0
+
+    def take(self, arrive, incoming, long kind):
+        """Engine lock held: every message that arrived on the handle, in
+        arrival order: to the unmatched direct receive it belongs to (they
+        were posted before any receive of the engine that could also take
+        it), else into the engine's matching as an Incoming (the library's
+        Message its data).  True when any came."""
+        cdef int found, n, err
+        cdef MPI_Message message
+        cdef MPI_Status status
+        cdef LibraryRecv op
+        cdef bint moved = False
+        cdef long world
+        if self.probing:
+            self._advance()
+        while True:
+            found = 0
+            err = MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, self.handle, &found, &message,
+                              &status)
+            if err != MPI_SUCCESS:
+                raise _library_error(err, "probe")
+            if not found:
+                return moved
+            moved = True
+            for item in self.probing:
+                op = <LibraryRecv>item
+                if op.lib_source == status.MPI_SOURCE and (op.lib_tag == self.tag_any
+                                                           or op.lib_tag == status.MPI_TAG):
+                    op._matched(&message, &status)
+                    self.probing.remove(op)
+                    break
+            else:
+                n = 0
+                MPI_Get_count(&status, MPI_BYTE, &n)
+                world = self.ranks[status.MPI_SOURCE]
+                self.received.add(world, n)
+                arrive(incoming(world, status.MPI_TAG, self.fast.context, n,
+                                _message_of(message), 0, kind))
+
+    cdef object _post(self, object buf, long source, long tag, bint obj):
+        """A direct receive of (source, tag): a LibraryRecv (matched already
+        when its message is there), or None for the general path (not first
+        in MPI order, a spec that is not a plain buffer, another thread in
+        the engine).  obj: an object receive (into a buffer of the message's
+        size)."""
         cdef Py_buffer view
         cdef Py_ssize_t extent, nbytes, offset
-        cdef MPI_Request request = MPI_REQUEST_NULL
-        cdef int err
         cdef LibraryRecv op
         cdef FastPath fast = self.fast
         if not fast.enabled or tag < -1 or tag > _TAG_UB:
             return None
-        plain = fast._plain_at(buf, &extent, &nbytes, &offset)
-        if plain is None or not _pin(plain, True, &view):
-            return None
-        if not _span(view.len, extent, offset, &nbytes) or nbytes > _ROUTE_MAX_COUNT \
-                or not fast.lock.enter():
-            PyBuffer_Release(&view)
+        op = LibraryRecv.__new__(LibraryRecv)
+        if not obj:
+            plain = fast._plain_at(buf, &extent, &nbytes, &offset)
+            if plain is None or not _pin(plain, True, &op.view):
+                return None
+            op.pinned = True
+            if not _span(op.view.len, extent, offset, &nbytes):
+                return None     # (the op releases the view)
+            op.base = <char *>op.view.buf + offset
+            op.capacity = nbytes
+        if not fast.lock.enter():
             return None
         try:
             if not self._first_in_order(source, tag):
-                PyBuffer_Release(&view)
                 return None
-            err = MPI_Irecv(<char *>view.buf + offset, <int>nbytes, MPI_BYTE, source,
-                            self.tag_any if tag == -1 else tag, self.handle, &request)
-            if err != MPI_SUCCESS:
-                PyBuffer_Release(&view)
-                raise _library_error(err, "receive")
+            op.route = self
+            op.probing = True
+            op.lib_source = source
+            op.lib_tag = self.tag_any if tag == -1 else tag
+            op.peer = op.source = self.ranks[source]
+            op.tag = tag
+            op.context = fast.context
+            op.status_source = -1
+            op.status_tag = -1
+            op.count = op.received = op.total = 0
+            op.state = "waiting for a matching message (through the MPI library)"
+            if fast.scope is not None:
+                op.scope = fast.scope
+            self.probing.append(op)
+            self._advance()
         finally:
             fast.lock.leave()
-        op = LibraryRecv.__new__(LibraryRecv)
-        op.request = request
-        op.view = view
-        op.pinned = True
-        op.ranks = self.ranks
-        op.counts = self.received
-        op.direct = self.received_direct
-        op.peer = op.source = self.ranks[source]
-        op.tag = tag
-        op.context = fast.context
-        op.status_source = -1
-        op.status_tag = -1
-        op.count = op.received = op.total = 0
-        op.state = "receiving through the MPI library"
-        if fast.scope is not None:
-            op.scope = fast.scope
         return op
 
     cdef int _wait_recv(self, LibraryRecv op, str what) except -1:
@@ -585,7 +710,7 @@ cdef class RoutedPath:
         cdef LibraryRecv op
         if self._to(src):
             want = -1 if tag is None or tag == self.fast.any_tag else tag
-            found = self._irecv(buf, src, want)
+            found = self._post(buf, src, want, False)
             if found is not None:
                 op = <LibraryRecv>found
                 if self._wait_recv(op, "Recv") == -2:
@@ -602,7 +727,7 @@ cdef class RoutedPath:
         cdef long want
         if self._to(src):
             want = -1 if tag is None or tag == self.fast.any_tag else tag
-            op = self._irecv(buf, src, want)
+            op = self._post(buf, src, want, False)
             if op is not None:
                 self._register(op)
                 return self.fast.new_request(self.fast.comm, op, None, ("Irecv", "from", src))
@@ -611,74 +736,19 @@ cdef class RoutedPath:
     def recv(self, buf=None, source=None, tag=None, status=None):
         cdef long src = self._source(source)
         cdef long want
+        cdef LibraryRecv op
         if self._to(src) and buf is None:
             want = -1 if tag is None or tag == self.fast.any_tag else tag
-            op = self._mrecv(src, want)
-            if op is not None:
-                self._wait_recv(<LibraryRecv>op, "recv")
+            found = self._post(None, src, want, True)
+            if found is not None:
+                op = <LibraryRecv>found
+                self._wait_recv(op, "recv")
                 if status is not None:
-                    self.fast.fill_status(status, src, (<LibraryRecv>op).status_tag,
-                                          (<LibraryRecv>op).count)
-                data = (<LibraryRecv>op).data
+                    self.fast.fill_status(status, src, op.status_tag, op.count)
+                data = op.data
                 # An empty message (a buffer send of nothing) is None, as mpi4py has it.
                 return self.fast.loads(data) if len(data) else None
         return self.f_recv(buf, source, tag, status)
-
-    cdef object _mrecv(self, long source, long tag):
-        """An object receive from a rank of another region: the library's
-        matched probe, polled while first in MPI order (each poll under the
-        engine's lock), then MPI_Imrecv into a buffer of the message's size.
-        None: the general path (it posts the receive to the engine)."""
-        cdef FastPath fast = self.fast
-        cdef MPI_Message message
-        cdef MPI_Status status
-        cdef MPI_Request request = MPI_REQUEST_NULL
-        cdef int i, found = 0, n = 0, err, spins = fast.spins
-        cdef int polls = spins if spins >= 0 else -spins
-        cdef LibraryRecv op
-        if not fast.enabled or tag < -1 or tag > _TAG_UB:
-            return None
-        for i in range(polls if polls > 0 else 1):
-            if not fast.lock.enter():
-                return None
-            try:
-                if not self._first_in_order(source, tag):
-                    return None
-                err = MPI_Improbe(source, self.tag_any if tag == -1 else tag, self.handle,
-                                  &found, &message, &status)
-                if err != MPI_SUCCESS:
-                    raise _library_error(err, "probe")
-            finally:
-                fast.lock.leave()
-            if found:
-                break
-            if spins >= 0:
-                rg_relax()
-            else:
-                with nogil:
-                    sched_yield()
-        if not found:
-            return None
-        MPI_Get_count(&status, MPI_BYTE, &n)
-        data = PyByteArray_FromStringAndSize(NULL, n)
-        err = MPI_Imrecv(PyByteArray_AS_STRING(data), n, MPI_BYTE, &message, &request)
-        if err != MPI_SUCCESS:
-            raise _library_error(err, "receive")
-        op = LibraryRecv.__new__(LibraryRecv)
-        op.request = request
-        op.pinned = False
-        op.data = data
-        op.ranks = self.ranks
-        op.counts = self.received
-        op.direct = self.received_direct
-        op.peer = op.source = self.ranks[source]
-        op.tag = tag
-        op.context = fast.context
-        op.status_source = -1
-        op.status_tag = -1
-        op.count = op.received = op.total = 0
-        op.state = "receiving through the MPI library"
-        return op
 
     # --- both ---------------------------------------------------------------
 

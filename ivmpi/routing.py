@@ -53,10 +53,11 @@ class Route:
     (a plain mpi4py communicator, so that no ivmpi method is in the way)
     and its peers' world ranks by communicator rank (the remote group's for
     an intercommunicator)."""
-    __slots__ = ("handle", "ranks", "rank_of", "status")
+    __slots__ = ("handle", "ranks", "rank_of", "status", "path")
 
     def __init__(self, handle, world_ranks):
         self.handle = handle
+        self.path = None        # its RoutedPath, once the communicator has one
         self.ranks = list(world_ranks)
         self.rank_of = {w: i for i, w in enumerate(self.ranks)}
         self.status = _MPI.Status()
@@ -70,13 +71,16 @@ def add_route(engine, context, comm, world_ranks):
         engine.routes[context] = Route(handle, world_ranks)
 
 
-def routed_path(engine, comm):
+def routed_path(engine, context, comm):
     """The Cython calls that reach comm's ranks in other regions straight
     through the library (ivmpi/_route.pxi); the others go to comm's FastPath."""
     slot_of = engine.slot_of
-    return RoutedPath(comm._fast, comm.handle, [w not in slot_of for w in comm._ranks],
+    path = RoutedPath(comm._fast, comm.handle, [w not in slot_of for w in comm._ranks],
                       engine.library_ops, engine.library_sent, engine.library_received,
                       engine.library_sent_direct, engine.library_received_direct)
+    with engine.lock:
+        engine.routes[context].path = path
+    return path
 
 
 def drop_route(engine, context):
@@ -141,6 +145,9 @@ def take(engine, context):
     matching, in arrival order (engine lock held).  True when any came."""
     route = engine.routes[context]
     arrive = engine._arrive
+    if route.path is not None:
+        # Unmatched direct receives first (ivmpi/_route.pxi).
+        return route.path.take(arrive, _engine.Incoming, _engine.LIBRARY)
     status = route.status
     moved = False
     while True:
