@@ -4,17 +4,22 @@
 # A communicator spanning regions carries a library communicator over the
 # same processes in the same order (its handle), so a communicator rank is
 # the library's rank.  A send to a rank of another region is the library's
-# MPI_Isend/MPI_Issend from the caller's buffer, in one call; a receive from
-# such a rank is the library's MPI_Irecv into the caller's buffer, when
-# nothing can come before it in MPI order: no message of that source this
-# receive matches already taken into the engine's unexpected queue, and no
-# receive posted to the engine earlier that could match one of its
-# messages (ANY_SOURCE included).  Otherwise the engine's general path
-# takes the call, as before.  The check and the library's post happen
-# under the engine's lock, so another thread's progress cannot take a
-# message into the engine in between (the library then matches its posted
-# receives first, in post order, and the engine's matched probes see only
-# the messages after them).
+# MPI_Isend/MPI_Issend from the caller's buffer, in one call.  A receive
+# from such a rank goes straight to the library when nothing can come
+# before it in MPI order: no message of that source this receive matches
+# already taken into the engine's unexpected queue, and no receive posted to
+# the engine earlier that could match one of its messages (ANY_SOURCE
+# included).  Otherwise the engine's general path takes the call, as before.
+#
+# A direct receive is the library's matched probe (MPI_Improbe) of its
+# source and tag, then MPI_Imrecv: the probe gives the size first, so a
+# message too large for the buffer goes to a buffer of its own size (Open
+# MPI writes a truncated rendezvous message past the receive buffer).
+# Unmatched direct receives keep a list in post order; each probes only
+# while no earlier unmatched one could take the same message, and when the
+# engine takes the handle's messages for its own receives (RoutedPath.take)
+# it hands them theirs first, since they were posted first.  All of it runs
+# under the engine's lock.
 #
 # The library's requests are tested here, with the GIL held (never two
 # threads on one request), polling a while as the ring fast paths do, then
@@ -37,19 +42,14 @@ cdef extern from "mpi.h" nogil:
     MPI_Status *MPI_STATUS_IGNORE
     enum:
         MPI_SUCCESS
-        MPI_ERR_TRUNCATE
         MPI_ANY_TAG
         MPI_ANY_SOURCE
     int MPI_Isend(const void *, int, MPI_Datatype, int, int, MPI_Comm, MPI_Request *)
     int MPI_Issend(const void *, int, MPI_Datatype, int, int, MPI_Comm, MPI_Request *)
-    int MPI_Irecv(void *, int, MPI_Datatype, int, int, MPI_Comm, MPI_Request *)
     int MPI_Improbe(int, int, MPI_Comm, int *, MPI_Message *, MPI_Status *)
     int MPI_Imrecv(void *, int, MPI_Datatype, MPI_Message *, MPI_Request *)
     int MPI_Test(MPI_Request *, int *, MPI_Status *)
-    int MPI_Cancel(MPI_Request *)
-    int MPI_Test_cancelled(const MPI_Status *, int *)
     int MPI_Get_count(const MPI_Status *, MPI_Datatype, int *)
-    int MPI_Error_class(int, int *)
 
 from libc.stdint cimport intptr_t
 from libc.stdlib cimport calloc
@@ -263,12 +263,6 @@ cdef class LibraryRecv(RecvOp):
         return self.cancelled
 
 
-cdef int _error_class(int err) noexcept:
-    cdef int cls = err
-    MPI_Error_class(err, &cls)
-    return cls
-
-
 cdef bint _test_op(object op) except -1:
     if type(op) is LibraryRecv:
         return (<LibraryRecv>op).test()
@@ -405,7 +399,7 @@ cdef class RoutedPath:
             PyBuffer_Release(&view)
             return True
         # In flight: the operation keeps the buffer exported until done (a
-        # private copy: the caller's send is complete all the same).
+        # buffered send's private copy: that send is complete all the same).
         op = LibrarySend.__new__(LibrarySend)
         op.request = request
         op.view = view
