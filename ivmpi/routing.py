@@ -9,24 +9,26 @@ MPI's order between a pair holds.
 The common calls between a pair of regions go straight to the library in
 one Cython call (ivmpi/_route.pxi): a send is the library's MPI_Isend (or
 MPI_Issend) from the caller's buffer; a receive from a known rank of
-another region is its MPI_Irecv into the caller's buffer when nothing can
-precede it in MPI order (no message it matches already in the engine's
-unexpected queue, no receive posted to the engine earlier that could take
-one of its messages).
+another region, when nothing can precede it in MPI order (no message it
+matches already in the engine's unexpected queue, no receive posted to the
+engine earlier that could take one of its messages), is the library's
+matched probe of that rank and tag, then MPI_Imrecv into the caller's
+buffer (or a buffer of the message's size when it does not fit: the
+receive then reports truncation).  Unmatched direct receives probe in post
+order.
 
 Everything else joins the engine's matching: while a receive posted to the
 engine could take a library message (ANY_SOURCE, or a known source whose
 receive could not go straight), and whenever a probe looks, the engine
 takes every message that has arrived on the handle (a matched probe,
-MPI_Improbe) and hands it over as an Incoming, in arrival order, exactly
-as a frame read from a ring.  Posted receives, ANY_SOURCE, probes, matched
-probes and cancellation therefore behave as they do for region messages,
-and a wait polls both paths in the same loop (with the same backoff and
-IVMPI_TIMEOUT).  A receive that matches such a message receives it from the
-library straight into the user's buffer (MPI_Imrecv).  The library matches
-its own posted receives first, in post order, so a receive that went
-straight keeps its place.  Every library request in flight is tested by the
-progress rounds.
+MPI_Improbe), in arrival order: one that an unmatched direct receive wants
+goes to it (posted first), the others to the engine as an Incoming,
+exactly as a frame read from a ring.  Posted receives, ANY_SOURCE, probes,
+matched probes and cancellation therefore behave as they do for region
+messages, and a wait polls both paths in the same loop (with the same
+backoff and IVMPI_TIMEOUT).  A receive that matches such a message
+receives it from the library (MPI_Imrecv).  Every library request in
+flight is tested by the progress rounds.
 
 A communicator whose members all share this process's region (the common
 case, and every communicator of a job in one region) has no route: none of
