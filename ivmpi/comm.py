@@ -147,7 +147,7 @@ class _Own:
 
 # The region state every copy of a communicator shares (see Comm.__new__).
 _STATE = ("_engine", "_ranks", "_index", "_ctx", "_hidden", "_scope", "_coll", "_fast", "_locks",
-          "_freed", "_shared", "_routed", "rank", "size")
+          "_freed", "_shared", "_routed", "_route", "rank", "size")
 
 
 # Library handle -> the live ivmpi communicator carrying it.
@@ -181,6 +181,7 @@ class Comm(_MPI.Comm):
     # Some peers share no region with this process (ivmpi.routing): their
     # messages and every collective go through the library's handle.
     _routed = False
+    _route = None       # its RoutedPath (ivmpi/_route.pxi): those peers' point-to-point
     rank = _Own("rank")
     size = _Own("size")
 
@@ -267,6 +268,7 @@ class Comm(_MPI.Comm):
             # are the library's on the handle.
             routing.add_route(engine, context, self, self._ranks)
             fast.routed = True
+            self._route = routing.routed_path(engine, context, self)
             self._coll = routing.LibraryCollectives(self)
         elif not hidden and local_ranks is None:
             twin = self._collectives.p2p
@@ -300,6 +302,18 @@ class Comm(_MPI.Comm):
         self.Improbe = self.improbe = fast.Improbe
         self.Mprobe = self.mprobe = fast.Mprobe
         self.Sendrecv = fast.Sendrecv
+        route = self._route
+        if route is not None:
+            # Peers in other regions straight through the library, in one call.
+            self.Send, self.Recv, self.Isend, self.Irecv = (route.Send, route.Recv, route.Isend,
+                                                            route.Irecv)
+            self.send, self.recv, self.isend = route.send, route.recv, route.isend
+            self.Ssend, self.Issend, self.ssend, self.issend = (route.Ssend, route.Issend,
+                                                                route.ssend, route.issend)
+            self.Bsend, self.Ibsend, self.bsend, self.ibsend = (route.Bsend, route.Ibsend,
+                                                                route.bsend, route.isend)
+            self.Rsend, self.Irsend = route.Send, route.Isend
+            self.Sendrecv = route.Sendrecv
         if small is not None:
             small.lock_of = self._lock
             for name in _SMALL_COLLECTIVES:

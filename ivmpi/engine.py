@@ -22,7 +22,8 @@ import time
 from collections import deque
 
 from . import _fastcopy
-from ._fastcopy import RecvOp, SendOp, deliver_eager, poll_eager
+from ._fastcopy import (LibraryCounts, LibraryRecv, LibrarySend, RecvOp, SendOp, deliver_eager,
+                        poll_eager)
 from . import routing
 from .heap import Heap
 from .liveness import Liveness
@@ -43,6 +44,9 @@ EAGER, EAGER_SYNC, RTS, CTS, DATA, ACK, RTS_REGION = (
 # An Incoming that arrived through the MPI library (ivmpi.routing): its
 # `data` is the library's matched message.  Never a frame kind of a ring.
 LIBRARY = 100
+
+# Point-to-point operations in the MPI library's hands (ivmpi/_route.pxi).
+_LIBRARY_OPS = (LibraryRecv, LibrarySend)
 
 # Error codes carried by requests (mpi4py's MPI.ERR_* values are used by the
 # communicator when it turns them into MPI exceptions).
@@ -162,9 +166,15 @@ class Engine:
         # flight for them: each round of progress polls both.
         self.routes = {}
         self.library_pending = []
-        # Messages and bytes through the library, per peer world rank.
-        self.library_sent = {}
-        self.library_received = {}
+        # The library's point-to-point operations that the communicators
+        # started themselves (ivmpi/_route.pxi): progress tests them.
+        self.library_ops = []
+        # Messages and bytes through the library, per peer world rank: all
+        # of them, and those that went straight (never in the engine's queues).
+        self.library_sent = LibraryCounts(self.size)
+        self.library_received = LibraryCounts(self.size)
+        self.library_sent_direct = LibraryCounts(self.size)
+        self.library_received_direct = LibraryCounts(self.size)
         self.timeout = _env_float("IVMPI_TIMEOUT", 0.0)
         self.set_oversubscribed(False)
         self.liveness = Liveness(self.mem, self.size, rank, self.slot_of)
@@ -330,6 +340,8 @@ class Engine:
         with self.lock:
             msg = self.find_unexpected(source, tag, context)
             if msg is None:
+                if context in self.routes:
+                    routing.take(self, context)     # what the library holds for it
                 self.progress()
                 msg = self.find_unexpected(source, tag, context)
             return msg
@@ -351,6 +363,8 @@ class Engine:
     def cancel(self, op):
         """Cancel a receive that has not matched yet (sends cannot be cancelled)."""
         with self.lock:
+            if type(op) is LibraryRecv:
+                return op.cancel()
             if isinstance(op, RecvOp) and not op.done and op in self.posted:
                 self.posted.remove(op)
                 op.cancelled = True
@@ -447,7 +461,7 @@ class Engine:
         """
         with self.lock:
             moved = self._progress()
-            if self.routes or self.library_pending:
+            if self.routes or self.library_pending or self.library_ops:
                 moved = routing.progress(self) or moved
             if self.schedules:
                 moved = self._advance_schedules() or moved
@@ -627,6 +641,8 @@ class Engine:
         that the common case formats nothing)."""
         if op.done:
             return
+        if type(op) in _LIBRARY_OPS and op.spin(self.fast_spins):
+            return      # polled in C first, as the rings' fast paths do
         peer = op.peer
         # A receive from a known source, or a synchronous send awaiting its
         # acknowledgement: only that peer's ring matters.

@@ -6,17 +6,29 @@ uses the library communicator that each ivmpi communicator carries over the
 same processes (its handle).  Each pair of processes uses one path only, so
 MPI's order between a pair holds.
 
-The library's messages join the engine's matching: each round of progress
-takes every message that has arrived on the handle of a communicator that
-spans groups (a matched probe, MPI_Improbe) and hands it to the engine as
-an Incoming, in arrival order, exactly as a frame read from a ring.  Posted
-receives, ANY_SOURCE, probes, matched probes and cancellation therefore
-behave as they do for region messages, and a wait polls both paths in the
-same loop (with the same backoff and IVMPI_TIMEOUT).  A receive that
-matches such a message receives it from the library straight into the
-user's buffer (MPI_Imrecv); a send to a rank outside the group is the
-library's MPI_Isend (MPI_Issend for a synchronous one) from the user's
-buffer.  Both are library requests the progress rounds test.
+The common calls between a pair of regions go straight to the library in
+one Cython call (ivmpi/_route.pxi): a send is the library's MPI_Isend (or
+MPI_Issend) from the caller's buffer; a receive from a known rank of
+another region, when nothing can precede it in MPI order (no message it
+matches already in the engine's unexpected queue, no receive posted to the
+engine earlier that could take one of its messages), is the library's
+matched probe of that rank and tag, then MPI_Imrecv into the caller's
+buffer (or a buffer of the message's size when it does not fit: the
+receive then reports truncation).  Unmatched direct receives probe in post
+order.
+
+Everything else joins the engine's matching: while a receive posted to the
+engine could take a library message (ANY_SOURCE, or a known source whose
+receive could not go straight), and whenever a probe looks, the engine
+takes every message that has arrived on the handle (a matched probe,
+MPI_Improbe), in arrival order: one that an unmatched direct receive wants
+goes to it (posted first), the others to the engine as an Incoming,
+exactly as a frame read from a ring.  Posted receives, ANY_SOURCE, probes,
+matched probes and cancellation therefore behave as they do for region
+messages, and a wait polls both paths in the same loop (with the same
+backoff and IVMPI_TIMEOUT).  A receive that matches such a message
+receives it from the library (MPI_Imrecv).  Every library request in
+flight is tested by the progress rounds.
 
 A communicator whose members all share this process's region (the common
 case, and every communicator of a job in one region) has no route: none of
@@ -24,6 +36,7 @@ this runs for it.
 """
 from .lib import MPI as _MPI
 
+from ._fastcopy import RoutedPath, poll_library
 from . import engine as _engine
 
 _Improbe = _MPI.Comm.Improbe
@@ -42,10 +55,11 @@ class Route:
     (a plain mpi4py communicator, so that no ivmpi method is in the way)
     and its peers' world ranks by communicator rank (the remote group's for
     an intercommunicator)."""
-    __slots__ = ("handle", "ranks", "rank_of", "status")
+    __slots__ = ("handle", "ranks", "rank_of", "status", "path")
 
     def __init__(self, handle, world_ranks):
         self.handle = handle
+        self.path = None        # its RoutedPath, once the communicator has one
         self.ranks = list(world_ranks)
         self.rank_of = {w: i for i, w in enumerate(self.ranks)}
         self.status = _MPI.Status()
@@ -57,6 +71,18 @@ def add_route(engine, context, comm, world_ranks):
         comm.handle)
     with engine.lock:
         engine.routes[context] = Route(handle, world_ranks)
+
+
+def routed_path(engine, context, comm):
+    """The Cython calls that reach comm's ranks in other regions straight
+    through the library (ivmpi/_route.pxi); the others go to comm's FastPath."""
+    slot_of = engine.slot_of
+    path = RoutedPath(comm._fast, comm.handle, [w not in slot_of for w in comm._ranks],
+                      engine.library_ops, engine.library_sent, engine.library_received,
+                      engine.library_sent_direct, engine.library_received_direct)
+    with engine.lock:
+        engine.routes[context].path = path
+    return path
 
 
 def drop_route(engine, context):
@@ -74,7 +100,7 @@ def send(engine, op):
             f"no region with this rank and the communicator has no library handle")
     mem = op.mem
     size = len(mem)
-    _count(engine.library_sent, op.peer, size)
+    engine.library_sent.count(op.peer, size)
     dest = route.rank_of[op.peer]
     if not op.sync and size <= engine.eager_limit:
         # As on the region path, a send up to the eager limit never waits
@@ -116,24 +142,45 @@ def receive(engine, incoming, op):
     engine.library_pending.append((request, op, target))
 
 
+def take(engine, context):
+    """Hand every message that arrived on context's route to the engine's
+    matching, in arrival order (engine lock held).  True when any came."""
+    route = engine.routes[context]
+    arrive = engine._arrive
+    if route.path is not None:
+        # Unmatched direct receives first (ivmpi/_route.pxi).
+        return route.path.take(arrive, _engine.Incoming, _engine.LIBRARY)
+    status = route.status
+    moved = False
+    while True:
+        message = _Improbe(route.handle, _ANY_SOURCE, _ANY_TAG, status)
+        if message is None:
+            return moved
+        source = route.ranks[status.Get_source()]
+        size = status.Get_count(_BYTE)
+        engine.library_received.count(source, size)
+        arrive(_engine.Incoming(source, status.Get_tag(), context, size, message, 0,
+                                _engine.LIBRARY))
+        moved = True
+
+
 def progress(engine):
     """One round of the library path (engine lock held): take the messages
-    that arrived on every route, complete the library requests that are
-    done.  True when anything moved."""
+    that arrived on every route a posted receive could want, complete the
+    library requests that are done.  True when anything moved.
+
+    Messages nobody asks for stay in the library (its matching is MPI's),
+    where a receive that comes later can take them straight."""
     moved = False
-    arrive = engine._arrive
-    for context, route in list(engine.routes.items()):
-        status = route.status
-        while True:
-            message = _Improbe(route.handle, _ANY_SOURCE, _ANY_TAG, status)
-            if message is None:
-                break
-            source = route.ranks[status.Get_source()]
-            size = status.Get_count(_BYTE)
-            _count(engine.library_received, source, size)
-            arrive(_engine.Incoming(source, status.Get_tag(), context, size, message, 0,
-                                    _engine.LIBRARY))
-            moved = True
+    routes = engine.routes
+    if routes and engine.posted:
+        slot_of = engine.slot_of
+        wanted = {op.context for op in engine.posted
+                  if op.context in routes and (op.source < 0 or op.source not in slot_of)}
+        for context in wanted:
+            moved = take(engine, context) or moved
+    if engine.library_ops:
+        moved = poll_library(engine.library_ops) or moved
     pending = engine.library_pending
     if pending:
         still = []
@@ -154,15 +201,6 @@ def _finish(op):
     else:
         op.state = "done"
     op.done = True
-
-
-def _count(table, peer, size):
-    entry = table.get(peer)
-    if entry is None:
-        table[peer] = [1, size]
-    else:
-        entry[0] += 1
-        entry[1] += size
 
 
 def path_to(comm, rank):

@@ -64,13 +64,17 @@ def paths(comm=None):
     reach it and what went each way.
 
     Returns ``{peer: {"path": P, "region": {"written": W, "read": R},
-    "mpi": {"sent": [messages, bytes], "received": [messages, bytes]}}}``
+    "mpi": {"sent": [messages, bytes], "received": [messages, bytes],
+    "direct": {"sent": [...], "received": [...]}}}}``
     for every other rank: P is "region" or "mpi" (ivmpi.path_to); "region"
     holds the ring positions (as ``traffic``, all communicators; None for a
     peer with no ring), "mpi" the point-to-point messages and payload
     bytes this process sent to and took from the peer through the MPI
     library since start-up (all communicators; collectives on communicators
-    spanning regions are the library's own and are not counted).
+    spanning regions are the library's own and are not counted); of those,
+    "mpi"/"direct" counts the ones that went straight between the caller's
+    buffer and the library, never through the engine's queues
+    (docs/routing.md).
     """
     from .routing import path_to
     comm = _ivmpi(comm)
@@ -84,7 +88,10 @@ def paths(comm=None):
             "path": path_to(comm, peer),
             "region": rings.get(peer),
             "mpi": {"sent": list(engine.library_sent.get(other, (0, 0))),
-                    "received": list(engine.library_received.get(other, (0, 0)))}}
+                    "received": list(engine.library_received.get(other, (0, 0))),
+                    "direct": {
+                        "sent": list(engine.library_sent_direct.get(other, (0, 0))),
+                        "received": list(engine.library_received_direct.get(other, (0, 0)))}}}
     return out
 
 

@@ -271,7 +271,9 @@ def test_cancel_a_receive_on_each_path(comm):
     status = MPI.Status()
     req.Wait(status)
     assert status.Is_cancelled()
-    # Nothing was left behind: a later message on the same tag is received normally.
+    # Nothing was left behind: a later message on the same tag is received
+    # normally (after everyone's cancels: a receive that matched cannot be cancelled).
+    comm.Barrier()
     dst, src = (comm.rank + 1) % comm.size, (comm.rank - 1) % comm.size
     got = np.empty(8, np.uint8)
     rreq = comm.Irecv(got, src, 77)
@@ -453,3 +455,187 @@ def test_info_job_lines_name_the_groups_and_paths(world):
         assert f"  group {g}: ranks {', '.join(map(str, members))}" in lines
     assert lines[-1].endswith(", ".join(f"{r}:{ivmpi.path_to(world, r)}"
                                         for r in range(world.size)))
+
+
+# --- the direct path between regions (ivmpi/_route.pxi) ------------------------------
+# A routed pair's usual calls go straight to the library; the engine's path
+# takes over whenever something could precede them in MPI order.  Each test
+# runs the same exchange over ivmpi and over plain mpi4py on the same
+# processes (the library communicator carried by comm) and compares.
+
+def _direct(comm, peer):
+    entry = stats.paths(comm)[peer]["mpi"]["direct"]
+    return entry["sent"][0], entry["received"][0]
+
+
+def _routed(comm, rank):
+    return ivmpi.path_to(comm, rank) == "mpi"
+
+
+@pytest.mark.parametrize("form", ["Send/Recv", "send/recv", "Isend/Irecv", "Sendrecv"])
+def test_the_usual_calls_go_straight_to_the_library(comm, form):
+    """Between ranks of different regions each usual form moves its messages
+    straight between the caller's buffer and the library: the direct
+    counters count every one (the engine's queues never see them)."""
+    n = 4
+    for k in range(1, comm.size):
+        dst, src = (comm.rank + k) % comm.size, (comm.rank - k) % comm.size
+        before = {p: _direct(comm, p) for p in (dst, src) if p != comm.rank}
+        for i in range(n):
+            out = payload(comm.rank, dst, i, 1000)
+            got = np.empty(1000, np.uint8)
+            if form == "Send/Recv":
+                # Lower rank first each way, so that neither waits on the other.
+                if comm.rank < dst:
+                    comm.Send(out, dst, i)
+                    comm.Recv(got, src, i)
+                else:
+                    comm.Recv(got, src, i)
+                    comm.Send(out, dst, i)
+            elif form == "send/recv":
+                req = comm.isend(out.tobytes(), dst, i)
+                got[:] = np.frombuffer(comm.recv(source=src, tag=i), np.uint8)
+                req.wait()
+            elif form == "Isend/Irecv":
+                rreq = comm.Irecv(got, src, i)
+                sreq = comm.Isend(out, dst, i)
+                MPI.Request.Waitall([rreq, sreq])
+            else:
+                comm.Sendrecv(out, dst, i, got, src, i)
+            assert np.array_equal(got, payload(src, comm.rank, i, 1000))
+        if _routed(comm, dst):
+            assert _direct(comm, dst)[0] - before[dst][0] >= n
+        if _routed(comm, src):
+            assert _direct(comm, src)[1] - before[src][1] == n
+        comm.Barrier()
+
+
+def _mixed_order(comm, mpi, nbytes):
+    """Receives of one source and tag posted through both paths (known
+    source, ANY_SOURCE, a probe, a matched probe), interleaved: what each
+    got, in post order."""
+    got = []
+    for k in range(1, comm.Get_size()):
+        rank = comm.Get_rank()
+        dst, src = (rank + k) % comm.Get_size(), (rank - k) % comm.Get_size()
+        tag = 40 + k
+        bufs = [np.zeros(nbytes, np.uint8) for _ in range(6)]
+        st = [mpi.Status() for _ in range(6)]
+        r0 = comm.Irecv(bufs[0], src, tag)                  # direct
+        r1 = comm.Irecv(bufs[1], mpi.ANY_SOURCE, tag)       # the engine's, after r0
+        r2 = comm.Irecv(bufs[2], src, tag)                  # behind r1: the engine's
+        sends = [comm.Isend(payload(rank, dst, i, nbytes), dst, tag) for i in range(6)]
+        r2.Wait(st[2])
+        r1.Wait(st[1])
+        r0.Wait(st[0])
+        comm.Probe(src, tag, st[3])                         # the 4th message, seen
+        comm.Recv(bufs[3], src, tag)
+        msg = comm.Mprobe(src, mpi.ANY_TAG, st[4])
+        msg.Recv(bufs[4])
+        comm.Recv(bufs[5], mpi.ANY_SOURCE, mpi.ANY_TAG, st[5])
+        mpi.Request.Waitall(sends)
+        for b, s in zip(bufs, st):
+            got.append((s.Get_source(), s.Get_tag(), s.Get_count(mpi.BYTE), b.tobytes()))
+        comm.Barrier()
+    return got
+
+
+@pytest.mark.parametrize("nbytes", (8, 70_000))
+def test_order_holds_when_direct_and_engine_receives_mix(comm, nbytes):
+    mine = _mixed_order(comm, MPI, nbytes)
+    plain = _mixed_order(_native_of(comm), _native, nbytes)
+    assert mine == plain
+    for k in range(1, comm.size):
+        src = (comm.rank - k) % comm.size
+        for i in range(6):
+            assert mine[(k - 1) * 6 + i] == (src, 40 + k, nbytes,
+                                             payload(src, comm.rank, i, nbytes).tobytes())
+
+
+def test_direct_receives_of_one_source_keep_post_order(comm):
+    """Several direct receives of one source and tag, completed in the
+    opposite order; a receive of another tag does not wait behind them."""
+    for k in range(1, comm.size):
+        dst, src = (comm.rank + k) % comm.size, (comm.rank - k) % comm.size
+        bufs = [np.empty(3000, np.uint8) for _ in range(4)]
+        reqs = [comm.Irecv(b, src, 5) for b in bufs]
+        other = np.empty(8, np.uint8)
+        sends = [comm.Isend(payload(comm.rank, dst, 99, 8), dst, 6)]
+        sends += [comm.Isend(payload(comm.rank, dst, i, 3000), dst, 5) for i in range(4)]
+        comm.Recv(other, src, 6)       # sent first, posted after the four
+        assert np.array_equal(other, payload(src, comm.rank, 99, 8))
+        for r in reversed(reqs):
+            r.Wait()
+        MPI.Request.Waitall(sends)
+        for i, b in enumerate(bufs):
+            assert np.array_equal(b, payload(src, comm.rank, i, 3000))
+        comm.Barrier()
+
+
+def test_any_source_after_a_direct_receive_gets_the_next_message(comm):
+    for k in range(1, comm.size):
+        dst, src = (comm.rank + k) % comm.size, (comm.rank - k) % comm.size
+        first = comm.irecv(source=src, tag=3)
+        second = comm.irecv(source=MPI.ANY_SOURCE, tag=3)
+        comm.send(("one", comm.rank), dst, 3)
+        comm.send(("two", comm.rank), dst, 3)
+        status = MPI.Status()
+        assert second.wait(status) == ("two", src)
+        assert status.Get_source() == src
+        assert first.wait() == ("one", src)
+        comm.Barrier()
+
+
+def test_status_of_a_direct_receive(comm):
+    for k in range(1, comm.size):
+        dst, src = (comm.rank + k) % comm.size, (comm.rank - k) % comm.size
+        sreq = comm.Isend(payload(comm.rank, dst, 21, 1200), dst, 21)
+        got = np.empty(2000, np.uint8)
+        status = MPI.Status()
+        comm.Recv(got, src, MPI.ANY_TAG, status)
+        assert (status.Get_source(), status.Get_tag(), status.Get_count(MPI.BYTE),
+                status.Get_count(MPI.INT), status.Get_elements(MPI.BYTE)) == \
+            (src, 21, 1200, 300, 1200)
+        assert not status.Is_cancelled() and status.Get_error() == MPI.SUCCESS
+        assert np.array_equal(got[:1200], payload(src, comm.rank, 21, 1200))
+        sreq.Wait()
+        comm.Barrier()
+
+
+def test_cancel_a_direct_receive_then_receive_normally(comm):
+    for k in range(1, comm.size):
+        dst, src = (comm.rank + k) % comm.size, (comm.rank - k) % comm.size
+        before = comm.Irecv(np.empty(8, np.uint8), src, 31)
+        cancelled = comm.Irecv(np.empty(8, np.uint8), src, 31)
+        cancelled.Cancel()
+        status = MPI.Status()
+        cancelled.Wait(status)
+        assert status.Is_cancelled()
+        comm.Barrier()
+        sends = [comm.Isend(payload(comm.rank, dst, i, 8), dst, 31) for i in range(2)]
+        got = np.empty(8, np.uint8)
+        comm.Recv(got, src, 31)
+        before.Wait()
+        MPI.Request.Waitall(sends)
+        assert np.array_equal(got, payload(src, comm.rank, 1, 8))
+        comm.Barrier()
+
+
+@pytest.mark.parametrize("nbytes", (1000, 70_000))
+def test_truncation_never_writes_past_the_receive_buffer(comm, nbytes):
+    """A message larger than the receive: ERR_TRUNCATE, and not a byte past
+    the buffer changes (the library on its own may write past it)."""
+    for k in range(1, comm.size):
+        dst, src = (comm.rank + k) % comm.size, (comm.rank - k) % comm.size
+        sends = [comm.Isend(payload(comm.rank, dst, i, nbytes), dst, 8) for i in range(2)]
+        room = np.zeros(nbytes + 4096, np.uint8)
+        with pytest.raises(MPI.Exception) as info:
+            comm.Recv([room, 100, MPI.BYTE], src, 8)
+        assert info.value.Get_error_class() == MPI.ERR_TRUNCATE
+        req = comm.Irecv([room, 50, MPI.BYTE], src, 8)
+        with pytest.raises(MPI.Exception) as info:
+            req.Wait()
+        assert info.value.Get_error_class() == MPI.ERR_TRUNCATE
+        assert not room[100:].any()
+        MPI.Request.Waitall(sends)
+        comm.Barrier()

@@ -1,0 +1,767 @@
+# Point-to-point between ranks of different regions, straight through the
+# MPI library (docs/routing.md, ivmpi/routing.py).
+#
+# A communicator spanning regions carries a library communicator over the
+# same processes in the same order (its handle), so a communicator rank is
+# the library's rank.  A send to a rank of another region is the library's
+# MPI_Isend/MPI_Issend from the caller's buffer, in one call.  A receive
+# from such a rank goes straight to the library when nothing can come
+# before it in MPI order: no message of that source this receive matches
+# already taken into the engine's unexpected queue, and no receive posted to
+# the engine earlier that could match one of its messages (ANY_SOURCE
+# included).  Otherwise the engine's general path takes the call, as before.
+#
+# A direct receive is the library's matched probe (MPI_Improbe) of its
+# source and tag, then MPI_Imrecv: the probe gives the size first, so a
+# message too large for the buffer goes to a buffer of its own size (Open
+# MPI writes a truncated rendezvous message past the receive buffer).
+# Unmatched direct receives keep a list in post order; each probes only
+# while no earlier unmatched one could take the same message, and when the
+# engine takes the handle's messages for its own receives (RoutedPath.take)
+# it hands them theirs first, since they were posted first.  All of it runs
+# under the engine's lock.
+#
+# The library's requests are tested here, with the GIL held (never two
+# threads on one request), polling a while as the ring fast paths do, then
+# in the engine's wait loop, which also serves the rings: a rank waiting on
+# the library keeps its region peers going.  Every request the engine may
+# need to complete is in its list of library operations (engine.library_ops),
+# which each round of progress tests.
+
+cdef extern from "mpi.h" nogil:
+    ctypedef struct MPI_Status:
+        int MPI_SOURCE
+        int MPI_TAG
+        int MPI_ERROR
+    ctypedef void *MPI_Comm
+    ctypedef void *MPI_Request
+    ctypedef void *MPI_Message
+    ctypedef void *MPI_Datatype
+    MPI_Datatype MPI_BYTE
+    MPI_Request MPI_REQUEST_NULL
+    MPI_Status *MPI_STATUS_IGNORE
+    enum:
+        MPI_SUCCESS
+        MPI_ANY_TAG
+        MPI_ANY_SOURCE
+    int MPI_Isend(const void *, int, MPI_Datatype, int, int, MPI_Comm, MPI_Request *)
+    int MPI_Issend(const void *, int, MPI_Datatype, int, int, MPI_Comm, MPI_Request *)
+    int MPI_Improbe(int, int, MPI_Comm, int *, MPI_Message *, MPI_Status *)
+    int MPI_Imrecv(void *, int, MPI_Datatype, MPI_Message *, MPI_Request *)
+    int MPI_Test(MPI_Request *, int *, MPI_Status *)
+    int MPI_Get_count(const MPI_Status *, MPI_Datatype, int *)
+
+from libc.stdint cimport intptr_t
+from libc.stdlib cimport calloc
+
+cdef enum:
+    # The library's counts are C ints: larger messages take the engine's path.
+    _ROUTE_MAX_COUNT = 0x7fffffff
+    # Send modes.
+    _ROUTE_STANDARD = 0
+    _ROUTE_SYNC = 1
+    _ROUTE_BUFFERED = 2
+
+
+cdef class RoutedPath
+
+
+cdef object _message_of(MPI_Message message):
+    """The library's matched message as mpi4py's Message (the engine's
+    general path receives it, ivmpi.routing.receive)."""
+    from ivmpi.lib import MPI as _lib
+    return _lib.Message.fromhandle(<intptr_t>message)
+
+
+cdef object _library_error(int code, str what):
+    """The library's error code as mpi4py's exception (imported here only:
+    this module must not start MPI on import)."""
+    from ivmpi.lib import MPI as _lib
+    return _lib.Exception(code)
+
+
+cdef class LibraryCounts:
+    """Messages and bytes through the MPI library, by peer world rank:
+    [messages, bytes] = counts.get(peer)."""
+    cdef long long *messages
+    cdef long long *nbytes
+    cdef Py_ssize_t size
+
+    def __cinit__(self, Py_ssize_t size):
+        self.size = size
+        self.messages = <long long *>calloc(size if size > 0 else 1, sizeof(long long))
+        self.nbytes = <long long *>calloc(size if size > 0 else 1, sizeof(long long))
+        if self.messages == NULL or self.nbytes == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.messages)
+        free(self.nbytes)
+
+    cdef inline void add(self, Py_ssize_t peer, Py_ssize_t n) noexcept:
+        if 0 <= peer < self.size:
+            self.messages[peer] += 1
+            self.nbytes[peer] += n
+
+    def count(self, Py_ssize_t peer, Py_ssize_t n):
+        self.add(peer, n)
+
+    def get(self, Py_ssize_t peer, default=None):
+        if not 0 <= peer < self.size:
+            return default
+        return [self.messages[peer], self.nbytes[peer]]
+
+
+cdef class LibrarySend(SendOp):
+    """A send in the library's hands: done when the library says so."""
+    cdef MPI_Request request
+    cdef Py_buffer view
+    cdef bint pinned
+    cdef object keep            # a private copy or the pickled bytes being sent
+
+    def __dealloc__(self):
+        if self.pinned:
+            PyBuffer_Release(&self.view)
+
+    cdef int _finish(self) except -1:
+        if self.pinned:
+            PyBuffer_Release(&self.view)
+            self.pinned = False
+        self.keep = None
+        self.mem = None
+        self.state = "done"
+        self.done = True
+        return 0
+
+    cpdef bint test(self) except -1:
+        """One MPI_Test; True once complete."""
+        cdef int flag = 0, err
+        if self.done:
+            return True
+        err = MPI_Test(&self.request, &flag, MPI_STATUS_IGNORE)
+        if err != MPI_SUCCESS:
+            self._finish()
+            self.error = _library_error(err, "send")
+            return True
+        if flag:
+            self._finish()
+        return flag
+
+    def spin(self, int spins):
+        return _spin(self, spins)
+
+
+cdef class LibraryRecv(RecvOp):
+    """A receive from a rank of another region, matched by the library's
+    matched probe (MPI_Improbe) while first in MPI order among this
+    communicator's receives, then received with MPI_Imrecv: into the
+    caller's buffer when the message fits, else into a buffer of its size
+    (the receive then reports truncation: the library may write past a
+    receive buffer that is too small).  Its status fields are filled as the
+    engine fills them (the source a world rank)."""
+    cdef MPI_Request request
+    cdef Py_buffer view
+    cdef bint pinned
+    cdef bint probing            # not matched yet: in its RoutedPath's probing list
+    cdef bint truncated
+    cdef RoutedPath route
+    cdef int lib_source, lib_tag     # what its matched probe asks the library for
+    cdef char *base                  # the caller's buffer (pinned), None: an object
+    cdef Py_ssize_t capacity
+    cdef object scratch              # a too-large message's bytes
+    cdef public str state
+
+    def __dealloc__(self):
+        if self.pinned:
+            PyBuffer_Release(&self.view)
+
+    cdef int _release(self) except -1:
+        if self.pinned:
+            PyBuffer_Release(&self.view)
+            self.pinned = False
+        self.base = NULL
+        self.mem = None
+        return 0
+
+    cdef int _matched(self, MPI_Message *message, MPI_Status *status) except -1:
+        """The matched probe found this receive's message: receive it
+        (MPI_Imrecv) into the caller's buffer, a new one for an object, or
+        a scratch one when it does not fit."""
+        cdef int n = 0, err
+        cdef char *target
+        MPI_Get_count(status, MPI_BYTE, &n)
+        if self.base == NULL:
+            self.data = PyByteArray_FromStringAndSize(NULL, n)
+            target = PyByteArray_AS_STRING(self.data)
+        elif n > self.capacity:
+            self.truncated = True
+            self.scratch = PyByteArray_FromStringAndSize(NULL, n)
+            target = PyByteArray_AS_STRING(self.scratch)
+        else:
+            target = self.base
+        self.probing = False
+        self.status_tag = status.MPI_TAG
+        if 0 <= status.MPI_SOURCE < len(self.route.ranks):
+            self.status_source = self.route.ranks[status.MPI_SOURCE]
+        self.total = n
+        err = MPI_Imrecv(target, n, MPI_BYTE, message, &self.request)
+        if err != MPI_SUCCESS:
+            self._finish(err)
+        return 0
+
+    cdef int _finish(self, int err) except -1:
+        cdef Py_ssize_t n = self.total
+        self._release()
+        self.scratch = None
+        self.state = "done"
+        if err != MPI_SUCCESS:
+            self.error = _library_error(err, "receive")
+        elif self.truncated:
+            self.error = "truncate"       # the engine's ERR_TRUNCATE
+            self.count = 0
+        else:
+            self.count = n
+        self.route.received.add(self.status_source, n)
+        self.route.received_direct.add(self.status_source, n)
+        self.done = True
+        return 0
+
+    cpdef bint test(self) except -1:
+        """Advance: the matched probe while unmatched (when the engine's
+        lock is free or ours), then one MPI_Test; True once complete."""
+        cdef int flag = 0, err
+        if self.done:
+            return True
+        if self.probing:
+            if not self.route.fast.lock.enter():
+                return False
+            try:
+                self.route._advance()
+            finally:
+                self.route.fast.lock.leave()
+            if self.probing or self.done:
+                return self.done
+        err = MPI_Test(&self.request, &flag, MPI_STATUS_IGNORE)
+        if err != MPI_SUCCESS or flag:
+            self._finish(err)
+            return True
+        return False
+
+    def spin(self, int spins):
+        return _spin(self, spins)
+
+    def cancel(self):
+        """Cancel while unmatched (engine lock held); a matched receive
+        completes as received."""
+        if self.probing:
+            self.route.probing.remove(self)
+            self.probing = False
+            self._release()
+            self.cancelled = True
+            self.state = "done"
+            self.done = True
+        return self.cancelled
+
+
+cdef bint _test_op(object op) except -1:
+    if type(op) is LibraryRecv:
+        return (<LibraryRecv>op).test()
+    return (<LibrarySend>op).test()
+
+
+cdef bint _spin(object op, int spins) except -1:
+    """Poll a library operation up to |spins| times (spins < 0: giving the
+    core away between polls, as the ring fast paths do); True once done."""
+    cdef int i, polls = spins if spins >= 0 else -spins
+    for i in range(polls if polls > 0 else 1):
+        if _test_op(op):
+            return True
+        if spins >= 0:
+            rg_relax()
+        else:
+            with nogil:
+                sched_yield()
+    return False
+
+
+def poll_library(list ops):
+    """Test each library operation in ops once, dropping the complete ones
+    (engine lock held: one round of the engine's progress).  True when any
+    completed."""
+    cdef Py_ssize_t i, kept = 0, n = len(ops)
+    cdef bint moved = False
+    for i in range(n):
+        op = ops[i]
+        if _test_op(op):
+            moved = True
+        else:
+            ops[kept] = op
+            kept += 1
+    if kept < n:
+        del ops[kept:]
+    return moved
+
+
+cdef class RoutedPath:
+    """The point-to-point calls of a communicator spanning regions: to and
+    from ranks of other regions straight through the library, the others
+    through the communicator's FastPath (and so its general paths).  The
+    communicator binds these as its methods (ivmpi.comm)."""
+    cdef FastPath fast
+    cdef MPI_Comm handle
+    cdef bytes routed_flags
+    cdef const unsigned char *routed     # 1: that communicator rank is in another region
+    cdef list ranks                      # world rank of each communicator rank
+    cdef list ops                        # the engine's library operations in flight
+    cdef list probing                    # direct receives not matched yet, in post order
+    cdef LibraryCounts sent, received, sent_direct, received_direct
+    cdef int tag_any
+    # FastPath's own calls, for the ranks of this region.
+    cdef object f_Send, f_Recv, f_Isend, f_Irecv, f_Ssend, f_Issend, f_send, f_recv
+    cdef object f_isend, f_ssend, f_issend, f_Sendrecv
+
+    def __cinit__(self, FastPath fast, handle, list routed, list ops, LibraryCounts sent,
+                  LibraryCounts received, LibraryCounts sent_direct,
+                  LibraryCounts received_direct):
+        self.fast = fast
+        self.handle = <MPI_Comm><intptr_t>handle
+        self.routed_flags = bytes([1 if r else 0 for r in routed])
+        self.routed = self.routed_flags
+        self.ranks = fast.world_ranks
+        self.ops = ops
+        self.probing = []
+        self.sent, self.received = sent, received
+        self.sent_direct, self.received_direct = sent_direct, received_direct
+        self.tag_any = MPI_ANY_TAG
+        self.f_Send, self.f_Recv, self.f_Isend, self.f_Irecv = fast.Send, fast.Recv, fast.Isend, \
+            fast.Irecv
+        self.f_Ssend, self.f_Issend = fast.Ssend, fast.Issend
+        self.f_send, self.f_recv = fast.send_object, fast.recv_object
+        self.f_isend, self.f_ssend, self.f_issend = fast.isend_object, fast.ssend_object, \
+            fast.issend_object
+        self.f_Sendrecv = fast.Sendrecv
+
+    cdef inline bint _to(self, long rank) noexcept:
+        """Is communicator rank `rank` reached through the library?"""
+        return 0 <= rank < self.fast.size and self.routed[rank]
+
+    # --- sends ------------------------------------------------------------
+
+    cdef object _isend(self, object buf, long dest, long tag, int mode):
+        """The library's send of buf to dest: True when complete already, a
+        LibrarySend in flight, None for the general path (a spec that is not
+        a plain buffer, a bad tag, a freed communicator)."""
+        cdef Py_buffer view
+        cdef Py_ssize_t extent, nbytes, offset
+        cdef MPI_Request request = MPI_REQUEST_NULL
+        cdef int err, flag = 0
+        cdef LibrarySend op
+        cdef object keep = None
+        if not self.fast.enabled or tag < 0 or tag > _TAG_UB:
+            return None
+        plain = self.fast._plain_at(buf, &extent, &nbytes, &offset)
+        if plain is None:
+            return None
+        if mode == _ROUTE_BUFFERED:
+            # A buffered send never waits for the receiver: a private copy
+            # goes, up to the eager limit (above it, as on the region path,
+            # a standard send).
+            if not _pin(plain, False, &view):
+                return None
+            try:
+                if not _span(view.len, extent, offset, &nbytes):
+                    return None
+                if <uint64_t>nbytes <= self.fast.eager_limit:
+                    keep = PyBytes_FromStringAndSize(<char *>view.buf + offset, nbytes)
+            finally:
+                PyBuffer_Release(&view)
+            if keep is not None:
+                plain, extent, offset = keep, 1, 0
+            mode = _ROUTE_STANDARD
+        if not _pin(plain, False, &view):
+            return None
+        if not _span(view.len, extent, offset, &nbytes) or nbytes > _ROUTE_MAX_COUNT:
+            PyBuffer_Release(&view)
+            return None
+        if mode == _ROUTE_SYNC:
+            err = MPI_Issend(<char *>view.buf + offset, <int>nbytes, MPI_BYTE, dest, tag,
+                             self.handle, &request)
+        else:
+            err = MPI_Isend(<char *>view.buf + offset, <int>nbytes, MPI_BYTE, dest, tag,
+                            self.handle, &request)
+        if err != MPI_SUCCESS:
+            PyBuffer_Release(&view)
+            raise _library_error(err, "send")
+        world = self.ranks[dest]
+        self.sent.add(world, nbytes)
+        self.sent_direct.add(world, nbytes)
+        if MPI_Test(&request, &flag, MPI_STATUS_IGNORE) == MPI_SUCCESS and flag:
+            PyBuffer_Release(&view)
+            return True
+        # In flight: the operation keeps the buffer exported until done (a
+        # buffered send's private copy: that send is complete all the same).
+        op = LibrarySend.__new__(LibrarySend)
+        op.request = request
+        op.view = view
+        op.pinned = True
+        op.peer = world
+        op.tag = tag
+        op.context = self.fast.context
+        op.sync = mode == _ROUTE_SYNC
+        op.send_id = 0
+        op.offset = 0
+        op.state = "sending through the MPI library"
+        self._register(op)
+        return True if keep is not None else op
+
+    cdef int _register(self, object op) except -1:
+        """Hand a library operation to the engine, whose progress tests it."""
+        cdef list ops = self.ops
+        cdef Py_ssize_t i, kept = 0, n
+        if not self.fast.lock.enter():
+            self.fast.lock._wait()
+        try:
+            # Operations completed by their caller's own polling leave here.
+            n = len(ops)
+            for i in range(n):
+                if not (<Op>ops[i]).done:
+                    ops[kept] = ops[i]
+                    kept += 1
+            if kept < n:
+                del ops[kept:]
+            ops.append(op)
+        finally:
+            self.fast.lock.leave()
+        return 0
+
+    cdef int _complete_send(self, object done, str what) except -1:
+        """Wait for a blocking send's operation: poll it, then the engine's wait."""
+        if done is True:
+            return 0
+        if not _spin(done, self.fast.spins):
+            self.fast.wait_op(done, what)
+        if (<LibrarySend>done).error is not None:
+            raise (<LibrarySend>done).error
+        return 0
+
+    def Send(self, buf, long dest, long tag=0):
+        if self._to(dest):
+            done = self._isend(buf, dest, tag, _ROUTE_STANDARD)
+            if done is not None:
+                self._complete_send(done, "Send")
+                return
+        self.f_Send(buf, dest, tag)
+
+    def Bsend(self, buf, long dest, long tag=0):
+        if self._to(dest):
+            done = self._isend(buf, dest, tag, _ROUTE_BUFFERED)
+            if done is not None:
+                self._complete_send(done, "Bsend")
+                return
+        self.f_Send(buf, dest, tag)
+
+    def Ssend(self, buf, long dest, long tag=0):
+        if self._to(dest):
+            done = self._isend(buf, dest, tag, _ROUTE_SYNC)
+            if done is not None:
+                self._complete_send(done, "Ssend")
+                return
+        self.f_Ssend(buf, dest, tag)
+
+    cdef object _request(self, object done, str what):
+        return self.fast.new_request(self.fast.comm,
+                                     self.fast.sent_op if done is True else done, None, what)
+
+    def Isend(self, buf, long dest, long tag=0):
+        if self._to(dest):
+            done = self._isend(buf, dest, tag, _ROUTE_STANDARD)
+            if done is not None:
+                return self._request(done, "Isend")
+        return self.f_Isend(buf, dest, tag)
+
+    def Ibsend(self, buf, long dest, long tag=0):
+        if self._to(dest):
+            done = self._isend(buf, dest, tag, _ROUTE_BUFFERED)
+            if done is not None:
+                return self._request(done, "Ibsend")
+        return self.f_Isend(buf, dest, tag)
+
+    def Issend(self, buf, long dest, long tag=0):
+        if self._to(dest):
+            done = self._isend(buf, dest, tag, _ROUTE_SYNC)
+            if done is not None:
+                return self._request(done, "Issend")
+        return self.f_Issend(buf, dest, tag)
+
+    # Objects: pickled as mpi4py pickles them (the communicator's dumps),
+    # the bytes sent as a buffer.
+
+    def send(self, obj, long dest, long tag=0):
+        if self._to(dest):
+            data = self.fast.dumps(obj)
+            done = self._isend(data, dest, tag, _ROUTE_STANDARD)
+            if done is not None:
+                self._complete_send(done, "send")
+                return
+            return self.fast.general_send(data, dest, tag)
+        self.f_send(obj, dest, tag)
+
+    def bsend(self, obj, long dest, long tag=0):
+        if self._to(dest):
+            # The pickled bytes are a private copy already: no wait.
+            data = self.fast.dumps(obj)
+            done = self._isend(data, dest, tag, _ROUTE_STANDARD)
+            if done is not None:
+                return
+            return self.fast.general_send(data, dest, tag)
+        self.f_send(obj, dest, tag)
+
+    def ssend(self, obj, long dest, long tag=0):
+        if self._to(dest):
+            data = self.fast.dumps(obj)
+            done = self._isend(data, dest, tag, _ROUTE_SYNC)
+            if done is not None:
+                self._complete_send(done, "ssend")
+                return
+            return self.fast.general_ssend(data, dest, tag)
+        self.f_ssend(obj, dest, tag)
+
+    def isend(self, obj, long dest, long tag=0):
+        if self._to(dest):
+            data = self.fast.dumps(obj)
+            done = self._isend(data, dest, tag, _ROUTE_STANDARD)
+            if done is not None:
+                return self._request(done, "isend")
+            return self.fast.general_isend(data, dest, tag)
+        return self.f_isend(obj, dest, tag)
+
+    def issend(self, obj, long dest, long tag=0):
+        if self._to(dest):
+            data = self.fast.dumps(obj)
+            done = self._isend(data, dest, tag, _ROUTE_SYNC)
+            if done is not None:
+                return self._request(done, "issend")
+            return self.fast.general_issend(data, dest, tag)
+        return self.f_issend(obj, dest, tag)
+
+    # --- receives ---------------------------------------------------------
+
+    cdef bint _first_in_order(self, long source, long tag) except -1:
+        """Engine lock held: can a receive of (source, tag) go straight to
+        the library?  Not when a message it matches waits in the engine's
+        unexpected queue, or a receive posted to the engine earlier could
+        take one of its messages: those come first in MPI order."""
+        cdef FastPath fast = self.fast
+        cdef RecvOp op
+        cdef long world
+        if fast.unexpected and fast._unexpected_match(source, tag) >= 0:
+            return False
+        if fast.posted:
+            world = self.ranks[source]
+            for item in fast.posted:
+                op = <RecvOp?>item
+                if op.context == fast.context and (op.source == -1 or op.source == world) \
+                        and (op.tag == -1 or tag == -1 or op.tag == tag):
+                    return False
+        return True
+
+    cdef int _advance(self) except -1:
+        """Engine lock held: each unmatched receive, in post order, asks the
+        library for its next message (MPI_Improbe), unless an earlier
+        unmatched one could take that message too."""
+        cdef list probing = self.probing
+        cdef LibraryRecv op, before
+        cdef Py_ssize_t i, j
+        cdef int found
+        cdef MPI_Message message
+        cdef MPI_Status status
+        cdef bint moved = False, blocked
+        for i in range(len(probing)):
+            op = <LibraryRecv>probing[i]
+            blocked = False
+            for j in range(i):
+                before = <LibraryRecv>probing[j]
+                if before.probing and before.lib_source == op.lib_source and (
+                        before.lib_tag == self.tag_any or op.lib_tag == self.tag_any
+                        or before.lib_tag == op.lib_tag):
+                    blocked = True
+                    break
+            if blocked:
+                continue
+            found = 0
+            if MPI_Improbe(op.lib_source, op.lib_tag, self.handle, &found, &message,
+                           &status) != MPI_SUCCESS:
+                continue
+            if found:
+                op._matched(&message, &status)
+                moved = True
+        if moved:
+            self.probing = [p for p in probing if (<LibraryRecv>p).probing]
+        return 0
+
+    def take(self, arrive, incoming, long kind):
+        """Engine lock held: every message that arrived on the handle, in
+        arrival order: to the unmatched direct receive it belongs to (they
+        were posted before any receive of the engine that could also take
+        it), else into the engine's matching as an Incoming (the library's
+        Message its data).  True when any came."""
+        cdef int found, n, err
+        cdef MPI_Message message
+        cdef MPI_Status status
+        cdef LibraryRecv op
+        cdef bint moved = False
+        cdef long world
+        if self.probing:
+            self._advance()
+        while True:
+            found = 0
+            err = MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, self.handle, &found, &message,
+                              &status)
+            if err != MPI_SUCCESS:
+                raise _library_error(err, "probe")
+            if not found:
+                return moved
+            moved = True
+            for item in self.probing:
+                op = <LibraryRecv>item
+                if op.lib_source == status.MPI_SOURCE and (op.lib_tag == self.tag_any
+                                                           or op.lib_tag == status.MPI_TAG):
+                    op._matched(&message, &status)
+                    self.probing.remove(op)
+                    break
+            else:
+                n = 0
+                MPI_Get_count(&status, MPI_BYTE, &n)
+                world = self.ranks[status.MPI_SOURCE]
+                self.received.add(world, n)
+                arrive(incoming(world, status.MPI_TAG, self.fast.context, n,
+                                _message_of(message), 0, kind))
+
+    cdef object _post(self, object buf, long source, long tag, bint obj):
+        """A direct receive of (source, tag): a LibraryRecv (matched already
+        when its message is there), or None for the general path (not first
+        in MPI order, a spec that is not a plain buffer, another thread in
+        the engine).  obj: an object receive (into a buffer of the message's
+        size)."""
+        cdef Py_buffer view
+        cdef Py_ssize_t extent, nbytes, offset
+        cdef LibraryRecv op
+        cdef FastPath fast = self.fast
+        if not fast.enabled or tag < -1 or tag > _TAG_UB:
+            return None
+        op = LibraryRecv.__new__(LibraryRecv)
+        if not obj:
+            plain = fast._plain_at(buf, &extent, &nbytes, &offset)
+            if plain is None or not _pin(plain, True, &op.view):
+                return None
+            op.pinned = True
+            if not _span(op.view.len, extent, offset, &nbytes):
+                return None     # (the op releases the view)
+            op.base = <char *>op.view.buf + offset
+            op.capacity = nbytes
+        if not fast.lock.enter():
+            return None
+        try:
+            if not self._first_in_order(source, tag):
+                return None
+            op.route = self
+            op.probing = True
+            op.lib_source = source
+            op.lib_tag = self.tag_any if tag == -1 else tag
+            op.peer = op.source = self.ranks[source]
+            op.tag = tag
+            op.context = fast.context
+            op.status_source = -1
+            op.status_tag = -1
+            op.count = op.received = op.total = 0
+            op.state = "waiting for a matching message (through the MPI library)"
+            if fast.scope is not None:
+                op.scope = fast.scope
+            self.probing.append(op)
+            self._advance()
+        finally:
+            fast.lock.leave()
+        return op
+
+    cdef int _wait_recv(self, LibraryRecv op, str what) except -1:
+        """Complete a blocking receive: poll it, then the engine's wait
+        (which the engine's progress completes: it is registered then)."""
+        if not _spin(op, self.fast.spins):
+            self._register(op)
+            self.fast.wait_op(op, what)
+        if op.error is not None:
+            if op.error == "truncate":
+                return -2
+            raise op.error
+        return 0
+
+    cdef long _source(self, object source):
+        return self.fast.any_source if source is None else source
+
+    def Recv(self, buf, source=None, tag=None, status=None):
+        cdef long src = self._source(source)
+        cdef long want
+        cdef LibraryRecv op
+        if self._to(src):
+            want = -1 if tag is None or tag == self.fast.any_tag else tag
+            found = self._post(buf, src, want, False)
+            if found is not None:
+                op = <LibraryRecv>found
+                if self._wait_recv(op, "Recv") == -2:
+                    # The engine's request reports truncation as the region path does.
+                    self.fast.new_request(self.fast.comm, op, None, ("Recv", "from", src)).Wait(
+                        status)
+                if status is not None:
+                    self.fast.fill_status(status, src, op.status_tag, op.count)
+                return
+        self.f_Recv(buf, source, tag, status)
+
+    def Irecv(self, buf, source=None, tag=None):
+        cdef long src = self._source(source)
+        cdef long want
+        if self._to(src):
+            want = -1 if tag is None or tag == self.fast.any_tag else tag
+            op = self._post(buf, src, want, False)
+            if op is not None:
+                self._register(op)
+                return self.fast.new_request(self.fast.comm, op, None, ("Irecv", "from", src))
+        return self.f_Irecv(buf, source, tag)
+
+    def recv(self, buf=None, source=None, tag=None, status=None):
+        cdef long src = self._source(source)
+        cdef long want
+        cdef LibraryRecv op
+        if self._to(src) and buf is None:
+            want = -1 if tag is None or tag == self.fast.any_tag else tag
+            found = self._post(None, src, want, True)
+            if found is not None:
+                op = <LibraryRecv>found
+                self._wait_recv(op, "recv")
+                if status is not None:
+                    self.fast.fill_status(status, src, op.status_tag, op.count)
+                data = op.data
+                # An empty message (a buffer send of nothing) is None, as mpi4py has it.
+                return self.fast.loads(data) if len(data) else None
+        return self.f_recv(buf, source, tag, status)
+
+    # --- both ---------------------------------------------------------------
+
+    def Sendrecv(self, sendbuf, long dest, long sendtag=0, recvbuf=None, source=None,
+                 recvtag=None, status=None):
+        cdef long src = self._source(source)
+        cdef bint to_lib = self._to(dest), from_lib = self._to(src)
+        if not to_lib and not from_lib:
+            return self.f_Sendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag, status)
+        if to_lib:
+            # The library's send does not wait to be posted: receive, then
+            # wait for the send.
+            done = self._isend(sendbuf, dest, sendtag, _ROUTE_STANDARD)
+            if done is not None:
+                self.Recv(recvbuf, source, recvtag, status)
+                self._complete_send(done, "Sendrecv")
+                return
+        elif self.fast.send(sendbuf, dest, sendtag):
+            # Sent through the ring at once: the receive is the library's.
+            self.Recv(recvbuf, source, recvtag, status)
+            return
+        return self.f_Sendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag, status)
