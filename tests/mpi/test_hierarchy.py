@@ -26,27 +26,28 @@ pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.usefixtures("engine_timeo
 # and past the region collectives' staging threshold.
 SIZES = (8, 1000, 70_000, 1 << 20)
 
-P = 1_000_003
+P = 65_521
 
 
 def _affine(inbuf, inoutbuf, datatype):
-    """Composition of affine maps x -> a*x + b mod P, pairs (a, b) of int64:
-    associative, not commutative.  inout = in o inout (in from lower ranks)."""
-    a = np.frombuffer(inbuf, np.int64).reshape(-1, 2)
-    b = np.frombuffer(inoutbuf, np.int64).reshape(-1, 2)
-    a0, a1, b0, b1 = a[:, 0].copy(), a[:, 1].copy(), b[:, 0].copy(), b[:, 1].copy()
-    b[:, 0] = (a0 * b0) % P
-    b[:, 1] = (a1 * b0 + b1) % P
+    """Composition of affine maps x -> a*x + b mod P, each one int64
+    a * 2**32 + b: associative, not commutative, and element by element
+    (a library may split a reduction anywhere between elements).
+    inout = in o inout (in from lower ranks)."""
+    x = np.frombuffer(inbuf, np.int64)
+    y = np.frombuffer(inoutbuf, np.int64)
+    xa, xb, ya, yb = x >> 32, x & 0xFFFFFFFF, y >> 32, y & 0xFFFFFFFF
+    y[:] = (((xa * ya) % P) << 32) | ((xb * ya + yb) % P)
 
 
 AFFINE = MPI.Op.Create(_affine, commute=False)
 
 
 def _affine_data(rank, n):
-    data = np.empty((n, 2), np.int64)
-    data[:, 0] = (np.arange(n) * 7 + rank * 13 + 2) % 997 + 1
-    data[:, 1] = (np.arange(n) * 3 + rank * 101) % 991
-    return data.reshape(-1)
+    """n affine maps for rank, different from rank to rank."""
+    a = (np.arange(n, dtype=np.int64) * 7 + rank * 13 + 2) % 997 + 1
+    b = (np.arange(n, dtype=np.int64) * 3 + rank * 101) % 991
+    return (a << 32) | b
 
 
 def _plain(comm):
@@ -186,7 +187,7 @@ def test_allreduce(comm, nbytes, name, dtype, op):
 @pytest.mark.parametrize("nbytes", SIZES)
 def test_allreduce_non_commutative_user_op(comm, nbytes):
     plain = _plain(comm)
-    data = _affine_data(comm.rank, max(1, nbytes // 16))
+    data = _affine_data(comm.rank, max(1, nbytes // 8))
     out, ref = np.zeros_like(data), np.zeros_like(data)
     with way(comm, "Allreduce"):
         comm.Allreduce(data, out, AFFINE)
@@ -202,7 +203,7 @@ def test_allreduce_non_commutative_user_op(comm, nbytes):
 def test_reduce_every_root(comm, nbytes):
     plain = _plain(comm)
     for op, data in ((MPI.SUM, _values(comm.rank, nbytes, "f8")),
-                     (AFFINE, _affine_data(comm.rank, max(1, nbytes // 16)))):
+                     (AFFINE, _affine_data(comm.rank, max(1, nbytes // 8)))):
         for root in range(comm.size):
             out = np.zeros_like(data) if comm.rank == root else None
             ref = np.zeros_like(data) if comm.rank == root else None
