@@ -69,8 +69,10 @@ def paths(comm=None):
     holds the ring positions (as ``traffic``, all communicators; None for a
     peer with no ring), "mpi" the point-to-point messages and payload
     bytes this process sent to and took from the peer through the MPI
-    library since start-up (all communicators; collectives on communicators
-    spanning regions are the library's own and are not counted).
+    library since start-up (all communicators; the library's own collective
+    calls are not counted: flat collectives on communicators spanning
+    regions and the leaders' step of two-level ones, ivmpi.hierarchy,
+    whose steps inside a group move the rings).
     """
     from .routing import path_to
     comm = _ivmpi(comm)
