@@ -175,6 +175,30 @@ def _plain_datatype(spec):
         return False
 
 
+def _pair_ok(sendbuf, recvbuf):
+    """Do a reduction's send and receive specs parse and agree (mpi4py's
+    checks: same datatype, same count)?  Checked before any step, so that
+    arguments the library refuses on every rank go flat on every rank and
+    get the library's error there, instead of failing in one level on some
+    ranks only."""
+    try:
+        recv = parse_recv(recvbuf)
+        if is_in_place(sendbuf):
+            return True
+        send = parse_send(sendbuf)
+        return send.datatype == recv.datatype and send.count == recv.count
+    except Exception:
+        return False
+
+
+def _send_ok(sendbuf):
+    try:
+        parse_send(sendbuf)
+        return True
+    except Exception:
+        return False
+
+
 def _scratch_like(spec):
     """[buffer, count, datatype] of the same shape as the data of spec."""
     buf = parse_send(spec)
@@ -202,6 +226,10 @@ def barrier(c, h):
 def Bcast(c, h, buf, root=0):
     if not _root_ok(h, root):
         return FLAT
+    try:
+        (parse_send if h.rank == root else parse_recv)(buf, holes=True)
+    except Exception:
+        return FLAT     # the library reports it
     root_group = h.group_of[root]
     if root_group == h.mine:
         if h.node_size > 1:
@@ -242,7 +270,8 @@ def bcast(c, h, obj, root=0):
 
 def Allreduce(c, h, sendbuf, recvbuf, op=_SUM):
     in_place = is_in_place(sendbuf)
-    if not _order_ok(h, op) or not _plain_datatype(recvbuf if in_place else sendbuf):
+    if (not _order_ok(h, op) or not _plain_datatype(recvbuf if in_place else sendbuf)
+            or not _pair_ok(sendbuf, recvbuf)):
         return FLAT
     alone = h.node_size == 1
     if not alone:
@@ -266,6 +295,9 @@ def Reduce(c, h, sendbuf, recvbuf, op=_SUM, root=0):
     in_place = am_root and is_in_place(sendbuf)
     mine = recvbuf if in_place else sendbuf      # this rank's contribution
     if not _order_ok(h, op) or not _plain_datatype(mine):
+        return FLAT
+    # (The receive spec counts at the root only, as in the library.)
+    if not (_pair_ok(sendbuf, recvbuf) if am_root else _send_ok(sendbuf)):
         return FLAT
     root_group = h.group_of[root]
     root_leads = h.node_rank_of[root] == 0
@@ -400,7 +432,13 @@ def Allgather(c, h, sendbuf, recvbuf):
     if not h.consecutive:
         return FLAT
     in_place = is_in_place(sendbuf)
-    buf, count, base, datatype = _recv_layout(h, recvbuf)
+    try:
+        recv = parse_recv(recvbuf, blocks=h.size)
+        if not in_place and parse_send(sendbuf).nbytes > recv.nbytes // h.size:
+            return FLAT
+        buf, count, base, datatype = _recv_layout(h, recvbuf)
+    except Exception:
+        return FLAT     # the library reports it
     first = h.groups[h.mine][0]
     alone = h.node_size == 1
     if not alone:

@@ -467,3 +467,21 @@ def test_disabled_is_flat_and_equal(comm):
         assert np.array_equal(out, ref)
     finally:
         dup.Free()
+
+
+def test_arguments_the_library_refuses_go_flat_on_every_rank(comm):
+    """Specs that do not agree are checked before any level: every rank
+    goes flat and gets the library's error, none is left waiting."""
+    with way(comm, "Allreduce", two_level=False):
+        with pytest.raises(ValueError):
+            comm.Allreduce(np.zeros(4), np.zeros(5), MPI.SUM)
+    with way(comm, "Allreduce", two_level=False):
+        with pytest.raises(ValueError, match="datatypes"):
+            comm.Allreduce([np.zeros(4, np.int64), MPI.INT64_T], np.zeros(4, np.int64), MPI.SUM)
+    with way(comm, "Allgather", two_level=False):
+        with pytest.raises(Exception):
+            comm.Allgather(np.zeros(8), np.zeros(comm.size * 2))
+    out = np.zeros(3)
+    with way(comm, "Allreduce"):
+        comm.Allreduce(np.ones(3), out, MPI.SUM)
+    assert (out == comm.size).all()
