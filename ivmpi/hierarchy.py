@@ -27,8 +27,9 @@ datatype MPI requires to be the same everywhere) the datatype.  Flat:
     only when every group is a run of consecutive ranks;
   - reductions over a derived datatype with holes; Allgather when some
     group's ranks are not consecutive;
-  - a root out of range or arguments that do not bind (the library reports
-    the error);
+  - a root out of range, arguments that do not bind, or buffer specs that
+    do not parse or agree (mpi4py's checks, made before either level): the
+    library reports the error on every rank;
   - every other collective (nonblocking, persistent, v-forms, alltoall,
     scans, neighbourhood ones).
 """
