@@ -38,6 +38,7 @@ from .lib import MPI as _MPI
 
 from ._fastcopy import RoutedPath, poll_library
 from . import engine as _engine
+from . import hierarchy as _hierarchy
 
 _Improbe = _MPI.Comm.Improbe
 _Isend = _MPI.Comm.Isend
@@ -248,11 +249,41 @@ def _mpi4py_method(cls, name):
 
 
 def collective(comm, name, args, kwargs):
-    """The library's collective `name` on comm's handle; its requests
-    become ivmpi requests, so that they mix with point-to-point ones."""
+    """Collective `name` on comm: in two levels (ivmpi.hierarchy: inside
+    each node group through the region, between groups through the
+    library among one leader per group) where that form exists and
+    applies, else the library's call on comm's handle (flat); the
+    library's requests become ivmpi requests, so that they mix with
+    point-to-point ones."""
     comm._check_live()
+    coll = comm._coll
+    if type(coll) is LibraryCollectives:
+        run = _hierarchy.RUNS.get(name)
+        if run is not None and coll.enabled:
+            levels = coll.levels(comm)
+            if levels is not None:
+                try:
+                    result = run(coll, levels, *args, **kwargs)
+                except TypeError:
+                    if _binds(run, args, kwargs):
+                        raise
+                    result = _hierarchy.FLAT     # the library reports the wrong call
+                if result is not _hierarchy.FLAT:
+                    coll.two_level[name] = coll.two_level.get(name, 0) + 1
+                    return result
+        coll.flat[name] = coll.flat.get(name, 0) + 1
     return _wrap(comm, _mpi4py_method(type(comm), name)(comm, *args, **kwargs), name, args,
                  kwargs)
+
+
+def _binds(function, args, kwargs):
+    """Do the arguments fit function's signature (past its first two)?"""
+    import inspect
+    try:
+        inspect.signature(function).bind(None, None, *args, **kwargs)
+    except TypeError:
+        return False
+    return True
 
 
 def _wrap(comm, result, name, args, kwargs):
@@ -274,6 +305,29 @@ class LibraryCollectives:
 
     def __init__(self, comm):
         self._comm = comm
+        # The two levels of ivmpi.hierarchy: None until the first
+        # collective that has them, then a Hierarchy, or False where they
+        # do not apply (an intercommunicator, groups of one rank each).
+        self.built = None
+        self.enabled = _hierarchy.ENABLED
+        # Calls by collective name, either way, and the sub-collectives
+        # of the two levels this process made (ivmpi.hierarchy.stats).
+        self.two_level, self.flat = {}, {}
+        self.leader_calls = self.node_calls = 0
+
+    def levels(self, comm):
+        """comm's Hierarchy, made now if this is its first collective with
+        two levels (every member is in the same call); None if they do
+        not apply."""
+        built = self.built
+        if built is None:
+            built = False
+            if not _MPI.Comm.Is_inter(comm):
+                groups = _hierarchy.groups_of(comm)
+                if _hierarchy.worth_it(groups):
+                    built = _hierarchy.Hierarchy(comm, groups)
+            self.built = built
+        return built or None
 
     def __getattr__(self, name):
         if name.startswith("_"):
@@ -284,7 +338,9 @@ class LibraryCollectives:
                                              kwargs)
 
     def free(self):
-        pass
+        if self.built:
+            self.built.free()
+        self.built = False
 
 
 class LibraryOp:

@@ -70,8 +70,10 @@ def paths(comm=None):
     holds the ring positions (as ``traffic``, all communicators; None for a
     peer with no ring), "mpi" the point-to-point messages and payload
     bytes this process sent to and took from the peer through the MPI
-    library since start-up (all communicators; collectives on communicators
-    spanning regions are the library's own and are not counted); of those,
+    library since start-up (all communicators; the library's own collective
+    calls are not counted: flat collectives on communicators spanning
+    regions and the leaders' step of two-level ones, ivmpi.hierarchy,
+    whose steps inside a group move the rings); of those,
     "mpi"/"direct" counts the ones that went straight between the caller's
     buffer and the library, never through the engine's queues
     (docs/routing.md).
