@@ -56,48 +56,63 @@ def prefix_chained(long size, Py_ssize_t nbytes, Py_ssize_t segment):
     return size == 2 or nbytes > segment
 
 
-cdef inline void _combine3_typed(int op, _number *out, const _number *lower,
-                                 const _number *higher, Py_ssize_t n) noexcept nogil:
-    # out = lower (op) higher, element-wise (out may be higher).
-    cdef Py_ssize_t i
-    cdef _number x, y
-    for i in range(n):
-        x = lower[i]
-        y = higher[i]
-        if op == OP_SUM:
-            out[i] = x + y
-        elif op == OP_PROD:
-            out[i] = x * y
-        elif op == OP_MAX:
-            out[i] = x if x >= y else y
-        else:
-            out[i] = x if x <= y else y
+# out = lower (op) higher, element-wise, one plain loop per op and type that
+# the compiler vectorizes (out may be higher itself, index for index: each
+# element is read before it is written; it never overlaps otherwise).
+# MAX/MIN pick as _combine does, so NaN and -0.0 come out the same.
+cdef extern from *:
+    """
+    #define IVMPI_PREFIX_LOOPS(T, NAME)                                              \
+    static void NAME(int op, T *restrict out, const T *lower, const T *higher,       \
+                     Py_ssize_t n) {                                                 \
+        Py_ssize_t i;                                                                \
+        switch (op) {                                                                \
+        case 1: for (i = 0; i < n; i++) out[i] = lower[i] + higher[i]; break;        \
+        case 2: for (i = 0; i < n; i++) out[i] = lower[i] * higher[i]; break;        \
+        case 3: for (i = 0; i < n; i++)                                              \
+                    out[i] = lower[i] >= higher[i] ? lower[i] : higher[i]; break;    \
+        default: for (i = 0; i < n; i++)                                             \
+                    out[i] = lower[i] <= higher[i] ? lower[i] : higher[i]; break;    \
+        }                                                                            \
+    }
+    IVMPI_PREFIX_LOOPS(double, ivmpi_prefix_f64)
+    IVMPI_PREFIX_LOOPS(float, ivmpi_prefix_f32)
+    IVMPI_PREFIX_LOOPS(int64_t, ivmpi_prefix_i64)
+    IVMPI_PREFIX_LOOPS(int32_t, ivmpi_prefix_i32)
+    """
+    void _loop_f64 "ivmpi_prefix_f64"(int op, double *out, const double *lower,
+                                      const double *higher, Py_ssize_t n) nogil
+    void _loop_f32 "ivmpi_prefix_f32"(int op, float *out, const float *lower,
+                                      const float *higher, Py_ssize_t n) nogil
+    void _loop_i64 "ivmpi_prefix_i64"(int op, int64_t *out, const int64_t *lower,
+                                      const int64_t *higher, Py_ssize_t n) nogil
+    void _loop_i32 "ivmpi_prefix_i32"(int op, int32_t *out, const int32_t *lower,
+                                      const int32_t *higher, Py_ssize_t n) nogil
 
 
-cdef void _combine3(int op, int typ, char *out, const char *lower, const char *higher,
-                    Py_ssize_t n) noexcept nogil:
+cdef inline void _combine3(int op, int typ, char *out, const char *lower, const char *higher,
+                           Py_ssize_t n) noexcept nogil:
     if typ == T_F64:
-        _combine3_typed[double](op, <double *>out, <const double *>lower,
-                                <const double *>higher, n)
+        _loop_f64(op, <double *>out, <const double *>lower, <const double *>higher, n)
     elif typ == T_F32:
-        _combine3_typed[float](op, <float *>out, <const float *>lower, <const float *>higher, n)
+        _loop_f32(op, <float *>out, <const float *>lower, <const float *>higher, n)
     elif typ == T_I64:
-        _combine3_typed[int64_t](op, <int64_t *>out, <const int64_t *>lower,
-                                 <const int64_t *>higher, n)
+        _loop_i64(op, <int64_t *>out, <const int64_t *>lower, <const int64_t *>higher, n)
     else:
-        _combine3_typed[int32_t](op, <int32_t *>out, <const int32_t *>lower,
-                                 <const int32_t *>higher, n)
+        _loop_i32(op, <int32_t *>out, <const int32_t *>lower, <const int32_t *>higher, n)
 
 
 cdef void _apply(const char *src, bint region, int strict, char *dst, char *acc,
-                 const char *other, Py_ssize_t m, int code, int typ) noexcept nogil:
+                 const char *other, bint theirs_higher, Py_ssize_t m, int code,
+                 int typ) noexcept nogil:
     """What a received segment of m bytes at src is for: dst = segment
     (dst not NULL) and acc = segment (op) other (acc not NULL; other NULL:
-    acc itself).  src in the region is read by the copy core only, a piece
-    at a time; other may be acc or dst (each piece is read before it is
-    written)."""
+    acc itself; theirs_higher: other (op) segment).  src in the region is
+    read by the copy core only, a piece at a time; other may be acc or dst
+    (each piece is read before it is written)."""
     cdef double piece[_PIECE_WORDS]        # 8-byte aligned for the combine
     cdef const char *at
+    cdef const char *mine
     cdef Py_ssize_t o = 0, k, item = 8 if typ == T_F64 or typ == T_I64 else 4
     if acc == NULL:
         if region:
@@ -114,17 +129,19 @@ cdef void _apply(const char *src, bint region, int strict, char *dst, char *acc,
             at = <const char *>piece
         else:
             at = src + o
-        if other == NULL:
-            _combine(code, typ, acc + o, at, k // item, False)
+        mine = (acc if other == NULL else other) + o
+        if theirs_higher:
+            _combine3(code, typ, acc + o, mine, at, k // item)
         else:
-            _combine3(code, typ, acc + o, at, other + o, k // item)
+            _combine3(code, typ, acc + o, at, mine, k // item)
         if dst != NULL:
             memcpy(dst + o, at, k)
         o += k
 
 
 cdef int stream_take(SmallCollectives c, char *dst, char *acc, const char *other,
-                     Py_ssize_t m, long source, long tag, int code, int typ) except -1:
+                     Py_ssize_t m, long source, long tag, int code, int typ,
+                     bint theirs_higher=False) except -1:
     """Receive one segment of m bytes from source and _apply it: straight
     from the ring when its frame is next there, else through the
     communicator's own receive into a private buffer."""
@@ -142,10 +159,10 @@ cdef int stream_take(SmallCollectives c, char *dst, char *acc, const char *other
                     if m >= _NOGIL_MIN:
                         with nogil:
                             _apply(rx.data + rx.pos + _HDR, True, rx.strict, dst, acc, other,
-                                   m, code, typ)
+                                   theirs_higher, m, code, typ)
                     else:
-                        _apply(rx.data + rx.pos + _HDR, True, rx.strict, dst, acc, other, m,
-                               code, typ)
+                        _apply(rx.data + rx.pos + _HDR, True, rx.strict, dst, acc, other,
+                               theirs_higher, m, code, typ)
                     fast.last_tag = rx.tag
                     fast._consume(rx)
                     done = True
@@ -154,7 +171,7 @@ cdef int stream_take(SmallCollectives c, char *dst, char *acc, const char *other
     if not done:
         private = c._scratch(2, m)
         c.recv_slow(PyMemoryView_FromMemory(private, m, PyBUF_WRITE), source, tag)
-        _apply(private, False, 0, dst, acc, other, m, code, typ)
+        _apply(private, False, 0, dst, acc, other, theirs_higher, m, code, typ)
     return 0
 
 
@@ -229,6 +246,7 @@ cdef int reduce_scatter_stream(SmallCollectives c, const char *data, char *targe
     cdef Py_ssize_t k, nseg_max = 0, nseg, o, m, seg
     cdef Py_ssize_t mine = length[rank], myseg
     cdef Py_ssize_t eager = <Py_ssize_t>c.eager_limit
+    cdef const char *own
     for j in range(size):
         seg = stream_segment(length[j], item, eager)
         nseg = (length[j] + seg - 1) // seg
@@ -246,15 +264,20 @@ cdef int reduce_scatter_stream(SmallCollectives c, const char *data, char *targe
         if o >= mine:
             continue
         m = min(myseg, mine - o)
-        # target = x[size-1], then target = x[j] op target, j descending
-        for j in range(size - 1, -1, -1):
+        # target = x[size-1], then target = x[j] op target, j descending;
+        # the first two operands in one pass.
+        own = data + off[rank] + o
+        j = size - 2
+        if rank == size - 1:
+            stream_take(c, NULL, target + o, own, m, j, tag, code, typ)
+        elif rank == size - 2:
+            stream_take(c, NULL, target + o, own, m, size - 1, tag, code, typ, True)
+        else:
+            stream_take(c, target + o, NULL, NULL, m, size - 1, tag, code, typ)
+            stream_take(c, NULL, target + o, NULL, m, j, tag, code, typ)
+        for j in range(size - 3, -1, -1):
             if j == rank:
-                if j == size - 1:
-                    memcpy(target + o, data + off[rank] + o, m)
-                else:
-                    _combine(code, typ, target + o, data + off[rank] + o, m // item, False)
-            elif j == size - 1:
-                stream_take(c, target + o, NULL, NULL, m, j, tag, code, typ)
+                _combine3(code, typ, target + o, own, target + o, m // item)
             else:
                 stream_take(c, NULL, target + o, NULL, m, j, tag, code, typ)
     return 0
