@@ -28,10 +28,15 @@ Algorithms (p = number of ranks):
                    order preserved, so non-commutative ops are correct;
                    from 256 KiB reduce-scatter then allgather through the
                    heaps (each rank reduces one block in rank order)
-  scan/exscan      recursive doubling prefix
-  reduce_scatter   reduce to rank 0, then scatter the blocks; from 256 KiB
-                   each rank reduces its own block through the heaps
-  (reduce from 256 KiB: that reduce-scatter, then the blocks to the root)
+  scan/exscan      a chain in segments (rank r gets the prefix of 0..r-1
+                   from r-1, passes that of 0..r to r+1) on two ranks or
+                   for more than one segment, else recursive doubling
+  reduce_scatter   block j of every input to rank j in segments, each rank
+                   reducing its own block in rank order
+  (reduce from 256 KiB: the allreduce's reduce-scatter, then the blocks
+  to the root)
+Scan, exscan and reduce_scatter send eager segments only (see
+ivmpi/_prefix.pxi, whose Cython versions send the same messages).
 The object (lowercase) reductions combine in rank order with ``op(a, b)``,
 as mpi4py does.
 """
