@@ -27,8 +27,9 @@ cdef extern from "<sched.h>":
 cdef enum:
     _PIECE_BYTES = 4096          # taken out of the ring at a time before combining
     _PIECE_WORDS = 512           # _PIECE_BYTES / 8 (a C array size: no '//' here)
-    _SEGMENT_SMALL = 16384       # up to here (and up to 128 KiB: segments of 16 KiB)
-    _SEGMENT_LARGE = 32768
+    _SEGMENT_SMALL = 16384       # messages up to _SMALL_MESSAGE: segments of 16 KiB
+    _SMALL_MESSAGE = 131072
+    _SEGMENT_LARGE = 65536       # larger ones: fewer, longer frames (fewer schedule steps)
 
 
 cpdef Py_ssize_t stream_segment(Py_ssize_t nbytes, Py_ssize_t extent,
@@ -39,12 +40,7 @@ cpdef Py_ssize_t stream_segment(Py_ssize_t nbytes, Py_ssize_t extent,
     cdef Py_ssize_t seg
     if extent <= 0:
         raise ValueError(f"element extent {extent}")
-    if nbytes <= _SEGMENT_SMALL:
-        seg = _SEGMENT_SMALL
-    elif nbytes <= 131072:
-        seg = _SEGMENT_SMALL
-    else:
-        seg = _SEGMENT_LARGE
+    seg = _SEGMENT_SMALL if nbytes <= _SMALL_MESSAGE else _SEGMENT_LARGE
     if seg > eager_limit:
         seg = eager_limit
     seg = seg // extent * extent

@@ -5,7 +5,7 @@ nonblocking and persistent over ivmpi and as the MPI library's own call on
 its COMM_WORLD, and compares: integers and the non-commutative user op bit
 for bit, floating point with allclose (the algorithms may associate the
 operands differently).  Sizes cover one segment, several segments (the
-messages are streamed in segments of 16 or 32 KiB) and zero counts; the
+messages are streamed in segments of 16 or 64 KiB) and zero counts; the
 mixed cases put ranks on the Cython and the general Python path at once
 (a plain buffer on some ranks, a derived datatype of the same signature on
 the others), which must send the same messages.
@@ -22,7 +22,7 @@ LIB_WORLD = LIB.COMM_WORLD
 KINDS = ("blocking", "nonblocking", "persistent", "library")
 
 # Element counts: none, a few, one segment of 16 KiB (f8), just over it,
-# and past 128 KiB (32 KiB segments, the last one short).
+# and past 128 KiB (64 KiB segments, the last one short).
 COUNTS = (0, 1, 5, 2048, 2049, 16387)
 
 
