@@ -277,3 +277,30 @@ cdef int reduce_scatter_stream(SmallCollectives c, const char *data, char *targe
             else:
                 stream_take(c, NULL, target + o, NULL, m, j, tag, code, typ)
     return 0
+
+
+cdef class Combine:
+    """inout = in (op) inout over count elements of a predefined type, with
+    the vectorized loops above: a schedule's CALL step (ivmpi.nbcoll)."""
+    cdef object keep_in, keep_out
+    cdef char *inout
+    cdef const char *other
+    cdef Py_ssize_t count
+    cdef int code, typ
+
+    def __init__(self, int code, int typ, inmem, inoutmem, Py_ssize_t count):
+        cdef Py_buffer view
+        cdef Py_ssize_t item = 8 if typ == T_F64 or typ == T_I64 else 4, la, lb
+        PyObject_GetBuffer(inoutmem, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
+        self.inout, la = <char *>view.buf, view.len
+        PyBuffer_Release(&view)
+        PyObject_GetBuffer(inmem, &view, PyBUF_SIMPLE)
+        self.other, lb = <const char *>view.buf, view.len
+        PyBuffer_Release(&view)
+        if count < 0 or count * item > min(la, lb):
+            raise ValueError(f"{count} elements do not fit the buffers")
+        self.keep_in, self.keep_out = inmem, inoutmem     # their memory stays
+        self.code, self.typ, self.count = code, typ, count
+
+    def __call__(self):
+        _combine3(self.code, self.typ, self.inout, self.other, self.inout, self.count)

@@ -43,7 +43,7 @@ import functools
 
 from .lib import MPI as _MPI
 
-from ._fastcopy import (Channel, SCHED_CALL, SCHED_COMBINE, SCHED_COPY, SCHED_FENCE, SCHED_RECV,
+from ._fastcopy import (Channel, Combine, SCHED_CALL, SCHED_COMBINE, SCHED_COPY, SCHED_FENCE, SCHED_RECV,
                         SCHED_SEND, SCHED_TYPES, SMALL_OPS, buffer_span, prefix_chained,
                         set_schedule_errors, stream_segment)
 from .buffers import (BOTTOM, _as_datatype, _memory, datatype_extent, has_holes, is_in_place,
@@ -99,6 +99,16 @@ def combiner(op, datatype):
     return lambda inmem, inoutmem, count: (
         CALL, functools.partial(reduce_local, [inmem, count, datatype],
                                 [inoutmem, count, datatype]))
+
+
+def fast_combiner(op, datatype):
+    """combiner's step, as a CALL of the vectorized loops of ivmpi._prefix
+    for the ops and types they know (the prefix and reduce-scatter steps)."""
+    code = _OP_CODES.get(op.handle)
+    typ = _TYPE_CODES.get(datatype.handle)
+    if code is not None and typ is not None:
+        return lambda inmem, inoutmem, count: (CALL, Combine(code, typ, inmem, inoutmem, count))
+    return combiner(op, datatype)
 
 
 def _scratch(nbytes):
@@ -476,7 +486,7 @@ def _prefix_chain_steps(ch, data, recvmem, extent, segment, datatype, op, inclus
         if inclusive and not _same_start(data, recvmem):
             steps.append((COPY, recvmem, data))
         return steps
-    combine = combiner(op, datatype)
+    combine = fast_combiner(op, datatype)
     last = rank == size - 1
     steps = []
     if inclusive:
@@ -507,7 +517,7 @@ def _prefix_chain_steps(ch, data, recvmem, extent, segment, datatype, op, inclus
 def _prefix_doubling_steps(ch, data, recvmem, count, datatype, op, inclusive):
     # Recursive doubling prefix (Collectives._prefix_doubling).
     size, rank = ch.size, ch.rank
-    combine = combiner(op, datatype)
+    combine = fast_combiner(op, datatype)
     partial, tmp = _scratch(len(data)), _scratch(len(data))
     steps = [(COPY, partial, data)]
     result = None
@@ -555,7 +565,7 @@ def reduce_scatter_steps(ch, data, counts, datatype, extent, op, target):
         copy = _scratch(len(data))        # IN_PLACE: the result overwrites the input
         steps.append((COPY, copy, data))
         data = copy
-    combine = combiner(op, datatype)
+    combine = fast_combiner(op, datatype)
     eager = ch.engine.eager_limit
     bounds = [0]
     for c in counts:
