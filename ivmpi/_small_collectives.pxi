@@ -609,15 +609,18 @@ cdef class SmallCollectives:
 
     cdef bint _try_prefix(self, object sendbuf, object recvbuf, object op,
                           bint inclusive) except -1:
-        """The general algorithm's recursive-doubling prefix: `partial` is
-        the reduction over this rank's subcube, `result` over the ranks
-        below it (and itself when inclusive)."""
+        """The general algorithm (ivmpi.collectives): the chain of
+        prefix_chain, streamed in segments, for two ranks or more than one
+        segment; else recursive doubling, where `partial` is the reduction
+        over this rank's subcube, `result` over the ranks below it (and
+        itself when inclusive), and the last round goes one way only (the
+        lower partner's partial sum is not used again)."""
         cdef Span send, recv
         cdef long size = self.size, rank = self.rank, mask, partner
         cdef long tag = self.scan_tag if inclusive else self.exscan_tag
-        cdef Py_ssize_t n, count
+        cdef Py_ssize_t n, count, seg
         cdef int code, typ
-        cdef bint have_result = inclusive
+        cdef bint have_result = inclusive, last
         cdef char *partial
         cdef char *tmp
         cdef char *result
@@ -625,10 +628,12 @@ cdef class SmallCollectives:
             return False
         try:
             n = recv.nbytes
-            if not self._small(n):
-                return False
             code = <int>self._op_code(op)
             typ = recv.typ
+            seg = stream_segment(n, _item_bytes(typ), <Py_ssize_t>self.eager_limit)
+            if prefix_chained(size, n, seg):
+                prefix_chain(self, send.data, recv.data, n, seg, code, typ, inclusive, tag)
+                return True
             count = n // _item_bytes(typ)
             partial = self._scratch(0, n)
             tmp = self._scratch(1, n)
@@ -640,16 +645,20 @@ cdef class SmallCollectives:
             while mask < size:
                 partner = rank ^ mask
                 if partner < size:
-                    self._send(partial, n, partner, tag)
-                    self._recv(tmp, n, partner, tag)
+                    last = mask << 1 >= size
+                    if not last or partner > rank:
+                        self._send(partial, n, partner, tag)
+                    if not last or partner < rank:
+                        self._recv(tmp, n, partner, tag)
                     if partner < rank:
-                        _combine(code, typ, partial, tmp, count, False)
+                        if not last:
+                            _combine(code, typ, partial, tmp, count, False)
                         if have_result:
                             _combine(code, typ, result, tmp, count, False)
                         else:
                             memcpy(result, tmp, n)
                             have_result = True
-                    else:
+                    elif not last:
                         _combine(code, typ, partial, tmp, count, True)
                 mask <<= 1
             if have_result:     # Exscan leaves rank 0's buffer untouched
@@ -673,13 +682,13 @@ cdef class SmallCollectives:
 
     cdef bint _try_reduce_scatter(self, object sendbuf, object recvbuf, object counts,
                                   object op) except -1:
-        """The general algorithm: reduce everything to rank 0 (binomial
-        tree), which sends each rank its block.  counts None: equal blocks."""
+        """The general algorithm: block j of every rank's input goes to rank
+        j, which reduces it (reduce_scatter_stream).  counts None: equal
+        blocks."""
         cdef Span send, recv
         cdef long size = self.size, rank = self.rank, i
-        cdef Py_ssize_t total, item, start, mine = 0, c
+        cdef Py_ssize_t total, item, start, c
         cdef int typ
-        cdef char *acc
         if size < 2 or sendbuf is self.in_place or self._op_code(op) is None:
             return False
         if counts is not None and ((type(counts) is not list and type(counts) is not tuple)
@@ -699,9 +708,9 @@ cdef class SmallCollectives:
                                                                          else 1)
             recv.nbytes = recv.length if recv.nbytes < 0 else recv.nbytes
             if total > send.length or recv.nbytes > recv.length or total % item \
-                    or recv.nbytes % item or not self._small(total):
+                    or recv.nbytes % item or (counts is None and total % (size * item)):
                 return False
-            # Byte offset and length of every rank's block in the reduced data.
+            # Byte offset and length of every rank's block in the input.
             start = 0
             for i in range(size):
                 if counts is None:
@@ -715,16 +724,11 @@ cdef class SmallCollectives:
                 start += c
             if start != total or self.slen[rank] != recv.nbytes:
                 return False
-            acc = self._scratch(0, total)
-            memcpy(acc, send.data, total)
-            self._tree_reduce(acc, self._scratch(1, total), total, <int>self._op_code(op), typ,
-                              0, self.reduce_scatter_tag)
-            if rank != 0:
-                self._recv(recv.data, recv.nbytes, 0, self.reduce_scatter_tag)
-                return True
-            for i in range(1, size):
-                self._send(acc + self.soff[i], self.slen[i], i, self.reduce_scatter_tag)
-            memcpy(recv.data, acc, self.slen[0])
+            # Overlapping buffers: the general path reports or copies.
+            if send.data < recv.data + recv.nbytes and recv.data < send.data + total:
+                return False
+            reduce_scatter_stream(self, send.data, recv.data, self.soff, self.slen, item,
+                                  <int>self._op_code(op), typ, self.reduce_scatter_tag)
             return True
         finally:
             _close(&send)

@@ -29,10 +29,15 @@ Algorithms (p = number of ranks):
                    order preserved, so non-commutative ops are correct;
                    from 256 KiB reduce-scatter then allgather through the
                    heaps (each rank reduces one block in rank order)
-  scan/exscan      recursive doubling prefix
-  reduce_scatter   reduce to rank 0, then scatter the blocks; from 256 KiB
-                   each rank reduces its own block through the heaps
-  (reduce from 256 KiB: that reduce-scatter, then the blocks to the root)
+  scan/exscan      a chain in segments (rank r gets the prefix of 0..r-1
+                   from r-1, passes that of 0..r to r+1) on two ranks or
+                   for more than one segment, else recursive doubling
+  reduce_scatter   block j of every input to rank j in segments, each rank
+                   reducing its own block in rank order
+  (reduce from 256 KiB: the allreduce's reduce-scatter, then the blocks
+  to the root)
+Scan, exscan and reduce_scatter send eager segments only (see
+ivmpi/_prefix.pxi, whose Cython versions send the same messages).
 The object (lowercase) reductions combine in rank order with ``op(a, b)``,
 as mpi4py does.
 """
@@ -42,7 +47,7 @@ from .lib import MPI
 
 from .buffers import (parse_send, parse_recv, parse_vbuf, is_in_place,
                       datatype_extent, packed_spec, packed_vspec)
-from ._fastcopy import buffer_span, stream_into
+from ._fastcopy import buffer_span, prefix_chained, stream_into, stream_segment
 from .errors import BufferSpecError, IvmpiError
 from .staging import STAGE_MIN_RANKS
 
@@ -90,6 +95,15 @@ REGION_SEGMENT_BYTES = 1 << 20
 def _copy_object(obj):
     # mpi4py hands back pickled copies, never the caller's own object.
     return _pickle.loads(_pickle.dumps(obj))
+
+
+def _same_start(a, b):
+    return not len(a) or not len(b) or buffer_span(a)[0] == buffer_span(b)[0]
+
+
+def _overlap(a, b):
+    (x, n), (y, m) = buffer_span(a), buffer_span(b)
+    return n and m and x < y + m and y < x + n
 
 
 def _check_block(dst, src, what):
@@ -695,22 +709,72 @@ class Collectives:
                 op.Reduce_local([parts[j], n, datatype], [result, n, datatype])
         return result
 
+    def _segment(self, nbytes, extent):
+        """Bytes per segment of a streamed message (the same on every rank)."""
+        return stream_segment(nbytes, extent, self._eager_limit())
+
+    def _eager_limit(self):
+        engine = getattr(self.p2p, "_engine", None)
+        return getattr(engine, "eager_limit", 1 << 16)
+
     def _prefix(self, sendbuf, recvbuf, op, inclusive, tag):
         data, recv, count, datatype = self._reduction_args(sendbuf, recvbuf)
+        size = self.size
+        if size == 1:
+            if inclusive and data is not recv.mem:
+                recv.mem[:] = data
+            return
+        extent = len(data) // count if count else 1
+        segment = self._segment(len(data), extent)
+        if prefix_chained(size, len(data), segment):
+            self._prefix_chain(data, recv.mem, extent, segment, datatype, op, inclusive, tag)
+        else:
+            self._prefix_doubling(data, recv, count, datatype, op, inclusive, tag)
+
+    def _prefix_chain(self, data, out, extent, segment, datatype, op, inclusive, tag):
+        """Rank r takes the prefix of ranks 0..r-1 from r-1 and sends that of
+        0..r on to r+1, segment by segment (eager messages: the next rank
+        works on one while this one sends the next)."""
         size, rank = self.size, self.rank
-        # Three buffers of the message's size in one reused private buffer
-        # (fresh large ones would cost a page fault per page every call).
         n = len(data)
-        if self._scratch is None or len(self._scratch) < 3 * n:
-            self._scratch = bytearray(3 * n)
-        scratch = memoryview(self._scratch)
-        partial = scratch[:n]              # reduction over my whole subcube so far
-        tmp = scratch[n:2 * n]
-        result = scratch[2 * n:3 * n]      # over the ranks below me (and me when inclusive)
-        partial[:] = data
+        data = memoryview(data)
+        if rank == 0:
+            for start in range(0, n, segment):
+                self.p2p.Send(data[start:start + segment], 1, tag)
+            if inclusive and not _same_start(data, out):
+                out[:] = data
+            return
+        out = memoryview(out)
+        in_place = _same_start(data, out)
+        last = rank == size - 1
+        theirs = memoryview(bytearray(min(segment, n)))
+        onward = memoryview(bytearray(min(segment, n))) if not (last or inclusive) else None
+        for start in range(0, n, segment):
+            m = min(segment, n - start)
+            piece = theirs[:m]
+            self.p2p.Recv(piece, rank - 1, tag)
+            if inclusive:
+                mine = out[start:start + m]
+                if not in_place:
+                    mine[:] = data[start:start + m]
+                self._combine(op, piece, mine, m // extent, datatype)   # theirs op mine
+                if not last:
+                    self.p2p.Send(mine, rank + 1, tag)
+                continue
+            if not last:
+                onward[:m] = data[start:start + m]
+                self._combine(op, piece, onward[:m], m // extent, datatype)
+                self.p2p.Send(onward[:m], rank + 1, tag)
+            out[start:start + m] = piece
+
+    def _prefix_doubling(self, data, recv, count, datatype, op, inclusive, tag):
+        """Recursive doubling (one segment, more than two ranks)."""
+        size, rank = self.size, self.rank
+        n = len(data)
+        partial = bytearray(data)          # reduction over my whole subcube so far
+        tmp = bytearray(n)
+        result = bytearray(data) if inclusive else None   # over the ranks below me (and me)
         have_result = inclusive
-        if inclusive:
-            result[:] = data
         mask = 1
         while mask < size:
             partner = rank ^ mask
@@ -724,7 +788,7 @@ class Collectives:
                     if have_result:
                         self._combine(op, tmp, result, count, datatype)
                     else:
-                        result[:] = tmp
+                        result = tmp
                         have_result = True
             elif partner < size:
                 self._sendrecv(partial, partner, tmp, partner, tag)
@@ -733,7 +797,7 @@ class Collectives:
                     if have_result:
                         self._combine(op, tmp, result, count, datatype)
                     else:
-                        result[:] = tmp
+                        result = bytearray(tmp)
                         have_result = True
                 else:
                     self._combine(op, partial, tmp, count, datatype)
@@ -802,28 +866,52 @@ class Collectives:
         self._reduce_then_scatter(data, recvcounts, datatype, extent, op, target)
 
     def _reduce_then_scatter(self, data, counts, datatype, extent, op, target):
+        """Block j of every rank's input goes to rank j, segment by segment,
+        and each rank reduces its own block in rank order, x0 op (x1 op
+        (... op xp-1)); segment k of every block is sent before segment k
+        is received."""
         size, rank = self.size, self.rank
-        total = sum(counts)
-        if size > 1 and len(data) >= REGION_MIN_BYTES and len(data) == total * extent:
-            bounds = [0]
-            for c in counts:
-                bounds.append(bounds[-1] + c * extent)
-            target[:] = self._region_reduce_scatter(data, bounds, extent, datatype, op,
-                                                    TAG_REDUCE_SCATTER)
-            return
-        result = self._reduce_bytes(data, total, datatype, op, 0, TAG_REDUCE_SCATTER)
-        if rank != 0:
-            self.p2p.Recv(target, 0, TAG_REDUCE_SCATTER)
-            return
-        result = memoryview(result)
-        requests, start = [], 0
-        blocks = []
-        for i in range(size):
-            blocks.append(result[start:start + counts[i] * extent])
-            start += counts[i] * extent
-        requests = [self.p2p.Isend(blocks[i], i, TAG_REDUCE_SCATTER) for i in range(1, size)]
-        target[:] = blocks[0]
-        self._wait_all(requests)
+        data = memoryview(data)
+        target = memoryview(target)
+        if len(target) < counts[rank] * extent:
+            raise BufferSpecError(f"receive buffer of {len(target)} bytes for a block of "
+                                  f"{counts[rank] * extent}")
+        if _overlap(data, target):
+            data = memoryview(bytes(data))      # IN_PLACE: the result overwrites the input
+        bounds = [0]
+        for c in counts:
+            bounds.append(bounds[-1] + c * extent)
+        lengths = [c * extent for c in counts]
+        segments = [self._segment(length, extent) for length in lengths]
+        rounds = max(-(-length // seg) for length, seg in zip(lengths, segments))
+        mine, seg = lengths[rank], segments[rank]
+        own = data[bounds[rank]:bounds[rank + 1]]
+        piece = memoryview(bytearray(min(seg, mine)))
+        tag = TAG_REDUCE_SCATTER
+        for k in range(rounds):
+            requests = []
+            for step in range(1, size):
+                j = (rank + step) % size
+                start = k * segments[j]
+                if start < lengths[j]:
+                    end = min(start + segments[j], lengths[j])
+                    requests.append(self.p2p.Isend(data[bounds[j] + start:bounds[j] + end],
+                                                   j, tag))
+            start = k * seg
+            if start < mine:
+                m = min(seg, mine - start)
+                out = target[start:start + m]
+                for j in range(size - 1, -1, -1):
+                    if j == rank:
+                        theirs = own[start:start + m]
+                    else:
+                        theirs = piece[:m]
+                        self.p2p.Recv(theirs, j, tag)
+                    if j == size - 1:
+                        out[:] = theirs
+                    else:
+                        self._combine(op, theirs, out, m // extent, datatype)
+            self._wait_all(requests)
 
     # --- object reductions -----------------------------------------------------
 

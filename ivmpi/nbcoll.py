@@ -43,8 +43,9 @@ import functools
 
 from .lib import MPI as _MPI
 
-from ._fastcopy import (Channel, SCHED_CALL, SCHED_COMBINE, SCHED_COPY, SCHED_FENCE, SCHED_RECV,
-                        SCHED_SEND, SCHED_TYPES, SMALL_OPS, set_schedule_errors)
+from ._fastcopy import (Channel, Combine, SCHED_CALL, SCHED_COMBINE, SCHED_COPY, SCHED_FENCE, SCHED_RECV,
+                        SCHED_SEND, SCHED_TYPES, SMALL_OPS, buffer_span, prefix_chained,
+                        set_schedule_errors, stream_segment)
 from .buffers import (BOTTOM, _as_datatype, _memory, datatype_extent, has_holes, is_in_place,
                       packed_simple, packed_vector, parse_recv, parse_send, parse_vbuf)
 from .collectives import _HOLE_ROLES as _BLOCKING_HOLE_ROLES
@@ -99,6 +100,16 @@ def combiner(op, datatype):
     return lambda inmem, inoutmem, count: (
         CALL, functools.partial(reduce_local, [inmem, count, datatype],
                                 [inoutmem, count, datatype]))
+
+
+def fast_combiner(op, datatype):
+    """combiner's step, as a CALL of the vectorized loops of ivmpi._prefix
+    for the ops and types they know (the prefix and reduce-scatter steps)."""
+    code = _OP_CODES.get(op.handle)
+    typ = _TYPE_CODES.get(datatype.handle)
+    if code is not None and typ is not None:
+        return lambda inmem, inoutmem, count: (CALL, Combine(code, typ, inmem, inoutmem, count))
+    return combiner(op, datatype)
 
 
 def _scratch(nbytes):
@@ -491,10 +502,72 @@ def region_allreduce_steps(ch, data, recvmem, count, datatype, op):
     return steps
 
 
+def _same_start(a, b):
+    return not len(a) or not len(b) or buffer_span(a)[0] == buffer_span(b)[0]
+
+
+def _overlap(a, b):
+    (x, n), (y, m) = buffer_span(a), buffer_span(b)
+    return n and m and x < y + m and y < x + n
+
+
 def prefix_steps(ch, data, recvmem, count, datatype, op, inclusive):
-    # Recursive doubling prefix (Collectives._prefix).
+    # Collectives._prefix: a chain streamed in segments for two ranks or
+    # more than one segment, else recursive doubling.
+    size = ch.size
+    n = len(data)
+    if size == 1:
+        return [(COPY, recvmem, data)] if inclusive else []
+    extent = n // count if count else 1
+    segment = stream_segment(n, extent, ch.engine.eager_limit)
+    if prefix_chained(size, n, segment):
+        return _prefix_chain_steps(ch, data, recvmem, extent, segment, datatype, op, inclusive)
+    return _prefix_doubling_steps(ch, data, recvmem, count, datatype, op, inclusive)
+
+
+def _prefix_chain_steps(ch, data, recvmem, extent, segment, datatype, op, inclusive):
+    # Collectives._prefix_chain: rank r takes the prefix of 0..r-1 from r-1
+    # and sends that of 0..r on to r+1, segment by segment.
     size, rank = ch.size, ch.rank
-    combine = combiner(op, datatype)
+    n = len(data)
+    bounds = [(start, min(start + segment, n)) for start in range(0, n, segment)]
+    if rank == 0:
+        steps = [(SEND, 1, data[a:b]) for a, b in bounds]
+        if inclusive and not _same_start(data, recvmem):
+            steps.append((COPY, recvmem, data))
+        return steps
+    combine = fast_combiner(op, datatype)
+    last = rank == size - 1
+    steps = []
+    if inclusive:
+        if not _same_start(data, recvmem):
+            steps.append((COPY, recvmem, data))
+        theirs = _scratch(min(segment, n))
+        for a, b in bounds:
+            m = b - a
+            steps += [(RECV, rank - 1, theirs[:m]), _F,
+                      combine(theirs[:m], recvmem[a:b], m // extent)]    # theirs op mine
+            if not last:
+                steps.append((SEND, rank + 1, recvmem[a:b]))
+        return steps
+    own = data
+    if not last and _overlap(data, recvmem):
+        own = _scratch(n)         # IN_PLACE: the prefix received overwrites mine
+        steps.append((COPY, own, data))
+    onward = None if last else _scratch(n)
+    for a, b in bounds:
+        steps += [(RECV, rank - 1, recvmem[a:b]), _F]
+        if not last:
+            steps += [(COPY, onward[a:b], own[a:b]),
+                      combine(recvmem[a:b], onward[a:b], (b - a) // extent),   # theirs op mine
+                      (SEND, rank + 1, onward[a:b])]
+    return steps
+
+
+def _prefix_doubling_steps(ch, data, recvmem, count, datatype, op, inclusive):
+    # Recursive doubling prefix (Collectives._prefix_doubling).
+    size, rank = ch.size, ch.rank
+    combine = fast_combiner(op, datatype)
     partial, tmp = _scratch(len(data)), _scratch(len(data))
     steps = [(COPY, partial, data)]
     result = None
@@ -531,22 +604,48 @@ def prefix_steps(ch, data, recvmem, count, datatype, op, inclusive):
 
 
 def reduce_scatter_steps(ch, data, counts, datatype, extent, op, target):
-    # Reduce to rank 0, then scatter the blocks (Collectives._reduce_then_scatter).
-    steps = []
-    result = reduce_steps(ch, steps, data, sum(counts), datatype, op, 0)
-    if ch.rank != 0:
-        steps.append((RECV, 0, target))
-        return steps
-    start = 0
-    blocks = []
-    for c in counts:
-        blocks.append(result[start:start + c * extent])
-        start += c * extent
-    if len(target) != len(blocks[0]):
+    # Collectives._reduce_then_scatter: block j of every input to rank j,
+    # segment by segment, each rank reducing its own block in rank order.
+    size, rank = ch.size, ch.rank
+    if len(target) != counts[rank] * extent:
         raise BufferSpecError(f"receive buffer of {len(target)} bytes for a block of "
-                              f"{len(blocks[0])}")
-    steps.append((COPY, target, blocks[0]))
-    steps += [(SEND, i, blocks[i]) for i in range(1, ch.size)]
+                              f"{counts[rank] * extent}")
+    steps = []
+    if _overlap(data, target):
+        copy = _scratch(len(data))        # IN_PLACE: the result overwrites the input
+        steps.append((COPY, copy, data))
+        data = copy
+    combine = fast_combiner(op, datatype)
+    eager = ch.engine.eager_limit
+    bounds = [0]
+    for c in counts:
+        bounds.append(bounds[-1] + c * extent)
+    lengths = [c * extent for c in counts]
+    segments = [stream_segment(length, extent, eager) for length in lengths]
+    rounds = max(-(-length // seg) for length, seg in zip(lengths, segments))
+    mine, seg = lengths[rank], segments[rank]
+    own = data[bounds[rank]:bounds[rank + 1]]
+    pieces = {j: _scratch(min(seg, mine)) for j in range(size) if j != rank}
+    for k in range(rounds):
+        for step in range(1, size):
+            j = (rank + step) % size
+            start = k * segments[j]
+            if start < lengths[j]:
+                end = min(start + segments[j], lengths[j])
+                steps.append((SEND, j, data[bounds[j] + start:bounds[j] + end]))
+        start = k * seg
+        if start >= mine:
+            continue
+        m = min(seg, mine - start)
+        out = target[start:start + m]
+        steps += [(RECV, j, pieces[j][:m]) for j in range(size - 1, -1, -1) if j != rank]
+        steps.append(_F)
+        for j in range(size - 1, -1, -1):
+            theirs = own[start:start + m] if j == rank else pieces[j][:m]
+            if j == size - 1:
+                steps.append((COPY, out, theirs))
+            else:
+                steps.append(combine(theirs, out, m // extent))    # x_j op (x_j+1 op ...)
     return steps
 
 

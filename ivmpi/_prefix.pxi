@@ -1,0 +1,306 @@
+# Prefix reductions (Scan, Exscan) and reduce-scatter, streamed in segments
+# (included by _fastcopy.pyx after _small_collectives.pxi, whose
+# SmallCollectives calls these).
+#
+# A message of these collectives travels as a train of eager frames of at
+# most one segment each (stream_segment), never as a rendezvous: the
+# receiver takes segment k out of the ring while the sender writes segment
+# k+1, and combines it with its own data straight from the ring into the
+# destination (a few KiB at a time through a private buffer that stays in
+# the cache: the region is only ever read by the copy core), so no whole
+# message is copied in or out of a private buffer on the way.
+#
+# The algorithms (ivmpi.collectives and ivmpi.nbcoll send the same
+# messages, so ranks may mix the paths):
+#   Scan/Exscan     two ranks or more than one segment: a chain, rank r
+#                   receives the prefix of ranks 0..r-1 from r-1 and sends
+#                   the prefix of 0..r on to r+1, segment by segment;
+#                   otherwise recursive doubling (the last round one way).
+#   Reduce_scatter  every rank sends block j of its input to rank j, and
+#                   each rank reduces its own block of all the inputs in
+#                   rank order (x0 op (x1 op (... op xp-1))), segment k of
+#                   every block sent before segment k is received.
+
+cdef extern from "<sched.h>":
+    int _prefix_yield "sched_yield"() nogil
+
+cdef enum:
+    _PIECE_BYTES = 4096          # taken out of the ring at a time before combining
+    _PIECE_WORDS = 512           # _PIECE_BYTES / 8 (a C array size: no '//' here)
+    _SEGMENT_SMALL = 16384       # messages up to _SMALL_MESSAGE: segments of 16 KiB
+    _SMALL_MESSAGE = 131072
+    _SEGMENT_LARGE = 65536       # larger ones: fewer, longer frames (fewer schedule steps)
+
+
+cpdef Py_ssize_t stream_segment(Py_ssize_t nbytes, Py_ssize_t extent,
+                                Py_ssize_t eager_limit) except -1:
+    """Bytes per segment of a streamed message of nbytes made of elements
+    of `extent` bytes (whole elements, at most the eager limit when an
+    element fits it).  Every rank computes the same from the same sizes."""
+    cdef Py_ssize_t seg
+    if extent <= 0:
+        raise ValueError(f"element extent {extent}")
+    seg = _SEGMENT_SMALL if nbytes <= _SMALL_MESSAGE else _SEGMENT_LARGE
+    if seg > eager_limit:
+        seg = eager_limit
+    seg = seg // extent * extent
+    return seg if seg > 0 else extent
+
+
+def prefix_chained(long size, Py_ssize_t nbytes, Py_ssize_t segment):
+    """Does a prefix reduction run as a chain (else recursive doubling)?"""
+    return size == 2 or nbytes > segment
+
+
+# out = lower (op) higher, element-wise, one plain loop per op and type that
+# the compiler vectorizes (out may be higher itself, index for index: each
+# element is read before it is written; it never overlaps otherwise).
+# MAX/MIN pick as _combine does, so NaN and -0.0 come out the same.
+cdef extern from *:
+    """
+    #define IVMPI_PREFIX_LOOPS(T, NAME)                                              \
+    static void NAME(int op, T *restrict out, const T *lower, const T *higher,       \
+                     Py_ssize_t n) {                                                 \
+        Py_ssize_t i;                                                                \
+        switch (op) {                                                                \
+        case 1: for (i = 0; i < n; i++) out[i] = lower[i] + higher[i]; break;        \
+        case 2: for (i = 0; i < n; i++) out[i] = lower[i] * higher[i]; break;        \
+        case 3: for (i = 0; i < n; i++)                                              \
+                    out[i] = lower[i] >= higher[i] ? lower[i] : higher[i]; break;    \
+        default: for (i = 0; i < n; i++)                                             \
+                    out[i] = lower[i] <= higher[i] ? lower[i] : higher[i]; break;    \
+        }                                                                            \
+    }
+    IVMPI_PREFIX_LOOPS(double, ivmpi_prefix_f64)
+    IVMPI_PREFIX_LOOPS(float, ivmpi_prefix_f32)
+    IVMPI_PREFIX_LOOPS(int64_t, ivmpi_prefix_i64)
+    IVMPI_PREFIX_LOOPS(int32_t, ivmpi_prefix_i32)
+    """
+    void _loop_f64 "ivmpi_prefix_f64"(int op, double *out, const double *lower,
+                                      const double *higher, Py_ssize_t n) nogil
+    void _loop_f32 "ivmpi_prefix_f32"(int op, float *out, const float *lower,
+                                      const float *higher, Py_ssize_t n) nogil
+    void _loop_i64 "ivmpi_prefix_i64"(int op, int64_t *out, const int64_t *lower,
+                                      const int64_t *higher, Py_ssize_t n) nogil
+    void _loop_i32 "ivmpi_prefix_i32"(int op, int32_t *out, const int32_t *lower,
+                                      const int32_t *higher, Py_ssize_t n) nogil
+
+
+cdef inline void _combine3(int op, int typ, char *out, const char *lower, const char *higher,
+                           Py_ssize_t n) noexcept nogil:
+    if typ == T_F64:
+        _loop_f64(op, <double *>out, <const double *>lower, <const double *>higher, n)
+    elif typ == T_F32:
+        _loop_f32(op, <float *>out, <const float *>lower, <const float *>higher, n)
+    elif typ == T_I64:
+        _loop_i64(op, <int64_t *>out, <const int64_t *>lower, <const int64_t *>higher, n)
+    else:
+        _loop_i32(op, <int32_t *>out, <const int32_t *>lower, <const int32_t *>higher, n)
+
+
+cdef void _apply(const char *src, bint region, int strict, char *dst, char *acc,
+                 const char *other, bint theirs_higher, Py_ssize_t m, int code,
+                 int typ) noexcept nogil:
+    """What a received segment of m bytes at src is for: dst = segment
+    (dst not NULL) and acc = segment (op) other (acc not NULL; other NULL:
+    acc itself; theirs_higher: other (op) segment).  src in the region is
+    read by the copy core only, a piece at a time; other may be acc or dst
+    (each piece is read before it is written)."""
+    cdef double piece[_PIECE_WORDS]        # 8-byte aligned for the combine
+    cdef const char *at
+    cdef const char *mine
+    cdef Py_ssize_t o = 0, k, item = 8 if typ == T_F64 or typ == T_I64 else 4
+    if acc == NULL:
+        if region:
+            rg_copy_from(dst, src, m, strict)
+        else:
+            memcpy(dst, src, m)
+        return
+    while o < m:
+        k = m - o
+        if k > _PIECE_BYTES:
+            k = _PIECE_BYTES
+        if region:
+            rg_copy_from(<char *>piece, src + o, k, strict)
+            at = <const char *>piece
+        else:
+            at = src + o
+        mine = (acc if other == NULL else other) + o
+        if theirs_higher:
+            _combine3(code, typ, acc + o, mine, at, k // item)
+        else:
+            _combine3(code, typ, acc + o, at, mine, k // item)
+        if dst != NULL:
+            memcpy(dst + o, at, k)
+        o += k
+
+
+cdef int stream_take(SmallCollectives c, char *dst, char *acc, const char *other,
+                     Py_ssize_t m, long source, long tag, int code, int typ,
+                     bint theirs_higher=False) except -1:
+    """Receive one segment of m bytes from source and _apply it: straight
+    from the ring when its frame is next there, else through the
+    communicator's own receive into a private buffer."""
+    cdef FastPath fast = c.fast
+    cdef RxRing rx
+    cdef bint done = False
+    cdef char *private
+    if fast.lock.enter():
+        try:
+            if not fast.unexpected:
+                ring = fast._ready_ring(source, tag, fast.spins)
+                # A frame of another length is the general path's to report.
+                if ring is not None and (<RxRing>ring).length == <uint64_t>m:
+                    rx = <RxRing>ring
+                    if m >= _NOGIL_MIN:
+                        with nogil:
+                            _apply(rx.data + rx.pos + _HDR, True, rx.strict, dst, acc, other,
+                                   theirs_higher, m, code, typ)
+                    else:
+                        _apply(rx.data + rx.pos + _HDR, True, rx.strict, dst, acc, other,
+                               theirs_higher, m, code, typ)
+                    fast.last_tag = rx.tag
+                    fast._consume(rx)
+                    done = True
+        finally:
+            fast.lock.leave()
+    if not done:
+        private = c._scratch(2, m)
+        c.recv_slow(PyMemoryView_FromMemory(private, m, PyBUF_WRITE), source, tag)
+        _apply(private, False, 0, dst, acc, other, theirs_higher, m, code, typ)
+    return 0
+
+
+cdef int stream_give(SmallCollectives c, const char *data, Py_ssize_t m, long dest,
+                     long tag) except -1:
+    """Send one segment: an eager frame, waiting a little for room in a
+    full ring (the receiver is taking the previous segments out), else the
+    communicator's own send."""
+    cdef FastPath fast = c.fast
+    cdef int i, spins = fast.spins
+    cdef int polls = spins if spins >= 0 else -spins
+    if fast.send_ptr(data, m, dest, tag):
+        return 0
+    if fast.enabled and not fast.backlog and fast.tx[dest] is not None \
+            and <uint64_t>m <= fast.eager_limit:
+        for i in range(polls):
+            if spins >= 0:
+                rg_relax()
+            else:
+                _prefix_yield()
+            if fast.send_ptr(data, m, dest, tag):
+                return 0
+    c.send_slow(PyMemoryView_FromMemory(<char *>data, m, PyBUF_READ), dest, tag)
+    return 0
+
+
+cdef int prefix_chain(SmallCollectives c, const char *data, char *recv, Py_ssize_t n,
+                      Py_ssize_t seg, int code, int typ, bint inclusive, long tag) except -1:
+    """The chain: rank r takes the prefix of ranks 0..r-1 from r-1 and
+    sends that of 0..r to r+1, one segment at a time.  data may be recv
+    (IN_PLACE)."""
+    cdef long rank = c.rank, size = c.size
+    cdef Py_ssize_t o, m
+    cdef char *out
+    cdef bint last = rank == size - 1
+    if rank == 0:
+        o = 0
+        while o < n:
+            m = min(seg, n - o)
+            stream_give(c, data + o, m, 1, tag)
+            o += m
+        if inclusive and recv != data:
+            memcpy(recv, data, n)
+        return 0
+    out = NULL if last or inclusive else c._scratch(1, seg)
+    o = 0
+    while o < n:
+        m = min(seg, n - o)
+        if inclusive:
+            # recv = theirs op mine
+            stream_take(c, NULL, recv + o, NULL if recv == data else data + o, m,
+                        rank - 1, tag, code, typ)
+            if not last:
+                stream_give(c, recv + o, m, rank + 1, tag)
+        elif last:
+            stream_take(c, recv + o, NULL, NULL, m, rank - 1, tag, code, typ)
+        else:
+            # recv = theirs; what goes on = theirs op mine (mine read first: IN_PLACE)
+            stream_take(c, recv + o, out, data + o, m, rank - 1, tag, code, typ)
+            stream_give(c, out, m, rank + 1, tag)
+        o += m
+    return 0
+
+
+cdef int reduce_scatter_stream(SmallCollectives c, const char *data, char *target,
+                               Py_ssize_t *off, Py_ssize_t *length, Py_ssize_t item, int code,
+                               int typ, long tag) except -1:
+    """Block j (bytes off[j], length[j] of data) of every rank goes to rank
+    j; this rank reduces its own block into target in rank order.  data
+    and target do not overlap."""
+    cdef long rank = c.rank, size = c.size, j, step
+    cdef Py_ssize_t k, nseg_max = 0, nseg, o, m, seg
+    cdef Py_ssize_t mine = length[rank], myseg
+    cdef Py_ssize_t eager = <Py_ssize_t>c.eager_limit
+    cdef const char *own
+    for j in range(size):
+        seg = stream_segment(length[j], item, eager)
+        nseg = (length[j] + seg - 1) // seg
+        if nseg > nseg_max:
+            nseg_max = nseg
+    myseg = stream_segment(mine, item, eager)
+    for k in range(nseg_max):
+        for step in range(1, size):
+            j = (rank + step) % size
+            seg = stream_segment(length[j], item, eager)
+            o = k * seg
+            if o < length[j]:
+                stream_give(c, data + off[j] + o, min(seg, length[j] - o), j, tag)
+        o = k * myseg
+        if o >= mine:
+            continue
+        m = min(myseg, mine - o)
+        # target = x[size-1], then target = x[j] op target, j descending;
+        # the first two operands in one pass.
+        own = data + off[rank] + o
+        j = size - 2
+        if rank == size - 1:
+            stream_take(c, NULL, target + o, own, m, j, tag, code, typ)
+        elif rank == size - 2:
+            stream_take(c, NULL, target + o, own, m, size - 1, tag, code, typ, True)
+        else:
+            stream_take(c, target + o, NULL, NULL, m, size - 1, tag, code, typ)
+            stream_take(c, NULL, target + o, NULL, m, j, tag, code, typ)
+        for j in range(size - 3, -1, -1):
+            if j == rank:
+                _combine3(code, typ, target + o, own, target + o, m // item)
+            else:
+                stream_take(c, NULL, target + o, NULL, m, j, tag, code, typ)
+    return 0
+
+
+cdef class Combine:
+    """inout = in (op) inout over count elements of a predefined type, with
+    the vectorized loops above: a schedule's CALL step (ivmpi.nbcoll)."""
+    cdef object keep_in, keep_out
+    cdef char *inout
+    cdef const char *other
+    cdef Py_ssize_t count
+    cdef int code, typ
+
+    def __init__(self, int code, int typ, inmem, inoutmem, Py_ssize_t count):
+        cdef Py_buffer view
+        cdef Py_ssize_t item = 8 if typ == T_F64 or typ == T_I64 else 4, la, lb
+        PyObject_GetBuffer(inoutmem, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
+        self.inout, la = <char *>view.buf, view.len
+        PyBuffer_Release(&view)
+        PyObject_GetBuffer(inmem, &view, PyBUF_SIMPLE)
+        self.other, lb = <const char *>view.buf, view.len
+        PyBuffer_Release(&view)
+        if count < 0 or count * item > min(la, lb):
+            raise ValueError(f"{count} elements do not fit the buffers")
+        self.keep_in, self.keep_out = inmem, inoutmem     # their memory stays
+        self.code, self.typ, self.count = code, typ, count
+
+    def __call__(self):
+        _combine3(self.code, self.typ, self.inout, self.other, self.inout, self.count)
