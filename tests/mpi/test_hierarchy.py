@@ -22,9 +22,17 @@ from ivmpi import hierarchy
 
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.usefixtures("engine_timeout")]
 
-# The two levels are off by default (IVMPI_HIERARCHY): on for every
-# communicator made from here on, such as each test's Dup.
-hierarchy.ENABLED = True
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _two_levels():
+    """The two levels are off by default (IVMPI_HIERARCHY): on for the
+    communicators this module's tests make (each test's Dup included), and
+    off again for the test files that run after it in the same process."""
+    before = hierarchy.ENABLED
+    hierarchy.ENABLED = True
+    yield
+    hierarchy.ENABLED = before
 
 # 8 bytes to 1 MiB: one small frame, one ring chunk, past the eager limit,
 # and past the region collectives' staging threshold.
