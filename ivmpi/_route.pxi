@@ -270,17 +270,16 @@ cdef bint _test_op(object op) except -1:
 
 
 cdef bint _spin(object op, int spins) except -1:
-    """Poll a library operation up to |spins| times (spins < 0: giving the
-    core away between polls, as the ring fast paths do); True once done."""
+    """Poll a library operation up to |spins| times; True once done.  No
+    yield between polls even when oversubscribed (spins < 0): the library's
+    own progress gives the core away when it finds nothing (Open MPI's
+    mpi_yield_when_idle, on by default when oversubscribed), and a second
+    yield per poll would double the time slices handed to other ranks."""
     cdef int i, polls = spins if spins >= 0 else -spins
     for i in range(polls if polls > 0 else 1):
         if _test_op(op):
             return True
-        if spins >= 0:
-            rg_relax()
-        else:
-            with nogil:
-                sched_yield()
+        rg_relax()
     return False
 
 
