@@ -253,9 +253,11 @@ cdef class TxRing:
             rg_copy_to(dst, words, fsize, self.strict)
         else:
             rg_copy_to(dst, words, _HDR, self.strict)
-            if stream and length >= _stream_min and not self.strict:
+            if stream and length >= _NOGIL_MIN and not self.strict:
                 with nogil:
                     rg_stream_to(dst + _HDR, payload, length)
+            elif stream and length >= _stream_min and not self.strict:
+                rg_stream_to(dst + _HDR, payload, length)
             elif length >= _NOGIL_MIN:
                 with nogil:
                     rg_copy_to(dst + _HDR, payload, length, self.strict)

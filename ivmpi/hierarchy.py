@@ -366,13 +366,19 @@ def reduce(c, h, sendobj, op=_SUM, root=0):
     if h.leaders is not None:
         c.leader_calls += 1
         partial = h.leaders.reduce(partial, op, root_group)
-    if h.mine == root_group and h.node_rank_of[root] != 0:
+    return _hand_to_root(c, h, partial, root)
+
+
+def _hand_to_root(c, h, value, root):
+    """An object result, at the root group's leader, to the root (the
+    root's value; None on every other rank)."""
+    if h.mine == h.group_of[root] and h.node_rank_of[root] != 0:
         c.node_calls += 1
         if h.leaders is not None:
-            h.node.send(partial, h.node_rank_of[root], _TAG_TO_ROOT)
+            h.node.send(value, h.node_rank_of[root], _TAG_TO_ROOT)
         elif h.rank == root:
-            partial = h.node.recv(None, 0, _TAG_TO_ROOT)
-    return partial if h.rank == root else None
+            value = h.node.recv(None, 0, _TAG_TO_ROOT)
+    return value if h.rank == root else None
 
 
 def _in_rank_order(h, parts):
@@ -412,13 +418,7 @@ def gather(c, h, sendobj, root=0):
         parts = h.leaders.gather(part, root_group)
         if parts is not None:
             full = _in_rank_order(h, parts)
-    if h.mine == root_group and h.node_rank_of[root] != 0:
-        c.node_calls += 1
-        if h.leaders is not None:
-            h.node.send(full, h.node_rank_of[root], _TAG_TO_ROOT)
-        elif h.rank == root:
-            full = h.node.recv(None, 0, _TAG_TO_ROOT)
-    return full if h.rank == root else None
+    return _hand_to_root(c, h, full, root)
 
 
 def _recv_layout(h, recvbuf):

@@ -9,15 +9,12 @@ IVMPI_VM_MPIRUN=0 skips it.
 """
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 from ivmpi import vm
-from ivmpi._vm_setup import sshd_files
 
-from vmhelpers import GUEST_TIMEOUT, describe, guest_script
+from vmhelpers import GUEST_TIMEOUT, describe, mpirun_guest
 
 try:
     import ivmpi.comm  # noqa: F401
@@ -29,26 +26,8 @@ if os.environ.get("IVMPI_VM_MPIRUN", "1") == "0":
     pytestmark = pytest.mark.skip(reason="IVMPI_VM_MPIRUN=0")
 
 
-def make_keys(folder):
-    os.makedirs(folder)
-    for name in ("id_ed25519", "host_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ivmpi-vm-test",
-                        "-f", os.path.join(folder, name)], check=True, timeout=60)
-    return folder
-
-
 def test_mpirun_across_two_guests_moves_data_through_the_region(vm_ready, shm_path, tmp_path):
-    try:
-        sshd, libdir = sshd_files(log=print)
-    except vm.VmUnavailable as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"no sshd for the guests: {exc}")
-    keys = make_keys(str(tmp_path / "keys"))
-    command = [sys.executable, guest_script("guest_mpirun.py"), keys, sshd, libdir,
-               guest_script("guest_mpirun_rank.py")]
-    env = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-           "IVMPI_TIMEOUT": str(int(GUEST_TIMEOUT * 0.6))}
+    command, env = mpirun_guest(tmp_path, "guest_mpirun_rank.py")
     results = vm.run_guests([command, command], shm=shm_path, size="64M", network=True,
                             env=env, timeout=GUEST_TIMEOUT)
     report = describe(results)

@@ -15,16 +15,13 @@ IVMPI_VM_TWO_REGIONS=0 skips it.
 """
 import os
 import re
-import sys
 import uuid
 
 import pytest
 
 from ivmpi import vm
-from ivmpi._vm_setup import sshd_files
 
-from test_mpirun_vm import make_keys
-from vmhelpers import GUEST_TIMEOUT, describe, guest_script
+from vmhelpers import GUEST_TIMEOUT, describe, mpirun_guest
 
 try:
     import ivmpi.comm  # noqa: F401
@@ -58,17 +55,7 @@ def test_per_guest_shm_list_must_name_every_guest():
 
 
 def test_mpirun_across_two_regions_routes_by_region(vm_ready, two_regions, tmp_path):
-    try:
-        sshd, libdir = sshd_files(log=print)
-    except vm.VmUnavailable as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"no sshd for the guests: {exc}")
-    keys = make_keys(str(tmp_path / "keys"))
-    command = [sys.executable, guest_script("guest_mpirun.py"), keys, sshd, libdir,
-               guest_script("guest_two_regions_rank.py"), "3"]
-    env = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-           "IVMPI_TIMEOUT": str(int(TIMEOUT * 0.6))}
+    command, env = mpirun_guest(tmp_path, "guest_two_regions_rank.py", "3", timeout=TIMEOUT)
     region_a, region_b = two_regions
     results = vm.run_guests([command] * 3, shm=[region_a, region_a, region_b], size="32M",
                             network=True, env=env, timeout=TIMEOUT)
