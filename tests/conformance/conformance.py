@@ -1,13 +1,16 @@
 """mpi4py's own test suite, run unchanged on ivmpi.MPI: the drop-in measure.
 
     python tests/conformance/conformance.py [--ranks 1,2,3] [--modules a,b] [--all]
+    python tests/conformance/conformance.py --hosts 2+2,1+1 [--modules a,b]
 
 Takes the ``test/`` folder of the installed mpi4py version's sdist (downloaded
 once with pip into .cache/), runs every module listed in modules.txt (or
 those given) under ``mpirun -n N`` with ``mpi4py.MPI`` meaning
 ``ivmpi.MPI`` (run_module.py), and prints passed/failed per module and rank
 count, then the commonest failure reasons.  Exit status 1 if any listed
-module has a failure, an error, or did not finish.
+module has a failure, an error, or did not finish.  --hosts runs the ranks
+as if on several hosts instead (scripts/simulate-hosts: a region per
+simulated host, the MPI library between them), one job per layout.
 """
 import argparse
 import collections
@@ -59,11 +62,15 @@ def listed(path):
         return [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
 
 
-def run_module(testdir, module, nranks, timeout, outdir):
+def run_module(testdir, module, nranks, timeout, outdir, hosts=None):
+    """One mpirun of one module on nranks ranks (laid out over simulated
+    hosts as `hosts` says, e.g. "2+2", when given)."""
     mpirun = os.path.join(os.path.dirname(sys.executable), "mpirun")
     if not os.path.exists(mpirun):
         mpirun = shutil.which("mpirun")
-    cmd = [mpirun, "--oversubscribe", "-n", str(nranks), sys.executable,
+    simulate = [] if hosts is None else \
+        [sys.executable, os.path.join(ROOT, "scripts", "simulate-hosts"), hosts]
+    cmd = [mpirun, "--oversubscribe", "-n", str(nranks), *simulate, sys.executable,
            os.path.join(HERE, "run_module.py"), testdir, module, outdir]
     env = dict(os.environ)
     env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
@@ -90,20 +97,26 @@ def run_module(testdir, module, nranks, timeout, outdir):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ranks", default="1,2,3", help="rank counts, e.g. 1,2,3")
+    parser.add_argument("--hosts", help="layouts of simulated hosts instead of --ranks, e.g. "
+                                        "2+2,3+1,1+1+1+1 (ranks per host)")
     parser.add_argument("--modules", help="comma-separated modules (default: modules.txt)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per module run")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every failure")
     args = parser.parse_args(argv)
     testdir = test_folder(mpi4py_version())
     modules = args.modules.split(",") if args.modules else listed(os.path.join(HERE, "modules.txt"))
-    ranks = [int(n) for n in args.ranks.split(",")]
+    if args.hosts:
+        runs = [(sum(int(n) for n in layout.split("+")), layout) for layout in args.hosts.split(",")]
+    else:
+        runs = [(int(n), None) for n in args.ranks.split(",")]
     reasons = collections.Counter()
     bad = 0
-    print(f"{'module':<24}{'ranks':>6}{'passed':>8}{'failed':>8}{'skipped':>9}{'seconds':>9}  status")
-    for nranks in ranks:
+    print(f"{'module':<24}{'ranks':>8}{'passed':>8}{'failed':>8}{'skipped':>9}{'seconds':>9}  status")
+    for nranks, hosts in runs:
         for module in modules:
             with tempfile.TemporaryDirectory() as outdir:
-                rc, output, seconds, reports = run_module(testdir, module, nranks, args.timeout, outdir)
+                rc, output, seconds, reports = run_module(testdir, module, nranks, args.timeout,
+                                                          outdir, hosts)
             run = max((r["run"] for r in reports), default=0)
             skipped = max((r["skipped"] for r in reports), default=0)
             failed_tests = set()
@@ -127,7 +140,7 @@ def main(argv=None):
                 bad += 1
                 if args.verbose or (problems and not failed):
                     print("\n".join("    " + line for line in output.strip().splitlines()[-15:]))
-            print(f"{module:<24}{nranks:>6}{run - skipped - failed:>8}{failed:>8}{skipped:>9}"
+            print(f"{module:<24}{hosts or nranks:>8}{run - skipped - failed:>8}{failed:>8}{skipped:>9}"
                   f"{seconds:>9.1f}  {status}{': ' + '; '.join(problems) if problems else ''}",
                   flush=True)
     if reasons:
