@@ -106,6 +106,11 @@ def _overlap(a, b):
     return n and m and x < y + m and y < x + n
 
 
+def _padded(n):
+    # Each staged block starts on a cache line of its own.
+    return (n + 63) // 64 * 64
+
+
 def _check_block(dst, src, what):
     if len(dst) < len(src):
         raise BufferSpecError(
@@ -207,6 +212,34 @@ class Collectives:
         except BufferError:             # not contiguous bytes
             stage[:] = mem
         return stage
+
+    def _staged_pickles(self, datas):
+        """The pickles to send, those over the eager limit copied into this
+        rank's staging buffer in its heap (each distinct one once): sent
+        from there they are one announcement each, which the receiver
+        answers by copying the pickle straight out whenever it runs, instead
+        of a rendezvous whose chunks both ranks must stream in step.  The
+        sends must complete (every receiver's acknowledgement) before the
+        buffer is used again.  Without room in the heap the pickles go as
+        they are."""
+        limit = getattr(getattr(self.p2p, "_engine", None), "eager_limit", None)
+        if limit is None:
+            return datas
+        first = {}
+        for data in datas:
+            if len(data) > limit:
+                first.setdefault(id(data), data)
+        if not first:
+            return datas
+        stage = self._heap_buffer(sum(_padded(len(data)) for data in first.values()))
+        if stage is None:
+            return datas
+        at = 0
+        for key, data in first.items():
+            n = len(data)
+            first[key] = self._fill(stage[at:at + n], data)
+            at += _padded(n)
+        return [first.get(id(data), data) for data in datas]
 
     @staticmethod
     def _segments(nbytes):

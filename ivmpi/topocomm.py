@@ -10,8 +10,9 @@ one round of a Schedule (ivmpi.nbcoll) on the communicator's hidden twin:
 one C loop moves every block, by the fast path when it fits the ring.
 Like the nonblocking collectives, each call takes new tags of its own, so
 it never matches user messages nor another collective.  The object forms
-(neighbor_allgather, neighbor_alltoall) post engine operations instead,
-since their sizes are not known in advance.  Under a launcher each
+(neighbor_allgather, neighbor_alltoall) send pickles instead, whose
+sizes are not known in advance: small ones by the fast path, large ones
+out of this rank's heap.  Under a launcher each
 communicator also carries the library's communicator of the same topology
 as its handle.
 """
@@ -165,56 +166,6 @@ class DistGraphTopology:
 
     def send_order(self, rank):
         return range(len(self.destinations))
-
-
-# --- one request over many operations -------------------------------------------------
-
-class NeighbourOps:
-    """The point-to-point operations of one neighbourhood collective as one
-    engine operation (what a Request waits for): done when all are; the
-    first error is the request's, and a failed receive's status fields are
-    the request's (a truncation error names its source)."""
-    __slots__ = ("ops", "scope")
-
-    def __init__(self, ops, scope):
-        self.ops = ops
-        self.scope = scope
-
-    @property
-    def done(self):
-        return all(op.done for op in self.ops)
-
-    @property
-    def error(self):
-        for op in self.ops:
-            if op.error is not None:
-                return op.error
-        return None
-
-    @property
-    def peer(self):
-        for op in self.ops:
-            if not op.done:
-                return op.peer
-        return None
-
-    @property
-    def state(self):
-        # Changes whenever one of the operations advances (restarting a
-        # wait's timeout), and says where a stuck one stands.
-        pending = [op for op in self.ops if not op.done]
-        moved = sum((getattr(op, "received", 0) or 0) + (getattr(op, "offset", 0) or 0)
-                    for op in self.ops)
-        states = sorted({getattr(op, "state", "waiting for a matching message")
-                         for op in pending})
-        return (f"{len(pending)} of {len(self.ops)} neighbour transfers pending "
-                f"({', '.join(states)}), {moved} bytes moved")
-
-    def __getattr__(self, name):
-        for op in self.ops:
-            if op.error is not None:
-                return getattr(op, name)
-        raise AttributeError(name)
 
 
 # --- buffers --------------------------------------------------------------------------
@@ -451,32 +402,16 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
         return self._neighbour("Neighbor_alltoallw_init", "persistent", self._alltoallw_plan,
                                sendbuf, recvbuf)
 
-    def _exchange(self, sends, recvs, what):
-        """The object forms: post a receive of an object from the k-th
-        in-neighbour, then a send of sends[k] to the k-th out-neighbour
-        (PROC_NULL neighbours skipped).  Returns the operations as one, and
-        the receives by block."""
-        self._check_live()
-        sources, dests, recv_tags, send_tags = self._topo.neighbours(self.rank)
-        twin = self._collectives.p2p
-        received = []
-        for source, tag, mem in zip(sources, recv_tags, recvs):
-            received.append(None if source == PROC_NULL else
-                            twin._irecv_bytes(mem, source, TAG_NEIGHBOR + 1 + tag, None,
-                                              what)._op)
-        ops = [op for op in received if op is not None]
-        for dest, tag, mem in zip(dests, send_tags, sends):
-            if dest != PROC_NULL:
-                ops.append(twin._isend_bytes(mem, dest, TAG_NEIGHBOR + 1 + tag, False, what)._op)
-        return NeighbourOps(ops, twin._scope), received
-
     def _objects(self, items, what):
         """Exchange pickled items with the neighbours; a PROC_NULL neighbour's
-        entry is None, as in mpi4py.  Every item goes out first (by the fast
-        path when it fits the ring), then each receive in order takes its
-        message straight from the ring when it is an eager one, else
-        through the engine; messages between two ranks keep their order,
-        and both sides take it from the same edge lists."""
+        entry is None, as in mpi4py.  Every item goes out first: by the
+        fast path when it fits the ring, else a large one from this rank's
+        heap, which its receiver copies out at once (no rendezvous round
+        trip, no stream that both ranks must serve in step).  Then each
+        receive in order takes its message straight from the ring when it
+        is an eager one, else through the engine; messages between two
+        ranks keep their order, and both sides take it from the same edge
+        lists."""
         self._check_live()
         plan = self.__dict__.get("_object_plan")
         if plan is None:
@@ -486,14 +421,23 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
         fast = twin._fast
         dumps, loads = _pickle.dumps, _pickle.loads
         with self._lock(what):
-            sending = []
+            datas = []
             last = data = None
             for k, dest, tag in sends:
                 item = items[k]
                 if item is not last or data is None:    # allgather: pickled once
                     last, data = item, dumps(item)
-                if not fast.send(data, dest, tag):
-                    sending.append(twin._isend_bytes(memoryview(data), dest, tag, False, what))
+                datas.append(data)
+            sending = []
+            staged = None
+            for i, (k, dest, tag) in enumerate(sends):
+                if not fast.send(datas[i], dest, tag):
+                    if staged is None:
+                        # What the fast path cannot take goes out of this
+                        # rank's heap when it is large (ivmpi.collectives).
+                        staged = self._collectives._staged_pickles(datas)
+                    sending.append(twin._isend_bytes(memoryview(staged[i]), dest, tag, False,
+                                                     what))
             results = [None] * indegree
             while waiting:
                 # A pass takes every message at the head of its ring (frames
