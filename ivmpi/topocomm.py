@@ -416,7 +416,7 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
         plan = self.__dict__.get("_object_plan")
         if plan is None:
             plan = self._object_plan = self._plan_objects()
-        sends, waiting, indegree = plan
+        sends, dests, tags, waiting, indegree = plan
         twin = self._collectives.p2p
         fast = twin._fast
         dumps, loads = _pickle.dumps, _pickle.loads
@@ -428,16 +428,8 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
                 if item is not last or data is None:    # allgather: pickled once
                     last, data = item, dumps(item)
                 datas.append(data)
-            sending = []
-            staged = None
-            for i, (k, dest, tag) in enumerate(sends):
-                if not fast.send(datas[i], dest, tag):
-                    if staged is None:
-                        # What the fast path cannot take goes out of this
-                        # rank's heap when it is large (ivmpi.collectives).
-                        staged = self._collectives._staged_pickles(datas)
-                    sending.append(twin._isend_bytes(memoryview(staged[i]), dest, tag, False,
-                                                     what))
+            # Large pickles go out of this rank's heap (ivmpi.collectives).
+            sending = self._collectives._send_pickles(datas, dests, tags, what)
             results = [None] * indegree
             while waiting:
                 # A pass takes every message at the head of its ring (frames
@@ -468,6 +460,7 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
     def _plan_objects(self):
         """What the object forms do on this rank, worked out once: the sends
         (block, out-neighbour, tag) in the order the receivers take them,
+        their out-neighbours and tags as lists,
         the receives (block, in-neighbour, tag) in MPI's order, PROC_NULL
         neighbours left out, and the in-degree."""
         sources, dests, recv_tags, send_tags = self._topo.neighbours(self.rank)
@@ -476,7 +469,8 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
         receives = [(k, source, tag + TAG_NEIGHBOR + 1)
                     for k, (source, tag) in enumerate(zip(sources, recv_tags))
                     if source != PROC_NULL]
-        return sends, receives, len(sources)
+        return (sends, [dest for _, dest, _ in sends], [tag for _, _, tag in sends], receives,
+                len(sources))
 
     def neighbor_allgather(self, sendobj):
         return self._objects([sendobj] * self.degrees[1], "neighbor_allgather")
