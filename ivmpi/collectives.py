@@ -475,7 +475,9 @@ class Collectives:
         items = list(sendobj) if sendobj is not None else [None] * size
         if len(items) != size:
             raise ValueError(f"expecting {size} items, got {len(items)}")
-        requests = [self.p2p.isend(items[i], i, TAG_SCATTER) for i in range(size) if i != root]
+        others = [i for i in range(size) if i != root]
+        requests, _ = self._isend_objects([items[i] for i in others], others, TAG_SCATTER,
+                                          "scatter")
         mine = _copy_object(items[root])
         for request in requests:
             request.wait()
@@ -485,7 +487,7 @@ class Collectives:
         self._check_root(root)
         size, rank = self.size, self.rank
         if rank != root:
-            self.p2p.send(sendobj, root, TAG_GATHER)
+            self._wait_all(self._isend_objects([sendobj], [root], TAG_GATHER, "gather")[0])
             return None
         return [_copy_object(sendobj) if i == root
                 else self.p2p.recv(source=i, tag=TAG_GATHER) for i in range(size)]
