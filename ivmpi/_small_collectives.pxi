@@ -1066,6 +1066,58 @@ cdef class SmallCollectives:
 
 # --- staging into the heap ------------------------------------------------------
 
+def exchange_objects(FastPath fast, object general, object recv_general, list items,
+                     list sends, list dests, list tags, list waiting, Py_ssize_t indegree,
+                     str what):
+    """The messages of the object neighbourhood collectives (see
+    ivmpi.topocomm's _objects, which plans them): items[k] pickled (an
+    object repeated in a row, once) and sent for each (k, dest, tag) of
+    sends, eager pickles straight into the rings, the rest by `general`'s
+    _send_pickles; then the result of each receive (k, source, tag) of
+    waiting, None for the other blocks.  A pass takes every eager message
+    at the head of its ring (frames from one rank come in the order it
+    sent them, which may not be the order of the receives; a receive waits
+    for earlier ones with the same source and tag); when a pass takes
+    nothing, recv_general(source, tag, what) receives the first pickle through
+    the engine.  Returns (results, requests still to wait for or None)."""
+    cdef Py_ssize_t i, n = len(sends)
+    cdef list datas = []
+    cdef list later, results
+    cdef set blocked
+    cdef int spins
+    dumps, loads = fast.dumps, fast.loads
+    last = data = None
+    for i in range(n):
+        item = items[(<tuple>sends[i])[0]]
+        if item is not last or data is None:
+            last, data = item, dumps(item)
+        datas.append(data)
+    requests = None
+    for i in range(n):
+        if not fast.send(datas[i], dests[i], tags[i]):
+            requests = general._send_pickles(datas[i:], dests[i:], tags[i:], what)
+            break
+    results = [None] * indegree
+    while waiting:
+        later, blocked, spins = [], set(), fast.spins
+        for entry in waiting:
+            k, source, tag = <tuple>entry
+            if (source, tag) not in blocked:
+                data = fast.recv_bytes(source, tag, spins)
+                spins = 1
+                if data is not None:
+                    results[k] = loads(data) if len(data) else None
+                    continue
+                blocked.add((source, tag))
+            later.append(entry)
+        if len(later) == len(waiting):
+            k, source, tag = <tuple>later.pop(0)
+            data = recv_general(source, tag, what)
+            results[k] = loads(data) if data else None
+        waiting = later
+    return results, requests
+
+
 def stream_into(dst, src):
     """Copy the bytes of src to the start of dst, a buffer in this rank's
     heap that peers copy out next, by non-temporal stores

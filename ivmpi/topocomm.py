@@ -25,10 +25,10 @@ from .buffers import packed_simple, packed_vector, parse_recv, parse_send, parse
 from .nbcoll import RECV, SEND, CollectivePrequest, channel_of, wblocks
 from .request import MPIError, Request
 from .staging import staged
+from ._fastcopy import exchange_objects
 
 PROC_NULL = _MPI.PROC_NULL
 UNDEFINED = _MPI.UNDEFINED
-_pickle = _MPI.pickle
 
 # A neighbourhood collective takes consecutive tags of its own (Channel.next_tag):
 # graph neighbours all use the first, since messages between two ranks
@@ -417,45 +417,21 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
         if plan is None:
             plan = self._object_plan = self._plan_objects()
         sends, dests, tags, waiting, indegree = plan
-        twin = self._collectives.p2p
-        fast = twin._fast
-        dumps, loads = _pickle.dumps, _pickle.loads
+        coll = self._collectives
         with self._lock(what):
-            datas = []
-            last = data = None
-            for k, dest, tag in sends:
-                item = items[k]
-                if item is not last or data is None:    # allgather: pickled once
-                    last, data = item, dumps(item)
-                datas.append(data)
-            # Large pickles go out of this rank's heap (ivmpi.collectives).
-            sending = self._collectives._send_pickles(datas, dests, tags, what)
-            results = [None] * indegree
-            while waiting:
-                # A pass takes every message at the head of its ring (frames
-                # from one rank come in the order it sent them, which may
-                # not be the order of the receives); a receive waits for
-                # earlier ones with the same source and tag.
-                later, blocked, spins = [], set(), fast.spins
-                for k, source, tag in waiting:
-                    if (source, tag) not in blocked:
-                        data = fast.recv_bytes(source, tag, spins)
-                        spins = 1
-                        if data is not None:
-                            results[k] = loads(data) if data else None
-                            continue
-                        blocked.add((source, tag))
-                    later.append((k, source, tag))
-                if len(later) == len(waiting):
-                    # Nothing came by the fast path: the engine takes the first.
-                    k, source, tag = later.pop(0)
-                    request = twin._irecv_bytes(None, source, tag, None, what)
-                    op = request._op
-                    request.Wait()
-                    results[k] = loads(op.data) if op.data else None
-                waiting = later
-            Request.Waitall(sending)
+            results, sending = exchange_objects(coll.p2p._fast, coll, self._recv_pickle, items,
+                                                sends, dests, tags, waiting, indegree, what)
+            if sending:
+                Request.Waitall(sending)
         return results
+
+    def _recv_pickle(self, source, tag, what):
+        """The pickle from source with tag, through the engine (what the
+        fast path of exchange_objects cannot take)."""
+        request = self._collectives.p2p._irecv_bytes(None, source, tag, None, what)
+        op = request._op
+        request.Wait()
+        return op.data
 
     def _plan_objects(self):
         """What the object forms do on this rank, worked out once: the sends
