@@ -388,7 +388,7 @@ def test_large_object_neighbour_collectives(comm):
             assert topo.neighbor_alltoall(items) == ref.neighbor_alltoall(items), name
 
 
-def test_large_object_neighbour_pickles_go_out_of_the_heap(comm):
+def test_large_pickle_traffic_skips_the_rings(comm):
     # The rings carry only the announcements; each receiver copies the
     # pickle straight out of the sender's heap.
     cart = comm.Create_cart([comm.size], [True])
