@@ -1073,7 +1073,9 @@ def exchange_objects(FastPath fast, object general, object recv_general, list it
     ivmpi.topocomm's _objects, which plans them): items[k] pickled (an
     object repeated in a row, once) and sent for each (k, dest, tag) of
     sends, eager pickles straight into the rings, the rest by `general`'s
-    _send_pickles; then the result of each receive (k, source, tag) of
+    _send_pickles, large ones out of the heap whatever the communicator's
+    size (streamed, two messages each way between the same two ranks
+    wait for each other); then the result of each receive (k, source, tag) of
     waiting, None for the other blocks.  A pass takes every eager message
     at the head of its ring (frames from one rank come in the order it
     sent them, which may not be the order of the receives; a receive waits
@@ -1095,7 +1097,7 @@ def exchange_objects(FastPath fast, object general, object recv_general, list it
     requests = None
     for i in range(n):
         if not fast.send(datas[i], dests[i], tags[i]):
-            requests = general._send_pickles(datas[i:], dests[i:], tags[i:], what)
+            requests = general._send_pickles(datas[i:], dests[i:], tags[i:], what, True)
             break
     results = [None] * indegree
     while waiting:

@@ -25,8 +25,9 @@ Algorithms (p = number of ranks):
   alltoall         pairwise exchange, p-1 steps
   allgather and alltoall of objects: every pickle sent straight to its
                    rank first, then every receive (one message per pair);
-                   pickles over the eager limit go out of the sender's
-                   heap, copied out by each receiver
+                   on more than 2 ranks pickles over the eager limit go
+                   out of the sender's heap, copied out by each receiver
+                   (also gather and scatter of objects)
   reduce           binomial tree; non-commutative ops reduce in rank order
                    at rank 0 and forward the result to the root
   allreduce        recursive doubling (extra ranks folded in pairs), rank
@@ -245,14 +246,19 @@ class Collectives:
             at += _padded(n)
         return [first.get(id(data), data) for data in datas]
 
-    def _send_pickles(self, datas, dests, tags, what):
+    def _send_pickles(self, datas, dests, tags, what, stage=None):
         """Send the pickle datas[i] to rank dests[i] with tag tags[i]: by the
         fast path when it fits the ring, else as an engine send (a large
-        one out of this rank's heap, see _staged_pickles).  Returns the
+        one out of this rank's heap, see _staged_pickles, when `stage`
+        says so; by default on communicators of at least STAGE_MIN_RANKS
+        ranks: on two, one per core, a rendezvous streams the pickle
+        through the ring while the receiver copies it out).  Returns the
         requests to complete before the next call."""
         p2p = self.p2p
         fast = p2p._fast
-        requests, staged = [], None
+        if stage is None:
+            stage = self.size >= STAGE_MIN_RANKS
+        requests, staged = [], None if stage else datas
         for i, dest in enumerate(dests):
             if not fast.send(datas[i], dest, tags[i]):
                 if staged is None:
