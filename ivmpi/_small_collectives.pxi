@@ -480,6 +480,118 @@ cdef class SmallCollectives:
                 mask >>= 1
             return self.fast.loads(data)
 
+    # --- gather, scatter, allgather, alltoall of objects -----------------------
+    # The general algorithms' messages (ivmpi.collectives), each step one
+    # call of the fast path: an eager pickle published straight into the
+    # ring, an eager message unpickled straight from it.  A send the fast
+    # path cannot take (a large pickle, a full ring) and the ones after it
+    # go by the general object's _send_pickles; a receive it cannot take,
+    # by the twin's own recv.
+
+    cdef object _recv_obj(self, long source, long tag):
+        cdef FastPath fast = self.fast
+        data = fast.recv_bytes(source, tag, fast.spins)
+        if data is None:
+            return fast.general_recv(None, source, tag, None)
+        return fast.loads(data) if len(data) else None
+
+    cdef list _send_all(self, list datas, list dests, long tag, str what):
+        """Send datas[i] to dests[i] in order; the requests still to wait for."""
+        cdef Py_ssize_t i, n = len(dests)
+        for i in range(n):
+            if not self.fast.send(datas[i], dests[i], tag):
+                return self.general._send_pickles(datas[i:], dests[i:], [tag] * (n - i), what)
+        return None
+
+    cdef object _wait_all(self, list requests):
+        if requests:
+            for request in requests:
+                request.Wait()
+
+    def gather(self, sendobj, root=0):
+        cdef long r, i, size = self.size
+        if self.lock_of is None:
+            return self.general.gather(sendobj, root)
+        with self.lock_of("gather"):
+            if type(root) is not int or not 0 <= root < size:
+                return self.general.gather(sendobj, root)
+            r = root
+            if self.rank != r:
+                data = self.fast.dumps(sendobj)
+                self._wait_all(self._send_all([data], [r], self.gather_tag, "gather"))
+                return None
+            result = [None] * size
+            for i in range(size):
+                if i == r:
+                    result[i] = self.fast.loads(self.fast.dumps(sendobj))
+                else:
+                    result[i] = self._recv_obj(i, self.gather_tag)
+            return result
+
+    def scatter(self, sendobj, root=0):
+        cdef long r, i, size = self.size
+        if self.lock_of is None:
+            return self.general.scatter(sendobj, root)
+        with self.lock_of("scatter"):
+            if type(root) is not int or not 0 <= root < size:
+                return self.general.scatter(sendobj, root)
+            r = root
+            if self.rank != r:
+                return self._recv_obj(r, self.scatter_tag)
+            items = [None] * size if sendobj is None else list(sendobj)
+            if len(items) != size:
+                raise ValueError(f"expecting {size} items, got {len(items)}")
+            dumps = self.fast.dumps
+            dests = [i for i in range(size) if i != r]
+            requests = self._send_all([dumps(items[i]) for i in dests], dests,
+                                      self.scatter_tag, "scatter")
+            mine = self.fast.loads(dumps(items[r]))
+            self._wait_all(requests)
+            return mine
+
+    def allgather(self, sendobj):
+        cdef long step, size = self.size, rank = self.rank
+        if self.lock_of is None:
+            return self.general.allgather(sendobj)
+        with self.lock_of("allgather"):
+            data = self.fast.dumps(sendobj)
+            requests = self._send_all([data] * (size - 1),
+                                      [(rank + step) % size for step in range(1, size)],
+                                      self.allgather_tag, "allgather")
+            result = [None] * size
+            for step in range(1, size):
+                source = (rank - step + size) % size
+                result[source] = self._recv_obj(source, self.allgather_tag)
+            result[rank] = self.fast.loads(data)
+            self._wait_all(requests)
+            return result
+
+    def alltoall(self, sendobj):
+        cdef long step, size = self.size, rank = self.rank
+        if self.lock_of is None:
+            return self.general.alltoall(sendobj)
+        with self.lock_of("alltoall"):
+            items = [None] * size if sendobj is None else list(sendobj)
+            if len(items) != size:
+                raise ValueError(f"expecting {size} items, got {len(items)}")
+            dumps = self.fast.dumps
+            dests = [(rank + step) % size for step in range(1, size)]
+            datas = []
+            last = data = None
+            for dest in dests:
+                item = items[dest]
+                if item is not last or data is None:    # an object repeated: pickled once
+                    last, data = item, dumps(item)
+                datas.append(data)
+            requests = self._send_all(datas, dests, self.alltoall_tag, "alltoall")
+            result = [None] * size
+            for step in range(1, size):
+                source = (rank - step + size) % size
+                result[source] = self._recv_obj(source, self.alltoall_tag)
+            result[rank] = self.fast.loads(dumps(items[rank]))
+            self._wait_all(requests)
+            return result
+
     # --- reductions ------------------------------------------------------------
 
     cdef int _tree_reduce(self, char *acc, char *tmp, Py_ssize_t nbytes, int code, int typ,
@@ -953,6 +1065,60 @@ cdef class SmallCollectives:
 
 
 # --- staging into the heap ------------------------------------------------------
+
+def exchange_objects(FastPath fast, object general, object recv_general, list items,
+                     list sends, list dests, list tags, list waiting, Py_ssize_t indegree,
+                     str what):
+    """The messages of the object neighbourhood collectives (see
+    ivmpi.topocomm's _objects, which plans them): items[k] pickled (an
+    object repeated in a row, once) and sent for each (k, dest, tag) of
+    sends, eager pickles straight into the rings, the rest by `general`'s
+    _send_pickles, large ones out of the heap whatever the communicator's
+    size (streamed, two messages each way between the same two ranks
+    wait for each other); then the result of each receive (k, source, tag) of
+    waiting, None for the other blocks.  A pass takes every eager message
+    at the head of its ring (frames from one rank come in the order it
+    sent them, which may not be the order of the receives; a receive waits
+    for earlier ones with the same source and tag); when a pass takes
+    nothing, recv_general(source, tag, what) receives the first pickle through
+    the engine.  Returns (results, requests still to wait for or None)."""
+    cdef Py_ssize_t i, n = len(sends)
+    cdef list datas = []
+    cdef list later, results
+    cdef set blocked
+    cdef int spins
+    dumps, loads = fast.dumps, fast.loads
+    last = data = None
+    for i in range(n):
+        item = items[(<tuple>sends[i])[0]]
+        if item is not last or data is None:
+            last, data = item, dumps(item)
+        datas.append(data)
+    requests = None
+    for i in range(n):
+        if not fast.send(datas[i], dests[i], tags[i]):
+            requests = general._send_pickles(datas[i:], dests[i:], tags[i:], what, True)
+            break
+    results = [None] * indegree
+    while waiting:
+        later, blocked, spins = [], set(), fast.spins
+        for entry in waiting:
+            k, source, tag = <tuple>entry
+            if (source, tag) not in blocked:
+                data = fast.recv_bytes(source, tag, spins)
+                spins = 1
+                if data is not None:
+                    results[k] = loads(data) if len(data) else None
+                    continue
+                blocked.add((source, tag))
+            later.append(entry)
+        if len(later) == len(waiting):
+            k, source, tag = <tuple>later.pop(0)
+            data = recv_general(source, tag, what)
+            results[k] = loads(data) if data else None
+        waiting = later
+    return results, requests
+
 
 def stream_into(dst, src):
     """Copy the bytes of src to the start of dst, a buffer in this rank's

@@ -23,6 +23,11 @@ Algorithms (p = number of ranks):
                    allgatherv) every rank stages its block in its heap and
                    the others copy it out
   alltoall         pairwise exchange, p-1 steps
+  allgather and alltoall of objects: every pickle sent straight to its
+                   rank first, then every receive (one message per pair);
+                   on more than 2 ranks pickles over the eager limit go
+                   out of the sender's heap, copied out by each receiver
+                   (also gather and scatter of objects)
   reduce           binomial tree; non-commutative ops reduce in rank order
                    at rank 0 and forward the result to the root
   allreduce        recursive doubling (extra ranks folded in pairs), rank
@@ -104,6 +109,11 @@ def _same_start(a, b):
 def _overlap(a, b):
     (x, n), (y, m) = buffer_span(a), buffer_span(b)
     return n and m and x < y + m and y < x + n
+
+
+def _padded(n):
+    # Each staged block starts on a cache line of its own.
+    return (n + 63) // 64 * 64
 
 
 def _check_block(dst, src, what):
@@ -207,6 +217,81 @@ class Collectives:
         except BufferError:             # not contiguous bytes
             stage[:] = mem
         return stage
+
+    def _staged_pickles(self, datas):
+        """The pickles to send, those over the eager limit copied into this
+        rank's staging buffer in its heap (each distinct one once): sent
+        from there they are one announcement each, which the receiver
+        answers by copying the pickle straight out whenever it runs, instead
+        of a rendezvous whose chunks both ranks must stream in step.  The
+        sends must complete (every receiver's acknowledgement) before the
+        buffer is used again.  Without room in the heap the pickles go as
+        they are."""
+        limit = getattr(getattr(self.p2p, "_engine", None), "eager_limit", None)
+        if limit is None:
+            return datas
+        first = {}
+        for data in datas:
+            if len(data) > limit:
+                first.setdefault(id(data), data)
+        if not first:
+            return datas
+        stage = self._heap_buffer(sum(_padded(len(data)) for data in first.values()))
+        if stage is None:
+            return datas
+        at = 0
+        for key, data in first.items():
+            n = len(data)
+            first[key] = self._fill(stage[at:at + n], data)
+            at += _padded(n)
+        return [first.get(id(data), data) for data in datas]
+
+    def _send_pickles(self, datas, dests, tags, what, stage=None):
+        """Send the pickle datas[i] to rank dests[i] with tag tags[i]: by the
+        fast path when it fits the ring, else as an engine send (a large
+        one out of this rank's heap, see _staged_pickles, when `stage`
+        says so; by default on communicators of at least STAGE_MIN_RANKS
+        ranks: on two, one per core, a rendezvous streams the pickle
+        through the ring while the receiver copies it out).  Returns the
+        requests to complete before the next call."""
+        p2p = self.p2p
+        fast = p2p._fast
+        if stage is None:
+            stage = self.size >= STAGE_MIN_RANKS
+        requests, staged = [], None if stage else datas
+        for i, dest in enumerate(dests):
+            if not fast.send(datas[i], dest, tags[i]):
+                if staged is None:
+                    staged = self._staged_pickles(datas)
+                requests.append(p2p._isend_bytes(memoryview(staged[i]), dest, tags[i], False,
+                                                 what))
+        return requests
+
+    def _isend_objects(self, items, dests, tag, what):
+        """Send items[i] to rank dests[i], pickled (an object repeated in a
+        row, once) and sent by _send_pickles; returns the requests and the
+        pickles.  Over a communicator of mpi4py's own (the tests'
+        reference) the objects go by its isend (no pickles returned)."""
+        p2p = self.p2p
+        if getattr(p2p, "_fast", None) is None:
+            return [p2p.isend(item, dest, tag) for item, dest in zip(items, dests)], []
+        dumps = _pickle.dumps
+        datas = []
+        last = data = None
+        for item in items:
+            if item is not last or data is None:
+                last, data = item, dumps(item)
+            datas.append(data)
+        return self._send_pickles(datas, dests, [tag] * len(dests), what), datas
+
+    def _recv_objects(self, result, tag):
+        """Receive into result[source] the object of every other rank, in
+        the order they sent theirs (each to rank + 1 first)."""
+        size, rank, recv = self.size, self.rank, self.p2p.recv
+        for step in range(1, size):
+            source = (rank - step) % size
+            result[source] = recv(None, source, tag)
+        return result
 
     @staticmethod
     def _segments(nbytes):
@@ -396,7 +481,9 @@ class Collectives:
         items = list(sendobj) if sendobj is not None else [None] * size
         if len(items) != size:
             raise ValueError(f"expecting {size} items, got {len(items)}")
-        requests = [self.p2p.isend(items[i], i, TAG_SCATTER) for i in range(size) if i != root]
+        others = [i for i in range(size) if i != root]
+        requests, _ = self._isend_objects([items[i] for i in others], others, TAG_SCATTER,
+                                          "scatter")
         mine = _copy_object(items[root])
         for request in requests:
             request.wait()
@@ -406,7 +493,7 @@ class Collectives:
         self._check_root(root)
         size, rank = self.size, self.rank
         if rank != root:
-            self.p2p.send(sendobj, root, TAG_GATHER)
+            self._wait_all(self._isend_objects([sendobj], [root], TAG_GATHER, "gather")[0])
             return None
         return [_copy_object(sendobj) if i == root
                 else self.p2p.recv(source=i, tag=TAG_GATHER) for i in range(size)]
@@ -460,15 +547,17 @@ class Collectives:
                            blocks[(rank - step - 1) % size], left, TAG_ALLGATHER)
 
     def allgather(self, sendobj):
+        # Every rank's pickle straight to every other (a large one once in
+        # its heap, copied out by each), then every receive: one message
+        # per pair, and no rank waits for another to pass a pickle on.
         size, rank = self.size, self.rank
-        items = [None] * size
-        items[rank] = _pickle.dumps(sendobj)
-        right, left = (rank + 1) % size, (rank - 1) % size
-        for step in range(size - 1):
-            items[(rank - step - 1) % size] = self.p2p.sendrecv(
-                items[(rank - step) % size], right, TAG_ALLGATHER,
-                source=left, recvtag=TAG_ALLGATHER)
-        return [_pickle.loads(item) for item in items]
+        dests = [(rank + step) % size for step in range(1, size)]
+        requests, datas = self._isend_objects([sendobj] * (size - 1), dests, TAG_ALLGATHER,
+                                              "allgather")
+        result = self._recv_objects([None] * size, TAG_ALLGATHER)
+        result[rank] = _pickle.loads(datas[0]) if datas else _copy_object(sendobj)
+        self._wait_all(requests)
+        return result
 
     def Alltoall(self, sendbuf, recvbuf):
         size = self.size
@@ -518,12 +607,13 @@ class Collectives:
         items = [None] * size if sendobj is None else list(sendobj)
         if len(items) != size:
             raise ValueError(f"expecting {size} items, got {len(items)}")
-        result = [None] * size
+        # As allgather: every pickle out first, then every receive.
+        dests = [(rank + step) % size for step in range(1, size)]
+        requests, _ = self._isend_objects([items[dest] for dest in dests], dests, TAG_ALLTOALL,
+                                          "alltoall")
+        result = self._recv_objects([None] * size, TAG_ALLTOALL)
         result[rank] = _copy_object(items[rank])
-        for step in range(1, size):
-            dest, source = (rank + step) % size, (rank - step) % size
-            result[source] = self.p2p.sendrecv(items[dest], dest, TAG_ALLTOALL,
-                                               source=source, recvtag=TAG_ALLTOALL)
+        self._wait_all(requests)
         return result
 
     # --- buffer reductions -----------------------------------------------------

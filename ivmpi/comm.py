@@ -58,7 +58,7 @@ _SMALL_OP_CODES = None
 _SMALL_COLLECTIVES = (
     "Barrier", "barrier", "Bcast", "bcast", "Gather", "Gatherv", "Scatter", "Scatterv",
     "Allgather", "Allgatherv", "Alltoall", "Alltoallv", "Reduce", "Allreduce", "Scan", "Exscan",
-    "Reduce_scatter", "Reduce_scatter_block")
+    "Reduce_scatter", "Reduce_scatter_block", "gather", "scatter", "allgather", "alltoall")
 
 
 def _small_op_codes():

@@ -10,8 +10,9 @@ one round of a Schedule (ivmpi.nbcoll) on the communicator's hidden twin:
 one C loop moves every block, by the fast path when it fits the ring.
 Like the nonblocking collectives, each call takes new tags of its own, so
 it never matches user messages nor another collective.  The object forms
-(neighbor_allgather, neighbor_alltoall) post engine operations instead,
-since their sizes are not known in advance.  Under a launcher each
+(neighbor_allgather, neighbor_alltoall) send pickles instead, whose
+sizes are not known in advance: small ones by the fast path, large ones
+out of this rank's heap.  Under a launcher each
 communicator also carries the library's communicator of the same topology
 as its handle.
 """
@@ -24,10 +25,10 @@ from .buffers import packed_simple, packed_vector, parse_recv, parse_send, parse
 from .nbcoll import RECV, SEND, CollectivePrequest, channel_of, wblocks
 from .request import MPIError, Request
 from .staging import staged
+from ._fastcopy import exchange_objects
 
 PROC_NULL = _MPI.PROC_NULL
 UNDEFINED = _MPI.UNDEFINED
-_pickle = _MPI.pickle
 
 # A neighbourhood collective takes consecutive tags of its own (Channel.next_tag):
 # graph neighbours all use the first, since messages between two ranks
@@ -165,56 +166,6 @@ class DistGraphTopology:
 
     def send_order(self, rank):
         return range(len(self.destinations))
-
-
-# --- one request over many operations -------------------------------------------------
-
-class NeighbourOps:
-    """The point-to-point operations of one neighbourhood collective as one
-    engine operation (what a Request waits for): done when all are; the
-    first error is the request's, and a failed receive's status fields are
-    the request's (a truncation error names its source)."""
-    __slots__ = ("ops", "scope")
-
-    def __init__(self, ops, scope):
-        self.ops = ops
-        self.scope = scope
-
-    @property
-    def done(self):
-        return all(op.done for op in self.ops)
-
-    @property
-    def error(self):
-        for op in self.ops:
-            if op.error is not None:
-                return op.error
-        return None
-
-    @property
-    def peer(self):
-        for op in self.ops:
-            if not op.done:
-                return op.peer
-        return None
-
-    @property
-    def state(self):
-        # Changes whenever one of the operations advances (restarting a
-        # wait's timeout), and says where a stuck one stands.
-        pending = [op for op in self.ops if not op.done]
-        moved = sum((getattr(op, "received", 0) or 0) + (getattr(op, "offset", 0) or 0)
-                    for op in self.ops)
-        states = sorted({getattr(op, "state", "waiting for a matching message")
-                         for op in pending})
-        return (f"{len(pending)} of {len(self.ops)} neighbour transfers pending "
-                f"({', '.join(states)}), {moved} bytes moved")
-
-    def __getattr__(self, name):
-        for op in self.ops:
-            if op.error is not None:
-                return getattr(op, name)
-        raise AttributeError(name)
 
 
 # --- buffers --------------------------------------------------------------------------
@@ -451,79 +402,41 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
         return self._neighbour("Neighbor_alltoallw_init", "persistent", self._alltoallw_plan,
                                sendbuf, recvbuf)
 
-    def _exchange(self, sends, recvs, what):
-        """The object forms: post a receive of an object from the k-th
-        in-neighbour, then a send of sends[k] to the k-th out-neighbour
-        (PROC_NULL neighbours skipped).  Returns the operations as one, and
-        the receives by block."""
-        self._check_live()
-        sources, dests, recv_tags, send_tags = self._topo.neighbours(self.rank)
-        twin = self._collectives.p2p
-        received = []
-        for source, tag, mem in zip(sources, recv_tags, recvs):
-            received.append(None if source == PROC_NULL else
-                            twin._irecv_bytes(mem, source, TAG_NEIGHBOR + 1 + tag, None,
-                                              what)._op)
-        ops = [op for op in received if op is not None]
-        for dest, tag, mem in zip(dests, send_tags, sends):
-            if dest != PROC_NULL:
-                ops.append(twin._isend_bytes(mem, dest, TAG_NEIGHBOR + 1 + tag, False, what)._op)
-        return NeighbourOps(ops, twin._scope), received
-
     def _objects(self, items, what):
         """Exchange pickled items with the neighbours; a PROC_NULL neighbour's
-        entry is None, as in mpi4py.  Every item goes out first (by the fast
-        path when it fits the ring), then each receive in order takes its
-        message straight from the ring when it is an eager one, else
-        through the engine; messages between two ranks keep their order,
-        and both sides take it from the same edge lists."""
+        entry is None, as in mpi4py.  Every item goes out first: by the
+        fast path when it fits the ring, else a large one from this rank's
+        heap, which its receiver copies out at once (no rendezvous round
+        trip, no stream that both ranks must serve in step).  Then each
+        receive in order takes its message straight from the ring when it
+        is an eager one, else through the engine; messages between two
+        ranks keep their order, and both sides take it from the same edge
+        lists."""
         self._check_live()
         plan = self.__dict__.get("_object_plan")
         if plan is None:
             plan = self._object_plan = self._plan_objects()
-        sends, waiting, indegree = plan
-        twin = self._collectives.p2p
-        fast = twin._fast
-        dumps, loads = _pickle.dumps, _pickle.loads
+        sends, dests, tags, waiting, indegree = plan
+        coll = self._collectives
         with self._lock(what):
-            sending = []
-            last = data = None
-            for k, dest, tag in sends:
-                item = items[k]
-                if item is not last or data is None:    # allgather: pickled once
-                    last, data = item, dumps(item)
-                if not fast.send(data, dest, tag):
-                    sending.append(twin._isend_bytes(memoryview(data), dest, tag, False, what))
-            results = [None] * indegree
-            while waiting:
-                # A pass takes every message at the head of its ring (frames
-                # from one rank come in the order it sent them, which may
-                # not be the order of the receives); a receive waits for
-                # earlier ones with the same source and tag.
-                later, blocked, spins = [], set(), fast.spins
-                for k, source, tag in waiting:
-                    if (source, tag) not in blocked:
-                        data = fast.recv_bytes(source, tag, spins)
-                        spins = 1
-                        if data is not None:
-                            results[k] = loads(data) if data else None
-                            continue
-                        blocked.add((source, tag))
-                    later.append((k, source, tag))
-                if len(later) == len(waiting):
-                    # Nothing came by the fast path: the engine takes the first.
-                    k, source, tag = later.pop(0)
-                    request = twin._irecv_bytes(None, source, tag, None, what)
-                    op = request._op
-                    request.Wait()
-                    results[k] = loads(op.data) if op.data else None
-                waiting = later
-            Request.Waitall(sending)
+            results, sending = exchange_objects(coll.p2p._fast, coll, self._recv_pickle, items,
+                                                sends, dests, tags, waiting, indegree, what)
+            if sending:
+                Request.Waitall(sending)
         return results
+
+    def _recv_pickle(self, source, tag, what):
+        """The pickle from source with tag, through the engine (what the
+        fast path of exchange_objects cannot take)."""
+        request = self._collectives.p2p._irecv_bytes(None, source, tag, None, what)
+        op = request._op
+        request.Wait()
+        return op.data
 
     def _plan_objects(self):
         """What the object forms do on this rank, worked out once: the sends
         (block, out-neighbour, tag) in the order the receivers take them,
+        their out-neighbours and tags as lists,
         the receives (block, in-neighbour, tag) in MPI's order, PROC_NULL
         neighbours left out, and the in-degree."""
         sources, dests, recv_tags, send_tags = self._topo.neighbours(self.rank)
@@ -532,7 +445,8 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
         receives = [(k, source, tag + TAG_NEIGHBOR + 1)
                     for k, (source, tag) in enumerate(zip(sources, recv_tags))
                     if source != PROC_NULL]
-        return sends, receives, len(sources)
+        return (sends, [dest for _, dest, _ in sends], [tag for _, _, tag in sends], receives,
+                len(sources))
 
     def neighbor_allgather(self, sendobj):
         return self._objects([sendobj] * self.degrees[1], "neighbor_allgather")

@@ -240,6 +240,17 @@ def test_alltoall_allgather_objects(coll):
     assert coll.allgather({RANK: "x"}) == WORLD.allgather({RANK: "x"})
 
 
+@pytest.mark.parametrize("big", [70000, 1 << 20])
+def test_large_alltoall_allgather_objects(coll, big):
+    # Pickles over the eager limit (sent out of the sender's heap), mixed
+    # with small ones, twice (the staging buffer is reused).
+    for round in range(2):
+        mine = bytes([RANK + round]) * (big if RANK % 2 == 0 else 5)
+        assert coll.allgather((RANK, mine)) == WORLD.allgather((RANK, mine))
+        items = [(RANK, i, bytes([i]) * (big + i if (RANK + i) % 3 else 7)) for i in range(SIZE)]
+        assert coll.alltoall(items) == WORLD.alltoall(items)
+
+
 # --- reductions -----------------------------------------------------------------
 
 INT_OPS = ["SUM", "PROD", "MAX", "MIN", "BAND", "BOR", "BXOR", "LAND", "LOR", "LXOR"]
