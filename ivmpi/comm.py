@@ -10,7 +10,8 @@ import weakref
 
 from .lib import MPI as _MPI
 
-from ._fastcopy import SMALL_OPS, FastPath, PersistentStart, SmallCollectives, set_typed_layout
+from ._fastcopy import (SMALL_OPS, FastPath, PersistentStart, SmallCollectives, new_request,
+                        set_typed_layout)
 
 from .buffers import fast_plan, parse_recv, parse_send
 from .collectives import COLLECTIVE_TAGS, Collectives
@@ -236,7 +237,7 @@ class Comm(_MPI.Comm):
         fast.any_source, fast.any_tag = ANY_SOURCE, ANY_TAG
         fast.world_ranks, fast.scope, fast.comm = self._ranks, self._scope, self
         fast.comm_rank_of = self._index
-        fast.general_Irecv, fast.new_request = self._general_Irecv, Request
+        fast.general_Irecv, fast.new_request = self._general_Irecv, new_request
         fast.engine_irecv = engine.irecv
         fast.general_Isend, fast.sent_op = self._general_Isend, _SENT
         fast.general_irecv, fast.unpickle_op = self._general_irecv, self._unpickle_op
@@ -728,6 +729,14 @@ class Comm(_MPI.Comm):
         data = _pickle.dumps(sendobj)
         if self._fast.send(data, dest, sendtag):
             return self.recv(recvbuf, source, recvtag, status)
+        op = self._fast.send_bytes_staged(data, dest, sendtag)
+        if op is not None:
+            # A little over the eager limit, announced from our heap: the
+            # peer copies it out whenever it receives, so receiving first
+            # cannot deadlock.
+            obj = self.recv(recvbuf, source, recvtag, status)
+            self._fast.finish_staged(op, "sendrecv")
+            return obj
         self._check_send_args(dest, sendtag, "sendrecv")
         rreq = self.irecv(recvbuf, source, recvtag)
         sreq = self._isend_bytes(memoryview(data), dest, sendtag, False, "sendrecv")
