@@ -279,7 +279,7 @@ cdef class FastPath:
     cdef public dict awaiting_ack
     cdef public object engine_post, engine, wait_op
     cdef public object general_Ssend, general_Issend, general_ssend, general_issend
-    cdef public object general_isend
+    cdef public object general_isend, general_sendrecv
     cdef public object general_Iprobe, general_Probe, general_Improbe, general_Mprobe
     cdef public object new_message, new_incoming
     # Large sends with holes: the engine's staging block (take_stage,
@@ -716,6 +716,25 @@ cdef class FastPath:
             self.finish_staged(op, "send")
         else:
             self.general_send(data, dest, tag)
+
+    def sendrecv_object(self, sendobj, long dest, long sendtag=0, recvbuf=None, source=None,
+                        recvtag=None, status=None):
+        """mpi4py's sendrecv: an eager or heap-staged send completes without
+        the receiver, so sending first and then receiving cannot deadlock."""
+        data = self.dumps(sendobj)
+        if self.send(data, dest, sendtag):
+            return self.recv_object(recvbuf, source, recvtag, status)
+        op = self._send_bytes_staged(data, dest, sendtag)
+        if op is not None:
+            # The peer copies it out of our heap whenever it receives.
+            obj = self.recv_object(recvbuf, source, recvtag, status)
+            self.finish_staged(op, "sendrecv")
+            return obj
+        if source is None:
+            source = self.any_source
+        if recvtag is None:
+            recvtag = self.any_tag
+        return self.general_sendrecv(data, dest, sendtag, recvbuf, source, recvtag, status)
 
     def recv_object(self, buf=None, source=None, tag=None, status=None):
         if buf is not None:
@@ -1771,6 +1790,9 @@ cdef object _py_Wait = None       # the Python methods, for everything else
 cdef object _py_wait = None
 cdef object _py_Waitall = None
 cdef object _py_Start = None
+cdef object _Message = None       # ivmpi.request.Message, and its Python methods
+cdef object _py_message_Recv = None
+cdef object _py_message_recv = None
 
 
 def set_request_types(request, prequest, wait_upper, wait_lower, waitall, start):
@@ -1778,6 +1800,60 @@ def set_request_types(request, prequest, wait_upper, wait_lower, waitall, start)
     global _Request, _Prequest, _py_Wait, _py_wait, _py_Waitall, _py_Start
     _Request, _Prequest = request, prequest
     _py_Wait, _py_wait, _py_Waitall, _py_Start = wait_upper, wait_lower, waitall, start
+
+
+def set_message_type(message, recv_upper, recv_lower):
+    """The Message class and its Python Recv and recv (see above)."""
+    global _Message, _py_message_Recv, _py_message_recv
+    _Message, _py_message_Recv, _py_message_recv = message, recv_upper, recv_lower
+
+
+def new_message(comm, incoming):
+    """Message(comm, incoming) of a matched probe, without the Python
+    constructor's frame."""
+    msg = _Message.__new__(_Message)
+    msg._comm = comm
+    msg._incoming = incoming
+    msg._no_proc = False
+    return msg
+
+
+cdef FastPath _taken_by_fast(object message):
+    """A message's FastPath, once its handle is nulled and its message
+    marked received (Message._take); None (nothing changed) when the
+    Python method must run: another class, NO_PROC, a null message."""
+    if type(message) is not _Message or message._no_proc:
+        return None
+    incoming = message._incoming
+    if incoming is None or incoming.taken:
+        return None
+    fast = getattr(message._comm, "_fast", None)
+    if type(fast) is not FastPath:
+        return None
+    message._incoming = None
+    incoming.taken = True
+    return <FastPath>fast
+
+
+def message_Recv(self, buf, status=None):
+    incoming = self._incoming
+    cdef FastPath fast = _taken_by_fast(self)
+    if fast is None:
+        return _py_message_Recv(self, buf, status)
+    # An eager message goes straight into buf in one call.
+    if not fast.recv_message(buf, incoming, status):
+        self._irecv(incoming, buf).Wait(status)
+
+
+def message_recv(self, status=None):
+    incoming = self._incoming
+    cdef FastPath fast = _taken_by_fast(self)
+    if fast is None:
+        return _py_message_recv(self, status)
+    if fast.take_message(incoming, status):
+        # An empty message is None, as mpi4py unpickles it.
+        return fast.unpickle_op(incoming) if incoming.data else None
+    return self._irecv_object(incoming).wait(status)
 
 
 def new_request(comm, op, decode, what):

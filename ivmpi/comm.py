@@ -10,8 +10,8 @@ import weakref
 
 from .lib import MPI as _MPI
 
-from ._fastcopy import (SMALL_OPS, FastPath, PersistentStart, SmallCollectives, new_request,
-                        set_typed_layout)
+from ._fastcopy import (SMALL_OPS, FastPath, PersistentStart, SmallCollectives, new_message,
+                        new_request, set_typed_layout)
 
 from .buffers import fast_plan, parse_recv, parse_send
 from .collectives import COLLECTIVE_TAGS, Collectives
@@ -245,10 +245,10 @@ class Comm(_MPI.Comm):
         fast.engine_post, fast.engine, fast.wait_op = engine._post, engine, engine.wait
         fast.general_Ssend, fast.general_Issend = self._general_Ssend, self._general_Issend
         fast.general_ssend, fast.general_issend = self._general_ssend, self._general_issend
-        fast.general_isend = self._general_isend
+        fast.general_isend, fast.general_sendrecv = self._general_isend, self._general_sendrecv
         fast.general_Iprobe, fast.general_Probe = self._general_Iprobe, self._general_Probe
         fast.general_Improbe, fast.general_Mprobe = self._general_Improbe, self._general_Mprobe
-        fast.new_message, fast.new_incoming = Message, Incoming
+        fast.new_message, fast.new_incoming = new_message, Incoming
         fast.general_Sendrecv = self._general_Sendrecv
         fast.new_unpacking = UnpackingRequest
         fast.take_stage, fast.give_stage = engine.take_stage, engine.give_stage
@@ -304,6 +304,8 @@ class Comm(_MPI.Comm):
         self.Mprobe = self.mprobe = fast.Mprobe
         self.Sendrecv = fast.Sendrecv
         route = self._route
+        if route is None:
+            self.sendrecv = fast.sendrecv_object
         if route is not None:
             # Peers in other regions straight through the library, in one call.
             self.Send, self.Recv, self.Isend, self.Irecv = (route.Send, route.Recv, route.Isend,
@@ -726,6 +728,8 @@ class Comm(_MPI.Comm):
 
     def sendrecv(self, sendobj, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
                  recvtag=ANY_TAG, status=None):
+        # FastPath.sendrecv_object does the same in one call (bound by
+        # _bind_fast when every peer is in the region).
         data = _pickle.dumps(sendobj)
         if self._fast.send(data, dest, sendtag):
             return self.recv(recvbuf, source, recvtag, status)
@@ -737,6 +741,9 @@ class Comm(_MPI.Comm):
             obj = self.recv(recvbuf, source, recvtag, status)
             self._fast.finish_staged(op, "sendrecv")
             return obj
+        return self._general_sendrecv(data, dest, sendtag, recvbuf, source, recvtag, status)
+
+    def _general_sendrecv(self, data, dest, sendtag, recvbuf, source, recvtag, status):
         self._check_send_args(dest, sendtag, "sendrecv")
         rreq = self.irecv(recvbuf, source, recvtag)
         sreq = self._isend_bytes(memoryview(data), dest, sendtag, False, "sendrecv")

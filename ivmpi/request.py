@@ -898,6 +898,9 @@ Request.wait = _fastcopy.request_wait
 Request.Waitall = classmethod(_fastcopy.request_Waitall)
 Prequest.Start = _fastcopy.prequest_Start
 Prequest.Startall = classmethod(_fastcopy.prequest_Startall)
+_fastcopy.set_message_type(Message, Message.Recv, Message.recv)
+Message.Recv = _fastcopy.message_Recv
+Message.recv = _fastcopy.message_recv
 
 REQUEST_NULL = Request()
 MESSAGE_NULL = Message(None, None)
