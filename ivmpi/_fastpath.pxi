@@ -231,6 +231,24 @@ cdef class _Scatter:
             PyBuffer_Release(&packed)
 
 
+cdef object _incoming(object cls, object source, object tag, object context, object size,
+                      object data, object send_id, object kind, object offset):
+    """engine.Incoming(...) of a frame a matched probe took, without the
+    Python constructor's frame (the same fields as its __init__)."""
+    msg = cls.__new__(cls)
+    msg.source = source
+    msg.tag = tag
+    msg.context = context
+    msg.size = size
+    msg.data = data
+    msg.send_id = send_id
+    msg.kind = kind
+    msg.self_send = None
+    msg.offset = offset
+    msg.taken = False
+    return msg
+
+
 cdef class FastPath:
     """One communicator's fast paths: its rings by communicator rank.
 
@@ -885,8 +903,9 @@ cdef class FastPath:
         rank = self.comm_rank_of.get(world)
         if rank is None or self.rx[rank] is None:
             return -1
-        return poll_eager(self.lock, self.rx[rank], self.posted, self.eager_limit, self.backlog,
-                          op, self.tx[rank], self.awaiting_ack, self.spins)
+        return poll_eager(self.lock, <RxRing>self.rx[rank], self.posted, self.eager_limit,
+                          self.backlog, <Op>op, <TxRing?>self.tx[rank], self.awaiting_ack,
+                          self.spins)
 
     cdef long _peek(self, long source, long tag, Py_ssize_t *index) except -3:
         """What a probe of (source, tag) finds now, taking nothing (the lock
@@ -967,8 +986,8 @@ cdef class FastPath:
                 self.found_tag = rx.tag
                 self.found_size = <long>rx.a
                 if take:
-                    self.found_message = self.new_incoming(
-                        rx.peer, rx.tag, rx.context, rx.a, None, rx.b, rx.kind, None, at)
+                    self.found_message = _incoming(self.new_incoming, rx.peer, rx.tag,
+                                                   rx.context, rx.a, None, rx.b, rx.kind, at)
                     rx.consume()
                 return found
             if found == 1:
@@ -985,8 +1004,9 @@ cdef class FastPath:
                 self.found_tag = rx.tag
                 self.found_size = rx.length
                 if take:
-                    self.found_message = self.new_incoming(
-                        rx.peer, rx.tag, rx.context, rx.length, rx.payload(), rx.b, rx.kind)
+                    self.found_message = _incoming(self.new_incoming, rx.peer, rx.tag,
+                                                   rx.context, rx.length, rx.payload(), rx.b,
+                                                   rx.kind, 0)
                     rx.consume()
             return found
         finally:
