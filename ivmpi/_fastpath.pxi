@@ -231,24 +231,6 @@ cdef class _Scatter:
             PyBuffer_Release(&packed)
 
 
-cdef object _incoming(object cls, object source, object tag, object context, object size,
-                      object data, object send_id, object kind, object offset):
-    """engine.Incoming(...) of a frame a matched probe took, without the
-    Python constructor's frame (the same fields as its __init__)."""
-    msg = cls.__new__(cls)
-    msg.source = source
-    msg.tag = tag
-    msg.context = context
-    msg.size = size
-    msg.data = data
-    msg.send_id = send_id
-    msg.kind = kind
-    msg.self_send = None
-    msg.offset = offset
-    msg.taken = False
-    return msg
-
-
 cdef class FastPath:
     """One communicator's fast paths: its rings by communicator rank.
 
@@ -986,8 +968,8 @@ cdef class FastPath:
                 self.found_tag = rx.tag
                 self.found_size = <long>rx.a
                 if take:
-                    self.found_message = _incoming(self.new_incoming, rx.peer, rx.tag,
-                                                   rx.context, rx.a, None, rx.b, rx.kind, at)
+                    self.found_message = self.new_incoming(
+                        rx.peer, rx.tag, rx.context, rx.a, None, rx.b, rx.kind, None, at)
                     rx.consume()
                 return found
             if found == 1:
@@ -1004,9 +986,8 @@ cdef class FastPath:
                 self.found_tag = rx.tag
                 self.found_size = rx.length
                 if take:
-                    self.found_message = _incoming(self.new_incoming, rx.peer, rx.tag,
-                                                   rx.context, rx.length, rx.payload(), rx.b,
-                                                   rx.kind, 0)
+                    self.found_message = self.new_incoming(
+                        rx.peer, rx.tag, rx.context, rx.length, rx.payload(), rx.b, rx.kind)
                     rx.consume()
             return found
         finally:
