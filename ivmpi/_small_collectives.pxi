@@ -482,22 +482,32 @@ cdef class SmallCollectives:
 
     # --- reductions ------------------------------------------------------------
 
-    cdef int _tree_reduce(self, char *acc, char *tmp, Py_ssize_t nbytes, int code, int typ,
-                          long root, long tag) except -1:
-        """The general algorithm's binomial reduce of acc around root (the
-        ops here are commutative): the result is in acc at root."""
+    cdef int _tree_reduce(self, const char *data, char *out, Py_ssize_t nbytes, int code,
+                          int typ, long root, long tag) except -1:
+        """The general algorithm's binomial reduce of data around root (the
+        ops here are commutative): the result goes to out at root (out may
+        be data: IN_PLACE; NULL elsewhere).  Each message received is
+        combined straight out of the ring (acc = mine op theirs, the lower
+        rank's operand first, as the general algorithm), and a rank with
+        nothing to receive sends its input as it is: no private copies."""
         cdef long vrank, mask, size = self.size
-        cdef Py_ssize_t count = nbytes // _item_bytes(typ)
+        cdef const char *mine = data
+        cdef char *acc = out
         vrank = (self.rank - root + size) % size
         mask = 1
         while mask < size:
             if vrank & mask:
-                self._send(acc, nbytes, (vrank - mask + root) % size, tag)
+                self._send(mine, nbytes, (vrank - mask + root) % size, tag)
                 break
             if vrank + mask < size:
-                self._recv(tmp, nbytes, (vrank + mask + root) % size, tag)
-                _combine(code, typ, acc, tmp, count, True)
+                if acc == NULL:
+                    acc = self._scratch(0, nbytes)
+                stream_take(self, NULL, acc, mine, nbytes, (vrank + mask + root) % size, tag,
+                            code, typ, True)
+                mine = acc
             mask <<= 1
+        if out != NULL and mine != out:
+            memcpy(out, mine, nbytes)
         return 0
 
     def Reduce(self, sendbuf, recvbuf, op=None, root=0):
@@ -509,7 +519,6 @@ cdef class SmallCollectives:
     cdef bint _try_reduce(self, object sendbuf, object recvbuf, object op, object root) except -1:
         cdef Span send, recv
         cdef long r
-        cdef char *acc
         cdef bint at_root
         if type(root) is not int or self.size < 2:
             return False
@@ -522,12 +531,8 @@ cdef class SmallCollectives:
         try:
             if not self._small(send.nbytes):
                 return False
-            acc = self._scratch(0, send.nbytes)
-            memcpy(acc, send.data, send.nbytes)
-            self._tree_reduce(acc, self._scratch(1, send.nbytes), send.nbytes,
+            self._tree_reduce(send.data, recv.data if at_root else NULL, send.nbytes,
                               <int>self._op_code(op), send.typ, r, self.reduce_tag)
-            if at_root:
-                memcpy(recv.data, acc, send.nbytes)
             return True
         finally:
             _close(&send)

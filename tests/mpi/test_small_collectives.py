@@ -271,3 +271,34 @@ def test_gather_and_scatter_mixing_paths(comm, per_rank, in_place):
         theirs = np.empty(per_rank)
         NATIVE.Scatter(outgoing, theirs, root=root)
         assert np.array_equal(got, theirs), root
+
+
+@pytest.mark.parametrize("n", [7, 8191, 8192])     # 8192 doubles: the eager limit, 64 KiB
+def test_reduce_up_to_the_eager_limit_combines_as_the_general_path(comm, n):
+    """The one-call Reduce combines each message straight out of the ring:
+    the same bits as the general algorithm at the root, IN_PLACE or not,
+    with some ranks on the general path, and Open MPI's sums."""
+    for root in range(comm.size):
+        at_root = comm.rank == root
+        send = values("f8", n, comm.rank + root)
+        ours = np.full(n, 99.0) if at_root else None
+        comm.Reduce(send, ours, op=MPI.SUM, root=root)
+        general = np.full(n, 98.0) if at_root else None
+        comm._collectives.Reduce(send, general, MPI.SUM, root)
+        mixed = send.copy() if at_root else None
+        if at_root:
+            comm.Reduce(MPI.IN_PLACE, mixed, op=MPI.SUM, root=root)
+        else:
+            comm.Reduce([send, MPI.DOUBLE] if comm.rank % 2 else send, None, op=MPI.SUM,
+                        root=root)
+        theirs = np.empty(n) if at_root else None
+        NATIVE.Reduce(send, theirs, op=_native.SUM, root=root)
+        maxed = np.empty(n) if at_root else None
+        comm.Reduce(send, maxed, op=MPI.MAX, root=root)
+        if at_root:
+            assert ours.view("u8").tolist() == general.view("u8").tolist()
+            assert mixed.view("u8").tolist() == general.view("u8").tolist()
+            np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
+            expect = np.max([values("f8", n, r + root) for r in range(comm.size)], axis=0)
+            np.testing.assert_array_equal(maxed, expect)
+        assert send.tolist() == values("f8", n, comm.rank + root).tolist()   # input untouched
