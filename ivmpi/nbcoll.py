@@ -53,7 +53,7 @@ from .collectives import PIPELINE_MIN_BYTES, REGION_MIN_BYTES, Collectives
 from .datatypes import layout
 from .errors import BufferSpecError
 from .request import MPIError, Prequest, Request
-from .staging import staged
+from .staging import interleaved, staged
 
 NB_TAG_BASE = 1 << 25
 _NB_TAG_MASK = (1 << 30) - 1     # the largest tag stays below 2**31 - 1
@@ -346,12 +346,12 @@ _bcast_segments = Collectives._segments
 def scatter_steps(ch, blocks, recvmem, root):
     if ch.rank != root:
         return [(RECV, root, recvmem)]
-    steps = []
-    blocks = staged(ch, blocks, list(range(ch.size)), steps)
-    if recvmem is not None:
-        steps.append((COPY, recvmem, blocks[root]))
-    steps += [(SEND, i, blocks[i]) for i in range(ch.size) if i != root]
-    return steps
+    steps = [(COPY, recvmem, blocks[root])] if recvmem is not None else []
+    streams = []
+    blocks = staged(ch, blocks, list(range(ch.size)), streams)
+    # Each large block staged just before it goes (ivmpi.staging).
+    return steps + interleaved(streams, [(SEND, i, blocks[i]) for i in range(ch.size)
+                                         if i != root])
 
 
 def gather_steps(ch, sendmem, blocks, root):
@@ -379,12 +379,17 @@ def alltoall_steps(ch, send_blocks, recv_blocks):
     # Every pair exchanges its blocks at once, in the pairwise order.
     size, rank = ch.size, ch.rank
     in_place = send_blocks is None
-    steps = []
-    # Large blocks go out of this rank's heap (staged before anything arrives).
-    sending = staged(ch, recv_blocks if in_place else send_blocks, list(range(size)), steps)
+    steps, streams = [], []
+    if not in_place:
+        steps.append((COPY, recv_blocks[rank], send_blocks[rank]))
+    # Large blocks go out of this rank's heap, each staged just before it
+    # goes (ivmpi.staging); every send of the round precedes its receives.
+    sending = staged(ch, recv_blocks if in_place else send_blocks, list(range(size)), streams)
     if in_place:
-        # What was there is sent: the blocks not staged are copied aside
-        # before they are overwritten.
+        # What was there is sent: all of it staged, and the blocks not
+        # staged copied aside, before anything arrives.
+        steps += streams
+        streams = []
         send_blocks = list(sending)
         for k, block in enumerate(sending):
             if k != rank and block is recv_blocks[k]:
@@ -393,11 +398,11 @@ def alltoall_steps(ch, send_blocks, recv_blocks):
                 send_blocks[k] = copy
     else:
         send_blocks = sending
-        steps.append((COPY, recv_blocks[rank], send_blocks[rank]))
+    transfers = []
     for step in range(1, size):
         dest, source = (rank + step) % size, (rank - step) % size
-        steps += [(RECV, source, recv_blocks[source]), (SEND, dest, send_blocks[dest])]
-    return steps
+        transfers += [(RECV, source, recv_blocks[source]), (SEND, dest, send_blocks[dest])]
+    return steps + interleaved(streams, transfers)
 
 
 def reduce_steps(ch, steps, data, count, datatype, op, root):
