@@ -18,6 +18,13 @@ cdef enum:
     OP_MAX = 3
     OP_MIN = 4
 
+# From this many bytes Reduce streams a reduce-scatter and then every block
+# to the root (ivmpi.collectives.REGION_MIN_BYTES is this number).
+cdef enum:
+    _REDUCE_SCATTER_MIN = 262144
+
+REDUCE_SCATTER_MIN = _REDUCE_SCATTER_MIN
+
 cdef enum:
     T_F64 = 1
     T_F32 = 2
@@ -510,6 +517,47 @@ cdef class SmallCollectives:
             memcpy(out, mine, nbytes)
         return 0
 
+    cdef int _streamed_reduce(self, const char *data, char *out, Py_ssize_t nbytes, int code,
+                              int typ, long root, long tag) except -1:
+        """The general algorithm for large messages (Collectives._region_reduce):
+        a reduce-scatter streamed through the rings (each rank reduces its
+        block of every input straight out of the ring, in rank order), then
+        every block to the root in eager segments.  out: the result at root
+        (may be data: IN_PLACE), NULL elsewhere."""
+        cdef long size = self.size, rank = self.rank, j
+        cdef Py_ssize_t item = _item_bytes(typ), count = nbytes // item, o, m, seg, mine
+        cdef Py_ssize_t eager = <Py_ssize_t>self.eager_limit
+        cdef char *target
+        for j in range(size):
+            self.soff[j] = j * count // size * item
+            self.slen[j] = (j + 1) * count // size * item - self.soff[j]
+        mine = self.slen[rank]
+        if out != NULL and (out + nbytes <= data or data + nbytes <= out):
+            target = out + self.soff[rank]
+        else:
+            target = self._scratch(0, mine)     # the input is still read meanwhile
+        reduce_scatter_stream(self, data, target, self.soff, self.slen, item, code, typ, tag)
+        if out == NULL:
+            seg = stream_segment(mine, item, eager)
+            o = 0
+            while o < mine:
+                m = min(seg, mine - o)
+                stream_give(self, target + o, m, root, tag)
+                o += m
+            return 0
+        if target != out + self.soff[rank]:
+            memcpy(out + self.soff[rank], target, mine)
+        for j in range(size):
+            if j == rank:
+                continue
+            seg = stream_segment(self.slen[j], item, eager)
+            o = 0
+            while o < self.slen[j]:
+                m = min(seg, self.slen[j] - o)
+                self._recv(out + self.soff[j] + o, m, j, tag)
+                o += m
+        return 0
+
     def Reduce(self, sendbuf, recvbuf, op=None, root=0):
         if op is None:
             op = self.default_op
@@ -529,11 +577,16 @@ cdef class SmallCollectives:
         if not self._reduction(sendbuf, recvbuf, op, &send, &recv, at_root):
             return False
         try:
-            if not self._small(send.nbytes):
-                return False
-            self._tree_reduce(send.data, recv.data if at_root else NULL, send.nbytes,
-                              <int>self._op_code(op), send.typ, r, self.reduce_tag)
-            return True
+            if self._small(send.nbytes):
+                self._tree_reduce(send.data, recv.data if at_root else NULL, send.nbytes,
+                                  <int>self._op_code(op), send.typ, r, self.reduce_tag)
+                return True
+            if send.nbytes >= _REDUCE_SCATTER_MIN \
+                    and send.nbytes // _item_bytes(send.typ) >= self.size:
+                self._streamed_reduce(send.data, recv.data if at_root else NULL, send.nbytes,
+                                      <int>self._op_code(op), send.typ, r, self.reduce_tag)
+                return True
+            return False
         finally:
             _close(&send)
             if at_root:

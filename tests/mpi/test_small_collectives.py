@@ -302,3 +302,36 @@ def test_reduce_up_to_the_eager_limit_combines_as_the_general_path(comm, n):
             expect = np.max([values("f8", n, r + root) for r in range(comm.size)], axis=0)
             np.testing.assert_array_equal(maxed, expect)
         assert send.tolist() == values("f8", n, comm.rank + root).tolist()   # input untouched
+
+
+@pytest.mark.parametrize("n", [32768, 131075])     # 256 KiB; 1 MiB and uneven blocks
+def test_large_reduce_combines_in_rank_order_on_either_path(comm, n):
+    """From 256 KiB Reduce reduce-scatters in streamed segments, each rank
+    combining its block in rank order, x0 + (x1 + (... + xp-1)), then
+    gathers at the root: those bits at every root, IN_PLACE or not, with
+    odd ranks on the general path (the same messages), and Open MPI's sums."""
+    p = comm.size
+    for root in range(p):
+        at_root = comm.rank == root
+        xs = [values("f8", n, r + 7 * root) for r in range(p)]
+        expect = xs[p - 1].copy()
+        for j in range(p - 2, -1, -1):
+            expect = xs[j] + expect
+        send = xs[comm.rank].copy()
+        general = comm._collectives if comm.rank % 2 else comm
+        ours = np.full(n, 99.0) if at_root else None
+        comm.Reduce(send, ours, op=MPI.SUM, root=root)
+        mixed = send.copy() if at_root else None
+        general.Reduce(MPI.IN_PLACE if at_root else send, mixed, op=MPI.SUM, root=root)
+        ints = values("i8", n, comm.rank) * (root + 1)
+        int_max = np.empty_like(ints) if at_root else None
+        general.Reduce(ints, int_max, op=MPI.MAX, root=root)
+        theirs = np.empty(n) if at_root else None
+        NATIVE.Reduce(send, theirs, op=_native.SUM, root=root)
+        if at_root:
+            assert ours.view("u8").tolist() == expect.view("u8").tolist()
+            assert mixed.view("u8").tolist() == expect.view("u8").tolist()
+            np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
+            every = [values("i8", n, r) * (root + 1) for r in range(p)]
+            np.testing.assert_array_equal(int_max, np.max(every, axis=0))
+        assert send.tolist() == xs[comm.rank].tolist()       # the input is untouched
