@@ -101,6 +101,26 @@ def test_alltoall_and_allgather(comm, n, form, in_place):
 
 
 @pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("in_place", [False, True])
+def test_allgather_of_blocks_past_256k(comm, form, in_place):
+    # Through the heaps on three ranks or more, the ring's one exchange on two.
+    size, rank = comm.size, comm.rank
+    n = 32768 + 5
+    mine = data(n, rank, 12)
+    theirs = np.full(n * size, -1.0)
+    NATIVE.Allgather(mine, theirs)
+    for name in ("Allgather", "Allgatherv"):
+        ours = np.full(n * size, -1.0)
+        spec = ours if name == "Allgather" else [ours, [n] * size, None, MPI.DOUBLE]
+        if in_place:
+            ours[rank * n:(rank + 1) * n] = mine
+            run(comm, form, name, MPI.IN_PLACE, spec)
+        else:
+            run(comm, form, name, mine, spec)
+        np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("form", FORMS)
 def test_alltoallv_some_ranks_small(comm, form):
     # Rank 0 sends small blocks only (the pairwise steps), the others large
     # ones (out of their heaps): one call, both paths.
