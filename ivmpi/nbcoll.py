@@ -654,6 +654,37 @@ def reduce_scatter_steps(ch, data, counts, datatype, extent, op, target):
     return steps
 
 
+def streamed_reduce_steps(ch, data, recvmem, count, datatype, op, root):
+    """Large messages (Collectives._region_reduce): the reduce-scatter of
+    reduce_scatter_steps (each rank reduces one block of every input in
+    rank order), then every block to the root in eager segments."""
+    size, rank = ch.size, ch.rank
+    extent = len(data) // count
+    bounds = [j * count // size * extent for j in range(size + 1)]
+    counts = [(bounds[j + 1] - bounds[j]) // extent for j in range(size)]
+    mine = bounds[rank + 1] - bounds[rank]
+    if rank == root:
+        recvmem = memoryview(recvmem)
+        if len(recvmem) != len(data):
+            raise BufferSpecError(f"receive buffer of {len(recvmem)} bytes for a result of "
+                                  f"{len(data)}")
+        target = recvmem[bounds[rank]:bounds[rank + 1]]
+    else:
+        target = _scratch(mine)
+    steps = reduce_scatter_steps(ch, memoryview(data), counts, datatype, extent, op, target)
+    steps.append(_F)
+    eager = ch.engine.eager_limit
+    if rank != root:
+        seg = stream_segment(mine, extent, eager)
+        return steps + [(SEND, root, target[at:at + seg]) for at in range(0, mine, seg)]
+    for j in range(size):
+        if j != rank:
+            lo, hi = bounds[j], bounds[j + 1]
+            seg = stream_segment(hi - lo, extent, eager)
+            steps += [(RECV, j, recvmem[at:min(at + seg, hi)]) for at in range(lo, hi, seg)]
+    return steps
+
+
 # --- the communicator's calls ------------------------------------------------------
 
 def _same_type_and_count(send, recv):
@@ -776,6 +807,10 @@ class NonblockingCollectives:
             "Reduce", sendbuf, recvbuf, at_root=self.rank == root)
 
         def plan(ch):
+            if (ch.size > 1 and len(data) >= REGION_MIN_BYTES and count >= ch.size
+                    and len(data) == count * datatype_extent(datatype)):
+                return (streamed_reduce_steps(ch, data, recv.mem if recv is not None else None,
+                                              count, datatype, op, root), prologue, epilogue)
             steps = []
             result = reduce_steps(ch, steps, data, count, datatype, op, root)
             if recv is not None:

@@ -313,3 +313,29 @@ def test_large_allreduce(comm, form, in_place, opname):
     finally:
         if opname == "keep_left":
             op.Free()
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("n", [32768, 131075])      # 256 KiB; 1 MiB and uneven blocks
+def test_large_reduce_in_rank_order(comm, form, n):
+    # From 256 KiB a reduce-scatter then the blocks to the root: each block
+    # reduced in rank order, x0 + (x1 + (... + xp-1)), whatever the form.
+    size, rank = comm.size, comm.rank
+    for root in range(size):
+        xs = [data(n, r, 13 + root) for r in range(size)]
+        expect = xs[size - 1].copy()
+        for j in range(size - 2, -1, -1):
+            expect = xs[j] + expect
+        for in_place in (False, True):
+            ours = np.full(n, -1.0) if rank == root else None
+            if in_place and rank == root:
+                run(comm, form, "Reduce", MPI.IN_PLACE, ours, op=MPI.SUM, root=root,
+                    before=lambda: ours.__setitem__(slice(None), xs[rank]))
+            else:
+                run(comm, form, "Reduce", xs[rank], ours, op=MPI.SUM, root=root)
+            if rank == root:
+                assert ours.view("u8").tolist() == expect.view("u8").tolist()
+        theirs = np.empty(n) if rank == root else None
+        NATIVE.Reduce(xs[rank], theirs, op=_native.SUM, root=root)
+        if rank == root:
+            np.testing.assert_allclose(expect, theirs, rtol=1e-12, atol=1e-12)
