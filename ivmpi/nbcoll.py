@@ -120,9 +120,10 @@ def _scratch(nbytes):
 # this many bytes (bare or in list specs) reuse the schedule of the
 # previous call of their kind with the same arguments (Channel.restart).
 # Describing a schedule anew costs 10-30 us of Python, as much as moving
-# 64 KiB blocks: the limit covers 64 KiB blocks up to 16 ranks.  The cache
-# keeps one call's buffers per kind alive, no more.
-CACHE_MAX_BYTES = 1 << 20
+# 64 KiB blocks, and a staged schedule allocates its heap buffer anew: the
+# limit covers 64 KiB blocks up to 64 ranks and 1 MiB blocks up to 4.  The
+# cache keeps one call's buffers (and heap buffer) per kind alive, no more.
+CACHE_MAX_BYTES = 4 << 20
 
 
 def channel_of(comm):

@@ -339,3 +339,23 @@ def test_large_reduce_in_rank_order(comm, form, n):
         NATIVE.Reduce(xs[rank], theirs, op=_native.SUM, root=root)
         if rank == root:
             np.testing.assert_allclose(expect, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_repeated_nonblocking_calls_on_the_same_large_buffers(comm):
+    # 1 MiB blocks: the schedule of the previous call with the same buffers
+    # runs again (with its heap buffer), and sends each call's new data.
+    size, rank = comm.size, comm.rank
+    n = 131072
+    outgoing, ours, theirs = np.empty(n * size), np.empty(n * size), np.empty(n * size)
+    block, theirs_block = np.empty(n), np.empty(n)
+    for k in range(3):
+        outgoing[:] = data(n * size, rank, 20 + k)
+        ours[:] = -1.0
+        comm.Ialltoall(outgoing, ours).Wait()
+        NATIVE.Alltoall(outgoing, theirs)
+        np.testing.assert_array_equal(ours, theirs)
+        for root in range(size):
+            block[:] = -1.0
+            comm.Iscatter(outgoing if rank == root else None, block, root=root).Wait()
+            NATIVE.Scatter(outgoing if rank == root else None, theirs_block, root=root)
+            np.testing.assert_array_equal(block, theirs_block)
