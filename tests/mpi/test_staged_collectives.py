@@ -341,9 +341,12 @@ def test_large_reduce_in_rank_order(comm, form, n):
             np.testing.assert_allclose(expect, theirs, rtol=1e-12, atol=1e-12)
 
 
-def test_repeated_nonblocking_calls_on_the_same_large_buffers(comm):
-    # 1 MiB blocks: the schedule of the previous call with the same buffers
-    # runs again (with its heap buffer), and sends each call's new data.
+@pytest.mark.parametrize("form", ["blocking", "nonblocking"])
+def test_repeated_calls_on_the_same_large_buffers(comm, form):
+    # 1 MiB blocks, staged by plain stores (ivmpi.staging.PLAIN_MIN): the
+    # schedule of the previous call with the same buffers runs again (with
+    # its heap buffer), the blocking calls reuse theirs, and each call
+    # sends its new data.
     size, rank = comm.size, comm.rank
     n = 131072
     outgoing, ours, theirs = np.empty(n * size), np.empty(n * size), np.empty(n * size)
@@ -351,11 +354,20 @@ def test_repeated_nonblocking_calls_on_the_same_large_buffers(comm):
     for k in range(3):
         outgoing[:] = data(n * size, rank, 20 + k)
         ours[:] = -1.0
-        comm.Ialltoall(outgoing, ours).Wait()
+        run(comm, form, "Alltoall", outgoing, ours)
         NATIVE.Alltoall(outgoing, theirs)
+        np.testing.assert_array_equal(ours, theirs)
+        ours[:] = -1.0
+        run(comm, form, "Allgather", outgoing[:n], ours)
+        NATIVE.Allgather(outgoing[:n], theirs)
         np.testing.assert_array_equal(ours, theirs)
         for root in range(size):
             block[:] = -1.0
-            comm.Iscatter(outgoing if rank == root else None, block, root=root).Wait()
+            run(comm, form, "Scatter", outgoing if rank == root else None, block, root=root)
             NATIVE.Scatter(outgoing if rank == root else None, theirs_block, root=root)
+            np.testing.assert_array_equal(block, theirs_block)
+            block[:] = outgoing[:n] if rank == root else -1.0
+            run(comm, form, "Bcast", block, root=root)
+            theirs_block[:] = outgoing[:n]
+            NATIVE.Bcast(theirs_block, root=root)
             np.testing.assert_array_equal(block, theirs_block)
