@@ -51,7 +51,7 @@ from .buffers import (parse_send, parse_recv, parse_vbuf, is_in_place,
 from ._fastcopy import (REDUCE_SCATTER_MIN, buffer_span, prefix_chained, stream_into,
                         stream_segment)
 from .errors import BufferSpecError, IvmpiError
-from .staging import STAGE_MIN_RANKS, plain_stores
+from .staging import STAGE_MIN_RANKS
 
 _pickle = MPI.pickle
 
@@ -197,24 +197,20 @@ class Collectives:
             piece = blocks[j]
             n = len(piece)
             if stage is not None and n and not self._in_heap(piece):
-                piece = self._fill(stage[at:at + n], piece, plain_stores(n, total))
+                piece = self._fill(stage[at:at + n], piece)
                 at += n
             requests.append(self.p2p.Isend(piece, j, tag))
 
     @staticmethod
-    def _fill(stage, mem, plain=False):
+    def _fill(stage, mem):
         """Copy mem into stage, a staging buffer in this rank's heap (never
         one in strict-align mode, see _heap_buffer), by streaming stores:
         the peers read the last call's bytes there, and plain stores would
-        first take each line back from their caches.  plain: by plain
-        stores all the same (ivmpi.staging.plain_stores).  Returns stage."""
-        if not plain:
-            try:
-                stream_into(stage, mem)
-                return stage
-            except BufferError:         # not contiguous bytes
-                pass
-        stage[:] = mem
+        first take each line back from their caches.  Returns stage."""
+        try:
+            stream_into(stage, mem)
+        except BufferError:             # not contiguous bytes
+            stage[:] = mem
         return stage
 
     @staticmethod
@@ -230,8 +226,7 @@ class Collectives:
             if stage is None:
                 piece = mem[start:end]
             else:
-                piece = self._fill(stage[start:end], mem[start:end],
-                                   plain_stores(end - start, len(mem)))
+                piece = self._fill(stage[start:end], mem[start:end])
             requests += [self.p2p.Isend(piece, dest, tag) for dest in dests]
 
     # --- helpers ---------------------------------------------------------

@@ -11,9 +11,7 @@ an all-to-all or a scatter no longer wait for each other.
 
 A schedule that stages copies its large send blocks into one heap buffer
 (STREAM steps before its sends: copies by streaming stores, since the
-peers read the same bytes on the last run; plain COPY steps for blocks
-that the readers take sooner from the caches, see PLAIN_MIN) and sends
-from there.  Where a
+peers read the same bytes on the last run) and sends from there.  Where a
 schedule has many such blocks (a scatter's root, an all-to-all), each is
 staged just before it goes (`interleaved`), so that its receiver copies it
 out while the next one is staged instead of waiting for all of them.  The buffer lives as
@@ -29,27 +27,8 @@ import weakref
 
 import numpy
 
-from ._fastcopy import SCHED_COPY, SCHED_SEND, SCHED_STREAM
+from ._fastcopy import SCHED_SEND, SCHED_STREAM
 from .errors import IvmpiError
-
-# Staging copies of at least PLAIN_MIN bytes, within staged messages of at
-# most PLAIN_MAX_TOTAL in all, use plain stores: the receivers then read
-# the block from the caches (often on the same core, with more ranks than
-# cores) instead of from memory.  In a two-process model (stage a block,
-# the other process copies it out), 1 MiB took 79 us with plain stores
-# against 114 us streamed with both on one core, 150 against 170 on two;
-# 3 MiB 205 against 290 and 253-298 against 315-450; at 128-256 KiB on two
-# cores and for 16 MiB streaming stores were ahead (81-97 against 96-126 us;
-# 2.2-2.9 against 2.3-3.2 ms), at 512 KiB the two were level.
-PLAIN_MIN = 512 << 10
-PLAIN_MAX_TOTAL = 4 << 20
-
-
-def plain_stores(nbytes, total):
-    """Does a staging copy of nbytes, of total bytes staged for one
-    message or call, go by plain stores (else streaming ones)?"""
-    return nbytes >= PLAIN_MIN and total <= PLAIN_MAX_TOTAL
-
 
 # Schedules stage their sends over the eager limit on communicators of at
 # least this many ranks.  On two ranks, one per core, the ring's chunked
@@ -133,8 +112,7 @@ def staged(ch, blocks, dests, steps):
     for key, k in first.items():
         n = len(blocks[k])
         target = memoryview(array[at:at + n])
-        kind = SCHED_COPY if plain_stores(n, total) else SCHED_STREAM
-        steps.append((kind, target, blocks[k]))
+        steps.append((SCHED_STREAM, target, blocks[k]))
         place[key] = target
         at += _padded(n)
     for k in large:
@@ -148,7 +126,7 @@ def _padded(n):
 
 
 def interleaved(streams, sends):
-    """The staging steps `streams` (from `staged`) merged into the SEND steps
+    """The STREAM steps `streams` (from `staged`) merged into the SEND steps
     `sends` of one round: each just before the first send of its heap
     block (those no send reads first)."""
     pending = {id(step[1]): step for step in streams}

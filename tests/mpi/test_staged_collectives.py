@@ -343,10 +343,9 @@ def test_large_reduce_in_rank_order(comm, form, n):
 
 @pytest.mark.parametrize("form", ["blocking", "nonblocking"])
 def test_repeated_calls_on_the_same_large_buffers(comm, form):
-    # 1 MiB blocks, staged by plain stores (ivmpi.staging.PLAIN_MIN): the
-    # schedule of the previous call with the same buffers runs again (with
-    # its heap buffer), the blocking calls reuse theirs, and each call
-    # sends its new data.
+    # 1 MiB blocks: the schedule of the previous call with the same buffers
+    # runs again (with its heap buffer), the blocking calls reuse theirs,
+    # and each call sends its new data.
     size, rank = comm.size, comm.rank
     n = 131072
     outgoing, ours, theirs = np.empty(n * size), np.empty(n * size), np.empty(n * size)
