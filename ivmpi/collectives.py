@@ -19,10 +19,9 @@ Algorithms (p = number of ranks):
                    out (zero-copy rendezvous); strict-align mode (no heap
                    buffers) sends the same segments from the caller's buffer
   scatter/gather   linear from/to the root (each block travels once)
-  allgather(v)     ring, p-1 steps; on more than 2 ranks from 256 KiB
-                   blocks (the largest, for allgatherv) every rank stages
-                   its block in its heap and the others copy it out (on
-                   two, the ring's one exchange streams both ways at once)
+  allgather(v)     ring, p-1 steps; from 256 KiB blocks (the largest, for
+                   allgatherv) every rank stages its block in its heap and
+                   the others copy it out
   alltoall         pairwise exchange, p-1 steps
   reduce           binomial tree; non-commutative ops reduce in rank order
                    at rank 0 and forward the result to the root
@@ -425,7 +424,7 @@ class Collectives:
         blocks = [recv.mem[i * block:(i + 1) * block] for i in range(size)]
         if not is_in_place(sendbuf):
             _check_block(blocks[rank], parse_send(sendbuf).mem, "Allgather")
-        if block >= REGION_MIN_BYTES and size >= STAGE_MIN_RANKS:
+        if block >= REGION_MIN_BYTES:
             self._region_allgather(blocks)
         else:
             self._ring_allgather(blocks)
@@ -437,7 +436,7 @@ class Collectives:
         if not is_in_place(sendbuf):
             _check_block(blocks[rank], parse_send(sendbuf).mem, "Allgatherv")
         # Every rank knows every count, so all decide alike.
-        if size >= STAGE_MIN_RANKS and max(len(block) for block in blocks) >= REGION_MIN_BYTES:
+        if max(len(block) for block in blocks) >= REGION_MIN_BYTES:
             self._region_allgather(blocks)
         else:
             self._ring_allgather(blocks)

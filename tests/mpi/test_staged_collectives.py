@@ -103,7 +103,7 @@ def test_alltoall_and_allgather(comm, n, form, in_place):
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("in_place", [False, True])
 def test_allgather_of_blocks_past_256k(comm, form, in_place):
-    # Through the heaps on three ranks or more, the ring's one exchange on two.
+    # Every rank's block through its heap, the others copying it out.
     size, rank = comm.size, comm.rank
     n = 32768 + 5
     mine = data(n, rank, 12)
