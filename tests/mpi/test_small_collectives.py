@@ -210,69 +210,6 @@ def test_reduce_in_place_and_mixed_paths(comm):
     assert excinfo.value.Get_error_class() == MPI.ERR_ROOT
 
 
-@pytest.mark.parametrize("per_rank", [1, 3, 8192, 8193])
-@pytest.mark.parametrize("in_place", [False, True])
-def test_allgather_and_alltoall_mixing_paths(comm, per_rank, in_place):
-    """numpy arrays take the one-call path up to the eager limit per block;
-    ranks passing [buf, typechar] take the general one; both agree with
-    Open MPI."""
-    size, rank = comm.size, comm.rank
-    general = rank % 2 == 1
-
-    def spec(arr):
-        return [arr, "d"] if general else arr  # a type character: the general path
-
-    def check(name, outgoing, got):
-        """Run collective `name` with our spec (IN_PLACE: `got` holds the input)."""
-        getattr(comm, name)(MPI.IN_PLACE if in_place else spec(outgoing), spec(got))
-        theirs = np.empty_like(got)
-        getattr(NATIVE, name)(outgoing, theirs)
-        assert np.array_equal(got, theirs), name
-
-    mine = np.arange(per_rank, dtype="f8") + 1000 * rank
-    got = np.full(size * per_rank, -1.0)
-    if in_place:
-        got[rank * per_rank:(rank + 1) * per_rank] = mine
-    check("Allgather", mine, got)
-    outgoing = np.arange(size * per_rank, dtype="f8") + 1000 * rank
-    check("Alltoall", outgoing, outgoing.copy() if in_place else np.full(size * per_rank, -1.0))
-
-
-@pytest.mark.parametrize("per_rank", [1, 8192, 8193])
-@pytest.mark.parametrize("in_place", [False, True])
-def test_gather_and_scatter_mixing_paths(comm, per_rank, in_place):
-    """Every root; odd ranks pass [buf, typechar] specs (general path), the
-    others numpy arrays (one call up to the eager limit per block)."""
-    size, rank = comm.size, comm.rank
-
-    def spec(arr):
-        return [arr, "d"] if rank % 2 else arr  # a type character: the general path
-
-    for root in range(size):
-        mine = np.arange(per_rank, dtype="f8") + 1000 * rank + root
-        whole = np.full(size * per_rank, -1.0) if rank == root else None
-        if rank == root and in_place:
-            whole[root * per_rank:(root + 1) * per_rank] = mine
-            comm.Gather(MPI.IN_PLACE, spec(whole), root=root)
-        else:
-            comm.Gather(spec(mine), None if whole is None else spec(whole), root=root)
-        theirs = np.empty(size * per_rank) if rank == root else None
-        NATIVE.Gather(mine, theirs, root=root)
-        if rank == root:
-            assert np.array_equal(whole, theirs), root
-
-        outgoing = np.arange(size * per_rank, dtype="f8") * (root + 1) if rank == root else None
-        got = np.full(per_rank, -1.0)
-        if rank == root and in_place:
-            comm.Scatter(spec(outgoing), MPI.IN_PLACE, root=root)
-            got = outgoing[root * per_rank:(root + 1) * per_rank]
-        else:
-            comm.Scatter(None if outgoing is None else spec(outgoing), spec(got), root=root)
-        theirs = np.empty(per_rank)
-        NATIVE.Scatter(outgoing, theirs, root=root)
-        assert np.array_equal(got, theirs), root
-
-
 @pytest.mark.parametrize("n", [7, 8191, 8192])     # 8192 doubles: the eager limit, 64 KiB
 def test_reduce_up_to_the_eager_limit_combines_as_the_general_path(comm, n):
     """The one-call Reduce combines each message straight out of the ring:
@@ -335,3 +272,67 @@ def test_large_reduce_combines_in_rank_order_on_either_path(comm, n):
             every = [values("i8", n, r) * (root + 1) for r in range(p)]
             np.testing.assert_array_equal(int_max, np.max(every, axis=0))
         assert send.tolist() == xs[comm.rank].tolist()       # the input is untouched
+
+
+@pytest.mark.parametrize("per_rank", [1, 3, 8192, 8193])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_allgather_and_alltoall_mixing_paths(comm, per_rank, in_place):
+    """numpy arrays take the one-call path up to the eager limit per block;
+    ranks passing [buf, typechar] take the general one; both agree with
+    Open MPI."""
+    size, rank = comm.size, comm.rank
+    general = rank % 2 == 1
+
+    def spec(arr):
+        return [arr, "d"] if general else arr  # a type character: the general path
+
+    def check(name, outgoing, got):
+        """Run collective `name` with our spec (IN_PLACE: `got` holds the input)."""
+        getattr(comm, name)(MPI.IN_PLACE if in_place else spec(outgoing), spec(got))
+        theirs = np.empty_like(got)
+        getattr(NATIVE, name)(outgoing, theirs)
+        assert np.array_equal(got, theirs), name
+
+    mine = np.arange(per_rank, dtype="f8") + 1000 * rank
+    got = np.full(size * per_rank, -1.0)
+    if in_place:
+        got[rank * per_rank:(rank + 1) * per_rank] = mine
+    check("Allgather", mine, got)
+    outgoing = np.arange(size * per_rank, dtype="f8") + 1000 * rank
+    check("Alltoall", outgoing, outgoing.copy() if in_place else np.full(size * per_rank, -1.0))
+
+
+@pytest.mark.parametrize("per_rank", [1, 8192, 8193])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_gather_and_scatter_mixing_paths(comm, per_rank, in_place):
+    """Every root; odd ranks pass [buf, typechar] specs (general path), the
+    others numpy arrays (one call up to the eager limit per block)."""
+    size, rank = comm.size, comm.rank
+
+    def spec(arr):
+        return [arr, "d"] if rank % 2 else arr  # a type character: the general path
+
+    for root in range(size):
+        mine = np.arange(per_rank, dtype="f8") + 1000 * rank + root
+        whole = np.full(size * per_rank, -1.0) if rank == root else None
+        if rank == root and in_place:
+            whole[root * per_rank:(root + 1) * per_rank] = mine
+            comm.Gather(MPI.IN_PLACE, spec(whole), root=root)
+        else:
+            comm.Gather(spec(mine), None if whole is None else spec(whole), root=root)
+        theirs = np.empty(size * per_rank) if rank == root else None
+        NATIVE.Gather(mine, theirs, root=root)
+        if rank == root:
+            assert np.array_equal(whole, theirs), root
+
+        outgoing = np.arange(size * per_rank, dtype="f8") * (root + 1) if rank == root else None
+        got = np.full(per_rank, -1.0)
+        if rank == root and in_place:
+            comm.Scatter(spec(outgoing), MPI.IN_PLACE, root=root)
+            got = outgoing[root * per_rank:(root + 1) * per_rank]
+        else:
+            comm.Scatter(None if outgoing is None else spec(outgoing), spec(got), root=root)
+        theirs = np.empty(per_rank)
+        NATIVE.Scatter(outgoing, theirs, root=root)
+        assert np.array_equal(got, theirs), root
+
