@@ -335,4 +335,3 @@ def test_gather_and_scatter_mixing_paths(comm, per_rank, in_place):
         theirs = np.empty(per_rank)
         NATIVE.Scatter(outgoing, theirs, root=root)
         assert np.array_equal(got, theirs), root
-
