@@ -18,6 +18,13 @@ cdef enum:
     OP_MAX = 3
     OP_MIN = 4
 
+# From this many bytes Reduce streams a reduce-scatter and then every block
+# to the root (ivmpi.collectives.REGION_MIN_BYTES is this number).
+cdef enum:
+    _REDUCE_SCATTER_MIN = 262144
+
+REDUCE_SCATTER_MIN = _REDUCE_SCATTER_MIN
+
 cdef enum:
     T_F64 = 1
     T_F32 = 2
@@ -594,22 +601,73 @@ cdef class SmallCollectives:
 
     # --- reductions ------------------------------------------------------------
 
-    cdef int _tree_reduce(self, char *acc, char *tmp, Py_ssize_t nbytes, int code, int typ,
-                          long root, long tag) except -1:
-        """The general algorithm's binomial reduce of acc around root (the
-        ops here are commutative): the result is in acc at root."""
+    cdef int _tree_reduce(self, const char *data, char *out, Py_ssize_t nbytes, int code,
+                          int typ, long root, long tag) except -1:
+        """The general algorithm's binomial reduce of data around root (the
+        ops here are commutative): the result goes to out at root (out may
+        be data: IN_PLACE; NULL elsewhere).  Each message received is
+        combined straight out of the ring (acc = mine op theirs, the lower
+        rank's operand first, as the general algorithm), and a rank with
+        nothing to receive sends its input as it is: no private copies."""
         cdef long vrank, mask, size = self.size
-        cdef Py_ssize_t count = nbytes // _item_bytes(typ)
+        cdef const char *mine = data
+        cdef char *acc = out
         vrank = (self.rank - root + size) % size
         mask = 1
         while mask < size:
             if vrank & mask:
-                self._send(acc, nbytes, (vrank - mask + root) % size, tag)
+                self._send(mine, nbytes, (vrank - mask + root) % size, tag)
                 break
             if vrank + mask < size:
-                self._recv(tmp, nbytes, (vrank + mask + root) % size, tag)
-                _combine(code, typ, acc, tmp, count, True)
+                if acc == NULL:
+                    acc = self._scratch(0, nbytes)
+                stream_take(self, NULL, acc, mine, nbytes, (vrank + mask + root) % size, tag,
+                            code, typ, True)
+                mine = acc
             mask <<= 1
+        if out != NULL and mine != out:
+            memcpy(out, mine, nbytes)
+        return 0
+
+    cdef int _streamed_reduce(self, const char *data, char *out, Py_ssize_t nbytes, int code,
+                              int typ, long root, long tag) except -1:
+        """The general algorithm for large messages (Collectives._region_reduce):
+        a reduce-scatter streamed through the rings (each rank reduces its
+        block of every input straight out of the ring, in rank order), then
+        every block to the root in eager segments.  out: the result at root
+        (may be data: IN_PLACE), NULL elsewhere."""
+        cdef long size = self.size, rank = self.rank, j
+        cdef Py_ssize_t item = _item_bytes(typ), count = nbytes // item, o, m, seg, mine
+        cdef Py_ssize_t eager = <Py_ssize_t>self.eager_limit
+        cdef char *target
+        for j in range(size):
+            self.soff[j] = j * count // size * item
+            self.slen[j] = (j + 1) * count // size * item - self.soff[j]
+        mine = self.slen[rank]
+        if out != NULL and (out + nbytes <= data or data + nbytes <= out):
+            target = out + self.soff[rank]
+        else:
+            target = self._scratch(0, mine)     # the input is still read meanwhile
+        reduce_scatter_stream(self, data, target, self.soff, self.slen, item, code, typ, tag)
+        if out == NULL:
+            seg = stream_segment(mine, item, eager)
+            o = 0
+            while o < mine:
+                m = min(seg, mine - o)
+                stream_give(self, target + o, m, root, tag)
+                o += m
+            return 0
+        if target != out + self.soff[rank]:
+            memcpy(out + self.soff[rank], target, mine)
+        for j in range(size):
+            if j == rank:
+                continue
+            seg = stream_segment(self.slen[j], item, eager)
+            o = 0
+            while o < self.slen[j]:
+                m = min(seg, self.slen[j] - o)
+                self._recv(out + self.soff[j] + o, m, j, tag)
+                o += m
         return 0
 
     def Reduce(self, sendbuf, recvbuf, op=None, root=0):
@@ -621,7 +679,6 @@ cdef class SmallCollectives:
     cdef bint _try_reduce(self, object sendbuf, object recvbuf, object op, object root) except -1:
         cdef Span send, recv
         cdef long r
-        cdef char *acc
         cdef bint at_root
         if type(root) is not int or self.size < 2:
             return False
@@ -632,15 +689,16 @@ cdef class SmallCollectives:
         if not self._reduction(sendbuf, recvbuf, op, &send, &recv, at_root):
             return False
         try:
-            if not self._small(send.nbytes):
-                return False
-            acc = self._scratch(0, send.nbytes)
-            memcpy(acc, send.data, send.nbytes)
-            self._tree_reduce(acc, self._scratch(1, send.nbytes), send.nbytes,
-                              <int>self._op_code(op), send.typ, r, self.reduce_tag)
-            if at_root:
-                memcpy(recv.data, acc, send.nbytes)
-            return True
+            if self._small(send.nbytes):
+                self._tree_reduce(send.data, recv.data if at_root else NULL, send.nbytes,
+                                  <int>self._op_code(op), send.typ, r, self.reduce_tag)
+                return True
+            if send.nbytes >= _REDUCE_SCATTER_MIN \
+                    and send.nbytes // _item_bytes(send.typ) >= self.size:
+                self._streamed_reduce(send.data, recv.data if at_root else NULL, send.nbytes,
+                                      <int>self._op_code(op), send.typ, r, self.reduce_tag)
+                return True
+            return False
         finally:
             _close(&send)
             if at_root:

@@ -39,8 +39,8 @@ Algorithms (p = number of ranks):
                    for more than one segment, else recursive doubling
   reduce_scatter   block j of every input to rank j in segments, each rank
                    reducing its own block in rank order
-  (reduce from 256 KiB: the allreduce's reduce-scatter, then the blocks
-  to the root)
+  (reduce from 256 KiB: reduce_scatter's streamed segments, then the
+  blocks to the root in the same segments)
 Scan, exscan and reduce_scatter send eager segments only (see
 ivmpi/_prefix.pxi, whose Cython versions send the same messages).
 The object (lowercase) reductions combine in rank order with ``op(a, b)``,
@@ -52,7 +52,8 @@ from .lib import MPI
 
 from .buffers import (parse_send, parse_recv, parse_vbuf, is_in_place,
                       datatype_extent, packed_spec, packed_vspec)
-from ._fastcopy import buffer_span, prefix_chained, stream_into, stream_segment
+from ._fastcopy import (REDUCE_SCATTER_MIN, buffer_span, prefix_chained, stream_into,
+                        stream_segment)
 from .errors import BufferSpecError, IvmpiError
 from .staging import STAGE_MIN_RANKS
 
@@ -91,6 +92,9 @@ PIPELINE_MIN_BYTES = 8 << 20
 # every other rank copies what it needs straight out of it (the zero-copy
 # rendezvous), instead of passing it on from ring to ring.
 REGION_MIN_BYTES = 256 * 1024
+# Reduce of this many bytes reduce-scatters (ivmpi/_small_collectives.pxi,
+# whose one-call version sends the same messages, decides by the same size).
+assert REDUCE_SCATTER_MIN == REGION_MIN_BYTES
 # Bcast and Allgather stage and send in segments of at least this size (at
 # most 8 per message), so that receivers copy one segment out while the
 # sender stages the next.
@@ -684,18 +688,32 @@ class Collectives:
                 and len(data) == count * datatype_extent(datatype))
 
     def _region_reduce(self, data, recv, count, datatype, op, root):
-        # Reduce-scatter through the heaps, then every block to the root.
+        # A reduce-scatter streamed in eager segments (as Reduce_scatter),
+        # then every block to the root in the same segments: the messages
+        # of the one-call Reduce (SmallCollectives._streamed_reduce).
         size, rank = self.size, self.rank
         extent = len(data) // count
         bounds = [j * count // size * extent for j in range(size + 1)]
-        result = self._region_reduce_scatter(data, bounds, extent, datatype, op, TAG_REDUCE)
+        counts = [(bounds[j + 1] - bounds[j]) // extent for j in range(size)]
+        mine = bounds[rank + 1] - bounds[rank]
+        if rank == root:
+            target = memoryview(recv.mem)[bounds[rank]:bounds[rank + 1]]
+        else:
+            target = memoryview(bytearray(mine))
+        self._reduce_then_scatter(data, counts, datatype, extent, op, target, TAG_REDUCE)
+        requests = []
         if rank != root:
-            self.p2p.Send(result, root, TAG_REDUCE)
-            return
-        out = recv.mem
-        requests = [self.p2p.Irecv(out[bounds[j]:bounds[j + 1]], j, TAG_REDUCE)
-                    for j in range(size) if j != rank]
-        out[bounds[rank]:bounds[rank + 1]] = result
+            seg = self._segment(mine, extent)
+            requests = [self.p2p.Isend(target[at:at + seg], root, TAG_REDUCE)
+                        for at in range(0, mine, seg)]
+        else:
+            out = memoryview(recv.mem)
+            for j in range(size):
+                if j != rank:
+                    lo, hi = bounds[j], bounds[j + 1]
+                    seg = self._segment(hi - lo, extent)
+                    requests += [self.p2p.Irecv(out[at:min(at + seg, hi)], j, TAG_REDUCE)
+                                 for at in range(lo, hi, seg)]
         self._wait_all(requests)
 
     def Allreduce(self, sendbuf, recvbuf, op=MPI.SUM):
@@ -955,7 +973,8 @@ class Collectives:
             data, target = send.mem, recv.mem
         self._reduce_then_scatter(data, recvcounts, datatype, extent, op, target)
 
-    def _reduce_then_scatter(self, data, counts, datatype, extent, op, target):
+    def _reduce_then_scatter(self, data, counts, datatype, extent, op, target,
+                             tag=TAG_REDUCE_SCATTER):
         """Block j of every rank's input goes to rank j, segment by segment,
         and each rank reduces its own block in rank order, x0 op (x1 op
         (... op xp-1)); segment k of every block is sent before segment k
@@ -977,7 +996,6 @@ class Collectives:
         mine, seg = lengths[rank], segments[rank]
         own = data[bounds[rank]:bounds[rank + 1]]
         piece = memoryview(bytearray(min(seg, mine)))
-        tag = TAG_REDUCE_SCATTER
         for k in range(rounds):
             requests = []
             for step in range(1, size):

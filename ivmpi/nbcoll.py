@@ -53,7 +53,7 @@ from .collectives import PIPELINE_MIN_BYTES, REGION_MIN_BYTES, Collectives
 from .datatypes import layout
 from .errors import BufferSpecError
 from .request import MPIError, Prequest, Request
-from .staging import staged
+from .staging import interleaved, staged
 
 NB_TAG_BASE = 1 << 25
 _NB_TAG_MASK = (1 << 30) - 1     # the largest tag stays below 2**31 - 1
@@ -120,9 +120,10 @@ def _scratch(nbytes):
 # this many bytes (bare or in list specs) reuse the schedule of the
 # previous call of their kind with the same arguments (Channel.restart).
 # Describing a schedule anew costs 10-30 us of Python, as much as moving
-# 64 KiB blocks: the limit covers 64 KiB blocks up to 16 ranks.  The cache
-# keeps one call's buffers per kind alive, no more.
-CACHE_MAX_BYTES = 1 << 20
+# 64 KiB blocks, and a staged schedule allocates its heap buffer anew: the
+# limit covers 64 KiB blocks up to 64 ranks and 1 MiB blocks up to 4.  The
+# cache keeps one call's buffers (and heap buffer) per kind alive, no more.
+CACHE_MAX_BYTES = 4 << 20
 
 
 def channel_of(comm):
@@ -346,12 +347,12 @@ _bcast_segments = Collectives._segments
 def scatter_steps(ch, blocks, recvmem, root):
     if ch.rank != root:
         return [(RECV, root, recvmem)]
-    steps = []
-    blocks = staged(ch, blocks, list(range(ch.size)), steps)
-    if recvmem is not None:
-        steps.append((COPY, recvmem, blocks[root]))
-    steps += [(SEND, i, blocks[i]) for i in range(ch.size) if i != root]
-    return steps
+    steps = [(COPY, recvmem, blocks[root])] if recvmem is not None else []
+    streams = []
+    blocks = staged(ch, blocks, list(range(ch.size)), streams)
+    # Each large block staged just before it goes (ivmpi.staging).
+    return steps + interleaved(streams, [(SEND, i, blocks[i]) for i in range(ch.size)
+                                         if i != root])
 
 
 def gather_steps(ch, sendmem, blocks, root):
@@ -379,12 +380,17 @@ def alltoall_steps(ch, send_blocks, recv_blocks):
     # Every pair exchanges its blocks at once, in the pairwise order.
     size, rank = ch.size, ch.rank
     in_place = send_blocks is None
-    steps = []
-    # Large blocks go out of this rank's heap (staged before anything arrives).
-    sending = staged(ch, recv_blocks if in_place else send_blocks, list(range(size)), steps)
+    steps, streams = [], []
+    if not in_place:
+        steps.append((COPY, recv_blocks[rank], send_blocks[rank]))
+    # Large blocks go out of this rank's heap, each staged just before it
+    # goes (ivmpi.staging); every send of the round precedes its receives.
+    sending = staged(ch, recv_blocks if in_place else send_blocks, list(range(size)), streams)
     if in_place:
-        # What was there is sent: the blocks not staged are copied aside
-        # before they are overwritten.
+        # What was there is sent: all of it staged, and the blocks not
+        # staged copied aside, before anything arrives.
+        steps += streams
+        streams = []
         send_blocks = list(sending)
         for k, block in enumerate(sending):
             if k != rank and block is recv_blocks[k]:
@@ -393,11 +399,11 @@ def alltoall_steps(ch, send_blocks, recv_blocks):
                 send_blocks[k] = copy
     else:
         send_blocks = sending
-        steps.append((COPY, recv_blocks[rank], send_blocks[rank]))
+    transfers = []
     for step in range(1, size):
         dest, source = (rank + step) % size, (rank - step) % size
-        steps += [(RECV, source, recv_blocks[source]), (SEND, dest, send_blocks[dest])]
-    return steps
+        transfers += [(RECV, source, recv_blocks[source]), (SEND, dest, send_blocks[dest])]
+    return steps + interleaved(streams, transfers)
 
 
 def reduce_steps(ch, steps, data, count, datatype, op, root):
@@ -649,6 +655,37 @@ def reduce_scatter_steps(ch, data, counts, datatype, extent, op, target):
     return steps
 
 
+def streamed_reduce_steps(ch, data, recvmem, count, datatype, op, root):
+    """Large messages (Collectives._region_reduce): the reduce-scatter of
+    reduce_scatter_steps (each rank reduces one block of every input in
+    rank order), then every block to the root in eager segments."""
+    size, rank = ch.size, ch.rank
+    extent = len(data) // count
+    bounds = [j * count // size * extent for j in range(size + 1)]
+    counts = [(bounds[j + 1] - bounds[j]) // extent for j in range(size)]
+    mine = bounds[rank + 1] - bounds[rank]
+    if rank == root:
+        recvmem = memoryview(recvmem)
+        if len(recvmem) != len(data):
+            raise BufferSpecError(f"receive buffer of {len(recvmem)} bytes for a result of "
+                                  f"{len(data)}")
+        target = recvmem[bounds[rank]:bounds[rank + 1]]
+    else:
+        target = _scratch(mine)
+    steps = reduce_scatter_steps(ch, memoryview(data), counts, datatype, extent, op, target)
+    steps.append(_F)
+    eager = ch.engine.eager_limit
+    if rank != root:
+        seg = stream_segment(mine, extent, eager)
+        return steps + [(SEND, root, target[at:at + seg]) for at in range(0, mine, seg)]
+    for j in range(size):
+        if j != rank:
+            lo, hi = bounds[j], bounds[j + 1]
+            seg = stream_segment(hi - lo, extent, eager)
+            steps += [(RECV, j, recvmem[at:min(at + seg, hi)]) for at in range(lo, hi, seg)]
+    return steps
+
+
 # --- the communicator's calls ------------------------------------------------------
 
 def _same_type_and_count(send, recv):
@@ -771,6 +808,10 @@ class NonblockingCollectives:
             "Reduce", sendbuf, recvbuf, at_root=self.rank == root)
 
         def plan(ch):
+            if (ch.size > 1 and len(data) >= REGION_MIN_BYTES and count >= ch.size
+                    and len(data) == count * datatype_extent(datatype)):
+                return (streamed_reduce_steps(ch, data, recv.mem if recv is not None else None,
+                                              count, datatype, op, root), prologue, epilogue)
             steps = []
             result = reduce_steps(ch, steps, data, count, datatype, op, root)
             if recv is not None:

@@ -11,7 +11,10 @@ an all-to-all or a scatter no longer wait for each other.
 
 A schedule that stages copies its large send blocks into one heap buffer
 (STREAM steps before its sends: copies by streaming stores, since the
-peers read the same bytes on the last run) and sends from there.  The buffer lives as
+peers read the same bytes on the last run) and sends from there.  Where a
+schedule has many such blocks (a scatter's root, an all-to-all), each is
+staged just before it goes (`interleaved`), so that its receiver copies it
+out while the next one is staged instead of waiting for all of them.  The buffer lives as
 long as the schedule's steps hold it: it is a numpy array over the heap
 bytes, every step holds a view of it, and when the last view is gone a
 finalizer hands the bytes back.  The finalizer may run anywhere (even
@@ -24,7 +27,7 @@ import weakref
 
 import numpy
 
-from ._fastcopy import SCHED_STREAM
+from ._fastcopy import SCHED_SEND, SCHED_STREAM
 from .errors import IvmpiError
 
 # Schedules stage their sends over the eager limit on communicators of at
@@ -120,3 +123,18 @@ def staged(ch, blocks, dests, steps):
 def _padded(n):
     # Each staged block starts on a cache line of its own.
     return (n + 63) // 64 * 64
+
+
+def interleaved(streams, sends):
+    """The STREAM steps `streams` (from `staged`) merged into the SEND steps
+    `sends` of one round: each just before the first send of its heap
+    block (those no send reads first)."""
+    pending = {id(step[1]): step for step in streams}
+    out = []
+    for step in sends:
+        if step[0] == SCHED_SEND and pending:
+            stream = pending.pop(id(step[2]), None)
+            if stream is not None:
+                out.append(stream)
+        out.append(step)
+    return list(pending.values()) + out

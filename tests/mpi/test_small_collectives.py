@@ -210,6 +210,70 @@ def test_reduce_in_place_and_mixed_paths(comm):
     assert excinfo.value.Get_error_class() == MPI.ERR_ROOT
 
 
+@pytest.mark.parametrize("n", [7, 8191, 8192])     # 8192 doubles: the eager limit, 64 KiB
+def test_reduce_up_to_the_eager_limit_combines_as_the_general_path(comm, n):
+    """The one-call Reduce combines each message straight out of the ring:
+    the same bits as the general algorithm at the root, IN_PLACE or not,
+    with some ranks on the general path, and Open MPI's sums."""
+    for root in range(comm.size):
+        at_root = comm.rank == root
+        send = values("f8", n, comm.rank + root)
+        ours = np.full(n, 99.0) if at_root else None
+        comm.Reduce(send, ours, op=MPI.SUM, root=root)
+        general = np.full(n, 98.0) if at_root else None
+        comm._collectives.Reduce(send, general, MPI.SUM, root)
+        mixed = send.copy() if at_root else None
+        if at_root:
+            comm.Reduce(MPI.IN_PLACE, mixed, op=MPI.SUM, root=root)
+        else:
+            comm.Reduce([send, MPI.DOUBLE] if comm.rank % 2 else send, None, op=MPI.SUM,
+                        root=root)
+        theirs = np.empty(n) if at_root else None
+        NATIVE.Reduce(send, theirs, op=_native.SUM, root=root)
+        maxed = np.empty(n) if at_root else None
+        comm.Reduce(send, maxed, op=MPI.MAX, root=root)
+        if at_root:
+            assert ours.view("u8").tolist() == general.view("u8").tolist()
+            assert mixed.view("u8").tolist() == general.view("u8").tolist()
+            np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
+            expect = np.max([values("f8", n, r + root) for r in range(comm.size)], axis=0)
+            np.testing.assert_array_equal(maxed, expect)
+        assert send.tolist() == values("f8", n, comm.rank + root).tolist()   # input untouched
+
+
+@pytest.mark.parametrize("n", [32768, 131075])     # 256 KiB; 1 MiB and uneven blocks
+def test_large_reduce_combines_in_rank_order_on_either_path(comm, n):
+    """From 256 KiB Reduce reduce-scatters in streamed segments, each rank
+    combining its block in rank order, x0 + (x1 + (... + xp-1)), then
+    gathers at the root: those bits at every root, IN_PLACE or not, with
+    odd ranks on the general path (the same messages), and Open MPI's sums."""
+    p = comm.size
+    for root in range(p):
+        at_root = comm.rank == root
+        xs = [values("f8", n, r + 7 * root) for r in range(p)]
+        expect = xs[p - 1].copy()
+        for j in range(p - 2, -1, -1):
+            expect = xs[j] + expect
+        send = xs[comm.rank].copy()
+        general = comm._collectives if comm.rank % 2 else comm
+        ours = np.full(n, 99.0) if at_root else None
+        comm.Reduce(send, ours, op=MPI.SUM, root=root)
+        mixed = send.copy() if at_root else None
+        general.Reduce(MPI.IN_PLACE if at_root else send, mixed, op=MPI.SUM, root=root)
+        ints = values("i8", n, comm.rank) * (root + 1)
+        int_max = np.empty_like(ints) if at_root else None
+        general.Reduce(ints, int_max, op=MPI.MAX, root=root)
+        theirs = np.empty(n) if at_root else None
+        NATIVE.Reduce(send, theirs, op=_native.SUM, root=root)
+        if at_root:
+            assert ours.view("u8").tolist() == expect.view("u8").tolist()
+            assert mixed.view("u8").tolist() == expect.view("u8").tolist()
+            np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
+            every = [values("i8", n, r) * (root + 1) for r in range(p)]
+            np.testing.assert_array_equal(int_max, np.max(every, axis=0))
+        assert send.tolist() == xs[comm.rank].tolist()       # the input is untouched
+
+
 @pytest.mark.parametrize("per_rank", [1, 3, 8192, 8193])
 @pytest.mark.parametrize("in_place", [False, True])
 def test_allgather_and_alltoall_mixing_paths(comm, per_rank, in_place):

@@ -101,6 +101,26 @@ def test_alltoall_and_allgather(comm, n, form, in_place):
 
 
 @pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("in_place", [False, True])
+def test_allgather_of_blocks_past_256k(comm, form, in_place):
+    # Every rank's block through its heap, the others copying it out.
+    size, rank = comm.size, comm.rank
+    n = 32768 + 5
+    mine = data(n, rank, 12)
+    theirs = np.full(n * size, -1.0)
+    NATIVE.Allgather(mine, theirs)
+    for name in ("Allgather", "Allgatherv"):
+        ours = np.full(n * size, -1.0)
+        spec = ours if name == "Allgather" else [ours, [n] * size, None, MPI.DOUBLE]
+        if in_place:
+            ours[rank * n:(rank + 1) * n] = mine
+            run(comm, form, name, MPI.IN_PLACE, spec)
+        else:
+            run(comm, form, name, mine, spec)
+        np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("form", FORMS)
 def test_alltoallv_some_ranks_small(comm, form):
     # Rank 0 sends small blocks only (the pairwise steps), the others large
     # ones (out of their heaps): one call, both paths.
@@ -293,3 +313,60 @@ def test_large_allreduce(comm, form, in_place, opname):
     finally:
         if opname == "keep_left":
             op.Free()
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("n", [32768, 131075])      # 256 KiB; 1 MiB and uneven blocks
+def test_large_reduce_in_rank_order(comm, form, n):
+    # From 256 KiB a reduce-scatter then the blocks to the root: each block
+    # reduced in rank order, x0 + (x1 + (... + xp-1)), whatever the form.
+    size, rank = comm.size, comm.rank
+    for root in range(size):
+        xs = [data(n, r, 13 + root) for r in range(size)]
+        expect = xs[size - 1].copy()
+        for j in range(size - 2, -1, -1):
+            expect = xs[j] + expect
+        for in_place in (False, True):
+            ours = np.full(n, -1.0) if rank == root else None
+            if in_place and rank == root:
+                run(comm, form, "Reduce", MPI.IN_PLACE, ours, op=MPI.SUM, root=root,
+                    before=lambda: ours.__setitem__(slice(None), xs[rank]))
+            else:
+                run(comm, form, "Reduce", xs[rank], ours, op=MPI.SUM, root=root)
+            if rank == root:
+                assert ours.view("u8").tolist() == expect.view("u8").tolist()
+        theirs = np.empty(n) if rank == root else None
+        NATIVE.Reduce(xs[rank], theirs, op=_native.SUM, root=root)
+        if rank == root:
+            np.testing.assert_allclose(expect, theirs, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("form", ["blocking", "nonblocking"])
+def test_repeated_calls_on_the_same_large_buffers(comm, form):
+    # 1 MiB blocks: the schedule of the previous call with the same buffers
+    # runs again (with its heap buffer), the blocking calls reuse theirs,
+    # and each call sends its new data.
+    size, rank = comm.size, comm.rank
+    n = 131072
+    outgoing, ours, theirs = np.empty(n * size), np.empty(n * size), np.empty(n * size)
+    block, theirs_block = np.empty(n), np.empty(n)
+    for k in range(3):
+        outgoing[:] = data(n * size, rank, 20 + k)
+        ours[:] = -1.0
+        run(comm, form, "Alltoall", outgoing, ours)
+        NATIVE.Alltoall(outgoing, theirs)
+        np.testing.assert_array_equal(ours, theirs)
+        ours[:] = -1.0
+        run(comm, form, "Allgather", outgoing[:n], ours)
+        NATIVE.Allgather(outgoing[:n], theirs)
+        np.testing.assert_array_equal(ours, theirs)
+        for root in range(size):
+            block[:] = -1.0
+            run(comm, form, "Scatter", outgoing if rank == root else None, block, root=root)
+            NATIVE.Scatter(outgoing if rank == root else None, theirs_block, root=root)
+            np.testing.assert_array_equal(block, theirs_block)
+            block[:] = outgoing[:n] if rank == root else -1.0
+            run(comm, form, "Bcast", block, root=root)
+            theirs_block[:] = outgoing[:n]
+            NATIVE.Bcast(theirs_block, root=root)
+            np.testing.assert_array_equal(block, theirs_block)
