@@ -128,6 +128,16 @@ def _check_block(dst, src, what):
     dst[:len(src)] = src
 
 
+def reduce_blocks(nbytes, count, size):
+    """(element extent, byte bounds, element counts) of the size blocks a
+    large reduction of count elements in nbytes is split into, one per
+    rank (a streamed Reduce's reduce-scatter; the blocking and the
+    nonblocking forms must agree on them)."""
+    extent = nbytes // count
+    bounds = [j * count // size * extent for j in range(size + 1)]
+    return extent, bounds, [(bounds[j + 1] - bounds[j]) // extent for j in range(size)]
+
+
 class Collectives:
     """The collectives of one communicator, over its point-to-point calls."""
 
@@ -692,9 +702,7 @@ class Collectives:
         # then every block to the root in the same segments: the messages
         # of the one-call Reduce (SmallCollectives._streamed_reduce).
         size, rank = self.size, self.rank
-        extent = len(data) // count
-        bounds = [j * count // size * extent for j in range(size + 1)]
-        counts = [(bounds[j + 1] - bounds[j]) // extent for j in range(size)]
+        extent, bounds, counts = reduce_blocks(len(data), count, size)
         mine = bounds[rank + 1] - bounds[rank]
         if rank == root:
             target = memoryview(recv.mem)[bounds[rank]:bounds[rank + 1]]

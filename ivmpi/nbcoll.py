@@ -49,7 +49,7 @@ from ._fastcopy import (Channel, Combine, SCHED_CALL, SCHED_COMBINE, SCHED_COPY,
 from .buffers import (BOTTOM, _as_datatype, _memory, datatype_extent, has_holes, is_in_place,
                       packed_simple, packed_vector, parse_recv, parse_send, parse_vbuf)
 from .collectives import _HOLE_ROLES as _BLOCKING_HOLE_ROLES
-from .collectives import PIPELINE_MIN_BYTES, REGION_MIN_BYTES, Collectives
+from .collectives import PIPELINE_MIN_BYTES, REGION_MIN_BYTES, Collectives, reduce_blocks
 from .datatypes import layout
 from .errors import BufferSpecError
 from .request import MPIError, Prequest, Request
@@ -660,9 +660,7 @@ def streamed_reduce_steps(ch, data, recvmem, count, datatype, op, root):
     reduce_scatter_steps (each rank reduces one block of every input in
     rank order), then every block to the root in eager segments."""
     size, rank = ch.size, ch.rank
-    extent = len(data) // count
-    bounds = [j * count // size * extent for j in range(size + 1)]
-    counts = [(bounds[j + 1] - bounds[j]) // extent for j in range(size)]
+    extent, bounds, counts = reduce_blocks(len(data), count, size)
     mine = bounds[rank + 1] - bounds[rank]
     if rank == root:
         recvmem = memoryview(recvmem)
