@@ -147,6 +147,10 @@ cdef enum:
     _TYPED_WAIT_ROUNDS = 32
 # The engine's MAX_MESSAGE: no message is announced larger.
 cdef uint64_t _MAX_MESSAGE = <uint64_t>1 << 48
+# Pickles up to this many eager limits go through the sender's heap (one
+# copy in, one out, as an eager frame); larger ones stream through the
+# ring in chunks, which overlaps the two copies.
+cdef uint64_t _STAGED_OBJECT_EAGER_LIMITS = 2
 
 
 def set_typed_layout(function):
@@ -275,7 +279,7 @@ cdef class FastPath:
     cdef public dict awaiting_ack
     cdef public object engine_post, engine, wait_op
     cdef public object general_Ssend, general_Issend, general_ssend, general_issend
-    cdef public object general_isend
+    cdef public object general_isend, general_sendrecv
     cdef public object general_Iprobe, general_Probe, general_Improbe, general_Mprobe
     cdef public object new_message, new_incoming
     # Large sends with holes: the engine's staging block (take_stage,
@@ -705,8 +709,32 @@ cdef class FastPath:
 
     def send_object(self, obj, long dest, long tag=0):
         data = self.dumps(obj)
-        if not self.send(data, dest, tag):
+        if self.send(data, dest, tag):
+            return
+        op = self._send_bytes_staged(data, dest, tag)
+        if op is not None:
+            self.finish_staged(op, "send")
+        else:
             self.general_send(data, dest, tag)
+
+    def sendrecv_object(self, sendobj, long dest, long sendtag=0, recvbuf=None, source=None,
+                        recvtag=None, status=None):
+        """mpi4py's sendrecv: an eager or heap-staged send completes without
+        the receiver, so sending first and then receiving cannot deadlock."""
+        data = self.dumps(sendobj)
+        if self.send(data, dest, sendtag):
+            return self.recv_object(recvbuf, source, recvtag, status)
+        op = self._send_bytes_staged(data, dest, sendtag)
+        if op is not None:
+            # The peer copies it out of our heap whenever it receives.
+            obj = self.recv_object(recvbuf, source, recvtag, status)
+            self.finish_staged(op, "sendrecv")
+            return obj
+        if source is None:
+            source = self.any_source
+        if recvtag is None:
+            recvtag = self.any_tag
+        return self.general_sendrecv(data, dest, sendtag, recvbuf, source, recvtag, status)
 
     def recv_object(self, buf=None, source=None, tag=None, status=None):
         if buf is not None:
@@ -815,7 +843,13 @@ cdef class FastPath:
         data = self.dumps(obj)
         done = self._ssend(data, dest, tag, True)
         if done is None:
-            self.general_ssend(data, dest, tag)
+            # Over the eager limit: a region rendezvous is acknowledged
+            # only after the receive matched it, as a synchronous send must.
+            op = self._send_bytes_staged(data, dest, tag)
+            if op is not None:
+                self.finish_staged(op, "ssend")
+            else:
+                self.general_ssend(data, dest, tag)
         elif done is not True:
             self.wait_op(done, "ssend")
 
@@ -834,6 +868,26 @@ cdef class FastPath:
         return self.new_request(self.comm, op, None, "issend")
 
     # --- probes -----------------------------------------------------------
+
+    cdef int _poll_op(self, object op) except -2:
+        """poll_eager for an engine operation with one of our peers (a
+        receive from a known source, a synchronous send): -1 when it is
+        not one, or the engine's own round is needed."""
+        cdef object world
+        if type(op) is RecvOp:
+            world = (<RecvOp>op).source
+        elif type(op) is SendOp and (<SendOp>op).sync:
+            world = (<SendOp>op).peer
+        else:
+            return -1
+        if self.comm_rank_of is None:
+            return -1
+        rank = self.comm_rank_of.get(world)
+        if rank is None or self.rx[rank] is None:
+            return -1
+        return poll_eager(self.lock, <RxRing>self.rx[rank], self.posted, self.eager_limit,
+                          self.backlog, <Op>op, <TxRing?>self.tx[rank], self.awaiting_ack,
+                          self.spins)
 
     cdef long _peek(self, long source, long tag, Py_ssize_t *index) except -3:
         """What a probe of (source, tag) finds now, taking nothing (the lock
@@ -889,17 +943,35 @@ cdef class FastPath:
         cdef Py_ssize_t i = -1
         cdef int k, polls = spins if spins >= 0 else -spins
         cdef RxRing rx
+        cdef uint64_t at = 0
         if not self.lock.enter():
             return FAST_NOT_HANDLED
         try:
-            for k in range(polls if polls > 0 else 1):
-                found = self._peek(source, tag, &i)
-                if found != 0:
-                    break
-                if spins >= 0:
-                    rg_relax()
-                else:
-                    sched_yield()
+            # A region rendezvous (a large object's pickle) is found too.
+            self.region_frames = self.heap_bounds is not None
+            try:
+                for k in range(polls if polls > 0 else 1):
+                    found = self._peek(source, tag, &i)
+                    if found != 0:
+                        break
+                    if spins >= 0:
+                        rg_relax()
+                    else:
+                        sched_yield()
+            finally:
+                self.region_frames = False
+            if found == 2 and (<RxRing>self.rx[self.last_source]).kind == 8:
+                rx = <RxRing>self.rx[self.last_source]
+                if not self._region_frame(rx, self.last_source, &at):
+                    return FAST_NOT_HANDLED     # the engine reports what is wrong
+                self.found_source = self.last_source
+                self.found_tag = rx.tag
+                self.found_size = <long>rx.a
+                if take:
+                    self.found_message = self.new_incoming(
+                        rx.peer, rx.tag, rx.context, rx.a, None, rx.b, rx.kind, None, at)
+                    rx.consume()
+                return found
             if found == 1:
                 msg = self.unexpected[i]
                 self.found_source = self.comm_rank_of[msg.source]
@@ -1010,7 +1082,10 @@ cdef class FastPath:
     def take_message(self, incoming, status):
         """Message.recv of an eager message a matched probe took: True when
         its payload (incoming.data) is the object's pickle, acknowledged
-        and its status filled; False: use the general path."""
+        and its status filled; False: use the general path.  A region
+        rendezvous is copied out of the sender's heap into incoming.data."""
+        if incoming.kind == 8 and incoming.self_send is None:
+            return self._take_heap_message(incoming, status)
         if (incoming.kind != 1 and incoming.kind != 2) or incoming.self_send is not None \
                 or type(incoming.data) is not bytearray:
             return False
@@ -1019,6 +1094,25 @@ cdef class FastPath:
         if status is not None:
             self.fill_status(status, self.comm_rank_of[incoming.source], incoming.tag,
                              len(incoming.data))
+        return True
+
+    cdef bint _take_heap_message(self, object incoming, object status) except -1:
+        cdef long rank
+        rank = self.comm_rank_of.get(incoming.source, -1)
+        if rank < 0 or self.heap_bounds is None or self.rx[rank] is None \
+                or not self._heap_span(<RxRing>self.rx[rank], incoming.offset, incoming.size,
+                                       self.heap_bounds[rank]):
+            return False
+        if not self.lock.enter():
+            return False
+        try:
+            incoming.data = self._heap_bytes(<RxRing>self.rx[rank], incoming.offset,
+                                             incoming.size)
+            self._ack(rank, incoming.send_id)   # the sender may reuse its block now
+        finally:
+            self.lock.leave()
+        if status is not None:
+            self.fill_status(status, rank, incoming.tag, incoming.size)
         return True
 
     cdef bint _settle(self, object incoming) except -1:
@@ -1316,19 +1410,46 @@ cdef class FastPath:
         self._ack(rank, msg.send_id)
         return <long>msg.size
 
-    cdef bint _heap_message_fits(self, RxRing rx, uint64_t at, uint64_t total, object bounds,
-                                 RunPlan plan, Py_ssize_t count) except -1:
+    cdef bint _heap_span(self, RxRing rx, uint64_t at, uint64_t total,
+                         object bounds) except -1:
         """Does a region rendezvous of total bytes at region offset `at`
-        lie inside the sender's heap `bounds` (the region of rx) and fill
-        whole elements, no more than count?  Anything else is the engine's."""
+        lie inside the sender's heap `bounds` (the region of rx)?  Anything
+        else is the engine's, which reports it."""
         cdef uint64_t lo = bounds[0], room = bounds[1]
         if total <= self.eager_limit or total > _MAX_MESSAGE:
             return False
         # The sender says where: only inside its own heap, checked without overflow.
-        if at < lo or total > room or at - lo > room - total \
-                or at + total > <uint64_t>rx.mem.size:
+        return not (at < lo or total > room or at - lo > room - total
+                    or at + total > <uint64_t>rx.mem.size)
+
+    cdef bint _heap_message_fits(self, RxRing rx, uint64_t at, uint64_t total, object bounds,
+                                 RunPlan plan, Py_ssize_t count) except -1:
+        """_heap_span, for a message that must fill whole elements, no more than count."""
+        if not self._heap_span(rx, at, total, bounds):
             return False
         return total % <uint64_t>plan.size == 0 and total // <uint64_t>plan.size <= <uint64_t>count
+
+    cdef bint _region_frame(self, RxRing rx, long rank, uint64_t *at) except -1:
+        """Is the RTS_REGION frame at the head of rx (from communicator rank
+        `rank`) one a fast path may take: its 8-byte payload (*at, the
+        region offset) names a message inside the sender's heap?"""
+        if rx.length != 8 or self.heap_bounds is None:
+            return False
+        rx.copy_out(<char *>at, 8)
+        return self._heap_span(rx, at[0], rx.a, self.heap_bounds[rank])
+
+    cdef bytearray _heap_bytes(self, RxRing rx, uint64_t at, uint64_t total):
+        """A private copy of total bytes at region offset `at` (checked)."""
+        cdef bytearray out = PyByteArray_FromStringAndSize(NULL, <Py_ssize_t>total)
+        cdef char *dst = PyByteArray_AS_STRING(out)
+        cdef const char *src = rx.mem.base + at
+        cdef int strict = rx.strict
+        if total >= _NOGIL_MIN:
+            with nogil:
+                rg_copy_from(dst, src, total, strict)
+        else:
+            rg_copy_from(dst, src, total, strict)
+        return out
 
     cdef long _recv_from_heap(self, RxRing rx, RunPlan plan, char *dst, Py_ssize_t count,
                               Py_ssize_t extent) except -3:
@@ -1394,26 +1515,7 @@ cdef class FastPath:
                                                <const char *>view.buf + origin, count, extent)
                 finally:
                     PyBuffer_Release(&sview)
-                at = staged[1]
-                world = self.world_ranks[dest]
-                with self.lock:
-                    send_id = self.send_ids[world]
-                    self.send_ids[world] = send_id + 1
-                    op = SendOp.__new__(SendOp)
-                    op.peer = world
-                    op.tag = tag
-                    op.context = self.context
-                    op.sync = False
-                    op.send_id = send_id
-                    op.offset = 0
-                    op.state = "awaiting the receiver's copy"
-                    op.scope = self.scope
-                    self.awaiting_ack[(world, send_id)] = op
-                    if self.backlog or (<TxRing>self.tx[dest]).write_frame(
-                            8, <int32_t>tag, self.context, total, send_id, <const char *>&at,
-                            8) != 1:
-                        self.engine_post(world, (8, tag, self.context, total, send_id,
-                                                 (<char *>&at)[:8], 0, 8, None))
+                op = self._announce_staged(dest, tag, total, staged[1])
                 published = True
                 return op
             finally:
@@ -1421,6 +1523,74 @@ cdef class FastPath:
                     self.give_stage()
         finally:
             PyBuffer_Release(&view)
+
+    cdef SendOp _announce_staged(self, long dest, long tag, uint64_t total, uint64_t at):
+        """Tell dest where in our heap a staged message of total bytes
+        sits (an RTS_REGION frame, behind any frame queued for it): the
+        SendOp returned completes on the receiver's ACK, after its copy."""
+        cdef long world = self.world_ranks[dest]
+        cdef SendOp op
+        with self.lock:
+            send_id = self.send_ids[world]
+            self.send_ids[world] = send_id + 1
+            op = SendOp.__new__(SendOp)
+            op.peer = world
+            op.tag = tag
+            op.context = self.context
+            op.sync = False
+            op.send_id = send_id
+            op.offset = 0
+            op.state = "awaiting the receiver's copy"
+            op.scope = self.scope
+            self.awaiting_ack[(world, send_id)] = op
+            if self.backlog or (<TxRing>self.tx[dest]).write_frame(
+                    8, <int32_t>tag, self.context, total, send_id, <const char *>&at, 8) != 1:
+                self.engine_post(world, (8, tag, self.context, total, send_id,
+                                         (<char *>&at)[:8], 0, 8, None))
+        return op
+
+    cdef object _send_bytes_staged(self, object data, long dest, long tag):
+        """A pickle a little over the eager limit (an object of about that
+        size plus its pickle header) as a region rendezvous: copied into
+        the engine's staging block in our heap, the receiver told where to
+        copy it out.  One announcement and one ACK, both polled in C,
+        instead of the general path's clear-to-send and streamed chunks.
+        Returns the SendOp (the caller waits with finish_staged), or None:
+        use the general path.  The receiver's ACK comes after its copy, so
+        the message has matched a receive: this is a synchronous send too."""
+        cdef Py_buffer view, sview
+        cdef bint published = False
+        if self.take_stage is None or not self.enabled or dest < 0 or dest >= self.size \
+                or tag < 0 or tag > _TAG_UB or self.tx[dest] is None:
+            return None
+        if not _pin(data, False, &view):
+            return None
+        try:
+            if <uint64_t>view.len <= self.eager_limit \
+                    or <uint64_t>view.len > _STAGED_OBJECT_EAGER_LIMITS * self.eager_limit:
+                return None
+            staged = self.take_stage(view.len)
+            if staged is None:
+                return None
+            try:
+                PyObject_GetBuffer(staged[0], &sview, PyBUF_SIMPLE | PyBUF_WRITABLE)
+                try:
+                    with nogil:
+                        rg_stream_to(sview.buf, view.buf, <size_t>view.len)
+                finally:
+                    PyBuffer_Release(&sview)
+                op = self._announce_staged(dest, tag, <uint64_t>view.len, staged[1])
+                published = True
+                return op
+            finally:
+                if not published:
+                    self.give_stage()
+        finally:
+            PyBuffer_Release(&view)
+
+    def send_bytes_staged(self, data, long dest, long tag):
+        """_send_bytes_staged for the communicator's sendrecv: the SendOp, or None."""
+        return self._send_bytes_staged(data, dest, tag)
 
     def isend_staged(self, spec, long dest, long tag):
         """_send_staged for the communicator's Sendrecv: the SendOp, or None."""
@@ -1490,19 +1660,57 @@ cdef class FastPath:
         cdef object ring
         cdef RxRing rx
         cdef Py_ssize_t i
+        cdef uint64_t at, send_id
         if self.unexpected and self.enabled and self._valid_receive(source, tag):
             msg = self._unexpected_eager(source, tag, &i)
             if msg is not None and self._take_unexpected(i, msg):
                 return msg.data
-        ring = self._ready_ring(source, tag, spins)
+            if msg is None and i >= 0:
+                return self._unexpected_heap_bytes(i)
+        # A pickle a little over the eager limit comes as a region
+        # rendezvous (_send_bytes_staged): taken here as well.
+        self.region_frames = self.heap_bounds is not None
+        try:
+            ring = self._ready_ring(source, tag, spins)
+        finally:
+            self.region_frames = False
         if ring is None:
             return None
         rx = <RxRing>ring
+        if rx.kind == 8:
+            if not self._region_frame(rx, self.last_source, &at):
+                return None
+            out = self._heap_bytes(rx, at, rx.a)
+            send_id = rx.b
+            self.last_tag = rx.tag
+            rx.consume()
+            self._ack(self.last_source, send_id)    # the sender may reuse its block now
+            return out
         out = bytearray(rx.length)
         if rx.length:
             rx.copy_out(<char *>out, rx.length)
         self.last_tag = rx.tag
         self._consume(rx)
+        return out
+
+    cdef object _unexpected_heap_bytes(self, Py_ssize_t i):
+        """The unexpected message at index i, if it is a region rendezvous
+        (checked by the engine when it arrived): a private copy of its
+        bytes, acknowledged.  None: use the general path."""
+        cdef long rank
+        msg = self.unexpected[i]
+        if msg.kind != 8 or msg.self_send is not None or msg.source not in self.comm_rank_of \
+                or self.heap_bounds is None:
+            return None
+        rank = self.comm_rank_of[msg.source]
+        ring = self.rx[rank]
+        if ring is None or not self._heap_span(<RxRing>ring, msg.offset, msg.size,
+                                               self.heap_bounds[rank]):
+            return None
+        out = self._heap_bytes(<RxRing>ring, msg.offset, msg.size)
+        if not self._take_unexpected(i, msg):
+            return None
+        self._ack(rank, msg.send_id)
         return out
 
 
@@ -1554,6 +1762,9 @@ cdef class PersistentStart:
         self.general = general
 
     def __call__(self):
+        return self._begin()
+
+    cdef object _begin(self):
         cdef FastPath fast = self.fast
         if self.mode == 0:
             if fast.send(self.mem, self.peer, self.tag):
@@ -1565,3 +1776,190 @@ cdef class PersistentStart:
         elif fast._postable(self.peer, self.tag):
             return fast._post_receive(self.peer, self.tag, self.mem), None
         return self.general()
+
+
+# --- Requests: the common completions in one call ----------------------------
+# ivmpi.request binds these as methods of its Request and Prequest: a
+# request of exactly those classes, with no status to fill and no error,
+# completes here without a Python frame; anything else (a subclass, a
+# status, an error, a request that is not ivmpi's) runs the Python
+# method they replace, which has every rule of the general case.
+
+cdef object _Request = None       # ivmpi.request.Request
+cdef object _Prequest = None      # ivmpi.request.Prequest
+cdef object _py_Wait = None       # the Python methods, for everything else
+cdef object _py_wait = None
+cdef object _py_Waitall = None
+cdef object _py_Start = None
+cdef object _Message = None       # ivmpi.request.Message, and its Python methods
+cdef object _py_message_Recv = None
+cdef object _py_message_recv = None
+
+
+def set_request_types(request, prequest, wait_upper, wait_lower, waitall, start):
+    """The request classes and their Python methods (see above)."""
+    global _Request, _Prequest, _py_Wait, _py_wait, _py_Waitall, _py_Start
+    _Request, _Prequest = request, prequest
+    _py_Wait, _py_wait, _py_Waitall, _py_Start = wait_upper, wait_lower, waitall, start
+
+
+def set_message_type(message, recv_upper, recv_lower):
+    """The Message class and its Python Recv and recv (see above)."""
+    global _Message, _py_message_Recv, _py_message_recv
+    _Message, _py_message_Recv, _py_message_recv = message, recv_upper, recv_lower
+
+
+def new_message(comm, incoming):
+    """Message(comm, incoming) of a matched probe, without the Python
+    constructor's frame."""
+    msg = _Message.__new__(_Message)
+    msg._comm = comm
+    msg._incoming = incoming
+    msg._no_proc = False
+    return msg
+
+
+cdef FastPath _taken_by_fast(object message):
+    """A message's FastPath, once its handle is nulled and its message
+    marked received (Message._take); None (nothing changed) when the
+    Python method must run: another class, NO_PROC, a null message."""
+    if type(message) is not _Message or message._no_proc:
+        return None
+    incoming = message._incoming
+    if incoming is None or incoming.taken:
+        return None
+    fast = getattr(message._comm, "_fast", None)
+    if type(fast) is not FastPath:
+        return None
+    message._incoming = None
+    incoming.taken = True
+    return <FastPath>fast
+
+
+def message_Recv(self, buf, status=None):
+    incoming = self._incoming
+    cdef FastPath fast = _taken_by_fast(self)
+    if fast is None:
+        return _py_message_Recv(self, buf, status)
+    # An eager message goes straight into buf in one call.
+    if not fast.recv_message(buf, incoming, status):
+        self._irecv(incoming, buf).Wait(status)
+
+
+def message_recv(self, status=None):
+    incoming = self._incoming
+    cdef FastPath fast = _taken_by_fast(self)
+    if fast is None:
+        return _py_message_recv(self, status)
+    if fast.take_message(incoming, status):
+        # An empty message is None, as mpi4py unpickles it.
+        return fast.unpickle_op(incoming) if incoming.data else None
+    return self._irecv_object(incoming).wait(status)
+
+
+def new_request(comm, op, decode, what):
+    """Request(comm, op, decode, what) of an operation the fast paths
+    started, without the Python constructor's frame."""
+    if op is None:
+        return _Request(comm, op, decode, what)     # PROC_NULL's completed receive
+    req = _Request.__new__(_Request)
+    req._comm = comm
+    req._op = op
+    req._decode = decode
+    req._what = what
+    return req
+
+
+cdef inline bint _op_done(object op) except -1:
+    if isinstance(op, Op):
+        return (<Op>op).done
+    return bool(op.done)
+
+
+cdef int _await(object req, object op) except -1:
+    """Wait for a request's operation: a receive from a known peer or a
+    synchronous send is polled in C first (as the engine's wait starts),
+    then the engine's wait does the rest."""
+    comm = req._comm
+    fast = getattr(comm, "_fast", None)
+    if type(fast) is FastPath and (<FastPath>fast)._poll_op(op) >= 0 and (<Op>op).done:
+        return 0
+    comm._engine.wait(op, req)
+    return 0
+
+
+def request_Wait(self, status=None):
+    op = self._op
+    if status is not None or op is None or (type(self) is not _Request
+                                            and type(self) is not _Prequest):
+        return _py_Wait(self, status)
+    if not _op_done(op):
+        _await(self, op)
+    if op.error is not None:
+        return _py_Wait(self, status)       # reports the error
+    self._op = None
+    return True
+
+
+def request_wait(self, status=None):
+    op = self._op
+    if status is not None or op is None or type(self) is not _Request:
+        return _py_wait(self, status)
+    if not _op_done(op):
+        _await(self, op)
+    if op.error is not None:
+        return _py_wait(self, status)       # reports the error
+    self._op = None
+    decode = self._decode
+    # An empty message is None, as mpi4py unpickles it.
+    if decode is None or op.cancelled or not op.data:
+        return None
+    return decode(op)
+
+
+def request_Waitall(cls, requests, statuses=None):
+    cdef object req, op, t
+    if statuses is not None or (type(requests) is not list and type(requests) is not tuple):
+        return _py_Waitall(cls, requests, statuses)
+    for req in requests:
+        t = type(req)
+        if t is not _Request and t is not _Prequest:
+            return _py_Waitall(cls, requests, statuses)
+    for req in requests:
+        op = req._op
+        if op is not None and not _op_done(op):
+            _await(req, op)
+    for req in requests:
+        op = req._op
+        if op is not None and op.error is not None:
+            return _py_Waitall(cls, requests, statuses)     # completes all, then raises
+    for req in requests:
+        if req._op is not None:
+            req._op = None
+    return True
+
+
+cdef int _start(object req) except -1:
+    """Start a Prequest, or one of a subclass that does not override
+    Start (its Start is this one)."""
+    start = req._start
+    if type(req) is not _Prequest or type(start) is not PersistentStart \
+            or req._op is not None:
+        _py_Start(req)
+        return 0
+    begun = (<PersistentStart>start)._begin()
+    req._op = begun[0]
+    req._decode = begun[1]
+    return 0
+
+
+def prequest_Start(self):
+    _start(self)
+
+
+def prequest_Startall(cls, requests):
+    for req in requests:
+        if type(req) is _Prequest:
+            _start(req)
+        else:
+            req.Start()     # a subclass may have a Start of its own

@@ -685,8 +685,9 @@ cdef bint _deliver_eager(RxRing rx, list posted, uint64_t eager_limit, TxRing tx
     return False
 
 
-def poll_eager(EngineLock lock, RxRing rx, list posted, uint64_t eager_limit, set backlog,
-               Op op, TxRing tx=None, dict awaiting_ack=None, int spins=0):
+cpdef int poll_eager(EngineLock lock, RxRing rx, list posted, uint64_t eager_limit,
+                     set backlog, Op op, TxRing tx=None, dict awaiting_ack=None,
+                     int spins=0) except -2:
     """A wait's round for an operation with rx's peer, in one call when only
     eager frames for posted receives (synchronous ones acknowledged on tx)
     and acknowledgements of sends in awaiting_ack arrive: they are handled

@@ -10,7 +10,8 @@ import weakref
 
 from .lib import MPI as _MPI
 
-from ._fastcopy import SMALL_OPS, FastPath, PersistentStart, SmallCollectives, set_typed_layout
+from ._fastcopy import (SMALL_OPS, FastPath, PersistentStart, SmallCollectives, new_message,
+                        new_request, set_typed_layout)
 
 from .buffers import fast_plan, parse_recv, parse_send
 from .collectives import COLLECTIVE_TAGS, Collectives
@@ -236,7 +237,7 @@ class Comm(_MPI.Comm):
         fast.any_source, fast.any_tag = ANY_SOURCE, ANY_TAG
         fast.world_ranks, fast.scope, fast.comm = self._ranks, self._scope, self
         fast.comm_rank_of = self._index
-        fast.general_Irecv, fast.new_request = self._general_Irecv, Request
+        fast.general_Irecv, fast.new_request = self._general_Irecv, new_request
         fast.engine_irecv = engine.irecv
         fast.general_Isend, fast.sent_op = self._general_Isend, _SENT
         fast.general_irecv, fast.unpickle_op = self._general_irecv, self._unpickle_op
@@ -244,10 +245,10 @@ class Comm(_MPI.Comm):
         fast.engine_post, fast.engine, fast.wait_op = engine._post, engine, engine.wait
         fast.general_Ssend, fast.general_Issend = self._general_Ssend, self._general_Issend
         fast.general_ssend, fast.general_issend = self._general_ssend, self._general_issend
-        fast.general_isend = self._general_isend
+        fast.general_isend, fast.general_sendrecv = self._general_isend, self._general_sendrecv
         fast.general_Iprobe, fast.general_Probe = self._general_Iprobe, self._general_Probe
         fast.general_Improbe, fast.general_Mprobe = self._general_Improbe, self._general_Mprobe
-        fast.new_message, fast.new_incoming = Message, Incoming
+        fast.new_message, fast.new_incoming = new_message, Incoming
         fast.general_Sendrecv = self._general_Sendrecv
         fast.new_unpacking = UnpackingRequest
         fast.take_stage, fast.give_stage = engine.take_stage, engine.give_stage
@@ -303,6 +304,8 @@ class Comm(_MPI.Comm):
         self.Mprobe = self.mprobe = fast.Mprobe
         self.Sendrecv = fast.Sendrecv
         route = self._route
+        if route is None:
+            self.sendrecv = fast.sendrecv_object
         if route is not None:
             # Peers in other regions straight through the library, in one call.
             self.Send, self.Recv, self.Isend, self.Irecv = (route.Send, route.Recv, route.Isend,
@@ -725,9 +728,22 @@ class Comm(_MPI.Comm):
 
     def sendrecv(self, sendobj, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
                  recvtag=ANY_TAG, status=None):
+        # FastPath.sendrecv_object does the same in one call (bound by
+        # _bind_fast when every peer is in the region).
         data = _pickle.dumps(sendobj)
         if self._fast.send(data, dest, sendtag):
             return self.recv(recvbuf, source, recvtag, status)
+        op = self._fast.send_bytes_staged(data, dest, sendtag)
+        if op is not None:
+            # A little over the eager limit, announced from our heap: the
+            # peer copies it out whenever it receives, so receiving first
+            # cannot deadlock.
+            obj = self.recv(recvbuf, source, recvtag, status)
+            self._fast.finish_staged(op, "sendrecv")
+            return obj
+        return self._general_sendrecv(data, dest, sendtag, recvbuf, source, recvtag, status)
+
+    def _general_sendrecv(self, data, dest, sendtag, recvbuf, source, recvtag, status):
         self._check_send_args(dest, sendtag, "sendrecv")
         rreq = self.irecv(recvbuf, source, recvtag)
         sreq = self._isend_bytes(memoryview(data), dest, sendtag, False, "sendrecv")

@@ -12,6 +12,7 @@ import weakref
 
 from .lib import MPI as _MPI
 
+from . import _fastcopy
 from .engine import ERR_TRUNCATE, RecvOp
 from .errors import IvmpiError
 
@@ -887,6 +888,19 @@ class Message:
             return self._comm._unpickle_op(incoming) if incoming.data else None
         return self._irecv_object(incoming).wait(status)
 
+
+# The common completions in one Cython call each (ivmpi/_fastpath.pxi);
+# the methods above stay in charge of everything else.
+_fastcopy.set_request_types(Request, Prequest, Request.Wait, Request.wait,
+                            Request.Waitall.__func__, Prequest.Start)
+Request.Wait = _fastcopy.request_Wait
+Request.wait = _fastcopy.request_wait
+Request.Waitall = classmethod(_fastcopy.request_Waitall)
+Prequest.Start = _fastcopy.prequest_Start
+Prequest.Startall = classmethod(_fastcopy.prequest_Startall)
+_fastcopy.set_message_type(Message, Message.Recv, Message.recv)
+Message.Recv = _fastcopy.message_Recv
+Message.recv = _fastcopy.message_recv
 
 REQUEST_NULL = Request()
 MESSAGE_NULL = Message(None, None)

@@ -1,0 +1,174 @@
+"""Pickled objects a little over the eager limit, under a real launcher.
+
+    mpirun --oversubscribe -n N python -m pytest --with-mpi tests/mpi/test_p2p_staged_objects.py
+
+A pickle of up to two eager limits goes through the sender's heap (a
+region rendezvous: one announcement, the receiver copies it out and
+acknowledges); a larger one streams through the ring.  The same program
+runs on mpi4py over the MPI library and on ivmpi in the same processes and
+must observe the same objects, statuses and order.
+"""
+import numpy as np
+import pytest
+from mpi4py import MPI as native_MPI
+
+from ivmpi import MPI as ivmpi_MPI
+
+pytestmark = pytest.mark.mpi(min_size=2)
+
+
+def blob(nbytes, seed):
+    return ((np.arange(nbytes, dtype=np.int64) * 7 + seed) % 251).astype(np.uint8).tobytes()
+
+
+def sizes_around(limit):
+    # Pickles just over the limit, in the middle and near the top of the
+    # heap path, and past it (streamed).
+    return [limit - 4, limit + 100, 2 * limit - 200, 2 * limit + 1000]
+
+
+def ordered(comm, send, recv):
+    """Blocking sends around the ring without a deadlock."""
+    if comm.Get_rank() == 0:
+        send()
+        return recv()
+    got = recv()
+    send()
+    return got
+
+
+def envelope(status):
+    return status.Get_source(), status.Get_tag(), status.Get_count()
+
+
+def program(comm, MPI, limit):
+    rank, size = comm.Get_rank(), comm.Get_size()
+    nxt, prv = (rank + 1) % size, (rank - 1) % size
+    out = {}
+    status = MPI.Status()
+    for n in sizes_around(limit):
+        obj = blob(n, rank)
+        for mode in ("send", "ssend", "bsend"):
+            send = getattr(comm, mode)
+            got = ordered(comm, lambda: send(obj, nxt, 3),
+                          lambda: comm.recv(source=prv, tag=3, status=status))
+            out[mode, n] = (got, envelope(status))
+
+        # Each probe, then the receive.
+        probed = {}
+
+        def probe():
+            comm.probe(prv, 4, status)
+            probed["probe"] = envelope(status)
+            return comm.recv(source=prv, tag=4)
+
+        def iprobe():
+            while not comm.iprobe(prv, 4, status):
+                pass
+            probed["iprobe"] = envelope(status)
+            return comm.recv(source=prv, tag=4)
+
+        def mprobe():
+            message = comm.mprobe(prv, 4, status)
+            probed["mprobe"] = envelope(status)
+            return message.recv(status)
+
+        def improbe():
+            message = None
+            while message is None:
+                message = comm.improbe(prv, 4, status)
+            probed["improbe"] = envelope(status)
+            return message.recv()
+
+        for receive in (probe, iprobe, mprobe, improbe):
+            got = ordered(comm, lambda: comm.send(obj, nxt, 4), receive)
+            out[receive.__name__, n] = (got, probed[receive.__name__])
+        out["mprobe recv status", n] = envelope(status)
+
+        # Both directions at once.
+        got = comm.sendrecv(obj, nxt, 5, None, prv, 5, status)
+        out["sendrecv", n] = (got, envelope(status))
+
+        # Everyone to rank 0, received with ANY_SOURCE and ANY_TAG.
+        if rank == 0:
+            seen = []
+            for _ in range(size - 1):
+                got = comm.recv(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status)
+                seen.append((envelope(status), got))
+            out["any source", n] = sorted(seen)
+        else:
+            comm.send(blob(n, 10 * rank), 0, 20 + rank)
+
+        # Order with eager messages of the same tag, and across tags.
+        if rank == 0:
+            comm.send("first", 1, 1)
+            comm.send(obj, 1, 1)
+            comm.send("last", 1, 1)
+            comm.send("other tag", 1, 2)
+            comm.send(obj, 1, 3)
+        elif rank == 1:
+            out["same tag", n] = [comm.recv(source=0, tag=1) for _ in range(3)]
+            out["tag 3 first", n] = comm.recv(source=0, tag=3, status=status)
+            out["tag 3 first status", n] = envelope(status)
+            out["then any tag", n] = comm.recv(source=0, tag=MPI.ANY_TAG, status=status)
+            out["then any tag status", n] = envelope(status)
+
+        # A message that waits in the unexpected queue before it is received
+        # (another receive is pending, and testing it progresses).
+        if rank == 0:
+            comm.send(obj, 1, 6)
+            comm.send(obj, 1, 8)
+            comm.send("done", 1, 9)
+        elif rank == 1:
+            pending = comm.irecv(source=0, tag=9)
+            while not comm.iprobe(0, 6):
+                pass
+            out["pending test", n] = pending.test()
+            out["unexpected recv", n] = comm.recv(source=0, tag=6, status=status)
+            out["unexpected recv status", n] = envelope(status)
+            while not comm.iprobe(0, 8):
+                pass
+            pending.test()
+            message = comm.mprobe(0, 8, status)
+            out["unexpected mprobe", n] = (message.recv(), envelope(status))
+            out["pending", n] = pending.wait()
+        comm.Barrier()
+    return out
+
+
+def run(MPI, limit):
+    comm = MPI.COMM_WORLD.Dup()
+    room = 4 * (2 * limit + 1000 + MPI.BSEND_OVERHEAD + 1024)
+    MPI.Attach_buffer(bytearray(room))
+    try:
+        return program(comm, MPI, limit)
+    finally:
+        MPI.Detach_buffer()
+        comm.Barrier()
+        comm.Free()
+
+
+def test_objects_near_the_eager_limit_as_the_library():
+    limit = ivmpi_MPI.COMM_WORLD._engine.eager_limit
+    expected = run(native_MPI, limit)
+    got = run(ivmpi_MPI, limit)
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert got[key] == expected[key], key
+
+
+def test_staged_object_goes_through_the_heap(comm):
+    """A pickle a little over the limit is copied into the sender's staging
+    block (not streamed through the ring), and the block is free again
+    once the send returns."""
+    engine = comm._engine
+    if engine.mem.strict:
+        pytest.skip("strict mode keeps the streamed rendezvous")
+    limit = engine.eager_limit
+    nxt, prv = (comm.rank + 1) % comm.size, (comm.rank - 1) % comm.size
+    obj = blob(limit + 10, comm.rank)
+    got = ordered(comm, lambda: comm.send(obj, nxt, 1), lambda: comm.recv(source=prv, tag=1))
+    assert got == blob(limit + 10, prv)
+    assert engine._stage is not None and len(engine._stage) >= limit + 10
+    assert not engine._stage_busy
+    assert not engine.awaiting_ack and not engine.awaiting_cts and not engine.receiving

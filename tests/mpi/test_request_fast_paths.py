@@ -1,0 +1,222 @@
+"""Completing requests and matched messages, as the MPI library does.
+
+    mpirun --oversubscribe -n N python -m pytest --with-mpi tests/mpi/test_request_fast_paths.py
+
+Request.Wait/wait/Waitall, Prequest.Start/Startall and Message.Recv/recv
+complete the common case in one Cython call and leave everything else
+(statuses, errors, subclasses, null and inactive handles) to the Python
+methods.  One program runs on mpi4py over the MPI library and on ivmpi in
+the same processes and must observe the same results, statuses, handles
+and errors.
+"""
+import numpy as np
+import pytest
+from mpi4py import MPI as native_MPI
+
+from ivmpi import MPI as ivmpi_MPI
+
+pytestmark = pytest.mark.mpi(min_size=2)
+
+
+def program(comm, MPI):
+    rank, size = comm.Get_rank(), comm.Get_size()
+    nxt, prv = (rank + 1) % size, (rank - 1) % size
+    out = {}
+    status = MPI.Status()
+
+    # Nonblocking buffers, one exchange after another, every request
+    # completed by Waitall with no statuses.
+    for n in (1, 128, 8192):
+        sbuf, rbuf = np.arange(n, dtype="i8") + 100 * rank, np.zeros(n, "i8")
+        for rounds in range(3):
+            reqs = [comm.Irecv(rbuf, prv, 1), comm.Isend(sbuf, nxt, 1)]
+            out["Waitall", n, rounds] = (MPI.Request.Waitall(reqs), [bool(r) for r in reqs],
+                                         rbuf.tolist())
+        reqs = [comm.Irecv(rbuf, prv, 2), comm.Issend(sbuf, nxt, 2)]
+        out["Wait each", n] = [r.Wait() for r in reversed(reqs)] + [bool(r) for r in reqs]
+        # Null requests in the list.
+        req = comm.Irecv(rbuf, prv, 3)
+        send = comm.Isend(sbuf, nxt, 3)
+        out["Waitall nulls", n] = (MPI.Request.Waitall([MPI.REQUEST_NULL, req, send]),
+                                   req == MPI.REQUEST_NULL, send == MPI.REQUEST_NULL)
+        # A tuple, and a status list: the statuses are filled.
+        statuses = [MPI.Status(), MPI.Status()]
+        reqs = (comm.Irecv(rbuf, prv, 4), comm.Isend(sbuf, nxt, 4))
+        MPI.Request.Waitall(reqs, statuses)
+        out["Waitall statuses", n] = [(s.Get_source(), s.Get_tag(), s.Get_count(MPI.BYTE))
+                                      for s in statuses[:1]]
+        # Wait with a status.
+        req = comm.Irecv(rbuf, prv, 5)
+        comm.Send(sbuf, nxt, 5)
+        req.Wait(status)
+        out["Wait status", n] = (status.Get_source(), status.Get_tag(), status.Get_count(MPI.BYTE))
+    # Waiting twice: the second is on a null request.
+    req = comm.Irecv(np.zeros(1, "i8"), prv, 6)
+    comm.Send(np.ones(1, "i8"), nxt, 6)
+    out["Wait twice"] = (req.Wait(), req.Wait(status), status.Get_source(), status.Get_tag())
+
+    # Truncation (Waitall's error is the library's own: see below).
+    small = np.zeros(1, "i8")
+    req = comm.Irecv(small, prv, 8)
+    comm.Send(np.arange(4, dtype="i8"), nxt, 8)
+    try:
+        req.Wait()
+        out["truncated Wait"] = "no error"
+    except MPI.Exception as exc:
+        out["truncated Wait"] = (exc.Get_error_class() == MPI.ERR_TRUNCATE, bool(req))
+
+    # Objects: isend/irecv completed by wait.
+    for obj in (None, b"", 7, {"rank": rank, "data": list(range(50))}):
+        rreq = comm.irecv(bytearray(4096), source=prv, tag=9)
+        sreq = comm.isend(obj, nxt, 9)
+        out["wait", repr(obj)] = (sreq.wait(), rreq.wait(), bool(rreq), rreq.wait())
+    rreq = comm.irecv(bytearray(4096), source=prv, tag=10)
+    comm.send(("status", rank), nxt, 10)
+    out["wait status"] = (rreq.wait(status), status.Get_source(), status.Get_tag())
+
+    # Persistent requests: Startall/Waitall rounds, Start/Wait, inactive
+    # and freed handles, a Start of an active one.
+    sbuf, rbuf = np.zeros(16, "i8"), np.zeros(16, "i8")
+    for init in ("Send_init", "Ssend_init", "Bsend_init", "Rsend_init"):
+        reqs = [comm.Recv_init(rbuf, prv, 11), getattr(comm, init)(sbuf, nxt, 11)]
+        seen = []
+        for rounds in range(3):
+            sbuf[:] = np.arange(16) * (rounds + 1) + rank
+            MPI.Prequest.Startall(reqs)
+            MPI.Request.Waitall(reqs)
+            seen.append((rbuf.tolist(), [bool(r) for r in reqs],
+                         [r == MPI.REQUEST_NULL for r in reqs]))
+        for req in reqs:
+            req.Start()
+        try:
+            reqs[0].Start()
+            seen.append("started twice")
+        except MPI.Exception as exc:
+            seen.append(exc.Get_error_class() == MPI.ERR_REQUEST)
+        MPI.Request.Waitall(reqs, [MPI.Status(), MPI.Status()])
+        seen.append((reqs[0].Wait(status), status.Get_source(), status.Get_tag()))
+        for req in reqs:
+            req.Free()
+        seen.append([bool(r) for r in reqs])
+        try:
+            MPI.Prequest.Startall(reqs)
+            seen.append("started after Free")
+        except MPI.Exception as exc:
+            seen.append(exc.Get_error_class() == MPI.ERR_REQUEST)
+        out["persistent", init] = seen
+    # A persistent collective in the same Startall.
+    value = np.array([rank + 1.0])
+    total = np.zeros(1)
+    reqs = [comm.Allreduce_init(value, total), comm.Recv_init(rbuf, prv, 12),
+            comm.Send_init(sbuf, nxt, 12)]
+    MPI.Prequest.Startall(reqs)
+    MPI.Request.Waitall(reqs)
+    out["with a collective"] = (total.tolist(), rbuf.tolist())
+    for req in reqs:
+        req.Free()
+
+    # Matched probes: Message.Recv and Message.recv.
+    for n in (8, 4096):
+        sent = comm.Isend(np.arange(n // 8, dtype="i8") + rank, nxt, 13)
+        message = comm.Mprobe(prv, 13, status)
+        probed = (status.Get_source(), status.Get_tag(), status.Get_count(MPI.BYTE))
+        got = np.zeros(n // 8, "i8")
+        message.Recv(got, status)
+        out["Message.Recv", n] = (probed, got.tolist(), status.Get_source(), status.Get_tag(),
+                                  status.Get_count(MPI.BYTE), message == MPI.MESSAGE_NULL)
+        sent.Wait()
+        comm.send(("obj", n, rank), nxt, 14)
+        message = comm.mprobe(prv, 14)
+        out["Message.recv", n] = (message.recv(status), status.Get_source(), status.Get_tag(),
+                                  message == MPI.MESSAGE_NULL)
+    # Truncation through Message.Recv.
+    comm.Send(np.arange(4, dtype="i8"), nxt, 15)
+    message = comm.Mprobe(prv, 15)
+    try:
+        message.Recv(np.zeros(1, "i8"))
+        out["Message.Recv truncated"] = "no error"
+    except MPI.Exception as exc:
+        out["Message.Recv truncated"] = exc.Get_error_class() == MPI.ERR_TRUNCATE
+    # PROC_NULL.
+    message = comm.Mprobe(MPI.PROC_NULL, 0, status)
+    out["NO_PROC"] = (message.recv(status), status.Get_source(), status.Get_tag(),
+                      message == MPI.MESSAGE_NO_PROC)
+    req = comm.Irecv(np.zeros(1, "i8"), MPI.PROC_NULL, 0)
+    out["PROC_NULL Waitall"] = (MPI.Request.Waitall([req]), req == MPI.REQUEST_NULL)
+
+    # sendrecv of objects, eager and over the limit, any source.
+    for obj in (None, ("small", rank), bytes([rank]) * 70_000):
+        got = comm.sendrecv(obj, nxt, 16, None, MPI.ANY_SOURCE, MPI.ANY_TAG, status)
+        out["sendrecv", repr(obj)[:20]] = (got, status.Get_source(), status.Get_tag(),
+                                           status.Get_count())
+    out["sendrecv PROC_NULL"] = comm.sendrecv(1, MPI.PROC_NULL, 0, None, MPI.PROC_NULL, 0)
+    comm.Barrier()
+    return out
+
+
+def run(MPI):
+    comm = MPI.COMM_WORLD.Dup()
+    MPI.Attach_buffer(bytearray(1 << 16))
+    try:
+        return program(comm, MPI)
+    finally:
+        MPI.Detach_buffer()
+        comm.Barrier()
+        comm.Free()
+
+
+def test_completions_as_the_library():
+    expected = run(native_MPI)
+    got = run(ivmpi_MPI)
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert got[key] == expected[key], key
+
+
+def test_fast_completions_are_bound():
+    """The methods that do the work are the Cython ones."""
+    from ivmpi import _fastcopy
+    from ivmpi.request import Message, Prequest, Request
+    assert Request.Wait is _fastcopy.request_Wait
+    assert Request.wait is _fastcopy.request_wait
+    assert Request.Waitall.__func__ is _fastcopy.request_Waitall
+    assert Prequest.Start is _fastcopy.prequest_Start
+    assert Prequest.Startall.__func__ is _fastcopy.prequest_Startall
+    assert Message.Recv is _fastcopy.message_Recv and Message.recv is _fastcopy.message_recv
+
+
+def test_message_copy_received_once(comm):
+    """A copy of a matched message shares it: once either is received the
+    other's receive is an error (the library's handles would dangle)."""
+    nxt, prv = (comm.rank + 1) % comm.size, (comm.rank - 1) % comm.size
+    for upper in (True, False):
+        if upper:
+            comm.Send(np.arange(3, dtype="i8"), nxt, 1)
+        else:
+            comm.send("x", nxt, 1)
+        message = comm.Mprobe(prv, 1)
+        copy = ivmpi_MPI.Message(message)
+        got = np.zeros(3, "i8")
+        if upper:
+            copy.Recv(got)
+            assert got.tolist() == [0, 1, 2]
+        else:
+            assert copy.recv() == "x"
+        assert copy == ivmpi_MPI.MESSAGE_NULL and message != ivmpi_MPI.MESSAGE_NULL
+        with pytest.raises(ivmpi_MPI.Exception) as excinfo:
+            message.Recv(got) if upper else message.recv()
+        assert excinfo.value.Get_error_class() == ivmpi_MPI.ERR_REQUEST
+
+
+def test_truncated_waitall_completes_every_request(comm):
+    """Waitall completes every request, then raises the truncation (the
+    Python path's rule, which the Cython one leaves errors to)."""
+    nxt, prv = (comm.rank + 1) % comm.size, (comm.rank - 1) % comm.size
+    small = np.zeros(1, "i8")
+    reqs = [comm.Irecv(small, prv, 7), comm.Isend(np.arange(4, dtype="i8"), nxt, 7),
+            comm.Irecv(np.zeros(4, "i8"), prv, 8)]
+    comm.Send(np.arange(4, dtype="i8"), nxt, 8)
+    with pytest.raises(ivmpi_MPI.Exception) as excinfo:
+        ivmpi_MPI.Request.Waitall(reqs)
+    assert excinfo.value.Get_error_class() == ivmpi_MPI.ERR_TRUNCATE
+    assert [bool(r) for r in reqs] == [False, False, False]
