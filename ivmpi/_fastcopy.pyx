@@ -21,6 +21,8 @@ from ivmpi.errors import BoundsError, BufferSpecError, RegionError
 cdef extern from "_copycore.h" nogil:
     void ivmpi_copy_to_region(void *region_dst, const void *src, size_t n, int strict)
     void ivmpi_copy_from_region(void *dst, const void *region_src, size_t n, int strict)
+    void ivmpi_copy_plain(void *dst, const void *src, size_t n)
+    void ivmpi_move_plain(void *dst, const void *src, size_t n)
     void ivmpi_fill_region(void *region_dst, unsigned char value, size_t n, int strict)
     uint64_t ivmpi_load_acquire_u64(const void *p)
     void ivmpi_store_release_u64(void *p, uint64_t v)

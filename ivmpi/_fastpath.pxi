@@ -221,7 +221,7 @@ cdef class _Scatter:
                     try:
                         at += whole * self.extent
                         self.plan._gather(element, at, 1, self.extent)
-                        memcpy(element, <const char *>packed.buf + whole * self.plan.size, rest)
+                        ivmpi_copy_plain(element, <const char *>packed.buf + whole * self.plan.size, rest)
                         self.plan._scatter(at, element, 1, self.extent)
                     finally:
                         free(element)
@@ -1072,7 +1072,7 @@ cdef class FastPath:
             if not self._settle(incoming):
                 return False
             if n:
-                memcpy(<char *>view.buf + offset, PyByteArray_AS_STRING(data), n)
+                ivmpi_copy_plain(<char *>view.buf + offset, PyByteArray_AS_STRING(data), n)
         finally:
             PyBuffer_Release(&view)
         if status is not None:
@@ -1641,7 +1641,7 @@ cdef class FastPath:
             if not self._take_unexpected(i, msg):
                 return FAST_NOT_HANDLED
             if n:
-                memcpy(<char *>view.buf + offset, PyByteArray_AS_STRING(data), n)
+                ivmpi_copy_plain(<char *>view.buf + offset, PyByteArray_AS_STRING(data), n)
         finally:
             PyBuffer_Release(&view)
         return n

@@ -28,7 +28,7 @@ cdef inline void _copy_run(char *dst, const char *src, Py_ssize_t n) noexcept no
     elif n == 4:
         memcpy(dst, src, 4)
     else:
-        memcpy(dst, src, n)
+        ivmpi_copy_plain(dst, src, n)
 
 
 cdef void _gather_table(char *dst, const char *src, Py_ssize_t count, Py_ssize_t extent,

@@ -114,7 +114,7 @@ cdef void _apply(const char *src, bint region, int strict, char *dst, char *acc,
         if region:
             rg_copy_from(dst, src, m, strict)
         else:
-            memcpy(dst, src, m)
+            ivmpi_copy_plain(dst, src, m)
         return
     while o < m:
         k = m - o
@@ -131,7 +131,7 @@ cdef void _apply(const char *src, bint region, int strict, char *dst, char *acc,
         else:
             _combine3(code, typ, acc + o, at, mine, k // item)
         if dst != NULL:
-            memcpy(dst + o, at, k)
+            ivmpi_copy_plain(dst + o, at, k)
         o += k
 
 
@@ -210,7 +210,7 @@ cdef int prefix_chain(SmallCollectives c, const char *data, char *recv, Py_ssize
             stream_give(c, data + o, m, 1, tag)
             o += m
         if inclusive and recv != data:
-            memcpy(recv, data, n)
+            ivmpi_copy_plain(recv, data, n)
         return 0
     out = NULL if last or inclusive else c._scratch(1, seg)
     o = 0

@@ -261,7 +261,7 @@ cdef class Schedule:
                     continue
                 elif s.kind == ST_COPY:
                     if s.n:
-                        memmove(s.a, s.b, s.n)
+                        ivmpi_move_plain(s.a, s.b, s.n)
                 elif s.kind == ST_STREAM:
                     # A staging buffer the peers read last run (never one
                     # in strict-align mode: ivmpi.staging stages nothing there).
@@ -511,21 +511,29 @@ cdef class Channel:
     # A nonblocking call with the same small buffers as the previous call of
     # its kind runs that call's schedule again (on a new tag) instead of
     # describing it anew, as MPI libraries cache their nonblocking
-    # schedules.  The key holds what the description depends on: the
-    # identity of each buffer (a numpy array, bytearray or bytes of at most
-    # cache_max_bytes: the bytes it names cannot move while the schedule
-    # holds it, and an array's dtype is in the key too), the values of the
-    # numbers, and the contents of list specs (counts, displacements, the
-    # identity and handle of each datatype), which may change between calls.
-    # Anything else (another buffer type, a numpy integer) is not cached.
+    # schedules.  The key holds what the description depends on: each
+    # buffer (a numpy array, bytearray or bytes of at most cache_max_bytes),
+    # the values of the numbers, and the contents of list specs (counts,
+    # displacements, the identity and handle of each datatype), which may
+    # change between calls.  A bytearray or bytes is keyed by its identity:
+    # the bytes it names cannot move while the cached schedule holds it.  A
+    # numpy array is keyed by its memory (address, shape, strides, dtype,
+    # writability), not by the object, so code that passes a new view of
+    # the same array in each call (a slice, a[...]) finds the schedule too;
+    # that memory is the cached call's, which the cache keeps alive, so the
+    # same address is the same bytes.  Anything else (another buffer type,
+    # a numpy integer) is not cached.
 
     cdef bint _key_of(self, list key, object a) except -1:
         t = type(a)
         if t is cnp.ndarray:
             if cnp.PyArray_NBYTES(<cnp.ndarray>a) > self.cache_max_bytes:
                 return False
-            key.append(id(a))
+            key.append(<size_t>cnp.PyArray_DATA(<cnp.ndarray>a))
+            key.append(a.shape)
+            key.append(a.strides)
             key.append(a.dtype)
+            key.append(cnp.PyArray_ISWRITEABLE(<cnp.ndarray>a))
         elif t is bytearray or t is bytes:
             if len(a) > self.cache_max_bytes:
                 return False

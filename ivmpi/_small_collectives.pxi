@@ -626,7 +626,7 @@ cdef class SmallCollectives:
                 mine = acc
             mask <<= 1
         if out != NULL and mine != out:
-            memcpy(out, mine, nbytes)
+            ivmpi_copy_plain(out, mine, nbytes)
         return 0
 
     cdef int _streamed_reduce(self, const char *data, char *out, Py_ssize_t nbytes, int code,
@@ -658,7 +658,7 @@ cdef class SmallCollectives:
                 o += m
             return 0
         if target != out + self.soff[rank]:
-            memcpy(out + self.soff[rank], target, mine)
+            ivmpi_copy_plain(out + self.soff[rank], target, mine)
         for j in range(size):
             if j == rank:
                 continue
@@ -731,7 +731,7 @@ cdef class SmallCollectives:
             count = n // _item_bytes(typ)
             acc = recv.data
             if send.data != acc:
-                memmove(acc, send.data, n)
+                ivmpi_move_plain(acc, send.data, n)
             tmp = self._scratch(1, n)
             while pof2 * 2 <= size:
                 pof2 *= 2
@@ -808,9 +808,9 @@ cdef class SmallCollectives:
             partial = self._scratch(0, n)
             tmp = self._scratch(1, n)
             result = self._scratch(2, n)
-            memcpy(partial, send.data, n)
+            ivmpi_copy_plain(partial, send.data, n)
             if inclusive:
-                memcpy(result, send.data, n)
+                ivmpi_copy_plain(result, send.data, n)
             mask = 1
             while mask < size:
                 partner = rank ^ mask
@@ -826,13 +826,13 @@ cdef class SmallCollectives:
                         if have_result:
                             _combine(code, typ, result, tmp, count, False)
                         else:
-                            memcpy(result, tmp, n)
+                            ivmpi_copy_plain(result, tmp, n)
                             have_result = True
                     elif not last:
                         _combine(code, typ, partial, tmp, count, True)
                 mask <<= 1
             if have_result:     # Exscan leaves rank 0's buffer untouched
-                memcpy(recv.data, result, n)
+                ivmpi_copy_plain(recv.data, result, n)
             return True
         finally:
             _close(&send)
@@ -987,9 +987,9 @@ cdef class SmallCollectives:
                     if n > mine.length or (n < self.rlen[r] if scatter else n > self.rlen[r]):
                         return False
                     if scatter:
-                        memmove(mine.data, whole.data + self.roff[r], self.rlen[r])
+                        ivmpi_move_plain(mine.data, whole.data + self.roff[r], self.rlen[r])
                     else:
-                        memmove(whole.data + self.roff[r], mine.data, n)
+                        ivmpi_move_plain(whole.data + self.roff[r], mine.data, n)
                 finally:
                     _close(&mine)
             for i in range(size):
@@ -1077,7 +1077,7 @@ cdef class SmallCollectives:
                     n = send.nbytes if send.nbytes >= 0 else send.length
                     if n > send.length or n > self.rlen[rank]:
                         return False
-                    memmove(recv.data + self.roff[rank], send.data, n)
+                    ivmpi_move_plain(recv.data + self.roff[rank], send.data, n)
                     self.slen[rank] = n
                 else:
                     for i in range(size):
@@ -1085,7 +1085,7 @@ cdef class SmallCollectives:
                             return False
                     if self.slen[rank] > self.rlen[rank]:
                         return False
-                    memmove(recv.data + self.roff[rank], send.data + self.soff[rank],
+                    ivmpi_move_plain(recv.data + self.roff[rank], send.data + self.soff[rank],
                             self.slen[rank])
             elif alltoall:
                 # The blocks are overwritten as they arrive: send from a copy.
@@ -1094,7 +1094,7 @@ cdef class SmallCollectives:
                     if self.roff[i] + self.rlen[i] > n:
                         n = self.roff[i] + self.rlen[i]
                 copy = self._scratch(2, n)
-                memcpy(copy, recv.data, n)
+                ivmpi_copy_plain(copy, recv.data, n)
                 for i in range(size):
                     self.soff[i] = self.roff[i]
                     self.slen[i] = self.rlen[i]

@@ -369,8 +369,9 @@ def build_parser():
                              "Allreduce_init, not allreduce or Iallreduce)")
     parser.add_argument("--kinds", default=",".join(sweepworker.KINDS),
                         help="buffer kinds (default all: " + ", ".join(sweepworker.KINDS)
-                             + "); kinds other than numpy run only with "
-                             + ", ".join(sweepworker.KIND_CALLS))
+                             + "); view passes a new numpy view in every call and runs "
+                             "with every buffer call that is not persistent; the others "
+                             "run only with " + ", ".join(sweepworker.KIND_CALLS))
     parser.add_argument("--sizes", type=parse_size_list, default=None, metavar="LIST",
                         help="message sizes, multiples of 8 (default 8,1K,64K,1M)")
     parser.add_argument("--ranks", default="2,4",

@@ -30,9 +30,15 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-KINDS = ("numpy", "bytearray", "array", "mmap", "ctypes", "mpibuf")
+KINDS = ("numpy", "bytearray", "array", "mmap", "ctypes", "mpibuf", "view")
 # The calls that also run with every other buffer kind.
 KIND_CALLS = ("Send/Recv", "Bcast", "Allgather", "Allreduce")
+# Kind "view": numpy arrays, passed as a new view (and new spec lists) in
+# every call, as code that slices its arrays per call does, so that nothing
+# keyed on the buffer objects can be reused.  It runs with every buffer call
+# that is not persistent (a persistent request binds its buffers once).
+VIEW_CALLS = ("Send/Recv", "Ssend/Recv", "Bsend/Recv", "Isend/Irecv", "Issend/Irecv",
+              "Ibsend/Irecv", "Sendrecv")
 TAG = 11
 MAX_COUNT = 1 << 20
 
@@ -77,7 +83,7 @@ class Context:
         """
         MPI, count = self.MPI, nbytes // 8
         nbytes, total = nbytes * blocks, count * blocks
-        if self.kind == "numpy":
+        if self.kind in ("numpy", "view"):
             import numpy
             return numpy.full(total, self.rank + 1.0)
         if self.kind == "array":
@@ -114,6 +120,22 @@ class Context:
         return [buf, (counts, [d * 8 for d in displs]), [double] * blocks]
 
 
+def renewer(args):
+    """A function giving args anew: each numpy array as a new view of the
+    same memory (a[...]), each list spec as a new list around a new view,
+    as code that slices its arrays in every call passes them.  Counts and
+    datatypes stay the same objects."""
+    def one(spec):
+        if hasattr(spec, "__array_interface__"):
+            return lambda: spec[...]
+        if type(spec) is list and spec and hasattr(spec[0], "__array_interface__"):
+            first, rest = spec[0], spec[1:]
+            return lambda: [first[...], *rest]
+        return lambda: spec
+    parts = [one(spec) for spec in args]
+    return lambda: [part() for part in parts]
+
+
 # ----------------------------------------------------- point-to-point patterns
 
 def pingpong(ctx, send, recv):
@@ -133,6 +155,9 @@ def buffer_pingpong(ctx, method):
     sbuf, rbuf = ctx.buffer(ctx.nbytes), ctx.buffer(ctx.nbytes)
     send = getattr(ctx.comm, method)
     comm, peer = ctx.comm, ctx.peer
+    if ctx.kind == "view":
+        return pingpong(ctx, lambda: send(sbuf[...], peer, TAG),
+                        lambda: comm.Recv(rbuf[...], peer, TAG))
     return pingpong(ctx, lambda: send(sbuf, peer, TAG), lambda: comm.Recv(rbuf, peer, TAG))
 
 
@@ -195,6 +220,8 @@ def exchange(ctx, isend_method):
     comm, peer, waitall = ctx.comm, ctx.peer, ctx.MPI.Request.Waitall
     sbuf, rbuf = ctx.buffer(ctx.nbytes), ctx.buffer(ctx.nbytes)
     isend = getattr(comm, isend_method)
+    if ctx.kind == "view":
+        return lambda: waitall([comm.Irecv(rbuf[...], peer, TAG), isend(sbuf[...], peer, TAG)])
 
     def step():
         waitall([comm.Irecv(rbuf, peer, TAG), isend(sbuf, peer, TAG)])
@@ -221,6 +248,8 @@ def _ibsend(ctx):
 def _sendrecv(ctx):
     comm, peer = ctx.comm, ctx.peer
     sbuf, rbuf = ctx.buffer(ctx.nbytes), ctx.buffer(ctx.nbytes)
+    if ctx.kind == "view":
+        return lambda: comm.Sendrecv(sbuf[...], peer, TAG, rbuf[...], peer, TAG)
     return lambda: comm.Sendrecv(sbuf, peer, TAG, rbuf, peer, TAG)
 
 
@@ -458,9 +487,15 @@ def collective_setup(name, form, neighbor):
         ctx.cleanup.append(lambda: (args, kwargs))
         if form == "blocking":
             call = getattr(comm, name)
+            if ctx.kind == "view":
+                fresh = renewer(args)
+                return lambda: call(*fresh(), **kwargs)
             return lambda: call(*args, **kwargs)
         if form == "I":
             start = getattr(comm, "I" + name[0].lower() + name[1:])
+            if ctx.kind == "view":
+                fresh = renewer(args)
+                return lambda: start(*fresh(), **kwargs).Wait()
             return lambda: start(*args, **kwargs).Wait()
         request = getattr(comm, name + "_init")(*args, **kwargs)
         ctx.cleanup.append(request.Free)
@@ -526,6 +561,10 @@ def applies(call, kind, nranks):
     entry = CASES[call]
     if entry.pairwise and nranks != 2:
         return False
+    if kind == "view":
+        return call in VIEW_CALLS or (entry.group in ("coll", "neighbor")
+                                      and not call.endswith("_init") and call != "Barrier"
+                                      and not call.startswith("Ibarrier"))
     return kind == "numpy" or call in KIND_CALLS
 
 

@@ -122,6 +122,37 @@ def test_large_random_copies_round_trip(big_region, strict, n, dst_off, src_off,
         assert (out[:src_off] == 0x5A).all() and (out[src_off + n:] == 0x5A).all()
 
 
+@pytest.mark.parametrize("n", [4095, 4096, 4097, 8192 + 77, 65536 + 37])
+def test_copies_at_short_distances_modulo_a_page(big_region, n):
+    """Copies whose destination lies just above the source modulo 4 KiB take
+    their own vector loop (glibc's memcpy is slow there): every such
+    distance, both directions, exact bytes, neighbours untouched."""
+    mm = big_region
+    rng = np.random.default_rng(n)
+    background = rng.integers(0, 256, len(mm), dtype=np.uint8)
+    source = rng.integers(0, 256, n + 8192, dtype=np.uint8)
+    with Mapping(mm, strict=False) as m:
+        for distance in list(range(0, 140, 3)) + [4095, 4096 - 64]:
+            # destination - source == distance (mod 4096), both ways
+            src_at = 100
+            dst_off = (source.ctypes.data + src_at + distance - m.address) % 4096
+            mm[:] = background.tobytes()
+            m.write(dst_off, source[src_at:src_at + n])
+            region = np.frombuffer(mm, dtype=np.uint8)
+            try:
+                assert np.array_equal(region[dst_off:dst_off + n], source[src_at:src_at + n])
+                assert np.array_equal(region[:dst_off], background[:dst_off])
+                assert np.array_equal(region[dst_off + n:], background[dst_off + n:])
+            finally:
+                del region
+            out = np.full(n + 8192, 0x5A, dtype=np.uint8)
+            region_at = m.address + dst_off
+            out_at = (region_at + distance - out.ctypes.data) % 4096 + 64
+            m.read(dst_off, out[out_at:out_at + n])
+            assert np.array_equal(out[out_at:out_at + n], source[src_at:src_at + n])
+            assert (out[:out_at] == 0x5A).all() and (out[out_at + n:] == 0x5A).all()
+
+
 # -- what can be copied --------------------------------------------------------
 
 DTYPES = [np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
