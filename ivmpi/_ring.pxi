@@ -8,7 +8,8 @@
 # validated before use, because the peer owning it may be corrupt or hostile.
 
 cimport cython
-from libc.stdint cimport uint64_t, uint32_t, int32_t
+from libc.stdint cimport uint64_t, uint32_t, int32_t, int64_t
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from libc.string cimport memset, memcpy, memmove
 from libc.stdlib cimport malloc, free
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
@@ -34,6 +35,20 @@ cdef extern from "_copycore.h":
 import os as _os
 cdef uint64_t _stream_min = int(_os.environ.get("IVMPI_STREAM_MIN", "4096"))
 
+# DATA chunks of a rendezvous stream go by plain stores, read by the
+# receiver from our cache while we write the next (1 MiB half round trip
+# 50-65 us, against 75-100 us by streaming stores).  But for seconds at a
+# time (most likely when the host runs the two vCPUs on cores that share no
+# cache), a plain 64 KiB chunk takes 15-40 us instead of 2-3: each store
+# must first take its line back from the receiver's cache (1 MiB: 400-550
+# us).  So each plain chunk of 16 KiB or more is timed; two in a row slower
+# than _SLOW_CHUNK_NS_PER_KIB (4 GB/s) send the next _STREAM_AFTER_SLOW
+# chunks by streaming stores, which never take the line (75-125 us), and
+# then plain stores are tried again.
+cdef enum:
+    _SLOW_CHUNK_NS_PER_KIB = 256
+    _STREAM_AFTER_SLOW = 256
+
 # Frame kinds (docs/layout.md, "Frames").
 KIND_EAGER = 1
 KIND_EAGER_SYNC = 2
@@ -54,6 +69,11 @@ cdef enum:
     _INLINE_WORDS = 28       # _INLINE_MAX / 8 (a C array size: no '//' here)
     _NOGIL_MIN = 16384       # copies this large release the GIL
     _RECYCLE_BYTES = 32768   # past this position an empty ring restarts at 0
+
+cdef inline int64_t _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 cdef inline uint64_t _round8(uint64_t n) nogil:
     return (n + 7) & ~(<uint64_t>7)
@@ -118,6 +138,8 @@ cdef class TxRing:
     cdef uint64_t recycle_checked
     cdef int strict
     cdef readonly int peer
+    cdef int streamed_chunks_left    # DATA chunks still to go by streaming stores
+    cdef int slow_chunks             # slow plain DATA chunks in a row
 
     def __cinit__(self, Mapping mem, Py_ssize_t offset, uint64_t ring_bytes, int peer,
                   Py_ssize_t head_offset=-1):
@@ -307,6 +329,8 @@ cdef class TxRing:
         cdef Py_buffer view
         cdef uint64_t total, n
         cdef int waited
+        cdef bint streamed
+        cdef int64_t started
         if chunk == 0:
             raise ValueError("chunk size must be positive")
         PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
@@ -317,12 +341,27 @@ cdef class TxRing:
                 if n > chunk:
                     n = chunk
                 waited = 0
+                streamed = self.streamed_chunks_left > 0
+                started = 0 if streamed else _now_ns()
                 while not self.write_frame(5, 0, 0, offset, send_id,
-                                           <const char *>view.buf + offset, n, False):
+                                           <const char *>view.buf + offset, n, streamed):
                     if waited >= spins or (watch is not None and watch.poll()):
                         return offset
                     waited += 1
                     rg_relax()
+                    started = 0 if streamed else _now_ns()
+                if streamed:
+                    self.streamed_chunks_left -= 1
+                elif n >= 16384:
+                    if <uint64_t>(_now_ns() - started) <= (n >> 10) * <uint64_t>_SLOW_CHUNK_NS_PER_KIB:
+                        self.slow_chunks = 0
+                    else:
+                        # Two in a row: one alone is an interrupt, or the
+                        # first plain chunk after streaming ones.
+                        self.slow_chunks += 1
+                        if self.slow_chunks >= 2:
+                            self.slow_chunks = 0
+                            self.streamed_chunks_left = _STREAM_AFTER_SLOW
                 offset += n
         finally:
             PyBuffer_Release(&view)
