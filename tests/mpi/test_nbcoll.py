@@ -516,6 +516,44 @@ def test_repeated_calls_see_new_data_and_changed_specs(comm):
         np.testing.assert_array_equal(out, expected)
 
 
+def test_new_views_of_the_same_arrays_reuse_the_schedule_and_nothing_else_does(comm):
+    size, rank = comm.size, comm.rank
+    send, out = np.zeros(2), np.zeros(2 * size)
+
+    def allgather(sendbuf, recvbuf):
+        # The cache keeps the last schedule alive, so a new one made on a
+        # miss never has the id of the one before it.
+        request = comm.Iallgather(sendbuf, recvbuf)
+        schedule = id(request._op)
+        request.Wait()
+        return schedule
+
+    send[:] = [rank, -rank]
+    first = allgather(send[...], out[...])
+    for k in range(1, 3):
+        send[:] = [rank + 10 * k, -rank]
+        out[:] = -9
+        assert allgather(send[...], out[...]) == first
+        np.testing.assert_array_equal(out, np.ravel([[r + 10 * k, -r] for r in range(size)]))
+    # Same address, other shapes: one element per rank, into the first half.
+    out[:] = -9
+    halves = allgather(send[:1], out[:size])
+    assert halves != first
+    np.testing.assert_array_equal(out[:size], np.arange(size) + 20.0)
+    assert (out[size:] == -9).all()
+    # Same bytes through another dtype.
+    ints = out.view("i8")
+    assert allgather(send.view("i8")[...], ints[...]) != halves
+    np.testing.assert_array_equal(out, np.ravel([[r + 20, -r] for r in range(size)]))
+    # A read-only view of a cached receive buffer is still refused.
+    frozen = out[...]
+    frozen.flags.writeable = False
+    out[:] = -9
+    with pytest.raises(Exception):
+        comm.Iallgather(send, frozen).Wait()
+    assert (out == -9).all()
+
+
 def test_outstanding_calls_with_the_same_arguments(comm):
     # A call cannot reuse the schedule of an earlier one with the same
     # arguments while a request holds it; all complete, in either order.
