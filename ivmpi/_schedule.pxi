@@ -605,6 +605,15 @@ cdef class Channel:
         schedule.start()
         return schedule
 
+    cpdef run(self, str what, object make_plan, tuple args, long tags=1):
+        """A blocking collective: begin(), then wait for it here, raising
+        its error (no request in between)."""
+        cdef Schedule schedule = self.begin(what, make_plan, args, tags)
+        if not schedule._finished:
+            schedule.wait(what)
+        if schedule.error is not None:
+            raise schedule.error
+
     def request(self, comm, str what, make_plan, tuple args, long tags=1):
         """begin(), as a request of request_type (a Request subclass) for comm."""
         schedule = self.begin(what, make_plan, args, tags)

@@ -925,11 +925,7 @@ class NonblockingCollectives:
     def Alltoallw(self, sendbuf, recvbuf):
         # The blocking form is the nonblocking schedule run to completion
         # (the same messages and tags), without a request in between.
-        schedule = channel_of(self).begin("Alltoallw", self._alltoallw_plan, (sendbuf, recvbuf))
-        if not schedule._finished:
-            schedule.wait("Alltoallw")
-        if schedule.error is not None:
-            raise schedule.error
+        channel_of(self).run("Alltoallw", self._alltoallw_plan, (sendbuf, recvbuf))
 
     def Ireduce(self, sendbuf, recvbuf, op=_SUM, root=0):
         return self._nonblocking("Ireduce", self._reduce_plan, sendbuf, recvbuf, op, root)

@@ -326,41 +326,37 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
         return self._steps(sends, recvs), packs, unpacks
 
     def _neighbour(self, what, form, make_plan, *args):
-        """Run a neighbourhood collective: form "blocking" (to completion),
-        "nonblocking" (a Request) or "persistent" (a Prequest)."""
+        """Start a neighbourhood collective: form "nonblocking" (a Request)
+        or "persistent" (a Prequest).  The blocking forms call Channel.run."""
         ch = channel_of(self)
         tags = self._topo.tags
         if form == "nonblocking":
             return ch.request(self, what, make_plan, args, tags)
-        if form == "persistent":
-            steps, prologue, epilogue = make_plan(*args)
-            return CollectivePrequest(self, ch.schedule(ch.next_tag(tags), steps, what, prologue,
-                                                        epilogue), what)
-        schedule = ch.begin(what, make_plan, args, tags)
-        if not schedule._finished:
-            schedule.wait(what)
-        if schedule.error is not None:
-            raise schedule.error
-        return None
+        steps, prologue, epilogue = make_plan(*args)
+        return CollectivePrequest(self, ch.schedule(ch.next_tag(tags), steps, what, prologue,
+                                                    epilogue), what)
 
+    # The blocking forms go straight to the channel (Channel.run): one
+    # Python frame per call, as they are the forms halo codes call most.
     def Neighbor_allgather(self, sendbuf, recvbuf):
-        self._neighbour("Neighbor_allgather", "blocking", self._allgather_plan, sendbuf,
-                        recvbuf, False)
+        channel_of(self).run("Neighbor_allgather", self._allgather_plan,
+                             (sendbuf, recvbuf, False), self._topo.tags)
 
     def Neighbor_allgatherv(self, sendbuf, recvbuf):
-        self._neighbour("Neighbor_allgatherv", "blocking", self._allgather_plan, sendbuf,
-                        recvbuf, True)
+        channel_of(self).run("Neighbor_allgatherv", self._allgather_plan,
+                             (sendbuf, recvbuf, True), self._topo.tags)
 
     def Neighbor_alltoall(self, sendbuf, recvbuf):
-        self._neighbour("Neighbor_alltoall", "blocking", self._alltoall_plan, sendbuf, recvbuf,
-                        False)
+        channel_of(self).run("Neighbor_alltoall", self._alltoall_plan,
+                             (sendbuf, recvbuf, False), self._topo.tags)
 
     def Neighbor_alltoallv(self, sendbuf, recvbuf):
-        self._neighbour("Neighbor_alltoallv", "blocking", self._alltoall_plan, sendbuf, recvbuf,
-                        True)
+        channel_of(self).run("Neighbor_alltoallv", self._alltoall_plan,
+                             (sendbuf, recvbuf, True), self._topo.tags)
 
     def Neighbor_alltoallw(self, sendbuf, recvbuf):
-        self._neighbour("Neighbor_alltoallw", "blocking", self._alltoallw_plan, sendbuf, recvbuf)
+        channel_of(self).run("Neighbor_alltoallw", self._alltoallw_plan, (sendbuf, recvbuf),
+                             self._topo.tags)
 
     def Ineighbor_allgather(self, sendbuf, recvbuf):
         return self._neighbour("Ineighbor_allgather", "nonblocking", self._allgather_plan,
