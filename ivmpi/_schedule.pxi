@@ -456,6 +456,38 @@ def set_schedule_errors(error_type, truncate_class):
 from cpython.ref cimport Py_REFCNT
 
 
+cdef class BoundCollective:
+    """A blocking collective of one communicator, bound as the instance's
+    attribute (Comm._bind_fast) so that a call goes from the program to
+    Channel.run with no Python frame between.  It holds the communicator
+    weakly (no cycle through its attributes) and looks up its channel, plan
+    method and tags at each call, as the method it shadows does."""
+    cdef object comm_ref, channel_of, extra
+    cdef str what, plan
+    cdef bint with_extra
+    cdef Channel channel            # found at the first call
+    cdef long tags
+
+    def __init__(self, comm_ref, channel_of, str what, str plan, extra=None,
+                 bint with_extra=False):
+        self.comm_ref = comm_ref
+        self.channel_of = channel_of
+        self.what = what
+        self.plan = plan
+        self.extra = extra
+        self.with_extra = with_extra
+
+    def __call__(self, sendbuf, recvbuf):
+        comm = self.comm_ref()
+        if comm is None:
+            raise RuntimeError(f"{self.what}: the communicator is gone")
+        if self.channel is None or comm._freed:
+            self.channel = self.channel_of(comm)        # raises once it is freed
+            self.tags = comm._topo.tags
+        args = (sendbuf, recvbuf, self.extra) if self.with_extra else (sendbuf, recvbuf)
+        self.channel.run(self.what, getattr(comm, self.plan), args, self.tags)
+
+
 cdef class Channel:
     """What the collectives of one communicator share: the hidden twin's
     fast path, engine, world ranks, context and members, the count of
@@ -577,8 +609,8 @@ cdef class Channel:
         # Nobody else may hold it: references are the entry's, this name's,
         # and the engine's list of schedules in progress (which keeps a
         # finished one until its next round of progress).
-        if not schedule._finished or Py_REFCNT(schedule) > 2 + (
-                schedule in self.engine.schedules):
+        if not schedule._finished or (Py_REFCNT(schedule) > 2 and Py_REFCNT(schedule) > 2 + (
+                schedule in self.engine.schedules)):
             return None, key
         return schedule.start(self.next_tag(tags)), None
 

@@ -17,6 +17,7 @@ communicator also carries the library's communicator of the same topology
 as its handle.
 """
 import operator
+import weakref
 
 from .lib import MPI as _MPI
 
@@ -25,7 +26,7 @@ from .buffers import packed_simple, packed_vector, parse_recv, parse_send, parse
 from .nbcoll import RECV, SEND, CollectivePrequest, channel_of, wblocks
 from .request import MPIError, Request
 from .staging import staged
-from ._fastcopy import exchange_objects
+from ._fastcopy import BoundCollective, exchange_objects
 
 PROC_NULL = _MPI.PROC_NULL
 UNDEFINED = _MPI.UNDEFINED
@@ -240,6 +241,15 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
         self._topo = topo
         return self
 
+    def _bind_fast(self):
+        _comm.Intracomm._bind_fast(self)
+        if type(self) not in _comm._FAST_CLASSES or self._route is not None:
+            return
+        ref = weakref.ref(self)
+        for name, plan, extra in _BLOCKING_NEIGHBOUR:
+            setattr(self, name, BoundCollective(ref, channel_of, name, plan, extra,
+                                                extra is not None))
+
     def Dup(self, info=None):
         dup = _comm.Intracomm.Dup(self, info)
         if self._topo is not None:
@@ -336,8 +346,9 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
         return CollectivePrequest(self, ch.schedule(ch.next_tag(tags), steps, what, prologue,
                                                     epilogue), what)
 
-    # The blocking forms go straight to the channel (Channel.run): one
-    # Python frame per call, as they are the forms halo codes call most.
+    # The blocking forms go straight to the channel (Channel.run); on
+    # ivmpi's own classes the instance's BoundCollective attributes
+    # (_bind_fast, _BLOCKING_NEIGHBOUR) shadow these methods.
     def Neighbor_allgather(self, sendbuf, recvbuf):
         channel_of(self).run("Neighbor_allgather", self._allgather_plan,
                              (sendbuf, recvbuf, False), self._topo.tags)
@@ -575,6 +586,15 @@ class Distgraphcomm(Topocomm, _MPI.Distgraphcomm):
         topo = self._topo
         weights = (list(topo.sourceweights), list(topo.destweights)) if topo.weighted else None
         return list(topo.sources), list(topo.destinations), weights
+
+
+# The blocking neighbourhood collectives a topology communicator binds as
+# its own attributes: (name, plan method, its third argument or None).
+_BLOCKING_NEIGHBOUR = (("Neighbor_allgather", "_allgather_plan", False),
+                       ("Neighbor_allgatherv", "_allgather_plan", True),
+                       ("Neighbor_alltoall", "_alltoall_plan", False),
+                       ("Neighbor_alltoallv", "_alltoall_plan", True),
+                       ("Neighbor_alltoallw", "_alltoallw_plan", None))
 
 
 # As for ivmpi's own classes (ivmpi.comm): a method called on an object
