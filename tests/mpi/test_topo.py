@@ -266,6 +266,39 @@ def test_cart_traffic_goes_through_the_region(comm):
     cart.Free()
 
 
+def test_blocking_neighbour_calls_take_keywords_and_refuse_a_freed_communicator(comm):
+    """The blocking forms are bound to the instance (ivmpi.topocomm
+    _BLOCKING_NEIGHBOUR): same keywords, same error on a freed one, and a
+    Dup binds its own."""
+    carts = both(lambda c: c.Create_cart([c.size], [True]))
+    results = []
+    for cart in carts:
+        left, right = cart.Shift(0, 1)
+        send, got = np.array([cart.rank, -cart.rank], "f8"), np.zeros(2)
+        cart.Neighbor_alltoall(sendbuf=send, recvbuf=got)
+        gathered = np.zeros(2, "i8")
+        dup = cart.Dup()
+        dup.Neighbor_allgather(recvbuf=gathered, sendbuf=np.array([cart.rank], "i8"))
+        dup.Free()
+        results.append((got.tolist(), gathered.tolist(), [left, right]))
+        cart.Free()
+        # The library's Neighbor_allgather(v) on a freed communicator
+        # returns without error in mpi4py 4.1.2 over Open MPI 5.0.11; ivmpi
+        # refuses all of them as its Neighbor_alltoall does.
+        calls = (("Neighbor_alltoall", (send, got)),
+                 ("Neighbor_alltoallv", ([send, [1, 1], [0, 1], MPI.DOUBLE], got)),
+                 ("Neighbor_allgather", (send[:1], got)),
+                 ("Neighbor_allgatherv", (send[:1], [got, [1, 1], [0, 1], MPI.DOUBLE])),
+                 ("Neighbor_alltoallw", ([send, [1, 1], [0, 8], [MPI.DOUBLE] * 2],
+                                         [got, [1, 1], [0, 8], [MPI.DOUBLE] * 2])))
+        for name, args in calls if cart.__class__.__module__.startswith("ivmpi") else calls[:1]:
+            with pytest.raises(_native.Exception) as error:
+                getattr(cart, name)(*args)
+            assert error.value.Get_error_class() == MPI.ERR_COMM, name
+    assert results[0] == results[1]
+    assert results[0][1] == results[0][2]
+
+
 def test_neighbour_traffic_never_matches_user_messages(comm):
     cart = comm.Create_cart([comm.size], [True])
     left, right = cart.Shift(0, 1)
