@@ -488,6 +488,65 @@ cdef class BoundCollective:
         self.channel.run(self.what, getattr(comm, self.plan), args, self.tags)
 
 
+cdef object _MISSING = object()
+
+
+cdef class BoundNonblocking:
+    """A nonblocking collective bound as the instance's attribute
+    (Comm._bind_fast): from the call to Channel.request with no Python frame
+    between.  names and defaults are the method's parameters after self (the
+    defaults those of the last ones), extra the arguments its plan method
+    takes after them."""
+    cdef object comm_ref, channel_of
+    cdef str what, plan
+    cdef tuple names, defaults, extra
+    cdef Channel channel            # found at the first call
+
+    def __init__(self, comm_ref, channel_of, str what, str plan, tuple names, tuple defaults,
+                 tuple extra):
+        self.comm_ref = comm_ref
+        self.channel_of = channel_of
+        self.what = what
+        self.plan = plan
+        self.names = names
+        self.defaults = defaults
+        self.extra = extra
+
+    def __call__(self, *args, **kwargs):
+        comm = self.comm_ref()
+        if comm is None:
+            raise RuntimeError(f"{self.what}: the communicator is gone")
+        if self.channel is None or comm._freed:
+            self.channel = self.channel_of(comm)        # raises once it is freed
+        if kwargs or len(args) != len(self.names):
+            args = self._bind(args, kwargs)
+        if self.extra:
+            args = args + self.extra
+        return self.channel.request(comm, self.what, getattr(comm, self.plan), args)
+
+    cdef tuple _bind(self, tuple args, dict kwargs):
+        """args and kwargs as the method's positional arguments, defaults
+        filled in; the errors Python gives a function of that signature."""
+        cdef Py_ssize_t n = len(self.names), first_default = n - len(self.defaults), i
+        if len(args) > n:
+            raise TypeError(f"{self.what}() takes at most {n} arguments ({len(args)} given)")
+        out = list(args) + [_MISSING] * (n - len(args))
+        for key, value in kwargs.items():
+            if key not in self.names:
+                raise TypeError(f"{self.what}() got an unexpected keyword argument '{key}'")
+            i = self.names.index(key)
+            if out[i] is not _MISSING:
+                raise TypeError(f"{self.what}() got multiple values for argument '{key}'")
+            out[i] = value
+        for i in range(n):
+            if out[i] is _MISSING:
+                if i < first_default:
+                    raise TypeError(f"{self.what}() missing required argument "
+                                    f"'{self.names[i]}' (pos {i + 1})")
+                out[i] = self.defaults[i - first_default]
+        return tuple(out)
+
+
 cdef class Channel:
     """What the collectives of one communicator share: the hidden twin's
     fast path, engine, world ranks, context and members, the count of

@@ -10,15 +10,15 @@ import weakref
 
 from .lib import MPI as _MPI
 
-from ._fastcopy import (SMALL_OPS, FastPath, PersistentStart, SmallCollectives, new_message,
-                        new_request, set_typed_layout)
+from ._fastcopy import (SMALL_OPS, BoundNonblocking, FastPath, PersistentStart,
+                        SmallCollectives, new_message, new_request, set_typed_layout)
 
 from .buffers import fast_plan, parse_recv, parse_send
 from .collectives import COLLECTIVE_TAGS, Collectives
 from .engine import ANY_SOURCE as _ENGINE_ANY_SOURCE
 from .engine import Incoming, SendOp
 from .errors import IvmpiError
-from .nbcoll import NonblockingCollectives
+from .nbcoll import NONBLOCKING_STARTERS, NonblockingCollectives, channel_of
 from .topo import TopologyConstructors
 from .request import (MESSAGE_NO_PROC, Message, MPIError, Prequest, Request, SendrecvOp,
                       UnpackingPrequest, UnpackingRequest, fill_status)
@@ -321,6 +321,11 @@ class Comm(_MPI.Comm):
             small.lock_of = self._lock
             for name in _SMALL_COLLECTIVES:
                 setattr(self, name, getattr(small, name))
+            if isinstance(self, NonblockingCollectives):
+                ref = weakref.ref(self)
+                for name, plan, names, defaults, extra in NONBLOCKING_STARTERS:
+                    setattr(self, name, BoundNonblocking(ref, channel_of, name, plan, names,
+                                                         defaults, extra))
 
     # mpi4py's handle conversions give ivmpi's communicator over a handle
     # that has one (a new object for it, of its class), else mpi4py's.

@@ -699,6 +699,33 @@ def _even_blocks(mem, n):
     return [mem[i * block:(i + 1) * block] for i in range(n)]
 
 
+# The nonblocking collectives a communicator binds as its own attributes
+# (ivmpi.comm, Comm._bind_fast; ivmpi._fastcopy.BoundNonblocking): name,
+# plan method, parameter names, defaults of the last ones, and the constant
+# arguments the plan takes after them, as the methods below pass them.
+NONBLOCKING_STARTERS = (
+    ("Ibarrier", "_barrier_plan", (), (), ()),
+    ("Ibcast", "_bcast_plan", ("buf", "root"), (0,), ()),
+    ("Iscatter", "_scatter_plan", ("sendbuf", "recvbuf", "root"), (0,), (False,)),
+    ("Iscatterv", "_scatter_plan", ("sendbuf", "recvbuf", "root"), (0,), (True,)),
+    ("Igather", "_gather_plan", ("sendbuf", "recvbuf", "root"), (0,), (False,)),
+    ("Igatherv", "_gather_plan", ("sendbuf", "recvbuf", "root"), (0,), (True,)),
+    ("Iallgather", "_allgather_plan", ("sendbuf", "recvbuf"), (), (False,)),
+    ("Iallgatherv", "_allgather_plan", ("sendbuf", "recvbuf"), (), (True,)),
+    ("Ialltoall", "_alltoall_plan", ("sendbuf", "recvbuf"), (), (False,)),
+    ("Ialltoallv", "_alltoall_plan", ("sendbuf", "recvbuf"), (), (True,)),
+    ("Ialltoallw", "_alltoallw_plan", ("sendbuf", "recvbuf"), (), ()),
+    ("Ireduce", "_reduce_plan", ("sendbuf", "recvbuf", "op", "root"), (_SUM, 0), ()),
+    ("Iallreduce", "_allreduce_plan", ("sendbuf", "recvbuf", "op"), (_SUM,), ()),
+    ("Ireduce_scatter_block", "_reduce_scatter_block_plan", ("sendbuf", "recvbuf", "op"),
+     (_SUM,), ()),
+    ("Ireduce_scatter", "_reduce_scatter_plan", ("sendbuf", "recvbuf", "recvcounts", "op"),
+     (None, _SUM), ()),
+    ("Iscan", "_scan_plan", ("sendbuf", "recvbuf", "op"), (_SUM,), (True,)),
+    ("Iexscan", "_scan_plan", ("sendbuf", "recvbuf", "op"), (_SUM,), (False,)),
+)
+
+
 class NonblockingCollectives:
     """The I* and *_init collectives of an ivmpi communicator."""
 

@@ -7,6 +7,8 @@ must complete in any order and mix with point-to-point requests, a rank
 waiting on something else must still play its part in a collective, and
 the bytes must go through the region's rings.
 """
+import inspect
+
 import numpy as np
 import pytest
 
@@ -552,6 +554,40 @@ def test_new_views_of_the_same_arrays_reuse_the_schedule_and_nothing_else_does(c
     with pytest.raises(Exception):
         comm.Iallgather(send, frozen).Wait()
     assert (out == -9).all()
+
+
+def test_bound_nonblocking_calls_take_arguments_as_the_methods_do(comm):
+    """The nonblocking collectives are bound to the instance
+    (ivmpi.nbcoll.NONBLOCKING_STARTERS): keywords, defaults and the errors
+    of a wrong call as mpi4py's methods have them, and the same results."""
+    from ivmpi.nbcoll import NONBLOCKING_STARTERS
+    size, rank = comm.size, comm.rank
+    assert type(comm.__dict__["Iallreduce"]).__name__ == "BoundNonblocking"
+    for name, _, names, defaults, _ in NONBLOCKING_STARTERS:
+        # The parameters of mpi4py's method (after self), and its defaults.
+        params = list(inspect.signature(getattr(LIB.Intracomm, name)).parameters.values())[1:]
+        assert tuple(p.name for p in params) == names, name
+        assert tuple(p.default for p in params if p.default is not p.empty) == defaults, name
+    send = np.arange(3.0) + rank
+    for call in (lambda out: comm.Iallreduce(send, out),
+                 lambda out: comm.Iallreduce(sendbuf=send, recvbuf=out, op=MPI.SUM),
+                 lambda out: comm.Iallreduce(send, recvbuf=out)):
+        out = np.zeros(3)
+        call(out).Wait()
+        np.testing.assert_array_equal(out, size * np.arange(3.0) + size * (size - 1) / 2)
+    buf = np.full(2, float(rank))
+    comm.Ibcast(buf=buf).Wait()
+    assert (buf == 0).all()
+    got = np.zeros(size)
+    comm.Ireduce(np.ones(1), got[:1], root=size - 1).Wait()
+    if rank == size - 1:
+        assert got[0] == size
+    comm.Ibarrier().Wait()
+    for wrong in (lambda: comm.Ibarrier(1), lambda: comm.Ibcast(), lambda: comm.Ibcast(buf, 0, 1),
+                  lambda: comm.Iallreduce(send, out, bogus=1),
+                  lambda: comm.Iallreduce(send, out, sendbuf=send)):
+        with pytest.raises(TypeError):
+            wrong()
 
 
 def test_outstanding_calls_with_the_same_arguments(comm):
