@@ -521,12 +521,15 @@ def test_repeated_calls_see_new_data_and_changed_specs(comm):
 def test_new_views_of_the_same_arrays_reuse_the_schedule_and_nothing_else_does(comm):
     size, rank = comm.size, comm.rank
     send, out = np.zeros(2), np.zeros(2 * size)
+    # Across regions the collectives are the library's: no schedules there,
+    # the results are checked all the same.
+    schedules = not comm._routed
 
     def allgather(sendbuf, recvbuf):
         # The cache keeps the last schedule alive, so a new one made on a
         # miss never has the id of the one before it.
         request = comm.Iallgather(sendbuf, recvbuf)
-        schedule = id(request._op)
+        schedule = id(request._op) if schedules else None
         request.Wait()
         return schedule
 
@@ -535,17 +538,17 @@ def test_new_views_of_the_same_arrays_reuse_the_schedule_and_nothing_else_does(c
     for k in range(1, 3):
         send[:] = [rank + 10 * k, -rank]
         out[:] = -9
-        assert allgather(send[...], out[...]) == first
+        assert allgather(send[...], out[...]) == first or not schedules
         np.testing.assert_array_equal(out, np.ravel([[r + 10 * k, -r] for r in range(size)]))
     # Same address, other shapes: one element per rank, into the first half.
     out[:] = -9
     halves = allgather(send[:1], out[:size])
-    assert halves != first
+    assert halves != first or not schedules
     np.testing.assert_array_equal(out[:size], np.arange(size) + 20.0)
     assert (out[size:] == -9).all()
     # Same bytes through another dtype.
     ints = out.view("i8")
-    assert allgather(send.view("i8")[...], ints[...]) != halves
+    assert allgather(send.view("i8")[...], ints[...]) != halves or not schedules
     np.testing.assert_array_equal(out, np.ravel([[r + 20, -r] for r in range(size)]))
     # A read-only view of a cached receive buffer is still refused.
     frozen = out[...]
@@ -562,7 +565,8 @@ def test_bound_nonblocking_calls_take_arguments_as_the_methods_do(comm):
     of a wrong call as mpi4py's methods have them, and the same results."""
     from ivmpi.nbcoll import NONBLOCKING_STARTERS
     size, rank = comm.size, comm.rank
-    assert type(comm.__dict__["Iallreduce"]).__name__ == "BoundNonblocking"
+    if not comm._routed:      # across regions they are the library's calls
+        assert type(comm.__dict__["Iallreduce"]).__name__ == "BoundNonblocking"
     for name, _, names, defaults, _ in NONBLOCKING_STARTERS:
         # The parameters of mpi4py's method (after self), and its defaults.
         params = list(inspect.signature(getattr(LIB.Intracomm, name)).parameters.values())[1:]
