@@ -41,12 +41,14 @@ cdef uint64_t _stream_min = int(_os.environ.get("IVMPI_STREAM_MIN", "4096"))
 # time (most likely when the host runs the two vCPUs on cores that share no
 # cache), a plain 64 KiB chunk takes 15-40 us instead of 2-3: each store
 # must first take its line back from the receiver's cache (1 MiB: 400-550
-# us).  So each plain chunk of 16 KiB or more is timed; two in a row slower
-# than _SLOW_CHUNK_NS_PER_KIB (4 GB/s) send the next _STREAM_AFTER_SLOW
-# chunks by streaming stores, which never take the line (75-125 us), and
-# then plain stores are tried again.
+# us).  So each plain chunk of 16 KiB or more is timed; _SLOW_IN_A_ROW in a
+# row slower than _SLOW_CHUNK_NS_PER_KIB (2 GB/s: about half the chunks of
+# the slow phases, almost none otherwise, even with other load) send the
+# next _STREAM_AFTER_SLOW chunks by streaming stores, which never take the
+# line (75-125 us), and then plain stores are tried again.
 cdef enum:
-    _SLOW_CHUNK_NS_PER_KIB = 256
+    _SLOW_CHUNK_NS_PER_KIB = 512
+    _SLOW_IN_A_ROW = 3
     _STREAM_AFTER_SLOW = 256
 
 # Frame kinds (docs/layout.md, "Frames").
@@ -356,10 +358,10 @@ cdef class TxRing:
                     if <uint64_t>(_now_ns() - started) <= (n >> 10) * <uint64_t>_SLOW_CHUNK_NS_PER_KIB:
                         self.slow_chunks = 0
                     else:
-                        # Two in a row: one alone is an interrupt, or the
-                        # first plain chunk after streaming ones.
+                        # Several in a row: one alone is an interrupt, or
+                        # the first plain chunk after streaming ones.
                         self.slow_chunks += 1
-                        if self.slow_chunks >= 2:
+                        if self.slow_chunks >= _SLOW_IN_A_ROW:
                             self.slow_chunks = 0
                             self.streamed_chunks_left = _STREAM_AFTER_SLOW
                 offset += n
