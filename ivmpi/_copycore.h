@@ -325,8 +325,8 @@ static inline void ivmpi_copy_from_region_strict(void *dst, const void *region_s
  * instead of 40-50 GB/s when the destination lies 1-15 bytes (and, for
  * 8 KiB, up to ~100 bytes) above the source modulo 4 KiB: the stores alias
  * the loads still to come.  Ring frames move through the ring, so every
- * distance comes up in turn and a 1 MiB ping-pong was 7x slower for seconds
- * at a time.  Those distances take a vector loop instead (docs/performance.md). */
+ * distance between a frame and a user's buffer comes up in turn.  Those
+ * distances take a vector loop instead (docs/performance.md). */
 #if IVMPI_VECTOR16
 #define IVMPI_SHORT_DISTANCE 128
 #define IVMPI_SHORT_DISTANCE_MIN_BYTES 4096

@@ -355,7 +355,8 @@ cdef class TxRing:
                 if streamed:
                     self.streamed_chunks_left -= 1
                 elif n >= 16384:
-                    if <uint64_t>(_now_ns() - started) <= (n >> 10) * <uint64_t>_SLOW_CHUNK_NS_PER_KIB:
+                    if <uint64_t>(_now_ns() - started) <= \
+                            (n >> 10) * <uint64_t>_SLOW_CHUNK_NS_PER_KIB:
                         self.slow_chunks = 0
                     else:
                         # Several in a row: one alone is an interrupt, or

@@ -456,54 +456,28 @@ def set_schedule_errors(error_type, truncate_class):
 from cpython.ref cimport Py_REFCNT
 
 
-cdef class BoundCollective:
-    """A blocking collective of one communicator, bound as the instance's
-    attribute (Comm._bind_fast) so that a call goes from the program to
-    Channel.run with no Python frame between.  It holds the communicator
-    weakly (no cycle through its attributes) and looks up its channel, plan
-    method and tags at each call, as the method it shadows does."""
-    cdef object comm_ref, channel_of, extra
-    cdef str what, plan
-    cdef bint with_extra
-    cdef Channel channel            # found at the first call
-    cdef long tags
-
-    def __init__(self, comm_ref, channel_of, str what, str plan, extra=None,
-                 bint with_extra=False):
-        self.comm_ref = comm_ref
-        self.channel_of = channel_of
-        self.what = what
-        self.plan = plan
-        self.extra = extra
-        self.with_extra = with_extra
-
-    def __call__(self, sendbuf, recvbuf):
-        comm = self.comm_ref()
-        if comm is None:
-            raise RuntimeError(f"{self.what}: the communicator is gone")
-        if self.channel is None or comm._freed:
-            self.channel = self.channel_of(comm)        # raises once it is freed
-            self.tags = comm._topo.tags
-        args = (sendbuf, recvbuf, self.extra) if self.with_extra else (sendbuf, recvbuf)
-        self.channel.run(self.what, getattr(comm, self.plan), args, self.tags)
-
-
 cdef object _MISSING = object()
 
 
-cdef class BoundNonblocking:
-    """A nonblocking collective bound as the instance's attribute
-    (Comm._bind_fast): from the call to Channel.request with no Python frame
-    between.  names and defaults are the method's parameters after self (the
-    defaults those of the last ones), extra the arguments its plan method
-    takes after them."""
+cdef class BoundCollective:
+    """A collective bound as a communicator's own attribute (Comm._bind_fast,
+    Topocomm._bind_fast), so that a call goes from the program to
+    Channel.run (blocking) or Channel.request (nonblocking) with no Python
+    frame between.  names and defaults are the method's parameters after
+    self (the defaults those of the last ones), extra the arguments its plan
+    method takes after them; a neighbourhood collective (topology) takes its
+    tags from the communicator's topology.  The communicator is held weakly
+    (no cycle through its attributes); its channel is found at the first
+    call, and again once it is freed (channel_of then raises)."""
     cdef object comm_ref, channel_of
     cdef str what, plan
     cdef tuple names, defaults, extra
-    cdef Channel channel            # found at the first call
+    cdef bint blocking, topology
+    cdef Channel channel
+    cdef long tags
 
     def __init__(self, comm_ref, channel_of, str what, str plan, tuple names, tuple defaults,
-                 tuple extra):
+                 tuple extra, bint blocking, bint topology=False):
         self.comm_ref = comm_ref
         self.channel_of = channel_of
         self.what = what
@@ -511,18 +485,24 @@ cdef class BoundNonblocking:
         self.names = names
         self.defaults = defaults
         self.extra = extra
+        self.blocking = blocking
+        self.topology = topology
 
     def __call__(self, *args, **kwargs):
         comm = self.comm_ref()
         if comm is None:
             raise RuntimeError(f"{self.what}: the communicator is gone")
         if self.channel is None or comm._freed:
-            self.channel = self.channel_of(comm)        # raises once it is freed
+            self.channel = self.channel_of(comm)
+            self.tags = comm._topo.tags if self.topology else 1
         if kwargs or len(args) != len(self.names):
             args = self._bind(args, kwargs)
         if self.extra:
             args = args + self.extra
-        return self.channel.request(comm, self.what, getattr(comm, self.plan), args)
+        if self.blocking:
+            self.channel.run(self.what, getattr(comm, self.plan), args, self.tags)
+            return None
+        return self.channel.request(comm, self.what, getattr(comm, self.plan), args, self.tags)
 
     cdef tuple _bind(self, tuple args, dict kwargs):
         """args and kwargs as the method's positional arguments, defaults
@@ -668,8 +648,8 @@ cdef class Channel:
         # Nobody else may hold it: references are the entry's, this name's,
         # and the engine's list of schedules in progress (which keeps a
         # finished one until its next round of progress).
-        if not schedule._finished or (Py_REFCNT(schedule) > 2 and Py_REFCNT(schedule) > 2 + (
-                schedule in self.engine.schedules)):
+        refs = Py_REFCNT(schedule)
+        if not schedule._finished or (refs > 2 and refs > 2 + (schedule in self.engine.schedules)):
             return None, key
         return schedule.start(self.next_tag(tags)), None
 

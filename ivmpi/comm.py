@@ -10,7 +10,7 @@ import weakref
 
 from .lib import MPI as _MPI
 
-from ._fastcopy import (SMALL_OPS, BoundNonblocking, FastPath, PersistentStart,
+from ._fastcopy import (SMALL_OPS, BoundCollective, FastPath, PersistentStart,
                         SmallCollectives, new_message, new_request, set_typed_layout)
 
 from .buffers import fast_plan, parse_recv, parse_send
@@ -324,8 +324,8 @@ class Comm(_MPI.Comm):
             if isinstance(self, NonblockingCollectives):
                 ref = weakref.ref(self)
                 for name, plan, names, defaults, extra in NONBLOCKING_STARTERS:
-                    setattr(self, name, BoundNonblocking(ref, channel_of, name, plan, names,
-                                                         defaults, extra))
+                    setattr(self, name, BoundCollective(ref, channel_of, name, plan, names,
+                                                        defaults, extra, False))
 
     # mpi4py's handle conversions give ivmpi's communicator over a handle
     # that has one (a new object for it, of its class), else mpi4py's.

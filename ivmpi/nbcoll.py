@@ -700,7 +700,7 @@ def _even_blocks(mem, n):
 
 
 # The nonblocking collectives a communicator binds as its own attributes
-# (ivmpi.comm, Comm._bind_fast; ivmpi._fastcopy.BoundNonblocking): name,
+# (ivmpi.comm, Comm._bind_fast; ivmpi._fastcopy.BoundCollective): name,
 # plan method, parameter names, defaults of the last ones, and the constant
 # arguments the plan takes after them, as the methods below pass them.
 NONBLOCKING_STARTERS = (

@@ -247,8 +247,8 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
             return
         ref = weakref.ref(self)
         for name, plan, extra in _BLOCKING_NEIGHBOUR:
-            setattr(self, name, BoundCollective(ref, channel_of, name, plan, extra,
-                                                extra is not None))
+            setattr(self, name, BoundCollective(ref, channel_of, name, plan,
+                                                ("sendbuf", "recvbuf"), (), extra, True, True))
 
     def Dup(self, info=None):
         dup = _comm.Intracomm.Dup(self, info)
@@ -589,12 +589,12 @@ class Distgraphcomm(Topocomm, _MPI.Distgraphcomm):
 
 
 # The blocking neighbourhood collectives a topology communicator binds as
-# its own attributes: (name, plan method, its third argument or None).
-_BLOCKING_NEIGHBOUR = (("Neighbor_allgather", "_allgather_plan", False),
-                       ("Neighbor_allgatherv", "_allgather_plan", True),
-                       ("Neighbor_alltoall", "_alltoall_plan", False),
-                       ("Neighbor_alltoallv", "_alltoall_plan", True),
-                       ("Neighbor_alltoallw", "_alltoallw_plan", None))
+# its own attributes: (name, plan method, its arguments after the buffers).
+_BLOCKING_NEIGHBOUR = (("Neighbor_allgather", "_allgather_plan", (False,)),
+                       ("Neighbor_allgatherv", "_allgather_plan", (True,)),
+                       ("Neighbor_alltoall", "_alltoall_plan", (False,)),
+                       ("Neighbor_alltoallv", "_alltoall_plan", (True,)),
+                       ("Neighbor_alltoallw", "_alltoallw_plan", ()))
 
 
 # As for ivmpi's own classes (ivmpi.comm): a method called on an object

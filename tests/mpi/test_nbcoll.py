@@ -566,7 +566,7 @@ def test_bound_nonblocking_calls_take_arguments_as_the_methods_do(comm):
     from ivmpi.nbcoll import NONBLOCKING_STARTERS
     size, rank = comm.size, comm.rank
     if not comm._routed:      # across regions they are the library's calls
-        assert type(comm.__dict__["Iallreduce"]).__name__ == "BoundNonblocking"
+        assert type(comm.__dict__["Iallreduce"]).__name__ == "BoundCollective"
     for name, _, names, defaults, _ in NONBLOCKING_STARTERS:
         # The parameters of mpi4py's method (after self), and its defaults.
         params = list(inspect.signature(getattr(LIB.Intracomm, name)).parameters.values())[1:]
