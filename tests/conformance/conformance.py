@@ -62,6 +62,13 @@ def listed(path):
         return [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
 
 
+# Open MPI's launcher on this machine kind now and then fails before any
+# rank starts, printing this; such a run is launched again (at most
+# LAUNCH_RETRIES times), since no test ran at all.
+LAUNCH_FAILURE = "The PMIx server's listener thread failed to start"
+LAUNCH_RETRIES = 2
+
+
 def run_module(testdir, module, nranks, timeout, outdir, hosts=None):
     """One mpirun of one module on nranks ranks (laid out over simulated
     hosts as `hosts` says, e.g. "2+2", when given)."""
@@ -114,9 +121,15 @@ def main(argv=None):
     print(f"{'module':<24}{'ranks':>8}{'passed':>8}{'failed':>8}{'skipped':>9}{'seconds':>9}  status")
     for nranks, hosts in runs:
         for module in modules:
-            with tempfile.TemporaryDirectory() as outdir:
-                rc, output, seconds, reports = run_module(testdir, module, nranks, args.timeout,
-                                                          outdir, hosts)
+            for attempt in range(1 + LAUNCH_RETRIES):
+                with tempfile.TemporaryDirectory() as outdir:
+                    rc, output, seconds, reports = run_module(testdir, module, nranks,
+                                                              args.timeout, outdir, hosts)
+                if reports or LAUNCH_FAILURE not in output:
+                    break
+                # mpirun itself could not start (no rank ran): not the module's doing.
+                print(f"    {module} on {hosts or nranks}: mpirun did not start "
+                      f"({LAUNCH_FAILURE}...); launching again", flush=True)
             run = max((r["run"] for r in reports), default=0)
             skipped = max((r["skipped"] for r in reports), default=0)
             failed_tests = set()
