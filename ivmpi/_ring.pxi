@@ -344,14 +344,16 @@ cdef class TxRing:
                     n = chunk
                 waited = 0
                 streamed = self.streamed_chunks_left > 0
-                started = 0 if streamed else _now_ns()
-                while not self.write_frame(5, 0, 0, offset, send_id,
-                                           <const char *>view.buf + offset, n, streamed):
+                while True:
+                    # Only the attempt that publishes is timed, not the waits.
+                    started = 0 if streamed else _now_ns()
+                    if self.write_frame(5, 0, 0, offset, send_id,
+                                        <const char *>view.buf + offset, n, streamed):
+                        break
                     if waited >= spins or (watch is not None and watch.poll()):
                         return offset
                     waited += 1
                     rg_relax()
-                    started = 0 if streamed else _now_ns()
                 if streamed:
                     self.streamed_chunks_left -= 1
                 elif n >= 16384:
