@@ -1882,8 +1882,14 @@ cdef int _await(object req, object op) except -1:
     then the engine's wait does the rest."""
     comm = req._comm
     fast = getattr(comm, "_fast", None)
-    if type(fast) is FastPath and (<FastPath>fast)._poll_op(op) >= 0 and (<Op>op).done:
-        return 0
+    if type(fast) is FastPath:
+        if type(op) is LibraryRecv or type(op) is LibrarySend:
+            # A library operation of a rank in another region: polled in C
+            # (as the engine's wait starts) without a Python frame.
+            if _spin(op, (<FastPath>fast).spins):
+                return 0
+        elif (<FastPath>fast)._poll_op(op) >= 0 and (<Op>op).done:
+            return 0
     comm._engine.wait(op, req)
     return 0
 

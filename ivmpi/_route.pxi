@@ -187,7 +187,7 @@ cdef class LibraryRecv(RecvOp):
         """The matched probe found this receive's message: receive it
         (MPI_Imrecv) into the caller's buffer, a new one for an object, or
         a scratch one when it does not fit."""
-        cdef int n = 0, err
+        cdef int n = 0, err, flag = 0
         cdef char *target
         MPI_Get_count(status, MPI_BYTE, &n)
         if self.base == NULL:
@@ -205,8 +205,13 @@ cdef class LibraryRecv(RecvOp):
             self.status_source = self.route.ranks[status.MPI_SOURCE]
         self.total = n
         err = MPI_Imrecv(target, n, MPI_BYTE, message, &self.request)
-        if err != MPI_SUCCESS:
-            self._finish(err)
+        if err == MPI_SUCCESS:
+            # A message the library holds already (eager) is complete now:
+            # its receive needs no registering and no wait.
+            err = MPI_Test(&self.request, &flag, MPI_STATUS_IGNORE)
+            if err == MPI_SUCCESS and not flag:
+                return 0
+        self._finish(err)
         return 0
 
     cdef int _finish(self, int err) except -1:
@@ -646,6 +651,9 @@ cdef class RoutedPath:
         cdef Py_ssize_t extent, nbytes, offset
         cdef LibraryRecv op
         cdef FastPath fast = self.fast
+        cdef int found = 0
+        cdef MPI_Message message
+        cdef MPI_Status status
         if not fast.enabled or tag < -1 or tag > _TAG_UB:
             return None
         op = LibraryRecv.__new__(LibraryRecv)
@@ -676,8 +684,14 @@ cdef class RoutedPath:
             op.state = "waiting for a matching message (through the MPI library)"
             if fast.scope is not None:
                 op.scope = fast.scope
-            self.probing.append(op)
-            self._advance()
+            if self.probing:
+                self.probing.append(op)
+                self._advance()
+            elif MPI_Improbe(op.lib_source, op.lib_tag, self.handle, &found, &message,
+                             &status) == MPI_SUCCESS and found:
+                op._matched(&message, &status)      # there already: no list to join
+            else:
+                self.probing.append(op)
         finally:
             fast.lock.leave()
         return op
@@ -722,7 +736,8 @@ cdef class RoutedPath:
             want = -1 if tag is None or tag == self.fast.any_tag else tag
             op = self._post(buf, src, want, False)
             if op is not None:
-                self._register(op)
+                if not (<LibraryRecv>op).done:
+                    self._register(op)
                 return self.fast.new_request(self.fast.comm, op, None, ("Irecv", "from", src))
         return self.f_Irecv(buf, source, tag)
 
