@@ -11,15 +11,19 @@
 # the engine earlier that could match one of its messages (ANY_SOURCE
 # included).  Otherwise the engine's general path takes the call, as before.
 #
-# A direct receive is the library's matched probe (MPI_Improbe) of its
-# source and tag, then MPI_Imrecv: the probe gives the size first, so a
-# message too large for the buffer goes to a buffer of its own size (Open
-# MPI writes a truncated rendezvous message past the receive buffer).
-# Unmatched direct receives keep a list in post order; each probes only
-# while no earlier unmatched one could take the same message, and when the
-# engine takes the handle's messages for its own receives (RoutedPath.take)
-# it hands them theirs first, since they were posted first.  All of it runs
-# under the engine's lock.
+# Between regions a message of up to _DIRECT_MAX bytes is one library
+# message on the handle.  A larger one is a marker there, exactly
+# _MARKER_LEN bytes (its size and a tag), then its data on the job's bulk
+# communicator (a duplicate of the library's world) under that tag, unique
+# per pair of ranks.  Every message on a handle therefore fits in
+# _MARKER_LEN bytes and goes eagerly, so a receive can be posted to the
+# library before its message comes (MPI_Irecv, as plain mpi4py does): Open
+# MPI writes a truncated rendezvous message past the receive buffer, which
+# no handle message can be; the data's own receive is posted knowing its
+# size, into the caller's buffer or, when it does not fit, a buffer of that
+# size (the receive then reports truncation).  The library matches posted
+# receives in post order, before the engine's matched probes see anything.
+# docs/routing.md describes the protocol.
 #
 # The library's requests are tested here, with the GIL held (never two
 # threads on one request), polling a while as the ring fast paths do, then
@@ -45,6 +49,11 @@ cdef extern from "mpi.h" nogil:
         MPI_ANY_TAG
         MPI_ANY_SOURCE
     int MPI_Isend(const void *, int, MPI_Datatype, int, int, MPI_Comm, MPI_Request *)
+    int MPI_Irecv(void *, int, MPI_Datatype, int, int, MPI_Comm, MPI_Request *)
+    int MPI_Mrecv(void *, int, MPI_Datatype, MPI_Message *, MPI_Status *)
+    int MPI_Cancel(MPI_Request *)
+    int MPI_Wait(MPI_Request *, MPI_Status *)
+    int MPI_Test_cancelled(const MPI_Status *, int *)
     int MPI_Issend(const void *, int, MPI_Datatype, int, int, MPI_Comm, MPI_Request *)
     int MPI_Improbe(int, int, MPI_Comm, int *, MPI_Message *, MPI_Status *)
     int MPI_Imrecv(void *, int, MPI_Datatype, MPI_Message *, MPI_Request *)
@@ -61,9 +70,100 @@ cdef enum:
     _ROUTE_STANDARD = 0
     _ROUTE_SYNC = 1
     _ROUTE_BUFFERED = 2
+    # The wire protocol between regions (above, docs/routing.md).
+    _DIRECT_MAX = 1024          # larger messages: a marker, then the data on the bulk communicator
+    _MARKER_LEN = 1040          # no direct message has this length
+    _MARKER_MAGIC = 0x424d5649  # "IVMB" little-endian: the marker's first four bytes
 
 
 cdef class RoutedPath
+
+# The bulk communicator of the job (none while every rank shares one region)
+# and the next tag for each destination world rank.
+cdef MPI_Comm _bulk = NULL
+cdef uint32_t *_bulk_next = NULL
+cdef Py_ssize_t _bulk_ranks = 0
+cdef uint32_t _bulk_tag_ub = 32767
+
+
+def set_bulk_communicator(handle, Py_ssize_t size, long tag_ub):
+    """The library communicator (a duplicate of its world, made alike on
+    every rank) that carries the data of messages between regions larger
+    than _DIRECT_MAX bytes; tag_ub its largest tag."""
+    global _bulk, _bulk_next, _bulk_ranks, _bulk_tag_ub
+    cdef uint32_t *table = <uint32_t *>calloc(size if size > 0 else 1, sizeof(uint32_t))
+    if table == NULL:
+        raise MemoryError()
+    free(_bulk_next)
+    _bulk_next, _bulk_ranks = table, size
+    _bulk_tag_ub = <uint32_t>min(max(tag_ub, 32767), 0x7fffffff)
+    _bulk = <MPI_Comm><intptr_t>handle
+
+
+cdef inline uint32_t _next_bulk_tag(Py_ssize_t world) noexcept:
+    """A tag for the next large message to `world` (the GIL makes the
+    increment atomic: two threads never get the same one)."""
+    cdef uint32_t tag = _bulk_next[world]
+    _bulk_next[world] = 0 if tag >= _bulk_tag_ub else tag + 1
+    return tag
+
+
+cdef bytes _marker(uint32_t tag, uint64_t size):
+    """The handle's message announcing `size` bytes on the bulk communicator
+    under `tag`: magic, tag, size (little-endian), zeros to _MARKER_LEN."""
+    cdef bytes marker = PyBytes_FromStringAndSize(NULL, _MARKER_LEN)
+    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(marker)
+    cdef int i
+    memset(p, 0, _MARKER_LEN)
+    for i in range(4):
+        p[i] = (_MARKER_MAGIC >> (8 * i)) & 0xff
+        p[4 + i] = (tag >> (8 * i)) & 0xff
+    for i in range(8):
+        p[8 + i] = (size >> (8 * i)) & 0xff
+    return marker
+
+
+cdef int _read_marker(const unsigned char *p, uint32_t *tag, uint64_t *size) except -1:
+    """The tag and size a marker announces; an error naming the cause when
+    it is not one (another program on the library's communicator, or a
+    corrupt peer)."""
+    cdef uint32_t magic = 0
+    cdef int i
+    tag[0] = 0
+    size[0] = 0
+    for i in range(4):
+        magic |= (<uint32_t>p[i]) << (8 * i)
+        tag[0] |= (<uint32_t>p[4 + i]) << (8 * i)
+    for i in range(8):
+        size[0] |= (<uint64_t>p[8 + i]) << (8 * i)
+    if magic != _MARKER_MAGIC or size[0] <= _DIRECT_MAX or size[0] > _ROUTE_MAX_COUNT \
+            or tag[0] > _bulk_tag_ub or _bulk == NULL:
+        raise RegionError(f"ivmpi: a {_MARKER_LEN}-byte message between regions is not a "
+                          f"valid marker (magic {magic:#x}, size {size[0]}, tag {tag[0]})")
+    return 0
+
+
+def marker(Py_ssize_t dest_world, Py_ssize_t size):
+    """(marker bytes, bulk tag) for a message of `size` bytes to dest_world
+    (ivmpi.routing's sends of the engine's general path)."""
+    if _bulk == NULL or not 0 <= dest_world < _bulk_ranks:
+        raise RegionError(f"ivmpi: no bulk communicator to reach world rank {dest_world}")
+    tag = _next_bulk_tag(dest_world)
+    return _marker(tag, size), tag
+
+
+def read_marker(const unsigned char[::1] data):
+    """(bulk tag, size) of a marker received by ivmpi.routing."""
+    cdef uint32_t tag
+    cdef uint64_t size
+    if data.shape[0] != _MARKER_LEN:
+        raise RegionError(f"ivmpi: a marker between regions must be {_MARKER_LEN} bytes")
+    _read_marker(&data[0], &tag, &size)
+    return tag, size
+
+
+DIRECT_MAX = _DIRECT_MAX
+MARKER_LEN = _MARKER_LEN
 
 
 cdef object _message_of(MPI_Message message):
@@ -113,11 +213,13 @@ cdef class LibraryCounts:
 
 
 cdef class LibrarySend(SendOp):
-    """A send in the library's hands: done when the library says so."""
+    """A send in the library's hands: done when the library says so (its
+    marker's send too, for a large message)."""
     cdef MPI_Request request
+    cdef MPI_Request marker_request
     cdef Py_buffer view
     cdef bint pinned
-    cdef object keep            # a private copy or the pickled bytes being sent
+    cdef object keep            # the marker being sent
 
     def __dealloc__(self):
         if self.pinned:
@@ -134,40 +236,49 @@ cdef class LibrarySend(SendOp):
         return 0
 
     cpdef bint test(self) except -1:
-        """One MPI_Test; True once complete."""
-        cdef int flag = 0, err
+        """MPI_Test of the marker (while not done) and the data; True once
+        both are complete."""
+        cdef int flag = 0, err = MPI_SUCCESS
         if self.done:
             return True
-        err = MPI_Test(&self.request, &flag, MPI_STATUS_IGNORE)
+        if self.keep is not None:
+            err = MPI_Test(&self.marker_request, &flag, MPI_STATUS_IGNORE)
+            if err == MPI_SUCCESS and flag:
+                self.keep = None
+                flag = 0
+        if err == MPI_SUCCESS:
+            err = MPI_Test(&self.request, &flag, MPI_STATUS_IGNORE)
         if err != MPI_SUCCESS:
             self._finish()
             self.error = _library_error(err, "send")
             return True
-        if flag:
+        if flag and self.keep is None:
             self._finish()
-        return flag
+            return True
+        return False
 
     def spin(self, int spins):
         return _spin(self, spins)
 
 
 cdef class LibraryRecv(RecvOp):
-    """A receive from a rank of another region, matched by the library's
-    matched probe (MPI_Improbe) while first in MPI order among this
-    communicator's receives, then received with MPI_Imrecv: into the
-    caller's buffer when the message fits, else into a buffer of its size
-    (the receive then reports truncation: the library may write past a
-    receive buffer that is too small).  Its status fields are filled as the
-    engine fills them (the source a world rank)."""
+    """A receive from a rank of another region, posted to the library on the
+    communicator's handle (MPI_Irecv) while first in MPI order among this
+    communicator's receives: into the caller's buffer when it can hold a
+    marker, else into a marker-sized buffer of its own.  A marker's data is
+    then received from the bulk communicator, into the caller's buffer when
+    it fits, else into a buffer of its size (the receive then reports
+    truncation).  Its status fields are filled as the engine fills them
+    (the source a world rank)."""
     cdef MPI_Request request
     cdef Py_buffer view
     cdef bint pinned
-    cdef bint probing            # not matched yet: in its RoutedPath's probing list
+    cdef bint bulk                   # its request is the data's, on the bulk communicator
     cdef bint truncated
     cdef RoutedPath route
-    cdef int lib_source, lib_tag     # what its matched probe asks the library for
-    cdef char *base                  # the caller's buffer (pinned), None: an object
+    cdef char *base                  # the caller's buffer (pinned), NULL: an object
     cdef Py_ssize_t capacity
+    cdef object bounce               # the handle's message, when the caller's buffer is small
     cdef object scratch              # a too-large message's bytes
     cdef public str state
 
@@ -183,41 +294,89 @@ cdef class LibraryRecv(RecvOp):
         self.mem = None
         return 0
 
-    cdef int _matched(self, MPI_Message *message, MPI_Status *status) except -1:
-        """The matched probe found this receive's message: receive it
-        (MPI_Imrecv) into the caller's buffer, a new one for an object, or
-        a scratch one when it does not fit."""
-        cdef int n = 0, err, flag = 0
+    cdef int _start(self, int source, int tag) except -1:
+        """Post the receive on the handle (engine lock held), and take its
+        message if it is there already."""
+        cdef char *target
+        cdef int n, err
+        if self.base != NULL and self.capacity >= _MARKER_LEN:
+            target = self.base
+            n = <int>min(self.capacity, _ROUTE_MAX_COUNT)
+        else:
+            self.bounce = PyByteArray_FromStringAndSize(NULL, _MARKER_LEN)
+            target = PyByteArray_AS_STRING(self.bounce)
+            n = _MARKER_LEN
+        err = MPI_Irecv(target, n, MPI_BYTE, source, tag, self.route.handle, &self.request)
+        if err != MPI_SUCCESS:
+            raise _library_error(err, "receive")
+        self.test()
+        return 0
+
+    cdef int _arrived(self, MPI_Status *status) except -1:
+        """The handle's message came: the data itself (copied from the
+        bounce buffer if there), or a marker, whose data is received next
+        from the bulk communicator."""
+        cdef int n = 0, err
+        cdef uint32_t tag
+        cdef uint64_t size
+        cdef char *held
         cdef char *target
         MPI_Get_count(status, MPI_BYTE, &n)
-        if self.base == NULL:
-            self.data = PyByteArray_FromStringAndSize(NULL, n)
-            target = PyByteArray_AS_STRING(self.data)
-        elif n > self.capacity:
-            self.truncated = True
-            self.scratch = PyByteArray_FromStringAndSize(NULL, n)
-            target = PyByteArray_AS_STRING(self.scratch)
-        else:
-            target = self.base
-        self.probing = False
         self.status_tag = status.MPI_TAG
         if 0 <= status.MPI_SOURCE < len(self.route.ranks):
             self.status_source = self.route.ranks[status.MPI_SOURCE]
-        self.total = n
-        err = MPI_Imrecv(target, n, MPI_BYTE, message, &self.request)
-        if err == MPI_SUCCESS:
-            # A message the library holds already (eager) is complete now:
-            # its receive needs no registering and no wait.
-            err = MPI_Test(&self.request, &flag, MPI_STATUS_IGNORE)
-            if err == MPI_SUCCESS and not flag:
+        held = self.base if self.bounce is None else PyByteArray_AS_STRING(self.bounce)
+        if n == _MARKER_LEN and self.status_source < 0:
+            n = -1      # (a source outside the communicator: reported below)
+        if n != _MARKER_LEN:
+            if not 0 <= n <= _DIRECT_MAX:
+                self._finish(MPI_SUCCESS)
+                self.count = 0
+                self.error = RegionError(
+                    f"ivmpi: a {n}-byte message between regions on the handle: messages there "
+                    f"are at most {_DIRECT_MAX} bytes or markers of {_MARKER_LEN}")
                 return 0
-        self._finish(err)
+            self.total = n
+            if self.bounce is not None:
+                if self.base == NULL:
+                    self.data = PyByteArray_FromStringAndSize(held, n)
+                elif n > self.capacity:
+                    self.truncated = True
+                else:
+                    memcpy(self.base, held, n)
+            self._finish(MPI_SUCCESS)
+            return 0
+        try:
+            _read_marker(<const unsigned char *>held, &tag, &size)
+        except RegionError as exc:
+            self._finish(MPI_SUCCESS)
+            self.count = 0
+            self.error = exc
+            return 0
+        self.bounce = None
+        self.total = <Py_ssize_t>size
+        if self.base == NULL:
+            self.data = PyByteArray_FromStringAndSize(NULL, <Py_ssize_t>size)
+            target = PyByteArray_AS_STRING(self.data)
+        elif <Py_ssize_t>size > self.capacity:
+            self.truncated = True
+            self.scratch = PyByteArray_FromStringAndSize(NULL, <Py_ssize_t>size)
+            target = PyByteArray_AS_STRING(self.scratch)
+        else:
+            target = self.base
+        self.bulk = True
+        self.state = "receiving through the MPI library"
+        err = MPI_Irecv(target, <int>size, MPI_BYTE, self.status_source, <int>tag, _bulk,
+                        &self.request)
+        if err != MPI_SUCCESS:
+            self._finish(err)
         return 0
 
     cdef int _finish(self, int err) except -1:
         cdef Py_ssize_t n = self.total
         self._release()
         self.scratch = None
+        self.bounce = None
         self.state = "done"
         if err != MPI_SUCCESS:
             self.error = _library_error(err, "receive")
@@ -232,39 +391,50 @@ cdef class LibraryRecv(RecvOp):
         return 0
 
     cpdef bint test(self) except -1:
-        """Advance: the matched probe while unmatched (when the engine's
-        lock is free or ours), then one MPI_Test; True once complete."""
+        """One MPI_Test of the handle's receive or, after a marker, of the
+        data's; True once complete."""
         cdef int flag = 0, err
+        cdef MPI_Status status
         if self.done:
             return True
-        if self.probing:
-            if not self.route.fast.lock.enter():
-                return False
-            try:
-                self.route._advance()
-            finally:
-                self.route.fast.lock.leave()
-            if self.probing or self.done:
-                return self.done
-        err = MPI_Test(&self.request, &flag, MPI_STATUS_IGNORE)
-        if err != MPI_SUCCESS or flag:
+        err = MPI_Test(&self.request, &flag, &status)
+        if err != MPI_SUCCESS:
             self._finish(err)
             return True
-        return False
+        if not flag:
+            return False
+        if self.bulk:
+            self._finish(MPI_SUCCESS)
+            return True
+        self._arrived(&status)
+        if not self.done:
+            # The data's receive, posted just now: usually there already.
+            err = MPI_Test(&self.request, &flag, MPI_STATUS_IGNORE)
+            if err != MPI_SUCCESS or flag:
+                self._finish(err)
+        return self.done
 
     def spin(self, int spins):
         return _spin(self, spins)
 
     def cancel(self):
-        """Cancel while unmatched (engine lock held); a matched receive
-        completes as received."""
-        if self.probing:
-            self.route.probing.remove(self)
-            self.probing = False
+        """Cancel while the handle's message has not come (engine lock held);
+        one that came completes the receive as usual."""
+        cdef MPI_Status status
+        cdef int flag = 0
+        if self.done or self.bulk:
+            return self.cancelled
+        MPI_Cancel(&self.request)
+        MPI_Wait(&self.request, &status)    # at once: handle messages are eager
+        MPI_Test_cancelled(&status, &flag)
+        if flag:
             self._release()
+            self.bounce = None
             self.cancelled = True
             self.state = "done"
             self.done = True
+        else:
+            self._arrived(&status)
         return self.cancelled
 
 
@@ -306,6 +476,64 @@ def poll_library(list ops):
     return moved
 
 
+def take_messages(intptr_t handle, list ranks, long context, arrive, incoming, long kind,
+                  LibraryCounts received):
+    """Every message that arrived on the library communicator `handle` and no
+    posted receive took, in arrival order, to arrive() as incoming(world
+    source, tag, context, size, data, 0, kind): data the library's Message,
+    or for a marker (received here) the bulk tag of its data, as a
+    BulkData.  ranks: world rank by rank of `handle`.  True when any came."""
+    cdef MPI_Comm comm = <MPI_Comm>handle
+    cdef int found, n, err
+    cdef MPI_Message message
+    cdef MPI_Status status
+    cdef bint moved = False
+    cdef long world
+    cdef uint32_t tag
+    cdef uint64_t size
+    cdef unsigned char header[_MARKER_LEN]
+    while True:
+        found = 0
+        err = MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm, &found, &message, &status)
+        if err != MPI_SUCCESS:
+            raise _library_error(err, "probe")
+        if not found:
+            return moved
+        moved = True
+        n = 0
+        MPI_Get_count(&status, MPI_BYTE, &n)
+        if not 0 <= status.MPI_SOURCE < len(ranks):
+            raise RegionError(f"ivmpi: a message between regions from rank "
+                              f"{status.MPI_SOURCE}, outside the communicator")
+        world = ranks[status.MPI_SOURCE]
+        if n == _MARKER_LEN:
+            err = MPI_Mrecv(header, _MARKER_LEN, MPI_BYTE, &message, MPI_STATUS_IGNORE)
+            if err != MPI_SUCCESS:
+                raise _library_error(err, "receive")
+            _read_marker(header, &tag, &size)
+            data = BulkData(world, tag)
+            n = <int>size
+        elif n > _DIRECT_MAX:
+            raise RegionError(
+                f"ivmpi: a {n}-byte message between regions on the handle: messages there "
+                f"are at most {_DIRECT_MAX} bytes or markers of {_MARKER_LEN}")
+        else:
+            data = _message_of(message)
+        received.add(world, n)
+        arrive(incoming(world, status.MPI_TAG, context, n, data, 0, kind))
+
+
+class BulkData:
+    """Where the data of a large message between regions waits: from world
+    rank `source` on the bulk communicator under `tag` (ivmpi.routing
+    receives it)."""
+    __slots__ = ("source", "tag")
+
+    def __init__(self, source, tag):
+        self.source = source
+        self.tag = tag
+
+
 cdef class RoutedPath:
     """The point-to-point calls of a communicator spanning regions: to and
     from ranks of other regions straight through the library, the others
@@ -317,9 +545,7 @@ cdef class RoutedPath:
     cdef const unsigned char *routed     # 1: that communicator rank is in another region
     cdef list ranks                      # world rank of each communicator rank
     cdef list ops                        # the engine's library operations in flight
-    cdef list probing                    # direct receives not matched yet, in post order
     cdef LibraryCounts sent, received, sent_direct, received_direct
-    cdef int tag_any
     # FastPath's own calls, for the ranks of this region.
     cdef object f_Send, f_Recv, f_Isend, f_Irecv, f_Ssend, f_Issend, f_send, f_recv
     cdef object f_isend, f_ssend, f_issend, f_Sendrecv
@@ -333,10 +559,8 @@ cdef class RoutedPath:
         self.routed = self.routed_flags
         self.ranks = fast.world_ranks
         self.ops = ops
-        self.probing = []
         self.sent, self.received = sent, received
         self.sent_direct, self.received_direct = sent_direct, received_direct
-        self.tag_any = MPI_ANY_TAG
         self.f_Send, self.f_Recv, self.f_Isend, self.f_Irecv = fast.Send, fast.Recv, fast.Isend, \
             fast.Irecv
         self.f_Ssend, self.f_Issend = fast.Ssend, fast.Issend
@@ -357,10 +581,12 @@ cdef class RoutedPath:
         a plain buffer, a bad tag, a freed communicator)."""
         cdef Py_buffer view
         cdef Py_ssize_t extent, nbytes, offset
-        cdef MPI_Request request = MPI_REQUEST_NULL
-        cdef int err, flag = 0
+        cdef MPI_Request request = MPI_REQUEST_NULL, marker_request = MPI_REQUEST_NULL
+        cdef MPI_Comm data_comm
+        cdef int err, flag = 0, data_dest, data_tag
         cdef LibrarySend op
-        cdef object keep = None
+        cdef object keep = None, marker = None
+        cdef long world
         if not self.fast.enabled or tag < 0 or tag > _TAG_UB:
             return None
         plain = self.fast._plain_at(buf, &extent, &nbytes, &offset)
@@ -387,25 +613,49 @@ cdef class RoutedPath:
         if not _span(view.len, extent, offset, &nbytes) or nbytes > _ROUTE_MAX_COUNT:
             PyBuffer_Release(&view)
             return None
+        world = self.ranks[dest]
+        data_comm, data_dest, data_tag = self.handle, <int>dest, <int>tag
+        if nbytes > _DIRECT_MAX:
+            # The data on the bulk communicator, then its marker on the
+            # handle: by the time the receiver reads the marker, the data's
+            # envelope is there for its receive to match at once.
+            if _bulk == NULL or not 0 <= world < _bulk_ranks:
+                PyBuffer_Release(&view)
+                return None
+            data_tag = <int>_next_bulk_tag(world)
+            data_comm, data_dest = _bulk, <int>world
         if mode == _ROUTE_SYNC:
-            err = MPI_Issend(<char *>view.buf + offset, <int>nbytes, MPI_BYTE, dest, tag,
-                             self.handle, &request)
+            err = MPI_Issend(<char *>view.buf + offset, <int>nbytes, MPI_BYTE, data_dest,
+                             data_tag, data_comm, &request)
         else:
-            err = MPI_Isend(<char *>view.buf + offset, <int>nbytes, MPI_BYTE, dest, tag,
-                            self.handle, &request)
+            err = MPI_Isend(<char *>view.buf + offset, <int>nbytes, MPI_BYTE, data_dest,
+                            data_tag, data_comm, &request)
         if err != MPI_SUCCESS:
             PyBuffer_Release(&view)
             raise _library_error(err, "send")
-        world = self.ranks[dest]
+        if nbytes > _DIRECT_MAX:
+            marker = _marker(<uint32_t>data_tag, <uint64_t>nbytes)
+            err = MPI_Isend(PyBytes_AS_STRING(marker), _MARKER_LEN, MPI_BYTE, dest, tag,
+                            self.handle, &marker_request)
+            if err != MPI_SUCCESS:
+                # (the data's send stays with the library: nothing will receive it)
+                PyBuffer_Release(&view)
+                raise _library_error(err, "send")
+            if MPI_Test(&marker_request, &flag, MPI_STATUS_IGNORE) == MPI_SUCCESS and flag:
+                marker = None
         self.sent.add(world, nbytes)
         self.sent_direct.add(world, nbytes)
-        if MPI_Test(&request, &flag, MPI_STATUS_IGNORE) == MPI_SUCCESS and flag:
+        flag = 0
+        if marker is None and MPI_Test(&request, &flag, MPI_STATUS_IGNORE) == MPI_SUCCESS \
+                and flag:
             PyBuffer_Release(&view)
             return True
         # In flight: the operation keeps the buffer exported until done (a
         # buffered send's private copy: that send is complete all the same).
         op = LibrarySend.__new__(LibrarySend)
         op.request = request
+        op.marker_request = marker_request
+        op.keep = marker
         op.view = view
         op.pinned = True
         op.peer = world
@@ -569,77 +819,13 @@ cdef class RoutedPath:
                     return False
         return True
 
-    cdef int _advance(self) except -1:
-        """Engine lock held: each unmatched receive, in post order, asks the
-        library for its next message (MPI_Improbe), unless an earlier
-        unmatched one could take that message too."""
-        cdef list probing = self.probing
-        cdef LibraryRecv op, before
-        cdef Py_ssize_t i, j
-        cdef int found
-        cdef MPI_Message message
-        cdef MPI_Status status
-        cdef bint moved = False, blocked
-        for i in range(len(probing)):
-            op = <LibraryRecv>probing[i]
-            blocked = False
-            for j in range(i):
-                before = <LibraryRecv>probing[j]
-                if before.probing and before.lib_source == op.lib_source and (
-                        before.lib_tag == self.tag_any or op.lib_tag == self.tag_any
-                        or before.lib_tag == op.lib_tag):
-                    blocked = True
-                    break
-            if blocked:
-                continue
-            found = 0
-            if MPI_Improbe(op.lib_source, op.lib_tag, self.handle, &found, &message,
-                           &status) != MPI_SUCCESS:
-                continue
-            if found:
-                op._matched(&message, &status)
-                moved = True
-        if moved:
-            self.probing = [p for p in probing if (<LibraryRecv>p).probing]
-        return 0
-
     def take(self, arrive, incoming, long kind):
-        """Engine lock held: every message that arrived on the handle, in
-        arrival order: to the unmatched direct receive it belongs to (they
-        were posted before any receive of the engine that could also take
-        it), else into the engine's matching as an Incoming (the library's
-        Message its data).  True when any came."""
-        cdef int found, n, err
-        cdef MPI_Message message
-        cdef MPI_Status status
-        cdef LibraryRecv op
-        cdef bint moved = False
-        cdef long world
-        if self.probing:
-            self._advance()
-        while True:
-            found = 0
-            err = MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, self.handle, &found, &message,
-                              &status)
-            if err != MPI_SUCCESS:
-                raise _library_error(err, "probe")
-            if not found:
-                return moved
-            moved = True
-            for item in self.probing:
-                op = <LibraryRecv>item
-                if op.lib_source == status.MPI_SOURCE and (op.lib_tag == self.tag_any
-                                                           or op.lib_tag == status.MPI_TAG):
-                    op._matched(&message, &status)
-                    self.probing.remove(op)
-                    break
-            else:
-                n = 0
-                MPI_Get_count(&status, MPI_BYTE, &n)
-                world = self.ranks[status.MPI_SOURCE]
-                self.received.add(world, n)
-                arrive(incoming(world, status.MPI_TAG, self.fast.context, n,
-                                _message_of(message), 0, kind))
+        """Engine lock held: every message that arrived on the handle and no
+        posted receive took, in arrival order, into the engine's matching as
+        an Incoming (its data the library's Message, or for a marker the
+        bulk tag of its data).  True when any came."""
+        return take_messages(<intptr_t>self.handle, self.ranks, self.fast.context, arrive,
+                             incoming, kind, self.received)
 
     cdef object _post(self, object buf, long source, long tag, bint obj):
         """A direct receive of (source, tag): a LibraryRecv (matched already
@@ -651,9 +837,6 @@ cdef class RoutedPath:
         cdef Py_ssize_t extent, nbytes, offset
         cdef LibraryRecv op
         cdef FastPath fast = self.fast
-        cdef int found = 0
-        cdef MPI_Message message
-        cdef MPI_Status status
         if not fast.enabled or tag < -1 or tag > _TAG_UB:
             return None
         op = LibraryRecv.__new__(LibraryRecv)
@@ -672,9 +855,6 @@ cdef class RoutedPath:
             if not self._first_in_order(source, tag):
                 return None
             op.route = self
-            op.probing = True
-            op.lib_source = source
-            op.lib_tag = self.tag_any if tag == -1 else tag
             op.peer = op.source = self.ranks[source]
             op.tag = tag
             op.context = fast.context
@@ -684,14 +864,7 @@ cdef class RoutedPath:
             op.state = "waiting for a matching message (through the MPI library)"
             if fast.scope is not None:
                 op.scope = fast.scope
-            if self.probing:
-                self.probing.append(op)
-                self._advance()
-            elif MPI_Improbe(op.lib_source, op.lib_tag, self.handle, &found, &message,
-                             &status) == MPI_SUCCESS and found:
-                op._matched(&message, &status)      # there already: no list to join
-            else:
-                self.probing.append(op)
+            op._start(source, MPI_ANY_TAG if tag == -1 else tag)
         finally:
             fast.lock.leave()
         return op

@@ -12,23 +12,25 @@ MPI_Issend) from the caller's buffer; a receive from a known rank of
 another region, when nothing can precede it in MPI order (no message it
 matches already in the engine's unexpected queue, no receive posted to the
 engine earlier that could take one of its messages), is the library's
-matched probe of that rank and tag, then MPI_Imrecv into the caller's
-buffer (or a buffer of the message's size when it does not fit: the
-receive then reports truncation).  Unmatched direct receives probe in post
-order.
+MPI_Irecv, posted before its message comes.  So that no message on a handle
+can overrun a posted receive (Open MPI writes a truncated rendezvous
+message past the receive buffer), messages larger than DIRECT_MAX bytes
+travel as a marker on the handle (their size and a tag) and their data on
+the job's bulk communicator under that tag, received knowing its size
+(docs/routing.md).
 
 Everything else joins the engine's matching: while a receive posted to the
 engine could take a library message (ANY_SOURCE, or a known source whose
 receive could not go straight), and whenever a probe looks, the engine
-takes every message that has arrived on the handle (a matched probe,
-MPI_Improbe), in arrival order: one that an unmatched direct receive wants
-goes to it (posted first), the others to the engine as an Incoming,
-exactly as a frame read from a ring.  Posted receives, ANY_SOURCE, probes,
-matched probes and cancellation therefore behave as they do for region
-messages, and a wait polls both paths in the same loop (with the same
-backoff and IVMPI_TIMEOUT).  A receive that matches such a message
-receives it from the library (MPI_Imrecv).  Every library request in
-flight is tested by the progress rounds.
+takes every message that has arrived on the handle and no posted receive
+took (a matched probe, MPI_Improbe), in arrival order, into its matching as
+an Incoming, exactly as a frame read from a ring.  Posted receives,
+ANY_SOURCE, probes, matched probes and cancellation therefore behave as
+they do for region messages, and a wait polls both paths in the same loop
+(with the same backoff and IVMPI_TIMEOUT).  A receive that matches such a
+message receives it from the library (MPI_Imrecv, or the data's MPI_Irecv
+on the bulk communicator).  Every library request in flight is tested by
+the progress rounds.
 
 A communicator whose members all share this process's region (the common
 case, and every communicator of a job in one region) has no route: none of
@@ -36,19 +38,28 @@ this runs for it.
 """
 from .lib import MPI as _MPI
 
-from ._fastcopy import RoutedPath, poll_library
+from ._fastcopy import (RoutedPath, poll_library, take_messages, marker, BulkData,
+                        set_bulk_communicator, DIRECT_MAX)
 from . import engine as _engine
 from . import hierarchy as _hierarchy
 
-_Improbe = _MPI.Comm.Improbe
 _Isend = _MPI.Comm.Isend
 _Issend = _MPI.Comm.Issend
 _Test = _MPI.Request.Test
 _BYTE = _MPI.BYTE
-_ANY_SOURCE = _MPI.ANY_SOURCE
-_ANY_TAG = _MPI.ANY_TAG
 
 REGION, LIBRARY, SELF = "region", "mpi", "self"
+
+_bulk = None    # the job's bulk communicator, when its ranks are in several regions
+
+
+def start_bulk(world):
+    """Make the bulk communicator (every rank of a job spanning regions, at
+    start-up): a duplicate of the library's world, carrying the data of
+    messages between regions larger than DIRECT_MAX bytes."""
+    global _bulk
+    _bulk = world.Dup()
+    set_bulk_communicator(_bulk.handle, _bulk.Get_size(), _bulk.Get_attr(_MPI.TAG_UB))
 
 
 class Route:
@@ -56,14 +67,13 @@ class Route:
     (a plain mpi4py communicator, so that no ivmpi method is in the way)
     and its peers' world ranks by communicator rank (the remote group's for
     an intercommunicator)."""
-    __slots__ = ("handle", "ranks", "rank_of", "status", "path")
+    __slots__ = ("handle", "ranks", "rank_of", "path")
 
     def __init__(self, handle, world_ranks):
         self.handle = handle
         self.path = None        # its RoutedPath, once the communicator has one
         self.ranks = list(world_ranks)
         self.rank_of = {w: i for i, w in enumerate(self.ranks)}
-        self.status = _MPI.Status()
 
 
 def add_route(engine, context, comm, world_ranks):
@@ -103,23 +113,39 @@ def send(engine, op):
     size = len(mem)
     engine.library_sent.count(op.peer, size)
     dest = route.rank_of[op.peer]
+    comm, data_dest, data_tag = route.handle, dest, op.tag
+    if size > DIRECT_MAX:
+        # The data on the bulk communicator, then its marker on the handle.
+        announce, data_tag = marker(op.peer, size)
+        comm, data_dest = _bulk, op.peer
     if not op.sync and size <= engine.eager_limit:
         # As on the region path, a send up to the eager limit never waits
         # for the receiver: a private copy goes out and the send is done.
         data = bytes(mem)
-        request = _Isend(route.handle, [data, size, _BYTE], dest, op.tag)
+        request = _Isend(comm, [data, size, _BYTE], data_dest, data_tag)
         if not _Test(request):
             engine.library_pending.append((request, None, data))
+        _announce(engine, route, dest, op.tag, size, announce if size > DIRECT_MAX else None)
         _finish(op)
         return op
     # Larger (or synchronous): straight from the caller's buffer.
-    request = (_Issend if op.sync else _Isend)(route.handle, [mem, size, _BYTE], dest, op.tag)
+    request = (_Issend if op.sync else _Isend)(comm, [mem, size, _BYTE], data_dest, data_tag)
+    _announce(engine, route, dest, op.tag, size, announce if size > DIRECT_MAX else None)
     if _Test(request):
         _finish(op)
         return op
     op.state = "sending through the MPI library"
     engine.library_pending.append((request, op, None))
     return op
+
+
+def _announce(engine, route, dest, tag, size, announce):
+    """Send a large message's marker (after its data: ivmpi/_route.pxi)."""
+    if announce is None:
+        return
+    request = _Isend(route.handle, [announce, len(announce), _BYTE], dest, tag)
+    if not _Test(request):
+        engine.library_pending.append((request, None, announce))
 
 
 def receive(engine, incoming, op):
@@ -135,7 +161,12 @@ def receive(engine, incoming, op):
         target = bytearray(size)
     else:
         target = op.mem
-    request = incoming.data.Irecv([target, size, _BYTE])
+    data = incoming.data
+    if type(data) is BulkData:
+        # Its marker was taken: the data waits on the bulk communicator.
+        request = _bulk.Irecv([target, size, _BYTE], data.source, data.tag)
+    else:
+        request = data.Irecv([target, size, _BYTE])
     if _Test(request):
         _finish(op)     # a small message is there already
         return
@@ -148,21 +179,8 @@ def take(engine, context):
     matching, in arrival order (engine lock held).  True when any came."""
     route = engine.routes[context]
     arrive = engine._arrive
-    if route.path is not None:
-        # Unmatched direct receives first (ivmpi/_route.pxi).
-        return route.path.take(arrive, _engine.Incoming, _engine.LIBRARY)
-    status = route.status
-    moved = False
-    while True:
-        message = _Improbe(route.handle, _ANY_SOURCE, _ANY_TAG, status)
-        if message is None:
-            return moved
-        source = route.ranks[status.Get_source()]
-        size = status.Get_count(_BYTE)
-        engine.library_received.count(source, size)
-        arrive(_engine.Incoming(source, status.Get_tag(), context, size, message, 0,
-                                _engine.LIBRARY))
-        moved = True
+    return take_messages(route.handle.handle, route.ranks, context, arrive, _engine.Incoming,
+                         _engine.LIBRARY, engine.library_received)
 
 
 def progress(engine):

@@ -139,6 +139,9 @@ def _start_with_mpi(region_spec):
         # crashes.  On failure it goes too.
         for path in list(_created):
             _unlink_quietly(path)
+    if len(groups) > 1:
+        from . import routing
+        routing.start_bulk(mpi)     # collective: every rank knows the groups alike
     return _finish_start(region, geo, rank, job_id, mpi, _oversubscribed(oversubscribed),
                          members=members, groups=groups)
 

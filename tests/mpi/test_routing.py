@@ -639,3 +639,67 @@ def test_truncation_never_writes_past_the_receive_buffer(comm, nbytes):
         assert not room[100:].any()
         MPI.Request.Waitall(sends)
         comm.Barrier()
+
+
+# --- the wire protocol between regions: direct messages and markers ---------------
+
+from ivmpi._fastcopy import DIRECT_MAX, MARKER_LEN  # noqa: E402
+
+# Around both boundaries: the largest direct message, the smallest marked one,
+# and a message of exactly a marker's length (data, never taken for a marker).
+EDGES = (DIRECT_MAX - 1, DIRECT_MAX, DIRECT_MAX + 1, MARKER_LEN - 1, MARKER_LEN,
+         MARKER_LEN + 1, 3 * MARKER_LEN)
+
+
+@pytest.mark.parametrize("room", (16, MARKER_LEN - 1, MARKER_LEN, 4 * MARKER_LEN))
+def test_sizes_around_the_marker_reach_direct_and_engine_receives(comm, room):
+    """Every size near the boundaries, into receive buffers smaller and
+    larger than a marker, through a direct receive (known source) and the
+    engine's (ANY_SOURCE, after a probe that must report the real size)."""
+    for k in range(1, comm.size):
+        dst, src = (comm.rank + k) % comm.size, (comm.rank - k) % comm.size
+        sends = [comm.Isend(payload(comm.rank, dst, n % 97, n), dst, 50 + i)
+                 for i, n in enumerate(EDGES)]
+        for i, n in enumerate(EDGES):
+            buf = np.zeros(room + 64, np.uint8)
+            status = MPI.Status()
+            if i % 2:
+                comm.Probe(MPI.ANY_SOURCE, 50 + i, status)
+                assert (status.Get_source(), status.Get_count(MPI.BYTE)) == (src, n)
+                source = MPI.ANY_SOURCE
+            else:
+                source = src
+            if n > room:
+                with pytest.raises(MPI.Exception) as info:
+                    comm.Recv([buf, room, MPI.BYTE], source, 50 + i)
+                assert info.value.Get_error_class() == MPI.ERR_TRUNCATE
+            else:
+                comm.Recv([buf, room, MPI.BYTE], source, 50 + i, status)
+                assert (status.Get_source(), status.Get_count(MPI.BYTE)) == (src, n)
+                assert np.array_equal(buf[:n], payload(src, comm.rank, n % 97, n))
+            assert not buf[room:].any()
+        MPI.Request.Waitall(sends)
+        comm.Barrier()
+
+
+@pytest.mark.parametrize("what", ("a bad marker", "an oversized message"))
+def test_a_foreign_message_on_the_handle_is_a_clear_error(comm, what):
+    """The handle carries messages of at most DIRECT_MAX bytes and markers:
+    anything else (another program on the library's communicator, a
+    corrupt peer) fails the receive with an ivmpi error naming it, on the
+    direct and on the engine's path."""
+    peers = [r for r in range(comm.size) if ivmpi.path_to(comm, r) == "mpi"]
+    target = comm.bcast(peers[0] if comm.rank == 0 and peers else None, 0)
+    if target is None:
+        pytest.skip("rank 0 shares its region with every rank")
+    n = MARKER_LEN if what == "a bad marker" else 2 * MARKER_LEN
+    if comm.rank == 0:
+        handle = _native_of(comm)
+        for tag in (77, 78):
+            handle.Send(np.full(n, 0x5A, np.uint8), target, tag)
+    elif comm.rank == target:
+        for source, tag in ((0, 77), (MPI.ANY_SOURCE, 78)):
+            with pytest.raises(Exception) as info:
+                comm.Recv(np.empty(4 * MARKER_LEN, np.uint8), source, tag)
+            assert "between regions" in str(info.value)
+    comm.Barrier()
