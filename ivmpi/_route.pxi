@@ -892,15 +892,18 @@ cdef class RoutedPath:
             want = -1 if tag is None or tag == self.fast.any_tag else tag
             found = self._post(buf, src, want, False)
             if found is not None:
-                op = <LibraryRecv>found
-                if self._wait_recv(op, "Recv") == -2:
-                    # The engine's request reports truncation as the region path does.
-                    self.fast.new_request(self.fast.comm, op, None, ("Recv", "from", src)).Wait(
-                        status)
-                if status is not None:
-                    self.fast.fill_status(status, src, op.status_tag, op.count)
+                self._finish_recv(<LibraryRecv>found, src, status, "Recv")
                 return
         self.f_Recv(buf, source, tag, status)
+
+    cdef int _finish_recv(self, LibraryRecv op, long src, object status, str what) except -1:
+        """Wait for a direct receive of a buffer and fill the status."""
+        if self._wait_recv(op, what) == -2:
+            # The engine's request reports truncation as the region path does.
+            self.fast.new_request(self.fast.comm, op, None, (what, "from", src)).Wait(status)
+        if status is not None:
+            self.fast.fill_status(status, src, op.status_tag, op.count)
+        return 0
 
     def Irecv(self, buf, source=None, tag=None):
         cdef long src = self._source(source)
@@ -940,11 +943,22 @@ cdef class RoutedPath:
         if not to_lib and not from_lib:
             return self.f_Sendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag, status)
         if to_lib:
-            # The library's send does not wait to be posted: receive, then
-            # wait for the send.
+            # The receive is posted first, when it can go straight to the
+            # library (the reply lands in place as it comes); then the
+            # send, which does not wait to be posted; then both complete.
+            posted = None
+            if from_lib:
+                posted = self._post(recvbuf, src, -1 if recvtag is None
+                                    or recvtag == self.fast.any_tag else recvtag, False)
             done = self._isend(sendbuf, dest, sendtag, _ROUTE_STANDARD)
+            if done is None and posted is not None:
+                self.f_Send(sendbuf, dest, sendtag)     # (through the engine)
+                done = True
             if done is not None:
-                self.Recv(recvbuf, source, recvtag, status)
+                if posted is None:
+                    self.Recv(recvbuf, source, recvtag, status)
+                else:
+                    self._finish_recv(<LibraryRecv>posted, src, status, "Sendrecv")
                 self._complete_send(done, "Sendrecv")
                 return
         elif self.fast.send(sendbuf, dest, sendtag):
