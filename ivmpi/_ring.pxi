@@ -35,13 +35,14 @@ cdef extern from "_copycore.h":
 import os as _os
 cdef uint64_t _stream_min = int(_os.environ.get("IVMPI_STREAM_MIN", "4096"))
 
-# DATA chunks of a rendezvous stream go by plain stores, read by the
-# receiver from our cache while we write the next (1 MiB half round trip
-# 50-65 us, against 75-100 us by streaming stores).  But for seconds at a
+# Payloads of 16 KiB or more (DATA chunks of a rendezvous stream, large
+# eager frames) go by plain stores, read by the receiver from our cache
+# (1 MiB half round trip 50-65 us, against 75-100 us by streaming stores;
+# on an Intel Xeon a 64 KiB eager ping-pong 22.8 us against 30).  But for seconds at a
 # time (most likely when the host runs the two vCPUs on cores that share no
 # cache), a plain 64 KiB chunk takes 15-40 us instead of 2-3: each store
 # must first take its line back from the receiver's cache (1 MiB: 400-550
-# us).  So each plain chunk of 16 KiB or more is timed; _SLOW_IN_A_ROW in a
+# us).  So each plain copy of 16 KiB or more is timed (_note_plain_copy); _SLOW_IN_A_ROW in a
 # row slower than _SLOW_CHUNK_NS_PER_KIB (2 GB/s: about half the chunks of
 # the slow phases, almost none otherwise, even with other load) send the
 # next _STREAM_AFTER_SLOW chunks by streaming stores, which never take the
@@ -251,15 +252,31 @@ cdef class TxRing:
         self._publish_frame(fsize)
         return 1
 
+    cdef inline void _note_plain_copy(self, uint64_t n, int64_t took) noexcept:
+        """A plain copy of n >= _NOGIL_MIN bytes into the ring took `took` ns:
+        _SLOW_IN_A_ROW slow ones in a row send the next _STREAM_AFTER_SLOW
+        large payloads by streaming stores (one alone is an interrupt, or
+        the first plain copy after streaming ones)."""
+        if <uint64_t>took <= (n >> 10) * <uint64_t>_SLOW_CHUNK_NS_PER_KIB:
+            self.slow_chunks = 0
+        else:
+            self.slow_chunks += 1
+            if self.slow_chunks >= _SLOW_IN_A_ROW:
+                self.slow_chunks = 0
+                self.streamed_chunks_left = _STREAM_AFTER_SLOW
+
     cdef int write_frame(self, uint32_t kind, int32_t tag, uint32_t context, uint64_t a,
                          uint64_t b, const char *payload, uint64_t length,
                          bint stream=True) except -1:
         """Publish one frame; 1 when published, 0 when the ring has no room yet.
-        stream: a large payload may go by streaming stores (the receiver
-        reads it later, from memory); False for DATA chunks of a message the
-        receiver drains while we write, which are read sooner from our cache."""
+        stream: a payload of _stream_min bytes or more may go by streaming
+        stores (the receiver reads it later, from memory), one of
+        _NOGIL_MIN or more only while plain stores are found slow (above);
+        False: plain stores (a small last DATA chunk, read soon from our
+        cache)."""
         cdef uint64_t fsize = _HDR + _round8(length)
         cdef uint64_t words[_INLINE_WORDS]
+        cdef int64_t started
         cdef char *dst = self._reserve(fsize)
         if dst == NULL:
             return 0
@@ -278,8 +295,17 @@ cdef class TxRing:
         else:
             rg_copy_to(dst, words, _HDR, self.strict)
             if stream and length >= _NOGIL_MIN and not self.strict:
-                with nogil:
-                    rg_stream_to(dst + _HDR, payload, length)
+                # Large: plain stores, timed, unless slow ones sent this
+                # ring to streaming stores for a while (_note_plain_copy).
+                if self.streamed_chunks_left > 0:
+                    self.streamed_chunks_left -= 1
+                    with nogil:
+                        rg_stream_to(dst + _HDR, payload, length)
+                else:
+                    started = _now_ns()
+                    with nogil:
+                        rg_copy_to(dst + _HDR, payload, length, 0)
+                    self._note_plain_copy(length, _now_ns() - started)
             elif stream and length >= _stream_min and not self.strict:
                 rg_stream_to(dst + _HDR, payload, length)
             elif length >= _NOGIL_MIN:
@@ -331,8 +357,6 @@ cdef class TxRing:
         cdef Py_buffer view
         cdef uint64_t total, n
         cdef int waited
-        cdef bint streamed
-        cdef int64_t started
         if chunk == 0:
             raise ValueError("chunk size must be positive")
         PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
@@ -343,34 +367,30 @@ cdef class TxRing:
                 if n > chunk:
                     n = chunk
                 waited = 0
-                streamed = self.streamed_chunks_left > 0
                 while True:
-                    # Only the attempt that publishes is timed, not the waits.
-                    started = 0 if streamed else _now_ns()
                     if self.write_frame(5, 0, 0, offset, send_id,
-                                        <const char *>view.buf + offset, n, streamed):
+                                        <const char *>view.buf + offset, n, n >= _NOGIL_MIN):
                         break
                     if waited >= spins or (watch is not None and watch.poll()):
                         return offset
                     waited += 1
                     rg_relax()
-                if streamed:
-                    self.streamed_chunks_left -= 1
-                elif n >= 16384:
-                    if <uint64_t>(_now_ns() - started) <= \
-                            (n >> 10) * <uint64_t>_SLOW_CHUNK_NS_PER_KIB:
-                        self.slow_chunks = 0
-                    else:
-                        # Several in a row: one alone is an interrupt, or
-                        # the first plain chunk after streaming ones.
-                        self.slow_chunks += 1
-                        if self.slow_chunks >= _SLOW_IN_A_ROW:
-                            self.slow_chunks = 0
-                            self.streamed_chunks_left = _STREAM_AFTER_SLOW
                 offset += n
         finally:
             PyBuffer_Release(&view)
         return offset
+
+    def note_plain_copy(self, uint64_t n, int64_t took_ns):
+        """Record a plain copy of n bytes that took took_ns (as write_frame
+        does for large payloads); the number of large payloads that will now
+        go by streaming stores."""
+        self._note_plain_copy(n, took_ns)
+        return self.streamed_chunks_left
+
+    @property
+    def streaming_left(self):
+        """Large payloads still to go by streaming stores (slow plain copies seen)."""
+        return self.streamed_chunks_left
 
     @property
     def head_index(self):

@@ -477,3 +477,37 @@ def test_release_refused_while_a_copy_runs():
     assert m.closed
     assert all("copy is running" in str(e) for e in errors)
     mm.close()
+
+
+def test_slow_plain_copies_send_large_payloads_by_streaming_stores():
+    """Three slow plain copies in a row (slower than 2 GB/s) switch a ring's
+    large payloads to streaming stores for a while; a fast one in between
+    resets the count; only payloads of 16 KiB or more use the switch, and
+    data arrives intact either way."""
+    from ivmpi._fastcopy import RxRing, TxRing
+    ring_bytes = 1 << 20
+    mm = mmap.mmap(-1, ring_bytes + 4096)
+    mem = Mapping(mm, strict=False)
+    tx, rx = TxRing(mem, 0, ring_bytes, 1), RxRing(mem, 0, ring_bytes, 0)
+    slow, fast = 64 * 1024 * 1000, 1000          # ns for 64 KiB: ~1 MB/s, ~65 GB/s
+    assert tx.streaming_left == 0
+    assert tx.note_plain_copy(65536, slow) == 0
+    assert tx.note_plain_copy(65536, slow) == 0
+    assert tx.note_plain_copy(65536, fast) == 0     # the run of slow ones is broken
+    assert tx.note_plain_copy(65536, slow) == 0
+    assert tx.note_plain_copy(65536, slow) == 0
+    left = tx.note_plain_copy(65536, slow)
+    assert left > 0
+    rng = np.random.default_rng(5)
+    for size in (65536, 4096, 20000, 65536):
+        data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        assert tx.send(1, 3, 0, 0, 0, data)
+        assert rx.poll()
+        assert bytes(rx.payload()) == data
+        rx.consume()
+        if size >= 16384:
+            left -= 1
+        assert tx.streaming_left == left
+    del tx, rx
+    mem.release()
+    mm.close()
