@@ -943,22 +943,13 @@ cdef class RoutedPath:
         if not to_lib and not from_lib:
             return self.f_Sendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag, status)
         if to_lib:
-            # The receive is posted first, when it can go straight to the
-            # library (the reply lands in place as it comes); then the
-            # send, which does not wait to be posted; then both complete.
-            posted = None
-            if from_lib:
-                posted = self._post(recvbuf, src, -1 if recvtag is None
-                                    or recvtag == self.fast.any_tag else recvtag, False)
+            # The library's send does not wait to be posted: send, then
+            # receive (posting the receive first measured slower: its first
+            # test makes the library's progress, which may yield the core,
+            # before the send has left), then wait for the send.
             done = self._isend(sendbuf, dest, sendtag, _ROUTE_STANDARD)
-            if done is None and posted is not None:
-                self.f_Send(sendbuf, dest, sendtag)     # (through the engine)
-                done = True
             if done is not None:
-                if posted is None:
-                    self.Recv(recvbuf, source, recvtag, status)
-                else:
-                    self._finish_recv(<LibraryRecv>posted, src, status, "Sendrecv")
+                self.Recv(recvbuf, source, recvtag, status)
                 self._complete_send(done, "Sendrecv")
                 return
         elif self.fast.send(sendbuf, dest, sendtag):
