@@ -152,16 +152,6 @@ def marker(Py_ssize_t dest_world, Py_ssize_t size):
     return _marker(tag, size), tag
 
 
-def read_marker(const unsigned char[::1] data):
-    """(bulk tag, size) of a marker received by ivmpi.routing."""
-    cdef uint32_t tag
-    cdef uint64_t size
-    if data.shape[0] != _MARKER_LEN:
-        raise RegionError(f"ivmpi: a marker between regions must be {_MARKER_LEN} bytes")
-    _read_marker(&data[0], &tag, &size)
-    return tag, size
-
-
 DIRECT_MAX = _DIRECT_MAX
 MARKER_LEN = _MARKER_LEN
 
