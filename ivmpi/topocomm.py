@@ -246,9 +246,9 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
         if type(self) not in _comm._FAST_CLASSES or self._route is not None:
             return
         ref = weakref.ref(self)
-        for name, plan, extra in _BLOCKING_NEIGHBOUR:
+        for name, plan, extra, blocking in _NEIGHBOUR:
             setattr(self, name, BoundCollective(ref, channel_of, name, plan,
-                                                ("sendbuf", "recvbuf"), (), extra, True, True))
+                                                ("sendbuf", "recvbuf"), (), extra, blocking, True))
 
     def Dup(self, info=None):
         dup = _comm.Intracomm.Dup(self, info)
@@ -348,7 +348,7 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
 
     # The blocking forms go straight to the channel (Channel.run); on
     # ivmpi's own classes the instance's BoundCollective attributes
-    # (_bind_fast, _BLOCKING_NEIGHBOUR) shadow these methods.
+    # (_bind_fast, _NEIGHBOUR) shadow these methods and the nonblocking ones.
     def Neighbor_allgather(self, sendbuf, recvbuf):
         channel_of(self).run("Neighbor_allgather", self._allgather_plan,
                              (sendbuf, recvbuf, False), self._topo.tags)
@@ -590,11 +590,17 @@ class Distgraphcomm(Topocomm, _MPI.Distgraphcomm):
 
 # The blocking neighbourhood collectives a topology communicator binds as
 # its own attributes: (name, plan method, its arguments after the buffers).
-_BLOCKING_NEIGHBOUR = (("Neighbor_allgather", "_allgather_plan", (False,)),
-                       ("Neighbor_allgatherv", "_allgather_plan", (True,)),
-                       ("Neighbor_alltoall", "_alltoall_plan", (False,)),
-                       ("Neighbor_alltoallv", "_alltoall_plan", (True,)),
-                       ("Neighbor_alltoallw", "_alltoallw_plan", ()))
+# The neighbourhood collectives bound to ivmpi's own instances (_bind_fast):
+# name, plan method, its arguments after the buffers, blocking (Channel.run)
+# or not (Channel.request).
+_NEIGHBOUR = tuple((name if blocking else "Ineighbor" + name[len("Neighbor"):], plan, extra,
+                    blocking)
+                   for blocking in (True, False)
+                   for name, plan, extra in (("Neighbor_allgather", "_allgather_plan", (False,)),
+                                             ("Neighbor_allgatherv", "_allgather_plan", (True,)),
+                                             ("Neighbor_alltoall", "_alltoall_plan", (False,)),
+                                             ("Neighbor_alltoallv", "_alltoall_plan", (True,)),
+                                             ("Neighbor_alltoallw", "_alltoallw_plan", ())))
 
 
 # As for ivmpi's own classes (ivmpi.comm): a method called on an object
