@@ -18,7 +18,8 @@ from .collectives import COLLECTIVE_TAGS, Collectives
 from .engine import ANY_SOURCE as _ENGINE_ANY_SOURCE
 from .engine import Incoming, SendOp
 from .errors import IvmpiError
-from .nbcoll import NONBLOCKING_STARTERS, NonblockingCollectives, channel_of
+from .nbcoll import (BLOCKING_SCHEDULED, NONBLOCKING_STARTERS, NonblockingCollectives,
+                     channel_of)
 from .topo import TopologyConstructors
 from .request import (MESSAGE_NO_PROC, Message, MPIError, Prequest, Request, SendrecvOp,
                       UnpackingPrequest, UnpackingRequest, fill_status)
@@ -326,6 +327,9 @@ class Comm(_MPI.Comm):
                 for name, plan, names, defaults, extra in NONBLOCKING_STARTERS:
                     setattr(self, name, BoundCollective(ref, channel_of, name, plan, names,
                                                         defaults, extra, False))
+                for name, plan, names, defaults, extra in BLOCKING_SCHEDULED:
+                    setattr(self, name, BoundCollective(ref, channel_of, name, plan, names,
+                                                        defaults, extra, True))
 
     # mpi4py's handle conversions give ivmpi's communicator over a handle
     # that has one (a new object for it, of its class), else mpi4py's.

@@ -725,6 +725,12 @@ NONBLOCKING_STARTERS = (
     ("Iexscan", "_scan_plan", ("sendbuf", "recvbuf", "op"), (_SUM,), (False,)),
 )
 
+# A blocking collective that runs one of these schedules to completion,
+# bound the same way (its BoundCollective calls Channel.run).
+BLOCKING_SCHEDULED = (
+    ("Alltoallw", "_alltoallw_plan", ("sendbuf", "recvbuf"), (), ()),
+)
+
 
 class NonblockingCollectives:
     """The I* and *_init collectives of an ivmpi communicator."""

@@ -563,11 +563,12 @@ def test_bound_nonblocking_calls_take_arguments_as_the_methods_do(comm):
     """The nonblocking collectives are bound to the instance
     (ivmpi.nbcoll.NONBLOCKING_STARTERS): keywords, defaults and the errors
     of a wrong call as mpi4py's methods have them, and the same results."""
-    from ivmpi.nbcoll import NONBLOCKING_STARTERS
+    from ivmpi.nbcoll import BLOCKING_SCHEDULED, NONBLOCKING_STARTERS
     size, rank = comm.size, comm.rank
     if not comm._routed:      # across regions they are the library's calls
         assert type(comm.__dict__["Iallreduce"]).__name__ == "BoundCollective"
-    for name, _, names, defaults, _ in NONBLOCKING_STARTERS:
+        assert type(comm.__dict__["Alltoallw"]).__name__ == "BoundCollective"
+    for name, _, names, defaults, _ in NONBLOCKING_STARTERS + BLOCKING_SCHEDULED:
         # The parameters of mpi4py's method (after self), and its defaults.
         params = list(inspect.signature(getattr(LIB.Intracomm, name)).parameters.values())[1:]
         assert tuple(p.name for p in params) == names, name
@@ -587,7 +588,12 @@ def test_bound_nonblocking_calls_take_arguments_as_the_methods_do(comm):
     if rank == size - 1:
         assert got[0] == size
     comm.Ibarrier().Wait()
+    ones, each = np.ones(size, "i4"), np.zeros(size, "i4")
+    spec = [list(range(size)), [1] * size, [4 * i for i in range(size)], [MPI.INT] * size]
+    assert comm.Alltoallw(recvbuf=[each] + spec[1:], sendbuf=[ones] + spec[1:]) is None
+    assert (each == 1).all()
     for wrong in (lambda: comm.Ibarrier(1), lambda: comm.Ibcast(), lambda: comm.Ibcast(buf, 0, 1),
+                  lambda: comm.Alltoallw([ones] + spec[1:]),
                   lambda: comm.Iallreduce(send, out, bogus=1),
                   lambda: comm.Iallreduce(send, out, sendbuf=send)):
         with pytest.raises(TypeError):
