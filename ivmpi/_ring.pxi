@@ -38,14 +38,15 @@ cdef uint64_t _stream_min = int(_os.environ.get("IVMPI_STREAM_MIN", "4096"))
 # Payloads of 16 KiB or more (DATA chunks of a rendezvous stream, large
 # eager frames) go by plain stores, read by the receiver from our cache
 # (1 MiB half round trip 50-65 us, against 75-100 us by streaming stores;
-# on an Intel Xeon a 64 KiB eager ping-pong 22.8 us against 30).  But for seconds at a
-# time (most likely when the host runs the two vCPUs on cores that share no
-# cache), a plain 64 KiB chunk takes 15-40 us instead of 2-3: each store
-# must first take its line back from the receiver's cache (1 MiB: 400-550
-# us).  So each plain copy of 16 KiB or more is timed (_note_plain_copy); _SLOW_IN_A_ROW in a
-# row slower than _SLOW_CHUNK_NS_PER_KIB (2 GB/s: about half the chunks of
-# the slow phases, almost none otherwise, even with other load) send the
-# next _STREAM_AFTER_SLOW chunks by streaming stores, which never take the
+# on an Intel Xeon a 64 KiB eager ping-pong 22.8 us against 30).  But for
+# seconds at a time (most likely when the host runs the two vCPUs on cores
+# that share no cache), a plain 64 KiB chunk takes 15-40 us instead of 2-3:
+# each store must first take its line back from the receiver's cache
+# (1 MiB: 400-550 us).  So each plain copy of 16 KiB or more is timed
+# (_note_plain_copy); _SLOW_IN_A_ROW in a row slower than
+# _SLOW_CHUNK_NS_PER_KIB (2 GB/s: about half the chunks of the slow phases,
+# almost none otherwise, even with other load) send the next
+# _STREAM_AFTER_SLOW payloads by streaming stores, which never take the
 # line (75-125 us), and then plain stores are tried again.
 cdef enum:
     _SLOW_CHUNK_NS_PER_KIB = 512
