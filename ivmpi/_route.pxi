@@ -56,7 +56,6 @@ cdef extern from "mpi.h" nogil:
     int MPI_Test_cancelled(const MPI_Status *, int *)
     int MPI_Issend(const void *, int, MPI_Datatype, int, int, MPI_Comm, MPI_Request *)
     int MPI_Improbe(int, int, MPI_Comm, int *, MPI_Message *, MPI_Status *)
-    int MPI_Imrecv(void *, int, MPI_Datatype, MPI_Message *, MPI_Request *)
     int MPI_Test(MPI_Request *, int *, MPI_Status *)
     int MPI_Get_count(const MPI_Status *, MPI_Datatype, int *)
 
@@ -141,6 +140,12 @@ cdef int _read_marker(const unsigned char *p, uint32_t *tag, uint64_t *size) exc
         raise RegionError(f"ivmpi: a {_MARKER_LEN}-byte message between regions is not a "
                           f"valid marker (magic {magic:#x}, size {size[0]}, tag {tag[0]})")
     return 0
+
+
+cdef object _oversized(long n):
+    """The error of a message on a handle that is neither direct nor a marker."""
+    return RegionError(f"ivmpi: a {n}-byte message between regions on the handle: messages "
+                       f"there are at most {_DIRECT_MAX} bytes or markers of {_MARKER_LEN}")
 
 
 def marker(Py_ssize_t dest_world, Py_ssize_t size):
@@ -313,19 +318,11 @@ cdef class LibraryRecv(RecvOp):
         cdef char *target
         MPI_Get_count(status, MPI_BYTE, &n)
         self.status_tag = status.MPI_TAG
-        if 0 <= status.MPI_SOURCE < len(self.route.ranks):
-            self.status_source = self.route.ranks[status.MPI_SOURCE]
+        self.status_source = self.source    # (posted for that one source)
         held = self.base if self.bounce is None else PyByteArray_AS_STRING(self.bounce)
-        if n == _MARKER_LEN and self.status_source < 0:
-            n = -1      # (a source outside the communicator: reported below)
         if n != _MARKER_LEN:
             if not 0 <= n <= _DIRECT_MAX:
-                self._finish(MPI_SUCCESS)
-                self.count = 0
-                self.error = RegionError(
-                    f"ivmpi: a {n}-byte message between regions on the handle: messages there "
-                    f"are at most {_DIRECT_MAX} bytes or markers of {_MARKER_LEN}")
-                return 0
+                return self._fail(_oversized(n))
             self.total = n
             if self.bounce is not None:
                 if self.base == NULL:
@@ -339,10 +336,7 @@ cdef class LibraryRecv(RecvOp):
         try:
             _read_marker(<const unsigned char *>held, &tag, &size)
         except RegionError as exc:
-            self._finish(MPI_SUCCESS)
-            self.count = 0
-            self.error = exc
-            return 0
+            return self._fail(exc)
         self.bounce = None
         self.total = <Py_ssize_t>size
         if self.base == NULL:
@@ -360,6 +354,13 @@ cdef class LibraryRecv(RecvOp):
                         &self.request)
         if err != MPI_SUCCESS:
             self._finish(err)
+        return 0
+
+    cdef int _fail(self, object error) except -1:
+        """Complete with `error` (the handle's message was not ivmpi's)."""
+        self._finish(MPI_SUCCESS)
+        self.count = 0
+        self.error = error
         return 0
 
     cdef int _finish(self, int err) except -1:
@@ -504,9 +505,7 @@ def take_messages(intptr_t handle, list ranks, long context, arrive, incoming, l
             data = BulkData(world, tag)
             n = <int>size
         elif n > _DIRECT_MAX:
-            raise RegionError(
-                f"ivmpi: a {n}-byte message between regions on the handle: messages there "
-                f"are at most {_DIRECT_MAX} bytes or markers of {_MARKER_LEN}")
+            raise _oversized(n)
         else:
             data = _message_of(message)
         received.add(world, n)
@@ -575,7 +574,7 @@ cdef class RoutedPath:
         cdef MPI_Comm data_comm
         cdef int err, flag = 0, data_dest, data_tag
         cdef LibrarySend op
-        cdef object keep = None, marker = None
+        cdef object keep = None, announce = None
         cdef long world
         if not self.fast.enabled or tag < 0 or tag > _TAG_UB:
             return None
@@ -624,19 +623,19 @@ cdef class RoutedPath:
             PyBuffer_Release(&view)
             raise _library_error(err, "send")
         if nbytes > _DIRECT_MAX:
-            marker = _marker(<uint32_t>data_tag, <uint64_t>nbytes)
-            err = MPI_Isend(PyBytes_AS_STRING(marker), _MARKER_LEN, MPI_BYTE, dest, tag,
+            announce = _marker(<uint32_t>data_tag, <uint64_t>nbytes)
+            err = MPI_Isend(PyBytes_AS_STRING(announce), _MARKER_LEN, MPI_BYTE, dest, tag,
                             self.handle, &marker_request)
             if err != MPI_SUCCESS:
                 # (the data's send stays with the library: nothing will receive it)
                 PyBuffer_Release(&view)
                 raise _library_error(err, "send")
             if MPI_Test(&marker_request, &flag, MPI_STATUS_IGNORE) == MPI_SUCCESS and flag:
-                marker = None
+                announce = None
         self.sent.add(world, nbytes)
         self.sent_direct.add(world, nbytes)
         flag = 0
-        if marker is None and MPI_Test(&request, &flag, MPI_STATUS_IGNORE) == MPI_SUCCESS \
+        if announce is None and MPI_Test(&request, &flag, MPI_STATUS_IGNORE) == MPI_SUCCESS \
                 and flag:
             PyBuffer_Release(&view)
             return True
@@ -645,7 +644,7 @@ cdef class RoutedPath:
         op = LibrarySend.__new__(LibrarySend)
         op.request = request
         op.marker_request = marker_request
-        op.keep = marker
+        op.keep = announce
         op.view = view
         op.pinned = True
         op.peer = world
@@ -809,14 +808,6 @@ cdef class RoutedPath:
                     return False
         return True
 
-    def take(self, arrive, incoming, long kind):
-        """Engine lock held: every message that arrived on the handle and no
-        posted receive took, in arrival order, into the engine's matching as
-        an Incoming (its data the library's Message, or for a marker the
-        bulk tag of its data).  True when any came."""
-        return take_messages(<intptr_t>self.handle, self.ranks, self.fast.context, arrive,
-                             incoming, kind, self.received)
-
     cdef object _post(self, object buf, long source, long tag, bint obj):
         """A direct receive of (source, tag): a LibraryRecv (matched already
         when its message is there), or None for the general path (not first
@@ -882,18 +873,15 @@ cdef class RoutedPath:
             want = -1 if tag is None or tag == self.fast.any_tag else tag
             found = self._post(buf, src, want, False)
             if found is not None:
-                self._finish_recv(<LibraryRecv>found, src, status, "Recv")
+                op = <LibraryRecv>found
+                if self._wait_recv(op, "Recv") == -2:
+                    # The engine's request reports truncation as the region path does.
+                    self.fast.new_request(self.fast.comm, op, None, ("Recv", "from", src)).Wait(
+                        status)
+                if status is not None:
+                    self.fast.fill_status(status, src, op.status_tag, op.count)
                 return
         self.f_Recv(buf, source, tag, status)
-
-    cdef int _finish_recv(self, LibraryRecv op, long src, object status, str what) except -1:
-        """Wait for a direct receive of a buffer and fill the status."""
-        if self._wait_recv(op, what) == -2:
-            # The engine's request reports truncation as the region path does.
-            self.fast.new_request(self.fast.comm, op, None, (what, "from", src)).Wait(status)
-        if status is not None:
-            self.fast.fill_status(status, src, op.status_tag, op.count)
-        return 0
 
     def Irecv(self, buf, source=None, tag=None):
         cdef long src = self._source(source)

@@ -270,7 +270,7 @@ class Comm(_MPI.Comm):
             # are the library's on the handle.
             routing.add_route(engine, context, self, self._ranks)
             fast.routed = True
-            self._route = routing.routed_path(engine, context, self)
+            self._route = routing.routed_path(engine, self)
             self._coll = routing.LibraryCollectives(self)
         elif not hidden and local_ranks is None:
             twin = self._collectives.p2p

@@ -67,11 +67,10 @@ class Route:
     (a plain mpi4py communicator, so that no ivmpi method is in the way)
     and its peers' world ranks by communicator rank (the remote group's for
     an intercommunicator)."""
-    __slots__ = ("handle", "ranks", "rank_of", "path")
+    __slots__ = ("handle", "ranks", "rank_of")
 
     def __init__(self, handle, world_ranks):
         self.handle = handle
-        self.path = None        # its RoutedPath, once the communicator has one
         self.ranks = list(world_ranks)
         self.rank_of = {w: i for i, w in enumerate(self.ranks)}
 
@@ -84,16 +83,13 @@ def add_route(engine, context, comm, world_ranks):
         engine.routes[context] = Route(handle, world_ranks)
 
 
-def routed_path(engine, context, comm):
+def routed_path(engine, comm):
     """The Cython calls that reach comm's ranks in other regions straight
     through the library (ivmpi/_route.pxi); the others go to comm's FastPath."""
     slot_of = engine.slot_of
-    path = RoutedPath(comm._fast, comm.handle, [w not in slot_of for w in comm._ranks],
+    return RoutedPath(comm._fast, comm.handle, [w not in slot_of for w in comm._ranks],
                       engine.library_ops, engine.library_sent, engine.library_received,
                       engine.library_sent_direct, engine.library_received_direct)
-    with engine.lock:
-        engine.routes[context].path = path
-    return path
 
 
 def drop_route(engine, context):
@@ -113,7 +109,7 @@ def send(engine, op):
     size = len(mem)
     engine.library_sent.count(op.peer, size)
     dest = route.rank_of[op.peer]
-    comm, data_dest, data_tag = route.handle, dest, op.tag
+    comm, data_dest, data_tag, announce = route.handle, dest, op.tag, None
     if size > DIRECT_MAX:
         # The data on the bulk communicator, then its marker on the handle.
         announce, data_tag = marker(op.peer, size)
@@ -125,12 +121,12 @@ def send(engine, op):
         request = _Isend(comm, [data, size, _BYTE], data_dest, data_tag)
         if not _Test(request):
             engine.library_pending.append((request, None, data))
-        _announce(engine, route, dest, op.tag, size, announce if size > DIRECT_MAX else None)
+        _announce(engine, route, dest, op.tag, announce)
         _finish(op)
         return op
     # Larger (or synchronous): straight from the caller's buffer.
     request = (_Issend if op.sync else _Isend)(comm, [mem, size, _BYTE], data_dest, data_tag)
-    _announce(engine, route, dest, op.tag, size, announce if size > DIRECT_MAX else None)
+    _announce(engine, route, dest, op.tag, announce)
     if _Test(request):
         _finish(op)
         return op
@@ -139,7 +135,7 @@ def send(engine, op):
     return op
 
 
-def _announce(engine, route, dest, tag, size, announce):
+def _announce(engine, route, dest, tag, announce):
     """Send a large message's marker (after its data: ivmpi/_route.pxi)."""
     if announce is None:
         return

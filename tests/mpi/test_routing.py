@@ -19,6 +19,7 @@ from mpi4py import MPI as _native
 
 import ivmpi
 from ivmpi import MPI, stats
+from ivmpi._fastcopy import DIRECT_MAX, MARKER_LEN
 
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.usefixtures("engine_timeout")]
 
@@ -642,8 +643,6 @@ def test_truncation_never_writes_past_the_receive_buffer(comm, nbytes):
 
 
 # --- the wire protocol between regions: direct messages and markers ---------------
-
-from ivmpi._fastcopy import DIRECT_MAX, MARKER_LEN  # noqa: E402
 
 # Around both boundaries: the largest direct message, the smallest marked one,
 # and a message of exactly a marker's length (data, never taken for a marker).
