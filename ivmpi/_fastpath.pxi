@@ -18,6 +18,7 @@ from cpython.buffer cimport PyObject_CheckBuffer
 
 FAST_NOT_HANDLED = -1
 FAST_NOTHING_YET = -2
+FAST_PENDING = -4           # begun, to be finished by the engine (pending_recv)
 NOT_HANDLED = object()      # the general path's turn (an object-returning fast path)
 
 cimport numpy as cnp
@@ -290,6 +291,17 @@ cdef class FastPath:
     cdef public object new_unpacking      # request type of a receive unpacked on completion
     cdef public list heap_bounds
     cdef bint region_frames
+    # Rendezvous in one call (messages over the eager limit between plain
+    # buffers): the engine's tables of receives being streamed into and of
+    # sends awaiting clear-to-send, its _post_stream (queues the rest of a
+    # stream), its chunk size and stream polls; rts_frames: a blocking
+    # receive is looking, and takes an RTS as well.
+    cdef public dict receiving, awaiting_cts
+    cdef public object post_stream
+    cdef public uint64_t chunk_bytes
+    cdef public int stream_spins
+    cdef bint rts_frames
+    cdef RecvOp pending_recv
     cdef long found_source, found_size    # what the last fast probe found
     cdef int32_t found_tag
     cdef object found_message
@@ -520,8 +532,12 @@ cdef class FastPath:
         op = self._send_staged(buf, dest, tag)
         if op is not None:
             self.finish_staged(op, "Send")
-        else:
+            return
+        op = self._send_rendezvous(buf, dest, tag)
+        if op is None:
             self.general_Send(buf, dest, tag)
+        elif op is not True:
+            self.wait_op(op, "Send")
 
     def Recv(self, buf, source=None, tag=None, status=None):
         # None: MPI's ANY_SOURCE / ANY_TAG, whose values depend on the MPI library.
@@ -529,7 +545,16 @@ cdef class FastPath:
             source = self.any_source
         if tag is None:
             tag = self.any_tag
-        cdef long n = self.recv(buf, source, tag, self.spins)
+        cdef long n
+        self.rts_frames = True
+        try:
+            n = self.recv(buf, source, tag, self.spins)
+        finally:
+            self.rts_frames = False
+        if n == FAST_PENDING:
+            op, self.pending_recv = self.pending_recv, None
+            self.new_request(self.comm, op, None, ("Recv", "from", source)).Wait(status)
+            return
         if n < 0 and (type(buf) is list or type(buf) is tuple):
             n = self._recv_typed_waiting(buf, source, tag)
         if n < 0:
@@ -1129,7 +1154,8 @@ cdef class FastPath:
 
     cdef bint _wanted(self, RxRing rx, long tag):
         # An over-limit eager frame is left to the engine, which reports it.
-        return ((rx.kind == 1 or rx.kind == 2 or (rx.kind == 8 and self.region_frames))
+        return ((rx.kind == 1 or rx.kind == 2 or (rx.kind == 8 and self.region_frames)
+                 or (rx.kind == 3 and self.rts_frames))
                 and rx.context == self.context and rx.tag >= 0
                 and (tag < 0 or rx.tag == tag) and rx.length <= self.eager_limit)
 
@@ -1293,19 +1319,27 @@ cdef class FastPath:
         cdef RxRing rx
         cdef Py_ssize_t extent, capacity, length, offset
         cdef char *data
+        cdef bint rts = self.rts_frames
+        self.rts_frames = False
         plain = self._plain_at(buf, &extent, &capacity, &offset)
         if plain is None:
             return self._recv_typed(buf, source, tag, spins)
         buf = plain
         cdef long got
-        if self.unexpected and self.enabled:
-            got = self._recv_unexpected(buf, source, tag, extent, capacity, offset)
-            if got != FAST_NOTHING_YET:
-                return got
-        ring = self._ready_ring(source, tag, spins)
+        self.rts_frames = rts
+        try:
+            if self.unexpected and self.enabled:
+                got = self._recv_unexpected(buf, source, tag, extent, capacity, offset)
+                if got != FAST_NOTHING_YET:
+                    return got
+            ring = self._ready_ring(source, tag, spins)
+        finally:
+            self.rts_frames = False
         if ring is None:
             return FAST_NOT_HANDLED
         rx = <RxRing>ring
+        if rx.kind == 3:
+            return self._recv_rendezvous(rx, buf, extent, capacity, offset)
         n = rx.length
         if _direct(buf, True, &data, &length) and n < _NOGIL_MIN:
             # Small: the copy keeps the GIL, so nothing can free the memory meanwhile.
@@ -1330,6 +1364,179 @@ cdef class FastPath:
         finally:
             PyBuffer_Release(&view)
         return <long>n
+
+    cdef long _recv_rendezvous(self, RxRing rx, object buf, Py_ssize_t extent,
+                               Py_ssize_t capacity, Py_ssize_t offset) except -3:
+        """A blocking receive whose message is announced by the RTS at the
+        head of rx (from communicator rank last_source): _rendezvous_into."""
+        if rx.length != 0:
+            return FAST_NOT_HANDLED
+        return self._rendezvous_into(self.last_source, rx.tag, rx.a, rx.b, buf, extent, capacity,
+                                     offset, rx, None, -1)
+
+    cdef long _rendezvous_into(self, long source, int32_t tag, uint64_t total, uint64_t send_id,
+                               object buf, Py_ssize_t extent, Py_ssize_t capacity,
+                               Py_ssize_t offset, RxRing announced, object msg,
+                               Py_ssize_t index) except -3:
+        """A blocking receive of the message of total bytes that communicator
+        rank `source` announced (send_id): cleared and its DATA chunks copied
+        straight into buf as they come, in one call.  The announcement is
+        the RTS at the head of `announced`, or the unexpected message `msg`
+        at `index` (a probe saw it first); it is taken once the CTS is out.
+        Returns the message's length; FAST_NOT_HANDLED with nothing taken
+        (anything unusual: the engine's general path receives it and
+        reports what is wrong); or FAST_PENDING once cleared, when the
+        chunks stop coming for a while or something else arrives between
+        them: the receive, registered as the engine's own (pending_recv),
+        is finished by the engine's wait."""
+        cdef Py_buffer view
+        cdef uint64_t received = 0, before
+        cdef int waited = 0, polls = self.spins if self.spins >= 0 else -self.spins
+        cdef char *dst
+        cdef RecvOp op
+        cdef RxRing rx = <RxRing?>self.rx[source]
+        if self.receiving is None or total <= self.eager_limit or total > _MAX_MESSAGE:
+            return FAST_NOT_HANDLED
+        world = self.world_ranks[source]
+        if (world, send_id) in self.receiving or not _pin(buf, True, &view):
+            return FAST_NOT_HANDLED
+        try:
+            if not _span(view.len, extent, offset, &capacity) or total > <uint64_t>capacity \
+                    or total % <uint64_t>extent:
+                return FAST_NOT_HANDLED     # truncation: the engine drains and reports it
+            if (<TxRing>self.tx[source]).write_frame(4, 0, 0, 0, send_id, NULL, 0) != 1:
+                return FAST_NOT_HANDLED
+            if announced is not None:
+                announced.consume()
+                self.last_tag = tag
+            elif not self._take_unexpected(index, msg):
+                raise RuntimeError("an unexpected message left its queue while it was cleared")
+            dst = <char *>view.buf + offset
+            while True:
+                if rx.poll():
+                    if rx.kind != 5 or rx.b != send_id:
+                        break
+                    before = received
+                    received = rx.drain_into(dst, send_id, received, total, self.chunk_bytes,
+                                             self.stream_spins, False)
+                    if received == total:
+                        return <long>total
+                    if received == before:
+                        break               # a chunk out of place: the engine reports it
+                    waited = 0
+                    continue
+                if waited >= polls:
+                    break
+                waited += 1
+                if self.spins >= 0:
+                    rg_relax()
+                else:
+                    sched_yield()
+        finally:
+            PyBuffer_Release(&view)
+        mem = _byte_view(buf, capacity, extent, offset)
+        if mem is None:
+            raise _BufferSpecError("the receive buffer changed while a message was arriving")
+        op = _new_recv_op(world, tag, self.context, mem)
+        op.status_source = world
+        op.status_tag = tag
+        op.total = total
+        op.received = received
+        op.scope = self.scope
+        self.receiving[(world, send_id)] = op
+        self.pending_recv = op
+        return FAST_PENDING
+
+    cdef object _send_rendezvous(self, object buf, long dest, long tag):
+        """A plain buffer over the eager limit sent in one call: announced
+        (RTS), its clear-to-send polled for, its DATA chunks streamed, no
+        engine operation in between.  True: sent; None: nothing was
+        published, use the general path; or a SendOp left to the engine
+        (registered as its own) when the CTS is slow to come, something
+        else arrives first, or the ring stays full mid-stream: the caller
+        waits for it.  A buffer inside the region (Alloc_mem) is left to
+        the engine's region rendezvous, which copies nothing here."""
+        cdef Py_buffer view
+        cdef Py_ssize_t extent, nbytes, offset
+        cdef uint64_t total, sent = 0
+        cdef const char *data
+        cdef TxRing tx
+        cdef RxRing rx
+        cdef SendOp op
+        cdef bint cleared
+        if self.awaiting_cts is None or not self.enabled or dest < 0 or dest >= self.size \
+                or tag < 0 or tag > _TAG_UB or self.tx[dest] is None:
+            return None
+        plain = self._plain_at(buf, &extent, &nbytes, &offset)
+        if plain is None or not _pin(plain, False, &view):
+            return None
+        try:
+            if not _span(view.len, extent, offset, &nbytes) \
+                    or <uint64_t>nbytes <= self.eager_limit or <uint64_t>nbytes > _MAX_MESSAGE:
+                return None
+            total = <uint64_t>nbytes
+            data = <const char *>view.buf + offset
+            tx = <TxRing>self.tx[dest]
+            rx = <RxRing>self.rx[dest]
+            if tx.mem.base <= data < tx.mem.base + tx.mem.size:
+                return None
+            # What the engine streams from if it has to take over.
+            try:
+                mem = memoryview(plain).cast("B")[offset:offset + nbytes]
+            except (TypeError, ValueError):
+                return None
+            if not self.lock.enter():
+                return None
+            try:
+                if self.backlog:
+                    return None
+                world = self.world_ranks[dest]
+                send_id = self.send_ids[world]
+                if tx.write_frame(3, <int32_t>tag, self.context, total, send_id, NULL, 0) != 1:
+                    return None
+                self.send_ids[world] = send_id + 1
+                cleared = self._cleared(rx, send_id)
+                if cleared:
+                    sent = tx.stream_from(data, total, 0, self.chunk_bytes, send_id,
+                                          self.stream_spins, rx)
+                    if sent == total:
+                        return True
+                op = SendOp.__new__(SendOp)
+                op.peer = world
+                op.mem = mem
+                op.tag = tag
+                op.context = self.context
+                op.sync = False
+                op.send_id = send_id
+                op.offset = sent
+                op.scope = self.scope
+                if cleared:
+                    op.state = "streaming"
+                    self.post_stream(world, op)
+                else:
+                    op.state = "awaiting clear-to-send"
+                    self.awaiting_cts[(world, send_id)] = op
+                return op
+            finally:
+                self.lock.leave()
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef bint _cleared(self, RxRing rx, uint64_t send_id) except -1:
+        """Poll rx for the CTS of send_id; True once taken.  Stops at any
+        other frame (the engine then handles it first)."""
+        cdef int i, polls = self.spins if self.spins >= 0 else -self.spins
+        for i in range(polls):
+            if rx.poll():
+                if rx.kind == 4 and rx.b == send_id and rx.length == 0:
+                    rx.consume()
+                    return True
+                return False
+            if self.spins >= 0:
+                rg_relax()
+            else:
+                sched_yield()
+        return False
 
     cdef long _recv_typed(self, object spec, long source, long tag, int spins) except -3:
         """_recv for a spec with a derived datatype with holes: the message
@@ -1630,6 +1837,12 @@ cdef class FastPath:
         if i < 0:
             return FAST_NOTHING_YET
         if msg is None:
+            msg = self.unexpected[i]
+            if self.rts_frames and msg.kind == 3 and msg.source in self.comm_rank_of:
+                # A rendezvous a probe found first: cleared from here.
+                return self._rendezvous_into(self.comm_rank_of[msg.source], msg.tag, msg.size,
+                                             msg.send_id, buf, extent, capacity, offset, None,
+                                             msg, i)
             return FAST_NOT_HANDLED
         data = msg.data
         n = len(data)

@@ -356,29 +356,35 @@ cdef class TxRing:
         drain its frames, so waiting longer would only stall both.
         """
         cdef Py_buffer view
-        cdef uint64_t total, n
-        cdef int waited
         if chunk == 0:
             raise ValueError("chunk size must be positive")
         PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
         try:
-            total = <uint64_t>view.len
-            while offset < total:
-                n = total - offset
-                if n > chunk:
-                    n = chunk
-                waited = 0
-                while True:
-                    if self.write_frame(5, 0, 0, offset, send_id,
-                                        <const char *>view.buf + offset, n, n >= _NOGIL_MIN):
-                        break
-                    if waited >= spins or (watch is not None and watch.poll()):
-                        return offset
-                    waited += 1
-                    rg_relax()
-                offset += n
+            return self.stream_from(<const char *>view.buf, <uint64_t>view.len, offset, chunk,
+                                    send_id, spins, watch)
         finally:
             PyBuffer_Release(&view)
+
+    cdef uint64_t stream_from(self, const char *data, uint64_t total, uint64_t offset,
+                              uint64_t chunk, uint64_t send_id, int spins,
+                              RxRing watch) except? 0:
+        """stream() for a payload of total bytes at data (pinned by the caller)."""
+        cdef uint64_t n
+        cdef int waited
+        while offset < total:
+            n = total - offset
+            if n > chunk:
+                n = chunk
+            waited = 0
+            while True:
+                if self.write_frame(5, 0, 0, offset, send_id, data + offset, n,
+                                    n >= _NOGIL_MIN):
+                    break
+                if waited >= spins or (watch is not None and watch.poll()):
+                    return offset
+                waited += 1
+                rg_relax()
+            offset += n
         return offset
 
     def note_plain_copy(self, uint64_t n, int64_t took_ns):
@@ -541,45 +547,53 @@ cdef class RxRing:
         polls (so a stream keeps flowing without a trip through Python per chunk).
         """
         cdef Py_buffer view
-        cdef bint have_view = False
-        cdef uint64_t start
-        cdef int waited
         if not self.ready or self.kind != 5 or self.b != send_id:
             raise RuntimeError("the current frame is not data for this message")
-        if not discard:
-            PyObject_GetBuffer(out, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
-            have_view = True
+        if discard:
+            return self.drain_into(NULL, send_id, received, total, chunk_limit, spins, True)
+        PyObject_GetBuffer(out, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
         try:
-            if have_view and <uint64_t>view.len < total:
+            if <uint64_t>view.len < total:
                 raise _BufferSpecError(f"a message of {total} bytes does not fit a buffer of "
                                        f"{view.len} bytes")
-            start = received
-            while True:
-                if self.a != received or self.length == 0 or self.length > chunk_limit \
-                        or self.length > total - received:
-                    if received != start:
-                        # Report the progress first; the next call raises on
-                        # this frame with the caller's count up to date.
-                        break
-                    raise _CorruptRegionError(
-                        f"peer {self.peer}: data chunk at offset {self.a} of {self.length} bytes "
-                        f"does not follow the {received} of {total} bytes received for "
-                        f"send id {send_id}")
-                if have_view:
-                    self.copy_out(<char *>view.buf + received, self.length)
-                received += self.length
-                self.consume()
-                if received == total:
-                    break
-                waited = 0
-                while not self.poll() and waited < spins:
-                    waited += 1
-                    rg_relax()
-                if not self.ready or self.kind != 5 or self.b != send_id:
-                    break
+            return self.drain_into(<char *>view.buf, send_id, received, total, chunk_limit,
+                                   spins, True)
         finally:
-            if have_view:
-                PyBuffer_Release(&view)
+            PyBuffer_Release(&view)
+
+    cdef uint64_t drain_into(self, char *dst, uint64_t send_id, uint64_t received,
+                             uint64_t total, uint64_t chunk_limit, int spins,
+                             bint strict_order) except? 0:
+        """drain_data() into dst (total bytes, pinned by the caller; NULL:
+        discard), the current frame being DATA for send_id.  strict_order
+        False: a frame that does not follow is left in the ring, with the
+        bytes received so far returned, for the caller's general path to
+        report."""
+        cdef uint64_t start = received
+        cdef int waited
+        while True:
+            if self.a != received or self.length == 0 or self.length > chunk_limit \
+                    or self.length > total - received:
+                if received != start or not strict_order:
+                    # Report the progress first; the next call raises on
+                    # this frame with the caller's count up to date.
+                    break
+                raise _CorruptRegionError(
+                    f"peer {self.peer}: data chunk at offset {self.a} of {self.length} bytes "
+                    f"does not follow the {received} of {total} bytes received for "
+                    f"send id {send_id}")
+            if dst != NULL:
+                self.copy_out(dst + received, self.length)
+            received += self.length
+            self.consume()
+            if received == total:
+                break
+            waited = 0
+            while not self.poll() and waited < spins:
+                waited += 1
+                rg_relax()
+            if not self.ready or self.kind != 5 or self.b != send_id:
+                break
         return received
 
     def payload(self):

@@ -1,0 +1,271 @@
+"""Messages over the eager limit between plain buffers: a blocking Send and
+Recv carry out the whole rendezvous (RTS, CTS, DATA chunks) in one call each,
+and hand over to the engine, mid-way if need be, whenever the other side is
+late or something else arrives in between.  Contents, status and MPI order
+must be the same on every path."""
+import time
+
+import numpy as np
+import pytest
+
+from ivmpi import MPI
+
+pytestmark = pytest.mark.mpi(min_size=2)
+
+
+def _limits(comm):
+    engine = comm._engine
+    return engine.eager_limit, engine.chunk_bytes
+
+
+def _pattern(nbytes, seed):
+    return (np.arange(nbytes, dtype=np.int64) * 7 + seed).astype(np.uint8)
+
+
+def _no_general_path(comm, monkeypatch):
+    """Make the general point-to-point paths fail loudly: whatever passes
+    went through the one-call rendezvous."""
+    def refuse(*args):
+        raise AssertionError("the general path was taken")
+    monkeypatch.setattr(comm._fast, "general_Send", refuse)
+    monkeypatch.setattr(comm._fast, "general_Recv", refuse)
+
+
+def _announced(comm, source):
+    """Wait until a frame from source (here: the announcement) is in our
+    ring, without taking it."""
+    ring = comm._engine.rx[source]          # comm is a Dup of the world
+    deadline = time.monotonic() + 30
+    while not ring.poll():
+        assert time.monotonic() < deadline, "no announcement came"
+        time.sleep(0.001)
+
+
+def _sizes(comm):
+    eager, chunk = _limits(comm)
+    return [eager + 1, eager + 8, 3 * chunk + 5, (1 << 20) + 3, 3 << 20]
+
+
+def test_sizes_around_the_limits_in_one_call(comm, monkeypatch):
+    """Each receive starts once the announcement is in its ring (a receive
+    that comes first is posted to the engine, as an eager one would be);
+    the sender meanwhile waits for its clear-to-send through the engine."""
+    if comm.rank > 1:
+        return
+    _no_general_path(comm, monkeypatch)
+    peer = 1 - comm.rank
+    for i, n in enumerate(_sizes(comm)):
+        if comm.rank == 0:
+            comm.Send(_pattern(n, i), 1, 10 + i)
+            back = np.empty(n, np.uint8)
+            _announced(comm, 1)
+            comm.Recv(back, 1, 20 + i)
+            assert np.array_equal(back, _pattern(n, i + 1))
+        else:
+            got = np.zeros(n + 16, np.uint8)     # a larger buffer: the count says how much
+            status = MPI.Status()
+            _announced(comm, 0)
+            comm.Recv(got, 0, 10 + i, status)
+            assert np.array_equal(got[:n], _pattern(n, i)) and not got[n:].any()
+            assert (status.Get_source(), status.Get_tag(), status.Get_count(MPI.BYTE)) == \
+                (peer, 10 + i, n)
+            comm.Send(_pattern(n, i + 1), 0, 20 + i)
+
+
+@pytest.mark.parametrize("kind", ["float64", "bytes", "bytearray", "spec-displacement",
+                                  "memoryview-2d"])
+def test_buffer_kinds_and_specs(comm, monkeypatch, kind):
+    if comm.rank > 1:
+        return
+    _no_general_path(comm, monkeypatch)
+    eager, _ = _limits(comm)
+    count = eager // 8 * 5 + 3
+    values = np.arange(count, dtype="f8") * 1.5 - 7
+    if comm.rank == 0:
+        if kind == "float64":
+            comm.Send(values, 1, 3)
+        elif kind == "bytes":
+            comm.Send(values.tobytes(), 1, 3)
+        elif kind == "bytearray":
+            comm.Send(bytearray(values.tobytes()), 1, 3)
+        elif kind == "spec-displacement":
+            padded = np.concatenate([np.full(11, -1.0), values, np.full(4, -1.0)])
+            comm.Send([padded, (count, 11), MPI.DOUBLE], 1, 3)
+        else:
+            comm.Send(memoryview(values[:count - 3].reshape(-1, 5)), 1, 3)
+    else:
+        n = count - 3 if kind == "memoryview-2d" else count
+        _announced(comm, 0)
+        if kind == "spec-displacement":
+            got = np.full(count + 20, 9.0)
+            status = MPI.Status()
+            comm.Recv([got, (count, 13), MPI.DOUBLE], 0, 3, status)
+            assert np.array_equal(got[13:13 + count], values)
+            assert (got[:13] == 9).all() and (got[13 + count:] == 9).all()
+            assert status.Get_count(MPI.DOUBLE) == count
+        else:
+            got = bytearray(n * 8)
+            comm.Recv(got, 0, 3)
+            assert bytes(got) == values[:n].tobytes()
+
+
+def test_late_receiver_sender_hands_over_to_the_engine(comm, monkeypatch):
+    """The receiver is not there yet: the sender's wait for the clear-to-send
+    passes to the engine, which streams the message once it comes."""
+    if comm.rank > 1:
+        return
+    eager, chunk = _limits(comm)
+    n = 2 * chunk + eager + 9
+    if comm.rank == 0:
+        waited = []
+        real_wait = comm._fast.wait_op
+        monkeypatch.setattr(comm._fast, "wait_op",
+                            lambda op, what: (waited.append(what), real_wait(op, what)))
+        comm.Send(_pattern(n, 3), 1, 5)
+        assert waited == ["Send"]
+        comm.Recv(bytearray(1), 1, 6)
+    else:
+        time.sleep(0.3)
+        got = np.empty(n, np.uint8)
+        comm.Recv(got, 0, 5)
+        assert np.array_equal(got, _pattern(n, 3))
+        comm.Send(bytearray(1), 0, 6)
+
+
+def test_late_sender_receiver_hands_over_to_the_engine(comm, monkeypatch):
+    """The message is announced but its data do not follow at once (the
+    sender's engine streams only when it next makes progress): the receive,
+    already cleared, is finished by the engine's wait."""
+    if comm.rank > 1:
+        return
+    eager, chunk = _limits(comm)
+    n = 3 * chunk + 17
+    if comm.rank == 0:
+        req = comm.Isend(_pattern(n, 5), 1, 7)       # announced now, streamed on Wait
+        comm.Recv(bytearray(1), 1, 8)                # the receiver has seen the announcement
+        time.sleep(0.3)
+        req.Wait()
+    else:
+        handed = []
+        real_request = comm._fast.new_request
+        monkeypatch.setattr(comm._fast, "new_request",
+                            lambda *a: (handed.append(a[3]), real_request(*a))[1])
+        _announced(comm, 0)
+        comm.Send(bytearray(1), 0, 8)
+        time.sleep(0.05)        # the sender is asleep before it is cleared
+        got = np.empty(n, np.uint8)
+        status = MPI.Status()
+        comm.Recv(got, 0, 7, status)
+        assert np.array_equal(got, _pattern(n, 5))
+        assert (status.Get_source(), status.Get_tag(), status.Get_count(MPI.BYTE)) == (0, 7, n)
+        assert handed == [("Recv", "from", 0)]
+
+
+def test_mpi_order_with_eager_messages_and_wildcards(comm):
+    if comm.rank > 1:
+        return
+    eager, _ = _limits(comm)
+    sizes = [8, 3 * eager, 100, eager + 1, 2 * eager, 0]
+    if comm.rank == 0:
+        for i, n in enumerate(sizes):
+            comm.Send(_pattern(n, i), 1, 4)
+    else:
+        for i, n in enumerate(sizes):
+            got = np.empty(3 * eager, np.uint8)
+            status = MPI.Status()
+            comm.Recv(got, MPI.ANY_SOURCE if i % 2 else 0, MPI.ANY_TAG if i % 3 else 4, status)
+            assert status.Get_count(MPI.BYTE) == n and status.Get_source() == 0
+            assert np.array_equal(got[:n], _pattern(n, i))
+
+
+def test_a_receive_posted_earlier_takes_the_first_message(comm):
+    if comm.rank > 1:
+        return
+    eager, _ = _limits(comm)
+    n = 2 * eager
+    if comm.rank == 0:
+        comm.Recv(bytearray(1), 1, 1)
+        comm.Send(_pattern(n, 1), 1, 9)
+        comm.Send(_pattern(n, 2), 1, 9)
+    else:
+        first = np.empty(n, np.uint8)
+        req = comm.Irecv(first, 0, 9)
+        comm.Send(bytearray(1), 0, 1)
+        second = np.empty(n, np.uint8)
+        comm.Recv(second, 0, 9)
+        req.Wait()
+        assert np.array_equal(first, _pattern(n, 1)) and np.array_equal(second, _pattern(n, 2))
+
+
+def test_a_buffer_too_small_is_truncation_and_the_ring_stays_in_step(comm):
+    if comm.rank > 1:
+        return
+    eager, _ = _limits(comm)
+    n = 2 * eager + 5
+    if comm.rank == 0:
+        comm.Send(_pattern(n, 1), 1, 2)
+        comm.Send(_pattern(n, 2), 1, 2)
+    else:
+        with pytest.raises(MPI.Exception) as excinfo:
+            comm.Recv(np.empty(n - 1, np.uint8), 0, 2)
+        assert excinfo.value.Get_error_class() == MPI.ERR_TRUNCATE
+        got = np.empty(n, np.uint8)
+        comm.Recv(got, 0, 2)
+        assert np.array_equal(got, _pattern(n, 2))
+
+
+def test_crossing_messages_of_both_kinds(comm):
+    """Each side sends first, one a small message and the other a large one,
+    then receives: the large sender meets an eager frame where it waits
+    for its clear-to-send, and must still complete both."""
+    if comm.rank > 1:
+        return
+    eager, _ = _limits(comm)
+    n = 4 * eager + 3
+    for _ in range(20):
+        if comm.rank == 0:
+            comm.Send(_pattern(n, 4), 1, 11)
+            small = bytearray(16)
+            comm.Recv(small, 1, 12)
+            assert bytes(small) == bytes(range(16))
+        else:
+            comm.Send(bytes(range(16)), 0, 12)
+            got = np.empty(n, np.uint8)
+            comm.Recv(got, 0, 11)
+            assert np.array_equal(got, _pattern(n, 4))
+
+
+def test_every_pair_in_a_ring(comm):
+    eager, _ = _limits(comm)
+    n = 3 * eager + comm.size
+    right, left = (comm.rank + 1) % comm.size, (comm.rank - 1) % comm.size
+    got = np.empty(n, np.uint8)
+    for step in range(3):
+        if comm.rank % 2 == 0:
+            comm.Send(_pattern(n, comm.rank + step), right, 6)
+            comm.Recv(got, left, 6)
+        else:
+            comm.Recv(got, left, 6)
+            comm.Send(_pattern(n, comm.rank + step), right, 6)
+        assert np.array_equal(got, _pattern(n, left + step))
+
+
+def test_probe_then_receive_of_the_size_it_reports(comm, monkeypatch):
+    """The usual way to receive a message of unknown size: the probe leaves
+    the announcement queued, and the receive clears it from there."""
+    if comm.rank > 1:
+        return
+    eager, chunk = _limits(comm)
+    sizes = [eager + 3, 5 * chunk + 1]
+    if comm.rank == 0:
+        for i, n in enumerate(sizes):
+            comm.Send(_pattern(n, i), 1, 30 + i)
+    else:
+        _no_general_path(comm, monkeypatch)
+        for i, n in enumerate(sizes):
+            status = MPI.Status()
+            comm.Probe(0, MPI.ANY_TAG, status)
+            assert (status.Get_tag(), status.Get_count(MPI.BYTE)) == (30 + i, n)
+            got = np.empty(status.Get_count(MPI.BYTE), np.uint8)
+            comm.Recv(got, status.Get_source(), status.Get_tag())
+            assert np.array_equal(got, _pattern(n, i))
