@@ -152,6 +152,9 @@ cdef uint64_t _MAX_MESSAGE = <uint64_t>1 << 48
 # copy in, one out, as an eager frame); larger ones stream through the
 # ring in chunks, which overlaps the two copies.
 cdef uint64_t _STAGED_OBJECT_EAGER_LIMITS = 2
+# Object receives allocate the announced size: larger ones take the
+# general path, which checks the size against the machine's memory.
+cdef uint64_t _OBJECT_RENDEZVOUS_MAX = <uint64_t>1 << 30
 
 
 def set_typed_layout(function):
@@ -739,8 +742,12 @@ cdef class FastPath:
         op = self._send_bytes_staged(data, dest, tag)
         if op is not None:
             self.finish_staged(op, "send")
-        else:
+            return
+        op = self._send_rendezvous(data, dest, tag)
+        if op is None:
             self.general_send(data, dest, tag)
+        elif op is not True:
+            self.wait_op(op, "send")
 
     def sendrecv_object(self, sendobj, long dest, long sendtag=0, recvbuf=None, source=None,
                         recvtag=None, status=None):
@@ -769,9 +776,16 @@ cdef class FastPath:
             source = self.any_source
         if tag is None:
             tag = self.any_tag
-        data = self.recv_bytes(source, tag, self.spins)
+        self.rts_frames = True
+        try:
+            data = self.recv_bytes(source, tag, self.spins)
+        finally:
+            self.rts_frames = False
         if data is None:
             return self.general_recv(buf, source, tag, status)
+        if self.pending_recv is not None:
+            op, self.pending_recv = self.pending_recv, None
+            self.wait_op(op, "recv")
         if status is not None:
             self.fill_status(status, self.last_source, self.last_tag, len(data))
         # An empty message (a buffer send of nothing) is None, as mpi4py has it.
@@ -1397,6 +1411,11 @@ cdef class FastPath:
         cdef RxRing rx = <RxRing?>self.rx[source]
         if self.receiving is None or total <= self.eager_limit or total > _MAX_MESSAGE:
             return FAST_NOT_HANDLED
+        if self.awaiting_cts:
+            # Sends of ours wait for a clear-to-send: their receivers may be
+            # waiting here for our data in the same way, and only the
+            # engine serves both.
+            return FAST_NOT_HANDLED
         world = self.world_ranks[source]
         if (world, send_id) in self.receiving or not _pin(buf, True, &view):
             return FAST_NOT_HANDLED
@@ -1874,22 +1893,34 @@ cdef class FastPath:
         cdef RxRing rx
         cdef Py_ssize_t i
         cdef uint64_t at, send_id
+        cdef bint rts = self.rts_frames
+        self.rts_frames = False
         if self.unexpected and self.enabled and self._valid_receive(source, tag):
             msg = self._unexpected_eager(source, tag, &i)
             if msg is not None and self._take_unexpected(i, msg):
                 return msg.data
             if msg is None and i >= 0:
+                msg = self.unexpected[i]
+                if rts and msg.kind == 3 and msg.source in self.comm_rank_of:
+                    return self._rendezvous_bytes(self.comm_rank_of[msg.source], msg.tag,
+                                                  msg.size, msg.send_id, None, msg, i)
                 return self._unexpected_heap_bytes(i)
         # A pickle a little over the eager limit comes as a region
         # rendezvous (_send_bytes_staged): taken here as well.
         self.region_frames = self.heap_bounds is not None
+        self.rts_frames = rts
         try:
             ring = self._ready_ring(source, tag, spins)
         finally:
             self.region_frames = False
+            self.rts_frames = False
         if ring is None:
             return None
         rx = <RxRing>ring
+        if rx.kind == 3:
+            if rx.length != 0:
+                return None
+            return self._rendezvous_bytes(self.last_source, rx.tag, rx.a, rx.b, rx, None, -1)
         if rx.kind == 8:
             if not self._region_frame(rx, self.last_source, &at):
                 return None
@@ -1905,6 +1936,21 @@ cdef class FastPath:
         self.last_tag = rx.tag
         self._consume(rx)
         return out
+
+    cdef object _rendezvous_bytes(self, long source, int32_t tag, uint64_t total,
+                                  uint64_t send_id, RxRing announced, object msg,
+                                  Py_ssize_t index):
+        """_rendezvous_into a new bytearray of the message's size (an object
+        receive): the bytearray, with pending_recv set when the engine is
+        to finish it; None: use the general path (which also refuses a
+        size no machine here could hold)."""
+        cdef long got
+        if total > _OBJECT_RENDEZVOUS_MAX:
+            return None
+        out = bytearray(total)
+        got = self._rendezvous_into(source, tag, total, send_id, out, 1, <Py_ssize_t>total, 0,
+                                    announced, msg, index)
+        return None if got == FAST_NOT_HANDLED else out
 
     cdef object _unexpected_heap_bytes(self, Py_ssize_t i):
         """The unexpected message at index i, if it is a region rendezvous

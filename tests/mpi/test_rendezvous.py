@@ -269,3 +269,45 @@ def test_probe_then_receive_of_the_size_it_reports(comm, monkeypatch):
             got = np.empty(status.Get_count(MPI.BYTE), np.uint8)
             comm.Recv(got, status.Get_source(), status.Get_tag())
             assert np.array_equal(got, _pattern(n, i))
+
+
+def test_large_objects_and_probes(comm, monkeypatch):
+    """Pickles over the eager limit (beyond the heap-staged ones just above
+    it) take the one-call rendezvous too, after a probe as well."""
+    if comm.rank > 1:
+        return
+    eager, chunk = _limits(comm)
+    objects = [np.arange(eager, dtype="f8"), {"a": bytes(5 * chunk), "b": list(range(9))}]
+    if comm.rank == 0:
+        monkeypatch.setattr(comm._fast, "general_send",
+                            lambda *a: (_ for _ in ()).throw(AssertionError("general send")))
+        for i, obj in enumerate(objects):
+            comm.send(obj, 1, 40 + i)
+    else:
+        monkeypatch.setattr(comm._fast, "general_recv",
+                            lambda *a: (_ for _ in ()).throw(AssertionError("general recv")))
+        _announced(comm, 0)
+        status = MPI.Status()
+        got = comm.recv(None, 0, 40, status)
+        assert np.array_equal(got, objects[0]) and status.Get_tag() == 40
+        assert comm.probe(0, MPI.ANY_TAG, status) and status.Get_tag() == 41
+        got = comm.recv(None, 0, 41)
+        assert got == objects[1]
+
+
+def test_both_sides_announce_before_they_receive(comm):
+    """Each rank starts a large send, then receives: neither may wait for
+    data the other only streams from its engine (all ranks, alltoall of
+    large objects and Isend + Recv of large buffers)."""
+    eager, _ = _limits(comm)
+    items = [np.full(eager // 2, comm.rank * 100 + dest, dtype="i8") for dest in range(comm.size)]
+    got = comm.alltoall(items)
+    for source, arr in enumerate(got):
+        assert (arr == source * 100 + comm.rank).all() and len(arr) == eager // 2
+    right, left = (comm.rank + 1) % comm.size, (comm.rank - 1) % comm.size
+    n = 3 * eager
+    req = comm.Isend(_pattern(n, comm.rank), right, 13)
+    back = np.empty(n, np.uint8)
+    comm.Recv(back, left, 13)
+    req.Wait()
+    assert np.array_equal(back, _pattern(n, left))
