@@ -764,25 +764,148 @@ cdef bint _deliver_eager(RxRing rx, list posted, uint64_t eager_limit, TxRing tx
     return False
 
 
+# The engine's MAX_MESSAGE: no message is announced larger.
+cdef uint64_t _RENDEZVOUS_MAX = <uint64_t>1 << 48
+
+
+@cython.final
+cdef class Rendezvous:
+    """The engine's rendezvous state, for the steps poll_eager takes in C:
+    receives being streamed into (receiving) and sends awaiting their
+    clear-to-send (awaiting_cts), both keyed by (world rank, send id), as
+    ivmpi/engine.py keeps them; post_stream queues the rest of a stream
+    that does not fit the ring now (the engine's _post_stream)."""
+    cdef public dict receiving, awaiting_cts
+    cdef public object post_stream
+    cdef public uint64_t chunk_bytes
+    cdef public int stream_spins
+
+    def __cinit__(self, dict receiving, dict awaiting_cts, object post_stream,
+                  uint64_t chunk_bytes, int stream_spins):
+        self.receiving = receiving
+        self.awaiting_cts = awaiting_cts
+        self.post_stream = post_stream
+        self.chunk_bytes = chunk_bytes
+        self.stream_spins = stream_spins
+
+    cdef bint announced(self, RxRing rx, list posted, uint64_t eager_limit,
+                        TxRing tx) except -1:
+        """The RTS at the head of rx matches a posted receive whose buffer
+        holds it: cleared (the engine's _accept_rendezvous).  False,
+        touching nothing, for anything else (no match: the engine queues
+        it; an object receive, a buffer too small, a bad envelope, no room
+        for the CTS: the engine's general handler)."""
+        cdef Py_ssize_t i
+        cdef RecvOp op
+        if rx.length != 0 or rx.tag < 0 or rx.a <= eager_limit or rx.a > _RENDEZVOUS_MAX:
+            return False
+        for i in range(len(posted)):
+            op = <RecvOp?>posted[i]
+            if not _accepts_head(op, rx):
+                continue
+            if op.mem is None or <uint64_t>len(op.mem) < rx.a:
+                return False
+            key = (rx.peer, rx.b)
+            if key in self.receiving or tx.write_frame(4, 0, 0, 0, rx.b, NULL, 0) != 1:
+                return False
+            del posted[i]
+            op.status_source = rx.peer
+            op.status_tag = rx.tag
+            op.total = rx.a
+            self.receiving[key] = op
+            rx.consume()
+            return True
+        return False
+
+    cdef bint cleared(self, RxRing rx, TxRing tx) except -1:
+        """The CTS at the head of rx clears a send of ours: taken, and the
+        send streamed as far as the ring has room (the rest queued by the
+        engine)."""
+        cdef SendOp op
+        cdef Py_buffer view
+        cdef uint64_t sent, total
+        if rx.length != 0:
+            return False
+        op = self.awaiting_cts.pop((rx.peer, rx.b), None)
+        if op is None:
+            return False            # the engine reports the stray CTS
+        rx.consume()
+        op.state = "streaming"
+        PyObject_GetBuffer(op.mem, &view, PyBUF_SIMPLE)
+        try:
+            sent = tx.stream_from(<const char *>view.buf, <uint64_t>view.len, op.offset,
+                                  self.chunk_bytes, op.send_id, self.stream_spins, rx)
+            total = <uint64_t>view.len
+        finally:
+            PyBuffer_Release(&view)
+        op.offset = sent
+        if sent == total:
+            op.done = True
+            op.state = "done"
+        else:
+            self.post_stream(rx.peer, op)
+        return True
+
+    cdef bint data(self, RxRing rx) except -1:
+        """DATA at the head of rx for a receive being streamed into: the
+        chunks there copied out (the engine's DATA step).  False for a
+        chunk the engine must judge (unknown send id, out of place)."""
+        cdef RecvOp op
+        cdef Py_buffer view
+        cdef uint64_t before, got, total
+        key = (rx.peer, rx.b)
+        op = self.receiving.get(key)
+        if op is None:
+            return False
+        before = op.received
+        total = op.total
+        if op.discard:
+            got = rx.drain_into(NULL, rx.b, before, total, self.chunk_bytes,
+                                self.stream_spins, False)
+        else:
+            PyObject_GetBuffer(op.mem, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
+            try:
+                if <uint64_t>view.len < total:
+                    return False
+                got = rx.drain_into(<char *>view.buf, rx.b, before, total, self.chunk_bytes,
+                                    self.stream_spins, False)
+            finally:
+                PyBuffer_Release(&view)
+        if got == before:
+            return False
+        op.received = got
+        if got == total:
+            del self.receiving[key]
+            op.count = op.total if op.error is None else 0
+            op.done = True
+        return True
+
+
 cpdef int poll_eager(EngineLock lock, RxRing rx, list posted, uint64_t eager_limit,
                      set backlog, Op op, TxRing tx=None, dict awaiting_ack=None,
-                     int spins=0) except -2:
+                     int spins=0, Rendezvous rendezvous=None) except -2:
     """A wait's round for an operation with rx's peer, in one call when only
     eager frames for posted receives (synchronous ones acknowledged on tx)
     and acknowledgements of sends in awaiting_ack arrive: they are handled
-    (under the lock) until op is done.  While nothing arrives, up to |spins|
+    (under the lock) until op is done.  With `rendezvous` (the engine's
+    state), the steps of large messages too: an RTS for a posted receive is
+    cleared, a CTS for a send of ours streams it, DATA is copied out.
+    While nothing arrives, up to |spins|
     polls wait here (negative: yielding the core between polls), as the
     blocking fast paths do.  1: something was handled, 0: nothing arrived,
     -1: the engine's own round is needed (another thread holds the lock,
     frames wait to be sent, or the next frame is something else)."""
     cdef int moved = 0, waited = 0, polls = spins if spins >= 0 else -spins
     cdef SendOp acked
+    cdef uint32_t kind
     if not lock.enter():
         return -1
     try:
         if backlog:
             return -1
         while not op.done:
+            if backlog:
+                return -1               # a stream the ring could not take: the engine's
             if not rx.poll():
                 if waited >= polls:
                     break
@@ -792,12 +915,22 @@ cpdef int poll_eager(EngineLock lock, RxRing rx, list posted, uint64_t eager_lim
                 else:
                     sched_yield()
                 continue
-            if rx.kind == 6 and awaiting_ack is not None:
+            kind = rx.kind
+            if kind == 6 and awaiting_ack is not None:
                 acked = awaiting_ack.pop((rx.peer, rx.b), None)
                 if acked is None:
                     return -1           # the engine reports the stray ACK
                 rx.consume()
                 acked.done = True
+            elif rendezvous is not None and tx is not None and kind >= 3 and kind <= 5:
+                if kind == 5:
+                    if not rendezvous.data(rx):
+                        return -1
+                elif kind == 4:
+                    if not rendezvous.cleared(rx, tx):
+                        return -1
+                elif not rendezvous.announced(rx, posted, eager_limit, tx):
+                    return -1
             elif not _deliver_eager(rx, posted, eager_limit, tx):
                 return -1
             moved = 1

@@ -22,8 +22,8 @@ import time
 from collections import deque
 
 from . import _fastcopy
-from ._fastcopy import (LibraryCounts, LibraryRecv, LibrarySend, RecvOp, SendOp, deliver_eager,
-                        poll_eager)
+from ._fastcopy import (LibraryCounts, LibraryRecv, LibrarySend, RecvOp, Rendezvous, SendOp,
+                        deliver_eager, poll_eager)
 from . import routing
 from .heap import Heap
 from .liveness import Liveness
@@ -152,6 +152,9 @@ class Engine:
         self.awaiting_cts = {}                           # (peer, send id) -> SendOp
         self.awaiting_ack = {}                           # (peer, send id) -> SendOp
         self.receiving = {}                              # (peer, send id) -> RecvOp
+        # The same tables, for the rendezvous steps the waits take in C.
+        self.rendezvous = Rendezvous(self.receiving, self.awaiting_cts, self._post_stream,
+                                     self.chunk_bytes, 0)
         # Nonblocking collectives in progress (ivmpi.nbcoll): each round of
         # progress polls them, so that they advance whatever a wait is for.
         self.schedules = []
@@ -644,15 +647,17 @@ class Engine:
         if type(op) in _LIBRARY_OPS and op.spin(self.fast_spins):
             return      # polled in C first, as the rings' fast paths do
         peer = op.peer
-        # A receive from a known source, or a synchronous send awaiting its
-        # acknowledgement: only that peer's ring matters.
-        specific = ((type(op) is RecvOp or (type(op) is SendOp and op.sync))
+        # A receive from a known source, or a send awaiting its
+        # acknowledgement or clear-to-send: only that peer's ring matters.
+        specific = ((type(op) is RecvOp or type(op) is SendOp)
                     and peer is not None and 0 <= peer < self.size and self.rx[peer] is not None)
         if specific:
-            # The commonest case, inline: the eager message (or the ACK) is next in the ring.
+            # The commonest case, inline: the eager message (or the ACK) is next in the ring,
+            # or the next step of a rendezvous.
             # It polls in C for a while before the Python wait loop starts.
             if poll_eager(self.lock, self.rx[peer], self.posted, self.eager_limit, self.backlog,
-                          op, self.tx[peer], self.awaiting_ack, self.fast_spins) < 0:
+                          op, self.tx[peer], self.awaiting_ack, self.fast_spins,
+                          self.rendezvous) < 0:
                 self.poll_peer(peer, op)
             if op.done:
                 return
@@ -685,7 +690,8 @@ class Engine:
             # A receive from a known source first polls only that peer; once
             # idle, everything is progressed, so that no peer starves.
             if peer is not None and idle < spin:
-                moved = poll_eager(lock, rx, posted, limit, backlog, ops[0], tx, awaiting_ack)
+                moved = poll_eager(lock, rx, posted, limit, backlog, ops[0], tx, awaiting_ack,
+                                   0, self.rendezvous)
                 if moved < 0:
                     moved = self.poll_peer(peer, ops[0])
             else:
@@ -755,4 +761,5 @@ class Engine:
         # Polls a rendezvous stream waits for ring space or the next chunk
         # before returning to the wait loop (which also serves other peers).
         self.stream_spins = 0 if oversubscribed else 20000
+        self.rendezvous.stream_spins = self.stream_spins
 
