@@ -881,6 +881,23 @@ cdef class Rendezvous:
         return True
 
 
+def rendezvous_step(RxRing rx, list posted, uint64_t eager_limit, TxRing tx, set backlog,
+                    Rendezvous rendezvous):
+    """The engine's progress, for the frame at the head of rx: a step of a
+    large message (RTS, CTS or DATA) taken in C, as poll_eager takes it.
+    False, touching nothing, when the engine's handler must take it (any
+    other frame, anything Rendezvous leaves to it, or frames of ours
+    queued for that peer, which must go out first)."""
+    cdef uint32_t kind = rx.kind
+    if not rx.ready or kind < 3 or kind > 5 or tx is None or rx.peer in backlog:
+        return False
+    if kind == 5:
+        return rendezvous.data(rx)
+    if kind == 4:
+        return rendezvous.cleared(rx, tx)
+    return rendezvous.announced(rx, posted, eager_limit, tx)
+
+
 cpdef int poll_eager(EngineLock lock, RxRing rx, list posted, uint64_t eager_limit,
                      set backlog, Op op, TxRing tx=None, dict awaiting_ack=None,
                      int spins=0, Rendezvous rendezvous=None) except -2:

@@ -23,7 +23,7 @@ from collections import deque
 
 from . import _fastcopy
 from ._fastcopy import (LibraryCounts, LibraryRecv, LibrarySend, RecvOp, Rendezvous, SendOp,
-                        deliver_eager, poll_eager)
+                        deliver_eager, poll_eager, rendezvous_step)
 from . import routing
 from .heap import Heap
 from .liveness import Liveness
@@ -486,11 +486,13 @@ class Engine:
         moved = self._flush_backlog() if self.backlog else False
         rx, first_ready = self.rx_by_slot, self.inbox.first_ready
         posted, limit = self.posted, self.eager_limit
+        tx, backlog, rendezvous = self.tx, self.backlog, self.rendezvous
         i = first_ready(0)
         while i >= 0:
             ring = rx[i]
             while ring.poll():
-                if not deliver_eager(ring, posted, limit):
+                if not deliver_eager(ring, posted, limit) and not rendezvous_step(
+                        ring, posted, limit, tx[ring.peer], backlog, rendezvous):
                     self._handle(ring)
             moved = True
             i = first_ready(i + 1)
@@ -508,7 +510,8 @@ class Engine:
         rx = self.rx[peer]
         posted, limit = self.posted, self.eager_limit
         while rx.poll():
-            if not deliver_eager(rx, posted, limit):
+            if not deliver_eager(rx, posted, limit) and not rendezvous_step(
+                    rx, posted, limit, self.tx[peer], self.backlog, self.rendezvous):
                 self._handle(rx)
             moved = True
             if op is not None and op.done:

@@ -108,3 +108,22 @@ def test_what_the_engine_must_judge_is_left_in_the_ring(case):
     assert p.b_rx.poll() and p.b_rx.b == 9                  # still there, for the engine
     assert posted == [op] and p.tables.receiving == before and not op.done
     assert not p.a_rx.poll()                                 # no clear-to-send went out
+
+
+def test_progress_takes_the_same_steps_unless_frames_of_ours_wait_for_that_peer():
+    from ivmpi._fastcopy import rendezvous_step
+    p = Pair()
+    data = _payload(2 * CHUNK, 4)
+    op = SendOp(B, memoryview(data), 4, 5, False)
+    op.send_id = 6
+    p.tables.awaiting_cts[(B, 6)] = op
+    assert p.b_tx.send(CTS, 0, 0, 0, 6)
+    assert p.a_rx.poll()
+    # Something of ours is queued for B: it must go before our stream.
+    assert not rendezvous_step(p.a_rx, [], EAGER, p.a_tx, {B}, p.tables)
+    assert p.a_rx.ready and not op.done and (B, 6) in p.tables.awaiting_cts
+    assert rendezvous_step(p.a_rx, [], EAGER, p.a_tx, set(), p.tables)
+    assert op.done and not p.a_rx.poll()
+    # An eager frame is not a rendezvous step.
+    assert p.b_tx.send(1, 3, 5, 0, 0, b"hello")
+    assert p.a_rx.poll() and not rendezvous_step(p.a_rx, [], EAGER, p.a_tx, set(), p.tables)
