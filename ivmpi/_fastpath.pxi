@@ -1930,7 +1930,7 @@ cdef class FastPath:
             rx.consume()
             self._ack(self.last_source, send_id)    # the sender may reuse its block now
             return out
-        out = bytearray(rx.length)
+        out = _unfilled_bytearray(rx.length)
         if rx.length:
             rx.copy_out(<char *>out, rx.length)
         self.last_tag = rx.tag
@@ -1947,7 +1947,7 @@ cdef class FastPath:
         cdef long got
         if total > _OBJECT_RENDEZVOUS_MAX:
             return None
-        out = bytearray(total)
+        out = _unfilled_bytearray(<Py_ssize_t>total)
         got = self._rendezvous_into(source, tag, total, send_id, out, 1, <Py_ssize_t>total, 0,
                                     announced, msg, index)
         return None if got == FAST_NOT_HANDLED else out

@@ -422,7 +422,8 @@ class Engine:
             raise CorruptRegionError(
                 f"peer {incoming.source}: a message of {incoming.size} bytes announced for an "
                 f"object receive is larger than this machine's memory ({_PHYSICAL_MEMORY} bytes)")
-        return bytearray(incoming.size)
+        # Every byte is written by the message before anyone reads it.
+        return _fastcopy.unfilled_bytearray(incoming.size)
 
     def _copy_from_heap(self, incoming, op):
         size = incoming.size
