@@ -1093,10 +1093,31 @@ cdef class FastPath:
 
     def recv_message(self, buf, incoming, status):
         """Message.Recv of an eager message a matched probe took: straight
-        into buf.  False: use the general path (it also reports a buffer
-        too small)."""
+        into buf; of a rendezvous one: cleared and copied in as it comes
+        (_rendezvous_into).  False: use the general path (it also reports a
+        buffer too small)."""
         cdef Py_buffer view
         cdef Py_ssize_t extent, capacity, n, offset
+        cdef long got
+        if incoming.kind == 3 and incoming.self_send is None:
+            rank = None if self.comm_rank_of is None else self.comm_rank_of.get(incoming.source)
+            plain = None if rank is None or self.rx[rank] is None else \
+                self._plain_at(buf, &extent, &capacity, &offset)
+            if plain is None or not self.lock.enter():
+                return False
+            try:
+                got = self._rendezvous_into(rank, incoming.tag, incoming.size, incoming.send_id,
+                                            plain, extent, capacity, offset, None, None, -1)
+            finally:
+                self.lock.leave()
+            if got == FAST_NOT_HANDLED:
+                return False
+            if got == FAST_PENDING:
+                op, self.pending_recv = self.pending_recv, None
+                self.new_request(self.comm, op, None, "Message.Recv").Wait(status)
+            elif status is not None:
+                self.fill_status(status, rank, incoming.tag, got)
+            return True
         if (incoming.kind != 1 and incoming.kind != 2) or incoming.self_send is not None \
                 or type(incoming.data) is not bytearray:
             return False
@@ -1397,6 +1418,7 @@ cdef class FastPath:
         straight into buf as they come, in one call.  The announcement is
         the RTS at the head of `announced`, or the unexpected message `msg`
         at `index` (a probe saw it first); it is taken once the CTS is out.
+        Neither: a matched probe has taken it already (Message.Recv).
         Returns the message's length; FAST_NOT_HANDLED with nothing taken
         (anything unusual: the engine's general path receives it and
         reports what is wrong); or FAST_PENDING once cleared, when the
@@ -1411,10 +1433,11 @@ cdef class FastPath:
         cdef RxRing rx = <RxRing?>self.rx[source]
         if self.receiving is None or total <= self.eager_limit or total > _MAX_MESSAGE:
             return FAST_NOT_HANDLED
-        if self.awaiting_cts:
+        if self.awaiting_cts or self.backlog:
             # Sends of ours wait for a clear-to-send: their receivers may be
             # waiting here for our data in the same way, and only the
-            # engine serves both.
+            # engine serves both.  (Frames of ours queued: the CTS must
+            # not pass them.)
             return FAST_NOT_HANDLED
         world = self.world_ranks[source]
         if (world, send_id) in self.receiving or not _pin(buf, True, &view):
@@ -1427,6 +1450,9 @@ cdef class FastPath:
                 return FAST_NOT_HANDLED
             if announced is not None:
                 announced.consume()
+                self.last_tag = tag
+            elif msg is None:               # a matched probe took the announcement
+                self.last_source = source
                 self.last_tag = tag
             elif not self._take_unexpected(index, msg):
                 raise RuntimeError("an unexpected message left its queue while it was cleared")

@@ -311,3 +311,28 @@ def test_both_sides_announce_before_they_receive(comm):
     comm.Recv(back, left, 13)
     req.Wait()
     assert np.array_equal(back, _pattern(n, left))
+
+
+def test_matched_probe_then_message_recv(comm, monkeypatch):
+    """Mprobe takes the announcement; Message.Recv clears it and copies the
+    data in as it comes; the status is the message's."""
+    if comm.rank > 1:
+        return
+    eager, chunk = _limits(comm)
+    sizes = [eager + 5, 4 * chunk + 3]
+    if comm.rank == 0:
+        for i, n in enumerate(sizes):
+            comm.Send(_pattern(n, i), 1, 50 + i)
+    else:
+        for i, n in enumerate(sizes):
+            status = MPI.Status()
+            message = comm.Mprobe(0, MPI.ANY_TAG, status)
+            assert status.Get_count(MPI.BYTE) == n
+            monkeypatch.setattr(type(message), "_irecv", lambda *a: (_ for _ in ()).throw(
+                AssertionError("the general path was taken")))
+            got = np.empty(n + 3, np.uint8)
+            status = MPI.Status()
+            message.Recv(got, status)
+            assert np.array_equal(got[:n], _pattern(n, i))
+            assert (status.Get_source(), status.Get_tag(), status.Get_count(MPI.BYTE)) == \
+                (0, 50 + i, n)
