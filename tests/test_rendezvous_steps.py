@@ -34,6 +34,15 @@ def _payload(n, seed=1):
     return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
 
 
+def _cleared_send(p, data, send_id):
+    """A send of data from A awaiting its clear-to-send, which B has written."""
+    op = SendOp(B, memoryview(data), 4, 5, False)
+    op.send_id = send_id
+    p.tables.awaiting_cts[(B, send_id)] = op
+    assert p.b_tx.send(CTS, 0, 0, 0, send_id)
+    return op
+
+
 def _wait(rx, op, tx, tables, posted=None):
     return poll_eager(EngineLock(), rx, [] if posted is None else posted, EAGER, set(), op, tx,
                       {}, 0, tables)
@@ -58,10 +67,7 @@ def test_an_announcement_for_a_posted_receive_is_cleared_and_its_data_copied_out
 def test_a_clear_to_send_streams_the_send():
     p = Pair()
     data = _payload(2 * CHUNK + 3, 2)
-    op = SendOp(B, memoryview(data), 4, 5, False)
-    op.send_id = 3
-    p.tables.awaiting_cts[(B, 3)] = op
-    assert p.b_tx.send(CTS, 0, 0, 0, 3)
+    op = _cleared_send(p, data, 3)
     assert _wait(p.a_rx, op, p.a_tx, p.tables) == 1
     assert op.done and op.offset == len(data) and op.state == "done"
     assert p.tables.awaiting_cts == {} and p.queued == []
@@ -74,10 +80,7 @@ def test_a_clear_to_send_streams_the_send():
 def test_a_stream_longer_than_the_ring_is_left_queued_with_its_offset():
     p = Pair()
     data = _payload(2 * RING, 3)
-    op = SendOp(B, memoryview(data), 4, 5, False)
-    op.send_id = 8
-    p.tables.awaiting_cts[(B, 8)] = op
-    assert p.b_tx.send(CTS, 0, 0, 0, 8)
+    op = _cleared_send(p, data, 8)
     assert _wait(p.a_rx, op, p.a_tx, p.tables) == 1
     assert not op.done and 0 < op.offset < len(data) and op.state == "streaming"
     assert p.queued == [(B, op)]
@@ -113,11 +116,7 @@ def test_what_the_engine_must_judge_is_left_in_the_ring(case):
 def test_progress_takes_the_same_steps_unless_frames_of_ours_wait_for_that_peer():
     from ivmpi._fastcopy import rendezvous_step
     p = Pair()
-    data = _payload(2 * CHUNK, 4)
-    op = SendOp(B, memoryview(data), 4, 5, False)
-    op.send_id = 6
-    p.tables.awaiting_cts[(B, 6)] = op
-    assert p.b_tx.send(CTS, 0, 0, 0, 6)
+    op = _cleared_send(p, _payload(2 * CHUNK, 4), 6)
     assert p.a_rx.poll()
     # Something of ours is queued for B: it must go before our stream.
     assert not rendezvous_step(p.a_rx, [], EAGER, p.a_tx, {B}, p.tables)

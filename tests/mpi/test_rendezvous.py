@@ -250,17 +250,21 @@ def test_every_pair_in_a_ring(comm):
         assert np.array_equal(got, _pattern(n, left + step))
 
 
+def _sent_in_turn(comm, sizes, first_tag):
+    """Rank 0 sends one message of each size, tags first_tag, first_tag+1,
+    ...; True on rank 1, which receives them."""
+    if comm.rank == 0:
+        for i, n in enumerate(sizes):
+            comm.Send(_pattern(n, i), 1, first_tag + i)
+    return comm.rank == 1
+
+
 def test_probe_then_receive_of_the_size_it_reports(comm, monkeypatch):
     """The usual way to receive a message of unknown size: the probe leaves
     the announcement queued, and the receive clears it from there."""
-    if comm.rank > 1:
-        return
     eager, chunk = _limits(comm)
     sizes = [eager + 3, 5 * chunk + 1]
-    if comm.rank == 0:
-        for i, n in enumerate(sizes):
-            comm.Send(_pattern(n, i), 1, 30 + i)
-    else:
+    if _sent_in_turn(comm, sizes, 30):
         _no_general_path(comm, monkeypatch)
         for i, n in enumerate(sizes):
             status = MPI.Status()
@@ -316,14 +320,9 @@ def test_both_sides_announce_before_they_receive(comm):
 def test_matched_probe_then_message_recv(comm, monkeypatch):
     """Mprobe takes the announcement; Message.Recv clears it and copies the
     data in as it comes; the status is the message's."""
-    if comm.rank > 1:
-        return
     eager, chunk = _limits(comm)
     sizes = [eager + 5, 4 * chunk + 3]
-    if comm.rank == 0:
-        for i, n in enumerate(sizes):
-            comm.Send(_pattern(n, i), 1, 50 + i)
-    else:
+    if _sent_in_turn(comm, sizes, 50):
         for i, n in enumerate(sizes):
             status = MPI.Status()
             message = comm.Mprobe(0, MPI.ANY_TAG, status)
