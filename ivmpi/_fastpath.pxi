@@ -1431,7 +1431,8 @@ cdef class FastPath:
         cdef char *dst
         cdef RecvOp op
         cdef RxRing rx = <RxRing?>self.rx[source]
-        if self.receiving is None or total <= self.eager_limit or total > _MAX_MESSAGE:
+        if self.receiving is None or total <= self.eager_limit or total > _MAX_MESSAGE \
+                or rx is None or self.tx[source] is None:
             return FAST_NOT_HANDLED
         if self.awaiting_cts or self.backlog:
             # Sends of ours wait for a clear-to-send: their receivers may be
