@@ -146,8 +146,6 @@ cdef object _typed_layout = None      # datatype -> (plan, extent) or None
 cdef enum:
     _TYPED_CACHE_MAX = 256
     _TYPED_WAIT_ROUNDS = 32
-# The engine's MAX_MESSAGE: no message is announced larger.
-cdef uint64_t _MAX_MESSAGE = <uint64_t>1 << 48
 # Pickles up to this many eager limits go through the sender's heap (one
 # copy in, one out, as an eager frame); larger ones stream through the
 # ring in chunks, which overlaps the two copies.
@@ -295,14 +293,11 @@ cdef class FastPath:
     cdef public list heap_bounds
     cdef bint region_frames
     # Rendezvous in one call (messages over the eager limit between plain
-    # buffers): the engine's tables of receives being streamed into and of
-    # sends awaiting clear-to-send, its _post_stream (queues the rest of a
-    # stream), its chunk size and stream polls; rts_frames: a blocking
-    # receive is looking, and takes an RTS as well.
-    cdef public dict receiving, awaiting_cts
-    cdef public object post_stream
-    cdef public uint64_t chunk_bytes
-    cdef public int stream_spins
+    # buffers): the engine's rendezvous state (its tables of receives being
+    # streamed into and of sends awaiting clear-to-send, its _post_stream,
+    # chunk size and stream polls); rts_frames: a blocking receive is
+    # looking, and takes an RTS as well.
+    cdef public Rendezvous rendezvous
     cdef bint rts_frames
     cdef RecvOp pending_recv
     cdef long found_source, found_size    # what the last fast probe found
@@ -1431,17 +1426,18 @@ cdef class FastPath:
         cdef char *dst
         cdef RecvOp op
         cdef RxRing rx = <RxRing?>self.rx[source]
-        if self.receiving is None or total <= self.eager_limit or total > _MAX_MESSAGE \
+        cdef Rendezvous rdv = self.rendezvous
+        if rdv is None or total <= self.eager_limit or total > _MAX_MESSAGE \
                 or rx is None or self.tx[source] is None:
             return FAST_NOT_HANDLED
-        if self.awaiting_cts or self.backlog:
+        if rdv.awaiting_cts or self.backlog:
             # Sends of ours wait for a clear-to-send: their receivers may be
             # waiting here for our data in the same way, and only the
             # engine serves both.  (Frames of ours queued: the CTS must
             # not pass them.)
             return FAST_NOT_HANDLED
         world = self.world_ranks[source]
-        if (world, send_id) in self.receiving or not _pin(buf, True, &view):
+        if (world, send_id) in rdv.receiving or not _pin(buf, True, &view):
             return FAST_NOT_HANDLED
         try:
             if not _span(view.len, extent, offset, &capacity) or total > <uint64_t>capacity \
@@ -1463,8 +1459,8 @@ cdef class FastPath:
                     if rx.kind != 5 or rx.b != send_id:
                         break
                     before = received
-                    received = rx.drain_into(dst, send_id, received, total, self.chunk_bytes,
-                                             self.stream_spins, False)
+                    received = rx.drain_into(dst, send_id, received, total, rdv.chunk_bytes,
+                                             rdv.stream_spins, False)
                     if received == total:
                         return <long>total
                     if received == before:
@@ -1489,7 +1485,7 @@ cdef class FastPath:
         op.total = total
         op.received = received
         op.scope = self.scope
-        self.receiving[(world, send_id)] = op
+        rdv.receiving[(world, send_id)] = op
         self.pending_recv = op
         return FAST_PENDING
 
@@ -1510,7 +1506,8 @@ cdef class FastPath:
         cdef RxRing rx
         cdef SendOp op
         cdef bint cleared
-        if self.awaiting_cts is None or not self.enabled or dest < 0 or dest >= self.size \
+        cdef Rendezvous rdv = self.rendezvous
+        if rdv is None or not self.enabled or dest < 0 or dest >= self.size \
                 or tag < 0 or tag > _TAG_UB or self.tx[dest] is None:
             return None
         plain = self._plain_at(buf, &extent, &nbytes, &offset)
@@ -1543,8 +1540,8 @@ cdef class FastPath:
                 self.send_ids[world] = send_id + 1
                 cleared = self._cleared(rx, send_id)
                 if cleared:
-                    sent = tx.stream_from(data, total, 0, self.chunk_bytes, send_id,
-                                          self.stream_spins, rx)
+                    sent = tx.stream_from(data, total, 0, rdv.chunk_bytes, send_id,
+                                          rdv.stream_spins, rx)
                     if sent == total:
                         return True
                 op = SendOp.__new__(SendOp)
@@ -1558,10 +1555,10 @@ cdef class FastPath:
                 op.scope = self.scope
                 if cleared:
                     op.state = "streaming"
-                    self.post_stream(world, op)
+                    rdv.post_stream(world, op)
                 else:
                     op.state = "awaiting clear-to-send"
-                    self.awaiting_cts[(world, send_id)] = op
+                    rdv.awaiting_cts[(world, send_id)] = op
                 return op
             finally:
                 self.lock.leave()

@@ -782,7 +782,7 @@ cdef bint _deliver_eager(RxRing rx, list posted, uint64_t eager_limit, TxRing tx
 
 
 # The engine's MAX_MESSAGE: no message is announced larger.
-cdef uint64_t _RENDEZVOUS_MAX = <uint64_t>1 << 48
+cdef uint64_t _MAX_MESSAGE = <uint64_t>1 << 48
 
 
 @cython.final
@@ -814,7 +814,7 @@ cdef class Rendezvous:
         for the CTS: the engine's general handler)."""
         cdef Py_ssize_t i
         cdef RecvOp op
-        if rx.length != 0 or rx.tag < 0 or rx.a <= eager_limit or rx.a > _RENDEZVOUS_MAX:
+        if rx.length != 0 or rx.tag < 0 or rx.a <= eager_limit or rx.a > _MAX_MESSAGE:
             return False
         for i in range(len(posted)):
             op = <RecvOp?>posted[i]
@@ -897,6 +897,15 @@ cdef class Rendezvous:
             op.done = True
         return True
 
+    cdef bint step(self, RxRing rx, list posted, uint64_t eager_limit, TxRing tx) except -1:
+        """The RTS, CTS or DATA frame at the head of rx, by the step above
+        for its kind; False when the engine's handler must take it."""
+        if rx.kind == 5:
+            return self.data(rx)
+        if rx.kind == 4:
+            return self.cleared(rx, tx)
+        return self.announced(rx, posted, eager_limit, tx)
+
 
 def rendezvous_step(RxRing rx, list posted, uint64_t eager_limit, TxRing tx, set backlog,
                     Rendezvous rendezvous):
@@ -905,14 +914,9 @@ def rendezvous_step(RxRing rx, list posted, uint64_t eager_limit, TxRing tx, set
     False, touching nothing, when the engine's handler must take it (any
     other frame, anything Rendezvous leaves to it, or frames of ours
     queued for that peer, which must go out first)."""
-    cdef uint32_t kind = rx.kind
-    if not rx.ready or kind < 3 or kind > 5 or tx is None or rx.peer in backlog:
+    if not rx.ready or rx.kind < 3 or rx.kind > 5 or tx is None or rx.peer in backlog:
         return False
-    if kind == 5:
-        return rendezvous.data(rx)
-    if kind == 4:
-        return rendezvous.cleared(rx, tx)
-    return rendezvous.announced(rx, posted, eager_limit, tx)
+    return rendezvous.step(rx, posted, eager_limit, tx)
 
 
 cpdef int poll_eager(EngineLock lock, RxRing rx, list posted, uint64_t eager_limit,
@@ -957,13 +961,7 @@ cpdef int poll_eager(EngineLock lock, RxRing rx, list posted, uint64_t eager_lim
                 rx.consume()
                 acked.done = True
             elif rendezvous is not None and tx is not None and kind >= 3 and kind <= 5:
-                if kind == 5:
-                    if not rendezvous.data(rx):
-                        return -1
-                elif kind == 4:
-                    if not rendezvous.cleared(rx, tx):
-                        return -1
-                elif not rendezvous.announced(rx, posted, eager_limit, tx):
+                if not rendezvous.step(rx, posted, eager_limit, tx):
                     return -1
             elif not _deliver_eager(rx, posted, eager_limit, tx):
                 return -1

@@ -253,9 +253,7 @@ class Comm(_MPI.Comm):
         fast.general_Sendrecv = self._general_Sendrecv
         fast.new_unpacking = UnpackingRequest
         fast.take_stage, fast.give_stage = engine.take_stage, engine.give_stage
-        fast.receiving, fast.awaiting_cts = engine.receiving, engine.awaiting_cts
-        fast.post_stream, fast.chunk_bytes = engine._post_stream, engine.chunk_bytes
-        fast.stream_spins = engine.stream_spins
+        fast.rendezvous = engine.rendezvous
         # Heaps are by slot in the region; a rank reached through the
         # library has none here (0, 0): nothing it announces is in bounds.
         fast.heap_bounds = [engine.geo.heap(engine.slot_of[w]) if w in engine.slot_of

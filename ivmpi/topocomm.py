@@ -588,8 +588,6 @@ class Distgraphcomm(Topocomm, _MPI.Distgraphcomm):
         return list(topo.sources), list(topo.destinations), weights
 
 
-# The blocking neighbourhood collectives a topology communicator binds as
-# its own attributes: (name, plan method, its arguments after the buffers).
 # The neighbourhood collectives bound to ivmpi's own instances (_bind_fast):
 # name, plan method, its arguments after the buffers, blocking (Channel.run)
 # or not (Channel.request).
