@@ -126,3 +126,10 @@ def test_progress_takes_the_same_steps_unless_frames_of_ours_wait_for_that_peer(
     # An eager frame is not a rendezvous step.
     assert p.b_tx.send(1, 3, 5, 0, 0, b"hello")
     assert p.a_rx.poll() and not rendezvous_step(p.a_rx, [], EAGER, p.a_tx, set(), p.tables)
+
+
+def test_unfilled_bytearray_has_the_size_asked_and_refuses_a_negative_one():
+    from ivmpi._fastcopy import unfilled_bytearray
+    assert len(unfilled_bytearray(0)) == 0 and len(unfilled_bytearray(1 << 20)) == 1 << 20
+    with pytest.raises(ValueError):
+        unfilled_bytearray(-1)
