@@ -92,6 +92,18 @@ def no_single_copy_args(family, version):
     return ["--mca", "btl_vader_single_copy_mechanism", "none"]
 
 
+# glibc's malloc serves a block of 128 KiB or more with fresh pages of its
+# own (mmap) until a freed one raises that threshold, and hands free memory
+# at the heap's top back to the system past twice the threshold: whether a
+# process pays ~1 us of page fault per 4 KiB of every large object it
+# pickles or receives then depends on the order of its earlier frees. The
+# same 1 MiB object sendrecv took 0.29 ms or 1.5 ms in plain mpi4py from one
+# launch to the next. Every job of a benchmark runs with large blocks kept
+# in the heap and the heap kept whole, so that the transports are compared,
+# not the allocator's history.
+STEADY_MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456"
+
+
 class Launcher:
     """Builds and runs `mpirun ... python -m ivmpi.bench ...` for each transport."""
 
@@ -101,6 +113,9 @@ class Launcher:
         self.region_dir = region_dir
         self.env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1",
                         OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+        # Both transports' jobs with the same steady allocator (unless the
+        # caller chose one): see STEADY_MALLOC.
+        self.env.setdefault("GLIBC_TUNABLES", STEADY_MALLOC)
         # The ranks import the same ivmpi as this process, installed or not.
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         self.env["PYTHONPATH"] = os.pathsep.join(

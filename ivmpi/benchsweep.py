@@ -33,7 +33,12 @@ from .bench import parse_size_list
 from .benchcompare import (Launcher, find_mpirun, ivmpi_missing_reason, last_error_line, log,
                            make_region_file, mpirun_version, rotated, size_label, table)
 
-TRANSPORTS = ("ivmpi", "mpi4py")
+# "nocopy" is mpi4py on the same library with its single-copy mechanisms
+# (CMA and the like) turned off: the kernel reads one process's memory
+# into another's, which no two VMs can do, so messages between VMs take
+# two copies through shared memory as ivmpi's do.  Its column tells a gap
+# that the copies explain from one the software does.
+TRANSPORTS = ("ivmpi", "mpi4py", "nocopy")
 DEFAULT_SIZES = [8, 1 << 10, 64 << 10, 1 << 20]
 QUICK_SIZES = [8, 64 << 10]
 START_TIMEOUT = 120       # seconds until a launch's first row starts
@@ -84,7 +89,9 @@ def launch_once(launcher, transport, nranks, rows, options, workdir):
         make_region_file(region)
         os.chmod(region, 0o600)       # the job's messages: for this user only
     cmd = ([launcher.mpirun, "-n", str(nranks)] + launcher.placement_args(nranks)
-           + [sys.executable, "-m", "ivmpi.sweepworker", "--transport", transport,
+           + (launcher.transport_args("sm-nocopy") if transport == "nocopy" else [])
+           + [sys.executable, "-m", "ivmpi.sweepworker",
+              "--transport", "ivmpi" if transport == "ivmpi" else "mpi4py",
               "--plan", plan_path, "--progress", progress_path,
               "--target", str(options.target), "--repeats", str(options.repeats)])
     failure = None
@@ -198,7 +205,8 @@ class Samples:
 
 
 def run_rounds(launcher, plan, options, samples, workdir, missing):
-    transports = [t for t in TRANSPORTS if t not in missing]
+    transports = [t for t in TRANSPORTS if t not in missing
+                  and (options.nocopy or t != "nocopy")]
     for round_index in range(options.rounds):
         log(f"round {round_index + 1}/{options.rounds}")
         for nranks in rotated(list(plan), round_index):
@@ -237,8 +245,13 @@ def summarize(plan, samples, missing):
                     "time_min": min(times) if times else None, "samples": len(times),
                     "iterations": samples.counts.get(key, {}).get(transport, []),
                     "error": errors.get(transport)}
+            # The reference column's failure leaves the row measured.
+            reference_error = errors.pop("nocopy", None)
             ours, theirs = entry["ivmpi"]["time_median"], entry["mpi4py"]["time_median"]
             entry["ratio"] = ours / theirs if ours and theirs and not errors else None
+            two_copies = entry["nocopy"]["time_median"]
+            entry["ratio_nocopy"] = ours / two_copies if ours and two_copies and not errors \
+                and not reference_error else None
             # The ratio of the fastest blocks: less hurt by other load on the machine.
             ours, theirs = entry["ivmpi"]["time_min"], entry["mpi4py"]["time_min"]
             entry["ratio_min"] = ours / theirs if ours and theirs and not errors else None
@@ -247,12 +260,18 @@ def summarize(plan, samples, missing):
     return rows
 
 
+def geometric_mean(ratios):
+    return math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else None
+
+
 def overall(rows):
     ratios = [row["ratio"] for row in rows if row["ratio"] is not None]
-    geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else None
+    nocopy = [row["ratio_nocopy"] for row in rows if row["ratio_nocopy"] is not None]
     return {"rows": len(rows), "measured": len(ratios),
             "errors": sum(1 for row in rows if row["error"]),
-            "above_1": sum(1 for r in ratios if r > 1.0), "geomean": geomean}
+            "above_1": sum(1 for r in ratios if r > 1.0), "geomean": geometric_mean(ratios),
+            "measured_nocopy": len(nocopy), "above_1_nocopy": sum(1 for r in nocopy if r > 1.0),
+            "geomean_nocopy": geometric_mean(nocopy)}
 
 
 def worst_first(rows):
@@ -274,18 +293,28 @@ def fmt_us(entry):
 
 
 def report(rows, summary):
+    nocopy = summary["measured_nocopy"] > 0
     out = ["Time per iteration, us: median (min) over rounds x repeats; ratio = ivmpi / mpi4py"
-           " of the medians (below 1: ivmpi is faster), and of the minimums. Worst first."]
+           " of the medians (below 1: ivmpi is faster), and of the minimums"
+           + ("; no-copy: ivmpi / mpi4py without single-copy (two copies, as between VMs)"
+              if nocopy else "") + ". Worst first."]
     lines = []
     for row in worst_first(rows):
         ratio = "ERROR" if row["error"] else \
             ("n/a" if row["ratio"] is None else f"{row['ratio']:.2f}")
         of_mins = "" if row["ratio_min"] is None else f"{row['ratio_min']:.2f}"
-        lines.append([ratio, of_mins, row["call"], row["kind"], row["ranks"],
-                      "-" if row["size"] is None else size_label(row["size"]),
-                      fmt_us(row["ivmpi"]), fmt_us(row["mpi4py"])])
-    out.append(table(["ivmpi/mpi4py", "of mins", "call", "buffer", "ranks", "size",
-                      "ivmpi us", "mpi4py us"], lines))
+        line = [ratio, of_mins]
+        if nocopy:
+            line.append("" if row["ratio_nocopy"] is None else f"{row['ratio_nocopy']:.2f}")
+        line += [row["call"], row["kind"], row["ranks"],
+                 "-" if row["size"] is None else size_label(row["size"]),
+                 fmt_us(row["ivmpi"]), fmt_us(row["mpi4py"])]
+        if nocopy:
+            line.append(fmt_us(row["nocopy"]))
+        lines.append(line)
+    out.append(table(["ivmpi/mpi4py", "of mins"] + (["no-copy"] if nocopy else [])
+                     + ["call", "buffer", "ranks", "size", "ivmpi us", "mpi4py us"]
+                     + (["no-copy us"] if nocopy else []), lines))
     errors = [row for row in rows if row["error"]]
     if errors:
         out.append("")
@@ -298,6 +327,10 @@ def report(rows, summary):
     geomean = "n/a" if summary["geomean"] is None else f"{summary['geomean']:.3f}"
     out.append(f"Geometric mean of {summary['measured']} ratios: {geomean}; "
                f"rows above 1.0x: {summary['above_1']}; error rows: {summary['errors']}")
+    if nocopy:
+        out.append(f"Against mpi4py without single-copy: geometric mean "
+                   f"{summary['geomean_nocopy']:.3f}; rows above 1.0x: "
+                   f"{summary['above_1_nocopy']}")
     return "\n".join(out)
 
 
@@ -387,6 +420,9 @@ def build_parser():
     parser.add_argument("--json", default="sweep-results.json", help="results file")
     parser.add_argument("--plot", default="sweep-results.png",
                         help="PNG heat map ('' to skip)")
+    parser.add_argument("--no-nocopy", dest="nocopy", action="store_false",
+                        help="skip the third job of every round: mpi4py with the library's "
+                             "single-copy turned off (the no-copy column)")
     parser.add_argument("--region-dir", default="/dev/shm",
                         help="where ivmpi's region files are made (default /dev/shm)")
     return parser

@@ -227,6 +227,27 @@ def test_sweep_plan_filters_calls_and_keeps_pairs_on_two_ranks():
         benchsweep.parse_options(["--sizes", "12"])      # not a multiple of 8
 
 
+def test_benchmark_jobs_share_one_allocator_setting_unless_the_caller_chose(monkeypatch):
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    launcher = benchcompare.Launcher("mpirun", "Open MPI", (5, 0), "/dev/shm")
+    assert launcher.env["GLIBC_TUNABLES"] == benchcompare.STEADY_MALLOC
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=1")
+    launcher = benchcompare.Launcher("mpirun", "Open MPI", (5, 0), "/dev/shm")
+    assert launcher.env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=1"
+
+
+def test_sweep_reference_failure_leaves_the_row_measured():
+    plan = {2: [["Bcast", "numpy", 8]]}
+    samples = benchsweep.Samples()
+    line = {"row": ["Bcast", "numpy", 8], "times": [2e-6], "count": 10}
+    samples.add(2, "ivmpi", {("Bcast", "numpy", 8): dict(line, times=[1e-6])})
+    samples.add(2, "mpi4py", {("Bcast", "numpy", 8): line})
+    samples.add(2, "nocopy", {("Bcast", "numpy", 8): {"row": line["row"], "error": "hung"}})
+    (row,) = benchsweep.summarize(plan, samples, {})
+    assert row["ratio"] == pytest.approx(0.5) and row["error"] is None
+    assert row["ratio_nocopy"] is None and row["nocopy"]["error"] == "hung"
+
+
 @needs_mpirun
 def test_sweep_failing_row_is_an_error_row_and_the_rest_still_runs(tmp_path):
     family, version = benchcompare.mpirun_version(MPIRUN)
@@ -270,7 +291,11 @@ def test_sweep_measures_both_transports_and_their_ratio(tmp_path):
         ours, theirs = row["ivmpi"]["time_median"], row["mpi4py"]["time_median"]
         assert ours > 0 and theirs > 0
         assert row["ratio"] == pytest.approx(ours / theirs)
+        two_copies = row["nocopy"]["time_median"]
+        assert two_copies > 0 and row["ratio_nocopy"] == pytest.approx(ours / two_copies)
     assert document["summary"]["measured"] == len(rows) == 6
+    assert document["summary"]["measured_nocopy"] == 6
+    assert "Against mpi4py without single-copy: geometric mean" in proc.stdout
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Allreduce_init" in proc.stdout and "Geometric mean of 6 ratios" in proc.stdout
 
