@@ -152,6 +152,7 @@ cdef int stream_take(SmallCollectives c, char *dst, char *acc, const char *other
                 # A frame of another length is the general path's to report.
                 if ring is not None and (<RxRing>ring).length == <uint64_t>m:
                     rx = <RxRing>ring
+                    rx.wait_filled(rx.length)      # read in place below
                     if m >= _NOGIL_MIN:
                         with nogil:
                             _apply(rx.data + rx.pos + _HDR, True, rx.strict, dst, acc, other,

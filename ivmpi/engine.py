@@ -179,6 +179,11 @@ class Engine:
         self.library_sent_direct = LibraryCounts(self.size)
         self.library_received_direct = LibraryCounts(self.size)
         self.timeout = _env_float("IVMPI_TIMEOUT", 0.0)
+        if self.timeout > 0:
+            # A frame a peer stopped filling (see RxRing.wait_filled) fails as soon.
+            for rx in self.rx:
+                if rx is not None:
+                    rx.fill_timeout = self.timeout
         self.set_oversubscribed(False)
         self.liveness = Liveness(self.mem, self.size, rank, self.slot_of)
         self.lock = _fastcopy.EngineLock()

@@ -11,7 +11,7 @@ import secrets
 from .errors import CorruptRegionError, RegionError
 
 MAGIC = int.from_bytes(b"IVMPIRGN", "little")
-VERSION = 2
+VERSION = 3
 HEADER_BYTES = 4096
 SLOTS_OFFSET = 4096
 SLOT_BYTES = 256

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from ivmpi import layout
-from ivmpi.errors import CorruptRegionError, IvmpiError, RegionError
+from ivmpi.errors import CorruptRegionError, IvmpiError, IvmpiTimeoutError, RegionError
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fuzz"))
 import regionkit  # noqa: E402
@@ -116,7 +116,7 @@ def test_tail_running_backwards(kit):
 
 # --- frames ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", [0, 9, 0xFFFFFFFF])
+@pytest.mark.parametrize("kind", [0, 10, 0xFFFFFFFF])
 def test_unknown_frame_kind(kit, kind):
     _, engine, peer = kit
     peer.put(kind)
@@ -225,10 +225,54 @@ def test_rts_announced_twice(kit):
     assert not op.done
 
 
+# --- eager frames in parts (kind 9: the fill word `a` says how much is there) ---
+
+EAGER_PARTS = 9
+
+
+def test_parts_filled_past_the_frames_length(kit):
+    _, engine, peer = kit
+    peer.put(EAGER_PARTS, length=100, a=101, payload=bytes(100))
+    op = engine.irecv(1, 0, 0, memoryview(bytearray(100)))
+    expect(engine, "peer 1: eager frame at 0 of 100 bytes says 101 are filled, after 0 "
+                   "(ring tail 0, head 136, ring 4096 bytes)")
+    assert not op.done
+
+
+def test_parts_fill_running_backwards(kit):
+    _, engine, peer = kit
+    peer.put(EAGER_PARTS, length=100, a=64, payload=bytes(100))
+    engine.rx[1].fill_timeout = 0.05
+    op = engine.irecv(1, 0, 0, memoryview(bytearray(100)))
+    with pytest.raises(IvmpiTimeoutError):
+        engine.progress()           # the first 64 bytes seen and copied, then no more
+    assert engine.rx[1].filled == 64
+    peer.write_data(16, (8).to_bytes(8, "little"))
+    expect(engine, "peer 1: eager frame at 0 of 100 bytes says 8 are filled, after 64 "
+                   "(ring tail 0, head 136, ring 4096 bytes)")
+    assert not op.done
+
+
+def test_parts_that_stop_filling_time_out_naming_the_peer(kit):
+    _, engine, peer = kit
+    peer.put(EAGER_PARTS, length=100, a=40, payload=bytes(range(100)))
+    engine.rx[1].fill_timeout = 0.05
+    op = engine.irecv(1, 0, 0, memoryview(bytearray(100)))
+    for _ in range(2):
+        with pytest.raises(IvmpiTimeoutError, match="^peer 1: an eager message of 100 bytes "
+                           "stayed filled to 40 bytes for 0.05 s"):
+            engine.progress()
+    assert not op.done
+    # Once the peer fills it, the same message is delivered whole.
+    peer.write_data(16, (100).to_bytes(8, "little"))
+    engine.progress()
+    assert op.done and bytes(op.mem) == bytes(range(100))
+
+
 def test_errors_from_probe_and_receive_name_the_peer(kit):
     _, engine, peer = kit
-    peer.put(9)
-    message = "peer 1: frame at 0 has unknown kind 9 (ring tail 0, head 32, ring 4096 bytes)"
+    peer.put(10)
+    message = "peer 1: frame at 0 has unknown kind 10 (ring tail 0, head 32, ring 4096 bytes)"
     expect(engine, message, drive=lambda: engine.iprobe(-1, -1, 0))
     op = engine.irecv(1, 0, 0, memoryview(bytearray(8)))
     expect(engine, message, drive=lambda: engine.wait(op, "Recv"))
@@ -260,7 +304,7 @@ def header():
     (layout.H_MAGIC, 0x1122334455667788,
      "region header has magic 0x1122334455667788, expected 0x4e475249504d5649 (not an ivmpi "
      "region, or a different program uses it)"),
-    (layout.H_VERSION, 1, "region layout version 1; this ivmpi speaks version 2"),
+    (layout.H_VERSION, 2, "region layout version 2; this ivmpi speaks version 3"),
     (layout.H_RING_BYTES, 5000, "region header has ring size 5000 (not a power of two in range)"),
     (layout.H_RING_BYTES, 2048, "region header has ring size 2048 (not a power of two in range)"),
     (layout.H_RING_BYTES, 8192, "region header field ring_stride = 4224, expected 8320"),
@@ -338,7 +382,7 @@ def test_info_shows_a_stale_job(stale, capsys):
     path, _ = stale
     code, out, err = cli_run(capsys, "info", path)
     assert code == 0, err
-    assert "job: 0x000000000000abc1 (ready), layout v2, 3 ranks" in out
+    assert "job: 0x000000000000abc1 (ready), layout v3, 3 ranks" in out
     assert "rank 0: attached, pid 1000, heartbeat 17" in out
     assert "rank 1: attached, pid 1001, heartbeat 5" in out
     assert "rank 2: joining, pid 1002, heartbeat 0" in out

@@ -511,3 +511,92 @@ def test_slow_plain_copies_send_large_payloads_by_streaming_stores():
     del tx, rx
     mem.release()
     mm.close()
+
+
+def _ring_pair(ring_bytes=1 << 20):
+    from ivmpi._fastcopy import RxRing, TxRing
+    mm = mmap.mmap(-1, ring_bytes + 4096)
+    mem = Mapping(mm, strict=False)
+    return mm, mem, TxRing(mem, 0, ring_bytes, 1), RxRing(mem, 0, ring_bytes, 0)
+
+
+def test_large_eager_payloads_go_in_parts_and_arrive_whole():
+    """Eager payloads of 16 KiB or more are published as EAGER_PARTS frames
+    (kind 9) whose fill word ends at the payload's length; the consumer
+    presents them as EAGER.  Smaller ones, and other kinds, stay as they are."""
+    from ivmpi._fastcopy import KIND_EAGER_PARTS
+    mm, mem, tx, rx = _ring_pair()
+    rng = np.random.default_rng(9)
+    data_offset = 128
+    for kind, size, parted in ((1, 16384, True), (1, 65536, True), (1, 20001, True),
+                               (1, 16383, False), (2, 65536, False), (5, 65536, False)):
+        data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        assert tx.send(kind, 7, 3, 0, 44, data)
+        # Where it went (an empty ring may restart at its start, after a PAD).
+        pos = data_offset + (tx.head_index - 32 - (size + 7) // 8 * 8) % (1 << 20)
+        word0 = mem.load(pos)
+        assert word0 & 0xFFFFFFFF == (KIND_EAGER_PARTS if parted else kind)
+        assert word0 >> 32 == size
+        if parted:
+            assert mem.load(pos + 16) == size          # the fill word, complete
+        assert rx.poll()
+        assert (rx.kind, rx.tag, rx.context, rx.b, rx.length) == (kind, 7, 3, 44, size)
+        assert rx.parts == parted and rx.a == 0
+        assert bytes(rx.payload()) == data
+        rx.consume()
+    del tx, rx
+    mem.release()
+    mm.close()
+
+
+def test_a_receiver_copies_parts_as_the_sender_fills_them():
+    """A frame in parts published with nothing filled yet: the reader copies
+    each part as its fill word moves (here a slow hand-made sender in another
+    thread), and the whole payload arrives; consume() waits for the fill."""
+    mm, mem, tx, rx = _ring_pair(1 << 16)
+    size = 40000
+    data = np.random.default_rng(3).integers(0, 256, size, dtype=np.uint8).tobytes()
+    # Header by hand: kind 9, length, tag 5, fill word 0, b 0; then the head.
+    mem.store(128, 9 | (size << 32))
+    mem.store(128 + 8, 5)
+    mem.store(128 + 16, 0)
+    mem.store(128 + 24, 0)
+    head_word = 0                     # the ring's head sits in its control block
+    fsize = 32 + (size + 7) // 8 * 8
+    filled_at = []
+
+    def sender():
+        for end in (8192, 16384, 30000, size):
+            time.sleep(0.02)
+            start = filled_at[-1][0] if filled_at else 0
+            mem.write(128 + 32 + start, data[start:end])
+            filled_at.append((end, time.monotonic()))
+            mem.store_release(128 + 16, end)
+
+    mem.store_release(head_word, fsize)
+    assert rx.poll() and rx.parts and rx.filled == 0
+    thread = threading.Thread(target=sender)
+    thread.start()
+    got = rx.payload()
+    thread.join()
+    assert bytes(got) == data and rx.filled == size
+    rx.consume()
+    assert not rx.poll()
+    del tx, rx
+    mem.release()
+    mm.close()
+
+
+def test_an_empty_ring_takes_a_frame_longer_than_the_restart_would_leave():
+    """An empty ring restarts small frames at its start (a PAD to the end);
+    a frame longer than the bytes before the current position would not fit
+    after that PAD, so it goes where it is, at the first attempt."""
+    mm, mem, tx, rx = _ring_pair()
+    for size in (40000, 65536):          # the second starts at 40032 >= 32 KiB, empty ring
+        assert tx.send(1, 1, 0, 0, 0, bytes(size))
+        assert rx.poll() and rx.length == size
+        rx.payload()
+        rx.consume()
+    del tx, rx
+    mem.release()
+    mm.close()

@@ -29,7 +29,7 @@
 #include <unistd.h>
 
 #define MAGIC 0x4e475249504d5649ull /* "IVMPIRGN" */
-#define VERSION 2
+#define VERSION 3
 #define SLOTS_OFFSET 4096
 #define SLOT_BYTES 256
 #define RING_CONTROL 128
@@ -44,7 +44,7 @@ enum { S_STATE = 0, S_JOB_ID = 8, S_NONCE = 16, S_PID = 24, S_HEARTBEAT = 64,
        S_HEARTBEAT_NS = 72, S_ADMITTED = 128 };
 enum { STATE_JOINING = 1, STATE_ATTACHED = 2, STATE_FINALIZED = 3 };
 /* Frame kinds. */
-enum { EAGER = 1, PAD = 7 };
+enum { EAGER = 1, PAD = 7, EAGER_PARTS = 9 };
 
 #define WORLD_CONTEXT 0
 #define BARRIER_CONTEXT 1 /* the world communicator's collective twin */
@@ -240,10 +240,26 @@ static struct frame *receive(struct ring *r, struct frame *f)
             continue;
         }
         uint64_t size = 32 + roundup(length, 8);
-        if (kind != EAGER)
+        if (kind != EAGER && kind != EAGER_PARTS)
             die("peer %d: frame kind %u; this peer takes eager messages only", r->peer, kind);
         if (length > eager_limit || pos + size > ring_bytes || size > head - r->tail)
             die("peer %d: eager frame of %u bytes does not fit where it is", r->peer, length);
+        if (kind == EAGER_PARTS) {
+            /* Published before its payload: the fill word (a) says how many
+             * payload bytes are there; this peer simply waits for all. */
+            uint64_t filled = 0, seen;
+            idle = 0;
+            while ((seen = load_acquire(data + pos + 16)) < length) {
+                if (seen < filled)
+                    die("peer %d: eager frame's fill word went back to %llu", r->peer,
+                        (unsigned long long)seen);
+                filled = seen;
+                pause_a_bit(&idle, start, "the rest of an eager message");
+            }
+            if (seen > length)
+                die("peer %d: eager frame of %u bytes says %llu are filled", r->peer, length,
+                    (unsigned long long)seen);
+        }
         uint64_t w1 = load(data + pos + 8);
         f->kind = kind;
         f->length = length;
