@@ -57,12 +57,21 @@ cdef enum:
     _SLOW_IN_A_ROW = 3
     _STREAM_AFTER_SLOW = 256
 
-# An eager payload of _PARTS_MIN bytes or more goes as an EAGER_PARTS frame
-# (docs/layout.md): published before its payload is copied in, then filled
-# _PART_BYTES at a time, the fill word telling how far, so that a waiting
-# receiver copies one part out while the next is copied in.  A 64 KiB
-# ping-pong between two processes in C: 11.7 us a half round trip copied
-# whole, 8.7 in parts of 8-16 KiB; 16 KiB 3.4 and 2.8.
+# An eager payload of _PARTS_MIN bytes or more into an empty ring (its
+# receiver has read everything before it, so it is most likely waiting for
+# this one) goes as an EAGER_PARTS frame (docs/layout.md): published before
+# its payload is copied in, then filled _PART_BYTES at a time, the fill word
+# telling how far, so that the receiver copies one part out while the next
+# is copied in.  A 64 KiB ping-pong between two processes in C: 11.7 us a
+# half round trip copied whole, 8.7 in parts of 8-16 KiB; 16 KiB 3.4 and
+# 2.8.  Into a ring that still holds frames (a stream, the receiver behind)
+# a frame goes whole: the receiver is busy with earlier ones anyway, and
+# reading right behind the sender's stores only slows both (a one-way
+# stream of 64 KiB messages, each followed by a 64 KiB copy on the
+# sender: 5.3 us a message whole, 9.2 in parts).  Neither kind of large
+# frame restarts the ring at its start (_reserve): that would put it on
+# the lines the receiver has just read, each of which the sender's stores
+# must first take back.
 cdef enum:
     _PARTS_MIN = 16384
     _PART_BYTES = 8192
@@ -234,10 +243,11 @@ cdef class TxRing:
             raise ValueError(f"frame of {fsize} bytes does not fit a ring of {self.ring_bytes}")
         if self.ring_bytes - pos < fsize:
             pad = self.ring_bytes - pos
-        elif pos >= _RECYCLE_BYTES and fsize <= pos \
+        elif pos >= _RECYCLE_BYTES and fsize <= pos and fsize < _PARTS_MIN \
                 and self.head - self.recycle_checked >= _RECYCLE_BYTES:
             # (A frame longer than pos would not fit after the PAD even in
-            # an empty ring: it goes where it is.)
+            # an empty ring: it goes where it is; a large one stays off the
+            # lines just read, above.)
             pad = self._recycle(pos)
         if not self._has_room(pad + fsize):
             return NULL
@@ -344,8 +354,8 @@ cdef class TxRing:
                          uint64_t b, const char *payload, uint64_t length,
                          bint stream=True) except -1:
         """Publish one frame; 1 when published, 0 when the ring has no room yet.
-        An EAGER payload of _PARTS_MIN bytes or more goes in parts
-        (_write_parts).  stream: a payload of _stream_min bytes or more may go by streaming
+        An EAGER payload of _PARTS_MIN bytes or more into an empty ring
+        goes in parts (_write_parts).  stream: a payload of _stream_min bytes or more may go by streaming
         stores (the receiver reads it later, from memory), one of
         _NOGIL_MIN or more only while plain stores are found slow (above);
         False: plain stores (a small last DATA chunk, read soon from our
@@ -353,6 +363,8 @@ cdef class TxRing:
         cdef uint64_t fsize = _HDR + _round8(length)
         cdef uint64_t words[_INLINE_WORDS]
         cdef int64_t started
+        cdef bint in_parts = kind == 1 and length >= _PARTS_MIN \
+            and rg_load_acquire(self.tail_p) == self.head
         cdef char *dst = self._reserve(fsize)
         if dst == NULL:
             return 0
@@ -368,7 +380,7 @@ cdef class TxRing:
             if length:
                 memcpy(<char *>words + _HDR, payload, length)
             rg_copy_to(dst, words, fsize, self.strict)
-        elif kind == 1 and length >= _PARTS_MIN:
+        elif in_parts:
             self._write_parts(dst, words, payload, length, fsize, stream)
             return 1
         else:

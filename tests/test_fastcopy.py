@@ -600,3 +600,23 @@ def test_an_empty_ring_takes_a_frame_longer_than_the_restart_would_leave():
     del tx, rx
     mem.release()
     mm.close()
+
+
+def test_a_large_eager_frame_into_a_ring_still_holding_frames_goes_whole():
+    """Parts only help a receiver that is waiting for this very frame: into
+    a ring whose receiver is still behind (frames unread) it goes whole."""
+    from ivmpi._fastcopy import KIND_EAGER_PARTS
+    mm, mem, tx, rx = _ring_pair()
+    first, second = bytes(range(256)) * 80, bytes(reversed(range(256))) * 80   # 20480 each
+    assert tx.send(1, 1, 0, 0, 0, first)          # empty ring: in parts
+    assert tx.send(1, 2, 0, 0, 0, second)         # the first still unread: whole
+    fsize = 32 + len(first)
+    assert mem.load(128) & 0xFFFFFFFF == KIND_EAGER_PARTS
+    assert mem.load(128 + fsize) & 0xFFFFFFFF == 1
+    for tag, data in ((1, first), (2, second)):
+        assert rx.poll() and rx.kind == 1 and rx.tag == tag
+        assert rx.parts == (tag == 1) and bytes(rx.payload()) == data
+        rx.consume()
+    del tx, rx
+    mem.release()
+    mm.close()
