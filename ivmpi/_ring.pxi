@@ -59,7 +59,8 @@ cdef enum:
 
 # An eager payload of _PARTS_MIN bytes or more into an empty ring (its
 # receiver has read everything before it, so it is most likely waiting for
-# this one) goes as an EAGER_PARTS frame (docs/layout.md): published before
+# this one) goes as an EAGER_PARTS frame (EAGER_SYNC_PARTS for a synchronous
+# send; docs/layout.md): published before
 # its payload is copied in, then filled _PART_BYTES at a time, the fill word
 # telling how far, so that the receiver copies one part out while the next
 # is copied in.  A 64 KiB ping-pong between two processes in C: 11.7 us a
@@ -90,13 +91,14 @@ KIND_ACK = 6
 KIND_PAD = 7
 KIND_RTS_REGION = 8
 KIND_EAGER_PARTS = 9
+KIND_EAGER_SYNC_PARTS = 10
 FRAME_HEADER_BYTES = 32
 
 cdef enum:
     _K_FIRST = 1
-    _K_LAST = 9              # 7 (PAD) is handled before the range check
+    _K_LAST = 10             # 7 (PAD) is handled before the range check
     _K_PAD = 7
-    _K_EAGER_PARTS = 9
+    _K_EAGER_PARTS = 9       # EAGER in parts; EAGER_SYNC in parts is 10
     _HDR = 32
     _INLINE_MAX = 224        # header + payload up to this size go in one copy
     _INLINE_WORDS = 28       # _INLINE_MAX / 8 (a C array size: no '//' here)
@@ -318,7 +320,9 @@ cdef class TxRing:
 
     cdef int _write_parts(self, char *dst, uint64_t *words, const char *payload,
                           uint64_t length, uint64_t fsize, bint stream) except -1:
-        """The eager payload of write_frame as an EAGER_PARTS frame: header
+        """The eager payload of write_frame (words: its header) as an
+        EAGER_PARTS or EAGER_SYNC_PARTS frame (kind 9 or 10, the send id
+        kept in b): header
         (fill word 0) and head published first, then the payload part by
         part, each part's end stored with release in the fill word.  Stores
         as write_frame's for large payloads (plain and timed, or streaming
@@ -327,7 +331,7 @@ cdef class TxRing:
         cdef char *fill = dst + 16
         cdef bint streamed = False
         cdef int64_t started
-        words[0] = _K_EAGER_PARTS | (length << 32)
+        words[0] = ((words[0] & 0xffffffffu) + 8) | (length << 32)
         words[2] = 0
         rg_copy_to(dst, words, _HDR, self.strict)
         self._publish_frame(fsize)
@@ -354,8 +358,8 @@ cdef class TxRing:
                          uint64_t b, const char *payload, uint64_t length,
                          bint stream=True) except -1:
         """Publish one frame; 1 when published, 0 when the ring has no room yet.
-        An EAGER payload of _PARTS_MIN bytes or more into an empty ring
-        goes in parts (_write_parts).  stream: a payload of _stream_min bytes or more may go by streaming
+        An EAGER or EAGER_SYNC payload of _PARTS_MIN bytes or more into an
+        empty ring goes in parts (_write_parts).  stream: a payload of _stream_min bytes or more may go by streaming
         stores (the receiver reads it later, from memory), one of
         _NOGIL_MIN or more only while plain stores are found slow (above);
         False: plain stores (a small last DATA chunk, read soon from our
@@ -363,7 +367,7 @@ cdef class TxRing:
         cdef uint64_t fsize = _HDR + _round8(length)
         cdef uint64_t words[_INLINE_WORDS]
         cdef int64_t started
-        cdef bint in_parts = kind == 1 and length >= _PARTS_MIN \
+        cdef bint in_parts = (kind == 1 or kind == 2) and length >= _PARTS_MIN \
             and rg_load_acquire(self.tail_p) == self.head
         cdef char *dst = self._reserve(fsize)
         if dst == NULL:
@@ -596,12 +600,12 @@ cdef class RxRing:
             self.context = <uint32_t>(w1 >> 32)
             self.a = rg_load(self.data + self.pos + 16)
             self.b = rg_load(self.data + self.pos + 24)
-            self.parts = self.kind == _K_EAGER_PARTS
+            self.parts = self.kind >= _K_EAGER_PARTS
             if self.parts:
                 # An eager message like any other to every reader: its
                 # payload is read only through copy_out, scatter_out or
                 # after wait_filled, which follow the fill word.
-                self.kind = 1
+                self.kind -= 8
                 self.a = 0
                 self.filled = 0
             self.ready = True

@@ -522,20 +522,24 @@ def _ring_pair(ring_bytes=1 << 20):
 
 def test_large_eager_payloads_go_in_parts_and_arrive_whole():
     """Eager payloads of 16 KiB or more are published as EAGER_PARTS frames
-    (kind 9) whose fill word ends at the payload's length; the consumer
-    presents them as EAGER.  Smaller ones, and other kinds, stay as they are."""
-    from ivmpi._fastcopy import KIND_EAGER_PARTS
+    (kind 9; synchronous ones EAGER_SYNC_PARTS, 10) whose fill word ends at
+    the payload's length; the consumer presents them as EAGER (EAGER_SYNC).
+    Smaller ones, and other kinds, stay as they are."""
+    from ivmpi._fastcopy import KIND_EAGER_PARTS, KIND_EAGER_SYNC_PARTS
     mm, mem, tx, rx = _ring_pair()
     rng = np.random.default_rng(9)
     data_offset = 128
     for kind, size, parted in ((1, 16384, True), (1, 65536, True), (1, 20001, True),
-                               (1, 16383, False), (2, 65536, False), (5, 65536, False)):
+                               (1, 16383, False), (2, 65536, True), (2, 16383, False),
+                               (5, 65536, False)):
         data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
         assert tx.send(kind, 7, 3, 0, 44, data)
         # Where it went (an empty ring may restart at its start, after a PAD).
         pos = data_offset + (tx.head_index - 32 - (size + 7) // 8 * 8) % (1 << 20)
         word0 = mem.load(pos)
-        assert word0 & 0xFFFFFFFF == (KIND_EAGER_PARTS if parted else kind)
+        parts_kind = KIND_EAGER_PARTS if kind == 1 else KIND_EAGER_SYNC_PARTS
+        assert word0 & 0xFFFFFFFF == (parts_kind if parted else kind)
+        assert mem.load(pos + 24) == 44                  # b (a synchronous send's id) kept
         assert word0 >> 32 == size
         if parted:
             assert mem.load(pos + 16) == size          # the fill word, complete
