@@ -60,10 +60,9 @@ cdef enum:
 # An eager payload of _PARTS_MIN bytes or more into an empty ring (its
 # receiver has read everything before it, so it is most likely waiting for
 # this one) goes as an EAGER_PARTS frame (EAGER_SYNC_PARTS for a synchronous
-# send; docs/layout.md): published before
-# its payload is copied in, then filled _PART_BYTES at a time, the fill word
-# telling how far, so that the receiver copies one part out while the next
-# is copied in.  A 64 KiB ping-pong between two processes in C: 11.7 us a
+# send; docs/layout.md): published before its payload is copied in, then
+# filled _PART_BYTES at a time, the fill word telling how far, so that the
+# receiver copies one part out while the next is copied in.  A 64 KiB ping-pong between two processes in C: 11.7 us a
 # half round trip copied whole, 8.7 in parts of 8-16 KiB; 16 KiB 3.4 and
 # 2.8.  Into a ring that still holds frames (a stream, the receiver behind)
 # a frame goes whole: the receiver is busy with earlier ones anyway, and
@@ -322,11 +321,10 @@ cdef class TxRing:
                           uint64_t length, uint64_t fsize, bint stream) except -1:
         """The eager payload of write_frame (words: its header) as an
         EAGER_PARTS or EAGER_SYNC_PARTS frame (kind 9 or 10, the send id
-        kept in b): header
-        (fill word 0) and head published first, then the payload part by
-        part, each part's end stored with release in the fill word.  Stores
-        as write_frame's for large payloads (plain and timed, or streaming
-        while plain ones are slow)."""
+        kept in b): header (fill word 0) and head published first, then the
+        payload part by part, each part's end stored with release in the
+        fill word.  Stores as write_frame's for large payloads (plain and
+        timed, or streaming while plain ones are slow)."""
         cdef uint64_t done = 0, n
         cdef char *fill = dst + 16
         cdef bint streamed = False
@@ -359,7 +357,8 @@ cdef class TxRing:
                          bint stream=True) except -1:
         """Publish one frame; 1 when published, 0 when the ring has no room yet.
         An EAGER or EAGER_SYNC payload of _PARTS_MIN bytes or more into an
-        empty ring goes in parts (_write_parts).  stream: a payload of _stream_min bytes or more may go by streaming
+        empty ring goes in parts (_write_parts).
+        stream: a payload of _stream_min bytes or more may go by streaming
         stores (the receiver reads it later, from memory), one of
         _NOGIL_MIN or more only while plain stores are found slow (above);
         False: plain stores (a small last DATA chunk, read soon from our
@@ -530,8 +529,9 @@ cdef class RxRing:
     cdef readonly uint64_t b
     cdef readonly uint64_t length
     cdef public int32_t last_tag     # tag of the last frame a fast path delivered
-    # The current frame came as EAGER_PARTS (it is presented as EAGER): its
-    # payload is there up to `filled` bytes, the sender still copying the rest.
+    # The current frame came in parts (kind 9 or 10, presented as EAGER or
+    # EAGER_SYNC): its payload is there up to `filled` bytes, the sender
+    # still copying the rest.
     cdef readonly bint parts
     cdef readonly uint64_t filled
     cdef public double fill_timeout  # seconds a partly filled frame may stand still

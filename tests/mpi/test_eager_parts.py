@@ -37,18 +37,20 @@ def _last_frame(comm, peer, nbytes):
     return word0 & 0xFFFFFFFF, engine.mem.load(ring + 128 + pos + 16)
 
 
-def test_sends_from_16_kib_go_in_parts_and_arrive_whole(comm):
+@pytest.mark.parametrize("method, parts_kind, whole_kind", [("Send", 9, 1), ("Ssend", 10, 2)])
+def test_sends_from_16_kib_go_in_parts_and_arrive_whole(comm, method, parts_kind, whole_kind):
     """A receive already waiting (posted first, then the sender goes): the
-    frames really are EAGER_PARTS from 16 KiB, filled to their length."""
+    frames really are in parts from 16 KiB (EAGER_PARTS, or EAGER_SYNC_PARTS
+    for a synchronous send), filled to their length."""
     if comm.rank > 1:
         return
     frames, expected = [], []
     for i, n in enumerate(_sizes(comm)):
         if comm.rank == 0:
             comm.Recv(np.empty(0, np.uint8), 1, 99)          # the receiver is posted
-            comm.Send(_pattern(n, i), 1, i)
+            getattr(comm, method)(_pattern(n, i), 1, i)
             frames.append(_last_frame(comm, 1, n))
-            expected.append((9, n) if n >= PARTS_MIN else (1, 0))
+            expected.append((parts_kind, n) if n >= PARTS_MIN else (whole_kind, 0))
         else:
             got = np.zeros(n, np.uint8)
             request = comm.Irecv(got, 0, i)
@@ -60,35 +62,23 @@ def test_sends_from_16_kib_go_in_parts_and_arrive_whole(comm):
     assert frames == expected       # (kind, fill word) of each frame rank 0 sent
 
 
-def test_synchronous_sends_go_in_parts_and_complete_when_matched(comm):
-    """Ssend of 16 KiB and more: EAGER_SYNC_PARTS frames (kind 10), each
-    completing only once the receiver has matched it, the data whole."""
+def test_a_synchronous_send_in_parts_completes_only_when_matched(comm):
+    """The receiver matches each message 50 ms after it has arrived: the
+    synchronous send may not complete before, and the data comes whole."""
     if comm.rank > 1:
         return
-    frames, expected = [], []
     for i, n in enumerate(_sizes(comm)):
         if comm.rank == 0:
-            comm.Recv(np.empty(0, np.uint8), 1, 99)          # the receiver is posted
-            comm.Ssend(_pattern(n, i), 1, i)
-            frames.append(_last_frame(comm, 1, n))
-            expected.append((10, n) if n >= PARTS_MIN else (2, 0))
-            # The receiver matches this one 50 ms after it arrives: the
-            # synchronous send may not complete before.
             started = time.monotonic()
-            comm.Ssend(_pattern(n, i + 1), 1, 1000 + i)
+            comm.Ssend(_pattern(n, i), 1, i)
             assert time.monotonic() - started >= 0.045
         else:
             got = np.zeros(n, np.uint8)
-            request = comm.Irecv(got, 0, i)
-            comm.Send(np.empty(0, np.uint8), 0, 99)
-            request.Wait()
-            assert np.array_equal(got, _pattern(n, i))
-            while not comm.Iprobe(0, 1000 + i):
+            while not comm.Iprobe(0, i):
                 time.sleep(0.0005)
             time.sleep(0.05)
-            comm.Recv(got, 0, 1000 + i)
-            assert np.array_equal(got, _pattern(n, i + 1))
-    assert frames == expected
+            comm.Recv(got, 0, i)
+            assert np.array_equal(got, _pattern(n, i))
 
 
 def test_unexpected_probed_and_matched_messages(comm):
