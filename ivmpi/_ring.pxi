@@ -535,6 +535,10 @@ cdef class RxRing:
     cdef readonly bint parts
     cdef readonly uint64_t filled
     cdef public double fill_timeout  # seconds a partly filled frame may stand still
+    # Called (no arguments) every millisecond or so while such a frame stands
+    # still: raises when its sender is known to be gone (the engine's
+    # liveness check), so that a death mid-send is named as any other.
+    cdef public object stall_check
 
     def __cinit__(self, Mapping mem, Py_ssize_t offset, uint64_t ring_bytes, int peer,
                   Py_ssize_t head_offset=-1):
@@ -615,7 +619,8 @@ cdef class RxRing:
         """Until the current frame's payload is there up to `upto` bytes
         (at most its length): nothing to wait for unless it came in parts.
         The fill word is the sender's: checked, and waited for at most
-        fill_timeout seconds without a change."""
+        fill_timeout seconds without a change (stall_check names a sender
+        that died meanwhile)."""
         cdef uint64_t f
         cdef unsigned long polls = 0
         cdef int64_t since = 0, now
@@ -638,6 +643,8 @@ cdef class RxRing:
                 sched_yield()
             if polls & 63:
                 continue
+            if self.stall_check is not None:
+                self.stall_check()
             now = _now_ns()
             if since == 0:
                 since = now

@@ -17,6 +17,7 @@ its own work only.  A wait takes it for one round of progress at a time
 and idles without it, so another thread of this process can meanwhile
 send the message a blocked receive waits for, or receive its own.
 """
+import functools
 import os
 import time
 from collections import deque
@@ -186,6 +187,12 @@ class Engine:
                     rx.fill_timeout = self.timeout
         self.set_oversubscribed(False)
         self.liveness = Liveness(self.mem, self.size, rank, self.slot_of)
+        for peer, rx in enumerate(self.rx):
+            if rx is not None:
+                # A sender that dies while it fills a frame in parts is
+                # reported as any dead peer is (RxRing.wait_filled).
+                rx.stall_check = functools.partial(self.liveness.check, peer,
+                                                   f"a message from rank {peer}")
         self.lock = _fastcopy.EngineLock()
         self._stage = None          # a heap block large sends with holes are gathered into
         self._stage_busy = False

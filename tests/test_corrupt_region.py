@@ -9,11 +9,12 @@ driven again (a corrupt frame is never skipped silently).
 import os
 import re
 import sys
+import time
 
 import pytest
 
 from ivmpi import layout
-from ivmpi.errors import CorruptRegionError, IvmpiError, IvmpiTimeoutError, RegionError
+from ivmpi.errors import CorruptRegionError, IvmpiError, IvmpiTimeoutError, PeerError, RegionError
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fuzz"))
 import regionkit  # noqa: E402
@@ -267,6 +268,20 @@ def test_parts_that_stop_filling_time_out_naming_the_peer(kit):
     peer.write_data(16, (100).to_bytes(8, "little"))
     engine.progress()
     assert op.done and bytes(op.mem) == bytes(range(100))
+
+
+def test_parts_whose_sender_dies_meanwhile_name_the_dead_peer(kit):
+    """A sender gone while its frame in parts stands still is reported as a
+    dead peer (liveness), well before the fill timeout."""
+    _, engine, peer = kit
+    peer.put(EAGER_PARTS, length=100, a=40, payload=bytes(100))
+    engine.rx[1].fill_timeout = 30
+    engine.liveness.timeout = 0.05          # rank 1, played by hand, never beats
+    engine.irecv(1, 0, 0, memoryview(bytearray(100)))
+    started = time.monotonic()
+    with pytest.raises(PeerError, match="^a message from rank 1: rank 1 has shown no heartbeat"):
+        engine.progress()
+    assert time.monotonic() - started < 5
 
 
 def test_errors_from_probe_and_receive_name_the_peer(kit):
