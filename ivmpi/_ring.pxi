@@ -62,9 +62,9 @@ cdef enum:
 # this one) goes as an EAGER_PARTS frame (EAGER_SYNC_PARTS for a synchronous
 # send; docs/layout.md): published before its payload is copied in, then
 # filled _PART_BYTES at a time, the fill word telling how far, so that the
-# receiver copies one part out while the next is copied in.  A 64 KiB ping-pong between two processes in C: 11.7 us a
-# half round trip copied whole, 8.7 in parts of 8-16 KiB; 16 KiB 3.4 and
-# 2.8.  Into a ring that still holds frames (a stream, the receiver behind)
+# receiver copies one part out while the next is copied in.  A 64 KiB
+# ping-pong between two processes in C: 11.7 us a half round trip copied
+# whole, 8.7 in parts of 8-16 KiB; 16 KiB 3.4 and 2.8.  Into a ring that still holds frames (a stream, the receiver behind)
 # a frame goes whole: the receiver is busy with earlier ones anyway, and
 # reading right behind the sender's stores only slows both (a one-way
 # stream of 64 KiB messages, each followed by a 64 KiB copy on the
@@ -657,26 +657,20 @@ cdef class RxRing:
 
     cdef int copy_out(self, char *dst, uint64_t n) except -1:
         # n <= self.length is the caller's promise (checked by the callers).
-        cdef uint64_t done = 0, upto
-        if self.parts and self.filled < n:
-            # Each part as it lands, while the sender copies the next.
-            while done < n:
-                self.wait_filled(done + 1)
-                upto = self.filled if self.filled < n else n
-                if upto - done >= _NOGIL_MIN:
-                    with nogil:
-                        rg_copy_from(dst + done, self.data + self.pos + _HDR + done,
-                                     upto - done, self.strict)
-                else:
-                    rg_copy_from(dst + done, self.data + self.pos + _HDR + done, upto - done,
-                                 self.strict)
-                done = upto
-            return 0
-        if n >= _NOGIL_MIN:
-            with nogil:
-                rg_copy_from(dst, self.data + self.pos + _HDR, n, self.strict)
-        else:
-            rg_copy_from(dst, self.data + self.pos + _HDR, n, self.strict)
+        # A frame in parts: each part as it lands, while the sender copies
+        # the next; any other frame in one go (wait_filled returns at once).
+        cdef uint64_t done = 0, upto, k
+        cdef const char *src = self.data + self.pos + _HDR
+        while done < n:
+            self.wait_filled(done + 1)
+            upto = self.filled if self.parts and self.filled < n else n
+            k = upto - done
+            if k >= _NOGIL_MIN:
+                with nogil:
+                    rg_copy_from(dst + done, src + done, k, self.strict)
+            else:
+                rg_copy_from(dst + done, src + done, k, self.strict)
+            done = upto
         return 0
 
     cdef int scatter_out(self, RunPlan plan, char *dst, Py_ssize_t count,

@@ -180,19 +180,17 @@ class Engine:
         self.library_sent_direct = LibraryCounts(self.size)
         self.library_received_direct = LibraryCounts(self.size)
         self.timeout = _env_float("IVMPI_TIMEOUT", 0.0)
-        if self.timeout > 0:
-            # A frame a peer stopped filling (see RxRing.wait_filled) fails as soon.
-            for rx in self.rx:
-                if rx is not None:
-                    rx.fill_timeout = self.timeout
         self.set_oversubscribed(False)
         self.liveness = Liveness(self.mem, self.size, rank, self.slot_of)
         for peer, rx in enumerate(self.rx):
             if rx is not None:
                 # A sender that dies while it fills a frame in parts is
-                # reported as any dead peer is (RxRing.wait_filled).
+                # reported as any dead peer is, one that stops filling after
+                # IVMPI_TIMEOUT when set (RxRing.wait_filled).
                 rx.stall_check = functools.partial(self.liveness.check, peer,
                                                    f"a message from rank {peer}")
+                if self.timeout > 0:
+                    rx.fill_timeout = self.timeout
         self.lock = _fastcopy.EngineLock()
         self._stage = None          # a heap block large sends with holes are gathered into
         self._stage_busy = False
