@@ -20,7 +20,9 @@
 # one must not take the earlier one's message); a posted receive keeps its
 # place among the engine's posted receives, which the fast path respects.
 
-from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from libc.string cimport memcmp
 
 cdef enum:
     ST_SEND = 1
@@ -499,10 +501,15 @@ cdef class BoundCollective:
             args = self._bind(args, kwargs)
         if self.extra:
             args = args + self.extra
+        channel = self.channel
+        # The plan method is looked up only when the call is not a repeat.
+        schedule, key = channel.restart(self.what, args, self.tags)
+        if schedule is None:
+            schedule = channel.describe(self.what, getattr(comm, self.plan), args, self.tags, key)
         if self.blocking:
-            self.channel.run(self.what, getattr(comm, self.plan), args, self.tags)
+            channel._finish(schedule, self.what)
             return None
-        return self.channel.request(comm, self.what, getattr(comm, self.plan), args, self.tags)
+        return channel._request(comm, self.what, schedule)
 
     cdef tuple _bind(self, tuple args, dict kwargs):
         """args and kwargs as the method's positional arguments, defaults
@@ -541,6 +548,9 @@ cdef class Channel:
     cdef readonly long tag_base, tag_mask
     cdef long started
     cdef dict cache
+    cdef Py_ssize_t *key_words      # the key of the call being started (see _key)
+    cdef Py_ssize_t key_len, key_cap
+    cdef list key_pins
     cdef readonly long cache_max_bytes
     cdef object in_place, op_type, datatype_type, request_type
 
@@ -557,11 +567,20 @@ cdef class Channel:
         self.tag_mask = tag_mask
         self.started = 0
         self.cache = {}
+        self.key_cap = 64
+        self.key_words = <Py_ssize_t *>PyMem_Malloc(self.key_cap * sizeof(Py_ssize_t))
+        if self.key_words == NULL:
+            raise MemoryError()
+        self.key_len = 0
+        self.key_pins = []
         self.cache_max_bytes = cache_max_bytes
         self.in_place = in_place
         self.op_type = op_type
         self.datatype_type = datatype_type
         self.request_type = request_type
+
+    def __dealloc__(self):
+        PyMem_Free(self.key_words)
 
     cpdef long next_tag(self, long count=1) except -1:
         """The first of `count` tags of a new collective (all ranks start
@@ -588,109 +607,169 @@ cdef class Channel:
     # displacements, the identity and handle of each datatype), which may
     # change between calls.  A bytearray or bytes is keyed by its identity:
     # the bytes it names cannot move while the cached schedule holds it.  A
-    # numpy array is keyed by its memory (address, shape, strides, dtype,
-    # writability), not by the object, so code that passes a new view of
+    # numpy array is keyed by its memory (address, dtype, writability,
+    # shape, strides), not by the object, so code that passes a new view of
     # the same array in each call (a slice, a[...]) finds the schedule too;
     # that memory is the cached call's, which the cache keeps alive, so the
     # same address is the same bytes.  Anything else (another buffer type,
-    # a numpy integer) is not cached.
+    # a numpy integer, an int beyond 64 bits) is not cached.
+    #
+    # The key is a row of machine words written into one C buffer (a tag
+    # per item, then its words) and compared with the cached call's row by
+    # memcmp: a repeated call allocates nothing to be recognised.  Objects
+    # keyed by identity (strings, datatypes, ops, bytes) are held by the
+    # cache entry (`pins`), so that no other object can take their address.
 
-    cdef bint _key_of(self, list key, object a) except -1:
+    cdef int _push(self, Py_ssize_t word) except -1:
+        cdef Py_ssize_t *grown
+        if self.key_len == self.key_cap:
+            grown = <Py_ssize_t *>PyMem_Realloc(self.key_words,
+                                                 2 * self.key_cap * sizeof(Py_ssize_t))
+            if grown == NULL:
+                raise MemoryError()
+            self.key_words = grown
+            self.key_cap *= 2
+        self.key_words[self.key_len] = word
+        self.key_len += 1
+        return 0
+
+    cdef int _pin(self, object a, Py_ssize_t tag) except -1:
+        self._push(tag)
+        self._push(<Py_ssize_t><void *>a)
+        self.key_pins.append(a)
+        return 0
+
+    cdef bint _key_of(self, object a) except -1:
+        cdef cnp.ndarray arr
+        cdef int i, overflow
+        cdef long long value
         t = type(a)
         if t is cnp.ndarray:
-            if cnp.PyArray_NBYTES(<cnp.ndarray>a) > self.cache_max_bytes:
+            arr = <cnp.ndarray>a
+            if cnp.PyArray_NBYTES(arr) > self.cache_max_bytes:
                 return False
-            key.append(<size_t>cnp.PyArray_DATA(<cnp.ndarray>a))
-            key.append(a.shape)
-            key.append(a.strides)
-            key.append(a.dtype)
-            key.append(cnp.PyArray_ISWRITEABLE(<cnp.ndarray>a))
+            # The dtype by identity: the cached call's array keeps it alive
+            # (an equal dtype of another identity only misses).
+            self._push(1)
+            self._push(<Py_ssize_t>cnp.PyArray_DATA(arr))
+            self._push(<Py_ssize_t><void *>cnp.PyArray_DESCR(arr))
+            self._push(cnp.PyArray_ISWRITEABLE(arr))
+            self._push(cnp.PyArray_NDIM(arr))
+            for i in range(cnp.PyArray_NDIM(arr)):
+                self._push(cnp.PyArray_DIMS(arr)[i])
+                self._push(cnp.PyArray_STRIDES(arr)[i])
         elif t is bytearray or t is bytes:
             if len(a) > self.cache_max_bytes:
                 return False
-            key.append(id(a))
-        elif t is int or t is bool or t is str:
-            key.append(a)
+            self._pin(a, 2)
+        elif t is int or t is bool:
+            value = PyLong_AsLongLongAndOverflow(a, &overflow)
+            if overflow:
+                return False
+            self._push(3 if t is int else 4)
+            self._push(<Py_ssize_t>value)
+        elif t is str:
+            self._pin(a, 5)
         elif t is list or t is tuple:
-            key.append(t)
-            key.append(len(a))
+            self._push(6 if t is list else 7)
+            self._push(len(a))
             for item in a:
-                if not self._key_of(key, item):
+                if not self._key_of(item):
                     return False
         elif a is None or a is self.in_place or isinstance(a, self.op_type):
-            key.append(id(a))
+            self._pin(a, 8)
         elif isinstance(a, self.datatype_type):
-            key.append(id(a))
-            key.append(a.handle)
+            self._pin(a, 9)
+            value = PyLong_AsLongLongAndOverflow(a.handle, &overflow)
+            if overflow:
+                return False
+            self._push(<Py_ssize_t>value)
         else:
             return False
         return True
 
-    cdef object _key(self, str what, tuple args):
-        cdef list key = [what]
+    cdef bint _key(self, tuple args) except -1:
+        """The key of args into key_words[:key_len] (its pins in
+        key_pins); False: not cached."""
+        self.key_len = 0
+        if self.key_pins:
+            del self.key_pins[:]
         for a in args:
-            if not self._key_of(key, a):
-                return None
-        return tuple(key)
+            if not self._key_of(a):
+                return False
+        return True
 
-    def restart(self, str what, tuple args, long tags=1):
+    cpdef tuple restart(self, str what, tuple args, long tags=1):
         """(schedule started anew on `tags` new tags, None), or (None, key)
-        when the call must describe its steps (key: what remember() files
+        when the call must describe its steps (key: what describe() files
         them under, or None)."""
         cdef Schedule schedule
-        key = self._key(what, args)
-        if key is None:
+        cdef bytes cached
+        if not self._key(args):
             return None, None
         entry = self.cache.get(what)
-        if entry is None or (<tuple>entry)[0] != key:
-            return None, key
-        schedule = (<tuple>entry)[1]
-        # Nobody else may hold it: references are the entry's, this name's,
-        # and the engine's list of schedules in progress (which keeps a
-        # finished one until its next round of progress).
-        refs = Py_REFCNT(schedule)
-        if not schedule._finished or (refs > 2 and refs > 2 + (schedule in self.engine.schedules)):
-            return None, key
-        return schedule.start(self.next_tag(tags)), None
+        if entry is not None:
+            cached = (<tuple>entry)[0]
+            if len(cached) == self.key_len * <Py_ssize_t>sizeof(Py_ssize_t) and memcmp(
+                    PyBytes_AS_STRING(cached), self.key_words, len(cached)) == 0:
+                schedule = (<tuple>entry)[1]
+                # Nobody else may hold it: references are the entry's, this
+                # name's, and the engine's list of schedules in progress
+                # (which keeps a finished one until its next round of progress).
+                refs = Py_REFCNT(schedule)
+                if schedule._finished and (refs <= 2 or refs <= 2 + (
+                        schedule in self.engine.schedules)):
+                    return schedule.start(self.next_tag(tags)), None
+        return None, (what, PyBytes_FromStringAndSize(<char *>self.key_words,
+                                                      self.key_len * sizeof(Py_ssize_t)),
+                      list(self.key_pins))
 
-    def remember(self, key, tuple args, Schedule schedule):
-        if key is not None:
-            self.cache[key[0]] = (key, schedule, args)
-
-    cpdef Schedule begin(self, str what, object make_plan, tuple args, long tags=1):
-        """Start collective `what` on `tags` new tags: the schedule of the
-        previous call with the same arguments again, or a new one described
-        by make_plan(*args) ((steps, prologue, epilogue), or a function of
-        the channel giving them)."""
+    cdef Schedule describe(self, str what, object make_plan, tuple args, long tags, object key):
+        """Start collective `what` on `tags` new tags as make_plan(*args)
+        describes it ((steps, prologue, epilogue), or a function of the
+        channel giving them), filed under key for the next call (restart)."""
         cdef Schedule schedule
-        schedule, key = self.restart(what, args, tags)
-        if schedule is not None:
-            return schedule
         plan = make_plan(*args)
         if callable(plan):
             plan = plan(self)
         steps, prologue, epilogue = plan
         schedule = Schedule(self.fast, self.engine, self.world, self.ctx, self.scope,
                             self.next_tag(tags), steps, what, prologue, epilogue)
-        self.remember(key, args, schedule)
+        if key is not None:
+            what_key, words, pins = key
+            self.cache[what_key] = (words, schedule, args, pins)
         schedule.start()
         return schedule
+
+    cpdef Schedule begin(self, str what, object make_plan, tuple args, long tags=1):
+        """Start collective `what` on `tags` new tags: the schedule of the
+        previous call with the same arguments again, or a new one described
+        by make_plan(*args) (describe)."""
+        schedule, key = self.restart(what, args, tags)
+        if schedule is not None:
+            return schedule
+        return self.describe(what, make_plan, args, tags, key)
 
     cpdef run(self, str what, object make_plan, tuple args, long tags=1):
         """A blocking collective: begin(), then wait for it here, raising
         its error (no request in between)."""
-        cdef Schedule schedule = self.begin(what, make_plan, args, tags)
+        self._finish(self.begin(what, make_plan, args, tags), what)
+
+    cdef int _finish(self, Schedule schedule, str what) except -1:
         if not schedule._finished:
             schedule.wait(what)
         if schedule.error is not None:
             raise schedule.error
+        return 0
 
-    def request(self, comm, str what, make_plan, tuple args, long tags=1):
-        """begin(), as a request of request_type (a Request subclass) for comm."""
-        schedule = self.begin(what, make_plan, args, tags)
+    cdef object _request(self, comm, str what, Schedule schedule):
         request = self.request_type.__new__(self.request_type)
         request._comm = comm
         request._op = schedule
         request._decode = None
         request._what = what
         return request
+
+    def request(self, comm, str what, make_plan, tuple args, long tags=1):
+        """begin(), as a request of request_type (a Request subclass) for comm."""
+        return self._request(comm, what, self.begin(what, make_plan, args, tags))

@@ -559,6 +559,55 @@ def test_new_views_of_the_same_arrays_reuse_the_schedule_and_nothing_else_does(c
     assert (out == -9).all()
 
 
+def test_a_repeat_is_recognised_only_when_nothing_the_schedule_depends_on_changed(comm):
+    """The cache's key: ops, datatypes (replaced in a spec list, or named by
+    a type character), roots, and numbers too large for a machine word."""
+    size, rank = comm.size, comm.rank
+    schedules = not comm._routed
+
+    def run(start):
+        request = start()
+        schedule = id(request._op) if schedules else None
+        request.Wait()
+        return schedule
+
+    send, recv = values("f8", 3, rank), np.zeros(3)
+    by_sum = run(lambda: comm.Iallreduce(send, recv, op=MPI.SUM))
+    assert run(lambda: comm.Iallreduce(send, recv, op=MPI.SUM)) == by_sum or not schedules
+    assert run(lambda: comm.Iallreduce(send, recv, op=MPI.MAX)) != by_sum or not schedules
+    expected = np.zeros(3)
+    comm.Allreduce(send, expected, op=MPI.MAX)
+    np.testing.assert_array_equal(recv, expected)
+    # The same lists, only their datatype replaced: the bytes are counted
+    # in the new type (one 8-byte element per rank instead of two ints).
+    data = np.arange(2, dtype="i4") + 10 * rank
+    out = np.zeros(2 * size, "i4")
+    sspec, rspec = [data, MPI.INT], [out, MPI.INT]
+    as_ints = run(lambda: comm.Iallgather(sspec, rspec))
+    np.testing.assert_array_equal(out, np.ravel([[10 * r, 10 * r + 1] for r in range(size)]))
+    sspec[1] = rspec[1] = MPI.INT64_T
+    out[:] = -1
+    assert run(lambda: comm.Iallgather(sspec, rspec)) != as_ints or not schedules
+    whole = np.ravel([[10 * r, 10 * r + 1] for r in range(size)]).astype("i4")
+    np.testing.assert_array_equal(out, whole)
+    # A type character names the datatype as mpi4py allows.
+    out[:] = -1
+    first = run(lambda: comm.Iallgather([data, "i"], [out, "i"]))
+    assert run(lambda: comm.Iallgather([data, "i"], [out, "i"])) == first or not schedules
+    np.testing.assert_array_equal(out, whole)
+    # Another root.
+    block = np.full(1, float(rank))
+    gathered = np.zeros(size)
+    for root in (0, size - 1, 0):
+        gathered[:] = -1
+        comm.Igather(block, gathered if rank == root else None, root=root).Wait()
+        if rank == root:
+            np.testing.assert_array_equal(gathered, np.arange(size, dtype=float))
+    # A count too large for a machine word is refused as ever, not cached.
+    with pytest.raises(Exception):
+        comm.Iallgather([data, 1 << 70, MPI.INT], [out, MPI.INT]).Wait()
+
+
 def test_bound_nonblocking_calls_take_arguments_as_the_methods_do(comm):
     """The nonblocking collectives are bound to the instance
     (ivmpi.nbcoll.NONBLOCKING_STARTERS): keywords, defaults and the errors
