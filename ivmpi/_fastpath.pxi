@@ -1774,6 +1774,16 @@ cdef class FastPath:
         finally:
             PyBuffer_Release(&view)
 
+    def announce_staged(self, long dest, long tag, uint64_t total, uint64_t at):
+        """_announce_staged for a message the caller staged in our heap at
+        region offset `at` (the collectives' pickles): the SendOp, whose
+        ACK the caller waits for before reusing the block; None for the
+        general path (the region not shared with dest, a bad tag)."""
+        if not self.enabled or dest < 0 or dest >= self.size or tag < 0 or tag > _TAG_UB \
+                or self.tx[dest] is None or self.heap_bounds is None:
+            return None
+        return self._announce_staged(dest, tag, total, at)
+
     cdef SendOp _announce_staged(self, long dest, long tag, uint64_t total, uint64_t at):
         """Tell dest where in our heap a staged message of total bytes
         sits (an RTS_REGION frame, behind any frame queued for it): the

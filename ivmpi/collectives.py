@@ -241,46 +241,63 @@ class Collectives:
         answers by copying the pickle straight out whenever it runs, instead
         of a rendezvous whose chunks both ranks must stream in step.  The
         sends must complete (every receiver's acknowledgement) before the
-        buffer is used again.  Without room in the heap the pickles go as
-        they are."""
-        limit = getattr(getattr(self.p2p, "_engine", None), "eager_limit", None)
+        buffer is used again.  Returns (pickles, region offsets): the offset
+        of each staged one, None for the others; without room in the heap
+        the pickles go as they are."""
+        engine = getattr(self.p2p, "_engine", None)
+        limit = getattr(engine, "eager_limit", None)
+        unstaged = [None] * len(datas)
         if limit is None:
-            return datas
+            return datas, unstaged
         first = {}
         for data in datas:
             if len(data) > limit:
                 first.setdefault(id(data), data)
         if not first:
-            return datas
+            return datas, unstaged
         stage = self._heap_buffer(sum(_padded(len(data)) for data in first.values()))
         if stage is None:
-            return datas
-        at = 0
+            return datas, unstaged
+        base = engine.heap.contains(*buffer_span(stage))
+        at, offsets = 0, {}
         for key, data in first.items():
             n = len(data)
-            first[key] = self._fill(stage[at:at + n], data)
+            # Plain stores, unlike _fill's: a pickle is most likely copied
+            # out at once, from this core's cache (as _send_bytes_staged's).
+            block = stage[at:at + n]
+            block[:] = data
+            first[key] = block
+            offsets[key] = base + at
             at += _padded(n)
-        return [first.get(id(data), data) for data in datas]
+        return ([first.get(id(data), data) for data in datas],
+                [offsets.get(id(data)) for data in datas])
 
     def _send_pickles(self, datas, dests, tags, what, stage=None):
         """Send the pickle datas[i] to rank dests[i] with tag tags[i]: by the
-        fast path when it fits the ring, else as an engine send (a large
-        one out of this rank's heap, see _staged_pickles, when `stage`
-        says so; by default on communicators of at least STAGE_MIN_RANKS
+        fast path when it fits the ring, else a large one out of this rank's
+        heap (see _staged_pickles) when `stage` says so, announced in one
+        call (by default on communicators of at least STAGE_MIN_RANKS
         ranks: on two, one per core, a rendezvous streams the pickle
-        through the ring while the receiver copies it out).  Returns the
-        requests to complete before the next call."""
+        through the ring while the receiver copies it out), else as an
+        engine send.  Returns the requests to complete before the next
+        call."""
         p2p = self.p2p
         fast = p2p._fast
         if stage is None:
             stage = self.size >= STAGE_MIN_RANKS
-        requests, staged = [], None if stage else datas
+        requests, staged, offsets = [], None if stage else datas, None
         for i, dest in enumerate(dests):
             if not fast.send(datas[i], dest, tags[i]):
                 if staged is None:
-                    staged = self._staged_pickles(datas)
-                requests.append(p2p._isend_bytes(memoryview(staged[i]), dest, tags[i], False,
-                                                 what))
+                    staged, offsets = self._staged_pickles(datas)
+                op = None
+                if offsets is not None and offsets[i] is not None:
+                    op = fast.announce_staged(dest, tags[i], len(staged[i]), offsets[i])
+                if op is None:
+                    requests.append(p2p._isend_bytes(memoryview(staged[i]), dest, tags[i],
+                                                     False, what))
+                else:
+                    requests.append(fast.new_request(p2p, op, None, (what, "to", dest)))
         return requests
 
     def _isend_objects(self, items, dests, tag, what):

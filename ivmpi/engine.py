@@ -661,11 +661,13 @@ class Engine:
         if type(op) in _LIBRARY_OPS and op.spin(self.fast_spins):
             return      # polled in C first, as the rings' fast paths do
         peer = op.peer
-        # A receive from a known source, or a synchronous send awaiting its
-        # acknowledgement: only that peer's ring matters.  (Other sends are
+        # A receive from a known source, or a send awaiting its
+        # acknowledgement (a synchronous one, or one the receiver copies out
+        # of our heap): only that peer's ring matters.  (Other sends are
         # waited for by progress everywhere: with more ranks than cores, the
         # receiver may need frames of others handled before it clears ours.)
-        specific = ((type(op) is RecvOp or (type(op) is SendOp and op.sync))
+        specific = ((type(op) is RecvOp or (type(op) is SendOp and (
+                        op.sync or (peer, op.send_id) in self.awaiting_ack)))
                     and peer is not None and 0 <= peer < self.size and self.rx[peer] is not None)
         if specific:
             # The commonest case, inline: the eager message (or the ACK) is next in the ring,

@@ -172,3 +172,31 @@ def test_staged_object_goes_through_the_heap(comm):
     assert engine._stage is not None and len(engine._stage) >= limit + 10
     assert not engine._stage_busy
     assert not engine.awaiting_ack and not engine.awaiting_cts and not engine.receiving
+
+
+def test_collectives_announce_their_staged_pickles_in_one_call(comm):
+    """The object collectives' pickles over the eager limit (staged once in
+    the sender's heap, each distinct one once) are announced to each
+    receiver without an engine send: one region rendezvous each, whose
+    ACK completes it once the receiver has copied the pickle out."""
+    from ivmpi._fastcopy import SendOp
+    engine = comm._engine
+    if engine.mem.strict:
+        pytest.skip("strict mode stages nothing")
+    coll = comm._collectives
+    limit, size, rank = engine.eager_limit, comm.size, comm.rank
+    item = blob(limit + 100, rank)
+    pickle = ivmpi_MPI.pickle.dumps(item)
+    others = [r for r in range(size) if r != rank]
+    tag = 4321
+    requests = coll._send_pickles([pickle] * len(others), others, [tag] * len(others), "test",
+                                  True)
+    ops = [request._op for request in requests]
+    assert len(ops) == len(others)
+    # Announced from the fast path: no engine send (which keeps the bytes it sends).
+    assert all(type(op) is SendOp and op.mem is None and op.send_id for op in ops)
+    got = {source: coll.p2p.recv(None, source, tag) for source in others}
+    ivmpi_MPI.Request.Waitall(requests)
+    assert all(op.done for op in ops)
+    assert got == {source: blob(limit + 100, source) for source in others}
+    assert not engine.awaiting_ack
