@@ -591,6 +591,37 @@ def test_a_receiver_copies_parts_as_the_sender_fills_them():
     mm.close()
 
 
+def test_data_chunks_cycle_through_the_rings_first_quarter():
+    """A large message's DATA chunks restart at the ring's start (after a
+    PAD) rather than run past 256 KiB of a 1 MiB ring, so the stream keeps
+    reusing the same lines; eager frames still use the whole ring; the
+    receiver gets every chunk in order."""
+    mm, mem, tx, rx = _ring_pair()
+    ring, chunk, window = 1 << 20, 65536, 262144
+    data = np.random.default_rng(4).integers(0, 256, 16 * chunk + 100, dtype=np.uint8).tobytes()
+    out = bytearray(len(data))
+    sent = got = 0
+    ends = []
+    while got < len(data):
+        if sent < len(data):
+            n = min(chunk, len(data) - sent)
+            if tx.send(5, 0, 0, sent, 7, data, sent, n):
+                ends.append(tx.head_index % ring or ring)
+                sent += n
+        if rx.poll():
+            assert rx.kind == 5
+            got = rx.drain_data(out, 7, got, len(data), chunk, False)
+    assert bytes(out) == data
+    assert len(ends) == 17 and max(ends) <= window and ends.count(chunk + 32) >= 3
+    # Eager frames unread pile up past the window.
+    for i in range(6):
+        assert tx.send(1, i, 0, 0, 0, bytes(60000))
+    assert (tx.head_index % ring) > window
+    del tx, rx
+    mem.release()
+    mm.close()
+
+
 def test_an_empty_ring_takes_a_frame_longer_than_the_restart_would_leave():
     """An empty ring restarts small frames at its start (a PAD to the end);
     a frame longer than the bytes before the current position would not fit
