@@ -1541,7 +1541,7 @@ cdef class FastPath:
                 cleared = self._cleared(rx, send_id)
                 if cleared:
                     sent = tx.stream_from(data, total, 0, rdv.chunk_bytes, send_id,
-                                          rdv.stream_spins, rx)
+                                          rdv.stream_spins, rx, True)
                     if sent == total:
                         return True
                 op = SendOp.__new__(SendOp)

@@ -103,11 +103,17 @@ cdef enum:
     _INLINE_WORDS = 28       # _INLINE_MAX / 8 (a C array size: no '//' here)
     _NOGIL_MIN = 16384       # copies this large release the GIL
     _RECYCLE_BYTES = 32768   # past this position an empty ring restarts at 0
-    # DATA chunks of a large message restart at the ring's start rather than
-    # run past this position: the stream then cycles through the same
-    # quarter of a 1 MiB ring, whose lines stay in the two cores' caches,
-    # instead of walking all of it (1 MiB ping-pong 227-229 -> 197-205 us
-    # a round trip with a 256 KiB ring; eager messages keep the whole ring).
+    # The DATA chunks of a blocking send (which does nothing else until they
+    # are out) restart at the ring's start rather than run past this
+    # position when the receiver has read the start of the ring's current
+    # lap already: the stream then cycles through the same quarter of a
+    # 1 MiB ring, whose lines stay in the two cores' caches, instead of
+    # walking all of it (1 MiB ping-pong 238-243 -> 198-208 us a round
+    # trip).  Other streams keep the whole ring: a side that sends and
+    # receives at once fills it while the other does the same, and both
+    # then drain; paced by its receiver instead, one stream finished
+    # before the other began (a 1 MiB object alltoall on two ranks 1.3x
+    # slower).  Eager messages use the whole ring as before.
     _DATA_WINDOW = 262144
 
 cdef inline int64_t _now_ns() noexcept nogil:
@@ -249,9 +255,13 @@ cdef class TxRing:
         cdef uint64_t pad = 0
         if fsize > self.ring_bytes:
             raise ValueError(f"frame of {fsize} bytes does not fit a ring of {self.ring_bytes}")
-        if self.ring_bytes - pos < fsize or (
-                data_chunk and pos and pos + fsize > _DATA_WINDOW
-                and self.ring_bytes >= 2 * _DATA_WINDOW):
+        if self.ring_bytes - pos < fsize:
+            pad = self.ring_bytes - pos
+        elif data_chunk and pos and pos + fsize > _DATA_WINDOW \
+                and self.ring_bytes >= 2 * _DATA_WINDOW \
+                and self._has_room(self.ring_bytes - pos + fsize):
+            # Only when the receiver has already read the start of this lap:
+            # a receiver busy with other things gets the whole ring.
             pad = self.ring_bytes - pos
         elif pos >= _RECYCLE_BYTES and fsize <= pos and fsize < _PARTS_MIN \
                 and self.head - self.recycle_checked >= _RECYCLE_BYTES:
@@ -363,7 +373,7 @@ cdef class TxRing:
 
     cdef int write_frame(self, uint32_t kind, int32_t tag, uint32_t context, uint64_t a,
                          uint64_t b, const char *payload, uint64_t length,
-                         bint stream=True) except -1:
+                         bint stream=True, bint windowed=False) except -1:
         """Publish one frame; 1 when published, 0 when the ring has no room yet.
         An EAGER or EAGER_SYNC payload of _PARTS_MIN bytes or more into an
         empty ring goes in parts (_write_parts).
@@ -371,13 +381,13 @@ cdef class TxRing:
         stores (the receiver reads it later, from memory), one of
         _NOGIL_MIN or more only while plain stores are found slow (above);
         False: plain stores (a small last DATA chunk, read soon from our
-        cache)."""
+        cache).  windowed: a DATA chunk kept within _DATA_WINDOW."""
         cdef uint64_t fsize = _HDR + _round8(length)
         cdef uint64_t words[_INLINE_WORDS]
         cdef int64_t started
         cdef bint in_parts = (kind == 1 or kind == 2) and length >= _PARTS_MIN \
             and rg_load_acquire(self.tail_p) == self.head
-        cdef char *dst = self._reserve(fsize, kind == 5)
+        cdef char *dst = self._reserve(fsize, windowed)
         if dst == NULL:
             return 0
         words[0] = kind | (<uint64_t>length << 32)
@@ -445,7 +455,7 @@ cdef class TxRing:
         return done == 1
 
     def stream(self, payload, uint64_t offset, uint64_t chunk, uint64_t send_id, int spins=0,
-               RxRing watch=None):
+               RxRing watch=None, bint windowed=False):
         """Publish DATA frames of payload from offset on, as many as fit.
 
         Returns the new offset (== len(payload) once everything is out).
@@ -463,14 +473,16 @@ cdef class TxRing:
         PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
         try:
             return self.stream_from(<const char *>view.buf, <uint64_t>view.len, offset, chunk,
-                                    send_id, spins, watch)
+                                    send_id, spins, watch, windowed)
         finally:
             PyBuffer_Release(&view)
 
     cdef uint64_t stream_from(self, const char *data, uint64_t total, uint64_t offset,
                               uint64_t chunk, uint64_t send_id, int spins,
-                              RxRing watch) except? 0:
-        """stream() for a payload of total bytes at data (pinned by the caller)."""
+                              RxRing watch, bint windowed=False) except? 0:
+        """stream() for a payload of total bytes at data (pinned by the
+        caller).  windowed: the chunks may restart early (_DATA_WINDOW), for
+        a sender doing nothing else meanwhile."""
         cdef uint64_t n
         cdef int waited
         while offset < total:
@@ -480,7 +492,7 @@ cdef class TxRing:
             waited = 0
             while True:
                 if self.write_frame(5, 0, 0, offset, send_id, data + offset, n,
-                                    n >= _NOGIL_MIN):
+                                    n >= _NOGIL_MIN, windowed):
                     break
                 if waited >= spins or (watch is not None and watch.poll()):
                     return offset

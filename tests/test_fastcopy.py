@@ -591,32 +591,51 @@ def test_a_receiver_copies_parts_as_the_sender_fills_them():
     mm.close()
 
 
-def test_data_chunks_cycle_through_the_rings_first_quarter():
-    """A large message's DATA chunks restart at the ring's start (after a
-    PAD) rather than run past 256 KiB of a 1 MiB ring, so the stream keeps
-    reusing the same lines; eager frames still use the whole ring; the
-    receiver gets every chunk in order."""
-    mm, mem, tx, rx = _ring_pair()
-    ring, chunk, window = 1 << 20, 65536, 262144
-    data = np.random.default_rng(4).integers(0, 256, 16 * chunk + 100, dtype=np.uint8).tobytes()
+def _stream_through(tx, rx, data, chunk, lag=1, windowed=True):
+    """Stream data as DATA chunks, one at a time, the receiver draining once
+    `lag` chunks are waiting (or all are out); the ring offsets where the
+    chunks ended."""
+    ring = 1 << 20
     out = bytearray(len(data))
     sent = got = 0
     ends = []
     while got < len(data):
-        if sent < len(data):
+        if sent < len(data) and sent - got < lag * chunk:
             n = min(chunk, len(data) - sent)
-            if tx.send(5, 0, 0, sent, 7, data, sent, n):
-                ends.append(tx.head_index % ring or ring)
-                sent += n
-        if rx.poll():
+            assert tx.stream(data[:sent + n], sent, chunk, 7, 0, None, windowed) == sent + n
+            ends.append(tx.head_index % ring or ring)
+            sent += n
+        elif rx.poll():
             assert rx.kind == 5
             got = rx.drain_data(out, 7, got, len(data), chunk, False)
     assert bytes(out) == data
+    return ends
+
+
+def test_a_stream_read_as_it_comes_cycles_through_the_rings_first_quarter():
+    """A blocking send's DATA chunks restart at the ring's start (after a
+    PAD) rather than run past 256 KiB of a 1 MiB ring when the receiver
+    has read the start of the current lap already, so the stream keeps
+    reusing the same lines; a receiver further behind, other streams and
+    eager frames get the whole ring; every chunk arrives in order."""
+    mm, mem, tx, rx = _ring_pair()
+    chunk, window = 65536, 262144
+    data = np.random.default_rng(4).integers(0, 256, 16 * chunk + 100, dtype=np.uint8).tobytes()
+    ends = _stream_through(tx, rx, data, chunk)
     assert len(ends) == 17 and max(ends) <= window and ends.count(chunk + 32) >= 3
+    # A receiver that reads only once five chunks wait: no restart in time.
+    ends = _stream_through(tx, rx, data, chunk, lag=5)
+    assert max(ends) > window
+    # A stream of a sender that serves other things meanwhile: the whole ring.
+    ends = _stream_through(tx, rx, data, chunk, windowed=False)
+    assert max(ends) > window
     # Eager frames unread pile up past the window.
+    while tx.head_index % (1 << 20) > window:
+        assert tx.send(1, 0, 0, 0, 0, b"x" * 8) and rx.poll()
+        rx.consume()
     for i in range(6):
         assert tx.send(1, i, 0, 0, 0, bytes(60000))
-    assert (tx.head_index % ring) > window
+    assert (tx.head_index % (1 << 20)) > window
     del tx, rx
     mem.release()
     mm.close()
