@@ -256,9 +256,9 @@ class Collectives:
         if not first:
             return datas, unstaged
         stage = self._heap_buffer(sum(_padded(len(data)) for data in first.values()))
-        if stage is None:
+        base = None if stage is None else engine.heap.contains(*buffer_span(stage))
+        if base is None:
             return datas, unstaged
-        base = engine.heap.contains(*buffer_span(stage))
         at, offsets = 0, {}
         for key, data in first.items():
             n = len(data)
