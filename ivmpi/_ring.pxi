@@ -64,8 +64,9 @@ cdef enum:
 # filled _PART_BYTES at a time, the fill word telling how far, so that the
 # receiver copies one part out while the next is copied in.  A 64 KiB
 # ping-pong between two processes in C: 11.7 us a half round trip copied
-# whole, 8.7 in parts of 8-16 KiB; 16 KiB 3.4 and 2.8.  Into a ring that still holds frames (a stream, the receiver behind)
-# a frame goes whole: the receiver is busy with earlier ones anyway, and
+# whole, 8.7 in parts of 8-16 KiB; 16 KiB 3.4 and 2.8.  Into a ring that
+# still holds frames (a stream, the receiver behind) a frame goes whole:
+# the receiver is busy with earlier ones anyway, and
 # reading right behind the sender's stores only slows both (a one-way
 # stream of 64 KiB messages, each followed by a 64 KiB copy on the
 # sender: 5.3 us a message whole, 9.2 in parts).  Neither kind of large
@@ -246,7 +247,7 @@ cdef class TxRing:
             return self.ring_bytes - pos
         return 0
 
-    cdef char *_reserve(self, uint64_t fsize, bint data_chunk=False) except? NULL:
+    cdef char *_reserve(self, uint64_t fsize, bint windowed=False) except? NULL:
         """Where a frame of fsize bytes goes, with room for it (a PAD frame
         written first when it would run past the ring's end, or for a DATA
         chunk past _DATA_WINDOW); NULL when the ring has no room yet.
@@ -257,7 +258,7 @@ cdef class TxRing:
             raise ValueError(f"frame of {fsize} bytes does not fit a ring of {self.ring_bytes}")
         if self.ring_bytes - pos < fsize:
             pad = self.ring_bytes - pos
-        elif data_chunk and pos and pos + fsize > _DATA_WINDOW \
+        elif windowed and pos and pos + fsize > _DATA_WINDOW \
                 and self.ring_bytes >= 2 * _DATA_WINDOW \
                 and self._has_room(self.ring_bytes - pos + fsize):
             # Only when the receiver has already read the start of this lap:

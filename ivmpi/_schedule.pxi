@@ -702,7 +702,7 @@ cdef class Channel:
     cpdef tuple restart(self, str what, tuple args, long tags=1):
         """(schedule started anew on `tags` new tags, None), or (None, key)
         when the call must describe its steps (key: what describe() files
-        them under, or None)."""
+        them under, the row of words and its pins, or None)."""
         cdef Schedule schedule
         cdef bytes cached
         if not self._key(args):
@@ -720,8 +720,8 @@ cdef class Channel:
                 if schedule._finished and (refs <= 2 or refs <= 2 + (
                         schedule in self.engine.schedules)):
                     return schedule.start(self.next_tag(tags)), None
-        return None, (what, PyBytes_FromStringAndSize(<char *>self.key_words,
-                                                      self.key_len * sizeof(Py_ssize_t)),
+        return None, (PyBytes_FromStringAndSize(<char *>self.key_words,
+                                                self.key_len * sizeof(Py_ssize_t)),
                       list(self.key_pins))
 
     cdef Schedule describe(self, str what, object make_plan, tuple args, long tags, object key):
@@ -736,8 +736,8 @@ cdef class Channel:
         schedule = Schedule(self.fast, self.engine, self.world, self.ctx, self.scope,
                             self.next_tag(tags), steps, what, prologue, epilogue)
         if key is not None:
-            what_key, words, pins = key
-            self.cache[what_key] = (words, schedule, args, pins)
+            words, pins = key
+            self.cache[what] = (words, schedule, args, pins)
         schedule.start()
         return schedule
 

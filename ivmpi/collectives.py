@@ -242,23 +242,22 @@ class Collectives:
         of a rendezvous whose chunks both ranks must stream in step.  The
         sends must complete (every receiver's acknowledgement) before the
         buffer is used again.  Returns (pickles, region offsets): the offset
-        of each staged one, None for the others; without room in the heap
-        the pickles go as they are."""
+        of each staged one, None for the others; with nothing staged (no
+        room in the heap) the pickles as they are and None."""
         engine = getattr(self.p2p, "_engine", None)
         limit = getattr(engine, "eager_limit", None)
-        unstaged = [None] * len(datas)
         if limit is None:
-            return datas, unstaged
+            return datas, None
         first = {}
         for data in datas:
             if len(data) > limit:
                 first.setdefault(id(data), data)
         if not first:
-            return datas, unstaged
+            return datas, None
         stage = self._heap_buffer(sum(_padded(len(data)) for data in first.values()))
         base = None if stage is None else engine.heap.contains(*buffer_span(stage))
         if base is None:
-            return datas, unstaged
+            return datas, None
         at, offsets = 0, {}
         for key, data in first.items():
             n = len(data)
