@@ -670,6 +670,48 @@ cdef class SmallCollectives:
                 o += m
         return 0
 
+    cdef int _streamed_allreduce(self, const char *data, char *out, Py_ssize_t nbytes,
+                                 int code, int typ, long tag) except -1:
+        """The general algorithm for large messages (Collectives._region_allreduce):
+        the reduce-scatter of _streamed_reduce, then every rank's result
+        block to every other rank in the same eager segments, segment k to
+        all before segment k from all (no rendezvous, no private copy of
+        a whole message).  out may be data (IN_PLACE)."""
+        cdef long size = self.size, rank = self.rank, j, step
+        cdef Py_ssize_t item = _item_bytes(typ), count = nbytes // item, o, m, seg, mine
+        cdef Py_ssize_t k, rounds = 0
+        cdef Py_ssize_t eager = <Py_ssize_t>self.eager_limit
+        cdef char *target
+        for j in range(size):
+            self.soff[j] = j * count // size * item
+            self.slen[j] = (j + 1) * count // size * item - self.soff[j]
+            seg = stream_segment(self.slen[j], item, eager)
+            self.rlen[j] = seg
+            if (self.slen[j] + seg - 1) // seg > rounds:
+                rounds = (self.slen[j] + seg - 1) // seg
+        mine = self.slen[rank]
+        if out + nbytes <= data or data + nbytes <= out:
+            target = out + self.soff[rank]
+        else:
+            target = self._scratch(0, mine)     # the input is still read meanwhile
+        reduce_scatter_stream(self, data, target, self.soff, self.slen, item, code, typ, tag)
+        if target != out + self.soff[rank]:
+            ivmpi_copy_plain(out + self.soff[rank], target, mine)
+        target = out + self.soff[rank]
+        for k in range(rounds):
+            o = k * self.rlen[rank]
+            if o < mine:
+                m = min(self.rlen[rank], mine - o)
+                for step in range(1, size):
+                    stream_give(self, target + o, m, (rank + step) % size, tag)
+            for step in range(1, size):
+                j = (rank - step + size) % size
+                o = k * self.rlen[j]
+                if o < self.slen[j]:
+                    self._recv(out + self.soff[j] + o, min(self.rlen[j], self.slen[j] - o),
+                               j, tag)
+        return 0
+
     def Reduce(self, sendbuf, recvbuf, op=None, root=0):
         if op is None:
             op = self.default_op
@@ -724,11 +766,15 @@ cdef class SmallCollectives:
             return False
         try:
             n = recv.nbytes
-            if not self._small(n):
-                return False
             code = <int>self._op_code(op)
             typ = recv.typ
             count = n // _item_bytes(typ)
+            if not self._small(n):
+                if n < _REDUCE_SCATTER_MIN or count < size:
+                    return False
+                self._streamed_allreduce(send.data, recv.data, n, code, typ,
+                                         self.allreduce_tag)
+                return True
             acc = recv.data
             if send.data != acc:
                 ivmpi_move_plain(acc, send.data, n)

@@ -148,7 +148,6 @@ class Collectives:
         self.rank = p2p.Get_rank()
         self.size = p2p.Get_size()
         self._staged = None         # this rank's staging buffer in its heap
-        self._scratch = None        # a private buffer large Allreduces reuse
 
     def free(self):
         """Free the hidden communicator and give the staging buffer back."""
@@ -787,61 +786,37 @@ class Collectives:
         recv.mem[:] = acc
 
     def _region_allreduce(self, data, out, count, datatype, op):
-        """Reduce-scatter, then allgather, each rank reading straight out of
-        the others' heaps: the others copy each rank's result block from
-        its heap."""
+        """The reduce-scatter of _region_reduce, then every rank's result
+        block to every other rank in the same segments, segment k to all
+        before segment k from all: the messages of the one-call Allreduce
+        (SmallCollectives._streamed_allreduce)."""
         size, rank = self.size, self.rank
         extent = len(data) // count
         bounds = [j * count // size * extent for j in range(size + 1)]
-        result = self._region_reduce_scatter(data, bounds, extent, datatype, op, TAG_ALLREDUCE)
+        counts = [(bounds[j + 1] - bounds[j]) // extent for j in range(size)]
         out = memoryview(out)
-        requests = [self.p2p.Irecv(out[bounds[j]:bounds[j + 1]], j, TAG_ALLREDUCE)
-                    for j in range(size) if j != rank]
-        requests += [self.p2p.Isend(result, j, TAG_ALLREDUCE) for j in range(size) if j != rank]
-        self._wait_all(requests)
-        out[bounds[rank]:bounds[rank + 1]] = result
-
-    def _region_reduce_scatter(self, data, bounds, extent, datatype, op, tag):
-        """Rank r reduces bytes [bounds[r], bounds[r+1]) of every rank's
-        input, in rank order (non-commutative ops stay right), reading the
-        others' parts straight out of their heaps; returns that result block
-        (in this rank's heap when its input was staged there)."""
-        size, rank = self.size, self.rank
         lo, hi = bounds[rank], bounds[rank + 1]
-        mine = hi - lo
-        # The others' parts of my block arrive in a reused private buffer
-        # (fresh memory would cost a page fault per page on every call).
-        if self._scratch is None or len(self._scratch) < mine * size:
-            self._scratch = bytearray(mine * size)
-        scratch = memoryview(self._scratch)
-        parts = [None] * size
-        requests = []
-        for j in range(size):
-            if j != rank:
-                parts[j] = scratch[j * mine:(j + 1) * mine]
-                requests.append(self.p2p.Irecv(parts[j], j, tag))
-        # Each peer's block staged and sent in turn, starting with the next
-        # rank's, so that every peer has one to copy early.
-        staged = self._stage(data)
-        for step in range(1, size):
-            j = (rank + step) % size
-            piece = memoryview(data)[bounds[j]:bounds[j + 1]]
-            if staged is not None:
-                staged[bounds[j]:bounds[j + 1]] = piece
-                piece = staged[bounds[j]:bounds[j + 1]]
-            requests.append(self.p2p.Isend(piece, j, tag))
-        self._wait_all(requests)
-        parts[rank] = memoryview(data)[lo:hi]
-        # Every peer has read its blocks of the staged input: the result
-        # block goes where this rank's own block was (or privately when
-        # nothing is staged, since data may be the caller's send buffer).
-        result = staged[lo:hi] if staged is not None else scratch[rank * mine:(rank + 1) * mine]
-        n = mine // extent
-        result[:] = parts[size - 1]
-        if n:
-            for j in range(size - 2, -1, -1):       # result = x_j op result
-                op.Reduce_local([parts[j], n, datatype], [result, n, datatype])
-        return result
+        # In place, the input is still read while the result block is written.
+        target = memoryview(bytearray(hi - lo)) if _overlap(data, out) else out[lo:hi]
+        self._reduce_then_scatter(data, counts, datatype, extent, op, target, TAG_ALLREDUCE)
+        if not _same_start(target, out[lo:hi]):
+            out[lo:hi] = target
+        segments = [self._segment(bounds[j + 1] - bounds[j], extent) for j in range(size)]
+        rounds = max(-(-(bounds[j + 1] - bounds[j]) // segments[j]) for j in range(size))
+        for k in range(rounds):
+            requests = []
+            start = lo + k * segments[rank]
+            if start < hi:
+                piece = out[start:min(start + segments[rank], hi)]
+                requests = [self.p2p.Isend(piece, (rank + step) % size, TAG_ALLREDUCE)
+                            for step in range(1, size)]
+            for step in range(1, size):
+                j = (rank - step) % size
+                start = bounds[j] + k * segments[j]
+                if start < bounds[j + 1]:
+                    self.p2p.Recv(out[start:min(start + segments[j], bounds[j + 1])], j,
+                                  TAG_ALLREDUCE)
+            self._wait_all(requests)
 
     def _segment(self, nbytes, extent):
         """Bytes per segment of a streamed message (the same on every rank)."""

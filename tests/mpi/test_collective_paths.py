@@ -249,22 +249,32 @@ def test_large_allgather(comm, n, in_place):
 @pytest.mark.parametrize("n", LARGE)
 @pytest.mark.parametrize("opname", ["SUM", "MAX"])
 @pytest.mark.parametrize("in_place", [False, True])
-def test_large_allreduce(comm, n, opname, in_place):
+@pytest.mark.parametrize("mixed", [False, True])
+def test_large_allreduce(comm, n, opname, in_place, mixed):
+    """Reduce-scatter then allgather in segments; with mixed, odd ranks
+    name the datatype by its character (the general algorithm's spec), so
+    both paths meet in one call."""
     rank = comm.rank
     kind = LARGE_KINDS[rank % 3]
     send, send_arr = large_buffer(comm, n, kind, 0.0)
+    if mixed and general_rank(rank):
+        send = [send_arr, "d"]
     send_arr[:] = np.random.default_rng(5 + rank).integers(-50, 50, n)
     before = send_arr.copy()
     theirs = np.empty(n)
     NATIVE.Allreduce(send_arr.copy(), theirs, op=getattr(_native, opname))
-    if in_place:
-        comm.Allreduce(MPI.IN_PLACE, send, op=getattr(MPI, opname))
-        np.testing.assert_array_equal(send_arr, theirs)
-    else:
-        recv, recv_arr = large_buffer(comm, n, LARGE_KINDS[(rank + 1) % 3], -1.0)
-        comm.Allreduce(send, recv, op=getattr(MPI, opname))
-        np.testing.assert_array_equal(recv_arr, theirs)
-        np.testing.assert_array_equal(send_arr, before)
+    for _ in range(2):      # again: the rings and scratch buffers are reused
+        if in_place:
+            send_arr[:] = before
+            comm.Allreduce(MPI.IN_PLACE, send, op=getattr(MPI, opname))
+            np.testing.assert_array_equal(send_arr, theirs)
+        else:
+            recv, recv_arr = large_buffer(comm, n, LARGE_KINDS[(rank + 1) % 3], -1.0)
+            if mixed and general_rank(rank):
+                recv = [recv_arr, "d"]
+            comm.Allreduce(send, recv, op=getattr(MPI, opname))
+            np.testing.assert_array_equal(recv_arr, theirs)
+            np.testing.assert_array_equal(send_arr, before)
 
 
 def test_large_allreduce_keeps_rank_order(comm):
