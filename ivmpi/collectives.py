@@ -791,9 +791,7 @@ class Collectives:
         before segment k from all: the messages of the one-call Allreduce
         (SmallCollectives._streamed_allreduce)."""
         size, rank = self.size, self.rank
-        extent = len(data) // count
-        bounds = [j * count // size * extent for j in range(size + 1)]
-        counts = [(bounds[j + 1] - bounds[j]) // extent for j in range(size)]
+        extent, bounds, counts = reduce_blocks(len(data), count, size)
         out = memoryview(out)
         lo, hi = bounds[rank], bounds[rank + 1]
         # In place, the input is still read while the result block is written.

@@ -478,33 +478,36 @@ def allreduce_steps(ch, data, recvmem, count, datatype, op):
 
 
 def region_allreduce_steps(ch, data, recvmem, count, datatype, op):
-    """Large messages (Collectives._region_allreduce): rank r reduces block
-    r of every rank's input in rank order (non-commutative ops stay
-    right), then every rank gets every result block.  The blocks go out of
-    each rank's heap (ivmpi.staging).  Messages between two ranks keep
-    their order, so both rounds use the schedule's one tag."""
+    """Large messages (Collectives._region_allreduce): the reduce-scatter of
+    reduce_scatter_steps (each rank reduces one block of every input in
+    rank order), then every rank's result block to every other rank in
+    eager segments, segment k to all before segment k from all."""
     size, rank = ch.size, ch.rank
-    combine = combiner(op, datatype)
-    extent = len(data) // count
-    bounds = [j * count // size * extent for j in range(size + 1)]
-    lo, hi = bounds[rank], bounds[rank + 1]
-    mine = hi - lo
+    extent, bounds, counts = reduce_blocks(len(data), count, size)
     data, out = memoryview(data), memoryview(recvmem)
-    scratch = _scratch(mine * size)
-    parts = [scratch[j * mine:(j + 1) * mine] for j in range(size)]
-    others = [(rank + step) % size for step in range(1, size)]
-    dests = [None if j == rank else j for j in range(size)]
-    # This rank's own part first: in place, the result overwrites it.
-    steps = [(COPY, parts[rank], data[lo:hi])]
-    sending = staged(ch, [data[bounds[j]:bounds[j + 1]] for j in range(size)], dests, steps)
-    steps += [(RECV, j, parts[j]) for j in others]
-    steps += [(SEND, j, sending[j]) for j in others]
-    steps += [_F, (COPY, out[lo:hi], parts[size - 1])]
-    n = mine // extent
-    steps += [combine(parts[j], out[lo:hi], n) for j in range(size - 2, -1, -1)]  # x_j op result
-    sending = staged(ch, [out[lo:hi]] * size, dests, steps)
-    steps += [(RECV, j, out[bounds[j]:bounds[j + 1]]) for j in others]
-    steps += [(SEND, j, sending[j]) for j in others]
+    if len(out) != len(data):
+        raise BufferSpecError(f"receive buffer of {len(out)} bytes for a result of "
+                              f"{len(data)}")
+    lo, hi = bounds[rank], bounds[rank + 1]
+    # In place, the input is still read while the result block is written.
+    target = _scratch(hi - lo) if _overlap(data, out) else out[lo:hi]
+    steps = reduce_scatter_steps(ch, data, counts, datatype, extent, op, target)
+    steps.append(_F)
+    if not _same_start(target, out[lo:hi]):
+        steps.append((COPY, out[lo:hi], target))
+    eager = ch.engine.eager_limit
+    segments = [stream_segment(bounds[j + 1] - bounds[j], extent, eager) for j in range(size)]
+    rounds = max(-(-(bounds[j + 1] - bounds[j]) // segments[j]) for j in range(size))
+    for k in range(rounds):
+        start = lo + k * segments[rank]
+        if start < hi:
+            piece = out[start:min(start + segments[rank], hi)]
+            steps += [(SEND, (rank + step) % size, piece) for step in range(1, size)]
+        for step in range(1, size):
+            j = (rank - step) % size
+            start = bounds[j] + k * segments[j]
+            if start < bounds[j + 1]:
+                steps.append((RECV, j, out[start:min(start + segments[j], bounds[j + 1])]))
     return steps
 
 

@@ -233,6 +233,10 @@ CASES = (
     + [("allreduce-f8", case_allreduce, {"op": MPI.SUM, "dtype": "f8"}),
        ("allreduce-f8-large", case_allreduce, {"op": MPI.SUM, "dtype": "f8", "n": 20000}),
        ("allreduce-in-place", case_allreduce, {"op": MPI.MAX, "in_place": True})]
+    # From 256 KiB: a reduce-scatter, then the result blocks in segments.
+    + [("allreduce-f8-region", case_allreduce, {"op": MPI.SUM, "dtype": "f8", "n": 40003}),
+       ("allreduce-region-in-place", case_allreduce, {"op": MPI.MIN, "in_place": True,
+                                                      "n": 70001})]
     + [("reduce-scatter-block", case_reduce_scatter_block, {"op": MPI.SUM}),
        ("reduce-scatter-block-in-place", case_reduce_scatter_block, {"op": MPI.MIN,
                                                                      "in_place": True}),
@@ -247,6 +251,7 @@ CASES = (
 ORDERED = [
     ("reduce-keep-left", case_reduce, {"root": SIZE - 1, "op": KEEP_LEFT}),
     ("allreduce-keep-left", case_allreduce, {"op": KEEP_LEFT}),
+    ("allreduce-region-keep-left", case_allreduce, {"op": KEEP_LEFT, "n": 40003}),
     ("scan-keep-left", case_scan, {"op": KEEP_LEFT}),
     ("exscan-keep-left", case_exscan, {"op": KEEP_LEFT}),
 ]
