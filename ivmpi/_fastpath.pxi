@@ -1357,6 +1357,9 @@ cdef class FastPath:
         buf = plain
         cdef long got
         self.rts_frames = rts
+        # A blocking receive takes a region rendezvous as well (a block a
+        # collective staged in its sender's heap, a send from Alloc_mem).
+        self.region_frames = rts and self.heap_bounds is not None
         try:
             if self.unexpected and self.enabled:
                 got = self._recv_unexpected(buf, source, tag, extent, capacity, offset)
@@ -1365,11 +1368,14 @@ cdef class FastPath:
             ring = self._ready_ring(source, tag, spins)
         finally:
             self.rts_frames = False
+            self.region_frames = False
         if ring is None:
             return FAST_NOT_HANDLED
         rx = <RxRing>ring
         if rx.kind == 3:
             return self._recv_rendezvous(rx, buf, extent, capacity, offset)
+        if rx.kind == 8:
+            return self._recv_region(rx, buf, extent, capacity, offset)
         n = rx.length
         if _direct(buf, True, &data, &length) and n < _NOGIL_MIN:
             # Small: the copy keeps the GIL, so nothing can free the memory meanwhile.
@@ -1403,6 +1409,56 @@ cdef class FastPath:
             return FAST_NOT_HANDLED
         return self._rendezvous_into(self.last_source, rx.tag, rx.a, rx.b, buf, extent, capacity,
                                      offset, rx, None, -1)
+
+    cdef long _recv_region(self, RxRing rx, object buf, Py_ssize_t extent, Py_ssize_t capacity,
+                           Py_ssize_t offset) except -3:
+        """A blocking receive whose message waits in its sender's heap (the
+        RTS_REGION at the head of rx, from communicator rank last_source):
+        copied straight out, then acknowledged (the sender may reuse the
+        block)."""
+        cdef uint64_t at
+        cdef uint64_t send_id = rx.b
+        cdef long got, source = self.last_source
+        if rx.length != 8:
+            return FAST_NOT_HANDLED
+        rx.copy_out(<char *>&at, 8)
+        got = self._heap_into(rx, source, at, rx.a, buf, extent, capacity, offset, None, -1)
+        if got >= 0:
+            self.last_tag = rx.tag
+            rx.consume()
+            self._ack(source, send_id)
+        return got
+
+    cdef long _heap_into(self, RxRing rx, long rank, uint64_t at, uint64_t total, object buf,
+                         Py_ssize_t extent, Py_ssize_t capacity, Py_ssize_t offset,
+                         object msg, Py_ssize_t index) except -3:
+        """Copy the total bytes at region offset `at` (checked to lie in the
+        heap of communicator rank `rank`, whose region rx maps) into buf: a
+        region rendezvous from the ring (msg None) or the unexpected queue
+        (msg, taken from index first).  The caller acknowledges it.  A
+        message that does not fit buf or holds no whole elements is the
+        engine's, which reports it."""
+        cdef Py_buffer view
+        cdef char *dst
+        cdef const char *src
+        cdef int strict = rx.strict
+        if self.heap_bounds is None or not self._heap_span(rx, at, total, self.heap_bounds[rank]):
+            return FAST_NOT_HANDLED
+        if not _pin(buf, True, &view):
+            return FAST_NOT_HANDLED
+        try:
+            if not _span(view.len, extent, offset, &capacity) \
+                    or total > <uint64_t>capacity or total % <uint64_t>extent:
+                return FAST_NOT_HANDLED
+            if msg is not None and not self._take_unexpected(index, msg):
+                return FAST_NOT_HANDLED
+            dst = <char *>view.buf + offset
+            src = rx.mem.base + at
+            with nogil:
+                rg_copy_from(dst, src, total, strict)
+        finally:
+            PyBuffer_Release(&view)
+        return <long>total
 
     cdef long _rendezvous_into(self, long source, int32_t tag, uint64_t total, uint64_t send_id,
                                object buf, Py_ssize_t extent, Py_ssize_t capacity,
@@ -1900,6 +1956,19 @@ cdef class FastPath:
                 return self._rendezvous_into(self.comm_rank_of[msg.source], msg.tag, msg.size,
                                              msg.send_id, buf, extent, capacity, offset, None,
                                              msg, i)
+            if self.region_frames and msg.kind == 8 and msg.self_send is None \
+                    and msg.source in self.comm_rank_of:
+                # A region rendezvous that arrived before its receive (checked
+                # by the engine then): copied straight out of the heap.
+                rank = self.comm_rank_of[msg.source]
+                ring = self.rx[rank]
+                if ring is None:
+                    return FAST_NOT_HANDLED
+                n = self._heap_into(<RxRing>ring, rank, msg.offset, msg.size, buf, extent,
+                                    capacity, offset, msg, i)
+                if n >= 0:
+                    self._ack(rank, msg.send_id)
+                return n
             return FAST_NOT_HANDLED
         data = msg.data
         n = len(data)

@@ -203,12 +203,23 @@ def large_buffer(comm, n, kind, fill):
         arr[:] = fill
         return [raw, MPI.DOUBLE], arr
     mem = comm.Alloc_mem(8 * n)
+    _allocated.append((comm, mem))
     arr = np.frombuffer(mem, dtype="f8")
     arr[:] = fill
     return [mem, MPI.DOUBLE], arr
 
 
 LARGE_KINDS = ["numpy", "bytearray", "alloc_mem"]
+_allocated = []
+
+
+@pytest.fixture(autouse=True)
+def _free_region_buffers():
+    """The heap is shared by the whole session: give large_buffer's back."""
+    yield
+    while _allocated:
+        comm, mem = _allocated.pop()
+        comm.Free_mem(mem)
 
 
 @pytest.mark.parametrize("n", LARGE)
@@ -263,15 +274,16 @@ def test_large_allreduce(comm, n, opname, in_place, mixed):
     before = send_arr.copy()
     theirs = np.empty(n)
     NATIVE.Allreduce(send_arr.copy(), theirs, op=getattr(_native, opname))
+    recv, recv_arr = large_buffer(comm, n, LARGE_KINDS[(rank + 1) % 3], -1.0)
+    if mixed and general_rank(rank):
+        recv = [recv_arr, "d"]
     for _ in range(2):      # again: the rings and scratch buffers are reused
         if in_place:
             send_arr[:] = before
             comm.Allreduce(MPI.IN_PLACE, send, op=getattr(MPI, opname))
             np.testing.assert_array_equal(send_arr, theirs)
         else:
-            recv, recv_arr = large_buffer(comm, n, LARGE_KINDS[(rank + 1) % 3], -1.0)
-            if mixed and general_rank(rank):
-                recv = [recv_arr, "d"]
+            recv_arr[:] = -1.0
             comm.Allreduce(send, recv, op=getattr(MPI, opname))
             np.testing.assert_array_equal(recv_arr, theirs)
             np.testing.assert_array_equal(send_arr, before)

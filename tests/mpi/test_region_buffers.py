@@ -60,3 +60,48 @@ def test_truncated_receive_from_region_buffer(comm):
     comm.Barrier()
     # The communicator keeps working.
     assert comm.allreduce(1) == comm.size
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("arrival", ["at the head of the ring", "unexpected"])
+def test_blocking_receive_copies_from_the_senders_heap(comm, arrival, monkeypatch):
+    """A blocking Recv of a send from a region buffer copies the message
+    straight out of the sender's heap itself, whether the announcement is
+    next in the ring or already in the unexpected queue (an earlier receive
+    of another tag read past it): the status is right, the sender completes
+    on the acknowledgement, the engine's own copy is not used."""
+    engine = comm._engine
+    if engine.mem.strict:
+        pytest.skip("strict mode has no region buffers")
+    n = 200003
+    pattern = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8)
+    if comm.rank == 0:
+        src = ivmpi.alloc(n)
+        src[:] = pattern
+        request = comm.Isend(src, 1, 7)
+        comm.Send(np.arange(3.0), 1, 8)
+        request.Wait()
+        ivmpi.free(src)
+    elif comm.rank == 1:
+        copies = []
+        engine_copy = engine._copy_from_heap
+        monkeypatch.setattr(engine, "_copy_from_heap",
+                            lambda *args: (copies.append(args), engine_copy(*args))[1])
+        small = np.empty(3)
+        waiting = None
+        if arrival == "unexpected":
+            comm.Recv(small, 0, 8)
+            waiting = [msg.tag for msg in engine.unexpected]
+        out = np.full(n + 16, 7, np.uint8)
+        status = MPI.Status()
+        comm.Recv(out, 0, 7, status)
+        if arrival != "unexpected":
+            comm.Recv(small, 0, 8)
+    comm.Barrier()          # every message received before anything is checked
+    if comm.rank == 1:
+        assert waiting is None or 7 in waiting
+        assert np.array_equal(out[:n], pattern) and (out[n:] == 7).all()
+        assert (status.Get_source(), status.Get_tag(), status.Get_count(MPI.BYTE)) == (0, 7, n)
+        assert np.array_equal(small, np.arange(3.0))
+        assert not copies
+    assert not engine.awaiting_ack
