@@ -31,7 +31,7 @@ cdef enum:
     ST_COPY = 4
     ST_COMBINE = 5       # acc (a) = b (op) acc, in C (SUM/PROD/MAX/MIN on plain numbers)
     ST_CALL = 6          # a Python callable (another op's Reduce_local, ...)
-    ST_STREAM = 7        # COPY into this rank's heap by streaming stores (ivmpi.staging)
+    ST_STAGE = 7         # COPY into this rank's heap (ivmpi.staging; stage_copy's stores)
 
 SCHED_SEND = ST_SEND
 SCHED_RECV = ST_RECV
@@ -39,7 +39,7 @@ SCHED_FENCE = ST_FENCE
 SCHED_COPY = ST_COPY
 SCHED_COMBINE = ST_COMBINE
 SCHED_CALL = ST_CALL
-SCHED_STREAM = ST_STREAM
+SCHED_STAGE = ST_STAGE
 SCHED_TYPES = {"f8": T_F64, "f4": T_F32, "i8": T_I64, "i4": T_I32}
 
 cdef enum:
@@ -111,7 +111,7 @@ cdef class Schedule:
                  list steps, str what, prologue=(), epilogue=(), keep=None):
         """steps: tuples (SEND, peer, bytes[, k]), (RECV, peer, writable
         bytes[, k]) (their tag: the run's tag plus k, default 0), (FENCE,),
-        (COPY, destination, source), (STREAM, heap destination, source),
+        (COPY, destination, source), (STAGE, heap destination, source),
         (COMBINE, code, type, inout, other,
         elements), (CALL, callable); a last FENCE is added when the steps
         do not end with one."""
@@ -153,7 +153,7 @@ cdef class Schedule:
                 _address(t[2], s.kind == ST_RECV, &s.a, &s.n)
                 s.obj = len(self.objects)
                 self.objects.append(t[2])
-            elif s.kind == ST_COPY or s.kind == ST_STREAM:
+            elif s.kind == ST_COPY or s.kind == ST_STAGE:
                 _address(t[1], True, &s.a, &s.n)
                 _address(t[2], False, &s.b, &length)
                 if length > s.n:
@@ -264,11 +264,11 @@ cdef class Schedule:
                 elif s.kind == ST_COPY:
                     if s.n:
                         ivmpi_move_plain(s.a, s.b, s.n)
-                elif s.kind == ST_STREAM:
-                    # A staging buffer the peers read last run (never one
-                    # in strict-align mode: ivmpi.staging stages nothing there).
+                elif s.kind == ST_STAGE:
+                    # A staging buffer the peers copy out (never one in
+                    # strict-align mode: ivmpi.staging stages nothing there).
                     if s.n:
-                        rg_stream_to(s.a, s.b, s.n)
+                        stage_copy(s.a, s.b, s.n)
                 elif s.kind == ST_COMBINE:
                     _combine(s.code, s.typ, s.a, s.b, s.n, False)
                 elif s.kind == ST_CALL:

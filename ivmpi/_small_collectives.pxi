@@ -1224,11 +1224,10 @@ def exchange_objects(FastPath fast, object general, object recv_general, list it
     return results, requests
 
 
-def stream_into(dst, src):
-    """Copy the bytes of src to the start of dst, a buffer in this rank's
-    heap that peers copy out next, by non-temporal stores
-    (ivmpi_stream_to_region: the lines the peers read last time need not
-    be taken back from their caches first).  Not for strict-align
+def stage_into(dst, src):
+    """Copy the bytes of src to the start of dst, a staging buffer in this
+    rank's heap that peers copy out next (stage_copy: plain stores, or
+    streaming ones in the machine's slow phases).  Not for strict-align
     mappings, which must keep to the copy core's aligned accesses: the
     caller checks.  Both buffers must be contiguous bytes."""
     cdef Py_buffer d, s
@@ -1240,9 +1239,9 @@ def stream_into(dst, src):
                 raise ValueError(f"{s.len} bytes do not fit a buffer of {d.len}")
             if s.len >= NOGIL_MIN_BYTES:
                 with nogil:
-                    rg_stream_to(d.buf, s.buf, s.len)
+                    stage_copy(<char *>d.buf, <const char *>s.buf, s.len)
             else:
-                rg_stream_to(d.buf, s.buf, s.len)
+                stage_copy(<char *>d.buf, <const char *>s.buf, s.len)
         finally:
             PyBuffer_Release(&s)
     finally:

@@ -52,7 +52,7 @@ from .lib import MPI
 
 from .buffers import (parse_send, parse_recv, parse_vbuf, is_in_place,
                       datatype_extent, packed_spec, packed_vspec)
-from ._fastcopy import (REDUCE_SCATTER_MIN, buffer_span, prefix_chained, stream_into,
+from ._fastcopy import (REDUCE_SCATTER_MIN, buffer_span, prefix_chained, stage_into,
                         stream_segment)
 from .errors import BufferSpecError, IvmpiError
 from .staging import STAGE_MIN_RANKS
@@ -250,11 +250,10 @@ class Collectives:
     @staticmethod
     def _fill(stage, mem):
         """Copy mem into stage, a staging buffer in this rank's heap (never
-        one in strict-align mode, see _heap_buffer), by streaming stores:
-        the peers read the last call's bytes there, and plain stores would
-        first take each line back from their caches.  Returns stage."""
+        one in strict-align mode, see _heap_buffer), by stage_into.
+        Returns stage."""
         try:
-            stream_into(stage, mem)
+            stage_into(stage, mem)
         except BufferError:             # not contiguous bytes
             stage[:] = mem
         return stage

@@ -10,8 +10,9 @@ cores that saves a round of scheduling per message, and the many sends of
 an all-to-all or a scatter no longer wait for each other.
 
 A schedule that stages copies its large send blocks into one heap buffer
-(STREAM steps before its sends: copies by streaming stores, since the
-peers read the same bytes on the last run) and sends from there.  Where a
+(STAGE steps before its sends: plain stores, read by the peers from this
+core's cache, streaming ones in the machine's slow phases; see
+`stage_copy` in ivmpi/_ring.pxi) and sends from there.  Where a
 schedule has many such blocks (a scatter's root, an all-to-all), each is
 staged just before it goes (`interleaved`), so that its receiver copies it
 out while the next one is staged instead of waiting for all of them.  The buffer lives as
@@ -27,7 +28,7 @@ import weakref
 
 import numpy
 
-from ._fastcopy import SCHED_SEND, SCHED_STREAM
+from ._fastcopy import SCHED_SEND, SCHED_STAGE
 from .errors import IvmpiError
 
 # Schedules stage their sends over the eager limit on communicators of at
@@ -85,7 +86,7 @@ def pool_of(engine):
 def staged(ch, blocks, dests, steps):
     """The send blocks of a schedule on channel ch, those over the eager
     limit that go to another rank moved into one heap buffer: returns the
-    list of blocks to send from, and appends to `steps` the STREAM steps
+    list of blocks to send from, and appends to `steps` the STAGE steps
     that fill the heap buffer at each run.  blocks[k]
     goes to communicator rank dests[k] (None: not sent).  Without room in
     the heap, or on a small communicator, the blocks are sent as they are."""
@@ -112,7 +113,7 @@ def staged(ch, blocks, dests, steps):
     for key, k in first.items():
         n = len(blocks[k])
         target = memoryview(array[at:at + n])
-        steps.append((SCHED_STREAM, target, blocks[k]))
+        steps.append((SCHED_STAGE, target, blocks[k]))
         place[key] = target
         at += _padded(n)
     for k in large:
@@ -126,7 +127,7 @@ def _padded(n):
 
 
 def interleaved(streams, sends):
-    """The STREAM steps `streams` (from `staged`) merged into the SEND steps
+    """The STAGE steps `streams` (from `staged`) merged into the SEND steps
     `sends` of one round: each just before the first send of its heap
     block (those no send reads first)."""
     pending = {id(step[1]): step for step in streams}

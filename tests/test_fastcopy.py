@@ -674,3 +674,20 @@ def test_a_large_eager_frame_into_a_ring_still_holding_frames_goes_whole():
     del tx, rx
     mem.release()
     mm.close()
+
+
+@pytest.mark.parametrize("n", [0, 1, 63, 4096, 16384, 100003, 1 << 20])
+@pytest.mark.parametrize("shift", [0, 3])
+def test_stage_into_copies_exactly_the_source(n, shift):
+    """A staging copy writes src's bytes at the start of dst and nothing
+    past them, at any length and alignment; a source longer than the
+    destination is refused."""
+    from ivmpi._fastcopy import stage_into
+    rng = np.random.default_rng(n + shift)
+    src = rng.integers(0, 256, n + shift, dtype=np.uint8)[shift:]
+    dst = np.full(n + shift + 64, 7, np.uint8)
+    stage_into(memoryview(dst)[shift:], src)
+    assert np.array_equal(dst[shift:shift + n], src)
+    assert (dst[:shift] == 7).all() and (dst[shift + n:] == 7).all()
+    with pytest.raises(ValueError):
+        stage_into(bytearray(n), bytes(n + 1))
