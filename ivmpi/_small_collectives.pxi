@@ -462,9 +462,14 @@ cdef class SmallCollectives:
             _close(&s)
 
     def bcast(self, obj, root=0):
-        """The general algorithm's binomial tree of the pickled object, each
-        step one call of the twin's object send or receive."""
+        """The general algorithm's binomial tree of the root's pickle, passed
+        on as bytes: each receive one call of the fast path, the sends to
+        the children as _send_all's (a large pickle staged once in this
+        rank's heap, on three ranks or more, and announced to each child,
+        which copies it out at once: no rendezvous with one child after
+        another)."""
         cdef long r, vrank, mask, size = self.size
+        cdef list children
         if self.lock_of is None:
             return self.general.bcast(obj, root)
         if type(root) is not int or size < 2 or not 0 <= root < size:
@@ -477,14 +482,18 @@ cdef class SmallCollectives:
             mask = 1
             while mask < size:
                 if vrank & mask:
-                    data = self.fast.recv_object(None, (vrank - mask + r) % size, self.bcast_tag)
+                    data = self._recv_pickle((vrank - mask + r) % size, self.bcast_tag, "bcast")
                     break
                 mask <<= 1
             mask >>= 1
+            children = []
             while mask > 0:
                 if vrank + mask < size:
-                    self.fast.send_object(data, (vrank + mask + r) % size, self.bcast_tag)
+                    children.append((vrank + mask + r) % size)
                 mask >>= 1
+            if children:
+                self._wait_all(self._send_all([data] * len(children), children,
+                                              self.bcast_tag, "bcast"))
             return self.fast.loads(data)
 
     # --- gather, scatter, allgather, alltoall of objects -----------------------
@@ -501,6 +510,24 @@ cdef class SmallCollectives:
         if data is None:
             return fast.general_recv(None, source, tag, None)
         return fast.loads(data) if len(data) else None
+
+    cdef object _recv_pickle(self, long source, long tag, str what):
+        """The pickle from source with tag as bytes (to pass on as it is):
+        straight from the ring (eager, region or streamed rendezvous), else
+        the general object's."""
+        cdef FastPath fast = self.fast
+        cdef RecvOp op
+        fast.rts_frames = True
+        try:
+            data = fast.recv_bytes(source, tag, fast.spins)
+        finally:
+            fast.rts_frames = False
+        if data is None:
+            return self.general._recv_pickle(source, tag, what)
+        if fast.pending_recv is not None:
+            op, fast.pending_recv = fast.pending_recv, None
+            fast.wait_op(op, what)
+        return data
 
     cdef list _send_all(self, list datas, list dests, long tag, str what):
         """Send datas[i] to dests[i] in order; the requests still to wait for."""

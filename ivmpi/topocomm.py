@@ -426,19 +426,11 @@ class Topocomm(_comm.Intracomm, _MPI.Topocomm):
         sends, dests, tags, waiting, indegree = plan
         coll = self._collectives
         with self._lock(what):
-            results, sending = exchange_objects(coll.p2p._fast, coll, self._recv_pickle, items,
+            results, sending = exchange_objects(coll.p2p._fast, coll, coll._recv_pickle, items,
                                                 sends, dests, tags, waiting, indegree, what)
             if sending:
                 Request.Waitall(sending)
         return results
-
-    def _recv_pickle(self, source, tag, what):
-        """The pickle from source with tag, through the engine (what the
-        fast path of exchange_objects cannot take)."""
-        request = self._collectives.p2p._irecv_bytes(None, source, tag, None, what)
-        op = request._op
-        request.Wait()
-        return op.data
 
     def _plan_objects(self):
         """What the object forms do on this rank, worked out once: the sends
