@@ -717,10 +717,17 @@ cdef class FastPath:
         cdef Py_ssize_t n
         if self.unexpected:
             return FAST_NOT_HANDLED
-        ring = self._ready_ring(source, tag, spins)
+        # A block staged in the sender's heap (a schedule's large send) too.
+        self.region_frames = self.heap_bounds is not None
+        try:
+            ring = self._ready_ring(source, tag, spins)
+        finally:
+            self.region_frames = False
         if ring is None:
             return FAST_NOT_HANDLED
         rx = <RxRing>ring
+        if rx.kind == 8:
+            return self._recv_region_ptr(rx, dst, capacity)
         n = <Py_ssize_t>rx.length
         if n > capacity:
             return FAST_NOT_HANDLED
@@ -1428,6 +1435,24 @@ cdef class FastPath:
             rx.consume()
             self._ack(source, send_id)
         return got
+
+    cdef Py_ssize_t _recv_region_ptr(self, RxRing rx, char *dst, Py_ssize_t capacity) except -3:
+        """_recv_ptr of the region rendezvous at the head of rx (from
+        communicator rank last_source): copied straight out of the sender's
+        heap into dst, then acknowledged.  The copy keeps the GIL: dst may
+        be memory no buffer export holds.  A frame the engine would call
+        corrupt, or a message longer than capacity, is the engine's."""
+        cdef uint64_t at
+        cdef uint64_t total = rx.a
+        cdef uint64_t send_id = rx.b
+        cdef long source = self.last_source
+        if not self._region_frame(rx, source, &at) or total > <uint64_t>capacity:
+            return FAST_NOT_HANDLED
+        rg_copy_from(dst, rx.mem.base + at, total, rx.strict)
+        self.last_tag = rx.tag
+        rx.consume()
+        self._ack(source, send_id)
+        return <Py_ssize_t>total
 
     cdef long _heap_into(self, RxRing rx, long rank, uint64_t at, uint64_t total, object buf,
                          Py_ssize_t extent, Py_ssize_t capacity, Py_ssize_t offset,
