@@ -606,10 +606,9 @@ class Collectives:
             self._ring_allgather(blocks)
 
     def _region_allgather(self, blocks):
-        # Every rank's block once in its heap; each rank copies the others'
-        # straight out of theirs.
-        # Sent first (announcements never wait for the receiver), then
-        # received in blocking receives, which copy in one call.
+        # Every rank's block once in its heap, announced first (that never
+        # waits for the receivers); each rank then copies the others'
+        # straight out of theirs in blocking receives (one call each).
         size, rank = self.size, self.rank
         requests = []
         self._send_staged(blocks[rank], [(rank + step) % size for step in range(1, size)],
