@@ -261,11 +261,15 @@ def test_large_allgather(comm, n, in_place):
 @pytest.mark.parametrize("opname", ["SUM", "MAX"])
 @pytest.mark.parametrize("in_place", [False, True])
 @pytest.mark.parametrize("mixed", [False, True])
-def test_large_allreduce(comm, n, opname, in_place, mixed):
+def test_large_allreduce(comm, n, opname, in_place, mixed, monkeypatch):
     """Reduce-scatter then allgather in segments; with mixed, odd ranks
     name the datatype by its character (the general algorithm's spec), so
-    both paths meet in one call."""
+    both paths meet in one call.  The others take the one-call path."""
     rank = comm.rank
+    general_calls = []
+    general = comm._collectives._region_allreduce
+    monkeypatch.setattr(comm._collectives, "_region_allreduce",
+                        lambda *args: (general_calls.append(1), general(*args))[1])
     kind = LARGE_KINDS[rank % 3]
     send, send_arr = large_buffer(comm, n, kind, 0.0)
     if mixed and general_rank(rank):
@@ -287,6 +291,7 @@ def test_large_allreduce(comm, n, opname, in_place, mixed):
             comm.Allreduce(send, recv, op=getattr(MPI, opname))
             np.testing.assert_array_equal(recv_arr, theirs)
             np.testing.assert_array_equal(send_arr, before)
+    assert len(general_calls) == (2 if mixed and general_rank(rank) else 0)
 
 
 def test_large_allreduce_keeps_rank_order(comm):
