@@ -67,6 +67,35 @@ cdef class RecvOp(Op):
         self.total = 0
 
 
+cdef class Incoming:
+    """A message that arrived before any receive matched it (the engine's
+    unexpected queue, a matched probe's message).  A C type: a probe
+    makes one per message found."""
+    cdef public object source
+    cdef public object tag
+    cdef public object context
+    cdef public object size
+    cdef public object data         # payload (eager) or None (rendezvous)
+    cdef public object send_id
+    cdef public object kind
+    cdef public object self_send    # the SendOp of a synchronous send to ourselves
+    cdef public object offset       # RTS_REGION: where the payload sits in the sender's heap
+    cdef public bint taken          # a matched probe's message has been received
+
+    def __init__(self, source, tag, context, size, data, send_id, kind, self_send=None,
+                 offset=0):
+        self.source = source
+        self.tag = tag
+        self.context = context
+        self.size = size
+        self.data = data
+        self.send_id = send_id
+        self.kind = kind
+        self.self_send = self_send
+        self.offset = offset
+        self.taken = False
+
+
 cdef RecvOp _new_recv_op(long source, long tag, long context, object mem):
     """RecvOp(source, tag, context, mem) without the Python call."""
     cdef RecvOp op = RecvOp.__new__(RecvOp)

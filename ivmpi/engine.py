@@ -23,8 +23,8 @@ import time
 from collections import deque
 
 from . import _fastcopy
-from ._fastcopy import (LibraryCounts, LibraryRecv, LibrarySend, RecvOp, Rendezvous, SendOp,
-                        deliver_eager, poll_eager, rendezvous_step)
+from ._fastcopy import (Incoming, LibraryCounts, LibraryRecv, LibrarySend, RecvOp, Rendezvous,
+                        SendOp, deliver_eager, poll_eager, rendezvous_step)
 from . import routing
 from .heap import Heap
 from .liveness import Liveness
@@ -62,25 +62,6 @@ def _env_float(name, default):
         return float(value)
     except ValueError:
         raise IvmpiError(f"{name}={value!r} is not a number of seconds") from None
-
-
-class Incoming:
-    """A message that arrived before any receive matched it."""
-    __slots__ = ("source", "tag", "context", "size", "data", "send_id", "kind", "self_send",
-                 "offset", "taken")
-
-    def __init__(self, source, tag, context, size, data, send_id, kind, self_send=None,
-                 offset=0):
-        self.source = source
-        self.tag = tag
-        self.context = context
-        self.size = size
-        self.data = data            # payload (eager) or None (rendezvous)
-        self.send_id = send_id
-        self.kind = kind
-        self.self_send = self_send  # the SendOp of a synchronous send to ourselves
-        self.offset = offset        # RTS_REGION: where the payload sits in the sender's heap
-        self.taken = False          # a matched probe's message has been received
 
 
 def _wanted(want_source, want_tag, want_context, source, tag, context):
