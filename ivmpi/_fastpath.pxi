@@ -1426,14 +1426,11 @@ cdef class FastPath:
         cdef uint64_t at
         cdef uint64_t send_id = rx.b
         cdef long got, source = self.last_source
-        if rx.length != 8:
+        if not self._region_frame(rx, source, &at):
             return FAST_NOT_HANDLED
-        rx.copy_out(<char *>&at, 8)
-        got = self._heap_into(rx, source, at, rx.a, buf, extent, capacity, offset, None, -1)
+        got = self._heap_into(rx, at, rx.a, buf, extent, capacity, offset, None, -1)
         if got >= 0:
-            self.last_tag = rx.tag
-            rx.consume()
-            self._ack(source, send_id)
+            self._region_taken(rx, source, send_id)
         return got
 
     cdef Py_ssize_t _recv_region_ptr(self, RxRing rx, char *dst, Py_ssize_t capacity) except -3:
@@ -1449,26 +1446,22 @@ cdef class FastPath:
         if not self._region_frame(rx, source, &at) or total > <uint64_t>capacity:
             return FAST_NOT_HANDLED
         rg_copy_from(dst, rx.mem.base + at, total, rx.strict)
-        self.last_tag = rx.tag
-        rx.consume()
-        self._ack(source, send_id)
+        self._region_taken(rx, source, send_id)
         return <Py_ssize_t>total
 
-    cdef long _heap_into(self, RxRing rx, long rank, uint64_t at, uint64_t total, object buf,
+    cdef long _heap_into(self, RxRing rx, uint64_t at, uint64_t total, object buf,
                          Py_ssize_t extent, Py_ssize_t capacity, Py_ssize_t offset,
                          object msg, Py_ssize_t index) except -3:
-        """Copy the total bytes at region offset `at` (checked to lie in the
-        heap of communicator rank `rank`, whose region rx maps) into buf: a
-        region rendezvous from the ring (msg None) or the unexpected queue
-        (msg, taken from index first).  The caller acknowledges it.  A
-        message that does not fit buf or holds no whole elements is the
-        engine's, which reports it."""
+        """Copy the total bytes at region offset `at` of rx's region (the
+        caller has checked that they lie in the sender's heap: _region_frame,
+        _unexpected_region) into buf: a region rendezvous from the ring (msg
+        None) or the unexpected queue (msg, taken from index first).  The
+        caller acknowledges it.  A message that does not fit buf or holds no
+        whole elements is the engine's, which reports it."""
         cdef Py_buffer view
         cdef char *dst
         cdef const char *src
         cdef int strict = rx.strict
-        if self.heap_bounds is None or not self._heap_span(rx, at, total, self.heap_bounds[rank]):
-            return FAST_NOT_HANDLED
         if not _pin(buf, True, &view):
             return FAST_NOT_HANDLED
         try:
@@ -1727,19 +1720,37 @@ cdef class FastPath:
         (checked by the engine when it arrived) that fills whole elements:
         scattered straight from the sender's heap, then acknowledged."""
         msg = self.unexpected[i]
-        if msg.kind != 8 or msg.self_send is not None or msg.source not in self.comm_rank_of:
-            return FAST_NOT_HANDLED
-        rank = self.comm_rank_of[msg.source]
-        ring = self.rx[rank]
-        if ring is None or self.heap_bounds is None \
-                or not self._heap_message_fits(<RxRing>ring, msg.offset, msg.size,
-                                               self.heap_bounds[rank], plan, count) \
+        ring = self._unexpected_region(msg)
+        if ring is None or msg.size % plan.size or msg.size // plan.size > count \
                 or not self._take_unexpected(i, msg):
             return FAST_NOT_HANDLED
         _scatter_region(plan, dst, (<RxRing>ring).mem.base + <uint64_t>msg.offset,
                         <Py_ssize_t>(msg.size // plan.size), extent, (<RxRing>ring).strict)
-        self._ack(rank, msg.send_id)
+        self._ack(self.last_source, msg.send_id)
         return <long>msg.size
+
+    cdef object _unexpected_region(self, object msg):
+        """The ring of msg's sender, when msg (an unexpected message) is a
+        region rendezvous a fast path may take: inside its sender's heap
+        (checked by the engine when it arrived, and again here); else None."""
+        if msg.kind != 8 or msg.self_send is not None or msg.source not in self.comm_rank_of \
+                or self.heap_bounds is None:
+            return None
+        rank = self.comm_rank_of[msg.source]
+        ring = self.rx[rank]
+        if ring is None or not self._heap_span(<RxRing>ring, msg.offset, msg.size,
+                                               self.heap_bounds[rank]):
+            return None
+        return ring
+
+    cdef int _region_taken(self, RxRing rx, long source, uint64_t send_id) except -1:
+        """The region rendezvous at the head of rx (from communicator rank
+        source) has been copied out: released and acknowledged, so that the
+        sender may reuse its block."""
+        self.last_tag = rx.tag
+        rx.consume()
+        self._ack(source, send_id)
+        return 0
 
     cdef bint _heap_span(self, RxRing rx, uint64_t at, uint64_t total,
                          object bounds) except -1:
@@ -1800,9 +1811,7 @@ cdef class FastPath:
             return FAST_NOT_HANDLED
         _scatter_region(plan, dst, rx.mem.base + at, <Py_ssize_t>(total // plan.size), extent,
                         rx.strict)
-        self.last_tag = rx.tag
-        rx.consume()
-        self._ack(self.last_source, send_id)    # the sender may reuse its block now
+        self._region_taken(rx, self.last_source, send_id)
         return <long>total
 
     cdef object _send_staged(self, object spec, long dest, long tag):
@@ -1981,20 +1990,16 @@ cdef class FastPath:
                 return self._rendezvous_into(self.comm_rank_of[msg.source], msg.tag, msg.size,
                                              msg.send_id, buf, extent, capacity, offset, None,
                                              msg, i)
-            if self.region_frames and msg.kind == 8 and msg.self_send is None \
-                    and msg.source in self.comm_rank_of:
-                # A region rendezvous that arrived before its receive (checked
-                # by the engine then): copied straight out of the heap.
-                rank = self.comm_rank_of[msg.source]
-                ring = self.rx[rank]
-                if ring is None:
-                    return FAST_NOT_HANDLED
-                n = self._heap_into(<RxRing>ring, rank, msg.offset, msg.size, buf, extent,
-                                    capacity, offset, msg, i)
-                if n >= 0:
-                    self._ack(rank, msg.send_id)
-                return n
-            return FAST_NOT_HANDLED
+            ring = self._unexpected_region(msg) if self.region_frames else None
+            if ring is None:
+                return FAST_NOT_HANDLED
+            # A region rendezvous that arrived before its receive: copied
+            # straight out of the sender's heap.
+            n = self._heap_into(<RxRing>ring, msg.offset, msg.size, buf, extent, capacity,
+                                offset, msg, i)
+            if n >= 0:
+                self._ack(self.last_source, msg.send_id)
+            return n
         data = msg.data
         n = len(data)
         if not _pin(buf, True, &view):
@@ -2057,10 +2062,7 @@ cdef class FastPath:
             if not self._region_frame(rx, self.last_source, &at):
                 return None
             out = self._heap_bytes(rx, at, rx.a)
-            send_id = rx.b
-            self.last_tag = rx.tag
-            rx.consume()
-            self._ack(self.last_source, send_id)    # the sender may reuse its block now
+            self._region_taken(rx, self.last_source, rx.b)
             return out
         out = _unfilled_bytearray(rx.length)
         if rx.length:
@@ -2088,20 +2090,14 @@ cdef class FastPath:
         """The unexpected message at index i, if it is a region rendezvous
         (checked by the engine when it arrived): a private copy of its
         bytes, acknowledged.  None: use the general path."""
-        cdef long rank
         msg = self.unexpected[i]
-        if msg.kind != 8 or msg.self_send is not None or msg.source not in self.comm_rank_of \
-                or self.heap_bounds is None:
-            return None
-        rank = self.comm_rank_of[msg.source]
-        ring = self.rx[rank]
-        if ring is None or not self._heap_span(<RxRing>ring, msg.offset, msg.size,
-                                               self.heap_bounds[rank]):
+        ring = self._unexpected_region(msg)
+        if ring is None:
             return None
         out = self._heap_bytes(<RxRing>ring, msg.offset, msg.size)
         if not self._take_unexpected(i, msg):
             return None
-        self._ack(rank, msg.send_id)
+        self._ack(self.last_source, msg.send_id)
         return out
 
 

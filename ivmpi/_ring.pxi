@@ -47,7 +47,7 @@ cdef uint64_t _stream_min = int(_os.environ.get("IVMPI_STREAM_MIN", "4096"))
 # that share no cache), a plain 64 KiB chunk takes 15-40 us instead of 2-3:
 # each store must first take its line back from the receiver's cache
 # (1 MiB: 400-550 us).  So each plain copy of 16 KiB or more is timed
-# (_note_plain_copy); _SLOW_IN_A_ROW in a row slower than
+# (_note_copy); _SLOW_IN_A_ROW in a row slower than
 # _SLOW_CHUNK_NS_PER_KIB (2 GB/s: about half the chunks of the slow phases,
 # almost none otherwise, even with other load) send the next
 # _STREAM_AFTER_SLOW payloads by streaming stores, which never take the
@@ -123,23 +123,47 @@ cdef inline int64_t _now_ns() noexcept nogil:
     return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
+# The pace of large plain copies into shared memory (above): each ring
+# keeps its own, and this rank's staging copies one more.
+cdef struct _CopyPace:
+    int slow_in_a_row       # slow plain copies in a row
+    int streamed_left       # large copies still to go by streaming stores
+
+
+cdef inline bint _streamed_next(_CopyPace *pace) noexcept nogil:
+    """Does the next large copy go by streaming stores (slow plain ones seen)?"""
+    if pace.streamed_left > 0:
+        pace.streamed_left -= 1
+        return True
+    return False
+
+
+cdef inline void _note_copy(_CopyPace *pace, uint64_t n, int64_t took) noexcept nogil:
+    """A plain copy of n >= _NOGIL_MIN bytes took `took` ns: _SLOW_IN_A_ROW
+    slow ones in a row send the next _STREAM_AFTER_SLOW large copies by
+    streaming stores (one alone is an interrupt, or the first plain copy
+    after streaming ones)."""
+    if <uint64_t>took <= (n >> 10) * <uint64_t>_SLOW_CHUNK_NS_PER_KIB:
+        pace.slow_in_a_row = 0
+    else:
+        pace.slow_in_a_row += 1
+        if pace.slow_in_a_row >= _SLOW_IN_A_ROW:
+            pace.slow_in_a_row = 0
+            pace.streamed_left = _STREAM_AFTER_SLOW
+
+
 # Copies into this rank's staging buffers in its heap (blocks a collective
 # stages for its peers to copy out, never in strict-align mode): plain
 # stores, whose lines the peers then read from this core's cache (4 ranks,
 # 1 MiB: Alltoall 1600 -> 1290 us, Bcast 290 -> 235, 16 MiB Bcast 3600 ->
-# 2950, against streaming stores).  In the slow phases _note_plain_copy
-# describes (each store must first take its line back from a peer's cache)
-# _SLOW_IN_A_ROW plain copies in a row slower than _SLOW_CHUNK_NS_PER_KIB
-# send the next _STREAM_AFTER_SLOW ones by streaming stores.
-cdef int _stage_slow_in_a_row = 0
-cdef int _stage_streamed_left = 0
+# 2950, against streaming stores); in the slow phases the rings' plain
+# copies detect, streaming ones, paced the same way (_note_copy).
+cdef _CopyPace _stage_pace
 
 
 cdef void stage_copy(char *dst, const char *src, size_t n) noexcept nogil:
-    global _stage_slow_in_a_row, _stage_streamed_left
     cdef int64_t took
-    if _stage_streamed_left > 0:
-        _stage_streamed_left -= 1
+    if _streamed_next(&_stage_pace):
         rg_stream_to(dst, src, n)
         return
     if n < _NOGIL_MIN:
@@ -147,14 +171,7 @@ cdef void stage_copy(char *dst, const char *src, size_t n) noexcept nogil:
         return
     took = _now_ns()
     ivmpi_copy_plain(dst, src, n)
-    took = _now_ns() - took
-    if <uint64_t>took <= (n >> 10) * <uint64_t>_SLOW_CHUNK_NS_PER_KIB:
-        _stage_slow_in_a_row = 0
-    else:
-        _stage_slow_in_a_row += 1
-        if _stage_slow_in_a_row >= _SLOW_IN_A_ROW:
-            _stage_slow_in_a_row = 0
-            _stage_streamed_left = _STREAM_AFTER_SLOW
+    _note_copy(&_stage_pace, n, _now_ns() - took)
 
 cdef inline uint64_t _round8(uint64_t n) nogil:
     return (n + 7) & ~(<uint64_t>7)
@@ -236,8 +253,7 @@ cdef class TxRing:
     cdef uint64_t recycle_checked
     cdef int strict
     cdef readonly int peer
-    cdef int streamed_chunks_left    # DATA chunks still to go by streaming stores
-    cdef int slow_chunks             # slow plain DATA chunks in a row
+    cdef _CopyPace pace              # its large plain copies found slow (_note_copy)
 
     def __cinit__(self, Mapping mem, Py_ssize_t offset, uint64_t ring_bytes, int peer,
                   Py_ssize_t head_offset=-1):
@@ -358,19 +374,6 @@ cdef class TxRing:
         self._publish_frame(fsize)
         return 1
 
-    cdef inline void _note_plain_copy(self, uint64_t n, int64_t took) noexcept:
-        """A plain copy of n >= _NOGIL_MIN bytes into the ring took `took` ns:
-        _SLOW_IN_A_ROW slow ones in a row send the next _STREAM_AFTER_SLOW
-        large payloads by streaming stores (one alone is an interrupt, or
-        the first plain copy after streaming ones)."""
-        if <uint64_t>took <= (n >> 10) * <uint64_t>_SLOW_CHUNK_NS_PER_KIB:
-            self.slow_chunks = 0
-        else:
-            self.slow_chunks += 1
-            if self.slow_chunks >= _SLOW_IN_A_ROW:
-                self.slow_chunks = 0
-                self.streamed_chunks_left = _STREAM_AFTER_SLOW
-
     cdef int _write_parts(self, char *dst, uint64_t *words, const char *payload,
                           uint64_t length, uint64_t fsize, bint stream) except -1:
         """The eager payload of write_frame (words: its header) as an
@@ -387,8 +390,7 @@ cdef class TxRing:
         words[2] = 0
         rg_copy_to(dst, words, _HDR, self.strict)
         self._publish_frame(fsize)
-        if stream and not self.strict and self.streamed_chunks_left > 0:
-            self.streamed_chunks_left -= 1
+        if stream and not self.strict and _streamed_next(&self.pace):
             streamed = True
         started = _now_ns()
         with nogil:
@@ -403,7 +405,7 @@ cdef class TxRing:
                 done += n
                 rg_store_release(fill, done)
         if stream and not streamed and not self.strict:
-            self._note_plain_copy(length, _now_ns() - started)
+            _note_copy(&self.pace, length, _now_ns() - started)
         return 0
 
     cdef int write_frame(self, uint32_t kind, int32_t tag, uint32_t context, uint64_t a,
@@ -444,16 +446,15 @@ cdef class TxRing:
             rg_copy_to(dst, words, _HDR, self.strict)
             if stream and length >= _NOGIL_MIN and not self.strict:
                 # Large: plain stores, timed, unless slow ones sent this
-                # ring to streaming stores for a while (_note_plain_copy).
-                if self.streamed_chunks_left > 0:
-                    self.streamed_chunks_left -= 1
+                # ring to streaming stores for a while (_note_copy).
+                if _streamed_next(&self.pace):
                     with nogil:
                         rg_stream_to(dst + _HDR, payload, length)
                 else:
                     started = _now_ns()
                     with nogil:
                         rg_copy_to(dst + _HDR, payload, length, 0)
-                    self._note_plain_copy(length, _now_ns() - started)
+                    _note_copy(&self.pace, length, _now_ns() - started)
             elif stream and length >= _stream_min and not self.strict:
                 rg_stream_to(dst + _HDR, payload, length)
             elif length >= _NOGIL_MIN:
@@ -540,13 +541,13 @@ cdef class TxRing:
         """Record a plain copy of n bytes that took took_ns (as write_frame
         does for large payloads); the number of large payloads that will now
         go by streaming stores."""
-        self._note_plain_copy(n, took_ns)
-        return self.streamed_chunks_left
+        _note_copy(&self.pace, n, took_ns)
+        return self.pace.streamed_left
 
     @property
     def streaming_left(self):
         """Large payloads still to go by streaming stores (slow plain copies seen)."""
-        return self.streamed_chunks_left
+        return self.pace.streamed_left
 
     @property
     def head_index(self):
