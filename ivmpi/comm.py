@@ -319,6 +319,7 @@ class Comm(_MPI.Comm):
                                                                 route.bsend, route.isend)
             self.Rsend, self.Irsend = route.Send, route.Isend
             self.Sendrecv = route.Sendrecv
+            routing.bind_collectives(self)
         if small is not None:
             small.lock_of = self._lock
             for name in _SMALL_COLLECTIVES:

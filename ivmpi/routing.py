@@ -36,6 +36,8 @@ A communicator whose members all share this process's region (the common
 case, and every communicator of a job in one region) has no route: none of
 this runs for it.
 """
+import weakref
+
 from .lib import MPI as _MPI
 
 from ._fastcopy import (RoutedPath, poll_library, take_messages, marker, BulkData,
@@ -250,9 +252,9 @@ _methods = {}
 
 def _mpi4py_method(cls, name):
     """mpi4py's own method `name` along cls's classes (past ivmpi's)."""
-    key = (cls, name)
-    method = _methods.get(key)
+    method = _methods.get((cls, name))
     if method is None:
+        key = (cls, name)
         for klass in cls.__mro__:
             if klass.__module__ == "mpi4py.MPI" and name in klass.__dict__:
                 method = _methods[key] = klass.__dict__[name]
@@ -272,8 +274,8 @@ def collective(comm, name, args, kwargs):
     comm._check_live()
     coll = comm._coll
     if type(coll) is LibraryCollectives:
-        run = _hierarchy.RUNS.get(name)
-        if run is not None and coll.enabled:
+        run = _hierarchy.RUNS.get(name) if coll.enabled else None
+        if run is not None:
             levels = coll.levels(comm)
             if levels is not None:
                 try:
@@ -285,9 +287,51 @@ def collective(comm, name, args, kwargs):
                 if result is not _hierarchy.FLAT:
                     coll.two_level[name] = coll.two_level.get(name, 0) + 1
                     return result
-        coll.flat[name] = coll.flat.get(name, 0) + 1
-    return _wrap(comm, _mpi4py_method(type(comm), name)(comm, *args, **kwargs), name, args,
-                 kwargs)
+        flat = coll.flat
+        flat[name] = flat.get(name, 0) + 1
+    result = _mpi4py_method(type(comm), name)(comm, *args, **kwargs)
+    if result is None:
+        # A blocking buffer collective (most calls): nothing to wrap.  With
+        # more ranks than cores every microsecond here is paid by all ranks
+        # in turn, so the common case does nothing more.
+        return None
+    return _wrap(comm, result, name, args, kwargs)
+
+
+def bind_collectives(comm):
+    """comm's collectives (a communicator spanning regions, of ivmpi's own
+    classes) as attributes of the instance, each the library's call on the
+    handle in one Python frame, counted as collective() counts it; the
+    ones with two levels go through collective() while those are enabled.
+    With more ranks than cores, the frames saved here are paid by every
+    rank in turn."""
+    ref = weakref.ref(comm)
+    coll = comm._coll
+    cls = type(comm)
+    for name in COLLECTIVES:
+        try:
+            method = _mpi4py_method(cls, name)
+        except AttributeError:
+            continue        # not one of this class's calls (Scan on a Comm)
+        setattr(comm, name, _flat_call(ref, coll, name, method))
+
+
+def _flat_call(ref, coll, name, method):
+    flat = coll.flat
+    two_levels = name in _hierarchy.RUNS
+
+    def call(*args, **kwargs):
+        comm = ref()
+        if comm._freed or (two_levels and coll.enabled):
+            return collective(comm, name, args, kwargs)
+        flat[name] = flat.get(name, 0) + 1
+        result = method(comm, *args, **kwargs)
+        if result is None:
+            return None
+        return _wrap(comm, result, name, args, kwargs)
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = method.__doc__
+    return call
 
 
 def _binds(function, args, kwargs):
@@ -304,10 +348,10 @@ def _wrap(comm, result, name, args, kwargs):
     """An ivmpi request for the library's; it keeps the call's arguments
     (the buffers) alive until the operation is done, as ivmpi's own
     collectives do (the library does not hold them)."""
-    from .request import Request
     if isinstance(result, _MPI.Prequest):
         return LibraryPrequest(comm, result, name, (args, kwargs))
     if isinstance(result, _MPI.Request):
+        from .request import Request
         return Request(comm, LibraryOp(result, (args, kwargs)), what=name)
     return result
 
