@@ -11,17 +11,21 @@
 # the engine earlier that could match one of its messages (ANY_SOURCE
 # included).  Otherwise the engine's general path takes the call, as before.
 #
-# Between regions a message of up to _DIRECT_MAX bytes is one library
-# message on the handle.  A larger one is a marker there, exactly
-# _MARKER_LEN bytes (its size and a tag), then its data on the job's bulk
-# communicator (a duplicate of the library's world) under that tag, unique
-# per pair of ranks.  Every message on a handle therefore fits in
-# _MARKER_LEN bytes and goes eagerly, so a receive can be posted to the
-# library before its message comes (MPI_Irecv, as plain mpi4py does): Open
-# MPI writes a truncated rendezvous message past the receive buffer, which
-# no handle message can be; the data's own receive is posted knowing its
-# size, into the caller's buffer or, when it does not fit, a buffer of that
-# size (the receive then reports truncation).  The library matches posted
+# Between regions a message of up to _DIRECT_MAX bytes (the region's eager
+# limit), except one of exactly _MARKER_LEN, is one library message on the
+# handle.  Any other is a marker there, exactly _MARKER_LEN bytes (its size
+# and a tag), then its data on the job's bulk communicator (a duplicate of
+# the library's world) under that tag, unique per pair of ranks.  Every
+# message on a handle therefore fits in _DIRECT_MAX bytes, and a receive
+# posted to the library before its message comes (MPI_Irecv, as plain
+# mpi4py does) always has room for _DIRECT_MAX bytes: the caller's buffer
+# when it is that large, else a buffer of that size of its own.  That is
+# what makes posting ahead safe: Open MPI writes a truncated rendezvous
+# message past the receive buffer, and a handle message may be a
+# rendezvous (its shared memory sends 4 KiB eagerly), but never larger
+# than the buffer it lands in.  The data's own receive is posted knowing
+# its size, into the caller's buffer or, when it does not fit, a buffer of
+# that size (the receive then reports truncation).  The library matches posted
 # receives in post order, before the engine's matched probes see anything.
 # docs/routing.md describes the protocol.
 #
@@ -70,8 +74,8 @@ cdef enum:
     _ROUTE_SYNC = 1
     _ROUTE_BUFFERED = 2
     # The wire protocol between regions (above, docs/routing.md).
-    _DIRECT_MAX = 1024          # larger messages: a marker, then the data on the bulk communicator
-    _MARKER_LEN = 1040          # no direct message has this length
+    _DIRECT_MAX = 65536         # larger messages: a marker, then the data on the bulk communicator
+    _MARKER_LEN = 1040          # no direct message has this length (such a one goes as the larger)
     _MARKER_MAGIC = 0x424d5649  # "IVMB" little-endian: the marker's first four bytes
 
 
@@ -107,6 +111,15 @@ cdef inline uint32_t _next_bulk_tag(Py_ssize_t world) noexcept:
     return tag
 
 
+cdef inline bint _goes_bulk(uint64_t nbytes) noexcept:
+    """Does a message of nbytes between regions go as a marker and its data?"""
+    return nbytes > _DIRECT_MAX or nbytes == _MARKER_LEN
+
+
+def goes_bulk(uint64_t nbytes):
+    return _goes_bulk(nbytes)
+
+
 cdef bytes _marker(uint32_t tag, uint64_t size):
     """The handle's message announcing `size` bytes on the bulk communicator
     under `tag`: magic, tag, size (little-endian), zeros to _MARKER_LEN."""
@@ -135,7 +148,7 @@ cdef int _read_marker(const unsigned char *p, uint32_t *tag, uint64_t *size) exc
         tag[0] |= (<uint32_t>p[4 + i]) << (8 * i)
     for i in range(8):
         size[0] |= (<uint64_t>p[8 + i]) << (8 * i)
-    if magic != _MARKER_MAGIC or size[0] <= _DIRECT_MAX or size[0] > _ROUTE_MAX_COUNT \
+    if magic != _MARKER_MAGIC or not _goes_bulk(size[0]) or size[0] > _ROUTE_MAX_COUNT \
             or tag[0] > _bulk_tag_ub or _bulk == NULL:
         raise RegionError(f"ivmpi: a {_MARKER_LEN}-byte message between regions is not a "
                           f"valid marker (magic {magic:#x}, size {size[0]}, tag {tag[0]})")
@@ -145,7 +158,7 @@ cdef int _read_marker(const unsigned char *p, uint32_t *tag, uint64_t *size) exc
 cdef object _oversized(long n):
     """The error of a message on a handle that is neither direct nor a marker."""
     return RegionError(f"ivmpi: a {n}-byte message between regions on the handle: messages "
-                       f"there are at most {_DIRECT_MAX} bytes or markers of {_MARKER_LEN}")
+                       f"there are at most {_DIRECT_MAX} bytes, those of {_MARKER_LEN} markers")
 
 
 def marker(Py_ssize_t dest_world, Py_ssize_t size):
@@ -259,8 +272,9 @@ cdef class LibrarySend(SendOp):
 cdef class LibraryRecv(RecvOp):
     """A receive from a rank of another region, posted to the library on the
     communicator's handle (MPI_Irecv) while first in MPI order among this
-    communicator's receives: into the caller's buffer when it can hold a
-    marker, else into a marker-sized buffer of its own.  A marker's data is
+    communicator's receives: into the caller's buffer when it can hold any
+    handle message (_DIRECT_MAX bytes), else into a buffer of that size of
+    its own.  A marker's data is
     then received from the bulk communicator, into the caller's buffer when
     it fits, else into a buffer of its size (the receive then reports
     truncation).  Its status fields are filled as the engine fills them
@@ -274,6 +288,7 @@ cdef class LibraryRecv(RecvOp):
     cdef char *base                  # the caller's buffer (pinned), NULL: an object
     cdef Py_ssize_t capacity
     cdef object bounce               # the handle's message, when the caller's buffer is small
+    cdef bint cancelling             # MPI_Cancel called: its completion may be a cancellation
     cdef object scratch              # a too-large message's bytes
     cdef public str state
 
@@ -294,13 +309,14 @@ cdef class LibraryRecv(RecvOp):
         message if it is there already."""
         cdef char *target
         cdef int n, err
-        if self.base != NULL and self.capacity >= _MARKER_LEN:
+        if self.base != NULL and self.capacity >= _DIRECT_MAX:
             target = self.base
             n = <int>min(self.capacity, _ROUTE_MAX_COUNT)
         else:
-            self.bounce = PyByteArray_FromStringAndSize(NULL, _MARKER_LEN)
+            # (Uninitialized: only the bytes a message brings are touched.)
+            self.bounce = PyByteArray_FromStringAndSize(NULL, _DIRECT_MAX)
             target = PyByteArray_AS_STRING(self.bounce)
-            n = _MARKER_LEN
+            n = _DIRECT_MAX
         err = MPI_Irecv(target, n, MPI_BYTE, source, tag, self.route.handle, &self.request)
         if err != MPI_SUCCESS:
             raise _library_error(err, "receive")
@@ -397,6 +413,15 @@ cdef class LibraryRecv(RecvOp):
         if self.bulk:
             self._finish(MPI_SUCCESS)
             return True
+        if self.cancelling:
+            MPI_Test_cancelled(&status, &flag)
+            if flag:
+                self._release()
+                self.bounce = None
+                self.cancelled = True
+                self.state = "done"
+                self.done = True
+                return True
         self._arrived(&status)
         if not self.done:
             # The data's receive, posted just now: usually there already.
@@ -410,22 +435,16 @@ cdef class LibraryRecv(RecvOp):
 
     def cancel(self):
         """Cancel while the handle's message has not come (engine lock held);
-        one that came completes the receive as usual."""
-        cdef MPI_Status status
-        cdef int flag = 0
+        one that came completes the receive as usual.  Not waited for here:
+        a handle message may be a rendezvous the library is still moving
+        in, which needs its sender's progress; the receive's tests (the
+        caller's wait) see the request complete, cancelled or not."""
         if self.done or self.bulk:
             return self.cancelled
-        MPI_Cancel(&self.request)
-        MPI_Wait(&self.request, &status)    # at once: handle messages are eager
-        MPI_Test_cancelled(&status, &flag)
-        if flag:
-            self._release()
-            self.bounce = None
-            self.cancelled = True
-            self.state = "done"
-            self.done = True
-        else:
-            self._arrived(&status)
+        if not self.cancelling:
+            MPI_Cancel(&self.request)
+            self.cancelling = True
+        self.test()
         return self.cancelled
 
 
@@ -505,6 +524,11 @@ def take_messages(intptr_t handle, list ranks, long context, arrive, incoming, l
             data = BulkData(world, tag)
             n = <int>size
         elif n > _DIRECT_MAX:
+            # Not ivmpi's: taken off the library's queue all the same (into
+            # a buffer of its size, so nothing is overrun), then reported.
+            foreign = PyByteArray_FromStringAndSize(NULL, n)
+            MPI_Mrecv(PyByteArray_AS_STRING(foreign), n, MPI_BYTE, &message,
+                      MPI_STATUS_IGNORE)
             raise _oversized(n)
         else:
             data = _message_of(message)
@@ -604,7 +628,7 @@ cdef class RoutedPath:
             return None
         world = self.ranks[dest]
         data_comm, data_dest, data_tag = self.handle, <int>dest, <int>tag
-        if nbytes > _DIRECT_MAX:
+        if _goes_bulk(nbytes):
             # The data on the bulk communicator, then its marker on the
             # handle: by the time the receiver reads the marker, the data's
             # envelope is there for its receive to match at once.
@@ -622,7 +646,7 @@ cdef class RoutedPath:
         if err != MPI_SUCCESS:
             PyBuffer_Release(&view)
             raise _library_error(err, "send")
-        if nbytes > _DIRECT_MAX:
+        if _goes_bulk(nbytes):
             announce = _marker(<uint32_t>data_tag, <uint64_t>nbytes)
             err = MPI_Isend(PyBytes_AS_STRING(announce), _MARKER_LEN, MPI_BYTE, dest, tag,
                             self.handle, &marker_request)

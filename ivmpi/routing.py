@@ -12,9 +12,10 @@ MPI_Issend) from the caller's buffer; a receive from a known rank of
 another region, when nothing can precede it in MPI order (no message it
 matches already in the engine's unexpected queue, no receive posted to the
 engine earlier that could take one of its messages), is the library's
-MPI_Irecv, posted before its message comes.  So that no message on a handle
-can overrun a posted receive (Open MPI writes a truncated rendezvous
-message past the receive buffer), messages larger than DIRECT_MAX bytes
+MPI_Irecv, posted before its message comes, into room for DIRECT_MAX
+bytes.  So that no message on a handle can overrun a posted receive (Open
+MPI writes a truncated rendezvous message past the receive buffer),
+messages larger than DIRECT_MAX bytes (and those of exactly MARKER_LEN)
 travel as a marker on the handle (their size and a tag) and their data on
 the job's bulk communicator under that tag, received knowing its size
 (docs/routing.md).
@@ -41,7 +42,7 @@ import weakref
 from .lib import MPI as _MPI
 
 from ._fastcopy import (RoutedPath, poll_library, take_messages, marker, BulkData,
-                        set_bulk_communicator, DIRECT_MAX)
+                        set_bulk_communicator, goes_bulk)
 from . import engine as _engine
 from . import hierarchy as _hierarchy
 
@@ -58,7 +59,7 @@ _bulk = None    # the job's bulk communicator, when its ranks are in several reg
 def start_bulk(world):
     """Make the bulk communicator (every rank of a job spanning regions, at
     start-up): a duplicate of the library's world, carrying the data of
-    messages between regions larger than DIRECT_MAX bytes."""
+    the messages between regions that go with a marker (goes_bulk)."""
     global _bulk
     _bulk = world.Dup()
     set_bulk_communicator(_bulk.handle, _bulk.Get_size(), _bulk.Get_attr(_MPI.TAG_UB))
@@ -112,7 +113,7 @@ def send(engine, op):
     engine.library_sent.count(op.peer, size)
     dest = route.rank_of[op.peer]
     comm, data_dest, data_tag, announce = route.handle, dest, op.tag, None
-    if size > DIRECT_MAX:
+    if goes_bulk(size):
         # The data on the bulk communicator, then its marker on the handle.
         announce, data_tag = marker(op.peer, size)
         comm, data_dest = _bulk, op.peer

@@ -645,16 +645,21 @@ def test_truncation_never_writes_past_the_receive_buffer(comm, nbytes):
 # --- the wire protocol between regions: direct messages and markers ---------------
 
 # Around both boundaries: the largest direct message, the smallest marked one,
-# and a message of exactly a marker's length (data, never taken for a marker).
+# and a message of exactly a marker's length (sent as a marker and its data,
+# so that a handle message of that length is always a marker).
 EDGES = (DIRECT_MAX - 1, DIRECT_MAX, DIRECT_MAX + 1, MARKER_LEN - 1, MARKER_LEN,
          MARKER_LEN + 1, 3 * MARKER_LEN)
 
 
-@pytest.mark.parametrize("room", (16, MARKER_LEN - 1, MARKER_LEN, 4 * MARKER_LEN))
+@pytest.mark.parametrize("room", (16, MARKER_LEN - 1, MARKER_LEN, 4 * MARKER_LEN,
+                                  DIRECT_MAX - 1, DIRECT_MAX, DIRECT_MAX + 64))
 def test_sizes_around_the_marker_reach_direct_and_engine_receives(comm, room):
     """Every size near the boundaries, into receive buffers smaller and
-    larger than a marker, through a direct receive (known source) and the
-    engine's (ANY_SOURCE, after a probe that must report the real size)."""
+    larger than a marker and than the largest direct message (a receive
+    posted ahead into the caller's buffer or a buffer of its own), through a
+    direct receive (known source) and the engine's (ANY_SOURCE, after a
+    probe that must report the real size); nothing is written past the
+    receive's room."""
     for k in range(1, comm.size):
         dst, src = (comm.rank + k) % comm.size, (comm.rank - k) % comm.size
         sends = [comm.Isend(payload(comm.rank, dst, n % 97, n), dst, 50 + i)
@@ -686,12 +691,14 @@ def test_a_foreign_message_on_the_handle_is_a_clear_error(comm, what):
     """The handle carries messages of at most DIRECT_MAX bytes and markers:
     anything else (another program on the library's communicator, a
     corrupt peer) fails the receive with an ivmpi error naming it, on the
-    direct and on the engine's path."""
+    direct and on the engine's path.  (The receive buffer holds the
+    oversized message: one larger than the room a receive posts ahead
+    would be the library's overrun, which ivmpi's own senders never cause.)"""
     peers = [r for r in range(comm.size) if ivmpi.path_to(comm, r) == "mpi"]
     target = comm.bcast(peers[0] if comm.rank == 0 and peers else None, 0)
     if target is None:
         pytest.skip("rank 0 shares its region with every rank")
-    n = MARKER_LEN if what == "a bad marker" else 2 * MARKER_LEN
+    n = MARKER_LEN if what == "a bad marker" else DIRECT_MAX + 8
     if comm.rank == 0:
         handle = _native_of(comm)
         for tag in (77, 78):
@@ -699,6 +706,63 @@ def test_a_foreign_message_on_the_handle_is_a_clear_error(comm, what):
     elif comm.rank == target:
         for source, tag in ((0, 77), (MPI.ANY_SOURCE, 78)):
             with pytest.raises(Exception) as info:
-                comm.Recv(np.empty(4 * MARKER_LEN, np.uint8), source, tag)
+                comm.Recv(np.empty(2 * DIRECT_MAX, np.uint8), source, tag)
             assert "between regions" in str(info.value)
     comm.Barrier()
+
+
+def test_the_handle_carries_messages_up_to_the_eager_limit_whole(comm):
+    """On the wire (read with plain mpi4py on the handle): a message of up
+    to DIRECT_MAX bytes, the region's eager limit among them, is one
+    library message with the caller's tag; one of MARKER_LEN or more than
+    DIRECT_MAX bytes is a marker there, its data on the bulk communicator
+    under the tag the marker names."""
+    from ivmpi import routing
+    peers = [r for r in range(comm.size) if ivmpi.path_to(comm, r) == "mpi"]
+    target = comm.bcast(peers[0] if comm.rank == 0 and peers else None, 0)
+    if target is None:
+        pytest.skip("rank 0 shares its region with every rank")
+    eager = comm._engine.eager_limit
+    assert eager <= DIRECT_MAX
+    for n in (eager, DIRECT_MAX, MARKER_LEN, DIRECT_MAX + 1):
+        if comm.rank == 0:
+            comm.Send(payload(0, target, n % 97, n), target, 90)
+        elif comm.rank == target:
+            got = np.zeros(DIRECT_MAX + 4096, np.uint8)
+            status = _native.Status()
+            _native_of(comm).Recv(got, 0, 90, status)
+            count = status.Get_count(_native.BYTE)
+            if n <= DIRECT_MAX and n != MARKER_LEN:
+                assert count == n
+            else:
+                assert count == MARKER_LEN
+                magic, tag, size = np.frombuffer(got[:16].tobytes(), "<u4,<u4,<u8")[0]
+                assert (magic, size) == (0x424D5649, n)
+                routing._bulk.Recv([got, n, _native.BYTE], comm._ranks[0], int(tag))
+            assert np.array_equal(got[:n], payload(0, target, n % 97, n))
+        comm.Barrier()
+
+
+def test_cancel_after_a_rendezvous_sized_direct_message_matched(comm):
+    """A direct receive whose message (larger than the library's eager size,
+    at most DIRECT_MAX) is already there when it is posted: the library
+    matched it, so Cancel cannot take it back; it neither blocks nor loses
+    the message, and the receive completes with it."""
+    n = 60_000
+    for k in range(1, comm.size):
+        dst, src = (comm.rank + k) % comm.size, (comm.rank - k) % comm.size
+        sreq = comm.Isend(payload(comm.rank, dst, k, n), dst, 33)
+        comm.Barrier()
+        got = np.zeros(n, np.uint8)
+        rreq = comm.Irecv(got, src, 33)
+        rreq.Cancel()
+        status = MPI.Status()
+        rreq.Wait(status)
+        if not status.Is_cancelled():
+            assert status.Get_count(MPI.BYTE) == n
+            assert np.array_equal(got, payload(src, comm.rank, k, n))
+        else:   # (the region path may cancel one it has not matched yet)
+            comm.Recv(got, src, 33)
+            assert np.array_equal(got, payload(src, comm.rank, k, n))
+        sreq.Wait()
+        comm.Barrier()
