@@ -959,3 +959,45 @@ cdef class RoutedPath:
             self.Recv(recvbuf, source, recvtag, status)
             return
         return self.f_Sendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag, status)
+
+
+@cython.final
+cdef class FlatCollective:
+    """A collective of a communicator spanning regions, bound to the
+    instance (ivmpi.routing.bind_collectives): the library's call on the
+    handle, counted per name in `flat`, in one C call; `collective` (the
+    general dispatch) takes it while the communicator is freed or its two
+    levels (ivmpi.hierarchy) are enabled for this collective.  With more
+    ranks than cores every microsecond of a collective's own work is paid
+    by all ranks in turn, so this one does as little as it can."""
+    cdef object ref, coll, method, name, collective, wrap
+    cdef dict flat
+    cdef bint two_levels
+
+    def __cinit__(self, ref, coll, method, str name, bint two_levels, collective, wrap):
+        self.ref, self.coll, self.method, self.name = ref, coll, method, name
+        self.flat = coll.flat
+        self.two_levels = two_levels
+        self.collective, self.wrap = collective, wrap
+
+    def __call__(self, *args, **kwargs):
+        comm = self.ref()
+        if comm is None or comm._freed or (self.two_levels and self.coll.enabled):
+            return self.collective(comm, self.name, args, kwargs)
+        flat = self.flat
+        flat[self.name] = flat.get(self.name, 0) + 1
+        if kwargs:
+            result = self.method(comm, *args, **kwargs)
+        else:
+            result = self.method(comm, *args)
+        if result is None:
+            return None
+        return self.wrap(comm, result, self.name, args, kwargs)
+
+    @property
+    def __name__(self):
+        return self.name
+
+    @property
+    def __doc__(self):
+        return self.method.__doc__

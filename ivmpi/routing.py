@@ -42,7 +42,7 @@ import weakref
 from .lib import MPI as _MPI
 
 from ._fastcopy import (RoutedPath, poll_library, take_messages, marker, BulkData,
-                        set_bulk_communicator, goes_bulk)
+                        set_bulk_communicator, goes_bulk, FlatCollective)
 from . import engine as _engine
 from . import hierarchy as _hierarchy
 
@@ -314,25 +314,8 @@ def bind_collectives(comm):
             method = _mpi4py_method(cls, name)
         except AttributeError:
             continue        # not one of this class's calls (Scan on a Comm)
-        setattr(comm, name, _flat_call(ref, coll, name, method))
-
-
-def _flat_call(ref, coll, name, method):
-    flat = coll.flat
-    two_levels = name in _hierarchy.RUNS
-
-    def call(*args, **kwargs):
-        comm = ref()
-        if comm._freed or (two_levels and coll.enabled):
-            return collective(comm, name, args, kwargs)
-        flat[name] = flat.get(name, 0) + 1
-        result = method(comm, *args, **kwargs)
-        if result is None:
-            return None
-        return _wrap(comm, result, name, args, kwargs)
-    call.__name__ = call.__qualname__ = name
-    call.__doc__ = method.__doc__
-    return call
+        setattr(comm, name, FlatCollective(ref, coll, method, name, name in _hierarchy.RUNS,
+                                           collective, _wrap))
 
 
 def _binds(function, args, kwargs):
