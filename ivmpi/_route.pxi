@@ -970,19 +970,19 @@ cdef class FlatCollective:
     levels (ivmpi.hierarchy) are enabled for this collective.  With more
     ranks than cores every microsecond of a collective's own work is paid
     by all ranks in turn, so this one does as little as it can."""
-    cdef object ref, coll, method, name, collective, wrap
+    cdef object comm, coll, method, name, collective, wrap
     cdef dict flat
     cdef bint two_levels
 
-    def __cinit__(self, ref, coll, method, str name, bint two_levels, collective, wrap):
-        self.ref, self.coll, self.method, self.name = ref, coll, method, name
+    def __cinit__(self, comm, coll, method, str name, bint two_levels, collective, wrap):
+        self.comm, self.coll, self.method, self.name = comm, coll, method, name
         self.flat = coll.flat
         self.two_levels = two_levels
         self.collective, self.wrap = collective, wrap
 
     def __call__(self, *args, **kwargs):
-        comm = self.ref()
-        if comm is None or comm._freed or (self.two_levels and self.coll.enabled):
+        comm = self.comm
+        if comm._freed or (self.two_levels and self.coll.enabled):
             return self.collective(comm, self.name, args, kwargs)
         flat = self.flat
         flat[self.name] = flat.get(self.name, 0) + 1

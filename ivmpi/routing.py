@@ -37,8 +37,6 @@ A communicator whose members all share this process's region (the common
 case, and every communicator of a job in one region) has no route: none of
 this runs for it.
 """
-import weakref
-
 from .lib import MPI as _MPI
 
 from ._fastcopy import (RoutedPath, poll_library, take_messages, marker, BulkData,
@@ -253,9 +251,9 @@ _methods = {}
 
 def _mpi4py_method(cls, name):
     """mpi4py's own method `name` along cls's classes (past ivmpi's)."""
-    method = _methods.get((cls, name))
+    key = (cls, name)
+    method = _methods.get(key)
     if method is None:
-        key = (cls, name)
         for klass in cls.__mro__:
             if klass.__module__ == "mpi4py.MPI" and name in klass.__dict__:
                 method = _methods[key] = klass.__dict__[name]
@@ -302,11 +300,9 @@ def collective(comm, name, args, kwargs):
 def bind_collectives(comm):
     """comm's collectives (a communicator spanning regions, of ivmpi's own
     classes) as attributes of the instance, each the library's call on the
-    handle in one Python frame, counted as collective() counts it; the
-    ones with two levels go through collective() while those are enabled.
-    With more ranks than cores, the frames saved here are paid by every
-    rank in turn."""
-    ref = weakref.ref(comm)
+    handle in one C call (FlatCollective), counted as collective() counts
+    it; the ones with two levels go through collective() while those are
+    enabled.  (Each holds comm, as a bound method does.)"""
     coll = comm._coll
     cls = type(comm)
     for name in COLLECTIVES:
@@ -314,7 +310,7 @@ def bind_collectives(comm):
             method = _mpi4py_method(cls, name)
         except AttributeError:
             continue        # not one of this class's calls (Scan on a Comm)
-        setattr(comm, name, FlatCollective(ref, coll, method, name, name in _hierarchy.RUNS,
+        setattr(comm, name, FlatCollective(comm, coll, method, name, name in _hierarchy.RUNS,
                                            collective, _wrap))
 
 

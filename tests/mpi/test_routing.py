@@ -766,3 +766,15 @@ def test_cancel_after_a_rendezvous_sized_direct_message_matched(comm):
             assert np.array_equal(got, payload(src, comm.rank, k, n))
         sreq.Wait()
         comm.Barrier()
+
+
+def test_a_collective_kept_alone_keeps_its_communicator(comm):
+    """`allreduce = comm.Dup().allreduce`, as with mpi4py's bound methods:
+    the call holds its communicator (on every layout, the calls bound to
+    the instance of a communicator spanning regions too)."""
+    import gc
+    allreduce = comm.Dup().allreduce
+    barrier = comm.Dup().Barrier
+    gc.collect()
+    assert allreduce(comm.rank) == sum(range(comm.size))
+    barrier()
