@@ -56,7 +56,6 @@ cdef extern from "mpi.h" nogil:
     int MPI_Irecv(void *, int, MPI_Datatype, int, int, MPI_Comm, MPI_Request *)
     int MPI_Mrecv(void *, int, MPI_Datatype, MPI_Message *, MPI_Status *)
     int MPI_Cancel(MPI_Request *)
-    int MPI_Wait(MPI_Request *, MPI_Status *)
     int MPI_Test_cancelled(const MPI_Status *, int *)
     int MPI_Issend(const void *, int, MPI_Datatype, int, int, MPI_Comm, MPI_Request *)
     int MPI_Improbe(int, int, MPI_Comm, int *, MPI_Message *, MPI_Status *)

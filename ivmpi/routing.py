@@ -273,8 +273,8 @@ def collective(comm, name, args, kwargs):
     comm._check_live()
     coll = comm._coll
     if type(coll) is LibraryCollectives:
-        run = _hierarchy.RUNS.get(name) if coll.enabled else None
-        if run is not None:
+        run = _hierarchy.RUNS.get(name)
+        if run is not None and coll.enabled:
             levels = coll.levels(comm)
             if levels is not None:
                 try:
@@ -286,15 +286,9 @@ def collective(comm, name, args, kwargs):
                 if result is not _hierarchy.FLAT:
                     coll.two_level[name] = coll.two_level.get(name, 0) + 1
                     return result
-        flat = coll.flat
-        flat[name] = flat.get(name, 0) + 1
-    result = _mpi4py_method(type(comm), name)(comm, *args, **kwargs)
-    if result is None:
-        # A blocking buffer collective (most calls): nothing to wrap.  With
-        # more ranks than cores every microsecond here is paid by all ranks
-        # in turn, so the common case does nothing more.
-        return None
-    return _wrap(comm, result, name, args, kwargs)
+        coll.flat[name] = coll.flat.get(name, 0) + 1
+    return _wrap(comm, _mpi4py_method(type(comm), name)(comm, *args, **kwargs), name, args,
+                 kwargs)
 
 
 def bind_collectives(comm):
