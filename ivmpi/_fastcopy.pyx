@@ -335,6 +335,7 @@ def start_exit_watchdog(double seconds, int code, str message):
 
 include "_ops.pxi"
 include "_gather.pxi"
+include "_single_copy.pxi"
 include "_ring.pxi"
 include "_inbox.pxi"
 include "_fastpath.pxi"

@@ -593,6 +593,17 @@ cdef class FastPath:
             self.Recv(recvbuf, source, recvtag, status)
             self.finish_staged(op, "Sendrecv")
             return
+        op = self._send_rendezvous(sendbuf, dest, sendtag, True)
+        if op is not None:
+            # A large one to a peer that copies it from our memory
+            # (_single_copy.pxi): announced, then our receive, then the
+            # peer's clear-to-send after its copy.
+            try:
+                self.Recv(recvbuf, source, recvtag, status)
+            finally:
+                if not (<SendOp>op).done:
+                    self.wait_op(op, "Sendrecv")
+            return
         if source is None:
             source = self.any_source
         if recvtag is None:
@@ -1109,7 +1120,8 @@ cdef class FastPath:
                 return False
             try:
                 got = self._rendezvous_into(rank, incoming.tag, incoming.size, incoming.send_id,
-                                            plain, extent, capacity, offset, None, None, -1)
+                                            incoming.offset, plain, extent, capacity, offset,
+                                            None, None, -1)
             finally:
                 self.lock.leave()
             if got == FAST_NOT_HANDLED:
@@ -1412,10 +1424,11 @@ cdef class FastPath:
                                Py_ssize_t capacity, Py_ssize_t offset) except -3:
         """A blocking receive whose message is announced by the RTS at the
         head of rx (from communicator rank last_source): _rendezvous_into."""
-        if rx.length != 0:
+        cdef uint64_t address
+        if not _rts_address(rx, &address):
             return FAST_NOT_HANDLED
-        return self._rendezvous_into(self.last_source, rx.tag, rx.a, rx.b, buf, extent, capacity,
-                                     offset, rx, None, -1)
+        return self._rendezvous_into(self.last_source, rx.tag, rx.a, rx.b, address, buf, extent,
+                                     capacity, offset, rx, None, -1)
 
     cdef long _recv_region(self, RxRing rx, object buf, Py_ssize_t extent, Py_ssize_t capacity,
                            Py_ssize_t offset) except -3:
@@ -1479,12 +1492,14 @@ cdef class FastPath:
         return <long>total
 
     cdef long _rendezvous_into(self, long source, int32_t tag, uint64_t total, uint64_t send_id,
-                               object buf, Py_ssize_t extent, Py_ssize_t capacity,
-                               Py_ssize_t offset, RxRing announced, object msg,
-                               Py_ssize_t index) except -3:
+                               uint64_t address, object buf, Py_ssize_t extent,
+                               Py_ssize_t capacity, Py_ssize_t offset, RxRing announced,
+                               object msg, Py_ssize_t index) except -3:
         """A blocking receive of the message of total bytes that communicator
         rank `source` announced (send_id): cleared and its DATA chunks copied
-        straight into buf as they come, in one call.  The announcement is
+        straight into buf as they come, in one call; or, when the RTS gave
+        the sender's `address` (non-zero) and we may, copied from the
+        sender's memory and cleared as copied (_single_copy.pxi).  The announcement is
         the RTS at the head of `announced`, or the unexpected message `msg`
         at `index` (a probe saw it first); it is taken once the CTS is out.
         Neither: a matched probe has taken it already (Message.Recv).
@@ -1498,17 +1513,21 @@ cdef class FastPath:
         cdef uint64_t received = 0, before
         cdef int waited = 0, polls = self.spins if self.spins >= 0 else -self.spins
         cdef char *dst
+        cdef bint copied = False, must_copy
         cdef RecvOp op
         cdef RxRing rx = <RxRing?>self.rx[source]
         cdef Rendezvous rdv = self.rendezvous
         if rdv is None or total <= self.eager_limit or total > _MAX_MESSAGE \
                 or rx is None or self.tx[source] is None:
             return FAST_NOT_HANDLED
-        if rdv.awaiting_cts or self.backlog:
-            # Sends of ours wait for a clear-to-send: their receivers may be
-            # waiting here for our data in the same way, and only the
-            # engine serves both.  (Frames of ours queued: the CTS must
-            # not pass them.)
+        if self.backlog:
+            return FAST_NOT_HANDLED         # frames of ours queued: the CTS must not pass them
+        # Sends of ours waiting for a clear-to-send: their receivers may be
+        # waiting for our data as we would wait here for theirs, and only
+        # the engine serves both; unless we copy from the sender's memory
+        # (_single_copy.pxi), which waits for nothing.
+        must_copy = bool(rdv.awaiting_cts)
+        if must_copy and address == 0:
             return FAST_NOT_HANDLED
         world = self.world_ranks[source]
         if (world, send_id) in rdv.receiving or not _pin(buf, True, &view):
@@ -1517,8 +1536,14 @@ cdef class FastPath:
             if not _span(view.len, extent, offset, &capacity) or total > <uint64_t>capacity \
                     or total % <uint64_t>extent:
                 return FAST_NOT_HANDLED     # truncation: the engine drains and reports it
-            if (<TxRing>self.tx[source]).write_frame(4, 0, 0, 0, send_id, NULL, 0) != 1:
-                return FAST_NOT_HANDLED
+            dst = <char *>view.buf + offset
+            if address != 0:
+                copied = _sc_read(world, address, dst, total, rx.mem)
+            if must_copy and not copied:
+                return FAST_NOT_HANDLED     # (what was copied is copied again by the engine)
+            if (<TxRing>self.tx[source]).write_frame(4, 0, 0, total if copied else 0, send_id,
+                                                     NULL, 0) != 1:
+                return FAST_NOT_HANDLED     # (a copy made is made again by the engine)
             if announced is not None:
                 announced.consume()
                 self.last_tag = tag
@@ -1527,7 +1552,8 @@ cdef class FastPath:
                 self.last_tag = tag
             elif not self._take_unexpected(index, msg):
                 raise RuntimeError("an unexpected message left its queue while it was cleared")
-            dst = <char *>view.buf + offset
+            if copied:
+                return <long>total
             while True:
                 if rx.poll():
                     if rx.kind != 5 or rx.b != send_id:
@@ -1563,7 +1589,8 @@ cdef class FastPath:
         self.pending_recv = op
         return FAST_PENDING
 
-    cdef object _send_rendezvous(self, object buf, long dest, long tag):
+    cdef object _send_rendezvous(self, object buf, long dest, long tag,
+                                 bint announce_only=False):
         """A plain buffer over the eager limit sent in one call: announced
         (RTS), its clear-to-send polled for, its DATA chunks streamed, no
         engine operation in between.  True: sent; None: nothing was
@@ -1571,7 +1598,10 @@ cdef class FastPath:
         (registered as its own) when the CTS is slow to come, something
         else arrives first, or the ring stays full mid-stream: the caller
         waits for it.  A buffer inside the region (Alloc_mem) is left to
-        the engine's region rendezvous, which copies nothing here."""
+        the engine's region rendezvous, which copies nothing here.
+        announce_only: only to a receiver that copies from our memory
+        (_single_copy.pxi; else None), announced and left to the engine at
+        once, for a caller that receives before it waits (Sendrecv)."""
         cdef Py_buffer view
         cdef Py_ssize_t extent, nbytes, offset
         cdef uint64_t total, sent = 0
@@ -1579,7 +1609,8 @@ cdef class FastPath:
         cdef TxRing tx
         cdef RxRing rx
         cdef SendOp op
-        cdef bint cleared
+        cdef int cleared
+        cdef uint64_t address
         cdef Rendezvous rdv = self.rendezvous
         if rdv is None or not self.enabled or dest < 0 or dest >= self.size \
                 or tag < 0 or tag > _TAG_UB or self.tx[dest] is None:
@@ -1595,7 +1626,7 @@ cdef class FastPath:
             data = <const char *>view.buf + offset
             tx = <TxRing>self.tx[dest]
             rx = <RxRing>self.rx[dest]
-            if tx.mem.base <= data < tx.mem.base + tx.mem.size:
+            if data + total > tx.mem.base and data < tx.mem.base + tx.mem.size:
                 return None
             # What the engine streams from if it has to take over.
             try:
@@ -1608,11 +1639,18 @@ cdef class FastPath:
                 if self.backlog:
                     return None
                 world = self.world_ranks[dest]
+                if announce_only and not _sc_tell(world):
+                    return None
                 send_id = self.send_ids[world]
-                if tx.write_frame(3, <int32_t>tag, self.context, total, send_id, NULL, 0) != 1:
+                # A receiver on our kernel may copy it from our memory (_single_copy.pxi).
+                address = <uintptr_t>data
+                if tx.write_frame(3, <int32_t>tag, self.context, total, send_id,
+                                  <const char *>&address, 8 if _sc_tell(world) else 0) != 1:
                     return None
                 self.send_ids[world] = send_id + 1
-                cleared = self._cleared(rx, send_id)
+                cleared = 0 if announce_only else self._cleared(rx, send_id, total)
+                if cleared == 2:
+                    return True
                 if cleared:
                     sent = tx.stream_from(data, total, 0, rdv.chunk_bytes, send_id,
                                           rdv.stream_spins, rx, True)
@@ -1639,15 +1677,18 @@ cdef class FastPath:
         finally:
             PyBuffer_Release(&view)
 
-    cdef bint _cleared(self, RxRing rx, uint64_t send_id) except -1:
-        """Poll rx for the CTS of send_id; True once taken.  Stops at any
-        other frame (the engine then handles it first)."""
+    cdef int _cleared(self, RxRing rx, uint64_t send_id, uint64_t total) except -1:
+        """Poll rx for the CTS of send_id: 1 once taken, 2 when it says the
+        receiver copied all total bytes from our memory (_single_copy.pxi),
+        0 at any other frame (the engine then handles it first) or when
+        none comes for a while."""
         cdef int i, polls = self.spins if self.spins >= 0 else -self.spins
         for i in range(polls):
             if rx.poll():
-                if rx.kind == 4 and rx.b == send_id and rx.length == 0:
+                if rx.kind == 4 and rx.b == send_id and rx.length == 0 \
+                        and (rx.a == 0 or rx.a == total):
                     rx.consume()
-                    return True
+                    return 2 if rx.a else 1
                 return False
             if self.spins >= 0:
                 rg_relax()
@@ -1988,8 +2029,8 @@ cdef class FastPath:
             if self.rts_frames and msg.kind == 3 and msg.source in self.comm_rank_of:
                 # A rendezvous a probe found first: cleared from here.
                 return self._rendezvous_into(self.comm_rank_of[msg.source], msg.tag, msg.size,
-                                             msg.send_id, buf, extent, capacity, offset, None,
-                                             msg, i)
+                                             msg.send_id, msg.offset, buf, extent, capacity,
+                                             offset, None, msg, i)
             ring = self._unexpected_region(msg) if self.region_frames else None
             if ring is None:
                 return FAST_NOT_HANDLED
@@ -2040,7 +2081,7 @@ cdef class FastPath:
                 msg = self.unexpected[i]
                 if rts and msg.kind == 3 and msg.source in self.comm_rank_of:
                     return self._rendezvous_bytes(self.comm_rank_of[msg.source], msg.tag,
-                                                  msg.size, msg.send_id, None, msg, i)
+                                                  msg.size, msg.send_id, msg.offset, None, msg, i)
                 return self._unexpected_heap_bytes(i)
         # A pickle a little over the eager limit comes as a region
         # rendezvous (_send_bytes_staged): taken here as well.
@@ -2055,9 +2096,9 @@ cdef class FastPath:
             return None
         rx = <RxRing>ring
         if rx.kind == 3:
-            if rx.length != 0:
+            if not _rts_address(rx, &at):
                 return None
-            return self._rendezvous_bytes(self.last_source, rx.tag, rx.a, rx.b, rx, None, -1)
+            return self._rendezvous_bytes(self.last_source, rx.tag, rx.a, rx.b, at, rx, None, -1)
         if rx.kind == 8:
             if not self._region_frame(rx, self.last_source, &at):
                 return None
@@ -2072,8 +2113,8 @@ cdef class FastPath:
         return out
 
     cdef object _rendezvous_bytes(self, long source, int32_t tag, uint64_t total,
-                                  uint64_t send_id, RxRing announced, object msg,
-                                  Py_ssize_t index):
+                                  uint64_t send_id, uint64_t address, RxRing announced,
+                                  object msg, Py_ssize_t index):
         """_rendezvous_into a new bytearray of the message's size (an object
         receive): the bytearray, with pending_recv set when the engine is
         to finish it; None: use the general path (which also refuses a
@@ -2082,8 +2123,8 @@ cdef class FastPath:
         if total > _OBJECT_RENDEZVOUS_MAX:
             return None
         out = _unfilled_bytearray(<Py_ssize_t>total)
-        got = self._rendezvous_into(source, tag, total, send_id, out, 1, <Py_ssize_t>total, 0,
-                                    announced, msg, index)
+        got = self._rendezvous_into(source, tag, total, send_id, address, out, 1,
+                                    <Py_ssize_t>total, 0, announced, msg, index)
         return None if got == FAST_NOT_HANDLED else out
 
     cdef object _unexpected_heap_bytes(self, Py_ssize_t i):

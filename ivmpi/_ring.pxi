@@ -1016,7 +1016,11 @@ cdef class Rendezvous:
         for the CTS: the engine's general handler)."""
         cdef Py_ssize_t i
         cdef RecvOp op
-        if rx.length != 0 or rx.tag < 0 or rx.a <= eager_limit or rx.a > _MAX_MESSAGE:
+        cdef uint64_t address = 0
+        cdef Py_buffer view
+        cdef bint copied = False
+        if (rx.length != 0 and rx.length != 8) or rx.tag < 0 or rx.a <= eager_limit \
+                or rx.a > _MAX_MESSAGE:
             return False
         for i in range(len(posted)):
             op = <RecvOp?>posted[i]
@@ -1025,13 +1029,28 @@ cdef class Rendezvous:
             if op.mem is None or <uint64_t>len(op.mem) < rx.a:
                 return False
             key = (rx.peer, rx.b)
-            if key in self.receiving or tx.write_frame(4, 0, 0, 0, rx.b, NULL, 0) != 1:
+            if key in self.receiving:
                 return False
+            if rx.length == 8:
+                # The sender's address: copy from its memory if we may (_single_copy.pxi).
+                rx.copy_out(<char *>&address, 8)
+                PyObject_GetBuffer(op.mem, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
+                try:
+                    copied = <uint64_t>view.len >= rx.a and _sc_read(
+                        rx.peer, address, <char *>view.buf, rx.a, rx.mem)
+                finally:
+                    PyBuffer_Release(&view)
+            if tx.write_frame(4, 0, 0, rx.a if copied else 0, rx.b, NULL, 0) != 1:
+                return False        # (a copy made is made again by the engine's handler)
             del posted[i]
             op.status_source = rx.peer
             op.status_tag = rx.tag
             op.total = rx.a
-            self.receiving[key] = op
+            if copied:
+                op.count = rx.a
+                op.done = True
+            else:
+                self.receiving[key] = op
             rx.consume()
             return True
         return False
@@ -1045,9 +1064,20 @@ cdef class Rendezvous:
         cdef uint64_t sent, total
         if rx.length != 0:
             return False
-        op = self.awaiting_cts.pop((rx.peer, rx.b), None)
+        op = self.awaiting_cts.get((rx.peer, rx.b))
         if op is None:
             return False            # the engine reports the stray CTS
+        if rx.a != 0:
+            # The receiver copied the message from our memory (_single_copy.pxi);
+            # any other count is the engine's to report.
+            if rx.a != <uint64_t>len(op.mem):
+                return False
+            del self.awaiting_cts[(rx.peer, rx.b)]
+            rx.consume()
+            op.done = True
+            op.state = "done"
+            return True
+        del self.awaiting_cts[(rx.peer, rx.b)]
         rx.consume()
         op.state = "streaming"
         PyObject_GetBuffer(op.mem, &view, PyBUF_SIMPLE)

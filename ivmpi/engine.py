@@ -247,7 +247,10 @@ class Engine:
             else:
                 self.awaiting_cts[(dest, op.send_id)] = op
                 op.state = "awaiting clear-to-send"
-                self._post(dest, (RTS, tag, context, size, op.send_id, None, 0, 0, None))
+                # A receiver on our kernel may copy it from our memory (_single_copy.pxi).
+                address = _fastcopy.single_copy_payload(self.mem, dest, mem)
+                self._post(dest, (RTS, tag, context, size, op.send_id, address, 0,
+                                  0 if address is None else 8, None))
         return op
 
     def _new_send_id(self, dest):
@@ -444,6 +447,13 @@ class Engine:
         if key in self.receiving:
             raise CorruptRegionError(
                 f"peer {incoming.source}: send id {incoming.send_id} announced twice")
+        if op.error is None and _fastcopy.single_copy_into(self.mem, incoming.source,
+                                                          incoming.offset, op.mem, size):
+            # Copied from the sender's memory: the CTS tells it so, nothing streams.
+            op.count = size
+            op.done = True
+            self._post(incoming.source, (CTS, 0, 0, size, incoming.send_id, None, 0, 0, None))
+            return
         self.receiving[key] = op
         self._post(incoming.source, (CTS, 0, 0, 0, incoming.send_id, None, 0, 0, None))
 
@@ -548,11 +558,13 @@ class Engine:
             self.unexpected.append(incoming)
         elif kind == RTS:
             self._check_tag(rx)
-            if rx.length != 0 or not self.eager_limit < rx.a <= MAX_MESSAGE:
+            if rx.length not in (0, 8) or not self.eager_limit < rx.a <= MAX_MESSAGE:
                 raise CorruptRegionError(
                     f"peer {peer}: rendezvous announcement of {rx.a} bytes with a "
                     f"{rx.length}-byte payload is impossible")
-            incoming = Incoming(peer, rx.tag, rx.context, rx.a, None, rx.b, RTS)
+            # An 8-byte payload: the sender's address, to copy from (offset 0: none).
+            address = int.from_bytes(rx.payload(), "little") if rx.length else 0
+            incoming = Incoming(peer, rx.tag, rx.context, rx.a, None, rx.b, RTS, offset=address)
             rx.consume()
             self._arrive(incoming)
         elif kind == RTS_REGION:
@@ -587,10 +599,21 @@ class Engine:
                 op.count = op.total if op.error is None else 0
                 op.done = True
         elif kind == CTS:
-            op = self.awaiting_cts.pop((peer, rx.b), None)
+            op = self.awaiting_cts.get((peer, rx.b))
             if op is None:
                 raise CorruptRegionError(f"peer {peer}: clear-to-send for unknown send id {rx.b}")
+            copied = rx.a
+            if copied and copied != len(op.mem):
+                raise CorruptRegionError(
+                    f"peer {peer}: clear-to-send says {copied} of the {len(op.mem)} bytes of "
+                    f"send id {rx.b} were copied")
+            del self.awaiting_cts[(peer, rx.b)]
             rx.consume()
+            if copied:
+                # The receiver copied the message from our memory (_single_copy.pxi).
+                op.done = True
+                op.state = "done"
+                return
             op.state = "streaming"
             self._post_stream(peer, op)
         elif kind == ACK:

@@ -11,6 +11,10 @@ the consumer has taken.  ``traffic`` reads them from the region itself, so
 a nonzero count is proof that messages went through the shared memory and
 not through the MPI library.
 
+Ranks of one kernel copy large messages straight from their sender's
+memory (ivmpi/_single_copy.pxi): their rendezvous frames cross the ring,
+their data do not; ``single_copies`` counts those.
+
 Ranks that share no region with this process (docs/routing.md) have no
 ring: ``paths`` adds, for every peer, the path it takes and the messages
 and bytes that went through the MPI library instead.
@@ -46,6 +50,28 @@ def traffic(comm=None):
             counts[peer] = {"written": mem.load_acquire(geo.head(me, there)),
                             "read": mem.load_acquire(geo.ring(there, me) + R_TAIL)}
     return counts
+
+
+def single_copies(comm=None):
+    """Messages this process copied straight from a peer's memory.
+
+    Returns ``{peer: {"messages": M, "bytes": B}}`` for every other rank of
+    ``comm`` (default: COMM_WORLD) it copied any from, since start-up, all
+    communicators together.
+    """
+    from . import _fastcopy
+    if comm is None:
+        from . import world
+        if world._engine is None:
+            return {}
+    comm = _ivmpi(comm)
+    counts = _fastcopy.single_copy_counts()
+    out = {}
+    for peer, other in enumerate(comm._ranks):
+        if other in counts:
+            messages, nbytes = counts[other]
+            out[peer] = {"messages": messages, "bytes": nbytes}
+    return out
 
 
 def _ivmpi(comm):

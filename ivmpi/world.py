@@ -142,6 +142,7 @@ def _start_with_mpi(region_spec):
     if len(groups) > 1:
         from . import routing
         routing.start_bulk(mpi)     # collective: every rank knows the groups alike
+    _agree_single_copy(mpi, rank)
     return _finish_start(region, geo, rank, job_id, mpi, _oversubscribed(oversubscribed),
                          members=members, groups=groups)
 
@@ -272,6 +273,50 @@ def _lay_out(mpi, region, members, rank):
             error = f"rank {rank}: {type(exc).__name__}: {exc}"
     _raise_any(mpi, error if not errors else "; ".join(errors), "laying out the regions")
     return geo, job_id
+
+
+_single_copy_token = None   # read back by peers to prove they can read our memory
+
+
+def _kernel_identity():
+    """What tells this kernel and pid namespace from another's: processes
+    with the same may read each other's memory (a boot id is random per
+    boot, so two VMs never share one)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return boot, os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def _agree_single_copy(mpi, rank):
+    """Which pairs of ranks move large messages in one copy, from the
+    sender's memory (ivmpi/_single_copy.pxi): those on one kernel where the
+    reader could read the other's random token back.  Collective.
+    IVMPI_SINGLE_COPY=0 turns it off (every rank must agree)."""
+    global _single_copy_token
+    from . import _fastcopy
+    size = mpi.Get_size()
+    me = None
+    if os.environ.get("IVMPI_SINGLE_COPY", "1") != "0":
+        kernel = _kernel_identity()
+        if kernel is not None:
+            _fastcopy.allow_single_copy_readers()
+            _single_copy_token = secrets.token_bytes(16)
+            address, _ = _fastcopy.buffer_span(_single_copy_token)
+            me = (kernel, os.getpid(), address, _single_copy_token)
+    everyone = _allgather_plain(mpi, me)
+    readable = [0] * size
+    if me is not None:
+        for peer, them in enumerate(everyone):
+            if peer != rank and them is not None and them[0] == me[0]:
+                _, pid, address, token = them
+                if _fastcopy.read_peer_token(pid, address, len(token)) == token:
+                    readable[peer] = pid
+    # A sender gives its address to the ranks that can read it.
+    readers = _allgather_plain(mpi, [bool(p) for p in readable])
+    _fastcopy.set_single_copy(readable, [readers[peer][rank] for peer in range(size)])
 
 
 def _allgather_plain(mpi, obj):

@@ -186,8 +186,9 @@ def test_cts_for_an_eager_sync_send(kit):
 
 def test_rts_with_a_payload(kit):
     _, engine, peer = kit
-    peer.put(RTS, length=8, a=3000, b=1, payload=bytes(8))
-    expect(engine, "peer 1: rendezvous announcement of 3000 bytes with a 8-byte payload is impossible")
+    # (8 bytes are the sender's address, for a receiver that copies from its memory.)
+    peer.put(RTS, length=16, a=3000, b=1, payload=bytes(16))
+    expect(engine, "peer 1: rendezvous announcement of 3000 bytes with a 16-byte payload is impossible")
 
 
 @pytest.mark.parametrize("total", [0, 1024, (1 << 48) + 1, 2**64 - 1])
@@ -527,3 +528,68 @@ def test_object_receive_of_more_than_the_machine_holds(kit):
                              f"receive is larger than this machine's memory"):
         engine.progress()
     assert not op.done and op.data is None
+
+
+# --- copies from the sender's memory (ivmpi/_single_copy.pxi) ------------------
+
+@pytest.fixture
+def copies_from_rank_1():
+    """Rank 1 (played by hand here) is a process we may copy from: ourselves."""
+    from ivmpi import _fastcopy
+    saved = _fastcopy.single_copy_tables()
+    _fastcopy.set_single_copy([0, os.getpid()], [False, False])
+    yield
+    _fastcopy.set_single_copy(*saved)
+
+
+def _announce_at(peer, address, total=3000, send_id=1):
+    peer.put(RTS, tag=5, length=8, a=total, b=send_id, payload=address.to_bytes(8, "little"))
+
+
+def test_an_announced_address_is_copied_from(kit, copies_from_rank_1):
+    from ivmpi import _fastcopy
+    _, engine, peer = kit
+    message = bytes((i * 7 + 3) & 0xFF for i in range(3000))
+    _announce_at(peer, _fastcopy.buffer_span(message)[0])
+    buffer = regionkit.GuardedBuffer(3000)
+    op = engine.irecv(1, 5, 0, buffer.view)
+    engine.progress()
+    # The clear-to-send says all 3000 bytes were copied: nothing streams.
+    assert peer.reverse_frames() == [(CTS, 0, 0, 0, 3000, 1)]
+    assert op.done and op.count == 3000 and bytes(buffer.view) == message and buffer.intact()
+
+
+@pytest.mark.parametrize("address", [8, 2**64 - 4096])
+def test_an_address_that_cannot_be_read_streams_instead(kit, copies_from_rank_1, address):
+    _, engine, peer = kit
+    _announce_at(peer, address)
+    buffer = regionkit.GuardedBuffer(3000)
+    op = engine.irecv(1, 5, 0, buffer.view)
+    engine.progress()
+    assert peer.reverse_frames() == [(CTS, 0, 0, 0, 0, 1)]      # the usual clear-to-send
+    assert not op.done and buffer.intact()
+    peer.put(DATA, length=1024, a=0, b=1, payload=b"a" * 1024)
+    engine.progress()
+    assert op.received == 1024 and bytes(buffer.view[:1024]) == b"a" * 1024
+
+
+def test_no_copy_into_a_buffer_too_small(kit, copies_from_rank_1):
+    from ivmpi import _fastcopy
+    _, engine, peer = kit
+    message = bytes(3000)
+    _announce_at(peer, _fastcopy.buffer_span(message)[0])
+    buffer = regionkit.GuardedBuffer(2000)
+    op = engine.irecv(1, 5, 0, buffer.view)
+    engine.progress()
+    # Truncation, as without the address: the data are streamed and dropped.
+    assert peer.reverse_frames() == [(CTS, 0, 0, 0, 0, 1)]
+    assert buffer.intact() and bytes(buffer.view) == bytes([regionkit.GUARD]) * 2000
+
+
+def test_cts_claiming_a_partial_copy(kit):
+    _, engine, peer = kit
+    op = engine.isend(1, memoryview(bytes(3000)), 0, 0)
+    peer.put(CTS, a=1234, b=op.send_id)
+    expect(engine, f"peer 1: clear-to-send says 1234 of the 3000 bytes of send id {op.send_id} "
+                   f"were copied")
+    assert not op.done

@@ -185,11 +185,14 @@ def run_under_mpirun(tmp_path, scenario):
                # As in run_job: the stream must return to the dying rank's
                # loop when the ring is full, whatever the core count.
                IVMPI_OVERSUBSCRIBED="1",
+               # ... and it must stream at all: no copies from its memory.
+               IVMPI_SINGLE_COPY="0",
                PYTHONPATH=os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     result = subprocess.run(
         [mpirun, "--oversubscribe", "--enable-recovery", "-n", "3",
          "-x", "IVMPI_PEER_TIMEOUT", "-x", "IVMPI_HEARTBEAT", "-x", "IVMPI_TIMEOUT",
          "-x", "IVMPI_FINALIZE_TIMEOUT", "-x", "PYTHONPATH", "-x", "IVMPI_OVERSUBSCRIBED",
+         "-x", "IVMPI_SINGLE_COPY",
          sys.executable, str(script), scenario],
         env=env, capture_output=True, text=True, timeout=90)
     reports = {}

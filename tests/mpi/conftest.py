@@ -41,3 +41,20 @@ def pattern():
     def make(nbytes, seed):
         return np.frombuffer(np.random.default_rng(seed).bytes(nbytes), dtype=np.uint8)
     return make
+
+
+@pytest.fixture
+def streamed(world):
+    """Large messages stream through the rings for the test's duration:
+    no pair copies from its sender's memory (ivmpi/_single_copy.pxi), as
+    between ranks in different VMs.  Collective: every rank turns it off
+    before any sends, and back on after every rank is done."""
+    from ivmpi import _fastcopy
+    saved = _fastcopy.single_copy_tables()
+    world.Barrier()
+    _fastcopy.set_single_copy([0] * len(saved[0]), [False] * len(saved[1]))
+    world.Barrier()
+    yield
+    world.Barrier()
+    _fastcopy.set_single_copy(*saved)
+    world.Barrier()

@@ -2,15 +2,31 @@
 Recv carry out the whole rendezvous (RTS, CTS, DATA chunks) in one call each,
 and hand over to the engine, mid-way if need be, whenever the other side is
 late or something else arrives in between.  Contents, status and MPI order
-must be the same on every path."""
+must be the same on every path.
+
+Every test runs twice: with large messages copied from the sender's memory
+where the pair may (ranks of one kernel, ivmpi/_single_copy.pxi), and with
+them streamed through the rings, as between VMs."""
 import time
 
 import numpy as np
 import pytest
 
-from ivmpi import MPI
+from ivmpi import MPI, _fastcopy
 
 pytestmark = pytest.mark.mpi(min_size=2)
+
+
+@pytest.fixture(autouse=True, params=["copied", "streamed"])
+def large_path(request):
+    if request.param == "streamed":
+        request.getfixturevalue("streamed")
+    return request.param
+
+
+def _copies(comm, peer):
+    """Does this rank copy messages of comm rank `peer` from its memory?"""
+    return comm._ranks[peer] in _fastcopy.single_copy_peers()
 
 
 def _limits(comm):
@@ -33,10 +49,12 @@ def _no_general_path(comm, monkeypatch):
 
 def _announced(comm, source):
     """Wait until a frame from source (here: the announcement) is in our
-    ring, without taking it."""
+    ring, without taking it, or the engine has queued it."""
     ring = comm._engine.rx[source]          # comm is a Dup of the world
     deadline = time.monotonic() + 30
-    while not ring.poll():
+    # (A send of ours completed by the engine may have queued it already:
+    # one copied from our memory completes without waiting for a stream.)
+    while not ring.poll() and not comm._engine.unexpected:
         assert time.monotonic() < deadline, "no announcement came"
         time.sleep(0.001)
 
@@ -132,10 +150,11 @@ def test_late_receiver_sender_hands_over_to_the_engine(comm, monkeypatch):
         comm.Send(bytearray(1), 0, 6)
 
 
-def test_late_sender_receiver_hands_over_to_the_engine(comm, monkeypatch):
+def test_late_sender_receiver_hands_over_to_the_engine(comm, monkeypatch, large_path):
     """The message is announced but its data do not follow at once (the
     sender's engine streams only when it next makes progress): the receive,
-    already cleared, is finished by the engine's wait."""
+    already cleared, is finished by the engine's wait.  Copied from the
+    sender's memory, it needs nothing more from the sender: done at once."""
     if comm.rank > 1:
         return
     eager, chunk = _limits(comm)
@@ -158,7 +177,8 @@ def test_late_sender_receiver_hands_over_to_the_engine(comm, monkeypatch):
         comm.Recv(got, 0, 7, status)
         assert np.array_equal(got, _pattern(n, 5))
         assert (status.Get_source(), status.Get_tag(), status.Get_count(MPI.BYTE)) == (0, 7, n)
-        assert handed == [("Recv", "from", 0)]
+        copied = large_path == "copied" and _copies(comm, 0)
+        assert handed == ([] if copied else [("Recv", "from", 0)])
 
 
 def test_mpi_order_with_eager_messages_and_wildcards(comm):
@@ -335,3 +355,48 @@ def test_matched_probe_then_message_recv(comm, monkeypatch):
             assert np.array_equal(got[:n], _pattern(n, i))
             assert (status.Get_source(), status.Get_tag(), status.Get_count(MPI.BYTE)) == \
                 (0, 50 + i, n)
+
+
+def test_copied_from_the_senders_memory(comm):
+    """Ranks of one kernel: a large message's data never enter the ring,
+    whichever receive takes it (blocking, posted earlier, unexpected, an
+    object, Sendrecv both ways at once); the receiver's counts say so."""
+    if comm.rank > 1:
+        return
+    other = 1 - comm.rank
+    if not _copies(comm, other):
+        pytest.skip("this pair cannot copy from each other's memory here")
+    eager, chunk = _limits(comm)
+    n = 4 * chunk + 3
+    before = ivmpi_stats().single_copies(comm).get(other, {"messages": 0, "bytes": 0})
+    ring_before = ivmpi_stats().traffic(comm)[other]
+    got = np.empty(n, np.uint8)
+    if comm.rank == 0:
+        comm.Send(_pattern(n, 1), 1, 1)                 # blocking receive on the other side
+        comm.Isend(_pattern(n, 2), 1, 2).Wait()         # into a receive posted earlier
+        comm.Send(_pattern(n, 3), 1, 3)                 # unexpected, then received
+        comm.send(_pattern(n, 4), 1, 4)                 # an object
+    else:
+        comm.Recv(got, 0, 1)
+        assert np.array_equal(got, _pattern(n, 1))
+        req = comm.Irecv(got, 0, 2)
+        req.Wait()
+        assert np.array_equal(got, _pattern(n, 2))
+        comm.Probe(0, 3)
+        comm.Recv(got, 0, 3)
+        assert np.array_equal(got, _pattern(n, 3))
+        assert np.array_equal(comm.recv(None, 0, 4), _pattern(n, 4))
+    comm.Sendrecv(_pattern(n, 10 + comm.rank), other, 5, got, other, 5)
+    assert np.array_equal(got, _pattern(n, 10 + other))
+    after = ivmpi_stats().single_copies(comm)[other]
+    ring_after = ivmpi_stats().traffic(comm)[other]
+    copies = 5 if comm.rank == 1 else 1
+    assert after["messages"] - before["messages"] >= copies
+    assert after["bytes"] - before["bytes"] >= copies * n
+    # Only envelopes crossed the ring: far less than one message's data.
+    assert ring_after["read"] - ring_before["read"] < n
+
+
+def ivmpi_stats():
+    import ivmpi.stats
+    return ivmpi.stats
