@@ -615,6 +615,11 @@ cdef class FastPath:
         request is born complete, with no engine operation behind it."""
         if self.send(buf, dest, tag):
             return self.new_request(self.comm, self.sent_op, None, "Isend")
+        # A large one to a peer that copies it from our memory (_single_copy.pxi):
+        # announced now, done on the peer's clear-to-send.
+        op = self._send_rendezvous(buf, dest, tag, True)
+        if op is not None:
+            return self.new_request(self.comm, op, None, ("Isend", "to", dest))
         return self.general_Isend(buf, dest, tag)
 
     def Irecv(self, buf, source=None, tag=None):
@@ -2081,7 +2086,7 @@ cdef class FastPath:
                 msg = self.unexpected[i]
                 if rts and msg.kind == 3 and msg.source in self.comm_rank_of:
                     return self._rendezvous_bytes(self.comm_rank_of[msg.source], msg.tag,
-                                                  msg.size, msg.send_id, msg.offset, None, msg, i)
+                                                  msg.size, msg.send_id, None, msg, i)
                 return self._unexpected_heap_bytes(i)
         # A pickle a little over the eager limit comes as a region
         # rendezvous (_send_bytes_staged): taken here as well.
@@ -2098,7 +2103,7 @@ cdef class FastPath:
         if rx.kind == 3:
             if not _rts_address(rx, &at):
                 return None
-            return self._rendezvous_bytes(self.last_source, rx.tag, rx.a, rx.b, at, rx, None, -1)
+            return self._rendezvous_bytes(self.last_source, rx.tag, rx.a, rx.b, rx, None, -1)
         if rx.kind == 8:
             if not self._region_frame(rx, self.last_source, &at):
                 return None
@@ -2113,8 +2118,8 @@ cdef class FastPath:
         return out
 
     cdef object _rendezvous_bytes(self, long source, int32_t tag, uint64_t total,
-                                  uint64_t send_id, uint64_t address, RxRing announced,
-                                  object msg, Py_ssize_t index):
+                                  uint64_t send_id, RxRing announced, object msg,
+                                  Py_ssize_t index):
         """_rendezvous_into a new bytearray of the message's size (an object
         receive): the bytearray, with pending_recv set when the engine is
         to finish it; None: use the general path (which also refuses a
@@ -2123,7 +2128,9 @@ cdef class FastPath:
         if total > _OBJECT_RENDEZVOUS_MAX:
             return None
         out = _unfilled_bytearray(<Py_ssize_t>total)
-        got = self._rendezvous_into(source, tag, total, send_id, address, out, 1,
+        # Streamed, not copied from the sender's memory: a new buffer's pages
+        # fault in as it fills (engine._accept_rendezvous).
+        got = self._rendezvous_into(source, tag, total, send_id, 0, out, 1,
                                     <Py_ssize_t>total, 0, announced, msg, index)
         return None if got == FAST_NOT_HANDLED else out
 
