@@ -893,7 +893,10 @@ cdef class FastPath:
     def Issend(self, buf, long dest, long tag=0):
         op = self._ssend(buf, dest, tag, False)
         if op is None:
-            return self.general_Issend(buf, dest, tag)
+            # A rendezvous completes only once matched: synchronous as it is.
+            op = self._send_rendezvous(buf, dest, tag, True)
+            if op is None:
+                return self.general_Issend(buf, dest, tag)
         return self.new_request(self.comm, op, None, "Issend")
 
     def ssend_object(self, obj, long dest, long tag=0):
@@ -2210,6 +2213,11 @@ cdef class PersistentStart:
                 return op, None
         elif fast._postable(self.peer, self.tag):
             return fast._post_receive(self.peer, self.tag, self.mem), None
+        if self.mode != 2:
+            # Large, to a peer that copies it from our memory (_single_copy.pxi).
+            op = fast._send_rendezvous(self.mem, self.peer, self.tag, True)
+            if op is not None:
+                return op, None
         return self.general()
 
 

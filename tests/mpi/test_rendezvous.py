@@ -404,6 +404,45 @@ def test_copied_from_the_senders_memory(comm):
         assert stats.traffic(comm)[other]["read"] - ring_after["read"] > n
 
 
+def test_synchronous_and_persistent_large_sends_copied(comm):
+    """Issend, Send_init and Ssend_init of a large buffer to a peer that
+    copies from our memory: copied, and a synchronous one completes only
+    once its receive has matched it."""
+    if comm.rank > 1:
+        return
+    other = 1 - comm.rank
+    if not _copies(comm, other):
+        pytest.skip("this pair cannot copy from each other's memory here")
+    eager, chunk = _limits(comm)
+    n = 2 * eager + 5
+    stats = ivmpi_stats()
+    before = stats.single_copies(comm).get(other, {"messages": 0})["messages"]
+    if comm.rank == 0:
+        req = comm.Issend(_pattern(n, 1), 1, 1)
+        time.sleep(0.1)
+        assert not req.Test()               # not matched yet
+        comm.Send(bytearray(1), 1, 9)       # now the receiver posts its receive
+        req.Wait()
+        data = _pattern(n, 2)
+        persistent = [comm.Send_init(data, 1, 2), comm.Ssend_init(data, 1, 3)]
+        for _ in range(2):
+            MPI.Prequest.Startall(persistent)
+            MPI.Request.Waitall(persistent)
+        for req in persistent:
+            req.Free()
+    else:
+        got = np.empty(n, np.uint8)
+        comm.Recv(bytearray(1), 0, 9)
+        comm.Recv(got, 0, 1)
+        assert np.array_equal(got, _pattern(n, 1))
+        for _ in range(2):
+            for tag in (2, 3):
+                got[:] = 0
+                comm.Recv(got, 0, tag)
+                assert np.array_equal(got, _pattern(n, 2))
+        assert stats.single_copies(comm)[other]["messages"] - before == 5
+
+
 def ivmpi_stats():
     import ivmpi.stats
     return ivmpi.stats
