@@ -97,6 +97,11 @@ def single_copy_peers():
     return [i for i in range(_sc_ranks) if _sc_pid[i] > 0]
 
 
+def single_copy_to(Py_ssize_t world):
+    """Does world rank `world` copy our large messages from our memory?"""
+    return _sc_tell(world)
+
+
 def single_copy_counts():
     """{world rank: (messages, bytes)} copied from that rank's memory so far."""
     return {i: (_sc_messages[i], _sc_bytes[i]) for i in range(_sc_ranks)

@@ -52,7 +52,7 @@ from .lib import MPI
 
 from .buffers import (parse_send, parse_recv, parse_vbuf, is_in_place,
                       datatype_extent, packed_spec, packed_vspec)
-from ._fastcopy import (REDUCE_SCATTER_MIN, buffer_span, prefix_chained, stage_into,
+from ._fastcopy import (REDUCE_SCATTER_MIN, buffer_span, prefix_chained, single_copy_to, stage_into,
                         stream_segment)
 from .errors import BufferSpecError, IvmpiError
 from .staging import STAGE_MIN_RANKS
@@ -212,14 +212,19 @@ class Collectives:
         copies it straight out of the heap whenever it runs (one
         announcement, no rendezvous round trip): the ranks need not run in
         step, which matters most when they share cores."""
-        total = sum(len(blocks[j]) for j in order)
-        stage = self._heap_buffer(total)
+        # A rank that copies large messages from our memory (ranks of one
+        # kernel, ivmpi/_single_copy.pxi) takes its block from there at
+        # once, announced in one call too: staging would add a copy.
+        ranks = getattr(self.p2p, "_ranks", None)
+        direct = {j for j in order if ranks is not None and single_copy_to(ranks[j])}
+        total = sum(len(blocks[j]) for j in order if j not in direct)
+        stage = self._heap_buffer(total) if total else None
         base = self._region_offset(stage)
         at = 0
         for j in order:
             piece = blocks[j]
             n = len(piece)
-            if base is not None and n and not self._in_heap(piece):
+            if base is not None and n and j not in direct and not self._in_heap(piece):
                 piece = self._fill(stage[at:at + n], piece)
                 self._announce(piece, base + at, j, tag, requests)
                 at += n
