@@ -28,7 +28,7 @@ import weakref
 
 import numpy
 
-from ._fastcopy import SCHED_SEND, SCHED_STAGE
+from ._fastcopy import SCHED_SEND, SCHED_STAGE, single_copy_to
 from .errors import IvmpiError
 
 # Schedules stage their sends over the eager limit on communicators of at
@@ -94,9 +94,12 @@ def staged(ch, blocks, dests, steps):
         return blocks
     limit = ch.engine.eager_limit
     rank = ch.rank
+    # A rank that copies large messages from our memory (ranks of one
+    # kernel, ivmpi/_single_copy.pxi) takes its block from the caller's
+    # buffer as it is: staging would add a copy.
     large = [k for k, block in enumerate(blocks)
              if dests[k] is not None and dests[k] != rank and block is not None
-             and len(block) > limit]
+             and len(block) > limit and not single_copy_to(ch.world[dests[k]])]
     if not large:
         return blocks
     # A block sent to many ranks (an allgather's) is staged once.

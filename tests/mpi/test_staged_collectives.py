@@ -3,7 +3,8 @@
 On three ranks or more, blocks over the eager limit of Scatter(v),
 Alltoall(v/w), Allgather and the neighbourhood collectives are staged in
 the sender's heap and copied out by each receiver (ivmpi.staging, and
-Collectives._isend_staged for the blocking calls); ranks whose blocks are
+Collectives._isend_staged for the blocking calls), unless the receiver
+copies them from the sender's memory (ranks of one kernel); ranks whose blocks are
 all small keep the pairwise steps and meet the others in one call.  The
 neighbourhood collectives send in the order the receivers take their
 messages (CartTopology.send_order).  Large Allgatherv, and the
@@ -199,9 +200,11 @@ def test_neighbour_objects_on_a_ring(rings, nbytes):
         assert ours_comm.neighbor_alltoall(pair) == theirs_comm.neighbor_alltoall(pair)
 
 
-def test_staged_heap_bytes_come_back(comm):
+def test_staged_heap_bytes_come_back(comm, streamed):
     # A persistent Alltoall of large blocks holds its heap buffer while it
-    # lives (on three ranks or more) and hands it back once freed.
+    # lives (on three ranks or more) and hands it back once freed.  (Ranks
+    # that copy from each other's memory stage nothing: streamed here, as
+    # between VMs; the next test.)
     size, rank = comm.size, comm.rank
     heap = comm._engine.heap
     if heap is None or heap.mem.strict:
@@ -370,3 +373,28 @@ def test_repeated_calls_on_the_same_large_buffers(comm, form):
             theirs_block[:] = outgoing[:n]
             NATIVE.Bcast(theirs_block, root=root)
             np.testing.assert_array_equal(block, theirs_block)
+
+
+def test_no_staging_for_ranks_that_copy_from_our_memory(comm):
+    """Ranks of one kernel copy large blocks straight from the caller's
+    buffer (ivmpi/_single_copy.pxi): a persistent Alltoall holds no heap
+    buffer, and its results are Open MPI's."""
+    from ivmpi import _fastcopy
+    size, rank = comm.size, comm.rank
+    heap = comm._engine.heap
+    peers = [comm._ranks[r] for r in range(size) if r != rank]
+    if heap is None or heap.mem.strict or not set(peers) <= set(_fastcopy.single_copy_peers()):
+        pytest.skip("not every pair copies from each other's memory here")
+    before = heap.available()
+    outgoing = data(LARGE * size, rank, 10)
+    ours = np.full(LARGE * size, -1.0)
+    req = comm.Alltoall_init(outgoing, ours)
+    assert before - heap.available() == 0
+    for _ in range(2):
+        ours[:] = -1.0
+        req.Start()
+        req.Wait()
+        theirs = np.full(LARGE * size, -1.0)
+        NATIVE.Alltoall(outgoing, theirs)
+        np.testing.assert_array_equal(ours, theirs)
+    req.Free()
