@@ -29,6 +29,17 @@ def _copies(comm, peer):
     return comm._ranks[peer] in _fastcopy.single_copy_peers()
 
 
+def _copying_peer(comm):
+    """Ranks 0 and 1: the other one, the test skipped unless they copy from
+    each other's memory; None on the other ranks (they sit it out)."""
+    if comm.rank > 1:
+        return None
+    other = 1 - comm.rank
+    if not _copies(comm, other):
+        pytest.skip("this pair cannot copy from each other's memory here")
+    return other
+
+
 def _limits(comm):
     engine = comm._engine
     return engine.eager_limit, engine.chunk_bytes
@@ -363,11 +374,9 @@ def test_copied_from_the_senders_memory(comm):
     unexpected, Sendrecv both ways at once); the receiver's counts say so.
     An object's receive streams it (its new buffer's pages fault in as the
     chunks come, overlapped with the sender's copies)."""
-    if comm.rank > 1:
+    other = _copying_peer(comm)
+    if other is None:
         return
-    other = 1 - comm.rank
-    if not _copies(comm, other):
-        pytest.skip("this pair cannot copy from each other's memory here")
     eager, chunk = _limits(comm)
     n = 4 * chunk + 3
     stats = ivmpi_stats()
@@ -408,13 +417,10 @@ def test_synchronous_and_persistent_large_sends_copied(comm):
     """Issend, Send_init and Ssend_init of a large buffer to a peer that
     copies from our memory: copied, and a synchronous one completes only
     once its receive has matched it."""
-    if comm.rank > 1:
+    other = _copying_peer(comm)
+    if other is None:
         return
-    other = 1 - comm.rank
-    if not _copies(comm, other):
-        pytest.skip("this pair cannot copy from each other's memory here")
-    eager, chunk = _limits(comm)
-    n = 2 * eager + 5
+    n = 2 * _limits(comm)[0] + 5            # twice the eager limit, and a little
     stats = ivmpi_stats()
     before = stats.single_copies(comm).get(other, {"messages": 0})["messages"]
     if comm.rank == 0:
