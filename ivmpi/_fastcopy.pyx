@@ -151,6 +151,10 @@ cdef class Mapping:
                 f"region of {self.size} bytes")
         return 0
 
+    cdef inline bint overlaps(self, const char *p, Py_ssize_t n) noexcept:
+        """Does [p, p + n), memory of this process, touch the mapped bytes?"""
+        return self.base != NULL and p + n > self.base and p < self.base + self.size
+
     cdef inline int _check_word(self, Py_ssize_t offset, Py_ssize_t width,
                                 str op) except -1:
         self._check_range(offset, width, op)

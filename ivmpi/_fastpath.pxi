@@ -1634,7 +1634,7 @@ cdef class FastPath:
             data = <const char *>view.buf + offset
             tx = <TxRing>self.tx[dest]
             rx = <RxRing>self.rx[dest]
-            if data + total > tx.mem.base and data < tx.mem.base + tx.mem.size:
+            if tx.mem.overlaps(data, <Py_ssize_t>total):
                 return None
             # What the engine streams from if it has to take over.
             try:

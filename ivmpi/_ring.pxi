@@ -1064,21 +1064,20 @@ cdef class Rendezvous:
         cdef uint64_t sent, total
         if rx.length != 0:
             return False
-        op = self.awaiting_cts.get((rx.peer, rx.b))
+        key = (rx.peer, rx.b)
+        op = self.awaiting_cts.get(key)
         if op is None:
             return False            # the engine reports the stray CTS
+        # A count: the receiver copied the message from our memory
+        # (_single_copy.pxi); any count but the whole is the engine's to report.
+        if rx.a != 0 and rx.a != <uint64_t>len(op.mem):
+            return False
+        del self.awaiting_cts[key]
+        rx.consume()
         if rx.a != 0:
-            # The receiver copied the message from our memory (_single_copy.pxi);
-            # any other count is the engine's to report.
-            if rx.a != <uint64_t>len(op.mem):
-                return False
-            del self.awaiting_cts[(rx.peer, rx.b)]
-            rx.consume()
             op.done = True
             op.state = "done"
             return True
-        del self.awaiting_cts[(rx.peer, rx.b)]
-        rx.consume()
         op.state = "streaming"
         PyObject_GetBuffer(op.mem, &view, PyBUF_SIMPLE)
         try:

@@ -108,6 +108,14 @@ def single_copy_counts():
             if _sc_messages != NULL and _sc_messages[i]}
 
 
+cdef inline int _sc_source(Py_ssize_t world, uint64_t address) noexcept nogil:
+    """The pid to copy world rank `world`'s message at `address` from; 0
+    when there is none to copy (no address, no copy allowed with it)."""
+    if address == 0 or not 0 <= world < _sc_ranks:
+        return 0
+    return _sc_pid[world] if _sc_pid[world] > 0 else 0
+
+
 cdef inline bint _sc_tell(Py_ssize_t world) noexcept nogil:
     """Does an RTS to world rank `world` carry our buffer's address?"""
     return 0 <= world < _sc_ranks and _sc_told[world] != 0
@@ -139,17 +147,13 @@ cdef bint _sc_read(Py_ssize_t world, uint64_t address, char *dst, uint64_t total
     into dst, a pinned buffer of at least total bytes: True when done, False
     when it must stream instead (no copy allowed with that rank, no address,
     dst inside the region, the kernel refusing).  Large copies drop the GIL."""
-    cdef int pid
+    cdef int pid = _sc_source(world, address)
     cdef bint ok
-    if not 0 <= world < _sc_ranks or address == 0 or total == 0:
-        return False
-    pid = _sc_pid[world]
-    if pid <= 0:
+    if pid == 0 or total == 0:
         return False
     # The kernel's copy does not keep the region's alignment rules
     # (device memory in ARM64 guests): region buffers stream.
-    if mem is not None and mem.base != NULL and dst + total > mem.base \
-            and dst < mem.base + mem.size:
+    if mem is not None and mem.overlaps(dst, <Py_ssize_t>total):
         return False
     if total >= NOGIL_MIN_BYTES:
         with nogil:
@@ -166,8 +170,8 @@ def single_copy_into(Mapping mem, Py_ssize_t world, uint64_t address, object out
                      uint64_t total):
     """_sc_read into the writable buffer `out` (the engine's receives)."""
     cdef Py_buffer view
-    if address == 0 or not 0 <= world < _sc_ranks or _sc_pid[world] <= 0:
-        return False
+    if _sc_source(world, address) == 0:
+        return False        # (before pinning: the common case when nobody copies)
     PyObject_GetBuffer(out, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
     try:
         if <uint64_t>view.len < total:
@@ -187,8 +191,7 @@ def single_copy_payload(Mapping mem, Py_ssize_t world, object data):
         return None
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
-        if mem is not None and mem.base != NULL and <char *>view.buf + view.len > mem.base \
-                and <char *>view.buf < mem.base + mem.size:
+        if mem is not None and mem.overlaps(<char *>view.buf, view.len):
             return None
         address = <uintptr_t>view.buf
     finally:

@@ -36,11 +36,9 @@ def traffic(comm=None):
     rings belong to the pair of processes); messages a rank sends to itself
     never enter a ring.
     """
+    comm = _started(comm)
     if comm is None:
-        from . import world
-        if world._engine is None:
-            return {}
-    comm = _ivmpi(comm)
+        return {}
     engine = comm._engine
     mem, geo, me, slot_of = engine.mem, engine.geo, engine.slot, engine.slot_of
     counts = {}
@@ -60,11 +58,9 @@ def single_copies(comm=None):
     communicators together.
     """
     from . import _fastcopy
+    comm = _started(comm)
     if comm is None:
-        from . import world
-        if world._engine is None:
-            return {}
-    comm = _ivmpi(comm)
+        return {}
     counts = _fastcopy.single_copy_counts()
     out = {}
     for peer, other in enumerate(comm._ranks):
@@ -72,6 +68,16 @@ def single_copies(comm=None):
             messages, nbytes = counts[other]
             out[peer] = {"messages": messages, "bytes": nbytes}
     return out
+
+
+def _started(comm):
+    """_ivmpi(comm), or None for the default (COMM_WORLD) of a job not
+    started: counts of nothing, without starting it."""
+    if comm is None:
+        from . import world
+        if world._engine is None:
+            return None
+    return _ivmpi(comm)
 
 
 def _ivmpi(comm):

@@ -307,6 +307,8 @@ def _agree_single_copy(mpi, rank):
             address, _ = _fastcopy.buffer_span(_single_copy_token)
             me = (kernel, os.getpid(), address, _single_copy_token)
     everyone = _allgather_plain(mpi, me)
+    if all(them is None for them in everyone):
+        return      # (every rank sees this alike: nobody offers, nobody copies)
     readable = [0] * size
     if me is not None:
         for peer, them in enumerate(everyone):
