@@ -299,6 +299,15 @@ cdef class FastPath:
     # looking, and takes an RTS as well.
     cdef public Rendezvous rendezvous
     cdef bint rts_frames
+    # Buffers of copy_min bytes or more go by rendezvous even under the
+    # eager limit to a peer that copies them from our memory, in the buffer
+    # calls that may wait for their receiver (_eager_max); 0: never (the
+    # communicators of ivmpi's own collectives, whose steps rely on eager
+    # sends completing alone).
+    cdef public uint64_t copy_min
+    # The same for the collectives' exchange steps (announce_step), which
+    # receive before they wait for their own send.
+    cdef public uint64_t step_copy_min
     cdef RecvOp pending_recv
     cdef long found_source, found_size    # what the last fast probe found
     cdef int32_t found_tag
@@ -482,12 +491,46 @@ cdef class FastPath:
             self.lock.leave()
 
     cdef bint _send(self, object buf, long dest, long tag) except -1:
-        return self._publish(buf, dest, tag, 1, 0)
+        return self._publish(buf, dest, tag, 1, 0, False)
+
+    cdef bint _send_buffer(self, object buf, long dest, long tag) except -1:
+        """send, for the buffer calls that may wait for their receiver: a
+        message of copy_min bytes or more to a peer that copies it from our
+        memory is not sent eagerly (False: _send_rendezvous announces it)."""
+        if not self.lock.enter():
+            return False
+        try:
+            return self._publish(buf, dest, tag, 1, 0, True)
+        finally:
+            self.lock.leave()
+
+    cdef uint64_t _eager_max(self, long dest) except? 0:
+        """The largest buffer a call that may wait for its receiver sends
+        eagerly to communicator rank dest.  One copy from our memory
+        (_single_copy.pxi) beats the ring's two from copy_min bytes on
+        (docs/performance.md), but needs the receiver: the buffered sends,
+        the object calls and the collectives' steps (which send before they
+        receive) stay eager up to the eager limit."""
+        if self.copy_min == 0 or self.copy_min > self.eager_limit or dest < 0 \
+                or dest >= self.size or not _sc_tell(self.world_ranks[dest]):
+            return self.eager_limit
+        return self.copy_min - 1
+
+    cdef bint _copy_instead(self, long dest, const char *data, Py_ssize_t nbytes) except -1:
+        """Does a buffer call send the nbytes at data to communicator rank
+        dest by rendezvous, for dest to copy from our memory, rather than
+        eagerly (_eager_max)?  Not from a buffer in the region (Alloc_mem),
+        which the kernel's copy must not read (device memory in ARM64 guests)."""
+        if self.copy_min == 0 or <uint64_t>nbytes < self.copy_min:
+            return False        # (the common case first: small messages)
+        return <uint64_t>nbytes > self._eager_max(dest) \
+            and not (<TxRing>self.tx[dest]).mem.overlaps(data, nbytes)
 
     cdef bint _publish(self, object buf, long dest, long tag, uint32_t kind,
-                       uint64_t b) except -1:
+                       uint64_t b, bint buffer) except -1:
         """Publish buf to dest as one frame of kind (EAGER or EAGER_SYNC
-        with send id b); False: use the general path."""
+        with send id b); False: use the general path.  buffer: a buffer
+        call, which leaves a buffer to the rendezvous when _copy_instead."""
         cdef Py_buffer view
         cdef int done
         cdef object ring
@@ -506,15 +549,17 @@ cdef class FastPath:
             return False
         if _direct(buf, False, &data, &length) and length < _NOGIL_MIN:
             # Small: the copy keeps the GIL, so nothing can free the memory meanwhile.
-            if not _span(length, extent, offset, &nbytes) or <uint64_t>nbytes > self.eager_limit:
+            if not _span(length, extent, offset, &nbytes) or <uint64_t>nbytes > self.eager_limit \
+                    or (buffer and self._copy_instead(dest, data + offset, nbytes)):
                 return False
             return (<TxRing>ring).write_frame(kind, <int32_t>tag, self.context, 0, b,
                                               data + offset, <uint64_t>nbytes) == 1
         if not _pin(buf, False, &view):
             return False
         try:
-            if not _span(view.len, extent, offset, &nbytes) \
-                    or <uint64_t>nbytes > self.eager_limit:
+            if not _span(view.len, extent, offset, &nbytes) or <uint64_t>nbytes > self.eager_limit \
+                    or (buffer and self._copy_instead(dest, <const char *>view.buf + offset,
+                                                      nbytes)):
                 return False
             done = (<TxRing>ring).write_frame(kind, <int32_t>tag, self.context, 0, b,
                                               <const char *>view.buf + offset, <uint64_t>nbytes)
@@ -525,17 +570,36 @@ cdef class FastPath:
     # mpi4py's signatures; a communicator binds these as its own methods.
 
     def Send(self, buf, long dest, long tag=0):
+        if self._send_buffer(buf, dest, tag):
+            return
+        self._send_large(buf, dest, tag)
+
+    def Bsend(self, buf, long dest, long tag=0):
+        """Send, eager up to the eager limit whoever the receiver: a
+        buffered send must not wait for it (docs/api.md)."""
         if self.send(buf, dest, tag):
             return
+        self._send_large(buf, dest, tag)
+
+    cdef int _send_large(self, object buf, long dest, long tag) except -1:
         op = self._send_staged(buf, dest, tag)
         if op is not None:
             self.finish_staged(op, "Send")
-            return
+            return 0
         op = self._send_rendezvous(buf, dest, tag)
         if op is None:
             self.general_Send(buf, dest, tag)
         elif op is not True:
-            self.wait_op(op, "Send")
+            self.finish(op, "Send")
+        return 0
+
+    cdef int finish(self, object op, str what) except -1:
+        """Wait for a send of ours left to the engine: its peer's ring polled
+        in C first (the clear-to-send, or the acknowledgement, is most
+        likely next there), then the engine's wait."""
+        if not (<Op>op).done and (self._poll_op(op) < 0 or not (<Op>op).done):
+            self.wait_op(op, what)
+        return 0
 
     def Recv(self, buf, source=None, tag=None, status=None):
         # None: MPI's ANY_SOURCE / ANY_TAG, whose values depend on the MPI library.
@@ -583,7 +647,7 @@ cdef class FastPath:
                  recvtag=None, status=None):
         # An eager send completes without the receiver, so sending first and
         # then receiving cannot deadlock (a rendezvous send could).
-        if self.send(sendbuf, dest, sendtag):
+        if self._send_buffer(sendbuf, dest, sendtag):
             self.Recv(recvbuf, source, recvtag, status)
             return
         op = self._send_staged(sendbuf, dest, sendtag)
@@ -601,8 +665,7 @@ cdef class FastPath:
             try:
                 self.Recv(recvbuf, source, recvtag, status)
             finally:
-                if not (<SendOp>op).done:
-                    self.wait_op(op, "Sendrecv")
+                self.finish(op, "Sendrecv")
             return
         if source is None:
             source = self.any_source
@@ -613,8 +676,17 @@ cdef class FastPath:
     def Isend(self, buf, long dest, long tag=0):
         """A small message that fits the ring now is sent at once: the
         request is born complete, with no engine operation behind it."""
-        if self.send(buf, dest, tag):
+        if self._send_buffer(buf, dest, tag):
             return self.new_request(self.comm, self.sent_op, None, "Isend")
+        return self._isend_large(buf, dest, tag)
+
+    def Ibsend(self, buf, long dest, long tag=0):
+        """Isend, eager up to the eager limit whoever the receiver (Bsend)."""
+        if self.send(buf, dest, tag):
+            return self.new_request(self.comm, self.sent_op, None, "Ibsend")
+        return self._isend_large(buf, dest, tag)
+
+    cdef object _isend_large(self, object buf, long dest, long tag):
         # A large one to a peer that copies it from our memory (_single_copy.pxi):
         # announced now, done on the peer's clear-to-send.
         op = self._send_rendezvous(buf, dest, tag, True)
@@ -765,7 +837,7 @@ cdef class FastPath:
         if op is None:
             self.general_send(data, dest, tag)
         elif op is not True:
-            self.wait_op(op, "send")
+            self.finish(op, "send")
 
     def sendrecv_object(self, sendobj, long dest, long sendtag=0, recvbuf=None, source=None,
                         recvtag=None, status=None):
@@ -831,11 +903,12 @@ cdef class FastPath:
 
     # --- synchronous sends ------------------------------------------------
 
-    cdef object _ssend(self, object buf, long dest, long tag, bint wait):
+    cdef object _ssend(self, object buf, long dest, long tag, bint wait, bint buffer=False):
         """Publish buf to dest as one EAGER_SYNC frame.  True: acknowledged
         already (wait: the ACK is polled for a while); a SendOp: published,
         its ACK awaited through the engine (registered in awaiting_ack);
-        None: use the general path."""
+        None: use the general path.  buffer: a buffer call, which sends
+        eagerly only below copy_min to a peer that copies (_eager_max)."""
         cdef long world
         cdef SendOp op
         if not self.lock.enter():
@@ -846,7 +919,7 @@ cdef class FastPath:
                 return None
             world = self.world_ranks[dest]
             send_id = self.send_ids[world]
-            if not self._publish(buf, dest, tag, 2, send_id):
+            if not self._publish(buf, dest, tag, 2, send_id, buffer):
                 return None
             self.send_ids[world] = send_id + 1
             if wait and self._acked(dest, send_id):
@@ -884,14 +957,18 @@ cdef class FastPath:
         return False
 
     def Ssend(self, buf, long dest, long tag=0):
-        done = self._ssend(buf, dest, tag, True)
+        done = self._ssend(buf, dest, tag, True, True)
         if done is None:
-            self.general_Ssend(buf, dest, tag)
-        elif done is not True:
-            self.wait_op(done, "Ssend")
+            # A rendezvous completes only once matched: synchronous as it is.
+            done = self._send_rendezvous(buf, dest, tag)
+            if done is None:
+                self.general_Ssend(buf, dest, tag)
+                return
+        if done is not True:
+            self.finish(done, "Ssend")
 
     def Issend(self, buf, long dest, long tag=0):
-        op = self._ssend(buf, dest, tag, False)
+        op = self._ssend(buf, dest, tag, False, True)
         if op is None:
             # A rendezvous completes only once matched: synchronous as it is.
             op = self._send_rendezvous(buf, dest, tag, True)
@@ -931,13 +1008,17 @@ cdef class FastPath:
 
     cdef int _poll_op(self, object op) except -2:
         """poll_eager for an engine operation with one of our peers (a
-        receive from a known source, a synchronous send): -1 when it is
+        receive from a known source, a send awaiting an acknowledgement or
+        a clear-to-send), with the steps of large messages: -1 when it is
         not one, or the engine's own round is needed."""
         cdef object world
         if type(op) is RecvOp:
             world = (<RecvOp>op).source
-        elif type(op) is SendOp and (<SendOp>op).sync:
+        elif type(op) is SendOp:
             world = (<SendOp>op).peer
+            if not (<SendOp>op).sync and (world, (<SendOp>op).send_id) \
+                    not in self.rendezvous.awaiting_cts:
+                return -1
         else:
             return -1
         if self.comm_rank_of is None:
@@ -947,7 +1028,7 @@ cdef class FastPath:
             return -1
         return poll_eager(self.lock, <RxRing>self.rx[rank], self.posted, self.eager_limit,
                           self.backlog, <Op>op, <TxRing?>self.tx[rank], self.awaiting_ack,
-                          self.spins)
+                          self.spins, self.rendezvous)
 
     cdef long _peek(self, long source, long tag, Py_ssize_t *index) except -3:
         """What a probe of (source, tag) finds now, taking nothing (the lock
@@ -1007,8 +1088,11 @@ cdef class FastPath:
         if not self.lock.enter():
             return FAST_NOT_HANDLED
         try:
-            # A region rendezvous (a large object's pickle) is found too.
+            # A region rendezvous (a large object's pickle) is found too,
+            # and an RTS (a large buffer; to a rank that copies from its
+            # sender's memory, one from copy_min bytes).
             self.region_frames = self.heap_bounds is not None
+            self.rts_frames = self.rendezvous is not None
             try:
                 for k in range(polls if polls > 0 else 1):
                     found = self._peek(source, tag, &i)
@@ -1020,10 +1104,15 @@ cdef class FastPath:
                         sched_yield()
             finally:
                 self.region_frames = False
-            if found == 2 and (<RxRing>self.rx[self.last_source]).kind == 8:
+                self.rts_frames = False
+            if found == 2 and ((<RxRing>self.rx[self.last_source]).kind == 8
+                               or (<RxRing>self.rx[self.last_source]).kind == 3):
                 rx = <RxRing>self.rx[self.last_source]
-                if not self._region_frame(rx, self.last_source, &at):
+                if rx.kind == 8 and not self._region_frame(rx, self.last_source, &at):
                     return FAST_NOT_HANDLED     # the engine reports what is wrong
+                if rx.kind == 3 and (not _rts_address(rx, &at) or rx.a > _MAX_MESSAGE
+                                     or rx.a <= _rts_floor(rx.length == 8, self.eager_limit)):
+                    return FAST_NOT_HANDLED
                 self.found_source = self.last_source
                 self.found_tag = rx.tag
                 self.found_size = <long>rx.a
@@ -1525,8 +1614,8 @@ cdef class FastPath:
         cdef RecvOp op
         cdef RxRing rx = <RxRing?>self.rx[source]
         cdef Rendezvous rdv = self.rendezvous
-        if rdv is None or total <= self.eager_limit or total > _MAX_MESSAGE \
-                or rx is None or self.tx[source] is None:
+        if rdv is None or total <= _rts_floor(address != 0, self.eager_limit) \
+                or total > _MAX_MESSAGE or rx is None or self.tx[source] is None:
             return FAST_NOT_HANDLED
         if self.backlog:
             return FAST_NOT_HANDLED         # frames of ours queued: the CTS must not pass them
@@ -1599,6 +1688,21 @@ cdef class FastPath:
 
     cdef object _send_rendezvous(self, object buf, long dest, long tag,
                                  bint announce_only=False):
+        return self._rendezvous(buf, dest, tag, announce_only, self._eager_max(dest))
+
+    cdef object announce_step(self, const char *data, Py_ssize_t n, long dest, long tag):
+        """The send of a collective's exchange step (its receive follows,
+        then finish): n bytes at data announced to a peer that copies them
+        from our memory, if there are step_copy_min of them or more (the
+        SendOp to finish); None: send it eagerly."""
+        if self.step_copy_min == 0 or <uint64_t>n < self.step_copy_min or dest < 0 \
+                or dest >= self.size or not _sc_tell(self.world_ranks[dest]):
+            return None
+        return self._rendezvous(PyMemoryView_FromMemory(<char *>data, n, PyBUF_READ), dest, tag,
+                                True, self.step_copy_min - 1)
+
+    cdef object _rendezvous(self, object buf, long dest, long tag, bint announce_only,
+                            uint64_t most_eager):
         """A plain buffer over the eager limit sent in one call: announced
         (RTS), its clear-to-send polled for, its DATA chunks streamed, no
         engine operation in between.  True: sent; None: nothing was
@@ -1609,7 +1713,9 @@ cdef class FastPath:
         the engine's region rendezvous, which copies nothing here.
         announce_only: only to a receiver that copies from our memory
         (_single_copy.pxi; else None), announced and left to the engine at
-        once, for a caller that receives before it waits (Sendrecv)."""
+        once, for a caller that receives before it waits (Sendrecv).
+        most_eager: larger buffers only (the eager limit, or less to a peer
+        that copies from our memory)."""
         cdef Py_buffer view
         cdef Py_ssize_t extent, nbytes, offset
         cdef uint64_t total, sent = 0
@@ -1628,7 +1734,7 @@ cdef class FastPath:
             return None
         try:
             if not _span(view.len, extent, offset, &nbytes) \
-                    or <uint64_t>nbytes <= self.eager_limit or <uint64_t>nbytes > _MAX_MESSAGE:
+                    or <uint64_t>nbytes <= most_eager or <uint64_t>nbytes > _MAX_MESSAGE:
                 return None
             total = <uint64_t>nbytes
             data = <const char *>view.buf + offset
@@ -2184,7 +2290,8 @@ cdef class PersistentStart:
     Prequest wants them.  A round the fast path cannot take (ring full,
     queued frames, PROC_NULL, a bad rank or tag) runs `general` instead.
 
-    mode: 0 send, 1 synchronous send, 2 receive."""
+    mode: 0 send, 1 synchronous send, 2 receive, 3 buffered send (eager up
+    to the eager limit whoever the receiver, as Bsend)."""
     cdef FastPath fast
     cdef object mem
     cdef long peer, tag
@@ -2205,10 +2312,13 @@ cdef class PersistentStart:
     cdef object _begin(self):
         cdef FastPath fast = self.fast
         if self.mode == 0:
+            if fast._send_buffer(self.mem, self.peer, self.tag):
+                return fast.sent_op, None
+        elif self.mode == 3:
             if fast.send(self.mem, self.peer, self.tag):
                 return fast.sent_op, None
         elif self.mode == 1:
-            op = fast._ssend(self.mem, self.peer, self.tag, False)
+            op = fast._ssend(self.mem, self.peer, self.tag, False, True)
             if op is not None:
                 return op, None
         elif fast._postable(self.peer, self.tag):

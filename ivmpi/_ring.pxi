@@ -1019,8 +1019,8 @@ cdef class Rendezvous:
         cdef uint64_t address = 0
         cdef Py_buffer view
         cdef bint copied = False
-        if (rx.length != 0 and rx.length != 8) or rx.tag < 0 or rx.a <= eager_limit \
-                or rx.a > _MAX_MESSAGE:
+        if (rx.length != 0 and rx.length != 8) or rx.tag < 0 \
+                or rx.a <= _rts_floor(rx.length == 8, eager_limit) or rx.a > _MAX_MESSAGE:
             return False
         for i in range(len(posted)):
             op = <RecvOp?>posted[i]

@@ -199,6 +199,13 @@ def single_copy_payload(Mapping mem, Py_ssize_t world, object data):
     return PyBytes_FromStringAndSize(<char *>&address, 8)
 
 
+cdef inline uint64_t _rts_floor(bint addressed, uint64_t eager_limit) noexcept nogil:
+    """The most bytes an RTS may not announce: the eager limit, or 0 when it
+    carries the sender's address (to a receiver that copies, buffers of
+    copy_min bytes and more go by rendezvous, FastPath._eager_max)."""
+    return 0 if addressed else eager_limit
+
+
 cdef bint _rts_address(RxRing rx, uint64_t *address) except -1:
     """The sender's address an RTS at the head of rx carries (0: none);
     False for a payload no RTS has (the engine reports it)."""

@@ -346,6 +346,23 @@ cdef class SmallCollectives:
             self.send_slow(PyMemoryView_FromMemory(<char *>data, n, PyBUF_READ), dest, tag)
         return 0
 
+    cdef int _exchange(self, const char *out, Py_ssize_t nout, long dest, char *into,
+                       Py_ssize_t nin, long source, long tag) except -1:
+        """A step that sends to dest, then receives from source: a large
+        block to a peer that copies from our memory is announced, received
+        for, then waited for (one copy instead of the ring's two); the
+        rest is sent eagerly."""
+        op = self.fast.announce_step(out, nout, dest, tag)
+        if op is None:
+            self._send(out, nout, dest, tag)
+            self._recv(into, nin, source, tag)
+            return 0
+        try:
+            self._recv(into, nin, source, tag)
+        finally:
+            self.fast.finish(op, "a collective's step")
+        return 0
+
     cdef inline int _recv(self, char *data, Py_ssize_t n, long source, long tag) except -1:
         if self.fast.recv_ptr(data, n, source, tag, self.fast.spins) < 0:
             self.recv_slow(PyMemoryView_FromMemory(data, n, PyBUF_WRITE), source, tag)
@@ -1176,12 +1193,15 @@ cdef class SmallCollectives:
                 for step in range(1, size):
                     dest = (rank + step) % size
                     source = (rank - step + size) % size
-                    self._send(copy + self.soff[dest], self.slen[dest], dest, self.alltoall_tag)
-                    self._recv(recv.data + self.roff[source], self.rlen[source], source,
-                               self.alltoall_tag)
+                    self._exchange(copy + self.soff[dest], self.slen[dest], dest,
+                                   recv.data + self.roff[source], self.rlen[source], source,
+                                   self.alltoall_tag)
             else:
                 dest = (rank + 1) % size
                 source = (rank - 1 + size) % size
+                # (Eager: in one copy from our memory the blocks forwarded,
+                # just written by this rank, made a 64 KiB Allgather slower,
+                # 11.7 -> 15.7 us on 2 ranks, 67 -> 78 on 4.)
                 for step in range(size - 1):
                     i = (rank - step + size) % size
                     self._send(recv.data + self.roff[i], self.rlen[i], dest, self.allgather_tag)

@@ -231,6 +231,8 @@ class Comm(_MPI.Comm):
             engine.posted, engine.unexpected, engine.backlog, context, engine.eager_limit,
             _predefined_extents())
         fast.spins = engine.fast_spins
+        fast.copy_min = 0 if hidden else engine.copy_min
+        fast.step_copy_min = engine.copy_min
         fast.lock = engine.lock
         fast.general_Send, fast.general_Recv = self._general_Send, self._general_Recv
         fast.general_send, fast.general_recv = self._general_send, self._general_recv
@@ -295,8 +297,8 @@ class Comm(_MPI.Comm):
         self.Ssend, self.Issend = fast.Ssend, fast.Issend
         # Buffered and ready sends are standard ones here (an eager send
         # never waits for the receiver; see docs/api.md).
-        self.Bsend = self.Rsend = fast.Send
-        self.Ibsend = self.Irsend = fast.Isend
+        self.Rsend, self.Irsend = fast.Send, fast.Isend
+        self.Bsend, self.Ibsend = fast.Bsend, fast.Ibsend
         self.bsend = fast.send_object
         self.isend = self.ibsend = fast.isend_object
         self.ssend, self.issend = fast.ssend_object, fast.issend_object
@@ -459,7 +461,7 @@ class Comm(_MPI.Comm):
                                  "Issend")
 
     def Ibsend(self, buf, dest, tag=0):
-        return self.Isend(buf, dest, tag)
+        return self._fast.Ibsend(buf, dest, tag)
 
     def Irsend(self, buf, dest, tag=0):
         return self.Isend(buf, dest, tag)
@@ -486,7 +488,9 @@ class Comm(_MPI.Comm):
         self._isend_bytes(parse_send(buf, rank=dest, holes=True).mem, dest, tag, True,
                           "Ssend").Wait()
 
-    Bsend = Send
+    def Bsend(self, buf, dest, tag=0):
+        self._fast.Bsend(buf, dest, tag)
+
     Rsend = Send
 
     def Irecv(self, buf, source=ANY_SOURCE, tag=ANY_TAG):
@@ -589,7 +593,11 @@ class Comm(_MPI.Comm):
     def Ssend_init(self, buf, dest, tag=0):
         return self._send_init(buf, dest, tag, True, "Ssend_init", "persistent synchronous send")
 
-    def _send_init(self, buf, dest, tag, sync, what, description):
+    def Bsend_init(self, buf, dest, tag=0):
+        return self._send_init(buf, dest, tag, False, "Bsend_init", "persistent buffered send",
+                               buffered=True)
+
+    def _send_init(self, buf, dest, tag, sync, what, description, buffered=False):
         b = parse_send(buf, rank=dest, holes=True)
 
         def start():
@@ -598,11 +606,12 @@ class Comm(_MPI.Comm):
             return self._isend_bytes(b.mem, dest, tag, sync, what)._op, None
         if b.pack is None and "_fast" in self.__dict__:
             # Parsed once: each Start is one call that publishes the frame.
-            return Prequest(self, PersistentStart(self._fast, b.mem, dest, tag, int(sync), start),
+            # Modes: 0 standard, 1 synchronous, 3 buffered (eager up to the eager limit).
+            mode = 3 if buffered else int(sync)
+            return Prequest(self, PersistentStart(self._fast, b.mem, dest, tag, mode, start),
                             description)
         return Prequest(self, start, description)
 
-    Bsend_init = Send_init
     Rsend_init = Send_init
 
     def Recv_init(self, buf, source=ANY_SOURCE, tag=ANY_TAG):

@@ -64,6 +64,23 @@ def _env_float(name, default):
         raise IvmpiError(f"{name}={value!r} is not a number of seconds") from None
 
 
+# Buffer sends of this many bytes or more to a peer that copies them from
+# our memory go by rendezvous (one copy) even under the eager limit
+# (FastPath.copy_min): from 12 KiB one copy beats the ring's two in a
+# ping-pong, an exchange and Sendrecv alike (docs/performance.md).
+COPY_MIN = 12288
+
+
+def _copy_min():
+    value = os.environ.get("IVMPI_COPY_MIN")
+    if not value:
+        return COPY_MIN
+    try:
+        return max(0, int(value))
+    except ValueError:
+        raise IvmpiError(f"IVMPI_COPY_MIN={value!r} is not a number of bytes") from None
+
+
 def _wanted(want_source, want_tag, want_context, source, tag, context):
     """MPI matching: a receive's (source, tag, context), wildcards allowed,
     against a message's envelope."""
@@ -107,6 +124,7 @@ class Engine:
         self.slot_of = {w: i for i, w in enumerate(self.members)}
         self.slot = self.slot_of[rank]
         self.eager_limit = geometry.eager_limit
+        self.copy_min = _copy_min()
         self.chunk_bytes = geometry.chunk_bytes
         ring_bytes = geometry.ring_bytes
         self.tx = [None] * self.size
@@ -563,7 +581,10 @@ class Engine:
             self.unexpected.append(incoming)
         elif kind == RTS:
             self._check_tag(rx)
-            if rx.length not in (0, 8) or not self.eager_limit < rx.a <= MAX_MESSAGE:
+            # Over the eager limit; with the sender's address (a peer that
+            # copies is sent smaller buffers by rendezvous too) any size.
+            floor = 0 if rx.length == 8 else self.eager_limit
+            if rx.length not in (0, 8) or not floor < rx.a <= MAX_MESSAGE:
                 raise CorruptRegionError(
                     f"peer {peer}: rendezvous announcement of {rx.a} bytes with a "
                     f"{rx.length}-byte payload is impossible")

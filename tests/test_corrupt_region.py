@@ -559,6 +559,36 @@ def test_an_announced_address_is_copied_from(kit, copies_from_rank_1):
     assert op.done and op.count == 3000 and bytes(buffer.view) == message and buffer.intact()
 
 
+def test_an_announced_address_may_come_with_a_message_under_the_eager_limit(kit,
+                                                                            copies_from_rank_1):
+    """To a receiver that copies, buffers from FastPath.copy_min bytes go by
+    rendezvous below the eager limit (1024 here) too: copied, or streamed
+    when the address cannot be read."""
+    from ivmpi import _fastcopy
+    _, engine, peer = kit
+    message = bytes((i * 5 + 1) & 0xFF for i in range(500))
+    _announce_at(peer, _fastcopy.buffer_span(message)[0], total=500)
+    buffer = regionkit.GuardedBuffer(500)
+    op = engine.irecv(1, 5, 0, buffer.view)
+    engine.progress()
+    assert peer.reverse_frames() == [(CTS, 0, 0, 0, 500, 1)]
+    assert op.done and bytes(buffer.view) == message and buffer.intact()
+    _announce_at(peer, 8, total=600, send_id=2)
+    buffer = regionkit.GuardedBuffer(600)
+    op = engine.irecv(1, 5, 0, buffer.view)
+    engine.progress()
+    assert peer.reverse_frames()[-1] == (CTS, 0, 0, 0, 0, 2)
+    peer.put(DATA, length=600, a=0, b=2, payload=b"s" * 600)
+    engine.progress()
+    assert op.done and bytes(buffer.view) == b"s" * 600 and buffer.intact()
+
+
+def test_an_announced_address_of_no_bytes(kit, copies_from_rank_1):
+    _, engine, peer = kit
+    _announce_at(peer, 4096, total=0)
+    expect(engine, "peer 1: rendezvous announcement of 0 bytes with a 8-byte payload is impossible")
+
+
 @pytest.mark.parametrize("address", [8, 2**64 - 4096])
 def test_an_address_that_cannot_be_read_streams_instead(kit, copies_from_rank_1, address):
     _, engine, peer = kit

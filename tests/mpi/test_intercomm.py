@@ -8,6 +8,7 @@ import pytest
 from mpi4py import MPI as _native
 
 import ivmpi.stats
+from ivmpi import _fastcopy
 from ivmpi import MPI
 
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.usefixtures("engine_timeout")]
@@ -55,6 +56,7 @@ def test_point_to_point_goes_through_the_region(pair):
     (color, _, inter), _ = pair
     n = 1 << 14
     before = ivmpi.stats.traffic(inter)
+    copied_before = ivmpi.stats.single_copies(inter)
     assert sorted(before) == list(range(inter.remote_size))
     reqs, got = [], {}
     for peer in range(inter.remote_size):
@@ -68,9 +70,14 @@ def test_point_to_point_goes_through_the_region(pair):
         # The sender's rank in its own group, and its colour, come back.
         assert (buf == 1000 * (1 - color) + 10 * peer + inter.rank).all()
     after = ivmpi.stats.traffic(inter)
+    copied = ivmpi.stats.single_copies(inter)
     for peer in range(inter.remote_size):
-        assert after[peer]["written"] - before[peer]["written"] >= n * 4
-        assert after[peer]["read"] - before[peer]["read"] >= n * 4
+        # Between ranks of one kernel the receiver copies the data from its
+        # sender's memory, and only the envelopes cross the region.
+        took = copied.get(peer, {}).get("bytes", 0) - copied_before.get(peer, {}).get("bytes", 0)
+        assert after[peer]["read"] - before[peer]["read"] + took >= n * 4
+        if not _fastcopy.single_copy_to(inter._ranks[peer]):
+            assert after[peer]["written"] - before[peer]["written"] >= n * 4
 
 
 def test_any_source_reports_remote_ranks(pair):

@@ -452,3 +452,136 @@ def test_synchronous_and_persistent_large_sends_copied(comm):
 def ivmpi_stats():
     import ivmpi.stats
     return ivmpi.stats
+
+
+def _copy_min(comm):
+    return comm._fast.copy_min
+
+
+def test_buffers_from_copy_min_are_copied_under_the_eager_limit(comm):
+    """To a peer that copies from our memory, buffers of copy_min bytes and
+    more go by rendezvous below the eager limit too, in every call that may
+    wait for its receiver (standard, synchronous, ready, nonblocking,
+    persistent, Sendrecv); one byte less goes eagerly."""
+    other = _copying_peer(comm)
+    if other is None:
+        return
+    eager, lo = _limits(comm)[0], _copy_min(comm)
+    assert 0 < lo <= eager
+    stats = ivmpi_stats()
+    before = stats.single_copies(comm).get(other, {"messages": 0})["messages"]
+    sizes = (lo - 1, lo, eager)
+    copied = 0
+    if comm.rank == 0:
+        for i, n in enumerate(sizes):
+            data = _pattern(n, i)
+            comm.Send(data, 1, 1)
+            comm.Ssend(data, 1, 2)
+            comm.Isend(data, 1, 3).Wait()
+            comm.Issend(data, 1, 4).Wait()
+            persistent = comm.Send_init(data, 1, 5)
+            persistent.Start()
+            persistent.Wait()
+            persistent.Free()
+            comm.Recv(bytearray(1), 1, 8)              # its ready send's receive is posted
+            comm.Rsend(data, 1, 6)
+    else:
+        for i, n in enumerate(sizes):
+            for tag in (1, 2, 3, 4, 5):
+                got = np.zeros(n, np.uint8)
+                comm.Recv(got, 0, tag)
+                assert np.array_equal(got, _pattern(n, i)), tag
+            got = np.zeros(n, np.uint8)
+            req = comm.Irecv(got, 0, 6)
+            comm.Send(bytearray(1), 0, 8)
+            req.Wait()
+            assert np.array_equal(got, _pattern(n, i))
+            copied += 6 if n >= lo else 0
+    for n in sizes:
+        got = np.zeros(n, np.uint8)
+        comm.Sendrecv(_pattern(n, 20 + comm.rank), other, 7, got, other, 7)
+        assert np.array_equal(got, _pattern(n, 20 + other))
+        copied += 1 if n >= lo else 0
+    assert stats.single_copies(comm).get(other, {"messages": 0})["messages"] - before == copied
+
+
+def test_buffered_sends_and_objects_stay_eager_to_a_peer_that_copies(comm):
+    """A buffered send completes without its receiver (MPI's promise) up to
+    the eager limit whoever the receiver; objects go eagerly too (a new
+    buffer's pages fault in during a copy): none of them is copied."""
+    other = _copying_peer(comm)
+    if other is None:
+        return
+    n = _limits(comm)[0]
+    stats = ivmpi_stats()
+    before = stats.single_copies(comm).get(other, {"messages": 0})["messages"]
+    if comm.rank == 0:
+        data = _pattern(n, 3)
+        assert comm.Ibsend(data, 1, 1).Test()       # complete before any receive
+        comm.Bsend(data, 1, 2)
+        persistent = comm.Bsend_init(data, 1, 3)
+        persistent.Start()
+        assert persistent.Test()
+        persistent.Free()
+        comm.send(bytes(n - 64), 1, 4)
+        comm.Send(bytearray(1), 1, 9)               # only now does the receiver start
+    else:
+        comm.Recv(bytearray(1), 0, 9)
+        for tag in (1, 2, 3):
+            got = np.zeros(n, np.uint8)
+            comm.Recv(got, 0, tag)
+            assert np.array_equal(got, _pattern(n, 3))
+        assert comm.recv(None, 0, 4) == bytes(n - 64)
+    assert stats.single_copies(comm).get(other, {"messages": 0})["messages"] == before
+
+
+def test_a_receive_in_the_region_streams_a_message_under_the_eager_limit(comm):
+    """A receive buffer inside the region (Alloc_mem) is never a copy's
+    target: the announced message streams through the ring instead."""
+    other = _copying_peer(comm)
+    if other is None:
+        return
+    n = _copy_min(comm) + 100
+    if comm.rank == 0:
+        comm.Send(_pattern(n, 5), 1, 1)
+    else:
+        stats = ivmpi_stats()
+        before = stats.single_copies(comm).get(other, {"messages": 0})["messages"]
+        mem = MPI.Alloc_mem(n)
+        try:
+            got = np.frombuffer(mem, np.uint8)
+            comm.Recv(got, 0, 1)
+            assert np.array_equal(got, _pattern(n, 5))
+            del got
+        finally:
+            MPI.Free_mem(mem)
+        assert stats.single_copies(comm).get(other, {"messages": 0})["messages"] == before
+
+
+@pytest.mark.parametrize("call", ["Allgather", "Alltoall"])
+def test_collective_exchange_steps_copy_large_blocks(comm, call):
+    """Alltoall's steps (send to one rank, receive from another) announce
+    a block of copy_min bytes or more to a peer that copies from our
+    memory, receive, then wait: one copy a block; Allgather's stay eager.
+    The same results as Open MPI's."""
+    everyone = comm.allreduce(all(_copies(comm, r) for r in range(comm.size) if r != comm.rank),
+                              op=MPI.LAND)
+    if not everyone:
+        pytest.skip("these ranks cannot copy from each other's memory here")
+    from mpi4py import MPI as native
+    stats = ivmpi_stats()
+    counted = lambda: sum(v["messages"] for v in stats.single_copies(comm).values())
+    for n in (_copy_min(comm) - 8, _copy_min(comm), _limits(comm)[0]):
+        items = n // 8
+        send = np.arange(comm.size * items, dtype="f8") + 1000 * comm.rank
+        mine = send[:items] if call == "Allgather" else send
+        got = np.zeros(comm.size * items)
+        before = counted()
+        getattr(comm, call)(mine, got)
+        copies = counted() - before
+        want = np.zeros_like(got)
+        getattr(native.COMM_WORLD, call)(mine, want)
+        assert np.array_equal(got, want)
+        # (Allgather forwards blocks it has just written: eager was faster.)
+        copied = call == "Alltoall" and n >= _copy_min(comm)
+        assert copies == (comm.size - 1 if copied else 0), (n, copies)

@@ -246,7 +246,9 @@ def test_topo_test_and_constructors(comm):
 
 # --- traffic through the region ----------------------------------------------------------
 
-def test_cart_traffic_goes_through_the_region(comm):
+def test_cart_traffic_goes_through_the_region(comm, streamed):
+    # (streamed: the data cross the rings, as between VMs; ranks of one
+    # kernel would copy the Sendrecv's 32 KiB from each other's memory.)
     cart = comm.Create_cart([comm.size], [True])
     left, right = cart.Shift(0, 1)
     n = 4096
