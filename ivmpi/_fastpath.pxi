@@ -597,7 +597,7 @@ cdef class FastPath:
         """Wait for a send of ours left to the engine: its peer's ring polled
         in C first (the clear-to-send, or the acknowledgement, is most
         likely next there), then the engine's wait."""
-        if not (<Op>op).done and (self._poll_op(op) < 0 or not (<Op>op).done):
+        if not (<Op>op).done and (self._poll_op(op, self.spins) < 0 or not (<Op>op).done):
             self.wait_op(op, what)
         return 0
 
@@ -805,17 +805,22 @@ cdef class FastPath:
         cdef Py_ssize_t n
         if self.unexpected:
             return FAST_NOT_HANDLED
-        # A block staged in the sender's heap (a schedule's large send) too.
+        # A block staged in the sender's heap (a schedule's large send) too,
+        # and one announced for us to copy from its sender's memory.
         self.region_frames = self.heap_bounds is not None
+        self.rts_frames = self.rendezvous is not None
         try:
             ring = self._ready_ring(source, tag, spins)
         finally:
             self.region_frames = False
+            self.rts_frames = False
         if ring is None:
             return FAST_NOT_HANDLED
         rx = <RxRing>ring
         if rx.kind == 8:
             return self._recv_region_ptr(rx, dst, capacity)
+        if rx.kind == 3:
+            return self._recv_copied_ptr(rx, source, dst, capacity)
         n = <Py_ssize_t>rx.length
         if n > capacity:
             return FAST_NOT_HANDLED
@@ -824,6 +829,33 @@ cdef class FastPath:
         self.last_tag = rx.tag
         self._consume(rx)
         return n
+
+    cdef Py_ssize_t _recv_copied_ptr(self, RxRing rx, long source, char *dst,
+                                     Py_ssize_t capacity) except -3:
+        """The RTS at the head of rx (from communicator rank source), copied
+        from its sender's memory into dst and cleared as copied
+        (_single_copy.pxi): its length.  FAST_NOT_HANDLED, nothing taken,
+        for anything else (no address, a copy refused, too large: the
+        engine streams it or reports it)."""
+        cdef uint64_t address, total = rx.a
+        if self.backlog or not _rts_address(rx, &address) or address == 0 \
+                or total > <uint64_t>capacity or total > _MAX_MESSAGE:
+            return FAST_NOT_HANDLED
+        world = self.world_ranks[source]
+        if (world, rx.b) in self.rendezvous.receiving \
+                or not _sc_read(world, address, dst, total, rx.mem):
+            return FAST_NOT_HANDLED
+        if (<TxRing>self.tx[source]).write_frame(4, 0, 0, total, rx.b, NULL, 0) != 1:
+            return FAST_NOT_HANDLED         # (the engine copies it again)
+        self.last_tag = rx.tag
+        rx.consume()
+        return <Py_ssize_t>total
+
+    cdef int poll_send(self, object op) except -2:
+        """One look at the ring of a send's peer for its clear-to-send or
+        acknowledgement (taking what else is there that poll_eager takes):
+        -1 when the engine's round is needed."""
+        return self._poll_op(op, 0)
 
     def send_object(self, obj, long dest, long tag=0):
         data = self.dumps(obj)
@@ -1006,7 +1038,7 @@ cdef class FastPath:
 
     # --- probes -----------------------------------------------------------
 
-    cdef int _poll_op(self, object op) except -2:
+    cdef int _poll_op(self, object op, int spins) except -2:
         """poll_eager for an engine operation with one of our peers (a
         receive from a known source, a send awaiting an acknowledgement or
         a clear-to-send), with the steps of large messages: -1 when it is
@@ -1028,7 +1060,7 @@ cdef class FastPath:
             return -1
         return poll_eager(self.lock, <RxRing>self.rx[rank], self.posted, self.eager_limit,
                           self.backlog, <Op>op, <TxRing?>self.tx[rank], self.awaiting_ack,
-                          self.spins, self.rendezvous)
+                          spins, self.rendezvous)
 
     cdef long _peek(self, long source, long tag, Py_ssize_t *index) except -3:
         """What a probe of (source, tag) finds now, taking nothing (the lock
@@ -2441,7 +2473,7 @@ cdef int _await(object req, object op) except -1:
             # (as the engine's wait starts) without a Python frame.
             if _spin(op, (<FastPath>fast).spins):
                 return 0
-        elif (<FastPath>fast)._poll_op(op) >= 0 and (<Op>op).done:
+        elif (<FastPath>fast)._poll_op(op, (<FastPath>fast).spins) >= 0 and (<Op>op).done:
             return 0
     comm._engine.wait(op, req)
     return 0

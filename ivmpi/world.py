@@ -125,7 +125,9 @@ def _start_with_mpi(region_spec):
     # of ranks that name no region, and to tell oversubscription.
     local = mpi.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
     try:
-        oversubscribed = local.Get_size() > usable_cores()
+        # The cores of all ranks here together: ranks bound one to a core
+        # (mpirun --bind-to core) each see one, yet are not oversubscribed.
+        oversubscribed = local.Get_size() > usable_cores(_allgather_plain(local, _affinity()))
         region = _open_or_create(mpi, local, region_spec)
     finally:
         local.Free()
@@ -395,14 +397,22 @@ def _start_standalone(region_spec):
     return world
 
 
-def usable_cores():
-    """Cores this process may run on: its CPU affinity, capped by a cgroup v2
-    CPU quota (containers and CI runners often see every host core in
-    os.cpu_count() but may use only two)."""
+def _affinity():
+    """The cores this process may run on (its CPU affinity), as a list."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return sorted(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
+        return list(range(os.cpu_count() or 1))
+
+
+def usable_cores(affinities=None):
+    """Cores this process (or the processes of `affinities`, their
+    _affinity lists, together) may run on, capped by a cgroup v2 CPU quota
+    (containers and CI runners often see every host core in os.cpu_count()
+    but may use only two)."""
+    if affinities is None:
+        affinities = [_affinity()]
+    cores = len(set().union(*map(set, affinities)))
     try:
         with open("/sys/fs/cgroup/cpu.max") as f:
             quota, period = f.read().split()[:2]

@@ -481,7 +481,9 @@ def test_freed_communicator_is_refused(world):
 # --- the region carries the bytes ------------------------------------------------------
 
 @pytest.mark.mpi(min_size=2)
-def test_traffic_goes_through_the_region(comm):
+def test_traffic_goes_through_the_region(comm, streamed):
+    # (streamed: the blocks cross the rings, as between VMs; ranks of one
+    # kernel copy an Ialltoall's 64 KiB blocks from each other's memory.)
     size, rank = comm.size, comm.rank
     block = 1 << 16
     send = np.full(block, rank, "u1")

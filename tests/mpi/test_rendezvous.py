@@ -585,3 +585,41 @@ def test_collective_exchange_steps_copy_large_blocks(comm, call):
         # (Allgather forwards blocks it has just written: eager was faster.)
         copied = call == "Alltoall" and n >= _copy_min(comm)
         assert copies == (comm.size - 1 if copied else 0), (n, copies)
+
+
+@pytest.mark.parametrize("call", ["Ialltoall", "Neighbor_alltoall", "Iallreduce"])
+def test_schedules_copy_the_callers_large_blocks(comm, call):
+    """The schedules that send each block once from the caller's buffer
+    (Alltoall family, neighbourhood collectives) announce blocks of
+    copy_min bytes or more to peers that copy from our memory, unless the
+    ranks outnumber the cores; the others (here Iallreduce) stay eager.
+    The same results as Open MPI's."""
+    everyone = comm.allreduce(all(_copies(comm, r) for r in range(comm.size) if r != comm.rank),
+                              op=MPI.LAND)
+    if not everyone:
+        pytest.skip("these ranks cannot copy from each other's memory here")
+    from mpi4py import MPI as native
+    stats = ivmpi_stats()
+    items = _limits(comm)[0] // 8
+    before = sum(v["messages"] for v in stats.single_copies(comm).values())
+    if call == "Neighbor_alltoall":
+        ours, theirs = (c.Create_cart([comm.size], [True]) for c in (comm, native.COMM_WORLD))
+        send = np.arange(2 * items, dtype="f8") + 1000 * comm.rank
+        got, want = np.zeros(2 * items), np.zeros(2 * items)
+        ours.Neighbor_alltoall(send, got)
+        theirs.Neighbor_alltoall(send, want)
+        ours.Free()
+        theirs.Free()
+        blocks = 2
+    else:
+        # (Iallreduce: one eager limit in all, not over it.)
+        count = items if call == "Iallreduce" else comm.size * items
+        send = np.arange(count, dtype="f8") + 1000 * comm.rank
+        got, want = np.zeros_like(send), np.zeros_like(send)
+        getattr(comm, call)(send, got).Wait()
+        getattr(native.COMM_WORLD, call)(send, want).Wait()
+        blocks = comm.size - 1
+    assert np.array_equal(got, want)
+    copies = sum(v["messages"] for v in stats.single_copies(comm).values()) - before
+    copied = call != "Iallreduce" and not comm._engine.oversubscribed
+    assert copies == (blocks if copied else 0), copies
