@@ -558,12 +558,13 @@ def test_a_receive_in_the_region_streams_a_message_under_the_eager_limit(comm):
         assert stats.single_copies(comm).get(other, {"messages": 0})["messages"] == before
 
 
-@pytest.mark.parametrize("call", ["Allgather", "Alltoall"])
+@pytest.mark.parametrize("call", ["Allgather", "Alltoall", "Bcast"])
 def test_collective_exchange_steps_copy_large_blocks(comm, call):
     """Alltoall's steps (send to one rank, receive from another) announce
     a block of copy_min bytes or more to a peer that copies from our
-    memory, receive, then wait: one copy a block; Allgather's stay eager.
-    The same results as Open MPI's."""
+    memory, receive, then wait: one copy a block; Bcast's parents announce
+    it to every child, then wait; Allgather's steps stay eager.  The same
+    results as Open MPI's."""
     everyone = comm.allreduce(all(_copies(comm, r) for r in range(comm.size) if r != comm.rank),
                               op=MPI.LAND)
     if not everyone:
@@ -573,18 +574,25 @@ def test_collective_exchange_steps_copy_large_blocks(comm, call):
     counted = lambda: sum(v["messages"] for v in stats.single_copies(comm).values())
     for n in (_copy_min(comm) - 8, _copy_min(comm), _limits(comm)[0]):
         items = n // 8
-        send = np.arange(comm.size * items, dtype="f8") + 1000 * comm.rank
-        mine = send[:items] if call == "Allgather" else send
-        got = np.zeros(comm.size * items)
         before = counted()
-        getattr(comm, call)(mine, got)
+        if call == "Bcast":
+            root = comm.size - 1
+            got = np.arange(items, dtype="f8") + n if comm.rank == root else np.zeros(items)
+            comm.Bcast(got, root)
+            assert np.array_equal(got, np.arange(items, dtype="f8") + n)
+            expected = 0 if comm.rank == root else 1
+        else:
+            send = np.arange(comm.size * items, dtype="f8") + 1000 * comm.rank
+            mine = send[:items] if call == "Allgather" else send
+            got = np.zeros(comm.size * items)
+            getattr(comm, call)(mine, got)
+            want = np.zeros_like(got)
+            getattr(native.COMM_WORLD, call)(mine, want)
+            assert np.array_equal(got, want)
+            # (Allgather forwards blocks it has just written: eager was faster.)
+            expected = comm.size - 1 if call == "Alltoall" else 0
         copies = counted() - before
-        want = np.zeros_like(got)
-        getattr(native.COMM_WORLD, call)(mine, want)
-        assert np.array_equal(got, want)
-        # (Allgather forwards blocks it has just written: eager was faster.)
-        copied = call == "Alltoall" and n >= _copy_min(comm)
-        assert copies == (comm.size - 1 if copied else 0), (n, copies)
+        assert copies == (expected if n >= _copy_min(comm) else 0), (n, copies)
 
 
 @pytest.mark.parametrize("call", ["Ialltoall", "Neighbor_alltoall", "Iallreduce"])
