@@ -37,6 +37,10 @@ ZERO_COPY_SIZES = [1 << 20, 16 << 20]
 MEMCPY_SIZE = 16 << 20
 REGION_SIZE = 256 << 20
 LAUNCH_TIMEOUT = 600
+# Open MPI's launcher now and then fails before any rank starts (more
+# likely while other jobs launch): such a job is launched again.
+LAUNCH_FAILURE = "The PMIx server's listener thread failed to start"
+LAUNCH_ATTEMPTS = 3
 
 LABELS = {
     "ivmpi": "(a) ivmpi region",
@@ -153,8 +157,11 @@ class Launcher:
             make_region_file(region)
         cmd = self.command(transport, nranks, bench_args + ["--json", json_path, "-q"])
         try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                                  stdin=subprocess.DEVNULL, timeout=LAUNCH_TIMEOUT)
+            for attempt in range(LAUNCH_ATTEMPTS):
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                                      stdin=subprocess.DEVNULL, timeout=LAUNCH_TIMEOUT)
+                if proc.returncode == 0 or LAUNCH_FAILURE not in proc.stderr:
+                    break
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"timed out after {LAUNCH_TIMEOUT} s: {' '.join(cmd)}")
         finally:

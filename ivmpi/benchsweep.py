@@ -30,8 +30,9 @@ import time
 
 from . import sweepworker
 from .bench import parse_size_list
-from .benchcompare import (Launcher, find_mpirun, ivmpi_missing_reason, last_error_line, log,
-                           make_region_file, mpirun_version, rotated, size_label, table)
+from .benchcompare import (LAUNCH_FAILURE, Launcher, find_mpirun, ivmpi_missing_reason,
+                           last_error_line, log, make_region_file, mpirun_version, rotated,
+                           size_label, table)
 
 # "nocopy" is mpi4py on the same library with its single-copy mechanisms
 # (CMA and the like) turned off: the kernel reads one process's memory
@@ -134,7 +135,13 @@ def launch_once(launcher, transport, nranks, rows, options, workdir):
     if failure:
         last = lines[-1].get("start") if lines else None
         failure = f"{failure}: {failure_reason(stderr_text, last)}"
+        if not lines and LAUNCH_FAILURE in stderr_text:
+            failure = LAUNCHER_FAILED + failure
     return lines, failure
+
+
+# A job whose launcher failed before any rank started is launched again.
+LAUNCHER_FAILED = "the launcher failed: "
 
 
 def kill_session(session):
@@ -186,8 +193,9 @@ def run_launches(launcher, transport, nranks, rows, options, workdir):
         if started is not None:        # the row the job died or hung in
             results[started] = {"row": list(started), "error": failure or "job ended mid-row"}
         remaining = [row for row in remaining if tuple(row) not in results]
-        if remaining and not lines:
-            # The job did not get to a single row: every row would fail alike.
+        if remaining and not lines and not (failure or "").startswith(LAUNCHER_FAILED):
+            # The job did not get to a single row: every row would fail alike
+            # (unless the launcher itself failed before any rank started).
             for row in remaining:
                 results[tuple(row)] = {"row": row, "error": failure or "no rows ran"}
             remaining = []

@@ -143,6 +143,28 @@ def test_no_single_copy_options_really_disable_single_copy():
 
 
 @needs_mpirun
+def test_a_launcher_failing_before_any_rank_starts_is_launched_again(tmp_path):
+    """Open MPI's launcher now and then fails before any rank starts; the
+    job is launched again (here a stand-in fails so twice, then runs the
+    real mpirun)."""
+    family, version = benchcompare.mpirun_version(MPIRUN)
+    count = tmp_path / "launches"
+    stand_in = tmp_path / "mpirun"
+    stand_in.write_text(
+        "#!/bin/sh\n"
+        f"echo x >> {count}\n"
+        f"if [ $(wc -l < {count}) -le 2 ]; then\n"
+        f"  echo \"{benchcompare.LAUNCH_FAILURE}. We cannot continue.\" >&2; exit 213\n"
+        "fi\n"
+        f"exec {MPIRUN} \"$@\"\n")
+    stand_in.chmod(0o755)
+    launcher = benchcompare.Launcher(str(stand_in), family, version, str(tmp_path))
+    document = launcher.run("sm", 2, ["pingpong", "--sizes", "8", "-l", "10", "-s", "2"],
+                            str(tmp_path / "x.json"))
+    assert document and count.read_text().count("x") == 3
+
+
+@needs_mpirun
 def test_failed_launch_is_a_clear_error(tmp_path):
     family, version = benchcompare.mpirun_version(MPIRUN)
     launcher = benchcompare.Launcher(MPIRUN, family, version, str(tmp_path))
