@@ -295,8 +295,9 @@ class Comm(_MPI.Comm):
         self.irecv = fast.irecv
         self.send, self.recv = fast.send_object, fast.recv_object
         self.Ssend, self.Issend = fast.Ssend, fast.Issend
-        # Buffered and ready sends are standard ones here (an eager send
-        # never waits for the receiver; see docs/api.md).
+        # Ready sends are standard ones here; buffered sends too, but eager
+        # up to the eager limit whoever the receiver, so that they never
+        # wait for it (see docs/api.md).
         self.Rsend, self.Irsend = fast.Send, fast.Isend
         self.Bsend, self.Ibsend = fast.Bsend, fast.Ibsend
         self.bsend = fast.send_object
