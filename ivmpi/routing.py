@@ -455,4 +455,17 @@ def describe_job(comm):
             lines.append(f"    rank {w}: slot {slot} of {path}")
     lines.append("paths from rank %d: %s" % (comm.Get_rank(), ", ".join(
         f"{r}:{path_to(comm, r)}" for r in range(comm.Get_size()))))
+    lines.append("one copy into rank %d from: %s" % (comm.Get_rank(), ", ".join(
+        map(str, single_copy_sources(comm))) or "none"))
     return lines
+
+
+def single_copy_sources(comm):
+    """The ranks of comm, reached through the region, whose large messages
+    this rank copies straight from their memory (ranks of one kernel,
+    docs/layout.md "Single copy"); the others' stream through the ring."""
+    from . import _fastcopy
+    readable = set(_fastcopy.single_copy_peers())
+    ranks = comm._ranks
+    return [r for r in range(comm.Get_size())
+            if ranks[r] in readable and path_to(comm, r) == "region"]
