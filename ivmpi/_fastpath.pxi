@@ -511,10 +511,14 @@ cdef class FastPath:
         (docs/performance.md), but needs the receiver: the buffered sends,
         the object calls and the collectives' steps (which send before they
         receive) stay eager up to the eager limit."""
-        if self.copy_min == 0 or self.copy_min > self.eager_limit or dest < 0 \
-                or dest >= self.size or not _sc_tell(self.world_ranks[dest]):
+        if self.copy_min == 0 or self.copy_min > self.eager_limit or not self._copies_ours(dest):
             return self.eager_limit
         return self.copy_min - 1
+
+    cdef inline bint _copies_ours(self, long dest) except -1:
+        """Does communicator rank dest copy our large messages from our
+        memory (_single_copy.pxi)?"""
+        return 0 <= dest < self.size and _sc_tell(self.world_ranks[dest])
 
     cdef bint _copy_instead(self, long dest, const char *data, Py_ssize_t nbytes) except -1:
         """Does a buffer call send the nbytes at data to communicator rank
@@ -839,7 +843,7 @@ cdef class FastPath:
         engine streams it or reports it)."""
         cdef uint64_t address, total = rx.a
         if self.backlog or not _rts_address(rx, &address) or address == 0 \
-                or total > <uint64_t>capacity or total > _MAX_MESSAGE:
+                or not _rts_total_ok(rx, self.eager_limit) or total > <uint64_t>capacity:
             return FAST_NOT_HANDLED
         world = self.world_ranks[source]
         if (world, rx.b) in self.rendezvous.receiving \
@@ -1142,8 +1146,8 @@ cdef class FastPath:
                 rx = <RxRing>self.rx[self.last_source]
                 if rx.kind == 8 and not self._region_frame(rx, self.last_source, &at):
                     return FAST_NOT_HANDLED     # the engine reports what is wrong
-                if rx.kind == 3 and (not _rts_address(rx, &at) or rx.a > _MAX_MESSAGE
-                                     or rx.a <= _rts_floor(rx.length == 8, self.eager_limit)):
+                if rx.kind == 3 and (not _rts_address(rx, &at)
+                                     or not _rts_total_ok(rx, self.eager_limit)):
                     return FAST_NOT_HANDLED
                 self.found_source = self.last_source
                 self.found_tag = rx.tag
@@ -1727,8 +1731,8 @@ cdef class FastPath:
         then finish): n bytes at data announced to a peer that copies them
         from our memory, if there are step_copy_min of them or more (the
         SendOp to finish); None: send it eagerly."""
-        if self.step_copy_min == 0 or <uint64_t>n < self.step_copy_min or dest < 0 \
-                or dest >= self.size or not _sc_tell(self.world_ranks[dest]):
+        if self.step_copy_min == 0 or <uint64_t>n < self.step_copy_min \
+                or not self._copies_ours(dest):
             return None
         return self._rendezvous(PyMemoryView_FromMemory(<char *>data, n, PyBUF_READ), dest, tag,
                                 True, self.step_copy_min - 1)

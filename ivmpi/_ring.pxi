@@ -987,6 +987,13 @@ cdef bint _deliver_eager(RxRing rx, list posted, uint64_t eager_limit, TxRing tx
 cdef uint64_t _MAX_MESSAGE = <uint64_t>1 << 48
 
 
+cdef inline bint _rts_total_ok(RxRing rx, uint64_t eager_limit) noexcept:
+    """May the RTS at the head of rx announce its total?  Over the eager
+    limit, or any size with the sender's address (_rts_floor); never over
+    _MAX_MESSAGE."""
+    return _rts_floor(rx.length == 8, eager_limit) < rx.a <= _MAX_MESSAGE
+
+
 @cython.final
 cdef class Rendezvous:
     """The engine's rendezvous state, for the steps poll_eager takes in C:
@@ -1020,7 +1027,7 @@ cdef class Rendezvous:
         cdef Py_buffer view
         cdef bint copied = False
         if (rx.length != 0 and rx.length != 8) or rx.tag < 0 \
-                or rx.a <= _rts_floor(rx.length == 8, eager_limit) or rx.a > _MAX_MESSAGE:
+                or not _rts_total_ok(rx, eager_limit):
             return False
         for i in range(len(posted)):
             op = <RecvOp?>posted[i]
