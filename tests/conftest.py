@@ -6,7 +6,8 @@ import os
 import pytest
 from _pytest.runner import runtestprotocol
 
-LAUNCH_FAILURE = "The PMIx server's listener thread failed to start"
+from ivmpi.benchcompare import LAUNCH_FAILURE
+
 RELAUNCHES = 2
 
 

@@ -1,7 +1,6 @@
 """The examples run under mpirun, verify their own results, and give the same
 verified result when their import is swapped to mpi4py (Open MPI's transport)."""
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,18 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ivmpi.benchcompare import find_mpirun
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 IMPORT_IVMPI = "from ivmpi import MPI"
 IMPORT_MPI4PY = "from mpi4py import MPI"
 
 
-def _mpirun():
-    beside = Path(sys.executable).parent / "mpirun"
-    return str(beside) if beside.exists() else shutil.which("mpirun")
-
-
-MPIRUN = _mpirun()
+MPIRUN = find_mpirun()
 pytestmark = pytest.mark.skipif(MPIRUN is None, reason="no mpirun")
 
 

@@ -3,16 +3,17 @@ yield the core between polls and never hold a collective's round for a
 peer's answer.  Ranks bound one to a core each see one core in their own
 affinity, yet together they are not oversubscribed."""
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from ivmpi.benchcompare import find_mpirun
 from ivmpi.world import usable_cores
 
 ROOT = Path(__file__).resolve().parent.parent
+MPIRUN = find_mpirun()
 
 
 def test_cores_of_several_ranks_are_counted_together():
@@ -22,11 +23,6 @@ def test_cores_of_several_ranks_are_counted_together():
     assert usable_cores([[0], [1]]) == usable_cores([[0, 1]]) >= one
 
 
-def _mpirun():
-    beside = Path(sys.executable).parent / "mpirun"
-    return str(beside) if beside.exists() else shutil.which("mpirun")
-
-
 PROGRAM = "import ivmpi.MPI as M; print('oversubscribed', M.COMM_WORLD._engine.oversubscribed)"
 
 
@@ -34,7 +30,7 @@ def _oversubscribed(placement, nranks):
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     env.pop("IVMPI_OVERSUBSCRIBED", None)
-    proc = subprocess.run([_mpirun(), "-n", str(nranks), *placement, sys.executable, "-c", PROGRAM],
+    proc = subprocess.run([MPIRUN, "-n", str(nranks), *placement, sys.executable, "-c", PROGRAM],
                           env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -44,7 +40,7 @@ def _oversubscribed(placement, nranks):
     return answers.pop() == "True"
 
 
-@pytest.mark.skipif(_mpirun() is None, reason="no mpirun")
+@pytest.mark.skipif(MPIRUN is None, reason="no mpirun")
 def test_ranks_bound_one_to_a_core_are_not_oversubscribed():
     if usable_cores() < 2:
         pytest.skip("one core")

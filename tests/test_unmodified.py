@@ -9,7 +9,6 @@ that the messages went through the shared region.
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -17,6 +16,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+from ivmpi.benchcompare import find_mpirun
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "unmodified.py"
@@ -45,12 +46,7 @@ atexit.register(_report)
 """
 
 
-def _mpirun():
-    beside = Path(sys.executable).parent / "mpirun"
-    return str(beside) if beside.exists() else shutil.which("mpirun")
-
-
-MPIRUN = _mpirun()
+MPIRUN = find_mpirun()
 needs_mpirun = pytest.mark.skipif(MPIRUN is None, reason="no mpirun")
 
 

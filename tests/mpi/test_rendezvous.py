@@ -40,6 +40,23 @@ def _copying_peer(comm):
     return other
 
 
+def _every_pair_copies(comm):
+    """Skip the test (on every rank alike) unless all ranks of comm copy
+    from each other's memory."""
+    mine = all(_copies(comm, r) for r in range(comm.size) if r != comm.rank)
+    if not comm.allreduce(mine, op=MPI.LAND):
+        pytest.skip("these ranks cannot copy from each other's memory here")
+
+
+def _messages_copied(comm, peer=None):
+    """Messages this rank has copied from comm rank peer's memory (from
+    every rank of comm when None)."""
+    counts = ivmpi_stats().single_copies(comm)
+    if peer is None:
+        return sum(entry["messages"] for entry in counts.values())
+    return counts.get(peer, {"messages": 0})["messages"]
+
+
 def _limits(comm):
     engine = comm._engine
     return engine.eager_limit, engine.chunk_bytes
@@ -421,8 +438,7 @@ def test_synchronous_and_persistent_large_sends_copied(comm):
     if other is None:
         return
     n = 2 * _limits(comm)[0] + 5            # twice the eager limit, and a little
-    stats = ivmpi_stats()
-    before = stats.single_copies(comm).get(other, {"messages": 0})["messages"]
+    before = _messages_copied(comm, other)
     if comm.rank == 0:
         req = comm.Issend(_pattern(n, 1), 1, 1)
         time.sleep(0.1)
@@ -446,7 +462,7 @@ def test_synchronous_and_persistent_large_sends_copied(comm):
                 got[:] = 0
                 comm.Recv(got, 0, tag)
                 assert np.array_equal(got, _pattern(n, 2))
-        assert stats.single_copies(comm)[other]["messages"] - before == 5
+        assert _messages_copied(comm, other) - before == 5
 
 
 def ivmpi_stats():
@@ -468,8 +484,7 @@ def test_buffers_from_copy_min_are_copied_under_the_eager_limit(comm):
         return
     eager, lo = _limits(comm)[0], _copy_min(comm)
     assert 0 < lo <= eager
-    stats = ivmpi_stats()
-    before = stats.single_copies(comm).get(other, {"messages": 0})["messages"]
+    before = _messages_copied(comm, other)
     sizes = (lo - 1, lo, eager)
     copied = 0
     if comm.rank == 0:
@@ -502,7 +517,7 @@ def test_buffers_from_copy_min_are_copied_under_the_eager_limit(comm):
         comm.Sendrecv(_pattern(n, 20 + comm.rank), other, 7, got, other, 7)
         assert np.array_equal(got, _pattern(n, 20 + other))
         copied += 1 if n >= lo else 0
-    assert stats.single_copies(comm).get(other, {"messages": 0})["messages"] - before == copied
+    assert _messages_copied(comm, other) - before == copied
 
 
 def test_buffered_sends_and_objects_stay_eager_to_a_peer_that_copies(comm):
@@ -513,8 +528,7 @@ def test_buffered_sends_and_objects_stay_eager_to_a_peer_that_copies(comm):
     if other is None:
         return
     n = _limits(comm)[0]
-    stats = ivmpi_stats()
-    before = stats.single_copies(comm).get(other, {"messages": 0})["messages"]
+    before = _messages_copied(comm, other)
     if comm.rank == 0:
         data = _pattern(n, 3)
         assert comm.Ibsend(data, 1, 1).Test()       # complete before any receive
@@ -532,7 +546,7 @@ def test_buffered_sends_and_objects_stay_eager_to_a_peer_that_copies(comm):
             comm.Recv(got, 0, tag)
             assert np.array_equal(got, _pattern(n, 3))
         assert comm.recv(None, 0, 4) == bytes(n - 64)
-    assert stats.single_copies(comm).get(other, {"messages": 0})["messages"] == before
+    assert _messages_copied(comm, other) == before
 
 
 def test_a_receive_in_the_region_streams_a_message_under_the_eager_limit(comm):
@@ -545,8 +559,7 @@ def test_a_receive_in_the_region_streams_a_message_under_the_eager_limit(comm):
     if comm.rank == 0:
         comm.Send(_pattern(n, 5), 1, 1)
     else:
-        stats = ivmpi_stats()
-        before = stats.single_copies(comm).get(other, {"messages": 0})["messages"]
+        before = _messages_copied(comm, other)
         mem = MPI.Alloc_mem(n)
         try:
             got = np.frombuffer(mem, np.uint8)
@@ -555,7 +568,7 @@ def test_a_receive_in_the_region_streams_a_message_under_the_eager_limit(comm):
             del got
         finally:
             MPI.Free_mem(mem)
-        assert stats.single_copies(comm).get(other, {"messages": 0})["messages"] == before
+        assert _messages_copied(comm, other) == before
 
 
 @pytest.mark.parametrize("call", ["Allgather", "Alltoall", "Bcast"])
@@ -566,16 +579,11 @@ def test_collective_exchange_steps_copy_large_blocks(comm, call):
     it to every child, then wait; Allgather's first step (each rank's own
     block, from the caller's buffer) too, its later ones stay eager.  The
     same results as Open MPI's."""
-    everyone = comm.allreduce(all(_copies(comm, r) for r in range(comm.size) if r != comm.rank),
-                              op=MPI.LAND)
-    if not everyone:
-        pytest.skip("these ranks cannot copy from each other's memory here")
+    _every_pair_copies(comm)
     from mpi4py import MPI as native
-    stats = ivmpi_stats()
-    counted = lambda: sum(v["messages"] for v in stats.single_copies(comm).values())
     for n in (_copy_min(comm) - 8, _copy_min(comm), _limits(comm)[0]):
         items = n // 8
-        before = counted()
+        before = _messages_copied(comm)
         if call == "Bcast":
             root = comm.size - 1
             got = np.arange(items, dtype="f8") + n if comm.rank == root else np.zeros(items)
@@ -593,7 +601,7 @@ def test_collective_exchange_steps_copy_large_blocks(comm, call):
             # Allgather's first step sends each rank's own block from the
             # caller's buffer; the blocks forwarded later go eagerly.
             expected = comm.size - 1 if call == "Alltoall" else 1
-        copies = counted() - before
+        copies = _messages_copied(comm) - before
         assert copies == (expected if n >= _copy_min(comm) else 0), (n, copies)
 
 
@@ -604,14 +612,10 @@ def test_schedules_copy_the_callers_large_blocks(comm, call):
     copy_min bytes or more to peers that copy from our memory, unless the
     ranks outnumber the cores; the others (here Iallreduce) stay eager.
     The same results as Open MPI's."""
-    everyone = comm.allreduce(all(_copies(comm, r) for r in range(comm.size) if r != comm.rank),
-                              op=MPI.LAND)
-    if not everyone:
-        pytest.skip("these ranks cannot copy from each other's memory here")
+    _every_pair_copies(comm)
     from mpi4py import MPI as native
-    stats = ivmpi_stats()
     items = _limits(comm)[0] // 8
-    before = sum(v["messages"] for v in stats.single_copies(comm).values())
+    before = _messages_copied(comm)
     if call == "Neighbor_alltoall":
         ours, theirs = (c.Create_cart([comm.size], [True]) for c in (comm, native.COMM_WORLD))
         send = np.arange(2 * items, dtype="f8") + 1000 * comm.rank
@@ -630,6 +634,6 @@ def test_schedules_copy_the_callers_large_blocks(comm, call):
         getattr(native.COMM_WORLD, call)(send, want).Wait()
         blocks = comm.size - 1
     assert np.array_equal(got, want)
-    copies = sum(v["messages"] for v in stats.single_copies(comm).values()) - before
+    copies = _messages_copied(comm) - before
     copied = call != "Iallreduce" and not comm._engine.oversubscribed
     assert copies == (blocks if copied else 0), copies
