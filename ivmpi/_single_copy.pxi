@@ -102,6 +102,14 @@ def single_copy_to(Py_ssize_t world):
     return _sc_tell(world)
 
 
+def single_copy_from(Py_ssize_t world):
+    """Do we copy world rank `world`'s large messages from its memory?  The
+    same answer as single_copy_to(our rank) gives on that rank (start-up
+    tells each sender what its readers found), so both ends of a pair can
+    agree on how a collective splits its messages."""
+    return 0 <= world < _sc_ranks and _sc_pid[world] > 0
+
+
 def single_copy_counts():
     """{world rank: (messages, bytes)} copied from that rank's memory so far."""
     return {i: (_sc_messages[i], _sc_bytes[i]) for i in range(_sc_ranks)

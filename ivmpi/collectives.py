@@ -52,8 +52,8 @@ from .lib import MPI
 
 from .buffers import (parse_send, parse_recv, parse_vbuf, is_in_place,
                       datatype_extent, packed_spec, packed_vspec)
-from ._fastcopy import (REDUCE_SCATTER_MIN, buffer_span, prefix_chained, single_copy_to, stage_into,
-                        stream_segment)
+from ._fastcopy import (REDUCE_SCATTER_MIN, buffer_span, prefix_chained, single_copy_from,
+                        single_copy_to, stage_into, stream_segment)
 from .errors import BufferSpecError, IvmpiError
 from .staging import STAGE_MIN_RANKS
 
@@ -215,8 +215,7 @@ class Collectives:
         # A rank that copies large messages from our memory (ranks of one
         # kernel, ivmpi/_single_copy.pxi) takes its block from there at
         # once, announced in one call too: staging would add a copy.
-        ranks = getattr(self.p2p, "_ranks", None)
-        direct = {j for j in order if ranks is not None and single_copy_to(ranks[j])}
+        direct = {j for j in order if self._reads_ours(j)}
         total = sum(len(blocks[j]) for j in order if j not in direct)
         stage = self._heap_buffer(total) if total else None
         base = self._region_offset(stage)
@@ -230,6 +229,17 @@ class Collectives:
                 at += n
             else:
                 requests.append(self.p2p.Isend(piece, j, tag))
+
+    def _reads_ours(self, j):
+        """Does rank j copy our large messages from our memory?"""
+        ranks = getattr(self.p2p, "_ranks", None)
+        return ranks is not None and single_copy_to(ranks[j])
+
+    def _we_read(self, j):
+        """Do we copy rank j's large messages from its memory?  (What
+        j's _reads_ours answers for us: both ends split alike.)"""
+        ranks = getattr(self.p2p, "_ranks", None)
+        return ranks is not None and single_copy_from(ranks[j])
 
     def _region_offset(self, stage):
         """Where a staging buffer from _heap_buffer lies in the region (None
@@ -361,7 +371,17 @@ class Collectives:
 
     def _send_staged(self, mem, dests, tag, requests):
         """Send mem to every rank of dests, segment by segment, each segment
-        staged in the heap just before it goes."""
+        staged in the heap just before it goes; to a rank that copies from
+        our memory, all of mem in one message straight from where it is
+        (staging would add a copy, segments a rendezvous each).  The
+        receiver takes it by _recv_staged."""
+        readers = [dest for dest in dests if self._reads_ours(dest)]
+        if readers:
+            if len(mem):
+                requests += [self.p2p.Isend(mem, dest, tag) for dest in readers]
+            dests = [dest for dest in dests if dest not in readers]
+            if not dests:
+                return
         stage = self._stage(mem)
         base = self._region_offset(stage)
         for start, end in self._segments(len(mem)):
@@ -372,6 +392,15 @@ class Collectives:
             piece = self._fill(stage[start:end], mem[start:end])
             for dest in dests:
                 self._announce(piece, base + start, dest, tag, requests)
+
+    def _recv_staged(self, mem, source, tag):
+        """Receive what source's _send_staged sends us into mem."""
+        if self._we_read(source):
+            if len(mem):
+                self.p2p.Recv(mem, source, tag)
+            return
+        for start, end in self._segments(len(mem)):
+            self.p2p.Recv(mem[start:end], source, tag)
 
     # --- helpers ---------------------------------------------------------
 
@@ -424,8 +453,7 @@ class Collectives:
         # The root's data once in its heap; every rank copies it out at once
         # (a blocking receive copies it in one call).
         if self.rank != root:
-            for start, end in self._segments(len(mem)):
-                self.p2p.Recv(mem[start:end], root, TAG_BCAST)
+            self._recv_staged(mem, root, TAG_BCAST)
             return
         requests = []
         self._send_staged(mem, [i for i in range(self.size) if i != root], TAG_BCAST,
@@ -591,10 +619,12 @@ class Collectives:
         recv = parse_recv(recvbuf, blocks=size)
         block = recv.nbytes // size
         blocks = [recv.mem[i * block:(i + 1) * block] for i in range(size)]
+        mine = None
         if not is_in_place(sendbuf):
-            _check_block(blocks[rank], parse_send(sendbuf).mem, "Allgather")
+            mine = parse_send(sendbuf).mem
+            _check_block(blocks[rank], mine, "Allgather")
         if block >= REGION_MIN_BYTES and size >= STAGE_MIN_RANKS:
-            self._region_allgather(blocks)
+            self._region_allgather(blocks, mine)
         else:
             self._ring_allgather(blocks)
 
@@ -602,27 +632,32 @@ class Collectives:
         size, rank = self.size, self.rank
         recv = parse_vbuf(recvbuf, size, recv=True)
         blocks = [recv.block(i) for i in range(size)]
+        mine = None
         if not is_in_place(sendbuf):
-            _check_block(blocks[rank], parse_send(sendbuf).mem, "Allgatherv")
+            mine = parse_send(sendbuf).mem
+            _check_block(blocks[rank], mine, "Allgatherv")
         # Every rank knows every count, so all decide alike.
         if max(len(block) for block in blocks) >= REGION_MIN_BYTES and size >= STAGE_MIN_RANKS:
-            self._region_allgather(blocks)
+            self._region_allgather(blocks, mine)
         else:
             self._ring_allgather(blocks)
 
-    def _region_allgather(self, blocks):
+    def _region_allgather(self, blocks, mine=None):
         # Every rank's block once in its heap, announced first (that never
         # waits for the receivers); each rank then copies the others'
         # straight out of theirs in blocking receives (one call each).
+        # Ranks that copy from our memory read the caller's send buffer
+        # (mine) when there is one: lines this core just wrote into the
+        # receive buffer cost a reader more.
         size, rank = self.size, self.rank
+        if mine is None or len(mine) != len(blocks[rank]):
+            mine = blocks[rank]
         requests = []
-        self._send_staged(blocks[rank], [(rank + step) % size for step in range(1, size)],
+        self._send_staged(mine, [(rank + step) % size for step in range(1, size)],
                           TAG_ALLGATHER, requests)
         for step in range(1, size):
             j = (rank - step) % size
-            block = blocks[j]
-            for start, end in self._segments(len(block)):
-                self.p2p.Recv(block[start:end], j, TAG_ALLGATHER)
+            self._recv_staged(blocks[j], j, TAG_ALLGATHER)
         self._wait_all(requests)
 
     def _ring_allgather(self, blocks):

@@ -45,7 +45,7 @@ from .lib import MPI as _MPI
 
 from ._fastcopy import (Channel, Combine, SCHED_CALL, SCHED_COMBINE, SCHED_COPY, SCHED_FENCE, SCHED_RECV,
                         SCHED_SEND, SCHED_TYPES, SMALL_OPS, buffer_span, prefix_chained,
-                        set_schedule_errors, stream_segment)
+                        set_schedule_errors, single_copy_from, single_copy_to, stream_segment)
 from .buffers import (BOTTOM, _as_datatype, _memory, datatype_extent, has_holes, is_in_place,
                       packed_simple, packed_vector, parse_recv, parse_send, parse_vbuf)
 from .collectives import _HOLE_ROLES as _BLOCKING_HOLE_ROLES
@@ -318,13 +318,20 @@ def bcast_steps(ch, mem, root):
         # every segment to every rank, out of its heap (each staged just
         # before it goes), so all copy it out at once; a chain through the
         # ranks would wait for each of them to be scheduled in turn.
+        # A rank that copies from the root's memory takes all of it in one
+        # message (Collectives._send_staged).
         segments = [mem[start:end] for start, end in _bcast_segments(len(mem))]
         if rank != root:
+            if single_copy_from(ch.world[root]):
+                return [(RECV, root, mem)]
             return [(RECV, root, seg) for seg in segments]
-        dests = [None if j == root else j for j in range(size)]
-        for seg in segments:
-            sending = staged(ch, [seg] * size, dests, steps)
-            steps += [(SEND, j, sending[j]) for j in range(size) if j != root]
+        readers = [j for j in range(size) if j != root and single_copy_to(ch.world[j])]
+        steps += [(SEND, j, mem) for j in readers]
+        dests = [None if j == root or j in readers else j for j in range(size)]
+        if len(readers) < size - 1:
+            for seg in segments:
+                sending = staged(ch, [seg] * size, dests, steps)
+                steps += [(SEND, j, sending[j]) for j in range(size) if dests[j] is not None]
         return steps
     # Binomial tree.
     mask = 1
@@ -508,6 +515,10 @@ def region_allreduce_steps(ch, data, recvmem, count, datatype, op):
             start = bounds[j] + k * segments[j]
             if start < bounds[j + 1]:
                 steps.append((RECV, j, out[start:min(start + segments[j], bounds[j + 1])]))
+        # Round by round, as the blocking call: sends of all rounds at once
+        # would overflow the rings into the engine's queue, and every poll
+        # of one long round looks at all of its steps.
+        steps.append(_F)
     return steps
 
 

@@ -400,3 +400,49 @@ def _run_like_native_alltoall(req, outgoing, ours):
     theirs = np.full(len(ours), -1.0)
     NATIVE.Alltoall(outgoing, theirs)
     np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("form", ["blocking", "persistent"])
+def test_large_bcast_and_allgather_one_copy_per_pair(comm, form):
+    """Where every pair copies from each other's memory, a large Bcast (and
+    Bcast_init) or Allgather moves each block to each rank in one message
+    copied from the sender's memory (no staging, no segments: one
+    rendezvous per pair), and the results are Open MPI's."""
+    from ivmpi import _fastcopy
+    from ivmpi.collectives import PIPELINE_MIN_BYTES, REGION_MIN_BYTES
+    size, rank = comm.size, comm.rank
+    peers = [comm._ranks[r] for r in range(size) if r != rank]
+    if size < 3 or not set(peers) <= set(_fastcopy.single_copy_peers()):
+        pytest.skip("needs three ranks or more, every pair copying from each other")
+    # Past both thresholds, in several of the 256 KiB segments staging uses.
+    n = max(REGION_MIN_BYTES, PIPELINE_MIN_BYTES) // 8 * 3 + 5
+
+    def copied():
+        counts = _fastcopy.single_copy_counts()
+        return {w: counts.get(w, (0, 0)) for w in peers}
+
+    for root in range(size):
+        block = data(n, rank, 20) if rank == root else np.full(n, -1.0)
+        before = copied()
+        run(comm, form, "Bcast", block, root=root)
+        after = copied()
+        theirs = data(n, rank, 20) if rank == root else np.empty(n)
+        NATIVE.Bcast(theirs, root=root)
+        np.testing.assert_array_equal(block, theirs)
+        starts = 2 if form == "persistent" else 1
+        for w in peers:
+            grew = (after[w][0] - before[w][0], after[w][1] - before[w][1])
+            want = (starts, starts * n * 8) if w == comm._ranks[root] else (0, 0)
+            assert grew == want, (root, w)
+    if form == "blocking":
+        mine = data(n, rank, 21)
+        got = np.full(size * n, -1.0)
+        before = copied()
+        comm.Allgather(mine, got)
+        after = copied()
+        theirs = np.empty(size * n)
+        NATIVE.Allgather(mine, theirs)
+        np.testing.assert_array_equal(got, theirs)
+        for w in peers:
+            assert (after[w][0] - before[w][0], after[w][1] - before[w][1]) == (1, n * 8)
+        assert comm._collectives._staged is None
