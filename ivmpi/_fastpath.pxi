@@ -792,6 +792,28 @@ cdef class FastPath:
         finally:
             self.lock.leave()
 
+    cdef bint send_ptr_patient(self, const char *data, Py_ssize_t n, long dest,
+                               long tag) except -1:
+        """send_ptr, waiting a little for room in a full ring (its receiver
+        is taking the earlier frames out): a stream of segments stays in
+        the rings instead of queueing in the engine.  False: use the
+        general path."""
+        cdef int i, spins = self.spins
+        cdef int polls = spins if spins >= 0 else -spins
+        if self.send_ptr(data, n, dest, tag):
+            return True
+        if not self.enabled or self.backlog or dest < 0 or dest >= self.size \
+                or self.tx[dest] is None or <uint64_t>n > self.eager_limit:
+            return False
+        for i in range(polls):
+            if spins >= 0:
+                rg_relax()
+            else:
+                sched_yield()
+            if self.send_ptr(data, n, dest, tag):
+                return True
+        return False
+
     cdef Py_ssize_t recv_ptr(self, char *dst, Py_ssize_t capacity, long source, long tag,
                              int spins) except -3:
         """The next eager message from source with tag, into dst: its length,

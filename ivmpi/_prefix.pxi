@@ -21,9 +21,6 @@
 #                   rank order (x0 op (x1 op (... op xp-1))), segment k of
 #                   every block sent before segment k is received.
 
-cdef extern from "<sched.h>":
-    int _prefix_yield "sched_yield"() nogil
-
 cdef enum:
     _PIECE_BYTES = 4096          # taken out of the ring at a time before combining
     _PIECE_WORDS = 512           # _PIECE_BYTES / 8 (a C array size: no '//' here)
@@ -177,20 +174,8 @@ cdef int stream_give(SmallCollectives c, const char *data, Py_ssize_t m, long de
     """Send one segment: an eager frame, waiting a little for room in a
     full ring (the receiver is taking the previous segments out), else the
     communicator's own send."""
-    cdef FastPath fast = c.fast
-    cdef int i, spins = fast.spins
-    cdef int polls = spins if spins >= 0 else -spins
-    if fast.send_ptr(data, m, dest, tag):
+    if c.fast.send_ptr_patient(data, m, dest, tag):
         return 0
-    if fast.enabled and not fast.backlog and fast.tx[dest] is not None \
-            and <uint64_t>m <= fast.eager_limit:
-        for i in range(polls):
-            if spins >= 0:
-                rg_relax()
-            else:
-                _prefix_yield()
-            if fast.send_ptr(data, m, dest, tag):
-                return 0
     c.send_slow(PyMemoryView_FromMemory(<char *>data, m, PyBUF_READ), dest, tag)
     return 0
 

@@ -306,7 +306,8 @@ cdef class Schedule:
                 self.ops[i] = op
                 self.st[i] = _POSTED
                 return 0
-        if self.fast.send_ptr(s.a, s.n, s.peer, self.tag + s.tag):
+        # (A stream of segments waits a little for room in the ring.)
+        if self.fast.send_ptr_patient(s.a, s.n, s.peer, self.tag + s.tag):
             self.st[i] = _DONE
             self.moved += 1
             return 0

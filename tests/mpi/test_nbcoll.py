@@ -12,6 +12,7 @@ import inspect
 import numpy as np
 import pytest
 
+import ivmpi
 import ivmpi.stats
 from ivmpi import MPI
 from ivmpi.lib import MPI as LIB
@@ -498,6 +499,46 @@ def test_traffic_goes_through_the_region(comm, streamed):
     assert after["written"] - before["written"] >= (size - 1) * block
     assert after["read"] - before["read"] >= (size - 1) * block
     assert (recv == np.arange(size, dtype="u1")[:, None]).all()
+
+
+@pytest.mark.parametrize("form", ["nonblocking", "persistent"])
+def test_large_allreduce_segments_stay_in_the_rings(comm, form):
+    """A large Iallreduce/Allreduce_init streams its blocks in eager
+    segments round by round, as the blocking call does: none is handed to
+    the engine's queue (sends of every round at once overflowed the rings
+    into it).  The result is the blocking call's, bit for bit."""
+    size, rank = comm.size, comm.rank
+    here = all(ivmpi.path_to(comm, r) in ("region", "self") for r in range(size))
+    if size < 2 or not comm.allreduce(here, op=MPI.LAND):
+        pytest.skip("needs two ranks or more, all of one region")
+    n = (4 << 20) // 8 + 3
+    data = values("f8", n, rank, 7)
+    engine = comm._engine
+    queued = []
+    real = engine.isend
+
+    def counting(*args, **kwargs):
+        queued.append(args[0])
+        return real(*args, **kwargs)
+
+    got = np.zeros(n)
+    engine.isend = counting
+    try:
+        if form == "nonblocking":
+            comm.Iallreduce(data, got).Wait()
+        else:
+            req = comm.Allreduce_init(data, got)
+            for _ in range(2):
+                got[:] = 0
+                req.Start()
+                req.Wait()
+            req.Free()
+    finally:
+        del engine.isend
+    want = np.zeros(n)
+    comm.Allreduce(data, want)
+    assert got.tobytes() == want.tobytes()
+    assert queued == []
 
 
 # --- repeated calls (a call with the same arguments reuses its schedule) -------------
