@@ -116,6 +116,7 @@ cdef class Schedule:
     cdef readonly str what
     cdef Py_ssize_t moved           # transfers completed: part of `state`
     cdef bint copy_sends            # large sends announced for the peer to copy
+    cdef readonly bint streams      # sends to one peer fill half its ring in one run
 
     def __cinit__(self):
         self.steps = NULL
@@ -193,7 +194,27 @@ cdef class Schedule:
                 self.objects.append(t[1])
             elif s.kind != ST_FENCE:
                 raise ValueError(f"step {i}: unknown kind {s.kind}")
+        self.streams = self._fills_a_ring()
         self._finished = True
+
+    cdef bint _fills_a_ring(self):
+        """Do the sends of one run to some peer take half its ring or more?
+        Such a run (a large message in segments) would overflow the ring
+        by itself: its sends wait a little for room.  Smaller runs do not
+        (a ring full then means the caller runs ahead of its receiver, and
+        a sender spinning on the ring slows the receiver emptying it)."""
+        cdef dict sent = {}
+        cdef Py_ssize_t i
+        cdef _Step *s
+        for i in range(self.nsteps):
+            s = &self.steps[i]
+            if s.kind == ST_SEND:
+                sent[s.peer] = sent.get(s.peer, 0) + s.n + _HDR
+        for peer, total in sent.items():
+            ring = self.fast.tx[peer] if self.fast.enabled else None
+            if ring is not None and 2 * total >= (<TxRing>ring).ring_bytes:
+                return True
+        return False
 
     def __dealloc__(self):
         PyMem_Free(self.steps)
@@ -307,7 +328,8 @@ cdef class Schedule:
                 self.st[i] = _POSTED
                 return 0
         # (A stream of segments waits a little for room in the ring.)
-        if self.fast.send_ptr_patient(s.a, s.n, s.peer, self.tag + s.tag):
+        if (self.fast.send_ptr_patient(s.a, s.n, s.peer, self.tag + s.tag) if self.streams
+                else self.fast.send_ptr(s.a, s.n, s.peer, self.tag + s.tag)):
             self.st[i] = _DONE
             self.moved += 1
             return 0

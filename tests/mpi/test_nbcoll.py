@@ -541,6 +541,34 @@ def test_large_allreduce_segments_stay_in_the_rings(comm, form):
     assert queued == []
 
 
+def test_only_schedules_that_fill_a_ring_wait_for_room(comm):
+    """A run that sends a peer half its ring or more (a large prefix chain)
+    waits a little for room in it; a small one (a 64 KiB Scatter_init,
+    whose caller may run ahead of its receiver) does not spin on the ring
+    its receiver is emptying."""
+    size, rank = comm.size, comm.rank
+    here = all(ivmpi.path_to(comm, r) in ("region", "self") for r in range(size))
+    if size < 2 or not comm.allreduce(here, op=MPI.LAND):
+        pytest.skip("needs two ranks or more, all of one region")
+    ring = comm._engine.geo.ring_bytes
+    big = np.ones(ring // 8)
+    out = np.zeros_like(big)
+    scan = comm.Scan_init(big, out)
+    small = np.ones(8192)
+    scatter = comm.Scatter_init(np.ones(8192 * size) if rank == 0 else None, small, root=0)
+    try:
+        # Every rank but the last passes a whole ring's worth on.
+        assert scan._start.__self__.streams == (rank < size - 1)
+        assert not scatter._start.__self__.streams
+        for req in (scan, scatter):
+            req.Start()
+            req.Wait()
+        assert (out == rank + 1).all()
+    finally:
+        scan.Free()
+        scatter.Free()
+
+
 # --- repeated calls (a call with the same arguments reuses its schedule) -------------
 
 def test_repeated_calls_see_new_data_and_changed_specs(comm):
