@@ -44,9 +44,27 @@ cpdef Py_ssize_t stream_segment(Py_ssize_t nbytes, Py_ssize_t extent,
     return seg if seg > 0 else extent
 
 
+cdef long _chain_max_ranks = 4     # one segment: a chain on this many ranks or fewer
+
+
+def set_prefix_chain_max_ranks(long ranks):
+    """Prefix reductions of one segment run as a chain on up to `ranks`
+    ranks, by recursive doubling on more (default 4; every rank must set
+    the same).  Returns the previous value: tests run both algorithms on
+    few ranks."""
+    global _chain_max_ranks
+    previous, _chain_max_ranks = _chain_max_ranks, ranks
+    return previous
+
+
 def prefix_chained(long size, Py_ssize_t nbytes, Py_ssize_t segment):
-    """Does a prefix reduction run as a chain (else recursive doubling)?"""
-    return size == 2 or nbytes > segment
+    """Does a prefix reduction run as a chain (else recursive doubling)?
+    More than one segment, or a few ranks: Open MPI's linear scan.  Calls
+    in a row pipeline along a chain (rank 0 sends and is done), where
+    doubling makes every rank wait for its partners in each of log2(size)
+    rounds (8 B on 4 ranks: 0.7-1.1 us a call against 3.2-4.2); on many
+    ranks the chain's length costs more."""
+    return nbytes > segment or size <= max(_chain_max_ranks, 2)
 
 
 # out = lower (op) higher, element-wise, one plain loop per op and type that

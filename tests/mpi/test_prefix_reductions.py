@@ -91,12 +91,23 @@ def compare(comm, make, dtype):
 
 # --- Scan and Exscan -----------------------------------------------------------------
 
+@pytest.fixture(params=["chain", "doubling"])
+def algorithm(request):
+    """Small prefix reductions run as a chain on up to 4 ranks: "doubling"
+    makes them take recursive doubling on 3 and 4 ranks too (on 2, the
+    chain either way), so that both are tested under mpirun -n 1..4."""
+    from ivmpi._fastcopy import set_prefix_chain_max_ranks
+    previous = set_prefix_chain_max_ranks(2 if request.param == "doubling" else 4)
+    yield request.param
+    set_prefix_chain_max_ranks(previous)
+
+
 @pytest.mark.parametrize("name", ["Scan", "Exscan"])
 @pytest.mark.parametrize("n", COUNTS)
 @pytest.mark.parametrize("dtype,opname", [("f8", "SUM"), ("f4", "MAX"), ("i8", "PROD"),
                                           ("i4", "MIN"), ("i2", "SUM")])
 @pytest.mark.parametrize("in_place", [False, True])
-def test_prefix(comm, name, n, dtype, opname, in_place):
+def test_prefix(comm, name, n, dtype, opname, in_place, algorithm):
     rank = comm.rank
 
     def make(kind):
@@ -125,7 +136,7 @@ def test_exscan_leaves_rank0(comm):
 
 @pytest.mark.parametrize("name", ["Scan", "Exscan"])
 @pytest.mark.parametrize("k", [1, 3, 1500])
-def test_prefix_noncommutative(comm, name, k):
+def test_prefix_noncommutative(comm, name, k, algorithm):
     rank = comm.rank
 
     def make(kind):
@@ -142,7 +153,7 @@ def test_prefix_noncommutative(comm, name, k):
 
 @pytest.mark.parametrize("name", ["Scan", "Exscan"])
 @pytest.mark.parametrize("n", [5, 2049, 16387])
-def test_prefix_mixed_paths(comm, name, n):
+def test_prefix_mixed_paths(comm, name, n, algorithm):
     # Odd ranks call the general Python algorithm (the communicator's
     # Collectives), even ranks the Cython one: their messages must agree.
     rank = comm.rank
