@@ -73,6 +73,10 @@ cdef class Mapping:
     cdef char *base
     cdef readonly Py_ssize_t size
     cdef readonly bint strict
+    # Ordinary memory (a host file, not a device's BAR): the kernel's own
+    # copies (process_vm_readv, ivmpi/_single_copy.pxi) may read and write
+    # it.  Set by the region's owner; off by default.
+    cdef public bint ordinary
 
     def __cinit__(self, obj, strict=False):
         self._held = False
@@ -154,6 +158,12 @@ cdef class Mapping:
     cdef inline bint overlaps(self, const char *p, Py_ssize_t n) noexcept:
         """Does [p, p + n), memory of this process, touch the mapped bytes?"""
         return self.base != NULL and p + n > self.base and p < self.base + self.size
+
+    cdef inline bint refuses_kernel_copy(self, const char *p, Py_ssize_t n) noexcept:
+        """Must the kernel's copies keep off [p, p + n)?  When it touches the
+        mapped bytes and they may be device memory (the kernel's copy does
+        not keep the alignment rules of ARM64 guests' BARs)."""
+        return not self.ordinary and self.overlaps(p, n)
 
     cdef inline int _check_word(self, Py_ssize_t offset, Py_ssize_t width,
                                 str op) except -1:

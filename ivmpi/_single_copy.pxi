@@ -160,8 +160,8 @@ cdef bint _sc_read(Py_ssize_t world, uint64_t address, char *dst, uint64_t total
     if pid == 0 or total == 0:
         return False
     # The kernel's copy does not keep the region's alignment rules
-    # (device memory in ARM64 guests): region buffers stream.
-    if mem is not None and mem.overlaps(dst, <Py_ssize_t>total):
+    # (device memory in ARM64 guests): such region buffers stream.
+    if mem is not None and mem.refuses_kernel_copy(dst, <Py_ssize_t>total):
         return False
     if total >= NOGIL_MIN_BYTES:
         with nogil:
@@ -192,14 +192,14 @@ def single_copy_into(Mapping mem, Py_ssize_t world, uint64_t address, object out
 def single_copy_payload(Mapping mem, Py_ssize_t world, object data):
     """The RTS payload announcing `data` (a contiguous buffer) to world
     rank `world`: its address as 8 little-endian bytes, or None (that rank
-    does not copy from us, or the buffer lies in the region)."""
+    does not copy from us, or the buffer lies in a region of device memory)."""
     cdef Py_buffer view
     cdef uint64_t address
     if not _sc_tell(world):
         return None
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
-        if mem is not None and mem.overlaps(<char *>view.buf, view.len):
+        if mem is not None and mem.refuses_kernel_copy(<char *>view.buf, view.len):
             return None
         address = <uintptr_t>view.buf
     finally:

@@ -682,6 +682,9 @@ class Region:
                                    self.strict_align, window.sync,
                                    host_file=target.backend == "file",
                                    nofollow=not follow_symlinks)
+        # A host file is ordinary memory: the kernel's copies between ranks of
+        # one kernel may read and write it (never a device's BAR).
+        self._memory.mem.ordinary = target.backend == "file" and not self.strict_align
         self.size = self._memory.size
         if self.size < MIN_REGION_SIZE:
             self._memory.close()

@@ -549,9 +549,12 @@ def test_buffered_sends_and_objects_stay_eager_to_a_peer_that_copies(comm):
     assert _messages_copied(comm, other) == before
 
 
-def test_a_receive_in_the_region_streams_a_message_under_the_eager_limit(comm):
-    """A receive buffer inside the region (Alloc_mem) is never a copy's
-    target: the announced message streams through the ring instead."""
+@pytest.mark.parametrize("memory", ["ordinary", "device"])
+def test_a_receive_in_the_region_is_copied_only_in_ordinary_memory(comm, memory):
+    """A receive buffer inside the region (Alloc_mem) is a copy's target
+    where the region is ordinary memory (a host file); where it may be
+    device memory (a guest's BAR: the kernel's copy would break ARM64's
+    alignment rules) the announced message streams through the ring."""
     other = _copying_peer(comm)
     if other is None:
         return
@@ -559,16 +562,45 @@ def test_a_receive_in_the_region_streams_a_message_under_the_eager_limit(comm):
     if comm.rank == 0:
         comm.Send(_pattern(n, 5), 1, 1)
     else:
+        region = comm._engine.mem
+        assert region.ordinary          # a /dev/shm file here
         before = _messages_copied(comm, other)
         mem = MPI.Alloc_mem(n)
+        region.ordinary = memory == "ordinary"
         try:
             got = np.frombuffer(mem, np.uint8)
             comm.Recv(got, 0, 1)
             assert np.array_equal(got, _pattern(n, 5))
             del got
         finally:
+            region.ordinary = True
             MPI.Free_mem(mem)
-        assert _messages_copied(comm, other) == before
+        assert _messages_copied(comm, other) == before + (memory == "ordinary")
+
+
+def test_alloc_mem_buffers_are_copied_from_24_kib(comm):
+    """A send buffer in the region (Alloc_mem, ordinary memory) goes in one
+    copy from 24 KiB (the eager limit or less), eagerly below: region to
+    region, the two eager copies are quicker up to about 20 KiB."""
+    other = _copying_peer(comm)
+    if other is None:
+        return
+    eager = comm._engine.eager_limit
+    sizes = [n for n in (24576 - 8, 24576, eager) if _copy_min(comm) <= n <= eager]
+    for n in sizes:
+        if comm.rank == 0:
+            mem = MPI.Alloc_mem(n)
+            try:
+                np.frombuffer(mem, np.uint8)[:] = _pattern(n, 9)
+                comm.Send([mem, MPI.BYTE], 1, 2)
+            finally:
+                MPI.Free_mem(mem)
+        else:
+            before = _messages_copied(comm, other)
+            got = np.zeros(n, np.uint8)
+            comm.Recv(got, 0, 2)
+            assert np.array_equal(got, _pattern(n, 9))
+            assert _messages_copied(comm, other) == before + (n >= 24576), n
 
 
 @pytest.mark.parametrize("call", ["Allgather", "Alltoall", "Bcast"])
