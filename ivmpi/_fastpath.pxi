@@ -1813,9 +1813,9 @@ cdef class FastPath:
             rx = <RxRing>self.rx[dest]
             # A large one in our heap goes as a region rendezvous (the
             # engine's RTS_REGION: copied out of the region, between VMs too);
-            # below the eager limit one from our memory, when ordinary memory.
-            if tx.mem.overlaps(data, <Py_ssize_t>total) and (
-                    total > self.eager_limit or not tx.mem.ordinary):
+            # below the eager limit one from our memory, unless device memory.
+            if (total > self.eager_limit and tx.mem.overlaps(data, <Py_ssize_t>total)) \
+                    or tx.mem.refuses_kernel_copy(data, <Py_ssize_t>total):
                 return None
             # What the engine streams from if it has to take over.
             try:

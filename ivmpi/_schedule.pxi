@@ -327,7 +327,7 @@ cdef class Schedule:
                 self.ops[i] = op
                 self.st[i] = _POSTED
                 return 0
-        # (A stream of segments waits a little for room in the ring.)
+        # (A run that would fill a ring by itself waits a little for room.)
         if (self.fast.send_ptr_patient(s.a, s.n, s.peer, self.tag + s.tag) if self.streams
                 else self.fast.send_ptr(s.a, s.n, s.peer, self.tag + s.tag)):
             self.st[i] = _DONE

@@ -376,12 +376,11 @@ class Collectives:
         (staging would add a copy, segments a rendezvous each).  The
         receiver takes it by _recv_staged."""
         readers = [dest for dest in dests if self._reads_ours(dest)]
-        if readers:
-            if len(mem):
-                requests += [self.p2p.Isend(mem, dest, tag) for dest in readers]
-            dests = [dest for dest in dests if dest not in readers]
-            if not dests:
-                return
+        if len(mem):
+            requests += [self.p2p.Isend(mem, dest, tag) for dest in readers]
+        dests = [dest for dest in dests if dest not in readers]
+        if not dests:
+            return
         stage = self._stage(mem)
         base = self._region_offset(stage)
         for start, end in self._segments(len(mem)):

@@ -328,10 +328,9 @@ def bcast_steps(ch, mem, root):
         readers = [j for j in range(size) if j != root and single_copy_to(ch.world[j])]
         steps += [(SEND, j, mem) for j in readers]
         dests = [None if j == root or j in readers else j for j in range(size)]
-        if len(readers) < size - 1:
-            for seg in segments:
-                sending = staged(ch, [seg] * size, dests, steps)
-                steps += [(SEND, j, sending[j]) for j in range(size) if dests[j] is not None]
+        for seg in segments:
+            sending = staged(ch, [seg] * size, dests, steps)
+            steps += [(SEND, j, sending[j]) for j in range(size) if dests[j] is not None]
         return steps
     # Binomial tree.
     mask = 1
