@@ -237,8 +237,8 @@ cdef class SmallCollectives:
     cdef bint _open(self, object spec, bint writable, Span *s) except -1:
         """Open a plain buffer spec into s; False (nothing to close) when it
         is something else: the general path takes it."""
-        cdef object buf = spec, datatype = None, entry
-        cdef Py_ssize_t n = 0
+        cdef object buf = spec, datatype = None, entry, count = None, displ = None
+        cdef Py_ssize_t n = 0, skip = 0
         s.pinned = False
         s.nbytes = -1
         s.typ = 0
@@ -248,35 +248,55 @@ cdef class SmallCollectives:
         if not PyObject_CheckBuffer(spec):
             if type(spec) is not list and type(spec) is not tuple:
                 return False
+            # mpi4py's forms: [buf, datatype], [buf, count, datatype],
+            # [buf, (count, displ), datatype], [buf, count, displ, datatype].
             n = len(spec)
             if n == 2:
                 buf, datatype = spec[0], spec[1]
-            elif n == 3 and type(spec[1]) is int:
-                buf, datatype = spec[0], spec[2]
+            elif n == 3:
+                buf, count, datatype = spec[0], spec[1], spec[2]
+                if type(count) is tuple or type(count) is list:
+                    if len(count) != 2:
+                        return False
+                    count, displ = count[0], count[1]
+            elif n == 4:
+                buf, count, displ, datatype = spec[0], spec[1], spec[2], spec[3]
             else:
+                return False
+            # Out of range (or past any buffer): the general path reports it.
+            if count is not None and (type(count) is not int or count < 0 or count > (1 << 48)):
+                return False
+            if displ is not None and (type(displ) is not int or displ < 0 or displ > (1 << 48)):
                 return False
             entry = self.fast._extent_of(datatype)
             if entry is None or not PyObject_CheckBuffer(buf):
                 return False
-            if n == 3:
-                # Out of range (or past any buffer): the general path reports it.
-                if spec[1] < 0 or spec[1] > (1 << 48):
-                    return False
-                s.nbytes = <Py_ssize_t>spec[1] * <Py_ssize_t>entry
+            if count is not None:
+                s.nbytes = <Py_ssize_t>count * <Py_ssize_t>entry
+            if displ is not None:
+                skip = <Py_ssize_t>displ * <Py_ssize_t>entry
             s.key = <size_t>datatype.handle
             s.typ = self.typecodes.get(datatype.handle, 0)
         if _direct(buf, writable, &s.data, &s.length):
             if datatype is None and type(buf) is cnp.ndarray:
                 self._format_type(s, _numpy_char(<cnp.ndarray>buf),
                                   cnp.PyArray_ITEMSIZE(<cnp.ndarray>buf))
-            return True
-        if not _pin(buf, writable, &s.view):
-            return False
-        s.pinned = True
-        s.data = <char *>s.view.buf
-        s.length = s.view.len
-        if datatype is None:
-            self._format_type(s, _format_char(s.view.format), s.view.itemsize)
+        else:
+            if not _pin(buf, writable, &s.view):
+                return False
+            s.pinned = True
+            s.data = <char *>s.view.buf
+            s.length = s.view.len
+            if datatype is None:
+                self._format_type(s, _format_char(s.view.format), s.view.itemsize)
+        if skip:
+            # A displacement: the span starts there (past the buffer: the
+            # general path reports it).
+            if skip > s.length:
+                _close(s)
+                return False
+            s.data += skip
+            s.length -= skip
         return True
 
     cdef int _format_type(self, Span *s, char c, Py_ssize_t itemsize) except -1:

@@ -384,3 +384,99 @@ def test_object_collectives_errors_as_in_mpi4py(comm):
             else:
                 comm.scatter([0] * (comm.size + 1), root=comm.rank)
     assert comm.allgather(comm.rank) == list(range(comm.size))
+
+
+# --- displaced spec forms ---------------------------------------------------------------
+
+def _displaced(form, buf, count, displ, datatype):
+    """mpi4py's two spellings of a spec with a displacement."""
+    if form == "tuple":
+        return [buf, (count, displ), datatype]
+    return [buf, count, displ, datatype]
+
+
+@pytest.fixture
+def general_calls(comm, monkeypatch):
+    """Names of the collectives the one-call paths handed to the general
+    algorithm, on a communicator that has them (not one spanning groups,
+    whose collectives are the library's)."""
+    calls = []
+    if comm._shared is None:
+        return None
+    general = comm._collectives
+    for name in ("Bcast", "Allgather", "Allreduce", "Reduce", "Gather", "Scatter"):
+        def counted(*args, _method=getattr(general, name), _name=name, **kwargs):
+            calls.append(_name)
+            return _method(*args, **kwargs)
+        monkeypatch.setattr(general, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("form", ["tuple", "four"])
+def test_displaced_specs_take_the_one_call_paths(comm, form, general_calls):
+    """[buf, (count, displ), datatype] and [buf, count, displ, datatype]
+    name count elements from element displ: the small collectives take
+    them in one call, as they take the other forms, touch nothing outside
+    them, and give Open MPI's results."""
+    size, rank = comm.size, comm.rank
+
+    def ours(buf, count, displ, datatype):
+        return _displaced(form, buf, count, displ, datatype)
+
+    def both(make, call):
+        """The call on ivmpi and on Open MPI with the same spec shapes."""
+        mine = make(MPI.DOUBLE)
+        ref = make(_native.DOUBLE)
+        call(comm, mine, MPI)
+        call(NATIVE, ref, _native)
+        return mine, ref
+
+    for root in range(size):
+        def bcast_bufs(dt):
+            buf = np.full(10, -1.0)
+            if rank == root:
+                buf[3:7] = np.arange(4) + root
+            return buf, dt
+        (mine, _), (ref, _) = both(
+            bcast_bufs, lambda c, b, lib: c.Bcast(ours(b[0], 4, 3, b[1]), root=root))
+        assert np.array_equal(mine, ref)
+        assert (mine[:3] == -1).all() and (mine[7:] == -1).all()
+
+        def reduce_bufs(dt):
+            return np.arange(6.0) * (rank + 1), np.full(8, -1.0), dt
+        (s, out, _), (_, ref, _) = both(
+            reduce_bufs, lambda c, b, lib: c.Reduce(ours(b[0], 3, 2, b[2]),
+                                                    ours(b[1], 3, 4, b[2]), lib.SUM, root))
+        if rank == root:
+            assert np.array_equal(out, ref)
+            assert (out[:4] == -1).all() and out[7] == -1
+
+    def allreduce_bufs(dt):
+        return np.arange(6.0) + rank, np.full(8, -1.0), dt
+    (_, out, _), (_, ref, _) = both(
+        allreduce_bufs, lambda c, b, lib: c.Allreduce(ours(b[0], 3, 1, b[2]),
+                                                      ours(b[1], 3, 5, b[2]), lib.SUM))
+    assert np.array_equal(out, ref)
+    assert (out[:5] == -1).all()
+
+    def allgather_bufs(dt):
+        return np.array([rank + 0.5, rank + 0.25, 9.0]), np.full(2 * size + 3, -1.0), dt
+    (_, out, _), (_, ref, _) = both(
+        allgather_bufs, lambda c, b, lib: c.Allgather(ours(b[0], 2, 0, b[2]),
+                                                      ours(b[1], 2, 3, b[2])))
+    assert np.array_equal(out, ref)
+    assert (out[:3] == -1).all()
+    assert out[3::2].tolist() == [r + 0.5 for r in range(size)]
+    if general_calls is not None and size > 1:     # (one rank: the general calls' own shortcuts)
+        assert general_calls == []
+
+
+def test_a_displacement_past_the_buffer_is_mpi4pys_error(comm):
+    """Past the end: the one-call path leaves it to the general one, which
+    reports what mpi4py reports."""
+    buf = np.zeros(4)
+    with pytest.raises(Exception) as ours:
+        comm.Bcast([buf, (1, 5), MPI.DOUBLE], root=0)
+    with pytest.raises(Exception) as theirs:
+        NATIVE.Bcast([buf, (1, 5), _native.DOUBLE], root=0)
+    assert isinstance(ours.value, type(theirs.value))
