@@ -53,9 +53,39 @@ FLAT = object()
 # it); nothing else uses that communicator's point-to-point.
 _TAG_TO_ROOT = 1
 
-# Off by default: on simulated hosts, the only layout measured so far, the
-# two levels are slower than the library's flat call (docs/routing.md).
-ENABLED = os.environ.get("IVMPI_HIERARCHY", "0").strip() in ("1", "yes", "on", "true")
+
+
+def _setting(text):
+    """IVMPI_HIERARCHY: 1 (on), 0 (off), or unset/auto (None: by kernels)."""
+    text = (text or "").strip().lower()
+    if text in ("1", "yes", "on", "true"):
+        return True
+    if text in ("0", "no", "off", "false"):
+        return False
+    return None
+
+
+# True or False: forced on or off for every communicator; None: on where
+# the groups do not all run on one kernel (default_for).
+ENABLED = _setting(os.environ.get("IVMPI_HIERARCHY"))
+
+
+def default_for(comm):
+    """Do comm's collectives take two levels unless told otherwise?  Where
+    all of its ranks run on one kernel (simulated hosts: regions of one
+    machine), the library reaches every rank through its own shared memory
+    and its flat call is quicker than splitting it (docs/routing.md);
+    where they run on several (other machines, VMs), the library's path
+    between groups is a network, and one leader per group crossing it pays.
+    The same on every member: the kernels were exchanged at start-up."""
+    if ENABLED is not None:
+        return ENABLED
+    from . import world
+    kernels = world._kernels
+    if not kernels:
+        return False
+    known = {kernels[w] for w in comm._ranks if 0 <= w < len(kernels)} - {None}
+    return len(known) > 1
 
 
 class Hierarchy:
@@ -94,6 +124,18 @@ class Hierarchy:
         handle = _MPI.Intracomm.fromhandle(comm.handle)
         leaders = _MPI.Intracomm.Split(handle, 0 if leader else _UNDEFINED, rank)
         self.leaders = leaders if leader else None
+        self._runs_key = self._runs = None
+
+    def runs(self, count, base):
+        """(counts, displs) of the groups' runs of blocks of count elements
+        from element base, as the leaders' Allgatherv takes them (the last
+        layout kept: a program repeats its calls)."""
+        key = (count, base)
+        if self._runs_key != key:
+            self._runs = ([len(m) * count for m in self.groups],
+                          [base + m[0] * count for m in self.groups])
+            self._runs_key = key
+        return self._runs
 
     def free(self):
         if self.node is not None:
@@ -202,6 +244,32 @@ def _send_ok(sendbuf):
         return False
 
 
+_TYPEDICT = _MPI._typedict
+
+
+def _array_of(spec):
+    """The library datatype of a spec that is a bare C-contiguous numpy
+    array of a predefined type in native byte order (the usual argument),
+    read from its dtype; None for anything else.  Such a spec needs none
+    of the parsing below, which costs microseconds a call, and with more
+    ranks than cores every rank's microseconds add up in turn."""
+    if type(spec) is not np.ndarray or not spec.flags.c_contiguous:
+        return None
+    dtype = spec.dtype
+    return _TYPEDICT.get(dtype.char) if dtype.isnative else None
+
+
+def _same_arrays(sendbuf, recvbuf, in_place):
+    """Are a reduction's send and receive specs bare arrays (_array_of) of
+    one datatype and size (IN_PLACE: the receive one is)?"""
+    datatype = _array_of(recvbuf)
+    if datatype is None:
+        return False
+    if in_place:
+        return True
+    return _array_of(sendbuf) is datatype and sendbuf.size == recvbuf.size
+
+
 def _scratch_like(spec):
     """[buffer, count, datatype] of the same shape as the data of spec."""
     buf = parse_send(spec)
@@ -213,10 +281,11 @@ def _scratch_like(spec):
 def Bcast(c, h, buf, root=0):
     if not _root_ok(h, root):
         return FLAT
-    try:
-        (parse_send if h.rank == root else parse_recv)(buf, holes=True)
-    except Exception:
-        return FLAT     # the library reports it
+    if _array_of(buf) is None:
+        try:
+            (parse_send if h.rank == root else parse_recv)(buf, holes=True)
+        except Exception:
+            return FLAT     # the library reports it
     root_group = h.group_of[root]
     if root_group == h.mine:
         if h.node_size > 1:
@@ -257,7 +326,8 @@ def bcast(c, h, obj, root=0):
 
 def Allreduce(c, h, sendbuf, recvbuf, op=_SUM):
     in_place = is_in_place(sendbuf)
-    if (not _order_ok(h, op) or not _plain_datatype(recvbuf if in_place else sendbuf)
+    if not _order_ok(h, op) or not _same_arrays(sendbuf, recvbuf, in_place) and (
+            not _plain_datatype(recvbuf if in_place else sendbuf)
             or not _pair_ok(sendbuf, recvbuf)):
         return FLAT
     alone = h.node_size == 1
@@ -281,10 +351,12 @@ def Reduce(c, h, sendbuf, recvbuf, op=_SUM, root=0):
     am_root = h.rank == root
     in_place = am_root and is_in_place(sendbuf)
     mine = recvbuf if in_place else sendbuf      # this rank's contribution
-    if not _order_ok(h, op) or not _plain_datatype(mine):
+    if not _order_ok(h, op):
         return FLAT
     # (The receive spec counts at the root only, as in the library.)
-    if not (_pair_ok(sendbuf, recvbuf) if am_root else _send_ok(sendbuf)):
+    if not (_same_arrays(sendbuf, recvbuf, in_place) if am_root else _array_of(sendbuf)) and (
+            not _plain_datatype(mine)
+            or not (_pair_ok(sendbuf, recvbuf) if am_root else _send_ok(sendbuf))):
         return FLAT
     root_group = h.group_of[root]
     root_leads = h.node_rank_of[root] == 0
@@ -419,13 +491,21 @@ def Allgather(c, h, sendbuf, recvbuf):
     if not h.consecutive:
         return FLAT
     in_place = is_in_place(sendbuf)
-    try:
-        recv = parse_recv(recvbuf, blocks=h.size)
-        if not in_place and parse_send(sendbuf).nbytes > recv.nbytes // h.size:
+    datatype = _array_of(recvbuf)
+    if datatype is not None and recvbuf.size % h.size == 0 \
+            and (in_place or _array_of(sendbuf) is not None):
+        # Bare arrays: the layout read off them.
+        buf, count, base = recvbuf, recvbuf.size // h.size, 0
+        if not in_place and sendbuf.nbytes > count * recvbuf.itemsize:
             return FLAT
-        buf, count, base, datatype = _recv_layout(h, recvbuf)
-    except Exception:
-        return FLAT     # the library reports it
+    else:
+        try:
+            recv = parse_recv(recvbuf, blocks=h.size)
+            if not in_place and parse_send(sendbuf).nbytes > recv.nbytes // h.size:
+                return FLAT
+            buf, count, base, datatype = _recv_layout(h, recvbuf)
+        except Exception:
+            return FLAT     # the library reports it
     first = h.groups[h.mine][0]
     alone = h.node_size == 1
     if not alone:
@@ -436,8 +516,7 @@ def Allgather(c, h, sendbuf, recvbuf):
     if h.leaders is not None:
         # Each group's run of blocks to the other leaders.
         c.leader_calls += 1
-        counts = [len(m) * count for m in h.groups]
-        displs = [base + m[0] * count for m in h.groups]
+        counts, displs = h.runs(count, base)
         h.leaders.Allgatherv(_IN_PLACE if in_place or not alone else sendbuf,
                              [buf, counts, displs, datatype])
     if not alone:

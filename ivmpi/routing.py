@@ -341,7 +341,7 @@ class LibraryCollectives:
         # collective that has them, then a Hierarchy, or False where they
         # do not apply (an intercommunicator, groups of one rank each).
         self.built = None
-        self.enabled = _hierarchy.ENABLED
+        self.enabled = _hierarchy.default_for(comm)
         # Calls by collective name, either way, and the sub-collectives
         # of the two levels this process made (ivmpi.hierarchy.stats).
         self.two_level, self.flat = {}, {}

@@ -32,6 +32,7 @@ _engine = None
 _heartbeat = None
 _under_mpi = False
 _groups = None     # the node groups: world ranks sharing a region (docs/routing.md)
+_kernels = None    # each world rank's kernel (boot id), None where unknown
 
 
 def _env_float(name, default):
@@ -296,19 +297,23 @@ def _agree_single_copy(mpi, rank):
     """Which pairs of ranks move large messages in one copy, from the
     sender's memory (ivmpi/_single_copy.pxi): those on one kernel where the
     reader could read the other's random token back.  Collective.
-    IVMPI_SINGLE_COPY=0 turns it off (every rank must agree)."""
-    global _single_copy_token
+    IVMPI_SINGLE_COPY=0 turns it off (every rank must agree).
+    The same exchange records every rank's kernel (world._kernels): where
+    ranks of different regions run on one kernel, the library connects
+    them through its own shared memory (ivmpi.hierarchy's default)."""
+    global _single_copy_token, _kernels
     from . import _fastcopy
     size = mpi.Get_size()
     me = None
-    if os.environ.get("IVMPI_SINGLE_COPY", "1") != "0":
-        kernel = _kernel_identity()
-        if kernel is not None:
-            _fastcopy.allow_single_copy_readers()
-            _single_copy_token = secrets.token_bytes(16)
-            address, _ = _fastcopy.buffer_span(_single_copy_token)
-            me = (kernel, os.getpid(), address, _single_copy_token)
-    everyone = _allgather_plain(mpi, me)
+    kernel = _kernel_identity()
+    if os.environ.get("IVMPI_SINGLE_COPY", "1") != "0" and kernel is not None:
+        _fastcopy.allow_single_copy_readers()
+        _single_copy_token = secrets.token_bytes(16)
+        address, _ = _fastcopy.buffer_span(_single_copy_token)
+        me = (kernel, os.getpid(), address, _single_copy_token)
+    everyone = _allgather_plain(mpi, (None if kernel is None else kernel[0], me))
+    _kernels = [boot for boot, _ in everyone]
+    everyone = [offer for _, offer in everyone]
     if all(them is None for them in everyone):
         return      # (every rank sees this alike: nobody offers, nobody copies)
     readable = [0] * size

@@ -26,9 +26,11 @@ pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.usefixtures("engine_timeo
 
 @pytest.fixture(autouse=True, scope="module")
 def _two_levels():
-    """The two levels are off by default (IVMPI_HIERARCHY): on for the
-    communicators this module's tests make (each test's Dup included), and
-    off again for the test files that run after it in the same process."""
+    """The two levels are on by default only where the groups run on
+    several kernels (IVMPI_HIERARCHY unset; simulated hosts share one): on
+    for the communicators this module's tests make (each test's Dup
+    included), and back to the default for the test files that run after
+    it in the same process."""
     before = hierarchy.ENABLED
     hierarchy.ENABLED = True
     yield
@@ -514,3 +516,72 @@ def test_arguments_the_library_refuses_go_flat_on_every_rank(comm):
     with way(comm, "Allreduce"):
         comm.Allreduce(np.ones(3), out, MPI.SUM)
     assert (out == comm.size).all()
+
+
+def test_default_two_levels_only_where_the_groups_run_on_several_kernels(comm, monkeypatch):
+    """IVMPI_HIERARCHY unset: flat where every rank runs on one kernel (the
+    library's shared memory joins the groups), two levels where the groups
+    run on different kernels (other machines, VMs: the library's path
+    between them is a network).  Every member decides alike, from the
+    kernels exchanged at start-up."""
+    from ivmpi import world
+    monkeypatch.setattr(hierarchy, "ENABLED", None)
+    pays, _ = _layout(comm)
+    data = _values(comm.rank, 1000, "i4")
+    ref = np.zeros_like(data)
+    _plain(comm).Allreduce(data, ref)
+    one_kernel = len(set(world._kernels) - {None}) == 1
+    for kernels in (None, "per group"):
+        if kernels == "per group":
+            # As if each group ran on a machine of its own.
+            group_of = {w: g for g, members in enumerate(ivmpi.node_groups()) for w in members}
+            monkeypatch.setattr(world, "_kernels",
+                                [f"kernel-{group_of[w]}" for w in range(len(world._kernels))])
+        dup = comm.Dup()
+        try:
+            out = np.zeros_like(data)
+            expect = kernels == "per group" or not one_kernel
+            with way(dup, "Allreduce", two_level=expect):
+                dup.Allreduce(data, out)
+            assert np.array_equal(out, ref)
+            if hierarchy.stats(dup) is not None:
+                assert hierarchy.stats(dup)["two_level"].get("Allreduce", 0) == int(pays and expect)
+        finally:
+            dup.Free()
+
+
+def test_bare_arrays_and_other_specs_agree_with_the_library(comm):
+    """C-contiguous numpy arrays are read off their dtype, every other
+    argument parsed: the results are the library's either way, and what
+    the library refuses goes flat on every rank."""
+    plain = _plain(comm)
+    rank, size = comm.rank, comm.size
+    grid = _values(rank, 6 * 8 * 8, "f8").reshape(6, 8)
+    out, ref = np.zeros_like(grid), np.zeros_like(grid)
+    with way(comm, "Allreduce"):
+        comm.Allreduce(grid, out)
+    plain.Allreduce(grid, ref)
+    assert np.array_equal(out, ref)
+    fortran = np.asfortranarray(grid)
+    out = np.asfortranarray(np.zeros_like(grid))
+    with way(comm, "Allreduce"):
+        comm.Allreduce(fortran, out)
+    assert np.array_equal(out, ref)
+    blocks = np.full((size, 3), -1, np.int64)
+    with way(comm, "Allgather"):
+        comm.Allgather(np.arange(3, dtype=np.int64) + 10 * rank, blocks)
+    assert blocks.tolist() == [[10 * r, 10 * r + 1, 10 * r + 2] for r in range(size)]
+    if comm.rank == 0:
+        root_buf = np.arange(8.0)
+    else:
+        root_buf = np.zeros(8)
+    with way(comm, "Bcast"):
+        comm.Bcast(root_buf, root=0)
+    assert root_buf.tolist() == list(range(8))
+    # Refused alike on every rank: a strided array, two datatypes.
+    with way(comm, "Bcast", two_level=False):
+        with pytest.raises(Exception):
+            comm.Bcast(np.zeros(8)[::2], root=0)
+    with way(comm, "Allreduce", two_level=False):
+        with pytest.raises(ValueError):
+            comm.Allreduce(np.zeros(4), np.zeros(4, np.int64), MPI.SUM)
