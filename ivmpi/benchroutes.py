@@ -2,6 +2,10 @@
 
     mpirun -n 4 scripts/simulate-hosts 2+2 python -m ivmpi.benchroutes [--sizes 8,65536,4194304]
     mpirun -n 4 scripts/simulate-hosts 2+2 python -m ivmpi.benchroutes --collectives
+    mpirun -n 4 --mca btl tcp,self scripts/simulate-hosts 2+2 python -m ivmpi.benchroutes ...
+
+(The last: the library over TCP only, as between machines; simulated hosts
+share a kernel, over whose shared memory the library joins the groups.)
 
 Rank 0 ping-pongs with rank 1 (same group: the region path) and with the
 first rank of another group (the MPI library path), each over ivmpi and
