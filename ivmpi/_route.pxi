@@ -304,8 +304,11 @@ cdef class LibraryRecv(RecvOp):
         return 0
 
     cdef int _start(self, int source, int tag) except -1:
-        """Post the receive on the handle (engine lock held), and take its
-        message if it is there already."""
+        """Post the receive on the handle (engine lock held).  Not tested
+        here: a test that finds nothing runs the library's progress, which
+        on more ranks than cores gives the core away (yield when idle), and
+        a receive is mostly posted before its message comes; the caller's
+        wait tests it."""
         cdef char *target
         cdef int n, err
         if self.base != NULL and self.capacity >= _DIRECT_MAX:
@@ -313,14 +316,20 @@ cdef class LibraryRecv(RecvOp):
             n = <int>min(self.capacity, _ROUTE_MAX_COUNT)
         else:
             # (Uninitialized: only the bytes a message brings are touched.)
-            self.bounce = PyByteArray_FromStringAndSize(NULL, _DIRECT_MAX)
+            self.bounce = self.route.take_bounce()
             target = PyByteArray_AS_STRING(self.bounce)
             n = _DIRECT_MAX
         err = MPI_Irecv(target, n, MPI_BYTE, source, tag, self.route.handle, &self.request)
         if err != MPI_SUCCESS:
             raise _library_error(err, "receive")
-        self.test()
         return 0
+
+    cdef inline void _drop_bounce(self) noexcept:
+        """The bounce buffer back to the route for the next receive (its
+        request is complete: the library writes it no more)."""
+        if self.bounce is not None:
+            self.route.spare_bounce = self.bounce
+            self.bounce = None
 
     cdef int _arrived(self, MPI_Status *status) except -1:
         """The handle's message came: the data itself (copied from the
@@ -352,7 +361,7 @@ cdef class LibraryRecv(RecvOp):
             _read_marker(<const unsigned char *>held, &tag, &size)
         except RegionError as exc:
             return self._fail(exc)
-        self.bounce = None
+        self._drop_bounce()
         self.total = <Py_ssize_t>size
         if self.base == NULL:
             self.data = PyByteArray_FromStringAndSize(NULL, <Py_ssize_t>size)
@@ -382,7 +391,7 @@ cdef class LibraryRecv(RecvOp):
         cdef Py_ssize_t n = self.total
         self._release()
         self.scratch = None
-        self.bounce = None
+        self._drop_bounce()
         self.state = "done"
         if err != MPI_SUCCESS:
             self.error = _library_error(err, "receive")
@@ -416,7 +425,7 @@ cdef class LibraryRecv(RecvOp):
             MPI_Test_cancelled(&status, &flag)
             if flag:
                 self._release()
-                self.bounce = None
+                self._drop_bounce()
                 self.cancelled = True
                 self.state = "done"
                 self.done = True
@@ -557,6 +566,7 @@ cdef class RoutedPath:
     cdef const unsigned char *routed     # 1: that communicator rank is in another region
     cdef list ranks                      # world rank of each communicator rank
     cdef list ops                        # the engine's library operations in flight
+    cdef object spare_bounce             # a bounce buffer a completed receive gave back
     cdef LibraryCounts sent, received, sent_direct, received_direct
     # FastPath's own calls, for the ranks of this region.
     cdef object f_Send, f_Recv, f_Isend, f_Irecv, f_Ssend, f_Issend, f_send, f_recv
@@ -580,6 +590,15 @@ cdef class RoutedPath:
         self.f_isend, self.f_ssend, self.f_issend = fast.isend_object, fast.ssend_object, \
             fast.issend_object
         self.f_Sendrecv = fast.Sendrecv
+
+    cdef object take_bounce(self):
+        """A bytearray of _DIRECT_MAX bytes for a receive into a smaller
+        buffer: the one the last such receive gave back, else a new one."""
+        bounce = self.spare_bounce
+        if bounce is None:
+            return PyByteArray_FromStringAndSize(NULL, _DIRECT_MAX)
+        self.spare_bounce = None
+        return bounce
 
     cdef inline bint _to(self, long rank) noexcept:
         """Is communicator rank `rank` reached through the library?"""
@@ -832,8 +851,8 @@ cdef class RoutedPath:
         return True
 
     cdef object _post(self, object buf, long source, long tag, bint obj):
-        """A direct receive of (source, tag): a LibraryRecv (matched already
-        when its message is there), or None for the general path (not first
+        """A direct receive of (source, tag): a LibraryRecv, posted, or
+        None for the general path (not first
         in MPI order, a spec that is not a plain buffer, another thread in
         the engine).  obj: an object receive (into a buffer of the message's
         size)."""

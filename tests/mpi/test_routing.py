@@ -582,6 +582,29 @@ def test_direct_receives_of_one_source_keep_post_order(comm):
         comm.Barrier()
 
 
+def test_small_direct_receives_in_flight_keep_their_own_bytes(comm):
+    """Receives into buffers smaller than a handle message take theirs
+    through a buffer of that size, which a completed receive hands to the
+    next one: receives in flight never share one, whatever the order in
+    which they complete and are posted."""
+    for k in range(1, comm.size):
+        dst, src = (comm.rank + k) % comm.size, (comm.rank - k) % comm.size
+        for round in range(8):
+            n = 16 + round
+            bufs = {tag: np.zeros(n, np.uint8) for tag in (40, 41, 42, 43)}
+            reqs = {tag: comm.Irecv(bufs[tag], src, tag) for tag in (40, 41, 42)}
+            sends = [comm.Isend(payload(comm.rank, dst, tag + round, n), dst, tag)
+                     for tag in (42, 40, 41, 43)]
+            reqs[41].Wait()
+            reqs[43] = comm.Irecv(bufs[43], src, 43)    # while 40 and 42 are in flight
+            for tag in (42, 43, 40):
+                reqs[tag].Wait()
+            MPI.Request.Waitall(sends)
+            for tag, buf in bufs.items():
+                assert np.array_equal(buf, payload(src, comm.rank, tag + round, n)), (tag, round)
+        comm.Barrier()
+
+
 def test_any_source_after_a_direct_receive_gets_the_next_message(comm):
     for k in range(1, comm.size):
         dst, src = (comm.rank + k) % comm.size, (comm.rank - k) % comm.size
