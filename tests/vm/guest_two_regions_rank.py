@@ -28,7 +28,7 @@ import numpy as np
 
 os.environ.setdefault("IVMPI_REGION", "pci")
 import ivmpi  # noqa: E402
-from ivmpi import MPI, stats  # noqa: E402
+from ivmpi import MPI, hierarchy, stats  # noqa: E402
 
 GROUPS = [[0, 1], [2]]
 IN_GROUP_PAYLOAD = 8 << 20          # each way between ranks 0 and 1
@@ -224,6 +224,14 @@ def main():
     stage("point-to-point with every peer done")
     collectives(comm, node)
     comm.Barrier()
+    # Guests have a kernel each: the world's collectives took two levels
+    # (on simulated hosts, one kernel, the library's flat call).
+    two = hierarchy.stats(comm)["two_level"]
+    if "IVMPI_SIMULATED_HOSTS" in os.environ:
+        check(not two, f"two-level collectives on one kernel: {two}")
+    else:
+        check(two.get("Allreduce", 0) == 2 and two.get("Bcast", 0) == size,
+              f"the collectives across guests were not two-level: {two}")
     stage("collectives done")
 
     # The counters: which path each peer's traffic took.
