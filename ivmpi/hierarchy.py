@@ -20,8 +20,10 @@ Each collective decides between the two levels and the library's call on
 the whole communicator (flat) from what is the same on every member: the
 communicator's groups, the root, the op and (for reductions, whose
 datatype MPI requires to be the same everywhere) the datatype.  Flat:
-  - groups of one rank each, or IVMPI_HIERARCHY unset or 0 (then no sub-communicator
-    is made), or hierarchy.enable(comm, False);
+  - groups of one rank each, or the two levels off for the communicator
+    (then no sub-communicator is made): by default where all of its ranks
+    run on one kernel (default_for), with IVMPI_HIERARCHY=0, or after
+    hierarchy.enable(comm, False);
   - a non-commutative op (user op, callable of an object reduction) when
     some group's ranks are not consecutive: the two levels keep rank order
     only when every group is a run of consecutive ranks;
@@ -52,7 +54,6 @@ FLAT = object()
 # or gather's result handed from a group's leader to a root that is not
 # it); nothing else uses that communicator's point-to-point.
 _TAG_TO_ROOT = 1
-
 
 
 def _setting(text):
