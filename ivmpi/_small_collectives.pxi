@@ -264,6 +264,8 @@ cdef class SmallCollectives:
             else:
                 return False
             # Out of range (or past any buffer): the general path reports it.
+            # (Below 2**48 of a predefined type, at most 32 bytes, the byte
+            # counts cannot overflow.)
             if count is not None and (type(count) is not int or count < 0 or count > (1 << 48)):
                 return False
             if displ is not None and (type(displ) is not int or displ < 0 or displ > (1 << 48)):
