@@ -1130,18 +1130,28 @@ class Collectives:
         return result if self.rank == root else None
 
     def _reduce_objects(self, sendobj, op):
-        """Binomial tree to rank 0 in rank order: lower ranks on the left of op."""
+        """Binomial tree to rank 0 in rank order: lower ranks on the left of
+        op.  A rank that combines does so on a private copy of its object
+        (op may change its arguments, and the result must not be the
+        caller's); one that only sends (half of them) pickles its object
+        once, with no copy first: the copy's pickling and unpickling would
+        be on the way to the root."""
         size, rank = self.size, self.rank
-        result = _copy_object(sendobj)
+        result = sendobj
+        private = False
         mask = 1
         while mask < size:
             if rank & mask:
                 self.p2p.send(result, rank & ~mask, TAG_REDUCE)
                 break
             if rank | mask < size:
+                if not private:
+                    result, private = _copy_object(sendobj), True
                 result = op(result, self.p2p.recv(source=rank | mask, tag=TAG_REDUCE))
             mask <<= 1
-        return result if rank == 0 else None
+        if rank != 0:
+            return None
+        return result if private else _copy_object(sendobj)
 
     def allreduce(self, sendobj, op=MPI.SUM):
         return self.bcast(self._reduce_objects(sendobj, op), root=0)

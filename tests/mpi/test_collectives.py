@@ -434,6 +434,30 @@ def test_object_reductions(coll, op):
     assert coll.exscan(obj, op) == WORLD.exscan(obj, op)
 
 
+def test_object_reductions_never_touch_or_return_the_callers_object(coll):
+    """The result is a private object on every rank, the caller's is left
+    as it was, even by an op that changes its first argument and returns
+    it (ranks that only send pickle theirs without copying it first)."""
+    def extend(a, b):
+        a.extend(b)
+        return a
+
+    def first(a, b):
+        return a
+
+    mine = [RANK]
+    for root in ROOTS:
+        got = coll.reduce(mine, extend, root)
+        assert mine == [RANK]
+        if RANK == root:
+            assert got == list(range(SIZE)) and got is not mine
+    got = coll.allreduce(mine, extend)
+    assert mine == [RANK] and got == list(range(SIZE)) and got is not mine
+    got = coll.allreduce(mine, first)
+    assert got == [0] and got is not mine
+    assert coll.reduce(mine, first, 0) == ([0] if RANK == 0 else None)
+
+
 def test_object_maxloc(coll):
     obj = (RANK % 2, RANK)
     assert coll.allreduce(obj, MPI.MAXLOC) == WORLD.allreduce(obj, MPI.MAXLOC)
