@@ -40,7 +40,8 @@ import os
 import numpy as np
 
 from .lib import MPI as _MPI
-from .buffers import is_in_place, parse_send, parse_recv, _split_simple, _as_datatype, has_holes
+from .buffers import (_TYPEDICT, is_in_place, parse_send, parse_recv, _split_simple,
+                      _as_datatype, has_holes)
 
 _IN_PLACE = _MPI.IN_PLACE
 _SUM = _MPI.SUM
@@ -243,9 +244,6 @@ def _send_ok(sendbuf):
         return True
     except Exception:
         return False
-
-
-_TYPEDICT = _MPI._typedict
 
 
 def _array_of(spec):
