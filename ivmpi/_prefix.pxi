@@ -44,6 +44,31 @@ cpdef Py_ssize_t stream_segment(Py_ssize_t nbytes, Py_ssize_t extent,
     return seg if seg > 0 else extent
 
 
+cpdef Py_ssize_t prefix_segment(long size, long rank, list world, Py_ssize_t nbytes,
+                                Py_ssize_t extent, Py_ssize_t eager_limit) except -1:
+    """Bytes per segment of a prefix chain: on two ranks where rank 1
+    copies rank 0's messages from its memory (world: the communicator's
+    world ranks), the whole message in one piece, one copy straight from
+    rank 0's buffer (segments would be a rendezvous each, and eager ones
+    cross between cores twice: on some hosts several times one copy);
+    else stream_segment.  Both ranks compute the same."""
+    if size == 2 and nbytes > 0 and (single_copy_to(world[1]) if rank == 0
+                                     else single_copy_from(world[0])):
+        return nbytes
+    return stream_segment(nbytes, extent, eager_limit)
+
+
+cpdef bint pair_copies(long size, long rank, list world) except -1:
+    """Two ranks, each copying the other's messages from its memory
+    (world: the communicator's world ranks): their large reductions
+    exchange whole inputs, each copied once straight from its owner's
+    buffer (Collectives._pair_reduce).  Both ranks answer the same."""
+    if size != 2:
+        return False
+    other = world[1 - rank]
+    return single_copy_to(other) and single_copy_from(other)
+
+
 cdef long _chain_max_ranks = 4     # one segment: a chain on this many ranks or fewer
 
 
@@ -208,11 +233,22 @@ cdef int prefix_chain(SmallCollectives c, const char *data, char *recv, Py_ssize
     cdef char *out
     cdef bint last = rank == size - 1
     if rank == 0:
-        o = 0
-        while o < n:
-            m = min(seg, n - o)
-            stream_give(c, data + o, m, 1, tag)
-            o += m
+        # The caller's own bytes: the segments rank 1 copies from our memory
+        # are announced, all of them, then waited for (SmallCollectives._give).
+        announced = []
+        try:
+            o = 0
+            while o < n:
+                m = min(seg, n - o)
+                op = c.fast.announce_step(data + o, m, 1, tag) if c.give_copies else None
+                if op is None:
+                    stream_give(c, data + o, m, 1, tag)
+                else:
+                    announced.append(op)
+                o += m
+        finally:
+            for op in announced:
+                c.fast.finish(op, "a collective's step")
         if inclusive and recv != data:
             ivmpi_copy_plain(recv, data, n)
         return 0
@@ -227,7 +263,7 @@ cdef int prefix_chain(SmallCollectives c, const char *data, char *recv, Py_ssize
             if not last:
                 stream_give(c, recv + o, m, rank + 1, tag)
         elif last:
-            stream_take(c, recv + o, NULL, NULL, m, rank - 1, tag, code, typ)
+            c._recv(recv + o, m, rank - 1, tag)     # (straight in, whatever the frame)
         else:
             # recv = theirs; what goes on = theirs op mine (mine read first: IN_PLACE)
             stream_take(c, recv + o, out, data + o, m, rank - 1, tag, code, typ)

@@ -52,6 +52,12 @@ SCHED_TYPES = {"f8": T_F64, "f4": T_F32, "i8": T_I64, "i4": T_I32}
 # 16 -> 34 us, Iscan 4 ranks 40 -> 104); nor with more ranks than cores,
 # where a clear-to-send waits for its receiver to be scheduled (Ialltoall
 # on 4 ranks, 2 cores, 62 -> 78).
+# Other schedules mark the sends that take the caller's own bytes (a
+# gather's block, a scatter's or broadcast's at the root, the first link of
+# a prefix chain: (SEND, peer, bytes, k, True)), announced the same way:
+# the ring's two copies cross between cores twice, which on some hosts
+# (vCPUs far apart) costs several times one copy (a 64 KiB Gather on 2
+# ranks 4.4 us or 28 by turns, one copy 8-9.6 either way).
 cdef bint _copies_callers_blocks(str what):
     return what.startswith(("Neighbor_", "Ineighbor_", "Alltoall", "Ialltoall"))
 
@@ -64,7 +70,7 @@ cdef enum:
 ctypedef struct _Step:
     int kind
     int peer             # communicator rank (SEND, RECV)
-    int code             # COMBINE: op code
+    int code             # COMBINE: op code; SEND: 1 for the caller's own bytes
     int typ              # COMBINE: element type code
     long tag             # SEND, RECV: added to the run's tag
     char *a              # SEND: data; RECV, COPY: destination; COMBINE: inout
@@ -116,6 +122,7 @@ cdef class Schedule:
     cdef readonly str what
     cdef Py_ssize_t moved           # transfers completed: part of `state`
     cdef bint copy_sends            # large sends announced for the peer to copy
+    cdef bint copy_own              # those of sends marked as the caller's bytes
     cdef readonly bint streams      # sends to one peer fill half its ring in one run
 
     def __cinit__(self):
@@ -143,6 +150,7 @@ cdef class Schedule:
         self.size = len(world)
         self.what = what
         self.copy_sends = _copies_callers_blocks(what) and not engine.oversubscribed
+        self.copy_own = not engine.oversubscribed
         self.prologue = tuple(prologue)
         self.epilogue = tuple(epilogue)
         self.keep = keep
@@ -167,6 +175,7 @@ cdef class Schedule:
                 if s.peer < 0 or s.peer >= self.size:
                     raise ValueError(f"step {i}: rank {s.peer} is not in 0..{self.size - 1}")
                 s.tag = t[3] if len(t) > 3 else 0
+                s.code = 1 if s.kind == ST_SEND and len(t) > 4 and t[4] else 0   # own bytes
                 _address(t[2], s.kind == ST_RECV, &s.a, &s.n)
                 s.obj = len(self.objects)
                 self.objects.append(t[2])
@@ -321,7 +330,7 @@ cdef class Schedule:
     cdef int _send(self, Py_ssize_t i, _Step *s) except -1:
         # A large block to a peer that copies from our memory: announced,
         # done on its clear-to-send (the buffers live until the schedule ends).
-        if self.copy_sends:
+        if self.copy_sends or (s.code and self.copy_own):
             op = self.fast.announce_step(s.a, s.n, s.peer, self.tag + s.tag)
             if op is not None:
                 self.ops[i] = op

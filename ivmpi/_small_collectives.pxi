@@ -175,6 +175,10 @@ cdef class SmallCollectives:
     cdef size_t format_key[128]     # format character -> handle of its datatype
     cdef object send_slow, recv_slow, general, in_place, default_op
     cdef public object lock_of      # name -> mpi4py's lock of an object collective
+    # Large blocks of the caller's own that a peer copies from our memory
+    # go in one copy (_give); not with more ranks than cores, where the
+    # peer's copy waits for it to be scheduled (the sender would too).
+    cdef public bint give_copies
     cdef object last_op, last_code
     cdef bytearray acc, tmp, part
     cdef Py_ssize_t *soff
@@ -366,6 +370,19 @@ cdef class SmallCollectives:
         """One eager message; the twin's own Send when the fast path cannot."""
         if not self.fast.send_ptr(data, n, dest, tag):
             self.send_slow(PyMemoryView_FromMemory(<char *>data, n, PyBUF_READ), dest, tag)
+        return 0
+
+    cdef int _give(self, const char *data, Py_ssize_t n, long dest, long tag) except -1:
+        """A send its receiver only receives for: a block that dest copies
+        from our memory is announced and waited for (one copy, from the
+        caller's buffer, instead of the ring's two: the ring's copies cross
+        between cores twice, which on some hosts costs several times the
+        copy), the rest sent eagerly."""
+        op = self.fast.announce_step(data, n, dest, tag) if self.give_copies else None
+        if op is None:
+            self._send(data, n, dest, tag)
+        else:
+            self.fast.finish(op, "a collective's step")
         return 0
 
     cdef int _exchange(self, const char *out, Py_ssize_t nout, long dest, char *into,
@@ -708,6 +725,54 @@ cdef class SmallCollectives:
             ivmpi_copy_plain(out, mine, nbytes)
         return 0
 
+    cdef bint _pair_reduce(self, const char *data, char *out, Py_ssize_t nbytes, int code,
+                           int typ, long root, long tag) except -1:
+        """Reduce (root 0 or 1) or allreduce (root -1) on two ranks that
+        copy each other's messages (pair_copies): the whole input goes
+        to the other rank (to the root only, for a reduce) in one message,
+        announced from the caller's buffer, and each result is lower op
+        higher, as Collectives._pair_reduce.  One copy of each input
+        instead of the ring's two, which cross between cores: on some
+        hosts several times one copy.  out: the result (may be data:
+        IN_PLACE), NULL off the root.  False: nothing sent, the general
+        path's turn (a large message that cannot be announced)."""
+        cdef long rank = self.rank, peer = 1 - self.rank
+        cdef char *theirs
+        cdef Py_ssize_t count = nbytes // _item_bytes(typ)
+        if root >= 0 and rank != root:
+            op = self.fast.announce_step(data, nbytes, peer, tag)
+            if op is None:
+                if not self._small(nbytes):
+                    return False
+                self._send(data, nbytes, peer, tag)
+            else:
+                self.fast.finish(op, "a collective's step")
+            return True
+        theirs = self._scratch(1, nbytes)
+        if root >= 0:
+            self._recv(theirs, nbytes, peer, tag)
+        else:
+            op = self.fast.announce_step(data, nbytes, peer, tag)
+            if op is None:
+                if not self._small(nbytes):
+                    return False
+                self._send(data, nbytes, peer, tag)
+                self._recv(theirs, nbytes, peer, tag)
+            else:
+                try:
+                    self._recv(theirs, nbytes, peer, tag)
+                finally:
+                    self.fast.finish(op, "a collective's step")
+        # (The peer has copied ours by now: out may be data, IN_PLACE.)
+        with nogil:
+            if out == data:
+                _combine(code, typ, out, theirs, count, rank == 0)
+            elif rank == 0:
+                _combine3(code, typ, out, data, theirs, count)
+            else:
+                _combine3(code, typ, out, theirs, data, count)
+        return True
+
     cdef int _streamed_reduce(self, const char *data, char *out, Py_ssize_t nbytes, int code,
                               int typ, long root, long tag) except -1:
         """The general algorithm for large messages (Collectives._region_reduce):
@@ -810,12 +875,22 @@ cdef class SmallCollectives:
         if not self._reduction(sendbuf, recvbuf, op, &send, &recv, at_root):
             return False
         try:
+            if self._small(send.nbytes) and self.give_copies \
+                    and pair_copies(self.size, self.rank, self.fast.world_ranks):
+                # (The tree's one message on two ranks, from the caller's buffer.)
+                return self._pair_reduce(send.data, recv.data if at_root else NULL,
+                                         send.nbytes, <int>self._op_code(op), send.typ, r,
+                                         self.reduce_tag)
             if self._small(send.nbytes):
                 self._tree_reduce(send.data, recv.data if at_root else NULL, send.nbytes,
                                   <int>self._op_code(op), send.typ, r, self.reduce_tag)
                 return True
             if send.nbytes >= _REDUCE_SCATTER_MIN \
                     and send.nbytes // _item_bytes(send.typ) >= self.size:
+                if pair_copies(self.size, self.rank, self.fast.world_ranks):
+                    return self._pair_reduce(send.data, recv.data if at_root else NULL,
+                                             send.nbytes, <int>self._op_code(op), send.typ, r,
+                                             self.reduce_tag)
                 self._streamed_reduce(send.data, recv.data if at_root else NULL, send.nbytes,
                                       <int>self._op_code(op), send.typ, r, self.reduce_tag)
                 return True
@@ -848,6 +923,13 @@ cdef class SmallCollectives:
             code = <int>self._op_code(op)
             typ = recv.typ
             count = n // _item_bytes(typ)
+            # (Within the eager limit the messages are the same either way:
+            # one each way; eager when ranks wait for cores, see give_copies.)
+            if size == 2 and ((self._small(n) and self.give_copies)
+                              or (n >= _REDUCE_SCATTER_MIN and count >= size)) \
+                    and pair_copies(size, rank, self.fast.world_ranks):
+                return self._pair_reduce(send.data, recv.data, n, code, typ, -1,
+                                         self.allreduce_tag)
             if not self._small(n):
                 if n < _REDUCE_SCATTER_MIN or count < size:
                     return False
@@ -925,7 +1007,8 @@ cdef class SmallCollectives:
             n = recv.nbytes
             code = <int>self._op_code(op)
             typ = recv.typ
-            seg = stream_segment(n, _item_bytes(typ), <Py_ssize_t>self.eager_limit)
+            seg = prefix_segment(size, rank, self.fast.world_ranks, n, _item_bytes(typ),
+                                 <Py_ssize_t>self.eager_limit)
             if prefix_chained(size, n, seg):
                 prefix_chain(self, send.data, recv.data, n, seg, code, typ, inclusive, tag)
                 return True
@@ -1073,7 +1156,7 @@ cdef class SmallCollectives:
                 if scatter:
                     self._recv(mine.data, n, r, tag)
                 else:
-                    self._send(mine.data, n, r, tag)
+                    self._give(mine.data, n, r, tag)
                 return True
             finally:
                 _close(&mine)
@@ -1117,13 +1200,26 @@ cdef class SmallCollectives:
                         ivmpi_move_plain(whole.data + self.roff[r], mine.data, n)
                 finally:
                     _close(&mine)
-            for i in range(size):
-                if i == r:
-                    continue
-                if scatter:
-                    self._send(whole.data + self.roff[i], self.rlen[i], i, tag)
-                else:
-                    self._recv(whole.data + self.roff[i], self.rlen[i], i, tag)
+            if not scatter:
+                for i in range(size):
+                    if i != r:
+                        self._recv(whole.data + self.roff[i], self.rlen[i], i, tag)
+                return True
+            # Every block that its rank copies from our memory announced
+            # first, so the ranks copy side by side, then waited for.
+            announced = []
+            try:
+                for i in range(size):
+                    if i != r:
+                        op = self.fast.announce_step(whole.data + self.roff[i], self.rlen[i],
+                                                     i, tag) if self.give_copies else None
+                        if op is None:
+                            self._send(whole.data + self.roff[i], self.rlen[i], i, tag)
+                        else:
+                            announced.append(op)
+            finally:
+                for op in announced:
+                    self.fast.finish(op, "a collective's step")
             return True
         finally:
             _close(&whole)

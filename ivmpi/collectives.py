@@ -52,8 +52,9 @@ from .lib import MPI
 
 from .buffers import (parse_send, parse_recv, parse_vbuf, is_in_place,
                       datatype_extent, packed_spec, packed_vspec)
-from ._fastcopy import (REDUCE_SCATTER_MIN, buffer_span, prefix_chained, single_copy_from,
-                        single_copy_to, stage_into, stream_segment)
+from ._fastcopy import (REDUCE_SCATTER_MIN, buffer_span, pair_copies, prefix_chained,
+                        prefix_segment, single_copy_from, single_copy_to, stage_into,
+                        stream_segment)
 from .errors import BufferSpecError, IvmpiError
 from .staging import STAGE_MIN_RANKS
 
@@ -799,11 +800,42 @@ class Collectives:
         data, recv, count, datatype = self._reduction_args(
             sendbuf, recvbuf, at_root=self.rank == root)
         if self._region_sized(data, count, datatype):
-            self._region_reduce(data, recv, count, datatype, op, root)
+            if self._pair():
+                self._pair_reduce(data, recv, count, datatype, op, root, TAG_REDUCE)
+            else:
+                self._region_reduce(data, recv, count, datatype, op, root)
             return
         result = self._reduce_bytes(data, count, datatype, op, root, TAG_REDUCE)
         if recv is not None:
             recv.mem[:] = result
+
+    def _pair(self):
+        """Two ranks that copy each other's messages from their memory
+        (the same answer on both)?"""
+        ranks = getattr(self.p2p, "_ranks", None)
+        return ranks is not None and pair_copies(self.size, self.rank, list(ranks))
+
+    def _pair_reduce(self, data, recv, count, datatype, op, root, tag):
+        """A large reduce (root None: allreduce) on a _pair: the whole
+        input to the other rank (the root) in one message, each copied
+        once from its owner's buffer; the result is rank 0's op rank 1's
+        (SmallCollectives._pair_reduce sends the same messages)."""
+        peer = 1 - self.rank
+        if root is not None and self.rank != root:
+            self.p2p.Send(data, peer, tag)
+            return
+        theirs = bytearray(len(data))
+        if root is None:
+            self._sendrecv(data, peer, theirs, peer, tag)
+        else:
+            self.p2p.Recv(theirs, peer, tag)
+        if self.rank == 0:
+            self._combine(op, data, theirs, count, datatype)     # theirs = mine op theirs
+            recv.mem[:] = theirs
+        else:
+            if not _same_start(data, recv.mem):
+                recv.mem[:] = data
+            self._combine(op, theirs, recv.mem, count, datatype)  # out = theirs op mine
 
     def _region_sized(self, data, count, datatype):
         """Large enough for the reductions through the heaps (every rank
@@ -842,7 +874,10 @@ class Collectives:
         data, recv, count, datatype = self._reduction_args(sendbuf, recvbuf)
         size, rank = self.size, self.rank
         if self._region_sized(data, count, datatype):
-            self._region_allreduce(data, recv.mem, count, datatype, op)
+            if self._pair():
+                self._pair_reduce(data, recv, count, datatype, op, None, TAG_ALLREDUCE)
+            else:
+                self._region_allreduce(data, recv.mem, count, datatype, op)
             return
         acc = bytearray(data)
         tmp = bytearray(len(acc))
@@ -929,7 +964,10 @@ class Collectives:
                 recv.mem[:] = data
             return
         extent = len(data) // count if count else 1
-        segment = self._segment(len(data), extent)
+        ranks = getattr(self.p2p, "_ranks", None)
+        segment = (self._segment(len(data), extent) if ranks is None else
+                   prefix_segment(size, self.rank, list(ranks), len(data), extent,
+                                  self._eager_limit()))
         if prefix_chained(size, len(data), segment):
             self._prefix_chain(data, recv.mem, extent, segment, datatype, op, inclusive, tag)
         else:

@@ -280,6 +280,7 @@ class Comm(_MPI.Comm):
             self._shared = SmallCollectives(
                 twin._fast, self.rank, self.size, COLLECTIVE_TAGS, _small_op_codes(),
                 twin.Send, twin.Recv, self._collectives, _MPI.IN_PLACE, _MPI.SUM)
+            self._shared.give_copies = not engine.oversubscribed
         self._bind_fast()
         return self
 

@@ -43,9 +43,10 @@ import functools
 
 from .lib import MPI as _MPI
 
-from ._fastcopy import (Channel, Combine, SCHED_CALL, SCHED_COMBINE, SCHED_COPY, SCHED_FENCE, SCHED_RECV,
-                        SCHED_SEND, SCHED_TYPES, SMALL_OPS, buffer_span, prefix_chained,
-                        set_schedule_errors, single_copy_from, single_copy_to, stream_segment)
+from ._fastcopy import (Channel, Combine, SCHED_CALL, SCHED_COMBINE, SCHED_COPY, SCHED_FENCE,
+                        SCHED_RECV, SCHED_SEND, SCHED_TYPES, SMALL_OPS, buffer_span,
+                        prefix_chained, prefix_segment, set_schedule_errors, single_copy_from,
+                        single_copy_to, stream_segment)
 from .buffers import (BOTTOM, _as_datatype, _memory, datatype_extent, has_holes, is_in_place,
                       packed_simple, packed_vector, parse_recv, parse_send, parse_vbuf)
 from .collectives import _HOLE_ROLES as _BLOCKING_HOLE_ROLES
@@ -307,6 +308,13 @@ def barrier_steps(ch):
     return steps
 
 
+def own_send(peer, mem):
+    """A send of the caller's own bytes (not of bytes this schedule
+    receives): a large one goes in one copy to a peer that copies from our
+    memory (Schedule in ivmpi/_schedule.pxi)."""
+    return (SEND, peer, mem, 0, True)
+
+
 def bcast_steps(ch, mem, root):
     size, rank = ch.size, ch.rank
     if size == 1:
@@ -342,7 +350,8 @@ def bcast_steps(ch, mem, root):
     mask >>= 1
     while mask > 0:
         if vrank + mask < size:
-            steps.append((SEND, (vrank + mask + root) % size, mem))
+            dest = (vrank + mask + root) % size
+            steps.append(own_send(dest, mem) if rank == root else (SEND, dest, mem))
         mask >>= 1
     return steps
 
@@ -355,15 +364,16 @@ def scatter_steps(ch, blocks, recvmem, root):
         return [(RECV, root, recvmem)]
     steps = [(COPY, recvmem, blocks[root])] if recvmem is not None else []
     streams = []
-    blocks = staged(ch, blocks, list(range(ch.size)), streams)
+    sending = staged(ch, blocks, list(range(ch.size)), streams)
     # Each large block staged just before it goes (ivmpi.staging).
-    return steps + interleaved(streams, [(SEND, i, blocks[i]) for i in range(ch.size)
-                                         if i != root])
+    return steps + interleaved(streams, [
+        own_send(i, blocks[i]) if sending[i] is blocks[i] else (SEND, i, sending[i])
+        for i in range(ch.size) if i != root])
 
 
 def gather_steps(ch, sendmem, blocks, root):
     if ch.rank != root:
-        return [(SEND, root, sendmem)]
+        return [own_send(root, sendmem)]
     steps = [(COPY, blocks[root], sendmem)] if sendmem is not None else []
     steps += [(RECV, i, blocks[i]) for i in range(ch.size) if i != root]
     return steps
@@ -378,7 +388,13 @@ def allgather_steps(ch, sendmem, blocks):
     sending = staged(ch, [blocks[rank]] * size, list(range(size)), steps)
     for step in range(1, size):
         source, dest = (rank - step) % size, (rank + step) % size
-        steps += [(RECV, source, blocks[source]), (SEND, dest, sending[dest])]
+        steps.append((RECV, source, blocks[source]))
+        if sending[dest] is not blocks[rank]:
+            steps.append((SEND, dest, sending[dest]))
+        else:       # (the send buffer itself, when there is one: not just written)
+            mine = sendmem if sendmem is not None and len(sendmem) == len(blocks[rank]) \
+                else blocks[rank]
+            steps.append(own_send(dest, mine))
     return steps
 
 
@@ -538,7 +554,7 @@ def prefix_steps(ch, data, recvmem, count, datatype, op, inclusive):
     if size == 1:
         return [(COPY, recvmem, data)] if inclusive else []
     extent = n // count if count else 1
-    segment = stream_segment(n, extent, ch.engine.eager_limit)
+    segment = prefix_segment(size, ch.rank, ch.world, n, extent, ch.engine.eager_limit)
     if prefix_chained(size, n, segment):
         return _prefix_chain_steps(ch, data, recvmem, extent, segment, datatype, op, inclusive)
     return _prefix_doubling_steps(ch, data, recvmem, count, datatype, op, inclusive)
@@ -551,7 +567,7 @@ def _prefix_chain_steps(ch, data, recvmem, extent, segment, datatype, op, inclus
     n = len(data)
     bounds = [(start, min(start + segment, n)) for start in range(0, n, segment)]
     if rank == 0:
-        steps = [(SEND, 1, data[a:b]) for a, b in bounds]
+        steps = [own_send(1, data[a:b]) for a, b in bounds]
         if inclusive and not _same_start(data, recvmem):
             steps.append((COPY, recvmem, data))
         return steps

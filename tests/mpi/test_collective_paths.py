@@ -265,14 +265,17 @@ def test_large_allgather(comm, n, in_place):
 @pytest.mark.parametrize("in_place", [False, True])
 @pytest.mark.parametrize("mixed", [False, True])
 def test_large_allreduce(comm, n, opname, in_place, mixed, monkeypatch):
-    """Reduce-scatter then allgather in segments; with mixed, odd ranks
+    """Reduce-scatter then allgather in segments (on two ranks that copy
+    each other's messages: whole inputs exchanged); with mixed, odd ranks
     name the datatype by its character (the general algorithm's spec), so
     both paths meet in one call.  The others take the one-call path."""
     rank = comm.rank
     general_calls = []
-    general = comm._collectives._region_allreduce
-    monkeypatch.setattr(comm._collectives, "_region_allreduce",
-                        lambda *args: (general_calls.append(1), general(*args))[1])
+    for name in ("_region_allreduce", "_pair_reduce"):
+        general = getattr(comm._collectives, name)
+        monkeypatch.setattr(comm._collectives, name,
+                            lambda *args, general=general: (general_calls.append(1),
+                                                            general(*args))[1])
     kind = LARGE_KINDS[rank % 3]
     send, send_arr = large_buffer(comm, n, kind, 0.0)
     if mixed and general_rank(rank):

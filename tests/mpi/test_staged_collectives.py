@@ -446,3 +446,137 @@ def test_large_bcast_and_allgather_one_copy_per_pair(comm, form):
         for w in peers:
             assert (after[w][0] - before[w][0], after[w][1] - before[w][1]) == (1, n * 8)
         assert comm._collectives._staged is None
+
+
+OWN = 8192              # doubles: 64 KiB, within the eager limit, past copy_min
+
+
+def _copied_from(peers):
+    from ivmpi import _fastcopy
+    counts = _fastcopy.single_copy_counts()
+    return {w: counts.get(w, (0, 0)) for w in peers}
+
+
+def _grew(before, after, w):
+    return (after[w][0] - before[w][0], after[w][1] - before[w][1])
+
+
+def _copies_own_blocks(comm):
+    from ivmpi import _fastcopy
+    peers = [comm._ranks[r] for r in range(comm.size) if r != comm.rank]
+    return (comm.size > 1 and comm._shared is not None and comm._shared.give_copies
+            and set(peers) <= set(_fastcopy.single_copy_peers())), peers
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_own_blocks_within_the_eager_limit_go_in_one_copy(comm, form):
+    """Where every pair copies from each other's memory and no rank waits
+    for a core, a Gather's block of 64 KiB (within the eager limit) goes to
+    the root in one message copied from the sender's buffer, and so do a
+    Scatter's blocks from the root: one copy instead of the ring's two;
+    the results are Open MPI's."""
+    size, rank = comm.size, comm.rank
+    ok, peers = _copies_own_blocks(comm)
+    if not ok:
+        pytest.skip("needs pairs that copy from each other's memory, a core per rank")
+    starts = 2 if form == "persistent" else 1
+    for root in range(size):
+        mine = data(OWN, rank, 30 + root)
+        got = np.full(size * OWN, -1.0) if rank == root else None
+        before = _copied_from(peers)
+        run(comm, form, "Gather", mine, got, root=root)
+        after = _copied_from(peers)
+        theirs = np.empty(size * OWN) if rank == root else None
+        NATIVE.Gather(mine, theirs, root=root)
+        for w in peers:
+            want = (starts, starts * OWN * 8) if rank == root else (0, 0)
+            assert _grew(before, after, w) == want, (root, w)
+        if rank == root:
+            np.testing.assert_array_equal(got, theirs)
+
+        whole = data(size * OWN, rank, 40 + root) if rank == root else None
+        part = np.full(OWN, -1.0)
+        before = _copied_from(peers)
+        run(comm, form, "Scatter", whole, part, root=root)
+        after = _copied_from(peers)
+        theirs = np.empty(OWN)
+        NATIVE.Scatter(whole, theirs, root=root)
+        np.testing.assert_array_equal(part, theirs)
+        for w in peers:
+            want = (starts, starts * OWN * 8) if w == comm._ranks[root] else (0, 0)
+            assert _grew(before, after, w) == want, (root, w)
+
+
+@pytest.mark.parametrize("n", [OWN, 16 * OWN + 3])
+@pytest.mark.parametrize("name", ["Exscan", "Scan"])
+@pytest.mark.parametrize("form", FORMS)
+def test_two_rank_prefix_reductions_take_rank_0_in_one_copy(comm, form, name, n):
+    """On two ranks that copy from each other's memory, Scan and Exscan
+    move rank 0's whole input to rank 1 in one message copied from its
+    buffer (not in eager segments, nor a rendezvous per segment), with
+    Open MPI's results."""
+    ok, peers = _copies_own_blocks(comm)
+    if comm.size != 2 or not ok:
+        pytest.skip("needs two ranks that copy from each other's memory")
+    rank = comm.rank
+    mine = data(n, rank, 50)
+    got = np.full(n, -1.0)
+    before = _copied_from(peers)
+    run(comm, form, name, mine, got, op=MPI.SUM)
+    after = _copied_from(peers)
+    starts = 2 if form == "persistent" else 1
+    want = (starts, starts * n * 8) if rank == 1 else (0, 0)
+    assert _grew(before, after, peers[0]) == want
+    theirs = np.full(n, -1.0)
+    getattr(NATIVE, name)(mine, theirs, op=_native.SUM)
+    np.testing.assert_array_equal(got, theirs)
+
+
+def _sum_op(inmem, inoutmem, datatype):
+    a = np.frombuffer(inmem, dtype="f8")
+    b = np.frombuffer(inoutmem, dtype="f8")
+    b += a
+
+
+@pytest.mark.parametrize("n", [OWN, 40000, 131072 + 3])
+@pytest.mark.parametrize("mixed", [False, True])
+def test_two_rank_reductions_exchange_whole_inputs_once(comm, n, mixed):
+    """On two ranks that copy each other's messages, Allreduce and Reduce
+    (both roots, IN_PLACE too) move each input whole, in one message
+    copied from its owner's buffer (64 KiB within the eager limit, 1 MiB
+    past it); the results are Open MPI's bit for bit.  mixed: rank 0
+    reduces with a Python op of its own, so it takes the general path
+    while rank 1 takes the one-call path: their messages still pair up."""
+    from ivmpi.collectives import REGION_MIN_BYTES
+    ok, peers = _copies_own_blocks(comm)
+    if comm.size != 2 or not ok:
+        pytest.skip("needs two ranks that copy from each other's memory")
+    rank = comm.rank
+    if n * 8 > 65536 and n * 8 < REGION_MIN_BYTES:
+        pytest.skip("between the eager limit and the large reductions: not this path")
+    user_sum = MPI.Op.Create(_sum_op, commute=True)
+    op = user_sum if mixed and rank == 0 else MPI.SUM
+    try:
+        mine = data(n, rank, 60)
+        theirs = np.empty(n)
+        NATIVE.Allreduce(mine, theirs, op=_native.SUM)
+        for in_place in (False, True):
+            got = mine.copy() if in_place else np.full(n, -1.0)
+            before = _copied_from(peers)
+            comm.Allreduce(MPI.IN_PLACE if in_place else mine, got, op=op)
+            after = _copied_from(peers)
+            np.testing.assert_array_equal(got, theirs)
+            if not mixed:
+                assert _grew(before, after, peers[0]) == (1, n * 8)
+        for root in range(2):
+            got = np.full(n, -1.0) if rank == root else None
+            before = _copied_from(peers)
+            comm.Reduce(mine, got, op=op, root=root)
+            after = _copied_from(peers)
+            if rank == root:
+                np.testing.assert_array_equal(got, theirs)
+            if not mixed or n * 8 > 65536:
+                want = (1, n * 8) if rank == root else (0, 0)
+                assert _grew(before, after, peers[0]) == want, root
+    finally:
+        user_sum.Free()
