@@ -132,8 +132,9 @@ cdef class Schedule:
 
     def __init__(self, FastPath fast, engine, list world, long context, scope, long tag,
                  list steps, str what, prologue=(), epilogue=(), keep=None):
-        """steps: tuples (SEND, peer, bytes[, k]), (RECV, peer, writable
-        bytes[, k]) (their tag: the run's tag plus k, default 0), (FENCE,),
+        """steps: tuples (SEND, peer, bytes[, k[, own]]), (RECV, peer, writable
+        bytes[, k]) (their tag: the run's tag plus k, default 0; own: true
+        when the bytes are the caller's, not received here), (FENCE,),
         (COPY, destination, source), (STAGE, heap destination, source),
         (COMBINE, code, type, inout, other,
         elements), (CALL, callable); a last FENCE is added when the steps
