@@ -93,8 +93,9 @@ def prefix_chained(long size, Py_ssize_t nbytes, Py_ssize_t segment):
 
 
 # out = lower (op) higher, element-wise, one plain loop per op and type that
-# the compiler vectorizes (out may be higher itself, index for index: each
-# element is read before it is written; it never overlaps otherwise).
+# the compiler vectorizes (out may be lower or higher itself, index for
+# index: each element is read before it is written; it never overlaps
+# otherwise).
 # MAX/MIN pick as _combine does, so NaN and -0.0 come out the same.
 cdef extern from *:
     """

@@ -32,47 +32,17 @@ cdef enum:
     T_I32 = 4
 
 
-ctypedef fused _number:
-    double
-    float
-    int64_t
-    int32_t
-
-
-cdef inline void _combine_typed(int op, _number *acc, const _number *other, Py_ssize_t n,
-                                bint acc_is_lower) noexcept nogil:
-    # acc = lower (op) higher, element-wise, where lower is the value from the
-    # lower rank: both partners of a round then compute bit-identical results,
-    # even for -0.0/+0.0 and NaN under MAX/MIN.
-    cdef Py_ssize_t i
-    cdef _number x, y
-    for i in range(n):
-        if acc_is_lower:
-            x = acc[i]
-            y = other[i]
-        else:
-            x = other[i]
-            y = acc[i]
-        if op == OP_SUM:
-            acc[i] = x + y
-        elif op == OP_PROD:
-            acc[i] = x * y
-        elif op == OP_MAX:
-            acc[i] = x if x >= y else y
-        else:
-            acc[i] = x if x <= y else y
-
-
 cdef void _combine(int op, int typ, char *acc, const char *other, Py_ssize_t n,
                    bint acc_is_lower) noexcept nogil:
-    if typ == T_F64:
-        _combine_typed[double](op, <double *>acc, <const double *>other, n, acc_is_lower)
-    elif typ == T_F32:
-        _combine_typed[float](op, <float *>acc, <const float *>other, n, acc_is_lower)
-    elif typ == T_I64:
-        _combine_typed[int64_t](op, <int64_t *>acc, <const int64_t *>other, n, acc_is_lower)
+    # acc = lower (op) higher, element-wise, where lower is the value from the
+    # lower rank: both partners of a round then compute bit-identical results,
+    # even for -0.0/+0.0 and NaN under MAX/MIN.  The vectorized loops of
+    # _combine3, acc one of their operands (a loop with the op and the
+    # order tested per element ran element by element: 1 MiB 70 us slower).
+    if acc_is_lower:
+        _combine3(op, typ, acc, acc, other, n)
     else:
-        _combine_typed[int32_t](op, <int32_t *>acc, <const int32_t *>other, n, acc_is_lower)
+        _combine3(op, typ, acc, other, acc, n)
 
 
 cdef bytearray _EMPTY = bytearray(0)     # the barrier's message: nothing
@@ -738,6 +708,7 @@ cdef class SmallCollectives:
         path's turn (a large message that cannot be announced)."""
         cdef long rank = self.rank, peer = 1 - self.rank
         cdef char *theirs
+        cdef bint into_out
         cdef Py_ssize_t count = nbytes // _item_bytes(typ)
         if root >= 0 and rank != root:
             op = self.fast.announce_step(data, nbytes, peer, tag)
@@ -748,7 +719,10 @@ cdef class SmallCollectives:
             else:
                 self.fast.finish(op, "a collective's step")
             return True
-        theirs = self._scratch(1, nbytes)
+        # Theirs straight into the result when it is not our input: the
+        # combine then works in place, on two buffers instead of three.
+        into_out = out + nbytes <= data or data + nbytes <= out
+        theirs = out if into_out else self._scratch(1, nbytes)
         if root >= 0:
             self._recv(theirs, nbytes, peer, tag)
         else:
@@ -765,8 +739,16 @@ cdef class SmallCollectives:
                     self.fast.finish(op, "a collective's step")
         # (The peer has copied ours by now: out may be data, IN_PLACE.)
         with nogil:
-            if out == data:
-                _combine(code, typ, out, theirs, count, rank == 0)
+            if into_out:        # (out is theirs: the vectorized loops, out one operand)
+                if rank == 0:
+                    _combine3(code, typ, out, data, out, count)
+                else:
+                    _combine3(code, typ, out, out, data, count)
+            elif out == data:   # IN_PLACE
+                if rank == 0:
+                    _combine3(code, typ, out, out, theirs, count)
+                else:
+                    _combine3(code, typ, out, theirs, out, count)
             elif rank == 0:
                 _combine3(code, typ, out, data, theirs, count)
             else:
