@@ -69,6 +69,16 @@ cpdef bint pair_copies(long size, long rank, list world) except -1:
     return single_copy_to(other) and single_copy_from(other)
 
 
+cpdef Py_ssize_t pair_segment(long size, long rank, list world, Py_ssize_t nbytes,
+                              Py_ssize_t extent, Py_ssize_t eager_limit) except -1:
+    """Bytes per segment of a reduce-scatter's block: on a pair_copies
+    pair, the whole block in one message from the caller's buffer; else
+    stream_segment.  Both ranks compute the same."""
+    if nbytes > 0 and pair_copies(size, rank, world):
+        return nbytes
+    return stream_segment(nbytes, extent, eager_limit)
+
+
 cdef long _chain_max_ranks = 4     # one segment: a chain on this many ranks or fewer
 
 
@@ -273,6 +283,39 @@ cdef int prefix_chain(SmallCollectives c, const char *data, char *recv, Py_ssize
     return 0
 
 
+cdef int _pair_reduce_scatter(SmallCollectives c, const char *data, char *target,
+                              Py_ssize_t *off, Py_ssize_t *length, Py_ssize_t item, int code,
+                              int typ, long tag) except -1:
+    """reduce_scatter_stream on a pair_copies pair: our block for the
+    other rank announced whole from the caller's buffer (pair_segment),
+    theirs received straight into target, then combined with ours."""
+    cdef long rank = c.rank, peer = 1 - c.rank
+    cdef Py_ssize_t mine = length[rank]
+    op = request = None
+    if length[peer] > 0:
+        # (Eager within the limit where ranks wait for cores: give_copies.)
+        if c.give_copies or <uint64_t>length[peer] > c.eager_limit:
+            op = c.fast.announce_step(data + off[peer], length[peer], peer, tag)
+        if op is None:
+            if <uint64_t>length[peer] <= c.eager_limit:
+                stream_give(c, data + off[peer], length[peer], peer, tag)
+            else:   # (not announced: a rendezvous of the engine's, waited for below)
+                request = c.general.p2p.Isend(
+                    PyMemoryView_FromMemory(<char *>data + off[peer], length[peer],
+                                            PyBUF_READ), peer, tag)
+    try:
+        if mine > 0:
+            c._recv(target, mine, peer, tag)
+            # target = x0 op x1, theirs in target
+            _combine(code, typ, target, data + off[rank], mine // item, rank == 1)
+    finally:
+        if op is not None:
+            c.fast.finish(op, "a collective's step")
+        if request is not None:
+            request.Wait()
+    return 0
+
+
 cdef int reduce_scatter_stream(SmallCollectives c, const char *data, char *target,
                                Py_ssize_t *off, Py_ssize_t *length, Py_ssize_t item, int code,
                                int typ, long tag) except -1:
@@ -284,6 +327,8 @@ cdef int reduce_scatter_stream(SmallCollectives c, const char *data, char *targe
     cdef Py_ssize_t mine = length[rank], myseg
     cdef Py_ssize_t eager = <Py_ssize_t>c.eager_limit
     cdef const char *own
+    if pair_copies(size, rank, c.fast.world_ranks):
+        return _pair_reduce_scatter(c, data, target, off, length, item, code, typ, tag)
     for j in range(size):
         seg = stream_segment(length[j], item, eager)
         nseg = (length[j] + seg - 1) // seg

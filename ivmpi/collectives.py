@@ -52,9 +52,9 @@ from .lib import MPI
 
 from .buffers import (parse_send, parse_recv, parse_vbuf, is_in_place,
                       datatype_extent, packed_spec, packed_vspec)
-from ._fastcopy import (REDUCE_SCATTER_MIN, buffer_span, pair_copies, prefix_chained,
-                        prefix_segment, single_copy_from, single_copy_to, stage_into,
-                        stream_segment)
+from ._fastcopy import (REDUCE_SCATTER_MIN, buffer_span, pair_copies, pair_segment,
+                        prefix_chained, prefix_segment, single_copy_from, single_copy_to,
+                        stage_into, stream_segment)
 from .errors import BufferSpecError, IvmpiError
 from .staging import STAGE_MIN_RANKS
 
@@ -1125,7 +1125,10 @@ class Collectives:
         for c in counts:
             bounds.append(bounds[-1] + c * extent)
         lengths = [c * extent for c in counts]
-        segments = [self._segment(length, extent) for length in lengths]
+        ranks = getattr(self.p2p, "_ranks", None)
+        segments = [self._segment(length, extent) if ranks is None else
+                    pair_segment(size, rank, list(ranks), length, extent, self._eager_limit())
+                    for length in lengths]
         rounds = max(-(-length // seg) for length, seg in zip(lengths, segments))
         mine, seg = lengths[rank], segments[rank]
         own = data[bounds[rank]:bounds[rank + 1]]

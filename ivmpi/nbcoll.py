@@ -45,8 +45,8 @@ from .lib import MPI as _MPI
 
 from ._fastcopy import (Channel, Combine, SCHED_CALL, SCHED_COMBINE, SCHED_COPY, SCHED_FENCE,
                         SCHED_RECV, SCHED_SEND, SCHED_TYPES, SMALL_OPS, buffer_span,
-                        prefix_chained, prefix_segment, set_schedule_errors, single_copy_from,
-                        single_copy_to, stream_segment)
+                        pair_segment, prefix_chained, prefix_segment, set_schedule_errors,
+                        single_copy_from, single_copy_to, stream_segment)
 from .buffers import (BOTTOM, _as_datatype, _memory, datatype_extent, has_holes, is_in_place,
                       packed_simple, packed_vector, parse_recv, parse_send, parse_vbuf)
 from .collectives import _HOLE_ROLES as _BLOCKING_HOLE_ROLES
@@ -656,7 +656,7 @@ def reduce_scatter_steps(ch, data, counts, datatype, extent, op, target):
     for c in counts:
         bounds.append(bounds[-1] + c * extent)
     lengths = [c * extent for c in counts]
-    segments = [stream_segment(length, extent, eager) for length in lengths]
+    segments = [pair_segment(size, rank, ch.world, length, extent, eager) for length in lengths]
     rounds = max(-(-length // seg) for length, seg in zip(lengths, segments))
     mine, seg = lengths[rank], segments[rank]
     own = data[bounds[rank]:bounds[rank + 1]]
@@ -667,7 +667,7 @@ def reduce_scatter_steps(ch, data, counts, datatype, extent, op, target):
             start = k * segments[j]
             if start < lengths[j]:
                 end = min(start + segments[j], lengths[j])
-                steps.append((SEND, j, data[bounds[j] + start:bounds[j] + end]))
+                steps.append(own_send(j, data[bounds[j] + start:bounds[j] + end]))
         start = k * seg
         if start >= mine:
             continue

@@ -580,3 +580,34 @@ def test_two_rank_reductions_exchange_whole_inputs_once(comm, n, mixed):
                 assert _grew(before, after, peers[0]) == want, root
     finally:
         user_sum.Free()
+
+
+@pytest.mark.parametrize("n", [OWN // 2, 65536])
+@pytest.mark.parametrize("form", FORMS + ["mixed"])
+def test_two_rank_reduce_scatter_exchanges_whole_blocks_once(comm, form, n):
+    """On two ranks that copy each other's messages, Reduce_scatter_block
+    and Reduce_scatter send each rank its block of the other's input whole,
+    in one message copied from the caller's buffer (not in segments), with
+    Open MPI's results; mixed: rank 0 reduces with a Python op (the general
+    path) while rank 1 takes the one-call path."""
+    ok, peers = _copies_own_blocks(comm)
+    if comm.size != 2 or not ok:
+        pytest.skip("needs two ranks that copy from each other's memory")
+    rank = comm.rank
+    user_sum = MPI.Op.Create(_sum_op, commute=True)
+    op = user_sum if form == "mixed" and rank == 0 else MPI.SUM
+    try:
+        mine = data(2 * n, rank, 70)
+        theirs = np.empty(n)
+        NATIVE.Reduce_scatter_block(mine, theirs, op=_native.SUM)
+        for name, args in (("Reduce_scatter_block", ()), ("Reduce_scatter", ([n, n],))):
+            got = np.full(n, -1.0)
+            before = _copied_from(peers)
+            run(comm, "blocking" if form == "mixed" else form, name, mine, got, *args, op=op)
+            after = _copied_from(peers)
+            np.testing.assert_array_equal(got, theirs)
+            if form != "mixed":
+                starts = 2 if form == "persistent" else 1
+                assert _grew(before, after, peers[0]) == (starts, starts * n * 8), name
+    finally:
+        user_sum.Free()
