@@ -1121,7 +1121,7 @@ cdef class SmallCollectives:
         cdef Py_ssize_t total, block, n
         cdef long r, i, size = self.size
         cdef long tag = self.scatter_tag if scatter else self.gather_tag
-        cdef bint own
+        cdef bint own, mine_open
         if type(root) is not int or size < 2:
             return False
         r = root
@@ -1164,6 +1164,7 @@ cdef class SmallCollectives:
                 self.roff[i] = i * block
                 self.rlen[i] = block
         own = (recvbuf if scatter else sendbuf) is not self.in_place
+        mine_open = False
         try:
             for i in range(size):
                 if not self._small(self.rlen[i]):
@@ -1171,24 +1172,21 @@ cdef class SmallCollectives:
             if own:
                 if not self._open(recvbuf if scatter else sendbuf, scatter, &mine):
                     return False
-                try:
-                    n = mine.nbytes if mine.nbytes >= 0 else mine.length
-                    # As the general path: the root's block fits the other side.
-                    if n > mine.length or (n < self.rlen[r] if scatter else n > self.rlen[r]):
-                        return False
-                    if scatter:
-                        ivmpi_move_plain(mine.data, whole.data + self.roff[r], self.rlen[r])
-                    else:
-                        ivmpi_move_plain(whole.data + self.roff[r], mine.data, n)
-                finally:
-                    _close(&mine)
+                mine_open = True
+                n = mine.nbytes if mine.nbytes >= 0 else mine.length
+                # As the general path: the root's block fits the other side.
+                if n > mine.length or (n < self.rlen[r] if scatter else n > self.rlen[r]):
+                    return False
             if not scatter:
+                if own:
+                    ivmpi_move_plain(whole.data + self.roff[r], mine.data, n)
                 for i in range(size):
                     if i != r:
                         self._recv(whole.data + self.roff[i], self.rlen[i], i, tag)
                 return True
             # Every block that its rank copies from our memory announced
-            # first, so the ranks copy side by side, then waited for.
+            # first, so the ranks copy side by side (and while we copy our
+            # own block), then waited for.
             announced = []
             try:
                 for i in range(size):
@@ -1199,11 +1197,15 @@ cdef class SmallCollectives:
                             self._send(whole.data + self.roff[i], self.rlen[i], i, tag)
                         else:
                             announced.append(op)
+                if own:
+                    ivmpi_move_plain(mine.data, whole.data + self.roff[r], self.rlen[r])
             finally:
                 for op in announced:
                     self.fast.finish(op, "a collective's step")
             return True
         finally:
+            if mine_open:
+                _close(&mine)
             _close(&whole)
 
     # --- allgather and alltoall --------------------------------------------------

@@ -362,13 +362,15 @@ _bcast_segments = Collectives._segments
 def scatter_steps(ch, blocks, recvmem, root):
     if ch.rank != root:
         return [(RECV, root, recvmem)]
-    steps = [(COPY, recvmem, blocks[root])] if recvmem is not None else []
     streams = []
     sending = staged(ch, blocks, list(range(ch.size)), streams)
-    # Each large block staged just before it goes (ivmpi.staging).
-    return steps + interleaved(streams, [
+    # Each large block staged just before it goes (ivmpi.staging); our own
+    # block copied after the sends, while the ranks that copy theirs from
+    # our memory do so.
+    return interleaved(streams, [
         own_send(i, blocks[i]) if sending[i] is blocks[i] else (SEND, i, sending[i])
-        for i in range(ch.size) if i != root])
+        for i in range(ch.size) if i != root]) + (
+        [(COPY, recvmem, blocks[root])] if recvmem is not None else [])
 
 
 def gather_steps(ch, sendmem, blocks, root):
