@@ -52,8 +52,7 @@ cpdef Py_ssize_t prefix_segment(long size, long rank, list world, Py_ssize_t nby
     rank 0's buffer (segments would be a rendezvous each, and eager ones
     cross between cores twice: on some hosts several times one copy);
     else stream_segment.  Both ranks compute the same."""
-    if size == 2 and nbytes > 0 and (single_copy_to(world[1]) if rank == 0
-                                     else single_copy_from(world[0])):
+    if size == 2 and nbytes > 0 and (_sc_tell(world[1]) if rank == 0 else _sc_from(world[0])):
         return nbytes
     return stream_segment(nbytes, extent, eager_limit)
 
@@ -65,8 +64,8 @@ cpdef bint pair_copies(long size, long rank, list world) except -1:
     buffer (Collectives._pair_reduce).  Both ranks answer the same."""
     if size != 2:
         return False
-    other = world[1 - rank]
-    return single_copy_to(other) and single_copy_from(other)
+    cdef Py_ssize_t other = world[1 - rank]
+    return _sc_tell(other) and _sc_from(other)
 
 
 cpdef Py_ssize_t pair_segment(long size, long rank, list world, Py_ssize_t nbytes,

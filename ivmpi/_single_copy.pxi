@@ -107,7 +107,7 @@ def single_copy_from(Py_ssize_t world):
     same answer as single_copy_to(our rank) gives on that rank (start-up
     tells each sender what its readers found), so both ends of a pair can
     agree on how a collective splits its messages."""
-    return 0 <= world < _sc_ranks and _sc_pid[world] > 0
+    return _sc_from(world)
 
 
 def single_copy_counts():
@@ -122,6 +122,11 @@ cdef inline int _sc_source(Py_ssize_t world, uint64_t address) noexcept nogil:
     if address == 0 or not 0 <= world < _sc_ranks:
         return 0
     return _sc_pid[world] if _sc_pid[world] > 0 else 0
+
+
+cdef inline bint _sc_from(Py_ssize_t world) noexcept nogil:
+    """Do we copy world rank `world`'s large messages from its memory?"""
+    return 0 <= world < _sc_ranks and _sc_pid[world] > 0
 
 
 cdef inline bint _sc_tell(Py_ssize_t world) noexcept nogil:

@@ -342,15 +342,19 @@ cdef class SmallCollectives:
             self.send_slow(PyMemoryView_FromMemory(<char *>data, n, PyBUF_READ), dest, tag)
         return 0
 
-    cdef int _give(self, const char *data, Py_ssize_t n, long dest, long tag) except -1:
+    cdef int _give(self, const char *data, Py_ssize_t n, long dest, long tag,
+                   list announced=None) except -1:
         """A send its receiver only receives for: a block that dest copies
         from our memory is announced and waited for (one copy, from the
         caller's buffer, instead of the ring's two: the ring's copies cross
         between cores twice, which on some hosts costs several times the
-        copy), the rest sent eagerly."""
+        copy), the rest sent eagerly.  announced: a list that takes the
+        announced send instead, for the caller to finish later."""
         op = self.fast.announce_step(data, n, dest, tag) if self.give_copies else None
         if op is None:
             self._send(data, n, dest, tag)
+        elif announced is not None:
+            announced.append(op)
         else:
             self.fast.finish(op, "a collective's step")
         return 0
@@ -708,48 +712,29 @@ cdef class SmallCollectives:
         path's turn (a large message that cannot be announced)."""
         cdef long rank = self.rank, peer = 1 - self.rank
         cdef char *theirs
-        cdef bint into_out
         cdef Py_ssize_t count = nbytes // _item_bytes(typ)
-        if root >= 0 and rank != root:
+        op = None
+        if root < 0 or rank != root:        # ours goes to the other rank
             op = self.fast.announce_step(data, nbytes, peer, tag)
             if op is None:
                 if not self._small(nbytes):
                     return False
                 self._send(data, nbytes, peer, tag)
-            else:
-                self.fast.finish(op, "a collective's step")
-            return True
-        # Theirs straight into the result when it is not our input: the
-        # combine then works in place, on two buffers instead of three.
-        into_out = out + nbytes <= data or data + nbytes <= out
-        theirs = out if into_out else self._scratch(1, nbytes)
-        if root >= 0:
+        try:
+            if root >= 0 and rank != root:
+                return True
+            # Theirs straight into the result when it is not our input: the
+            # combine then works in place, on two buffers instead of three.
+            theirs = out if out + nbytes <= data or data + nbytes <= out \
+                else self._scratch(1, nbytes)
             self._recv(theirs, nbytes, peer, tag)
-        else:
-            op = self.fast.announce_step(data, nbytes, peer, tag)
-            if op is None:
-                if not self._small(nbytes):
-                    return False
-                self._send(data, nbytes, peer, tag)
-                self._recv(theirs, nbytes, peer, tag)
-            else:
-                try:
-                    self._recv(theirs, nbytes, peer, tag)
-                finally:
-                    self.fast.finish(op, "a collective's step")
-        # (The peer has copied ours by now: out may be data, IN_PLACE.)
+        finally:
+            if op is not None:
+                self.fast.finish(op, "a collective's step")
+        # (The peer has copied ours by now: out may be data, IN_PLACE; the
+        # loops take out as one of their operands.)
         with nogil:
-            if into_out:        # (out is theirs: the vectorized loops, out one operand)
-                if rank == 0:
-                    _combine3(code, typ, out, data, out, count)
-                else:
-                    _combine3(code, typ, out, out, data, count)
-            elif out == data:   # IN_PLACE
-                if rank == 0:
-                    _combine3(code, typ, out, out, theirs, count)
-                else:
-                    _combine3(code, typ, out, theirs, out, count)
-            elif rank == 0:
+            if rank == 0:
                 _combine3(code, typ, out, data, theirs, count)
             else:
                 _combine3(code, typ, out, theirs, data, count)
@@ -1191,12 +1176,7 @@ cdef class SmallCollectives:
             try:
                 for i in range(size):
                     if i != r:
-                        op = self.fast.announce_step(whole.data + self.roff[i], self.rlen[i],
-                                                     i, tag) if self.give_copies else None
-                        if op is None:
-                            self._send(whole.data + self.roff[i], self.rlen[i], i, tag)
-                        else:
-                            announced.append(op)
+                        self._give(whole.data + self.roff[i], self.rlen[i], i, tag, announced)
                 if own:
                     ivmpi_move_plain(mine.data, whole.data + self.roff[r], self.rlen[r])
             finally:

@@ -809,11 +809,16 @@ class Collectives:
         if recv is not None:
             recv.mem[:] = result
 
+    def _world(self):
+        """The communicator's world ranks (a list), None without them."""
+        ranks = getattr(self.p2p, "_ranks", None)
+        return None if ranks is None else list(ranks)
+
     def _pair(self):
         """Two ranks that copy each other's messages from their memory
         (the same answer on both)?"""
-        ranks = getattr(self.p2p, "_ranks", None)
-        return ranks is not None and pair_copies(self.size, self.rank, list(ranks))
+        world = self._world()
+        return world is not None and pair_copies(self.size, self.rank, world)
 
     def _pair_reduce(self, data, recv, count, datatype, op, root, tag):
         """A large reduce (root None: allreduce) on a _pair: the whole
@@ -964,9 +969,9 @@ class Collectives:
                 recv.mem[:] = data
             return
         extent = len(data) // count if count else 1
-        ranks = getattr(self.p2p, "_ranks", None)
-        segment = (self._segment(len(data), extent) if ranks is None else
-                   prefix_segment(size, self.rank, list(ranks), len(data), extent,
+        world = self._world()
+        segment = (self._segment(len(data), extent) if world is None else
+                   prefix_segment(size, self.rank, world, len(data), extent,
                                   self._eager_limit()))
         if prefix_chained(size, len(data), segment):
             self._prefix_chain(data, recv.mem, extent, segment, datatype, op, inclusive, tag)
@@ -1125,9 +1130,9 @@ class Collectives:
         for c in counts:
             bounds.append(bounds[-1] + c * extent)
         lengths = [c * extent for c in counts]
-        ranks = getattr(self.p2p, "_ranks", None)
-        segments = [self._segment(length, extent) if ranks is None else
-                    pair_segment(size, rank, list(ranks), length, extent, self._eager_limit())
+        world = self._world()
+        segments = [self._segment(length, extent) if world is None else
+                    pair_segment(size, rank, world, length, extent, self._eager_limit())
                     for length in lengths]
         rounds = max(-(-length // seg) for length, seg in zip(lengths, segments))
         mine, seg = lengths[rank], segments[rank]
