@@ -6,12 +6,14 @@
 Each row is one call (point-to-point in every mode, probes, every blocking,
 nonblocking and persistent collective, the neighbourhood collectives, the
 object forms), one buffer kind, one size and one number of ranks.  The rows
-are timed in-process by ``python -m ivmpi.sweepworker`` under mpirun, which
-runs all rows of one number of ranks in one launch, once over ivmpi and once
-over mpi4py on the MPI library's default shared memory.  As in ``ivmpi bench
-compare`` the run is split into rounds, each round runs both transports in
-an order rotated from round to round, and the report shows medians over all
-rounds and repeats.  A row that fails, crashes or hangs (no progress for
+are timed in-process by ``python -m ivmpi.sweepworker`` under mpirun: for
+each number of ranks one job over ivmpi and one over mpi4py on the MPI
+library's default shared memory (and the reference columns' jobs), all
+started together and given the rows in lockstep, each row on every
+transport before the next row (see "the launches" below).  As in ``ivmpi
+bench compare`` the run is split into rounds, the transports' order is
+rotated from row to row and round to round, and the report shows medians
+over all rounds and repeats.  A row that fails, crashes or hangs (no progress for
 --timeout seconds; the job is killed and a fresh one carries on with the
 rows after it) is reported as an error row.
 """
@@ -21,6 +23,8 @@ import math
 import os
 import platform
 import re
+import select
+import shutil
 import signal
 import statistics
 import subprocess
@@ -75,69 +79,128 @@ def plan_rows(options):
 
 
 # -------------------------------------------------------------- the launches
+#
+# The host's speed drifts over minutes (a cache line written by one core
+# and read by the other costs several times more in some periods than in
+# others, docs/performance.md), so that a transport timed while the other
+# waits its turn for seconds may meet a different machine.  Every
+# transport therefore has a job of its own for the whole round, all of
+# them started at once, and the rows run in lockstep: a row on one
+# transport, then the same row on the next (in an order rotated from row
+# to row), then the next row.  A job that is not running a row waits for
+# its next one in a blocking read of a FIFO, using no CPU.
 
-def launch_once(launcher, transport, nranks, rows, options, workdir):
-    """One mpirun of the worker over `rows`.
+class ServingJob:
+    """One mpirun of the worker serving rows one at a time (--serve): each
+    rank reads its rows from a FIFO of its own, rank 0 writes progress lines
+    into a results FIFO."""
 
-    Returns (progress lines, failure text or None).  A job that makes no
-    progress for options.timeout seconds is killed.
-    """
-    plan_path = os.path.join(workdir, "plan.json")
-    progress_path = os.path.join(workdir, "progress.jsonl")
-    stderr_path = os.path.join(workdir, "stderr.txt")
-    with open(plan_path, "w") as out:
-        json.dump(rows, out)
-    open(progress_path, "w").close()
-    env = dict(launcher.env)
-    region = None
-    if transport == "streamed":
-        env["IVMPI_SINGLE_COPY"] = "0"
-    if transport in ("ivmpi", "streamed"):
-        launcher.launches += 1
-        region = os.path.join(launcher.region_dir,
-                              f"ivmpi-sweep-{os.getpid()}-{launcher.launches}")
-        env["IVMPI_REGION"] = region
-        make_region_file(region)
-        os.chmod(region, 0o600)       # the job's messages: for this user only
-    cmd = ([launcher.mpirun, "-n", str(nranks)] + launcher.placement_args(nranks)
-           + (launcher.transport_args("sm-nocopy") if transport == "nocopy" else [])
-           + [sys.executable, "-m", "ivmpi.sweepworker",
-              "--transport", "ivmpi" if transport in ("ivmpi", "streamed") else "mpi4py",
-              "--plan", plan_path, "--progress", progress_path,
-              "--target", str(options.target), "--repeats", str(options.repeats)])
-    failure = None
-    try:
-        with open(stderr_path, "w") as stderr:
+    def __init__(self, launcher, transport, nranks, options, workdir):
+        self.directory = tempfile.mkdtemp(prefix=f"{transport}-", dir=workdir)
+        self.region = None
+        self.started = False          # a row has started: per-row timeouts from now on
+        self.pending = b""
+        self.last_started = None      # the row of the last "start" line
+        self.commands = []
+        for rank in range(nranks):
+            path = os.path.join(self.directory, f"command-{rank}")
+            os.mkfifo(path, 0o600)
+            # Read and write: opening never waits for the rank, and the
+            # rank's open never waits for us.
+            self.commands.append(os.open(path, os.O_RDWR))
+        results = os.path.join(self.directory, "results")
+        os.mkfifo(results, 0o600)
+        self.results = os.open(results, os.O_RDWR | os.O_NONBLOCK)
+        self.stderr_path = os.path.join(self.directory, "stderr.txt")
+        env = dict(launcher.env)
+        if transport == "streamed":
+            env["IVMPI_SINGLE_COPY"] = "0"
+        if transport in ("ivmpi", "streamed"):
+            launcher.launches += 1
+            self.region = os.path.join(launcher.region_dir,
+                                       f"ivmpi-sweep-{os.getpid()}-{launcher.launches}")
+            env["IVMPI_REGION"] = self.region
+            make_region_file(self.region)
+            os.chmod(self.region, 0o600)      # the job's messages: for this user only
+        cmd = ([launcher.mpirun, "-n", str(nranks)] + launcher.placement_args(nranks)
+               + (launcher.transport_args("sm-nocopy") if transport == "nocopy" else [])
+               + [sys.executable, "-m", "ivmpi.sweepworker",
+                  "--transport", "ivmpi" if transport in ("ivmpi", "streamed") else "mpi4py",
+                  "--serve", self.directory,
+                  "--target", str(options.target), "--repeats", str(options.repeats)])
+        with open(self.stderr_path, "w") as stderr:
             # A session of its own, so that a hung job can be killed whole.
-            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=stderr,
-                                    start_new_session=True)
-            size, last_change, started = 0, time.monotonic(), False
-            while proc.poll() is None:
-                time.sleep(0.1)
-                now_size = os.path.getsize(progress_path)
-                if now_size != size:
-                    size, last_change, started = now_size, time.monotonic(), True
-                limit = options.timeout if started else START_TIMEOUT
-                if time.monotonic() - last_change > limit:
-                    kill_session(proc.pid)
-                    proc.wait()
-                    failure = f"hung: no progress for {limit:g} s, job killed"
-        if failure is None and proc.returncode != 0:
-            failure = f"job exited with status {proc.returncode}"
-    finally:
-        if region and os.path.exists(region):
-            os.unlink(region)
-    with open(progress_path) as source:
-        lines = [json.loads(line) for line in source if line.endswith("\n")]
-    with open(stderr_path) as source:
-        stderr_text = source.read()
-    if failure:
-        last = lines[-1].get("start") if lines else None
-        failure = f"{failure}: {failure_reason(stderr_text, last)}"
-        if not lines and LAUNCH_FAILURE in stderr_text:
+            self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=stderr,
+                                         start_new_session=True)
+
+    def run(self, row, timeout):
+        """Run one row: (its result line, None), or (None, why the job
+        failed) when the job died or made no progress for `timeout` seconds
+        (START_TIMEOUT before its first row starts); the job is over then."""
+        command = (json.dumps(row) + "\n").encode()
+        for fd in self.commands:
+            os.write(fd, command)
+        last_change = time.monotonic()
+        while True:
+            line = self._next_line()
+            if line is not None:
+                last_change = time.monotonic()
+                if "start" in line:
+                    self.started, self.last_started = True, line["start"]
+                    continue
+                return line, None
+            if self.proc.poll() is not None:
+                # (What it wrote before it ended is read first.)
+                line = self._next_line()
+                while line is not None and "start" in line:
+                    self.started, self.last_started = True, line["start"]
+                    line = self._next_line()
+                if line is not None:
+                    return line, None
+                return None, self._failure(f"job exited with status {self.proc.returncode}")
+            limit = timeout if self.started else START_TIMEOUT
+            if time.monotonic() - last_change > limit:
+                kill_session(self.proc.pid)
+                self.proc.wait()
+                return None, self._failure(f"hung: no progress for {limit:g} s, job killed")
+            select.select([self.results], [], [], 0.05)
+
+    def _next_line(self):
+        while b"\n" not in self.pending:
+            try:
+                chunk = os.read(self.results, 65536)
+            except BlockingIOError:
+                return None
+            if not chunk:
+                return None
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return json.loads(line)
+
+    def _failure(self, what):
+        with open(self.stderr_path) as source:
+            stderr_text = source.read()
+        failure = f"{what}: {failure_reason(stderr_text, self.last_started)}"
+        if not self.started and LAUNCH_FAILURE in stderr_text:
             failure = LAUNCHER_FAILED + failure
-    return lines, failure
+        return failure
+
+    def close(self):
+        """Tell the ranks to finish (kill them if they do not) and clean up."""
+        if self.proc.poll() is None:
+            for fd in self.commands:
+                os.write(fd, b"null\n")
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                kill_session(self.proc.pid)
+                self.proc.wait()
+        for fd in self.commands + [self.results]:
+            os.close(fd)
+        if self.region and os.path.exists(self.region):
+            os.unlink(self.region)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 # A job whose launcher failed before any rank started is launched again.
@@ -175,33 +238,59 @@ def failure_reason(stderr, row):
     return last_error_line(stderr)
 
 
-def run_launches(launcher, transport, nranks, rows, options, workdir):
-    """Run `rows`, relaunching after a failed job; returns {row key: line}."""
-    results = {}
-    remaining = list(rows)
-    for _ in range(MAX_LAUNCHES):
-        if not remaining:
-            break
-        lines, failure = launch_once(launcher, transport, nranks, remaining, options, workdir)
-        started = None
-        for line in lines:
-            if "start" in line:
-                started = tuple(line["start"])
-            else:
-                results[tuple(line["row"])] = line
-                started = None
-        if started is not None:        # the row the job died or hung in
-            results[started] = {"row": list(started), "error": failure or "job ended mid-row"}
-        remaining = [row for row in remaining if tuple(row) not in results]
-        if remaining and not lines and not (failure or "").startswith(LAUNCHER_FAILED):
-            # The job did not get to a single row: every row would fail alike
-            # (unless the launcher itself failed before any rank started).
-            for row in remaining:
-                results[tuple(row)] = {"row": row, "error": failure or "no rows ran"}
-            remaining = []
-    for row in remaining:
-        results[tuple(row)] = {"row": row, "error": "not run: too many failed jobs"}
+def run_lockstep(launcher, rows_of, nranks, options, workdir, shift=0):
+    """Run rows_of[transport] (lists of [call, kind, size] in one order) on
+    `nranks` ranks, each row on every transport that has it before the next
+    row; returns {transport: {row key: line}}.  A job that fails is replaced
+    by a fresh one for the rows after the failed row (that one is an error
+    row); a job that fails before its first row fails every row of its
+    transport alike (unless the launcher itself failed: then it is launched
+    again)."""
+    transports = list(rows_of)
+    results = {transport: {} for transport in transports}
+    wanted = {transport: {tuple(row) for row in rows} for transport, rows in rows_of.items()}
+    order = []
+    for transport in transports:
+        order += [row for row in rows_of[transport] if row not in order]
+    jobs, launches, lost = {}, dict.fromkeys(transports, 0), {}
+    try:
+        for index, row in enumerate(order):
+            key = tuple(row)
+            for transport in rotated(transports, shift + index):
+                if key not in wanted[transport]:
+                    continue
+                if transport in lost:
+                    results[transport][key] = {"row": row, "error": lost[transport]}
+                    continue
+                job = jobs.get(transport)
+                if job is None:
+                    if launches[transport] >= MAX_LAUNCHES:
+                        results[transport][key] = {"row": row,
+                                                   "error": "not run: too many failed jobs"}
+                        continue
+                    launches[transport] += 1
+                    job = jobs[transport] = ServingJob(launcher, transport, nranks, options,
+                                                       workdir)
+                line, failure = job.run(row, options.timeout)
+                if line is not None and not line.get("error"):
+                    results[transport][key] = line
+                    continue
+                # The job is over (a failed row ends it).
+                del jobs[transport]
+                job.close()
+                if line is None and not job.started \
+                        and not failure.startswith(LAUNCHER_FAILED):
+                    lost[transport] = failure   # it did not get to a single row
+                results[transport][key] = line or {"row": row, "error": failure}
+    finally:
+        for job in jobs.values():
+            job.close()
     return results
+
+
+def run_launches(launcher, transport, nranks, rows, options, workdir):
+    """Run `rows` on one transport, replacing failed jobs; returns {row key: line}."""
+    return run_lockstep(launcher, {transport: rows}, nranks, options, workdir)[transport]
 
 
 class Samples:
@@ -228,20 +317,26 @@ def run_rounds(launcher, plan, options, samples, workdir, missing):
     for round_index in range(options.rounds):
         log(f"round {round_index + 1}/{options.rounds}")
         for nranks in rotated(list(plan), round_index):
-            for transport in rotated(transports, round_index):
-                # A row that failed once is not run again: it is an error row already.
+            # A row that failed once is not run again: it is an error row already.
+            rows_of = {}
+            for transport in transports:
                 rows = [row for row in plan[nranks]
                         if (row[0], row[1], nranks, row[2]) not in samples.errors
                         and (transport != "streamed" or (row[2] or 0) >= STREAMED_FROM)]
-                if not rows:
-                    continue
-                started = time.perf_counter()
-                results = run_launches(launcher, transport, nranks, rows, options, workdir)
-                samples.add(nranks, transport, results)
-                failed = sum(1 for line in results.values() if line.get("error"))
-                log(f"  {transport:7s} {nranks} ranks  {len(rows)} rows"
-                    f"  {time.perf_counter() - started:6.1f} s"
-                    + (f"  {failed} failed" if failed else ""))
+                if rows:
+                    rows_of[transport] = rows
+            if not rows_of:
+                continue
+            started = time.perf_counter()
+            results = run_lockstep(launcher, rows_of, nranks, options, workdir,
+                                   shift=round_index)
+            for transport, lines in results.items():
+                samples.add(nranks, transport, lines)
+            failed = sum(1 for lines in results.values() for line in lines.values()
+                         if line.get("error"))
+            log(f"  {nranks} ranks  " + ", ".join(f"{t} {len(rows_of[t])}" for t in rows_of)
+                + f" rows  {time.perf_counter() - started:6.1f} s"
+                + (f"  {failed} failed" if failed else ""))
 
 
 # ------------------------------------------------------------------ the report

@@ -646,28 +646,60 @@ def run_rows(comm, MPI, control, MPI_LIB, plan, progress, target, repeats):
     return 0
 
 
+def serve_rows(comm, MPI, control, MPI_LIB, directory, target, repeats):
+    """Run the rows that come through this rank's command FIFO, one at a
+    time, until a null: between rows the rank waits in a blocking read,
+    using no CPU while other jobs run theirs."""
+    rank = comm.Get_rank()
+    progress = open(os.path.join(directory, "results"), "w") if rank == 0 else None
+    try:
+        with open(os.path.join(directory, f"command-{rank}")) as commands:
+            for line in commands:
+                row = json.loads(line)
+                if row is None:
+                    return 0
+                status = run_rows(comm, MPI, control, MPI_LIB, [row], progress, target,
+                                  repeats)
+                if status:
+                    return status
+    finally:
+        if progress:
+            progress.close()
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m ivmpi.sweepworker",
                                      description="Time the rows of a plan (run under mpirun).")
     parser.add_argument("--transport", choices=("ivmpi", "mpi4py"), required=True)
-    parser.add_argument("--plan", required=True, help="JSON list of [call, kind, size]")
-    parser.add_argument("--progress", required=True, help="JSON lines written by rank 0")
+    parser.add_argument("--plan", help="JSON list of [call, kind, size]")
+    parser.add_argument("--progress", help="JSON lines written by rank 0")
+    parser.add_argument("--serve", metavar="DIR",
+                        help="rows one at a time: rank r reads JSON rows from the FIFO "
+                             "DIR/command-r (null: stop), rank 0 writes progress lines to "
+                             "the FIFO DIR/results (ivmpi.benchsweep.ServingJob)")
     parser.add_argument("--target", type=float, default=0.003,
                         help="seconds a timed block should take (default 0.003)")
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks per row")
     options = parser.parse_args(argv)
+    if not options.serve and not (options.plan and options.progress):
+        parser.error("--plan and --progress, or --serve")
     from .bench import load_mpi
     MPI = load_mpi(options.transport)
     from .lib import MPI as MPI_LIB
     control = MPI_LIB.COMM_WORLD.Dup()
     comm = MPI.COMM_WORLD
-    with open(options.plan) as source:
-        plan = json.load(source)
-    progress = open(options.progress, "a") if comm.Get_rank() == 0 else None
-    status = run_rows(comm, MPI, control, MPI_LIB, plan, progress, options.target,
-                      options.repeats)
-    if progress:
-        progress.close()
+    if options.serve:
+        status = serve_rows(comm, MPI, control, MPI_LIB, options.serve, options.target,
+                            options.repeats)
+    else:
+        with open(options.plan) as source:
+            plan = json.load(source)
+        progress = open(options.progress, "a") if comm.Get_rank() == 0 else None
+        status = run_rows(comm, MPI, control, MPI_LIB, plan, progress, options.target,
+                          options.repeats)
+        if progress:
+            progress.close()
     if status:
         sys.stderr.flush()
         os._exit(status)      # no finalize: a communicator may be left mid-message

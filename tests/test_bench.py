@@ -295,6 +295,50 @@ def test_sweep_job_without_progress_is_killed_and_its_rows_are_error_rows(tmp_pa
 
 
 @needs_mpirun
+def test_sweep_runs_each_row_on_every_transport_before_the_next_row(tmp_path, monkeypatch):
+    family, version = benchcompare.mpirun_version(MPIRUN)
+    launcher = benchcompare.Launcher(MPIRUN, family, version, str(tmp_path))
+    options = benchsweep.parse_options(["--quick", "--timeout", "60"])
+    rows = [["Bcast", "numpy", 8], ["Barrier", "numpy", None], ["Allreduce", "numpy", 8]]
+    calls, alive = [], []
+    run = benchsweep.ServingJob.run
+
+    def recording(job, row, timeout):
+        calls.append((job.transport_name, tuple(row)))
+        # Both transports' jobs are up while either runs a row.
+        alive.append(sorted(name for name, proc in started if proc.poll() is None))
+        return run(job, row, timeout)
+
+    started = []
+    init = benchsweep.ServingJob.__init__
+
+    def starting(job, launcher, transport, *args):
+        init(job, launcher, transport, *args)
+        job.transport_name = transport
+        started.append((transport, job.proc))
+
+    monkeypatch.setattr(benchsweep.ServingJob, "run", recording)
+    monkeypatch.setattr(benchsweep.ServingJob, "__init__", starting)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    results = benchsweep.run_lockstep(launcher, {"mpi4py": rows, "nocopy": rows[:2]}, 2,
+                                      options, str(workdir), shift=1)
+    # Row by row, the transports' order rotated from row to row.
+    assert calls == [("nocopy", ("Bcast", "numpy", 8)), ("mpi4py", ("Bcast", "numpy", 8)),
+                     ("mpi4py", ("Barrier", "numpy", None)),
+                     ("nocopy", ("Barrier", "numpy", None)),
+                     ("mpi4py", ("Allreduce", "numpy", 8))]
+    assert len(started) == 2 and all(names == ["mpi4py", "nocopy"] for names in alive[1:4])
+    assert set(results["mpi4py"]) == {tuple(row) for row in rows}
+    assert set(results["nocopy"]) == {tuple(row) for row in rows[:2]}
+    assert all(not line.get("error") and all(t > 0 for t in line["times"])
+               for lines in results.values() for line in lines.values())
+    # The jobs were told to stop and ended; their FIFOs are gone.
+    assert all(proc.poll() == 0 for _, proc in started)
+    assert list(workdir.iterdir()) == []
+
+
+@needs_mpirun
 def test_sweep_measures_both_transports_and_their_ratio(tmp_path):
     if not HAVE_IVMPI_COMM:
         pytest.skip("the ivmpi communicator (ivmpi.comm, ivmpi.MPI) is not available yet")
