@@ -71,6 +71,12 @@ static inline void ivmpi_store_release_u64(void *p, uint64_t v) {
     IVMPI_TRACE(p, 8);
     __atomic_store_n((volatile uint64_t *)p, v, __ATOMIC_RELEASE);
 }
+/* A full fence: stores before it (the kernel's too, made in a system call
+ * on this thread) are seen by other cores before stores after it. */
+static inline void ivmpi_fence(void) {
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
 static inline uint64_t ivmpi_load_u64(const void *p) {
     IVMPI_TRACE(p, 8);
     return *(const volatile uint64_t *)p;

@@ -15,7 +15,7 @@ from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release,
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, uintptr_t
 
-from ivmpi.errors import BoundsError, BufferSpecError, RegionError
+from ivmpi.errors import BoundsError, BufferSpecError, PeerError, RegionError
 
 
 cdef extern from "_copycore.h" nogil:
@@ -26,6 +26,7 @@ cdef extern from "_copycore.h" nogil:
     void ivmpi_fill_region(void *region_dst, unsigned char value, size_t n, int strict)
     uint64_t ivmpi_load_acquire_u64(const void *p)
     void ivmpi_store_release_u64(void *p, uint64_t v)
+    void ivmpi_fence()
     uint64_t ivmpi_load_u64(const void *p)
     void ivmpi_store_u64(void *p, uint64_t v)
     uint32_t ivmpi_load_u32(const void *p)

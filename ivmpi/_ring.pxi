@@ -1043,8 +1043,8 @@ cdef class Rendezvous:
                 rx.copy_out(<char *>&address, 8)
                 PyObject_GetBuffer(op.mem, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
                 try:
-                    copied = <uint64_t>view.len >= rx.a and _sc_read(
-                        rx.peer, address, <char *>view.buf, rx.a, rx.mem)
+                    copied = <uint64_t>view.len >= rx.a and _sc_read_shared(
+                        rx.peer, rx.b, address, <char *>view.buf, rx.a, rx.mem)
                 finally:
                     PyBuffer_Release(&view)
             if tx.write_frame(4, 0, 0, rx.a if copied else 0, rx.b, NULL, 0) != 1:

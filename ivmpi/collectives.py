@@ -469,12 +469,18 @@ class Collectives:
                 self.p2p.Recv(mem, (vrank - mask + root) % size, TAG_BCAST)
                 break
             mask <<= 1
-        requests = []
+        children = []
         mask >>= 1
         while mask > 0:
             if vrank + mask < size:
-                requests.append(self.p2p.Isend(mem, (vrank + mask + root) % size, TAG_BCAST))
+                children.append((vrank + mask + root) % size)
             mask >>= 1
+        if not children:
+            return
+        requests = [self.p2p.Isend(mem, child, TAG_BCAST) for child in children[:-1]]
+        # The last one a blocking send: waiting for it, this rank's core may
+        # share a large copy with its receiver (ivmpi/_single_copy.pxi).
+        self.p2p.Send(mem, children[-1], TAG_BCAST)
         self._wait_all(requests)
 
     def bcast(self, obj, root=0):

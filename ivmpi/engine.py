@@ -150,6 +150,9 @@ class Engine:
         self.backlog = set()                             # peers whose outq is not empty
         self.next_send_id = [1] * self.size
         self.awaiting_cts = {}                           # (peer, send id) -> SendOp
+        # Blocking sends waiting for their CTS whose receiver may ask them to
+        # share the copy (_single_copy.pxi): (peer, send id) -> SendOp.
+        self.sharing = {}
         self.awaiting_ack = {}                           # (peer, send id) -> SendOp
         self.receiving = {}                              # (peer, send id) -> RecvOp
         # The same tables, for the rendezvous steps the waits take in C.
@@ -509,6 +512,8 @@ class Engine:
 
     def _progress(self):
         moved = self._flush_backlog() if self.backlog else False
+        if self.sharing:
+            moved = _fastcopy.serve_shares(self.sharing) or moved
         rx, first_ready = self.rx_by_slot, self.inbox.first_ready
         posted, limit = self.posted, self.eager_limit
         tx, backlog, rendezvous = self.tx, self.backlog, self.rendezvous
@@ -532,6 +537,8 @@ class Engine:
 
     def _poll_peer(self, peer, op):
         moved = self._flush_backlog() if self.backlog else False
+        if self.sharing:
+            moved = _fastcopy.serve_shares(self.sharing) or moved
         rx = self.rx[peer]
         posted, limit = self.posted, self.eager_limit
         while rx.poll():
@@ -802,6 +809,8 @@ class Engine:
         """More ranks than cores: spin briefly and yield early, since the peer
         we wait for may need our core to run at all."""
         self.oversubscribed = oversubscribed
+        # A sender's core shares a copy only when it is its own.
+        _fastcopy.set_sharing(not oversubscribed)
         self.spin_rounds = 4 if oversubscribed else 64
         self.yield_rounds = 1024
         # Negative: the fast paths yield the core between polls.

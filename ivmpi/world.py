@@ -310,22 +310,45 @@ def _agree_single_copy(mpi, rank):
         _fastcopy.allow_single_copy_readers()
         _single_copy_token = secrets.token_bytes(16)
         address, _ = _fastcopy.buffer_span(_single_copy_token)
-        me = (kernel, os.getpid(), address, _single_copy_token)
+        lines = _fastcopy.make_share_lines(size)
+        me = (kernel, os.getpid(), address, _single_copy_token, lines)
     everyone = _allgather_plain(mpi, (None if kernel is None else kernel[0], me))
     _kernels = [boot for boot, _ in everyone]
     everyone = [offer for _, offer in everyone]
     if all(them is None for them in everyone):
         return      # (every rank sees this alike: nobody offers, nobody copies)
     readable = [0] * size
+    writable = [False] * size
     if me is not None:
         for peer, them in enumerate(everyone):
             if peer != rank and them is not None and them[0] == me[0]:
-                _, pid, address, token = them
+                _, pid, address, token, lines = them
                 if _fastcopy.read_peer_token(pid, address, len(token)) == token:
                     readable[peer] = pid
-    # A sender gives its address to the ranks that can read it.
-    readers = _allgather_plain(mpi, [bool(p) for p in readable])
-    _fastcopy.set_single_copy(readable, [readers[peer][rank] for peer in range(size)])
+                    # The shared copies' lines (_single_copy.pxi) are written
+                    # across: can we write ours in theirs?
+                    writable[peer] = _share_copies() and \
+                        _fastcopy.probe_share_write(pid, lines, rank)
+    # A sender gives its address to the ranks that can read it; a pair
+    # shares copies when each can read and write the other.
+    found = _allgather_plain(mpi, ([bool(p) for p in readable], writable))
+    readers = [reads for reads, _ in found]
+    writers = [writes for _, writes in found]
+    share_lines = [everyone[peer][4] if writable[peer] and writers[peer][rank] else 0
+                   for peer in range(size)]
+    _fastcopy.set_single_copy(readable, [readers[peer][rank] for peer in range(size)],
+                              share_lines, rank, _peer_timeout_seconds())
+
+
+def _share_copies():
+    """IVMPI_SHARED_COPY=0 turns shared copies off (every rank must agree)."""
+    return os.environ.get("IVMPI_SHARED_COPY", "1") != "0"
+
+
+def _peer_timeout_seconds():
+    from .liveness import _peer_timeout
+    timeout = _peer_timeout()
+    return timeout if timeout > 0 else 3600.0
 
 
 def _allgather_plain(mpi, obj):

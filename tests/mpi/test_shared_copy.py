@@ -1,0 +1,124 @@
+"""Large messages whose copy the sender shares while it waits.
+
+Between ranks of one kernel the receiver of a large message copies it from
+the sender's memory (ivmpi/_single_copy.pxi).  A sender that waits for that
+copy in a blocking send offers to take part; from 256 KiB the receiver then
+copies the first half and the sender writes the second into the receiver's
+buffer, both at once.  The data must be whole and right whatever the size,
+whichever path each side takes (a receive posted early, a sender whose wait
+has moved to the engine's rounds), and a send that does not wait
+(Isend) must not offer.
+"""
+import time
+
+import numpy as np
+import pytest
+
+from ivmpi import MPI, _fastcopy
+
+pytestmark = pytest.mark.mpi(min_size=2)
+
+SIZES = [256 << 10, (1 << 20) + 3, 16 << 20]
+
+
+def _sharing_pairs(comm):
+    """Ranks 0 and 1 share copies (one kernel, a core each)."""
+    if comm.size < 2 or comm.rank > 1:
+        return False
+    other = comm._ranks[1 - comm.rank]
+    return _fastcopy.shares_copies_with(other) and not comm._engine.oversubscribed
+
+
+def _require_sharing(comm):
+    ok = comm.allgather(_sharing_pairs(comm))
+    if not (ok[0] and ok[1]):
+        pytest.skip("needs ranks 0 and 1 on one kernel, sharing copies, a core each")
+
+
+def _shared_from(comm, rank):
+    return _fastcopy.shared_copy_counts().get(comm._ranks[rank], 0)
+
+
+def _payload(n, seed):
+    return np.frombuffer(np.random.default_rng(seed).bytes(n), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_blocking_send_shares_its_copy_and_the_data_is_whole(comm, n):
+    _require_sharing(comm)
+    rank = comm.rank
+    if rank > 1:
+        return
+    other = 1 - rank
+    for round_ in range(3):
+        mine = _payload(n, 10 * round_ + rank)
+        got = np.zeros(n, dtype=np.uint8)
+        before = _shared_from(comm, other)
+        # Both directions: each rank receives one shared copy per round.
+        if rank == 0:
+            comm.Send(mine, 1, 5)
+            comm.Recv(got, 1, 6)
+        else:
+            comm.Recv(got, 0, 5)
+            comm.Send(mine, 0, 6)
+        np.testing.assert_array_equal(got, _payload(n, 10 * round_ + other))
+        assert _shared_from(comm, other) - before == 1
+
+
+def test_receive_posted_first_and_a_sender_left_waiting_in_the_engine(comm):
+    """The receiver posts an Irecv before the message comes (the engine's
+    rounds take the RTS), and the sender's wait outlasts its polling (the
+    receiver arrives late), so the request is answered from the engine's
+    rounds: still one shared copy, the data whole."""
+    _require_sharing(comm)
+    rank, n = comm.rank, (1 << 20) + 4096 + 5
+    if rank > 1:
+        return
+    mine = _payload(n, 70 + rank)
+    got = np.zeros(n, dtype=np.uint8)
+    before = _shared_from(comm, 1 - rank)
+    if rank == 1:
+        request = comm.Irecv(got, 0, 3)
+        request.Wait()
+        np.testing.assert_array_equal(got, _payload(n, 70))
+        assert _shared_from(comm, 0) - before == 1
+        time.sleep(0.05)            # rank 0 waits in the engine meanwhile
+        comm.Recv(got, 0, 4)
+        np.testing.assert_array_equal(got, _payload(n, 70))
+        assert _shared_from(comm, 0) - before == 2
+    else:
+        comm.Send(mine, 1, 3)
+        comm.Send(mine, 1, 4)
+
+
+def test_nonblocking_send_does_not_offer(comm):
+    """An Isend does not wait: its receiver copies all of it."""
+    _require_sharing(comm)
+    rank, n = comm.rank, 1 << 20
+    if rank > 1:
+        return
+    other = 1 - rank
+    before = _shared_from(comm, other)
+    got = np.zeros(n, dtype=np.uint8)
+    if rank == 0:
+        comm.Isend(_payload(n, 1), 1, 8).Wait()
+    else:
+        comm.Recv(got, 0, 8)
+        np.testing.assert_array_equal(got, _payload(n, 1))
+    assert _shared_from(comm, other) == before
+
+
+def test_small_messages_and_streamed_pairs_do_not_share(comm, streamed):
+    """Without single copies (ranks in different VMs) nothing is shared:
+    the message streams through the region, whole."""
+    rank, n = comm.rank, 1 << 20
+    if rank > 1:
+        return
+    got = np.zeros(n, dtype=np.uint8)
+    before = _fastcopy.shared_copy_counts()
+    if rank == 0:
+        comm.Send(_payload(n, 2), 1, 9)
+    else:
+        comm.Recv(got, 0, 9)
+        np.testing.assert_array_equal(got, _payload(n, 2))
+    assert _fastcopy.shared_copy_counts() == before
