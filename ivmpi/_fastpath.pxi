@@ -1768,16 +1768,19 @@ cdef class FastPath:
                                  bint announce_only=False, bint waited=False):
         return self._rendezvous(buf, dest, tag, announce_only, self._eager_max(dest), waited)
 
-    cdef object announce_step(self, const char *data, Py_ssize_t n, long dest, long tag):
+    cdef object announce_step(self, const char *data, Py_ssize_t n, long dest, long tag,
+                              bint offer=False):
         """The send of a collective's exchange step (its receive follows,
         then finish): n bytes at data announced to a peer that copies them
         from our memory, if there are step_copy_min of them or more (the
-        SendOp to finish); None: send it eagerly."""
+        SendOp to finish); None: send it eagerly.  offer: nothing but
+        waiting follows, so the receiver may ask to share the copy
+        (_single_copy.pxi; the engine's rounds answer)."""
         if self.step_copy_min == 0 or <uint64_t>n < self.step_copy_min \
                 or not self._copies_ours(dest):
             return None
         return self._rendezvous(PyMemoryView_FromMemory(<char *>data, n, PyBUF_READ), dest, tag,
-                                True, self.step_copy_min - 1)
+                                True, self.step_copy_min - 1, offer)
 
     cdef object _rendezvous(self, object buf, long dest, long tag, bint announce_only,
                             uint64_t most_eager, bint waited=False):
@@ -1795,8 +1798,9 @@ cdef class FastPath:
         once, for a caller that receives before it waits (Sendrecv).
         most_eager: larger buffers only (the eager limit, or less to a peer
         that copies from our memory).
-        waited: the caller waits for the send right away (a blocking send),
-        so its receiver may ask it to share the copy (_single_copy.pxi)."""
+        waited: the caller only waits after this (a blocking send, a
+        schedule's send of its own bytes), so its receiver may ask it to
+        share the copy (_single_copy.pxi)."""
         cdef Py_buffer view
         cdef Py_ssize_t extent, nbytes, offset
         cdef uint64_t total, sent = 0
@@ -1845,7 +1849,7 @@ cdef class FastPath:
                 # A receiver on our kernel may copy it from our memory
                 # (_single_copy.pxi), and share the copy with us while we wait.
                 address = <uintptr_t>data
-                offered = waited and not announce_only and _sc_offer(world, send_id, data, total)
+                offered = waited and _sc_offer(world, send_id, data, total)
                 if tx.write_frame(3, <int32_t>tag, self.context, total, send_id,
                                   <const char *>&address, 8 if _sc_tell(world) else 0) != 1:
                     return None

@@ -332,7 +332,11 @@ cdef class Schedule:
         # A large block to a peer that copies from our memory: announced,
         # done on its clear-to-send (the buffers live until the schedule ends).
         if self.copy_sends or (s.code and self.copy_own):
-            op = self.fast.announce_step(s.a, s.n, s.peer, self.tag + s.tag)
+            # The caller's own bytes to a rank that only receives them: our
+            # core has nothing else to do for this send, so it may share
+            # the receiver's copy (_single_copy.pxi).
+            op = self.fast.announce_step(s.a, s.n, s.peer, self.tag + s.tag,
+                                         s.code and not self.copy_sends)
             if op is not None:
                 self.ops[i] = op
                 self.st[i] = _POSTED
@@ -362,6 +366,9 @@ cdef class Schedule:
         cdef Py_ssize_t i, got
         cdef _Step *s
         cdef bint complete = False, moved = True
+        if _sc_requested():
+            with nogil:
+                _sc_serve_offers()      # a receiver asks for part of a send of ours
         while moved and not complete:
             complete = True
             moved = False
@@ -375,6 +382,8 @@ cdef class Schedule:
                     if not op.done and type(op) is SendOp:
                         self.fast.poll_send(op)     # its clear-to-send, in C
                     if op.done:
+                        if type(op) is SendOp:
+                            _sc_withdraw((<SendOp>op).peer, (<SendOp>op).send_id)
                         self.st[i] = _DONE
                         self.ops[i] = None
                         self.moved += 1

@@ -122,3 +122,47 @@ def test_small_messages_and_streamed_pairs_do_not_share(comm, streamed):
         comm.Recv(got, 0, 9)
         np.testing.assert_array_equal(got, _payload(n, 2))
     assert _fastcopy.shared_copy_counts() == before
+
+
+@pytest.mark.parametrize("form", ["blocking", "nonblocking", "persistent"])
+def test_broadcast_root_and_gather_senders_share_their_copy(comm, form):
+    """On two ranks a Bcast's root and a Gather's sending rank send their
+    own bytes and only wait: their receiver shares the copy with them, in
+    the blocking, nonblocking and persistent forms alike; the results are
+    Open MPI's."""
+    from mpi4py import MPI as native
+    _require_sharing(comm)
+    if comm.size != 2:
+        pytest.skip("two ranks")
+    rank, n = comm.rank, (1 << 17) + 3          # doubles: 1 MiB and a bit
+    for root in (0, 1):
+        for name in ("Bcast", "Gather"):
+            mine = np.random.default_rng(100 * root + rank).random(n)
+            if name == "Bcast":
+                args = (mine.copy() if rank == root else np.zeros(n),)
+                expected = np.random.default_rng(100 * root + root).random(n)
+            else:
+                got = np.full(2 * n, -1.0) if rank == root else None
+                args = (mine, got)
+                expected = np.empty(2 * n) if rank == root else None
+                native.COMM_WORLD.Gather(mine, expected, root=root)
+            before = _shared_from(comm, 1 - rank)
+            starts = 2 if form == "persistent" else 1
+            if form == "blocking":
+                getattr(comm, name)(*args, root=root)
+            elif form == "nonblocking":
+                getattr(comm, "I" + name.lower())(*args, root=root).Wait()
+            else:
+                request = getattr(comm, name + "_init")(*args, root=root)
+                for _ in range(starts):
+                    request.Start()
+                    request.Wait()
+                request.Free()
+            receives = rank != root
+            if name == "Gather":
+                receives = rank == root
+            assert _shared_from(comm, 1 - rank) - before == (starts if receives else 0), \
+                (name, root, form)
+            result = args[0] if name == "Bcast" else args[1]
+            if name == "Bcast" or rank == root:
+                np.testing.assert_array_equal(result, expected)
