@@ -55,9 +55,9 @@ cdef Py_ssize_t _sc_ranks = 0
 cdef unsigned long long *_sc_messages = NULL    # per world rank: messages copied from it
 cdef unsigned long long *_sc_bytes = NULL       # and their bytes
 
-# Shared copies.  While a blocking send of ours waits for its receiver to
-# copy a large message out of our memory, our core idles; the receiver's
-# copy is a single thread's.  So the two split it: the receiver copies the
+# Shared copies.  While a send of ours waits for its receiver to copy a
+# large message out of our memory, our core may idle; the receiver's copy
+# is a single thread's.  So the two split it: the receiver copies the
 # first half (process_vm_readv) while the sender writes the second into
 # the receiver's buffer (process_vm_writev), both cores copying at once
 # (two copies run at 1.5-2x one copy's aggregate speed on this kind of
@@ -65,18 +65,26 @@ cdef unsigned long long *_sc_bytes = NULL       # and their bytes
 # memory, never the region (which other VMs can write): every process has
 # one 64-byte line per world rank (_ShareLine), which only that rank
 # writes, with process_vm_writev, and which this process reads:
-#   offer:   that rank, sending us send id s in a blocking send, waits for
-#            our copy and will take a part (s + 1; written before its RTS);
+#   offer:   that rank, sending us send id s, will look for a request while
+#            it waits (s + 1; written before its RTS);
 #   request: that rank, receiving our send id s that we offered, asks us
 #            to write `length` bytes from offset `offset` of our buffer to
 #            its address `dst` (request_id = s + 1);
 #   reply:   that rank, the sender of send id s we asked, says it wrote
-#            its part ((s + 1) << 1) or could not (((s + 1) << 1) | 1).
-# The receiver decides (its buffer, its split) and waits for the reply
-# before it answers the RTS with the usual CTS (all bytes copied); the
-# sender's buffer is in use until that CTS, as before.  Pairs share only
-# when each has written the other's lines at start-up, and not where ranks
-# outnumber cores (the sender's core is then someone else's).
+#            its part ((s + 1) << 1) or will not (((s + 1) << 1) | 1);
+#   claim:   that rank, the sender, is about to write its part (s + 1);
+#   revoke:  that rank, the receiver, takes the part back (s + 1).
+# The receiver copies its half, then takes the sender's part back unless
+# the sender has claimed it: each writes its word, fences, then reads the
+# other's (so at least one sees the other's), and a sender that sees the
+# part taken back writes nothing and replies so.  A receiver therefore
+# never waits for a sender that is not looking (an Isend's caller
+# computing, a nonblocking collective not yet waited for); it waits only
+# for a part being written.  It answers the RTS with the usual CTS (all
+# bytes copied) once all is in place; the sender's buffer is in use until
+# that CTS, as before.  Pairs share only when each has written the other's
+# lines at start-up, and not where ranks outnumber cores (the sender's
+# core is then someone else's).
 ctypedef struct _ShareLine:
     uint64_t offer
     uint64_t request_id
@@ -84,7 +92,8 @@ ctypedef struct _ShareLine:
     uint64_t request_offset
     uint64_t request_length
     uint64_t reply
-    uint64_t unused[2]
+    uint64_t claim
+    uint64_t revoke
 
 cdef enum:
     _SHARE_MIN = 262144          # smaller messages: one copy by the receiver
@@ -455,14 +464,17 @@ cdef int _sc_serve_offers() noexcept nogil:
         dst = line.request_dst
         offset = line.request_offset
         length = line.request_length
+        o.served = True
         # The receiver's own words, read from our memory: a part of this
         # send, written to the receiver's own buffer.  Anything else is
-        # declined.
+        # declined.  Claimed first; written only if not taken back meanwhile.
         ok = offset <= o.total and length <= o.total - offset and length > 0 \
+            and _sc_write(_sc_pid[world], _sc_peer_line(world) + 48, <const char *>&id, 8)
+        ivmpi_fence()
+        ok = ok and ivmpi_load_acquire_u64(&line.revoke) != id \
             and _sc_write(_sc_pid[world], dst, o.data + offset, length)
         ivmpi_fence()       # (our part is in place before the reply says so)
         reply = (id << 1) | (0 if ok else 1)
-        o.served = True
         _sc_write(_sc_pid[world], _sc_peer_line(world) + 40, <const char *>&reply, 8)
         answered += 1
     return answered
@@ -509,7 +521,7 @@ cdef bint _sc_read_shared(Py_ssize_t world, uint64_t send_id, uint64_t address, 
     cdef int pid = _sc_source(world, address)
     cdef _ShareLine *line
     cdef uint64_t half, request[4], expected, reply
-    cdef bint ok
+    cdef bint ok, claimed
     cdef int64_t deadline
     cdef int spins = 0
     if pid == 0 or total < _SHARE_MIN or not _sc_shares(world) or _sc_asking[world] \
@@ -534,29 +546,43 @@ cdef bint _sc_read_shared(Py_ssize_t world, uint64_t send_id, uint64_t address, 
     try:
         with nogil:
             ok = _sc_copy(pid, address, dst, half)
-            deadline = _now_ns() + <int64_t>(_sc_share_timeout * 1e9)
-            while True:
-                reply = ivmpi_load_acquire_u64(&line.reply)
-                if reply == expected or reply == (expected | 1):
-                    break
-                # (It may be waiting for a part of ours at the same time.)
-                _sc_serve_offers()
-                spins += 1
-                if spins & 1023 == 0 and _now_ns() > deadline:
-                    break
-                rg_relax()
+            reply = ivmpi_load_acquire_u64(&line.reply)
+            if reply != expected and reply != (expected | 1):
+                # Not done yet: take the part back unless it is being written
+                # (claimed: usually so by now, seen without a system call).
+                claimed = ivmpi_load_acquire_u64(&line.claim) == request[0]
+                if not claimed:
+                    claimed = not _sc_write(pid, _sc_peer_line(world) + 56,
+                                            <const char *>&request[0], 8)
+                    ivmpi_fence()
+                    claimed = claimed or ivmpi_load_acquire_u64(&line.claim) == request[0]
+                if claimed:
+                    deadline = _now_ns() + <int64_t>(_sc_share_timeout * 1e9)
+                    while True:
+                        reply = ivmpi_load_acquire_u64(&line.reply)
+                        if reply == expected or reply == (expected | 1):
+                            break
+                        # (It may be waiting for a part of ours at the same time.)
+                        _sc_serve_offers()
+                        spins += 1
+                        if spins & 1023 == 0 and _now_ns() > deadline:
+                            break
+                        rg_relax()
+                else:
+                    reply = expected | 1        # ours to copy: it will write nothing
         if reply == (expected | 1):
-            # It could not write its part: ours to copy.
+            # It did not write its part: ours to copy.
             with nogil:
                 ok = ok and _sc_copy(pid, address + half, dst + half, total - half)
         elif reply != expected:
-            raise PeerError(f"ivmpi: world rank {world} did not answer a request to share the "
-                            f"copy of its {total}-byte message within {_sc_share_timeout:g} s "
+            raise PeerError(f"ivmpi: world rank {world} did not finish its part of the copy of "
+                            f"its {total}-byte message within {_sc_share_timeout:g} s "
                             f"(IVMPI_PEER_TIMEOUT)")
     finally:
         _sc_asking[world] = 0
+    if ok and reply == expected:
+        _sc_shared[world] += 1
     if ok:
         _sc_messages[world] += 1
         _sc_bytes[world] += total
-        _sc_shared[world] += 1
     return ok

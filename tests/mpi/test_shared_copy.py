@@ -166,3 +166,26 @@ def test_broadcast_root_and_gather_senders_share_their_copy(comm, form):
             result = args[0] if name == "Bcast" else args[1]
             if name == "Bcast" or rank == root:
                 np.testing.assert_array_equal(result, expected)
+
+
+def test_a_sender_that_is_not_waiting_does_not_hold_its_receiver(comm):
+    """An Ibcast's root offers to share its copy, then computes for a while
+    before it waits: its receiver takes the part back and copies all of it
+    itself, without waiting for the root."""
+    _require_sharing(comm)
+    if comm.size != 2:
+        pytest.skip("two ranks")
+    rank, n = comm.rank, 1 << 17
+    buf = np.arange(n, dtype=np.float64) if rank == 0 else np.zeros(n)
+    before = _shared_from(comm, 1 - rank)
+    comm.Barrier()
+    started = time.monotonic()
+    request = comm.Ibcast(buf, root=0)
+    if rank == 0:
+        time.sleep(1.0)             # not waiting: no request is answered
+        request.Wait()
+    else:
+        request.Wait()
+        assert time.monotonic() - started < 0.9
+        np.testing.assert_array_equal(buf, np.arange(n, dtype=np.float64))
+    assert _shared_from(comm, 1 - rank) == before
