@@ -457,6 +457,8 @@ def describe_job(comm):
         f"{r}:{path_to(comm, r)}" for r in range(comm.Get_size()))))
     lines.append("one copy into rank %d from: %s" % (comm.Get_rank(), ", ".join(
         map(str, single_copy_sources(comm))) or "none"))
+    lines.append("copies shared with: %s" % (", ".join(
+        map(str, shared_copy_peers(comm))) or "none"))
     return lines
 
 
@@ -469,3 +471,15 @@ def single_copy_sources(comm):
     ranks = comm._ranks
     return [r for r in range(comm.Get_size())
             if ranks[r] in readable and path_to(comm, r) == "region"]
+
+
+def shared_copy_peers(comm):
+    """The ranks of comm, reached through the region, with which this rank
+    shares the copies of large messages (a waiting sender writes half of
+    the receiver's copy, docs/layout.md "Single copy"): ranks of one
+    kernel, not where ranks outnumber cores."""
+    from . import _fastcopy
+    ranks = comm._ranks
+    return [r for r in range(comm.Get_size())
+            if r != comm.Get_rank() and _fastcopy.shares_copies_with(ranks[r])
+            and path_to(comm, r) == "region"]

@@ -454,17 +454,24 @@ def test_info_job_lines_name_the_groups_and_paths(world):
     assert lines[0] == f"ranks: {world.size}, node groups: {len(groups)}"
     for g, members in enumerate(groups):
         assert f"  group {g}: ranks {', '.join(map(str, members))}" in lines
-    assert lines[-2].endswith(", ".join(f"{r}:{ivmpi.path_to(world, r)}"
+    assert lines[-3].endswith(", ".join(f"{r}:{ivmpi.path_to(world, r)}"
                                         for r in range(world.size)))
     # Ranks of one kernel copy from each other's memory, unless told not to;
     # never from a rank outside the group (its messages take the library).
-    sources = [int(r) for r in lines[-1].split(": ", 1)[1].split(", ") if r != "none"]
-    assert lines[-1].startswith(f"one copy into rank {world.rank} from: ")
+    sources = [int(r) for r in lines[-2].split(": ", 1)[1].split(", ") if r != "none"]
+    assert lines[-2].startswith(f"one copy into rank {world.rank} from: ")
     group = next(m for m in groups if world.rank in m)
     if os.environ.get("IVMPI_SINGLE_COPY") == "0":
         assert sources == []
     else:
         assert sources == [r for r in group if r != world.rank]
+    # They share those copies too, where every rank has a core of its own.
+    assert lines[-1].startswith("copies shared with: ")
+    shared = [int(r) for r in lines[-1].split(": ", 1)[1].split(", ") if r != "none"]
+    if world._engine.oversubscribed or os.environ.get("IVMPI_SINGLE_COPY") == "0":
+        assert shared == []
+    else:
+        assert shared == sources
 
 
 # --- the direct path between regions (ivmpi/_route.pxi) ------------------------------
