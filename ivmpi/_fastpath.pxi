@@ -286,7 +286,7 @@ cdef class FastPath:
     cdef public object general_Ssend, general_Issend, general_ssend, general_issend
     cdef public object general_isend, general_sendrecv
     cdef public object general_Iprobe, general_Probe, general_Improbe, general_Mprobe
-    cdef public object new_message, new_incoming
+    cdef public object new_message
     # Large sends with holes: the engine's staging block (take_stage,
     # give_stage) and each communicator rank's heap (region offset, bytes),
     # where its region rendezvous may point; region_frames: a receive
@@ -1195,8 +1195,8 @@ cdef class FastPath:
                 self.found_tag = rx.tag
                 self.found_size = <long>rx.a
                 if take:
-                    self.found_message = self.new_incoming(
-                        rx.peer, rx.tag, rx.context, rx.a, None, rx.b, rx.kind, None, at)
+                    self.found_message = _new_incoming(
+                        rx.peer, rx.tag, rx.context, rx.a, None, rx.b, rx.kind, at)
                     rx.consume()
                 return found
             if found == 1:
@@ -1213,7 +1213,7 @@ cdef class FastPath:
                 self.found_tag = rx.tag
                 self.found_size = rx.length
                 if take:
-                    self.found_message = self.new_incoming(
+                    self.found_message = _new_incoming(
                         rx.peer, rx.tag, rx.context, rx.length, rx.payload(), rx.b, rx.kind)
                     rx.consume()
             return found
@@ -2537,8 +2537,9 @@ def message_recv(self, status=None):
     if fast is None:
         return _py_message_recv(self, status)
     if fast.take_message(incoming, status):
-        # An empty message is None, as mpi4py unpickles it.
-        return fast.unpickle_op(incoming) if incoming.data else None
+        # An empty message is None, as mpi4py unpickles it.  (fast.loads is
+        # the communicator's _unpickle_op without its frame.)
+        return fast.loads(incoming.data) if incoming.data else None
     return self._irecv_object(incoming).wait(status)
 
 

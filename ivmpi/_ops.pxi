@@ -96,6 +96,23 @@ cdef class Incoming:
         self.taken = False
 
 
+cdef Incoming _new_incoming(object source, object tag, object context, object size,
+                            object data, object send_id, object kind, object offset=0):
+    """Incoming(...) of a frame a matched probe takes, without the Python call."""
+    cdef Incoming msg = Incoming.__new__(Incoming)
+    msg.source = source
+    msg.tag = tag
+    msg.context = context
+    msg.size = size
+    msg.data = data
+    msg.send_id = send_id
+    msg.kind = kind
+    msg.self_send = None
+    msg.offset = offset
+    msg.taken = False
+    return msg
+
+
 cdef RecvOp _new_recv_op(long source, long tag, long context, object mem):
     """RecvOp(source, tag, context, mem) without the Python call."""
     cdef RecvOp op = RecvOp.__new__(RecvOp)

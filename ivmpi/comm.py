@@ -251,7 +251,7 @@ class Comm(_MPI.Comm):
         fast.general_isend, fast.general_sendrecv = self._general_isend, self._general_sendrecv
         fast.general_Iprobe, fast.general_Probe = self._general_Iprobe, self._general_Probe
         fast.general_Improbe, fast.general_Mprobe = self._general_Improbe, self._general_Mprobe
-        fast.new_message, fast.new_incoming = new_message, Incoming
+        fast.new_message = new_message
         fast.general_Sendrecv = self._general_Sendrecv
         fast.new_unpacking = UnpackingRequest
         fast.take_stage, fast.give_stage = engine.take_stage, engine.give_stage

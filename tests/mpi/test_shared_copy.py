@@ -50,6 +50,7 @@ def test_blocking_send_shares_its_copy_and_the_data_is_whole(comm, n):
     if rank > 1:
         return
     other = 1 - rank
+    shared = []
     for round_ in range(3):
         mine = _payload(n, 10 * round_ + rank)
         got = np.zeros(n, dtype=np.uint8)
@@ -62,14 +63,25 @@ def test_blocking_send_shares_its_copy_and_the_data_is_whole(comm, n):
             comm.Recv(got, 0, 5)
             comm.Send(mine, 0, 6)
         np.testing.assert_array_equal(got, _payload(n, 10 * round_ + other))
-        assert _shared_from(comm, other) - before == 1
+        shared.append(_shared_from(comm, other) - before)
+    # Each shared at most once.  The sender, polling in C as it waits,
+    # claims its part before the receiver has copied its half, unless it is
+    # late (descheduled, or its wait is in the engine's rounds): from 1 MiB
+    # (a half takes tens of microseconds) most are shared; a 256 KiB half
+    # takes about ten, and whether it is shared depends on the timing.
+    assert set(shared) <= {0, 1}, shared
+    if n >= 1 << 20:
+        assert sum(shared) >= 2, shared
 
 
 def test_receive_posted_first_and_a_sender_left_waiting_in_the_engine(comm):
     """The receiver posts an Irecv before the message comes (the engine's
-    rounds take the RTS), and the sender's wait outlasts its polling (the
-    receiver arrives late), so the request is answered from the engine's
-    rounds: still one shared copy, the data whole."""
+    rounds take the RTS): one shared copy, the data whole.  Then the
+    sender's wait outlasts its polling (the receiver arrives 50 ms late),
+    so only the engine's rounds can answer the request; by then that wait
+    may have backed off, and a receiver whose sender has not claimed its
+    part by the time its own half is copied copies the rest itself: the
+    data is whole either way and nothing waits for long."""
     _require_sharing(comm)
     rank, n = comm.rank, (1 << 20) + 4096 + 5
     if rank > 1:
@@ -81,11 +93,14 @@ def test_receive_posted_first_and_a_sender_left_waiting_in_the_engine(comm):
         request = comm.Irecv(got, 0, 3)
         request.Wait()
         np.testing.assert_array_equal(got, _payload(n, 70))
-        assert _shared_from(comm, 0) - before == 1
+        first = _shared_from(comm, 0) - before
         time.sleep(0.05)            # rank 0 waits in the engine meanwhile
+        started = time.monotonic()
         comm.Recv(got, 0, 4)
+        took = time.monotonic() - started
         np.testing.assert_array_equal(got, _payload(n, 70))
-        assert _shared_from(comm, 0) - before == 2
+        assert first in (0, 1) and _shared_from(comm, 0) - before - first in (0, 1)
+        assert took < 0.5
     else:
         comm.Send(mine, 1, 3)
         comm.Send(mine, 1, 4)
@@ -127,14 +142,15 @@ def test_small_messages_and_streamed_pairs_do_not_share(comm, streamed):
 @pytest.mark.parametrize("form", ["blocking", "nonblocking", "persistent"])
 def test_broadcast_root_and_gather_senders_share_their_copy(comm, form):
     """On two ranks a Bcast's root and a Gather's sending rank send their
-    own bytes and only wait: their receiver shares the copy with them, in
-    the blocking, nonblocking and persistent forms alike; the results are
-    Open MPI's."""
+    own bytes and only wait: their receiver shares the copy with them (when
+    they claim their part in time), in the blocking, nonblocking and
+    persistent forms alike; the results are Open MPI's."""
     from mpi4py import MPI as native
     _require_sharing(comm)
     if comm.size != 2:
         pytest.skip("two ranks")
     rank, n = comm.rank, (1 << 17) + 3          # doubles: 1 MiB and a bit
+    outcomes = []
     for root in (0, 1):
         for name in ("Bcast", "Gather"):
             mine = np.random.default_rng(100 * root + rank).random(n)
@@ -161,11 +177,16 @@ def test_broadcast_root_and_gather_senders_share_their_copy(comm, form):
             receives = rank != root
             if name == "Gather":
                 receives = rank == root
-            assert _shared_from(comm, 1 - rank) - before == (starts if receives else 0), \
-                (name, root, form)
+            outcomes.append((name, root, _shared_from(comm, 1 - rank) - before,
+                             starts if receives else 0))
             result = args[0] if name == "Bcast" else args[1]
             if name == "Bcast" or rank == root:
                 np.testing.assert_array_equal(result, expected)
+    # (Checked once every call is done: a rank that stopped early would
+    # leave the other waiting.)  Never more than one share a message, none
+    # where this rank sends; a sender that looks promptly shares most.
+    assert all(0 <= got <= most for _, _, got, most in outcomes), outcomes
+    assert sum(got for _, _, got, _ in outcomes) >= 1, outcomes
 
 
 def test_a_sender_that_is_not_waiting_does_not_hold_its_receiver(comm):
