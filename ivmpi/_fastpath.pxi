@@ -1856,12 +1856,10 @@ cdef class FastPath:
                 self.send_ids[world] = send_id + 1
                 if announce_only:
                     cleared = 0
-                elif offered:
-                    cleared = self._cleared_sharing(rx, send_id, total)
-                    if cleared:
-                        _sc_withdraw(world, send_id)
                 else:
-                    cleared = self._cleared(rx, send_id, total)
+                    cleared = self._cleared(rx, send_id, total, offered)
+                    if cleared and offered:
+                        _sc_withdraw(world, send_id)
                 if cleared == 2:
                     return True
                 if cleared:
@@ -1893,35 +1891,22 @@ cdef class FastPath:
         finally:
             PyBuffer_Release(&view)
 
-    cdef int _cleared(self, RxRing rx, uint64_t send_id, uint64_t total) except -1:
+    cdef int _cleared(self, RxRing rx, uint64_t send_id, uint64_t total,
+                      bint offered=False) except -1:
         """Poll rx for the CTS of send_id: 1 once taken, 2 when it says the
         receiver copied all total bytes from our memory (_single_copy.pxi),
         0 at any other frame (the engine then handles it first) or when
-        none comes for a while."""
-        cdef int i, polls = self.spins if self.spins >= 0 else -self.spins
-        for i in range(polls):
-            if rx.poll():
-                if rx.kind == 4 and rx.b == send_id and rx.length == 0 \
-                        and (rx.a == 0 or rx.a == total):
-                    rx.consume()
-                    return 2 if rx.a else 1
-                return False
-            if self.spins >= 0:
-                rg_relax()
-            else:
-                sched_yield()
-        return False
-
-    cdef int _cleared_sharing(self, RxRing rx, uint64_t send_id, uint64_t total) except -1:
-        """_cleared for a send whose receiver we offered to share the copy
-        with: its request answered while we poll (_sc_serve_offers)."""
-        cdef int i = 0, polls = self.spins if self.spins >= 0 else -self.spins, answered
+        none comes for a while.  offered: we offered to share its copy, so
+        its receiver's request is answered meanwhile (the polls start over
+        after it)."""
+        cdef int i = 0, polls = self.spins if self.spins >= 0 else -self.spins
         while i < polls:
-            if _sc_requested():
+            if offered and _sc_requested():
                 with nogil:
-                    answered = _sc_serve_offers()
+                    _sc_serve_offers()
                 i = 0
                 continue
+            i += 1
             if rx.poll():
                 if rx.kind == 4 and rx.b == send_id and rx.length == 0 \
                         and (rx.a == 0 or rx.a == total):
@@ -1932,7 +1917,6 @@ cdef class FastPath:
                 rg_relax()
             else:
                 sched_yield()
-            i += 1
         return False
 
     cdef long _recv_typed(self, object spec, long source, long tag, int spins) except -3:

@@ -438,6 +438,14 @@ cdef void _sc_withdraw(Py_ssize_t world, uint64_t send_id) noexcept:
         _sc_open_offers -= 1
 
 
+cdef inline bint _sc_asked(Py_ssize_t world) noexcept nogil:
+    """Has world rank `world` asked for a part of our open offer to it (not
+    answered yet)?"""
+    cdef uint64_t id = ivmpi_load_acquire_u64(&_sc_offers[world].id)
+    return id != 0 and not _sc_offers[world].served \
+        and ivmpi_load_acquire_u64(&_sc_lines[world].request_id) == id
+
+
 cdef int _sc_serve_offers() noexcept nogil:
     """Answer every request that came for our open offers (each once):
     write the part asked for into the receiver's buffer, then the reply.
@@ -454,13 +462,11 @@ cdef int _sc_serve_offers() noexcept nogil:
     if _sc_open_offers <= 0:
         return 0
     for world in range(_sc_ranks):
+        if not _sc_asked(world):
+            continue
         o = &_sc_offers[world]
-        id = ivmpi_load_acquire_u64(&o.id)
-        if id == 0 or o.served:
-            continue
+        id = o.id
         line = &_sc_lines[world]
-        if ivmpi_load_acquire_u64(&line.request_id) != id:
-            continue
         dst = line.request_dst
         offset = line.request_offset
         length = line.request_length
@@ -486,8 +492,7 @@ cdef bint _sc_requested() noexcept nogil:
     if _sc_open_offers <= 0:
         return False
     for world in range(_sc_ranks):
-        if _sc_offers[world].id != 0 and not _sc_offers[world].served \
-                and ivmpi_load_acquire_u64(&_sc_lines[world].request_id) == _sc_offers[world].id:
+        if _sc_asked(world):
             return True
     return False
 
@@ -524,8 +529,8 @@ cdef bint _sc_read_shared(Py_ssize_t world, uint64_t send_id, uint64_t address, 
     cdef bint ok, claimed
     cdef int64_t deadline
     cdef int spins = 0
-    if pid == 0 or total < _SHARE_MIN or not _sc_shares(world) or _sc_asking[world] \
-            or ivmpi_load_acquire_u64(&_sc_lines[world].offer) != send_id + 1:
+    if pid == 0 or total < _SHARE_MIN or _sc_asking[world] \
+            or not _sc_offered_to_us(world, send_id):
         return _sc_read(world, address, dst, total, mem)
     if mem is not None and mem.refuses_kernel_copy(dst, <Py_ssize_t>total):
         return False

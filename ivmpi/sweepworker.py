@@ -1,19 +1,21 @@
 """One transport's side of ``ivmpi bench sweep``: time many calls in one launch.
 
     mpirun -n N python -m ivmpi.sweepworker --transport ivmpi|mpi4py \\
-        --plan PLAN.json --progress PROGRESS.jsonl [--target 0.003] [--repeats 3]
+        --serve DIR [--target 0.003] [--repeats 3]
 
-The plan is a JSON list of rows ``[call, buffer kind, size in bytes or null]``.
-For each row every rank builds its buffers, runs the call once to warm up,
+Each rank reads rows ``[call, buffer kind, size in bytes or null]`` one at a
+time from its FIFO DIR/command-RANK (``null``: stop) and waits between them
+in a blocking read (the driver, ivmpi.benchsweep, runs the transports' jobs
+in lockstep).  For each row every rank builds its buffers, runs the call once to warm up,
 then times blocks of iterations sized so that a block takes about
 ``--target`` seconds; a block's time is the slowest rank's, divided by the
 iterations.  What one iteration is depends on the call: a round trip for the
 ping-pong rows, one exchange for the exchange rows, one operation (started
 and completed) for the collectives.
 
-Rank 0 appends one JSON line per row to the progress file as it goes (a
-"start" line before, a result or error line after), so the driver knows how
-far a launch got when it crashes or hangs.  The control traffic (iteration
+Rank 0 writes JSON lines to the FIFO DIR/results as it goes (a "start"
+line before each row, a result or error line after), so the driver knows
+how far a launch got when it crashes or hangs.  The control traffic (iteration
 counts, times, errors) goes over a duplicate of the MPI library's own
 COMM_WORLD, never through the transport under test.
 
@@ -670,11 +672,9 @@ def serve_rows(comm, MPI, control, MPI_LIB, directory, target, repeats):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m ivmpi.sweepworker",
-                                     description="Time the rows of a plan (run under mpirun).")
+                                     description="Time the rows the sweep sends (run under mpirun).")
     parser.add_argument("--transport", choices=("ivmpi", "mpi4py"), required=True)
-    parser.add_argument("--plan", help="JSON list of [call, kind, size]")
-    parser.add_argument("--progress", help="JSON lines written by rank 0")
-    parser.add_argument("--serve", metavar="DIR",
+    parser.add_argument("--serve", metavar="DIR", required=True,
                         help="rows one at a time: rank r reads JSON rows from the FIFO "
                              "DIR/command-r (null: stop), rank 0 writes progress lines to "
                              "the FIFO DIR/results (ivmpi.benchsweep.ServingJob)")
@@ -682,24 +682,13 @@ def main(argv=None):
                         help="seconds a timed block should take (default 0.003)")
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks per row")
     options = parser.parse_args(argv)
-    if not options.serve and not (options.plan and options.progress):
-        parser.error("--plan and --progress, or --serve")
     from .bench import load_mpi
     MPI = load_mpi(options.transport)
     from .lib import MPI as MPI_LIB
     control = MPI_LIB.COMM_WORLD.Dup()
     comm = MPI.COMM_WORLD
-    if options.serve:
-        status = serve_rows(comm, MPI, control, MPI_LIB, options.serve, options.target,
-                            options.repeats)
-    else:
-        with open(options.plan) as source:
-            plan = json.load(source)
-        progress = open(options.progress, "a") if comm.Get_rank() == 0 else None
-        status = run_rows(comm, MPI, control, MPI_LIB, plan, progress, options.target,
-                          options.repeats)
-        if progress:
-            progress.close()
+    status = serve_rows(comm, MPI, control, MPI_LIB, options.serve, options.target,
+                        options.repeats)
     if status:
         sys.stderr.flush()
         os._exit(status)      # no finalize: a communicator may be left mid-message
