@@ -398,7 +398,7 @@ cdef class FastPath:
         if PyObject_CheckBuffer(spec):
             return spec
         if type(spec) is not list and type(spec) is not tuple:
-            return None
+            return _foreign(spec)
         n = len(spec)
         if n == 2:
             entry = self._extent_of(spec[1])
@@ -414,7 +414,7 @@ cdef class FastPath:
             count, displ = spec[1], spec[2]
         else:
             return None
-        if entry is None or not PyObject_CheckBuffer(spec[0]):
+        if entry is None:
             return None
         if count is not None:
             if type(count) is not int or count < 0:
@@ -425,7 +425,7 @@ cdef class FastPath:
                 return None
             offset[0] = <Py_ssize_t>displ * <Py_ssize_t>entry
         extent[0] = <Py_ssize_t>entry
-        return spec[0]
+        return _as_buffer(spec[0])
 
     cdef object _typed_at(self, object spec, Py_ssize_t *count, Py_ssize_t *origin):
         """The buffer of spec if it is [buf, count, datatype], [buf, (count,
@@ -452,11 +452,14 @@ cdef class FastPath:
                 or cnt > (1 << 40) or displ > (1 << 40):
             return None
         entry = _typed_entry(spec[n - 1])
-        if entry is None or entry[1] is None or not PyObject_CheckBuffer(spec[0]):
+        if entry is None or entry[1] is None:
+            return None
+        buf = _as_buffer(spec[0])
+        if buf is None:
             return None
         count[0] = <Py_ssize_t>cnt
         origin[0] = <Py_ssize_t>displ * <Py_ssize_t>entry[2]
-        return (spec[0], entry[1], entry[2])
+        return (buf, entry[1], entry[2])
 
     cdef bint _publish_typed(self, object spec, long dest, long tag, uint32_t kind,
                              uint64_t b) except -1:

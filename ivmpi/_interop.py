@@ -20,6 +20,7 @@ import operator
 import sys
 import warnings
 
+from ._fastcopy import ForeignBuffer, dlpack_buffer
 from .errors import BufferSpecError
 
 
@@ -49,116 +50,22 @@ _BOOL = {1: "?"}
 
 def _host_memory(address, nbytes, readonly, keep):
     """A flat byte memoryview of nbytes at address; ``keep`` lives as long as it."""
-    if not address and nbytes:
-        raise BufferSpecError(f"buffer of {nbytes} bytes at a NULL address")
-    array = (ctypes.c_ubyte * nbytes).from_address(address)
-    array.keep = keep
-    mem = memoryview(array).cast("B")
-    return mem.toreadonly() if readonly else mem
+    return memoryview(ForeignBuffer(address, nbytes, None, readonly, keep))
 
 
 # --- DLPack ------------------------------------------------------------------------
-# The structures of dlpack.h (v1.0; v0.x capsules hold DLManagedTensor).
+# Read in C by ivmpi._fastcopy.dlpack_buffer (its checks and messages are
+# mpi4py's); the format codes come from _dlpack_format below.
 
-class _DLPackVersion(ctypes.Structure):
-    _fields_ = [("major", ctypes.c_uint32), ("minor", ctypes.c_uint32)]
-
-
-class _DLDevice(ctypes.Structure):
-    _fields_ = [("device_type", ctypes.c_int), ("device_id", ctypes.c_int32)]
-
-
-class _DLDataType(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
-
-
-class _DLTensor(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32),
-                ("dtype", _DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
-                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
-
-
-class _DLManagedTensor(ctypes.Structure):
-    _fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p),
-                ("deleter", ctypes.c_void_p)]
-
-
-class _DLManagedTensorVersioned(ctypes.Structure):
-    _fields_ = [("version", _DLPackVersion), ("manager_ctx", ctypes.c_void_p),
-                ("deleter", ctypes.c_void_p), ("flags", ctypes.c_uint64),
-                ("dl_tensor", _DLTensor)]
-
-
-_kDLCPU = 1
 _kDLInt, _kDLUInt, _kDLFloat, _kDLComplex, _kDLBool = 0, 1, 2, 5, 6
-_DLPACK_FLAG_READ_ONLY = 1
-
-# Own function objects, so that the shared ctypes.pythonapi ones stay untouched.
-_capsule_is_valid = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.py_object, ctypes.c_char_p)(
-    ("PyCapsule_IsValid", ctypes.pythonapi))
-_capsule_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
-    ("PyCapsule_GetPointer", ctypes.pythonapi))
 
 
 def dlpack_memory(obj, writable):
     """(memoryview, format) of a DLPack producer, or None if obj is not one."""
-    try:
-        export, device = obj.__dlpack__, obj.__dlpack_device__
-    except AttributeError:
+    found = dlpack_buffer(obj, writable)
+    if found is None:
         return None
-    # mpi4py unpacks the device into two C integers: the same TypeError and
-    # ValueError for a malformed answer.
-    device_type, device_id = device()
-    device_type, _ = operator.index(device_type), operator.index(device_id)
-    # For a device, mpi4py asks for no stream synchronization (stream=-1).
-    stream = {} if device_type == _kDLCPU else {"stream": -1}
-    try:
-        capsule, name = export(max_version=(1, 0), copy=False, **stream), b"dltensor_versioned"
-    except TypeError:  # a producer of DLPack 0.x
-        capsule, name = export(**stream), b"dltensor"
-    if not _capsule_is_valid(capsule, name):
-        raise BufferSpecError("dlpack: invalid capsule object")
-    pointer = _capsule_pointer(capsule, name)
-    if name == b"dltensor":
-        tensor = _DLManagedTensor.from_address(pointer).dl_tensor
-        readonly = False
-    else:
-        managed = _DLManagedTensorVersioned.from_address(pointer)
-        if managed.version.major < 1:
-            raise BufferSpecError("dlpack: unexpected version")
-        tensor = managed.dl_tensor
-        readonly = bool(managed.flags & _DLPACK_FLAG_READ_ONLY)
-    shape, strides = _dlpack_shape(tensor)
-    if strides is not None and not (_contiguous(shape, strides, 1, "C")
-                                    or _contiguous(shape, strides, 1, "F")):
-        raise BufferSpecError("dlpack: buffer is not contiguous")
-    if readonly and writable:
-        raise BufferSpecError("dlpack: buffer is not writable")
-    code, bits, lanes = tensor.dtype.code, tensor.dtype.bits, tensor.dtype.lanes
-    nbytes = (bits * lanes + 7) // 8
-    for n in shape:
-        nbytes *= n
-    address = (tensor.data or 0) + tensor.byte_offset
-    # The capsule is kept, not renamed: its destructor releases the tensor,
-    # as for mpi4py, once the memory is no longer referenced.
-    mem = _host_memory(address, nbytes, readonly, (obj, capsule))
-    return mem, _dlpack_format(code, bits, lanes)
-
-
-def _dlpack_shape(tensor):
-    """Shape and strides (None when absent) as lists, checked as mpi4py does."""
-    ndim = tensor.ndim
-    if ndim < 0:
-        raise BufferSpecError("dlpack: number of dimensions is negative")
-    if ndim > 0 and not tensor.shape:
-        raise BufferSpecError("dlpack: shape is NULL")
-    shape = tensor.shape[:ndim] if ndim else []
-    if any(n < 0 for n in shape):
-        raise BufferSpecError("dlpack: shape item is negative")
-    strides = tensor.strides[:ndim] if ndim and tensor.strides else None
-    if strides is not None and any(s < 0 for s in strides):
-        raise BufferSpecError("dlpack: strides item is negative")
-    return shape, strides
+    return memoryview(found).cast("B"), found.code
 
 
 def _contiguous(shape, strides, itemsize, order):
@@ -195,10 +102,10 @@ def _expect(value, kind, what):
     return value
 
 
-def cai_memory(obj, writable, typed):
-    """(memoryview, format) of an object with ``__cuda_array_interface__``, or
-    None if obj has none.  ``typed``: the format will name the datatype, so
-    its byte order matters."""
+def cai_buffer(obj, writable, typed):
+    """A ForeignBuffer over the memory of an object with
+    ``__cuda_array_interface__``, or None if obj has none.  ``typed``: the
+    format will name the datatype, so its byte order matters."""
     try:
         interface = obj.__cuda_array_interface__
     except AttributeError:
@@ -247,5 +154,15 @@ def cai_memory(obj, writable, typed):
     if descr is not None and (len(descr) != 1 or descr[0] != ("", typestr)):
         warnings.warn("__cuda_array_interface__: ignoring 'descr' key", RuntimeWarning,
                       stacklevel=2)
-    return _host_memory(address, size * itemsize, readonly, obj), fmt
+    return ForeignBuffer(address, size * itemsize, fmt, bool(readonly), obj, itemsize)
+
+
+def cai_memory(obj, writable, typed):
+    """(memoryview, format) of an object with ``__cuda_array_interface__``, or
+    None if obj has none.  ``typed``: the format will name the datatype, so
+    its byte order matters."""
+    found = cai_buffer(obj, writable, typed)
+    if found is None:
+        return None
+    return memoryview(found).cast("B"), found.code
 

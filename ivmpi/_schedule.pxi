@@ -619,6 +619,7 @@ cdef class Channel:
     cdef Py_ssize_t *key_words      # the key of the call being started (see _key)
     cdef Py_ssize_t key_len, key_cap
     cdef list key_pins
+    cdef list key_foreign           # (object, its ForeignBuffer) met by _key
     cdef readonly long cache_max_bytes
     cdef object in_place, op_type, datatype_type, request_type
 
@@ -641,6 +642,7 @@ cdef class Channel:
             raise MemoryError()
         self.key_len = 0
         self.key_pins = []
+        self.key_foreign = []
         self.cache_max_bytes = cache_max_bytes
         self.in_place = in_place
         self.op_type = op_type
@@ -752,8 +754,21 @@ cdef class Channel:
             if overflow:
                 return False
             self._push(<Py_ssize_t>value)
-        else:
+        elif PyObject_CheckBuffer(a):
             return False
+        else:
+            # A DLPack or CUDA-array-interface object (a CPU tensor) is
+            # exported anew by every call: keyed by its memory, as a numpy
+            # array, and the call goes on with the export (see _key).
+            fb = _foreign(a)
+            if fb is None or (<ForeignBuffer>fb).nbytes > self.cache_max_bytes:
+                return False
+            self._push(10)
+            self._push(<Py_ssize_t>(<ForeignBuffer>fb).data)
+            self._push((<ForeignBuffer>fb).nbytes)
+            self._push((<ForeignBuffer>fb).readonly)
+            self._pin((<ForeignBuffer>fb).fmt, 11)
+            self.key_foreign.append((a, fb))
         return True
 
     cdef bint _key(self, tuple args) except -1:
@@ -762,10 +777,25 @@ cdef class Channel:
         self.key_len = 0
         if self.key_pins:
             del self.key_pins[:]
+        if self.key_foreign:
+            del self.key_foreign[:]
         for a in args:
             if not self._key_of(a):
                 return False
         return True
+
+    cdef tuple _exported(self, tuple args):
+        """args with each object _key met exported (bare, or in a list or
+        tuple spec) replaced by its ForeignBuffer."""
+        cdef dict found = {id(a): fb for a, fb in self.key_foreign}
+        out = []
+        for a in args:
+            if id(a) in found:
+                a = found[id(a)]
+            elif type(a) is list or type(a) is tuple:
+                a = type(a)([found.get(id(item), item) for item in a])
+            out.append(a)
+        return tuple(out)
 
     cpdef tuple restart(self, str what, tuple args, long tags=1):
         """(schedule started anew on `tags` new tags, None), or (None, key)
@@ -816,6 +846,8 @@ cdef class Channel:
         schedule, key = self.restart(what, args, tags)
         if schedule is not None:
             return schedule
+        if key is not None and self.key_foreign:
+            args = self._exported(args)
         return self.describe(what, make_plan, args, tags, key)
 
     cpdef run(self, str what, object make_plan, tuple args, long tags=1):

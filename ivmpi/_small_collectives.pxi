@@ -219,9 +219,12 @@ cdef class SmallCollectives:
         s.key = 0
         if spec is self.in_place:
             return False
-        if not PyObject_CheckBuffer(spec):
-            if type(spec) is not list and type(spec) is not tuple:
+        if not PyObject_CheckBuffer(spec) and type(spec) is not list \
+                and type(spec) is not tuple:
+            buf = _foreign(spec)
+            if buf is None:
                 return False
+        elif not PyObject_CheckBuffer(spec):
             # mpi4py's forms: [buf, datatype], [buf, count, datatype],
             # [buf, (count, displ), datatype], [buf, count, displ, datatype].
             n = len(spec)
@@ -245,7 +248,10 @@ cdef class SmallCollectives:
             if displ is not None and (type(displ) is not int or displ < 0 or displ > (1 << 48)):
                 return False
             entry = self.fast._extent_of(datatype)
-            if entry is None or not PyObject_CheckBuffer(buf):
+            if entry is None:
+                return False
+            buf = _as_buffer(buf)
+            if buf is None:
                 return False
             if count is not None:
                 s.nbytes = <Py_ssize_t>count * <Py_ssize_t>entry

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-KINDS = ("numpy", "bytearray", "array", "mmap", "ctypes", "mpibuf", "view")
+KINDS = ("numpy", "bytearray", "array", "mmap", "ctypes", "mpibuf", "dlpack", "view")
 # The calls that also run with every other buffer kind.
 KIND_CALLS = ("Send/Recv", "Bcast", "Allgather", "Allreduce")
 # Kind "view": numpy arrays, passed as a new view (and new spec lists) in
@@ -64,6 +64,20 @@ def case(name, group, sized=True, pairwise=False):
     return register
 
 
+class DLPackTensor:
+    """A CPU tensor as torch or JAX hand one over: DLPack, no buffer protocol
+    (here numpy's export of an array)."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __dlpack__(self, **kwargs):
+        return self.array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.array.__dlpack_device__()
+
+
 class Context:
     """What one row's setup needs: the communicator, size, buffer kind, cleanups."""
 
@@ -90,6 +104,9 @@ class Context:
             return numpy.full(total, self.rank + 1.0)
         if self.kind == "array":
             return array.array("d", [self.rank + 1.0]) * total
+        if self.kind == "dlpack":
+            import numpy
+            return DLPackTensor(numpy.full(total, self.rank + 1.0))
         if self.kind == "ctypes":
             return (ctypes.c_double * total)(*([self.rank + 1.0] * total))
         if self.kind == "bytearray":

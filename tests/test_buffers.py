@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from ivmpi import _interop
 
 from ivmpi.buffers import (Buf, parse_send, parse_recv, parse_vbuf, typed_view,
                            is_in_place)
@@ -326,6 +325,36 @@ def test_zero_dim_arrays_count_as_numbers():
 # A small producer over a numpy array whose tensor fields the tests may
 # change; mpi4py reads the same objects, so it is the reference.
 
+# The structures of dlpack.h (v1.0; v0.x capsules hold DLManagedTensor).
+class _DLPackVersion(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_uint32), ("minor", ctypes.c_uint32)]
+
+
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int), ("device_id", ctypes.c_int32)]
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32),
+                ("dtype", _DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
+
+
+class _DLManagedTensor(ctypes.Structure):
+    _fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p),
+                ("deleter", ctypes.c_void_p)]
+
+
+class _DLManagedTensorVersioned(ctypes.Structure):
+    _fields_ = [("version", _DLPackVersion), ("manager_ctx", ctypes.c_void_p),
+                ("deleter", ctypes.c_void_p), ("flags", ctypes.c_uint64),
+                ("dl_tensor", _DLTensor)]
+
+
 _PyCapsule_New = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_char_p,
                                    ctypes.c_void_p)(("PyCapsule_New", ctypes.pythonapi))
 _DL_CODES = {"b": 6, "i": 0, "u": 1, "f": 2, "c": 5}
@@ -339,8 +368,7 @@ class Tensor:
     def __init__(self, array, device=1):
         self.array = array
         itemsize = array.itemsize
-        managed = (_interop._DLManagedTensorVersioned() if self.versioned
-                   else _interop._DLManagedTensor())
+        managed = _DLManagedTensorVersioned() if self.versioned else _DLManagedTensor()
         if self.versioned:
             managed.version.major = 1
         ndim = array.ndim

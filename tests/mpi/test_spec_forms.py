@@ -11,6 +11,7 @@ import pytest
 
 from ivmpi import MPI
 from ivmpi.errors import BufferSpecError
+from test_foreign_buffers import DLPackOnly, InterfaceOnly
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -36,10 +37,16 @@ def _make(kind, values):
         return memoryview(bytearray(values.tobytes()))
     if kind == "2d":
         return values.reshape(4, N // 4).copy()
+    if kind == "dlpack":
+        return DLPackOnly(values.copy())
+    if kind == "cai":
+        return InterfaceOnly(values.copy())
     raise ValueError(kind)
 
 
 def _doubles(buf):
+    if isinstance(buf, (DLPackOnly, InterfaceOnly)):
+        return buf.array
     return np.frombuffer(bytes(memoryview(buf).cast("B")), "f8")
 
 
@@ -51,7 +58,7 @@ FORMS = {
     "[buf, count, displ, DOUBLE]": lambda b: ([b, 4, 7, MPI.DOUBLE], 7, 4),
     "[buf, (count, displ), BYTE]": lambda b: ([b, (16, 8), MPI.BYTE], 1, 2),
 }
-KINDS = ["numpy", "bytearray", "array", "ctypes", "mmap", "memoryview", "2d"]
+KINDS = ["numpy", "bytearray", "array", "ctypes", "mmap", "memoryview", "2d", "dlpack", "cai"]
 
 
 def _exchange(comm, how, sspec, rspec, tag):
@@ -106,7 +113,7 @@ def test_spec_forms_move_exactly_the_named_elements(comm, kind, form, how):
     lambda b: [b, N + 1, MPI.DOUBLE],
     lambda b: [b, 3, N - 2, MPI.DOUBLE],
 ], ids=["displ", "displ+count", "count", "4-form"])
-@pytest.mark.parametrize("kind", ["numpy", "bytearray", "mmap"])
+@pytest.mark.parametrize("kind", ["numpy", "bytearray", "mmap", "dlpack"])
 def test_specs_that_do_not_fit_are_errors(comm, kind, spec):
     buf = _make(kind, np.zeros(N))
     with pytest.raises(BufferSpecError):
