@@ -52,8 +52,11 @@ cdef bint _direct(object obj, bint writable, char **data, Py_ssize_t *length) no
     if t is cnp.ndarray:
         arr = <cnp.ndarray>obj
         num = cnp.PyArray_TYPE(arr)
+        # Fortran order is contiguous too: the message is the memory as it
+        # lies, as mpi4py sends it.
         if not (num <= cnp.NPY_CLONGDOUBLE or num == cnp.NPY_FLOAT16) \
-                or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISNOTSWAPPED(arr) \
+                or not (cnp.PyArray_IS_C_CONTIGUOUS(arr) or cnp.PyArray_IS_F_CONTIGUOUS(arr)) \
+                or not cnp.PyArray_ISNOTSWAPPED(arr) \
                 or (writable and not cnp.PyArray_ISWRITEABLE(arr)):
             return False
         data[0] = <char *>cnp.PyArray_DATA(arr)
@@ -77,6 +80,7 @@ cdef object _byte_view(object obj, Py_ssize_t nbytes, Py_ssize_t extent,
     writable C-contiguous buffer of plain numbers or they do not fit."""
     cdef object view
     cdef Py_buffer *info
+    obj = _c_order(obj)
     try:
         view = PyMemoryView_FromObject(obj)
     except (BufferError, TypeError, ValueError):
@@ -96,12 +100,22 @@ cdef object _byte_view(object obj, Py_ssize_t nbytes, Py_ssize_t extent,
     return view
 
 
+cdef inline object _c_order(object obj):
+    """A numpy array in Fortran order as its transpose: the same memory in
+    C order, which a simple buffer export (and a cast to bytes) takes."""
+    if type(obj) is cnp.ndarray and not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>obj) \
+            and cnp.PyArray_IS_F_CONTIGUOUS(<cnp.ndarray>obj):
+        return (<cnp.ndarray>obj).T
+    return obj
+
+
 cdef int _pin(object obj, bint writable, Py_buffer *view) except -1:
     """A buffer export of obj, for copies that may run without the GIL.
     0 when obj is not a plain contiguous buffer of numbers."""
     cdef int flags = PyBUF_SIMPLE | PyBUF_FORMAT
     if writable:
         flags |= PyBUF_WRITABLE
+    obj = _c_order(obj)
     if type(obj) is memoryview:
         # A memoryview refuses PyBUF_SIMPLE together with PyBUF_FORMAT, and
         # the collectives hand their blocks over as memoryviews: read its

@@ -11,7 +11,7 @@ import pytest
 
 from ivmpi import MPI
 from ivmpi.errors import BufferSpecError
-from test_foreign_buffers import DLPackOnly, InterfaceOnly
+from test_buffer_kinds import DLPackOnly, InterfaceOnly
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -37,6 +37,8 @@ def _make(kind, values):
         return memoryview(bytearray(values.tobytes()))
     if kind == "2d":
         return values.reshape(4, N // 4).copy()
+    if kind == "fortran":       # the values in memory order
+        return values.copy().reshape(4, N // 4, order="F")
     if kind == "dlpack":
         return DLPackOnly(values.copy())
     if kind == "cai":
@@ -47,6 +49,8 @@ def _make(kind, values):
 def _doubles(buf):
     if isinstance(buf, (DLPackOnly, InterfaceOnly)):
         return buf.array
+    if isinstance(buf, np.ndarray):
+        return buf.ravel(order="K")
     return np.frombuffer(bytes(memoryview(buf).cast("B")), "f8")
 
 
@@ -58,7 +62,8 @@ FORMS = {
     "[buf, count, displ, DOUBLE]": lambda b: ([b, 4, 7, MPI.DOUBLE], 7, 4),
     "[buf, (count, displ), BYTE]": lambda b: ([b, (16, 8), MPI.BYTE], 1, 2),
 }
-KINDS = ["numpy", "bytearray", "array", "ctypes", "mmap", "memoryview", "2d", "dlpack", "cai"]
+KINDS = ["numpy", "bytearray", "array", "ctypes", "mmap", "memoryview", "2d", "fortran", "dlpack",
+         "cai"]
 
 
 def _exchange(comm, how, sspec, rspec, tag):
