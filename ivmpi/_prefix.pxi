@@ -104,48 +104,82 @@ def prefix_chained(long size, Py_ssize_t nbytes, Py_ssize_t segment):
 # out = lower (op) higher, element-wise, one plain loop per op and type that
 # the compiler vectorizes (out may be lower or higher itself, index for
 # index: each element is read before it is written; it never overlaps
-# otherwise).
-# MAX/MIN pick as _combine does, so NaN and -0.0 come out the same.
+# otherwise).  Which ops a type takes is op_applies' to say (the others
+# leave out untouched).  The logical ops give 0 or 1, as C does (and Open
+# MPI).  MAX/MIN pick as _combine does, so NaN and -0.0 come out the same.
 cdef extern from *:
     """
-    #define IVMPI_PREFIX_LOOPS(T, NAME)                                              \
-    static void NAME(int op, T *restrict out, const T *lower, const T *higher,       \
-                     Py_ssize_t n) {                                                 \
-        Py_ssize_t i;                                                                \
-        switch (op) {                                                                \
-        case 1: for (i = 0; i < n; i++) out[i] = lower[i] + higher[i]; break;        \
-        case 2: for (i = 0; i < n; i++) out[i] = lower[i] * higher[i]; break;        \
-        case 3: for (i = 0; i < n; i++)                                              \
-                    out[i] = lower[i] >= higher[i] ? lower[i] : higher[i]; break;    \
-        default: for (i = 0; i < n; i++)                                             \
-                    out[i] = lower[i] <= higher[i] ? lower[i] : higher[i]; break;    \
-        }                                                                            \
+    #define IVMPI_LOOP(EXPR) for (i = 0; i < n; i++) out[i] = (EXPR); break;
+    #define IVMPI_ARITH                                                            \
+        case 1: IVMPI_LOOP(lower[i] + higher[i])                                   \
+        case 2: IVMPI_LOOP(lower[i] * higher[i])
+    #define IVMPI_ORDER                                                            \
+        case 3: IVMPI_LOOP(lower[i] >= higher[i] ? lower[i] : higher[i])           \
+        case 4: IVMPI_LOOP(lower[i] <= higher[i] ? lower[i] : higher[i])
+    #define IVMPI_LOGIC                                                            \
+        case 5: IVMPI_LOOP(lower[i] && higher[i])                                  \
+        case 7: IVMPI_LOOP(lower[i] || higher[i])                                  \
+        case 9: IVMPI_LOOP(!lower[i] != !higher[i])
+    #define IVMPI_BITS                                                             \
+        case 6: IVMPI_LOOP(lower[i] & higher[i])                                   \
+        case 8: IVMPI_LOOP(lower[i] | higher[i])                                   \
+        case 10: IVMPI_LOOP(lower[i] ^ higher[i])
+    #define IVMPI_FUNC(T, NAME, CASES)                                             \
+    static void NAME(int op, T *restrict out, const T *lower, const T *higher,     \
+                     Py_ssize_t n) {                                               \
+        Py_ssize_t i;                                                              \
+        switch (op) { CASES default: break; }                                      \
     }
-    IVMPI_PREFIX_LOOPS(double, ivmpi_prefix_f64)
-    IVMPI_PREFIX_LOOPS(float, ivmpi_prefix_f32)
-    IVMPI_PREFIX_LOOPS(int64_t, ivmpi_prefix_i64)
-    IVMPI_PREFIX_LOOPS(int32_t, ivmpi_prefix_i32)
+    #define IVMPI_INTEGER IVMPI_ARITH IVMPI_ORDER IVMPI_LOGIC IVMPI_BITS
+    IVMPI_FUNC(double, ivmpi_prefix_f64, IVMPI_ARITH IVMPI_ORDER)
+    IVMPI_FUNC(float, ivmpi_prefix_f32, IVMPI_ARITH IVMPI_ORDER)
+    IVMPI_FUNC(int64_t, ivmpi_prefix_i64, IVMPI_INTEGER)
+    IVMPI_FUNC(int32_t, ivmpi_prefix_i32, IVMPI_INTEGER)
+    IVMPI_FUNC(int16_t, ivmpi_prefix_i16, IVMPI_INTEGER)
+    IVMPI_FUNC(int8_t, ivmpi_prefix_i8, IVMPI_INTEGER)
+    IVMPI_FUNC(uint64_t, ivmpi_prefix_u64, IVMPI_INTEGER)
+    IVMPI_FUNC(uint32_t, ivmpi_prefix_u32, IVMPI_INTEGER)
+    IVMPI_FUNC(uint16_t, ivmpi_prefix_u16, IVMPI_INTEGER)
+    IVMPI_FUNC(uint8_t, ivmpi_prefix_u8, IVMPI_INTEGER)
+    IVMPI_FUNC(float _Complex, ivmpi_prefix_c64, IVMPI_ARITH)
+    IVMPI_FUNC(double _Complex, ivmpi_prefix_c128, IVMPI_ARITH)
+    IVMPI_FUNC(unsigned char, ivmpi_prefix_bool, IVMPI_LOGIC)
+
+    static void ivmpi_combine3(int op, int typ, char *out, const char *lower,
+                               const char *higher, Py_ssize_t n) {
+        switch (typ) {
+        case 1: ivmpi_prefix_f64(op, (double *)out, (const double *)lower,
+                                 (const double *)higher, n); break;
+        case 2: ivmpi_prefix_f32(op, (float *)out, (const float *)lower,
+                                 (const float *)higher, n); break;
+        case 3: ivmpi_prefix_i64(op, (int64_t *)out, (const int64_t *)lower,
+                                 (const int64_t *)higher, n); break;
+        case 4: ivmpi_prefix_i32(op, (int32_t *)out, (const int32_t *)lower,
+                                 (const int32_t *)higher, n); break;
+        case 5: ivmpi_prefix_i16(op, (int16_t *)out, (const int16_t *)lower,
+                                 (const int16_t *)higher, n); break;
+        case 6: ivmpi_prefix_i8(op, (int8_t *)out, (const int8_t *)lower,
+                                (const int8_t *)higher, n); break;
+        case 7: ivmpi_prefix_u64(op, (uint64_t *)out, (const uint64_t *)lower,
+                                 (const uint64_t *)higher, n); break;
+        case 8: ivmpi_prefix_u32(op, (uint32_t *)out, (const uint32_t *)lower,
+                                 (const uint32_t *)higher, n); break;
+        case 9: ivmpi_prefix_u16(op, (uint16_t *)out, (const uint16_t *)lower,
+                                 (const uint16_t *)higher, n); break;
+        case 10: ivmpi_prefix_u8(op, (uint8_t *)out, (const uint8_t *)lower,
+                                 (const uint8_t *)higher, n); break;
+        case 11: ivmpi_prefix_c64(op, (float _Complex *)out, (const float _Complex *)lower,
+                                  (const float _Complex *)higher, n); break;
+        case 12: ivmpi_prefix_c128(op, (double _Complex *)out, (const double _Complex *)lower,
+                                   (const double _Complex *)higher, n); break;
+        case 13: ivmpi_prefix_bool(op, (unsigned char *)out, (const unsigned char *)lower,
+                                   (const unsigned char *)higher, n); break;
+        default: break;
+        }
+    }
     """
-    void _loop_f64 "ivmpi_prefix_f64"(int op, double *out, const double *lower,
-                                      const double *higher, Py_ssize_t n) nogil
-    void _loop_f32 "ivmpi_prefix_f32"(int op, float *out, const float *lower,
-                                      const float *higher, Py_ssize_t n) nogil
-    void _loop_i64 "ivmpi_prefix_i64"(int op, int64_t *out, const int64_t *lower,
-                                      const int64_t *higher, Py_ssize_t n) nogil
-    void _loop_i32 "ivmpi_prefix_i32"(int op, int32_t *out, const int32_t *lower,
-                                      const int32_t *higher, Py_ssize_t n) nogil
-
-
-cdef inline void _combine3(int op, int typ, char *out, const char *lower, const char *higher,
-                           Py_ssize_t n) noexcept nogil:
-    if typ == T_F64:
-        _loop_f64(op, <double *>out, <const double *>lower, <const double *>higher, n)
-    elif typ == T_F32:
-        _loop_f32(op, <float *>out, <const float *>lower, <const float *>higher, n)
-    elif typ == T_I64:
-        _loop_i64(op, <int64_t *>out, <const int64_t *>lower, <const int64_t *>higher, n)
-    else:
-        _loop_i32(op, <int32_t *>out, <const int32_t *>lower, <const int32_t *>higher, n)
+    void _combine3 "ivmpi_combine3"(int op, int typ, char *out, const char *lower,
+                                    const char *higher, Py_ssize_t n) nogil
 
 
 cdef void _apply(const char *src, bint region, int strict, char *dst, char *acc,
@@ -159,7 +193,7 @@ cdef void _apply(const char *src, bint region, int strict, char *dst, char *acc,
     cdef double piece[_PIECE_WORDS]        # 8-byte aligned for the combine
     cdef const char *at
     cdef const char *mine
-    cdef Py_ssize_t o = 0, k, item = 8 if typ == T_F64 or typ == T_I64 else 4
+    cdef Py_ssize_t o = 0, k, item = _item_bytes(typ)
     if acc == NULL:
         if region:
             rg_copy_from(dst, src, m, strict)
@@ -375,7 +409,7 @@ cdef class Combine:
 
     def __init__(self, int code, int typ, inmem, inoutmem, Py_ssize_t count):
         cdef Py_buffer view
-        cdef Py_ssize_t item = 8 if typ == T_F64 or typ == T_I64 else 4, la, lb
+        cdef Py_ssize_t item = _item_bytes(typ), la, lb
         PyObject_GetBuffer(inoutmem, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
         self.inout, la = <char *>view.buf, view.len
         PyBuffer_Release(&view)

@@ -29,7 +29,7 @@ cdef enum:
     ST_RECV = 2
     ST_FENCE = 3
     ST_COPY = 4
-    ST_COMBINE = 5       # acc (a) = b (op) acc, in C (SUM/PROD/MAX/MIN on plain numbers)
+    ST_COMBINE = 5       # acc (a) = b (op) acc, in C (predefined ops on plain numbers)
     ST_CALL = 6          # a Python callable (another op's Reduce_local, ...)
     ST_STAGE = 7         # COPY into this rank's heap (ivmpi.staging; stage_copy's stores)
 
@@ -40,7 +40,6 @@ SCHED_COPY = ST_COPY
 SCHED_COMBINE = ST_COMBINE
 SCHED_CALL = ST_CALL
 SCHED_STAGE = ST_STAGE
-SCHED_TYPES = {"f8": T_F64, "f4": T_F32, "i8": T_I64, "i4": T_I32}
 
 # The schedules whose sends take each block once from the caller's buffer
 # (the neighbourhood collectives and the Alltoall family), whose large
@@ -195,7 +194,7 @@ cdef class Schedule:
                 _address(t[3], True, &s.a, &length)
                 _address(t[4], False, &s.b, &k)
                 s.n = t[5]
-                if s.n < 0 or s.n * (8 if s.typ == T_F64 or s.typ == T_I64 else 4) > min(length, k):
+                if s.n < 0 or s.n * _item_bytes(s.typ) > min(length, k):
                     raise ValueError(f"step {i}: {s.n} elements do not fit the buffers")
                 self.objects.append(t[3])
                 self.objects.append(t[4])

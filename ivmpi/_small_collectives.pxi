@@ -17,6 +17,12 @@ cdef enum:
     OP_PROD = 2
     OP_MAX = 3
     OP_MIN = 4
+    OP_LAND = 5
+    OP_BAND = 6
+    OP_LOR = 7
+    OP_BOR = 8
+    OP_LXOR = 9
+    OP_BXOR = 10
 
 # From this many bytes Reduce streams a reduce-scatter and then every block
 # to the root (ivmpi.collectives.REGION_MIN_BYTES is this number).
@@ -30,6 +36,15 @@ cdef enum:
     T_F32 = 2
     T_I64 = 3
     T_I32 = 4
+    T_I16 = 5
+    T_I8 = 6
+    T_U64 = 7
+    T_U32 = 8
+    T_U16 = 9
+    T_U8 = 10
+    T_C64 = 11          # complex of two floats
+    T_C128 = 12         # complex of two doubles
+    T_BOOL = 13         # C _Bool, one byte
 
 
 cdef void _combine(int op, int typ, char *acc, const char *other, Py_ssize_t n,
@@ -64,10 +79,47 @@ cdef int small_barrier(FastPath fast, long rank, long size, long tag, int spins,
     return 0
 
 
-SMALL_OPS = {"SUM": OP_SUM, "PROD": OP_PROD, "MAX": OP_MAX, "MIN": OP_MIN}
-# Predefined datatypes whose elements the C combine knows (LONG by its size).
+SMALL_OPS = {"SUM": OP_SUM, "PROD": OP_PROD, "MAX": OP_MAX, "MIN": OP_MIN,
+             "LAND": OP_LAND, "BAND": OP_BAND, "LOR": OP_LOR, "BOR": OP_BOR,
+             "LXOR": OP_LXOR, "BXOR": OP_BXOR}
+# Predefined datatypes whose elements the C combine knows (LONG and
+# UNSIGNED_LONG by their size: small_type_codes).
 SMALL_TYPES = {"DOUBLE": T_F64, "FLOAT": T_F32, "INT64_T": T_I64, "LONG_LONG": T_I64,
-               "INT32_T": T_I32, "INT": T_I32}
+               "INT32_T": T_I32, "INT": T_I32, "INT16_T": T_I16, "SHORT": T_I16,
+               "INT8_T": T_I8, "SIGNED_CHAR": T_I8, "UINT64_T": T_U64,
+               "UNSIGNED_LONG_LONG": T_U64, "UINT32_T": T_U32, "UNSIGNED": T_U32,
+               "UINT16_T": T_U16, "UNSIGNED_SHORT": T_U16, "UINT8_T": T_U8,
+               "UNSIGNED_CHAR": T_U8, "C_FLOAT_COMPLEX": T_C64, "C_COMPLEX": T_C64,
+               "C_DOUBLE_COMPLEX": T_C128, "C_BOOL": T_BOOL}
+
+
+def small_type_codes(lib):
+    """{datatype handle: C element type} of the library lib's datatypes
+    that the C combine knows."""
+    codes = {}
+    for name, code in SMALL_TYPES.items():
+        datatype = getattr(lib, name, None)
+        if datatype is not None:
+            codes[datatype.handle] = code
+    codes[lib.LONG.handle] = T_I64 if lib.LONG.Get_size() == 8 else T_I32
+    codes[lib.UNSIGNED_LONG.handle] = T_U64 if lib.UNSIGNED_LONG.Get_size() == 8 else T_U32
+    return codes
+
+
+cpdef bint op_applies(int op, int typ) noexcept:
+    """Does MPI define op on elements of C type typ?  (MAX/MIN not on
+    complex numbers, the logical ops on integers and C_BOOL, the bitwise
+    ones on integers.)  Anything else is the general path's to report."""
+    cdef bint integer = T_I64 == typ or T_I32 == typ or (T_I16 <= typ <= T_U8)
+    if op == OP_SUM or op == OP_PROD:
+        return typ != T_BOOL and typ != 0
+    if op == OP_MAX or op == OP_MIN:
+        return integer or typ == T_F64 or typ == T_F32
+    if op == OP_LAND or op == OP_LOR or op == OP_LXOR:
+        return integer or typ == T_BOOL
+    if op == OP_BAND or op == OP_BOR or op == OP_BXOR:
+        return integer
+    return False
 
 
 cdef struct Span:
@@ -91,17 +143,24 @@ cdef inline void _close(Span *s) noexcept:
 
 
 cdef char _format_char(const char *fmt) noexcept:
-    """The number format of a native buffer format ('d', 'l', ...), or 0."""
+    """The number format of a native buffer format ('d', 'l', ...; complex
+    numbers 'F' and 'D', as numpy names them), or 0."""
     cdef char c
     if fmt == NULL:
         return b'B'
+    if fmt[0] == b'@' or fmt[0] == b'=' or fmt[0] == b'<':
+        fmt += 1
     c = fmt[0]
-    if c == b'@' or c == b'=' or c == b'<':
-        c = fmt[1]
+    if c == b'Z':
+        c = b'F' if fmt[1] == b'f' else b'D' if fmt[1] == b'd' else 0
+        if c and fmt[2] != 0:
+            c = 0
     return c
 
 
 cdef char _numpy_char(cnp.ndarray arr) noexcept:
+    """The format character of a numpy array's dtype, for the types the C
+    combine knows, or 0."""
     cdef int num = cnp.PyArray_TYPE(arr)
     if not cnp.PyArray_ISNOTSWAPPED(arr):
         return 0
@@ -115,11 +174,39 @@ cdef char _numpy_char(cnp.ndarray arr) noexcept:
         return b'q'
     if num == cnp.NPY_INT:
         return b'i'
+    if num == cnp.NPY_SHORT:
+        return b'h'
+    if num == cnp.NPY_BYTE:
+        return b'b'
+    if num == cnp.NPY_ULONG:
+        return b'L'
+    if num == cnp.NPY_ULONGLONG:
+        return b'Q'
+    if num == cnp.NPY_UINT:
+        return b'I'
+    if num == cnp.NPY_USHORT:
+        return b'H'
+    if num == cnp.NPY_UBYTE:
+        return b'B'
+    if num == cnp.NPY_CFLOAT:
+        return b'F'
+    if num == cnp.NPY_CDOUBLE:
+        return b'D'
+    if num == cnp.NPY_BOOL:
+        return b'?'
     return 0
 
 
-cdef inline Py_ssize_t _item_bytes(int typ) noexcept:
-    return 8 if typ == T_F64 or typ == T_I64 else 4
+cdef inline Py_ssize_t _item_bytes(int typ) noexcept nogil:
+    if typ == T_F64 or typ == T_I64 or typ == T_U64 or typ == T_C64:
+        return 8
+    if typ == T_C128:
+        return 16
+    if typ == T_I16 or typ == T_U16:
+        return 2
+    if typ == T_I8 or typ == T_U8 or typ == T_BOOL:
+        return 1
+    return 4
 
 
 cdef class SmallCollectives:
@@ -129,7 +216,7 @@ cdef class SmallCollectives:
     method describes (plain buffers of any kind with the buffer protocol,
     bare or as [buf, datatype] / [buf, count, datatype] / vector specs with
     a predefined datatype; every block of one step within the eager limit;
-    the predefined SUM/PROD/MAX/MIN on numbers) and hands anything else to
+    the predefined ops on the C number types, op_applies) and hands anything else to
     the same method of `general`, the communicator's ivmpi.collectives
     object, whose algorithm it mirrors step for step (same partners, tags
     and operand order, so ranks may mix the two paths; `general` also
@@ -184,17 +271,17 @@ cdef class SmallCollectives:
         self.tmp = bytearray(0)
         self.part = bytearray(0)
         from ivmpi.lib import MPI as lib
-        self.typecodes = {}
-        for name, code in SMALL_TYPES.items():
-            datatype = getattr(lib, name, None)
-            if datatype is not None:
-                self.typecodes[datatype.handle] = code
-        self.typecodes[lib.LONG.handle] = T_I64 if lib.LONG.Get_size() == 8 else T_I32
+        self.typecodes = small_type_codes(lib)
         # The datatype mpi4py reads from a buffer's format, for the formats
         # the C combine knows.
         memset(self.format_key, 0, sizeof(self.format_key))
         for c, datatype in ((b'd', lib.DOUBLE), (b'f', lib.FLOAT), (b'l', lib.LONG),
-                            (b'q', lib.LONG_LONG), (b'i', lib.INT)):
+                            (b'q', lib.LONG_LONG), (b'i', lib.INT), (b'h', lib.SHORT),
+                            (b'b', lib.SIGNED_CHAR), (b'L', lib.UNSIGNED_LONG),
+                            (b'Q', lib.UNSIGNED_LONG_LONG), (b'I', lib.UNSIGNED),
+                            (b'H', lib.UNSIGNED_SHORT), (b'B', lib.UNSIGNED_CHAR),
+                            (b'F', lib.C_FLOAT_COMPLEX), (b'D', lib.C_DOUBLE_COMPLEX),
+                            (b'?', lib.C_BOOL)):
             self.format_key[c[0]] = <size_t>datatype.handle
         self.soff = <Py_ssize_t *>malloc(4 * max(size, 1) * sizeof(Py_ssize_t))
         if self.soff == NULL:
@@ -420,13 +507,14 @@ cdef class SmallCollectives:
         (send is then recv's data when IN_PLACE), else 0 with nothing open.
         Same element type and byte count on both sides, as MPI asks."""
         cdef Py_ssize_t n
-        if self._op_code(op) is None:
+        code = self._op_code(op)
+        if code is None:
             return 0
         if need_recv:
             if not self._open(recvbuf, True, recv):
                 return 0
             n = recv.nbytes if recv.nbytes >= 0 else recv.length
-            if n > recv.length or recv.typ == 0 or n % _item_bytes(recv.typ):
+            if n > recv.length or not op_applies(code, recv.typ) or n % _item_bytes(recv.typ):
                 _close(recv)
                 return 0
             recv.nbytes = n
@@ -441,7 +529,7 @@ cdef class SmallCollectives:
             return 0
         n = send.nbytes if send.nbytes >= 0 else send.length
         send.nbytes = n
-        if n > send.length or send.typ == 0 or n % _item_bytes(send.typ) \
+        if n > send.length or not op_applies(code, send.typ) or n % _item_bytes(send.typ) \
                 or (need_recv and (send.key != recv.key or n != recv.nbytes)):
             _close(send)
             if need_recv:

@@ -125,6 +125,29 @@ def _padded(n):
     return (n + 63) // 64 * 64
 
 
+_PREDEFINED_OPS = frozenset(getattr(MPI, name).handle for name in (
+    "SUM", "PROD", "MAX", "MIN", "LAND", "BAND", "LOR", "BOR", "LXOR", "BXOR",
+    "MAXLOC", "MINLOC", "REPLACE", "NO_OP"))
+_VALID_PAIRS = set()
+
+
+def check_op(op, datatype):
+    """The library's error for a predefined op that MPI does not define on
+    datatype (MAX on complex numbers, BAND on doubles, ...), raised by
+    every rank before any message: a rank that only sends would otherwise
+    wait for a partner that failed combining."""
+    handle = getattr(op, "handle", None)
+    if handle not in _PREDEFINED_OPS:
+        return
+    key = (handle, datatype.handle)
+    if key not in _VALID_PAIRS:
+        op.Reduce_local([_NOTHING, 0, datatype], [_NOTHING, 0, datatype])
+        _VALID_PAIRS.add(key)
+
+
+_NOTHING = bytearray(0)
+
+
 def _check_block(dst, src, what):
     if len(dst) < len(src):
         raise BufferSpecError(
@@ -805,6 +828,7 @@ class Collectives:
         self._check_root(root)
         data, recv, count, datatype = self._reduction_args(
             sendbuf, recvbuf, at_root=self.rank == root)
+        check_op(op, datatype)
         if self._region_sized(data, count, datatype):
             if self._pair():
                 self._pair_reduce(data, recv, count, datatype, op, root, TAG_REDUCE)
@@ -883,6 +907,7 @@ class Collectives:
 
     def Allreduce(self, sendbuf, recvbuf, op=MPI.SUM):
         data, recv, count, datatype = self._reduction_args(sendbuf, recvbuf)
+        check_op(op, datatype)
         size, rank = self.size, self.rank
         if self._region_sized(data, count, datatype):
             if self._pair():
@@ -969,6 +994,7 @@ class Collectives:
 
     def _prefix(self, sendbuf, recvbuf, op, inclusive, tag):
         data, recv, count, datatype = self._reduction_args(sendbuf, recvbuf)
+        check_op(op, datatype)
         size = self.size
         if size == 1:
             if inclusive and data is not recv.mem:
@@ -1080,12 +1106,14 @@ class Collectives:
                 raise BufferSpecError(
                     f"mismatch in send count {send.count} and receive count {recv.count}")
             data, count, datatype, target = send.mem, send.count, send.datatype, recv.mem
+        check_op(op, datatype)
         extent = datatype_extent(datatype)
         self._reduce_then_scatter(data, [count] * size, datatype, extent, op, target)
 
     def Reduce_scatter(self, sendbuf, recvbuf, recvcounts=None, op=MPI.SUM):
         size, rank = self.size, self.rank
         recv = parse_recv(recvbuf)
+        check_op(op, recv.datatype)
         in_place = is_in_place(sendbuf)
         if recvcounts is None:
             if in_place:

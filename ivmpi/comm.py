@@ -64,7 +64,7 @@ _SMALL_COLLECTIVES = (
 
 
 def _small_op_codes():
-    """Handle -> small-collective code of the predefined ops SUM/PROD/MAX/MIN."""
+    """Handle -> small-collective code of the predefined ops the C combine knows."""
     global _SMALL_OP_CODES
     if _SMALL_OP_CODES is None:
         _SMALL_OP_CODES = {getattr(_MPI, name).handle: code for name, code in SMALL_OPS.items()}

@@ -44,13 +44,14 @@ import functools
 from .lib import MPI as _MPI
 
 from ._fastcopy import (Channel, Combine, SCHED_CALL, SCHED_COMBINE, SCHED_COPY, SCHED_FENCE,
-                        SCHED_RECV, SCHED_SEND, SCHED_TYPES, SMALL_OPS, buffer_span,
+                        SCHED_RECV, SCHED_SEND, SMALL_OPS, buffer_span, op_applies,
                         pair_segment, prefix_chained, prefix_segment, set_schedule_errors,
-                        single_copy_from, single_copy_to, stream_segment)
+                        single_copy_from, single_copy_to, small_type_codes, stream_segment)
 from .buffers import (BOTTOM, _as_datatype, _memory, datatype_extent, has_holes, is_in_place,
                       packed_simple, packed_vector, parse_recv, parse_send, parse_vbuf)
 from .collectives import _HOLE_ROLES as _BLOCKING_HOLE_ROLES
-from .collectives import PIPELINE_MIN_BYTES, REGION_MIN_BYTES, Collectives, reduce_blocks
+from .collectives import (PIPELINE_MIN_BYTES, REGION_MIN_BYTES, Collectives, check_op,
+                          reduce_blocks)
 from .datatypes import layout
 from .errors import BufferSpecError
 from .request import MPIError, Prequest, Request
@@ -74,20 +75,7 @@ set_schedule_errors(MPIError, _MPI.ERR_TRUNCATE)
 
 # The predefined ops and datatypes a schedule combines in C.
 _OP_CODES = {getattr(_MPI, name).handle: code for name, code in SMALL_OPS.items()}
-
-
-def _type_codes():
-    codes = {}
-    for datatype in (_MPI.DOUBLE, _MPI.FLOAT, _MPI.LONG, _MPI.LONG_LONG, _MPI.INT64_T,
-                     _MPI.INT, _MPI.INT32_T):
-        kind = "f" if datatype in (_MPI.DOUBLE, _MPI.FLOAT) else "i"
-        code = SCHED_TYPES.get(f"{kind}{datatype.Get_size()}")
-        if code is not None:
-            codes[datatype.handle] = code
-    return codes
-
-
-_TYPE_CODES = _type_codes()
+_TYPE_CODES = small_type_codes(_MPI)
 
 
 def combiner(op, datatype):
@@ -95,7 +83,7 @@ def combiner(op, datatype):
     MPI's Reduce_local order."""
     code = _OP_CODES.get(op.handle)
     typ = _TYPE_CODES.get(datatype.handle)
-    if code is not None and typ is not None:
+    if code is not None and typ is not None and op_applies(code, typ):
         return lambda inmem, inoutmem, count: (COMBINE, code, typ, inoutmem, inmem, count)
     reduce_local = op.Reduce_local
     return lambda inmem, inoutmem, count: (
@@ -108,7 +96,7 @@ def fast_combiner(op, datatype):
     for the ops and types they know (the prefix and reduce-scatter steps)."""
     code = _OP_CODES.get(op.handle)
     typ = _TYPE_CODES.get(datatype.handle)
-    if code is not None and typ is not None:
+    if code is not None and typ is not None and op_applies(code, typ):
         return lambda inmem, inoutmem, count: (CALL, Combine(code, typ, inmem, inoutmem, count))
     return combiner(op, datatype)
 
@@ -868,6 +856,7 @@ class NonblockingCollectives:
         self._check_root(root)
         data, recv, count, datatype, prologue, epilogue = self._reduction_args(
             "Reduce", sendbuf, recvbuf, at_root=self.rank == root)
+        check_op(op, datatype)
 
         def plan(ch):
             if (ch.size > 1 and len(data) >= REGION_MIN_BYTES and count >= ch.size
@@ -887,6 +876,7 @@ class NonblockingCollectives:
     def _allreduce_plan(self, sendbuf, recvbuf, op):
         data, recv, count, datatype, prologue, epilogue = self._reduction_args(
             "Allreduce", sendbuf, recvbuf)
+        check_op(op, datatype)
         recvmem = recv.mem
         return lambda ch: (allreduce_steps(ch, data, recvmem, count, datatype, op), prologue,
                            epilogue)
@@ -894,6 +884,7 @@ class NonblockingCollectives:
     def _scan_plan(self, sendbuf, recvbuf, op, inclusive):
         data, recv, count, datatype, prologue, epilogue = self._reduction_args(
             "Scan" if inclusive else "Exscan", sendbuf, recvbuf)
+        check_op(op, datatype)
         recvmem = recv.mem
         return lambda ch: (prefix_steps(ch, data, recvmem, count, datatype, op, inclusive),
                            prologue, epilogue)
@@ -911,6 +902,7 @@ class NonblockingCollectives:
             send = parse_send(sendbuf, blocks=size)
             _same_type_and_count(send, recv)
             data, count, datatype, target = send.mem, send.count, send.datatype, recv.mem
+        check_op(op, datatype)
         extent = datatype_extent(datatype)
         counts = [count] * size
         return lambda ch: (reduce_scatter_steps(ch, data, counts, datatype, extent, op, target),
@@ -920,6 +912,7 @@ class NonblockingCollectives:
         size, rank = self.size, self.rank
         sendbuf, recvbuf, prologue, epilogue = unholed("Reduce_scatter", sendbuf, recvbuf, 1)
         recv = parse_recv(recvbuf)
+        check_op(op, recv.datatype)
         in_place = is_in_place(sendbuf)
         if recvcounts is None:
             if in_place:
