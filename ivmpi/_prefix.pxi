@@ -105,8 +105,8 @@ def prefix_chained(long size, Py_ssize_t nbytes, Py_ssize_t segment):
 # the compiler vectorizes (out may be lower or higher itself, index for
 # index: each element is read before it is written; it never overlaps
 # otherwise).  Which ops a type takes is op_applies' to say (the others
-# leave out untouched).  The logical ops give 0 or 1, as C does (and Open
-# MPI).  MAX/MIN pick as _combine does, so NaN and -0.0 come out the same.
+# leave out untouched).  The logical ops give 0 or 1, as C's && and || do
+# (and Open MPI), without their branches, which do not vectorize.  MAX/MIN pick as _combine does, so NaN and -0.0 come out the same.
 cdef extern from *:
     """
     #define IVMPI_LOOP(EXPR) for (i = 0; i < n; i++) out[i] = (EXPR); break;
@@ -117,9 +117,9 @@ cdef extern from *:
         case 3: IVMPI_LOOP(lower[i] >= higher[i] ? lower[i] : higher[i])           \
         case 4: IVMPI_LOOP(lower[i] <= higher[i] ? lower[i] : higher[i])
     #define IVMPI_LOGIC                                                            \
-        case 5: IVMPI_LOOP(lower[i] && higher[i])                                  \
-        case 7: IVMPI_LOOP(lower[i] || higher[i])                                  \
-        case 9: IVMPI_LOOP(!lower[i] != !higher[i])
+        case 5: IVMPI_LOOP((lower[i] != 0) & (higher[i] != 0))                     \
+        case 7: IVMPI_LOOP((lower[i] != 0) | (higher[i] != 0))                     \
+        case 9: IVMPI_LOOP((lower[i] != 0) ^ (higher[i] != 0))
     #define IVMPI_BITS                                                             \
         case 6: IVMPI_LOOP(lower[i] & higher[i])                                   \
         case 8: IVMPI_LOOP(lower[i] | higher[i])                                   \

@@ -24,10 +24,13 @@ cdef enum:
     OP_LXOR = 9
     OP_BXOR = 10
 
-# From this many bytes Reduce streams a reduce-scatter and then every block
-# to the root (ivmpi.collectives.REGION_MIN_BYTES is this number).
+# Past the eager limit and from this many bytes, Reduce and Allreduce stream
+# a reduce-scatter and then every block to the root (to every rank): the
+# general path (ivmpi.collectives, ivmpi.nbcoll) decides by the same size.
+# (Its recursive doubling there took 238 us for 128 KiB on 4 ranks, the
+# stream 142 for 256 KiB.)
 cdef enum:
-    _REDUCE_SCATTER_MIN = 262144
+    _REDUCE_SCATTER_MIN = 65536
 
 REDUCE_SCATTER_MIN = _REDUCE_SCATTER_MIN
 
@@ -936,9 +939,10 @@ cdef class SmallCollectives:
         if not self._reduction(sendbuf, recvbuf, op, &send, &recv, at_root):
             return False
         try:
-            if self._small(send.nbytes) and self.give_copies \
+            if (self.give_copies or not self._small(send.nbytes)) \
                     and pair_copies(self.size, self.rank, self.fast.world_ranks):
-                # (The tree's one message on two ranks, from the caller's buffer.)
+                # (The tree's one message on two ranks, from the caller's
+                # buffer: the general path's messages at every size.)
                 return self._pair_reduce(send.data, recv.data if at_root else NULL,
                                          send.nbytes, <int>self._op_code(op), send.typ, r,
                                          self.reduce_tag)
@@ -948,10 +952,6 @@ cdef class SmallCollectives:
                 return True
             if send.nbytes >= _REDUCE_SCATTER_MIN \
                     and send.nbytes // _item_bytes(send.typ) >= self.size:
-                if pair_copies(self.size, self.rank, self.fast.world_ranks):
-                    return self._pair_reduce(send.data, recv.data if at_root else NULL,
-                                             send.nbytes, <int>self._op_code(op), send.typ, r,
-                                             self.reduce_tag)
                 self._streamed_reduce(send.data, recv.data if at_root else NULL, send.nbytes,
                                       <int>self._op_code(op), send.typ, r, self.reduce_tag)
                 return True
@@ -984,10 +984,10 @@ cdef class SmallCollectives:
             code = <int>self._op_code(op)
             typ = recv.typ
             count = n // _item_bytes(typ)
-            # (Within the eager limit the messages are the same either way:
-            # one each way; eager when ranks wait for cores, see give_copies.)
-            if size == 2 and ((self._small(n) and self.give_copies)
-                              or (n >= _REDUCE_SCATTER_MIN and count >= size)) \
+            # (On two ranks the messages are the general path's at every
+            # size: one each way; eager within the eager limit when ranks
+            # wait for cores, see give_copies.)
+            if size == 2 and (self.give_copies or not self._small(n)) \
                     and pair_copies(size, rank, self.fast.world_ranks):
                 return self._pair_reduce(send.data, recv.data, n, code, typ, -1,
                                          self.allreduce_tag)

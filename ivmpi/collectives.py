@@ -95,9 +95,9 @@ PIPELINE_MIN_BYTES = 8 << 20
 # two ranks an Allgather is one exchange, whose rendezvous streams overlap
 # the two copies (256 KiB blocks 50-58 against 77-91 us through the heaps).
 REGION_MIN_BYTES = 256 * 1024
-# Reduce of this many bytes reduce-scatters (ivmpi/_small_collectives.pxi,
-# whose one-call version sends the same messages, decides by the same size).
-assert REDUCE_SCATTER_MIN == REGION_MIN_BYTES
+# Reduce and Allreduce of this many bytes reduce-scatter, streamed
+# (REDUCE_SCATTER_MIN, from ivmpi/_small_collectives.pxi, whose one-call
+# versions send the same messages and decide by the same size).
 # Bcast and Allgather stage and send in segments of at least this size (at
 # most 64 per message), so that receivers copy one segment out while the
 # sender stages the next (4 ranks, 1 MiB Bcast: 300-305 us in one segment,
@@ -873,9 +873,10 @@ class Collectives:
             self._combine(op, theirs, recv.mem, count, datatype)  # out = theirs op mine
 
     def _region_sized(self, data, count, datatype):
-        """Large enough for the reductions through the heaps (every rank
-        decides alike: the sizes are the same everywhere)."""
-        return (self.size > 1 and len(data) >= REGION_MIN_BYTES and count >= self.size
+        """Large enough for the streamed reductions (every rank decides
+        alike: the sizes are the same everywhere)."""
+        return (self.size > 1 and len(data) >= REDUCE_SCATTER_MIN
+                and len(data) > self._eager_limit() and count >= self.size
                 and len(data) == count * datatype_extent(datatype))
 
     def _region_reduce(self, data, recv, count, datatype, op, root):

@@ -538,22 +538,19 @@ def _sum_op(inmem, inoutmem, datatype):
     b += a
 
 
-@pytest.mark.parametrize("n", [OWN, 40000, 131072 + 3])
+@pytest.mark.parametrize("n", [OWN, 12000, 40000, 131072 + 3])
 @pytest.mark.parametrize("mixed", [False, True])
 def test_two_rank_reductions_exchange_whole_inputs_once(comm, n, mixed):
     """On two ranks that copy each other's messages, Allreduce and Reduce
     (both roots, IN_PLACE too) move each input whole, in one message
-    copied from its owner's buffer (64 KiB within the eager limit, 1 MiB
-    past it); the results are Open MPI's bit for bit.  mixed: rank 0
+    copied from its owner's buffer (64 KiB within the eager limit, 96 KiB
+    and 1 MiB past it); the results are Open MPI's bit for bit.  mixed: rank 0
     reduces with a Python op of its own, so it takes the general path
     while rank 1 takes the one-call path: their messages still pair up."""
-    from ivmpi.collectives import REGION_MIN_BYTES
     ok, peers = _copies_own_blocks(comm)
     if comm.size != 2 or not ok:
         pytest.skip("needs two ranks that copy from each other's memory")
     rank = comm.rank
-    if n * 8 > 65536 and n * 8 < REGION_MIN_BYTES:
-        pytest.skip("between the eager limit and the large reductions: not this path")
     user_sum = MPI.Op.Create(_sum_op, commute=True)
     op = user_sum if mixed and rank == 0 else MPI.SUM
     try:
