@@ -100,6 +100,21 @@ cdef object _byte_view(object obj, Py_ssize_t nbytes, Py_ssize_t extent,
     return view
 
 
+cdef dict _TYPECHARS = {}       # type character -> the library's datatype
+
+
+cdef object _typechar_datatype(str code):
+    """The datatype mpi4py names by a type character ([buf, 'd']), or None."""
+    try:
+        return _TYPECHARS[code]
+    except KeyError:
+        pass
+    from ivmpi.buffers import _TYPEDICT
+    found = _TYPEDICT.get(code)
+    _TYPECHARS[code] = found
+    return found
+
+
 cdef inline object _c_order(object obj):
     """A numpy array in Fortran order as its transpose: the same memory in
     C order, which a simple buffer export (and a cast to bytes) takes."""
@@ -356,6 +371,8 @@ cdef class FastPath:
         # The same Datatype object comes back call after call: remember it.
         if datatype is self.last_datatype:
             return self.last_extent
+        if type(datatype) is str:
+            datatype = _typechar_datatype(datatype)
         entry = self.extents.get(getattr(datatype, "handle", None))
         if entry is not None:
             self.last_datatype = datatype

@@ -708,12 +708,29 @@ cdef class Channel:
         self.key_pins.append(a)
         return 0
 
-    cdef bint _key_of(self, object a) except -1:
+    cdef bint _key_of(self, object a, bint described=False) except -1:
+        """Push a's key; described: a is part of a spec's description (its
+        counts, displacements, datatypes: everything after the buffer),
+        whose values the schedule takes in."""
         cdef cnp.ndarray arr
         cdef int i, overflow
         cdef long long value
         t = type(a)
-        if t is cnp.ndarray:
+        if t is cnp.ndarray and described:
+            # Counts or displacements: by value (an array changed in place
+            # between two calls is the same memory, not the same numbers).
+            arr = <cnp.ndarray>a
+            if cnp.PyArray_NDIM(arr) != 1 or cnp.PyArray_SIZE(arr) > 4096 \
+                    or not cnp.PyArray_ISINTEGER(arr):
+                return False
+            self._push(12)
+            self._push(cnp.PyArray_SIZE(arr))
+            for item in arr.tolist():
+                value = PyLong_AsLongLongAndOverflow(item, &overflow)
+                if overflow:
+                    return False
+                self._push(<Py_ssize_t>value)
+        elif t is cnp.ndarray:
             arr = <cnp.ndarray>a
             if cnp.PyArray_NBYTES(arr) > self.cache_max_bytes:
                 return False
@@ -740,10 +757,11 @@ cdef class Channel:
         elif t is str:
             self._pin(a, 5)
         elif t is list or t is tuple:
+            # A spec: [buf, ...] (or a tuple of counts and displacements).
             self._push(6 if t is list else 7)
             self._push(len(a))
-            for item in a:
-                if not self._key_of(item):
+            for i, item in enumerate(a):
+                if not self._key_of(item, described or i > 0):
                     return False
         elif a is None or a is self.in_place or isinstance(a, self.op_type):
             self._pin(a, 8)
@@ -770,16 +788,19 @@ cdef class Channel:
             self.key_foreign.append((a, fb))
         return True
 
-    cdef bint _key(self, tuple args) except -1:
+    cdef bint _key(self, str what, tuple args) except -1:
         """The key of args into key_words[:key_len] (its pins in
         key_pins); False: not cached."""
+        cdef Py_ssize_t i
         self.key_len = 0
         if self.key_pins:
             del self.key_pins[:]
         if self.key_foreign:
             del self.key_foreign[:]
-        for a in args:
-            if not self._key_of(a):
+        for i, a in enumerate(args):
+            # (Ireduce_scatter's recvcounts are the one description passed
+            # on its own, not in a spec.)
+            if not self._key_of(a, i == 2 and what == "Ireduce_scatter"):
                 return False
         return True
 
@@ -802,7 +823,7 @@ cdef class Channel:
         them under, the row of words and its pins, or None)."""
         cdef Schedule schedule
         cdef bytes cached
-        if not self._key(args):
+        if not self._key(what, args):
             return None, None
         entry = self.cache.get(what)
         if entry is not None:

@@ -337,6 +337,8 @@ cdef class SmallCollectives:
                 return False
             if displ is not None and (type(displ) is not int or displ < 0 or displ > (1 << 48)):
                 return False
+            if type(datatype) is str:
+                datatype = _typechar_datatype(datatype)
             entry = self.fast._extent_of(datatype)
             if entry is None:
                 return False
@@ -404,6 +406,14 @@ cdef class SmallCollectives:
                 counts, displs = counts[0], counts[1]
         else:
             return False
+        if type(datatype) is str:
+            datatype = _typechar_datatype(datatype)
+        # Counts and displacements in numpy arrays (of integers: anything
+        # else stays for the general path to report).
+        if type(counts) is cnp.ndarray and cnp.PyArray_ISINTEGER(<cnp.ndarray>counts):
+            counts = counts.tolist()
+        if type(displs) is cnp.ndarray and cnp.PyArray_ISINTEGER(<cnp.ndarray>displs):
+            displs = displs.tolist()
         entry = self.fast._extent_of(datatype)
         if entry is None or (type(counts) is not list and type(counts) is not tuple) \
                 or len(counts) != size:

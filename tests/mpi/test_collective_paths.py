@@ -27,8 +27,15 @@ def general_rank(rank):
     return rank % 2 == 1
 
 
+def on(comm):
+    """Where odd ranks call: the general algorithm (the communicator's
+    Collectives object); even ranks call the communicator (the one-call
+    path)."""
+    return comm._collectives if general_rank(comm.rank) else comm
+
+
 def plain(arr, rank):
-    """A spec of arr: the one-call path's on even ranks, the general one's on odd."""
+    """A spec of arr (odd ranks: a type character)."""
     return [arr, arr.dtype.char] if general_rank(rank) else arr
 
 
@@ -56,16 +63,16 @@ def test_gatherv_and_scatterv_every_root(comm, per_rank):
         mine = np.arange(counts[rank], dtype="f8") + 1000 * rank + root
         if rank == root:
             ours, theirs = np.full(total, -1.0), np.full(total, -1.0)
-            comm.Gatherv(plain(mine, rank), vspec(ours, counts, displs, rank), root=root)
+            on(comm).Gatherv(plain(mine, rank), vspec(ours, counts, displs, rank), root=root)
             NATIVE.Gatherv(mine, [theirs, counts, displs, _native.DOUBLE], root=root)
             np.testing.assert_array_equal(ours, theirs)
         else:
-            comm.Gatherv(plain(mine, rank), None, root=root)
+            on(comm).Gatherv(plain(mine, rank), None, root=root)
             NATIVE.Gatherv(mine, None, root=root)
 
         outgoing = np.arange(total, dtype="f8") * (root + 1)
         ours, theirs = np.full(counts[rank], -1.0), np.full(counts[rank], -1.0)
-        comm.Scatterv(vspec(outgoing, counts, displs, rank) if rank == root else None,
+        on(comm).Scatterv(vspec(outgoing, counts, displs, rank) if rank == root else None,
                       plain(ours, rank), root=root)
         NATIVE.Scatterv([outgoing, counts, displs, _native.DOUBLE] if rank == root else None,
                         theirs, root=root)
@@ -81,9 +88,9 @@ def test_allgatherv_and_alltoallv(comm, per_rank, in_place):
     ours, theirs = np.full(total, -1.0), np.full(total, -1.0)
     if in_place:
         ours[displs[rank]:displs[rank] + counts[rank]] = mine
-        comm.Allgatherv(MPI.IN_PLACE, vspec(ours, counts, displs, rank))
+        on(comm).Allgatherv(MPI.IN_PLACE, vspec(ours, counts, displs, rank))
     else:
-        comm.Allgatherv(plain(mine, rank), vspec(ours, counts, displs, rank))
+        on(comm).Allgatherv(plain(mine, rank), vspec(ours, counts, displs, rank))
     NATIVE.Allgatherv(mine, [theirs, counts, displs, _native.DOUBLE])
     np.testing.assert_array_equal(ours, theirs)
 
@@ -100,10 +107,10 @@ def test_allgatherv_and_alltoallv(comm, per_rank, in_place):
         if scounts != rcounts:      # IN_PLACE needs the same layout both ways
             return
         ours = outgoing.copy()
-        comm.Alltoallv(MPI.IN_PLACE, vspec(ours, rcounts, rdispls, rank))
+        on(comm).Alltoallv(MPI.IN_PLACE, vspec(ours, rcounts, rdispls, rank))
     else:
         ours = np.full(sum(rcounts), -1.0)
-        comm.Alltoallv(vspec(outgoing, scounts, sdispls, rank),
+        on(comm).Alltoallv(vspec(outgoing, scounts, sdispls, rank),
                        vspec(ours, rcounts, rdispls, rank))
     np.testing.assert_array_equal(ours, theirs)
 
@@ -155,14 +162,14 @@ def test_reduce_scatter_forms(comm, n):
     size, rank = comm.size, comm.rank
     data = np.arange(size * n, dtype="f8") * (rank + 1) - 3
     ours, theirs = np.full(n, -1.0), np.full(n, -1.0)
-    comm.Reduce_scatter_block(plain(data, rank), plain(ours, rank), op=MPI.SUM)
+    on(comm).Reduce_scatter_block(plain(data, rank), plain(ours, rank), op=MPI.SUM)
     NATIVE.Reduce_scatter_block(data, theirs, op=_native.SUM)
     np.testing.assert_array_equal(ours, theirs)
 
     counts = [n + i for i in range(size)]
     data = np.arange(sum(counts), dtype="i8") * (rank + 1) - 3
     ours, theirs = np.full(counts[rank], -1, "i8"), np.full(counts[rank], -1, "i8")
-    comm.Reduce_scatter(plain(data, rank), plain(ours, rank), counts, op=MPI.MAX)
+    on(comm).Reduce_scatter(plain(data, rank), plain(ours, rank), counts, op=MPI.MAX)
     NATIVE.Reduce_scatter(data, theirs, counts, op=_native.MAX)
     np.testing.assert_array_equal(ours, theirs)
 
@@ -278,6 +285,7 @@ def test_large_allreduce(comm, n, opname, in_place, mixed, monkeypatch):
                                                             general(*args))[1])
     kind = LARGE_KINDS[rank % 3]
     send, send_arr = large_buffer(comm, n, kind, 0.0)
+    allreduce = on(comm).Allreduce if mixed else comm.Allreduce
     if mixed and general_rank(rank):
         send = [send_arr, "d"]
     send_arr[:] = np.random.default_rng(5 + rank).integers(-50, 50, n)
@@ -290,11 +298,11 @@ def test_large_allreduce(comm, n, opname, in_place, mixed, monkeypatch):
     for _ in range(2):      # again: the rings and scratch buffers are reused
         if in_place:
             send_arr[:] = before
-            comm.Allreduce(MPI.IN_PLACE, send, op=getattr(MPI, opname))
+            allreduce(MPI.IN_PLACE, send, op=getattr(MPI, opname))
             np.testing.assert_array_equal(send_arr, theirs)
         else:
             recv_arr[:] = -1.0
-            comm.Allreduce(send, recv, op=getattr(MPI, opname))
+            allreduce(send, recv, op=getattr(MPI, opname))
             np.testing.assert_array_equal(recv_arr, theirs)
             np.testing.assert_array_equal(send_arr, before)
     assert len(general_calls) == (2 if mixed and general_rank(rank) else 0)
@@ -341,11 +349,11 @@ def test_large_reduce_every_root_and_reduce_scatter(comm, in_place):
     start = sum(counts[:rank])
     if in_place:
         buf = whole.copy()
-        comm.Reduce_scatter(MPI.IN_PLACE, buf, counts, op=MPI.MAX)
+        on(comm).Reduce_scatter(MPI.IN_PLACE, buf, counts, op=MPI.MAX)
         got = buf[:counts[rank]]
     else:
         got = np.full(counts[rank], -1.0)
-        comm.Reduce_scatter(whole, got, counts, op=MPI.MAX)
+        on(comm).Reduce_scatter(whole, got, counts, op=MPI.MAX)
     np.testing.assert_array_equal(got, total[start:start + counts[rank]])
 
     block = 2 ** 15
@@ -353,7 +361,7 @@ def test_large_reduce_every_root_and_reduce_scatter(comm, in_place):
     total = np.empty(size * block)
     NATIVE.Allreduce(whole, total, op=_native.SUM)
     got = np.full(block, -1.0)
-    comm.Reduce_scatter_block(whole, got, op=MPI.SUM)
+    on(comm).Reduce_scatter_block(whole, got, op=MPI.SUM)
     np.testing.assert_array_equal(got, total[rank * block:(rank + 1) * block])
 
 

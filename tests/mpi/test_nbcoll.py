@@ -684,6 +684,44 @@ def test_a_repeat_is_recognised_only_when_nothing_the_schedule_depends_on_change
         comm.Iallgather([data, 1 << 70, MPI.INT], [out, MPI.INT]).Wait()
 
 
+def test_counts_in_numpy_arrays_changed_in_place_are_new_arguments(comm):
+    """Counts and displacements given as numpy arrays are keyed by their
+    values: the same arrays, changed in place between two calls, give a
+    new schedule and the right data (the same memory is not the same
+    numbers), and unchanged ones still find the schedule."""
+    size, rank = comm.size, comm.rank
+    schedules = not comm._routed
+    counts = np.full(size, 2)
+    displs = np.arange(size) * 2
+    send = np.full(2, float(rank))
+    recv = np.full(2 * size, -1.0)
+    first = comm.Iallgatherv(send, [recv, counts, displs, MPI.DOUBLE])
+    key = id(first._op)
+    first.Wait()
+    np.testing.assert_array_equal(recv, np.repeat(np.arange(size, dtype=float), 2))
+    again = comm.Iallgatherv(send, [recv, counts, displs, MPI.DOUBLE])
+    assert id(again._op) == key or not schedules
+    again.Wait()
+    displs[:] = displs[::-1].copy()            # the blocks in reverse order
+    recv[:] = -1
+    comm.Iallgatherv(send, [recv, (counts, displs), MPI.DOUBLE]).Wait()
+    comm.Iallgatherv(send, [recv, counts, displs, MPI.DOUBLE]).Wait()
+    np.testing.assert_array_equal(recv, np.repeat(np.arange(size, dtype=float)[::-1], 2))
+    # Ireduce_scatter's counts, passed on their own (in place: the same
+    # buffer takes other counts of the same sum).
+    recvcounts = np.full(size, 2)
+    data = np.arange(2 * size, dtype=float)
+    buf = np.empty_like(data)
+    for change in (False, True):
+        if change and size > 1:
+            recvcounts[0] += 1
+            recvcounts[-1] -= 1
+        buf[:] = data
+        comm.Ireduce_scatter(MPI.IN_PLACE, buf, recvcounts, MPI.SUM).Wait()
+        at, mine = int(recvcounts[:rank].sum()), int(recvcounts[rank])
+        np.testing.assert_array_equal(buf[:mine], size * data[at:at + mine])
+
+
 def test_bound_nonblocking_calls_take_arguments_as_the_methods_do(comm):
     """The nonblocking collectives are bound to the instance
     (ivmpi.nbcoll.NONBLOCKING_STARTERS): keywords, defaults and the errors

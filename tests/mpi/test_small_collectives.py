@@ -278,17 +278,18 @@ def test_large_reduce_combines_in_rank_order_on_either_path(comm, n):
 @pytest.mark.parametrize("in_place", [False, True])
 def test_allgather_and_alltoall_mixing_paths(comm, per_rank, in_place):
     """numpy arrays take the one-call path up to the eager limit per block;
-    ranks passing [buf, typechar] take the general one; both agree with
-    Open MPI."""
+    odd ranks call the general one; both agree with Open MPI."""
     size, rank = comm.size, comm.rank
     general = rank % 2 == 1
 
     def spec(arr):
-        return [arr, "d"] if general else arr  # a type character: the general path
+        return [arr, "d"] if general else arr  # a type character
 
     def check(name, outgoing, got):
-        """Run collective `name` with our spec (IN_PLACE: `got` holds the input)."""
-        getattr(comm, name)(MPI.IN_PLACE if in_place else spec(outgoing), spec(got))
+        """Run collective `name` with our spec (IN_PLACE: `got` holds the
+        input), odd ranks through the general algorithm."""
+        getattr(comm._collectives if general else comm, name)(
+            MPI.IN_PLACE if in_place else spec(outgoing), spec(got))
         theirs = np.empty_like(got)
         getattr(NATIVE, name)(outgoing, theirs)
         assert np.array_equal(got, theirs), name
@@ -305,21 +306,25 @@ def test_allgather_and_alltoall_mixing_paths(comm, per_rank, in_place):
 @pytest.mark.parametrize("per_rank", [1, 8192, 8193])
 @pytest.mark.parametrize("in_place", [False, True])
 def test_gather_and_scatter_mixing_paths(comm, per_rank, in_place):
-    """Every root; odd ranks pass [buf, typechar] specs (general path), the
-    others numpy arrays (one call up to the eager limit per block)."""
+    """Every root; odd ranks call the general algorithm with [buf, typechar]
+    specs, the others numpy arrays (one call up to the eager limit per
+    block)."""
     size, rank = comm.size, comm.rank
 
     def spec(arr):
-        return [arr, "d"] if rank % 2 else arr  # a type character: the general path
+        return [arr, "d"] if rank % 2 else arr  # a type character
+
+    # Odd ranks call the general algorithm.
+    coll = comm._collectives if rank % 2 else comm
 
     for root in range(size):
         mine = np.arange(per_rank, dtype="f8") + 1000 * rank + root
         whole = np.full(size * per_rank, -1.0) if rank == root else None
         if rank == root and in_place:
             whole[root * per_rank:(root + 1) * per_rank] = mine
-            comm.Gather(MPI.IN_PLACE, spec(whole), root=root)
+            coll.Gather(MPI.IN_PLACE, spec(whole), root=root)
         else:
-            comm.Gather(spec(mine), None if whole is None else spec(whole), root=root)
+            coll.Gather(spec(mine), None if whole is None else spec(whole), root=root)
         theirs = np.empty(size * per_rank) if rank == root else None
         NATIVE.Gather(mine, theirs, root=root)
         if rank == root:
@@ -328,10 +333,10 @@ def test_gather_and_scatter_mixing_paths(comm, per_rank, in_place):
         outgoing = np.arange(size * per_rank, dtype="f8") * (root + 1) if rank == root else None
         got = np.full(per_rank, -1.0)
         if rank == root and in_place:
-            comm.Scatter(spec(outgoing), MPI.IN_PLACE, root=root)
+            coll.Scatter(spec(outgoing), MPI.IN_PLACE, root=root)
             got = outgoing[root * per_rank:(root + 1) * per_rank]
         else:
-            comm.Scatter(None if outgoing is None else spec(outgoing), spec(got), root=root)
+            coll.Scatter(None if outgoing is None else spec(outgoing), spec(got), root=root)
         theirs = np.empty(per_rank)
         NATIVE.Scatter(outgoing, theirs, root=root)
         assert np.array_equal(got, theirs), root

@@ -57,6 +57,8 @@ def _doubles(buf):
 FORMS = {
     "plain": lambda b: (b, 0, N),
     "[buf, DOUBLE]": lambda b: ([b, MPI.DOUBLE], 0, N),
+    "[buf, 'd']": lambda b: ([b, "d"], 0, N),
+    "[buf, count, 'd']": lambda b: ([b, 6, "d"], 0, 6),
     "[buf, count, DOUBLE]": lambda b: ([b, 5, MPI.DOUBLE], 0, 5),
     "[buf, (count, displ), DOUBLE]": lambda b: ([b, (5, 3), MPI.DOUBLE], 3, 5),
     "[buf, count, displ, DOUBLE]": lambda b: ([b, 4, 7, MPI.DOUBLE], 7, 4),
