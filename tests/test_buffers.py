@@ -12,6 +12,7 @@ from mpi4py import MPI
 from ivmpi.buffers import (Buf, parse_send, parse_recv, parse_vbuf, typed_view,
                            is_in_place)
 from ivmpi.errors import BufferSpecError
+from ivmpi.sweepworker import DLPackTensor as NumpyDLPack   # numpy's export, nothing else
 
 SELF = MPI.COMM_SELF
 
@@ -402,19 +403,6 @@ class TensorV0(Tensor):
 
     def __dlpack__(self, stream=None):
         return super().__dlpack__(stream)
-
-
-class NumpyDLPack:
-    """Only numpy's own DLPack export, no buffer protocol."""
-
-    def __init__(self, array):
-        self.array = array
-
-    def __dlpack__(self, **kwargs):
-        return self.array.__dlpack__(**kwargs)
-
-    def __dlpack_device__(self):
-        return self.array.__dlpack_device__()
 
 
 DLPACK_DTYPES = ["?", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8",

@@ -8,24 +8,12 @@ import pytest
 from mpi4py import MPI as _native
 
 from ivmpi import MPI
+from ivmpi.sweepworker import DLPackTensor as DLPackOnly   # numpy's export, nothing else
 
 pytestmark = pytest.mark.mpi(min_size=1)
 
 NATIVE = _native.COMM_WORLD
 COUNTS = [1, 100, 8193, 131072]        # doubles: 8193 is past the eager limit, 131072 1 MiB
-
-
-class DLPackOnly:
-    """numpy's DLPack export and nothing else, as a CPU tensor offers it."""
-
-    def __init__(self, array):
-        self.array = array
-
-    def __dlpack__(self, **kwargs):
-        return self.array.__dlpack__(**kwargs)
-
-    def __dlpack_device__(self):
-        return self.array.__dlpack_device__()
 
 
 class InterfaceOnly:
@@ -63,25 +51,19 @@ def test_point_to_point(comm, kind, count):
     out = values(count, rank)
     for how in ("Send/Recv", "Isend/Irecv", "Sendrecv", "Ssend/Recv", "persistent"):
         got = np.full(count, -1.0)
-        if how == "Send/Recv":
+        if how in ("Send/Recv", "Ssend/Recv"):
+            send = comm.Send if how == "Send/Recv" else comm.Ssend
             if rank == 0:
-                comm.Send(wrap(out), peer, 5)
+                send(wrap(out), peer, 5)
                 comm.Recv(wrap(got), peer, 5)
             else:
                 comm.Recv(wrap(got), peer, 5)
-                comm.Send(wrap(out), peer, 5)
+                send(wrap(out), peer, 5)
         elif how == "Isend/Irecv":
             requests = [comm.Irecv(wrap(got), peer, 6), comm.Isend(wrap(out), peer, 6)]
             MPI.Request.Waitall(requests)
         elif how == "Sendrecv":
             comm.Sendrecv(wrap(out), peer, 7, wrap(got), peer, 7)
-        elif how == "Ssend/Recv":
-            if rank == 0:
-                comm.Ssend(wrap(out), peer, 8)
-                comm.Recv(wrap(got), peer, 8)
-            else:
-                comm.Recv(wrap(got), peer, 8)
-                comm.Ssend(wrap(out), peer, 8)
         else:
             requests = [comm.Recv_init(wrap(got), peer, 9), comm.Send_init(wrap(out), peer, 9)]
             MPI.Prequest.Startall(requests)
