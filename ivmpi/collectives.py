@@ -148,6 +148,15 @@ def check_op(op, datatype):
 _NOTHING = bytearray(0)
 
 
+def streams_reduction(size, data, count, datatype, eager_limit):
+    """Does a reduction of data over size ranks stream a reduce-scatter?
+    The rule of the blocking, nonblocking and persistent calls alike (the
+    same algorithm, the same bits; every rank decides alike: the sizes are
+    the same everywhere)."""
+    return (size > 1 and len(data) >= REDUCE_SCATTER_MIN and len(data) > eager_limit
+            and count >= size and len(data) == count * datatype_extent(datatype))
+
+
 def _check_block(dst, src, what):
     if len(dst) < len(src):
         raise BufferSpecError(
@@ -873,11 +882,8 @@ class Collectives:
             self._combine(op, theirs, recv.mem, count, datatype)  # out = theirs op mine
 
     def _region_sized(self, data, count, datatype):
-        """Large enough for the streamed reductions (every rank decides
-        alike: the sizes are the same everywhere)."""
-        return (self.size > 1 and len(data) >= REDUCE_SCATTER_MIN
-                and len(data) > self._eager_limit() and count >= self.size
-                and len(data) == count * datatype_extent(datatype))
+        """Large enough for the streamed reductions (streams_reduction)."""
+        return streams_reduction(self.size, data, count, datatype, self._eager_limit())
 
     def _region_reduce(self, data, recv, count, datatype, op, root):
         # A reduce-scatter streamed in eager segments (as Reduce_scatter),

@@ -43,15 +43,15 @@ import functools
 
 from .lib import MPI as _MPI
 
-from ._fastcopy import (REDUCE_SCATTER_MIN, SCHED_CALL, SCHED_COMBINE, SCHED_COPY, SCHED_FENCE,
-                        SCHED_RECV, SCHED_SEND, SMALL_OPS, Channel, Combine, buffer_span,
-                        op_applies,
+from ._fastcopy import (SCHED_CALL, SCHED_COMBINE, SCHED_COPY, SCHED_FENCE, SCHED_RECV,
+                        SCHED_SEND, SMALL_OPS, Channel, Combine, buffer_span, op_applies,
                         pair_segment, prefix_chained, prefix_segment, set_schedule_errors,
                         single_copy_from, single_copy_to, small_type_codes, stream_segment)
 from .buffers import (BOTTOM, _as_datatype, _memory, datatype_extent, has_holes, is_in_place,
                       packed_simple, packed_vector, parse_recv, parse_send, parse_vbuf)
 from .collectives import _HOLE_ROLES as _BLOCKING_HOLE_ROLES
-from .collectives import PIPELINE_MIN_BYTES, Collectives, check_op, reduce_blocks
+from .collectives import (PIPELINE_MIN_BYTES, Collectives, check_op, reduce_blocks,
+                          streams_reduction)
 from .datatypes import layout
 from .errors import BufferSpecError
 from .request import MPIError, Prequest, Request
@@ -445,20 +445,11 @@ def reduce_steps(ch, steps, data, count, datatype, op, root):
     return acc if rank == root else None
 
 
-def streamed_reduction(ch, data, count, datatype):
-    """Does a reduction of data stream a reduce-scatter?  The blocking
-    calls' rule (Collectives._region_sized): the same algorithm, the same
-    bits."""
-    return (ch.size > 1 and len(data) >= REDUCE_SCATTER_MIN
-            and len(data) > ch.engine.eager_limit and count >= ch.size
-            and len(data) == count * datatype_extent(datatype))
-
-
 def allreduce_steps(ch, data, recvmem, count, datatype, op):
     # Recursive doubling with the ranks beyond the largest power of two
     # folded into their even neighbours (Collectives.Allreduce).
     size, rank = ch.size, ch.rank
-    if streamed_reduction(ch, data, count, datatype):
+    if streams_reduction(ch.size, data, count, datatype, ch.engine.eager_limit):
         return region_allreduce_steps(ch, data, recvmem, count, datatype, op)
     combine = combiner(op, datatype)
     acc, tmp = _scratch(len(data)), _scratch(len(data))
@@ -867,7 +858,7 @@ class NonblockingCollectives:
         check_op(op, datatype)
 
         def plan(ch):
-            if streamed_reduction(ch, data, count, datatype):
+            if streams_reduction(ch.size, data, count, datatype, ch.engine.eager_limit):
                 return (streamed_reduce_steps(ch, data, recv.mem if recv is not None else None,
                                               count, datatype, op, root), prologue, epilogue)
             steps = []
