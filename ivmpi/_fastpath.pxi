@@ -169,8 +169,10 @@ cdef enum:
 
 
 # Derived datatypes with holes that the fast paths copy themselves, by a
-# RunPlan (ivmpi.datatypes makes them): handle -> (datatype, plan, extent),
-# or (datatype, None, 0) for a type they leave to the general path.  The
+# RunPlan (ivmpi.datatypes makes them): handle -> (datatype, plan, extent);
+# (datatype, None, extent) for one whose data fill its extent (moved as
+# plain bytes, as a predefined type), or (datatype, None, 0) for a type
+# they leave to the general path.  The
 # datatype object itself is kept and compared, so a handle the library
 # reuses for a new type after a Free never finds the old plan.
 cdef dict _TYPED = {}
@@ -377,7 +379,14 @@ cdef class FastPath:
         if entry is not None:
             self.last_datatype = datatype
             self.last_extent = entry
-        return entry
+            return entry
+        # A derived datatype whose data fill its extent: plain bytes too.
+        # (Not remembered as the last one: a type freed after this call
+        # must reach the general path, which reports it.)
+        typed = _typed_entry(datatype)
+        if typed is not None and typed[1] is None and typed[2] > 0:
+            return typed[2]
+        return None
 
     cdef object _plain(self, object spec, Py_ssize_t *extent, Py_ssize_t *nbytes):
         """The buffer of spec if it is a plain buffer, [buf, datatype] or

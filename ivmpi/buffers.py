@@ -51,7 +51,7 @@ import operator
 
 import numpy as np
 
-from .datatypes import layout
+from .datatypes import DatatypeError, layout
 from .lib import MPI
 from mpi4py.util import dtlib
 
@@ -200,7 +200,7 @@ def datatype_extent(datatype, holes_ok=False):
     if extent is not None:
         return extent
     if datatype == MPI.DATATYPE_NULL:
-        raise BufferSpecError("datatype is MPI.DATATYPE_NULL")
+        raise DatatypeError("datatype is MPI.DATATYPE_NULL (freed, or never made)")
     if datatype.is_predefined:
         extent = datatype.Get_extent()[1]
         _predefined_extent[handle] = extent
@@ -211,8 +211,7 @@ def datatype_extent(datatype, holes_ok=False):
         # Packing zero bytes is how MPI itself notices an uncommitted type.
         datatype.Pack(b"", bytearray(0), 0, MPI.COMM_SELF)
     except MPI.Exception:
-        raise BufferSpecError(
-            f"datatype {name} is not committed (call .Commit() first)") from None
+        raise DatatypeError(f"datatype {name} is not committed (call .Commit() first)") from None
     if holes_ok:
         extent = datatype.Get_extent()[1]
         if extent <= 0:
@@ -242,11 +241,18 @@ def has_holes(datatype):
 def fast_plan(datatype):
     """(RunPlan, extent) of a derived datatype with holes, for the fast
     paths to gather and scatter its elements straight between the user's
-    memory and the ring; None for any other type (they leave it to the
+    memory and the ring; (None, extent) of a committed derived datatype
+    whose data fill its extent, which they move as plain bytes, as a
+    predefined type; None for any other type (they leave it to the
     general path, which also reports what is wrong with a bad one)."""
-    if not isinstance(datatype, MPI.Datatype) or datatype.is_predefined \
-            or not has_holes(datatype):
+    if not isinstance(datatype, MPI.Datatype) or datatype.is_predefined:
         return None
+    if not has_holes(datatype):
+        try:
+            extent = datatype_extent(datatype)      # checks that it is committed
+        except BufferSpecError:
+            return None
+        return (None, extent) if extent > 0 else None
     lay = layout(datatype)
     if lay.plan is None or lay.extent <= 0:
         return None

@@ -22,6 +22,20 @@ from ._fastcopy import RunPlan  # noqa: F401 (also for tests)
 from .errors import BufferSpecError
 from .lib import MPI
 
+
+class DatatypeError(BufferSpecError, MPI.Exception):
+    """A datatype MPI cannot use (null, freed, not committed): MPI's
+    ERR_TYPE, the exception mpi4py raises, and a BufferSpecError as
+    ivmpi's other unusable specs are."""
+
+    def __init__(self, detail):
+        MPI.Exception.__init__(self, MPI.ERR_TYPE)
+        self.detail = detail
+
+    def __str__(self):
+        return f"{MPI.Exception.__str__(self)}: {self.detail}"
+
+
 # A type whose runs are probed byte by byte must fit this many bytes.
 PROBE_LIMIT = 64 << 20
 # Types with more runs than this (a vector of millions of single doubles)
@@ -148,8 +162,8 @@ def layout(datatype):
             # Packing zero bytes is how MPI itself notices an uncommitted type.
             datatype.Pack(b"", bytearray(0), 0, MPI.COMM_SELF)
         except MPI.Exception:
-            raise BufferSpecError(f"datatype {datatype.Get_name() or 'derived'} is not "
-                                  f"committed (call .Commit() first)") from None
+            raise DatatypeError(f"datatype {datatype.Get_name() or 'derived'} is not "
+                                f"committed (call .Commit() first)") from None
         found = _flatten(datatype)
         datatype.Set_attr(_KEYVAL, found)
     return found

@@ -170,3 +170,53 @@ def test_fast_receive_keeps_mpi_order_with_queued_messages(comm):
     comm.Recv(one, left, 25)
     req.Wait()
     assert (first[0], one[0]) == (10.0, 11.0)
+
+
+def test_contiguous_derived_datatypes_take_the_fast_paths(comm, monkeypatch):
+    """A derived datatype whose data fill its extent (Create_contiguous, a
+    contiguous of contiguous) is plain bytes: sends, receives and the
+    collectives take it in one call, as a predefined type, with Open MPI's
+    results; an uncommitted or freed one is still refused as mpi4py does."""
+    size, rank = comm.size, comm.rank
+    left, right = (rank - 1) % size, (rank + 1) % size
+    general = []
+    for name in ("general_Send", "general_Sendrecv", "general_Irecv"):
+        def counted(*args, _method=getattr(comm._fast, name), _name=name, **kwargs):
+            general.append(_name)
+            return _method(*args, **kwargs)
+        monkeypatch.setattr(comm._fast, name, counted)
+    four = MPI.DOUBLE.Create_contiguous(4).Commit()
+    eight = four.Create_contiguous(2).Commit()
+    native = _native.DOUBLE.Create_contiguous(8).Commit()
+    try:
+        for n in (1, 3, 2000):          # 32 bytes to 64 KB
+            send = np.arange(8.0 * n) + 100 * rank
+            got = np.full(8 * n + 8, -1.0)
+            comm.Sendrecv([send, n, eight], right, 5, [got, (n, 1), eight], left, 5)
+            assert got[:8].tolist() == [-1.0] * 8
+            assert (got[8:] == np.arange(8.0 * n) + 100 * left).all()
+            got[:] = -1
+            req = comm.Irecv([got, 2 * n, four], left, 6)
+            comm.Send([send, 2 * n, four], right, 6)
+            req.Wait()
+            assert (got[:8 * n] == send - 100 * rank + 100 * left).all()
+            ours = np.zeros(8 * n * size)
+            comm.Allgather([send, n, eight], [ours, n, eight])
+            theirs = np.zeros(8 * n * size)
+            _native.COMM_WORLD.Allgather([send, n, native], [theirs, n, native])
+            assert (ours == theirs).all()
+            block = np.arange(8.0 * n) if rank == 0 else np.zeros(8 * n)
+            comm.Bcast([block, n, eight], 0)
+            assert (block == np.arange(8.0 * n)).all()
+        assert general == []
+        loose = MPI.DOUBLE.Create_contiguous(4)
+        with pytest.raises(MPI.Exception):
+            comm.Send([np.zeros(4), 1, loose], right, 7)
+        loose.Free()
+        four.Free()
+        with pytest.raises(MPI.Exception):
+            comm.Send([np.zeros(4), 1, four], right, 7)
+        assert not comm.Iprobe(MPI.ANY_SOURCE, 7)
+    finally:
+        eight.Free()
+        native.Free()
