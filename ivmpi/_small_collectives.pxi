@@ -1133,28 +1133,45 @@ cdef class SmallCollectives:
                                   object op) except -1:
         """The general algorithm: block j of every rank's input goes to rank
         j, which reduces it (reduce_scatter_stream).  counts None: equal
-        blocks."""
+        blocks.  IN_PLACE: the input is the receive buffer whole, and this
+        rank's block is written at its start."""
         cdef Span send, recv
         cdef long size = self.size, rank = self.rank, i
         cdef Py_ssize_t total, item, start, c
         cdef int typ
-        if size < 2 or sendbuf is self.in_place or self._op_code(op) is None:
+        cdef bint in_place = sendbuf is self.in_place
+        cdef bytearray input_copy
+        if size < 2 or self._op_code(op) is None:
             return False
         if counts is not None and ((type(counts) is not list and type(counts) is not tuple)
                                    or len(counts) != size):
             return False
         if not self._open(recvbuf, True, &recv):
             return False
-        if not self._open(sendbuf, False, &send):
+        if in_place:
+            # Reduced from a copy of the input: the result, written at the
+            # start of the buffer, would overwrite blocks still to be sent.
+            total = recv.length if recv.nbytes < 0 else recv.nbytes
+            if total > recv.length:
+                _close(&recv)
+                return False
+            input_copy = PyByteArray_FromStringAndSize(recv.data, total)
+            send.data, send.length, send.nbytes = PyByteArray_AS_STRING(input_copy), total, -1
+            send.typ, send.key, send.pinned = recv.typ, recv.key, False
+        elif not self._open(sendbuf, False, &send):
             _close(&recv)
             return False
         try:
             typ = send.typ
-            if typ == 0 or recv.key != send.key:
+            if typ == 0 or recv.key != send.key or not op_applies(<int>self._op_code(op), typ):
                 return False
             item = _item_bytes(typ)
             total = send.length if send.nbytes < 0 else send.nbytes * (size if counts is None
                                                                          else 1)
+            if in_place:
+                # Only the block's bytes are this rank's result (checked below).
+                recv.nbytes = total // size if counts is None else (
+                    <Py_ssize_t>counts[rank] * item if type(counts[rank]) is int else -1)
             recv.nbytes = recv.length if recv.nbytes < 0 else recv.nbytes
             if total > send.length or recv.nbytes > recv.length or total % item \
                     or recv.nbytes % item or (counts is None and total % (size * item)):
