@@ -723,9 +723,10 @@ class Engine:
         self._wait_loop(lambda: any(op.done for op in ops), ops, what, None)
 
     def _wait_loop(self, finished, ops, what, peer):
-        """Spin while things move, then back off (sched_yield, then short sleeps)
-        so that oversubscribed ranks still let their peers run.  Each round
-        of progress takes the lock on its own; the backoff runs without it.
+        """Spin while things move, then back off (sched_yield, and short
+        sleeps only once idle for long, a tenth of a second or so) so that
+        oversubscribed ranks still let their peers run.  Each round of
+        progress takes the lock on its own; the backoff runs without it.
 
         IVMPI_TIMEOUT counts from the last time one of the awaited operations
         itself advanced (matched, acknowledged, a chunk moved): a long
@@ -812,7 +813,15 @@ class Engine:
         # A sender's core shares a copy only when it is its own.
         _fastcopy.set_sharing(not oversubscribed)
         self.spin_rounds = 4 if oversubscribed else 64
-        self.yield_rounds = 1024
+        # Idle rounds (each a progress and a sched_yield, about a
+        # microsecond) before the wait sleeps between polls.  Not sooner: a
+        # peer that lost its core to another process for a few
+        # milliseconds comes back to a sleeping partner, and a sleeper
+        # woken on a busy core waits for the scheduler's next turn (with
+        # two other busy processes on 2 cores, Irecv + Isend + Wait took
+        # 92 us a round trip sleeping after 1024 rounds, 11 without
+        # sleeping, Open MPI 15: it never sleeps).
+        self.yield_rounds = 1 << 17
         # Negative: the fast paths yield the core between polls.
         self.fast_spins = -256 if oversubscribed else 4096
         # Polls a rendezvous stream waits for ring space or the next chunk
