@@ -53,7 +53,8 @@ COMMON = dict(
     depends=["ivmpi/_copycore.h", "ivmpi/_watchdog.h", "ivmpi/_ops.pxi", "ivmpi/_ring.pxi",
              "ivmpi/_fastpath.pxi", "ivmpi/_small_collectives.pxi", "ivmpi/_gather.pxi",
              "ivmpi/_inbox.pxi", "ivmpi/_inbox.h", "ivmpi/_route.pxi", "ivmpi/_prefix.pxi",
-             "ivmpi/_single_copy.pxi", "ivmpi/_win.pxi", "ivmpi/_schedule.pxi"],
+             "ivmpi/_single_copy.pxi", "ivmpi/_win.pxi", "ivmpi/_schedule.pxi",
+             "ivmpi/_foreign.pxi", "ivmpi/_requests.pxi"],
 )
 
 extensions = [

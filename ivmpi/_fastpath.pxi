@@ -2589,10 +2589,11 @@ cdef inline bint _op_done(object op) except -1:
     return bool(op.done)
 
 
-cdef int _await(object req, object op) except -1:
+cdef int _await(object req, object op, object what=None) except -1:
     """Wait for a request's operation: a receive from a known peer or a
     synchronous send is polled in C first (as the engine's wait starts),
-    then the engine's wait does the rest."""
+    then the engine's wait does the rest.  what: the call named in errors
+    (default: the request's own description)."""
     comm = req._comm
     fast = getattr(comm, "_fast", None)
     if type(fast) is FastPath:
@@ -2603,7 +2604,7 @@ cdef int _await(object req, object op) except -1:
                 return 0
         elif (<FastPath>fast)._poll_op(op, (<FastPath>fast).spins) >= 0 and (<Op>op).done:
             return 0
-    comm._engine.wait(op, req)
+    comm._engine.wait(op, req if what is None else what)
     return 0
 
 

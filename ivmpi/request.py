@@ -13,6 +13,7 @@ import weakref
 from .lib import MPI as _MPI
 
 from . import _fastcopy
+from ._fastcopy import scan_requests
 from .engine import ERR_TRUNCATE, RecvOp
 from .errors import IvmpiError
 
@@ -372,19 +373,7 @@ class Request:
             if not _library(requests):
                 raise
             return _by_library("Waitall", requests, statuses)
-        if statuses is None:
-            # The common case, without statuses or objects: just null them.
-            failed = None
-            for req in requests:
-                op = req._op
-                if op is not None:
-                    if op.error is None and not req._unpacks:
-                        req._op = None
-                    elif failed is None:
-                        failed = req
-            if failed is None:
-                return True
-        _finish_all(requests, range(len(requests)), statuses, False)
+        _complete_all(requests, statuses)
         return True
 
     @classmethod
@@ -399,12 +388,15 @@ class Request:
 
     @classmethod
     def Testall(cls, requests, statuses=None):
-        if _library(requests):
+        try:
+            ready = _all_ready(requests)
+        except AttributeError:
+            if not _library(requests):
+                raise
             return _by_library("Testall", requests, statuses)
-        if not _all_ready(requests):
-            return False
-        _finish_all(requests, range(len(requests)), statuses, False)
-        return True
+        if ready:
+            _complete_all(requests, statuses)
+        return ready
 
     @classmethod
     def testall(cls, requests, statuses=None):
@@ -426,27 +418,39 @@ class Request:
 
     @classmethod
     def Waitany(cls, requests, status=None):
-        if _library(requests):
+        try:
+            return _waitany(requests, status, False)[0]
+        except AttributeError:
+            if not _library(requests):
+                raise
             return _by_library("Waitany", requests, status)
-        return _waitany(requests, status, False)[0]
 
     @classmethod
     def waitany(cls, requests, status=None):
-        if _library(requests):
+        try:
+            return _waitany(requests, status, True)
+        except AttributeError:
+            if not _library(requests):
+                raise
             return _by_library("waitany", requests, status)
-        return _waitany(requests, status, True)
 
     @classmethod
     def Testany(cls, requests, status=None):
-        if _library(requests):
+        try:
+            return _testany(requests, status, False)[:2]
+        except AttributeError:
+            if not _library(requests):
+                raise
             return _by_library("Testany", requests, status)
-        return _testany(requests, status, False)[:2]
 
     @classmethod
     def testany(cls, requests, status=None):
-        if _library(requests):
+        try:
+            return _testany(requests, status, True)
+        except AttributeError:
+            if not _library(requests):
+                raise
             return _by_library("testany", requests, status)
-        return _testany(requests, status, True)
 
     @classmethod
     def Get_status_any(cls, requests, status=None):
@@ -463,27 +467,39 @@ class Request:
 
     @classmethod
     def Waitsome(cls, requests, statuses=None):
-        if _library(requests):
+        try:
+            return _some(requests, _wait_some(requests, "Waitsome"), statuses, False)
+        except AttributeError:
+            if not _library(requests):
+                raise
             return _by_library("Waitsome", requests, statuses)
-        return _some(requests, _wait_some(requests, "Waitsome"), statuses, False)
 
     @classmethod
     def waitsome(cls, requests, statuses=None):
-        if _library(requests):
+        try:
+            return _some(requests, _wait_some(requests, "Waitsome"), statuses, True)
+        except AttributeError:
+            if not _library(requests):
+                raise
             return _by_library("waitsome", requests, statuses)
-        return _some(requests, _wait_some(requests, "Waitsome"), statuses, True)
 
     @classmethod
     def Testsome(cls, requests, statuses=None):
-        if _library(requests):
+        try:
+            return _some(requests, _test_some(requests), statuses, False)
+        except AttributeError:
+            if not _library(requests):
+                raise
             return _by_library("Testsome", requests, statuses)
-        return _some(requests, _test_some(requests), statuses, False)
 
     @classmethod
     def testsome(cls, requests, statuses=None):
-        if _library(requests):
+        try:
+            return _some(requests, _test_some(requests), statuses, True)
+        except AttributeError:
+            if not _library(requests):
+                raise
             return _by_library("testsome", requests, statuses)
-        return _some(requests, _test_some(requests), statuses, True)
 
     @classmethod
     def Get_status_some(cls, requests, statuses=None):
@@ -588,41 +604,59 @@ def _finish_all(requests, indices, statuses, decode):
     return results
 
 
-def _active(requests):
-    return [i for i, req in enumerate(requests) if req._op is not None]
+def _complete_all(requests, statuses):
+    """Complete requests all done (Waitall, Testall)."""
+    if statuses is None:
+        # The common case, without statuses or objects: just null them.
+        failed = False
+        for req in requests:
+            op = req._op
+            if op is not None:
+                if op.error is None and not req._unpacks:
+                    req._op = None
+                else:
+                    failed = True
+        if not failed:
+            return
+    _finish_all(requests, range(len(requests)), statuses, False)
 
 
 def _all_ready(requests):
-    pending = [req for req in requests if req._op is not None and not req._op.done]
-    if pending:
-        pending[0]._comm._engine.progress()
-    return all(req._op.done for req in pending)
+    """Are all active requests done (after one round of progress if not)?"""
+    pending = scan_requests(requests)[2]
+    if pending is None:
+        return True
+    pending._comm._engine.progress()
+    return scan_requests(requests)[2] is None
 
 
 def _test_some(requests):
     """Indices of the active requests that are done (after one round of
     progress if none is yet); None if no request is active."""
-    active = _active(requests)
+    active, done, pending, _ = scan_requests(requests)
     if not active:
         return None
-    done = [i for i in active if requests[i]._op.done]
     if not done:
-        requests[active[0]]._comm._engine.progress()
-        done = [i for i in active if requests[i]._op.done]
+        pending._comm._engine.progress()
+        done = scan_requests(requests)[1]
     return done
 
 
 def _wait_some(requests, what):
     """Indices of the active requests that are done, waiting until there is
     at least one; None if no request is active."""
-    active = _active(requests)
+    active, done, pending, waiting = scan_requests(requests)
     if not active:
         return None
-    done = [i for i in active if requests[i]._op.done]
     if not done:
-        ops = [requests[i]._op for i in active]
-        requests[active[0]]._comm._engine.wait_any(ops, f"{what} of {len(ops)} requests")
-        done = [i for i in active if requests[i]._op.done]
+        engine = pending._comm._engine
+        if waiting == 1:
+            # One to wait for: the single request's wait, with its fast polls.
+            engine.wait(pending._op, _fastcopy.OneOf(what, len(requests), pending))
+        else:
+            ops = [req._op for req in requests if req._op is not None]
+            engine.wait_any(ops, f"{what} of {len(ops)} requests")
+        done = scan_requests(requests)[1]
     return done
 
 
@@ -896,6 +930,13 @@ _fastcopy.set_request_types(Request, Prequest, Request.Wait, Request.wait,
 Request.Wait = _fastcopy.request_Wait
 Request.wait = _fastcopy.request_wait
 Request.Waitall = classmethod(_fastcopy.request_Waitall)
+_fastcopy.set_request_completions(Request.Test, Request.Testall.__func__,
+                                  Request.Waitany.__func__, Request.Testany.__func__,
+                                  Request.Waitsome.__func__, Request.Testsome.__func__,
+                                  UNDEFINED)
+Request.Test = _fastcopy.request_Test
+for _name in ("Testall", "Waitany", "Testany", "Waitsome", "Testsome"):
+    setattr(Request, _name, classmethod(getattr(_fastcopy, f"request_{_name}")))
 Prequest.Start = _fastcopy.prequest_Start
 Prequest.Startall = classmethod(_fastcopy.prequest_Startall)
 _fastcopy.set_message_type(Message, Message.Recv, Message.recv)

@@ -2,8 +2,9 @@
 
     mpirun --oversubscribe -n N python -m pytest --with-mpi tests/mpi/test_request_fast_paths.py
 
-Request.Wait/wait/Waitall, Prequest.Start/Startall and Message.Recv/recv
-complete the common case in one Cython call and leave everything else
+Request.Wait/wait/Waitall/Test/Testall/Waitany/Testany/Waitsome/Testsome,
+Prequest.Start/Startall and Message.Recv/recv complete the common case in
+one Cython call and leave everything else
 (statuses, errors, subclasses, null and inactive handles) to the Python
 methods.  One program runs on mpi4py over the MPI library and on ivmpi in
 the same processes and must observe the same results, statuses, handles
@@ -150,6 +151,64 @@ def program(comm, MPI):
         out["sendrecv", repr(obj)[:20]] = (got, status.Get_source(), status.Get_tag(),
                                            status.Get_count())
     out["sendrecv PROC_NULL"] = comm.sendrecv(1, MPI.PROC_NULL, 0, None, MPI.PROC_NULL, 0)
+
+    # Waitany, Testany, Waitsome, Testsome over nulls, an inactive
+    # persistent request and pending ones: every active index reported
+    # once (in whichever order they complete), then UNDEFINED / None.
+    for n in (1, 8192):
+        sbuf, rbuf = np.arange(n, dtype="i8") + rank, np.zeros(n, "i8")
+        for call in ("Waitany", "Testany", "Waitsome", "Testsome"):
+            rbuf[:] = 0
+            inactive = comm.Recv_init(np.zeros(1, "i8"), prv, 21)
+            reqs = [MPI.REQUEST_NULL, comm.Irecv(rbuf, prv, 20), inactive,
+                    comm.Isend(sbuf, nxt, 20), comm.Irecv(np.zeros(1, "i8"), MPI.PROC_NULL, 0)]
+            seen, calls = [], 0
+            while calls < 10 ** 7:
+                calls += 1
+                if call == "Waitany":
+                    i = MPI.Request.Waitany(reqs)
+                    if i == MPI.UNDEFINED:
+                        break
+                    seen.append(i)
+                elif call == "Testany":
+                    i, flag = MPI.Request.Testany(reqs)
+                    if flag and i == MPI.UNDEFINED:
+                        break
+                    if flag:
+                        seen.append(i)
+                else:
+                    done = getattr(MPI.Request, call)(reqs)
+                    if done is None:
+                        break
+                    seen.extend(done)
+            out[call, n] = (sorted(seen), (rbuf == np.arange(n) + prv).all(),
+                            [bool(r) for r in reqs])
+            inactive.Free()
+        # Test and Testall polled until done.
+        req, sent = comm.Irecv(rbuf, prv, 22), comm.Isend(sbuf + 1, nxt, 22)
+        while not req.Test():
+            pass
+        sent.Wait()
+        reqs = [comm.Irecv(rbuf[:1], prv, 23), comm.Isend(sbuf[:1], nxt, 23)]
+        while not MPI.Request.Testall(reqs):
+            pass
+        out["Test, Testall", n] = (bool(req), req.Test(), [bool(r) for r in reqs],
+                                   (rbuf[1:] == np.arange(1, n) + prv + 1).all())
+    # A truncated receive completed by each: the error, and the request null.
+    for call in ("Test", "Waitany", "Testany"):
+        req = comm.Irecv(np.zeros(1, "i8"), prv, 24)
+        comm.Send(np.arange(4, dtype="i8"), nxt, 24)
+        try:
+            for _ in range(10 ** 7):
+                if call == "Test" and req.Test():
+                    break
+                if call == "Waitany" and MPI.Request.Waitany([req]) is not None:
+                    break
+                if call == "Testany" and MPI.Request.Testany([MPI.REQUEST_NULL, req])[1]:
+                    break
+            out["truncated", call] = "no error"
+        except MPI.Exception as exc:
+            out["truncated", call] = (exc.Get_error_class() == MPI.ERR_TRUNCATE, bool(req))
     comm.Barrier()
     return out
 
@@ -180,6 +239,9 @@ def test_fast_completions_are_bound():
     assert Request.Wait is _fastcopy.request_Wait
     assert Request.wait is _fastcopy.request_wait
     assert Request.Waitall.__func__ is _fastcopy.request_Waitall
+    assert Request.Test is _fastcopy.request_Test
+    for name in ("Testall", "Waitany", "Testany", "Waitsome", "Testsome"):
+        assert getattr(Request, name).__func__ is getattr(_fastcopy, f"request_{name}")
     assert Prequest.Start is _fastcopy.prequest_Start
     assert Prequest.Startall.__func__ is _fastcopy.prequest_Startall
     assert Message.Recv is _fastcopy.message_Recv and Message.recv is _fastcopy.message_recv

@@ -1,0 +1,239 @@
+# Request.Test and the calls that complete one or some of a list of
+# requests (Testall, Waitany, Testany, Waitsome, Testsome), in C for the
+# common case: no statuses asked for, ivmpi's own requests of the two
+# plain types (_fastpath.pxi: set_request_types), no error to report.
+# They are called in polling loops, where a pass in Python over the list
+# and a round of the engine's progress per call cost 2-3x mpi4py's whole
+# call.  Everything else goes to the Python methods (ivmpi/request.py).
+
+cdef object _py_Test = None
+cdef object _py_Testall = None
+cdef object _py_Waitany = None
+cdef object _py_Testany = None
+cdef object _py_Waitsome = None
+cdef object _py_Testsome = None
+cdef long _UNDEFINED = -32766       # MPI.UNDEFINED, set below
+
+
+def set_request_completions(test, testall, waitany, testany, waitsome, testsome, undefined):
+    """The Python methods the C versions below hand the rest to."""
+    global _py_Test, _py_Testall, _py_Waitany, _py_Testany, _py_Waitsome, _py_Testsome
+    global _UNDEFINED
+    _py_Test, _py_Testall, _py_Waitany = test, testall, waitany
+    _py_Testany, _py_Waitsome, _py_Testsome = testany, waitsome, testsome
+    _UNDEFINED = undefined
+
+
+def scan_requests(requests):
+    """One pass over ivmpi requests: (active, done, pending, waiting) with
+    active the number whose operation is not None (the others are null
+    or inactive), done the list of indices of those whose operation is
+    done, pending the first request whose operation is not (or None) and
+    waiting how many such.  AttributeError for one that is not ivmpi's."""
+    cdef Py_ssize_t i = 0, active = 0, waiting = 0
+    cdef list done = []
+    pending = None
+    for req in requests:
+        op = req._op
+        if op is not None:
+            active += 1
+            if _op_done(op):
+                done.append(i)
+            else:
+                waiting += 1
+                if pending is None:
+                    pending = req
+        i += 1
+    return active, done, pending, waiting
+
+
+cdef class OneOf:
+    """A Waitany or Waitsome waiting for the one request of its list not
+    done, as errors name it."""
+    cdef str call
+    cdef Py_ssize_t n
+    cdef object req
+
+    def __cinit__(self, str call, Py_ssize_t n, object req):
+        self.call, self.n, self.req = call, n, req
+
+    def _description(self):
+        return f"{self.call} of {self.n} requests (waiting for {self.req._description()})"
+
+
+cdef bint _plain_requests(object requests) except -1:
+    """A list or tuple of requests of the two plain types only."""
+    if type(requests) is not list and type(requests) is not tuple:
+        return False
+    for req in requests:
+        if type(req) is not _Request and type(req) is not _Prequest:
+            return False
+    return True
+
+
+cdef int _poll_request(object req, object op) except -1:
+    """One round of progress for a test: a poll of the peer's ring (or the
+    library operation) in C first, the engine's whole progress if the
+    operation is still not done (which also moves everything else, as a
+    test must)."""
+    comm = req._comm
+    fast = getattr(comm, "_fast", None)
+    if type(fast) is FastPath:
+        if type(op) is LibraryRecv or type(op) is LibrarySend:
+            if _spin(op, 1):
+                return 0
+        elif (<FastPath>fast)._poll_op(op, 0) >= 0 and (<Op>op).done:
+            return 0
+    comm._engine.progress()
+    return 0
+
+
+cdef Py_ssize_t _scan(object requests, Py_ssize_t *active, Py_ssize_t *waiting,
+                      Py_ssize_t *pending) except -2:
+    """Index of the first active request that is done (-1: none); active
+    and waiting (not done) counts, and the index of the first waiting."""
+    cdef Py_ssize_t i = 0, first = -1
+    active[0] = waiting[0] = 0
+    pending[0] = -1
+    for req in requests:
+        op = req._op
+        if op is not None:
+            active[0] += 1
+            if _op_done(op):
+                if first < 0:
+                    first = i
+            else:
+                waiting[0] += 1
+                if pending[0] < 0:
+                    pending[0] = i
+        i += 1
+    return first
+
+
+cdef bint _complete_plain(object req) except -1:
+    """Complete a done request without a status: False when its operation
+    failed (the Python method reports that)."""
+    if req._op.error is not None:
+        return False
+    req._op = None
+    return True
+
+
+def request_Test(self, status=None):
+    op = self._op
+    if status is not None or op is None or (type(self) is not _Request
+                                            and type(self) is not _Prequest):
+        return _py_Test(self, status)
+    if not _op_done(op):
+        _poll_request(self, op)
+        if not _op_done(op):
+            return False
+    if op.error is not None:
+        return _py_Test(self, status)       # reports the error
+    self._op = None
+    return True
+
+
+def request_Testall(cls, requests, statuses=None):
+    cdef Py_ssize_t active, waiting, pending
+    if statuses is not None or not _plain_requests(requests):
+        return _py_Testall(cls, requests, statuses)
+    _scan(requests, &active, &waiting, &pending)
+    if waiting:
+        req = requests[pending]
+        _poll_request(req, req._op)
+        _scan(requests, &active, &waiting, &pending)
+        if waiting:
+            return False
+    for req in requests:
+        op = req._op
+        if op is not None and op.error is not None:
+            return _py_Testall(cls, requests, statuses)     # completes all, then raises
+    for req in requests:
+        if req._op is not None:
+            req._op = None
+    return True
+
+
+def request_Waitany(cls, requests, status=None):
+    cdef Py_ssize_t active, waiting, pending, first
+    if status is not None or not _plain_requests(requests):
+        return _py_Waitany(cls, requests, status)
+    first = _scan(requests, &active, &waiting, &pending)
+    if not active:
+        return _UNDEFINED
+    if first < 0:
+        if waiting > 1:
+            return _py_Waitany(cls, requests, status)   # the engine's wait for any
+        # One to wait for: the single request's wait, with its polls in C.
+        req = requests[pending]
+        _await(req, req._op, OneOf("Waitany", len(requests), req))
+        first = pending
+    if not _complete_plain(requests[first]):
+        return _py_Waitany(cls, requests, status)
+    return first
+
+
+def request_Testany(cls, requests, status=None):
+    cdef Py_ssize_t active, waiting, pending, first
+    if status is not None or not _plain_requests(requests):
+        return _py_Testany(cls, requests, status)
+    first = _scan(requests, &active, &waiting, &pending)
+    if not active:
+        return _UNDEFINED, True
+    if first < 0:
+        req = requests[pending]
+        _poll_request(req, req._op)
+        first = _scan(requests, &active, &waiting, &pending)
+        if first < 0:
+            return _UNDEFINED, False
+    if not _complete_plain(requests[first]):
+        return _py_Testany(cls, requests, status)
+    return first, True
+
+
+cdef object _complete_done(object requests):
+    """Complete every active request that is done: their indices, or None
+    when one failed (nothing completed: the Python method reports it)."""
+    cdef list done = []
+    cdef Py_ssize_t i = 0
+    for req in requests:
+        op = req._op
+        if op is not None and _op_done(op):
+            if op.error is not None:
+                return None
+            done.append(i)
+        i += 1
+    for i in done:
+        requests[i]._op = None
+    return done
+
+
+def request_Waitsome(cls, requests, statuses=None):
+    cdef Py_ssize_t active, waiting, pending, first
+    if statuses is not None or not _plain_requests(requests):
+        return _py_Waitsome(cls, requests, statuses)
+    first = _scan(requests, &active, &waiting, &pending)
+    if not active:
+        return None
+    if first < 0:
+        if waiting > 1:
+            return _py_Waitsome(cls, requests, statuses)
+        req = requests[pending]
+        _await(req, req._op, OneOf("Waitsome", len(requests), req))
+    done = _complete_done(requests)
+    return done if done is not None else _py_Waitsome(cls, requests, statuses)
+
+
+def request_Testsome(cls, requests, statuses=None):
+    cdef Py_ssize_t active, waiting, pending, first
+    if statuses is not None or not _plain_requests(requests):
+        return _py_Testsome(cls, requests, statuses)
+    first = _scan(requests, &active, &waiting, &pending)
+    if not active:
+        return None
+    if first < 0:
+        req = requests[pending]
+        _poll_request(req, req._op)
+    done = _complete_done(requests)
+    return done if done is not None else _py_Testsome(cls, requests, statuses)
