@@ -785,6 +785,35 @@ cdef class FastPath:
                         scatter, ("Irecv", "from", source))
         return self.general_Irecv(buf, source, tag)
 
+    def Isendrecv(self, sendbuf, long dest, long sendtag, recvbuf, source, recvtag):
+        """Isendrecv in one call when its receive buffer is plain and its
+        message goes eagerly now: the receive's buffer is checked, the
+        message sent, then the receive posted (the bytes are in the ring:
+        an Isendrecv_replace may receive into the buffer it sent from).
+        The request is the receive's.  None, with nothing done: the
+        general path's."""
+        return self._isendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag, "Isendrecv")
+
+    def Isendrecv_replace(self, buf, long dest, long sendtag, source, recvtag):
+        return self._isendrecv(buf, dest, sendtag, buf, source, recvtag, "Isendrecv_replace")
+
+    cdef object _isendrecv(self, object sendbuf, long dest, long sendtag, object recvbuf,
+                           object source, object recvtag, str what):
+        cdef Py_ssize_t extent, nbytes, offset
+        if source is None:
+            source = self.any_source
+        if recvtag is None:
+            recvtag = self.any_tag
+        if type(source) is not int or type(recvtag) is not int \
+                or not self._postable(source, recvtag):
+            return None
+        plain = self._plain_at(recvbuf, &extent, &nbytes, &offset)
+        mem = None if plain is None else _byte_view(plain, nbytes, extent, offset)
+        if mem is None or not self._send_buffer(sendbuf, dest, sendtag):
+            return None
+        return self.new_request(self.comm, self._post_receive(source, recvtag, mem), None,
+                                (what, "from", source))
+
     cdef object _typed_receiver(self, object spec):
         """A _Scatter for a receive spec with holes whose elements fit the
         buffer, or None."""

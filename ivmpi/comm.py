@@ -544,6 +544,12 @@ class Comm(_MPI.Comm):
 
     def Isendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
                   recvtag=ANY_TAG):
+        fast = self._fast
+        if type(fast) is FastPath and self._route is None and type(dest) is int \
+                and type(sendtag) is int:
+            req = fast.Isendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag)
+            if req is not None:
+                return req
         self._check_send_args(dest, sendtag, "Isendrecv")
         sendmem = parse_send(sendbuf, rank=dest, holes=True).mem
         received = parse_recv(recvbuf, rank=source, holes=True)
@@ -551,6 +557,12 @@ class Comm(_MPI.Comm):
                                "Isendrecv", received.unpack)
 
     def Isendrecv_replace(self, buf, dest, sendtag=0, source=ANY_SOURCE, recvtag=ANY_TAG):
+        fast = self._fast
+        if type(fast) is FastPath and self._route is None and type(dest) is int \
+                and type(sendtag) is int:
+            req = fast.Isendrecv_replace(buf, dest, sendtag, source, recvtag)
+            if req is not None:
+                return req
         self._check_send_args(dest, sendtag, "Isendrecv_replace")
         b = parse_recv(buf, rank=source if source != PROC_NULL else dest, holes=True, fill=True)
         # The outgoing bytes are taken now: the incoming ones land in buf.

@@ -220,3 +220,42 @@ def test_contiguous_derived_datatypes_take_the_fast_paths(comm, monkeypatch):
     finally:
         eight.Free()
         native.Free()
+
+
+def test_isendrecv_in_one_call(comm, monkeypatch):
+    """Isendrecv and Isendrecv_replace of eager messages take one call
+    (they took the general path: 10-12 against 1.2-1.9 us for mpi4py), with
+    the receive's status; a bad receive or send buffer raises with nothing
+    sent and no receive left behind."""
+    size, rank = comm.size, comm.rank
+    left, right = (rank - 1) % size, (rank + 1) % size
+    general = []
+    original = comm._isendrecv
+    monkeypatch.setattr(comm, "_isendrecv", lambda *args: general.append(args[-2:]) or
+                        original(*args))
+    status = MPI.Status()
+    for n in (1, 100, 5000):
+        send, got = np.arange(n, dtype="i8") + 1000 * rank, np.zeros(n + 1, "i8")
+        comm.Isendrecv(send, right, 3, [got, n, MPI.INT64_T], left, 3).Wait(status)
+        assert (got[:n] == np.arange(n) + 1000 * left).all() and got[n] == 0
+        assert (status.Get_source(), status.Get_tag(), status.Get_count(MPI.INT64_T)) == \
+            (left, 3, n)
+        buf = np.arange(n, dtype="f8") + rank
+        req = comm.Isendrecv_replace(buf, right, 4, MPI.ANY_SOURCE, MPI.ANY_TAG)
+        req.Wait(status)
+        assert (buf == np.arange(n) + left).all()
+        assert (status.Get_source(), status.Get_tag()) == (left, 4)
+        if n <= 100 and size > 1:
+            assert general == []
+    general.clear()
+    with pytest.raises((BufferError, ValueError, MPI.Exception)):
+        comm.Isendrecv(np.ones(2), right, 5, b"read-only", left, 5)
+    with pytest.raises((BufferError, ValueError, KeyError, MPI.Exception)):
+        comm.Isendrecv(np.array([1, "x"], dtype=object), right, 5, np.zeros(2), left, 5)
+    comm.Barrier()
+    assert not comm.Iprobe(MPI.ANY_SOURCE, 5)        # nothing was sent
+    comm.Barrier()                                    # (before anyone sends below)
+    comm.Send(np.full(2, rank, "i8"), right, 5)       # and no receive left to take this
+    got = np.zeros(2, "i8")
+    comm.Recv(got, left, 5)
+    assert got.tolist() == [left, left]
