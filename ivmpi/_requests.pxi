@@ -237,3 +237,58 @@ def request_Testsome(cls, requests, statuses=None):
         _poll_request(req, req._op)
     done = _complete_done(requests)
     return done if done is not None else _py_Testsome(cls, requests, statuses)
+
+
+cdef object _py_waitall = None
+cdef object _py_test = None
+
+
+def set_object_completions(waitall, test):
+    global _py_waitall, _py_test
+    _py_waitall, _py_test = waitall, test
+
+
+cdef inline object _decoded(object req, object op):
+    """What a completed request's wait() returns: its object, or None (an
+    empty message is None, as mpi4py unpickles it)."""
+    decode = req._decode
+    if decode is None or op.cancelled or not op.data:
+        return None
+    return decode(op)
+
+
+def request_waitall(cls, requests, statuses=None):
+    if statuses is not None or not _plain_requests(requests):
+        return _py_waitall(cls, requests, statuses)
+    for req in requests:
+        op = req._op
+        if op is not None and not _op_done(op):
+            _await(req, op)
+    for req in requests:
+        op = req._op
+        if op is not None and op.error is not None:
+            return _py_waitall(cls, requests, statuses)     # completes all, then raises
+    results = []
+    for req in requests:
+        op = req._op
+        if op is None:
+            results.append(None)
+        else:
+            req._op = None
+            results.append(_decoded(req, op))
+    return results
+
+
+def request_test(self, status=None):
+    op = self._op
+    if status is not None or op is None or (type(self) is not _Request
+                                            and type(self) is not _Prequest):
+        return _py_test(self, status)
+    if not _op_done(op):
+        _poll_request(self, op)
+        if not _op_done(op):
+            return False, None
+    if op.error is not None:
+        return _py_test(self, status)       # reports the error
+    self._op = None
+    return True, _decoded(self, op)

@@ -935,6 +935,9 @@ _fastcopy.set_request_completions(Request.Test, Request.Testall.__func__,
                                   Request.Waitsome.__func__, Request.Testsome.__func__,
                                   UNDEFINED)
 Request.Test = _fastcopy.request_Test
+_fastcopy.set_object_completions(Request.waitall.__func__, Request.test)
+Request.waitall = classmethod(_fastcopy.request_waitall)
+Request.test = _fastcopy.request_test
 for _name in ("Testall", "Waitany", "Testany", "Waitsome", "Testsome"):
     setattr(Request, _name, classmethod(getattr(_fastcopy, f"request_{_name}")))
 Prequest.Start = _fastcopy.prequest_Start

@@ -71,6 +71,15 @@ def program(comm, MPI):
         rreq = comm.irecv(bytearray(4096), source=prv, tag=9)
         sreq = comm.isend(obj, nxt, 9)
         out["wait", repr(obj)] = (sreq.wait(), rreq.wait(), bool(rreq), rreq.wait())
+    # Objects: waitall over nulls and both kinds, test polled until done.
+    for obj in (None, 7, {"rank": rank, "data": list(range(5000))}):
+        reqs = [MPI.REQUEST_NULL, comm.irecv(source=prv, tag=17), comm.isend(obj, nxt, 17)]
+        out["waitall", repr(obj)[:30]] = (MPI.Request.waitall(reqs), [bool(r) for r in reqs])
+        rreq, sreq = comm.irecv(source=prv, tag=18), comm.isend((obj, rank), nxt, 18)
+        flag, got = rreq.test()
+        while not flag:
+            flag, got = rreq.test()
+        out["test", repr(obj)[:30]] = (got, rreq.test(), sreq.wait(), bool(rreq))
     rreq = comm.irecv(bytearray(4096), source=prv, tag=10)
     comm.send(("status", rank), nxt, 10)
     out["wait status"] = (rreq.wait(status), status.Get_source(), status.Get_tag())
@@ -239,7 +248,8 @@ def test_fast_completions_are_bound():
     assert Request.Wait is _fastcopy.request_Wait
     assert Request.wait is _fastcopy.request_wait
     assert Request.Waitall.__func__ is _fastcopy.request_Waitall
-    assert Request.Test is _fastcopy.request_Test
+    assert Request.Test is _fastcopy.request_Test and Request.test is _fastcopy.request_test
+    assert Request.waitall.__func__ is _fastcopy.request_waitall
     for name in ("Testall", "Waitany", "Testany", "Waitsome", "Testsome"):
         assert getattr(Request, name).__func__ is getattr(_fastcopy, f"request_{name}")
     assert Prequest.Start is _fastcopy.prequest_Start
