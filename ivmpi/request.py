@@ -388,15 +388,12 @@ class Request:
 
     @classmethod
     def Testall(cls, requests, statuses=None):
-        try:
-            ready = _all_ready(requests)
-        except AttributeError:
-            if not _library(requests):
-                raise
+        if _library(requests):
             return _by_library("Testall", requests, statuses)
-        if ready:
-            _complete_all(requests, statuses)
-        return ready
+        if not _all_ready(requests):
+            return False
+        _complete_all(requests, statuses)
+        return True
 
     @classmethod
     def testall(cls, requests, statuses=None):
@@ -418,39 +415,27 @@ class Request:
 
     @classmethod
     def Waitany(cls, requests, status=None):
-        try:
-            return _waitany(requests, status, False)[0]
-        except AttributeError:
-            if not _library(requests):
-                raise
+        if _library(requests):
             return _by_library("Waitany", requests, status)
+        return _waitany(requests, status, False)[0]
 
     @classmethod
     def waitany(cls, requests, status=None):
-        try:
-            return _waitany(requests, status, True)
-        except AttributeError:
-            if not _library(requests):
-                raise
+        if _library(requests):
             return _by_library("waitany", requests, status)
+        return _waitany(requests, status, True)
 
     @classmethod
     def Testany(cls, requests, status=None):
-        try:
-            return _testany(requests, status, False)[:2]
-        except AttributeError:
-            if not _library(requests):
-                raise
+        if _library(requests):
             return _by_library("Testany", requests, status)
+        return _testany(requests, status, False)[:2]
 
     @classmethod
     def testany(cls, requests, status=None):
-        try:
-            return _testany(requests, status, True)
-        except AttributeError:
-            if not _library(requests):
-                raise
+        if _library(requests):
             return _by_library("testany", requests, status)
+        return _testany(requests, status, True)
 
     @classmethod
     def Get_status_any(cls, requests, status=None):
@@ -467,39 +452,27 @@ class Request:
 
     @classmethod
     def Waitsome(cls, requests, statuses=None):
-        try:
-            return _some(requests, _wait_some(requests, "Waitsome"), statuses, False)
-        except AttributeError:
-            if not _library(requests):
-                raise
+        if _library(requests):
             return _by_library("Waitsome", requests, statuses)
+        return _some(requests, _wait_some(requests, "Waitsome"), statuses, False)
 
     @classmethod
     def waitsome(cls, requests, statuses=None):
-        try:
-            return _some(requests, _wait_some(requests, "Waitsome"), statuses, True)
-        except AttributeError:
-            if not _library(requests):
-                raise
+        if _library(requests):
             return _by_library("waitsome", requests, statuses)
+        return _some(requests, _wait_some(requests, "Waitsome"), statuses, True)
 
     @classmethod
     def Testsome(cls, requests, statuses=None):
-        try:
-            return _some(requests, _test_some(requests), statuses, False)
-        except AttributeError:
-            if not _library(requests):
-                raise
+        if _library(requests):
             return _by_library("Testsome", requests, statuses)
+        return _some(requests, _test_some(requests), statuses, False)
 
     @classmethod
     def testsome(cls, requests, statuses=None):
-        try:
-            return _some(requests, _test_some(requests), statuses, True)
-        except AttributeError:
-            if not _library(requests):
-                raise
+        if _library(requests):
             return _by_library("testsome", requests, statuses)
+        return _some(requests, _test_some(requests), statuses, True)
 
     @classmethod
     def Get_status_some(cls, requests, statuses=None):
