@@ -316,6 +316,7 @@ cdef class FastPath:
     cdef public object engine_post, engine, wait_op
     cdef public object general_Ssend, general_Issend, general_ssend, general_issend
     cdef public object general_isend, general_sendrecv
+    cdef public object general_Isendrecv, general_Isendrecv_replace
     cdef public object general_Iprobe, general_Probe, general_Improbe, general_Mprobe
     cdef public object new_message
     # Large sends with holes: the engine's staging block (take_stage,
@@ -785,31 +786,42 @@ cdef class FastPath:
                         scatter, ("Irecv", "from", source))
         return self.general_Irecv(buf, source, tag)
 
-    def Isendrecv(self, sendbuf, long dest, long sendtag, recvbuf, source, recvtag):
+    def Isendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=None, recvtag=None):
         """Isendrecv in one call when its receive buffer is plain and its
         message goes eagerly now: the receive's buffer is checked, the
         message sent, then the receive posted (the bytes are in the ring:
         an Isendrecv_replace may receive into the buffer it sent from).
-        The request is the receive's.  None, with nothing done: the
-        general path's."""
-        return self._isendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag, "Isendrecv")
-
-    def Isendrecv_replace(self, buf, long dest, long sendtag, source, recvtag):
-        return self._isendrecv(buf, dest, sendtag, buf, source, recvtag, "Isendrecv_replace")
-
-    cdef object _isendrecv(self, object sendbuf, long dest, long sendtag, object recvbuf,
-                           object source, object recvtag, str what):
-        cdef Py_ssize_t extent, nbytes, offset
+        The request is the receive's.  Anything else: the general path's."""
         if source is None:
             source = self.any_source
         if recvtag is None:
             recvtag = self.any_tag
-        if type(source) is not int or type(recvtag) is not int \
-                or not self._postable(source, recvtag):
+        req = self._isendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag, "Isendrecv")
+        if req is None:
+            return self.general_Isendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag)
+        return req
+
+    def Isendrecv_replace(self, buf, dest, sendtag=0, source=None, recvtag=None):
+        if source is None:
+            source = self.any_source
+        if recvtag is None:
+            recvtag = self.any_tag
+        req = self._isendrecv(buf, dest, sendtag, buf, source, recvtag, "Isendrecv_replace")
+        if req is None:
+            return self.general_Isendrecv_replace(buf, dest, sendtag, source, recvtag)
+        return req
+
+    cdef object _isendrecv(self, object sendbuf, object dest, object sendtag, object recvbuf,
+                           object source, object recvtag, str what):
+        """The request of the one-call Isendrecv, or None with nothing done."""
+        cdef Py_ssize_t extent, nbytes, offset
+        if type(dest) is not int or type(sendtag) is not int or type(source) is not int \
+                or type(recvtag) is not int or not self._postable(source, recvtag):
             return None
         plain = self._plain_at(recvbuf, &extent, &nbytes, &offset)
         mem = None if plain is None else _byte_view(plain, nbytes, extent, offset)
-        if mem is None or not self._send_buffer(sendbuf, dest, sendtag):
+        if mem is None or not (-1 < dest < self.size and 0 <= sendtag <= _TAG_UB) \
+                or not self._send_buffer(sendbuf, dest, sendtag):
             return None
         return self.new_request(self.comm, self._post_receive(source, recvtag, mem), None,
                                 (what, "from", source))

@@ -253,6 +253,8 @@ class Comm(_MPI.Comm):
         fast.general_Improbe, fast.general_Mprobe = self._general_Improbe, self._general_Mprobe
         fast.new_message = new_message
         fast.general_Sendrecv = self._general_Sendrecv
+        fast.general_Isendrecv = self._general_Isendrecv
+        fast.general_Isendrecv_replace = self._general_Isendrecv_replace
         fast.new_unpacking = UnpackingRequest
         fast.take_stage, fast.give_stage = engine.take_stage, engine.give_stage
         fast.rendezvous = engine.rendezvous
@@ -312,6 +314,7 @@ class Comm(_MPI.Comm):
         route = self._route
         if route is None:
             self.sendrecv = fast.sendrecv_object
+            self.Isendrecv, self.Isendrecv_replace = fast.Isendrecv, fast.Isendrecv_replace
         if route is not None:
             # Peers in other regions straight through the library, in one call.
             self.Send, self.Recv, self.Isend, self.Irecv = (route.Send, route.Recv, route.Isend,
@@ -542,14 +545,15 @@ class Comm(_MPI.Comm):
         if received.unpack is not None:
             received.unpack(status.Get_count(_MPI.BYTE))
 
+    # Isendrecv and Isendrecv_replace: each instance binds FastPath's (see
+    # _bind_fast), which take eager messages in one call and hand the rest
+    # to the _general_* methods.
+
     def Isendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
                   recvtag=ANY_TAG):
-        fast = self._fast
-        if type(fast) is FastPath and self._route is None and type(dest) is int \
-                and type(sendtag) is int:
-            req = fast.Isendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag)
-            if req is not None:
-                return req
+        return self._general_Isendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag)
+
+    def _general_Isendrecv(self, sendbuf, dest, sendtag, recvbuf, source, recvtag):
         self._check_send_args(dest, sendtag, "Isendrecv")
         sendmem = parse_send(sendbuf, rank=dest, holes=True).mem
         received = parse_recv(recvbuf, rank=source, holes=True)
@@ -557,12 +561,9 @@ class Comm(_MPI.Comm):
                                "Isendrecv", received.unpack)
 
     def Isendrecv_replace(self, buf, dest, sendtag=0, source=ANY_SOURCE, recvtag=ANY_TAG):
-        fast = self._fast
-        if type(fast) is FastPath and self._route is None and type(dest) is int \
-                and type(sendtag) is int:
-            req = fast.Isendrecv_replace(buf, dest, sendtag, source, recvtag)
-            if req is not None:
-                return req
+        return self._general_Isendrecv_replace(buf, dest, sendtag, source, recvtag)
+
+    def _general_Isendrecv_replace(self, buf, dest, sendtag, source, recvtag):
         self._check_send_args(dest, sendtag, "Isendrecv_replace")
         b = parse_recv(buf, rank=source if source != PROC_NULL else dest, holes=True, fill=True)
         # The outgoing bytes are taken now: the incoming ones land in buf.
