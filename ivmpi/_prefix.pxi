@@ -107,6 +107,10 @@ def prefix_chained(long size, Py_ssize_t nbytes, Py_ssize_t segment):
 # otherwise).  Which ops a type takes is op_applies' to say (the others
 # leave out untouched).  The logical ops give 0 or 1, as C's && and || do
 # (and Open MPI), without their branches, which do not vectorize.  MAX/MIN pick as _combine does, so NaN and -0.0 come out the same.
+# MAXLOC/MINLOC on the pairs {value v; int index k}: lower if its value
+# wins, else higher's value, with the smaller index of the two on a tie
+# (the bits of the library's Reduce_local, lower being its input and
+# higher its inout).  Only v and k are written, never a struct's padding.
 cdef extern from *:
     """
     #define IVMPI_LOOP(EXPR) for (i = 0; i < n; i++) out[i] = (EXPR); break;
@@ -145,6 +149,32 @@ cdef extern from *:
     IVMPI_FUNC(double _Complex, ivmpi_prefix_c128, IVMPI_ARITH)
     IVMPI_FUNC(unsigned char, ivmpi_prefix_bool, IVMPI_LOGIC)
 
+    #define IVMPI_LOC_LOOP(V, WINS)                                                \
+        for (i = 0; i < n; i++) {                                                  \
+            V a = lower[i].v, b = higher[i].v;                                     \
+            int ka = lower[i].k, kb = higher[i].k;                                 \
+            int take = a WINS b;                                                   \
+            out[i].v = take ? a : b;                                               \
+            out[i].k = take || (a == b && ka < kb) ? ka : kb;                      \
+        } break;
+    /* (No restrict: out may be lower or higher.) */
+    #define IVMPI_PAIR(V, T, NAME)                                                 \
+    typedef struct { V v; int k; } T;                                              \
+    static void NAME(int op, T *out, const T *lower, const T *higher,              \
+                     Py_ssize_t n) {                                               \
+        Py_ssize_t i;                                                              \
+        switch (op) {                                                              \
+        case 11: IVMPI_LOC_LOOP(V, >)                                              \
+        case 12: IVMPI_LOC_LOOP(V, <)                                              \
+        default: break;                                                            \
+        }                                                                          \
+    }
+    IVMPI_PAIR(double, ivmpi_double_int, ivmpi_loc_double_int)
+    IVMPI_PAIR(float, ivmpi_float_int, ivmpi_loc_float_int)
+    IVMPI_PAIR(long, ivmpi_long_int, ivmpi_loc_long_int)
+    IVMPI_PAIR(int, ivmpi_2int, ivmpi_loc_2int)
+    IVMPI_PAIR(short, ivmpi_short_int, ivmpi_loc_short_int)
+
     static void ivmpi_combine3(int op, int typ, char *out, const char *lower,
                                const char *higher, Py_ssize_t n) {
         switch (typ) {
@@ -174,12 +204,39 @@ cdef extern from *:
                                    (const double _Complex *)higher, n); break;
         case 13: ivmpi_prefix_bool(op, (unsigned char *)out, (const unsigned char *)lower,
                                    (const unsigned char *)higher, n); break;
+        case 14: ivmpi_loc_double_int(op, (ivmpi_double_int *)out,
+                                      (const ivmpi_double_int *)lower,
+                                      (const ivmpi_double_int *)higher, n); break;
+        case 15: ivmpi_loc_float_int(op, (ivmpi_float_int *)out, (const ivmpi_float_int *)lower,
+                                     (const ivmpi_float_int *)higher, n); break;
+        case 16: ivmpi_loc_long_int(op, (ivmpi_long_int *)out, (const ivmpi_long_int *)lower,
+                                    (const ivmpi_long_int *)higher, n); break;
+        case 17: ivmpi_loc_2int(op, (ivmpi_2int *)out, (const ivmpi_2int *)lower,
+                                (const ivmpi_2int *)higher, n); break;
+        case 18: ivmpi_loc_short_int(op, (ivmpi_short_int *)out, (const ivmpi_short_int *)lower,
+                                     (const ivmpi_short_int *)higher, n); break;
         default: break;
         }
     }
     """
     void _combine3 "ivmpi_combine3"(int op, int typ, char *out, const char *lower,
                                     const char *higher, Py_ssize_t n) nogil
+    # The pairs' structs, for their sizes (_item_bytes).
+    ctypedef struct ivmpi_double_int:
+        double v
+        int k
+    ctypedef struct ivmpi_float_int:
+        float v
+        int k
+    ctypedef struct ivmpi_long_int:
+        long v
+        int k
+    ctypedef struct ivmpi_2int:
+        int v
+        int k
+    ctypedef struct ivmpi_short_int:
+        short v
+        int k
 
 
 cdef void _apply(const char *src, bint region, int strict, char *dst, char *acc,

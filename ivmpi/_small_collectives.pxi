@@ -23,6 +23,8 @@ cdef enum:
     OP_BOR = 8
     OP_LXOR = 9
     OP_BXOR = 10
+    OP_MAXLOC = 11
+    OP_MINLOC = 12
 
 # Past the eager limit and from this many bytes, Reduce and Allreduce stream
 # a reduce-scatter and then every block to the root (to every rank): the
@@ -48,6 +50,12 @@ cdef enum:
     T_C64 = 11          # complex of two floats
     T_C128 = 12         # complex of two doubles
     T_BOOL = 13         # C _Bool, one byte
+    # MAXLOC/MINLOC pairs, the C struct {value; int index} (_prefix.pxi):
+    T_DOUBLE_INT = 14
+    T_FLOAT_INT = 15
+    T_LONG_INT = 16
+    T_2INT = 17
+    T_SHORT_INT = 18
 
 
 cdef void _combine(int op, int typ, char *acc, const char *other, Py_ssize_t n,
@@ -84,7 +92,7 @@ cdef int small_barrier(FastPath fast, long rank, long size, long tag, int spins,
 
 SMALL_OPS = {"SUM": OP_SUM, "PROD": OP_PROD, "MAX": OP_MAX, "MIN": OP_MIN,
              "LAND": OP_LAND, "BAND": OP_BAND, "LOR": OP_LOR, "BOR": OP_BOR,
-             "LXOR": OP_LXOR, "BXOR": OP_BXOR}
+             "LXOR": OP_LXOR, "BXOR": OP_BXOR, "MAXLOC": OP_MAXLOC, "MINLOC": OP_MINLOC}
 # Predefined datatypes whose elements the C combine knows (LONG and
 # UNSIGNED_LONG by their size: small_type_codes).
 SMALL_TYPES = {"DOUBLE": T_F64, "FLOAT": T_F32, "INT64_T": T_I64, "LONG_LONG": T_I64,
@@ -94,6 +102,12 @@ SMALL_TYPES = {"DOUBLE": T_F64, "FLOAT": T_F32, "INT64_T": T_I64, "LONG_LONG": T
                "UINT16_T": T_U16, "UNSIGNED_SHORT": T_U16, "UINT8_T": T_U8,
                "UNSIGNED_CHAR": T_U8, "C_FLOAT_COMPLEX": T_C64, "C_COMPLEX": T_C64,
                "C_DOUBLE_COMPLEX": T_C128, "C_BOOL": T_BOOL}
+# The pair datatypes of MAXLOC and MINLOC: name -> (C type, bytes of the value).
+PAIR_TYPES = {"DOUBLE_INT": (T_DOUBLE_INT, sizeof(double)),
+              "FLOAT_INT": (T_FLOAT_INT, sizeof(float)),
+              "LONG_INT": (T_LONG_INT, sizeof(long)),
+              "TWOINT": (T_2INT, sizeof(int)),
+              "SHORT_INT": (T_SHORT_INT, sizeof(short))}
 
 
 def small_type_codes(lib):
@@ -106,14 +120,27 @@ def small_type_codes(lib):
             codes[datatype.handle] = code
     codes[lib.LONG.handle] = T_I64 if lib.LONG.Get_size() == 8 else T_I32
     codes[lib.UNSIGNED_LONG.handle] = T_U64 if lib.UNSIGNED_LONG.Get_size() == 8 else T_U32
+    for name, (code, value) in PAIR_TYPES.items():
+        datatype = getattr(lib, name, None)
+        # Only a library that lays the pair out as the C struct the combine
+        # reads (the value at 0, the index next, the struct's extent).
+        if datatype is not None and datatype.Get_extent() == (0, _item_bytes(code)) \
+                and datatype.Get_size() == value + sizeof(int):
+            codes[datatype.handle] = code
     return codes
 
 
 cpdef bint op_applies(int op, int typ) noexcept:
     """Does MPI define op on elements of C type typ?  (MAX/MIN not on
     complex numbers, the logical ops on integers and C_BOOL, the bitwise
-    ones on integers.)  Anything else is the general path's to report."""
+    ones on integers, MAXLOC/MINLOC on the pairs and nothing else on
+    them.)  Anything else is the general path's to report."""
     cdef bint integer = T_I64 == typ or T_I32 == typ or (T_I16 <= typ <= T_U8)
+    cdef bint pair = T_DOUBLE_INT <= typ <= T_SHORT_INT
+    if op == OP_MAXLOC or op == OP_MINLOC:
+        return pair
+    if pair:
+        return False
     if op == OP_SUM or op == OP_PROD:
         return typ != T_BOOL and typ != 0
     if op == OP_MAX or op == OP_MIN:
@@ -200,7 +227,41 @@ cdef char _numpy_char(cnp.ndarray arr) noexcept:
     return 0
 
 
+cdef extern from "numpy/arrayobject.h":
+    bint PyDataType_REFCHK(cnp.PyArray_Descr *) nogil
+
+
+cdef bint _direct_records(object obj, bint writable, char **data,
+                          Py_ssize_t *length) noexcept:
+    """_direct for a numpy array of records, the usual buffer of the
+    MAXLOC/MINLOC pairs (its format is none _direct takes): contiguous and
+    holding no Python objects, whose pointers must not cross to another
+    process.  (The datatype says what the bytes are, as to the library.)"""
+    cdef cnp.ndarray arr
+    if type(obj) is not cnp.ndarray:
+        return False
+    arr = <cnp.ndarray>obj
+    if cnp.PyArray_TYPE(arr) != cnp.NPY_VOID or PyDataType_REFCHK(cnp.PyArray_DESCR(arr)) \
+            or not (cnp.PyArray_IS_C_CONTIGUOUS(arr) or cnp.PyArray_IS_F_CONTIGUOUS(arr)) \
+            or (writable and not cnp.PyArray_ISWRITEABLE(arr)):
+        return False
+    data[0] = <char *>cnp.PyArray_DATA(arr)
+    length[0] = cnp.PyArray_NBYTES(arr)
+    return True
+
+
 cdef inline Py_ssize_t _item_bytes(int typ) noexcept nogil:
+    # (A pair's bytes are its struct's extent, padding included, as MPI's.)
+    if typ == T_DOUBLE_INT:
+        return sizeof(ivmpi_double_int)
+    if typ == T_FLOAT_INT:
+        return sizeof(ivmpi_float_int)
+    if typ == T_LONG_INT:
+        return sizeof(ivmpi_long_int)
+    if typ == T_2INT:
+        return sizeof(ivmpi_2int)
+    if typ == T_SHORT_INT:
+        return sizeof(ivmpi_short_int)
     if typ == T_F64 or typ == T_I64 or typ == T_U64 or typ == T_C64:
         return 8
     if typ == T_C128:
@@ -355,6 +416,9 @@ cdef class SmallCollectives:
             if datatype is None and type(buf) is cnp.ndarray:
                 self._format_type(s, _numpy_char(<cnp.ndarray>buf),
                                   cnp.PyArray_ITEMSIZE(<cnp.ndarray>buf))
+        elif T_DOUBLE_INT <= s.typ <= T_SHORT_INT \
+                and _direct_records(buf, writable, &s.data, &s.length):
+            pass
         else:
             if not _pin(buf, writable, &s.view):
                 return False

@@ -10,7 +10,7 @@ import weakref
 
 from .lib import MPI as _MPI
 
-from ._fastcopy import (SMALL_OPS, BoundCollective, FastPath, PersistentStart,
+from ._fastcopy import (PAIR_TYPES, SMALL_OPS, BoundCollective, FastPath, PersistentStart,
                         SmallCollectives, new_message, new_request, set_typed_layout)
 
 from .buffers import fast_plan, parse_recv, parse_send
@@ -50,6 +50,9 @@ def _predefined_extents():
     global _EXTENTS
     if _EXTENTS is None:
         types = list(_MPI._typedict.values()) + [_MPI.BYTE, _MPI.CHAR, _MPI.PACKED]
+        # The pairs of MAXLOC/MINLOC, in whole extents as the general path
+        # moves them: their reductions take the one-call paths.
+        types += [getattr(_MPI, name) for name in PAIR_TYPES if hasattr(_MPI, name)]
         _EXTENTS = {t.handle: t.Get_extent()[1] for t in types if t.Get_extent()[1] > 0}
     return _EXTENTS
 
