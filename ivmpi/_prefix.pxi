@@ -148,6 +148,16 @@ cdef extern from *:
     IVMPI_FUNC(float _Complex, ivmpi_prefix_c64, IVMPI_ARITH)
     IVMPI_FUNC(double _Complex, ivmpi_prefix_c128, IVMPI_ARITH)
     IVMPI_FUNC(unsigned char, ivmpi_prefix_bool, IVMPI_LOGIC)
+    /* Half floats where the compiler has them: each operation's result is
+       rounded to half once, as the library's own _Float16 loops round it.
+       long double: the C type the library's loops use too. */
+    #if defined(__FLT16_MAX__)
+    #define IVMPI_HAVE_FLOAT16 1
+    IVMPI_FUNC(_Float16, ivmpi_prefix_f16, IVMPI_ARITH IVMPI_ORDER)
+    #else
+    #define IVMPI_HAVE_FLOAT16 0
+    #endif
+    IVMPI_FUNC(long double, ivmpi_prefix_ld, IVMPI_ARITH IVMPI_ORDER)
 
     #define IVMPI_LOC_LOOP(V, WINS)                                                \
         for (i = 0; i < n; i++) {                                                  \
@@ -215,12 +225,19 @@ cdef extern from *:
                                 (const ivmpi_2int *)higher, n); break;
         case 18: ivmpi_loc_short_int(op, (ivmpi_short_int *)out, (const ivmpi_short_int *)lower,
                                      (const ivmpi_short_int *)higher, n); break;
+    #if IVMPI_HAVE_FLOAT16
+        case 19: ivmpi_prefix_f16(op, (_Float16 *)out, (const _Float16 *)lower,
+                                  (const _Float16 *)higher, n); break;
+    #endif
+        case 20: ivmpi_prefix_ld(op, (long double *)out, (const long double *)lower,
+                                 (const long double *)higher, n); break;
         default: break;
         }
     }
     """
     void _combine3 "ivmpi_combine3"(int op, int typ, char *out, const char *lower,
                                     const char *higher, Py_ssize_t n) nogil
+    int IVMPI_HAVE_FLOAT16
     # The pairs' structs, for their sizes (_item_bytes).
     ctypedef struct ivmpi_double_int:
         double v

@@ -56,6 +56,8 @@ cdef enum:
     T_LONG_INT = 16
     T_2INT = 17
     T_SHORT_INT = 18
+    T_F16 = 19          # half float (_Float16), where the compiler has it
+    T_LDOUBLE = 20      # C long double
 
 
 cdef void _combine(int op, int typ, char *acc, const char *other, Py_ssize_t n,
@@ -120,6 +122,13 @@ def small_type_codes(lib):
             codes[datatype.handle] = code
     codes[lib.LONG.handle] = T_I64 if lib.LONG.Get_size() == 8 else T_I32
     codes[lib.UNSIGNED_LONG.handle] = T_U64 if lib.UNSIGNED_LONG.Get_size() == 8 else T_U32
+    # Half floats and long doubles have no name in mpi4py but their
+    # numpy type characters.
+    half = getattr(lib, "_typedict", {}).get("e")
+    if IVMPI_HAVE_FLOAT16 and half is not None and half.Get_extent() == (0, 2):
+        codes[half.handle] = T_F16
+    if lib.LONG_DOUBLE.Get_extent() == (0, sizeof(long double)):
+        codes[lib.LONG_DOUBLE.handle] = T_LDOUBLE
     for name, (code, value) in PAIR_TYPES.items():
         datatype = getattr(lib, name, None)
         # Only a library that lays the pair out as the C struct the combine
@@ -144,7 +153,7 @@ cpdef bint op_applies(int op, int typ) noexcept:
     if op == OP_SUM or op == OP_PROD:
         return typ != T_BOOL and typ != 0
     if op == OP_MAX or op == OP_MIN:
-        return integer or typ == T_F64 or typ == T_F32
+        return integer or typ == T_F64 or typ == T_F32 or typ == T_F16 or typ == T_LDOUBLE
     if op == OP_LAND or op == OP_LOR or op == OP_LXOR:
         return integer or typ == T_BOOL
     if op == OP_BAND or op == OP_BOR or op == OP_BXOR:
@@ -224,6 +233,10 @@ cdef char _numpy_char(cnp.ndarray arr) noexcept:
         return b'D'
     if num == cnp.NPY_BOOL:
         return b'?'
+    if num == cnp.NPY_FLOAT16:
+        return b'e'
+    if num == cnp.NPY_LONGDOUBLE:
+        return b'g'
     return 0
 
 
@@ -266,7 +279,9 @@ cdef inline Py_ssize_t _item_bytes(int typ) noexcept nogil:
         return 8
     if typ == T_C128:
         return 16
-    if typ == T_I16 or typ == T_U16:
+    if typ == T_LDOUBLE:
+        return sizeof(long double)
+    if typ == T_I16 or typ == T_U16 or typ == T_F16:
         return 2
     if typ == T_I8 or typ == T_U8 or typ == T_BOOL:
         return 1
@@ -345,7 +360,8 @@ cdef class SmallCollectives:
                             (b'Q', lib.UNSIGNED_LONG_LONG), (b'I', lib.UNSIGNED),
                             (b'H', lib.UNSIGNED_SHORT), (b'B', lib.UNSIGNED_CHAR),
                             (b'F', lib.C_FLOAT_COMPLEX), (b'D', lib.C_DOUBLE_COMPLEX),
-                            (b'?', lib.C_BOOL)):
+                            (b'?', lib.C_BOOL), (b'g', lib.LONG_DOUBLE),
+                            (b'e', lib._typedict.get('e', lib.DATATYPE_NULL))):
             self.format_key[c[0]] = <size_t>datatype.handle
         self.soff = <Py_ssize_t *>malloc(4 * max(size, 1) * sizeof(Py_ssize_t))
         if self.soff == NULL:

@@ -1,6 +1,6 @@
 """Reductions of every element type and predefined op the C combine knows
-(ivmpi/_prefix.pxi, op_applies), MAXLOC/MINLOC on the pair datatypes
-included, on every reduction call, blocking, nonblocking and persistent,
+(ivmpi/_prefix.pxi, op_applies), half floats, long doubles and
+MAXLOC/MINLOC on the pair datatypes included, on every reduction call, blocking, nonblocking and persistent,
 small and streamed, against Open MPI given the same data; and the
 combinations MPI does not define are errors, as the library reports them."""
 import numpy as np
@@ -18,7 +18,7 @@ ORDER = ["MAX", "MIN"]
 LOGIC = ["LAND", "LOR", "LXOR"]
 BITS = ["BAND", "BOR", "BXOR"]
 CASES = ([(t, op) for t in INTEGERS for op in ARITH + ORDER + LOGIC + BITS]
-         + [(t, op) for t in ["f4", "f8"] for op in ARITH + ORDER]
+         + [(t, op) for t in ["e", "f4", "f8", "g"] for op in ARITH + ORDER]
          + [(t, op) for t in ["c8", "c16"] for op in ARITH]
          + [("?", op) for op in LOGIC])
 COUNTS = [1, 5, 3000, 70000]          # 70000 elements: past the eager limit for most types
@@ -149,7 +149,8 @@ def test_pair_reductions_match_open_mpi(comm, pair, op, count):
 
 UNDEFINED = [("c16", "MAX"), ("c8", "MIN"), ("f8", "BAND"), ("f4", "LOR"), ("?", "SUM"),
              ("c16", "BXOR"), ("f8", "MAXLOC"), ("i4", "MINLOC"), ("DOUBLE_INT", "SUM"),
-             ("TWOINT", "MAX"), ("SHORT_INT", "BAND"), ("FLOAT_INT", "LXOR")]
+             ("TWOINT", "MAX"), ("SHORT_INT", "BAND"), ("FLOAT_INT", "LXOR"), ("e", "BAND"),
+             ("g", "LOR")]
 
 
 @pytest.mark.parametrize("dtype,op", UNDEFINED, ids=[f"{t}-{o}" for t, o in UNDEFINED])
@@ -173,3 +174,19 @@ def test_undefined_combinations_are_errors(comm, dtype, op, call):
                               *extra)
     with pytest.raises(_native.Exception):
         getattr(comm, call)(spec(mine, MPI), spec(out.copy(), MPI), getattr(MPI, op), *extra)
+
+
+@pytest.mark.parametrize("dtype", ["e", "g", "f8"])
+def test_half_floats_and_long_doubles_combine_in_one_call(comm, dtype, monkeypatch):
+    """float16 and long double took the general algorithm (8 elements on 2
+    ranks: 4.4-6.8 against 1.5-2.2 us for mpi4py): the C combine takes them
+    now, as the other floating types."""
+    general = []
+    monkeypatch.setattr(comm._collectives, "Allreduce", lambda *args: general.append(args))
+    mine = data(dtype, "SUM", 8, comm.rank)
+    ours, theirs = np.zeros_like(mine), np.zeros_like(mine)
+    comm.Allreduce(mine, ours, MPI.SUM)
+    NATIVE.Allreduce(mine, theirs, _native.SUM)
+    if comm.size > 1:
+        assert general == []
+        assert np.array_equal(ours, theirs)
