@@ -278,6 +278,57 @@ def _sendrecv_replace(ctx):
     return lambda: comm.Sendrecv_replace(buf, peer, TAG, peer, TAG)
 
 
+@case("Isendrecv", "p2p", pairwise=True)
+def _isendrecv(ctx):
+    comm, peer = ctx.comm, ctx.peer
+    sbuf, rbuf = ctx.buffer(ctx.nbytes), ctx.buffer(ctx.nbytes)
+    return lambda: comm.Isendrecv(sbuf, peer, TAG, rbuf, peer, TAG).Wait()
+
+
+@case("Isendrecv_replace", "p2p", pairwise=True)
+def _isendrecv_replace(ctx):
+    comm, peer, buf = ctx.comm, ctx.peer, ctx.buffer(ctx.nbytes)
+    return lambda: comm.Isendrecv_replace(buf, peer, TAG, peer, TAG).Wait()
+
+
+# Isend/Irecv exchanges completed by the calls on lists of requests other
+# than Waitall: completion loops as programs write them.
+def completed_exchange(ctx, complete):
+    comm, peer, MPI = ctx.comm, ctx.peer, ctx.MPI
+    sbuf, rbuf = ctx.buffer(ctx.nbytes), ctx.buffer(ctx.nbytes)
+    return lambda: complete(MPI.Request, [comm.Irecv(rbuf, peer, TAG),
+                                          comm.Isend(sbuf, peer, TAG)])
+
+
+def _by_waitany(Request, requests):
+    while Request.Waitany(requests) >= 0:
+        pass
+
+
+def _by_testall(Request, requests):
+    while not Request.Testall(requests):
+        pass
+
+
+def _by_waitsome(Request, requests):
+    while Request.Waitsome(requests) is not None:
+        pass
+
+
+def _by_test(Request, requests):
+    for req in requests:
+        while not req.Test():
+            pass
+
+
+for _name, _complete in (("Isend/Irecv+Waitany", _by_waitany),
+                         ("Isend/Irecv+Testall", _by_testall),
+                         ("Isend/Irecv+Waitsome", _by_waitsome),
+                         ("Isend/Irecv+Test", _by_test)):
+    case(_name, "p2p", pairwise=True)(
+        lambda ctx, complete=_complete: completed_exchange(ctx, complete))
+
+
 def persistent_exchange(ctx, init_method):
     comm, peer, MPI = ctx.comm, ctx.peer, ctx.MPI
     sbuf, rbuf = ctx.buffer(ctx.nbytes), ctx.buffer(ctx.nbytes)
@@ -388,6 +439,14 @@ def _obj_isend(ctx):
 @case("issend/irecv", "p2p-obj", pairwise=True)
 def _obj_issend(ctx):
     return object_exchange(ctx, "issend")
+
+
+@case("isend/irecv+waitall", "p2p-obj", pairwise=True)
+def _obj_waitall(ctx):
+    comm, peer, obj, MPI = ctx.comm, ctx.peer, payload(ctx), ctx.MPI
+    room = bytearray(ctx.nbytes + 1024)
+    return lambda: MPI.Request.waitall([comm.irecv(room, source=peer, tag=TAG),
+                                        comm.isend(obj, peer, TAG)])
 
 
 @case("sendrecv", "p2p-obj", pairwise=True)
