@@ -13,6 +13,9 @@ cdef object _py_Testany = None
 cdef object _py_Waitsome = None
 cdef object _py_Testsome = None
 cdef long _UNDEFINED = -32766       # MPI.UNDEFINED, set below
+# Rounds of C polls over the pending requests' peers before a Waitany or
+# Waitsome waiting for several hands over to the engine's wait.
+cdef int _ANY_ROUNDS = 256
 
 
 def set_request_completions(test, testall, waitany, testany, waitsome, testsome, undefined):
@@ -86,6 +89,31 @@ cdef int _poll_request(object req, object op) except -1:
             return 0
     comm._engine.progress()
     return 0
+
+
+cdef bint _poll_any(object requests, int rounds) except -1:
+    """Poll the peers of the pending requests in C, round after round,
+    until one is done (True) or `rounds` rounds pass, or a request is of a
+    kind only the engine's progress advances (False).  With more ranks
+    than cores (negative spins) a few rounds only: the engine's wait
+    yields the core between its polls."""
+    cdef int k = 0
+    while k < rounds:
+        for req in requests:
+            op = req._op
+            if op is None:
+                continue
+            if _op_done(op):
+                return True
+            fast = getattr(req._comm, "_fast", None)
+            if type(fast) is not FastPath or (<FastPath>fast)._poll_op(op, 0) < 0:
+                return False
+            if (<Op>op).done:
+                return True
+            if (<FastPath>fast).spins < 0 and rounds > 8:
+                rounds = 8
+        k += 1
+    return False
 
 
 cdef Py_ssize_t _scan(object requests, Py_ssize_t *active, Py_ssize_t *waiting,
@@ -164,11 +192,15 @@ def request_Waitany(cls, requests, status=None):
         return _UNDEFINED
     if first < 0:
         if waiting > 1:
-            return _py_Waitany(cls, requests, status)   # the engine's wait for any
-        # One to wait for: the single request's wait, with its polls in C.
-        req = requests[pending]
-        _await(req, req._op, OneOf("Waitany", len(requests), req))
-        first = pending
+            # Their peers polled in C for a while, then the engine's wait.
+            if not _poll_any(requests, _ANY_ROUNDS):
+                return _py_Waitany(cls, requests, status)
+            first = _scan(requests, &active, &waiting, &pending)
+        else:
+            # One to wait for: the single request's wait, with its polls in C.
+            req = requests[pending]
+            _await(req, req._op, OneOf("Waitany", len(requests), req))
+            first = pending
     if not _complete_plain(requests[first]):
         return _py_Waitany(cls, requests, status)
     return first
@@ -218,9 +250,11 @@ def request_Waitsome(cls, requests, statuses=None):
         return None
     if first < 0:
         if waiting > 1:
-            return _py_Waitsome(cls, requests, statuses)
-        req = requests[pending]
-        _await(req, req._op, OneOf("Waitsome", len(requests), req))
+            if not _poll_any(requests, _ANY_ROUNDS):
+                return _py_Waitsome(cls, requests, statuses)
+        else:
+            req = requests[pending]
+            _await(req, req._op, OneOf("Waitsome", len(requests), req))
     done = _complete_done(requests)
     return done if done is not None else _py_Waitsome(cls, requests, statuses)
 
