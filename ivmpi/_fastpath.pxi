@@ -796,7 +796,8 @@ cdef class FastPath:
             source = self.any_source
         if recvtag is None:
             recvtag = self.any_tag
-        req = self._isendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag, "Isendrecv")
+        req = self._isendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag, "Isendrecv",
+                              _SendrecvOp is not None)
         if req is None:
             return self.general_Isendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag)
         return req
@@ -806,25 +807,36 @@ cdef class FastPath:
             source = self.any_source
         if recvtag is None:
             recvtag = self.any_tag
-        req = self._isendrecv(buf, dest, sendtag, buf, source, recvtag, "Isendrecv_replace")
+        req = self._isendrecv(buf, dest, sendtag, buf, source, recvtag, "Isendrecv_replace",
+                              False)
         if req is None:
             return self.general_Isendrecv_replace(buf, dest, sendtag, source, recvtag)
         return req
 
     cdef object _isendrecv(self, object sendbuf, object dest, object sendtag, object recvbuf,
-                           object source, object recvtag, str what):
-        """The request of the one-call Isendrecv, or None with nothing done."""
+                           object source, object recvtag, str what, bint announce):
+        """The request of the one-call Isendrecv, or None with nothing done.
+        announce: a message the peer copies from our memory may be
+        announced instead of sent (not when the receive lands in the same
+        buffer, which the peer may not have copied yet)."""
         cdef Py_ssize_t extent, nbytes, offset
         if type(dest) is not int or type(sendtag) is not int or type(source) is not int \
                 or type(recvtag) is not int or not self._postable(source, recvtag):
             return None
         plain = self._plain_at(recvbuf, &extent, &nbytes, &offset)
         mem = None if plain is None else _byte_view(plain, nbytes, extent, offset)
-        if mem is None or not (-1 < dest < self.size and 0 <= sendtag <= _TAG_UB) \
-                or not self._send_buffer(sendbuf, dest, sendtag):
+        if mem is None or not (-1 < dest < self.size and 0 <= sendtag <= _TAG_UB):
             return None
-        return self.new_request(self.comm, self._post_receive(source, recvtag, mem), None,
-                                (what, "from", source))
+        if self._send_buffer(sendbuf, dest, sendtag):
+            op = self._post_receive(source, recvtag, mem)
+        elif announce:
+            sent = self._send_rendezvous(sendbuf, dest, sendtag, True)
+            if sent is None:
+                return None
+            op = _SendrecvOp(sent, self._post_receive(source, recvtag, mem))
+        else:
+            return None
+        return self.new_request(self.comm, op, None, (what, "from", source))
 
     cdef object _typed_receiver(self, object spec):
         """A _Scatter for a receive spec with holes whose elements fit the
@@ -2549,10 +2561,14 @@ cdef object _py_message_Recv = None
 cdef object _py_message_recv = None
 
 
-def set_request_types(request, prequest, wait_upper, wait_lower, waitall, start):
+cdef object _SendrecvOp = None     # ivmpi.request.SendrecvOp: Isendrecv's two operations
+
+
+def set_request_types(request, prequest, wait_upper, wait_lower, waitall, start,
+                      sendrecv_op=None):
     """The request classes and their Python methods (see above)."""
-    global _Request, _Prequest, _py_Wait, _py_wait, _py_Waitall, _py_Start
-    _Request, _Prequest = request, prequest
+    global _Request, _Prequest, _py_Wait, _py_wait, _py_Waitall, _py_Start, _SendrecvOp
+    _Request, _Prequest, _SendrecvOp = request, prequest, sendrecv_op
     _py_Wait, _py_wait, _py_Waitall, _py_Start = wait_upper, wait_lower, waitall, start
 
 
@@ -2636,6 +2652,14 @@ cdef int _await(object req, object op, object what=None) except -1:
     then the engine's wait does the rest.  what: the call named in errors
     (default: the request's own description)."""
     comm = req._comm
+    if type(op) is _SendrecvOp:
+        # Isendrecv's pair (messages past the eager limit): each half polled
+        # in C, the receive first (whose peer's ring also brings the send's
+        # clear-to-send when it is the same peer).
+        for half in (op.recv, op.send):
+            if not _op_done(half):
+                _await(req, half, req if what is None else what)
+        return 0
     fast = getattr(comm, "_fast", None)
     if type(fast) is FastPath:
         if type(op) is LibraryRecv or type(op) is LibrarySend:

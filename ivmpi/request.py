@@ -899,7 +899,7 @@ class Message:
 # The common completions in one Cython call each (ivmpi/_fastpath.pxi);
 # the methods above stay in charge of everything else.
 _fastcopy.set_request_types(Request, Prequest, Request.Wait, Request.wait,
-                            Request.Waitall.__func__, Prequest.Start)
+                            Request.Waitall.__func__, Prequest.Start, SendrecvOp)
 Request.Wait = _fastcopy.request_Wait
 Request.wait = _fastcopy.request_wait
 Request.Waitall = classmethod(_fastcopy.request_Waitall)
