@@ -788,10 +788,12 @@ cdef class FastPath:
 
     def Isendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=None, recvtag=None):
         """Isendrecv in one call when its receive buffer is plain and its
-        message goes eagerly now: the receive's buffer is checked, the
-        message sent, then the receive posted (the bytes are in the ring:
-        an Isendrecv_replace may receive into the buffer it sent from).
-        The request is the receive's.  Anything else: the general path's."""
+        message goes eagerly now (the request is the receive's) or is
+        announced to a peer that copies it from our memory (the request is
+        the pair's): the receive's buffer is checked, the message sent,
+        then the receive posted.  (Eager, the bytes are in the ring: an
+        Isendrecv_replace may receive into the buffer it sent from.)
+        Anything else: the general path's."""
         if source is None:
             source = self.any_source
         if recvtag is None:
