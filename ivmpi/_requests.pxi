@@ -278,6 +278,7 @@ cdef object _py_test = None
 
 
 def set_object_completions(waitall, test):
+    """The Python methods request_waitall and request_test hand the rest to."""
     global _py_waitall, _py_test
     _py_waitall, _py_test = waitall, test
 
