@@ -124,7 +124,7 @@ def small_type_codes(lib):
     codes[lib.UNSIGNED_LONG.handle] = T_U64 if lib.UNSIGNED_LONG.Get_size() == 8 else T_U32
     # Half floats and long doubles have no name in mpi4py but their
     # numpy type characters.
-    half = getattr(lib, "_typedict", {}).get("e")
+    half = lib._typedict.get("e")
     if IVMPI_HAVE_FLOAT16 and half is not None and half.Get_extent() == (0, 2):
         codes[half.handle] = T_F16
     if lib.LONG_DOUBLE.Get_extent() == (0, sizeof(long double)):
@@ -1229,14 +1229,10 @@ cdef class SmallCollectives:
         if not self._open(recvbuf, True, &recv):
             return False
         if in_place:
-            # Reduced from a copy of the input: the result, written at the
-            # start of the buffer, would overwrite blocks still to be sent.
-            total = recv.length if recv.nbytes < 0 else recv.nbytes
-            if total > recv.length:
-                _close(&recv)
-                return False
-            input_copy = PyByteArray_FromStringAndSize(recv.data, total)
-            send.data, send.length, send.nbytes = PyByteArray_AS_STRING(input_copy), total, -1
+            # The input is the receive buffer whole (copied below, once the
+            # call is known to be this path's).
+            send.data, send.nbytes = recv.data, -1
+            send.length = recv.length if recv.nbytes < 0 else recv.nbytes
             send.typ, send.key, send.pinned = recv.typ, recv.key, False
         elif not self._open(sendbuf, False, &send):
             _close(&recv)
@@ -1248,10 +1244,6 @@ cdef class SmallCollectives:
             item = _item_bytes(typ)
             total = send.length if send.nbytes < 0 else send.nbytes * (size if counts is None
                                                                          else 1)
-            if in_place:
-                # Only the block's bytes are this rank's result (checked below).
-                recv.nbytes = total // size if counts is None else (
-                    <Py_ssize_t>counts[rank] * item if type(counts[rank]) is int else -1)
             recv.nbytes = recv.length if recv.nbytes < 0 else recv.nbytes
             if total > send.length or recv.nbytes > recv.length or total % item \
                     or recv.nbytes % item or (counts is None and total % (size * item)):
@@ -1268,11 +1260,17 @@ cdef class SmallCollectives:
                 self.soff[i] = start
                 self.slen[i] = c
                 start += c
+            if in_place:
+                recv.nbytes = self.slen[rank]       # this rank's block, at the start
             if start != total or self.slen[rank] != recv.nbytes:
                 return False
-            # Overlapping buffers: the general path reports or copies.
-            if send.data < recv.data + recv.nbytes and recv.data < send.data + total:
-                return False
+            if in_place:
+                # Reduced from a copy of the input: the result, written at the
+                # start of the buffer, would overwrite blocks still to be sent.
+                input_copy = PyByteArray_FromStringAndSize(send.data, total)
+                send.data = PyByteArray_AS_STRING(input_copy)
+            elif send.data < recv.data + recv.nbytes and recv.data < send.data + total:
+                return False        # overlapping buffers: the general path reports or copies
             reduce_scatter_stream(self, send.data, recv.data, self.soff, self.slen, item,
                                   <int>self._op_code(op), typ, self.reduce_scatter_tag)
             return True
