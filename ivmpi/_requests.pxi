@@ -28,26 +28,16 @@ def set_request_completions(test, testall, waitany, testany, waitsome, testsome,
 
 
 def scan_requests(requests):
-    """One pass over ivmpi requests: (active, done, pending, waiting) with
-    active the number whose operation is not None (the others are null
-    or inactive), done the list of indices of those whose operation is
-    done, pending the first request whose operation is not (or None) and
-    waiting how many such.  AttributeError for one that is not ivmpi's."""
-    cdef Py_ssize_t i = 0, active = 0, waiting = 0
+    """One pass over ivmpi requests (_scan) for the Python methods:
+    (active, done, pending, waiting) with active the number whose
+    operation is not None (the others are null or inactive), done the list
+    of indices of those whose operation is done, pending the first request
+    whose operation is not (or None) and waiting how many such.
+    AttributeError for one that is not ivmpi's."""
+    cdef Py_ssize_t active, waiting, pending
     cdef list done = []
-    pending = None
-    for req in requests:
-        op = req._op
-        if op is not None:
-            active += 1
-            if _op_done(op):
-                done.append(i)
-            else:
-                waiting += 1
-                if pending is None:
-                    pending = req
-        i += 1
-    return active, done, pending, waiting
+    _scan(requests, &active, &waiting, &pending, done)
+    return active, done, (requests[pending] if pending >= 0 else None), waiting
 
 
 cdef class OneOf:
@@ -117,9 +107,10 @@ cdef bint _poll_any(object requests, int rounds) except -1:
 
 
 cdef Py_ssize_t _scan(object requests, Py_ssize_t *active, Py_ssize_t *waiting,
-                      Py_ssize_t *pending) except -2:
+                      Py_ssize_t *pending, list done=None) except -2:
     """Index of the first active request that is done (-1: none); active
-    and waiting (not done) counts, and the index of the first waiting."""
+    and waiting (not done) counts, and the index of the first waiting;
+    done, when given, gets the index of every active request that is done."""
     cdef Py_ssize_t i = 0, first = -1
     active[0] = waiting[0] = 0
     pending[0] = -1
@@ -130,6 +121,8 @@ cdef Py_ssize_t _scan(object requests, Py_ssize_t *active, Py_ssize_t *waiting,
             if _op_done(op):
                 if first < 0:
                     first = i
+                if done is not None:
+                    done.append(i)
             else:
                 waiting[0] += 1
                 if pending[0] < 0:
@@ -228,14 +221,11 @@ cdef object _complete_done(object requests):
     """Complete every active request that is done: their indices, or None
     when one failed (nothing completed: the Python method reports it)."""
     cdef list done = []
-    cdef Py_ssize_t i = 0
-    for req in requests:
-        op = req._op
-        if op is not None and _op_done(op):
-            if op.error is not None:
-                return None
-            done.append(i)
-        i += 1
+    cdef Py_ssize_t active, waiting, pending
+    _scan(requests, &active, &waiting, &pending, done)
+    for i in done:
+        if requests[i]._op.error is not None:
+            return None
     for i in done:
         requests[i]._op = None
     return done
