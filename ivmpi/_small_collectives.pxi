@@ -60,6 +60,25 @@ cdef enum:
     T_LDOUBLE = 20      # C long double
 
 
+# A user-defined op (Op.Create) combines through the library, as mpi4py's
+# own Reduce_local does: the library calls mpi4py's trampoline, which calls
+# the op's Python function on the two buffers.  (The handles are the
+# library's pointers, passed as such; _route.pxi declares the same calls
+# with their types.)
+cdef extern from "mpi.h":
+    int _lib_reduce_local "MPI_Reduce_local"(const void *inbuf, void *inoutbuf, int count,
+                                              void *datatype, void *op)
+
+
+cdef int _user_combine(const char *inbuf, char *inoutbuf, Py_ssize_t count, size_t datatype,
+                       size_t op) except -1:
+    """inoutbuf = inbuf (op) inoutbuf, by the library (GIL held: the op is Python)."""
+    cdef int err = _lib_reduce_local(inbuf, inoutbuf, <int>count, <void *>datatype, <void *>op)
+    if err != 0:
+        raise RuntimeError(f"ivmpi: MPI_Reduce_local failed (error {err})")
+    return 0
+
+
 cdef void _combine(int op, int typ, char *acc, const char *other, Py_ssize_t n,
                    bint acc_is_lower) noexcept nogil:
     # acc = lower (op) higher, element-wise, where lower is the value from the
@@ -316,6 +335,9 @@ cdef class SmallCollectives:
     # peer's copy waits for it to be scheduled (the sender would too).
     cdef public bint give_copies
     cdef object last_op, last_code
+    cdef object op_type, last_user_op   # the library's Op class; the last user op met
+    cdef size_t last_user_handle
+    cdef bint last_user_commutes
     cdef bytearray acc, tmp, part
     cdef Py_ssize_t *soff
     cdef Py_ssize_t *slen
@@ -351,6 +373,7 @@ cdef class SmallCollectives:
         self.part = bytearray(0)
         from ivmpi.lib import MPI as lib
         self.typecodes = small_type_codes(lib)
+        self.op_type = lib.Op
         # The datatype mpi4py reads from a buffer's format, for the formats
         # the C combine knows.
         memset(self.format_key, 0, sizeof(self.format_key))
@@ -580,6 +603,25 @@ cdef class SmallCollectives:
             self.last_op, self.last_code = op, code
         return code
 
+    cdef size_t _user_op(self, object op, bint *commutes) except? 0:
+        """The library handle of a user-defined op (Op.Create, not freed),
+        and whether it commutes; 0 for anything else.  The same op object
+        comes back call after call: remembered with its handle (freed, an
+        op's handle becomes OP_NULL's)."""
+        cdef size_t handle
+        if not isinstance(op, self.op_type):
+            return 0
+        handle = <size_t>op.handle
+        if op is self.last_user_op and handle == self.last_user_handle:
+            commutes[0] = self.last_user_commutes
+            return handle
+        if op.is_predefined:        # (OP_NULL too)
+            return 0
+        self.last_user_op, self.last_user_handle = op, handle
+        self.last_user_commutes = op.is_commutative
+        commutes[0] = self.last_user_commutes
+        return handle
+
     cdef char *_scratch(self, int which, Py_ssize_t n) except NULL:
         """One of three private scratch buffers, at least n bytes."""
         if which == 0:
@@ -595,19 +637,22 @@ cdef class SmallCollectives:
         return PyByteArray_AS_STRING(self.part)
 
     cdef int _reduction(self, object sendbuf, object recvbuf, object op, Span *send,
-                        Span *recv, bint need_recv) except -1:
+                        Span *recv, bint need_recv, bint user=False) except -1:
         """Open the buffers of a reduction: 1 when the fast path takes it
         (send is then recv's data when IN_PLACE), else 0 with nothing open.
-        Same element type and byte count on both sides, as MPI asks."""
+        Same element type and byte count on both sides, as MPI asks.  user:
+        op is a user-defined op (_user_op), which takes any element type
+        the fast path knows."""
         cdef Py_ssize_t n
-        code = self._op_code(op)
+        code = 0 if user else self._op_code(op)
         if code is None:
             return 0
         if need_recv:
             if not self._open(recvbuf, True, recv):
                 return 0
             n = recv.nbytes if recv.nbytes >= 0 else recv.length
-            if n > recv.length or not op_applies(code, recv.typ) or n % _item_bytes(recv.typ):
+            if n > recv.length or not (recv.typ != 0 if user else op_applies(code, recv.typ)) \
+                    or n % _item_bytes(recv.typ):
                 _close(recv)
                 return 0
             recv.nbytes = n
@@ -622,7 +667,8 @@ cdef class SmallCollectives:
             return 0
         n = send.nbytes if send.nbytes >= 0 else send.length
         send.nbytes = n
-        if n > send.length or not op_applies(code, send.typ) or n % _item_bytes(send.typ) \
+        if n > send.length or not (send.typ != 0 if user else op_applies(code, send.typ)) \
+                or n % _item_bytes(send.typ) \
                 or (need_recv and (send.key != recv.key or n != recv.nbytes)):
             _close(send)
             if need_recv:
@@ -1019,16 +1065,28 @@ cdef class SmallCollectives:
     cdef bint _try_reduce(self, object sendbuf, object recvbuf, object op, object root) except -1:
         cdef Span send, recv
         cdef long r
-        cdef bint at_root
+        cdef bint at_root, commutes
+        cdef size_t user = 0
         if type(root) is not int or self.size < 2:
             return False
         r = root
         if r < 0 or r >= self.size:
             return False
         at_root = self.rank == r
-        if not self._reduction(sendbuf, recvbuf, op, &send, &recv, at_root):
+        if self._op_code(op) is None:
+            user = self._user_op(op, &commutes)
+            if user == 0:
+                return False
+        if not self._reduction(sendbuf, recvbuf, op, &send, &recv, at_root, user != 0):
             return False
         try:
+            if user:
+                if not self._small(send.nbytes):
+                    return False
+                self._user_reduce(send.data, recv.data if at_root else NULL, send.nbytes,
+                                  send.nbytes // _item_bytes(send.typ), send.key, user,
+                                  commutes, r, self.reduce_tag)
+                return True
             if (self.give_copies or not self._small(send.nbytes)) \
                     and pair_copies(self.size, self.rank, self.fast.world_ranks):
                 # (The tree's one message on two ranks, from the caller's
@@ -1067,10 +1125,24 @@ cdef class SmallCollectives:
         cdef int code, typ
         cdef char *acc
         cdef char *tmp
-        if size < 2 or not self._reduction(sendbuf, recvbuf, op, &send, &recv, True):
+        cdef size_t user = 0
+        cdef bint commutes
+        if size < 2:
+            return False
+        if self._op_code(op) is None:
+            user = self._user_op(op, &commutes)
+            if user == 0:
+                return False
+        if not self._reduction(sendbuf, recvbuf, op, &send, &recv, True, user != 0):
             return False
         try:
             n = recv.nbytes
+            if user:
+                if not self._small(n):
+                    return False
+                self._user_allreduce(send.data, recv.data, n, n // _item_bytes(recv.typ),
+                                     recv.key, user)
+                return True
             code = <int>self._op_code(op)
             typ = recv.typ
             count = n // _item_bytes(typ)
@@ -1122,6 +1194,89 @@ cdef class SmallCollectives:
         finally:
             _close(&send)
             _close(&recv)
+
+    cdef int _user_allreduce(self, const char *data, char *out, Py_ssize_t n,
+                             Py_ssize_t count, size_t datatype, size_t op) except -1:
+        """A small Allreduce with a user-defined op: the general path's
+        recursive doubling (Collectives.Allreduce) with its messages and its
+        operand order (the lower ranks' values on the left: right for ops
+        that do not commute), each combine the library's call of the op."""
+        cdef long size = self.size, rank = self.rank, pof2 = 1, extra, newrank, mask
+        cdef long newpartner, partner
+        cdef char *acc = self._scratch(0, n)
+        cdef char *tmp = self._scratch(1, n)
+        cdef char *t
+        ivmpi_move_plain(acc, data, n)
+        while pof2 * 2 <= size:
+            pof2 *= 2
+        extra = size - pof2
+        if rank < 2 * extra:
+            if rank % 2 == 0:
+                self._send(acc, n, rank + 1, self.allreduce_tag)
+                newrank = -1
+            else:
+                self._recv(tmp, n, rank - 1, self.allreduce_tag)
+                _user_combine(tmp, acc, count, datatype, op)         # acc = left op acc
+                newrank = rank // 2
+        else:
+            newrank = rank - extra
+        if newrank >= 0:
+            mask = 1
+            while mask < pof2:
+                newpartner = newrank ^ mask
+                partner = newpartner * 2 + 1 if newpartner < extra else newpartner + extra
+                self._send(acc, n, partner, self.allreduce_tag)
+                self._recv(tmp, n, partner, self.allreduce_tag)
+                if newpartner < newrank:
+                    _user_combine(tmp, acc, count, datatype, op)     # acc = theirs op acc
+                else:
+                    _user_combine(acc, tmp, count, datatype, op)     # tmp = acc op theirs
+                    t = acc
+                    acc = tmp
+                    tmp = t
+                mask <<= 1
+        if rank < 2 * extra:
+            if rank % 2:
+                self._send(acc, n, rank - 1, self.allreduce_tag)
+            else:
+                self._recv(acc, n, rank + 1, self.allreduce_tag)
+        ivmpi_move_plain(out, acc, n)
+        return 0
+
+    cdef int _user_reduce(self, const char *data, char *out, Py_ssize_t n, Py_ssize_t count,
+                          size_t datatype, size_t op, bint commutes, long root,
+                          long tag) except -1:
+        """A small Reduce with a user-defined op: the general path's
+        binomial tree (Collectives._reduce_bytes), around the root for an
+        op that commutes, else around rank 0 (which keeps the lower ranks
+        on the left) and then to the root; out: the result at the root."""
+        cdef long size = self.size, rank = self.rank, base, vrank, mask
+        cdef char *acc = self._scratch(0, n)
+        cdef char *tmp = self._scratch(1, n)
+        cdef char *t
+        ivmpi_move_plain(acc, data, n)
+        base = root if commutes else 0
+        vrank = (rank - base + size) % size
+        mask = 1
+        while mask < size:
+            if vrank & mask:
+                self._send(acc, n, (vrank - mask + base) % size, tag)
+                break
+            if vrank + mask < size:
+                self._recv(tmp, n, (vrank + mask + base) % size, tag)
+                _user_combine(acc, tmp, count, datatype, op)         # tmp = acc op tmp
+                t = acc
+                acc = tmp
+                tmp = t
+            mask <<= 1
+        if base != root:
+            if rank == base:
+                self._send(acc, n, root, tag)
+            elif rank == root:
+                self._recv(acc, n, base, tag)
+        if rank == root:
+            ivmpi_move_plain(out, acc, n)
+        return 0
 
     def Scan(self, sendbuf, recvbuf, op=None):
         if op is None:
