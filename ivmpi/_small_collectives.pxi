@@ -490,12 +490,14 @@ cdef class SmallCollectives:
     cdef bint _open_v(self, object spec, bint writable, Span *s, Py_ssize_t *off,
                       Py_ssize_t *length) except -1:
         """Open a vector spec [buf, counts, displs, datatype] (or mpi4py's
-        other spellings of one) with a predefined datatype and lists of
+        other spellings of one: [buf, counts], [buf, (counts, displs)] with
+        the buffer's own datatype) with a predefined datatype and lists of
         counts and displacements into s and the byte offset and length of
         each rank's block; False (nothing to close) for anything else."""
-        cdef object buf, counts, displs = None, datatype, entry
+        cdef object buf, counts, displs = None, datatype = None, entry
         cdef Py_ssize_t i, n, extent, c, d, running = 0
         cdef long size = self.size
+        cdef bint opened = False
         if type(spec) is not list and type(spec) is not tuple:
             return False
         n = len(spec)
@@ -507,6 +509,14 @@ cdef class SmallCollectives:
                 if len(counts) != 2:
                     return False
                 counts, displs = counts[0], counts[1]
+        elif n == 2:
+            buf, counts = spec[0], spec[1]
+            if type(counts) is tuple:
+                if len(counts) != 2:
+                    return False
+                counts, displs = counts[0], counts[1]
+            elif type(counts) is not list and type(counts) is not cnp.ndarray:
+                return False        # [buf, datatype], [buf, count]: the general path's
         else:
             return False
         if type(datatype) is str:
@@ -517,28 +527,40 @@ cdef class SmallCollectives:
             counts = counts.tolist()
         if type(displs) is cnp.ndarray and cnp.PyArray_ISINTEGER(<cnp.ndarray>displs):
             displs = displs.tolist()
-        entry = self.fast._extent_of(datatype)
-        if entry is None or (type(counts) is not list and type(counts) is not tuple) \
-                or len(counts) != size:
+        if (type(counts) is not list and type(counts) is not tuple) or len(counts) != size:
             return False
         if displs is not None and ((type(displs) is not list and type(displs) is not tuple)
                                    or len(displs) != size):
             return False
-        extent = <Py_ssize_t>entry
-        for i in range(size):
-            if type(counts[i]) is not int or (displs is not None and type(displs[i]) is not int):
+        if datatype is None:
+            # The datatype mpi4py reads from the buffer's format.
+            if type(buf) is list or type(buf) is tuple or not self._open(buf, writable, s):
                 return False
-            c = counts[i]
-            d = displs[i] if displs is not None else running
+            opened = True
+            if s.typ == 0:
+                _close(s)
+                return False
+            extent = _item_bytes(s.typ)
+        else:
+            entry = self.fast._extent_of(datatype)
+            if entry is None:
+                return False
+            extent = <Py_ssize_t>entry
+        for i in range(size):
+            c = counts[i] if type(counts[i]) is int else -1
+            d = (displs[i] if type(displs[i]) is int else -1) if displs is not None else running
             if c < 0 or d < 0 or c > (1 << 40) or d > (1 << 40):
+                if opened:
+                    _close(s)
                 return False
             running = d + c
             off[i] = d * extent
             length[i] = c * extent
-        if not self._open(buf, writable, s):
-            return False
-        s.key = <size_t>datatype.handle
-        s.typ = self.typecodes.get(datatype.handle, 0)
+        if not opened:
+            if not self._open(buf, writable, s):
+                return False
+            s.key = <size_t>datatype.handle
+            s.typ = self.typecodes.get(datatype.handle, 0)
         for i in range(size):
             if length[i] and off[i] + length[i] > s.length:
                 _close(s)
