@@ -410,7 +410,8 @@ def general_calls(comm, monkeypatch):
         return None
     general = comm._collectives
     for name in ("Bcast", "Allgather", "Allreduce", "Reduce", "Gather", "Scatter",
-                 "Reduce_scatter_block", "Reduce_scatter"):
+                 "Reduce_scatter_block", "Reduce_scatter", "Gatherv", "Scatterv", "Allgatherv",
+                 "Alltoallv"):
         def counted(*args, _method=getattr(general, name), _name=name, **kwargs):
             calls.append(_name)
             return _method(*args, **kwargs)
@@ -611,3 +612,57 @@ def test_user_op_reductions_give_the_general_paths_bits_when_ranks_mix_paths(com
     finally:
         general_type.Free()
         op.Free()
+
+
+@pytest.mark.parametrize("dtype", ["f8", "i4", "u1"])
+@pytest.mark.parametrize("form", ["counts", "numpy counts", "counts and displs"])
+def test_vector_specs_of_buffer_and_counts_take_the_one_call_paths(comm, dtype, form,
+                                                                  general_calls):
+    """mpi4py's short vector specs, [buf, counts] and [buf, (counts, displs)],
+    the datatype read from the buffer (they took the general algorithm: a
+    Gatherv of 8 doubles on 2 ranks 7.4 against Open MPI's 1.0 us): Open
+    MPI's results, uneven blocks, displacements with gaps left untouched."""
+    size, rank = comm.size, comm.rank
+    counts = [1 + (i % 3) for i in range(size)]
+    displs = [sum(counts[:i]) + 2 * i for i in range(size)]     # a gap of 2 after each block
+    length = displs[-1] + counts[-1] + 2
+
+    def spec(lib, buf):
+        if form == "counts":
+            return [buf, counts]
+        if form == "numpy counts":
+            return [buf, np.array(counts)]
+        return [buf, (counts, displs)]
+
+    def run(lib, comm_):
+        mine = (np.arange(counts[rank]) + 10 * rank + 1).astype(dtype)
+        out = {}
+        for root in range(size):
+            got = np.full(length, 99, dtype)
+            comm_.Gatherv(mine, spec(lib, got) if rank == root else None, root)
+            out[("Gatherv", root)] = got
+            whole = (np.arange(length) + 100 * root).astype(dtype)
+            part = np.full(counts[rank], 99, dtype)
+            comm_.Scatterv(spec(lib, whole) if rank == root else None, part, root)
+            out[("Scatterv", root)] = part
+        got = np.full(length, 99, dtype)
+        comm_.Allgatherv(mine, spec(lib, got))
+        out["Allgatherv"] = got
+        # Alltoallv: rank i sends rank j (and j expects from i) 1 + (i + j) % 3.
+        pair = [1 + (rank + j) % 3 for j in range(size)]
+        pair_displs = [sum(pair[:j]) + j for j in range(size)]
+        send = (np.arange(sum(pair) + size) + 1000 * rank).astype(dtype)
+        got = np.full(sum(pair) + size, 99, dtype)
+        if form == "counts and displs":
+            comm_.Alltoallv([send, (pair, pair_displs)], [got, (pair, pair_displs)])
+        else:
+            comm_.Alltoallv(spec(lib, send)[:1] + [pair], spec(lib, got)[:1] + [pair])
+        out["Alltoallv"] = got
+        return out
+
+    ours = run(MPI, comm)
+    theirs = run(_native, NATIVE)
+    for key, got in ours.items():
+        assert got.tolist() == theirs[key].tolist(), key
+    if general_calls is not None and size > 1:
+        assert general_calls == []
