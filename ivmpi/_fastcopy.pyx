@@ -361,3 +361,19 @@ include "_win.pxi"
 include "_schedule.pxi"
 include "_route.pxi"
 include "_requests.pxi"
+
+
+
+@cython.final
+cdef class Constant:
+    """A call that returns the same value every time, bound to an instance
+    in place of a method (a communicator's Get_rank and Get_size: they are
+    called in programs' inner loops, and mpi4py's are C calls)."""
+    cdef object value
+
+    def __cinit__(self, value):
+        self.value = value
+
+    def __call__(self):
+        return self.value
+

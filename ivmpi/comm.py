@@ -10,8 +10,9 @@ import weakref
 
 from .lib import MPI as _MPI
 
-from ._fastcopy import (PAIR_TYPES, SMALL_OPS, BoundCollective, FastPath, PersistentStart,
-                        SmallCollectives, new_message, new_request, set_typed_layout)
+from ._fastcopy import (PAIR_TYPES, SMALL_OPS, BoundCollective, Constant, FastPath,
+                        PersistentStart, SmallCollectives, new_message, new_request,
+                        set_typed_layout)
 
 from .buffers import fast_plan, parse_recv, parse_send
 from .collectives import COLLECTIVE_TAGS, Collectives
@@ -297,6 +298,7 @@ class Comm(_MPI.Comm):
         if type(self) not in _FAST_CLASSES:
             return
         fast, small = self._fast, self._shared
+        self.Get_rank, self.Get_size = Constant(self.rank), Constant(self.size)
         self.Send, self.Recv, self.Isend, self.Irecv = fast.Send, fast.Recv, fast.Isend, fast.Irecv
         self.irecv = fast.irecv
         self.send, self.recv = fast.send_object, fast.recv_object
@@ -386,10 +388,16 @@ class Comm(_MPI.Comm):
 
     # --- ranks and checks --------------------------------------------------------
 
+    # (On ivmpi's own classes the instance's Constant attributes, _bind_fast,
+    # answer until Free.)
     def Get_rank(self):
+        if self._freed:
+            raise MPIError(_MPI.ERR_COMM, "Get_rank: the communicator is freed")
         return self.rank
 
     def Get_size(self):
+        if self._freed:
+            raise MPIError(_MPI.ERR_COMM, "Get_size: the communicator is freed")
         return self.size
 
     def Get_group(self):
@@ -1033,6 +1041,8 @@ class Comm(_MPI.Comm):
             # The library's handle first: it refuses COMM_NULL and the predefined ones.
             _MPI.Comm.Free(self)
         self._freed = True
+        self.__dict__.pop("Get_rank", None)     # (the methods raise from now on)
+        self.__dict__.pop("Get_size", None)
         if "_fast" in self.__dict__:    # a communicator with region state
             self._fast.enabled = False
         if self._coll is not None:      # its collectives are gone with it

@@ -21,6 +21,22 @@ def test_rank_and_size(world):
     assert world.allgather(world.rank) == list(range(world.size))
 
 
+def test_rank_and_size_of_a_freed_communicator_are_errors_as_in_mpi4py(comm):
+    """Get_rank and Get_size answer from the instance (as fast as mpi4py's C
+    calls) until Free; then, as in mpi4py, they raise ERR_COMM (they kept
+    answering)."""
+    ours, theirs = comm.Dup(), NATIVE.Dup()
+    assert (ours.Get_rank(), ours.Get_size()) == (theirs.Get_rank(), theirs.Get_size())
+    ours.Free()
+    theirs.Free()
+    for call in ("Get_rank", "Get_size"):
+        with pytest.raises(_native.Exception) as native_error:
+            getattr(theirs, call)()
+        with pytest.raises(_native.Exception) as error:
+            getattr(ours, call)()
+        assert error.value.Get_error_class() == native_error.value.Get_error_class()
+
+
 def test_comm_self(world):
     me = MPI.COMM_SELF
     assert (me.Get_rank(), me.Get_size()) == (0, 1)
