@@ -267,6 +267,29 @@ cdef class _Scatter:
             PyBuffer_Release(&packed)
 
 
+# Polls that found nothing and gave the core away (with more ranks than
+# cores: FastPath.Iprobe/Improbe, Engine.test_progress), for tests.
+cdef unsigned long long _idle_yields = 0
+
+
+cdef inline void _yield_idle() noexcept nogil:
+    global _idle_yields
+    _idle_yields += 1
+    sched_yield()
+
+
+def yield_idle():
+    """Give the core away (sched_yield), counted: a poll that found nothing,
+    with more ranks than cores."""
+    with nogil:
+        _yield_idle()
+
+
+def idle_yields():
+    """How many polls of this process found nothing and gave the core away."""
+    return _idle_yields
+
+
 cdef class FastPath:
     """One communicator's fast paths: its rings by communicator rank.
 
@@ -1318,7 +1341,26 @@ cdef class FastPath:
         finally:
             self.lock.leave()
 
+    # A probe that finds nothing returns to a program that may well probe
+    # again at once: with more ranks than cores (negative spins) it gives
+    # the core away first, as Open MPI's progress does when oversubscribed
+    # (Engine.test_progress).  The general Probe and Mprobe poll with the
+    # *_once forms, inside the engine's wait, which yields on its own.
     def Iprobe(self, source=None, tag=None, status=None):
+        found = self.iprobe_once(source, tag, status)
+        if not found and self.spins < 0:
+            with nogil:
+                _yield_idle()
+        return found
+
+    def Improbe(self, source=None, tag=None, status=None):
+        msg = self.improbe_once(source, tag, status)
+        if msg is None and self.spins < 0:
+            with nogil:
+                _yield_idle()
+        return msg
+
+    def iprobe_once(self, source=None, tag=None, status=None):
         if source is None:
             source = self.any_source
         if tag is None:
@@ -1357,7 +1399,7 @@ cdef class FastPath:
             self.fill_status(status, self.found_source, self.found_tag, self.found_size)
         return self.new_message(self.comm, msg)
 
-    def Improbe(self, source=None, tag=None, status=None):
+    def improbe_once(self, source=None, tag=None, status=None):
         if source is None:
             source = self.any_source
         if tag is None:

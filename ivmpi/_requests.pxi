@@ -68,7 +68,8 @@ cdef int _poll_request(object req, object op) except -1:
     """One round of progress for a test: a poll of the peer's ring (or the
     library operation) in C first, the engine's whole progress if the
     operation is still not done (which also moves everything else, as a
-    test must)."""
+    test must; with more ranks than cores, when nothing moved, it gives
+    the core away: Engine.test_progress)."""
     comm = req._comm
     fast = getattr(comm, "_fast", None)
     if type(fast) is FastPath:
@@ -77,7 +78,7 @@ cdef int _poll_request(object req, object op) except -1:
                 return 0
         elif (<FastPath>fast)._poll_op(op, 0) >= 0 and (<Op>op).done:
             return 0
-    comm._engine.progress()
+    comm._engine.test_progress()
     return 0
 
 

@@ -679,7 +679,9 @@ class Comm(_MPI.Comm):
         return self._fast.Probe(source, tag, status)
 
     def _general_Probe(self, source, tag, status):
-        self._wait_for(lambda: self.Iprobe(source, tag, status), f"Probe from {_peer_name(source)}")
+        fast = self._fast
+        self._wait_for(lambda: fast.iprobe_once(source, tag, status),
+                       f"Probe from {_peer_name(source)}")
         return True
 
     iprobe = Iprobe
@@ -708,7 +710,7 @@ class Comm(_MPI.Comm):
         found = []
 
         def attempt():
-            message = self.Improbe(source, tag, status)
+            message = self._fast.improbe_once(source, tag, status)
             if message is not None:
                 found.append(message)
                 return True

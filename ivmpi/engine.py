@@ -500,6 +500,18 @@ class Engine:
                 moved = service.poll() or moved
             return moved
 
+    def test_progress(self):
+        """One round of progress for a call that returns to the program when
+        nothing is there yet (a test).  With more ranks than cores a round
+        that moved nothing gives the core away, as Open MPI's progress does
+        when oversubscribed (mpi_yield_when_idle): a program testing in a
+        loop would otherwise keep the rank it waits for off the core for a
+        time slice, milliseconds per message."""
+        moved = self.progress()
+        if not moved and self.oversubscribed:
+            _fastcopy.yield_idle()
+        return moved
+
     def _advance_schedules(self):
         """Poll every nonblocking collective in progress (reading `done`
         advances it); the finished ones leave the list."""

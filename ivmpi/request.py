@@ -286,7 +286,7 @@ class Request:
         if op is None:
             return False
         if not op.done:
-            self._comm._engine.progress()
+            self._comm._engine.test_progress()
         return op.done
 
     def Wait(self, status=None):
@@ -599,7 +599,7 @@ def _all_ready(requests):
     pending = scan_requests(requests)[2]
     if pending is None:
         return True
-    pending._comm._engine.progress()
+    pending._comm._engine.test_progress()
     return scan_requests(requests)[2] is None
 
 
@@ -610,7 +610,7 @@ def _test_some(requests):
     if not active:
         return None
     if not done:
-        pending._comm._engine.progress()
+        pending._comm._engine.test_progress()
         done = scan_requests(requests)[1]
     return done
 
