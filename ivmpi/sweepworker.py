@@ -52,14 +52,15 @@ class Case:
     sized: bool           # takes a message size
     pairwise: bool        # needs exactly two ranks (point-to-point)
     setup: Callable       # setup(ctx) -> step; ctx.cleanup collects what to undo
+    numpy_only: bool = False    # its own numpy buffers, whatever the row's kind
 
 
 CASES = {}
 
 
-def case(name, group, sized=True, pairwise=False):
+def case(name, group, sized=True, pairwise=False, numpy_only=False):
     def register(setup):
-        CASES[name] = Case(name, group, sized, pairwise, setup)
+        CASES[name] = Case(name, group, sized, pairwise, setup, numpy_only)
         return setup
     return register
 
@@ -594,6 +595,80 @@ for _name in COLLECTIVES + NEIGHBOR_COLLECTIVES:
         case(_label, _group, sized=_sized)(collective_setup(_name, _form, _neighbor))
 
 
+# ------------------------------------------ collectives as programs write them
+
+def _added(a, b, datatype):
+    """A user-defined sum of float64 (b += a)."""
+    import numpy
+    inout = numpy.frombuffer(b, dtype="f8")
+    inout += numpy.frombuffer(a, dtype="f8")
+
+
+@case("Allreduce (Op.Create)", "coll", numpy_only=True)
+def _allreduce_user_op(ctx):
+    import numpy
+    op = ctx.MPI.Op.Create(_added, commute=True)
+    ctx.cleanup.append(op.Free)
+    send, recv = numpy.full(ctx.count, ctx.rank + 1.0), numpy.zeros(ctx.count)
+    return lambda: ctx.comm.Allreduce(send, recv, op)
+
+
+@case("Gatherv [buf, counts]", "coll", numpy_only=True)
+def _gatherv_short_spec(ctx):
+    import numpy
+    send = numpy.full(ctx.count, ctx.rank + 1.0)
+    spec = [numpy.zeros(ctx.count * ctx.size), [ctx.count] * ctx.size] if ctx.rank == 0 else None
+    return lambda: ctx.comm.Gatherv(send, spec, 0)
+
+
+@case("Allgatherv [buf, counts]", "coll", numpy_only=True)
+def _allgatherv_short_spec(ctx):
+    import numpy
+    send = numpy.full(ctx.count, ctx.rank + 1.0)
+    spec = [numpy.zeros(ctx.count * ctx.size), [ctx.count] * ctx.size]
+    return lambda: ctx.comm.Allgatherv(send, spec)
+
+
+def _relay(ctx, wait):
+    """A message passed round all the ranks, each waiting for it with
+    `wait(source, buffer)` (a polling loop): rank 0 sends, then waits for
+    it to come back."""
+    comm, rank, size = ctx.comm, ctx.rank, ctx.size
+    nxt, prv = (rank + 1) % size, (rank - 1) % size
+    buf = ctx.buffer(ctx.nbytes)
+
+    def step():
+        if rank == 0:
+            comm.Send(buf, nxt, TAG)
+            wait(prv, buf)
+        else:
+            wait(prv, buf)
+            comm.Send(buf, nxt, TAG)
+    return step
+
+
+@case("Iprobe loop relay", "p2p", numpy_only=True)
+def _iprobe_relay(ctx):
+    comm = ctx.comm
+
+    def wait(source, buf):
+        while not comm.Iprobe(source, TAG):
+            pass
+        comm.Recv(buf, source, TAG)
+    return _relay(ctx, wait)
+
+
+@case("Irecv+Test loop relay", "p2p", numpy_only=True)
+def _test_relay(ctx):
+    comm = ctx.comm
+
+    def wait(source, buf):
+        request = comm.Irecv(buf, source, TAG)
+        while not request.Test():
+            pass
+    return _relay(ctx, wait)
+
+
 # ------------------------------------------------ collectives of objects
 
 def object_collective_setup(name):
@@ -639,6 +714,8 @@ def applies(call, kind, nranks):
     entry = CASES[call]
     if entry.pairwise and nranks != 2:
         return False
+    if entry.numpy_only:
+        return kind == "numpy"
     if kind == "view":
         return call in VIEW_CALLS or (entry.group in ("coll", "neighbor")
                                       and not call.endswith("_init") and call != "Barrier"

@@ -349,7 +349,8 @@ def test_sweep_measures_both_transports_and_their_ratio(tmp_path):
     assert proc.returncode == 0, proc.stderr
     document = json.loads(json_path.read_text())
     rows = document["rows"]
-    expected = {("Allreduce", "numpy"), ("Allreduce", "mmap"), ("Allreduce_init", "numpy")}
+    expected = {("Allreduce", "numpy"), ("Allreduce", "mmap"), ("Allreduce_init", "numpy"),
+                ("Allreduce (Op.Create)", "numpy")}
     assert {(row["call"], row["kind"]) for row in rows} == expected
     assert {row["size"] for row in rows} == set(benchsweep.QUICK_SIZES)
     for row in rows:
@@ -367,11 +368,11 @@ def test_sweep_measures_both_transports_and_their_ratio(tmp_path):
             assert streamed is None
         assert two_copies > 0
         assert row["ratio_nocopy"] == pytest.approx((streamed or ours) / two_copies)
-    assert document["summary"]["measured"] == len(rows) == 6
-    assert document["summary"]["measured_nocopy"] == 6
+    assert document["summary"]["measured"] == len(rows) == 8
+    assert document["summary"]["measured_nocopy"] == 8
     assert "Against mpi4py without single-copy: geometric mean" in proc.stdout
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "Allreduce_init" in proc.stdout and "Geometric mean of 6 ratios" in proc.stdout
+    assert "Allreduce_init" in proc.stdout and "Geometric mean of 8 ratios" in proc.stdout
 
 
 @needs_mpirun
