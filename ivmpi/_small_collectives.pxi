@@ -79,6 +79,19 @@ cdef int _user_combine(const char *inbuf, char *inoutbuf, Py_ssize_t count, size
     return 0
 
 
+cdef int _combine_user(char *acc, char *theirs, Py_ssize_t n, Py_ssize_t count,
+                       size_t datatype, size_t op, bint acc_is_lower) except -1:
+    """_combine's acc = lower (op) higher with a user-defined op, whose
+    library call writes its second operand: theirs (n bytes of scratch)
+    takes the result when acc is the lower, then acc gets it."""
+    if acc_is_lower:
+        _user_combine(acc, theirs, count, datatype, op)
+        ivmpi_move_plain(acc, theirs, n)
+    else:
+        _user_combine(theirs, acc, count, datatype, op)
+    return 0
+
+
 cdef void _combine(int op, int typ, char *acc, const char *other, Py_ssize_t n,
                    bint acc_is_lower) noexcept nogil:
     # acc = lower (op) higher, element-wise, where lower is the value from the
@@ -1159,19 +1172,17 @@ cdef class SmallCollectives:
             return False
         try:
             n = recv.nbytes
-            if user:
-                if not self._small(n):
-                    return False
-                self._user_allreduce(send.data, recv.data, n, n // _item_bytes(recv.typ),
-                                     recv.key, user)
-                return True
-            code = <int>self._op_code(op)
             typ = recv.typ
             count = n // _item_bytes(typ)
+            # A user-defined op: the recursive doubling below only (the
+            # general path's for it up to the eager limit).
+            code = 0 if user else <int>self._op_code(op)
+            if user and not self._small(n):
+                return False
             # (On two ranks the messages are the general path's at every
             # size: one each way; eager within the eager limit when ranks
             # wait for cores, see give_copies.)
-            if size == 2 and (self.give_copies or not self._small(n)) \
+            if not user and size == 2 and (self.give_copies or not self._small(n)) \
                     and pair_copies(size, rank, self.fast.world_ranks):
                 return self._pair_reduce(send.data, recv.data, n, code, typ, -1,
                                          self.allreduce_tag)
@@ -1194,7 +1205,10 @@ cdef class SmallCollectives:
                     newrank = -1
                 else:
                     self._recv(tmp, n, rank - 1, self.allreduce_tag)
-                    _combine(code, typ, acc, tmp, count, False)
+                    if user:
+                        _combine_user(acc, tmp, n, count, recv.key, user, False)
+                    else:
+                        _combine(code, typ, acc, tmp, count, False)
                     newrank = rank // 2
             else:
                 newrank = rank - extra
@@ -1205,7 +1219,10 @@ cdef class SmallCollectives:
                     partner = newpartner * 2 + 1 if newpartner < extra else newpartner + extra
                     self._send(acc, n, partner, self.allreduce_tag)
                     self._recv(tmp, n, partner, self.allreduce_tag)
-                    _combine(code, typ, acc, tmp, count, newrank < newpartner)
+                    if user:
+                        _combine_user(acc, tmp, n, count, recv.key, user, newrank < newpartner)
+                    else:
+                        _combine(code, typ, acc, tmp, count, newrank < newpartner)
                     mask <<= 1
             if rank < 2 * extra:
                 if rank % 2:
@@ -1217,54 +1234,6 @@ cdef class SmallCollectives:
             _close(&send)
             _close(&recv)
 
-    cdef int _user_allreduce(self, const char *data, char *out, Py_ssize_t n,
-                             Py_ssize_t count, size_t datatype, size_t op) except -1:
-        """A small Allreduce with a user-defined op: the general path's
-        recursive doubling (Collectives.Allreduce) with its messages and its
-        operand order (the lower ranks' values on the left: right for ops
-        that do not commute), each combine the library's call of the op."""
-        cdef long size = self.size, rank = self.rank, pof2 = 1, extra, newrank, mask
-        cdef long newpartner, partner
-        cdef char *acc = self._scratch(0, n)
-        cdef char *tmp = self._scratch(1, n)
-        cdef char *t
-        ivmpi_move_plain(acc, data, n)
-        while pof2 * 2 <= size:
-            pof2 *= 2
-        extra = size - pof2
-        if rank < 2 * extra:
-            if rank % 2 == 0:
-                self._send(acc, n, rank + 1, self.allreduce_tag)
-                newrank = -1
-            else:
-                self._recv(tmp, n, rank - 1, self.allreduce_tag)
-                _user_combine(tmp, acc, count, datatype, op)         # acc = left op acc
-                newrank = rank // 2
-        else:
-            newrank = rank - extra
-        if newrank >= 0:
-            mask = 1
-            while mask < pof2:
-                newpartner = newrank ^ mask
-                partner = newpartner * 2 + 1 if newpartner < extra else newpartner + extra
-                self._send(acc, n, partner, self.allreduce_tag)
-                self._recv(tmp, n, partner, self.allreduce_tag)
-                if newpartner < newrank:
-                    _user_combine(tmp, acc, count, datatype, op)     # acc = theirs op acc
-                else:
-                    _user_combine(acc, tmp, count, datatype, op)     # tmp = acc op theirs
-                    t = acc
-                    acc = tmp
-                    tmp = t
-                mask <<= 1
-        if rank < 2 * extra:
-            if rank % 2:
-                self._send(acc, n, rank - 1, self.allreduce_tag)
-            else:
-                self._recv(acc, n, rank + 1, self.allreduce_tag)
-        ivmpi_move_plain(out, acc, n)
-        return 0
-
     cdef int _user_reduce(self, const char *data, char *out, Py_ssize_t n, Py_ssize_t count,
                           size_t datatype, size_t op, bint commutes, long root,
                           long tag) except -1:
@@ -1275,7 +1244,6 @@ cdef class SmallCollectives:
         cdef long size = self.size, rank = self.rank, base, vrank, mask
         cdef char *acc = self._scratch(0, n)
         cdef char *tmp = self._scratch(1, n)
-        cdef char *t
         ivmpi_move_plain(acc, data, n)
         base = root if commutes else 0
         vrank = (rank - base + size) % size
@@ -1286,10 +1254,7 @@ cdef class SmallCollectives:
                 break
             if vrank + mask < size:
                 self._recv(tmp, n, (vrank + mask + base) % size, tag)
-                _user_combine(acc, tmp, count, datatype, op)         # tmp = acc op tmp
-                t = acc
-                acc = tmp
-                tmp = t
+                _combine_user(acc, tmp, n, count, datatype, op, True)     # acc = acc op theirs
             mask <<= 1
         if base != root:
             if rank == base:
