@@ -17,6 +17,10 @@ def memory_fence():
     ivmpi_full_fence()
 
 
+# A lock of the epoch held in the region (_WinState.locked's values).
+_HELD_SHARED, _HELD_EXCLUSIVE = (1, True), (2, True)
+
+
 cdef class WinFast:
     """One window's one-call paths for Put, Get and Flush to region memory.
 
@@ -43,6 +47,19 @@ cdef class WinFast:
     # general path: this rank's bakery words are one per process, so the
     # one-call path (which runs whole under the GIL) then stays out.
     cdef public bint bakery_busy
+    # Passive-target locks of targets whose part lies in the region (see
+    # _lock_try): per target 1 when its locks are taken in the region; the
+    # window's epoch state (ivmpi.win._WinState) for the one-call Lock and
+    # Unlock, which take the common case and leave the rest (and every
+    # error) to `general_lock`/`general_unlock`.
+    cdef public bytearray region_locks
+    cdef public object state, general_lock, general_unlock, general_lock_all, general_unlock_all
+    cdef public long lock_exclusive, lock_shared
+    cdef public dict locked         # the window's {target: (kind, held)} (_WinState.locked)
+    # Kept by _WinState.sync_fast: an epoch other than single locks is open
+    # (fence, Lock_all, PSCW access), so the one-call Lock/Unlock stay out;
+    # all_held: a Lock_all holding every target's lock is the only epoch.
+    cdef public bint other_epochs, all_held, all_region_locks
 
     def __init__(self, Mapping mem, list offsets, list sizes, list units, Py_ssize_t rank):
         self.mem = mem
@@ -129,7 +146,7 @@ cdef class WinFast:
             return
         self.general_flush(rank)
 
-    # --- Fetch_and_op on region memory, the counter's case ---------------------
+    # --- the bakery: mutual exclusion for Fetch_and_op and for taking locks --------
 
     cdef int _bakery_enter(self, Py_ssize_t t) except -1:
         """Take rank t's bakery lock (ivmpi.win._Bakery, the same protocol);
@@ -177,6 +194,142 @@ cdef class WinFast:
     cdef void _bakery_leave(self, Py_ssize_t t) noexcept:
         ivmpi_full_fence()
         ivmpi_store_u64(self.mem.base + <Py_ssize_t>self.lock_blocks[self.rank] + 16 * t + 8, 0)
+
+    # --- passive-target locks in the region --------------------------------------
+
+    cdef inline Py_ssize_t _lock_word(self, Py_ssize_t j, Py_ssize_t t) except -1:
+        """Region offset of rank j's lock word for target t (after j's
+        bakery words; docs/layout.md, "Window locks"), checked."""
+        cdef Py_ssize_t at = <Py_ssize_t>self.lock_blocks[j] + 16 * self.n + 8 * t
+        self.mem._check_word(at, 8, "window lock")
+        return at
+
+    cdef bint _lock_blocked(self, Py_ssize_t t, uint64_t kind) except -1:
+        """Does another rank's lock word for target t stand against a lock of
+        `kind` (1 shared, 2 exclusive)?  Any other nonzero value (a corrupt
+        word) blocks both kinds: the waiter times out naming the rank."""
+        cdef Py_ssize_t j
+        cdef uint64_t word
+        for j in range(self.n):
+            if j != self.rank:
+                word = ivmpi_load_u64(self.mem.base + self._lock_word(j, t))
+                if word != 0 and (kind == 2 or word != 1):
+                    return True
+        return False
+
+    cdef int _lock_try(self, Py_ssize_t t, uint64_t kind) except -1:
+        """Take target t's window lock in `kind` if nobody stands against
+        it: 1 taken, 0 not now.  The check and our word's store happen inside
+        t's bakery lock, so two ranks never both see the other's word clear;
+        the bakery's leave fences before it clears our ticket, so the next
+        rank in sees our word.  Every word has one writer; no
+        read-modify-write touches the region."""
+        cdef bint free
+        if self.lock_blocks is None or self.bakery_busy or not self._bakery_enter(t):
+            return 0
+        try:
+            free = not self._lock_blocked(t, kind)
+            if free:
+                ivmpi_store_u64(self.mem.base + self._lock_word(self.rank, t), kind)
+        finally:
+            self._bakery_leave(t)
+        return 1 if free else 0
+
+    def lock_try(self, Py_ssize_t t, uint64_t kind):
+        return self._lock_try(t, kind) == 1
+
+    def lock_may_succeed(self, Py_ssize_t t, uint64_t kind):
+        """A waiter's predicate: nothing stands against the lock just now."""
+        return not self.bakery_busy and not self._lock_blocked(t, kind)
+
+    def lock_holders(self, Py_ssize_t t):
+        """{rank: word} of the other ranks whose lock word for t is set."""
+        cdef Py_ssize_t j
+        cdef uint64_t word
+        held = {}
+        for j in range(self.n):
+            if j != self.rank:
+                word = ivmpi_load_u64(self.mem.base + self._lock_word(j, t))
+                if word:
+                    held[j] = word
+        return held
+
+    def lock_release(self, Py_ssize_t t):
+        """Drop our lock of target t: our accesses first (full fence), then
+        the word."""
+        cdef Py_ssize_t at = self._lock_word(self.rank, t)
+        ivmpi_full_fence()
+        ivmpi_store_u64(self.mem.base + at, 0)
+
+    def Lock(self, rank, lock_type=None, assertion=0):
+        cdef Py_ssize_t t
+        cdef uint64_t kind = 0
+        if lock_type is None:
+            lock_type = self.lock_exclusive
+        if (self.enabled and self.region_locks is not None and not self.other_epochs
+                and type(rank) is int and type(lock_type) is int and assertion == 0):
+            t = rank
+            if 0 <= t < self.n and self.region_locks[t] and rank not in self.locked:
+                if lock_type == self.lock_exclusive:
+                    kind = 2
+                elif lock_type == self.lock_shared:
+                    kind = 1
+                if kind and self._lock_try(t, kind):
+                    self.locked[rank] = _HELD_EXCLUSIVE if kind == 2 else _HELD_SHARED
+                    self.passive[t] = 1
+                    self.allowed[t] = 1
+                    return
+        self.general_lock(rank, lock_type, assertion)
+
+    def Unlock(self, rank):
+        cdef Py_ssize_t t
+        if (self.enabled and self.region_locks is not None and not self.other_epochs
+                and type(rank) is int and not self.dirty):
+            t = rank
+            if 0 <= t < self.n and self.region_locks[t] \
+                    and not (self.pending and self.pending.get(rank)):
+                entry = self.locked.get(rank)
+                if entry is _HELD_EXCLUSIVE or entry is _HELD_SHARED:
+                    del self.locked[rank]
+                    self.passive[t] = 0
+                    self.allowed[t] = 0
+                    self.lock_release(t)
+                    return
+        self.general_unlock(rank)
+
+    def Lock_all(self, assertion=0):
+        cdef Py_ssize_t t, got = 0
+        if (self.enabled and self.region_locks is not None and not self.other_epochs
+                and assertion == 0 and not self.locked and self.all_region_locks):
+            while got < self.n and self._lock_try(got, 1):
+                got += 1
+            if got == self.n:
+                self.state.lock_all = "held"
+                self.other_epochs = self.all_held = True
+                for t in range(self.n):
+                    self.passive[t] = 1
+                    self.allowed[t] = 1
+                return
+            for t in range(got):
+                self.lock_release(t)
+        self.general_lock_all(assertion)
+
+    def Unlock_all(self):
+        cdef Py_ssize_t t
+        if (self.enabled and self.all_held and self.all_region_locks and not self.dirty
+                and not (self.pending and any(self.pending.values()))):
+            self.state.lock_all = False
+            self.other_epochs = self.all_held = False
+            for t in range(self.n):
+                self.passive[t] = 0
+                self.allowed[t] = 0
+            for t in range(self.n):
+                self.lock_release(t)
+            return
+        self.general_unlock_all()
+
+
+    # --- Fetch_and_op on region memory, the counter's case ---------------------
 
     cdef int _fetch_and_op(self, object origin, object result, object target_rank,
                            object target_disp, object op) except -1:

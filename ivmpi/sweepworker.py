@@ -48,7 +48,7 @@ MAX_COUNT = 1 << 20
 @dataclass
 class Case:
     name: str
-    group: str            # p2p, p2p-obj, coll, coll-obj, neighbor
+    group: str            # p2p, p2p-obj, coll, coll-obj, neighbor, win
     sized: bool           # takes a message size
     pairwise: bool        # needs exactly two ranks (point-to-point)
     setup: Callable       # setup(ctx) -> step; ctx.cleanup collects what to undo
@@ -667,6 +667,130 @@ def _test_relay(ctx):
         while not request.Test():
             pass
     return _relay(ctx, wait)
+
+
+# ------------------------------------------------ one-sided communication
+
+def window_of(ctx, nbytes):
+    """A window made by Win.Allocate with nbytes (at least 8) on every rank,
+    freed after the row, and this rank's target: the next rank."""
+    win = ctx.MPI.Win.Allocate(max(nbytes, 8), 8, comm=ctx.comm)
+    ctx.cleanup.append(win.Free)
+    return win, (ctx.rank + 1) % ctx.size
+
+
+def passive_epoch(ctx, win):
+    """Every rank in a Lock_all epoch for the row, as one-sided codes run."""
+    win.Lock_all()
+    ctx.cleanup.append(win.Unlock_all)
+
+
+def one_sided(name, sized=True):
+    return case(name, "win", sized=sized, numpy_only=True)
+
+
+@one_sided("Win Put+Flush")
+def _win_put_flush(ctx):
+    import numpy
+    win, target = window_of(ctx, ctx.nbytes)
+    passive_epoch(ctx, win)
+    buf = numpy.full(ctx.count, ctx.rank + 1.0)
+
+    def step():
+        win.Put(buf, target)
+        win.Flush(target)
+    return step
+
+
+@one_sided("Win Get+Flush")
+def _win_get_flush(ctx):
+    import numpy
+    win, target = window_of(ctx, ctx.nbytes)
+    passive_epoch(ctx, win)
+    buf = numpy.zeros(ctx.count)
+
+    def step():
+        win.Get(buf, target)
+        win.Flush(target)
+    return step
+
+
+@one_sided("Win Accumulate+Flush")
+def _win_accumulate_flush(ctx):
+    import numpy
+    win, target = window_of(ctx, ctx.nbytes)
+    passive_epoch(ctx, win)
+    buf, SUM = numpy.ones(ctx.count), ctx.MPI.SUM
+
+    def step():
+        win.Accumulate(buf, target, op=SUM)
+        win.Flush(target)
+    return step
+
+
+@one_sided("Win Lock/Put/Unlock")
+def _win_lock_put(ctx):
+    import numpy
+    win, target = window_of(ctx, ctx.nbytes)
+    buf, EXCLUSIVE = numpy.full(ctx.count, ctx.rank + 1.0), ctx.MPI.LOCK_EXCLUSIVE
+
+    def step():
+        win.Lock(target, EXCLUSIVE)
+        win.Put(buf, target)
+        win.Unlock(target)
+    return step
+
+
+@one_sided("Win Lock/Get/Unlock")
+def _win_lock_get(ctx):
+    import numpy
+    win, target = window_of(ctx, ctx.nbytes)
+    buf, SHARED = numpy.zeros(ctx.count), ctx.MPI.LOCK_SHARED
+
+    def step():
+        win.Lock(target, SHARED)
+        win.Get(buf, target)
+        win.Unlock(target)
+    return step
+
+
+@one_sided("Win Lock_all/Get/Unlock_all", sized=False)
+def _win_lock_all(ctx):
+    import numpy
+    win, target = window_of(ctx, 8)
+    buf = numpy.zeros(1)
+
+    def step():
+        win.Lock_all()
+        win.Get(buf, target)
+        win.Unlock_all()
+    return step
+
+
+@one_sided("Win Fetch_and_op+Flush", sized=False)
+def _win_fetch_and_op(ctx):
+    import numpy
+    win, target = window_of(ctx, 8)
+    passive_epoch(ctx, win)
+    one, old, SUM = numpy.ones(1, "i8"), numpy.zeros(1, "i8"), ctx.MPI.SUM
+
+    def step():
+        win.Fetch_and_op(one, old, 0, 0, SUM)     # one counter, on rank 0, for all
+        win.Flush(0)
+    return step
+
+
+@one_sided("Win Put+Fence")
+def _win_fence(ctx):
+    import numpy
+    win, target = window_of(ctx, ctx.nbytes)
+    win.Fence()
+    buf = numpy.full(ctx.count, ctx.rank + 1.0)
+
+    def step():
+        win.Put(buf, target)
+        win.Fence()
+    return step
 
 
 # ------------------------------------------------ collectives of objects

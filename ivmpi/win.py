@@ -39,8 +39,8 @@ import numpy as np
 
 from .lib import MPI as _MPI
 
-from ._fastcopy import (WinFast, buffer_span, memory_fence, region_get_runs, region_memoryview,
-                        region_put_runs)
+from ._fastcopy import (_HELD_EXCLUSIVE, _HELD_SHARED, WinFast, buffer_span, memory_fence,
+                        region_get_runs, region_memoryview, region_put_runs)
 from .buffers import BufferSpecError, has_holes, parse_recv, parse_send
 from .comm import Comm, Intracomm
 from .datatypes import layout
@@ -88,6 +88,9 @@ for _i, _t in enumerate(_TYPES):
 
 # Lock types on the wire.
 _SHARED, _EXCLUSIVE = 1, 2
+# Each rank's lock block, words per target: the bakery's choosing and ticket
+# (all targets first), then its lock word (docs/layout.md, "Windows").
+_LOCK_BLOCK_WORDS = 3
 
 # Flavors, as the library names them.
 FLAVOR_CREATE = _MPI.WIN_FLAVOR_CREATE
@@ -568,6 +571,8 @@ class _WinState:
         if fast is None:
             return
         everyone = self.fence_open or bool(self.lock_all)
+        fast.other_epochs = everyone or self.access is not None
+        fast.all_held = self.lock_all == "held" and not self.fence_open and self.access is None
         for t in range(self.size):
             passive = bool(self.lock_all) or t in self.locked
             fast.passive[t] = passive
@@ -612,12 +617,14 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
         return self
 
     def _bind_fast(self):
-        """Put, Get and Flush straight to Cython (ivmpi._fastcopy.WinFast),
+        """Put, Get, Flush, Fetch_and_op, Lock and Unlock straight to Cython (ivmpi._fastcopy.WinFast),
         for ivmpi's own class only: a subclass keeps its overrides."""
         if type(self) is Win:
             fast = self._st.fast
             self.Put, self.Get, self.Flush = fast.Put, fast.Get, fast.Flush
             self.Fetch_and_op = fast.Fetch_and_op
+            self.Lock, self.Unlock = fast.Lock, fast.Unlock
+            self.Lock_all, self.Unlock_all = fast.Lock_all, fast.Unlock_all
 
     def __init__(self, win=None):
         pass
@@ -737,16 +744,18 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
     def _finish(cls, state, lib, offset, size):
         """Exchange where every rank's part is, then start serving requests."""
         engine = state.engine
-        # This rank's bakery words (a choosing and a ticket word per target).
+        # This rank's bakery words (a choosing and a ticket word per target),
+        # then its lock words (one per target).
         lock_offset = -1
         error = None
+        lock_bytes = _LOCK_BLOCK_WORDS * 8 * state.size
         if state.flavor != FLAVOR_DYNAMIC:
             try:
                 with engine.lock:
-                    block = engine.heap.alloc(16 * state.size, device_ok=True)
+                    block = engine.heap.alloc(lock_bytes, device_ok=True)
                 state.lock_block = block
                 lock_offset = buffer_span(block)[0] - engine.mem.address
-                engine.mem.fill(lock_offset, 16 * state.size)
+                engine.mem.fill(lock_offset, lock_bytes)
             except IvmpiError as exc:
                 error = str(exc)
         _agree_or_raise(state, error, "window creation")
@@ -759,7 +768,7 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
                 raise MPIError(_MPI.ERR_WIN, f"rank {r} announced window memory "
                                f"[{off}, {off}+{n}) outside the region's heaps")
             if lock >= 0 and not (first <= lock and lock % 8 == 0
-                                  and lock + 16 * state.size <= last + heap_bytes):
+                                  and lock + lock_bytes <= last + heap_bytes):
                 raise MPIError(_MPI.ERR_WIN, f"rank {r} announced lock words at {lock}, "
                                f"outside the region's heaps")
         state.targets = [(off, n, unit) for off, n, unit, _ in table]
@@ -775,11 +784,20 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
         fast.general_get = self._general_get
         fast.general_flush = self._general_flush
         fast.general_fetch_and_op = self._general_fetch_and_op
+        fast.general_lock, fast.general_unlock = self._general_lock, self._general_unlock
+        fast.general_lock_all = self._general_lock_all
+        fast.general_unlock_all = self._general_unlock_all
+        fast.state = state
+        fast.lock_exclusive, fast.lock_shared = _MPI.LOCK_EXCLUSIVE, _MPI.LOCK_SHARED
         fast.sum_op = _MPI.SUM
         fast.op_codes = {_MPI.SUM.handle: 0, _MPI.NO_OP.handle: 1, _MPI.REPLACE.handle: 2,
                          _MPI.MAX.handle: 3, _MPI.MIN.handle: 4}
         if state.bakery is not None:
             fast.lock_blocks = list(state.bakery.blocks)
+            fast.region_locks = bytearray(1 if self._origin_applies(state, t) else 0
+                                          for t in range(state.size))
+            fast.all_region_locks = all(fast.region_locks)
+        fast.locked = state.locked
         self._bind_fast()
         with engine.lock:
             engine.services.append(state.owner)
@@ -1443,6 +1461,9 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
         state = self.__dict__.get("_st")
         if state is None:
             return _MPI.Win.Lock(self, rank, lock_type, assertion)
+        self._general_lock(rank, lock_type, assertion)
+
+    def _general_lock(self, rank, lock_type=_MPI.LOCK_EXCLUSIVE, assertion=0):
         state = self._state()
         if rank == _MPI.PROC_NULL:
             return
@@ -1454,14 +1475,46 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
             raise MPIError(_MPI.ERR_RMA_SYNC, f"Lock: rank {rank} is already locked")
         kind = _EXCLUSIVE if lock_type == _MPI.LOCK_EXCLUSIVE else _SHARED
         if not assertion & _MPI.MODE_NOCHECK:
-            self._call(state, rank, LOCK, kind, "Lock")
-        state.locked[rank] = (kind, not assertion & _MPI.MODE_NOCHECK)
+            if self._region_locked(state, rank):
+                self._region_lock(state, rank, kind, "Lock")
+            else:
+                self._call(state, rank, LOCK, kind, "Lock")
+        held = not assertion & _MPI.MODE_NOCHECK
+        state.locked[rank] = (_HELD_EXCLUSIVE if kind == _EXCLUSIVE else _HELD_SHARED) \
+            if held else (kind, False)
         state.sync_fast()
+
+    @staticmethod
+    def _region_locked(state, target):
+        """Are target's locks taken in the region (WinFast._lock_try) rather
+        than by its owner?  Where its part lies in the region: every access to
+        it is then the origin's own, and every rank decides alike from the
+        window table."""
+        fast = state.fast
+        return fast is not None and fast.region_locks is not None \
+            and fast.region_locks[target]
+
+    def _region_lock(self, state, target, kind, what):
+        """Take target's lock in the region, waiting (with the engine's
+        progress, liveness checks and IVMPI_TIMEOUT) while others hold it."""
+        fast = state.fast
+
+        def why():
+            holders = fast.lock_holders(target)
+            return (f"{what}: rank {target}'s window lock, held by "
+                    + (", ".join(f"rank {j}" + ("" if w in (_SHARED, _EXCLUSIVE) else
+                                                f" (a lock word of {w}, not a lock type)")
+                                 for j, w in sorted(holders.items())) or "nobody now"))
+        while not fast.lock_try(target, kind):
+            self._wait_until(state, lambda: fast.lock_may_succeed(target, kind), _Lazy(why))
 
     def Unlock(self, rank):
         state = self.__dict__.get("_st")
         if state is None:
             return _MPI.Win.Unlock(self, rank)
+        self._general_unlock(rank)
+
+    def _general_unlock(self, rank):
         state = self._state()
         if rank == _MPI.PROC_NULL:
             return
@@ -1483,6 +1536,13 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
             self._complete_targets(state, [t for t in targets if t not in held], what)
         except MPIError as exc:
             error = exc
+        # Locks taken in the region: every access of the epoch is complete
+        # (above); the release fences before it clears our word.
+        for t in held:
+            if self._region_locked(state, t):
+                self._complete_targets(state, [t], what)
+                state.fast.lock_release(t)
+        held = [t for t in held if not self._region_locked(state, t)]
         # The unlock request follows every earlier request in the owner's
         # queue: its answer says they are all applied.
         replies = []
@@ -1503,14 +1563,21 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
         state = self.__dict__.get("_st")
         if state is None:
             return _MPI.Win.Lock_all(self, assertion)
+        self._general_lock_all(assertion)
+
+    def _general_lock_all(self, assertion=0):
         state = self._state()
         if state.lock_all or state.locked:
             raise MPIError(_MPI.ERR_RMA_SYNC, "Lock_all: the window is already locked")
         if not assertion & _MPI.MODE_NOCHECK:
+            by_owner = [r for r in range(state.size) if not self._region_locked(state, r)]
             replies = [self._send(state, r, LOCK, 0, [], extra=_SHARED, reply=True,
-                                  what="Lock_all") for r in range(state.size)]
+                                  what="Lock_all") for r in by_owner]
+            for r, reply in zip(by_owner, replies):
+                state.pending[r].remove(reply)
             for r in range(state.size):
-                state.pending[r].remove(replies[r])
+                if self._region_locked(state, r):
+                    self._region_lock(state, r, _SHARED, "Lock_all")
             for r in replies:
                 r.wait()
         state.lock_all = "held" if not assertion & _MPI.MODE_NOCHECK else "nocheck"
@@ -1520,6 +1587,9 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
         state = self.__dict__.get("_st")
         if state is None:
             return _MPI.Win.Unlock_all(self)
+        self._general_unlock_all()
+
+    def _general_unlock_all(self):
         state = self._state()
         if not state.lock_all:
             raise MPIError(_MPI.ERR_RMA_SYNC, "Unlock_all: the window is not locked")
@@ -1647,6 +1717,17 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
 
 
 # --- helpers --------------------------------------------------------------------------------
+
+class _Lazy:
+    """A wait's description, written when it is needed (the engine's errors)."""
+    __slots__ = ("describe",)
+
+    def __init__(self, describe):
+        self.describe = describe
+
+    def _description(self):
+        return self.describe()
+
 
 class _Condition:
     """A polling predicate as an engine operation."""

@@ -203,10 +203,37 @@ def test_fetch_and_op_and_compare_and_swap(comm):
     win.Free()
 
 
-def test_exclusive_lock_excludes(comm):
+def make_window(kind, nbytes, comm):
+    """(ivmpi window, its local memory, memory to free) of one flavor."""
+    if kind == "create":        # memory outside the region: the owner moves it
+        mem = bytearray(nbytes)
+        return MPI.Win.Create(mem, 8, comm=comm), mem, None
+    if kind == "create_region":
+        mem = MPI.Alloc_mem(nbytes)
+        mem[:] = bytes(nbytes)
+        return MPI.Win.Create(mem, 8, comm=comm), mem, mem
+    make = MPI.Win.Allocate if kind == "allocate" else MPI.Win.Allocate_shared
+    win = make(nbytes, 8, comm=comm)
+    mem = win.tomemory()
+    mem[:] = bytes(nbytes)
+    return win, mem, None
+
+
+def free_window(win, to_free):
+    win.Free()
+    if to_free is not None:
+        MPI.Free_mem(to_free)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_exclusive_lock_excludes(comm, kind):
+    """A read-modify-write made of Get and Put is safe inside an exclusive
+    lock.  Where the target's memory lies in the region the locks are taken
+    there by the origins: its owner applies no request at all."""
     rank, size = comm.rank, comm.size
-    mem = bytearray(8)
-    win = MPI.Win.Create(mem, 8, comm=comm)     # memory outside the region: the owner moves it
+    win, mem, to_free = make_window(kind, 8, comm)
+    comm.Barrier()
+    before = win._st.owner.applied
     rounds = 30
     for _ in range(rounds):
         win.Lock(0, MPI.LOCK_EXCLUSIVE)
@@ -218,6 +245,107 @@ def test_exclusive_lock_excludes(comm):
     comm.Barrier()
     if rank == 0:
         assert np.frombuffer(mem, "i8")[0] == rounds * size
+        if kind == "create":
+            assert win._st.owner.applied > before
+        else:
+            assert win._st.owner.applied == before
+    free_window(win, to_free)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_shared_locks_exclude_writers_only(comm, kind):
+    """Shared locks are held together (every rank inside one at a barrier,
+    which would never end if they excluded each other); an exclusive one
+    excludes them: a writer puts its words one at a time, and no reader
+    under a shared lock (or Lock_all) sees a mix of two writers' words."""
+    rank, size = comm.rank, comm.size
+    words = 8
+    win, mem, to_free = make_window(kind, 8 * words, comm)
+    comm.Barrier()
+    win.Lock(0, MPI.LOCK_SHARED)
+    comm.Barrier()
+    win.Unlock(0)
+    win.Lock_all()
+    comm.Barrier()
+    win.Unlock_all()
+    seen = np.zeros(words, "i8")
+    for i in range(60):
+        if (i + rank) % 3 == 0:
+            win.Lock(0, MPI.LOCK_EXCLUSIVE)
+            for w in range(words):
+                win.Put(np.array([1000 * rank + i], "i8"), 0, w)
+                win.Flush(0)
+            win.Unlock(0)
+        else:
+            if (i + rank) % 3 == 1:
+                win.Lock(0, MPI.LOCK_SHARED)
+            else:
+                win.Lock_all()
+            win.Get(seen, 0, 0)
+            win.Flush(0)
+            if (i + rank) % 3 == 1:
+                win.Unlock(0)
+            else:
+                win.Unlock_all()
+            assert (seen == seen[0]).all(), f"a mix of writers' words: {seen}"
+    comm.Barrier()
+    free_window(win, to_free)
+
+
+@pytest.mark.parametrize("waiter", ("exclusive", "shared", "lock_all"))
+@pytest.mark.parametrize("kind", ("allocate", "create"))
+def test_a_lock_waits_for_its_holder(comm, kind, waiter):
+    """Rank 1 holds rank 0's lock while it sleeps, then writes and unlocks:
+    every other rank's lock waits, and its Get sees the write."""
+    rank = comm.rank
+    win, mem, to_free = make_window(kind, 8, comm)
+    comm.Barrier()
+    if rank == 1:
+        win.Lock(0, MPI.LOCK_EXCLUSIVE)
+    comm.Barrier()
+    if rank == 1:
+        time.sleep(0.2)
+        win.Put(np.array([42], "i8"), 0, 0)
+        win.Unlock(0)
+    else:
+        if waiter == "lock_all":
+            win.Lock_all()
+        else:
+            win.Lock(0, MPI.LOCK_EXCLUSIVE if waiter == "exclusive" else MPI.LOCK_SHARED)
+        seen = np.zeros(1, "i8")
+        win.Get(seen, 0, 0)
+        win.Unlock_all() if waiter == "lock_all" else win.Unlock(0)
+        assert seen[0] == 42
+    comm.Barrier()
+    free_window(win, to_free)
+
+
+def test_a_corrupt_lock_word_fails_the_lock_naming_its_writer(comm):
+    """Rank 1 (a hostile or broken peer) writes a value no lock has into its
+    lock word for rank 0's part: rank 0's Lock waits no longer than
+    IVMPI_TIMEOUT and says whose word stands in the way."""
+    rank = comm.rank
+    win = MPI.Win.Allocate(8, 8, comm=comm)
+    state = win._st
+    word = state.fast.lock_blocks[1] + 16 * state.size + 8 * 0   # docs/layout.md, "Windows"
+    if rank == 1:
+        state.engine.mem.store(word, 99)
+    comm.Barrier()
+    if rank == 0:
+        engine, saved = state.engine, state.engine.timeout
+        engine.timeout = 1.0
+        try:
+            with pytest.raises(TimeoutError, match=r"rank 0's window lock, held by rank 1 "
+                               r"\(a lock word of 99"):
+                win.Lock(0, MPI.LOCK_SHARED)
+        finally:
+            engine.timeout = saved
+    comm.Barrier()
+    if rank == 1:
+        state.engine.mem.store(word, 0)
+    comm.Barrier()
+    win.Lock(0, MPI.LOCK_SHARED)
+    win.Unlock(0)
     win.Free()
 
 
