@@ -48,7 +48,7 @@ cdef class WinFast:
     # one-call path (which runs whole under the GIL) then stays out.
     cdef public bint bakery_busy
     # Passive-target locks of targets whose part lies in the region (see
-    # _lock_try): per target 1 when its locks are taken in the region; the
+    # _lock_attempt): per target 1 when its locks are taken in the region; the
     # window's epoch state (ivmpi.win._WinState) for the one-call Lock and
     # Unlock, which take the common case and leave the rest (and every
     # error) to `general_lock`/`general_unlock`.
@@ -56,6 +56,15 @@ cdef class WinFast:
     cdef public object state, general_lock, general_unlock, general_lock_all, general_unlock_all
     cdef public long lock_exclusive, lock_shared
     cdef public dict locked         # the window's {target: (kind, held)} (_WinState.locked)
+    # Accumulate (see _accumulate): numpy type number -> (the library's
+    # datatype handle, class); op handle -> (1 combined by the library or 2
+    # REPLACE, the classes it applies to) (ivmpi.win._accumulate_tables).
+    cdef public dict acc_types, acc_ops
+    cdef public object general_accumulate
+    # Fence: the window's barrier (one Cython call), MPI's MODE_NOSUCCEED.
+    cdef public object barrier, general_fence
+    cdef public long mode_nosucceed
+    cdef bytearray acc_scratch
     # Kept by _WinState.sync_fast: an epoch other than single locks is open
     # (fence, Lock_all, PSCW access), so the one-call Lock/Unlock stay out;
     # all_held: a Lock_all holding every target's lock is the only epoch.
@@ -204,43 +213,48 @@ cdef class WinFast:
         self.mem._check_word(at, 8, "window lock")
         return at
 
-    cdef bint _lock_blocked(self, Py_ssize_t t, uint64_t kind) except -1:
-        """Does another rank's lock word for target t stand against a lock of
-        `kind` (1 shared, 2 exclusive)?  Any other nonzero value (a corrupt
-        word) blocks both kinds: the waiter times out naming the rank."""
+    cdef int _lock_attempt(self, Py_ssize_t t, uint64_t kind) except -1:
+        """One step of taking target t's window lock in `kind` (1 shared, 2
+        exclusive): 1 when it is ours, 0 to try again later.
+
+        Every rank announces first (stores `kind` in its own word, full
+        fence) and only then reads the others' words, so of two ranks that
+        conflict at least one sees the other (each word has one writer; no
+        read-modify-write touches the region).  A shared locker that sees an
+        exclusive word withdraws (stores 0) and waits; an exclusive one keeps
+        its word, so new shared lockers stand back, and waits for the others
+        to clear, except that it withdraws for an exclusive word of a lower
+        rank (the tie-break between writers).  Any value other than 0, 1, 2
+        (a corrupt word) counts as an exclusive word.  The caller that gives
+        up must withdraw (lock_withdraw)."""
         cdef Py_ssize_t j
+        cdef Py_ssize_t mine = self._lock_word(self.rank, t)
         cdef uint64_t word
+        cdef bint busy = False
+        cdef char *base = self.mem.base
+        if ivmpi_load_u64(base + mine) != kind:
+            ivmpi_store_u64(base + mine, kind)
+            ivmpi_full_fence()
         for j in range(self.n):
-            if j != self.rank:
-                word = ivmpi_load_u64(self.mem.base + self._lock_word(j, t))
-                if word != 0 and (kind == 2 or word != 1):
-                    return True
-        return False
-
-    cdef int _lock_try(self, Py_ssize_t t, uint64_t kind) except -1:
-        """Take target t's window lock in `kind` if nobody stands against
-        it: 1 taken, 0 not now.  The check and our word's store happen inside
-        t's bakery lock, so two ranks never both see the other's word clear;
-        the bakery's leave fences before it clears our ticket, so the next
-        rank in sees our word.  Every word has one writer; no
-        read-modify-write touches the region."""
-        cdef bint free
-        if self.lock_blocks is None or self.bakery_busy or not self._bakery_enter(t):
+            if j == self.rank:
+                continue
+            word = ivmpi_load_u64(base + self._lock_word(j, t))
+            if word == 0 or (word == 1 and kind == 1):
+                continue
+            if word != 1 and (kind == 1 or j < self.rank):
+                ivmpi_store_u64(base + mine, 0)     # withdraw: they go first
+                return 0
+            busy = True
+        if busy:
             return 0
-        try:
-            free = not self._lock_blocked(t, kind)
-            if free:
-                ivmpi_store_u64(self.mem.base + self._lock_word(self.rank, t), kind)
-        finally:
-            self._bakery_leave(t)
-        return 1 if free else 0
+        ivmpi_full_fence()      # our accesses of the epoch come after
+        return 1
 
-    def lock_try(self, Py_ssize_t t, uint64_t kind):
-        return self._lock_try(t, kind) == 1
+    def lock_attempt(self, Py_ssize_t t, uint64_t kind):
+        return self._lock_attempt(t, kind) == 1
 
-    def lock_may_succeed(self, Py_ssize_t t, uint64_t kind):
-        """A waiter's predicate: nothing stands against the lock just now."""
-        return not self.bakery_busy and not self._lock_blocked(t, kind)
+    def lock_withdraw(self, Py_ssize_t t):
+        ivmpi_store_u64(self.mem.base + self._lock_word(self.rank, t), 0)
 
     def lock_holders(self, Py_ssize_t t):
         """{rank: word} of the other ranks whose lock word for t is set."""
@@ -274,11 +288,13 @@ cdef class WinFast:
                     kind = 2
                 elif lock_type == self.lock_shared:
                     kind = 1
-                if kind and self._lock_try(t, kind):
-                    self.locked[rank] = _HELD_EXCLUSIVE if kind == 2 else _HELD_SHARED
-                    self.passive[t] = 1
-                    self.allowed[t] = 1
-                    return
+                if kind:
+                    if self._lock_attempt(t, kind):
+                        self.locked[rank] = _HELD_EXCLUSIVE if kind == 2 else _HELD_SHARED
+                        self.passive[t] = 1
+                        self.allowed[t] = 1
+                        return
+                    self.lock_withdraw(t)       # the general path waits
         self.general_lock(rank, lock_type, assertion)
 
     def Unlock(self, rank):
@@ -301,7 +317,7 @@ cdef class WinFast:
         cdef Py_ssize_t t, got = 0
         if (self.enabled and self.region_locks is not None and not self.other_epochs
                 and assertion == 0 and not self.locked and self.all_region_locks):
-            while got < self.n and self._lock_try(got, 1):
+            while got < self.n and self._lock_attempt(got, 1):
                 got += 1
             if got == self.n:
                 self.state.lock_all = "held"
@@ -310,7 +326,7 @@ cdef class WinFast:
                     self.passive[t] = 1
                     self.allowed[t] = 1
                 return
-            for t in range(got):
+            for t in range(got + 1):
                 self.lock_release(t)
         self.general_lock_all(assertion)
 
@@ -328,6 +344,82 @@ cdef class WinFast:
             return
         self.general_unlock_all()
 
+
+    # --- Fence ---------------------------------------------------------------------
+
+    def Fence(self, assertion=0):
+        """A fence of a window whose every part lies in the region, with no
+        other epoch open and nothing outstanding: every access of the epoch
+        was the origin's own copy, complete when it returned, so a full
+        memory fence and the window's barrier close it."""
+        cdef Py_ssize_t t
+        cdef bint open_next
+        cdef object state = self.state
+        if (self.enabled and self.all_region_locks and type(assertion) is int
+                and not self.locked and not self.dirty and not state.lock_all
+                and state.access is None and state.exposure is None
+                and not (self.pending and any(self.pending.values()))):
+            ivmpi_full_fence()
+            self.barrier()
+            ivmpi_full_fence()
+            open_next = not (assertion & self.mode_nosucceed)
+            state.fence_open = open_next
+            self.other_epochs, self.all_held = open_next, False
+            for t in range(self.n):
+                self.passive[t] = 0
+                self.allowed[t] = open_next
+            return
+        self.general_fence(assertion)
+
+    # --- Accumulate on region memory --------------------------------------------
+
+    cdef int _accumulate(self, object origin, object target_rank, object target,
+                         object op) except -1:
+        """Accumulate a contiguous numpy array of one predefined type into
+        region memory, inside the target's bakery lock: the target bytes are
+        copied out, combined by the library's MPI_Reduce_local (as the
+        general path's _combine) and copied back.  1 done, 0 general path."""
+        cdef char *data
+        cdef char *scratch
+        cdef Py_ssize_t length, at, t, elem
+        cdef int code
+        if self.acc_types is None or not self.enabled or self.bakery_busy \
+                or type(origin) is not cnp.ndarray:
+            return 0
+        typed = self.acc_types.get(cnp.PyArray_TYPE(<cnp.ndarray>origin))
+        how = self.acc_ops.get(getattr(op, "handle", None))
+        if typed is None or how is None or not (<int>how[1] & <int>typed[1]) \
+                or not _direct(origin, False, &data, &length):
+            return 0
+        datatype, code = typed[0], how[0]
+        elem = cnp.PyArray_ITEMSIZE(<cnp.ndarray>origin)
+        at = self._where(target_rank, target, length)
+        if at < 0 or length == 0 or length % elem:
+            return 0
+        t = target_rank
+        self.mem._check_range(at, length, "Accumulate")
+        if code == 1:
+            if self.acc_scratch is None or len(self.acc_scratch) < length:
+                self.acc_scratch = bytearray(length)
+            scratch = PyByteArray_AS_STRING(self.acc_scratch)
+        if not self._bakery_enter(t):
+            return 0
+        try:
+            if code == 2:
+                self.mem._copy_in(at, data, length)
+            else:
+                self.mem._copy_out(at, scratch, length)
+                _user_combine(data, scratch, length // elem, <size_t>datatype, <size_t>op.handle)
+                self.mem._copy_in(at, scratch, length)
+        finally:
+            self._bakery_leave(t)
+        return 1
+
+    def Accumulate(self, origin, target_rank, target=None, op=None):
+        if op is None:
+            op = self.sum_op
+        if not self._accumulate(origin, target_rank, target, op):
+            self.general_accumulate(origin, target_rank, target, op)
 
     # --- Fetch_and_op on region memory, the counter's case ---------------------
 

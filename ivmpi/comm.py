@@ -282,13 +282,20 @@ class Comm(_MPI.Comm):
             self._route = routing.routed_path(engine, self)
             self._coll = routing.LibraryCollectives(self)
         elif not hidden and local_ranks is None:
-            twin = self._collectives.p2p
-            self._shared = SmallCollectives(
-                twin._fast, self.rank, self.size, COLLECTIVE_TAGS, _small_op_codes(),
-                twin.Send, twin.Recv, self._collectives, _MPI.IN_PLACE, _MPI.SUM)
-            self._shared.give_copies = not engine.oversubscribed
+            self._shared = self._small_collectives()
         self._bind_fast()
         return self
+
+    def _small_collectives(self):
+        """The one-call collectives (SmallCollectives) over this
+        communicator's collective twin: bound by every communicator that is
+        not hidden; a window's hidden one uses their Barrier."""
+        twin = self._collectives.p2p
+        small = SmallCollectives(
+            twin._fast, self.rank, self.size, COLLECTIVE_TAGS, _small_op_codes(),
+            twin.Send, twin.Recv, self._collectives, _MPI.IN_PLACE, _MPI.SUM)
+        small.give_copies = not self._engine.oversubscribed
+        return small
 
     def _bind_fast(self):
         """The hot calls go straight to Cython, no Python frame in between:

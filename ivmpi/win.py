@@ -423,6 +423,25 @@ def _apply_to(memory, kind, disp, runs, payload, op_index, type_index, who):
     return old if kind == GET_ACC else None
 
 
+def _accumulate_tables():
+    """WinFast's Accumulate: {numpy type number: (the library's datatype
+    handle, class)} for numpy's numbers, and {op handle: (1: the library
+    combines, 2: REPLACE; the classes MPI allows it on)}; classes 1 integer,
+    2 floating, 4 complex, 8 bool (the LOC ops take pairs: not here)."""
+    classes = {"b": 1, "B": 1, "h": 1, "H": 1, "i": 1, "I": 1, "l": 1, "L": 1, "q": 1,
+               "Q": 1, "f": 2, "d": 2, "F": 4, "D": 4, "?": 8}
+    types = {}
+    for code, cls in classes.items():
+        datatype = _MPI._typedict.get(code)
+        if datatype is not None:
+            types[np.dtype(code).num] = (datatype.handle, cls)
+    allowed = {"SUM": 7, "PROD": 7, "MAX": 3, "MIN": 3, "LAND": 9, "LOR": 9, "LXOR": 9,
+               "BAND": 1, "BOR": 1, "BXOR": 1}
+    ops = {getattr(_MPI, name).handle: (1, cls) for name, cls in allowed.items()}
+    ops[_MPI.REPLACE.handle] = (2, 15)
+    return types, ops
+
+
 class _Bakery:
     """Mutual exclusion among a window's ranks for each target's part, from
     plain loads and stores (Lamport's bakery): no read-modify-write.
@@ -617,12 +636,13 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
         return self
 
     def _bind_fast(self):
-        """Put, Get, Flush, Fetch_and_op, Lock and Unlock straight to Cython (ivmpi._fastcopy.WinFast),
+        """Put, Get, Flush, Fence, Accumulate, Fetch_and_op and the locks straight to Cython (ivmpi._fastcopy.WinFast),
         for ivmpi's own class only: a subclass keeps its overrides."""
         if type(self) is Win:
             fast = self._st.fast
             self.Put, self.Get, self.Flush = fast.Put, fast.Get, fast.Flush
-            self.Fetch_and_op = fast.Fetch_and_op
+            self.Fetch_and_op, self.Accumulate = fast.Fetch_and_op, fast.Accumulate
+            self.Fence = fast.Fence
             self.Lock, self.Unlock = fast.Lock, fast.Unlock
             self.Lock_all, self.Unlock_all = fast.Lock_all, fast.Unlock_all
 
@@ -784,6 +804,11 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
         fast.general_get = self._general_get
         fast.general_flush = self._general_flush
         fast.general_fetch_and_op = self._general_fetch_and_op
+        fast.general_accumulate = self._general_accumulate
+        fast.general_fence, fast.mode_nosucceed = self._general_fence, _MPI.MODE_NOSUCCEED
+        small = state.coll._small_collectives()
+        small.lock_of = state.coll._lock
+        fast.barrier = small.Barrier
         fast.general_lock, fast.general_unlock = self._general_lock, self._general_unlock
         fast.general_lock_all = self._general_lock_all
         fast.general_unlock_all = self._general_unlock_all
@@ -794,6 +819,7 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
                          _MPI.MAX.handle: 3, _MPI.MIN.handle: 4}
         if state.bakery is not None:
             fast.lock_blocks = list(state.bakery.blocks)
+            fast.acc_types, fast.acc_ops = _accumulate_tables()
             fast.region_locks = bytearray(1 if self._origin_applies(state, t) else 0
                                           for t in range(state.size))
             fast.all_region_locks = all(fast.region_locks)
@@ -1251,6 +1277,9 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
         state = self.__dict__.get("_st")
         if state is None:
             return _MPI.Win.Accumulate(self, origin, target_rank, target, op)
+        self._general_accumulate(origin, target_rank, target, op)
+
+    def _general_accumulate(self, origin, target_rank, target=None, op=_MPI.SUM):
         self._accumulate(self._state(), origin, target_rank, target, op, "Accumulate")
 
     def Get_accumulate(self, origin, result, target_rank, target=None, op=_MPI.SUM):
@@ -1437,6 +1466,9 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
         state = self.__dict__.get("_st")
         if state is None:
             return _MPI.Win.Fence(self, assertion)
+        self._general_fence(assertion)
+
+    def _general_fence(self, assertion=0):
         state = self._state()
         if state.locked or state.lock_all or state.access is not None \
                 or state.exposure is not None:
@@ -1446,7 +1478,7 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
             self._complete_all()
         except MPIError as exc:     # raised after the barrier: nobody is left waiting
             error = exc
-        state.coll.Barrier()
+        state.fast.barrier()        # the one WinFast.Fence calls: ranks may take either path
         # Requests to us from ranks that passed their flush are applied by now;
         # take any left in the queue so direct loads see them.
         state.engine.progress()
@@ -1486,7 +1518,7 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
 
     @staticmethod
     def _region_locked(state, target):
-        """Are target's locks taken in the region (WinFast._lock_try) rather
+        """Are target's locks taken in the region (WinFast._lock_attempt) rather
         than by its owner?  Where its part lies in the region: every access to
         it is then the origin's own, and every rank decides alike from the
         window table."""
@@ -1495,8 +1527,9 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
             and fast.region_locks[target]
 
     def _region_lock(self, state, target, kind, what):
-        """Take target's lock in the region, waiting (with the engine's
-        progress, liveness checks and IVMPI_TIMEOUT) while others hold it."""
+        """Take target's lock in the region (WinFast._lock_attempt), waiting
+        with the engine's progress, liveness checks and IVMPI_TIMEOUT while
+        others hold it; a wait that fails withdraws our word."""
         fast = state.fast
 
         def why():
@@ -1505,8 +1538,13 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
                     + (", ".join(f"rank {j}" + ("" if w in (_SHARED, _EXCLUSIVE) else
                                                 f" (a lock word of {w}, not a lock type)")
                                  for j, w in sorted(holders.items())) or "nobody now"))
-        while not fast.lock_try(target, kind):
-            self._wait_until(state, lambda: fast.lock_may_succeed(target, kind), _Lazy(why))
+        if fast.lock_attempt(target, kind):
+            return
+        try:
+            self._wait_until(state, lambda: fast.lock_attempt(target, kind), _Lazy(why))
+        except BaseException:
+            fast.lock_withdraw(target)
+            raise
 
     def Unlock(self, rank):
         state = self.__dict__.get("_st")

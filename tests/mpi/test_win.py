@@ -172,6 +172,64 @@ def test_every_op_from_every_rank_against_the_library(comm, dtype):
     assert outs[0][0][keep] == outs[1][0][keep]
 
 
+ACC_TYPES = ("i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f4", "f8", "c8", "c16", "?")
+
+
+def _ops_for(dtype):
+    kind = np.dtype(dtype).kind
+    if kind == "b":
+        return ("LAND", "LOR", "LXOR")
+    if kind == "c":
+        return ("SUM", "PROD")
+    if kind == "f":
+        return ("SUM", "PROD", "MAX", "MIN")
+    return ("SUM", "PROD", "MAX", "MIN", "BAND", "BOR", "BXOR", "LAND", "LOR", "LXOR")
+
+
+@pytest.mark.parametrize("dtype", ACC_TYPES)
+def test_accumulate_of_plain_arrays_in_one_call_against_the_library(comm, dtype):
+    """Accumulate of a numpy array at an integer displacement of region
+    memory, every predefined op its type takes, every rank into every
+    target at once: the same memory as the library's window.  Then rank 0
+    alone (no contention for the bakery, where the one-call path may leave
+    the wait to the general one): none of it through the general path (the
+    one-call path combines with the library's MPI_Reduce_local inside the
+    target's bakery lock)."""
+    rank, size = comm.rank, comm.size
+    n, item = 5, np.dtype(dtype).itemsize
+    ops = _ops_for(dtype)
+    made = make_windows("allocate", n * item * len(ops), comm)
+    general = []
+    fast = made[0][0]._st.fast
+    fast.general_accumulate = lambda *args, _g=fast.general_accumulate: (general.append(args),
+                                                                         _g(*args))
+    memories = []
+    for (win, mem), mod in zip(made, (MPI, _native)):
+        base = np.frombuffer(mem, dtype)
+        base[:] = (np.arange(len(base)) % 3 + 1).astype(dtype)
+        comm.Barrier()
+        win.Lock_all()
+        for k, name in enumerate(ops):
+            origin = ((np.arange(n) + rank) % 4).astype(dtype)
+            for target in range(size):
+                win.Accumulate(origin, target, k * n * item, op=getattr(mod, name))
+        win.Unlock_all()
+        comm.Barrier()
+        memories.append(bytes(mem))
+    assert memories[0] == memories[1]
+    win = made[0][0]
+    del general[:]
+    if rank == 0:
+        win.Lock_all()
+        for k, name in enumerate(ops):
+            for target in range(size):
+                win.Accumulate(np.ones(n, dtype), target, k * n * item, op=getattr(MPI, name))
+        win.Unlock_all()
+    comm.Barrier()
+    free_windows(made, "allocate")
+    assert general == []
+
+
 def test_fetch_and_op_and_compare_and_swap(comm):
     rank, size = comm.rank, comm.size
     win = MPI.Win.Allocate(16 if rank == 0 else 0, 8, comm=comm)
