@@ -376,13 +376,15 @@ cdef class WinFast:
     cdef int _accumulate(self, object origin, object target_rank, object target,
                          object op) except -1:
         """Accumulate a contiguous numpy array of one predefined type into
-        region memory, inside the target's bakery lock: the target bytes are
-        copied out, combined by the library's MPI_Reduce_local (as the
-        general path's _combine) and copied back.  1 done, 0 general path."""
+        region memory, inside the target's bakery lock: the library's
+        MPI_Reduce_local (as the general path's _combine) combines into the
+        target bytes, in place, or in a private copy written back where the
+        mapping keeps strict alignment.  1 done, 0 general path."""
         cdef char *data
         cdef char *scratch
         cdef Py_ssize_t length, at, t, elem
         cdef int code
+        cdef bint in_place
         if self.acc_types is None or not self.enabled or self.bakery_busy \
                 or type(origin) is not cnp.ndarray:
             return 0
@@ -398,7 +400,10 @@ cdef class WinFast:
             return 0
         t = target_rank
         self.mem._check_range(at, length, "Accumulate")
-        if code == 1:
+        # In ordinary memory (a host file) the library combines in place, one
+        # pass over the target; device memory only through the copy core.
+        in_place = self.mem.ordinary and at % elem == 0
+        if code == 1 and not in_place:
             if self.acc_scratch is None or len(self.acc_scratch) < length:
                 self.acc_scratch = bytearray(length)
             scratch = PyByteArray_AS_STRING(self.acc_scratch)
@@ -407,6 +412,9 @@ cdef class WinFast:
         try:
             if code == 2:
                 self.mem._copy_in(at, data, length)
+            elif in_place:
+                _user_combine(data, self.mem.base + at, length // elem, <size_t>datatype,
+                              <size_t>op.handle)
             else:
                 self.mem._copy_out(at, scratch, length)
                 _user_combine(data, scratch, length // elem, <size_t>datatype, <size_t>op.handle)

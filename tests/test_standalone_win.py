@@ -133,6 +133,38 @@ def test_one_call_put_and_get_are_strict_aligned(strict_mapping, offset, disp, l
     assert (back == data).all()
 
 
+@pytest.mark.parametrize("disp,count", [(0, 3), (5, 7), (16, 1000)])
+def test_one_call_accumulate_is_strict_aligned(strict_mapping, disp, count):
+    """In strict mode the one-call Accumulate combines in a private copy: the
+    target bytes are read once and written once by the aligned copy core,
+    exactly those bytes, and the sum is right."""
+    from mpi4py import MPI as library
+    from ivmpi.win import _accumulate_tables
+    offset = 4096
+    fast = traced.WinFast(strict_mapping, [-1, offset], [0, 16384], [1, 1], 0)
+
+    def general(*args):
+        raise AssertionError("the one-call path should have taken this")
+    fast.general_accumulate = general
+    fast.dirty, fast.pending = set(), {}
+    fast.allowed[1] = 1
+    fast.lock_blocks = [0, 256]             # two ranks' bakery and lock words, zero
+    fast.acc_types, fast.acc_ops = _accumulate_tables()
+    before = np.arange(count, dtype="f8")
+    strict_mapping.write(offset + disp, before.tobytes())
+    data = np.full(count, 0.5)
+    start, length = strict_mapping.address + offset + disp, 8 * count
+    addresses, widths = traced_call(lambda: fast.Accumulate(data, 1, disp, library.SUM))
+    addresses, widths = np.asarray(addresses, dtype=np.uint64), np.asarray(widths)
+    mine = addresses >= strict_mapping.address + 1024       # not the bakery's words
+    addresses, widths = addresses[mine], widths[mine]
+    split = int(np.searchsorted(np.cumsum(widths), length)) + 1
+    assert strictness_violations(addresses[:split], widths[:split], start, length) == []
+    assert strictness_violations(addresses[split:], widths[split:], start, length) == []
+    after = np.frombuffer(strict_mapping.read_bytes(offset + disp, length), "f8")
+    assert (after == before + 0.5).all()
+
+
 def test_one_call_path_leaves_the_rest_to_the_general_one(strict_mapping):
     calls = []
     fast = traced.WinFast(strict_mapping, [-1, 0], [0, 100], [1, 8], 0)
