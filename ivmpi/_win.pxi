@@ -67,7 +67,10 @@ cdef class WinFast:
     cdef bytearray acc_scratch
     # Kept by _WinState.sync_fast: an epoch other than single locks is open
     # (fence, Lock_all, PSCW access), so the one-call Lock/Unlock stay out;
-    # all_held: a Lock_all holding every target's lock is the only epoch.
+    # all_held: a Lock_all holding every target's lock is the only epoch;
+    # all_region_locks: every target's part lies in the region, so its
+    # locks, accumulates and accesses are the origins' own (Fence needs only
+    # a memory fence and a barrier).
     cdef public bint other_epochs, all_held, all_region_locks
 
     def __init__(self, Mapping mem, list offsets, list sizes, list units, Py_ssize_t rank):
