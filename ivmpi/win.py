@@ -583,6 +583,7 @@ class _WinState:
         self.access = None          # Start's group (comm ranks) until Complete
         self.exposure = None        # Post's group until Wait/Test
         self.fast = None            # the WinFast of the one-call paths
+        self.served = False         # this rank's part has the progress thread (_finish)
 
     def sync_fast(self):
         """Tell the one-call paths which targets an epoch opens (WinFast)."""
@@ -828,7 +829,15 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
         with engine.lock:
             engine.services.append(state.owner)
             engine.service_contexts[state.ctx] = state.owner
-        _progress_thread(engine).add()
+        # Requests come only to a part outside the region (or to a rank with
+        # no bakery words): only then must this process serve them while it
+        # computes.  A thread with nothing to serve would still run the
+        # engine's progress whenever a long copy lets go of the GIL, taking
+        # messages off the rings that the one-call paths would have read
+        # themselves (a 64 KiB Put + Fence took 5.2 us instead of 2.3).
+        state.served = not (fast.region_locks is not None and fast.region_locks[state.rank])
+        if state.served:
+            _progress_thread(engine).add()
         _BY_HANDLE[self.handle] = state
         _keep_serving_at_exit(state)
         return self
@@ -982,7 +991,8 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
                 if block is not None:
                     engine.heap.release(block)
         state.coll.Free()
-        _progress_thread(engine).remove()
+        if state.served:
+            _progress_thread(engine).remove()
         if error is not None:
             raise error
 

@@ -445,6 +445,30 @@ def test_passive_target_is_served_while_it_sleeps(comm):
     allocated.Free()
 
 
+def _progress_threads():
+    import threading
+    return [t for t in threading.enumerate() if t.name == "ivmpi-window-progress"]
+
+
+def test_the_progress_thread_runs_only_for_memory_outside_the_region(comm):
+    """Nothing is ever asked of a rank whose part lies in the region (every
+    access, lock and accumulate is the origin's own), so such windows start
+    no progress thread (which would take messages off the rings whenever a
+    long copy lets go of the GIL); a window over user memory needs one."""
+    before = len(_progress_threads())     # (another module's window may still need one)
+    allocated = MPI.Win.Allocate(64, 8, comm=comm)
+    shared = MPI.Win.Allocate_shared(64, 8, comm=comm)
+    assert not allocated._st.served and not shared._st.served
+    assert len(_progress_threads()) == before
+    created = MPI.Win.Create(bytearray(64), 8, comm=comm)
+    assert created._st.served
+    assert len(_progress_threads()) == 1
+    created.Free()
+    assert len(_progress_threads()) == before
+    shared.Free()
+    allocated.Free()
+
+
 def test_pscw_ring(comm):
     rank, size = comm.rank, comm.size
     win = MPI.Win.Allocate(8 * size, 8, comm=comm)
