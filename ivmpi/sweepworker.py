@@ -689,43 +689,37 @@ def one_sided(name, sized=True):
     return case(name, "win", sized=sized, numpy_only=True)
 
 
+def flushed(ctx, buf, move):
+    """A row in a Lock_all epoch whose step is move(win, buf, target), then
+    Flush(target)."""
+    win, target = window_of(ctx, ctx.nbytes)
+    passive_epoch(ctx, win)
+
+    def step():
+        move(win, buf, target)
+        win.Flush(target)
+    return step
+
+
 @one_sided("Win Put+Flush")
 def _win_put_flush(ctx):
     import numpy
-    win, target = window_of(ctx, ctx.nbytes)
-    passive_epoch(ctx, win)
-    buf = numpy.full(ctx.count, ctx.rank + 1.0)
-
-    def step():
-        win.Put(buf, target)
-        win.Flush(target)
-    return step
+    return flushed(ctx, numpy.full(ctx.count, ctx.rank + 1.0),
+                   lambda win, buf, target: win.Put(buf, target))
 
 
 @one_sided("Win Get+Flush")
 def _win_get_flush(ctx):
     import numpy
-    win, target = window_of(ctx, ctx.nbytes)
-    passive_epoch(ctx, win)
-    buf = numpy.zeros(ctx.count)
-
-    def step():
-        win.Get(buf, target)
-        win.Flush(target)
-    return step
+    return flushed(ctx, numpy.zeros(ctx.count), lambda win, buf, target: win.Get(buf, target))
 
 
 @one_sided("Win Accumulate+Flush")
 def _win_accumulate_flush(ctx):
     import numpy
-    win, target = window_of(ctx, ctx.nbytes)
-    passive_epoch(ctx, win)
-    buf, SUM = numpy.ones(ctx.count), ctx.MPI.SUM
-
-    def step():
-        win.Accumulate(buf, target, op=SUM)
-        win.Flush(target)
-    return step
+    SUM = ctx.MPI.SUM
+    return flushed(ctx, numpy.ones(ctx.count),
+                   lambda win, buf, target: win.Accumulate(buf, target, op=SUM))
 
 
 @one_sided("Win Lock/Put/Unlock")
