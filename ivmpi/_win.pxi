@@ -22,14 +22,15 @@ _HELD_SHARED, _HELD_EXCLUSIVE = (1, True), (2, True)
 
 
 cdef class WinFast:
-    """One window's one-call paths for Put, Get and Flush to region memory.
+    """One window's one-call paths to region memory: Put, Get, Flush,
+    Accumulate and Fetch_and_op, the passive-target locks and Fence.
 
     They take the commonest form only: a contiguous buffer of plain numbers
     (numpy array, bytes, bytearray, memoryview), a target rank whose part of
     the window lies in the region, an integer displacement (or None), inside
     an open access epoch.  Anything else returns to ivmpi.win's general
-    methods (`general_put`, `general_get`, `general_flush`), which also give
-    the errors.  ivmpi.win keeps `allowed`/`passive` (one byte per target:
+    methods (`general_put`, `general_get`, `general_flush`, ...), which also
+    give the errors.  ivmpi.win keeps `allowed`/`passive` (one byte per target:
     an access epoch is open / the target is locked) up to date."""
     cdef Mapping mem
     cdef public list offsets, sizes, units
@@ -211,7 +212,7 @@ cdef class WinFast:
 
     cdef inline Py_ssize_t _lock_word(self, Py_ssize_t j, Py_ssize_t t) except -1:
         """Region offset of rank j's lock word for target t (after j's
-        bakery words; docs/layout.md, "Window locks"), checked."""
+        bakery words; docs/layout.md, "Lock words"), checked."""
         cdef Py_ssize_t at = <Py_ssize_t>self.lock_blocks[j] + 16 * self.n + 8 * t
         self.mem._check_word(at, 8, "window lock")
         return at
