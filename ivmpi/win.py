@@ -442,6 +442,9 @@ def _accumulate_tables():
     return types, ops
 
 
+_ACCUMULATE_TYPES, _ACCUMULATE_OPS = _accumulate_tables()
+
+
 class _Bakery:
     """Mutual exclusion among a window's ranks for each target's part, from
     plain loads and stores (Lamport's bakery): no read-modify-write.
@@ -821,7 +824,7 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
                          _MPI.MAX.handle: 3, _MPI.MIN.handle: 4}
         if state.bakery is not None:
             fast.lock_blocks = list(state.bakery.blocks)
-            fast.acc_types, fast.acc_ops = _accumulate_tables()
+            fast.acc_types, fast.acc_ops = _ACCUMULATE_TYPES, _ACCUMULATE_OPS
             fast.region_locks = bytearray(1 if self._origin_applies(state, t) else 0
                                           for t in range(state.size))
             fast.all_region_locks = all(fast.region_locks)
@@ -1239,8 +1242,9 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
     @staticmethod
     def _origin_applies(state, target_rank):
         """Accumulates to region memory are carried out by the origin itself,
-        under the target's bakery lock: no round trip, whatever the target
-        process is doing."""
+        under the target's bakery lock, and its locks are taken in the region
+        (WinFast._lock_attempt): no round trip, whatever the target process
+        is doing.  Every rank decides alike from the window table."""
         return state.bakery is not None and state.targets[target_rank][0] >= 0
 
     def _locked_apply(self, state, target_rank, kind, start, runs, payload, op_index,
@@ -1518,7 +1522,7 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
             raise MPIError(_MPI.ERR_RMA_SYNC, f"Lock: rank {rank} is already locked")
         kind = _EXCLUSIVE if lock_type == _MPI.LOCK_EXCLUSIVE else _SHARED
         if not assertion & _MPI.MODE_NOCHECK:
-            if self._region_locked(state, rank):
+            if self._origin_applies(state, rank):
                 self._region_lock(state, rank, kind, "Lock")
             else:
                 self._call(state, rank, LOCK, kind, "Lock")
@@ -1526,16 +1530,6 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
         state.locked[rank] = (_HELD_EXCLUSIVE if kind == _EXCLUSIVE else _HELD_SHARED) \
             if held else (kind, False)
         state.sync_fast()
-
-    @staticmethod
-    def _region_locked(state, target):
-        """Are target's locks taken in the region (WinFast._lock_attempt) rather
-        than by its owner?  Where its part lies in the region: every access to
-        it is then the origin's own, and every rank decides alike from the
-        window table."""
-        fast = state.fast
-        return fast is not None and fast.region_locks is not None \
-            and fast.region_locks[target]
 
     def _region_lock(self, state, target, kind, what):
         """Take target's lock in the region (WinFast._lock_attempt), waiting
@@ -1588,14 +1582,14 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
         # Locks taken in the region: the epoch's accesses to the target
         # complete, then the release (a fence, then our word cleared), even
         # after an error: a word left set would block every other rank.
-        for t in held:
-            if self._region_locked(state, t):
-                try:
-                    self._complete_targets(state, [t], what)
-                except MPIError as exc:
-                    error = error or exc
-                state.fast.lock_release(t)
-        held = [t for t in held if not self._region_locked(state, t)]
+        in_region = [t for t in held if self._origin_applies(state, t)]
+        for t in in_region:
+            try:
+                self._complete_targets(state, [t], what)
+            except MPIError as exc:
+                error = error or exc
+            state.fast.lock_release(t)
+        held = [t for t in held if t not in in_region]
         # The unlock request follows every earlier request in the owner's
         # queue: its answer says they are all applied.
         replies = []
@@ -1623,7 +1617,7 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
         if state.lock_all or state.locked:
             raise MPIError(_MPI.ERR_RMA_SYNC, "Lock_all: the window is already locked")
         if not assertion & _MPI.MODE_NOCHECK:
-            by_owner = [r for r in range(state.size) if not self._region_locked(state, r)]
+            by_owner = [r for r in range(state.size) if not self._origin_applies(state, r)]
             replies = [self._send(state, r, LOCK, 0, [], extra=_SHARED, reply=True,
                                   what="Lock_all") for r in by_owner]
             for r, reply in zip(by_owner, replies):
@@ -1631,7 +1625,7 @@ class Win(_MPI.Win, metaclass=_AnyWindow):
             taken = []
             try:
                 for r in range(state.size):
-                    if self._region_locked(state, r):
+                    if self._origin_applies(state, r):
                         self._region_lock(state, r, _SHARED, "Lock_all")
                         taken.append(r)
             except BaseException:

@@ -24,27 +24,27 @@ def in_region(comm, buf):
     return mem.address <= address and address + len(buf) <= mem.address + len(mem)
 
 
+def one_window(mod, kind, nbytes, comm, disp_unit=1):
+    """(window, its local memory, zeroed) of one flavor, made by mod: ivmpi's
+    MPI or the library's."""
+    if kind == "create":        # user memory: outside the region, the owner moves it
+        mem = bytearray(nbytes)
+        return mod.Win.Create(mem, disp_unit, comm=comm), mem
+    if kind == "create_region":
+        mem = mod.Alloc_mem(nbytes)
+        mem[:] = bytes(nbytes)
+        return mod.Win.Create(mem, disp_unit, comm=comm), mem
+    make = mod.Win.Allocate if kind == "allocate" else mod.Win.Allocate_shared
+    win = make(nbytes, disp_unit, comm=comm)
+    mem = win.tomemory()
+    mem[:] = bytes(nbytes)
+    return win, mem
+
+
 def make_windows(kind, nbytes, comm):
     """(ivmpi window, library window, their local memories) of one flavor."""
-    made = []
-    for mod, c in ((MPI, comm), (_native, NATIVE)):
-        if kind == "create":
-            mem = bytearray(nbytes)
-            win = mod.Win.Create(mem, 1, comm=c)
-        elif kind == "create_region":
-            mem = mod.Alloc_mem(nbytes)
-            mem[:] = bytes(nbytes)
-            win = mod.Win.Create(mem, 1, comm=c)
-        elif kind == "allocate":
-            win = mod.Win.Allocate(nbytes, 1, comm=c)
-            mem = win.tomemory()
-            mem[:] = bytes(nbytes)
-        else:
-            win = mod.Win.Allocate_shared(nbytes, 1, comm=c)
-            mem = win.tomemory()
-            mem[:] = bytes(nbytes)
-        made.append((win, mem))
-    c.Barrier()
+    made = [one_window(mod, kind, nbytes, c) for mod, c in ((MPI, comm), (_native, NATIVE))]
+    NATIVE.Barrier()
     comm.Barrier()
     return made
 
@@ -261,35 +261,13 @@ def test_fetch_and_op_and_compare_and_swap(comm):
     win.Free()
 
 
-def make_window(kind, nbytes, comm):
-    """(ivmpi window, its local memory, memory to free) of one flavor."""
-    if kind == "create":        # memory outside the region: the owner moves it
-        mem = bytearray(nbytes)
-        return MPI.Win.Create(mem, 8, comm=comm), mem, None
-    if kind == "create_region":
-        mem = MPI.Alloc_mem(nbytes)
-        mem[:] = bytes(nbytes)
-        return MPI.Win.Create(mem, 8, comm=comm), mem, mem
-    make = MPI.Win.Allocate if kind == "allocate" else MPI.Win.Allocate_shared
-    win = make(nbytes, 8, comm=comm)
-    mem = win.tomemory()
-    mem[:] = bytes(nbytes)
-    return win, mem, None
-
-
-def free_window(win, to_free):
-    win.Free()
-    if to_free is not None:
-        MPI.Free_mem(to_free)
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_exclusive_lock_excludes(comm, kind):
     """A read-modify-write made of Get and Put is safe inside an exclusive
     lock.  Where the target's memory lies in the region the locks are taken
     there by the origins: its owner applies no request at all."""
     rank, size = comm.rank, comm.size
-    win, mem, to_free = make_window(kind, 8, comm)
+    win, mem = one_window(MPI, kind, 8, comm, 8)
     comm.Barrier()
     before = win._st.owner.applied
     rounds = 30
@@ -307,7 +285,7 @@ def test_exclusive_lock_excludes(comm, kind):
             assert win._st.owner.applied > before
         else:
             assert win._st.owner.applied == before
-    free_window(win, to_free)
+    free_windows([(win, mem)], kind)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -318,7 +296,7 @@ def test_shared_locks_exclude_writers_only(comm, kind):
     under a shared lock (or Lock_all) sees a mix of two writers' words."""
     rank, size = comm.rank, comm.size
     words = 8
-    win, mem, to_free = make_window(kind, 8 * words, comm)
+    win, mem = one_window(MPI, kind, 8 * words, comm, 8)
     comm.Barrier()
     win.Lock(0, MPI.LOCK_SHARED)
     comm.Barrier()
@@ -347,7 +325,7 @@ def test_shared_locks_exclude_writers_only(comm, kind):
                 win.Unlock_all()
             assert (seen == seen[0]).all(), f"a mix of writers' words: {seen}"
     comm.Barrier()
-    free_window(win, to_free)
+    free_windows([(win, mem)], kind)
 
 
 @pytest.mark.parametrize("waiter", ("exclusive", "shared", "lock_all"))
@@ -356,7 +334,7 @@ def test_a_lock_waits_for_its_holder(comm, kind, waiter):
     """Rank 1 holds rank 0's lock while it sleeps, then writes and unlocks:
     every other rank's lock waits, and its Get sees the write."""
     rank = comm.rank
-    win, mem, to_free = make_window(kind, 8, comm)
+    win, mem = one_window(MPI, kind, 8, comm, 8)
     comm.Barrier()
     if rank == 1:
         win.Lock(0, MPI.LOCK_EXCLUSIVE)
@@ -375,7 +353,7 @@ def test_a_lock_waits_for_its_holder(comm, kind, waiter):
         win.Unlock_all() if waiter == "lock_all" else win.Unlock(0)
         assert seen[0] == 42
     comm.Barrier()
-    free_window(win, to_free)
+    free_windows([(win, mem)], kind)
 
 
 def test_a_corrupt_lock_word_fails_the_lock_naming_its_writer(comm):
