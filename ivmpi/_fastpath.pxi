@@ -1236,8 +1236,11 @@ cdef class FastPath:
         (so no progress is owed: frames from anyone else, other
         communicators too, need the engine's progress, which a probe loop
         must make); FAST_NOT_HANDLED: the engine must look."""
-        if not self.enabled or not self._valid_receive(source, tag) or self.backlog \
-                or self.engine.schedules or not self._inbox_ready():
+        if not self.enabled or not self._valid_receive(source, tag):
+            return FAST_NOT_HANDLED
+        if self.engine.schedules:
+            self._run_schedules()
+        if self.backlog or not self._inbox_ready():
             return FAST_NOT_HANDLED
         cdef long found = self._peek_once(source, tag, index)
         if found == 0 and self.routed:
@@ -1248,6 +1251,19 @@ cdef class FastPath:
             if found == 0 and self.any_view.box.first_ready(0) >= 0:
                 return FAST_NOT_HANDLED
         return found
+
+    cdef int _run_schedules(self) except -1:
+        """Advance the nonblocking collectives in progress and drop the
+        finished ones, as a round of the engine's progress does: a probe
+        loop must move them (their next step may wait on nothing but this
+        rank), and the rest of the probe then needs no engine.  What they
+        still wait for arrives as frames, which the probe sees in the inbox."""
+        engine = self.engine
+        schedules = engine.schedules
+        running = [s for s in schedules if not s.done]
+        if len(running) != len(schedules):
+            engine.schedules = running
+        return 0
 
     cdef long _peek_once(self, long source, long tag, Py_ssize_t *index) except -3:
         cdef int j

@@ -1,7 +1,8 @@
 # Request.Test and the calls that complete one or some of a list of
 # requests (Testall, Waitany, Testany, Waitsome, Testsome), in C for the
 # common case: no statuses asked for, ivmpi's own requests of the two
-# plain types (_fastpath.pxi: set_request_types), no error to report.
+# plain types (_fastpath.pxi: set_request_types; the tests also those of
+# nonblocking collectives), no error to report.
 # They are called in polling loops, where a pass in Python over the list
 # and a round of the engine's progress per call cost 2-3x mpi4py's whole
 # call.  Everything else goes to the Python methods (ivmpi/request.py).
@@ -64,6 +65,115 @@ cdef bint _plain_requests(object requests) except -1:
     return True
 
 
+# The requests of nonblocking and persistent collectives (ivmpi.nbcoll):
+# their own Wait, but Request's tests, which the C tests below take too.
+cdef object _CollectiveRequest = None
+cdef object _CollectivePrequest = None
+
+
+def set_collective_request_types(request, prequest):
+    global _CollectiveRequest, _CollectivePrequest
+    _CollectiveRequest, _CollectivePrequest = request, prequest
+
+
+cdef inline bint _testable(object req) noexcept:
+    """A request whose tests the C versions below take."""
+    t = type(req)
+    return (t is _Request or t is _Prequest or t is _CollectiveRequest
+            or t is _CollectivePrequest)
+
+
+cdef bint _testable_requests(object requests) except -1:
+    """A list or tuple of requests that are all _testable."""
+    if type(requests) is not list and type(requests) is not tuple:
+        return False
+    for req in requests:
+        if not _testable(req):
+            return False
+    return True
+
+
+cdef int _idle_progress(object engine) except -1:
+    """A test's round of progress, in C, when it needs nothing of the
+    engine's Python: nothing queued to send, no library operation, shared
+    copy or service, and in the inbox only eager frames that a posted
+    receive takes (delivered, as the engine's round does first) or that
+    belong to a nonblocking collective in progress (its context: they stay
+    in the ring for the collective's own receive).  The collectives advance
+    (reading `done`), and with more ranks than cores, when nothing moved,
+    the core is given away, as Engine.test_progress does.  The engine's
+    round in Python would take the collectives' frames aside as unexpected
+    messages and match them to their receives later, some 1.5 us a test
+    more.  1: done, nothing moved; 2: done, something moved; 0: something
+    else is there, and the engine's own round must run."""
+    if (engine.backlog or engine.sharing or engine.routes or engine.library_pending
+            or engine.library_ops or engine.services):
+        return 0
+    cdef Inbox inbox = <Inbox?>engine.inbox
+    cdef EngineLock lock = <EngineLock?>engine.lock
+    cdef bint moved = False
+    cdef Py_ssize_t delivered
+    if not lock.enter():
+        return 0
+    try:
+        schedules = engine.schedules
+        while True:
+            if schedules:
+                running = [s for s in schedules if not _op_done(s)]
+                if len(running) != len(schedules):
+                    # One finished: enough for this round.  The frames
+                    # still in the inbox may be the next run's, from peers
+                    # ahead, which that run takes straight from the ring.
+                    engine.schedules = running
+                    return 2
+            delivered = _collective_frames(inbox, engine.rx_by_slot, schedules, engine.posted,
+                                           engine.eager_limit)
+            if delivered < 0:
+                return 0
+            if delivered == 0:
+                break
+            moved = True
+    finally:
+        lock.leave()
+    if not moved and engine.oversubscribed:
+        with nogil:
+            _yield_idle()
+    return 2 if moved else 1
+
+
+cdef Py_ssize_t _collective_frames(Inbox inbox, list rings, list running, list posted,
+                                   uint64_t eager_limit) except -2:
+    """The frames in the inbox when only collectives are running: those a
+    posted receive (theirs) takes are delivered into it; an eager frame on
+    the context of a running collective that no receive takes yet stays in
+    its ring for the collective's own receive.  Returns how many were
+    delivered, or -1 when some other frame is next in a ring."""
+    cdef int i = inbox.first_ready(0)
+    cdef Py_ssize_t delivered = 0
+    cdef RxRing rx
+    while i >= 0:
+        rx = <RxRing?>rings[i]
+        while rx.poll():
+            if posted and _deliver_eager(rx, posted, eager_limit, None):
+                delivered += 1
+                continue
+            if rx.kind != 1:
+                return -1
+            for s in running:
+                if isinstance(s, Schedule) and (<Schedule>s).context == rx.context:
+                    break
+            else:
+                return -1
+            break
+        i = inbox.first_ready(i + 1)
+    return delivered
+
+
+def idle_progress(engine):
+    """_idle_progress for Engine.test_progress."""
+    return _idle_progress(engine)
+
+
 cdef int _poll_request(object req, object op) except -1:
     """One round of progress for a test: a poll of the peer's ring (or the
     library operation) in C first, the engine's whole progress if the
@@ -78,7 +188,9 @@ cdef int _poll_request(object req, object op) except -1:
                 return 0
         elif (<FastPath>fast)._poll_op(op, 0) >= 0 and (<Op>op).done:
             return 0
-    comm._engine.test_progress()
+    engine = comm._engine
+    if not _idle_progress(engine):
+        engine.test_progress()
     return 0
 
 
@@ -143,8 +255,7 @@ cdef bint _complete_plain(object req) except -1:
 
 def request_Test(self, status=None):
     op = self._op
-    if status is not None or op is None or (type(self) is not _Request
-                                            and type(self) is not _Prequest):
+    if status is not None or op is None or not _testable(self):
         return _py_Test(self, status)
     if not _op_done(op):
         _poll_request(self, op)
@@ -158,7 +269,7 @@ def request_Test(self, status=None):
 
 def request_Testall(cls, requests, statuses=None):
     cdef Py_ssize_t active, waiting, pending
-    if statuses is not None or not _plain_requests(requests):
+    if statuses is not None or not _testable_requests(requests):
         return _py_Testall(cls, requests, statuses)
     _scan(requests, &active, &waiting, &pending)
     if waiting:
@@ -202,7 +313,7 @@ def request_Waitany(cls, requests, status=None):
 
 def request_Testany(cls, requests, status=None):
     cdef Py_ssize_t active, waiting, pending, first
-    if status is not None or not _plain_requests(requests):
+    if status is not None or not _testable_requests(requests):
         return _py_Testany(cls, requests, status)
     first = _scan(requests, &active, &waiting, &pending)
     if not active:
@@ -252,7 +363,7 @@ def request_Waitsome(cls, requests, statuses=None):
 
 def request_Testsome(cls, requests, statuses=None):
     cdef Py_ssize_t active, waiting, pending, first
-    if statuses is not None or not _plain_requests(requests):
+    if statuses is not None or not _testable_requests(requests):
         return _py_Testsome(cls, requests, statuses)
     first = _scan(requests, &active, &waiting, &pending)
     if not active:

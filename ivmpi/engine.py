@@ -507,6 +507,9 @@ class Engine:
         when oversubscribed (mpi_yield_when_idle): a program testing in a
         loop would otherwise keep the rank it waits for off the core for a
         time slice, milliseconds per message."""
+        idle = _fastcopy.idle_progress(self)     # only collectives to move: in C
+        if idle:
+            return idle == 2
         moved = self.progress()
         if not moved and self.oversubscribed:
             _fastcopy.yield_idle()
