@@ -1276,6 +1276,9 @@ cdef class FastPath:
             ring = self.rx[source]
             if ring is None:
                 return FAST_NOT_HANDLED
+            while (<RxRing>ring).poll() and (<RxRing>ring).kind == 6 \
+                    and self._take_ack(<RxRing>ring):
+                pass
             if (<RxRing>ring).poll():
                 if not self._wanted(<RxRing>ring, tag) or self._posted_takes(<RxRing>ring):
                     return FAST_NOT_HANDLED
@@ -1655,6 +1658,21 @@ cdef class FastPath:
             self.any_view = InboxView(box, slots, self.rx)
         return True
 
+    cdef bint _take_ack(self, RxRing rx) except -1:
+        """The ACK at the head of rx, of a send of ours awaiting one: taken
+        (the send completes), as the engine's round would, so that a probe
+        looks at what comes after it.  False for any other (the engine
+        reports a stray one)."""
+        cdef SendOp acked
+        if self.awaiting_ack is None:
+            return False
+        acked = self.awaiting_ack.pop((rx.peer, rx.b), None)
+        if acked is None:
+            return False
+        rx.consume()
+        acked.done = True
+        return True
+
     cdef int _any_ready(self, long tag, bint skip) except -3:
         """ANY_SOURCE: the communicator rank of the first ring, in turn from
         the one after the last served (no sender starves), whose next frame
@@ -1671,6 +1689,9 @@ cdef class FastPath:
             w = view.ready(lo, hi)
             while w >= 0:
                 rx = <RxRing>view.rings[w]
+                if rx.kind == 6 and self._take_ack(rx):
+                    w = view.ready(w, hi)       # that ring again: what came after the ACK
+                    continue
                 if self._wanted(rx, tag) and (not self.posted or not self._posted_takes(rx)):
                     view.found_world = w
                     return view.comm_rank[w]

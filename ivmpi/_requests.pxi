@@ -96,9 +96,9 @@ cdef bint _testable_requests(object requests) except -1:
 cdef int _idle_progress(object engine) except -1:
     """A test's round of progress, in C, when it needs nothing of the
     engine's Python: nothing queued to send, no library operation, shared
-    copy or service, and in the inbox only eager frames that a posted
-    receive takes (delivered, as the engine's round does first) or that
-    belong to a nonblocking collective in progress (its context: they stay
+    copy or service, and in the inbox only acknowledgements, eager frames
+    that a posted receive takes (delivered, as the engine's round does
+    first) or that belong to a nonblocking collective in progress (its context: they stay
     in the ring for the collective's own receive).  The collectives advance
     (reading `done`), and with more ranks than cores, when nothing moved,
     the core is given away, as Engine.test_progress does.  The engine's
@@ -127,7 +127,7 @@ cdef int _idle_progress(object engine) except -1:
                     engine.schedules = running
                     return 2
             delivered = _collective_frames(inbox, engine.rx_by_slot, schedules, engine.posted,
-                                           engine.eager_limit)
+                                           engine.eager_limit, engine.tx, engine.awaiting_ack)
             if delivered < 0:
                 return 0
             if delivered == 0:
@@ -142,19 +142,30 @@ cdef int _idle_progress(object engine) except -1:
 
 
 cdef Py_ssize_t _collective_frames(Inbox inbox, list rings, list running, list posted,
-                                   uint64_t eager_limit) except -2:
-    """The frames in the inbox when only collectives are running: those a
-    posted receive (theirs) takes are delivered into it; an eager frame on
-    the context of a running collective that no receive takes yet stays in
-    its ring for the collective's own receive.  Returns how many were
-    delivered, or -1 when some other frame is next in a ring."""
+                                   uint64_t eager_limit, list tx, dict awaiting_ack) except -2:
+    """The frames in the inbox when only collectives are running: eager
+    ones a posted receive takes are delivered into it (synchronous ones
+    acknowledged on tx, the rings back by world rank: nothing is queued to
+    send), acknowledgements complete the sends awaiting them, and an eager
+    frame on the context of a running collective that no receive takes yet
+    stays in its ring for the collective's own receive.  Returns how many
+    were handled, or -1 when some other frame is next in a ring."""
     cdef int i = inbox.first_ready(0)
     cdef Py_ssize_t delivered = 0
     cdef RxRing rx
+    cdef SendOp acked
     while i >= 0:
         rx = <RxRing?>rings[i]
         while rx.poll():
-            if posted and _deliver_eager(rx, posted, eager_limit, None):
+            if rx.kind == 6:
+                acked = awaiting_ack.pop((rx.peer, rx.b), None)
+                if acked is None:
+                    return -1               # the engine reports the stray ACK
+                rx.consume()
+                acked.done = True
+                delivered += 1
+                continue
+            if posted and _deliver_eager(rx, posted, eager_limit, <TxRing?>tx[rx.peer]):
                 delivered += 1
                 continue
             if rx.kind != 1:

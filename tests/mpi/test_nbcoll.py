@@ -490,8 +490,10 @@ def test_test_loops_and_probes_on_running_collectives_stay_in_c(comm):
     in Python: the frames in the inbox are the collective's own, which its
     receives take from the rings (in Python, a failing test cost 1.5 us
     against Open MPI's 0.17, and a probe went to the engine's general
-    path).  Rank 0 starts a barrier and polls while the others still wait
-    for it; then all run barriers and Iallreduces with Test loops."""
+    path, as it did for an acknowledgement in the way).  Rank 0 probes
+    past the acknowledgements of its synchronous sends, starts a barrier
+    and polls while the others still wait for it; then all run barriers
+    and Iallreduces with Test loops."""
     size, rank = comm.size, comm.rank
     here = all(ivmpi.path_to(comm, r) in ("region", "self") for r in range(size))
     if size < 2 or not comm.allreduce(here, op=MPI.LAND):
@@ -501,6 +503,18 @@ def test_test_loops_and_probes_on_running_collectives_stay_in_c(comm):
     general_probes, general_Iprobe = _counting(comm._fast, "general_Iprobe")
     try:
         go = np.zeros(1)
+        # Probes look past the acknowledgement of a synchronous send.
+        if rank == 0:
+            for tag, source in ((102, MPI.ANY_SOURCE), (104, 1)):
+                sent = comm.Issend(go, 1, tag)
+                while not comm.Iprobe(source, tag + 1):
+                    pass
+                comm.Recv(go, 1, tag + 1)
+                assert sent.Test()
+        elif rank == 1:
+            for tag in (102, 104):
+                comm.Recv(go, 0, tag)
+                comm.Send(go, 0, tag + 1)
         if rank == 0:
             early = comm.Ibarrier()
             for _ in range(50):
