@@ -6,6 +6,7 @@ and calls the engine, which works in world ranks and bytes.  Collectives go
 to ivmpi.collectives over a hidden twin of the communicator that has its own
 context id, so collective traffic never matches user messages.
 """
+import array
 import weakref
 
 from .lib import MPI as _MPI
@@ -153,7 +154,7 @@ class _Own:
 
 # The region state every copy of a communicator shares (see Comm.__new__).
 _STATE = ("_engine", "_ranks", "_index", "_ctx", "_hidden", "_scope", "_coll", "_fast", "_locks",
-          "_freed", "_shared", "_routed", "_route", "rank", "size")
+          "_freed", "_shared", "_lazy", "_routed", "_route", "rank", "size")
 
 
 # Library handle -> the live ivmpi communicator carrying it.
@@ -184,6 +185,8 @@ class Comm(_MPI.Comm):
     _coll = None
     _hidden = False
     _freed = False
+    # Collectives not made yet (see _create): made on first use.
+    _lazy = False
     # Some peers share no region with this process (ivmpi.routing): their
     # messages and every collective go through the library's handle.
     _routed = False
@@ -202,6 +205,8 @@ class Comm(_MPI.Comm):
             raise TypeError("expecting an intercommunicator")
         self = _MPI.Comm.__new__(cls, comm)
         if isinstance(comm, Comm) and "_engine" in comm.__dict__:
+            if not comm._freed:
+                comm._make_collectives()    # before copying: copies share them
             self.__dict__.update({k: comm.__dict__[k] for k in _STATE if k in comm.__dict__})
             self._bind_fast()
         return self
@@ -282,9 +287,21 @@ class Comm(_MPI.Comm):
             self._route = routing.routed_path(engine, self)
             self._coll = routing.LibraryCollectives(self)
         elif not hidden and local_ranks is None:
-            self._shared = self._small_collectives()
+            # The collectives (the hidden twin, its one-call forms and some
+            # forty calls bound to the instance) are made on first use: a
+            # communicator made and freed without one, as libraries Dup the
+            # communicators they are given, costs a fraction as much.
+            self._lazy = True
         self._bind_fast()
         return self
+
+    def _make_collectives(self):
+        """Make the collectives of a communicator that has none yet."""
+        if self._lazy:
+            self._check_live()          # (a freed one has none to make)
+            self._lazy = False
+            self._shared = self._small_collectives()
+            self._bind_collectives()
 
     def _small_collectives(self):
         """The one-call collectives (SmallCollectives) over this
@@ -304,7 +321,7 @@ class Comm(_MPI.Comm):
         overrides and reaches the same paths through the methods."""
         if type(self) not in _FAST_CLASSES:
             return
-        fast, small = self._fast, self._shared
+        fast = self._fast
         self.Get_rank, self.Get_size = Constant(self.rank), Constant(self.size)
         self.Send, self.Recv, self.Isend, self.Irecv = fast.Send, fast.Recv, fast.Isend, fast.Irecv
         self.irecv = fast.irecv
@@ -339,7 +356,13 @@ class Comm(_MPI.Comm):
             self.Rsend, self.Irsend = route.Send, route.Isend
             self.Sendrecv = route.Sendrecv
             routing.bind_collectives(self)
-        if small is not None:
+        self._bind_collectives()
+
+    def _bind_collectives(self):
+        """The one-call collectives bound to the instance, as _bind_fast
+        binds the point-to-point calls."""
+        small = self._shared
+        if small is not None and type(self) in _FAST_CLASSES:
             small.lock_of = self._lock
             for name in _SMALL_COLLECTIVES:
                 setattr(self, name, getattr(small, name))
@@ -810,6 +833,7 @@ class Comm(_MPI.Comm):
     @property
     def _collectives(self):
         if self._coll is None:
+            self._check_live()      # (a freed communicator's are gone)
             twin = Intracomm._create(self._engine, self._ranks, self._ctx + 1, hidden=True)
             self._coll = Collectives(twin)
         return self._coll
@@ -936,7 +960,15 @@ class Comm(_MPI.Comm):
     def _agree_context(self):
         """A context id unused by every member (collective over this communicator)."""
         engine = self._engine
-        ctx = self._collectives.allreduce(engine.next_context, op=_MPI.MAX)
+        self._make_collectives()
+        small = self._shared
+        if small is None:
+            ctx = self._collectives.allreduce(engine.next_context, op=_MPI.MAX)
+        else:
+            # One Cython call (the object form pickles: 4-30 us a Dup).
+            mine, agreed = array.array("q", [engine.next_context]), array.array("q", [0])
+            small.Allreduce(mine, agreed, _MPI.MAX)
+            ctx = agreed[0]
         engine.next_context = ctx + 2
         return ctx
 
@@ -1144,10 +1176,20 @@ def _library(name, method):
     communicator spanning regions is the library's on the handle
     (ivmpi.routing)."""
     collective = name in routing.COLLECTIVES
+    made_on_use = name in _MADE_ON_USE
 
     def call(self, *args, **kwargs):
         if collective and getattr(self, "_routed", False):
             return routing.collective(self, name, args, kwargs)
+        if made_on_use:
+            # The first collective makes them (then the bound call, if the
+            # instance has one: also for a method taken from the instance
+            # before, `allreduce = comm.Allreduce`).
+            if getattr(self, "_lazy", False):
+                self._make_collectives()
+            bound = getattr(self, "__dict__", _NO_DICT).get(name)
+            if bound is not None:
+                return bound(*args, **kwargs)
         try:
             return method(self, *args, **kwargs)
         except (_NoRegionState, AttributeError):
@@ -1162,6 +1204,13 @@ def _library(name, method):
     call.__doc__ = method.__doc__
     return call
 
+
+_NO_DICT = {}
+
+# The calls _bind_collectives binds: on a communicator whose collectives are
+# not made yet, the first of them makes them.
+_MADE_ON_USE = frozenset(_SMALL_COLLECTIVES) | {
+    entry[0] for entry in NONBLOCKING_STARTERS + BLOCKING_SCHEDULED}
 
 for _klass in _OWN_CLASSES:
     for _name, _method in list(vars(_klass).items()):

@@ -189,15 +189,54 @@ def test_compare(comm, which):
         base.Free()
 
 
-def test_a_freed_communicator_refuses_every_call(world):
+@pytest.mark.parametrize("used", [False, True])
+def test_a_freed_communicator_refuses_every_call(world, used):
+    """Freed before or after its collectives were made (on first use)."""
     dup = world.Dup()
+    if used:
+        dup.Barrier()
     dup.Free()
     for call in (dup.Barrier, lambda: dup.Allreduce(np.ones(2), np.empty(2)),
                  lambda: dup.Send(np.ones(2), 0), lambda: dup.send(1, 0),
-                 lambda: dup.bcast(1)):
+                 lambda: dup.bcast(1), lambda: dup.allreduce(1), lambda: dup.Ibarrier(),
+                 lambda: dup.allgather(1)):
         with pytest.raises(MPI.Exception) as info:
             call()
         assert info.value.Get_error_class() == MPI.ERR_COMM
+    world.Barrier()
+
+
+def test_collectives_are_made_on_first_use_and_shared_by_copies(world):
+    """A new communicator makes its collectives (the hidden twin, the
+    one-call forms, the calls bound to the instance) on its first
+    collective: a Dup + Free without one costs a fraction as much.  A
+    method taken before that still takes the bound call afterwards, and a
+    copy made before it shares them with the original."""
+    if world._routed:
+        pytest.skip("across regions the collectives are the library's")
+    dup = world.Dup()
+    assert dup._coll is None and "Allreduce" not in dup.__dict__
+    allreduce = dup.Allreduce                   # taken before the first collective
+    out = np.zeros(2)
+    allreduce(np.ones(2), out)
+    assert out.tolist() == [world.size] * 2
+    assert dup.__dict__["Allreduce"] == dup._shared.Allreduce        # bound: one call
+    assert type(dup.__dict__["Ibarrier"]).__name__ == "BoundCollective"
+    twin = dup._coll
+    allreduce(np.ones(2), out)
+    assert dup._coll is twin
+    dup.Free()
+    fresh = world.Dup()
+    copy = MPI.Intracomm(fresh)
+    assert fresh._coll is not None and copy._coll is fresh._coll
+    requests = [fresh.Ibarrier(), copy.Ibarrier(), fresh.Iallreduce(np.ones(1), out[:1])]
+    MPI.Request.Waitall(requests)
+    assert out[0] == world.size
+    copy.Free()
+    unused = [world.Dup() for _ in range(3)]
+    for c in unused:
+        assert c._coll is None
+        c.Free()
     world.Barrier()
 
 
