@@ -669,6 +669,53 @@ def _test_relay(ctx):
     return _relay(ctx, wait)
 
 
+def _test_loop(request):
+    while not request.Test():
+        pass
+
+
+@case("Ibarrier+Test loop", "coll", sized=False, numpy_only=True)
+def _ibarrier_test_loop(ctx):
+    comm = ctx.comm
+    return lambda: _test_loop(comm.Ibarrier())
+
+
+@case("Iallreduce+Test loop", "coll", numpy_only=True)
+def _iallreduce_test_loop(ctx):
+    comm = ctx.comm
+    send, recv = ctx.buffer(ctx.nbytes, numeric=True), ctx.buffer(ctx.nbytes, numeric=True)
+    return lambda: _test_loop(comm.Iallreduce(send, recv))
+
+
+@case("sparse exchange (NBX)", "p2p", numpy_only=True)
+def _sparse_exchange(ctx):
+    """Each rank sends to the next one and the one after (Issend), receives
+    what its ANY_SOURCE probes find, and enters an Ibarrier once its sends
+    are matched; done when the barrier is (the NBX algorithm).  Tags
+    alternate: a rank ahead may send the next round's messages while this
+    one still polls."""
+    comm, MPI, rank, size = ctx.comm, ctx.MPI, ctx.rank, ctx.size
+    dests = sorted({(rank + 1) % size, (rank + 2) % size} - {rank})
+    buf, inbox = ctx.buffer(ctx.nbytes), ctx.buffer(ctx.nbytes)
+    status = MPI.Status()
+    rounds = [0]
+
+    def step():
+        tag = TAG + rounds[0] % 2
+        rounds[0] += 1
+        sends = [comm.Issend(buf, dest, tag) for dest in dests]
+        barrier = None
+        while True:
+            if comm.Iprobe(MPI.ANY_SOURCE, tag, status):
+                comm.Recv(inbox, status.Get_source(), tag)
+            if barrier is None:
+                if MPI.Request.Testall(sends):
+                    barrier = comm.Ibarrier()
+            elif barrier.Test():
+                return
+    return step
+
+
 # ------------------------------------------------ one-sided communication
 
 def window_of(ctx, nbytes):
