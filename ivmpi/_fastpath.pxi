@@ -1239,7 +1239,7 @@ cdef class FastPath:
         if not self.enabled or not self._valid_receive(source, tag):
             return FAST_NOT_HANDLED
         if self.engine.schedules:
-            self._run_schedules()
+            _advance_schedules(self.engine)     # a probe loop must move them
         if self.backlog or not self._inbox_ready():
             return FAST_NOT_HANDLED
         cdef long found = self._peek_once(source, tag, index)
@@ -1252,19 +1252,6 @@ cdef class FastPath:
                 return FAST_NOT_HANDLED
         return found
 
-    cdef int _run_schedules(self) except -1:
-        """Advance the nonblocking collectives in progress and drop the
-        finished ones, as a round of the engine's progress does: a probe
-        loop must move them (their next step may wait on nothing but this
-        rank), and the rest of the probe then needs no engine.  What they
-        still wait for arrives as frames, which the probe sees in the inbox."""
-        engine = self.engine
-        schedules = engine.schedules
-        running = [s for s in schedules if not s.done]
-        if len(running) != len(schedules):
-            engine.schedules = running
-        return 0
-
     cdef long _peek_once(self, long source, long tag, Py_ssize_t *index) except -3:
         cdef int j
         cdef object ring
@@ -1276,8 +1263,10 @@ cdef class FastPath:
             ring = self.rx[source]
             if ring is None:
                 return FAST_NOT_HANDLED
+            # An ACK first (a send of ours completes): the probe looks past it.
             while (<RxRing>ring).poll() and (<RxRing>ring).kind == 6 \
-                    and self._take_ack(<RxRing>ring):
+                    and self.awaiting_ack is not None \
+                    and _take_ack(<RxRing>ring, self.awaiting_ack):
                 pass
             if (<RxRing>ring).poll():
                 if not self._wanted(<RxRing>ring, tag) or self._posted_takes(<RxRing>ring):
@@ -1658,21 +1647,6 @@ cdef class FastPath:
             self.any_view = InboxView(box, slots, self.rx)
         return True
 
-    cdef bint _take_ack(self, RxRing rx) except -1:
-        """The ACK at the head of rx, of a send of ours awaiting one: taken
-        (the send completes), as the engine's round would, so that a probe
-        looks at what comes after it.  False for any other (the engine
-        reports a stray one)."""
-        cdef SendOp acked
-        if self.awaiting_ack is None:
-            return False
-        acked = self.awaiting_ack.pop((rx.peer, rx.b), None)
-        if acked is None:
-            return False
-        rx.consume()
-        acked.done = True
-        return True
-
     cdef int _any_ready(self, long tag, bint skip) except -3:
         """ANY_SOURCE: the communicator rank of the first ring, in turn from
         the one after the last served (no sender starves), whose next frame
@@ -1689,7 +1663,8 @@ cdef class FastPath:
             w = view.ready(lo, hi)
             while w >= 0:
                 rx = <RxRing>view.rings[w]
-                if rx.kind == 6 and self._take_ack(rx):
+                if rx.kind == 6 and self.awaiting_ack is not None \
+                        and _take_ack(rx, self.awaiting_ack):
                     w = view.ready(w, hi)       # that ring again: what came after the ACK
                     continue
                 if self._wanted(rx, tag) and (not self.posted or not self._posted_takes(rx)):
@@ -2719,6 +2694,25 @@ def new_request(comm, op, decode, what):
     req._decode = decode
     req._what = what
     return req
+
+
+cdef bint _advance_schedules(object engine) except -1:
+    """Poll every nonblocking collective in progress (reading `done`
+    advances it; its next step may wait on nothing but this rank); the
+    finished ones leave the engine's list.  True when one finished.  What
+    the others still wait for arrives as frames, seen in the inbox.  The
+    engine's lock is held."""
+    schedules = engine.schedules
+    running = [s for s in schedules if not _op_done(s)]
+    if len(running) == len(schedules):
+        return False
+    engine.schedules = running
+    return True
+
+
+def advance_schedules(engine):
+    """_advance_schedules, for the engine's round of progress."""
+    return _advance_schedules(engine)
 
 
 cdef inline bint _op_done(object op) except -1:

@@ -98,8 +98,8 @@ cdef int _idle_progress(object engine) except -1:
     engine's Python: nothing queued to send, no library operation, shared
     copy or service, and in the inbox only acknowledgements, eager frames
     that a posted receive takes (delivered, as the engine's round does
-    first) or that belong to a nonblocking collective in progress (its context: they stay
-    in the ring for the collective's own receive).  The collectives advance
+    first) or that belong to a nonblocking collective in progress (its
+    context: they stay in the ring for the collective's own receive).  The collectives advance
     (reading `done`), and with more ranks than cores, when nothing moved,
     the core is given away, as Engine.test_progress does.  The engine's
     round in Python would take the collectives' frames aside as unexpected
@@ -116,17 +116,13 @@ cdef int _idle_progress(object engine) except -1:
     if not lock.enter():
         return 0
     try:
-        schedules = engine.schedules
         while True:
-            if schedules:
-                running = [s for s in schedules if not _op_done(s)]
-                if len(running) != len(schedules):
-                    # One finished: enough for this round.  The frames
-                    # still in the inbox may be the next run's, from peers
-                    # ahead, which that run takes straight from the ring.
-                    engine.schedules = running
-                    return 2
-            delivered = _collective_frames(inbox, engine.rx_by_slot, schedules, engine.posted,
+            # One finished: enough for this round.  The frames still in the
+            # inbox may be the next run's, from peers ahead, which that run
+            # takes straight from the ring.
+            if engine.schedules and _advance_schedules(engine):
+                return 2
+            delivered = _collective_frames(inbox, engine.rx_by_slot, engine.schedules, engine.posted,
                                            engine.eager_limit, engine.tx, engine.awaiting_ack)
             if delivered < 0:
                 return 0
@@ -153,16 +149,12 @@ cdef Py_ssize_t _collective_frames(Inbox inbox, list rings, list running, list p
     cdef int i = inbox.first_ready(0)
     cdef Py_ssize_t delivered = 0
     cdef RxRing rx
-    cdef SendOp acked
     while i >= 0:
         rx = <RxRing?>rings[i]
         while rx.poll():
             if rx.kind == 6:
-                acked = awaiting_ack.pop((rx.peer, rx.b), None)
-                if acked is None:
+                if not _take_ack(rx, awaiting_ack):
                     return -1               # the engine reports the stray ACK
-                rx.consume()
-                acked.done = True
                 delivered += 1
                 continue
             if posted and _deliver_eager(rx, posted, eager_limit, <TxRing?>tx[rx.peer]):
@@ -201,7 +193,7 @@ cdef int _poll_request(object req, object op) except -1:
             return 0
     engine = comm._engine
     if not _idle_progress(engine):
-        engine.test_progress()
+        engine.test_round()
     return 0
 
 

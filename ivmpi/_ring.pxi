@@ -1157,6 +1157,17 @@ def rendezvous_step(RxRing rx, list posted, uint64_t eager_limit, TxRing tx, set
     return rendezvous.step(rx, posted, eager_limit, tx)
 
 
+cdef bint _take_ack(RxRing rx, dict awaiting_ack) except -1:
+    """The ACK at the head of rx, of a send in awaiting_ack: taken, and the
+    send completes.  False for a stray one (the engine's round reports it)."""
+    cdef SendOp acked = awaiting_ack.pop((rx.peer, rx.b), None)
+    if acked is None:
+        return False
+    rx.consume()
+    acked.done = True
+    return True
+
+
 cpdef int poll_eager(EngineLock lock, RxRing rx, list posted, uint64_t eager_limit,
                      set backlog, Op op, TxRing tx=None, dict awaiting_ack=None,
                      int spins=0, Rendezvous rendezvous=None) except -2:
@@ -1172,7 +1183,6 @@ cpdef int poll_eager(EngineLock lock, RxRing rx, list posted, uint64_t eager_lim
     -1: the engine's own round is needed (another thread holds the lock,
     frames wait to be sent, or the next frame is something else)."""
     cdef int moved = 0, waited = 0, polls = spins if spins >= 0 else -spins
-    cdef SendOp acked
     cdef uint32_t kind
     if not lock.enter():
         return -1
@@ -1193,11 +1203,8 @@ cpdef int poll_eager(EngineLock lock, RxRing rx, list posted, uint64_t eager_lim
                 continue
             kind = rx.kind
             if kind == 6 and awaiting_ack is not None:
-                acked = awaiting_ack.pop((rx.peer, rx.b), None)
-                if acked is None:
+                if not _take_ack(rx, awaiting_ack):
                     return -1           # the engine reports the stray ACK
-                rx.consume()
-                acked.done = True
             elif rendezvous is not None and tx is not None and kind >= 3 and kind <= 5:
                 if not rendezvous.step(rx, posted, eager_limit, tx):
                     return -1

@@ -495,7 +495,7 @@ class Engine:
             if self.routes or self.library_pending or self.library_ops:
                 moved = routing.progress(self) or moved
             if self.schedules:
-                moved = self._advance_schedules() or moved
+                moved = _fastcopy.advance_schedules(self) or moved
             for service in self.services:
                 moved = service.poll() or moved
             return moved
@@ -510,20 +510,16 @@ class Engine:
         idle = _fastcopy.idle_progress(self)     # only collectives to move: in C
         if idle:
             return idle == 2
+        return self.test_round()
+
+    def test_round(self):
+        """test_progress's round in Python: the engine's whole progress,
+        then the core given away if nothing moved and ranks outnumber cores."""
         moved = self.progress()
         if not moved and self.oversubscribed:
             _fastcopy.yield_idle()
         return moved
 
-    def _advance_schedules(self):
-        """Poll every nonblocking collective in progress (reading `done`
-        advances it); the finished ones leave the list."""
-        schedules = self.schedules
-        running = [s for s in schedules if not s.done]
-        if len(running) == len(schedules):
-            return False
-        self.schedules = running
-        return True
 
     def _progress(self):
         moved = self._flush_backlog() if self.backlog else False

@@ -647,6 +647,11 @@ def _relay(ctx, wait):
     return step
 
 
+def _test_loop(request):
+    while not request.Test():
+        pass
+
+
 @case("Iprobe loop relay", "p2p", numpy_only=True)
 def _iprobe_relay(ctx):
     comm = ctx.comm
@@ -661,17 +666,7 @@ def _iprobe_relay(ctx):
 @case("Irecv+Test loop relay", "p2p", numpy_only=True)
 def _test_relay(ctx):
     comm = ctx.comm
-
-    def wait(source, buf):
-        request = comm.Irecv(buf, source, TAG)
-        while not request.Test():
-            pass
-    return _relay(ctx, wait)
-
-
-def _test_loop(request):
-    while not request.Test():
-        pass
+    return _relay(ctx, lambda source, buf: _test_loop(comm.Irecv(buf, source, TAG)))
 
 
 @case("Ibarrier+Test loop", "coll", sized=False, numpy_only=True)
