@@ -29,6 +29,12 @@ def pingpong(comm, buf, peer, rounds):
     return (MPI.Wtime() - start) / (2 * rounds)
 
 
+def format_mbps(mbps):
+    """One decimal, but significant digits below 1 MB/s: a slow small message
+    on a busy machine must not print as 0.0."""
+    return f"{mbps:.1f}" if mbps >= 1 else f"{mbps:.3g}"
+
+
 def main():
     comm = MPI.COMM_WORLD
     if comm.size < 2:
@@ -63,7 +69,7 @@ def main():
         if comm.rank == 0:
             mbps = size / seconds / 1e6
             results.append((size, seconds, mbps))
-            print(f"{size:>10} {rounds:>7} {seconds * 1e6:>11.2f} {mbps:>9.1f}", flush=True)
+            print(f"{size:>10} {rounds:>7} {seconds * 1e6:>11.2f} {format_mbps(mbps):>9}", flush=True)
     if comm.rank == 0:
         latency = results[0][1] * 1e6
         bandwidth = max(r[2] for r in results)
