@@ -368,6 +368,7 @@ cdef class FastPath:
     cdef public uint64_t step_copy_min
     cdef RecvOp pending_recv
     cdef long found_source, found_size    # what the last fast probe found
+    cdef int left_rings                   # rings the last probe's scan left to collectives
     cdef int32_t found_tag
     cdef object found_message
 
@@ -1230,12 +1231,14 @@ cdef class FastPath:
                           spins, self.rendezvous)
 
     cdef long _peek(self, long source, long tag, Py_ssize_t *index) except -3:
-        """What a probe of (source, tag) finds now, taking nothing (the lock
-        is held): 1, the unexpected message at *index; 2, the eager frame at
-        the head of ring last_source; 0, nothing, and every ring is empty
-        (so no progress is owed: frames from anyone else, other
-        communicators too, need the engine's progress, which a probe loop
-        must make); FAST_NOT_HANDLED: the engine must look."""
+        """What a probe of (source, tag) finds now, taking nothing it looks
+        for (the lock is held; frames before it in a ring are set aside,
+        _set_aside): 1, the unexpected message at *index; 2, the eager frame
+        at the head of ring last_source; 0, nothing, and every ring is empty
+        but for frames left to collectives in progress (so no progress is
+        owed: frames from anyone else, other communicators too, need the
+        engine's progress, which a probe loop must make); FAST_NOT_HANDLED:
+        the engine must look."""
         if not self.enabled or not self._valid_receive(source, tag):
             return FAST_NOT_HANDLED
         if self.engine.schedules:
@@ -1245,16 +1248,30 @@ cdef class FastPath:
         cdef long found = self._peek_once(source, tag, index)
         if found == 0 and self.routed:
             return FAST_NOT_HANDLED      # the library may hold a message: the engine looks
-        if found == 0 and self.any_view.box.first_ready(0) >= 0:
+        if found == 0 and self._others_ready():
             # A frame arrived meanwhile: where the probe looked, or elsewhere.
             found = self._peek_once(source, tag, index)
-            if found == 0 and self.any_view.box.first_ready(0) >= 0:
+            if found == 0 and self._others_ready():
                 return FAST_NOT_HANDLED
         return found
 
+    cdef bint _others_ready(self) except -1:
+        """Are frames in the inbox besides those the last scan left in
+        their rings for collectives in progress (left_rings of them)?"""
+        cdef Inbox box = self.any_view.box
+        cdef int w = box.first_ready(0), seen = 0
+        while w >= 0:
+            seen += 1
+            if seen > self.left_rings:
+                return True
+            w = box.first_ready(w + 1)
+        return False
+
     cdef long _peek_once(self, long source, long tag, Py_ssize_t *index) except -3:
-        cdef int j
+        cdef int j, step
         cdef object ring
+        cdef RxRing rx
+        self.left_rings = 0
         if self.unexpected:
             index[0] = self._unexpected_match(source if source >= 0 else -1, tag)
             if index[0] >= 0:
@@ -1263,16 +1280,22 @@ cdef class FastPath:
             ring = self.rx[source]
             if ring is None:
                 return FAST_NOT_HANDLED
-            # An ACK first (a send of ours completes): the probe looks past it.
-            while (<RxRing>ring).poll() and (<RxRing>ring).kind == 6 \
-                    and self.awaiting_ack is not None \
-                    and _take_ack(<RxRing>ring, self.awaiting_ack):
-                pass
-            if (<RxRing>ring).poll():
-                if not self._wanted(<RxRing>ring, tag) or self._posted_takes(<RxRing>ring):
+            rx = <RxRing>ring
+            while rx.poll():
+                # An ACK (a send of ours completes) or a frame the probe
+                # does not look for: out of the way, to see what follows.
+                if rx.kind == 6 and self.awaiting_ack is not None \
+                        and _take_ack(rx, self.awaiting_ack):
+                    continue
+                if self._wanted(rx, tag) and not self._posted_takes(rx):
+                    self.last_source = source
+                    return 2
+                step = self._set_aside(rx, source)
+                if step < 0:
                     return FAST_NOT_HANDLED
-                self.last_source = source
-                return 2
+                if step == 0:
+                    self.left_rings = 1
+                    break
         else:
             j = self._any_ready(tag, False)
             if j == -2:
@@ -1281,6 +1304,15 @@ cdef class FastPath:
                 self.last_source = j
                 return 2
         return 0
+
+    cdef int _set_aside(self, RxRing rx, int rank) except -2:
+        """_set_aside for the frame at the head of rx, the ring from
+        communicator rank `rank`: 1 moved, 0 left for a collective, -1 the
+        engine's."""
+        engine = self.engine
+        return _set_aside(rx, self.posted, self.unexpected, self.eager_limit,
+                          <TxRing?>self.tx[rank], engine.schedules,
+                          getattr(engine, "service_contexts", None))
 
     cdef long _probe(self, long source, long tag, int spins, bint take) except -3:
         """_peek, polling up to |spins| times while nothing has arrived.
@@ -1652,10 +1684,14 @@ cdef class FastPath:
         the one after the last served (no sender starves), whose next frame
         is the eager message wanted (its world rank is any_view.found_world).
         Only rings that hold frames are visited: the inbox says which.
-        -1: none; -2 (skip False): the first ring with a frame has something
-        else next, which the engine must handle."""
+        A ring whose next frame is something else is passed over (skip
+        True: a receive, whose engine round follows) or, for a probe (skip
+        False), that frame is set aside and the ring looked at again, or
+        passed over when it is left to a collective in progress
+        (left_rings counts them).  -1: none; -2: a frame the engine must
+        handle."""
         cdef InboxView view = self.any_view
-        cdef int start = view.next_world, n = view.nranks, lo, hi, w, k
+        cdef int start = view.next_world, n = view.nranks, lo, hi, w, k, step
         cdef RxRing rx
         for k in range(2):
             lo = start if k == 0 else 0
@@ -1671,7 +1707,13 @@ cdef class FastPath:
                     view.found_world = w
                     return view.comm_rank[w]
                 if not skip:
-                    return -2
+                    step = self._set_aside(rx, view.comm_rank[w])
+                    if step < 0:
+                        return -2
+                    if step > 0:
+                        w = view.ready(w, hi)
+                        continue
+                    self.left_rings += 1
                 w = view.ready(w + 1, hi)
         return -1
 

@@ -97,10 +97,10 @@ cdef int _idle_progress(object engine) except -1:
     """A test's round of progress, in C, when it needs nothing of the
     engine's Python: nothing queued to send, no library operation, shared
     copy or service, and in the inbox only acknowledgements, eager frames
-    that a posted receive takes (delivered, as the engine's round does
-    first) or that belong to a nonblocking collective in progress (its
-    context: they stay in the ring for the collective's own receive).  The collectives advance
-    (reading `done`), and with more ranks than cores, when nothing moved,
+    (delivered into a posted receive that takes them or set aside as
+    unexpected messages, as the engine's round does, or left in the ring
+    for the collective in progress on their context).  The collectives
+    advance (reading `done`), and with more ranks than cores, when nothing moved,
     the core is given away, as Engine.test_progress does.  The engine's
     round in Python would take the collectives' frames aside as unexpected
     messages and match them to their receives later, some 1.5 us a test
@@ -122,8 +122,10 @@ cdef int _idle_progress(object engine) except -1:
             # takes straight from the ring.
             if engine.schedules and _advance_schedules(engine):
                 return 2
-            delivered = _collective_frames(inbox, engine.rx_by_slot, engine.schedules, engine.posted,
-                                           engine.eager_limit, engine.tx, engine.awaiting_ack)
+            delivered = _collective_frames(inbox, engine.rx_by_slot, engine.schedules,
+                                           engine.posted, engine.unexpected,
+                                           engine.eager_limit, engine.tx, engine.awaiting_ack,
+                                           engine.service_contexts)
             if delivered < 0:
                 return 0
             if delivered == 0:
@@ -138,15 +140,15 @@ cdef int _idle_progress(object engine) except -1:
 
 
 cdef Py_ssize_t _collective_frames(Inbox inbox, list rings, list running, list posted,
-                                   uint64_t eager_limit, list tx, dict awaiting_ack) except -2:
-    """The frames in the inbox when only collectives are running: eager
-    ones a posted receive takes are delivered into it (synchronous ones
-    acknowledged on tx, the rings back by world rank: nothing is queued to
-    send), acknowledgements complete the sends awaiting them, and an eager
-    frame on the context of a running collective that no receive takes yet
-    stays in its ring for the collective's own receive.  Returns how many
-    were handled, or -1 when some other frame is next in a ring."""
-    cdef int i = inbox.first_ready(0)
+                                   list unexpected, uint64_t eager_limit, list tx,
+                                   dict awaiting_ack, dict services) except -2:
+    """The frames in the inbox when only collectives are running:
+    acknowledgements complete the sends awaiting them, eager frames are
+    delivered or set aside (_set_aside), and one on the context of a
+    running collective that no receive takes yet stays in its ring for the
+    collective's own receive.  Returns how many were handled, or -1 when
+    some other frame is next in a ring."""
+    cdef int i = inbox.first_ready(0), step
     cdef Py_ssize_t delivered = 0
     cdef RxRing rx
     while i >= 0:
@@ -157,19 +159,43 @@ cdef Py_ssize_t _collective_frames(Inbox inbox, list rings, list running, list p
                     return -1               # the engine reports the stray ACK
                 delivered += 1
                 continue
-            if posted and _deliver_eager(rx, posted, eager_limit, <TxRing?>tx[rx.peer]):
-                delivered += 1
-                continue
-            if rx.kind != 1:
+            step = _set_aside(rx, posted, unexpected, eager_limit, <TxRing?>tx[rx.peer],
+                              running, services)
+            if step < 0:
                 return -1
-            for s in running:
-                if isinstance(s, Schedule) and (<Schedule>s).context == rx.context:
-                    break
-            else:
-                return -1
-            break
+            if step == 0:
+                break
+            delivered += 1
         i = inbox.first_ready(i + 1)
     return delivered
+
+
+cdef int _set_aside(RxRing rx, list posted, list unexpected, uint64_t eager_limit, TxRing tx,
+                    list running, dict services) except -2:
+    """The eager frame at the head of rx, which a probe or a test is not
+    looking for, moved out of the way as the engine's round would move it,
+    so that what came after it in rx can be seen: into the first posted
+    receive that matches it (a synchronous one acknowledged on tx), or to
+    the unexpected messages.  1: moved; 0: left in the ring, a frame on the
+    context of a nonblocking collective in progress, which its own receive
+    takes from there; -1: the engine's round must handle it (another kind,
+    a bad tag or length, a window's service frame, a payload too large for
+    its receive, no room for the ACK)."""
+    if (rx.kind != 1 and rx.kind != 2) or rx.tag < 0 or rx.length > eager_limit:
+        return -1
+    if services and rx.context in services:
+        return -1
+    for op in posted:
+        if _accepts_head(<RecvOp?>op, rx):
+            return 1 if _deliver_eager(rx, posted, eager_limit, tx) else -1
+    if rx.kind == 1:
+        for s in running:
+            if isinstance(s, Schedule) and (<Schedule>s).context == rx.context:
+                return 0
+    unexpected.append(_new_incoming(rx.peer, rx.tag, rx.context, rx.length, rx.payload(),
+                                    rx.b, rx.kind))
+    rx.consume()
+    return 1
 
 
 def idle_progress(engine):

@@ -545,6 +545,50 @@ def test_test_loops_and_probes_on_running_collectives_stay_in_c(comm):
     assert loops == 0
 
 
+def test_probes_set_aside_frames_they_do_not_look_for(comm):
+    """A probe whose ring holds, before what it looks for, messages of
+    another tag or communicator (a rank ahead in a sparse exchange sends
+    the next round's) moves them to the unexpected messages in C, as the
+    engine's round would, and finds what follows: no general probe and no
+    engine round in Python.  Every message is then received, once, with
+    its own data (on 86e6664's code every such probe went general)."""
+    size, rank = comm.size, comm.rank
+    here = all(ivmpi.path_to(comm, r) in ("region", "self") for r in range(size))
+    if size < 2 or not comm.allreduce(here, op=MPI.LAND):
+        pytest.skip("needs two ranks or more, all of one region")
+    other = comm.Dup()
+    engine = comm._engine
+    rounds, _ = _counting(engine, "progress")
+    general_probes, general_Iprobe = _counting(comm._fast, "general_Iprobe")
+    try:
+        if rank == 1:
+            other.Send(np.full(3, 5.0), 0, 5)
+            comm.Send(np.full(2, 201.0), 0, 201)
+            sync = comm.Issend(np.full(4, 202.0), 0, 202)
+            comm.Send(np.full(1, 203.0), 0, 203)
+        elif rank == 0:
+            for source, tag in ((MPI.ANY_SOURCE, 203), (1, 202)):
+                status = MPI.Status()
+                while not comm.Iprobe(source, tag, status):
+                    pass
+                assert (status.Get_source(), status.Get_tag()) == (1, tag)
+            probes, loops = len(general_probes), len(rounds)
+    finally:
+        del engine.progress
+        comm._fast.general_Iprobe = general_Iprobe
+    if rank == 0:
+        got = []
+        for c, tag, n in ((comm, 203, 1), (comm, 202, 4), (comm, 201, 2), (other, 5, 3)):
+            buf = np.zeros(n)
+            c.Recv(buf, 1, tag)
+            got.append(buf.tolist())
+        assert got == [[203.0], [202.0] * 4, [201.0] * 2, [5.0] * 3]
+        assert (probes, loops) == (0, 0)
+    elif rank == 1:
+        sync.Wait()
+    other.Free()
+
+
 def test_copies_of_a_communicator_share_the_sequence(comm):
     copy = MPI.Intracomm(comm)
     a, b = np.zeros(1), np.zeros(1)
