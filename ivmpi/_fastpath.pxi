@@ -337,6 +337,7 @@ cdef class FastPath:
     cdef public list send_ids
     cdef public dict awaiting_ack
     cdef public object engine_post, engine, wait_op
+    cdef public EngineCore core           # the engine's, for the rounds in C
     cdef public object general_Ssend, general_Issend, general_ssend, general_issend
     cdef public object general_isend, general_sendrecv
     cdef public object general_Isendrecv, general_Isendrecv_replace
@@ -2744,11 +2745,13 @@ cdef bint _advance_schedules(object engine) except -1:
     finished ones leave the engine's list.  True when one finished.  What
     the others still wait for arrives as frames, seen in the inbox.  The
     engine's lock is held."""
-    schedules = engine.schedules
-    running = [s for s in schedules if not _op_done(s)]
-    if len(running) == len(schedules):
-        return False
-    engine.schedules = running
+    cdef list schedules = engine.schedules
+    for s in schedules:
+        if _op_done(s):
+            break
+    else:
+        return False            # (no new list: this runs at every failing test)
+    engine.schedules = [s for s in schedules if not _op_done(s)]
     return True
 
 
@@ -2760,7 +2763,38 @@ def advance_schedules(engine):
 cdef inline bint _op_done(object op) except -1:
     if isinstance(op, Op):
         return (<Op>op).done
+    if type(op) is Schedule:        # its `done`, without the property's Python call
+        return (<Schedule>op)._finished or (<Schedule>op)._run(1, True)
     return bool(op.done)
+
+
+@cython.final
+cdef class EngineCore:
+    """The engine's queues and tables, for the rounds of progress in C: the
+    same objects as its attributes of these names, which are never bound
+    anew (`schedules` and `library_pending`, which are, are read from the
+    engine).  A C field each instead of a Python attribute lookup: some
+    twenty of those were most of a failing Test."""
+    cdef readonly object engine
+    cdef readonly list posted, unexpected, tx, rx_by_slot, services, library_ops
+    cdef readonly set backlog
+    cdef readonly dict sharing, routes, awaiting_ack, service_contexts
+    cdef readonly object inbox
+    cdef readonly EngineLock lock
+    cdef readonly uint64_t eager_limit
+    cdef public bint oversubscribed
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.posted, self.unexpected = engine.posted, engine.unexpected
+        self.tx, self.rx_by_slot = engine.tx, engine.rx_by_slot
+        self.services, self.library_ops = engine.services, engine.library_ops
+        self.backlog, self.sharing, self.routes = engine.backlog, engine.sharing, engine.routes
+        self.awaiting_ack = engine.awaiting_ack
+        self.service_contexts = engine.service_contexts
+        self.inbox, self.lock = engine.inbox, engine.lock
+        self.eager_limit = engine.eager_limit
+        self.oversubscribed = engine.oversubscribed
 
 
 cdef int _await(object req, object op, object what=None) except -1:

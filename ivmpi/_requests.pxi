@@ -93,7 +93,7 @@ cdef bint _testable_requests(object requests) except -1:
     return True
 
 
-cdef int _idle_progress(object engine) except -1:
+cdef int _idle_progress(EngineCore core) except -1:
     """A test's round of progress, in C, when it needs nothing of the
     engine's Python: nothing queued to send, no library operation, shared
     copy or service, and in the inbox only acknowledgements, eager frames
@@ -106,13 +106,14 @@ cdef int _idle_progress(object engine) except -1:
     messages and match them to their receives later, some 1.5 us a test
     more.  1: done, nothing moved; 2: done, something moved; 0: something
     else is there, and the engine's own round must run."""
-    if (engine.backlog or engine.sharing or engine.routes or engine.library_pending
-            or engine.library_ops or engine.services):
+    if (core.backlog or core.sharing or core.routes or core.library_ops or core.services
+            or core.engine.library_pending):
         return 0
-    cdef Inbox inbox = <Inbox?>engine.inbox
-    cdef EngineLock lock = <EngineLock?>engine.lock
+    cdef Inbox inbox = <Inbox?>core.inbox
+    cdef EngineLock lock = core.lock
     cdef bint moved = False
     cdef Py_ssize_t delivered
+    engine = core.engine
     if not lock.enter():
         return 0
     try:
@@ -120,12 +121,13 @@ cdef int _idle_progress(object engine) except -1:
             # One finished: enough for this round.  The frames still in the
             # inbox may be the next run's, from peers ahead, which that run
             # takes straight from the ring.
-            if engine.schedules and _advance_schedules(engine):
+            schedules = engine.schedules
+            if schedules and _advance_schedules(engine):
                 return 2
-            delivered = _collective_frames(inbox, engine.rx_by_slot, engine.schedules,
-                                           engine.posted, engine.unexpected,
-                                           engine.eager_limit, engine.tx, engine.awaiting_ack,
-                                           engine.service_contexts)
+            delivered = _collective_frames(inbox, core.rx_by_slot, schedules,
+                                           core.posted, core.unexpected,
+                                           core.eager_limit, core.tx, core.awaiting_ack,
+                                           core.service_contexts)
             if delivered < 0:
                 return 0
             if delivered == 0:
@@ -133,7 +135,7 @@ cdef int _idle_progress(object engine) except -1:
             moved = True
     finally:
         lock.leave()
-    if not moved and engine.oversubscribed:
+    if not moved and core.oversubscribed:
         with nogil:
             _yield_idle()
     return 2 if moved else 1
@@ -198,9 +200,9 @@ cdef int _set_aside(RxRing rx, list posted, list unexpected, uint64_t eager_limi
     return 1
 
 
-def idle_progress(engine):
+def idle_progress(EngineCore core not None):
     """_idle_progress for Engine.test_progress."""
-    return _idle_progress(engine)
+    return _idle_progress(core)
 
 
 cdef int _poll_request(object req, object op) except -1:
@@ -208,18 +210,30 @@ cdef int _poll_request(object req, object op) except -1:
     library operation) in C first, the engine's whole progress if the
     operation is still not done (which also moves everything else, as a
     test must; with more ranks than cores, when nothing moved, it gives
-    the core away: Engine.test_progress)."""
+    the core away: Engine.test_progress).  1 when nothing moved at all (no
+    request can have completed: the test need not look again), else 0."""
+    cdef EngineCore core = None
+    cdef int idle, polled = -1      # -1: not polled in C, or the engine's round is needed
     comm = req._comm
     fast = getattr(comm, "_fast", None)
     if type(fast) is FastPath:
         if type(op) is LibraryRecv or type(op) is LibrarySend:
             if _spin(op, 1):
                 return 0
-        elif (<FastPath>fast)._poll_op(op, 0) >= 0 and (<Op>op).done:
-            return 0
-    engine = comm._engine
-    if not _idle_progress(engine):
-        engine.test_round()
+        else:
+            polled = (<FastPath>fast)._poll_op(op, 0)
+            if polled >= 0 and (<Op>op).done:
+                return 0
+        core = (<FastPath>fast).core
+    if core is None:
+        core = comm._engine.core
+    idle = _idle_progress(core)
+    if idle == 1:
+        # _poll_op's -1 for an operation it does not poll (a collective's)
+        # is no sign of movement; for a library operation nothing is known.
+        return 1 if polled == 0 or type(op) is Schedule else 0
+    if not idle:
+        core.engine.test_round()
     return 0
 
 
@@ -287,8 +301,7 @@ def request_Test(self, status=None):
     if status is not None or op is None or not _testable(self):
         return _py_Test(self, status)
     if not _op_done(op):
-        _poll_request(self, op)
-        if not _op_done(op):
+        if _poll_request(self, op) or not _op_done(op):
             return False
     if op.error is not None:
         return _py_Test(self, status)       # reports the error
@@ -303,7 +316,8 @@ def request_Testall(cls, requests, statuses=None):
     _scan(requests, &active, &waiting, &pending)
     if waiting:
         req = requests[pending]
-        _poll_request(req, req._op)
+        if _poll_request(req, req._op):
+            return False
         _scan(requests, &active, &waiting, &pending)
         if waiting:
             return False
@@ -349,7 +363,8 @@ def request_Testany(cls, requests, status=None):
         return _UNDEFINED, True
     if first < 0:
         req = requests[pending]
-        _poll_request(req, req._op)
+        if _poll_request(req, req._op):
+            return _UNDEFINED, False
         first = _scan(requests, &active, &waiting, &pending)
         if first < 0:
             return _UNDEFINED, False
@@ -451,8 +466,7 @@ def request_test(self, status=None):
                                             and type(self) is not _Prequest):
         return _py_test(self, status)
     if not _op_done(op):
-        _poll_request(self, op)
-        if not _op_done(op):
+        if _poll_request(self, op) or not _op_done(op):
             return False, None
     if op.error is not None:
         return _py_test(self, status)       # reports the error

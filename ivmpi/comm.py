@@ -255,6 +255,7 @@ class Comm(_MPI.Comm):
         fast.general_irecv, fast.unpickle_op = self._general_irecv, self._unpickle_op
         fast.send_ids, fast.awaiting_ack = engine.next_send_id, engine.awaiting_ack
         fast.engine_post, fast.engine, fast.wait_op = engine._post, engine, engine.wait
+        fast.core = engine.core
         fast.general_Ssend, fast.general_Issend = self._general_Ssend, self._general_Issend
         fast.general_ssend, fast.general_issend = self._general_ssend, self._general_issend
         fast.general_isend, fast.general_sendrecv = self._general_isend, self._general_sendrecv

@@ -194,6 +194,8 @@ class Engine:
                 if self.timeout > 0:
                     rx.fill_timeout = self.timeout
         self.lock = _fastcopy.EngineLock()
+        # The queues and tables above as C fields, for the rounds in C.
+        self.core = _fastcopy.EngineCore(self)
         self._stage = None          # a heap block large sends with holes are gathered into
         self._stage_busy = False
 
@@ -507,7 +509,7 @@ class Engine:
         when oversubscribed (mpi_yield_when_idle): a program testing in a
         loop would otherwise keep the rank it waits for off the core for a
         time slice, milliseconds per message."""
-        idle = _fastcopy.idle_progress(self)     # only collectives to move: in C
+        idle = _fastcopy.idle_progress(self.core)    # only collectives to move: in C
         if idle:
             return idle == 2
         return self.test_round()
@@ -821,6 +823,8 @@ class Engine:
         """More ranks than cores: spin briefly and yield early, since the peer
         we wait for may need our core to run at all."""
         self.oversubscribed = oversubscribed
+        if hasattr(self, "core"):
+            self.core.oversubscribed = oversubscribed
         # A sender's core shares a copy only when it is its own.
         _fastcopy.set_sharing(not oversubscribed)
         self.spin_rounds = 4 if oversubscribed else 64

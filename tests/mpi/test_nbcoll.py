@@ -589,6 +589,27 @@ def test_probes_set_aside_frames_they_do_not_look_for(comm):
     other.Free()
 
 
+def test_the_rounds_in_c_see_the_engines_own_tables(comm):
+    """The C rounds of a test read the engine's queues through its core:
+    the same objects, so that a frame they set aside or a receive the
+    engine posts is seen by both, and the core follows oversubscription."""
+    engine = comm._engine
+    core = engine.core
+    assert comm._fast.core is core
+    for name in ("posted", "unexpected", "tx", "rx_by_slot", "services", "library_ops",
+                 "backlog", "sharing", "routes", "awaiting_ack", "service_contexts",
+                 "inbox", "lock"):
+        assert getattr(core, name) is getattr(engine, name), name
+    assert core.eager_limit == engine.eager_limit
+    before = engine.oversubscribed
+    try:
+        for value in (not before, before):
+            engine.set_oversubscribed(value)
+            assert core.oversubscribed == value
+    finally:
+        engine.set_oversubscribed(before)
+
+
 def test_copies_of_a_communicator_share_the_sequence(comm):
     copy = MPI.Intracomm(comm)
     a, b = np.zeros(1), np.zeros(1)
