@@ -54,7 +54,7 @@ COMMON = dict(
              "ivmpi/_fastpath.pxi", "ivmpi/_small_collectives.pxi", "ivmpi/_gather.pxi",
              "ivmpi/_inbox.pxi", "ivmpi/_inbox.h", "ivmpi/_route.pxi", "ivmpi/_prefix.pxi",
              "ivmpi/_single_copy.pxi", "ivmpi/_win.pxi", "ivmpi/_schedule.pxi",
-             "ivmpi/_foreign.pxi", "ivmpi/_requests.pxi"],
+             "ivmpi/_foreign.pxi", "ivmpi/_requests.pxi", "ivmpi/_status.pxi"],
 )
 
 extensions = [

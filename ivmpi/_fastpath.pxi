@@ -395,6 +395,13 @@ cdef class FastPath:
         # [buf, datatype] may name and still be taken as plain bytes.
         self.extents = extents if extents is not None else {}
 
+    cdef int _report(self, object status, long source, long tag, long long count) except -1:
+        """The status of a fast receive or probe: in C when it can be
+        (_status.pxi), else through mpi4py's setters."""
+        if status is not None and not _fill_status_c(status, source, tag, count):
+            self.fill_status(status, source, tag, count)
+        return 0
+
     cdef object _extent_of(self, object datatype):
         # The same Datatype object comes back call after call: remember it.
         if datatype is self.last_datatype:
@@ -715,7 +722,7 @@ cdef class FastPath:
         if n < 0:
             self.general_Recv(buf, source, tag, status)
         elif status is not None:
-            self.fill_status(status, self.last_source, self.last_tag, n)
+            self._report(status, self.last_source, self.last_tag, n)
 
     cdef long _recv_typed_waiting(self, object spec, object source, object tag) except -3:
         """A receive with holes whose message has not come yet: wait for it
@@ -1078,7 +1085,7 @@ cdef class FastPath:
             op, self.pending_recv = self.pending_recv, None
             self.wait_op(op, "recv")
         if status is not None:
-            self.fill_status(status, self.last_source, self.last_tag, len(data))
+            self._report(status, self.last_source, self.last_tag, len(data))
         # An empty message (a buffer send of nothing) is None, as mpi4py has it.
         return self.loads(data) if len(data) else None
 
@@ -1412,7 +1419,7 @@ cdef class FastPath:
         if found == 0:
             return False
         if status is not None:
-            self.fill_status(status, self.found_source, self.found_tag, self.found_size)
+            self._report(status, self.found_source, self.found_tag, self.found_size)
         return True
 
     def Probe(self, source=None, tag=None, status=None):
@@ -1425,7 +1432,7 @@ cdef class FastPath:
         if found <= 0:
             return self.general_Probe(source, tag, status)
         if status is not None:
-            self.fill_status(status, self.found_source, self.found_tag, self.found_size)
+            self._report(status, self.found_source, self.found_tag, self.found_size)
         return True
 
     cdef object _mprobe(self, long source, long tag, int spins, object status):
@@ -1437,7 +1444,7 @@ cdef class FastPath:
         msg = self.found_message
         self.found_message = None
         if status is not None:
-            self.fill_status(status, self.found_source, self.found_tag, self.found_size)
+            self._report(status, self.found_source, self.found_tag, self.found_size)
         return self.new_message(self.comm, msg)
 
     def improbe_once(self, source=None, tag=None, status=None):
@@ -1486,7 +1493,7 @@ cdef class FastPath:
                 op, self.pending_recv = self.pending_recv, None
                 self.new_request(self.comm, op, None, "Message.Recv").Wait(status)
             elif status is not None:
-                self.fill_status(status, rank, incoming.tag, got)
+                self._report(status, rank, incoming.tag, got)
             return True
         if (incoming.kind != 1 and incoming.kind != 2) or incoming.self_send is not None \
                 or type(incoming.data) is not bytearray:
@@ -1506,7 +1513,7 @@ cdef class FastPath:
         finally:
             PyBuffer_Release(&view)
         if status is not None:
-            self.fill_status(status, self.comm_rank_of[incoming.source], incoming.tag, n)
+            self._report(status, self.comm_rank_of[incoming.source], incoming.tag, n)
         return True
 
     def take_message(self, incoming, status):
@@ -1522,8 +1529,8 @@ cdef class FastPath:
         if not self._settle(incoming):
             return False
         if status is not None:
-            self.fill_status(status, self.comm_rank_of[incoming.source], incoming.tag,
-                             len(incoming.data))
+            self._report(status, self.comm_rank_of[incoming.source], incoming.tag,
+                         len(incoming.data))
         return True
 
     cdef bint _take_heap_message(self, object incoming, object status) except -1:
@@ -1542,7 +1549,7 @@ cdef class FastPath:
         finally:
             self.lock.leave()
         if status is not None:
-            self.fill_status(status, rank, incoming.tag, incoming.size)
+            self._report(status, rank, incoming.tag, incoming.size)
         return True
 
     cdef bint _settle(self, object incoming) except -1:

@@ -46,11 +46,24 @@ class MPIError(IvmpiError, _MPI.Exception):
 def fill_status(status, source, tag, count, error=_MPI.SUCCESS, cancelled=False):
     if status is None:
         return
+    if error == _MPI.SUCCESS and not cancelled and _fill_status_fast(status, source, tag, count):
+        return
+    _set_status(status, source, tag, count, error, cancelled)
+
+
+def _set_status(status, source, tag, count, error=_MPI.SUCCESS, cancelled=False):
+    """fill_status through mpi4py's setters (the C fill learns from them)."""
     status.source = source
     status.tag = tag
     status.error = error
     status.Set_elements(_MPI.BYTE, count)
     status.Set_cancelled(cancelled)
+
+
+# A status filled in C when mpi4py's Status layout could be learned
+# (ivmpi/_status.pxi); through the setters otherwise.
+_fastcopy.learn_status_layout(_MPI.Status, _set_status, _MPI.__pyx_capi__)
+_fill_status_fast = _fastcopy.fill_status_fast
 
 
 def _empty_status(status):
