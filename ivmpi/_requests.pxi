@@ -179,8 +179,8 @@ cdef int _set_aside(RxRing rx, list posted, list unexpected, uint64_t eager_limi
     so that what came after it in rx can be seen: into the first posted
     receive that matches it (a synchronous one acknowledged on tx), or to
     the unexpected messages.  1: moved; 0: left in the ring, a frame on the
-    context of a nonblocking collective in progress, which its own receive
-    takes from there; -1: the engine's round must handle it (another kind,
+    context of a nonblocking collective in progress with nothing behind it,
+    which the collective's own receive takes from there; -1: the engine's round must handle it (another kind,
     a bad tag or length, a window's service frame, a payload too large for
     its receive, no room for the ACK)."""
     if (rx.kind != 1 and rx.kind != 2) or rx.tag < 0 or rx.length > eager_limit:
@@ -190,7 +190,10 @@ cdef int _set_aside(RxRing rx, list posted, list unexpected, uint64_t eager_limi
     for op in posted:
         if _accepts_head(<RecvOp?>op, rx):
             return 1 if _deliver_eager(rx, posted, eager_limit, tx) else -1
-    if rx.kind == 1:
+    if rx.kind == 1 and not rx.more_behind():
+        # Left only while nothing follows it: a frame left in front of
+        # another would hide that one from every probe and test until the
+        # collective takes it, which may wait for what is behind.
         for s in running:
             if isinstance(s, Schedule) and (<Schedule>s).context == rx.context:
                 return 0

@@ -825,6 +825,12 @@ cdef class RxRing:
             self.copy_out(<char *>out, self.length)
         return out
 
+    cdef bint more_behind(self) noexcept:
+        """Has the sender published bytes after the frame at the head (poll()
+        True)?  A hint only: what follows is read and checked by poll() once
+        this frame is consumed."""
+        return rg_load_acquire(self.head_p) - self.tail > self.fsize
+
     cpdef consume(self):
         """Release the current frame's space to the producer."""
         if not self.ready:

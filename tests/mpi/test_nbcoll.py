@@ -10,6 +10,8 @@ the bytes must go through the region's rings.
 import inspect
 
 import numpy as np
+import time
+
 import pytest
 
 import ivmpi
@@ -587,6 +589,52 @@ def test_probes_set_aside_frames_they_do_not_look_for(comm):
     elif rank == 1:
         sync.Wait()
     other.Free()
+
+
+@pytest.mark.parametrize("poll", ["Iprobe", "Irecv+Test"])
+def test_a_frame_left_for_a_collective_hides_nothing_behind_it(comm, poll):
+    """Rank 1 enters a barrier (its frames to rank 0 go out) and then sends
+    rank 0 a message; rank 0's barrier cannot finish until the others enter
+    it, which they do only after rank 0 has that message.  A probe or test
+    loop of rank 0 that left rank 1's barrier frame in its ring, for the
+    barrier's own receive, would never see the message behind it: the
+    frame must be moved aside when anything follows it."""
+    size, rank = comm.size, comm.rank
+    here = all(ivmpi.path_to(comm, r) in ("region", "self") for r in range(size))
+    if size < 3 or not comm.allreduce(here, op=MPI.LAND):
+        pytest.skip("needs three ranks or more, all of one region")
+    # A new communicator whose only collective so far is a barrier: its
+    # Ibarrier runs as frames through the rings (an object allreduce first
+    # would have it take another path).
+    comm = comm.Dup()
+    comm.Barrier()
+    got = np.zeros(2)
+    if rank == 0:
+        barrier = comm.Ibarrier()
+        found = False
+        deadline = time.monotonic() + 10
+        request = comm.Irecv(got, 1, 301) if poll == "Irecv+Test" else None
+        while not found and time.monotonic() < deadline:
+            found = request.Test() if request is not None else comm.Iprobe(1, 301)
+        for peer in range(2, size):
+            comm.Send(got[:1], peer, 302)
+        barrier.Wait()
+        if request is None:
+            comm.Recv(got, 1, 301)
+        else:
+            request.Wait()
+        assert found, "the message behind the barrier's frame was not seen"
+        assert got.tolist() == [301.0, 1.0]
+    elif rank == 1:
+        barrier = comm.Ibarrier()
+        for _ in range(100):
+            barrier.Test()          # its first frames out
+        comm.Send(np.array([301.0, 1.0]), 0, 301)
+        barrier.Wait()
+    else:
+        comm.Recv(got[:1], 0, 302)
+        comm.Ibarrier().Wait()
+    comm.Free()
 
 
 def test_the_rounds_in_c_see_the_engines_own_tables(comm):
