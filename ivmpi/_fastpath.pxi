@@ -1292,8 +1292,7 @@ cdef class FastPath:
             while rx.poll():
                 # An ACK (a send of ours completes) or a frame the probe
                 # does not look for: out of the way, to see what follows.
-                if rx.kind == 6 and self.awaiting_ack is not None \
-                        and _take_ack(rx, self.awaiting_ack):
+                if rx.kind == 6 and _take_ack(rx, self.awaiting_ack):
                     continue
                 if self._wanted(rx, tag) and not self._posted_takes(rx):
                     self.last_source = source
@@ -1707,8 +1706,7 @@ cdef class FastPath:
             w = view.ready(lo, hi)
             while w >= 0:
                 rx = <RxRing>view.rings[w]
-                if rx.kind == 6 and self.awaiting_ack is not None \
-                        and _take_ack(rx, self.awaiting_ack):
+                if rx.kind == 6 and _take_ack(rx, self.awaiting_ack):
                     w = view.ready(w, hi)       # that ring again: what came after the ACK
                     continue
                 if self._wanted(rx, tag) and (not self.posted or not self._posted_takes(rx)):
@@ -2753,12 +2751,14 @@ cdef bint _advance_schedules(object engine) except -1:
     the others still wait for arrives as frames, seen in the inbox.  The
     engine's lock is held."""
     cdef list schedules = engine.schedules
-    for s in schedules:
-        if _op_done(s):
+    cdef Py_ssize_t i, n = len(schedules)
+    for i in range(n):
+        if _op_done(schedules[i]):
             break
     else:
         return False            # (no new list: this runs at every failing test)
-    engine.schedules = [s for s in schedules if not _op_done(s)]
+    # Those before the first finished one were polled just now.
+    engine.schedules = schedules[:i] + [s for s in schedules[i + 1:] if not _op_done(s)]
     return True
 
 
@@ -2771,7 +2771,7 @@ cdef inline bint _op_done(object op) except -1:
     if isinstance(op, Op):
         return (<Op>op).done
     if type(op) is Schedule:        # its `done`, without the property's Python call
-        return (<Schedule>op)._finished or (<Schedule>op)._run(1, True)
+        return (<Schedule>op)._poll_done()
     return bool(op.done)
 
 

@@ -100,8 +100,8 @@ cdef int _idle_progress(EngineCore core) except -1:
     (delivered into a posted receive that takes them or set aside as
     unexpected messages, as the engine's round does, or left in the ring
     for the collective in progress on their context).  The collectives
-    advance (reading `done`), and with more ranks than cores, when nothing moved,
-    the core is given away, as Engine.test_progress does.  The engine's
+    advance (reading `done`), and with more ranks than cores, when nothing
+    moved, the core is given away, as Engine.test_progress does.  The engine's
     round in Python would take the collectives' frames aside as unexpected
     messages and match them to their receives later, some 1.5 us a test
     more.  1: done, nothing moved; 2: done, something moved; 0: something
@@ -147,9 +147,9 @@ cdef Py_ssize_t _collective_frames(Inbox inbox, list rings, list running, list p
     """The frames in the inbox when only collectives are running:
     acknowledgements complete the sends awaiting them, eager frames are
     delivered or set aside (_set_aside), and one on the context of a
-    running collective that no receive takes yet stays in its ring for the
-    collective's own receive.  Returns how many were handled, or -1 when
-    some other frame is next in a ring."""
+    running collective that no receive takes yet, with nothing behind it,
+    stays in its ring for the collective's own receive.  Returns how many
+    were handled, or -1 when some other frame is next in a ring."""
     cdef int i = inbox.first_ready(0), step
     cdef Py_ssize_t delivered = 0
     cdef RxRing rx
@@ -180,9 +180,10 @@ cdef int _set_aside(RxRing rx, list posted, list unexpected, uint64_t eager_limi
     receive that matches it (a synchronous one acknowledged on tx), or to
     the unexpected messages.  1: moved; 0: left in the ring, a frame on the
     context of a nonblocking collective in progress with nothing behind it,
-    which the collective's own receive takes from there; -1: the engine's round must handle it (another kind,
-    a bad tag or length, a window's service frame, a payload too large for
-    its receive, no room for the ACK)."""
+    which the collective's own receive takes from there; -1: the engine's
+    round must handle it (another kind, a bad tag or length, a window's
+    service frame, a payload too large for its receive, no room for the
+    ACK)."""
     if (rx.kind != 1 and rx.kind != 2) or rx.tag < 0 or rx.length > eager_limit:
         return -1
     if services and rx.context in services:

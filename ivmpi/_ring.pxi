@@ -1165,7 +1165,10 @@ def rendezvous_step(RxRing rx, list posted, uint64_t eager_limit, TxRing tx, set
 
 cdef bint _take_ack(RxRing rx, dict awaiting_ack) except -1:
     """The ACK at the head of rx, of a send in awaiting_ack: taken, and the
-    send completes.  False for a stray one (the engine's round reports it)."""
+    send completes.  False for a stray one, or without a table (the
+    engine's round reports it)."""
+    if awaiting_ack is None:
+        return False
     cdef SendOp acked = awaiting_ack.pop((rx.peer, rx.b), None)
     if acked is None:
         return False

@@ -278,6 +278,10 @@ cdef class Schedule:
 
     @property
     def done(self):
+        return self._poll_done()
+
+    cdef bint _poll_done(self) except -1:
+        """Finished, after advancing the run as far as it goes now."""
         return self._finished or self._run(1, True)
 
     cdef bint _run(self, int spins, bint post) except -1:

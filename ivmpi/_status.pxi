@@ -72,8 +72,8 @@ cdef Py_ssize_t _st_field(bytes base, bytes changed, long value) except -2:
 
 def learn_status_layout(status_type, fill, capi):
     """Learn where mpi4py's Status keeps source, tag and count (see above):
-    fill(status, source, tag, count) is the setters' way, capi mpi4py's
-    MPI.__pyx_capi__.  True when the C fill is in use, False otherwise."""
+    fill(status, source, tag, count, error, cancelled) is the setters' way,
+    capi mpi4py's MPI.__pyx_capi__.  True when the C fill is in use, False otherwise."""
     global _st_type, _st_offset, _st_first, _st_end
     global _st_source_at, _st_tag_at, _st_count_at
     cdef _StatusGet get
@@ -91,9 +91,9 @@ def learn_status_layout(status_type, fill, capi):
         return False
     _st_type, _st_offset = status_type, offset
 
-    def snapshot(source, tag, count, start=None):
-        status = status_type() if start is None else start
-        fill(status, source, tag, count)
+    def snapshot(source, tag, count, error=0, cancelled=False):
+        status = status_type()
+        fill(status, source, tag, count, error, cancelled)
         return _st_bytes(status, window)
 
     try:
@@ -109,8 +109,7 @@ def learn_status_layout(status_type, fill, capi):
         written = [i for i in range(window)
                    if any(base[i] != other[i] for other in (
                        snapshot(-2, -1, 0x7FFFFFFF), snapshot(7, 9, 1 << 40),
-                       _cancelled_snapshot(status_type, fill, window),
-                       _error_snapshot(status_type, fill, window)))]
+                       snapshot(0, 0, 0, cancelled=True), snapshot(0, 0, 0, error=5)))]
         written += [f + k for f in fields for k in range(4)]
         _st_first, _st_end = min(written), max(written) + 1
         for i in range(window):
@@ -124,9 +123,8 @@ def learn_status_layout(status_type, fill, capi):
             count = rng.choice((0, 1, 8, rng.randrange(1 << 31)))
             a, b = status_type(), status_type()
             for s in (a, b):
-                fill(s, rng.randrange(1 << 20), rng.randrange(1 << 20), rng.randrange(1 << 33))
-                s.Set_cancelled(rng.random() < 0.5)
-                s.error = rng.choice((0, 1, 5))
+                fill(s, rng.randrange(1 << 20), rng.randrange(1 << 20), rng.randrange(1 << 33),
+                     rng.choice((0, 1, 5)), rng.random() < 0.5)
             fill(a, source, tag, count)
             if not _fill_status_c(b, source, tag, count):
                 raise ValueError("refused")
@@ -138,17 +136,3 @@ def learn_status_layout(status_type, fill, capi):
         _st_offset = -1
         return False
     return True
-
-
-cdef bytes _cancelled_snapshot(status_type, fill, Py_ssize_t window):
-    status = status_type()
-    fill(status, 0, 0, 0)
-    status.Set_cancelled(True)
-    return _st_bytes(status, window)
-
-
-cdef bytes _error_snapshot(status_type, fill, Py_ssize_t window):
-    status = status_type()
-    fill(status, 0, 0, 0)
-    status.error = 5
-    return _st_bytes(status, window)

@@ -522,7 +522,6 @@ class Engine:
             _fastcopy.yield_idle()
         return moved
 
-
     def _progress(self):
         moved = self._flush_backlog() if self.backlog else False
         if self.sharing:
