@@ -15,7 +15,9 @@ from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release,
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, uintptr_t
 
-from ivmpi.errors import BoundsError, BufferSpecError, PeerError, RegionError
+import collections
+
+from ivmpi.errors import BoundsError, BufferSpecError, IvmpiError, PeerError, RegionError
 
 
 cdef extern from "_copycore.h" nogil:

@@ -184,6 +184,9 @@ cdef enum:
 # copy in, one out, as an eager frame); larger ones stream through the
 # ring in chunks, which overlaps the two copies.
 cdef uint64_t _STAGED_OBJECT_EAGER_LIMITS = 2
+# Nonblocking sends of such pickles each take a heap block of that size
+# until their receiver copied them (SendBlocks): at most this many.
+cdef int _SEND_BLOCKS_MOST = 16
 # Object receives allocate the announced size: larger ones take the
 # general path, which checks the size against the machine's memory.
 cdef uint64_t _OBJECT_RENDEZVOUS_MAX = <uint64_t>1 << 30
@@ -290,6 +293,106 @@ def idle_yields():
     return _idle_yields
 
 
+@cython.final
+cdef class SendBlocks:
+    """Blocks of this rank's heap that nonblocking sends of pickles a
+    little over the eager limit are copied into, one per send: the
+    receiver copies the message out (a region rendezvous) whenever it
+    receives, and the send's request is complete once the pickle is in its
+    block.  A block is reused once its send's operation is done (the
+    receiver's ACK); at most `most` blocks are ever taken from the heap,
+    so a program that sends many such messages before receiving any
+    (or a full heap) sends the rest by the general rendezvous."""
+    cdef object heap
+    cdef list free                  # region offsets of blocks not in use
+    cdef object held                # deque of (SendOp, region offset), oldest first
+    cdef list views                 # the heap's buffers, kept for the life of the engine
+    cdef list rx                    # the engine's rings into this rank, by world rank
+    cdef dict awaiting_ack          # the engine's sends awaiting an ACK
+    cdef readonly uint64_t block_bytes
+    cdef readonly int most
+    cdef readonly long long sent        # messages sent through the blocks so far
+
+    def __init__(self, heap, uint64_t eager_limit, list rx, dict awaiting_ack):
+        self.heap = heap
+        self.rx = rx
+        self.awaiting_ack = awaiting_ack
+        self.free = []
+        self.held = collections.deque()
+        self.views = []
+        # Pickles up to the size the blocking sends stage too; a quarter of
+        # the heap at most, the rest stays for Alloc_mem and the collectives.
+        self.block_bytes = _STAGED_OBJECT_EAGER_LIMITS * eager_limit
+        self.most = 0 if heap.mem.strict or self.block_bytes == 0 else \
+            <int>min(_SEND_BLOCKS_MOST, heap.size // 4 // self.block_bytes)
+
+    cdef int64_t take(self) except -2:
+        """A free block's region offset, or -1: none free, and no more may
+        be made.  The caller holds the engine's lock."""
+        if not self.free:
+            self._reap()
+            if not self.free and len(self.views) >= self.most:
+                # A rank that only sends to a peer never reads the ring
+                # from it, where the ACKs wait: taken here.
+                self._take_acks()
+                self._reap()
+        if self.free:
+            return <int64_t>self.free.pop()
+        if len(self.views) >= self.most:
+            return -1
+        try:
+            view = self.heap.alloc(self.block_bytes)
+        except IvmpiError:
+            self.most = len(self.views)     # the heap is full: take no more
+            return -1
+        self.views.append(view)
+        return <int64_t>self.heap.contains(*buffer_span(view))
+
+    cdef void _reap(self):
+        """The blocks of sends now done are free."""
+        cdef Py_ssize_t i
+        held = self.held
+        for i in range(len(held)):
+            item = held.popleft()
+            if (<SendOp>item[0]).done:
+                self.free.append(item[1])
+            else:
+                held.append(item)
+
+    cdef int _take_acks(self) except -1:
+        """The ACKs at the heads of the rings from the peers of held sends."""
+        cdef RxRing rx
+        for item in self.held:
+            if (<SendOp>item[0]).done:
+                continue
+            ring = self.rx[(<SendOp>item[0]).peer]
+            if ring is None:
+                continue
+            rx = <RxRing>ring
+            while rx.poll() and rx.kind == 6 and _take_ack(rx, self.awaiting_ack):
+                pass
+        return 0
+
+    cdef void hold(self, SendOp op, int64_t at):
+        """Block `at` carries op's message until op is done."""
+        self.held.append((op, at))
+        self.sent += 1
+
+    cdef void give(self, int64_t at):
+        """Block `at` was taken but never announced: free again."""
+        self.free.append(at)
+
+    @property
+    def in_use(self):
+        """How many blocks carry messages not yet acknowledged (for tests)."""
+        return sum(1 for op, _ in self.held if not op.done)
+
+    @property
+    def made(self):
+        """How many blocks were taken from the heap."""
+        return len(self.views)
+
+
 cdef class FastPath:
     """One communicator's fast paths: its rings by communicator rank.
 
@@ -348,6 +451,7 @@ cdef class FastPath:
     # where its region rendezvous may point; region_frames: a receive
     # with holes is looking, and takes a region rendezvous as well.
     cdef public object take_stage, give_stage, general_Sendrecv
+    cdef public SendBlocks send_blocks    # the engine's, for nonblocking object sends
     cdef public object new_unpacking      # request type of a receive unpacked on completion
     cdef public list heap_bounds
     cdef bint region_frames
@@ -1199,9 +1303,11 @@ cdef class FastPath:
             self.wait_op(done, "ssend")
 
     def isend_object(self, obj, long dest, long tag=0):
-        """A small object is sent at once: the request is born complete."""
+        """A small object is sent at once, one a little over the eager limit
+        is copied into a heap block of its own (_isend_kept): either way the
+        request is born complete."""
         data = self.dumps(obj)
-        if self.send(data, dest, tag):
+        if self.send(data, dest, tag) or self._isend_kept(data, dest, tag, False) is not None:
             return self.new_request(self.comm, self.sent_op, None, "isend")
         return self.general_isend(data, dest, tag)
 
@@ -1209,7 +1315,10 @@ cdef class FastPath:
         data = self.dumps(obj)
         op = self._ssend(data, dest, tag, False)
         if op is None:
-            return self.general_issend(data, dest, tag)
+            op = self._isend_kept(data, dest, tag, True)
+            if op is None:
+                return self.general_issend(data, dest, tag)
+            return self.new_request(self.comm, op, None, ("issend", "to", dest))
         return self.new_request(self.comm, op, None, "issend")
 
     # --- probes -----------------------------------------------------------
@@ -2403,6 +2512,48 @@ cdef class FastPath:
             finally:
                 if not published:
                     self.give_stage()
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef object _isend_kept(self, object data, long dest, long tag, bint sync):
+        """A pickle a little over the eager limit, for a nonblocking send:
+        copied into a heap block of its own (SendBlocks) and announced as a
+        region rendezvous, so the request need not wait for the receiver
+        (an isend is complete at once; an issend on the receiver's ACK, sent
+        after its copy, so after the match).  Returns the SendOp, whose ACK
+        frees the block, or None: use the general path."""
+        cdef Py_buffer view
+        cdef int64_t at = -1
+        cdef SendBlocks blocks = self.send_blocks
+        cdef TxRing tx
+        cdef bint published = False
+        if blocks is None or not self.enabled or dest < 0 or dest >= self.size \
+                or tag < 0 or tag > _TAG_UB or self.tx[dest] is None:
+            return None
+        if not _pin(data, False, &view):
+            return None
+        try:
+            if <uint64_t>view.len <= self.eager_limit or <uint64_t>view.len > blocks.block_bytes:
+                return None
+            with self.lock:
+                at = blocks.take()
+            if at < 0:
+                return None
+            tx = <TxRing>self.tx[dest]
+            try:
+                # Plain stores, as _send_bytes_staged's: read soon, from our cache.
+                with nogil:
+                    rg_copy_to(tx.mem.base + at, view.buf, <size_t>view.len, 0)
+                op = self._announce_staged(dest, tag, <uint64_t>view.len, <uint64_t>at)
+                op.sync = sync          # its wait polls for the ACK in C (_poll_op)
+                with self.lock:
+                    blocks.hold(op, at)
+                published = True
+                return op
+            finally:
+                if not published:
+                    with self.lock:
+                        blocks.give(at)
         finally:
             PyBuffer_Release(&view)
 

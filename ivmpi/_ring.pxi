@@ -1011,6 +1011,10 @@ cdef class Rendezvous:
     cdef public object post_stream
     cdef public uint64_t chunk_bytes
     cdef public int stream_spins
+    # World rank -> (region offset, bytes) of each region member's heap,
+    # where its region rendezvous (RTS_REGION) may point; None: those
+    # frames are left to the engine.
+    cdef public dict heaps
 
     def __cinit__(self, dict receiving, dict awaiting_cts, object post_stream,
                   uint64_t chunk_bytes, int stream_spins):
@@ -1141,24 +1145,86 @@ cdef class Rendezvous:
             op.done = True
         return True
 
+    cdef bint region(self, RxRing rx, list posted, uint64_t eager_limit, TxRing tx) except -1:
+        """The region rendezvous (RTS_REGION) at the head of rx, for a
+        posted receive that matches it: copied straight out of the sender's
+        heap, then acknowledged on tx (the sender may reuse the block), as
+        the engine's _copy_from_heap does.  False, touching nothing, for
+        anything else (no match: the engine queues it; a buffer too small,
+        an announcement outside the sender's heap, no room for the ACK:
+        the engine's general handler, which reports what is wrong)."""
+        cdef uint64_t at, start, size, total = rx.a
+        cdef Py_ssize_t i
+        cdef RecvOp op
+        cdef Py_buffer view
+        cdef char *dst
+        cdef bytearray fresh = None
+        if self.heaps is None or rx.length != 8 or rx.tag < 0 \
+                or not eager_limit < total <= _MAX_MESSAGE:
+            return False
+        bounds = self.heaps.get(rx.peer)
+        if bounds is None:
+            return False
+        start, size = bounds
+        rx.copy_out(<char *>&at, 8)
+        if at < start or total > size or at - start > size - total \
+                or at + total > <uint64_t>rx.mem.size:
+            return False
+        for i in range(len(posted)):
+            op = <RecvOp?>posted[i]
+            if not _accepts_head(op, rx):
+                continue
+            if op.mem is None:          # an object receive: a buffer of its own
+                fresh = _unfilled_bytearray(<Py_ssize_t>total)
+                dst = PyByteArray_AS_STRING(fresh)
+                with nogil:
+                    rg_copy_from(dst, rx.mem.base + at, total, rx.strict)
+            else:
+                PyObject_GetBuffer(op.mem, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
+                try:
+                    if <uint64_t>view.len < total:
+                        return False
+                    with nogil:
+                        rg_copy_from(<char *>view.buf, rx.mem.base + at, total, rx.strict)
+                finally:
+                    PyBuffer_Release(&view)
+            # Only after the copy: the sender reuses the block on this ACK.
+            if tx.write_frame(6, 0, 0, 0, rx.b, NULL, 0) != 1:
+                return False        # (the engine copies it again)
+            if fresh is not None:
+                op.data = fresh
+            del posted[i]
+            op.status_source = rx.peer
+            op.status_tag = rx.tag
+            op.total = total
+            op.count = total
+            op.done = True
+            rx.consume()
+            return True
+        return False
+
     cdef bint step(self, RxRing rx, list posted, uint64_t eager_limit, TxRing tx) except -1:
-        """The RTS, CTS or DATA frame at the head of rx, by the step above
-        for its kind; False when the engine's handler must take it."""
+        """The RTS, CTS, DATA or RTS_REGION frame at the head of rx, by the
+        step above for its kind; False when the engine's handler must take
+        it."""
         if rx.kind == 5:
             return self.data(rx)
         if rx.kind == 4:
             return self.cleared(rx, tx)
+        if rx.kind == 8:
+            return self.region(rx, posted, eager_limit, tx)
         return self.announced(rx, posted, eager_limit, tx)
 
 
 def rendezvous_step(RxRing rx, list posted, uint64_t eager_limit, TxRing tx, set backlog,
                     Rendezvous rendezvous):
     """The engine's progress, for the frame at the head of rx: a step of a
-    large message (RTS, CTS or DATA) taken in C, as poll_eager takes it.
-    False, touching nothing, when the engine's handler must take it (any
-    other frame, anything Rendezvous leaves to it, or frames of ours
-    queued for that peer, which must go out first)."""
-    if not rx.ready or rx.kind < 3 or rx.kind > 5 or tx is None or rx.peer in backlog:
+    large message (RTS, CTS, DATA or RTS_REGION) taken in C, as poll_eager
+    takes it.  False, touching nothing, when the engine's handler must take
+    it (any other frame, anything Rendezvous leaves to it, or frames of
+    ours queued for that peer, which must go out first)."""
+    if not rx.ready or not (3 <= rx.kind <= 5 or rx.kind == 8) or tx is None \
+            or rx.peer in backlog:
         return False
     return rendezvous.step(rx, posted, eager_limit, tx)
 
@@ -1214,7 +1280,7 @@ cpdef int poll_eager(EngineLock lock, RxRing rx, list posted, uint64_t eager_lim
             if kind == 6 and awaiting_ack is not None:
                 if not _take_ack(rx, awaiting_ack):
                     return -1           # the engine reports the stray ACK
-            elif rendezvous is not None and tx is not None and kind >= 3 and kind <= 5:
+            elif rendezvous is not None and tx is not None and (3 <= kind <= 5 or kind == 8):
                 if not rendezvous.step(rx, posted, eager_limit, tx):
                     return -1
             elif not _deliver_eager(rx, posted, eager_limit, tx):

@@ -267,6 +267,7 @@ class Comm(_MPI.Comm):
         fast.general_Isendrecv_replace = self._general_Isendrecv_replace
         fast.new_unpacking = UnpackingRequest
         fast.take_stage, fast.give_stage = engine.take_stage, engine.give_stage
+        fast.send_blocks = engine.send_blocks
         fast.rendezvous = engine.rendezvous
         # Heaps are by slot in the region; a rank reached through the
         # library has none here (0, 0): nothing it announces is in bounds.

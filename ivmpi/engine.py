@@ -158,6 +158,12 @@ class Engine:
         # The same tables, for the rendezvous steps the waits take in C.
         self.rendezvous = Rendezvous(self.receiving, self.awaiting_cts, self._post_stream,
                                      self.chunk_bytes, 0)
+        # The heaps a peer's region rendezvous may point into, checked there.
+        self.rendezvous.heaps = {peer: geometry.heap(other)
+                                 for peer, other in self.slot_of.items() if peer != rank}
+        # Heap blocks of nonblocking sends of pickles a little over the eager limit.
+        self.send_blocks = _fastcopy.SendBlocks(self.heap, self.eager_limit, self.rx,
+                                                self.awaiting_ack)
         # Nonblocking collectives in progress (ivmpi.nbcoll): each round of
         # progress polls them, so that they advance whatever a wait is for.
         self.schedules = []

@@ -120,6 +120,29 @@ def test_truncated_region_receive_still_releases_the_sender(pair):
     assert recv.error == "truncate" and send.done
 
 
+@pytest.mark.parametrize("object_receive", [False, True])
+def test_region_rendezvous_for_a_posted_receive_is_taken_in_one_call(pair, object_receive):
+    """A wait's round in C (poll_eager) copies a region rendezvous for a
+    posted receive straight out of the sender's heap, into the buffer or a
+    new one of its own for an object receive, and only then acknowledges."""
+    _, geo, e0, e1 = pair
+    nbytes = geo.eager_limit + 1000
+    src = np.frombuffer(e1.heap.alloc(nbytes), dtype=np.uint8)
+    src[:] = np.arange(nbytes) % 251
+    send = e1.isend(0, memoryview(src), 5, 0)
+    out = None if object_receive else bytearray(nbytes + 8)
+    recv = e0.irecv(1, 5, 0, None if out is None else memoryview(out))
+    moved = _fastcopy.poll_eager(e0.lock, e0.rx[1], e0.posted, e0.eager_limit, e0.backlog, recv,
+                                 e0.tx[1], e0.awaiting_ack, 0, e0.rendezvous)
+    assert moved == 1 and recv.done and not e0.posted
+    got = recv.data if object_receive else out[:nbytes]
+    assert bytes(got) == src.tobytes() and len(got) == nbytes
+    assert recv.count == nbytes and recv.status_source == 1 and recv.status_tag == 5
+    assert not send.done
+    drive(send, e1)         # the ACK, after the copy
+    assert not e1.awaiting_ack
+
+
 def _raw_frame(mem, geo, kind, length, tag, a, b, payload):
     ring = geo.ring(1, 0)
     words = np.array([kind | (length << 32), tag, a, b], dtype="<u8").tobytes()
@@ -141,7 +164,11 @@ def test_region_rendezvous_pointing_anywhere_else_is_refused(pair, offset_of, to
     payload = offset_of(geo).to_bytes(8, "little") + bytes(length - 8)
     _raw_frame(mem, geo, RTS_REGION, length, 3, total, 1, payload)
     out = bytearray(total)
-    e0.irecv(1, -1, 0, memoryview(out))
+    recv = e0.irecv(1, -1, 0, memoryview(out))
+    # A wait's round in C leaves it to the engine, touching nothing.
+    assert _fastcopy.poll_eager(e0.lock, e0.rx[1], e0.posted, e0.eager_limit, e0.backlog, recv,
+                                e0.tx[1], e0.awaiting_ack, 0, e0.rendezvous) == -1
+    assert out == bytearray(total) and not recv.done
     with pytest.raises(CorruptRegionError, match="peer 1: region rendezvous.*" + message):
         e0.progress()
     assert out == bytearray(total)
