@@ -997,24 +997,26 @@ cdef class FastPath:
         return _Scatter(plan, found[0], origin, count, extent)
 
     def irecv(self, buf=None, source=None, tag=None):
-        """Post an object receive in one call (mpi4py's buffer hint is not
-        needed: the message's own size is used)."""
+        """Post an object receive in one call.  A large message goes into
+        buf if it fits, as mpi4py's does; one that does not gets a buffer of
+        its own (where mpi4py's would be truncated)."""
         if source is None:
             source = self.any_source
         if tag is None:
             tag = self.any_tag
         if not self._postable(source, tag):
             return self.general_irecv(buf, source, tag)
-        return self.new_request(self.comm, self._post_receive(source, tag, None),
+        return self.new_request(self.comm, self._post_receive(source, tag, None, buf),
                                 self.unpickle_op, ("irecv", "from", source))
 
     cdef bint _postable(self, long source, long tag):
         return self.enabled and (0 <= source < self.size or source == self.any_source) \
             and (0 <= tag <= _TAG_UB or tag == self.any_tag)
 
-    cdef object _post_receive(self, long source, long tag, object mem):
+    cdef object _post_receive(self, long source, long tag, object mem, object hint=None):
         """The engine's receive for a checked (source, tag): matched against
-        what already arrived by the engine's own call, else posted."""
+        what already arrived by the engine's own call, else posted.  hint:
+        an object receive's offered buffer (RecvOp.hint)."""
         cdef long world = -1 if source == self.any_source else self.world_ranks[source]
         cdef long want = -1 if tag == self.any_tag else tag
         op = None
@@ -1022,11 +1024,12 @@ cdef class FastPath:
             try:
                 if not self.unexpected:
                     op = _new_recv_op(world, want, self.context, mem)
+                    (<RecvOp>op).hint = hint
                     self.posted.append(op)
             finally:
                 self.lock.leave()
         if op is None:      # queued messages to match first, or another thread inside
-            op = self.engine_irecv(world, want, self.context, mem)
+            op = self.engine_irecv(world, want, self.context, mem, hint)
         if self.scope is not None:
             op.scope = self.scope
         return op
@@ -1309,6 +1312,18 @@ cdef class FastPath:
         data = self.dumps(obj)
         if self.send(data, dest, tag) or self._isend_kept(data, dest, tag, False) is not None:
             return self.new_request(self.comm, self.sent_op, None, "isend")
+        return self._isend_large_object(data, dest, tag, "isend")
+
+    cdef object _isend_large_object(self, object data, long dest, long tag, str what):
+        """A larger pickle to a peer that copies it from our memory
+        (_single_copy.pxi): announced in one call, the request done on the
+        receiver's clear-to-send, after its copy (so after the match: an
+        issend's too).  Else the general path."""
+        op = self._send_rendezvous(data, dest, tag, True)
+        if op is not None:
+            return self.new_request(self.comm, op, None, (what, "to", dest))
+        if what == "issend":
+            return self.general_issend(data, dest, tag)
         return self.general_isend(data, dest, tag)
 
     def issend_object(self, obj, long dest, long tag=0):
@@ -1317,7 +1332,7 @@ cdef class FastPath:
         if op is None:
             op = self._isend_kept(data, dest, tag, True)
             if op is None:
-                return self.general_issend(data, dest, tag)
+                return self._isend_large_object(data, dest, tag, "issend")
             return self.new_request(self.comm, op, None, ("issend", "to", dest))
         return self.new_request(self.comm, op, None, "issend")
 

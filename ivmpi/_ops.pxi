@@ -53,6 +53,11 @@ cdef class RecvOp(Op):
     cdef public bint cancelled
     cdef public object data
     cdef public bint discard
+    # An object receive's buffer offered by the caller (mpi4py's irecv(buf)):
+    # a message too large for the eager path goes there if it fits
+    # (object_room), as mpi4py's receives into it; anything else gets a
+    # buffer of its own.
+    cdef public object hint
 
     def __init__(self, long source, long tag, long context, mem):
         self.peer = source
@@ -111,6 +116,24 @@ cdef Incoming _new_incoming(object source, object tag, object context, object si
     msg.offset = offset
     msg.taken = False
     return msg
+
+
+cpdef object object_room(RecvOp op, uint64_t size):
+    """Where an object receive's message of size bytes goes if the caller
+    offered a buffer that holds it (a writable contiguous one): a byte view
+    of its first size bytes, else None (a buffer of its own then).  Its
+    memory is the caller's, already touched, where a new buffer's pages
+    fault in as the message is copied."""
+    hint = op.hint
+    if hint is None:
+        return None
+    try:
+        room = memoryview(hint)
+        if room.readonly or not room.c_contiguous or <uint64_t>room.nbytes < size:
+            return None
+        return room.cast("B")[:size]
+    except (TypeError, ValueError, BufferError):
+        return None
 
 
 cdef RecvOp _new_recv_op(long source, long tag, long context, object mem):

@@ -1043,7 +1043,13 @@ cdef class Rendezvous:
             op = <RecvOp?>posted[i]
             if not _accepts_head(op, rx):
                 continue
-            if op.mem is None or <uint64_t>len(op.mem) < rx.a:
+            mem = op.mem
+            if mem is None:
+                # An object receive, into the buffer its caller offered.
+                mem = object_room(op, rx.a)
+                if mem is None:
+                    return False
+            elif <uint64_t>len(mem) < rx.a:
                 return False
             key = (rx.peer, rx.b)
             if key in self.receiving:
@@ -1051,7 +1057,7 @@ cdef class Rendezvous:
             if rx.length == 8:
                 # The sender's address: copy from its memory if we may (_single_copy.pxi).
                 rx.copy_out(<char *>&address, 8)
-                PyObject_GetBuffer(op.mem, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
+                PyObject_GetBuffer(mem, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
                 try:
                     copied = <uint64_t>view.len >= rx.a and _sc_read_shared(
                         rx.peer, rx.b, address, <char *>view.buf, rx.a, rx.mem)
@@ -1059,6 +1065,8 @@ cdef class Rendezvous:
                     PyBuffer_Release(&view)
             if tx.write_frame(4, 0, 0, rx.a if copied else 0, rx.b, NULL, 0) != 1:
                 return False        # (a copy made is made again by the engine's handler)
+            if op.mem is None:
+                op.mem = op.data = mem
             del posted[i]
             op.status_source = rx.peer
             op.status_tag = rx.tag
@@ -1157,8 +1165,7 @@ cdef class Rendezvous:
         cdef Py_ssize_t i
         cdef RecvOp op
         cdef Py_buffer view
-        cdef char *dst
-        cdef bytearray fresh = None
+        cdef object fresh = None
         if self.heaps is None or rx.length != 8 or rx.tag < 0 \
                 or not eager_limit < total <= _MAX_MESSAGE:
             return False
@@ -1174,20 +1181,22 @@ cdef class Rendezvous:
             op = <RecvOp?>posted[i]
             if not _accepts_head(op, rx):
                 continue
-            if op.mem is None:          # an object receive: a buffer of its own
-                fresh = _unfilled_bytearray(<Py_ssize_t>total)
-                dst = PyByteArray_AS_STRING(fresh)
+            mem = op.mem
+            if mem is None:
+                # An object receive: into the buffer its caller offered, or
+                # one of its own.
+                fresh = object_room(op, total)
+                if fresh is None:
+                    fresh = _unfilled_bytearray(<Py_ssize_t>total)
+                mem = fresh
+            PyObject_GetBuffer(mem, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
+            try:
+                if <uint64_t>view.len < total:
+                    return False
                 with nogil:
-                    rg_copy_from(dst, rx.mem.base + at, total, rx.strict)
-            else:
-                PyObject_GetBuffer(op.mem, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
-                try:
-                    if <uint64_t>view.len < total:
-                        return False
-                    with nogil:
-                        rg_copy_from(<char *>view.buf, rx.mem.base + at, total, rx.strict)
-                finally:
-                    PyBuffer_Release(&view)
+                    rg_copy_from(<char *>view.buf, rx.mem.base + at, total, rx.strict)
+            finally:
+                PyBuffer_Release(&view)
             # Only after the copy: the sender reuses the block on this ACK.
             if tx.write_frame(6, 0, 0, 0, rx.b, NULL, 0) != 1:
                 return False        # (the engine copies it again)

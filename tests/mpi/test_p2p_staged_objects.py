@@ -266,3 +266,26 @@ def test_nonblocking_synchronous_object_send_completes_only_once_received(comm):
         comm.Barrier()
         if comm.rank == 1:
             assert comm.recv(source=0, tag=2) == obj
+
+
+@pytest.mark.parametrize("limits", [1.5, 3, 8])
+def test_object_receive_goes_into_the_buffer_offered(comm, limits):
+    """irecv(buf) receives a message too large for the eager path into buf
+    when it fits, as mpi4py does (heap-staged, copied from the sender's
+    memory or streamed); one that does not fit gets a buffer of its own,
+    leaving buf alone."""
+    if comm.size < 2 or comm.rank > 1:
+        return
+    n = int(comm._engine.eager_limit * limits)
+    obj = blob(n, 3)
+    pickled = ivmpi_MPI.pickle.dumps(obj)
+    if comm.rank == 0:
+        comm.isend(obj, 1, 5).wait()
+        comm.isend(obj, 1, 6).wait()
+    else:
+        room = bytearray(len(pickled) + 64)
+        assert comm.irecv(room, source=0, tag=5).wait() == obj
+        assert room[:len(pickled)] == pickled
+        small = bytearray(100)
+        assert comm.irecv(small, source=0, tag=6).wait() == obj
+        assert small == bytearray(100)
