@@ -1314,6 +1314,15 @@ cdef class FastPath:
             return self.new_request(self.comm, self.sent_op, None, "isend")
         return self._isend_large_object(data, dest, tag, "isend")
 
+    def isend_pickle(self, data, long dest, long tag):
+        """An object collective's pickle over the eager limit, in one call:
+        True, in a heap block of its own (_isend_kept: nothing to wait
+        for); a SendOp to wait for, announced to a peer that copies it
+        from our memory; None: use the general path."""
+        if self._isend_kept(data, dest, tag, False) is not None:
+            return True
+        return self._send_rendezvous(data, dest, tag, True)
+
     cdef object _isend_large_object(self, object data, long dest, long tag, str what):
         """A larger pickle to a peer that copies it from our memory
         (_single_copy.pxi): announced in one call, the request done on the

@@ -359,6 +359,14 @@ class Collectives:
         requests, staged, offsets = [], None if stage else datas, None
         for i, dest in enumerate(dests):
             if not fast.send(datas[i], dest, tags[i]):
+                if not stage:
+                    # In a heap block of its own, or copied from our memory.
+                    op = fast.isend_pickle(datas[i], dest, tags[i])
+                    if op is True:
+                        continue
+                    if op is not None:
+                        requests.append(fast.new_request(p2p, op, None, (what, "to", dest)))
+                        continue
                 if staged is None:
                     staged, offsets = self._staged_pickles(datas)
                 op = None

@@ -289,3 +289,25 @@ def test_object_receive_goes_into_the_buffer_offered(comm, limits):
         small = bytearray(100)
         assert comm.irecv(small, source=0, tag=6).wait() == obj
         assert small == bytearray(100)
+
+
+def test_two_rank_object_collectives_send_large_pickles_from_heap_blocks(comm):
+    """On two ranks the object collectives send a pickle over the eager
+    limit from a heap block of its own (one call, nothing to wait for)."""
+    engine = comm._engine
+    if engine.mem.strict:
+        pytest.skip("strict mode keeps the streamed rendezvous")
+    pair = comm.Split(0 if comm.rank < 2 else 1, comm.rank)
+    try:
+        if comm.rank >= 2 or pair.size != 2:
+            return
+        blocks, limit = engine.send_blocks, engine.eager_limit
+        sent = blocks.sent
+        mine = blob(limit + 100, pair.rank)
+        assert pair.allgather(mine) == [blob(limit + 100, 0), blob(limit + 100, 1)]
+        assert pair.gather(mine, 1) == (None if pair.rank == 0 else
+                                        [blob(limit + 100, 0), blob(limit + 100, 1)])
+        assert pair.alltoall([mine, mine]) == [blob(limit + 100, 0), blob(limit + 100, 1)]
+        assert blocks.sent - sent == 2 + (pair.rank == 0)
+    finally:
+        pair.Free()
