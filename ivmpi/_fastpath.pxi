@@ -383,11 +383,6 @@ cdef class SendBlocks:
         self.free.append(at)
 
     @property
-    def in_use(self):
-        """How many blocks carry messages not yet acknowledged (for tests)."""
-        return sum(1 for op, _ in self.held if not op.done)
-
-    @property
     def made(self):
         """How many blocks were taken from the heap."""
         return len(self.views)
@@ -1669,8 +1664,8 @@ cdef class FastPath:
         cdef long rank
         rank = self.comm_rank_of.get(incoming.source, -1)
         if rank < 0 or self.heap_bounds is None or self.rx[rank] is None \
-                or not self._heap_span(<RxRing>self.rx[rank], incoming.offset, incoming.size,
-                                       self.heap_bounds[rank]):
+                or not _heap_span(<RxRing>self.rx[rank], incoming.offset, incoming.size,
+                                  self.eager_limit, self.heap_bounds[rank]):
             return False
         if not self.lock.enter():
             return False
@@ -2335,8 +2330,8 @@ cdef class FastPath:
             return None
         rank = self.comm_rank_of[msg.source]
         ring = self.rx[rank]
-        if ring is None or not self._heap_span(<RxRing>ring, msg.offset, msg.size,
-                                               self.heap_bounds[rank]):
+        if ring is None or not _heap_span(<RxRing>ring, msg.offset, msg.size, self.eager_limit,
+                                          self.heap_bounds[rank]):
             return None
         return ring
 
@@ -2349,22 +2344,10 @@ cdef class FastPath:
         self._ack(source, send_id)
         return 0
 
-    cdef bint _heap_span(self, RxRing rx, uint64_t at, uint64_t total,
-                         object bounds) except -1:
-        """Does a region rendezvous of total bytes at region offset `at`
-        lie inside the sender's heap `bounds` (the region of rx)?  Anything
-        else is the engine's, which reports it."""
-        cdef uint64_t lo = bounds[0], room = bounds[1]
-        if total <= self.eager_limit or total > _MAX_MESSAGE:
-            return False
-        # The sender says where: only inside its own heap, checked without overflow.
-        return not (at < lo or total > room or at - lo > room - total
-                    or at + total > <uint64_t>rx.mem.size)
-
     cdef bint _heap_message_fits(self, RxRing rx, uint64_t at, uint64_t total, object bounds,
                                  RunPlan plan, Py_ssize_t count) except -1:
         """_heap_span, for a message that must fill whole elements, no more than count."""
-        if not self._heap_span(rx, at, total, bounds):
+        if not _heap_span(rx, at, total, self.eager_limit, bounds):
             return False
         return total % <uint64_t>plan.size == 0 and total // <uint64_t>plan.size <= <uint64_t>count
 
@@ -2375,7 +2358,7 @@ cdef class FastPath:
         if rx.length != 8 or self.heap_bounds is None:
             return False
         rx.copy_out(<char *>at, 8)
-        return self._heap_span(rx, at[0], rx.a, self.heap_bounds[rank])
+        return _heap_span(rx, at[0], rx.a, self.eager_limit, self.heap_bounds[rank])
 
     cdef bytearray _heap_bytes(self, RxRing rx, uint64_t at, uint64_t total):
         """A private copy of total bytes at region offset `at` (checked)."""

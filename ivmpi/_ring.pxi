@@ -993,6 +993,20 @@ cdef bint _deliver_eager(RxRing rx, list posted, uint64_t eager_limit, TxRing tx
 cdef uint64_t _MAX_MESSAGE = <uint64_t>1 << 48
 
 
+cdef bint _heap_span(RxRing rx, uint64_t at, uint64_t total, uint64_t eager_limit,
+                     object bounds) except -1:
+    """Does a region rendezvous of total bytes at region offset `at` lie
+    inside the sender's heap `bounds` ((region offset, bytes), in the
+    region of rx), and is it over the eager limit?  Anything else is the
+    engine's, which reports it."""
+    cdef uint64_t lo = bounds[0], room = bounds[1]
+    if total <= eager_limit or total > _MAX_MESSAGE:
+        return False
+    # The sender says where: only inside its own heap, checked without overflow.
+    return not (at < lo or total > room or at - lo > room - total
+                or at + total > <uint64_t>rx.mem.size)
+
+
 cdef inline bint _rts_total_ok(RxRing rx, uint64_t eager_limit) noexcept:
     """May the RTS at the head of rx announce its total?  Over the eager
     limit, or any size with the sender's address (_rts_floor); never over
@@ -1161,21 +1175,18 @@ cdef class Rendezvous:
         anything else (no match: the engine queues it; a buffer too small,
         an announcement outside the sender's heap, no room for the ACK:
         the engine's general handler, which reports what is wrong)."""
-        cdef uint64_t at, start, size, total = rx.a
+        cdef uint64_t at, total = rx.a
         cdef Py_ssize_t i
         cdef RecvOp op
         cdef Py_buffer view
         cdef object fresh = None
-        if self.heaps is None or rx.length != 8 or rx.tag < 0 \
-                or not eager_limit < total <= _MAX_MESSAGE:
+        if self.heaps is None or rx.length != 8 or rx.tag < 0:
             return False
         bounds = self.heaps.get(rx.peer)
         if bounds is None:
             return False
-        start, size = bounds
         rx.copy_out(<char *>&at, 8)
-        if at < start or total > size or at - start > size - total \
-                or at + total > <uint64_t>rx.mem.size:
+        if not _heap_span(rx, at, total, eager_limit, bounds):
             return False
         for i in range(len(posted)):
             op = <RecvOp?>posted[i]
