@@ -1014,19 +1014,63 @@ cdef class FastPath:
         an object receive's offered buffer (RecvOp.hint)."""
         cdef long world = -1 if source == self.any_source else self.world_ranks[source]
         cdef long want = -1 if tag == self.any_tag else tag
+        cdef Py_ssize_t i = -1
         op = None
         if self.lock.enter():
             try:
-                if not self.unexpected:
+                # Messages set aside for other receives (another tag, a rank
+                # ahead's next round) do not send this one to the engine, nor
+                # does a plain eager one it takes (a collective's frame from
+                # a rank that got there first).
+                msg = None
+                if self.unexpected:
+                    msg = self._unexpected_eager(-1 if world < 0 else source, want, &i)
+                if i < 0:
                     op = _new_recv_op(world, want, self.context, mem)
                     (<RecvOp>op).hint = hint
                     self.posted.append(op)
+                elif msg is not None and msg.kind == 1:
+                    op = self._received_now(i, world, want, mem, hint)
             finally:
                 self.lock.leave()
         if op is None:      # queued messages to match first, or another thread inside
             op = self.engine_irecv(world, want, self.context, mem, hint)
         if self.scope is not None:
             op.scope = self.scope
+        return op
+
+    cdef object _received_now(self, Py_ssize_t i, long world, long want, object mem,
+                              object hint):
+        """A receive completed at once by unexpected[i], a plain eager
+        message (no acknowledgement owed), as the engine's delivery would;
+        None, touching nothing, when it does not fit mem (the engine
+        reports the truncation)."""
+        cdef Py_buffer view
+        msg = self.unexpected[i]
+        data = msg.data
+        cdef Py_ssize_t n = PyByteArray_GET_SIZE(data)
+        op = _new_recv_op(world, want, self.context, mem)
+        (<RecvOp>op).hint = hint
+        if mem is None:
+            (<RecvOp>op).data = data
+        else:
+            try:
+                PyObject_GetBuffer(mem, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
+            except (BufferError, TypeError, ValueError):
+                return None         # not one block of bytes: the engine's way
+            try:
+                if view.len < n:
+                    return None
+                if n:
+                    ivmpi_copy_plain(<char *>view.buf, PyByteArray_AS_STRING(data), n)
+            finally:
+                PyBuffer_Release(&view)
+        del self.unexpected[i]
+        (<RecvOp>op).status_source = msg.source
+        (<RecvOp>op).status_tag = msg.tag
+        (<RecvOp>op).total = msg.size
+        (<RecvOp>op).count = n
+        (<RecvOp>op).done = True
         return op
 
     cdef bint send_ptr(self, const char *data, Py_ssize_t n, long dest, long tag) except -1:
@@ -1519,18 +1563,22 @@ cdef class FastPath:
     # A probe that finds nothing returns to a program that may well probe
     # again at once: with more ranks than cores (negative spins) it gives
     # the core away first, as Open MPI's progress does when oversubscribed
-    # (Engine.test_progress).  The general Probe and Mprobe poll with the
+    # (Engine.test_progress), unless it took a frame on the way (an
+    # acknowledgement, a frame set aside), which the program's next call
+    # may well complete on.  The general Probe and Mprobe poll with the
     # *_once forms, inside the engine's wait, which yields on its own.
     def Iprobe(self, source=None, tag=None, status=None):
+        cdef unsigned long long taken = _frames_taken
         found = self.iprobe_once(source, tag, status)
-        if not found and self.spins < 0:
+        if not found and self.spins < 0 and _frames_taken == taken:
             with nogil:
                 _yield_idle()
         return found
 
     def Improbe(self, source=None, tag=None, status=None):
+        cdef unsigned long long taken = _frames_taken
         msg = self.improbe_once(source, tag, status)
-        if msg is None and self.spins < 0:
+        if msg is None and self.spins < 0 and _frames_taken == taken:
             with nogil:
                 _yield_idle()
         return msg

@@ -93,7 +93,7 @@ cdef bint _testable_requests(object requests) except -1:
     return True
 
 
-cdef int _idle_progress(EngineCore core) except -1:
+cdef int _idle_progress(EngineCore core, unsigned long long taken) except -1:
     """A test's round of progress, in C, when it needs nothing of the
     engine's Python: nothing queued to send, no library operation, shared
     copy or service, and in the inbox only acknowledgements, eager frames
@@ -101,7 +101,9 @@ cdef int _idle_progress(EngineCore core) except -1:
     unexpected messages, as the engine's round does, or left in the ring
     for the collective in progress on their context).  The collectives
     advance (reading `done`), and with more ranks than cores, when nothing
-    moved, the core is given away, as Engine.test_progress does.  The engine's
+    moved (no frame taken since `taken` was read from _frames_taken, by
+    this round or the test's poll before it), the core is given away, as
+    Engine.test_progress does.  The engine's
     round in Python would take the collectives' frames aside as unexpected
     messages and match them to their receives later, some 1.5 us a test
     more.  1: done, nothing moved; 2: done, something moved; 0: something
@@ -135,7 +137,7 @@ cdef int _idle_progress(EngineCore core) except -1:
             moved = True
     finally:
         lock.leave()
-    if not moved and core.oversubscribed:
+    if not moved and core.oversubscribed and _frames_taken == taken:
         with nogil:
             _yield_idle()
     return 2 if moved else 1
@@ -206,7 +208,7 @@ cdef int _set_aside(RxRing rx, list posted, list unexpected, uint64_t eager_limi
 
 def idle_progress(EngineCore core not None):
     """_idle_progress for Engine.test_progress."""
-    return _idle_progress(core)
+    return _idle_progress(core, _frames_taken)
 
 
 cdef int _poll_request(object req, object op) except -1:
@@ -218,6 +220,7 @@ cdef int _poll_request(object req, object op) except -1:
     request can have completed: the test need not look again), else 0."""
     cdef EngineCore core = None
     cdef int idle, polled = -1      # -1: not polled in C, or the engine's round is needed
+    cdef unsigned long long taken = _frames_taken
     comm = req._comm
     fast = getattr(comm, "_fast", None)
     if type(fast) is FastPath:
@@ -231,7 +234,7 @@ cdef int _poll_request(object req, object op) except -1:
         core = (<FastPath>fast).core
     if core is None:
         core = comm._engine.core
-    idle = _idle_progress(core)
+    idle = _idle_progress(core, taken)
     if idle == 1:
         # _poll_op's -1 for an operation it does not poll (a collective's)
         # is no sign of movement; for a library operation nothing is known.

@@ -362,3 +362,106 @@ def test_polling_loops_give_the_core_away_only_when_ranks_outnumber_cores(comm, 
         assert sum(everyone) > 0
     else:
         assert everyone == [0] * size
+
+
+def _set_aside_by_a_probe(comm, values, tag):
+    """Rank 1 sends values with tag to rank 0; rank 0 then probes for
+    another tag, which moves that frame out of its ring into the unexpected
+    messages.  Returns (frame taken, yields of that probe, yields of a
+    second probe that finds nothing at all) on rank 0, None elsewhere.
+    The library's barrier orders the send before the probes without a
+    frame of ivmpi's own in the ring."""
+    from ivmpi import _fastcopy
+    rank = comm.Get_rank()
+    if rank == 1:
+        comm.Send(values, 0, tag)
+    native_MPI.COMM_WORLD.Barrier()
+    if rank != 0:
+        return None
+    engine = comm._engine
+    queued = len(engine.unexpected)
+    before = _fastcopy.idle_yields()
+    assert not comm.Iprobe(1, tag + 1)
+    took = _fastcopy.idle_yields() - before
+    moved = len(engine.unexpected) - queued
+    before = _fastcopy.idle_yields()
+    assert not comm.Iprobe(1, tag + 1)
+    return moved, took, _fastcopy.idle_yields() - before
+
+
+def _one_region(comm):
+    import ivmpi
+    return all(ivmpi.path_to(comm, r) in ("region", "self") for r in range(comm.Get_size()))
+
+
+def test_a_probe_that_moved_a_frame_keeps_the_core(comm):
+    """With more ranks than cores a probe that finds nothing gives the core
+    away, as Open MPI's progress does when it handled no event; one that
+    took a frame on the way (here a message of another tag, set aside)
+    keeps it, as Open MPI's keeps it after an event: the program's next
+    call may complete on what moved.  On the code before, both yielded."""
+    if not _one_region(comm):
+        pytest.skip("ranks 0 and 1 talk through the MPI library")
+    values = np.arange(5, dtype="f8")
+    found = _set_aside_by_a_probe(comm, values, 31)
+    if found is not None:
+        moved, took, idle = found
+        got = np.zeros(5)
+        comm.Recv(got, 1, 31)
+        assert got.tolist() == values.tolist()
+        assert moved == 1
+        assert took == 0
+        assert idle == (1 if comm._fast.spins < 0 else 0)
+
+
+@pytest.mark.parametrize("source, tag", [(1, 41), (-1, 41), (1, -1)])
+def test_a_receive_of_a_message_set_aside_completes_in_one_call(comm, source, tag):
+    """An Irecv (and a collective's receive, which posts the same way)
+    whose message a probe has already set aside as unexpected is completed
+    in C, with the status the engine would give; the engine's receive is
+    not called.  One the message does not fit still goes to the engine,
+    which reports the truncation."""
+    if not _one_region(comm):
+        pytest.skip("ranks 0 and 1 talk through the MPI library")
+    source = ivmpi_MPI.ANY_SOURCE if source == -1 else source
+    tag = ivmpi_MPI.ANY_TAG if tag == -1 else tag
+    values = np.arange(6, dtype="i4") + 7
+    found = _set_aside_by_a_probe(comm, values, 41)
+    if found is None:
+        return
+    assert found[0] == 1
+    fast = comm._fast
+    calls = []
+    engine_irecv = fast.engine_irecv
+
+    def counted(*args):
+        calls.append(args)
+        return engine_irecv(*args)
+    fast.engine_irecv = counted
+    try:
+        got = np.zeros(6, "i4")
+        request = comm.Irecv(got, source, tag)
+        assert calls == []
+        status = ivmpi_MPI.Status()
+        assert request.Test(status)
+        assert got.tolist() == values.tolist()
+        assert (status.Get_source(), status.Get_tag(), status.Get_count(ivmpi_MPI.INT)) == \
+            (1, 41, 6)
+    finally:
+        fast.engine_irecv = engine_irecv
+
+
+def test_a_receive_too_small_for_a_message_set_aside_reports_truncation(comm):
+    if not _one_region(comm):
+        pytest.skip("ranks 0 and 1 talk through the MPI library")
+    values = np.arange(6, dtype="i4")
+    found = _set_aside_by_a_probe(comm, values, 51)
+    if found is None:
+        return
+    small = np.zeros(2, "i4")
+    request = comm.Irecv(small, 1, 51)
+    with pytest.raises(ivmpi_MPI.Exception) as info:
+        request.Wait()
+    assert info.value.Get_error_class() == ivmpi_MPI.ERR_TRUNCATE
+    assert small.tolist() == [0, 0]
+    assert all(m.tag != 51 for m in comm._engine.unexpected)
