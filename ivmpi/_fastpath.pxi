@@ -1491,7 +1491,8 @@ cdef class FastPath:
         engine = self.engine
         return _set_aside(rx, self.posted, self.unexpected, self.eager_limit,
                           <TxRing?>self.tx[rank], engine.schedules,
-                          getattr(engine, "service_contexts", None))
+                          getattr(engine, "service_contexts", None),
+                          None if self.rendezvous is None else self.rendezvous.awaiting_cts)
 
     cdef long _probe(self, long source, long tag, int spins, bint take) except -3:
         """_peek, polling up to |spins| times while nothing has arrived.
@@ -2991,7 +2992,7 @@ cdef class EngineCore:
     cdef readonly object engine
     cdef readonly list posted, unexpected, tx, rx_by_slot, services, library_ops
     cdef readonly set backlog
-    cdef readonly dict sharing, routes, awaiting_ack, service_contexts
+    cdef readonly dict sharing, routes, awaiting_ack, service_contexts, awaiting_cts
     cdef readonly object inbox
     cdef readonly EngineLock lock
     cdef readonly uint64_t eager_limit
@@ -3003,7 +3004,7 @@ cdef class EngineCore:
         self.tx, self.rx_by_slot = engine.tx, engine.rx_by_slot
         self.services, self.library_ops = engine.services, engine.library_ops
         self.backlog, self.sharing, self.routes = engine.backlog, engine.sharing, engine.routes
-        self.awaiting_ack = engine.awaiting_ack
+        self.awaiting_ack, self.awaiting_cts = engine.awaiting_ack, engine.awaiting_cts
         self.service_contexts = engine.service_contexts
         self.inbox, self.lock = engine.inbox, engine.lock
         self.eager_limit = engine.eager_limit

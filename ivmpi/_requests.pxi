@@ -129,7 +129,7 @@ cdef int _idle_progress(EngineCore core, unsigned long long taken) except -1:
             delivered = _collective_frames(inbox, core.rx_by_slot, schedules,
                                            core.posted, core.unexpected,
                                            core.eager_limit, core.tx, core.awaiting_ack,
-                                           core.service_contexts)
+                                           core.service_contexts, core.awaiting_cts)
             if delivered < 0:
                 return 0
             if delivered == 0:
@@ -145,9 +145,11 @@ cdef int _idle_progress(EngineCore core, unsigned long long taken) except -1:
 
 cdef Py_ssize_t _collective_frames(Inbox inbox, list rings, list running, list posted,
                                    list unexpected, uint64_t eager_limit, list tx,
-                                   dict awaiting_ack, dict services) except -2:
+                                   dict awaiting_ack, dict services,
+                                   dict awaiting_cts) except -2:
     """The frames in the inbox when only collectives are running:
-    acknowledgements complete the sends awaiting them, eager frames are
+    acknowledgements complete the sends awaiting them, eager frames and
+    rendezvous announcements are
     delivered or set aside (_set_aside), and one on the context of a
     running collective that no receive takes yet, with nothing behind it,
     stays in its ring for the collective's own receive.  Returns how many
@@ -164,7 +166,7 @@ cdef Py_ssize_t _collective_frames(Inbox inbox, list rings, list running, list p
                 delivered += 1
                 continue
             step = _set_aside(rx, posted, unexpected, eager_limit, <TxRing?>tx[rx.peer],
-                              running, services)
+                              running, services, awaiting_cts)
             if step < 0:
                 return -1
             if step == 0:
@@ -175,20 +177,36 @@ cdef Py_ssize_t _collective_frames(Inbox inbox, list rings, list running, list p
 
 
 cdef int _set_aside(RxRing rx, list posted, list unexpected, uint64_t eager_limit, TxRing tx,
-                    list running, dict services) except -2:
-    """The eager frame at the head of rx, which a probe or a test is not
-    looking for, moved out of the way as the engine's round would move it,
-    so that what came after it in rx can be seen: into the first posted
-    receive that matches it (a synchronous one acknowledged on tx), or to
-    the unexpected messages.  1: moved; 0: left in the ring, a frame on the
-    context of a nonblocking collective in progress with nothing behind it,
-    which the collective's own receive takes from there; -1: the engine's
-    round must handle it (another kind, a bad tag or length, a window's
-    service frame, a payload too large for its receive, no room for the
-    ACK)."""
-    if (rx.kind != 1 and rx.kind != 2) or rx.tag < 0 or rx.length > eager_limit:
+                    list running, dict services, dict awaiting_cts) except -2:
+    """The frame at the head of rx, which a probe or a test is not looking
+    for, moved out of the way as the engine's round would move it, so that
+    what came after it in rx can be seen.  An eager frame goes into the
+    first posted receive that matches it (a synchronous one acknowledged on
+    tx), or to the unexpected messages; a rendezvous announcement (RTS) no
+    posted receive matches goes to the unexpected messages, with the
+    engine's checks; a CTS saying a send of ours was copied completes it.
+    1: moved; 0: left in the ring, an eager frame on the context of a
+    nonblocking collective in progress with nothing behind it, which the
+    collective's own receive takes from there; -1: the engine's round must
+    handle it (another kind, an RTS a posted receive matches, a bad tag,
+    length or announcement, a window's service frame, a payload too large
+    for its receive, no room for the ACK)."""
+    cdef uint64_t address = 0
+    if rx.kind == 4:
+        return 1 if _take_copied_cts(rx, awaiting_cts) else -1
+    if rx.tag < 0 or (services and rx.context in services):
         return -1
-    if services and rx.context in services:
+    if rx.kind == 3:
+        if not _rts_address(rx, &address) or not _rts_total_ok(rx, eager_limit):
+            return -1
+        for op in posted:
+            if _accepts_head(<RecvOp?>op, rx):
+                return -1
+        unexpected.append(_new_incoming(rx.peer, rx.tag, rx.context, rx.a, None, rx.b, 3,
+                                        address))
+        rx.consume()
+        return 1
+    if (rx.kind != 1 and rx.kind != 2) or rx.length > eager_limit:
         return -1
     for op in posted:
         if _accepts_head(<RecvOp?>op, rx):

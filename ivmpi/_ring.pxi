@@ -1273,6 +1273,26 @@ cdef bint _take_ack(RxRing rx, dict awaiting_ack) except -1:
     return True
 
 
+cdef bint _take_copied_cts(RxRing rx, dict awaiting_cts) except -1:
+    """The CTS at the head of rx saying the receiver copied the whole of a
+    send of ours from our memory (_single_copy.pxi): taken, and the send
+    completes, as the engine's round does.  False for anything else (a CTS
+    to stream, a stray one, a wrong count: the engine's), or without a
+    table."""
+    cdef SendOp op
+    if awaiting_cts is None or rx.length != 0 or rx.a == 0:
+        return False
+    key = (rx.peer, rx.b)
+    op = awaiting_cts.get(key)
+    if op is None or rx.a != <uint64_t>len(op.mem):
+        return False
+    del awaiting_cts[key]
+    rx.consume()
+    op.done = True
+    op.state = "done"
+    return True
+
+
 cpdef int poll_eager(EngineLock lock, RxRing rx, list posted, uint64_t eager_limit,
                      set backlog, Op op, TxRing tx=None, dict awaiting_ack=None,
                      int spins=0, Rendezvous rendezvous=None) except -2:

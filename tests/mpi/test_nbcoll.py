@@ -646,7 +646,7 @@ def test_the_rounds_in_c_see_the_engines_own_tables(comm):
     assert comm._fast.core is core
     for name in ("posted", "unexpected", "tx", "rx_by_slot", "services", "library_ops",
                  "backlog", "sharing", "routes", "awaiting_ack", "service_contexts",
-                 "inbox", "lock"):
+                 "awaiting_cts", "inbox", "lock"):
         assert getattr(core, name) is getattr(engine, name), name
     assert core.eager_limit == engine.eager_limit
     before = engine.oversubscribed

@@ -367,26 +367,33 @@ def test_polling_loops_give_the_core_away_only_when_ranks_outnumber_cores(comm, 
 def _set_aside_by_a_probe(comm, values, tag):
     """Rank 1 sends values with tag to rank 0; rank 0 then probes for
     another tag, which moves that frame out of its ring into the unexpected
-    messages.  Returns (frame taken, yields of that probe, yields of a
-    second probe that finds nothing at all) on rank 0, None elsewhere.
-    The library's barrier orders the send before the probes without a
-    frame of ivmpi's own in the ring."""
+    messages.  Returns (frames set aside, yields of that probe, yields of a
+    second probe that finds nothing at all, whether either found
+    anything) on rank 0, None elsewhere.
+    The library's barriers order the send before the probes, without a
+    frame of ivmpi's own in the ring, and keep the other ranks (whose
+    next collective would send rank 0 frames) out until the probes are
+    done."""
     from ivmpi import _fastcopy
     rank = comm.Get_rank()
     if rank == 1:
         comm.Send(values, 0, tag)
     native_MPI.COMM_WORLD.Barrier()
-    if rank != 0:
-        return None
-    engine = comm._engine
-    queued = len(engine.unexpected)
-    before = _fastcopy.idle_yields()
-    assert not comm.Iprobe(1, tag + 1)
-    took = _fastcopy.idle_yields() - before
-    moved = len(engine.unexpected) - queued
-    before = _fastcopy.idle_yields()
-    assert not comm.Iprobe(1, tag + 1)
-    return moved, took, _fastcopy.idle_yields() - before
+    found = None
+    if rank == 0:
+        # Checked by the caller after the barrier: a rank that failed here
+        # would leave the others in it.
+        engine = comm._engine
+        queued = len(engine.unexpected)
+        before = _fastcopy.idle_yields()
+        first = comm.Iprobe(1, tag + 1)
+        took = _fastcopy.idle_yields() - before
+        moved = len(engine.unexpected) - queued
+        before = _fastcopy.idle_yields()
+        second = comm.Iprobe(1, tag + 1)
+        found = moved, took, _fastcopy.idle_yields() - before, first or second
+    native_MPI.COMM_WORLD.Barrier()
+    return found
 
 
 def _one_region(comm):
@@ -405,10 +412,11 @@ def test_a_probe_that_moved_a_frame_keeps_the_core(comm):
     values = np.arange(5, dtype="f8")
     found = _set_aside_by_a_probe(comm, values, 31)
     if found is not None:
-        moved, took, idle = found
+        moved, took, idle, probed = found
         got = np.zeros(5)
         comm.Recv(got, 1, 31)
         assert got.tolist() == values.tolist()
+        assert not probed
         assert moved == 1
         assert took == 0
         assert idle == (1 if comm._fast.spins < 0 else 0)
@@ -429,7 +437,7 @@ def test_a_receive_of_a_message_set_aside_completes_in_one_call(comm, source, ta
     found = _set_aside_by_a_probe(comm, values, 41)
     if found is None:
         return
-    assert found[0] == 1
+    assert found[0] == 1 and not found[3]
     fast = comm._fast
     calls = []
     engine_irecv = fast.engine_irecv
@@ -465,3 +473,81 @@ def test_a_receive_too_small_for_a_message_set_aside_reports_truncation(comm):
     assert info.value.Get_error_class() == ivmpi_MPI.ERR_TRUNCATE
     assert small.tolist() == [0, 0]
     assert all(m.tag != 51 for m in comm._engine.unexpected)
+
+
+def _counting(obj, names, calls):
+    """Wrap obj's attributes `names` to count their calls in `calls`; the
+    wrappers' undo."""
+    saved = {name: getattr(obj, name) for name in names}
+    for name, call in saved.items():
+        def counted(*args, _call=call, _name=name, **kwargs):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _call(*args, **kwargs)
+        setattr(obj, name, counted)
+    return lambda: [setattr(obj, name, call) for name, call in saved.items()]
+
+
+def _rendezvous_set_aside(comm):
+    """A probe for one tag past the announcement (RTS) of a message too
+    large for the eager path, of another tag, moves it to the unexpected
+    messages itself, as the engine's round would, and looks on; the message
+    is then received whole (copied from the sender's memory, or streamed).
+    When the receiver copied it, the sender's probe, for another tag too,
+    takes the clear-to-send that says so, and the send completes.  Before,
+    both went to the engine's round in Python (the sparse exchange's large
+    rounds spent most of their time there).  The library's barriers keep
+    every rank in step (the others' next collective would send frames to
+    the probing ranks); everything is checked after the last one, so that
+    a failure cannot leave the other ranks waiting in one.  Returns
+    whether the receiver copied."""
+    from ivmpi import _fastcopy
+    if not _one_region(comm):
+        pytest.skip("ranks 0 and 1 talk through the MPI library")
+    rank = comm.Get_rank()
+    n = 3 * comm._engine.eager_limit // 8
+    values = np.arange(n, dtype="f8") * 0.5
+    calls, seen = {}, {}
+    undo = _counting(comm._fast, ["general_Iprobe"], calls)
+    try:
+        # comm is a Dup of COMM_WORLD: its rank 1 is world rank 1.
+        copied = native_MPI.COMM_WORLD.bcast(
+            _fastcopy.single_copy_from(1) if rank == 0 else None, root=0)
+        if rank == 1:
+            request = comm.Isend(values, 0, 61)
+        native_MPI.COMM_WORLD.Barrier()
+        if rank == 0:
+            queued = len(comm._engine.unexpected)
+            seen["found"] = comm.Iprobe(1, 62)
+            seen["set aside"] = len(comm._engine.unexpected) - queued
+            seen["general"] = dict(calls)
+            got = np.zeros(n)
+            comm.Recv(got, 1, 61)
+            seen["data"] = got.tolist() == values.tolist()
+        if rank == 1 and not copied:
+            request.Wait()          # streams the message as rank 0 receives
+        native_MPI.COMM_WORLD.Barrier()
+        if rank == 1 and copied:
+            # The clear-to-send is in the ring: the probe takes it.
+            seen["done before"] = request._op.done
+            seen["found"] = comm.Iprobe(0, 63)
+            seen["done after"] = request._op.done
+            seen["general"] = dict(calls)
+        native_MPI.COMM_WORLD.Barrier()
+        if rank == 1:
+            request.Wait()
+    finally:
+        undo()
+    if rank == 0:
+        assert seen == {"found": False, "set aside": 1, "general": {}, "data": True}
+    if rank == 1 and copied:
+        assert seen == {"done before": False, "found": False, "done after": True,
+                        "general": {}}
+    return copied
+
+
+def test_a_probe_sets_a_rendezvous_aside_in_one_call(comm):
+    _rendezvous_set_aside(comm)
+
+
+def test_a_probe_sets_a_streamed_rendezvous_aside_in_one_call(comm, streamed):
+    assert not _rendezvous_set_aside(comm)
