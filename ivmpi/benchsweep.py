@@ -245,7 +245,7 @@ def run_lockstep(launcher, rows_of, nranks, options, workdir, shift=0):
     by a fresh one for the rows after the failed row (that one is an error
     row); a job that fails before its first row fails every row of its
     transport alike (unless the launcher itself failed: then it is launched
-    again)."""
+    again, and the row runs in the new job)."""
     transports = list(rows_of)
     results = {transport: {} for transport in transports}
     wanted = {transport: {tuple(row) for row in rows} for transport, rows in rows_of.items()}
@@ -253,6 +253,32 @@ def run_lockstep(launcher, rows_of, nranks, options, workdir, shift=0):
     for transport in transports:
         order += [row for row in rows_of[transport] if row not in order]
     jobs, launches, lost = {}, dict.fromkeys(transports, 0), {}
+
+    def run_row(transport, row):
+        """The row's line from the transport's job, launched (again) as
+        needed; a row whose launcher failed before any rank started runs
+        again in a new job (this machine kind's launcher now and then
+        fails that way), up to MAX_LAUNCHES jobs a transport."""
+        while True:
+            job = jobs.get(transport)
+            if job is None:
+                if launches[transport] >= MAX_LAUNCHES:
+                    return {"row": row, "error": "not run: too many failed jobs"}
+                launches[transport] += 1
+                job = jobs[transport] = ServingJob(launcher, transport, nranks, options,
+                                                   workdir)
+            line, failure = job.run(row, options.timeout)
+            if line is not None and not line.get("error"):
+                return line
+            # The job is over (a failed row ends it).
+            del jobs[transport]
+            job.close()
+            if line is None and failure.startswith(LAUNCHER_FAILED):
+                continue
+            if line is None and not job.started:
+                lost[transport] = failure   # it did not get to a single row
+            return line or {"row": row, "error": failure}
+
     try:
         for index, row in enumerate(order):
             key = tuple(row)
@@ -262,26 +288,7 @@ def run_lockstep(launcher, rows_of, nranks, options, workdir, shift=0):
                 if transport in lost:
                     results[transport][key] = {"row": row, "error": lost[transport]}
                     continue
-                job = jobs.get(transport)
-                if job is None:
-                    if launches[transport] >= MAX_LAUNCHES:
-                        results[transport][key] = {"row": row,
-                                                   "error": "not run: too many failed jobs"}
-                        continue
-                    launches[transport] += 1
-                    job = jobs[transport] = ServingJob(launcher, transport, nranks, options,
-                                                       workdir)
-                line, failure = job.run(row, options.timeout)
-                if line is not None and not line.get("error"):
-                    results[transport][key] = line
-                    continue
-                # The job is over (a failed row ends it).
-                del jobs[transport]
-                job.close()
-                if line is None and not job.started \
-                        and not failure.startswith(LAUNCHER_FAILED):
-                    lost[transport] = failure   # it did not get to a single row
-                results[transport][key] = line or {"row": row, "error": failure}
+                results[transport][key] = run_row(transport, row)
     finally:
         for job in jobs.values():
             job.close()

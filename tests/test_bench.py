@@ -294,6 +294,49 @@ def test_sweep_job_without_progress_is_killed_and_its_rows_are_error_rows(tmp_pa
     assert all("hung" in line["error"] for line in results.values()), results
 
 
+class _FlakyLaunchJob:
+    """A stand-in for ServingJob whose first `failing` launches fail as this
+    machine kind's launcher sometimes does (before any rank starts)."""
+    made = []
+    failing = 1
+
+    def __init__(self, launcher, transport, nranks, options, workdir):
+        self.made.append(transport)
+        self.started = False
+        self.fails = len(self.made) <= self.failing
+
+    def run(self, row, timeout):
+        if self.fails:
+            return None, (benchsweep.LAUNCHER_FAILED + "job exited with status 213: "
+                          "The PMIx server's listener thread failed to start. We cannot continue.")
+        self.started = True
+        return {"row": row, "times": [1e-6]}, None
+
+    def close(self):
+        pass
+
+
+def test_sweep_runs_a_row_again_when_its_launcher_failed(tmp_path, monkeypatch):
+    """A job whose launcher failed before any rank started is launched
+    again and the row runs in it: no error row for the launcher's flake
+    (it cost the sweep a row before).  Repeated failures stop at
+    MAX_LAUNCHES jobs, as error rows."""
+    monkeypatch.setattr(benchsweep, "ServingJob", _FlakyLaunchJob)
+    monkeypatch.setattr(_FlakyLaunchJob, "made", [])
+    options = benchsweep.parse_options(["--quick"])
+    rows = [["Bcast", "numpy", 8], ["Barrier", "numpy", None]]
+    results = benchsweep.run_lockstep(None, {"ivmpi": rows}, 2, options, str(tmp_path))
+    assert _FlakyLaunchJob.made == ["ivmpi", "ivmpi"]
+    assert [line.get("error") for line in results["ivmpi"].values()] == [None, None]
+
+    monkeypatch.setattr(_FlakyLaunchJob, "made", [])
+    monkeypatch.setattr(_FlakyLaunchJob, "failing", 10 ** 6)
+    results = benchsweep.run_lockstep(None, {"ivmpi": rows}, 2, options, str(tmp_path))
+    assert len(_FlakyLaunchJob.made) == benchsweep.MAX_LAUNCHES
+    assert [line["error"] for line in results["ivmpi"].values()] == \
+        ["not run: too many failed jobs"] * 2
+
+
 @needs_mpirun
 def test_sweep_runs_each_row_on_every_transport_before_the_next_row(tmp_path, monkeypatch):
     family, version = benchcompare.mpirun_version(MPIRUN)
