@@ -1111,22 +1111,17 @@ cdef class Rendezvous:
         cdef SendOp op
         cdef Py_buffer view
         cdef uint64_t sent, total
+        if rx.a != 0:
+            # A count: the receiver copied the message from our memory.
+            return _take_copied_cts(rx, self.awaiting_cts)
         if rx.length != 0:
             return False
         key = (rx.peer, rx.b)
         op = self.awaiting_cts.get(key)
         if op is None:
             return False            # the engine reports the stray CTS
-        # A count: the receiver copied the message from our memory
-        # (_single_copy.pxi); any count but the whole is the engine's to report.
-        if rx.a != 0 and rx.a != <uint64_t>len(op.mem):
-            return False
         del self.awaiting_cts[key]
         rx.consume()
-        if rx.a != 0:
-            op.done = True
-            op.state = "done"
-            return True
         op.state = "streaming"
         PyObject_GetBuffer(op.mem, &view, PyBUF_SIMPLE)
         try:
@@ -1277,8 +1272,8 @@ cdef bint _take_copied_cts(RxRing rx, dict awaiting_cts) except -1:
     """The CTS at the head of rx saying the receiver copied the whole of a
     send of ours from our memory (_single_copy.pxi): taken, and the send
     completes, as the engine's round does.  False for anything else (a CTS
-    to stream, a stray one, a wrong count: the engine's), or without a
-    table."""
+    to stream, a stray one, any count but the whole: the engine's, which
+    reports it), or without a table."""
     cdef SendOp op
     if awaiting_cts is None or rx.length != 0 or rx.a == 0:
         return False
