@@ -313,7 +313,9 @@ class Comm(_MPI.Comm):
         small = SmallCollectives(
             twin._fast, self.rank, self.size, COLLECTIVE_TAGS, _small_op_codes(),
             twin.Send, twin.Recv, self._collectives, _MPI.IN_PLACE, _MPI.SUM)
-        small.give_copies = not self._engine.oversubscribed
+        # (Nor where one copy does not pay under the eager limit: copy_min.)
+        engine = self._engine
+        small.give_copies = not engine.oversubscribed and 0 < engine.copy_min <= engine.eager_limit
         return small
 
     def _bind_fast(self):

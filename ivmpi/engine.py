@@ -71,10 +71,12 @@ def _env_float(name, default):
 COPY_MIN = 12288
 
 
-def _copy_min():
+def _copy_min(default=COPY_MIN):
+    """IVMPI_COPY_MIN when set, else default (over the eager limit: one copy
+    only for messages that are not eager anyway)."""
     value = os.environ.get("IVMPI_COPY_MIN")
     if not value:
-        return COPY_MIN
+        return default
     try:
         return max(0, int(value))
     except ValueError:

@@ -14,7 +14,7 @@ import threading
 import time
 
 from . import layout
-from .engine import Engine
+from .engine import Engine, _copy_min
 from .errors import IvmpiError, IvmpiTimeoutError, RegionError
 
 WORLD_CONTEXT = 0
@@ -145,7 +145,7 @@ def _start_with_mpi(region_spec):
     if len(groups) > 1:
         from . import routing
         routing.start_bulk(mpi)     # collective: every rank knows the groups alike
-    _agree_single_copy(mpi, rank)
+    _agree_single_copy(mpi, rank, geo.eager_limit)
     return _finish_start(region, geo, rank, job_id, mpi, _oversubscribed(oversubscribed),
                          members=members, groups=groups)
 
@@ -279,6 +279,20 @@ def _lay_out(mpi, region, members, rank):
 
 
 _single_copy_token = None   # read back by peers to prove they can read our memory
+_one_copy_under_eager = True    # one copy also for buffers under the eager limit (copy_min)
+
+
+def _one_copy_pays(nbytes):
+    """Does the kernel copy a message of nbytes (the largest eager one)
+    from a process's memory faster than the ring's two copies?  Where a
+    system call into another process's memory costs several microseconds
+    (4-5 us for 4 KiB under some hypervisors, against 0.2 us for a copy of
+    it) eager messages are the quicker way up to the eager limit: 64 KiB
+    Sendrecv on 2 ranks 5 us eager against 11 in one copy, 16 KiB 2 against
+    6.  IVMPI_COPY_MIN still decides when set."""
+    from . import _fastcopy
+    kernel, copy = _fastcopy.single_copy_timing(nbytes)
+    return kernel is not None and kernel < 2 * copy
 
 
 def _kernel_identity():
@@ -293,15 +307,17 @@ def _kernel_identity():
         return None
 
 
-def _agree_single_copy(mpi, rank):
+def _agree_single_copy(mpi, rank, eager_limit):
     """Which pairs of ranks move large messages in one copy, from the
     sender's memory (ivmpi/_single_copy.pxi): those on one kernel where the
     reader could read the other's random token back.  Collective.
     IVMPI_SINGLE_COPY=0 turns it off (every rank must agree).
+    Also whether one copy pays under the eager limit (the engine's
+    copy_min), from what the kernel's copy costs here (_one_copy_pays).
     The same exchange records every rank's kernel (world._kernels): where
     ranks of different regions run on one kernel, the library connects
     them through its own shared memory (ivmpi.hierarchy's default)."""
-    global _single_copy_token, _kernels
+    global _single_copy_token, _kernels, _one_copy_under_eager
     from . import _fastcopy
     size = mpi.Get_size()
     me = None
@@ -311,10 +327,13 @@ def _agree_single_copy(mpi, rank):
         _single_copy_token = secrets.token_bytes(16)
         address, _ = _fastcopy.buffer_span(_single_copy_token)
         lines = _fastcopy.make_share_lines(size)
-        me = (kernel, os.getpid(), address, _single_copy_token, lines)
+        me = (kernel, os.getpid(), address, _single_copy_token, lines,
+              _one_copy_pays(eager_limit))
     everyone = _allgather_plain(mpi, (None if kernel is None else kernel[0], me))
     _kernels = [boot for boot, _ in everyone]
     everyone = [offer for _, offer in everyone]
+    # Every rank sees the same answers: the job decides alike.
+    _one_copy_under_eager = all(them[5] for them in everyone if them is not None)
     if all(them is None for them in everyone):
         return      # (every rank sees this alike: nobody offers, nobody copies)
     readable = [0] * size
@@ -322,7 +341,7 @@ def _agree_single_copy(mpi, rank):
     if me is not None:
         for peer, them in enumerate(everyone):
             if peer != rank and them is not None and them[0] == me[0]:
-                _, pid, address, token, lines = them
+                _, pid, address, token, lines, _ = them
                 if _fastcopy.read_peer_token(pid, address, len(token)) == token:
                     readable[peer] = pid
                     # The shared copies' lines (_single_copy.pxi) are written
@@ -465,6 +484,8 @@ def _finish_start(region, geo, rank, job_id, mpi_comm, oversubscribed, members=N
     from .lib import MPI
     world_size = geo.nranks if mpi_comm is None else mpi_comm.Get_size()
     engine = Engine(region, geo, rank, world_size, members)
+    if mpi_comm is not None and not _one_copy_under_eager:
+        engine.copy_min = _copy_min(geo.eager_limit + 1)
     _groups = [list(g) for g in groups] if groups else [list(range(world_size))]
     engine.set_oversubscribed(oversubscribed)
     engine.next_context = FIRST_FREE_CONTEXT

@@ -28,6 +28,25 @@ def engine_timeout(world):
 
 
 @pytest.fixture
+def copies_under_eager(world):
+    """Buffers from COPY_MIN bytes go in one copy under the eager limit too
+    (to ranks that copy from our memory), as where the kernel's copy is
+    cheap: start-up leaves that to messages over the eager limit where it
+    is not (world._one_copy_pays), and the path is tested either way.
+    For communicators made during the test (comm is).  Collective."""
+    from ivmpi.engine import COPY_MIN
+    engine = world._engine
+    saved = engine.copy_min, world._fast.copy_min, world._fast.step_copy_min
+    world.Barrier()
+    engine.copy_min = world._fast.copy_min = world._fast.step_copy_min = COPY_MIN
+    world.Barrier()
+    yield
+    world.Barrier()
+    engine.copy_min, world._fast.copy_min, world._fast.step_copy_min = saved
+    world.Barrier()
+
+
+@pytest.fixture
 def comm(world):
     c = world.Dup()
     yield c
