@@ -1183,6 +1183,17 @@ def _library(name, method):
     made_on_use = name in _MADE_ON_USE
 
     def call(self, *args, **kwargs):
+        if made_on_use:
+            # Taken from an instance before its collectives were made
+            # (`allreduce = comm.Allreduce`), then called: the bound call,
+            # with as little as possible on the way (a routed communicator
+            # binds none).
+            try:
+                bound = self.__dict__[name]
+            except (KeyError, AttributeError):
+                pass
+            else:
+                return bound(*args, **kwargs)
         if collective and getattr(self, "_routed", False):
             return routing.collective(self, name, args, kwargs)
         if made_on_use:

@@ -345,3 +345,36 @@ def test_mprobe_of_proc_null_returns_a_message_that_becomes_null(comm):
     message.Recv(None)
     assert message == MPI.MESSAGE_NULL
     assert MPI.MESSAGE_NO_PROC != MPI.MESSAGE_NULL
+
+
+def test_collectives_taken_before_first_use(comm):
+    """A collective method taken from a communicator before its collectives
+    are made (`allreduce = comm.Allreduce`, as libraries keep them), or
+    called on the class (`MPI.Comm.Allreduce(comm, ...)`): the first call
+    makes them, later ones go to the bound one; results are Open MPI's, and
+    a KeyError raised inside the bound call reaches the caller (it is not
+    taken for a missing binding)."""
+    c = comm.Dup()
+    allreduce, barrier = c.Allreduce, c.Barrier
+    send = np.arange(4.0) + comm.rank
+    got, want = np.zeros(4), np.zeros(4)
+    allreduce(send, got, op=MPI.SUM)        # the first collective
+    NATIVE.Allreduce(send, want, op=_native.SUM)
+    np.testing.assert_array_equal(got, want)
+    taken = []
+    bound = c.__dict__["Allreduce"]
+    c.__dict__["Allreduce"] = lambda *args, **kwargs: (taken.append(1), bound(*args, **kwargs))[1]
+    got[:] = 0
+    allreduce(send, got, op=MPI.SUM)
+    MPI.Intracomm.Allreduce(c, send, got, op=MPI.SUM)
+    np.testing.assert_array_equal(got, want)
+    assert taken == [1, 1]
+    barrier()
+
+    def fails(*args, **kwargs):
+        raise KeyError("from the call")
+    c.__dict__["Allreduce"] = fails
+    with pytest.raises(KeyError, match="from the call"):
+        allreduce(send, got, op=MPI.SUM)
+    c.__dict__["Allreduce"] = bound
+    c.Free()
