@@ -96,10 +96,24 @@ def staged(ch, blocks, dests, steps):
     rank = ch.rank
     # A rank that copies large messages from our memory (ranks of one
     # kernel, ivmpi/_single_copy.pxi) takes its block from the caller's
-    # buffer as it is: staging would add a copy.
+    # buffer as it is: staging would add a copy.  Not a block that three
+    # ranks or more read where ranks outnumber cores: staged once, each
+    # copies it out of the heap while we run on, where a kernel copy each
+    # would wait for us to answer its rendezvous (4 ranks on 2 cores,
+    # 1 MiB, three alternating runs: Allgather_init 1310-1830 -> 1150-1330
+    # us, Allgatherv_init 1320-1380 -> 820-1220, Iallgatherv 1310-1390 ->
+    # 1140-1240; with two readers, a ring's neighbours, no gain; a
+    # scatter's or an all-to-all's blocks, one reader each, are quicker
+    # copied).
+    sends = {}
+    for k, block in enumerate(blocks):
+        if dests[k] is not None and dests[k] != rank and block is not None:
+            sends[id(block)] = sends.get(id(block), 0) + 1
+    shared = ch.engine.oversubscribed
     large = [k for k, block in enumerate(blocks)
              if dests[k] is not None and dests[k] != rank and block is not None
-             and len(block) > limit and not single_copy_to(ch.world[dests[k]])]
+             and len(block) > limit and (not single_copy_to(ch.world[dests[k]])
+                                         or shared and sends[id(block)] >= 3)]
     if not large:
         return blocks
     # A block sent to many ranks (an allgather's) is staged once.

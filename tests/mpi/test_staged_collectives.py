@@ -608,3 +608,41 @@ def test_two_rank_reduce_scatter_exchanges_whole_blocks_once(comm, form, n):
                 assert _grew(before, after, peers[0]) == (starts, starts * n * 8), name
     finally:
         user_sum.Free()
+
+
+@pytest.mark.parametrize("form", ["nonblocking", "persistent"])
+def test_a_block_for_several_readers_is_staged_where_ranks_wait_for_cores(comm, form):
+    """Where ranks outnumber cores, a schedule's large block that three
+    ranks or more read (an allgather's on 4 ranks) is staged once in the
+    heap even for ranks that could copy it from our memory: none of them
+    copies from ours; an all-to-all's blocks, one reader each, are still
+    copied from our memory.  Results are Open MPI's."""
+    from ivmpi import _fastcopy
+    size, rank = comm.size, comm.rank
+    peers = [comm._ranks[r] for r in range(size) if r != rank]
+    if size < 4 or not comm._engine.oversubscribed \
+            or not set(peers) <= set(_fastcopy.single_copy_peers()):
+        pytest.skip("needs 4 ranks or more that wait for cores and copy each other's memory")
+    counts = _fastcopy.single_copy_counts
+    mine = data(LARGE, rank, 50)
+    got = np.full(size * LARGE, -1.0)
+    before = counts()
+    run(comm, form, "Allgather", mine, got)
+    after = counts()
+    theirs = np.empty(size * LARGE)
+    NATIVE.Allgather(mine, theirs)
+    np.testing.assert_array_equal(got, theirs)
+    copied = sum(after.get(w, (0, 0))[0] - before.get(w, (0, 0))[0] for w in peers)
+
+    whole = data(size * LARGE, rank, 60)
+    got = np.full(size * LARGE, -1.0)
+    before = counts()
+    run(comm, form, "Alltoall", whole, got)
+    after = counts()
+    NATIVE.Alltoall(whole, theirs)
+    np.testing.assert_array_equal(got, theirs)
+    copied_alltoall = sum(after.get(w, (0, 0))[0] - before.get(w, (0, 0))[0] for w in peers)
+    comm.Barrier()
+    assert copied == 0
+    starts = 2 if form == "persistent" else 1
+    assert copied_alltoall == starts * (size - 1)
