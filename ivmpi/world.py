@@ -284,12 +284,17 @@ _one_copy_under_eager = True    # one copy also for buffers under the eager limi
 
 def _one_copy_pays(nbytes):
     """Does the kernel copy a message of nbytes (the largest eager one)
-    from a process's memory faster than the ring's two copies?  Where a
-    system call into another process's memory costs several microseconds
-    (4-5 us for 4 KiB under some hypervisors, against 0.2 us for a copy of
-    it) eager messages are the quicker way up to the eager limit: 64 KiB
-    Sendrecv on 2 ranks 5 us eager against 11 in one copy, 16 KiB 2 against
-    6.  IVMPI_COPY_MIN still decides when set."""
+    from a process's memory faster than the ring's two copies?  Timed in
+    this process (the kernel reading our own memory, against two copies
+    within it): a proxy, which errs towards one copy (the ring's copies
+    cross between cores, slower than copies within a process; the
+    kernel's from another process costs more than from our own).  Where
+    a system call into another process's memory costs several
+    microseconds (4-5 us for 4 KiB under some hypervisors, against 0.2 us
+    for a copy of it; reading our own 64 KiB 3.1-4.8 copies' time) eager
+    messages are the quicker way up to the eager limit: 64 KiB Sendrecv
+    on 2 ranks 5 us eager against 11 in one copy, 16 KiB 2 against 6.
+    IVMPI_COPY_MIN still decides when set."""
     from . import _fastcopy
     kernel, copy = _fastcopy.single_copy_timing(nbytes)
     return kernel is not None and kernel < 2 * copy
