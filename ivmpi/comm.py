@@ -1186,8 +1186,8 @@ def _library(name, method):
         if made_on_use:
             # Taken from an instance before its collectives were made
             # (`allreduce = comm.Allreduce`), then called: the bound call,
-            # with as little as possible on the way (a routed communicator
-            # binds none).
+            # with as little as possible on the way (on a communicator
+            # spanning regions, the library's: routing.bind_collectives).
             try:
                 bound = self.__dict__[name]
             except (KeyError, AttributeError):

@@ -471,10 +471,11 @@ def _copies_own_blocks(comm):
 @pytest.mark.parametrize("form", FORMS)
 def test_own_blocks_within_the_eager_limit_go_in_one_copy(copies_under_eager, comm, form):
     """Where every pair copies from each other's memory, no rank waits for
-    a core and one copy pays under the eager limit, a Gather's block of 64 KiB (within the eager limit) goes to
-    the root in one message copied from the sender's buffer, and so do a
-    Scatter's blocks from the root: one copy instead of the ring's two;
-    the results are Open MPI's."""
+    a core and one copy pays under the eager limit (here forced), a
+    Gather's block of 64 KiB (within the eager limit) goes to the root in
+    one message copied from the sender's buffer, and so do a Scatter's
+    blocks from the root: one copy instead of the ring's two; the results
+    are Open MPI's."""
     size, rank = comm.size, comm.rank
     ok, peers = _copies_own_blocks(comm)
     if not ok:
