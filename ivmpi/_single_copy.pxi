@@ -26,7 +26,6 @@ from libc.stdint cimport int64_t
 from libc.string cimport memset
 from libc.stdlib cimport calloc, free
 from cpython.bytearray cimport PyByteArray_FromStringAndSize, PyByteArray_AS_STRING
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.unistd cimport getpid
 
 cdef extern from "<sys/uio.h>" nogil:
@@ -623,33 +622,22 @@ def single_copy_timing(Py_ssize_t nbytes, int reps=16):
             memset(dst, 0, nbytes)
             local.iov_base, local.iov_len = dst, nbytes
             remote.iov_base, remote.iov_len = src, nbytes
-            for i in range(reps + 1):       # the first of each: pages and caches warm up
-                start = _sc_now_ns()
+            # The first of each is not counted: pages and caches warm up.
+            for i in range(reps + 1):
+                start = _now_ns()
                 if process_vm_readv(pid, &local, 1, &remote, 1, 0) != nbytes:
                     refused = True
                     break
-                took = _sc_now_ns() - start
+                took = _now_ns() - start
                 if i > 0 and (best_kernel < 0 or took < best_kernel):
                     best_kernel = took
-                start = _sc_now_ns()
+            for i in range(reps + 1):
+                start = _now_ns()
                 ivmpi_copy_plain(dst, src, nbytes)
-                took = _sc_now_ns() - start
+                took = _now_ns() - start
                 if i > 0 and (best_copy < 0 or took < best_copy):
                     best_copy = took
-            if refused:
-                for i in range(reps + 1):
-                    start = _sc_now_ns()
-                    ivmpi_copy_plain(dst, src, nbytes)
-                    took = _sc_now_ns() - start
-                    if i > 0 and (best_copy < 0 or took < best_copy):
-                        best_copy = took
     finally:
         free(src)
         free(dst)
     return (None if refused else best_kernel * 1e-9), best_copy * 1e-9
-
-
-cdef inline int64_t _sc_now_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec

@@ -1196,13 +1196,10 @@ def _library(name, method):
                 return bound(*args, **kwargs)
         if collective and getattr(self, "_routed", False):
             return routing.collective(self, name, args, kwargs)
-        if made_on_use:
-            # The first collective makes them (then the bound call, if the
-            # instance has one: also for a method taken from the instance
-            # before, `allreduce = comm.Allreduce`).
-            if getattr(self, "_lazy", False):
-                self._make_collectives()
-            bound = getattr(self, "__dict__", _NO_DICT).get(name)
+        if made_on_use and getattr(self, "_lazy", False):
+            # The first collective makes them, then the bound call.
+            self._make_collectives()
+            bound = self.__dict__.get(name)
             if bound is not None:
                 return bound(*args, **kwargs)
         try:
@@ -1219,8 +1216,6 @@ def _library(name, method):
     call.__doc__ = method.__doc__
     return call
 
-
-_NO_DICT = {}
 
 # The calls _bind_collectives binds: on a communicator whose collectives are
 # not made yet, the first of them makes them.
